@@ -1,0 +1,41 @@
+# The two commands of the README: `make serve` and `make test`.
+# Each creates the virtual environment it needs (.venv) from the pinned pyproject.toml.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: serve test lint train eval bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
+
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev,train]'
+	touch $@ $(VENV)/.runtime
+
+## Run the service on embedded defaults (no API key, no network): http://127.0.0.1:8080/v1
+serve: $(VENV)/.runtime
+	$(BIN)/seawall serve
+
+## Run the whole test suite (lint, types, tests). pytest's "no tests collected" (5) is a failure.
+test: $(VENV)/.dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+	$(BIN)/python -m pytest; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
+
+## Retrain the embedded model from ../shared/data and the authored data.
+train: $(VENV)/.dev
+	$(BIN)/seawall train --data ../shared/data
+
+bench: $(VENV)/.dev
+	$(BIN)/python bench/moderation_api.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

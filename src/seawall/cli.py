@@ -1,0 +1,299 @@
+"""The ``seawall`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, TextIO
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from seawall.errors import SeawallError
+from seawall.settings import describe_settings, load_settings
+
+app = typer.Typer(help="seawall: a self-hosted safety layer for LLM applications.", no_args_is_help=True)
+console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML settings file (else $SEAWALL_CONFIG).")
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Interface to bind (server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (server.port).")] = None,
+) -> None:
+    """Run the HTTP service (OpenAI-compatible /v1/moderations) on embedded defaults."""
+    import uvicorn
+
+    from seawall.server.app import create_app
+
+    overrides: dict[str, Any] = {}
+    if host or port:
+        overrides["server"] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    try:
+        settings = load_settings(config, **overrides)
+        application = create_app(settings)
+    except SeawallError as exc:
+        raise _fail(exc.message) from exc
+    console.print(
+        f"seawall serving on http://{settings.server.host}:{settings.server.port}/v1 "
+        f"(moderation backend: {settings.moderation.backend})"
+    )
+    uvicorn.run(
+        application,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        access_log=settings.server.log_level == "debug",
+    )
+
+
+def _read_jsonl_texts(stream: TextIO, source: str) -> list[tuple[Any, Any]]:
+    """(record, input) pairs from JSONL: each line a string or an object with 'input' or 'text'."""
+    pairs: list[tuple[Any, Any]] = []
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _fail(f"{source}:{number}: not valid JSON: {exc.msg}") from exc
+        if isinstance(record, str):
+            pairs.append((record, record))
+        elif isinstance(record, dict) and ("input" in record or "text" in record):
+            pairs.append((record, record.get("input", record.get("text"))))
+        else:
+            raise _fail(f"{source}:{number}: expected a string or an object with 'input' or 'text'")
+    return pairs
+
+
+@app.command()
+def moderate(
+    text: Annotated[str | None, typer.Argument(help="Text to moderate; '-' reads lines from stdin.")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="JSONL input ('-' for stdin): strings or {'input'|'text': ...}."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="JSONL output (default stdout).")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Backend or OpenAI model name.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Inputs per backend call.")] = 256,
+    config: ConfigOption = None,
+) -> None:
+    """Moderate a text, or a JSONL file with a progress bar; prints JSON results."""
+    from seawall.service import ModerationService
+
+    if (text is None) == (file is None):
+        raise _fail("give either TEXT or --file")
+    if text == "-":
+        pairs = [(line.rstrip("\n"), line.rstrip("\n")) for line in sys.stdin if line.strip()]
+    elif text is not None:
+        pairs = [(text, text)]
+    elif str(file) == "-":
+        pairs = _read_jsonl_texts(sys.stdin, "<stdin>")
+    else:
+        assert file is not None
+        if not file.is_file():
+            raise _fail(f"no such file: {file}")
+        with file.open(encoding="utf-8") as stream:
+            pairs = _read_jsonl_texts(stream, str(file))
+
+    try:
+        settings = load_settings(config)
+    except SeawallError as exc:
+        raise _fail(exc.message) from exc
+
+    async def run() -> list[dict[str, Any]]:
+        service = ModerationService(settings)
+        rows: list[dict[str, Any]] = []
+        try:
+            with Progress(
+                TextColumn("moderating"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                disable=len(pairs) < 2 * batch_size,
+            ) as progress:
+                task = progress.add_task("moderate", total=len(pairs))
+                for start in range(0, len(pairs), batch_size):
+                    chunk = pairs[start : start + batch_size]
+                    rows.extend(await _moderate_chunk(service, chunk, model))
+                    progress.advance(task, len(chunk))
+        finally:
+            await service.aclose()
+        return rows
+
+    try:
+        rows = asyncio.run(run())
+    except SeawallError as exc:
+        raise _fail(exc.message) from exc
+    out = output.open("w", encoding="utf-8") if output else sys.stdout
+    try:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    finally:
+        if output:
+            out.close()
+    flagged = sum(any(r["flagged"] for r in row["results"]) for row in rows)
+    console.print(f"{len(rows)} input(s), {flagged} flagged")
+
+
+async def _moderate_chunk(
+    service: Any, chunk: list[tuple[Any, Any]], model: str | None
+) -> list[dict[str, Any]]:
+    """Moderate a chunk, plain strings in one batched call, other inputs one by one."""
+    results: dict[int, list[Any]] = {}
+    strings = [i for i, (_, item) in enumerate(chunk) if isinstance(item, str)]
+    if strings:
+        batched = (await service.moderate([chunk[i][1] for i in strings], model)).results
+        results.update({i: [result] for i, result in zip(strings, batched, strict=True)})
+    for i, (_, item) in enumerate(chunk):
+        if i not in results:
+            results[i] = (await service.moderate(item, model)).results
+    rows = []
+    for i, (record, _) in enumerate(chunk):
+        body = [result.to_seawall() for result in results[i]]
+        rows.append(
+            {**record, "results": body} if isinstance(record, dict) else {"input": record, "results": body}
+        )
+    return rows
+
+
+@app.command("eval")
+def evaluate(
+    file: Annotated[Path, typer.Argument(help="Labeled JSONL: {'text', 'labels': [...]} per line.")],
+    model: Annotated[str | None, typer.Option(help="Backend or OpenAI model name.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Per-category AUPRC, precision/recall/F1 at the configured thresholds, and any-category AUPRC."""
+    from seawall.evaluation import evaluate_scores, read_labeled_jsonl, scores_matrix
+    from seawall.service import ModerationService
+
+    try:
+        settings = load_settings(config)
+        labeled = read_labeled_jsonl(file)
+    except SeawallError as exc:
+        raise _fail(exc.message) from exc
+
+    async def run() -> tuple[list[Any], dict[str, float]]:
+        service = ModerationService(settings)
+        results: list[Any] = []
+        try:
+            with Progress(
+                TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), console=console
+            ) as progress:
+                task = progress.add_task("eval", total=len(labeled.texts))
+                for start in range(0, len(labeled.texts), 256):
+                    chunk = labeled.texts[start : start + 256]
+                    results.extend((await service.moderate(chunk, model)).results)
+                    progress.advance(task, len(chunk))
+            backend = await service.backend(service.backend_name(model))
+            thresholds = dict(getattr(backend, "thresholds", {}))
+        finally:
+            await service.aclose()
+        thresholds.update(settings.moderation.thresholds)
+        return results, thresholds
+
+    try:
+        results, thresholds = asyncio.run(run())
+    except SeawallError as exc:
+        raise _fail(exc.message) from exc
+    # Decisions follow each result's own flags where no numeric threshold is known (remote backends).
+    report = evaluate_scores(labeled.labels, scores_matrix(results), thresholds)
+    if json_output:
+        print(json.dumps(report, indent=1))
+        return
+    table = Table("category", "positives", "AUPRC", "precision", "recall", "F1")
+    for name, row in report["labels"].items():
+        table.add_row(
+            name,
+            str(row["positives"]),
+            f"{row['auprc']:.3f}",
+            f"{row['precision']:.3f}",
+            f"{row['recall']:.3f}",
+            f"{row['f1']:.3f}",
+        )
+    Console().print(table)
+    summary = report["summary"]
+    Console().print(
+        f"rows {summary['rows']}, any-category positives {summary['any_positives']}, "
+        f"any-category AUPRC {summary['any_auprc']}, precision {summary['any_precision']}, "
+        f"recall {summary['any_recall']}, false-positive rate {summary['false_positive_rate']}"
+    )
+
+
+@app.command("train")
+def train_command(
+    data: Annotated[Path, typer.Option(help="Folder of the public training sets.")] = Path("../shared/data"),
+    authored: Annotated[
+        Path | None,
+        typer.Option(help="Folder of seawall's authored JSONL (default: data/authored in the repo)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write artefacts (default: the package's).")
+    ] = None,
+    limit_per_source: Annotated[
+        int | None, typer.Option(min=1, help="Cap rows per source (quick runs).")
+    ] = None,
+    source: Annotated[
+        list[str] | None, typer.Option(help="Train on only these sources (repeatable).")
+    ] = None,
+) -> None:
+    """Train the embedded model, calibrate thresholds on the dev split, write artefacts and model card."""
+    from seawall.model.classifier import default_model_dir
+    from seawall.training.train import TrainConfig, default_authored_dir, train
+
+    config = TrainConfig(
+        data_dir=data,
+        authored_dir=authored if authored is not None else default_authored_dir(),
+        out_dir=out or default_model_dir(),
+        limit_per_source=limit_per_source,
+        sources=tuple(source) if source else None,
+    )
+    try:
+        report = train(config, progress=lambda message: console.print(message))
+    except SeawallError as exc:
+        raise _fail(exc.message) from exc
+    summary = report["held_out"]["summary"]
+    console.print(f"dev: {report['dev']['summary']}")
+    console.print(f"held-out sources: {summary}")
+
+
+@app.command("config")
+def show_config(config: ConfigOption = None) -> None:
+    """Print every setting: its current value, default and meaning."""
+    try:
+        settings = load_settings(config).model_dump()
+    except SeawallError as exc:
+        raise _fail(exc.message) from exc
+    table = Table("setting", "value", "default", "meaning")
+    for name, default, description in describe_settings():
+        value: Any = settings
+        for part in name.split("."):
+            value = value[part]
+        table.add_row(name, repr(value), default, description)
+    Console().print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""One exception tree for all of seawall.
+
+Every error a user can cause maps onto an HTTP status and OpenAI's error body
+(``{"error": {"message", "type", "param", "code"}}``), so the server turns any
+``SeawallError`` into a response without special cases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SeawallError(Exception):
+    """Base class of every error seawall raises on purpose."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    default_code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+
+    def to_body(self) -> dict[str, Any]:
+        """The OpenAI-style error body."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequestError(SeawallError):
+    """The request is malformed or breaks a documented limit."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    """The request body, a text or an image is larger than the configured limit."""
+
+    status_code = 413
+    default_code = "payload_too_large"
+
+
+class ModelNotFoundError(InvalidRequestError):
+    """The request names a model (backend) that seawall does not serve."""
+
+    status_code = 404
+    default_code = "model_not_found"
+
+
+class AuthenticationError(SeawallError):
+    """Missing or unknown API key."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class ConfigurationError(SeawallError):
+    """Settings or a policy file are invalid; raised at start-up, never per request."""
+
+    error_type = "configuration_error"
+
+
+class ModelArtefactError(ConfigurationError):
+    """The embedded model's files are missing or inconsistent."""
+
+
+class BackendError(SeawallError):
+    """A moderation backend (OpenAI, Llama Guard server, ...) failed to answer."""
+
+    status_code = 502
+    error_type = "backend_error"
+    default_code = "backend_unavailable"
+
+
+class BackendTimeoutError(BackendError):
+    """A moderation backend did not answer in time."""
+
+    status_code = 504
+    default_code = "backend_timeout"
+
+
+class ImageError(InvalidRequestError):
+    """An image part could not be fetched or decoded."""
+
+    default_code = "invalid_image"
+
+
+class DataError(SeawallError):
+    """Training or evaluation data is missing or malformed."""
+
+    error_type = "data_error"

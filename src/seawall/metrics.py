@@ -1,0 +1,64 @@
+"""Ranking and decision metrics in numpy (shared by ``seawall eval``, training and benchmarks)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+def average_precision(labels: NDArray[np.bool_], scores: NDArray[np.floating]) -> float:
+    """Area under the precision-recall curve (step-wise, as scikit-learn has it); NaN without positives."""
+    labels = np.asarray(labels, dtype=bool)
+    positives = int(labels.sum())
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    sorted_scores = np.asarray(scores, dtype=np.float64)[order]
+    hits = labels[order]
+    true_pos = np.cumsum(hits)
+    # Only the last index of each run of tied scores is a threshold.
+    distinct = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(sorted_scores) - 1]
+    tp = true_pos[distinct]
+    precision = tp / (distinct + 1)
+    recall = tp / positives
+    recall_steps = np.diff(np.r_[0.0, recall])
+    return float(np.sum(recall_steps * precision))
+
+
+def f1_at(
+    labels: NDArray[np.bool_], scores: NDArray[np.floating], threshold: float
+) -> tuple[float, float, float]:
+    """(precision, recall, F1) when flagging ``scores >= threshold``."""
+    labels = np.asarray(labels, dtype=bool)
+    predicted = np.asarray(scores) >= threshold
+    tp = float(np.sum(predicted & labels))
+    precision = tp / max(float(predicted.sum()), 1.0)
+    recall = tp / max(float(labels.sum()), 1.0)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def best_f1_threshold(
+    labels: NDArray[np.bool_], scores: NDArray[np.floating], *, beta: float = 1.0, floor: float = 0.05
+) -> float:
+    """The threshold (at least ``floor``) that maximises F-beta on (labels, scores)."""
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.sum() == 0:
+        return 0.5
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_scores = scores[order]
+    true_pos = np.cumsum(labels[order])
+    predicted = np.arange(1, len(scores) + 1)
+    precision = true_pos / predicted
+    recall = true_pos / labels.sum()
+    b2 = beta * beta
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f = (1 + b2) * precision * recall / (b2 * precision + recall)
+    f = np.nan_to_num(f)
+    f[sorted_scores < floor] = -1
+    # Only thresholds at the end of a run of ties are reachable.
+    last_of_tie = np.r_[np.diff(sorted_scores) != 0, True]
+    f[~last_of_tie] = -1
+    best = int(np.argmax(f))
+    return float(sorted_scores[best])

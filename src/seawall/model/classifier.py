@@ -1,0 +1,121 @@
+"""The embedded moderation model at run time: numpy only, loaded from shipped artefacts.
+
+Artefacts (written by ``seawall train``) in one directory:
+
+* ``model.json`` — labels, feature configuration, per-label thresholds, provenance;
+* ``weights.npz`` — ``weights`` (n_buckets x n_labels, float16), ``bias`` and ``idf``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from seawall.categories import PARENT
+from seawall.errors import ModelArtefactError
+from seawall.model.features import FeatureConfig, Featurizer, sparse_dot
+
+MODEL_FILE = "model.json"
+WEIGHTS_FILE = "weights.npz"
+
+
+def default_model_dir() -> Path:
+    """The artefacts shipped inside the package."""
+    return Path(str(resources.files("seawall.model") / "artefacts"))
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    labels: tuple[str, ...]
+    thresholds: dict[str, float]
+    features: FeatureConfig
+    version: str
+    info: dict[str, Any]
+
+
+def _sigmoid(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(x, -40.0, 40.0))), dtype=np.float32)
+
+
+class TextClassifier:
+    """Multi-label text scores from hashed n-gram features and a linear layer."""
+
+    def __init__(
+        self,
+        meta: ModelMeta,
+        weights: NDArray[np.float16],
+        bias: NDArray[np.float32],
+        idf: NDArray[np.float32],
+    ) -> None:
+        if weights.shape != (meta.features.n_buckets, len(meta.labels)):
+            raise ModelArtefactError(
+                f"weights have shape {weights.shape}; expected {(meta.features.n_buckets, len(meta.labels))}"
+            )
+        self.meta = meta
+        self.labels = meta.labels
+        self._weights = weights
+        self._bias = bias.astype(np.float32)
+        self._featurizer = Featurizer(meta.features, idf.astype(np.float32))
+        self._parent_pairs = [
+            (meta.labels.index(child), meta.labels.index(parent))
+            for child, parent in PARENT.items()
+            if child in meta.labels and parent in meta.labels
+        ]
+
+    @classmethod
+    def load(cls, directory: Path | None = None) -> TextClassifier:
+        directory = directory or default_model_dir()
+        try:
+            raw = json.loads((directory / MODEL_FILE).read_text(encoding="utf-8"))
+            arrays = np.load(directory / WEIGHTS_FILE)
+            weights, bias, idf = arrays["weights"], arrays["bias"], arrays["idf"]
+        except FileNotFoundError as exc:
+            raise ModelArtefactError(
+                f"model artefacts missing in {directory}: {exc.filename}. Run 'seawall train' to create them."
+            ) from exc
+        except (KeyError, ValueError, json.JSONDecodeError) as exc:
+            raise ModelArtefactError(f"model artefacts in {directory} are corrupt: {exc}") from exc
+        meta = ModelMeta(
+            labels=tuple(raw["labels"]),
+            thresholds={k: float(v) for k, v in raw["thresholds"].items()},
+            features=FeatureConfig(**raw["features"]),
+            version=str(raw.get("version", "unknown")),
+            info=raw.get("info", {}),
+        )
+        return cls(meta, weights, bias, idf)
+
+    def logits_for_words(self, windows: Sequence[Sequence[str]]) -> NDArray[np.float32]:
+        rows = self._featurizer.transform_words(windows)
+        return sparse_dot(rows, self._weights) + self._bias
+
+    def score(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Probabilities, shape (len(texts), len(labels)); long texts score as their worst window."""
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        windows: list[list[str]] = []
+        owners: list[int] = []
+        for position, text in enumerate(texts):
+            for window in self._featurizer.windows(text):
+                windows.append(window)
+                owners.append(position)
+        probabilities = _sigmoid(self.logits_for_words(windows))
+        starts = np.flatnonzero(np.r_[True, np.diff(np.asarray(owners)) != 0])
+        scores = np.maximum.reduceat(probabilities, starts, axis=0)
+        for child, parent in self._parent_pairs:
+            # A threat is harassment too: a parent never scores below its sub-category.
+            np.maximum(scores[:, parent], scores[:, child], out=scores[:, parent])
+        return scores
+
+
+@lru_cache(maxsize=4)
+def shared_classifier(directory: Path | None = None) -> TextClassifier:
+    """One loaded classifier per artefact directory, shared by every backend in the process."""
+    return TextClassifier.load(directory)

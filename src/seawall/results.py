@@ -1,0 +1,69 @@
+"""What a moderation backend returns for one input, and how it becomes OpenAI's wire shape."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from seawall.categories import CATEGORIES, EXTRA_LABELS
+
+
+@dataclass
+class ModerationResult:
+    """Scores and decisions for one input.
+
+    ``category_scores`` always holds all 13 categories. ``applied_input_types``
+    says, per category, which input types ("text", "image") were actually
+    assessed; a category with an image input that no backend could judge
+    lists it in ``not_assessed`` instead of pretending it is safe.
+    """
+
+    category_scores: dict[str, float]
+    categories: dict[str, bool]
+    applied_input_types: dict[str, list[str]]
+    extra_scores: dict[str, float] = field(default_factory=dict)
+    not_assessed: dict[str, list[str]] = field(default_factory=dict)
+    backend: str = "local"
+    #: Notes for operators (e.g. "secondary backend failed; primary's answer kept").
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> bool:
+        return any(self.categories.values())
+
+    def with_thresholds(self, thresholds: Mapping[str, float]) -> ModerationResult:
+        """Re-decide the categories named in ``thresholds`` (configured overrides win)."""
+        categories = dict(self.categories)
+        for name, threshold in thresholds.items():
+            if name in self.category_scores:
+                categories[name] = self.category_scores[name] >= threshold
+        return ModerationResult(
+            category_scores=self.category_scores,
+            categories=categories,
+            applied_input_types=self.applied_input_types,
+            extra_scores=self.extra_scores,
+            not_assessed=self.not_assessed,
+            backend=self.backend,
+            notes=list(self.notes),
+        )
+
+    def to_openai(self) -> dict[str, Any]:
+        """The result object of OpenAI's ``/v1/moderations`` response."""
+        return {
+            "flagged": self.flagged,
+            "categories": {name: bool(self.categories.get(name, False)) for name in CATEGORIES},
+            "category_scores": {name: float(self.category_scores.get(name, 0.0)) for name in CATEGORIES},
+            "category_applied_input_types": {
+                name: list(self.applied_input_types.get(name, [])) for name in CATEGORIES
+            },
+        }
+
+    def to_seawall(self) -> dict[str, Any]:
+        """OpenAI's shape plus seawall's extra scores, coverage and provenance."""
+        body = self.to_openai()
+        body["extra_scores"] = {name: float(self.extra_scores.get(name, 0.0)) for name in EXTRA_LABELS}
+        body["not_assessed"] = {name: list(types) for name, types in self.not_assessed.items() if types}
+        body["backend"] = self.backend
+        body["notes"] = list(self.notes)
+        return body

@@ -1,0 +1,157 @@
+"""The ASGI application: OpenAI-compatible routes over the moderation service.
+
+Routes:
+
+* ``POST /v1/moderations`` — OpenAI's wire format, unchanged.
+* ``POST /v1/seawall/moderations`` — the same request; each result also carries
+  ``extra_scores`` (prompt_injection, jailbreak), ``not_assessed``, ``backend``
+  and ``notes``.
+* ``GET /healthz`` — liveness; ``GET /readyz`` — the default backend is loaded.
+
+Every error is OpenAI's error body with a fitting status, never a bare 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from seawall.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError, SeawallError
+from seawall.service import ModerationService
+from seawall.settings import Settings, load_settings
+
+log = logging.getLogger("seawall.server")
+
+
+def _json(body: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
+
+
+def _error(exc: SeawallError) -> Response:
+    return _json(exc.to_body(), exc.status_code)
+
+
+async def _read_json(request: Request, max_bytes: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {max_bytes}.")
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > max_bytes:
+            raise PayloadTooLargeError(f"request body exceeds the {max_bytes}-byte limit.")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise InvalidRequestError("request body is empty; send a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        # orjson rejects invalid UTF-8 as well as malformed JSON.
+        raise InvalidRequestError(f"request body is not valid JSON (UTF-8): {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequestError("request body must be a JSON object.")
+    return body
+
+
+def _check_key(request: Request, settings: Settings) -> None:
+    keys = settings.server.api_keys
+    if not keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.")
+    if token.strip() not in keys:
+        raise AuthenticationError("Incorrect API key provided.")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; ``settings`` default to :func:`load_settings` (file + environment)."""
+    settings = settings or load_settings()
+    service = ModerationService(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Load the default backend before the first request, so that request is fast.
+        await service.backend(settings.moderation.backend)
+        yield
+        await service.aclose()
+
+    app = FastAPI(title="seawall", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+    app.state.service = service
+
+    @app.exception_handler(SeawallError)
+    async def seawall_error(request: Request, exc: SeawallError) -> Response:
+        if exc.status_code >= 500:
+            log.warning("%s %s failed: %s", request.method, request.url.path, exc.message)
+        return _error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        error = InvalidRequestError(f"{request.method} {request.url.path}: {exc.detail}", code=code)
+        error.status_code = exc.status_code
+        return _error(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return _error(InvalidRequestError(f"invalid request: {exc.errors()}"))
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error(SeawallError("The server had an error while processing your request."))
+
+    async def run_moderation(request: Request) -> tuple[str, Any]:
+        _check_key(request, settings)
+        body = await _read_json(request, settings.server.max_body_bytes)
+        if "input" not in body:
+            raise InvalidRequestError("'input' is a required property.", param="input")
+        model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise InvalidRequestError("'model' must be a string.", param="model")
+        moderation = await service.moderate(body["input"], model)
+        return moderation.model, moderation.results
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request) -> Response:
+        model, results = await run_moderation(request)
+        return _json(
+            {"id": f"modr-{uuid.uuid4().hex}", "model": model, "results": [r.to_openai() for r in results]}
+        )
+
+    @app.post("/v1/seawall/moderations")
+    async def seawall_moderations(request: Request) -> Response:
+        model, results = await run_moderation(request)
+        return _json(
+            {"id": f"modr-{uuid.uuid4().hex}", "model": model, "results": [r.to_seawall() for r in results]}
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        await service.backend(settings.moderation.backend)
+        return _json({"status": "ready", "backend": settings.moderation.backend})
+
+    return app
+
+
+def _version() -> str:
+    from seawall import __version__
+
+    return __version__

@@ -1,0 +1,135 @@
+"""The moderation service: from a request's ``input`` and ``model`` to results.
+
+Readable top to bottom: parse the input, fetch images, pick the backend, score,
+route image categories the backend cannot judge, apply configured thresholds.
+Both the HTTP server and the Python API (:func:`seawall.moderate`) use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from seawall.backends.base import ModerationBackend, available_backends, create_backend
+from seawall.errors import ModelNotFoundError
+from seawall.images import ImageLoader
+from seawall.inputs import ModerationInput, parse_input
+from seawall.results import ModerationResult
+from seawall.settings import Settings
+
+#: OpenAI's model names; each is served by the configured default backend.
+OPENAI_MODEL_NAMES = frozenset(
+    {
+        "omni-moderation-latest",
+        "omni-moderation-2024-09-26",
+        "text-moderation-latest",
+        "text-moderation-stable",
+    }
+)
+
+
+@dataclass
+class Moderation:
+    """What one moderation call produced."""
+
+    model: str
+    results: list[ModerationResult]
+
+
+class ModerationService:
+    """Holds the backends and runs moderation calls."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._backends: dict[str, ModerationBackend] = {}
+        self._lock = asyncio.Lock()
+        self._images = ImageLoader(settings.images)
+
+    def backend_name(self, model: str | None) -> str:
+        """The backend that serves ``model`` (OpenAI's names map onto the default backend)."""
+        if model is None or model in OPENAI_MODEL_NAMES:
+            return self.settings.moderation.backend
+        if model in available_backends():
+            return model
+        known = sorted(OPENAI_MODEL_NAMES | set(available_backends()))
+        raise ModelNotFoundError(
+            f"The model {model!r} does not exist here; use one of: {', '.join(known)}.", param="model"
+        )
+
+    async def backend(self, name: str) -> ModerationBackend:
+        if name not in self._backends:
+            async with self._lock:
+                if name not in self._backends:
+                    self._backends[name] = await asyncio.to_thread(create_backend, name, self.settings)
+        return self._backends[name]
+
+    async def moderate(self, raw_input: Any, model: str | None = None) -> Moderation:
+        """Moderate a request's ``input`` (any of OpenAI's shapes) with ``model``."""
+        limits = self.settings.moderation
+        backend_name = self.backend_name(model)
+        inputs = parse_input(raw_input, max_items=limits.max_items, max_chars=limits.max_chars)
+        inputs = await self._with_images(inputs)
+        backend = await self.backend(backend_name)
+        results = await backend.moderate(inputs)
+        results = await self._route_unassessed_images(inputs, results)
+        if limits.thresholds:
+            results = [result.with_thresholds(limits.thresholds) for result in results]
+        return Moderation(model=model or backend_name, results=results)
+
+    async def _with_images(self, inputs: list[ModerationInput]) -> list[ModerationInput]:
+        if not any(item.images for item in inputs):
+            return inputs
+        loaded = []
+        for item in inputs:
+            data = await asyncio.gather(*(self._images.load(part) for part in item.images))
+            loaded.append(replace(item, image_bytes=tuple(data)))
+        return loaded
+
+    async def _route_unassessed_images(
+        self, inputs: Sequence[ModerationInput], results: list[ModerationResult]
+    ) -> list[ModerationResult]:
+        """Ask the configured fallback backend about image categories the first backend left open."""
+        fallback_name = self.settings.images.fallback_backend
+        open_positions = [i for i, result in enumerate(results) if result.not_assessed]
+        if not fallback_name or not open_positions:
+            return results
+        fallback = await self.backend(fallback_name)
+        image_only = [
+            ModerationInput(images=inputs[i].images, image_bytes=inputs[i].image_bytes)
+            for i in open_positions
+        ]
+        answers = await fallback.moderate(image_only)
+        merged = list(results)
+        for position, answer in zip(open_positions, answers, strict=True):
+            merged[position] = _merge_image_answer(results[position], answer, fallback_name)
+        return merged
+
+    async def aclose(self) -> None:
+        for backend in self._backends.values():
+            await backend.aclose()
+        self._backends.clear()
+        await self._images.aclose()
+
+
+def _merge_image_answer(result: ModerationResult, answer: ModerationResult, source: str) -> ModerationResult:
+    scores = dict(result.category_scores)
+    categories = dict(result.categories)
+    applied = {name: list(types) for name, types in result.applied_input_types.items()}
+    not_assessed = {}
+    for name, types in result.not_assessed.items():
+        if "image" in types and "image" in answer.applied_input_types.get(name, []):
+            scores[name] = max(scores[name], answer.category_scores.get(name, 0.0))
+            categories[name] = categories[name] or answer.categories.get(name, False)
+            applied[name] = sorted(set(applied.get(name, [])) | {"image"})
+        else:
+            not_assessed[name] = types
+    return replace(
+        result,
+        category_scores=scores,
+        categories=categories,
+        applied_input_types=applied,
+        not_assessed=not_assessed,
+        notes=[*result.notes, f"image categories routed to {source}"],
+    )

@@ -1,0 +1,219 @@
+"""seawall's one typed settings object.
+
+Values come, highest priority first, from: keyword arguments, ``SEAWALL_*``
+environment variables (nested fields with ``__``, e.g.
+``SEAWALL_MODERATION__BACKEND=cascade``), the YAML file named by
+``SEAWALL_CONFIG`` (or passed to :func:`load_settings`), then the defaults
+below. Every field is documented here; ``seawall config`` prints the result.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from seawall.categories import CATEGORIES
+from seawall.errors import ConfigurationError
+
+
+class ServerSettings(BaseModel):
+    """How ``seawall serve`` listens."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind; 127.0.0.1 keeps the service local.")
+    port: int = Field(8080, ge=1, le=65535, description="TCP port.")
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Bearer keys accepted on /v1/*. Empty: no key is required (any key is accepted).",
+    )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger bodies get 413."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
+
+
+class OpenAIBackendSettings(BaseModel):
+    """The ``openai`` backend: forwards to OpenAI's moderation endpoint with the official SDK."""
+
+    base_url: str = Field("https://api.openai.com/v1", description="OpenAI (or compatible) API base URL.")
+    api_key: str | None = Field(None, description="API key; falls back to OPENAI_API_KEY.")
+    model: str = Field("omni-moderation-latest", description="Model name sent upstream.")
+    timeout_s: float = Field(10.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(2, ge=0, description="Retries on connection errors and 5xx/429.")
+    max_batch: int = Field(32, ge=1, description="Most inputs per upstream request.")
+
+
+class LlamaGuardBackendSettings(BaseModel):
+    """The ``llamaguard`` backend: Llama Guard 3/4 behind any OpenAI-compatible chat server."""
+
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="Chat server base URL (vLLM, Ollama, ...).")
+    api_key: str | None = Field(None, description="API key for the chat server, if it wants one.")
+    model: str = Field("meta-llama/Llama-Guard-3-8B", description="Model name on that server.")
+    timeout_s: float = Field(30.0, gt=0, description="Per-request timeout.")
+    concurrency: int = Field(8, ge=1, description="Parallel chat requests per batch.")
+    request_logprobs: bool = Field(
+        True, description="Ask for logprobs to turn the safe/unsafe token into a score."
+    )
+
+
+class CascadeSettings(BaseModel):
+    """The ``cascade`` backend: local first, uncertain texts go to a stronger backend."""
+
+    primary: str = Field("local", description="Backend scored first, for every input.")
+    secondary: str = Field("openai", description="Backend asked only for uncertain inputs.")
+    uncertain_low: float = Field(0.15, ge=0, le=1, description="Lower edge of the uncertain band.")
+    uncertain_high: float = Field(0.85, ge=0, le=1, description="Upper edge of the uncertain band.")
+    on_secondary_error: Literal["primary", "error"] = Field(
+        "primary",
+        description="If the secondary fails: keep the primary's answer (and say so) or fail the request.",
+    )
+
+
+class ImageSettings(BaseModel):
+    """How image parts are fetched and judged."""
+
+    allow_url_fetch: bool = Field(True, description="Fetch https image URLs; off: only data: URLs.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts image URLs may come from (exact or '.suffix'); empty allows any public host.",
+    )
+    allow_private_hosts: bool = Field(
+        False, description="Allow URLs that resolve to loopback/private addresses (off blocks SSRF)."
+    )
+    allow_http: bool = Field(False, description="Accept plain http:// image URLs (https only by default).")
+    max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest image, fetched or inline.")
+    max_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (width x height).")
+    fetch_timeout_s: float = Field(5.0, gt=0, description="Time limit for fetching one image URL.")
+    fallback_backend: str | None = Field(
+        None,
+        description=(
+            "Backend asked for the image categories the local model cannot judge. "
+            "None: those categories are reported as not assessed for images."
+        ),
+    )
+
+
+class ModerationSettings(BaseModel):
+    """The moderation service."""
+
+    backend: str = Field("local", description="Default backend: local, openai, llamaguard, cascade.")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-category flag thresholds overriding the backend's (e.g. {'violence': 0.6}).",
+    )
+    max_items: int = Field(2048, ge=1, description="Most inputs in one request.")
+    max_chars: int = Field(200_000, ge=1, description="Longest text part, in characters.")
+    batch_window_ms: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "Extra time the local backend waits to gather concurrent requests into one batch. "
+            "0: no added latency; requests that queue while a batch is scored still share the next one."
+        ),
+    )
+    batch_max_items: int = Field(256, ge=1, description="Most texts the local model scores in one batch.")
+    model_dir: Path | None = Field(
+        None,
+        description="Directory of the local model's artefacts; None uses the ones shipped in the package.",
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_categories(cls, value: dict[str, float]) -> dict[str, float]:
+        from seawall.categories import ALL_LABELS
+
+        for name, threshold in value.items():
+            if name not in ALL_LABELS:
+                raise ValueError(f"unknown category {name!r} in thresholds")
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"threshold for {name!r} must be within [0, 1]")
+        return value
+
+
+class Settings(BaseSettings):
+    """Everything seawall can be configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="SEAWALL_", env_nested_delimiter="__", extra="forbid")
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    moderation: ModerationSettings = Field(default_factory=ModerationSettings)
+    images: ImageSettings = Field(default_factory=ImageSettings)
+    openai: OpenAIBackendSettings = Field(default_factory=OpenAIBackendSettings)
+    llamaguard: LlamaGuardBackendSettings = Field(default_factory=LlamaGuardBackendSettings)
+    cascade: CascadeSettings = Field(default_factory=CascadeSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No .env or secrets directory: one file (YAML) and the environment are the whole story.
+        return (init_settings, env_settings)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read settings file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"settings file {path} is not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigurationError(f"settings file {path} must hold a mapping at the top level")
+    return loaded
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from a YAML file, the environment and ``overrides``.
+
+    The environment beats the file; ``overrides`` beat both.
+    """
+    path = config_file or os.environ.get("SEAWALL_CONFIG")
+    file_values = _read_yaml(Path(path)) if path else {}
+    try:
+        from_env_and_defaults = Settings()
+        merged = _deep_merge(file_values, from_env_and_defaults.model_dump(exclude_unset=True))
+        merged = _deep_merge(merged, overrides)
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigurationError(f"invalid settings: {exc}") from exc
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(dotted name, default, description) for every setting, for docs and ``seawall config``."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{prefix}{name}.")
+                continue
+            default = field.get_default(call_default_factory=True)
+            rows.append((f"{prefix}{name}", repr(default), field.description or ""))
+
+    walk(Settings, "")
+    return rows
+
+
+__all__ = ["CATEGORIES", "Settings", "describe_settings", "load_settings"]
