@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any, BinaryIO
 
 import typer
 from rich.console import Console
@@ -61,12 +62,21 @@ def serve(
     )
 
 
-def _read_jsonl_texts(stream: TextIO, source: str) -> list[tuple[Any, Any]]:
+def _utf8_lines(stream: BinaryIO, source: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) for each non-blank line; invalid UTF-8 is an error that names the line."""
+    for number, raw in enumerate(stream, start=1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            raise _fail(f"{source}:{number}: not valid UTF-8 ({exc.reason})") from exc
+        if line.strip():
+            yield number, line
+
+
+def _read_jsonl_texts(stream: BinaryIO, source: str) -> list[tuple[Any, Any]]:
     """(record, input) pairs from JSONL: each line a string or an object with 'input' or 'text'."""
     pairs: list[tuple[Any, Any]] = []
-    for number, line in enumerate(stream, start=1):
-        if not line.strip():
-            continue
+    for number, line in _utf8_lines(stream, source):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -74,7 +84,10 @@ def _read_jsonl_texts(stream: TextIO, source: str) -> list[tuple[Any, Any]]:
         if isinstance(record, str):
             pairs.append((record, record))
         elif isinstance(record, dict) and ("input" in record or "text" in record):
-            pairs.append((record, record.get("input", record.get("text"))))
+            item = record.get("input", record.get("text"))
+            if not isinstance(item, str | list):
+                raise _fail(f"{source}:{number}: 'input'/'text' must be a string or a list of content parts")
+            pairs.append((record, item))
         else:
             raise _fail(f"{source}:{number}: expected a string or an object with 'input' or 'text'")
     return pairs
@@ -100,16 +113,16 @@ def moderate(
     if (text is None) == (file is None):
         raise _fail("give either TEXT or --file")
     if text == "-":
-        pairs = [(line.rstrip("\n"), line.rstrip("\n")) for line in sys.stdin if line.strip()]
+        pairs = [(line, line) for _, line in _utf8_lines(sys.stdin.buffer, "<stdin>")]
     elif text is not None:
         pairs = [(text, text)]
     elif str(file) == "-":
-        pairs = _read_jsonl_texts(sys.stdin, "<stdin>")
+        pairs = _read_jsonl_texts(sys.stdin.buffer, "<stdin>")
     else:
         assert file is not None
         if not file.is_file():
             raise _fail(f"no such file: {file}")
-        with file.open(encoding="utf-8") as stream:
+        with file.open("rb") as stream:
             pairs = _read_jsonl_texts(stream, str(file))
 
     try:
@@ -142,7 +155,10 @@ def moderate(
         rows = asyncio.run(run())
     except SeawallError as exc:
         raise _fail(exc.message) from exc
-    out = output.open("w", encoding="utf-8") if output else sys.stdout
+    try:
+        out = output.open("w", encoding="utf-8") if output else sys.stdout
+    except OSError as exc:
+        raise _fail(f"cannot write {output}: {exc.strerror}") from exc
     try:
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -190,6 +206,8 @@ def evaluate(
         labeled = read_labeled_jsonl(file)
     except SeawallError as exc:
         raise _fail(exc.message) from exc
+    except UnicodeDecodeError as exc:
+        raise _fail(f"{file}: not valid UTF-8 ({exc.reason})") from exc
 
     async def run() -> tuple[list[Any], dict[str, float]]:
         service = ModerationService(settings)
@@ -254,6 +272,9 @@ def train_command(
     source: Annotated[
         list[str] | None, typer.Option(help="Train on only these sources (repeatable).")
     ] = None,
+    semantic: Annotated[
+        bool, typer.Option(help="Add the static-embedding block distilled from MiniLM (train extra).")
+    ] = True,
 ) -> None:
     """Train the embedded model, calibrate thresholds on the dev split, write artefacts and model card."""
     from seawall.model.classifier import default_model_dir
@@ -265,6 +286,7 @@ def train_command(
         out_dir=out or default_model_dir(),
         limit_per_source=limit_per_source,
         sources=tuple(source) if source else None,
+        semantic=semantic,
     )
     try:
         report = train(config, progress=lambda message: console.print(message))
@@ -282,8 +304,12 @@ def show_config(config: ConfigOption = None) -> None:
         settings = load_settings(config).model_dump()
     except SeawallError as exc:
         raise _fail(exc.message) from exc
+    rows = describe_settings()
     table = Table("setting", "value", "default", "meaning")
-    for name, default, description in describe_settings():
+    # Names stay whole on narrow or piped output (`seawall config | grep ...`); the meaning wraps.
+    table.columns[0].no_wrap = True
+    table.columns[0].min_width = max(len(name) for name, _, _ in rows)
+    for name, default, description in rows:
         value: Any = settings
         for part in name.split("."):
             value = value[part]

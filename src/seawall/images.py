@@ -118,12 +118,11 @@ class ImageLoader:
                     raise PayloadTooLargeError(
                         f"image is {width}x{height}; the limit is {self.settings.max_pixels} pixels."
                     )
-                image.verify()
-        except (
-            UnidentifiedImageError,
-            OSError,
-            SyntaxError,
-            ValueError,
-            Image.DecompressionBombError,
-        ) as exc:
+                # Decode the pixels, not only the headers: verify() passes files whose chunks check
+                # out but whose data is corrupt, and those then failed inside the image model (a 500).
+                image.load()
+        except Image.DecompressionBombError as exc:
+            # Pillow's own limit (twice its MAX_IMAGE_PIXELS) trips in open(), before the check above.
+            raise PayloadTooLargeError(f"image is too large to decode: {exc}") from exc
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"image could not be decoded: {exc}") from exc

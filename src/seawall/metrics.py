@@ -61,4 +61,6 @@ def best_f1_threshold(
     last_of_tie = np.r_[np.diff(sorted_scores) != 0, True]
     f[~last_of_tie] = -1
     best = int(np.argmax(f))
+    if f[best] <= 0:
+        return max(0.5, floor)  # no threshold above the floor catches anything: a neutral default
     return float(sorted_scores[best])

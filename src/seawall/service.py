@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from seawall.backends.base import ModerationBackend, available_backends, create_backend
-from seawall.errors import ModelNotFoundError
+from seawall.errors import ConfigurationError, ModelNotFoundError
 from seawall.images import ImageLoader
 from seawall.inputs import ModerationInput, parse_input
 from seawall.results import ModerationResult
@@ -71,7 +71,15 @@ class ModerationService:
         backend_name = self.backend_name(model)
         inputs = parse_input(raw_input, max_items=limits.max_items, max_chars=limits.max_chars)
         inputs = await self._with_images(inputs)
-        backend = await self.backend(backend_name)
+        try:
+            backend = await self.backend(backend_name)
+        except ConfigurationError as exc:
+            if backend_name == limits.backend:
+                raise
+            # A backend the request asked for by name that this server is not set up to run.
+            raise ModelNotFoundError(
+                f"The model {model!r} is not available on this server: {exc.message}", param="model"
+            ) from exc
         results = await backend.moderate(inputs)
         results = await self._route_unassessed_images(inputs, results)
         if limits.thresholds:

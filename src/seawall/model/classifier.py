@@ -3,11 +3,15 @@
 Artefacts (written by ``seawall train``) in one directory:
 
 * ``model.json`` — labels, feature configuration, per-label thresholds, provenance;
-* ``weights.npz`` — ``weights`` (n_buckets x n_labels, float16), ``bias`` and ``idf``.
+* ``weights.npz`` — ``weights`` (n_buckets x n_labels, float16), ``bias`` and ``idf``;
+  with the semantic block also ``dense_weights`` (dims x n_labels) and ``token_weights``;
+* ``static_embeddings.npy`` and ``tokenizer.json`` — the semantic block's token vectors
+  (see :mod:`seawall.model.embeddings`); optional.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +25,7 @@ from numpy.typing import NDArray
 
 from seawall.categories import PARENT
 from seawall.errors import ModelArtefactError
+from seawall.model.embeddings import TOKENIZER_FILE, VECTORS_FILE, StaticEncoder
 from seawall.model.features import FeatureConfig, Featurizer, sparse_dot
 
 MODEL_FILE = "model.json"
@@ -54,6 +59,8 @@ class TextClassifier:
         weights: NDArray[np.float16],
         bias: NDArray[np.float32],
         idf: NDArray[np.float32],
+        encoder: StaticEncoder | None = None,
+        dense_weights: NDArray[np.floating] | None = None,
     ) -> None:
         if weights.shape != (meta.features.n_buckets, len(meta.labels)):
             raise ModelArtefactError(
@@ -64,6 +71,18 @@ class TextClassifier:
         self._weights = weights
         self._bias = bias.astype(np.float32)
         self._featurizer = Featurizer(meta.features, idf.astype(np.float32))
+        if (encoder is None) != (dense_weights is None):
+            raise ModelArtefactError("the semantic block needs both its encoder and its weights")
+        if (
+            encoder is not None
+            and dense_weights is not None
+            and dense_weights.shape != (encoder.dims, len(meta.labels))
+        ):
+            raise ModelArtefactError(
+                f"dense weights have shape {dense_weights.shape}; expected ({encoder.dims}, n_labels)"
+            )
+        self._encoder = encoder
+        self._dense_weights = None if dense_weights is None else dense_weights.astype(np.float32)
         self._parent_pairs = [
             (meta.labels.index(child), meta.labels.index(parent))
             for child, parent in PARENT.items()
@@ -77,6 +96,13 @@ class TextClassifier:
             raw = json.loads((directory / MODEL_FILE).read_text(encoding="utf-8"))
             arrays = np.load(directory / WEIGHTS_FILE)
             weights, bias, idf = arrays["weights"], arrays["bias"], arrays["idf"]
+            encoder = None
+            dense_weights = None
+            if "dense_weights" in arrays:
+                dense_weights = arrays["dense_weights"]
+                encoder = StaticEncoder(
+                    directory / TOKENIZER_FILE, np.load(directory / VECTORS_FILE), arrays["token_weights"]
+                )
         except FileNotFoundError as exc:
             raise ModelArtefactError(
                 f"model artefacts missing in {directory}: {exc.filename}. Run 'seawall train' to create them."
@@ -90,11 +116,22 @@ class TextClassifier:
             version=str(raw.get("version", "unknown")),
             info=raw.get("info", {}),
         )
-        return cls(meta, weights, bias, idf)
+        return cls(meta, weights, bias, idf, encoder, dense_weights)
+
+    def with_features(self, features: FeatureConfig) -> TextClassifier:
+        """The same weights under another feature configuration (for ablations)."""
+        meta = dataclasses.replace(self.meta, features=features)
+        return TextClassifier(
+            meta, self._weights, self._bias, self._featurizer.idf, self._encoder, self._dense_weights
+        )
 
     def logits_for_words(self, windows: Sequence[Sequence[str]]) -> NDArray[np.float32]:
         rows = self._featurizer.transform_words(windows)
-        return sparse_dot(rows, self._weights) + self._bias
+        logits = sparse_dot(rows, self._weights) + self._bias
+        if self._encoder is not None and self._dense_weights is not None:
+            dense = self._encoder.encode([" ".join(words) for words in windows])
+            logits += (dense * self.meta.features.dense_weight) @ self._dense_weights
+        return logits
 
     def score(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Probabilities, shape (len(texts), len(labels)); long texts score as their worst window."""

@@ -37,6 +37,10 @@ class FeatureConfig:
     #: Relative weight of the word block and the character block after each is L2-normalised.
     word_weight: float = 1.0
     char_weight: float = 1.0
+    #: Scale of the static-embedding block (when the model has one) relative to the n-gram blocks.
+    dense_weight: float = 1.0
+    #: Undo obfuscation before featurising (off only to measure what normalisation is worth).
+    normalize: bool = True
     #: Texts longer than this many words are scored window by window (worst window wins).
     window_words: int = 96
     window_stride: int = 64
@@ -55,6 +59,11 @@ class SparseRows:
 
     def __len__(self) -> int:
         return len(self.indptr) - 1
+
+
+def split_words(text: str) -> list[str]:
+    """Lower-cased word tokens of ``text`` as it is (no normalisation)."""
+    return _WORD.findall(text.lower())
 
 
 def _bucket(key: str, mask: int) -> int:
@@ -87,10 +96,9 @@ class Featurizer:
         self._mask = config.n_buckets - 1
         self.idf = idf if idf is not None else np.ones(config.n_buckets, dtype=np.float32)
 
-    @staticmethod
-    def words(text: str) -> list[str]:
-        """The lower-cased words of normalised ``text``."""
-        return _WORD.findall(normalize(text).lower())
+    def words(self, text: str) -> list[str]:
+        """The lower-cased words of ``text``, de-obfuscated unless the config turns that off."""
+        return split_words(normalize(text) if self.config.normalize else text)
 
     def _row(self, words: Sequence[str]) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
         cfg = self.config

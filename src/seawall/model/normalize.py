@@ -128,6 +128,10 @@ _LEET_CHARS: Final = frozenset("0134578 9@$!|€£+".replace(" ", ""))
 _LEET_TOKEN: Final = re.compile(
     r"(?<![\w@$!|€£+])(?=[\w@$!|€£+]*[a-zA-Z])(?=[\w@$!|€£+]*[0-9@$!|€£+])[\w@$!|€£+]{3,}"
 )
+# One or two leet characters with a letter on each side: "k1ll", "n00b", "l33t".
+_LEET_INSIDE: Final = re.compile(
+    r"(?<=[^\W\d_])[" + re.escape("".join(sorted(_LEET_CHARS))) + r"]{1,2}(?=[^\W\d_])"
+)
 # Single letters separated by one space, dot, dash, underscore or asterisk: "k i l l", "k.i.l.l".
 _SPACED_LETTERS: Final = re.compile(r"\b(?:[a-zA-Z][ .\-_*]){3,}[a-zA-Z]\b")
 _REPEATS: Final = re.compile(r"([a-zA-Z])\1{2,}")
@@ -162,13 +166,9 @@ def _unleet(match: re.Match[str]) -> str:
     following = match.string[match.end() : match.end() + 1]
     if "@" in token and following == ".":
         return token  # an e-mail address, not "h@te"
-    # Only a leet character between two letters proves obfuscation ("k1ll", not "5pm" or "mp3");
+    # Only leet characters between two letters prove obfuscation ("k1ll", "n00b"; not "5pm" or "mp3");
     # once proven, the token's other leet characters are decoded too ("$h!t").
-    internal = any(
-        token[i] in _LEET_CHARS and token[i - 1].isalpha() and token[i + 1].isalpha()
-        for i in range(1, len(token) - 1)
-    )
-    return token.translate(_LEET) if internal else token
+    return token.translate(_LEET) if _LEET_INSIDE.search(token) else token
 
 
 def _join_spaced(match: re.Match[str]) -> str:

@@ -83,8 +83,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Load the default backend before the first request, so that request is fast.
+        # Load the default backend before the first request, so that request is fast, and the
+        # image fallback too, so a misconfigured one stops start-up instead of failing requests.
         await service.backend(settings.moderation.backend)
+        if settings.images.fallback_backend:
+            await service.backend(settings.images.fallback_backend)
         yield
         await service.aclose()
 
@@ -103,7 +106,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         error = InvalidRequestError(f"{request.method} {request.url.path}: {exc.detail}", code=code)
         error.status_code = exc.status_code
-        return _error(error)
+        response = _error(error)
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +26,10 @@ from seawall.categories import ALL_LABELS
 from seawall.errors import DataError
 from seawall.evaluation import evaluate_scores
 from seawall.metrics import best_f1_threshold
-from seawall.model.classifier import MODEL_FILE, WEIGHTS_FILE, ModelMeta, TextClassifier
-from seawall.model.features import FeatureConfig, Featurizer, SparseRows
+from seawall.model.classifier import MODEL_FILE, WEIGHTS_FILE, ModelMeta, TextClassifier, default_model_dir
+from seawall.model.embeddings import TOKENIZER_FILE, VECTORS_FILE, StaticEncoder, token_idf
+from seawall.model.features import FeatureConfig, Featurizer, SparseRows, split_words
+from seawall.model.normalize import normalize
 from seawall.training.datasets import (
     HELD_OUT_SOURCES,
     TRAINING_SOURCES,
@@ -33,6 +37,8 @@ from seawall.training.datasets import (
     authored,
     load_sources,
 )
+from seawall.training.distill import distil
+from seawall.training.model_card import write_model_card
 
 Progress = Callable[[str], None]
 
@@ -50,6 +56,10 @@ class TrainConfig:
     #: Optional cap on rows per source (for quick runs and tests).
     limit_per_source: int | None = None
     sources: tuple[str, ...] | None = None
+    #: Add the static-embedding block (distilled from MiniLM) next to the n-grams.
+    semantic: bool = True
+    #: Labels fitted in parallel (threads; liblinear releases the GIL).
+    workers: int = 2
 
 
 def default_authored_dir() -> Path | None:
@@ -62,7 +72,7 @@ def merge_duplicates(rows: list[Example]) -> list[Example]:
     """One row per normalised text; labels are unioned (the stricter reading wins)."""
     merged: dict[str, Example] = {}
     for row in rows:
-        key = hashlib.sha1(" ".join(Featurizer.words(row.text)).encode()).hexdigest()
+        key = hashlib.sha1(" ".join(split_words(normalize(row.text))).encode()).hexdigest()
         if key in merged:
             kept = merged[key]
             merged[key] = Example(
@@ -101,21 +111,16 @@ def document_frequency_idf(rows: SparseRows, n_buckets: int) -> NDArray[np.float
     return np.asarray(np.log((1 + n_docs) / (1 + present)) + 1.0, dtype=np.float32)
 
 
-def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
-    from sklearn.linear_model import LogisticRegression
-
-    started = time.time()
+def load_training_rows(config: TrainConfig, progress: Progress) -> list[Example]:
     sources = TRAINING_SOURCES
     if config.sources:
         unknown = set(config.sources) - set(TRAINING_SOURCES)
         if unknown:
-            raise DataError(f"unknown sources: {sorted(unknown)}")
+            raise DataError(f"unknown sources: {sorted(unknown)}; known: {sorted(TRAINING_SOURCES)}")
         sources = {name: TRAINING_SOURCES[name] for name in config.sources}
-
-    def counted(name: str, count: int) -> None:
-        progress(f"loaded {name}: {count} rows")
-
-    rows = load_sources(config.data_dir, sources, counted)
+    rows = load_sources(
+        config.data_dir, sources, lambda name, count: progress(f"loaded {name}: {count} rows")
+    )
     if config.authored_dir is not None:
         own = authored(config.authored_dir)
         progress(f"loaded authored: {len(own)} rows")
@@ -125,40 +130,78 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         for row in rows:
             by_source.setdefault(row.source, []).append(row)
         rows = [row for group in by_source.values() for row in group[: config.limit_per_source]]
-    rows = merge_duplicates(rows)
+    return merge_duplicates(rows)
+
+
+def fit_label(
+    x: Any, positives: NDArray[np.bool_], base_weight: NDArray[np.float64], config: TrainConfig
+) -> tuple[NDArray[np.float64], float]:
+    """One logistic regression; rare labels get their positives up-weighted (bounded)."""
+    from sklearn.linear_model import LogisticRegression
+
+    boost = min(config.max_positive_boost, max(1.0, float(np.sqrt((~positives).sum() / positives.sum())) / 2))
+    model = LogisticRegression(C=config.regularisation_c, solver="liblinear", max_iter=200)
+    model.fit(x, positives, sample_weight=base_weight * np.where(positives, boost, 1.0))
+    return model.coef_[0], float(model.intercept_[0])
+
+
+def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
+    from scipy.sparse import csr_matrix, hstack
+
+    started = time.time()
+
+    def elapsed() -> str:
+        return f"({time.time() - started:.0f}s)"
+
+    rows = load_training_rows(config, progress)
     train_rows = [row for row in rows if not is_dev(row.group, config.dev_fraction)]
     dev_rows = [row for row in rows if is_dev(row.group, config.dev_fraction)]
     held_out = merge_duplicates(load_sources(config.data_dir, HELD_OUT_SOURCES))
     progress(f"{len(train_rows)} train rows, {len(dev_rows)} dev rows, {len(held_out)} held-out rows")
 
-    featurizer = Featurizer(config.features)
-    raw_train = featurizer.transform([row.text for row in train_rows])
-    idf = document_frequency_idf(raw_train, config.features.n_buckets)
-    featurizer = Featurizer(config.features, idf)
-    progress(f"featurising ({time.time() - started:.0f}s)")
-    x_train = _to_csr(featurizer.transform([row.text for row in train_rows]), config.features.n_buckets)
+    n_buckets = config.features.n_buckets
+    cap = config.features.window_words * 4
+    unweighted = Featurizer(config.features)
+    train_words = [unweighted.words(row.text)[:cap] for row in train_rows]
+    idf = document_frequency_idf(unweighted.transform_words(train_words), n_buckets)
+    x_train = _to_csr(Featurizer(config.features, idf).transform_words(train_words), n_buckets)
+    progress(f"n-gram features ready {elapsed()}")
+
+    encoder: StaticEncoder | None = None
+    token_weights: NDArray[np.float32] | None = None
+    vectors: NDArray[np.float16] | None = None
+    if config.semantic:
+        tokenizer_file = default_model_dir() / TOKENIZER_FILE
+        vectors = distil(tokenizer_file, progress=progress)
+        plain = StaticEncoder(tokenizer_file, vectors, np.ones(len(vectors), dtype=np.float32))
+        joined = [" ".join(words) for words in train_words]
+        token_weights = token_idf(plain.token_ids(joined), len(vectors))
+        encoder = StaticEncoder(tokenizer_file, vectors, token_weights)
+        dense = encoder.encode(joined) * config.features.dense_weight
+        x_train = hstack([x_train, csr_matrix(dense)], format="csr")
+        progress(f"semantic features ready {elapsed()}")
+
     y_train = label_matrix(train_rows)
     base_weight = np.array([row.weight for row in train_rows], dtype=np.float64)
+    n_dense = encoder.dims if encoder else 0
+    weights = np.zeros((n_buckets, len(ALL_LABELS)), dtype=np.float32)
+    dense_weights = np.zeros((n_dense, len(ALL_LABELS)), dtype=np.float32)
+    bias = np.full(len(ALL_LABELS), -8.0, dtype=np.float32)
+    fitted_labels = [i for i in range(len(ALL_LABELS)) if y_train[:, i].sum() >= 5]
+    for index in sorted(set(range(len(ALL_LABELS))) - set(fitted_labels)):
+        progress(f"label {ALL_LABELS[index]}: only {int(y_train[:, index].sum())} positives, never flagged")
 
-    weights = np.zeros((config.features.n_buckets, len(ALL_LABELS)), dtype=np.float32)
-    bias = np.zeros(len(ALL_LABELS), dtype=np.float32)
-    for index, label in enumerate(ALL_LABELS):
-        positives = y_train[:, index]
-        if positives.sum() < 5:
-            progress(f"label {label}: only {int(positives.sum())} positives, skipped")
-            bias[index] = -8.0
-            continue
-        # Rare labels get their positives up-weighted (bounded), so they are not drowned out.
-        boost = min(config.max_positive_boost, max(1.0, np.sqrt((~positives).sum() / positives.sum()) / 2))
-        sample_weight = base_weight * np.where(positives, boost, 1.0)
-        model = LogisticRegression(C=config.regularisation_c, solver="liblinear", max_iter=200)
-        model.fit(x_train, positives, sample_weight=sample_weight)
-        weights[:, index] = model.coef_[0]
-        bias[index] = model.intercept_[0]
-        progress(
-            f"label {label}: {int(positives.sum())} positives, boost {boost:.1f} "
-            f"({time.time() - started:.0f}s)"
-        )
+    def fit(index: int) -> tuple[int, NDArray[np.float64], float]:
+        coef, intercept = fit_label(x_train, y_train[:, index], base_weight, config)
+        return index, coef, intercept
+
+    # liblinear releases the GIL: two labels train at once on two cores.
+    with ThreadPoolExecutor(max_workers=config.workers) as pool:
+        for index, coef, intercept in pool.map(fit, fitted_labels):
+            weights[:, index] = coef[:n_buckets]
+            dense_weights[:, index] = coef[n_buckets:]
+            bias[index] = intercept
+            progress(f"label {ALL_LABELS[index]}: {int(y_train[:, index].sum())} positives {elapsed()}")
 
     meta = ModelMeta(
         labels=ALL_LABELS,
@@ -167,15 +210,16 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         version=time.strftime("%Y.%m.%d"),
         info={},
     )
-    classifier = TextClassifier(meta, weights.astype(np.float16), bias, idf)
+    classifier = TextClassifier(
+        meta, weights.astype(np.float16), bias, idf, encoder, dense_weights if encoder else None
+    )
     dev_scores = classifier.score([row.text for row in dev_rows])
     y_dev = label_matrix(dev_rows)
-    thresholds = {}
-    for index, label in enumerate(ALL_LABELS):
-        # F-beta with beta < 1 favours precision: a moderation flag that cries wolf gets switched off.
-        thresholds[label] = round(
-            best_f1_threshold(y_dev[:, index], dev_scores[:, index], beta=0.7, floor=0.2), 4
-        )
+    # F-beta with beta < 1 favours precision: a moderation flag that cries wolf gets switched off.
+    thresholds = {
+        label: round(best_f1_threshold(y_dev[:, i], dev_scores[:, i], beta=0.7, floor=0.2), 4)
+        for i, label in enumerate(ALL_LABELS)
+    }
     report = {
         "dev": evaluate_scores(y_dev, dev_scores, thresholds),
         "held_out": evaluate_scores(
@@ -183,11 +227,31 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         ),
         "rows": {"train": len(train_rows), "dev": len(dev_rows), "held_out": len(held_out)},
         "sources": sorted({row.source for row in rows}),
+        "semantic": config.semantic,
         "seconds": round(time.time() - started, 1),
     }
     write_artefacts(config.out_dir, meta, thresholds, weights, bias, idf, report)
-    progress(f"wrote artefacts to {config.out_dir} ({report['seconds']}s)")
+    if encoder is not None and vectors is not None and token_weights is not None:
+        write_semantic_artefacts(config.out_dir, vectors, token_weights, dense_weights)
+    write_model_card(config.out_dir / "MODEL_CARD.md", report, thresholds, meta.version)
+    progress(f"wrote artefacts to {config.out_dir} {elapsed()}")
     return report
+
+
+def write_semantic_artefacts(
+    out_dir: Path,
+    vectors: NDArray[np.float16],
+    token_weights: NDArray[np.float32],
+    dense_weights: NDArray[np.float32],
+) -> None:
+    np.save(out_dir / VECTORS_FILE, vectors.astype(np.float16))
+    tokenizer = default_model_dir() / TOKENIZER_FILE
+    if (out_dir / TOKENIZER_FILE).resolve() != tokenizer.resolve():
+        shutil.copyfile(tokenizer, out_dir / TOKENIZER_FILE)
+    arrays = dict(np.load(out_dir / WEIGHTS_FILE))
+    arrays["dense_weights"] = dense_weights.astype(np.float32)
+    arrays["token_weights"] = token_weights.astype(np.float16)
+    np.savez_compressed(out_dir / WEIGHTS_FILE, **arrays)
 
 
 def write_artefacts(

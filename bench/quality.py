@@ -1,0 +1,153 @@
+"""Quality of the embedded model, measured on data it was not trained on, in one run.
+
+Prints, for the shipped artefacts (or --model-dir):
+
+1. the project's functional test suite (``bench/data/functional_tests.jsonl``, authored for
+   evaluation only): pass rate per functionality, the false-positive rate on the benign
+   functionalities, and the any-category AUPRC;
+2. the held-out sources (whole public sets never trained on) and the grouped dev split of the
+   training mix, when ``../shared/data`` (or --data) is present;
+3. what obfuscation normalisation is worth: recall on obfuscated harmful texts with and
+   without it.
+
+Usage: python bench/quality.py [--data ../shared/data] [--model-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from seawall.categories import ALL_LABELS, CATEGORIES
+from seawall.evaluation import evaluate_scores, read_labeled_jsonl
+from seawall.model.classifier import TextClassifier
+
+HERE = Path(__file__).parent
+FUNCTIONAL = HERE / "data" / "functional_tests.jsonl"
+CATEGORY_COLUMNS = [ALL_LABELS.index(name) for name in CATEGORIES]
+
+HOMOGLYPHS = {"a": "а", "e": "е", "o": "о", "p": "р", "c": "с", "i": "і", "x": "х", "y": "у"}
+LEET = {"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "t": "7"}
+
+
+def obfuscate(text: str, how: str, rng: random.Random) -> str:
+    """One cheap evasion, applied to every word of four letters or more."""
+
+    def per_word(word: str) -> str:
+        if len(word) < 4 or not word.isalpha():
+            return word
+        if how == "leet":
+            return "".join(LEET.get(ch, ch) if rng.random() < 0.6 else ch for ch in word)
+        if how == "zero_width":
+            middle = len(word) // 2
+            return word[:middle] + "\u200b" + word[middle:]
+        if how == "homoglyph":
+            return "".join(HOMOGLYPHS.get(ch, ch) for ch in word)
+        if how == "spaced":
+            return " ".join(word)
+        raise ValueError(how)
+
+    if how == "tag_smuggling":
+        return "please read: " + "".join(chr(0xE0000 + ord(ch)) for ch in text if 0x20 <= ord(ch) <= 0x7E)
+    return " ".join(per_word(word) for word in text.split(" "))
+
+
+def flags(classifier: TextClassifier, scores: np.ndarray) -> np.ndarray:
+    thresholds = np.array([classifier.meta.thresholds.get(name, 0.5) for name in ALL_LABELS])
+    return (scores >= thresholds)[:, CATEGORY_COLUMNS].any(axis=1)
+
+
+def functional_suite(classifier: TextClassifier) -> None:
+    rows = [json.loads(line) for line in FUNCTIONAL.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = [row["text"] for row in rows]
+    scores = classifier.score(texts)
+    flagged = flags(classifier, scores)
+    by_functionality: dict[str, list[bool]] = defaultdict(list)
+    benign_flags: list[bool] = []
+    for row, is_flagged in zip(rows, flagged, strict=True):
+        harmful = bool(row["labels"])
+        by_functionality[row["functionality"]].append(bool(is_flagged) == harmful)
+        if not harmful:
+            benign_flags.append(bool(is_flagged))
+    print(f"\n== functional tests ({len(rows)} cases, {FUNCTIONAL.relative_to(HERE.parent)}) ==")
+    for name, passed in sorted(by_functionality.items()):
+        kind = "harmful" if any(r["labels"] for r in rows if r["functionality"] == name) else "benign"
+        print(f"  {name:28s} {kind:8s} pass {np.mean(passed):6.1%}  ({sum(passed)}/{len(passed)})")
+    print(f"  benign cases flagged (false-positive rate): {np.mean(benign_flags):.1%} of {len(benign_flags)}")
+    labeled = read_labeled_jsonl(FUNCTIONAL)
+    summary = evaluate_scores(labeled.labels, scores, classifier.meta.thresholds)["summary"]
+    print(
+        f"  any-category AUPRC {summary['any_auprc']}, precision {summary['any_precision']}, "
+        f"recall {summary['any_recall']}"
+    )
+
+
+def normalisation_ablation(classifier: TextClassifier, texts: list[str]) -> None:
+    without = classifier.with_features(dataclasses.replace(classifier.meta.features, normalize=False))
+    rng = random.Random(5)
+    print(f"\n== obfuscation: share of {len(texts)} harmful texts still flagged ==")
+    print(f"  {'':14s} {'normalised':>10s} {'raw':>10s}")
+    base_on = flags(classifier, classifier.score(texts)).mean()
+    base_off = flags(without, without.score(texts)).mean()
+    print(f"  {'clean text':14s} {base_on:10.1%} {base_off:10.1%}")
+    for how in ("leet", "zero_width", "homoglyph", "spaced", "tag_smuggling"):
+        variants = [obfuscate(text, how, rng) for text in texts]
+        on = flags(classifier, classifier.score(variants)).mean()
+        off = flags(without, without.score(variants)).mean()
+        print(f"  {how:14s} {on:10.1%} {off:10.1%}")
+
+
+def shared_data_reports(classifier: TextClassifier, data: Path) -> None:
+    from seawall.training.datasets import HELD_OUT_SOURCES, load_sources
+    from seawall.training.train import TrainConfig, is_dev, label_matrix, load_training_rows, merge_duplicates
+
+    held_out = merge_duplicates(load_sources(data, HELD_OUT_SOURCES))
+    report = evaluate_scores(
+        label_matrix(held_out), classifier.score([r.text for r in held_out]), classifier.meta.thresholds
+    )
+    print(f"\n== held-out sources never trained on ({', '.join(HELD_OUT_SOURCES)}) ==")
+    print(f"  {report['summary']}")
+    for name, row in report["labels"].items():
+        print(f"  {name:24s} {row}")
+    from seawall.training.train import default_authored_dir
+
+    config = TrainConfig(data_dir=data, authored_dir=default_authored_dir(), out_dir=Path("/nonexistent"))
+    rows = [
+        row for row in load_training_rows(config, lambda _: None) if is_dev(row.group, config.dev_fraction)
+    ]
+    report = evaluate_scores(
+        label_matrix(rows), classifier.score([r.text for r in rows]), classifier.meta.thresholds
+    )
+    print(f"\n== grouped dev split of the training mix ({len(rows)} rows) ==")
+    print(f"  {report['summary']}")
+    for name, row in report["labels"].items():
+        print(f"  {name:24s} {row}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
+    parser.add_argument("--model-dir", type=Path, default=None)
+    args = parser.parse_args()
+    classifier = TextClassifier.load(args.model_dir)
+    print(f"model version {classifier.meta.version}, labels {len(classifier.labels)}")
+    functional_suite(classifier)
+    rows = [json.loads(line) for line in FUNCTIONAL.read_text(encoding="utf-8").splitlines() if line.strip()]
+    harmful = [row["text"] for row in rows if row["labels"] and row["functionality"] != "obfuscated_harm"]
+    normalisation_ablation(classifier, harmful)
+    if args.data.is_dir():
+        shared_data_reports(classifier, args.data)
+    else:
+        print(f"\n(held-out and dev reports skipped: no training data at {args.data})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""The ``llamaguard`` backend against a loopback stand-in for an OpenAI-compatible chat server."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.responses import Response
+
+from backend_standins import Recorded, StandIn, json_reply, stand_in
+from seawall.backends.base import create_backend
+from seawall.backends.llamaguard import LlamaGuardBackend, create
+from seawall.categories import CATEGORIES, IMAGE_CATEGORIES
+from seawall.errors import BackendError, BackendTimeoutError
+from seawall.inputs import ImagePart, ModerationInput
+from seawall.settings import Settings
+
+#: The mapping the backend documents, written out independently (parents included).
+EXPECTED_FLAGS: dict[str, set[str]] = {
+    "S1": {"violence", "illicit/violent", "illicit"},
+    "S2": {"illicit"},
+    "S3": {"sexual", "illicit"},
+    "S4": {"sexual/minors", "sexual"},
+    "S5": set(),
+    "S6": set(),
+    "S7": set(),
+    "S8": set(),
+    "S9": {"illicit/violent", "illicit"},
+    "S10": {"hate"},
+    "S11": {"self-harm"},
+    "S12": {"sexual"},
+    "S13": set(),
+    "S14": {"illicit"},
+}
+
+
+def token_logprobs(token: str, alternatives: dict[str, float]) -> dict[str, Any]:
+    """One entry of ``choices[0].logprobs.content``, OpenAI's shape, from probabilities."""
+    return {
+        "token": token,
+        "logprob": math.log(alternatives.get(token, 1e-9)),
+        "bytes": list(token.encode()),
+        "top_logprobs": [
+            {"token": alt, "logprob": math.log(p), "bytes": list(alt.encode())}
+            for alt, p in alternatives.items()
+        ],
+    }
+
+
+def chat_completion(content: Any, logprob_entries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-standin",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "meta-llama/Llama-Guard-3-8B",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+                "logprobs": {"content": logprob_entries} if logprob_entries is not None else None,
+            }
+        ],
+        "usage": {"prompt_tokens": 200, "completion_tokens": 3, "total_tokens": 203},
+    }
+
+
+#: user text → (reply content, probabilities of the first token's alternatives).
+SCRIPT: dict[str, tuple[str, dict[str, float]]] = {
+    "hello there": ("safe", {"safe": 0.97, "unsafe": 0.03}),
+    "violent hate": ("unsafe\nS1,S10", {"unsafe": 0.6, "safe": 0.3, "The": 0.1}),
+}
+
+
+async def scripted_reply(request: Recorded) -> Response:
+    text = request.body["messages"][-1]["content"]
+    content, alternatives = SCRIPT.get(text, ("safe", {"safe": 0.99, "unsafe": 0.01}))
+    if text.startswith("codes:"):
+        content = "unsafe\n" + text.removeprefix("codes:")
+        alternatives = {"unsafe": 0.9, "safe": 0.1}
+    entries = None
+    if request.body.get("logprobs"):
+        first = content.split("\n")[0]
+        entries = [token_logprobs(first, alternatives)]
+    return json_reply(chat_completion(content, entries))
+
+
+@pytest.fixture
+def guard() -> Iterator[StandIn]:
+    with stand_in(scripted_reply) as upstream:
+        yield upstream
+
+
+def settings_for(guard: StandIn, **values: Any) -> Settings:
+    return Settings(llamaguard={"base_url": f"{guard.url}/v1", **values})
+
+
+@pytest.fixture
+async def backend(guard: StandIn) -> Any:
+    created = create(settings_for(guard))
+    yield created
+    await created.aclose()
+
+
+async def moderate_with(settings: Settings, inputs: list[ModerationInput]) -> list[Any]:
+    backend = create(settings)
+    try:
+        return await backend.moderate(inputs)
+    finally:
+        await backend.aclose()
+
+
+async def test_sends_one_chat_completion_per_input(backend: LlamaGuardBackend, guard: StandIn):
+    await backend.moderate([ModerationInput.of_text("hello there"), ModerationInput.of_text("violent hate")])
+
+    assert len(guard.requests) == 2
+    by_text = {request.body["messages"][0]["content"]: request for request in guard.requests}
+    assert set(by_text) == {"hello there", "violent hate"}
+    for request in guard.requests:
+        assert request.path == "/v1/chat/completions"
+        assert request.body["model"] == "meta-llama/Llama-Guard-3-8B"
+        assert request.body["messages"] == [
+            {"role": "user", "content": request.body["messages"][0]["content"]}
+        ]
+        assert request.body["max_tokens"] <= 32
+        assert request.body["temperature"] == 0
+        assert request.body["logprobs"] is True
+        assert request.body["top_logprobs"] >= 2
+        assert "authorization" not in request.headers
+
+
+async def test_api_key_is_sent_when_configured(guard: StandIn):
+    await moderate_with(settings_for(guard, api_key="lg-key"), [ModerationInput.of_text("hello there")])
+    assert guard.requests[0].headers["authorization"] == "Bearer lg-key"
+
+
+async def test_registered_under_its_name(guard: StandIn):
+    created = create_backend("llamaguard", settings_for(guard))
+    try:
+        assert isinstance(created, LlamaGuardBackend)
+    finally:
+        await created.aclose()
+
+
+@pytest.mark.parametrize("code", sorted(EXPECTED_FLAGS, key=lambda c: int(c[1:])))
+async def test_each_hazard_code_maps_onto_the_categories(guard: StandIn, code: str):
+    (result,) = await moderate_with(
+        settings_for(guard, request_logprobs=False), [ModerationInput.of_text(f"codes:{code}")]
+    )
+    expected = EXPECTED_FLAGS[code]
+    assert {name for name, flagged in result.categories.items() if flagged} == expected
+    assert result.category_scores == {name: (1.0 if name in expected else 0.0) for name in CATEGORIES}
+    assert result.flagged is bool(expected)
+    assert result.backend == "llamaguard"
+    assert result.applied_input_types == {name: ["text"] for name in CATEGORIES}
+    if expected:
+        assert not any(code in note for note in result.notes)
+    else:
+        assert any(f"{code} (" in note and "not flagged" in note for note in result.notes)
+    assert "logprobs" not in guard.requests[0].body
+
+
+async def test_several_codes_and_unknown_codes(guard: StandIn):
+    results = await moderate_with(
+        settings_for(guard, request_logprobs=False),
+        [ModerationInput.of_text("codes:S2, S12"), ModerationInput.of_text("codes:S11,S15")],
+    )
+    assert {n for n, f in results[0].categories.items() if f} == {"illicit", "sexual"}
+    assert {n for n, f in results[1].categories.items() if f} == {"self-harm"}
+    assert any("S15" in note for note in results[1].notes)
+
+
+async def test_logprobs_become_the_score(backend: LlamaGuardBackend):
+    safe, unsafe = await backend.moderate(
+        [ModerationInput.of_text("hello there"), ModerationInput.of_text("violent hate")]
+    )
+    p_unsafe = 0.6 / (0.6 + 0.3)  # "The" is neither word and drops out
+    named = {"violence", "illicit/violent", "illicit", "hate"}
+    for name in CATEGORIES:
+        if name in named:
+            assert unsafe.category_scores[name] == pytest.approx(p_unsafe)
+            assert unsafe.categories[name] is True
+        else:
+            assert unsafe.category_scores[name] == pytest.approx(0.1)
+            assert unsafe.categories[name] is False
+    assert safe.category_scores == pytest.approx({name: 0.03 for name in CATEGORIES})
+    assert not safe.flagged
+
+
+async def test_reads_the_first_non_whitespace_token_and_partial_words(guard: StandIn):
+    async def llama_guard_3_style(request: Recorded) -> Response:
+        entries = [
+            token_logprobs("\n\n", {"\n\n": 0.99, "\n": 0.01}),
+            token_logprobs("uns", {"uns": 0.2, " safe": 0.8}),
+            token_logprobs("afe", {"afe": 1.0}),
+        ]
+        return json_reply(chat_completion("\n\nsafe", entries))
+
+    guard.reply = llama_guard_3_style
+    (result,) = await moderate_with(settings_for(guard), [ModerationInput.of_text("anything")])
+    assert not result.flagged
+    assert result.category_scores["violence"] == pytest.approx(0.1)  # min(P(unsafe) = 0.2, cap)
+    assert result.category_scores["hate"] == pytest.approx(0.1)
+
+
+async def test_without_logprobs_in_the_reply_the_verdict_decides(guard: StandIn):
+    async def no_logprobs(request: Recorded) -> Response:
+        return json_reply(chat_completion("unsafe\nS10"))
+
+    guard.reply = no_logprobs
+    (result,) = await moderate_with(settings_for(guard), [ModerationInput.of_text("anything")])
+    assert guard.requests[0].body["logprobs"] is True
+    assert result.category_scores == {name: (1.0 if name == "hate" else 0.0) for name in CATEGORIES}
+
+
+async def test_images_are_not_assessed(backend: LlamaGuardBackend, guard: StandIn):
+    image = ImagePart(url="https://images.example/a.png")
+    with_text, image_only = await backend.moderate(
+        [ModerationInput(texts=("violent hate",), images=(image,)), ModerationInput(images=(image,))]
+    )
+    assert len(guard.requests) == 1
+    assert guard.requests[0].body["messages"][0]["content"] == "violent hate"
+    assert with_text.not_assessed == {name: ["image"] for name in IMAGE_CATEGORIES}
+    assert with_text.categories["hate"] is True
+    assert image_only.not_assessed == {name: ["image"] for name in IMAGE_CATEGORIES}
+    assert image_only.applied_input_types == {name: [] for name in CATEGORIES}
+    assert not image_only.flagged
+
+
+async def test_concurrency_is_bounded(guard: StandIn):
+    async def slow(request: Recorded) -> Response:
+        await asyncio.sleep(0.1)
+        return await scripted_reply(request)
+
+    guard.reply = slow
+    texts = [f"text {i}" for i in range(6)] + ["violent hate"]
+    results = await moderate_with(
+        settings_for(guard, concurrency=2), [ModerationInput.of_text(text) for text in texts]
+    )
+    assert len(guard.requests) == 7
+    assert guard.max_in_flight == 2
+    assert [r.flagged for r in results] == [False] * 6 + [True]
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["I cannot help with that.", "unsafe", "unsafe\nviolence", "", "safe-ish"],
+)
+async def test_replies_that_are_neither_safe_nor_unsafe_are_errors(guard: StandIn, content: str):
+    async def odd(request: Recorded) -> Response:
+        return json_reply(chat_completion(content))
+
+    guard.reply = odd
+    with pytest.raises(BackendError) as caught:
+        await moderate_with(settings_for(guard), [ModerationInput.of_text("anything")])
+    assert repr(content) in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        json_reply({"object": "chat.completion", "choices": []}),
+        json_reply({"error": "nope"}),
+        json_reply(chat_completion(None)),
+        Response("not json at all", media_type="text/plain"),
+    ],
+)
+async def test_malformed_completions_are_errors(guard: StandIn, reply: Response):
+    async def malformed(request: Recorded) -> Response:
+        return reply
+
+    guard.reply = malformed
+    with pytest.raises(BackendError, match=r"malformed|without message content"):
+        await moderate_with(settings_for(guard), [ModerationInput.of_text("anything")])
+
+
+async def test_server_errors_name_the_status_and_hide_the_key(guard: StandIn):
+    async def broken(request: Recorded) -> Response:
+        return json_reply({"error": f"bad token {request.headers.get('authorization')}"}, 503)
+
+    guard.reply = broken
+    with pytest.raises(BackendError) as caught:
+        await moderate_with(settings_for(guard, api_key="lg-secret-key"), [ModerationInput.of_text("x")])
+    assert not isinstance(caught.value, BackendTimeoutError)
+    assert "HTTP 503" in caught.value.message
+    assert "lg-secret-key" not in caught.value.message
+
+
+async def test_a_slow_server_is_a_timeout(guard: StandIn):
+    async def slow(request: Recorded) -> Response:
+        await asyncio.sleep(3)
+        return await scripted_reply(request)
+
+    guard.reply = slow
+    with pytest.raises(BackendTimeoutError):
+        await moderate_with(settings_for(guard, timeout_s=0.3), [ModerationInput.of_text("x")])
+
+
+async def test_one_failure_fails_the_batch_and_cancels_the_rest(guard: StandIn):
+    async def one_breaks(request: Recorded) -> Response:
+        if request.body["messages"][0]["content"] == "boom":
+            return json_reply({"error": "boom"}, 500)
+        await asyncio.sleep(0.5)
+        return await scripted_reply(request)
+
+    guard.reply = one_breaks
+    with pytest.raises(BackendError, match="HTTP 500"):
+        await moderate_with(
+            settings_for(guard, concurrency=1),
+            [ModerationInput.of_text("boom")] + [ModerationInput.of_text(f"t{i}") for i in range(5)],
+        )
+    # Requests queued behind the failure were never sent.
+    assert len(guard.requests) <= 2

@@ -1,0 +1,357 @@
+"""The ``seawall`` command line, run as a real subprocess from the virtual environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from conftest import BENIGN_KILL, INJECTION, THREAT, free_port
+from seawall.categories import CATEGORIES, EXTRA_LABELS
+from seawall.settings import describe_settings
+
+
+def seawall_executable() -> str:
+    beside_python = Path(sys.executable).with_name("seawall")
+    if beside_python.is_file():
+        return str(beside_python)
+    found = shutil.which("seawall")
+    assert found, "the seawall console script is not installed"
+    return found
+
+
+SEAWALL = seawall_executable()
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEAWALL_")}
+    env.pop("COLUMNS", None)
+    env.update(extra)
+    return env
+
+
+def run(
+    *args: str, stdin: bytes | None = None, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    completed = subprocess.run(
+        [SEAWALL, *args],
+        input=stdin,
+        capture_output=True,
+        cwd=cwd,
+        env=env or clean_env(),
+        timeout=120,
+        check=False,
+    )
+    return subprocess.CompletedProcess(
+        completed.args,
+        completed.returncode,
+        completed.stdout.decode("utf-8"),
+        completed.stderr.decode("utf-8", errors="replace"),
+    )
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def assert_row(row: dict[str, Any]) -> dict[str, Any]:
+    """One output record: a single seawall result with every category and extra score."""
+    (result,) = row["results"]
+    assert set(result["category_scores"]) == set(CATEGORIES)
+    assert set(result["extra_scores"]) == set(EXTRA_LABELS)
+    assert result["flagged"] is any(result["categories"].values())
+    return result
+
+
+def threat_score(result: dict[str, Any]) -> float:
+    scores = result["category_scores"]
+    return max(scores["harassment/threatening"], scores["violence"], scores["harassment"])
+
+
+# ----------------------------------------------------------------- moderate
+
+
+def test_moderate_one_text_prints_one_json_line() -> None:
+    completed = run("moderate", THREAT)
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert len(lines) == 1
+    row = json.loads(lines[0])
+    assert row["input"] == THREAT
+    result = assert_row(row)
+    assert result["flagged"] is True
+    assert "1 input(s), 1 flagged" in completed.stderr
+
+
+def test_moderate_jsonl_file_keeps_order_and_records(tmp_path: Path) -> None:
+    records: list[Any] = [
+        BENIGN_KILL,
+        {"text": THREAT, "id": 1},
+        {"input": "have a lovely day", "meta": {"source": "chat", "n": [1, 2]}},
+        {"input": [{"type": "text", "text": INJECTION}], "id": "parts"},
+        "ünïcödé ✓",
+        THREAT,
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in records[:3])
+        + "\n\n"
+        + "\n".join(json.dumps(r, ensure_ascii=False) for r in records[3:])
+        + "\n",
+        encoding="utf-8",
+    )
+    target = tmp_path / "out.jsonl"
+    # A batch size of 2 splits the file into several backend calls; order must survive.
+    completed = run("moderate", "-f", str(source), "-o", str(target), "--batch-size", "2")
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == ""
+    rows = json_lines(target.read_text(encoding="utf-8"))
+    assert len(rows) == len(records)
+    assert rows[0]["input"] == BENIGN_KILL
+    assert rows[1]["text"] == THREAT and rows[1]["id"] == 1
+    assert rows[2]["meta"] == {"source": "chat", "n": [1, 2]}
+    assert rows[3]["id"] == "parts"
+    assert rows[4]["input"] == "ünïcödé ✓"
+    results = [assert_row(row) for row in rows]
+    assert threat_score(results[1]) > threat_score(results[0]) + 0.3
+    assert results[1]["category_scores"] == pytest.approx(results[5]["category_scores"], abs=1e-5)
+    assert results[3]["extra_scores"]["prompt_injection"] > results[2]["extra_scores"]["prompt_injection"]
+    assert f"{len(records)} input(s)" in completed.stderr
+
+
+def test_moderate_jsonl_from_stdin() -> None:
+    stdin = (json.dumps(THREAT) + "\n" + json.dumps({"text": "hello", "k": 2}) + "\n").encode()
+    completed = run("moderate", "-f", "-", stdin=stdin)
+    assert completed.returncode == 0, completed.stderr
+    rows = json_lines(completed.stdout)
+    assert [row.get("input", row.get("text")) for row in rows] == [THREAT, "hello"]
+    assert rows[1]["k"] == 2
+    assert assert_row(rows[0])["flagged"] is True
+
+
+def test_moderate_plain_lines_from_stdin() -> None:
+    completed = run("moderate", "-", stdin=f"first line\r\n\n{THREAT}\n   \nlast\n".encode())
+    assert completed.returncode == 0, completed.stderr
+    rows = json_lines(completed.stdout)
+    assert [row["input"] for row in rows] == ["first line", THREAT, "last"]
+    for row in rows:
+        assert_row(row)
+
+
+def test_moderate_with_a_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "seawall.yaml"
+    config.write_text("moderation:\n  thresholds: {violence: 0.0}\n", encoding="utf-8")
+    completed = run("moderate", "--config", str(config), "the cat sleeps")
+    assert completed.returncode == 0, completed.stderr
+    result = assert_row(json_lines(completed.stdout)[0])
+    assert result["categories"]["violence"] is True
+
+
+@pytest.mark.parametrize(
+    ("content", "line"),
+    [
+        (b'"fine"\n{"text": "also fine"}\n{"text": \n', 3),
+        (b'"fine"\n42\n', 2),
+        (b'{"id": 1}\n', 1),
+        (b'{"input": 5}\n', 1),
+        (b'"fine"\n"caf\xe9"\n', 2),
+    ],
+    ids=["bad-json", "number", "no-text", "input-not-text", "not-utf8"],
+)
+def test_bad_jsonl_line_names_file_and_line(tmp_path: Path, content: bytes, line: int) -> None:
+    source = tmp_path / "bad.jsonl"
+    source.write_bytes(content)
+    completed = run("moderate", "-f", str(source))
+    assert completed.returncode == 2
+    assert f"bad.jsonl:{line}" in completed.stderr.replace("\n", "")
+    assert "Traceback" not in completed.stderr
+    assert completed.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("moderate", "-f", "does-not-exist.jsonl"),
+        ("moderate",),
+        ("moderate", "text", "-f", "x.jsonl"),
+        ("moderate", "--model", "no-such-model", "hello"),
+        ("moderate", "hello", "-o", "no/such/dir/out.jsonl"),
+        ("eval", "does-not-exist.jsonl"),
+    ],
+    ids=["missing-file", "nothing", "both", "unknown-model", "unwritable-output", "eval-missing"],
+)
+def test_usage_errors_exit_2_without_a_traceback(tmp_path: Path, args: tuple[str, ...]) -> None:
+    completed = run(*args, cwd=tmp_path)
+    assert completed.returncode == 2, (completed.stdout, completed.stderr)
+    assert "error" in completed.stderr.lower()
+    assert "Traceback" not in completed.stderr
+
+
+# ----------------------------------------------------------------- eval
+
+
+def write_labeled(path: Path) -> None:
+    rows = [
+        {"text": "I am going to kill you, I know where you live", "labels": ["harassment/threatening"]},
+        {"text": "I will find you and hurt you and your whole family", "labels": ["harassment/threatening"]},
+        {"text": "I'm going to beat you until you can't walk", "labels": ["violence"]},
+        {"text": "how do I kill a python process", "labels": []},
+        {"text": "The cat is sleeping on the sofa.", "labels": []},
+        {"text": "Thanks, see you at lunch tomorrow!", "labels": []},
+        {"text": INJECTION, "labels": ["prompt_injection"]},
+        {"text": "What's the weather in Paris?", "labels": []},
+    ]
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n", encoding="utf-8")
+
+
+def test_eval_prints_an_auprc_table(tmp_path: Path) -> None:
+    labeled = tmp_path / "labeled.jsonl"
+    write_labeled(labeled)
+    completed = run("eval", str(labeled))
+    assert completed.returncode == 0, completed.stderr
+    out = completed.stdout
+    assert "AUPRC" in out and "F1" in out
+    for name in ("harassment/threatening", "harassment", "violence", "prompt_injection"):
+        assert name in out
+    assert "self-harm" not in out  # no positives: not reported
+    assert "rows 8" in out.replace("\n", " ")
+
+
+def test_eval_json_report(tmp_path: Path) -> None:
+    labeled = tmp_path / "labeled.jsonl"
+    write_labeled(labeled)
+    completed = run("eval", "--json", str(labeled))
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout)
+    assert report["summary"]["rows"] == 8
+    assert report["summary"]["any_positives"] == 3
+    # The parent relation holds: a threat is harassment too.
+    assert report["labels"]["harassment"]["positives"] == 2
+    for row in report["labels"].values():
+        assert 0.0 <= row["auprc"] <= 1.0
+        assert 0.0 <= row["f1"] <= 1.0
+    assert report["labels"]["prompt_injection"]["auprc"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b'{"text": "a", "labels": []}\n{not json}\n', "labeled.jsonl:2"),
+        (b'{"text": "a", "labels": ["not-a-category"]}\n', "labeled.jsonl:1"),
+        (b'{"labels": []}\n', "labeled.jsonl:1"),
+        (b'{"text": "a", "labels": "violence"}\n', "labeled.jsonl:1"),
+        (b"\n\n", "no rows"),
+        (b'{"text": "caf\xe9", "labels": []}\n', "UTF-8"),
+    ],
+    ids=["bad-json", "unknown-label", "no-text", "labels-not-list", "empty", "not-utf8"],
+)
+def test_eval_on_a_malformed_file(tmp_path: Path, content: bytes, needle: str) -> None:
+    labeled = tmp_path / "labeled.jsonl"
+    labeled.write_bytes(content)
+    completed = run("eval", str(labeled))
+    assert completed.returncode == 2
+    assert needle in completed.stderr.replace("\n", "")
+    assert "Traceback" not in completed.stderr
+
+
+# ----------------------------------------------------------------- config
+
+
+def test_config_lists_every_setting() -> None:
+    completed = run("config")
+    assert completed.returncode == 0, completed.stderr
+    for name, _, _ in describe_settings():
+        assert name in completed.stdout, name
+    assert "moderation.backend" in completed.stdout
+
+
+def test_config_shows_file_and_environment_values(tmp_path: Path) -> None:
+    config = tmp_path / "seawall.yaml"
+    config.write_text("server:\n  port: 9123\nmoderation:\n  max_items: 77\n", encoding="utf-8")
+    completed = run("config", "--config", str(config), env=clean_env(SEAWALL_MODERATION__MAX_ITEMS="55"))
+    assert completed.returncode == 0, completed.stderr
+    lines = {
+        line.split("│")[1].strip(): line for line in completed.stdout.splitlines() if line.count("│") >= 4
+    }
+    assert "9123" in lines["server.port"]
+    assert "55" in lines["moderation.max_items"]  # the environment beats the file
+
+
+def test_config_with_an_invalid_file(tmp_path: Path) -> None:
+    config = tmp_path / "seawall.yaml"
+    config.write_text("server: [this is not a mapping\n", encoding="utf-8")
+    completed = run("config", "--config", str(config))
+    assert completed.returncode == 2
+    assert "YAML" in completed.stderr
+
+
+# ----------------------------------------------------------------- serve
+
+
+def test_serve_answers_and_stops(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [SEAWALL, "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_env(),
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        health = None
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert health is not None, "seawall serve did not answer within 60 s"
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok"}
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0) as client:
+            response = client.moderations.create(model="omni-moderation-latest", input=[THREAT, "hi"])
+        assert len(response.results) == 2
+        assert response.results[0].flagged is True
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            _, stderr = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise
+    assert process.returncode == 0
+    assert f"http://127.0.0.1:{port}/v1" in stderr.decode()
+
+
+def test_serve_refuses_to_start_with_an_unknown_image_fallback(tmp_path: Path) -> None:
+    config = tmp_path / "seawall.yaml"
+    config.write_text("images:\n  fallback_backend: no-such-backend\n", encoding="utf-8")
+    process = subprocess.run(
+        [SEAWALL, "serve", "--config", str(config), "--port", str(free_port())],
+        capture_output=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+    assert process.returncode != 0
+    assert "no-such-backend" in process.stderr.decode()
+
+
+def test_help_lists_the_commands() -> None:
+    completed = run("--help")
+    assert completed.returncode == 0
+    for command in ("serve", "moderate", "eval", "train", "config"):
+        assert command in completed.stdout

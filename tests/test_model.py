@@ -1,0 +1,92 @@
+"""The embedded model at run time: shipped artefacts, windows, hierarchy, batching, features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seawall.categories import ALL_LABELS, PARENT
+from seawall.errors import ModelArtefactError
+from seawall.metrics import average_precision, best_f1_threshold, f1_at
+from seawall.model.classifier import TextClassifier, default_model_dir
+from seawall.model.features import FeatureConfig, Featurizer, sparse_dot
+
+
+@pytest.fixture(scope="module")
+def classifier() -> TextClassifier:
+    return TextClassifier.load()
+
+
+def column(name: str) -> int:
+    return ALL_LABELS.index(name)
+
+
+def test_shipped_artefacts_load_with_all_labels(classifier: TextClassifier) -> None:
+    assert classifier.labels == ALL_LABELS
+    assert set(classifier.meta.thresholds) == set(ALL_LABELS)
+    assert all(0.0 < t <= 1.0 for t in classifier.meta.thresholds.values())
+    assert (default_model_dir() / "MODEL_CARD.md").is_file()
+
+
+def test_scores_are_probabilities_in_input_order(classifier: TextClassifier) -> None:
+    texts = ["have a lovely day", "I will kill you and your whole family tonight", ""]
+    scores = classifier.score(texts)
+    assert scores.shape == (3, len(ALL_LABELS))
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert scores[1, column("violence")] > scores[0, column("violence")] + 0.3
+    assert np.allclose(classifier.score(texts[1:2])[0], scores[1], atol=1e-6)
+
+
+def test_parent_never_below_child(classifier: TextClassifier) -> None:
+    scores = classifier.score(["I'm going to stab you in the neck, you know where I live", "hello there"])
+    for child, parent in PARENT.items():
+        assert np.all(scores[:, column(parent)] >= scores[:, column(child)] - 1e-7)
+
+
+def test_long_text_scores_as_its_worst_window(classifier: TextClassifier) -> None:
+    threat = "I know where you live and I am going to break every bone in your body."
+    filler = " ".join(["The committee reviewed the quarterly budget and approved the minutes."] * 60)
+    alone = classifier.score([threat])[0, column("violence")]
+    buried = classifier.score([filler + " " + threat + " " + filler])[0, column("violence")]
+    diluted_single_window = classifier.logits_for_words(
+        [Featurizer(classifier.meta.features).words(filler + threat)]
+    )
+    assert buried >= alone * 0.8
+    assert buried > 1 / (1 + np.exp(-diluted_single_window[0, column("violence")]))
+
+
+def test_obfuscated_text_scores_like_the_original(classifier: TextClassifier) -> None:
+    plain, leet = classifier.score(["kill yourself you worthless loser", "k1ll y0urs3lf y0u w0rthl3ss l0s3r"])
+    assert np.allclose(plain, leet, atol=1e-5)
+
+
+def test_missing_artefacts_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ModelArtefactError, match="missing"):
+        TextClassifier.load(tmp_path)
+
+
+def test_featurizer_is_deterministic_and_sparse_dot_matches_dense() -> None:
+    config = FeatureConfig(n_buckets=1 << 12)
+    featurizer = Featurizer(config)
+    texts = ["the quick brown fox", "jumps over the lazy dog dog dog", ""]
+    rows = featurizer.transform(texts)
+    again = featurizer.transform(texts)
+    assert np.array_equal(rows.indices, again.indices) and np.array_equal(rows.values, again.values)
+    dense = np.zeros((len(texts), config.n_buckets), dtype=np.float32)
+    for i in range(len(texts)):
+        for j in range(rows.indptr[i], rows.indptr[i + 1]):
+            dense[i, rows.indices[j]] += rows.values[j]
+    weights = np.random.default_rng(0).normal(size=(config.n_buckets, 3)).astype(np.float32)
+    assert np.allclose(sparse_dot(rows, weights), dense @ weights, atol=1e-4)
+    # each non-empty block is L2-normalised: two blocks, so the row norm is about sqrt(2)
+    assert np.linalg.norm(dense[0]) == pytest.approx(np.sqrt(2), rel=0.05)
+
+
+def test_metrics_on_a_worked_example() -> None:
+    labels = np.array([1, 0, 1, 0, 0], dtype=bool)
+    scores = np.array([0.9, 0.8, 0.7, 0.2, 0.1])
+    # ranks: hit (P=1, R=.5), miss, hit (P=2/3, R=1) -> AP = .5*1 + .5*2/3
+    assert average_precision(labels, scores) == pytest.approx(0.5 + 1 / 3)
+    assert f1_at(labels, scores, 0.75) == pytest.approx((0.5, 0.5, 0.5))
+    assert best_f1_threshold(labels, scores) == pytest.approx(0.7)
+    assert np.isnan(average_precision(np.zeros(3, dtype=bool), np.zeros(3)))
