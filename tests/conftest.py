@@ -240,6 +240,17 @@ def assert_openai_error(response: httpx.Response, status: int, code: str | None 
     return error
 
 
+def threat_score(result: dict[str, Any]) -> float:
+    """How threatening a wire-format result looks, whichever of the related categories carries it."""
+    scores = result["category_scores"]
+    return float(max(scores["harassment/threatening"], scores["violence"], scores["harassment"]))
+
+
+def assert_far_above(high: float, low: float) -> None:
+    """``high`` is far above ``low``: robust to retraining, unlike exact scores or a fixed threshold."""
+    assert high >= low + 0.15 and high >= 3 * low, (high, low)
+
+
 def assert_result_shape(result: dict[str, Any]) -> None:
     """One result in OpenAI's wire shape: all 13 categories everywhere, scores in [0, 1]."""
     assert set(result["categories"]) == set(CATEGORIES)

@@ -15,11 +15,13 @@ from conftest import (
     MODEL_NAMES,
     THREAT,
     RunningServer,
+    assert_far_above,
     assert_result_shape,
     data_url,
     image_part,
     png_bytes,
     text_part,
+    threat_score,
 )
 from seawall.categories import CATEGORIES, EXTRA_LABELS, IMAGE_CATEGORIES
 
@@ -37,11 +39,6 @@ def seawall_moderate(client: openai.OpenAI, **body: Any) -> dict[str, Any]:
     """POST /v1/seawall/moderations through the SDK's own HTTP machinery."""
     answer: dict[str, Any] = client.post("/seawall/moderations", body=body, cast_to=object)
     return answer
-
-
-def threat_score(result: dict[str, Any]) -> float:
-    scores = result["category_scores"]
-    return max(scores["harassment/threatening"], scores["violence"], scores["harassment"])
 
 
 # ----------------------------------------------------------------- text
@@ -74,8 +71,8 @@ def test_list_of_strings_gives_one_result_each_in_order(client: openai.OpenAI, m
         assert_result_shape(result)
     first, benign, lovely, last = body["results"]
     assert first["category_scores"] == pytest.approx(last["category_scores"], abs=1e-5)
-    assert threat_score(first) > threat_score(benign) + 0.3
-    assert threat_score(first) > threat_score(lovely) + 0.3
+    assert_far_above(threat_score(first), threat_score(benign))
+    assert_far_above(threat_score(first), threat_score(lovely))
 
 
 def test_model_defaults_to_the_default_backend(server: RunningServer) -> None:
@@ -94,7 +91,7 @@ def test_ids_are_unique(client: openai.OpenAI) -> None:
 
 def test_threat_scores_far_above_benign_use_of_the_same_verb(client: openai.OpenAI) -> None:
     threat, benign = wire(client.moderations.create(model="local", input=[THREAT, BENIGN_KILL]))["results"]
-    assert threat_score(threat) - threat_score(benign) > 0.3
+    assert_far_above(threat_score(threat), threat_score(benign))
     assert threat["flagged"] is True
     assert benign["flagged"] is False
 
@@ -204,7 +201,8 @@ def test_seawall_route_has_extra_scores(client: openai.OpenAI) -> None:
         assert set(result["extra_scores"]) == set(EXTRA_LABELS)
         for score in result["extra_scores"].values():
             assert 0.0 <= score <= 1.0
-    assert injection["extra_scores"]["prompt_injection"] > question["extra_scores"]["prompt_injection"] + 0.3
+    extra = [result["extra_scores"]["prompt_injection"] for result in (injection, question)]
+    assert_far_above(*extra)
 
 
 def test_openai_route_has_exactly_openais_fields(client: openai.OpenAI) -> None:
@@ -231,7 +229,7 @@ async def test_async_client(server: RunningServer) -> None:
     body = wire(response)
     assert body["model"] == "text-moderation-stable"
     assert len(body["results"]) == 2
-    assert threat_score(body["results"][0]) > threat_score(body["results"][1]) + 0.3
+    assert_far_above(threat_score(body["results"][0]), threat_score(body["results"][1]))
 
 
 async def test_concurrent_requests_match_sequential_results(server: RunningServer) -> None:

@@ -19,7 +19,7 @@ from seawall.errors import BackendError, ConfigurationError
 from seawall.inputs import ImagePart, ModerationInput
 from seawall.results import ModerationResult
 from seawall.service import ModerationService
-from seawall.settings import Settings
+from seawall.settings import Settings, load_settings
 
 TEXTS = [
     "hello, how are you today?",
@@ -273,7 +273,8 @@ def test_unknown_members_and_bad_bands_are_configuration_errors(monkeypatch: pyt
     with pytest.raises(ConfigurationError, match="no-such-backend"):
         create(Settings(cascade={"secondary": "no-such-backend"}))
     with pytest.raises(ConfigurationError, match="uncertain_low"):
-        create(Settings(cascade={"uncertain_low": 0.9, "uncertain_high": 0.1}))
+        # an inverted band is refused when the settings are loaded, before any backend exists
+        load_settings(cascade={"uncertain_low": 0.9, "uncertain_high": 0.1})
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ConfigurationError, match="API key"):
         create(Settings())  # the default secondary is openai, and it has no key

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import BENIGN_KILL, INJECTION, THREAT, free_port
+from conftest import BENIGN_KILL, INJECTION, THREAT, assert_far_above, free_port, threat_score
 from seawall.categories import CATEGORIES, EXTRA_LABELS
 from seawall.settings import describe_settings
 
@@ -73,11 +73,6 @@ def assert_row(row: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def threat_score(result: dict[str, Any]) -> float:
-    scores = result["category_scores"]
-    return max(scores["harassment/threatening"], scores["violence"], scores["harassment"])
-
-
 # ----------------------------------------------------------------- moderate
 
 
@@ -123,7 +118,7 @@ def test_moderate_jsonl_file_keeps_order_and_records(tmp_path: Path) -> None:
     assert rows[3]["id"] == "parts"
     assert rows[4]["input"] == "ünïcödé ✓"
     results = [assert_row(row) for row in rows]
-    assert threat_score(results[1]) > threat_score(results[0]) + 0.3
+    assert_far_above(threat_score(results[1]), threat_score(results[0]))
     assert results[1]["category_scores"] == pytest.approx(results[5]["category_scores"], abs=1e-5)
     assert results[3]["extra_scores"]["prompt_injection"] > results[2]["extra_scores"]["prompt_injection"]
     assert f"{len(records)} input(s)" in completed.stderr
@@ -136,7 +131,7 @@ def test_moderate_jsonl_from_stdin() -> None:
     rows = json_lines(completed.stdout)
     assert [row.get("input", row.get("text")) for row in rows] == [THREAT, "hello"]
     assert rows[1]["k"] == 2
-    assert assert_row(rows[0])["flagged"] is True
+    assert_far_above(threat_score(assert_row(rows[0])), threat_score(assert_row(rows[1])))
 
 
 def test_moderate_plain_lines_from_stdin() -> None:
@@ -323,7 +318,8 @@ def test_serve_answers_and_stops(tmp_path: Path) -> None:
         with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0) as client:
             response = client.moderations.create(model="omni-moderation-latest", input=[THREAT, "hi"])
         assert len(response.results) == 2
-        assert response.results[0].flagged is True
+        threat, hello = response.model_dump(by_alias=True)["results"]
+        assert_far_above(threat_score(threat), threat_score(hello))
     finally:
         process.send_signal(signal.SIGINT)
         try:

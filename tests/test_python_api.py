@@ -12,6 +12,7 @@ from conftest import (
     BENIGN_QUESTION,
     INJECTION,
     THREAT,
+    assert_far_above,
     data_url,
     image_part,
     png_bytes,
@@ -62,9 +63,9 @@ def test_moderate_a_list_keeps_order() -> None:
     for result in results:
         assert_complete(result)
     benign, threat, injection, question = results
-    assert threat_score(threat) > threat_score(benign) + 0.3
-    assert threat.flagged and not benign.flagged
-    assert injection.extra_scores["prompt_injection"] > question.extra_scores["prompt_injection"] + 0.3
+    assert_far_above(threat_score(threat), threat_score(benign))
+    assert not benign.flagged
+    assert_far_above(injection.extra_scores["prompt_injection"], question.extra_scores["prompt_injection"])
 
 
 def test_moderate_with_openai_model_names_and_backend_name() -> None:
@@ -121,7 +122,7 @@ def test_unknown_model_raises() -> None:
 async def test_amoderate() -> None:
     results = await seawall.amoderate([THREAT, BENIGN_KILL])
     assert len(results) == 2
-    assert threat_score(results[0]) > threat_score(results[1]) + 0.3
+    assert_far_above(threat_score(results[0]), threat_score(results[1]))
     # Concurrent calls in one loop are fine.
     many = await asyncio.gather(*(seawall.amoderate(f"message {i}") for i in range(8)))
     assert [len(r) for r in many] == [1] * 8
@@ -145,13 +146,17 @@ def test_custom_thresholds_change_flags() -> None:
     assert all(strict.categories.values())
     assert strict.category_scores == pytest.approx(default.category_scores)
 
+    # Thresholds just above / just below each score turn every flag off / the top one on.
     (threat,) = seawall.moderate(THREAT)
-    flagged = {name for name, on in threat.categories.items() if on}
-    assert flagged
-    raised = {name: min(1.0, threat.category_scores[name] + 1e-3) for name in flagged}
-    assert all(threat.category_scores[name] < 0.999 for name in flagged), "pick a less extreme example"
-    (lenient,) = seawall.moderate(THREAT, settings=Settings(moderation={"thresholds": raised}))
+    scores = threat.category_scores
+    assert max(scores.values()) < 0.999, "pick a less extreme example"
+    above = {name: score + 1e-3 for name, score in scores.items()}
+    (lenient,) = seawall.moderate(THREAT, settings=Settings(moderation={"thresholds": above}))
     assert lenient.flagged is False
+    top = max(scores, key=lambda name: scores[name])
+    below = {**above, top: scores[top] - 1e-3}
+    (strict_top,) = seawall.moderate(THREAT, settings=Settings(moderation={"thresholds": below}))
+    assert {name for name, on in strict_top.categories.items() if on} == {top}
 
 
 def test_thresholds_from_load_settings_apply_to_one_category() -> None:

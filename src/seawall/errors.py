@@ -82,6 +82,13 @@ class BackendError(SeawallError):
     default_code = "backend_unavailable"
 
 
+class BackendNotConfiguredError(BackendError):
+    """A request names a backend this server cannot build (e.g. ``openai`` without an API key)."""
+
+    status_code = 503
+    default_code = "backend_not_configured"
+
+
 class BackendTimeoutError(BackendError):
     """A moderation backend did not answer in time."""
 

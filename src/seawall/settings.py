@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from seawall.categories import CATEGORIES
@@ -71,6 +71,12 @@ class CascadeSettings(BaseModel):
         "primary",
         description="If the secondary fails: keep the primary's answer (and say so) or fail the request.",
     )
+
+    @model_validator(mode="after")
+    def _band_is_ordered(self) -> CascadeSettings:
+        if self.uncertain_low > self.uncertain_high:
+            raise ValueError("cascade.uncertain_low must not be above cascade.uncertain_high")
+        return self
 
 
 class ImageSettings(BaseModel):

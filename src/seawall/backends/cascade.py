@@ -96,12 +96,7 @@ def _member(role: str, name: str, settings: Settings) -> ModerationBackend:
 
 def create(settings: Settings) -> CascadeBackend:
     """Build both members now, so a missing key or unknown name fails at start-up."""
-    cascade = settings.cascade
-    if cascade.uncertain_low > cascade.uncertain_high:
-        raise ConfigurationError(
-            f"cascade.uncertain_low ({cascade.uncertain_low}) is above "
-            f"cascade.uncertain_high ({cascade.uncertain_high})."
-        )
+    cascade = settings.cascade  # its band order is checked when the settings load
     primary = _member("primary", cascade.primary, settings)
     secondary = _member("secondary", cascade.secondary, settings)
     return CascadeBackend(cascade, primary, secondary)

@@ -13,6 +13,7 @@ Every error is OpenAI's error body with a fitting status, never a bare 500.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -72,7 +73,9 @@ def _check_key(request: Request, settings: Settings) -> None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.")
-    if token.strip() not in keys:
+    offered = token.strip().encode()
+    # Compare against every key in constant time, so timing does not reveal a key's prefix.
+    if not any(hmac.compare_digest(offered, key.encode()) for key in keys):
         raise AuthenticationError("Incorrect API key provided.")
 
 
