@@ -21,6 +21,7 @@ import json
 import random
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,31 +104,35 @@ def normalisation_ablation(classifier: TextClassifier, texts: list[str]) -> None
         print(f"  {how:14s} {on:10.1%} {off:10.1%}")
 
 
+def print_report(title: str, report: dict[str, Any]) -> None:
+    print(f"\n== {title} ==")
+    print(f"  {report['summary']}")
+    for name, row in report["labels"].items():
+        print(f"  {name:24s} {row}")
+
+
 def shared_data_reports(classifier: TextClassifier, data: Path) -> None:
     from seawall.training.datasets import HELD_OUT_SOURCES, load_sources
-    from seawall.training.train import TrainConfig, is_dev, label_matrix, load_training_rows, merge_duplicates
+    from seawall.training.train import (
+        TrainConfig,
+        default_authored_dir,
+        is_dev,
+        label_matrix,
+        load_training_rows,
+        merge_duplicates,
+    )
+
+    def report_on(rows: list[Any]) -> dict[str, Any]:
+        scores = classifier.score([row.text for row in rows])
+        return evaluate_scores(label_matrix(rows), scores, classifier.meta.thresholds)
 
     held_out = merge_duplicates(load_sources(data, HELD_OUT_SOURCES))
-    report = evaluate_scores(
-        label_matrix(held_out), classifier.score([r.text for r in held_out]), classifier.meta.thresholds
-    )
-    print(f"\n== held-out sources never trained on ({', '.join(HELD_OUT_SOURCES)}) ==")
-    print(f"  {report['summary']}")
-    for name, row in report["labels"].items():
-        print(f"  {name:24s} {row}")
-    from seawall.training.train import default_authored_dir
-
+    print_report(f"held-out sources never trained on ({', '.join(HELD_OUT_SOURCES)})", report_on(held_out))
     config = TrainConfig(data_dir=data, authored_dir=default_authored_dir(), out_dir=Path("/nonexistent"))
-    rows = [
+    dev = [
         row for row in load_training_rows(config, lambda _: None) if is_dev(row.group, config.dev_fraction)
     ]
-    report = evaluate_scores(
-        label_matrix(rows), classifier.score([r.text for r in rows]), classifier.meta.thresholds
-    )
-    print(f"\n== grouped dev split of the training mix ({len(rows)} rows) ==")
-    print(f"  {report['summary']}")
-    for name, row in report["labels"].items():
-        print(f"  {name:24s} {row}")
+    print_report(f"grouped dev split of the training mix ({len(dev)} rows)", report_on(dev))
 
 
 def main() -> None:
