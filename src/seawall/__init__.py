@@ -23,6 +23,7 @@ from seawall.errors import (
     InvalidRequestError,
     ModelArtefactError,
     ModelNotFoundError,
+    OverloadedError,
     PayloadTooLargeError,
     SeawallError,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "ModerationInput",
     "ModerationResult",
     "ModerationService",
+    "OverloadedError",
     "PayloadTooLargeError",
     "SeawallError",
     "Settings",

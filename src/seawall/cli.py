@@ -232,7 +232,7 @@ def evaluate(
         results, thresholds = asyncio.run(run())
     except SeawallError as exc:
         raise _fail(exc.message) from exc
-    # Decisions follow each result's own flags where no numeric threshold is known (remote backends).
+    # Thresholds: the backend's own (local) plus configured overrides; 0.5 where neither says.
     report = evaluate_scores(labeled.labels, scores_matrix(results), thresholds)
     if json_output:
         print(json.dumps(report, indent=1))

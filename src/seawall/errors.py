@@ -64,6 +64,14 @@ class AuthenticationError(SeawallError):
     default_code = "invalid_api_key"
 
 
+class OverloadedError(SeawallError):
+    """Too much work is queued; the client should retry later."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "overloaded"
+
+
 class ConfigurationError(SeawallError):
     """Settings or a policy file are invalid; raised at start-up, never per request."""
 
@@ -80,13 +88,6 @@ class BackendError(SeawallError):
     status_code = 502
     error_type = "backend_error"
     default_code = "backend_unavailable"
-
-
-class BackendNotConfiguredError(BackendError):
-    """A request names a backend this server cannot build (e.g. ``openai`` without an API key)."""
-
-    status_code = 503
-    default_code = "backend_not_configured"
 
 
 class BackendTimeoutError(BackendError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from seawall.categories import CATEGORIES, EXTRA_LABELS
@@ -23,6 +23,8 @@ class ModerationResult:
     categories: dict[str, bool]
     applied_input_types: dict[str, list[str]]
     extra_scores: dict[str, float] = field(default_factory=dict)
+    #: Decisions on the extra labels (prompt_injection, jailbreak) at the backend's thresholds.
+    extra_flags: dict[str, bool] = field(default_factory=dict)
     not_assessed: dict[str, list[str]] = field(default_factory=dict)
     backend: str = "local"
     #: Notes for operators (e.g. "secondary backend failed; primary's answer kept").
@@ -35,18 +37,13 @@ class ModerationResult:
     def with_thresholds(self, thresholds: Mapping[str, float]) -> ModerationResult:
         """Re-decide the categories named in ``thresholds`` (configured overrides win)."""
         categories = dict(self.categories)
+        extra_flags = dict(self.extra_flags)
         for name, threshold in thresholds.items():
             if name in self.category_scores:
                 categories[name] = self.category_scores[name] >= threshold
-        return ModerationResult(
-            category_scores=self.category_scores,
-            categories=categories,
-            applied_input_types=self.applied_input_types,
-            extra_scores=self.extra_scores,
-            not_assessed=self.not_assessed,
-            backend=self.backend,
-            notes=list(self.notes),
-        )
+            elif name in self.extra_scores:
+                extra_flags[name] = self.extra_scores[name] >= threshold
+        return replace(self, categories=categories, extra_flags=extra_flags, notes=list(self.notes))
 
     def to_openai(self) -> dict[str, Any]:
         """The result object of OpenAI's ``/v1/moderations`` response."""
@@ -63,6 +60,7 @@ class ModerationResult:
         """OpenAI's shape plus seawall's extra scores, coverage and provenance."""
         body = self.to_openai()
         body["extra_scores"] = {name: float(self.extra_scores.get(name, 0.0)) for name in EXTRA_LABELS}
+        body["extra_flags"] = {name: bool(self.extra_flags.get(name, False)) for name in EXTRA_LABELS}
         body["not_assessed"] = {name: list(types) for name, types in self.not_assessed.items() if types}
         body["backend"] = self.backend
         body["notes"] = list(self.notes)

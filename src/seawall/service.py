@@ -126,18 +126,23 @@ def _merge_image_answer(result: ModerationResult, answer: ModerationResult, sour
     categories = dict(result.categories)
     applied = {name: list(types) for name, types in result.applied_input_types.items()}
     not_assessed = {}
+    judged = []
     for name, types in result.not_assessed.items():
         if "image" in types and "image" in answer.applied_input_types.get(name, []):
             scores[name] = max(scores[name], answer.category_scores.get(name, 0.0))
             categories[name] = categories[name] or answer.categories.get(name, False)
-            applied[name] = sorted(set(applied.get(name, [])) | {"image"})
+            applied[name] = [
+                kind for kind in ("text", "image") if kind in applied.get(name, []) or kind == "image"
+            ]
+            judged.append(name)
         else:
             not_assessed[name] = types
+    notes = [*result.notes, f"image judged by {source} for: {', '.join(judged)}"] if judged else result.notes
     return replace(
         result,
         category_scores=scores,
         categories=categories,
         applied_input_types=applied,
         not_assessed=not_assessed,
-        notes=[*result.notes, f"image categories routed to {source}"],
+        notes=notes,
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from seawall.categories import CATEGORIES
@@ -26,7 +26,7 @@ class ServerSettings(BaseModel):
 
     host: str = Field("127.0.0.1", description="Interface to bind; 127.0.0.1 keeps the service local.")
     port: int = Field(8080, ge=1, le=65535, description="TCP port.")
-    api_keys: list[str] = Field(
+    api_keys: list[SecretStr] = Field(
         default_factory=list,
         description="Bearer keys accepted on /v1/*. Empty: no key is required (any key is accepted).",
     )
@@ -40,7 +40,7 @@ class OpenAIBackendSettings(BaseModel):
     """The ``openai`` backend: forwards to OpenAI's moderation endpoint with the official SDK."""
 
     base_url: str = Field("https://api.openai.com/v1", description="OpenAI (or compatible) API base URL.")
-    api_key: str | None = Field(None, description="API key; falls back to OPENAI_API_KEY.")
+    api_key: SecretStr | None = Field(None, description="API key; falls back to OPENAI_API_KEY.")
     model: str = Field("omni-moderation-latest", description="Model name sent upstream.")
     timeout_s: float = Field(10.0, gt=0, description="Per-request timeout.")
     max_retries: int = Field(2, ge=0, description="Retries on connection errors and 5xx/429.")
@@ -51,7 +51,7 @@ class LlamaGuardBackendSettings(BaseModel):
     """The ``llamaguard`` backend: Llama Guard 3/4 behind any OpenAI-compatible chat server."""
 
     base_url: str = Field("http://127.0.0.1:8000/v1", description="Chat server base URL (vLLM, Ollama, ...).")
-    api_key: str | None = Field(None, description="API key for the chat server, if it wants one.")
+    api_key: SecretStr | None = Field(None, description="API key for the chat server, if it wants one.")
     model: str = Field("meta-llama/Llama-Guard-3-8B", description="Model name on that server.")
     timeout_s: float = Field(30.0, gt=0, description="Per-request timeout.")
     concurrency: int = Field(8, ge=1, description="Parallel chat requests per batch.")

@@ -3,9 +3,19 @@
 Each input is one ``POST {base_url}/chat/completions`` with the input's text as
 the user message; the server (vLLM, Ollama, ...) applies Llama Guard's chat
 template, which holds the policy. Requests run in parallel, at most
-``llamaguard.concurrency`` at a time for the whole backend. Plain HTTP with
-httpx rather than the OpenAI SDK: these servers often need no key, and the SDK
-would insist on one.
+``llamaguard.concurrency`` at a time for the whole backend (shared by
+concurrent calls, not per batch). Plain HTTP with httpx rather than the OpenAI
+SDK: these servers often need no key, and the SDK would insist on one.
+
+Long texts: a text longer than ``WINDOW_CHARS`` characters (8,000, about
+2,000 tokens: well inside the context of any Llama Guard server together with
+its policy prompt) would overflow the server's context if sent whole, so it is
+cut into windows of at most ``WINDOW_CHARS`` characters, consecutive windows
+overlapping by ``WINDOW_OVERLAP`` characters (so a passage shorter than that
+is always seen whole by one window). Each window is one request; the input is
+unsafe if any window is, its hazard codes are the union of the windows' codes,
+and P(unsafe) is the highest of the windows'. The result's notes say how many
+windows there were.
 
 Llama Guard answers ``safe`` or ``unsafe`` followed by a line of hazard codes
 (``unsafe\\nS1,S10``). Its codes map onto OpenAI's 13 categories like this
@@ -41,6 +51,11 @@ Without logprobs, scores are 1.0 for named categories and 0.0 otherwise.
 
 Llama Guard here judges text only: for inputs with images, the image
 categories are listed in ``not_assessed`` rather than reported safe.
+
+Failures: the API client sees that the llamaguard backend failed and the
+server's HTTP status (or that it timed out, was unreachable or replied
+nonsense); the server's URL and reply go to the ``seawall.backends`` log, with
+the API key redacted (see :mod:`seawall.backends.remote`).
 """
 
 from __future__ import annotations
@@ -53,8 +68,16 @@ from typing import Any
 
 import httpx
 
+from seawall.backends.remote import (
+    MALFORMED,
+    TIMED_OUT,
+    UNREACHABLE,
+    gather_or_cancel,
+    http_status,
+    upstream_error,
+)
 from seawall.categories import CATEGORIES, IMAGE_CATEGORIES, with_parents
-from seawall.errors import BackendError, BackendTimeoutError
+from seawall.errors import BackendError
 from seawall.inputs import ModerationInput
 from seawall.results import ModerationResult
 from seawall.settings import LlamaGuardBackendSettings, Settings
@@ -82,6 +105,10 @@ UNNAMED_CATEGORY_CAP = 0.1
 #: Enough for "unsafe" and several codes; Llama Guard writes nothing else.
 MAX_TOKENS = 20
 TOP_LOGPROBS = 5
+#: Longest text sent in one request; longer texts are judged in overlapping windows this long.
+WINDOW_CHARS = 8_000
+#: Characters consecutive windows share, so a passage cut at one window's end is whole in the next.
+WINDOW_OVERLAP = 500
 
 
 @dataclass
@@ -93,7 +120,7 @@ class Verdict:
 
 
 def parse_reply(content: str) -> Verdict:
-    """Parse ``safe`` / ``unsafe\\nS1,S10``; anything else is a :class:`BackendError` naming the reply."""
+    """Parse ``safe`` / ``unsafe\\nS1,S10``; anything else is a :class:`ValueError` naming the reply."""
     lines = [line.strip() for line in content.strip().splitlines() if line.strip()]
     head = lines[0].lower() if lines else ""
     if head == "safe":
@@ -102,9 +129,37 @@ def parse_reply(content: str) -> Verdict:
         codes = [code.strip().upper() for line in lines[1:] for code in line.split(",") if code.strip()]
         if codes and all(code.startswith("S") and code[1:].isdigit() for code in codes):
             return Verdict(unsafe=True, codes=codes)
-    raise BackendError(
-        f"Llama Guard sent a reply that is neither 'safe' nor 'unsafe\\nS<n>,...': {content!r}"
-    )
+    raise ValueError(f"a reply that is neither 'safe' nor 'unsafe\\nS<n>,...': {content!r}")
+
+
+def split_windows(text: str, size: int = WINDOW_CHARS, overlap: int = WINDOW_OVERLAP) -> list[str]:
+    """``text`` cut into windows of at most ``size`` characters, each sharing ``overlap`` with the next."""
+    if not 0 <= overlap < size:
+        raise ValueError("the overlap must be shorter than the window")
+    windows: list[str] = []
+    start = 0
+    while True:
+        end = min(start + size, len(text))
+        windows.append(text[start:end])
+        if end == len(text):
+            return windows
+        start = end - overlap
+
+
+def combine_windows(judged: Sequence[tuple[Verdict, float | None]]) -> tuple[Verdict, float | None]:
+    """One verdict for a text judged in windows: unsafe if any window is, every code, the highest P(unsafe).
+
+    A window whose reply had no logprobs counts as P(unsafe) 1.0 if unsafe, else 0.0;
+    if no window had logprobs, the combined probability is None too.
+    """
+    codes: list[str] = []
+    for verdict, _ in judged:
+        codes += [code for code in verdict.codes if code not in codes]
+    unsafe = any(verdict.unsafe for verdict, _ in judged)
+    if all(probability is None for _, probability in judged):
+        return Verdict(unsafe=unsafe, codes=codes), None
+    probability = max((p if p is not None else (1.0 if verdict.unsafe else 0.0)) for verdict, p in judged)
+    return Verdict(unsafe=unsafe, codes=codes), probability
 
 
 def unsafe_probability(logprobs: Any) -> float | None:
@@ -146,34 +201,46 @@ class LlamaGuardBackend:
 
     def __init__(self, settings: LlamaGuardBackendSettings) -> None:
         self.settings = settings
-        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        headers = (
+            {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
+        )
         self._client = httpx.AsyncClient(
             base_url=settings.base_url, headers=headers, timeout=httpx.Timeout(settings.timeout_s)
         )
         self._slots = asyncio.Semaphore(settings.concurrency)
 
     async def moderate(self, inputs: Sequence[ModerationInput]) -> list[ModerationResult]:
-        tasks = [asyncio.ensure_future(self._moderate_one(item)) for item in inputs]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        return await gather_or_cancel(self._moderate_one(item) for item in inputs)
 
     async def _moderate_one(self, item: ModerationInput) -> ModerationResult:
         if not item.texts:
             return self._result(item, None, None)
-        async with self._slots:
-            choice = await self._ask(item.text)
+        windows = split_windows(item.text)
+        judged = await gather_or_cancel((self._judge(window) for window in windows), self._slots)
+        verdict, probability = combine_windows(judged)
+        notes: list[str] = []
+        if len(windows) > 1:
+            notes.append(
+                f"llamaguard: {len(item.text)} characters judged in {len(windows)} windows "
+                f"of at most {WINDOW_CHARS}"
+            )
+        return self._result(item, verdict, probability, notes)
+
+    async def _judge(self, text: str) -> tuple[Verdict, float | None]:
+        """One request: the verdict on ``text`` and P(unsafe) if logprobs were asked for and sent."""
+        choice = await self._ask(text)
         message = choice.get("message")
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str):
-            raise BackendError(f"Llama Guard sent a reply without message content: {str(choice)[:200]}")
-        verdict = parse_reply(content)
+            raise self._error(
+                MALFORMED, f"{self._where} sent a reply without message content: {str(choice)[:200]}"
+            )
+        try:
+            verdict = parse_reply(content)
+        except ValueError as exc:
+            raise self._error(MALFORMED, f"{self._where} sent {exc}") from exc
         probability = unsafe_probability(choice.get("logprobs")) if self.settings.request_logprobs else None
-        return self._result(item, verdict, probability)
+        return verdict, probability
 
     async def _ask(self, text: str) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -184,46 +251,49 @@ class LlamaGuardBackend:
         }
         if self.settings.request_logprobs:
             body |= {"logprobs": True, "top_logprobs": TOP_LOGPROBS}
-        where = self.settings.base_url
+        where = self._where
         try:
             response = await self._client.post("chat/completions", json=body)
         except httpx.TimeoutException as exc:
-            raise BackendTimeoutError(
-                f"Llama Guard at {where} did not answer within {self.settings.timeout_s} s."
+            raise self._error(
+                TIMED_OUT, f"{where} did not answer within {self.settings.timeout_s} s", timeout=True
             ) from exc
         except httpx.HTTPError as exc:
-            raise BackendError(
-                f"Llama Guard at {where} could not be reached: {exc.__class__.__name__}"
-            ) from exc
+            raise self._error(UNREACHABLE, f"{where} could not be reached: {exc!r}") from exc
         if response.status_code != 200:
-            raise BackendError(
-                self._redact(
-                    f"Llama Guard at {where} answered HTTP {response.status_code}: {response.text[:200]}"
-                )
+            raise self._error(
+                http_status(response.status_code),
+                f"{where} answered HTTP {response.status_code}: {response.text[:200]}",
             )
         try:
             payload = response.json()
             choice = payload["choices"][0]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise BackendError(
-                self._redact(
-                    f"Llama Guard at {where} sent a malformed chat completion: {response.text[:200]!r}"
-                )
+            raise self._error(
+                MALFORMED, f"{where} sent a malformed chat completion: {response.text[:200]!r}"
             ) from exc
         if not isinstance(choice, dict):
-            raise BackendError(f"Llama Guard at {where} sent a malformed choice: {str(choice)[:200]}")
+            raise self._error(MALFORMED, f"{where} sent a malformed choice: {str(choice)[:200]}")
         return choice
 
-    def _redact(self, message: str) -> str:
-        """An error body may echo the key back; it goes no further than this process."""
-        key = self.settings.api_key
-        return message.replace(key, "[redacted]") if key else message
+    @property
+    def _where(self) -> str:
+        return f"Llama Guard at {self.settings.base_url}"
+
+    def _error(self, reason: str, detail: str, *, timeout: bool = False) -> BackendError:
+        """Log ``detail`` (key redacted) and return the generic error clients see."""
+        key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
+        return upstream_error(self.name, reason, detail, secret=key, timeout=timeout)
 
     def _result(
-        self, item: ModerationInput, verdict: Verdict | None, probability: float | None
+        self,
+        item: ModerationInput,
+        verdict: Verdict | None,
+        probability: float | None,
+        window_notes: Sequence[str] = (),
     ) -> ModerationResult:
         named: set[str] = set()
-        notes: list[str] = []
+        notes = list(window_notes)
         if verdict is not None and verdict.unsafe:
             for code in verdict.codes:
                 hazard = HAZARDS.get(code)

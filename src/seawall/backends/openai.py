@@ -11,7 +11,13 @@ goes alone, as one text part (its texts joined, as the local model sees them)
 plus one ``image_url`` part per image. Images are sent as ``data:`` URLs built
 from the bytes seawall already fetched and checked (so OpenAI sees exactly
 what was validated, and private URLs work); an image whose bytes were never
-loaded is sent by its original URL.
+loaded is sent by its original URL. At most ``MAX_PARALLEL_REQUESTS`` requests
+are in flight at once for the whole backend, shared by concurrent calls.
+
+Failures: the API client sees which backend failed and the upstream HTTP
+status (or that it timed out, was unreachable or replied nonsense); the
+upstream's own error text and URL go to the ``seawall.backends`` log, with the
+API key redacted (see :mod:`seawall.backends.remote`).
 """
 
 from __future__ import annotations
@@ -20,23 +26,30 @@ import asyncio
 import base64
 import io
 import os
-from collections.abc import Awaitable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Sequence
+from typing import Any
 
 import openai
 from openai.types import ModerationCreateResponse, ModerationMultiModalInputParam
 from PIL import Image, UnidentifiedImageError
 
+from seawall.backends.remote import (
+    MALFORMED,
+    TIMED_OUT,
+    UNREACHABLE,
+    gather_or_cancel,
+    http_status,
+    upstream_error,
+)
 from seawall.categories import CATEGORIES, IMAGE_CATEGORIES
-from seawall.errors import BackendError, BackendTimeoutError, ConfigurationError
+from seawall.errors import BackendError, ConfigurationError
 from seawall.inputs import ModerationInput
 from seawall.results import ModerationResult
 from seawall.settings import OpenAIBackendSettings, Settings
 
-#: Upstream requests in flight at once for one ``moderate`` call; more buys little and invites 429s.
+#: Upstream requests in flight at once for one backend, however many ``moderate`` calls share it;
+#: more buys little and invites 429s.
 MAX_PARALLEL_REQUESTS = 4
-
-T = TypeVar("T")
 
 
 class OpenAIBackend:
@@ -53,6 +66,7 @@ class OpenAIBackend:
             timeout=settings.timeout_s,
             max_retries=settings.max_retries,
         )
+        self._slots = asyncio.Semaphore(MAX_PARALLEL_REQUESTS)
 
     async def moderate(self, inputs: Sequence[ModerationInput]) -> list[ModerationResult]:
         text_positions = [i for i, item in enumerate(inputs) if not item.images]
@@ -63,7 +77,7 @@ class OpenAIBackend:
             self._moderate_texts([inputs[i] for i in chunk]) for chunk in chunks
         ]
         calls += [self._moderate_parts(inputs[i]) for i in image_positions]
-        answers = await _gather_bounded(calls, MAX_PARALLEL_REQUESTS)
+        answers = await gather_or_cancel(calls, self._slots)
         by_position: dict[int, ModerationResult] = {}
         groups = [*chunks, *([i] for i in image_positions)]
         for positions, answer in zip(groups, answers, strict=True):
@@ -86,47 +100,56 @@ class OpenAIBackend:
     async def _call(
         self, payload: list[str] | list[ModerationMultiModalInputParam], items: Sequence[ModerationInput]
     ) -> list[ModerationResult]:
+        where = f"OpenAI moderation at {self.settings.base_url}"
         try:
             response = await self._client.moderations.create(model=self.settings.model, input=payload)
         except openai.APITimeoutError as exc:
-            raise BackendTimeoutError(
-                f"OpenAI moderation at {self.settings.base_url} did not answer within "
-                f"{self.settings.timeout_s} s ({self.settings.max_retries} retries)."
+            raise self._error(
+                TIMED_OUT,
+                f"{where} did not answer within {self.settings.timeout_s} s "
+                f"({self.settings.max_retries} retries)",
+                timeout=True,
             ) from exc
         except openai.APIStatusError as exc:
-            raise BackendError(
-                self._redact(f"OpenAI moderation answered HTTP {exc.status_code}: {_upstream_message(exc)}")
+            raise self._error(
+                http_status(exc.status_code),
+                f"{where} answered HTTP {exc.status_code}: {_upstream_message(exc)}",
             ) from exc
         except openai.APIConnectionError as exc:
-            raise BackendError(
-                self._redact(f"OpenAI moderation at {self.settings.base_url} could not be reached: {exc}")
+            raise self._error(
+                UNREACHABLE, f"{where} could not be reached: {exc!r} (cause: {exc.__cause__!r})"
             ) from exc
         except openai.OpenAIError as exc:
-            raise BackendError(self._redact(f"OpenAI moderation failed: {exc}")) from exc
+            raise self._error(MALFORMED, f"{where} failed: {exc!r}") from exc
         if not isinstance(response, ModerationCreateResponse):  # the SDK hands back non-JSON bodies as-is
-            raise BackendError(
-                self._redact(f"OpenAI moderation sent a reply that is not JSON: {str(response)[:200]!r}")
-            )
+            raise self._error(MALFORMED, f"{where} sent a reply that is not JSON: {str(response)[:200]!r}")
         raw_results = response.to_dict(warnings=False).get("results")
         if not isinstance(raw_results, list) or len(raw_results) != len(items):
             count = len(raw_results) if isinstance(raw_results, list) else "no"
-            raise BackendError(
-                f"OpenAI moderation sent a malformed reply: {count} results for {len(items)} inputs."
-            )
-        return [_to_result(raw, item) for raw, item in zip(raw_results, items, strict=True)]
+            raise self._error(MALFORMED, f"{where} sent {count} results for {len(items)} inputs")
+        try:
+            return [_to_result(raw, item) for raw, item in zip(raw_results, items, strict=True)]
+        except ValueError as exc:
+            raise self._error(MALFORMED, f"{where} sent a malformed reply: {exc}") from exc
 
-    def _redact(self, message: str) -> str:
-        """Upstream error bodies can echo the key back; it never goes further than this process."""
-        return message.replace(self._api_key, "[redacted]") if self._api_key else message
+    def _error(self, reason: str, detail: str, *, timeout: bool = False) -> BackendError:
+        """Log ``detail`` (key redacted) and return the generic error clients see."""
+        return upstream_error(self.name, reason, detail, secret=self._api_key, timeout=timeout)
 
     async def aclose(self) -> None:
         await self._client.close()
 
 
 def _to_result(raw: Any, item: ModerationInput) -> ModerationResult:
-    """Map one result object of OpenAI's reply; categories it omits (older models) count as not assessed."""
+    """Map one result object of OpenAI's reply (a :class:`ValueError` if it is malformed).
+
+    Categories OpenAI did not judge for an input type the item has are listed in
+    ``not_assessed``, never passed as safe: an image category whose applied input
+    types leave ``image`` out, and every input type of a category an older model
+    omits altogether (``text-moderation-*`` has no ``illicit`` categories).
+    """
     if not isinstance(raw, dict) or not isinstance(raw.get("category_scores"), dict):
-        raise BackendError(f"OpenAI moderation sent a malformed result: {str(raw)[:200]}")
+        raise ValueError(f"a result without category_scores: {str(raw)[:200]}")
     raw_scores: dict[str, Any] = raw["category_scores"]
     raw_flags: dict[str, Any] = raw["categories"] if isinstance(raw.get("categories"), dict) else {}
     raw_applied = raw.get("category_applied_input_types")
@@ -139,7 +162,7 @@ def _to_result(raw: Any, item: ModerationInput) -> ModerationResult:
             scores[name], categories[name], applied[name] = 0.0, False, []
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise BackendError(f"OpenAI moderation sent a non-numeric score for {name!r}: {value!r}")
+            raise ValueError(f"a non-numeric score for {name!r}: {value!r}")
         scores[name] = float(value)
         categories[name] = bool(raw_flags.get(name, False))
         if isinstance(raw_applied, dict):
@@ -147,12 +170,16 @@ def _to_result(raw: Any, item: ModerationInput) -> ModerationResult:
             applied[name] = [str(kind) for kind in types] if isinstance(types, list) else []
         else:
             # Models before omni-moderation send no category_applied_input_types and judge text only.
-            applied[name] = ["text"]
+            applied[name] = ["text"] if item.texts else []
     not_assessed: dict[str, list[str]] = {}
-    if item.images:
-        for name in sorted(IMAGE_CATEGORIES):
-            if "image" not in applied[name]:
-                not_assessed[name] = ["image"]
+    for name in CATEGORIES:
+        present = [
+            *(["text"] if item.texts else []),
+            *(["image"] if item.images and name in IMAGE_CATEGORIES else []),
+        ]
+        missing = [kind for kind in present if kind not in applied[name]]
+        if missing:
+            not_assessed[name] = missing
     return ModerationResult(
         category_scores=scores,
         categories=categories,
@@ -181,27 +208,10 @@ def _data_url(data: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-async def _gather_bounded(calls: Iterable[Awaitable[T]], limit: int) -> list[T]:
-    """``asyncio.gather`` with at most ``limit`` running; the first failure cancels the rest."""
-    semaphore = asyncio.Semaphore(limit)
-
-    async def run(call: Awaitable[T]) -> T:
-        async with semaphore:
-            return await call
-
-    tasks = [asyncio.ensure_future(run(call)) for call in calls]
-    try:
-        return await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
 def create(settings: Settings) -> OpenAIBackend:
     """Build the backend; a missing API key is a start-up error, not a per-request one."""
-    api_key = settings.openai.api_key or os.environ.get("OPENAI_API_KEY")
+    configured = settings.openai.api_key
+    api_key = configured.get_secret_value() if configured else os.environ.get("OPENAI_API_KEY")
     if not api_key:
         raise ConfigurationError(
             "the openai moderation backend needs an API key: set openai.api_key "

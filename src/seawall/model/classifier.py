@@ -29,6 +29,8 @@ from seawall.model.embeddings import TOKENIZER_FILE, VECTORS_FILE, StaticEncoder
 from seawall.model.features import FeatureConfig, Featurizer, sparse_dot
 
 MODEL_FILE = "model.json"
+#: Windows scored per numpy call: bounds memory whatever the length of the texts.
+WINDOWS_PER_CHUNK = 256
 WEIGHTS_FILE = "weights.npz"
 
 
@@ -137,15 +139,26 @@ class TextClassifier:
         """Probabilities, shape (len(texts), len(labels)); long texts score as their worst window."""
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
+        scores = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         windows: list[list[str]] = []
         owners: list[int] = []
+
+        def flush() -> None:
+            # Windows are scored a bounded chunk at a time, so one huge text cannot allocate
+            # memory in proportion to its length; each text keeps its worst window.
+            probabilities = _sigmoid(self.logits_for_words(windows))
+            np.maximum.at(scores, np.asarray(owners), probabilities)
+            windows.clear()
+            owners.clear()
+
         for position, text in enumerate(texts):
             for window in self._featurizer.windows(text):
                 windows.append(window)
                 owners.append(position)
-        probabilities = _sigmoid(self.logits_for_words(windows))
-        starts = np.flatnonzero(np.r_[True, np.diff(np.asarray(owners)) != 0])
-        scores = np.maximum.reduceat(probabilities, starts, axis=0)
+                if len(windows) >= WINDOWS_PER_CHUNK:
+                    flush()
+        if windows:
+            flush()
         for child, parent in self._parent_pairs:
             # A threat is harassment too: a parent never scores below its sub-category.
             np.maximum(scores[:, parent], scores[:, child], out=scores[:, parent])

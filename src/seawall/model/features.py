@@ -70,9 +70,24 @@ def _bucket(key: str, mask: int) -> int:
     return zlib.crc32(key.encode("utf-8")) & mask
 
 
-@lru_cache(maxsize=200_000)
+#: Longer "words" (base64 blobs, URLs, keyboard mashing) are hashed but never cached.
+CACHED_WORD_CHARS = 40
+
+
 def _char_buckets(word: str, char_min: int, char_max: int, mask: int) -> tuple[int, ...]:
-    # Cached per word: words repeat across texts, so most lookups skip the hashing.
+    if len(word) <= CACHED_WORD_CHARS:
+        return _cached_char_buckets(word, char_min, char_max, mask)
+    return _hash_char_ngrams(word, char_min, char_max, mask)
+
+
+@lru_cache(maxsize=200_000)
+def _cached_char_buckets(word: str, char_min: int, char_max: int, mask: int) -> tuple[int, ...]:
+    # Cached per word: words repeat across texts, so most lookups skip the hashing. Only short
+    # words are cached, which bounds the cache's memory (200,000 x 40 characters at most).
+    return _hash_char_ngrams(word, char_min, char_max, mask)
+
+
+def _hash_char_ngrams(word: str, char_min: int, char_max: int, mask: int) -> tuple[int, ...]:
     padded = f" {word} "
     buckets = []
     for size in range(char_min, char_max + 1):
@@ -81,8 +96,12 @@ def _char_buckets(word: str, char_min: int, char_max: int, mask: int) -> tuple[i
     return tuple(buckets)
 
 
-@lru_cache(maxsize=200_000)
 def _word_bucket(word: str, mask: int) -> int:
+    return _cached_word_bucket(word, mask) if len(word) <= CACHED_WORD_CHARS else _bucket("w" + word, mask)
+
+
+@lru_cache(maxsize=200_000)
+def _cached_word_bucket(word: str, mask: int) -> int:
     return _bucket("w" + word, mask)
 
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from seawall.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError, SeawallError
 from seawall.service import ModerationService
@@ -47,11 +47,15 @@ async def _read_json(request: Request, max_bytes: int) -> dict[str, Any]:
         raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {max_bytes}.")
     chunks: list[bytes] = []
     received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > max_bytes:
-            raise PayloadTooLargeError(f"request body exceeds the {max_bytes}-byte limit.")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                raise PayloadTooLargeError(f"request body exceeds the {max_bytes}-byte limit.")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        # Nobody is listening any more; a 400 ends the request without an error in the log.
+        raise InvalidRequestError("the client disconnected before sending the whole body.") from exc
     raw = b"".join(chunks)
     if not raw:
         raise InvalidRequestError("request body is empty; send a JSON object.")
@@ -75,7 +79,7 @@ def _check_key(request: Request, settings: Settings) -> None:
         raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.")
     offered = token.strip().encode()
     # Compare against every key in constant time, so timing does not reveal a key's prefix.
-    if not any(hmac.compare_digest(offered, key.encode()) for key in keys):
+    if not any(hmac.compare_digest(offered, key.get_secret_value().encode()) for key in keys):
         raise AuthenticationError("Incorrect API key provided.")
 
 
@@ -113,10 +117,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response.headers.update(exc.headers or {})  # e.g. Allow on a 405
         return response
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return _error(InvalidRequestError(f"invalid request: {exc.errors()}"))
-
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -153,7 +153,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        await service.backend(settings.moderation.backend)
+        try:
+            await service.backend(settings.moderation.backend)
+        except SeawallError as exc:
+            return _json(
+                {"status": "not ready", "backend": settings.moderation.backend, "error": exc.message}, 503
+            )
         return _json({"status": "ready", "backend": settings.moderation.backend})
 
     return app
