@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 import time
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -124,3 +126,12 @@ def stand_in(reply: Reply) -> Iterator[StandIn]:
 
 def json_reply(body: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def backend_warnings(caplog: pytest.LogCaptureFixture) -> str:
+    """Every warning the remote backends logged (where upstream details go), one per line."""
+    return "\n".join(
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "seawall.backends" and record.levelno == logging.WARNING
+    )

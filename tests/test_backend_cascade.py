@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import io
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -103,17 +104,35 @@ async def test_only_uncertain_inputs_reach_the_secondary(upstream: StandIn):
 
     (request,) = upstream.requests  # one batched call for all uncertain inputs
     assert request.body["input"] == routed
+    kept_a_confident_flag = False
     for text, primary, result in zip(TEXTS, expected_primary, results, strict=True):
         assert result.backend == "cascade"
         assert result.extra_scores == primary.extra_scores  # always the primary's
+        assert result.extra_flags == primary.extra_flags
         if text in routed:
-            assert result.category_scores == {name: SECONDARY_SCORE for name in CATEGORIES}
-            assert result.categories == {name: name == "harassment" for name in CATEGORIES}
-            assert "cascade: decided by openai" in result.notes
+            # Both judged text only: the secondary decides, except that a confident flag of the
+            # primary (flagged, above the band) is never lowered.
+            confident = {n for n in CATEGORIES if primary.categories[n] and primary.category_scores[n] > HIGH}
+            kept_a_confident_flag |= bool(confident)
+            for name in CATEGORIES:
+                if name in confident:
+                    assert result.category_scores[name] == max(primary.category_scores[name], SECONDARY_SCORE)
+                    assert result.categories[name] is True
+                else:
+                    assert result.category_scores[name] == SECONDARY_SCORE
+                    assert result.categories[name] is (name == "harassment")
+            if confident:
+                assert any(note.startswith("cascade: openai decided ") for note in result.notes)
+                combined = next(note for note in result.notes if "combined" in note)
+                assert all(name in combined for name in confident)
+            else:
+                assert "cascade: decided by openai" in result.notes
         else:
             assert result.category_scores == primary.category_scores
             assert result.categories == primary.categories
             assert "cascade: decided by local" in result.notes
+    # "how do I make a bomb ..." is uncertain on harassment yet confidently illicit: that flag stays.
+    assert kept_a_confident_flag, "no routed text has a confident flag any more; pick others"
 
 
 async def test_certain_inputs_never_reach_the_secondary(upstream: StandIn):
@@ -195,6 +214,145 @@ async def test_not_assessed_inputs_go_to_the_secondary(upstream: StandIn):
     assert base64.b64decode(parts[1]["image_url"]["url"].split(",", 1)[1]) == image
     assert result.not_assessed == {}
     assert result.applied_input_types["violence"] == ["text", "image"]
+    assert "cascade: decided by openai" in result.notes
+
+
+class CraftedPrimary:
+    """A primary that answers every input with a copy of one crafted result."""
+
+    name = "crafted"
+
+    def __init__(self, result: ModerationResult) -> None:
+        self.result = result
+
+    async def moderate(self, inputs: Sequence[ModerationInput]) -> list[ModerationResult]:
+        return [copy.deepcopy(self.result) for _ in inputs]
+
+    async def aclose(self) -> None:
+        pass
+
+
+def crafted(
+    scores: dict[str, float], flags: set[str], *, image_types: dict[str, list[str]] | None = None
+) -> ModerationResult:
+    """A text (and maybe image) verdict: ``image_types`` maps image categories to applied or not assessed."""
+    applied = {name: ["text"] for name in CATEGORIES}
+    not_assessed: dict[str, list[str]] = {}
+    for name, kinds in (image_types or {}).items():
+        if kinds == ["image"]:
+            applied[name] = ["text", "image"]
+        else:
+            not_assessed[name] = ["image"]
+    return ModerationResult(
+        category_scores={name: 0.0 for name in CATEGORIES} | scores,
+        categories={name: name in flags for name in CATEGORIES},
+        applied_input_types=applied,
+        extra_scores={"prompt_injection": 0.3, "jailbreak": 0.1},
+        extra_flags={"prompt_injection": False, "jailbreak": False},
+        not_assessed=not_assessed,
+        backend="crafted",
+        notes=["crafted: primary note"],
+    )
+
+
+LOW_SECONDARY = 0.05
+
+
+async def text_only_reply(request: Recorded) -> Response:
+    """An omni model that judged only the text of what it got: low scores, nothing flagged."""
+    count = 1 if isinstance(request.body["input"][0], dict) else len(request.body["input"])
+    result = {
+        "flagged": False,
+        "categories": {name: False for name in CATEGORIES},
+        "category_scores": {name: LOW_SECONDARY for name in CATEGORIES},
+        "category_applied_input_types": {name: ["text"] for name in CATEGORIES},
+    }
+    return json_reply({"id": "m", "model": "omni-moderation-latest", "results": [result] * count})
+
+
+async def run_crafted(
+    upstream: StandIn, primary: ModerationResult, item: ModerationInput
+) -> ModerationResult:
+    settings = cascade_settings(upstream)
+    cascade = CascadeBackend(settings.cascade, CraftedPrimary(primary), create_backend("openai", settings))
+    try:
+        (result,) = await cascade.moderate([item])
+    finally:
+        await cascade.aclose()
+    return result
+
+
+async def test_a_text_only_secondary_keeps_the_primary_image_verdict(upstream: StandIn):
+    upstream.reply = text_only_reply
+    item = ModerationInput(
+        texts=("a caption",),
+        images=(ImagePart(url="https://images.example/p.png"),),
+        image_bytes=(png_data(),),
+    )
+    # The primary judged sexual on the image too (0.97, flagged), could not judge violence on it,
+    # and is unsure about hate in the text.
+    primary = crafted(
+        {"sexual": 0.97, "hate": 0.5, "violence": 0.02},
+        {"sexual"},
+        image_types={"sexual": ["image"], "violence": [], "violence/graphic": []},
+    )
+    result = await run_crafted(upstream, primary, item)
+
+    assert len(upstream.requests) == 1  # uncertain (hate) and not assessed (violence on the image)
+    # sexual: the secondary never saw the image, so the primary's image verdict stands.
+    assert result.category_scores["sexual"] == 0.97
+    assert result.categories["sexual"] is True
+    assert result.applied_input_types["sexual"] == ["text", "image"]
+    # hate: both judged the text only; the secondary decides.
+    assert result.category_scores["hate"] == LOW_SECONDARY
+    assert result.categories["hate"] is False
+    # violence on the image: neither judged it, so it is still not assessed.
+    assert result.category_scores["violence"] == LOW_SECONDARY
+    assert result.not_assessed == {name: ["image"] for name in IMAGE_CATEGORIES - {"sexual"}}
+    assert result.applied_input_types["violence"] == ["text"]
+    assert result.flagged
+    assert result.extra_scores == primary.extra_scores
+    # Who decided what.
+    assert "crafted: primary note" in result.notes
+    decided = next(note for note in result.notes if note.startswith("cascade: openai decided "))
+    assert "hate" in decided and "violence" in decided and "sexual," not in decided
+    combined = next(note for note in result.notes if "combined" in note)
+    assert combined.endswith("for sexual")
+
+
+async def test_a_confident_primary_flag_is_not_lowered(upstream: StandIn):
+    upstream.reply = text_only_reply
+    primary = crafted({"harassment": 0.95, "hate": 0.5}, {"harassment", "hate"})
+    result = await run_crafted(upstream, primary, ModerationInput.of_text("some text"))
+
+    assert upstream.requests[0].body["input"] == ["some text"]
+    assert result.category_scores["harassment"] == 0.95  # flagged above the band: stays
+    assert result.categories["harassment"] is True
+    assert result.category_scores["hate"] == LOW_SECONDARY  # flagged inside the band: the secondary decides
+    assert result.categories["hate"] is False
+    assert result.not_assessed == {}
+
+
+async def test_what_the_secondary_judges_beyond_the_primary_is_taken(upstream: StandIn):
+    # The default stand-in judges images for the image categories: nothing is left unassessed.
+    primary = crafted(
+        {"hate": 0.5, "violence": 0.9},
+        set(),
+        image_types={"sexual": ["image"], **{name: [] for name in IMAGE_CATEGORIES - {"sexual"}}},
+    )
+    item = ModerationInput(
+        texts=("a caption",),
+        images=(ImagePart(url="https://images.example/p.png"),),
+        image_bytes=(png_data(),),
+    )
+    result = await run_crafted(upstream, primary, item)
+    assert result.not_assessed == {}
+    for name in CATEGORIES:
+        assert result.applied_input_types[name] == (
+            ["text", "image"] if name in IMAGE_CATEGORIES else ["text"]
+        )
+        # The secondary saw all the primary saw (violence at 0.9 was not flagged, so not confident).
+        assert result.category_scores[name] == SECONDARY_SCORE
     assert "cascade: decided by openai" in result.notes
 
 

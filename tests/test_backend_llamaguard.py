@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -10,9 +11,15 @@ from typing import Any
 import pytest
 from starlette.responses import Response
 
-from backend_standins import Recorded, StandIn, json_reply, stand_in
+from backend_standins import Recorded, StandIn, backend_warnings, json_reply, serving, stand_in
 from seawall.backends.base import create_backend
-from seawall.backends.llamaguard import LlamaGuardBackend, create
+from seawall.backends.llamaguard import (
+    WINDOW_CHARS,
+    WINDOW_OVERLAP,
+    LlamaGuardBackend,
+    create,
+    split_windows,
+)
 from seawall.categories import CATEGORIES, IMAGE_CATEGORIES
 from seawall.errors import BackendError, BackendTimeoutError
 from seawall.inputs import ImagePart, ModerationInput
@@ -245,18 +252,108 @@ async def test_concurrency_is_bounded(guard: StandIn):
     assert [r.flagged for r in results] == [False] * 6 + [True]
 
 
+async def test_concurrency_is_per_backend_not_per_call(guard: StandIn):
+    async def slow(request: Recorded) -> Response:
+        await asyncio.sleep(0.1)
+        return await scripted_reply(request)
+
+    guard.reply = slow
+    backend = create(settings_for(guard, concurrency=2))
+    try:
+        await asyncio.gather(
+            *(
+                backend.moderate([ModerationInput.of_text(f"call {c} text {i}") for i in range(3)])
+                for c in range(3)
+            )
+        )
+    finally:
+        await backend.aclose()
+    assert len(guard.requests) == 9
+    assert guard.max_in_flight == 2
+
+
+# --- long texts: overlapping windows, one request each, verdicts combined ------------------------------
+
+
+def filler(length: int) -> str:
+    """Harmless text of exactly ``length`` characters."""
+    words = "the quick brown fox jumps over the lazy dog and naps in the afternoon sun "
+    return (words * (length // len(words) + 1))[:length]
+
+
+async def windowed_reply(request: Recorded) -> Response:
+    """Unsafe S10 (P 0.7) for a window holding HATE-MARK, S1 (P 0.9) for VIOLENCE-MARK, else safe."""
+    text = request.body["messages"][-1]["content"]
+    if "VIOLENCE-MARK" in text:
+        content, alternatives = "unsafe\nS1", {"unsafe": 0.9, "safe": 0.1}
+    elif "HATE-MARK" in text:
+        content, alternatives = "unsafe\nS10", {"unsafe": 0.7, "safe": 0.3}
+    else:
+        content, alternatives = "safe", {"safe": 0.98, "unsafe": 0.02}
+    return json_reply(chat_completion(content, [token_logprobs(content.split("\n")[0], alternatives)]))
+
+
+async def test_long_texts_are_judged_in_windows_and_combined(guard: StandIn):
+    text = filler(1_000) + "HATE-MARK" + filler(9_000) + "VIOLENCE-MARK" + filler(11_000)
+    guard.reply = windowed_reply
+    (result,) = await moderate_with(settings_for(guard), [ModerationInput.of_text(text)])
+
+    sent = [request.body["messages"][0]["content"] for request in guard.requests]
+    assert len(sent) == len(split_windows(text)) == 3
+    assert all(len(window) <= WINDOW_CHARS for window in sent)
+    assert sorted(sent) == sorted(split_windows(text))
+    # Unsafe because some window is; the codes of every window; the highest P(unsafe).
+    named = {"hate", "violence", "illicit/violent", "illicit"}
+    assert {name for name, flagged in result.categories.items() if flagged} == named
+    for name in CATEGORIES:
+        assert result.category_scores[name] == pytest.approx(0.9 if name in named else 0.1)
+    assert any("3 windows" in note for note in result.notes)
+
+
+async def test_a_passage_across_a_window_edge_is_seen_whole(guard: StandIn):
+    marker = "VIOLENCE-MARK"
+    text = filler(WINDOW_CHARS - 5) + marker + filler(3_000)  # the first window cuts the marker
+    guard.reply = windowed_reply
+    (result,) = await moderate_with(settings_for(guard), [ModerationInput.of_text(text)])
+    sent = sorted((request.body["messages"][0]["content"] for request in guard.requests), key=text.index)
+    assert len(sent) == 2
+    assert marker not in sent[0] and marker in sent[1]
+    assert result.categories["violence"] is True
+
+
+async def test_texts_up_to_the_window_are_sent_whole(backend: LlamaGuardBackend, guard: StandIn):
+    text = filler(WINDOW_CHARS)
+    (result,) = await backend.moderate([ModerationInput.of_text(text)])
+    assert [request.body["messages"][0]["content"] for request in guard.requests] == [text]
+    assert not any("window" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("length", [1, WINDOW_CHARS, WINDOW_CHARS + 1, 3 * WINDOW_CHARS, 50_001])
+def test_windows_cover_the_text_and_overlap(length: int):
+    text = "".join(chr(0x4E00 + i % 5000) for i in range(length))  # no two nearby characters alike
+    windows = split_windows(text)
+    assert all(0 < len(window) <= WINDOW_CHARS for window in windows)
+    rebuilt = windows[0] + "".join(window[WINDOW_OVERLAP:] for window in windows[1:])
+    assert rebuilt == text
+    for first, second in itertools.pairwise(windows):
+        assert first[-WINDOW_OVERLAP:] == second[:WINDOW_OVERLAP]
+
+
 @pytest.mark.parametrize(
     "content",
     ["I cannot help with that.", "unsafe", "unsafe\nviolence", "", "safe-ish"],
 )
-async def test_replies_that_are_neither_safe_nor_unsafe_are_errors(guard: StandIn, content: str):
+async def test_replies_that_are_neither_safe_nor_unsafe_are_errors(
+    guard: StandIn, caplog: pytest.LogCaptureFixture, content: str
+):
     async def odd(request: Recorded) -> Response:
         return json_reply(chat_completion(content))
 
     guard.reply = odd
     with pytest.raises(BackendError) as caught:
         await moderate_with(settings_for(guard), [ModerationInput.of_text("anything")])
-    assert repr(content) in caught.value.message
+    assert caught.value.message == "the llamaguard backend failed: upstream sent a malformed reply"
+    assert f"neither 'safe' nor 'unsafe\\nS<n>,...': {content!r}" in backend_warnings(caplog)
 
 
 @pytest.mark.parametrize(
@@ -268,16 +365,22 @@ async def test_replies_that_are_neither_safe_nor_unsafe_are_errors(guard: StandI
         Response("not json at all", media_type="text/plain"),
     ],
 )
-async def test_malformed_completions_are_errors(guard: StandIn, reply: Response):
+async def test_malformed_completions_are_errors(
+    guard: StandIn, caplog: pytest.LogCaptureFixture, reply: Response
+):
     async def malformed(request: Recorded) -> Response:
         return reply
 
     guard.reply = malformed
-    with pytest.raises(BackendError, match=r"malformed|without message content"):
+    with pytest.raises(BackendError) as caught:
         await moderate_with(settings_for(guard), [ModerationInput.of_text("anything")])
+    assert caught.value.message == "the llamaguard backend failed: upstream sent a malformed reply"
+    assert f"Llama Guard at {guard.url}/v1 sent a " in backend_warnings(caplog)
 
 
-async def test_server_errors_name_the_status_and_hide_the_key(guard: StandIn):
+async def test_server_errors_name_the_status_and_hide_the_details(
+    guard: StandIn, caplog: pytest.LogCaptureFixture
+):
     async def broken(request: Recorded) -> Response:
         return json_reply({"error": f"bad token {request.headers.get('authorization')}"}, 503)
 
@@ -285,18 +388,41 @@ async def test_server_errors_name_the_status_and_hide_the_key(guard: StandIn):
     with pytest.raises(BackendError) as caught:
         await moderate_with(settings_for(guard, api_key="lg-secret-key"), [ModerationInput.of_text("x")])
     assert not isinstance(caught.value, BackendTimeoutError)
-    assert "HTTP 503" in caught.value.message
-    assert "lg-secret-key" not in caught.value.message
+    assert caught.value.status_code == 502
+    # The client learns the backend and the upstream status: no internal URL, no upstream text.
+    assert caught.value.message == "the llamaguard backend failed: upstream answered HTTP 503"
+    body = str(caught.value.to_body())
+    assert guard.url not in body and "127.0.0.1" not in body
+    assert "bad token" not in body
+    # The log has the details, with the key redacted.
+    logged = backend_warnings(caplog)
+    assert f"Llama Guard at {guard.url}/v1 answered HTTP 503" in logged
+    assert "bad token Bearer [redacted]" in logged
+    assert "lg-secret-key" not in caplog.text
 
 
-async def test_a_slow_server_is_a_timeout(guard: StandIn):
+async def test_an_unreachable_server_is_a_backend_error(caplog: pytest.LogCaptureFixture):
+    with serving(StandIn(reply=scripted_reply).app()) as server:
+        closed_url = server.url
+    with pytest.raises(BackendError) as caught:
+        await moderate_with(
+            Settings(llamaguard={"base_url": f"{closed_url}/v1"}), [ModerationInput.of_text("x")]
+        )
+    assert caught.value.message == "the llamaguard backend failed: upstream could not be reached"
+    assert f"Llama Guard at {closed_url}/v1 could not be reached" in backend_warnings(caplog)
+
+
+async def test_a_slow_server_is_a_timeout(guard: StandIn, caplog: pytest.LogCaptureFixture):
     async def slow(request: Recorded) -> Response:
         await asyncio.sleep(3)
         return await scripted_reply(request)
 
     guard.reply = slow
-    with pytest.raises(BackendTimeoutError):
+    with pytest.raises(BackendTimeoutError) as caught:
         await moderate_with(settings_for(guard, timeout_s=0.3), [ModerationInput.of_text("x")])
+    assert caught.value.status_code == 504
+    assert caught.value.message == "the llamaguard backend failed: upstream did not answer in time"
+    assert f"Llama Guard at {guard.url}/v1 did not answer within 0.3 s" in backend_warnings(caplog)
 
 
 async def test_one_failure_fails_the_batch_and_cancels_the_rest(guard: StandIn):

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 from starlette.responses import Response
 
-from backend_standins import Recorded, StandIn, json_reply, serving, stand_in
+from backend_standins import Recorded, StandIn, backend_warnings, json_reply, serving, stand_in
 from seawall.backends.base import create_backend
-from seawall.backends.openai import OpenAIBackend, create
+from seawall.backends.openai import MAX_PARALLEL_REQUESTS, OpenAIBackend, create
 from seawall.categories import CATEGORIES, IMAGE_CATEGORIES
 from seawall.errors import BackendError, BackendTimeoutError, ConfigurationError
 from seawall.inputs import ImagePart, ModerationInput
@@ -143,6 +143,30 @@ async def test_older_models_without_applied_input_types_mean_text(upstream: Stan
         else:
             assert result.applied_input_types[name] == ["text"]
             assert result.category_scores[name] == scripted_scores("x")[name]
+    # What the model did not judge is said to be unjudged, not passed as safe.
+    assert result.not_assessed == {"illicit": ["text"], "illicit/violent": ["text"]}
+
+
+async def test_categories_an_older_model_omits_on_an_image_input_are_not_assessed(upstream: StandIn):
+    async def old_model(request: Recorded) -> Response:
+        result = openai_result("x", applied=False)
+        del result["category_scores"]["violence/graphic"]  # an image category
+        del result["category_scores"]["hate"]  # a text-only category
+        return json_reply({"id": "modr-old", "model": "text-moderation-stable", "results": [result]})
+
+    upstream.reply = old_model
+    backend = create(settings_for(upstream, model="text-moderation-stable"))
+    try:
+        (result,) = await backend.moderate(
+            [ModerationInput(texts=("x",), images=(ImagePart("https://images.example/a.png"),))]
+        )
+    finally:
+        await backend.aclose()
+    expected = {name: ["image"] for name in IMAGE_CATEGORIES}  # the old model judged text only
+    expected |= {"violence/graphic": ["text", "image"], "hate": ["text"]}
+    assert result.not_assessed == expected
+    assert result.applied_input_types["violence/graphic"] == []
+    assert result.applied_input_types["violence"] == ["text"]
 
 
 async def test_texts_are_sent_in_chunks_of_max_batch(upstream: StandIn):
@@ -207,7 +231,9 @@ async def test_image_categories_openai_did_not_judge_are_not_assessed(upstream: 
     assert result.not_assessed == {name: ["image"] for name in IMAGE_CATEGORIES}
 
 
-async def test_server_errors_become_backend_errors_that_name_the_status(upstream: StandIn):
+async def test_server_errors_name_the_status_and_log_the_details(
+    upstream: StandIn, caplog: pytest.LogCaptureFixture
+):
     async def broken(request: Recorded) -> Response:
         return json_reply({"error": {"message": "The server had an error", "type": "server_error"}}, 500)
 
@@ -219,9 +245,16 @@ async def test_server_errors_become_backend_errors_that_name_the_status(upstream
     finally:
         await backend.aclose()
     assert not isinstance(caught.value, BackendTimeoutError)
-    assert "HTTP 500" in caught.value.message
-    assert "The server had an error" in caught.value.message
     assert caught.value.status_code == 502
+    # Clients learn which backend failed and the upstream status; nothing of the upstream's reply or address.
+    assert caught.value.message == "the openai backend failed: upstream answered HTTP 500"
+    body = str(caught.value.to_body())
+    assert "The server had an error" not in body
+    assert upstream.url not in body and "127.0.0.1" not in body
+    # Operators find the details in the log.
+    logged = backend_warnings(caplog)
+    assert "HTTP 500: The server had an error" in logged
+    assert upstream.url in logged
 
 
 async def test_max_retries_is_honoured(upstream: StandIn):
@@ -238,7 +271,7 @@ async def test_max_retries_is_honoured(upstream: StandIn):
     assert len(upstream.requests) == 3
 
 
-async def test_a_slow_upstream_is_a_timeout(upstream: StandIn):
+async def test_a_slow_upstream_is_a_timeout(upstream: StandIn, caplog: pytest.LogCaptureFixture):
     async def slow(request: Recorded) -> Response:
         await asyncio.sleep(3)
         return await moderation_reply(request)
@@ -253,18 +286,21 @@ async def test_a_slow_upstream_is_a_timeout(upstream: StandIn):
         await backend.aclose()
     assert time.monotonic() - started < 2.5
     assert caught.value.status_code == 504
-    assert "0.3 s" in caught.value.message
+    assert caught.value.message == "the openai backend failed: upstream did not answer in time"
+    assert f"{upstream.url}/v1 did not answer within 0.3 s" in backend_warnings(caplog)
 
 
-async def test_unreachable_upstream_is_a_backend_error():
+async def test_unreachable_upstream_is_a_backend_error(caplog: pytest.LogCaptureFixture):
     with serving(StandIn(reply=moderation_reply).app()) as server:
         closed_url = server.url
     backend = create(Settings(openai={"base_url": f"{closed_url}/v1", "api_key": API_KEY, "max_retries": 0}))
     try:
-        with pytest.raises(BackendError, match="could not be reached"):
+        with pytest.raises(BackendError) as caught:
             await backend.moderate([ModerationInput.of_text("hello")])
     finally:
         await backend.aclose()
+    assert caught.value.message == "the openai backend failed: upstream could not be reached"
+    assert f"{closed_url}/v1 could not be reached" in backend_warnings(caplog)
 
 
 @pytest.mark.parametrize(
@@ -272,7 +308,10 @@ async def test_unreachable_upstream_is_a_backend_error():
     [
         ({"id": "m", "model": "m", "results": []}, "0 results for 2 inputs"),
         ({"id": "m", "model": "m"}, "no results for 2 inputs"),
-        ({"id": "m", "model": "m", "results": [{"flagged": False}, {"flagged": False}]}, "malformed result"),
+        (
+            {"id": "m", "model": "m", "results": [{"flagged": False}, {"flagged": False}]},
+            "a result without category_scores",
+        ),
         (
             {
                 "id": "m",
@@ -286,7 +325,9 @@ async def test_unreachable_upstream_is_a_backend_error():
         ),
     ],
 )
-async def test_malformed_replies_are_backend_errors(upstream: StandIn, body: dict[str, Any], complaint: str):
+async def test_malformed_replies_are_backend_errors(
+    upstream: StandIn, caplog: pytest.LogCaptureFixture, body: dict[str, Any], complaint: str
+):
     async def malformed(request: Recorded) -> Response:
         return json_reply(body)
 
@@ -297,23 +338,29 @@ async def test_malformed_replies_are_backend_errors(upstream: StandIn, body: dic
             await backend.moderate([ModerationInput.of_text("a"), ModerationInput.of_text("b")])
     finally:
         await backend.aclose()
-    assert complaint in caught.value.message
+    assert caught.value.message == "the openai backend failed: upstream sent a malformed reply"
+    assert complaint in backend_warnings(caplog)
 
 
-async def test_a_non_json_reply_is_a_backend_error(upstream: StandIn):
+async def test_a_non_json_reply_is_a_backend_error(upstream: StandIn, caplog: pytest.LogCaptureFixture):
     async def html(request: Recorded) -> Response:
         return Response("<html>gateway</html>", media_type="text/html")
 
     upstream.reply = html
     backend = create(settings_for(upstream))
     try:
-        with pytest.raises(BackendError, match="not JSON"):
+        with pytest.raises(BackendError) as caught:
             await backend.moderate([ModerationInput.of_text("a")])
     finally:
         await backend.aclose()
+    assert "<html>" not in caught.value.message
+    assert "malformed reply" in caught.value.message
+    assert "not JSON: '<html>gateway</html>'" in backend_warnings(caplog)
 
 
-async def test_the_api_key_never_appears_in_errors(upstream: StandIn):
+async def test_the_api_key_never_appears_in_errors_or_logs(
+    upstream: StandIn, caplog: pytest.LogCaptureFixture
+):
     async def rejects_key(request: Recorded) -> Response:
         key = request.headers["authorization"].removeprefix("Bearer ")
         return json_reply(
@@ -328,11 +375,12 @@ async def test_the_api_key_never_appears_in_errors(upstream: StandIn):
     finally:
         await backend.aclose()
     assert upstream.requests[0].headers["authorization"] == f"Bearer {API_KEY}"
-    assert "HTTP 401" in caught.value.message
-    assert "Incorrect API key provided" in caught.value.message
-    assert API_KEY not in caught.value.message
+    assert caught.value.message == "the openai backend failed: upstream answered HTTP 401"
     assert API_KEY not in str(caught.value.to_body())
     assert API_KEY not in str(caught.value)
+    logged = backend_warnings(caplog)
+    assert "HTTP 401: Incorrect API key provided: [redacted]" in logged
+    assert API_KEY not in caplog.text
 
 
 def test_a_missing_key_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch):
@@ -354,6 +402,33 @@ async def test_the_key_falls_back_to_openai_api_key(monkeypatch: pytest.MonkeyPa
 async def test_empty_input_sends_nothing(backend: OpenAIBackend, upstream: StandIn):
     assert await backend.moderate([]) == []
     assert upstream.requests == []
+
+
+async def test_the_request_limit_holds_across_concurrent_calls(upstream: StandIn):
+    async def slow(request: Recorded) -> Response:
+        await asyncio.sleep(0.1)
+        return await moderation_reply(request)
+
+    upstream.reply = slow
+    backend = create(settings_for(upstream, max_batch=1))
+    calls = 3
+    try:
+        answers = await asyncio.gather(
+            *(
+                backend.moderate(
+                    [ModerationInput.of_text(f"call {c} text {i}") for i in range(MAX_PARALLEL_REQUESTS)]
+                )
+                for c in range(calls)
+            )
+        )
+    finally:
+        await backend.aclose()
+    assert len(upstream.requests) == calls * MAX_PARALLEL_REQUESTS
+    # One limit for the backend, not one per call: concurrent requests do not multiply it.
+    assert upstream.max_in_flight == MAX_PARALLEL_REQUESTS
+    for c, results in enumerate(answers):
+        texts = [f"call {c} text {i}" for i in range(MAX_PARALLEL_REQUESTS)]
+        assert [result.category_scores for result in results] == [scripted_scores(text) for text in texts]
 
 
 # --- end to end: the seawall server, its openai backend, the official SDK as the client --------------
@@ -392,7 +467,9 @@ async def test_end_to_end_with_the_openai_sdk(seawall_over_upstream: str, upstre
     assert "client-key" not in request.raw.decode() + str(request.headers)
 
 
-async def test_end_to_end_images_and_upstream_failure(seawall_over_upstream: str, upstream: StandIn):
+async def test_end_to_end_images_and_upstream_failure(
+    seawall_over_upstream: str, upstream: StandIn, caplog: pytest.LogCaptureFixture
+):
     image = png_bytes()
     data_url = "data:image/png;base64," + base64.b64encode(image).decode()
     client = openai.AsyncOpenAI(base_url=f"{seawall_over_upstream}/v1", api_key="client-key", max_retries=0)
@@ -415,7 +492,11 @@ async def test_end_to_end_images_and_upstream_failure(seawall_over_upstream: str
         assert caught.value.status_code == 502
         assert isinstance(caught.value.body, dict)
         assert caught.value.body["type"] == "backend_error"
-        assert "HTTP 500" in caught.value.body["message"]
+        assert caught.value.body["message"] == "the openai backend failed: upstream answered HTTP 500"
+        raw_body = caught.value.response.text
+        assert "upstream exploded" not in raw_body
+        assert upstream.url not in raw_body and "127.0.0.1" not in raw_body
+        assert f"{upstream.url}/v1 answered HTTP 500: upstream exploded" in backend_warnings(caplog)
     finally:
         await client.close()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -43,16 +45,36 @@ def test_parent_never_below_child(classifier: TextClassifier) -> None:
         assert np.all(scores[:, column(parent)] >= scores[:, column(child)] - 1e-7)
 
 
+THREATS = (
+    "I know where you live and I am going to break every bone in your body. "
+    "You will never be safe, I will hurt you and your family when you least expect it. "
+    "Watch your back every night because I am coming for you with a knife. "
+)
+FILLER = " ".join(["The committee reviewed the quarterly budget and approved the minutes."] * 40)
+
+
 def test_long_text_scores_as_its_worst_window(classifier: TextClassifier) -> None:
-    threat = "I know where you live and I am going to break every bone in your body."
-    filler = " ".join(["The committee reviewed the quarterly budget and approved the minutes."] * 60)
-    alone = classifier.score([threat])[0, column("violence")]
-    buried = classifier.score([filler + " " + threat + " " + filler])[0, column("violence")]
-    diluted_single_window = classifier.logits_for_words(
-        [Featurizer(classifier.meta.features).words(filler + threat)]
+    harmful = THREATS * 2  # about one 96-word window
+    long_text = f"{FILLER} {harmful} {FILLER}"
+    alone = classifier.score([harmful])[0, column("violence")]
+    buried = classifier.score([long_text])[0, column("violence")]
+    whole = classifier.logits_for_words([Featurizer(classifier.meta.features).words(long_text)])
+    assert alone > 0.5
+    assert buried >= alone * 0.8, "the window around the harmful part scores like the harmful part"
+    assert buried > 1 / (1 + np.exp(-whole[0, column("violence")])) + 0.3, (
+        "one window for all would dilute it"
     )
-    assert buried >= alone * 0.8
-    assert buried > 1 / (1 + np.exp(-diluted_single_window[0, column("violence")]))
+
+
+def test_focus_windows_catch_a_short_passage_among_many(classifier: TextClassifier) -> None:
+    text = f"{FILLER} {THREATS} {FILLER}"  # about 47 harmful words in 250
+    focused = classifier.with_features(dataclasses.replace(classifier.meta.features, focus_words=24))
+    default_score = classifier.score([text])[0, column("violence")]
+    focused_score = focused.score([text])[0, column("violence")]
+    assert focused_score > 0.5
+    assert focused_score > default_score + 0.3, (
+        "the default windows dilute a short passage; focus ones do not"
+    )
 
 
 def test_obfuscated_text_scores_like_the_original(classifier: TextClassifier) -> None:

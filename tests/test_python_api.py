@@ -92,7 +92,7 @@ def test_results_serialise_to_openais_shape() -> None:
     body = result.to_openai()
     assert set(body) == {"flagged", "categories", "category_scores", "category_applied_input_types"}
     extended = result.to_seawall()
-    assert set(extended) == set(body) | {"extra_scores", "not_assessed", "backend", "notes"}
+    assert set(extended) == set(body) | {"extra_scores", "extra_flags", "not_assessed", "backend", "notes"}
 
 
 @pytest.mark.parametrize(

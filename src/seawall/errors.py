@@ -97,6 +97,39 @@ class BackendTimeoutError(BackendError):
     default_code = "backend_timeout"
 
 
+class UpstreamError(BackendError):
+    """The gateway's upstream model server failed, or refused the request it was sent.
+
+    Status, type and code are set per instance, because one upstream failure is
+    not like another: an upstream 4xx that the client caused (a prompt longer
+    than the model's context) keeps its status, type and code, while upstream
+    5xx replies are 502 ``upstream_error``, timeouts 504 ``upstream_timeout``,
+    an unreachable server 502 ``upstream_unreachable``, a reply that is not the
+    OpenAI wire format 502 ``upstream_malformed`` and a stream cut before its
+    end 502 ``upstream_stream_interrupted``. ``retry_after`` is the delay in
+    seconds the upstream asked for (on 429 and 503), for the gateway to pass on.
+    """
+
+    error_type = "upstream_error"
+    default_code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int = 502,
+        code: str | None = None,
+        error_type: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.status_code = status_code
+        if error_type is not None:
+            self.error_type = error_type
+        self.retry_after = retry_after
+
+
 class ImageError(InvalidRequestError):
     """An image part could not be fetched or decoded."""
 

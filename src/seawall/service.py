@@ -69,7 +69,12 @@ class ModerationService:
         """Moderate a request's ``input`` (any of OpenAI's shapes) with ``model``."""
         limits = self.settings.moderation
         backend_name = self.backend_name(model)
-        inputs = parse_input(raw_input, max_items=limits.max_items, max_chars=limits.max_chars)
+        inputs = parse_input(
+            raw_input,
+            max_items=limits.max_items,
+            max_chars=limits.max_chars,
+            max_images=self.settings.images.max_per_request,
+        )
         inputs = await self._with_images(inputs)
         try:
             backend = await self.backend(backend_name)
@@ -87,12 +92,13 @@ class ModerationService:
         return Moderation(model=model or backend_name, results=results)
 
     async def _with_images(self, inputs: list[ModerationInput]) -> list[ModerationInput]:
-        if not any(item.images for item in inputs):
-            return inputs
+        """Fetch and check every item's images; one item's images load as one unit (limits, cancel)."""
         loaded = []
         for item in inputs:
-            data = await asyncio.gather(*(self._images.load(part) for part in item.images))
-            loaded.append(replace(item, image_bytes=tuple(data)))
+            if item.images:
+                data = await self._images.load_all([part.url for part in item.images])
+                item = replace(item, image_bytes=tuple(data))
+            loaded.append(item)
         return loaded
 
     async def _route_unassessed_images(

@@ -54,7 +54,12 @@ class LlamaGuardBackendSettings(BaseModel):
     api_key: SecretStr | None = Field(None, description="API key for the chat server, if it wants one.")
     model: str = Field("meta-llama/Llama-Guard-3-8B", description="Model name on that server.")
     timeout_s: float = Field(30.0, gt=0, description="Per-request timeout.")
-    concurrency: int = Field(8, ge=1, description="Parallel chat requests per batch.")
+    concurrency: int = Field(
+        8,
+        ge=1,
+        description="Most chat requests in flight at once for the whole backend (shared by concurrent "
+        "requests and by the windows of long texts).",
+    )
     request_logprobs: bool = Field(
         True, description="Ask for logprobs to turn the safe/unsafe token into a score."
     )
@@ -79,21 +84,93 @@ class CascadeSettings(BaseModel):
         return self
 
 
+class UpstreamSettings(BaseModel):
+    """The gateway's upstream: the OpenAI-compatible model server (OpenAI, vLLM, Ollama, llama.cpp)
+    that chat requests are forwarded to.
+
+    Retries cover only failures from before the upstream could have started generating
+    (a refused connection, HTTP 429, 502, 503 or 504), so a retry never pays for a second answer.
+    """
+
+    base_url: str = Field(
+        "http://127.0.0.1:8081/v1",
+        description="Base URL of the model server's OpenAI API, up to and including /v1.",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="Sent as 'Authorization: Bearer <key>'; None sends no Authorization header."
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, description="Time allowed to open a connection.")
+    read_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "Time allowed between bytes of the reply, including the wait before the first token "
+            "(for a non-streaming request: the whole generation)."
+        ),
+    )
+    total_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="Time allowed for one call from start to end, retries and a whole stream included.",
+    )
+    max_retries: int = Field(
+        2, ge=0, description="Retries after a refused connection or HTTP 429/502/503/504 (0: none)."
+    )
+    retry_backoff_s: float = Field(
+        0.25,
+        ge=0,
+        description="Wait before the first retry, doubled for each further one (a longer Retry-After wins).",
+    )
+    max_connections: int = Field(100, ge=1, description="Most connections open to the upstream at once.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("upstream.base_url must start with http:// or https://")
+        return value.rstrip("/")
+
+
 class ImageSettings(BaseModel):
-    """How image parts are fetched and judged."""
+    """How image parts are fetched and judged.
+
+    Accepted formats are PNG, JPEG, GIF and WebP, as Pillow detects them from the bytes (the
+    declared MIME type is not trusted); anything else (TIFF, BMP, ICO, PSD, ...) is a 400
+    ``invalid_image``. Only the first frame of an animated image is judged.
+    """
 
     allow_url_fetch: bool = Field(True, description="Fetch https image URLs; off: only data: URLs.")
     allowed_hosts: list[str] = Field(
         default_factory=list,
-        description="Hosts image URLs may come from (exact or '.suffix'); empty allows any public host.",
+        description=(
+            "Hosts image URLs may come from (exact or '.suffix', case-insensitive); "
+            "empty allows any public host."
+        ),
     )
     allow_private_hosts: bool = Field(
-        False, description="Allow URLs that resolve to loopback/private addresses (off blocks SSRF)."
+        False,
+        description=(
+            "Allow URLs that resolve to loopback/private addresses, or to IPv6 addresses that embed one "
+            "(off blocks SSRF)."
+        ),
     )
     allow_http: bool = Field(False, description="Accept plain http:// image URLs (https only by default).")
     max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest image, fetched or inline.")
     max_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (width x height).")
-    fetch_timeout_s: float = Field(5.0, gt=0, description="Time limit for fetching one image URL.")
+    fetch_timeout_s: float = Field(
+        5.0, gt=0, description="Time limit for fetching one image URL, DNS lookup included."
+    )
+    max_per_request: int = Field(
+        16, ge=1, description="Most image parts in one request (counted over the whole request); 413 above."
+    )
+    max_total_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="Most image bytes one request may fetch or inline, all its images together; 413 above.",
+    )
+    fetch_concurrency: int = Field(
+        4, ge=1, description="Images of one request fetched and decoded at the same time."
+    )
     fallback_backend: str | None = Field(
         None,
         description=(

@@ -24,8 +24,8 @@ The two answers are merged category by category, looking at which input types
   combined: the higher score, flagged if either backend flags it.
 
 ``applied_input_types`` is the union of both; ``not_assessed`` keeps only
-what neither backend assessed. The primary's ``extra_scores``
-(prompt_injection, jailbreak) are kept, since remote backends do not score
+what neither backend assessed. The primary's ``extra_scores`` and
+``extra_flags`` (prompt_injection, jailbreak) are kept, since remote backends do not score
 those. The notes say which backend decided which categories.
 
 If the secondary fails, ``cascade.on_secondary_error`` decides: ``primary``
@@ -129,6 +129,7 @@ class CascadeBackend:
             categories=categories,
             applied_input_types=applied,
             extra_scores=dict(primary.extra_scores),
+            extra_flags=dict(primary.extra_flags),
             not_assessed=not_assessed,
             backend=self.name,
             notes=[*primary.notes, *secondary.notes, *self._provenance(by_primary, by_secondary, combined)],

@@ -131,8 +131,7 @@ class TextClassifier:
         rows = self._featurizer.transform_words(windows)
         logits = sparse_dot(rows, self._weights) + self._bias
         if self._encoder is not None and self._dense_weights is not None:
-            dense = self._encoder.encode([" ".join(words) for words in windows])
-            logits += (dense * self.meta.features.dense_weight) @ self._dense_weights
+            logits += dense_features(self._encoder, windows, self.meta.features) @ self._dense_weights
         return logits
 
     def score(self, texts: Sequence[str]) -> NDArray[np.float32]:
@@ -163,6 +162,13 @@ class TextClassifier:
             # A threat is harassment too: a parent never scores below its sub-category.
             np.maximum(scores[:, parent], scores[:, child], out=scores[:, parent])
         return scores
+
+
+def dense_features(
+    encoder: StaticEncoder, windows: Sequence[Sequence[str]], config: FeatureConfig
+) -> NDArray[np.float32]:
+    """The semantic block's rows for word windows, scaled against the n-gram blocks."""
+    return encoder.encode([" ".join(words) for words in windows]) * np.float32(config.dense_weight)
 
 
 @lru_cache(maxsize=4)

@@ -44,6 +44,12 @@ class FeatureConfig:
     #: Texts longer than this many words are scored window by window (worst window wins).
     window_words: int = 96
     window_stride: int = 64
+    #: If set (e.g. 24), longer texts are also scored in windows this small, so one harmful sentence
+    #: among benign ones is not diluted by them (any span of up to focus_words - focus_stride words
+    #: lies whole in one). Off by default: measured on the held-out sources it raised recall on buried
+    #: threats but cut any-category AUPRC from 0.79 to 0.68 (small windows of heated talk look worse).
+    focus_words: int = 0
+    focus_stride: int = 12
 
     def to_dict(self) -> dict[str, float | int | bool]:
         return dict(self.__dict__)
@@ -153,13 +159,13 @@ class Featurizer:
         return np.concatenate(parts_idx), np.concatenate(parts_val)
 
     def windows(self, text: str) -> list[list[str]]:
-        """Split a text into the word windows that are scored; short texts are one window."""
+        """The word windows a text is scored in (worst wins): large ones, plus small ones if it is long."""
         words = self.words(text)
-        size, stride = self.config.window_words, self.config.window_stride
-        if len(words) <= size:
-            return [words]
-        starts = range(0, len(words) - size + stride, stride)
-        return [words[start : start + size] for start in starts if start < len(words)]
+        cfg = self.config
+        windows = _slide(words, cfg.window_words, cfg.window_stride)
+        if cfg.focus_words and len(words) > cfg.focus_words:
+            windows += _slide(words, cfg.focus_words, cfg.focus_stride)
+        return windows
 
     def transform_words(self, batch: Sequence[Sequence[str]]) -> SparseRows:
         """Feature rows for already-split word lists (one row per list)."""
@@ -178,6 +184,12 @@ class Featurizer:
     def transform(self, texts: Sequence[str]) -> SparseRows:
         """One feature row per text, from its first window (training uses short texts)."""
         return self.transform_words([self.words(text)[: self.config.window_words * 4] for text in texts])
+
+
+def _slide(words: list[str], size: int, stride: int) -> list[list[str]]:
+    if len(words) <= size:
+        return [words]
+    return [words[start : start + size] for start in range(0, len(words) - size + stride, stride)]
 
 
 def sparse_dot(rows: SparseRows, weights: NDArray[np.floating]) -> NDArray[np.float32]:

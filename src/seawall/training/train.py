@@ -26,7 +26,14 @@ from seawall.categories import ALL_LABELS
 from seawall.errors import DataError
 from seawall.evaluation import evaluate_scores
 from seawall.metrics import best_f1_threshold
-from seawall.model.classifier import MODEL_FILE, WEIGHTS_FILE, ModelMeta, TextClassifier, default_model_dir
+from seawall.model.classifier import (
+    MODEL_FILE,
+    WEIGHTS_FILE,
+    ModelMeta,
+    TextClassifier,
+    default_model_dir,
+    dense_features,
+)
 from seawall.model.embeddings import TOKENIZER_FILE, VECTORS_FILE, StaticEncoder, token_idf
 from seawall.model.features import FeatureConfig, Featurizer, SparseRows, split_words
 from seawall.model.normalize import normalize
@@ -203,7 +210,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         joined = [" ".join(words) for words in train_words]
         token_weights = token_idf(plain.token_ids(joined), len(vectors))
         encoder = StaticEncoder(tokenizer_file, vectors, token_weights)
-        dense = encoder.encode(joined) * config.features.dense_weight
+        dense = dense_features(encoder, train_words, config.features)
         x_train = hstack([x_train, csr_matrix(dense)], format="csr")
         progress(f"semantic features ready {elapsed()}")
 
@@ -252,6 +259,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         ),
         "rows": {"train": len(train_rows), "dev": len(dev_rows), "held_out": len(held_out)},
         "sources": sorted({row.source for row in rows}),
+        "loaders": list(config.sources or TRAINING_SOURCES),
         "semantic": config.semantic,
         "seconds": round(time.time() - started, 1),
     }
