@@ -34,8 +34,10 @@ test: $(VENV)/.dev
 train: $(VENV)/.dev
 	$(BIN)/seawall train --data ../shared/data
 
+## Benchmarks: speed through HTTP, then quality on data the model never trained on.
 bench: $(VENV)/.dev
 	$(BIN)/python bench/moderation_api.py
+	$(BIN)/python bench/quality.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
