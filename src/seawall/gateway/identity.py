@@ -1,0 +1,320 @@
+"""Who is calling: API keys, the end user behind a request, and the safety identifier sent upstream.
+
+Everything here is pure (no storage, no I/O except :func:`load_or_create_secret`), so the
+gateway and the key store can share it.
+
+**API keys.** :func:`generate_api_key` returns ``prefix`` plus 32 random bytes (256 bits) from
+:mod:`secrets`, base64url-encoded. Keys are stored only as :func:`hash_api_key` digests:
+``sha256$<hex>``, a plain SHA-256 of the UTF-8 key. A fast, unsalted hash is the right tool for a
+*generated* 256-bit key (it is what GitHub and Stripe do): there is nothing to guess, so the slow,
+salted hashes made for human passwords (scrypt, argon2) would only slow every request down, and a
+lookup by digest stays possible. Do not use it for human-chosen passwords. The ``sha256$`` tag
+leaves room for another scheme later; :func:`verify_api_key` compares digests with
+:func:`hmac.compare_digest` (constant time) and answers ``False`` for a stored hash it cannot
+parse, never raises.
+
+**Safety identifier.** :func:`safety_identifier` is ``HMAC-SHA256(secret, encode(tenant, user))``
+as 64 lowercase hex characters (OpenAI's ``safety_identifier`` takes at most 64), where
+``encode`` length-prefixes each UTF-8 part with 8 big-endian bytes, so no two ``(tenant, user)``
+pairs share an encoding: ``("ab", "c")`` and ``("a", "bc")`` differ. The provider can tell one
+user from another (and act on that one user instead of the whole organisation) but cannot learn
+who it is, nor link users across tenants or across seawall installations (each has its own
+secret). **The raw user id is never sent upstream and never logged**: :func:`upstream_body`
+replaces whatever the client sent in ``user`` or ``safety_identifier`` with the digest, and
+:class:`EndUser` keeps its ``repr`` free of the id. Use the raw id only as an internal key (the
+risk ledger, rate limits).
+
+**End user.** :func:`resolve_end_user` takes, in order: the trusted header the app sets after
+its own login (only when one is configured; a client talking to seawall directly could set any
+header, so an unconfigured header is ignored), the request's ``safety_identifier``, its
+``user``; otherwise the caller is anonymous and gets a session id, the one it presented in the
+session header or cookie, or a fresh random one (``new_session=True``: the gateway should set
+the cookie). Every value must be a non-empty string of at most :data:`MAX_ID_LENGTH` characters
+without control characters; anything else is a 400 that names the field.
+
+**Server secret.** :func:`load_or_create_secret` keeps the HMAC key in a file of exactly
+:data:`SECRET_BYTES` bytes, created with mode 0600 on first use and refused (``ConfigurationError``)
+when its permissions let anyone but the owner read it or its size is wrong. Losing the file
+changes every safety identifier; leaking it lets anyone who knows a user id compute its digest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
+from pathlib import Path
+from typing import Any, Literal
+
+from seawall.errors import ConfigurationError, InvalidRequestError
+
+API_KEY_BYTES = 32
+"""Random bytes in a generated API key (256 bits)."""
+
+SECRET_BYTES = 32
+"""Size of the server secret file, in bytes."""
+
+MIN_SECRET_BYTES = 16
+"""Shortest secret :func:`safety_identifier` accepts."""
+
+MAX_ID_LENGTH = 256
+"""Longest user id, safety identifier or session id accepted from a request, in characters."""
+
+SESSION_HEADER = "x-seawall-session"
+"""Default header an anonymous client presents its session id in."""
+
+SESSION_COOKIE = "seawall_session"
+"""Default cookie an anonymous client presents its session id in."""
+
+_HASH_SCHEME = "sha256"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# C0 and C1 control characters, DEL, and the Unicode line/paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+Source = Literal["header", "safety_identifier", "user", "session"]
+
+
+# ----------------------------------------------------------------- API keys
+
+
+def generate_api_key(prefix: str = "sw-") -> str:
+    """A new API key: ``prefix`` and 32 random bytes, base64url (43 characters)."""
+    return prefix + secrets.token_urlsafe(API_KEY_BYTES)
+
+
+def hash_api_key(key: str) -> str:
+    """The form a key is stored in: ``sha256$`` and the hex SHA-256 of its UTF-8 bytes."""
+    if not isinstance(key, str) or not key:
+        raise ValueError("an API key must be a non-empty string")
+    return f"{_HASH_SCHEME}${hashlib.sha256(key.encode('utf-8')).hexdigest()}"
+
+
+def verify_api_key(key: str, stored_hash: str) -> bool:
+    """Whether ``key`` hashes to ``stored_hash``, compared in constant time.
+
+    ``False`` for an empty or non-string key and for a stored hash of an unknown scheme or shape.
+    """
+    if not isinstance(key, str) or not key or not isinstance(stored_hash, str):
+        return False
+    scheme, sep, digest = stored_hash.partition("$")
+    if not sep or scheme != _HASH_SCHEME or not _HEX64.fullmatch(digest):
+        return False
+    candidate = hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return hmac.compare_digest(candidate.encode("ascii"), digest.encode("ascii"))
+
+
+# ----------------------------------------------------------------- safety identifier
+
+
+def _length_prefixed(*parts: str) -> bytes:
+    out = bytearray()
+    for part in parts:
+        raw = part.encode("utf-8")
+        out += len(raw).to_bytes(8, "big")
+        out += raw
+    return bytes(out)
+
+
+def safety_identifier(secret: bytes, tenant: str, user: str) -> str:
+    """``HMAC-SHA256(secret, len(tenant) ‖ tenant ‖ len(user) ‖ user)`` as 64 lowercase hex characters.
+
+    Lengths are 8-byte big-endian counts of the UTF-8 bytes that follow, so the encoding is
+    unambiguous for any two strings.
+    """
+    if not isinstance(secret, bytes) or len(secret) < MIN_SECRET_BYTES:
+        raise ConfigurationError(f"the safety identifier secret must be at least {MIN_SECRET_BYTES} bytes")
+    if not isinstance(tenant, str) or not isinstance(user, str):
+        raise TypeError("tenant and user must be strings")
+    return hmac.new(secret, _length_prefixed(tenant, user), hashlib.sha256).hexdigest()
+
+
+# ----------------------------------------------------------------- end user
+
+
+@dataclass(frozen=True)
+class EndUser:
+    """The person behind a request.
+
+    ``id`` is the raw identifier, for internal keys only (risk ledger, rate limits): never send
+    it upstream or log it; its ``repr`` leaves it out.
+    """
+
+    id: str = field(repr=False)
+    anonymous: bool
+    source: Source
+    new_session: bool = False
+    """True when seawall minted the session id just now (the gateway should hand it to the client)."""
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    for key, candidate in headers.items():
+        if key.lower() == lowered:
+            return candidate
+    return None
+
+
+def _check_id(value: Any, what: str, param: str | None) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"{what} must be a string, not {type(value).__name__}", param=param)
+    if not value:
+        raise InvalidRequestError(f"{what} must not be empty", param=param)
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidRequestError(
+            f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}", param=param
+        )
+    if _CONTROL.search(value):
+        raise InvalidRequestError(f"{what} must not contain control characters", param=param)
+    return value
+
+
+def _session_from_cookie(cookie_header: str, cookie_name: str) -> str | None:
+    jar: SimpleCookie = SimpleCookie()
+    with contextlib.suppress(CookieError):
+        jar.load(cookie_header)
+    morsel = jar.get(cookie_name)
+    return morsel.value if morsel is not None else None
+
+
+def resolve_end_user(
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    trusted_header: str | None,
+    *,
+    session_header: str | None = SESSION_HEADER,
+    session_cookie: str | None = SESSION_COOKIE,
+) -> EndUser:
+    """The end user of a chat request: trusted header, ``safety_identifier``, ``user``, else a session.
+
+    ``headers`` are looked up case-insensitively. ``trusted_header`` is honoured only when it is
+    configured (not None); the session header and cookie (either may be turned off with None)
+    are read only for anonymous traffic. A JSON ``null`` counts as absent.
+    """
+    if trusted_header:
+        value = _header(headers, trusted_header)
+        if value is not None:
+            user_id = _check_id(value, f"the {trusted_header} header", None)
+            return EndUser(user_id, anonymous=False, source="header")
+    for name in ("safety_identifier", "user"):
+        value = body.get(name)
+        if value is not None:
+            user_id = _check_id(value, f"'{name}'", name)
+            source: Source = "safety_identifier" if name == "safety_identifier" else "user"
+            return EndUser(user_id, anonymous=False, source=source)
+    presented: str | None = None
+    if session_header:
+        value = _header(headers, session_header)
+        if value is not None:
+            presented = _check_id(value, f"the {session_header} header", None)
+    if presented is None and session_cookie:
+        cookies = _header(headers, "cookie")
+        value = _session_from_cookie(cookies, session_cookie) if cookies else None
+        if value is not None:
+            presented = _check_id(value, f"the {session_cookie} cookie", None)
+    if presented is not None:
+        return EndUser(presented, anonymous=True, source="session")
+    return EndUser(secrets.token_urlsafe(16), anonymous=True, source="session", new_session=True)
+
+
+def upstream_body(body: Mapping[str, Any], safety_id: str) -> dict[str, Any]:
+    """A copy of ``body`` for the upstream: ``safety_identifier`` is ``safety_id``, ``user`` is gone.
+
+    ``safety_id`` must be a digest from :func:`safety_identifier` (64 lowercase hex characters);
+    anything else is refused with ``ValueError``, so a raw id cannot be passed by mistake.
+    """
+    if not isinstance(safety_id, str) or not _HEX64.fullmatch(safety_id):
+        raise ValueError("safety_id must be a digest from safety_identifier(), not a raw user id")
+    copy = dict(body)
+    copy.pop("user", None)
+    copy["safety_identifier"] = safety_id
+    return copy
+
+
+# ----------------------------------------------------------------- server secret
+
+
+def _check_secret_file(fd: int, path: Path) -> None:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigurationError(f"secret file {path} is not a regular file")
+    if os.name == "posix" and info.st_mode & 0o077:
+        raise ConfigurationError(
+            f"secret file {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
+            "it must be readable by its owner only (chmod 600)"
+        )
+    if info.st_size != SECRET_BYTES:
+        raise ConfigurationError(
+            f"secret file {path} holds {info.st_size} bytes; it must hold exactly {SECRET_BYTES}"
+        )
+
+
+def _read_secret(path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read secret file {path}: {exc}") from exc
+    try:
+        _check_secret_file(fd, path)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(SECRET_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) != SECRET_BYTES:
+        raise ConfigurationError(f"secret file {path} holds {len(data)} bytes; it must hold {SECRET_BYTES}")
+    return data
+
+
+def load_or_create_secret(path: str | Path) -> bytes:
+    """The server secret in ``path``, created (32 random bytes, mode 0600) if the file does not exist.
+
+    Creation is atomic: the bytes go to a private temporary file that is then hard-linked into
+    place, so a concurrent reader sees either no file or the whole secret, and two processes
+    starting together end up with the same one. Missing parent directories are created with
+    mode 0700.
+    """
+    path = Path(path)
+    if path.exists():
+        return _read_secret(path)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secrets.token_bytes(SECRET_BYTES))
+                handle.flush()
+                os.fsync(handle.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot create secret file {path}: {exc}") from exc
+    return _read_secret(path)
+
+
+__all__ = [
+    "MAX_ID_LENGTH",
+    "SECRET_BYTES",
+    "SESSION_COOKIE",
+    "SESSION_HEADER",
+    "EndUser",
+    "generate_api_key",
+    "hash_api_key",
+    "load_or_create_secret",
+    "resolve_end_user",
+    "safety_identifier",
+    "upstream_body",
+    "verify_api_key",
+]
