@@ -901,7 +901,7 @@ def test_image_score_and_flag_agree(http: httpx.Client) -> None:
 
 def test_image_score_is_on_the_category_scale(http: httpx.Client) -> None:
     """open_nsfw's probability p is mapped piecewise-linearly: 0 -> 0, 0.5 -> threshold, 1 -> 1."""
-    from seawall.backends.local import NSFWImageModel
+    from seawall.model.nsfw import NSFWImageModel
 
     threshold = sexual_threshold()
     images = [png_bytes((50, 50), SKIN), nsfw_like_png()]
