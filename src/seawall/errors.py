@@ -130,6 +130,20 @@ class UpstreamError(BackendError):
         self.retry_after = retry_after
 
 
+class ContentPolicyError(InvalidRequestError):
+    """The gateway refused a request because its content breaks the moderation policy."""
+
+    default_code = "content_policy_violation"
+
+
+class GuardFailedError(SeawallError):
+    """A guard (moderation of input or output) failed and the gateway fails closed."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "guard_failed"
+
+
 class ImageError(InvalidRequestError):
     """An image part could not be fetched or decoded."""
 

@@ -131,6 +131,116 @@ class UpstreamSettings(BaseModel):
         return value.rstrip("/")
 
 
+class StreamGuardConfig(BaseModel):
+    """How the gateway scans a streamed answer (see :mod:`seawall.gateway.stream_guard`).
+
+    Text is sent to the client only after a moderation scan cleared it; the last
+    ``hold_back_chars`` characters wait until newer text (or the end of the answer) exists.
+    """
+
+    hold_back_chars: int = Field(
+        200, ge=0, description="Characters held back until newer text (or the end of the answer) exists."
+    )
+    scan_every_chars: int = Field(100, ge=1, description="New characters that trigger the next scan.")
+    window_chars: int = Field(
+        2000, ge=0, description="Characters of already released answer each scan sees as context."
+    )
+    check_timeout_s: float = Field(
+        5.0, gt=0, description="Longest wait for one scan; longer is a guard failure (see fail_mode)."
+    )
+
+
+class GatewaySettings(BaseModel):
+    """The guarding gateway: ``/v1/chat/completions`` and ``/v1/models`` in front of an upstream
+    model server, with identity, limits, input and output moderation and an audit record per request.
+    """
+
+    enabled: bool = Field(
+        False, description="Serve /v1/chat/completions and /v1/models; off: those routes do not exist."
+    )
+    upstream: UpstreamSettings = Field(
+        default_factory=UpstreamSettings, description="The OpenAI-compatible model server chat goes to."
+    )
+    policy_file: Path | None = Field(
+        None,
+        description=(
+            "The app's policy YAML (see examples/policy.yaml): purpose, topics, safety rules, limits. "
+            "None: a built-in minimal policy for a general assistant."
+        ),
+    )
+    secret_file: Path = Field(
+        Path("~/.local/share/seawall/secret"),
+        description=(
+            "The HMAC key behind safety identifiers; created (32 random bytes, mode 0600) on first use. "
+            "Losing it changes every user's safety identifier."
+        ),
+    )
+    tenant: str = Field(
+        "default", min_length=1, description="Tenant name mixed into every safety identifier."
+    )
+    trusted_user_header: str | None = Field(
+        None,
+        description=(
+            "Header your app sets to the logged-in user's id (e.g. x-app-user). Only set it when "
+            "clients cannot reach seawall directly. None: the user comes from the request's "
+            "safety_identifier or user field, else an anonymous session."
+        ),
+    )
+    input_moderation: bool = Field(
+        True,
+        description=(
+            "Moderate user messages (any flagged category: 400 content_policy_violation) and untrusted "
+            "content (documents, tool messages: prompt injection / jailbreak, see untrusted_action)."
+        ),
+    )
+    output_moderation: bool = Field(
+        True,
+        description=(
+            "Moderate the model's answers: plain answers are replaced by refusal_text "
+            "(finish_reason content_filter); streams stop with an error event."
+        ),
+    )
+    injection_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "prompt_injection score at or above which untrusted content counts as an injection. "
+            "None: the moderation model's own prompt_injection flag. Jailbreak uses the model's flag."
+        ),
+    )
+    untrusted_action: Literal["drop", "refuse"] = Field(
+        "drop",
+        description=(
+            "What happens to untrusted content flagged as prompt injection or jailbreak: 'drop' leaves a "
+            "flagged document out and replaces a flagged tool message's content with a notice; 'refuse' "
+            "answers the request with 400 untrusted_content_rejected."
+        ),
+    )
+    refusal_text: str = Field(
+        "I'm sorry, but I can't help with that.",
+        min_length=1,
+        description="Replaces a non-streamed answer that output moderation refused.",
+    )
+    fail_mode: Literal["closed", "open"] = Field(
+        "closed",
+        description=(
+            "When a guard (moderation) fails: 'closed' refuses (503 guard_failed, or an error event in "
+            "a stream); 'open' lets the text through. Either way the audit record says so."
+        ),
+    )
+    stream_guard: StreamGuardConfig = Field(
+        default_factory=StreamGuardConfig, description="How streamed answers are scanned."
+    )
+    audit_file: Path | None = Field(
+        None,
+        description=(
+            "Append one JSON line per request here (decisions, scores, latencies; never raw content or "
+            "raw user ids). None: the records go to the 'seawall.audit' log only."
+        ),
+    )
+
+
 class ImageSettings(BaseModel):
     """How image parts are fetched and judged.
 
@@ -228,6 +338,7 @@ class Settings(BaseSettings):
     openai: OpenAIBackendSettings = Field(default_factory=OpenAIBackendSettings)
     llamaguard: LlamaGuardBackendSettings = Field(default_factory=LlamaGuardBackendSettings)
     cascade: CascadeSettings = Field(default_factory=CascadeSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     @classmethod
     def settings_customise_sources(

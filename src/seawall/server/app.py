@@ -7,6 +7,8 @@ Routes:
   ``extra_scores`` (prompt_injection, jailbreak), ``not_assessed``, ``backend``
   and ``notes``.
 * ``GET /healthz`` — liveness; ``GET /readyz`` — the default backend is loaded.
+* ``POST /v1/chat/completions`` (plain and ``stream: true``) and ``GET /v1/models`` — the
+  guarding gateway (:mod:`seawall.gateway.pipeline`), only when ``gateway.enabled``.
 
 Every error is OpenAI's error body with a fitting status, never a bare 500.
 """
@@ -22,11 +24,18 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from seawall.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError, SeawallError
+from seawall.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    SeawallError,
+    UpstreamError,
+)
+from seawall.gateway.pipeline import REQUEST_ID_HEADER, Gateway, new_request_id
 from seawall.service import ModerationService
 from seawall.settings import Settings, load_settings
 
@@ -38,7 +47,10 @@ def _json(body: Any, status_code: int = 200) -> Response:
 
 
 def _error(exc: SeawallError) -> Response:
-    return _json(exc.to_body(), exc.status_code)
+    response = _json(exc.to_body(), exc.status_code)
+    if isinstance(exc, UpstreamError) and exc.retry_after is not None:
+        response.headers["retry-after"] = str(max(1, round(exc.retry_after)))
+    return response
 
 
 async def _read_json(request: Request, max_bytes: int) -> dict[str, Any]:
@@ -95,8 +107,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await service.backend(settings.moderation.backend)
         if settings.images.fallback_backend:
             await service.backend(settings.images.fallback_backend)
-        yield
-        await service.aclose()
+        gateway = Gateway(settings, service) if settings.gateway.enabled else None
+        app.state.gateway = gateway
+        try:
+            yield
+        finally:
+            if gateway is not None:
+                await gateway.aclose()
+            await service.aclose()
 
     app = FastAPI(title="seawall", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
@@ -147,6 +165,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"id": f"modr-{uuid.uuid4().hex}", "model": model, "results": [r.to_seawall() for r in results]}
         )
 
+    if settings.gateway.enabled:
+        _add_gateway_routes(app, settings)
+
     @app.get("/healthz")
     async def healthz() -> Response:
         return _json({"status": "ok"})
@@ -162,6 +183,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _json({"status": "ready", "backend": settings.moderation.backend})
 
     return app
+
+
+def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
+    """The gateway's OpenAI-compatible routes; the :class:`Gateway` itself lives in the lifespan."""
+
+    def gateway() -> Gateway:
+        found: Gateway | None = getattr(app.state, "gateway", None)
+        if found is None:
+            raise SeawallError("the gateway is not running")
+        return found
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        request_id = new_request_id()
+        try:
+            _check_key(request, settings)
+            body = await _read_json(request, settings.server.max_body_bytes)
+            if body.get("stream"):
+                result = await gateway().stream(body, request.headers, request_id=request_id)
+                assert result.stream is not None
+                headers = {**result.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
+                return StreamingResponse(result.stream, media_type="text/event-stream", headers=headers)
+            result = await gateway().chat(body, request.headers, request_id=request_id)
+            response = _json(result.body)
+        except SeawallError as exc:
+            if exc.status_code >= 500:
+                log.warning("POST /v1/chat/completions %s failed: %s", request_id, exc.message)
+            response = _error(exc)
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        _check_key(request, settings)
+        return _json(await gateway().models())
 
 
 def _version() -> str:

@@ -696,6 +696,11 @@ def injection_misc(root: Path) -> list[Example]:
             for item in items:
                 labels = {"prompt_injection"} | ({"illicit"} if name.startswith("code") else set())
                 out.append(_ex(item, labels, "bipia", group=category))
+    # Trivia questions are what injected tasks usually ask ("...and tell me the capital of France"):
+    # on their own they are ordinary questions, and the injection head must learn that.
+    for line in _lines(root / "tasktracker" / "trivia_pairs.txt"):
+        question = line.removeprefix("Question:").split(" Answer:", 1)[0].strip()
+        out.append(_ex(question, [], "tasktracker_trivia"))
     for line in _lines(root / "tasktracker" / "saved_injections.txt") + _lines(
         root / "tasktracker" / "saved_injections_test.txt"
     ):
