@@ -25,7 +25,7 @@ import pytest
 from starlette.responses import Response, StreamingResponse
 
 from backend_standins import LoopbackServer, Recorded, StandIn, json_reply, stand_in
-from seawall.errors import BackendError, UpstreamError
+from seawall.errors import BackendError, ConfigurationError, UpstreamError
 from seawall.gateway.upstream import MAX_RETRY_AFTER_S, SSEDecoder, Upstream, retry_after
 from seawall.settings import UpstreamSettings
 
@@ -227,7 +227,9 @@ def assert_clean_message(error: UpstreamError, server: StandIn) -> None:
 
 def test_settings_defaults_and_documentation() -> None:
     settings = UpstreamSettings()
-    assert settings.base_url == "http://127.0.0.1:8081/v1"
+    assert settings.base_url is None  # the bundled local model
+    with pytest.raises(ConfigurationError, match="base_url"):
+        Upstream(settings)
     assert settings.api_key is None
     assert (settings.connect_timeout_s, settings.read_timeout_s, settings.total_timeout_s) == (5, 60, 300)
     assert (settings.max_retries, settings.retry_backoff_s, settings.max_connections) == (2, 0.25, 100)

@@ -64,6 +64,36 @@ class AuthenticationError(SeawallError):
     default_code = "invalid_api_key"
 
 
+class PermissionDeniedError(SeawallError):
+    """The caller is known but may not do this (a blocked user, a revoked key, a missing role)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "permission_denied"
+
+
+class RateLimitError(SeawallError):
+    """A rate limit (per key or per user) or a throttle is exceeded; ``retry_after`` in seconds."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(
+        self, message: str, *, retry_after: float, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retry_after = retry_after
+
+
+class NotFoundError(SeawallError):
+    """A named thing (an API key, a user, a review item) does not exist."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
 class OverloadedError(SeawallError):
     """Too much work is queued; the client should retry later."""
 
@@ -148,6 +178,14 @@ class ImageError(InvalidRequestError):
     """An image part could not be fetched or decoded."""
 
     default_code = "invalid_image"
+
+
+class StoreError(SeawallError):
+    """The store (SQLite or PostgreSQL) failed or its schema is not the one this version needs."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "store_unavailable"
 
 
 class DataError(SeawallError):

