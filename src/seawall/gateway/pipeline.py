@@ -58,28 +58,29 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from seawall.errors import (
     ContentPolicyError,
     GuardFailedError,
+    ImageError,
     InvalidRequestError,
     PayloadTooLargeError,
     SeawallError,
-    UpstreamError,
 )
+from seawall.gateway.access import Caller, KeyAuthenticator
+from seawall.gateway.audit import AuditLog, AuditRecord
 from seawall.gateway.identity import load_or_create_secret, resolve_end_user, safety_identifier, upstream_body
+from seawall.gateway.knowledge import KnowledgeBase
 from seawall.gateway.limits import cap_output_tokens, check_request
 from seawall.gateway.policy import Policy, load_policy
 from seawall.gateway.prompt import build_prompt
+from seawall.gateway.ratelimit import RateLimiter
+from seawall.gateway.risk import RiskLedger, risk_level
 from seawall.gateway.stream_guard import (
     GUARD_FAILED,
     Blocked,
@@ -89,12 +90,13 @@ from seawall.gateway.stream_guard import (
     guard_stream,
     moderation_check,
 )
+from seawall.gateway.topics import TopicGuard
 from seawall.gateway.upstream import Upstream
 from seawall.service import ModerationService
 from seawall.settings import GatewaySettings, Settings
+from seawall.store.base import Store, UserState
 
 log = logging.getLogger("seawall.gateway")
-audit_log = logging.getLogger("seawall.audit")
 
 #: Response header that carries the request's id (also in the audit record).
 REQUEST_ID_HEADER = "x-seawall-request-id"
@@ -102,10 +104,18 @@ REQUEST_ID_HEADER = "x-seawall-request-id"
 EXTENSION_FIELD = "seawall"
 #: What replaces the content of a tool message dropped as a suspected injection.
 DROPPED_NOTICE = "[content removed by seawall: suspected prompt injection]"
+#: Response header that warns a client its user is escalated (warned, throttled).
+WARNING_HEADER = "x-seawall-warning"
+#: Response header that says where an answer came from when not from the model.
+ANSWER_SOURCE_HEADER = "x-seawall-answer-source"
+#: Audit outcomes of answers seawall gives itself, without the upstream.
+LOCAL_OUTCOMES = frozenset({"knowledge_base", "off_topic"})
+#: Audit outcomes of requests turned away before they were judged (no risk level).
+TURNED_AWAY = frozenset({"unauthorized", "user_blocked", "rate_limited"})
+#: Audit steps whose decisions carry moderation scores (for the risk level).
+GUARD_STEPS = frozenset({"input_moderation", "output_moderation", "tool_call_moderation"})
 #: Roles whose content is untrusted output of tools.
 UNTRUSTED_ROLES = frozenset({"tool", "function"})
-#: Scores kept per decision in the audit record (the highest ones).
-AUDIT_TOP_SCORES = 3
 
 #: The policy used when ``gateway.policy_file`` is not set: a general assistant.
 DEFAULT_POLICY = Policy(
@@ -120,117 +130,44 @@ def new_request_id() -> str:
     return f"swreq-{uuid.uuid4().hex}"
 
 
-# ---------------------------------------------------------------------------------- audit
-
-
-@dataclass
-class AuditRecord:
-    """What the audit log keeps about one request; never message text or the raw user id."""
-
-    request_id: str
-    tenant: str
-    stream: bool
-    time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
-    safety_identifier: str | None = None
-    user_source: str | None = None
-    model: str | None = None
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    upstream: dict[str, Any] | None = None
-    #: ``ok``, ``refused_input``, ``filtered_output``, ``blocked_stream``, ``guard_failed``,
-    #: ``upstream_error``, ``invalid_request``, ``client_disconnected`` or ``error``.
-    outcome: str = "error"
-    error: dict[str, Any] | None = None
-    _began: float = field(default_factory=lambda: time.perf_counter(), repr=False)
-
-    @contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.latency_ms[name] = round((time.perf_counter() - began) * 1000, 3)
-
-    def decide(
-        self,
-        step: str,
-        action: str,
-        categories: list[str] | None = None,
-        scores: Mapping[str, float] | None = None,
-        **extra: Any,
-    ) -> None:
-        top = sorted((scores or {}).items(), key=lambda item: item[1], reverse=True)[:AUDIT_TOP_SCORES]
-        flagged = {name: scores[name] for name in categories or () if scores and name in scores}
-        kept = {name: round(float(score), 4) for name, score in [*top, *flagged.items()]}
-        self.decisions.append(
-            {"step": step, "action": action, "categories": list(categories or []), "scores": kept, **extra}
-        )
-
-    def failed(self, exc: SeawallError) -> None:
-        self.error = {"status": exc.status_code, "code": exc.code}
-        if isinstance(exc, UpstreamError):
-            self.upstream = {"status": "error", "code": exc.code}
-            self.outcome = "upstream_error"
-        elif isinstance(exc, GuardFailedError):
-            self.outcome = "guard_failed"
-        elif isinstance(exc, ContentPolicyError) or exc.code == "untrusted_content_rejected":
-            self.outcome = "refused_input"
-        elif 400 <= exc.status_code < 500:
-            self.outcome = "invalid_request"
-
-    def to_dict(self) -> dict[str, Any]:
-        self.latency_ms["total"] = round((time.perf_counter() - self._began) * 1000, 3)
-        return {
-            "time": self.time,
-            "request_id": self.request_id,
-            "tenant": self.tenant,
-            "safety_identifier": self.safety_identifier,
-            "user_source": self.user_source,
-            "model": self.model,
-            "stream": self.stream,
-            "outcome": self.outcome,
-            "error": self.error,
-            "decisions": self.decisions,
-            "upstream": self.upstream,
-            "latency_ms": self.latency_ms,
-        }
-
-
-class AuditLog:
-    """Appends one JSON line per request to a file (if configured) and logs it on ``seawall.audit``."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path.expanduser() if path is not None else None
-        self._lock = threading.Lock()
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, record: AuditRecord) -> None:
-        line = json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":"))
-        audit_log.info("%s", line)
-        if self.path is None:
-            return
-        try:
-            with self._lock, self.path.open("a", encoding="utf-8") as handle:
-                handle.write(line + "\n")
-        except OSError as exc:
-            log.error("cannot write the audit record of %s to %s: %s", record.request_id, self.path, exc)
-
-
 # ---------------------------------------------------------------------------------- results
 
 
 @dataclass
 class GatewayResponse:
-    """What the route sends back: a JSON body, or an SSE byte stream."""
+    """What the route sends back: a JSON body, or an SSE byte stream, and seawall's headers."""
 
     request_id: str
     body: dict[str, Any] | None = None
     stream: AsyncIterator[bytes] | None = None
+    #: Extra response headers: a warning for an escalated user, the answer's source.
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    #: A session id minted for an anonymous client, to hand back (header and cookie).
+    new_session: str | None = None
 
     @property
     def headers(self) -> dict[str, str]:
-        return {REQUEST_ID_HEADER: self.request_id}
+        return {REQUEST_ID_HEADER: self.request_id, **self.extra_headers}
+
+
+@dataclass
+class _Request:
+    """What the steps learn about one request on its way through the pipeline."""
+
+    audit: AuditRecord
+    caller: Caller | None = None
+    new_session: str | None = None
+    standing: UserState | None = None
+    #: Response headers the steps add (warnings, the answer's source).
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Prepared:
+    """The outcome of steps 1-6: a body for the upstream, or an answer seawall gives itself."""
+
+    upstream_body: dict[str, Any] | None = None
+    local_answer: str | None = None
 
 
 # ---------------------------------------------------------------------------------- the gateway
@@ -240,14 +177,38 @@ class Gateway:
     """The guarding proxy for one upstream; create once per server, close with :meth:`aclose`."""
 
     def __init__(
-        self, settings: Settings, service: ModerationService, *, upstream: Upstream | None = None
+        self,
+        settings: Settings,
+        service: ModerationService,
+        *,
+        upstream: Upstream | None = None,
+        store: Store | None = None,
     ) -> None:
         self.settings: GatewaySettings = settings.gateway
         self.service = service
         self.policy = load_policy(self.settings.policy_file) if self.settings.policy_file else DEFAULT_POLICY
         self.secret = load_or_create_secret(self.settings.secret_file.expanduser())
         self.upstream = upstream or Upstream(self.settings.upstream)
-        self.audit = AuditLog(self.settings.audit_file)
+        self.store = store
+        self.access = KeyAuthenticator(
+            settings.server.api_keys,
+            store,
+            default_tenant=self.settings.tenant,
+            require=self.settings.require_api_key,
+        )
+        self.ledger = RiskLedger(store, self.settings.risk) if store and self.settings.risk.enabled else None
+        self.limiter = RateLimiter(store, self.settings.rate_limits) if store else None
+        self.audit = AuditLog(self.settings.audit_file, store if settings.store.audit else None)
+        self.knowledge = (
+            KnowledgeBase.load(self.settings.knowledge_file, threshold=self.settings.knowledge_threshold)
+            if self.settings.knowledge_file
+            else None
+        )
+        self.topics = (
+            TopicGuard.for_policy(self.policy, threshold=self.settings.topic_threshold)
+            if self.settings.topic_guard
+            else None
+        )
         self.check = moderation_check(service)
         guard = self.settings.stream_guard
         self.guard_settings = StreamGuardSettings(
@@ -260,14 +221,22 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
+        self.audit.close()
 
-    async def models(self) -> dict[str, Any]:
+    async def models(self, headers: Mapping[str, str]) -> dict[str, Any]:
         """The upstream's model list, narrowed to the policy's ``allowed_models`` when it has some."""
+        await asyncio.to_thread(self.access.authenticate, _header(headers, "authorization"))
         listing = await self.upstream.models()
         allowed = self.policy.limits.allowed_models
         if allowed:
             listing = {**listing, "data": [m for m in listing["data"] if m.get("id") in allowed]}
         return listing
+
+    def reject(self, request_id: str, exc: SeawallError, *, stream: bool = False) -> None:
+        """Audit a request refused before it reached the pipeline (a body that is not JSON)."""
+        audit = AuditRecord(request_id, self.settings.tenant, stream=stream)
+        audit.failed(exc)
+        self.audit.write(audit)
 
     # ------------------------------------------------------------------ plain requests
 
@@ -275,19 +244,25 @@ class Gateway:
         self, body: dict[str, Any], headers: Mapping[str, str], *, request_id: str | None = None
     ) -> GatewayResponse:
         """One non-streaming request, from the client's body to the (moderated) completion."""
-        audit = AuditRecord(request_id or new_request_id(), self.settings.tenant, stream=False)
+        request = _Request(AuditRecord(request_id or new_request_id(), self.settings.tenant, stream=False))
+        audit = request.audit
         try:
-            prepared = await self._prepare(body, headers, audit)
-            with audit.step("upstream"):
-                completion = await self.upstream.chat(prepared)
-            audit.upstream = {"status": 200}
-            audit.outcome = "ok"
-            if self.settings.output_moderation:
-                with audit.step("output_moderation"):
-                    await self._moderate_answer(completion, audit)
-            return GatewayResponse(audit.request_id, body=completion)
+            prepared = await self._prepare(body, headers, request)
+            if prepared.upstream_body is None:
+                completion = _local_completion(audit.request_id, body, prepared.local_answer or "")
+            else:
+                with audit.step("upstream"):
+                    completion = await self.upstream.chat(prepared.upstream_body)
+                audit.upstream = {"status": 200}
+                audit.outcome = "ok"
+                if self.settings.output_moderation:
+                    with audit.step("output_moderation"):
+                        await self._moderate_answer(completion, audit)
+            await self._settle(request)
+            return self._response(request, body=completion)
         except SeawallError as exc:
             audit.failed(exc)
+            await self._settle(request)
             raise
         finally:
             self.audit.write(audit)
@@ -299,28 +274,44 @@ class Gateway:
     ) -> GatewayResponse:
         """One streaming request. Everything up to the upstream's first chunk happens here, so a
         refusal or an upstream failure is still an HTTP error; the rest is the returned SSE stream."""
-        audit = AuditRecord(request_id or new_request_id(), self.settings.tenant, stream=True)
+        request = _Request(AuditRecord(request_id or new_request_id(), self.settings.tenant, stream=True))
+        audit = request.audit
         chunks: AsyncIterator[dict[str, Any]] | None = None
         try:
-            prepared = await self._prepare(body, headers, audit)
-            chunks = self.upstream.stream(prepared)
+            prepared = await self._prepare(body, headers, request)
+            if prepared.upstream_body is None:
+                answer = _local_completion(audit.request_id, body, prepared.local_answer or "")
+                chunks = _as_chunks(answer)
+            else:
+                chunks = self.upstream.stream(prepared.upstream_body)
             with audit.step("upstream_first_chunk"):
                 first = await anext(chunks, None)
-            audit.upstream = {"status": 200}
+            if prepared.upstream_body is not None:
+                audit.upstream = {"status": 200}
         except BaseException as exc:
             if isinstance(exc, SeawallError):
                 audit.failed(exc)
+                await self._settle(request)
             if chunks is not None:
                 await _aclose(chunks)
             self.audit.write(audit)
             raise
-        return GatewayResponse(audit.request_id, stream=self._sse(first, chunks, audit))
+        # A local answer (knowledge base, off-topic reply) was judged when it was written.
+        guarded = self.settings.output_moderation and prepared.upstream_body is not None
+        return self._response(request, stream=self._sse(first, chunks, request, guarded=guarded))
 
     async def _sse(
-        self, first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]], audit: AuditRecord
+        self,
+        first: dict[str, Any] | None,
+        chunks: AsyncIterator[dict[str, Any]],
+        request: _Request,
+        *,
+        guarded: bool,
     ) -> AsyncIterator[bytes]:
         """The client's event stream: released text only, then the end (or an error event)."""
+        audit = request.audit
         state = _StreamState(audit.request_id)
+        outcome = audit.outcome
         audit.outcome = "client_disconnected"  # until the stream reaches its end
 
         async def deltas() -> AsyncIterator[str]:
@@ -334,7 +325,7 @@ class Gateway:
                 if text := state.content(chunk):
                     yield text
 
-        guard = StreamGuard(self.check, self.guard_settings) if self.settings.output_moderation else None
+        guard = StreamGuard(self.check, self.guard_settings) if guarded else None
         began = time.perf_counter()
         try:
             yield _event(state.chunk({"role": "assistant", "content": ""}))
@@ -353,13 +344,16 @@ class Gateway:
                 audit.failed(error)
                 audit.outcome = "guard_failed" if blocked.verdict.reason == GUARD_FAILED else "blocked_stream"
                 yield _event(error.to_body())
+            elif (refused := await self._refuse_tool_calls(state.tool_calls, guarded, audit)) is not None:
+                audit.failed(refused)
+                yield _event(refused.to_body())
             else:
-                for tool_call in state.tool_calls:  # released at the end; arguments are not moderated
+                for tool_call in state.tool_calls:  # released at the end, once their arguments passed
                     yield _event(state.chunk({"tool_calls": [tool_call]}))
                 yield _event(state.chunk({}, finish_reason=state.finish_reason or "stop"))
                 if state.usage is not None:
                     yield _event({**state.chunk({}), "choices": [], "usage": state.usage})
-                audit.outcome = "ok"
+                audit.outcome = outcome if outcome in LOCAL_OUTCOMES else "ok"
         except SeawallError as exc:  # the upstream broke off, or sent an error event
             audit.failed(exc)
             yield _event(exc.to_body())
@@ -372,22 +366,73 @@ class Gateway:
             audit.latency_ms["stream"] = round((time.perf_counter() - began) * 1000, 3)
             if guard is not None:
                 self._audit_guard(guard, audit)
+            await self._settle(request)
             self.audit.write(audit)
         yield b"data: [DONE]\n\n"
 
-    # ------------------------------------------------------------------ steps 1 to 4
+    async def _refuse_tool_calls(
+        self, tool_calls: list[Any], guarded: bool, audit: AuditRecord
+    ) -> SeawallError | None:
+        """Moderate a stream's tool-call arguments (held until the end); the error to send, or None."""
+        arguments = "\n".join(
+            str(call.get("function", {}).get("arguments") or "")
+            for call in tool_calls
+            if isinstance(call, dict) and isinstance(call.get("function"), dict)
+        ).strip()
+        if not guarded or not arguments:
+            return None
+        try:
+            verdict = await self._judge(arguments)
+        except Exception as exc:
+            try:
+                self._guard_failure("tool_call_moderation", exc, audit)
+            except GuardFailedError as failed:
+                return failed
+            return None
+        if verdict.allowed:
+            audit.decide("tool_call_moderation", "allow", [], verdict.scores)
+            return None
+        audit.decide("tool_call_moderation", "block", verdict.categories, verdict.scores)
+        return ContentPolicyError(
+            "The answer's tool call was stopped by the content policy; flagged: "
+            + ", ".join(verdict.categories)
+        )
+
+    def _response(self, request: _Request, **content: Any) -> GatewayResponse:
+        audit = request.audit
+        return GatewayResponse(
+            audit.request_id, extra_headers=request.headers, new_session=request.new_session, **content
+        )
+
+    # ------------------------------------------------------------------ steps 1 to 6
 
     async def _prepare(
-        self, body: dict[str, Any], headers: Mapping[str, str], audit: AuditRecord
-    ) -> dict[str, Any]:
-        """Identity, limits, input moderation and the prompt: the body to send upstream."""
-        # 1. identity: only the digest leaves this function
-        user = resolve_end_user(body, headers, self.settings.trusted_user_header)
-        safety_id = safety_identifier(self.secret, self.settings.tenant, user.id)
-        audit.safety_identifier, audit.user_source = safety_id, user.source
-        audit.model = body.get("model") if isinstance(body.get("model"), str) else None
+        self, body: dict[str, Any], headers: Mapping[str, str], request: _Request
+    ) -> _Prepared:
+        """Identity, standing, limits, input moderation, knowledge base, topic and prompt."""
+        audit = request.audit
+        # 1. identity and access: only the digest of the user's id leaves this function
+        with audit.step("identity"):
+            caller = await asyncio.to_thread(self.access.authenticate, _header(headers, "authorization"))
+            request.caller = caller
+            audit.key_id, audit.tenant = caller.key_id, caller.tenant
+            user = resolve_end_user(body, headers, self.settings.trusted_user_header)
+            if user.new_session:
+                request.new_session = user.id
+            safety_id = safety_identifier(self.secret, caller.tenant, user.id)
+            audit.safety_identifier, audit.user_source = safety_id, user.source
+            audit.model = body.get("model") if isinstance(body.get("model"), str) else None
 
-        # 2. limits
+        # 2. the user's standing (blocked, throttled, warned) and rate limits
+        with audit.step("standing"):
+            if self.ledger is not None:
+                request.standing = await asyncio.to_thread(self.ledger.admit, caller.tenant, safety_id)
+                if request.standing is not None:
+                    request.headers[WARNING_HEADER] = _warning(request.standing)
+            if self.limiter is not None:
+                await asyncio.to_thread(self.limiter.check, caller.key_id, caller.tenant, safety_id)
+
+        # 3. input limits
         with audit.step("limits"):
             check_request(body, self.policy.limits)
             documents = self._documents(body)
@@ -397,20 +442,84 @@ class Gateway:
                 )
         messages: list[dict[str, Any]] = body["messages"]
 
-        # 3. input moderation
+        # 4. input moderation
         if self.settings.input_moderation:
             with audit.step("input_moderation"):
                 await self._moderate_user_messages(messages, audit)
                 documents, messages = await self._screen_untrusted(documents, messages, audit)
 
-        # 4. prompt
+        # 5. a curated answer, or a polite refusal of an off-topic request, without the model
+        question = _last_user_text(messages)
+        if question and (self.knowledge is not None or self.topics is not None):
+            with audit.step("routing"):
+                local = self._answer_locally(question, request)
+            if local is not None:
+                return _Prepared(local_answer=local)
+
+        # 6. prompt
         with audit.step("prompt"):
             built = build_prompt(self.policy, messages, documents, request_id=audit.request_id)
             dropped = {EXTENSION_FIELD, "user", "safety_identifier", "messages"}
             outgoing = {key: value for key, value in body.items() if key not in dropped}
             outgoing["messages"] = built.messages
             outgoing = cap_output_tokens(outgoing, self.policy.limits.max_output_tokens)
-            return upstream_body(outgoing, safety_id)
+            return _Prepared(upstream_body=upstream_body(outgoing, safety_id))
+
+    def _answer_locally(self, question: str, request: _Request) -> str | None:
+        """The knowledge base's answer, or the off-topic reply, or None (ask the model)."""
+        audit = request.audit
+        if self.knowledge is not None:
+            match = self.knowledge.match(question)
+            if match is not None:
+                audit.decide("knowledge_base", "answer", entry=match.entry_id, score=round(match.score, 4))
+                audit.outcome = "knowledge_base"
+                request.headers[ANSWER_SOURCE_HEADER] = f"knowledge_base; entry={match.entry_id}"
+                if self.settings.knowledge_cite_sources and match.sources:
+                    return f"{match.answer}\n\nSources: {', '.join(match.sources)}"
+                return match.answer
+            audit.decide("knowledge_base", "no_match")
+        if self.topics is not None:
+            verdict = self.topics.check(question)
+            action = "allow" if verdict.on_topic else "refuse"
+            audit.decide("topic", action, score=round(verdict.score, 4), reason=verdict.reason)
+            if not verdict.on_topic:
+                audit.outcome = "off_topic"
+                request.headers[ANSWER_SOURCE_HEADER] = "off_topic"
+                return self.policy.off_topic_reply
+        return None
+
+    async def _settle(self, request: _Request) -> None:
+        """After the answer: the request's risk level, the ledger, and any escalation."""
+        audit = request.audit
+        if audit.safety_identifier is None or audit.outcome in TURNED_AWAY:
+            return
+        flagged, scores, injection = _risk_signals(audit.decisions)
+        level = risk_level(
+            flagged=flagged, scores=scores, injection=injection, medium_score=self.settings.risk.medium_score
+        )
+        audit.risk = level
+        if self.ledger is None or level == "low" or request.caller is None:
+            return
+        categories = {name for d in audit.decisions for name in d["categories"]}
+        try:
+            escalated = await asyncio.to_thread(
+                self.ledger.record,
+                request.caller.tenant,
+                audit.safety_identifier,
+                level,
+                audit.request_id,
+                categories,
+            )
+        except Exception as exc:  # the answer is settled; a ledger failure must not turn it into an error
+            log.error("cannot record the risk event of %s: %s", audit.request_id, exc)
+            audit.escalation = {"error": type(exc).__name__}
+            return
+        if escalated is not None:
+            audit.escalation = {
+                "status": escalated.status,
+                "until": escalated.until.isoformat() if escalated.until else None,
+            }
+            request.headers[WARNING_HEADER] = _warning(escalated)
 
     def _documents(self, body: Mapping[str, Any]) -> list[dict[str, str]]:
         """The untrusted documents of the ``seawall`` extension field, checked."""
@@ -450,24 +559,31 @@ class Gateway:
         return documents
 
     async def _moderate_user_messages(self, messages: list[dict[str, Any]], audit: AuditRecord) -> None:
-        """Refuse the request if any user message's text is flagged in any category."""
-        texts = [text for m in messages if m.get("role") == "user" and (text := _text_of(m.get("content")))]
-        if not texts:
+        """Refuse the request if any user message's text or image is flagged in any category."""
+        user = [m.get("content") for m in messages if m.get("role") == "user"]
+        texts = [text for content in user if (text := _text_of(content))]
+        images = [part for content in user for part in _image_parts(content)]
+        if not texts and not images:
             return
         try:
-            verdicts = await asyncio.gather(*(self._judge(text) for text in texts))
+            checks = [self._judge(text) for text in texts]
+            if images:
+                checks.append(self._judge_images(images))
+            verdicts = await asyncio.gather(*checks)
+        except ImageError:
+            raise  # an image that cannot be fetched or decoded cannot be judged: the client hears why
         except Exception as exc:
             self._guard_failure("input_moderation", exc, audit)
             return
         categories = sorted({name for verdict in verdicts for name in verdict.categories})
         scores = _max_scores(verdict.scores for verdict in verdicts)
         if categories:
-            audit.decide("input_moderation", "refuse", categories, scores)
+            audit.decide("input_moderation", "refuse", categories, scores, images=len(images))
             raise ContentPolicyError(
                 "The request was refused by the content policy; flagged: " + ", ".join(categories),
                 param="messages",
             )
-        audit.decide("input_moderation", "allow", [], scores)
+        audit.decide("input_moderation", "allow", [], scores, images=len(images))
 
     async def _screen_untrusted(
         self, documents: list[dict[str, str]], messages: list[dict[str, Any]], audit: AuditRecord
@@ -526,7 +642,10 @@ class Gateway:
         """Replace every flagged choice's content with the refusal text (finish_reason content_filter)."""
         for choice in completion.get("choices") or []:
             message = choice.get("message") if isinstance(choice, dict) else None
-            text = _text_of(message.get("content")) if isinstance(message, dict) else ""
+            if not isinstance(message, dict):
+                continue
+            # Tool-call arguments are output too: an app may show or execute them.
+            text = "\n".join(filter(None, [_text_of(message.get("content")), _tool_arguments(message)]))
             if not text:
                 continue
             try:
@@ -541,7 +660,6 @@ class Gateway:
                 "output_moderation", "filter", verdict.categories, verdict.scores, choice=choice.get("index")
             )
             audit.outcome = "filtered_output"
-            assert isinstance(message, dict)
             message["content"] = self.settings.refusal_text
             message.pop("tool_calls", None)
             choice["finish_reason"] = "content_filter"
@@ -551,6 +669,16 @@ class Gateway:
     async def _judge(self, text: str) -> GuardVerdict:
         """One text through the moderation check (whole and sentence by sentence), with a time limit."""
         return await asyncio.wait_for(self.check(text), self.settings.stream_guard.check_timeout_s)
+
+    async def _judge_images(self, parts: list[dict[str, Any]]) -> GuardVerdict:
+        """The request's image parts as one moderation item (fetched with the SSRF-safe loader)."""
+        moderation = await asyncio.wait_for(
+            self.service.moderate(parts), self.settings.stream_guard.check_timeout_s
+        )
+        [result] = moderation.results
+        categories = sorted(name for name, hit in result.categories.items() if hit)
+        scores = dict(result.category_scores)
+        return GuardVerdict(allowed=not categories, categories=categories, scores=scores)
 
     def _guard_failure(self, step: str, exc: Exception, audit: AuditRecord) -> None:
         """A guard failed: raise 503 guard_failed (closed) or record that the text went unjudged (open)."""
@@ -646,6 +774,63 @@ class _StreamState:
         return chunk
 
 
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
+    return value
+
+
+def _warning(state: UserState) -> str:
+    until = f" until {state.until.isoformat(timespec='minutes')}" if state.until else ""
+    return f"{state.status}{until}: {state.reason}"
+
+
+def _risk_signals(decisions: list[dict[str, Any]]) -> tuple[bool, list[float], bool]:
+    """(anything flagged, the moderation scores seen, untrusted content flagged) from the decisions."""
+    flagged = any(
+        d["action"] in {"refuse", "filter", "block", "flag"} and d["categories"]
+        for d in decisions
+        if d["step"] in GUARD_STEPS
+    )
+    scores = [
+        float(score)
+        for d in decisions
+        if d["step"] in GUARD_STEPS
+        for score in d["scores"].values()
+    ]
+    injection = any(d["step"] == "untrusted_content" and d["action"] != "allow" for d in decisions)
+    return flagged, scores, injection
+
+
+def _local_completion(request_id: str, body: Mapping[str, Any], text: str) -> dict[str, Any]:
+    """A chat completion seawall answers itself (knowledge base, off-topic reply)."""
+    return {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": str(body.get("model") or "seawall"),
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    }
+
+
+async def _as_chunks(completion: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """A local completion as one stream chunk (the stream's end follows in :meth:`Gateway._sse`)."""
+    choice = completion["choices"][0]
+    yield {
+        "id": completion["id"],
+        "object": "chat.completion.chunk",
+        "created": completion["created"],
+        "model": completion["model"],
+        "choices": [
+            {"index": 0, "delta": {"content": choice["message"]["content"]}, "finish_reason": "stop"}
+        ],
+    }
+
+
 def _event(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
@@ -661,6 +846,35 @@ def _text_of(content: Any) -> str:
             if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
         )
     return ""
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return _text_of(message.get("content"))
+    return ""
+
+
+def _image_parts(content: Any) -> list[dict[str, Any]]:
+    """The ``image_url`` parts of a message's content, as moderation input parts."""
+    if not isinstance(content, list):
+        return []
+    return [
+        {"type": "image_url", "image_url": part["image_url"]}
+        for part in content
+        if isinstance(part, dict)
+        and part.get("type") == "image_url"
+        and isinstance(part.get("image_url"), dict)
+    ]
+
+
+def _tool_arguments(message: Mapping[str, Any]) -> str:
+    """The arguments of a message's tool calls (and legacy function call), joined by newlines."""
+    calls = [c.get("function") for c in message.get("tool_calls") or [] if isinstance(c, dict)]
+    calls.append(message.get("function_call"))
+    return "\n".join(
+        str(call.get("arguments")) for call in calls if isinstance(call, dict) and call.get("arguments")
+    )
 
 
 def _max_scores(all_scores: Any) -> dict[str, float]:
@@ -681,12 +895,12 @@ async def _aclose(iterator: AsyncIterator[Any]) -> None:
 
 
 __all__ = [
+    "ANSWER_SOURCE_HEADER",
     "DEFAULT_POLICY",
     "DROPPED_NOTICE",
     "EXTENSION_FIELD",
     "REQUEST_ID_HEADER",
-    "AuditLog",
-    "AuditRecord",
+    "WARNING_HEADER",
     "Gateway",
     "GatewayResponse",
     "new_request_id",

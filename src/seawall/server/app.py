@@ -8,19 +8,20 @@ Routes:
   and ``notes``.
 * ``GET /healthz`` — liveness; ``GET /readyz`` — the default backend is loaded.
 * ``POST /v1/chat/completions`` (plain and ``stream: true``) and ``GET /v1/models`` — the
-  guarding gateway (:mod:`seawall.gateway.pipeline`), only when ``gateway.enabled``.
+  guarding gateway (:mod:`seawall.gateway.pipeline`), when ``gateway.enabled`` (by default:
+  when an upstream is configured or the local-llm extra can start the bundled model).
 
 Every error is OpenAI's error body with a fitting status, never a bare 500.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import logging
 import math
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import orjson
@@ -30,18 +31,25 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from seawall.errors import (
-    AuthenticationError,
     InvalidRequestError,
     PayloadTooLargeError,
     RateLimitError,
     SeawallError,
     UpstreamError,
 )
+from seawall.gateway.access import KeyAuthenticator
+from seawall.gateway.identity import SESSION_COOKIE, SESSION_HEADER
+from seawall.gateway.local_llm import LocalModelServer
 from seawall.gateway.pipeline import REQUEST_ID_HEADER, Gateway, new_request_id
+from seawall.gateway.upstream import Upstream
 from seawall.service import ModerationService
 from seawall.settings import Settings, load_settings
+from seawall.store import open_store
 
 log = logging.getLogger("seawall.server")
+
+#: How long the cookie with an anonymous client's session id lives (seconds).
+SESSION_MAX_AGE_S = 30 * 86_400
 
 
 def _json(body: Any, status_code: int = 200) -> Response:
@@ -83,24 +91,16 @@ async def _read_json(request: Request, max_bytes: int) -> dict[str, Any]:
     return body
 
 
-def _check_key(request: Request, settings: Settings) -> None:
-    keys = settings.server.api_keys
-    if not keys:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.")
-    offered = token.strip().encode()
-    # Compare against every key in constant time, so timing does not reveal a key's prefix.
-    if not any(hmac.compare_digest(offered, key.get_secret_value().encode()) for key in keys):
-        raise AuthenticationError("Incorrect API key provided.")
+async def _check_key(request: Request) -> None:
+    access: KeyAuthenticator = request.app.state.access
+    await asyncio.to_thread(access.authenticate, request.headers.get("authorization"))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; ``settings`` default to :func:`load_settings` (file + environment)."""
     settings = settings or load_settings()
     service = ModerationService(settings)
+    gateway_on = settings.gateway.active()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -109,18 +109,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await service.backend(settings.moderation.backend)
         if settings.images.fallback_backend:
             await service.backend(settings.images.fallback_backend)
-        gateway = Gateway(settings, service) if settings.gateway.enabled else None
-        app.state.gateway = gateway
-        try:
-            yield
-        finally:
-            if gateway is not None:
-                await gateway.aclose()
-            await service.aclose()
+        async with AsyncExitStack() as stack:
+            gateway: Gateway | None = None
+            if gateway_on:
+                store = open_store(settings.store)
+                stack.callback(store.close)
+                upstream = settings.gateway.upstream
+                if upstream.base_url is None:
+                    local = LocalModelServer(settings.gateway.local_llm)
+                    await stack.enter_async_context(local)
+                    upstream = upstream.model_copy(update={"base_url": local.base_url})
+                gateway = Gateway(settings, service, upstream=Upstream(upstream), store=store)
+                stack.push_async_callback(gateway.aclose)
+                app.state.access = gateway.access
+            app.state.gateway = gateway
+            try:
+                yield
+            finally:
+                await service.aclose()
 
     app = FastAPI(title="seawall", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.service = service
+    # Without the gateway (and its store) only the keys in the settings count.
+    app.state.access = KeyAuthenticator(
+        settings.server.api_keys, None, default_tenant=settings.gateway.tenant
+    )
 
     @app.exception_handler(SeawallError)
     async def seawall_error(request: Request, exc: SeawallError) -> Response:
@@ -143,7 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _error(SeawallError("The server had an error while processing your request."))
 
     async def run_moderation(request: Request) -> tuple[str, Any]:
-        _check_key(request, settings)
+        await _check_key(request)
         body = await _read_json(request, settings.server.max_body_bytes)
         if "input" not in body:
             raise InvalidRequestError("'input' is a required property.", param="input")
@@ -167,7 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"id": f"modr-{uuid.uuid4().hex}", "model": model, "results": [r.to_seawall() for r in results]}
         )
 
-    if settings.gateway.enabled:
+    if gateway_on:
         _add_gateway_routes(app, settings)
 
     @app.get("/healthz")
@@ -199,16 +213,24 @@ def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         request_id = new_request_id()
+        response: Response
         try:
-            _check_key(request, settings)
-            body = await _read_json(request, settings.server.max_body_bytes)
+            try:
+                body = await _read_json(request, settings.server.max_body_bytes)
+            except SeawallError as exc:
+                gateway().reject(request_id, exc)  # audited like every other request
+                raise
             if body.get("stream"):
                 result = await gateway().stream(body, request.headers, request_id=request_id)
                 assert result.stream is not None
                 headers = {**result.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
-                return StreamingResponse(result.stream, media_type="text/event-stream", headers=headers)
-            result = await gateway().chat(body, request.headers, request_id=request_id)
-            response = _json(result.body)
+                response = StreamingResponse(result.stream, media_type="text/event-stream", headers=headers)
+            else:
+                result = await gateway().chat(body, request.headers, request_id=request_id)
+                response = _json(result.body)
+                response.headers.update(result.headers)
+            if result.new_session is not None:
+                _hand_back_session(response, result.new_session, secure=request.url.scheme == "https")
         except SeawallError as exc:
             if exc.status_code >= 500:
                 log.warning("POST /v1/chat/completions %s failed: %s", request_id, exc.message)
@@ -218,8 +240,15 @@ def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
-        _check_key(request, settings)
-        return _json(await gateway().models())
+        return _json(await gateway().models(request.headers))
+
+
+def _hand_back_session(response: Response, session: str, *, secure: bool) -> None:
+    """Give an anonymous client the session id seawall minted, as a header and a cookie."""
+    response.headers[SESSION_HEADER] = session
+    response.set_cookie(
+        SESSION_COOKIE, session, max_age=SESSION_MAX_AGE_S, httponly=True, samesite="lax", secure=secure
+    )
 
 
 def _version() -> str:

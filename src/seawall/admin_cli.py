@@ -1,0 +1,245 @@
+"""Admin commands: ``seawall keys`` (app API keys), ``seawall users`` (the risk ledger) and
+``seawall org`` (the organisation's roll-up). They work on the store named in the settings,
+so on a shared PostgreSQL they act on every replica at once."""
+
+from __future__ import annotations
+
+import getpass
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from seawall.errors import SeawallError
+from seawall.gateway.identity import generate_api_key, hash_api_key, load_or_create_secret, safety_identifier
+from seawall.gateway.risk import LADDER, RiskLedger, utc_now
+from seawall.settings import Settings, load_settings
+from seawall.store.base import Store, UserState
+
+console = Console(stderr=True)
+out = Console()
+
+keys_app = typer.Typer(help="App API keys: create, list, revoke (stored hashed).", no_args_is_help=True)
+users_app = typer.Typer(
+    help="End users on the escalation ladder: list, show, block, clear.", no_args_is_help=True
+)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML settings file (else $SEAWALL_CONFIG).")
+]
+TenantOption = Annotated[str | None, typer.Option(help="Tenant (app); default: gateway.tenant.")]
+ByOption = Annotated[str | None, typer.Option("--by", help="Who does this (audited); default: your login.")]
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(2)
+
+
+@contextmanager
+def _open(config: Path | None) -> Iterator[tuple[Settings, Store]]:
+    from seawall.store import open_store  # SQLAlchemy loads only for the commands that use it
+
+    try:
+        settings = load_settings(config)
+        store = open_store(settings.store)
+    except SeawallError as exc:
+        raise _fail(exc.message) from exc
+    try:
+        yield settings, store
+    except SeawallError as exc:
+        raise _fail(exc.message) from exc
+    finally:
+        store.close()
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment else "-"
+
+
+# ---------------------------------------------------------------------------------- keys
+
+
+@keys_app.command("create")
+def create_key(
+    name: Annotated[str, typer.Argument(help="What the key is for, e.g. 'support-bot prod'.")],
+    tenant: TenantOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Make a key. It is printed once, on stdout; only its hash is stored."""
+    with _open(config) as (settings, store):
+        key = generate_api_key()
+        stored = store.create_key(name, tenant or settings.gateway.tenant, hash_api_key(key), key[:8])
+        console.print(f"created {stored.id} ({stored.name}, tenant {stored.tenant}); the key (shown once):")
+        out.print(key, markup=False, highlight=False)
+
+
+@keys_app.command("list")
+def list_keys(
+    tenant: TenantOption = None,
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """List keys (never the keys themselves: their first characters)."""
+    with _open(config) as (_, store):
+        table = Table("id", "name", "tenant", "starts with", "created", "last used", "revoked")
+        for key in store.list_keys(tenant, include_revoked=all_keys):
+            table.add_row(
+                key.id, key.name, key.tenant, key.prefix + "…", _when(key.created_at),
+                _when(key.last_used_at), _when(key.revoked_at),
+            )
+        out.print(table)
+
+
+@keys_app.command("revoke")
+def revoke_key(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_…), from `seawall keys list`.")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a key; every replica refuses it within seconds."""
+    with _open(config) as (_, store):
+        key = store.revoke_key(key_id)
+        console.print(f"revoked {key.id} ({key.name}) at {_when(key.revoked_at)}")
+
+
+# ---------------------------------------------------------------------------------- users
+
+
+def _safety_id(settings: Settings, tenant: str, who: str, raw: bool) -> str:
+    """The safety identifier: given as such, or computed from a raw user id with the server secret."""
+    if raw:
+        secret = load_or_create_secret(settings.gateway.secret_file.expanduser())
+        return safety_identifier(secret, tenant, who)
+    if not _HEX64.fullmatch(who):
+        raise _fail(f"{who!r} is not a safety identifier (64 hex characters); pass --raw for a user id")
+    return who
+
+
+WhoArgument = Annotated[str, typer.Argument(help="Safety identifier (or, with --raw, the app's user id).")]
+RawOption = Annotated[bool, typer.Option("--raw", help="WHO is the app's own user id; hash it first.")]
+
+
+def _print_state(state: UserState | None, safety_id: str) -> None:
+    if state is None:
+        out.print(f"{safety_id}: ok (no escalation on record)")
+        return
+    out.print(
+        f"{safety_id}: {state.status} until {_when(state.until) if state.until else 'cleared'}"
+        f" — {state.reason} (by {state.updated_by}, {_when(state.updated_at)})"
+    )
+
+
+@users_app.command("list")
+def list_users(
+    status: Annotated[str | None, typer.Option(help="Only users in this state (warned, blocked…).")] = None,
+    hours: Annotated[float, typer.Option(help="Count risk events of the last N hours.")] = 24,
+    limit: Annotated[int, typer.Option(help="Most users shown.")] = 50,
+    tenant: TenantOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Users with risk events or an escalation, most high-risk events first."""
+    with _open(config) as (settings, store):
+        since = utc_now() - timedelta(hours=hours)
+        wanted = next((s for s in LADDER if s == status), None)
+        if status is not None and wanted is None:
+            raise _fail(f"unknown status {status!r}; one of: {', '.join(LADDER)}")
+        rows = store.list_users(tenant or settings.gateway.tenant, since=since, status=wanted, limit=limit)
+        table = Table("safety identifier", "status", "until", "high", "medium", "last event")
+        for row in rows:
+            state = row.state
+            table.add_row(
+                row.safety_id, state.status if state else "ok", _when(state.until if state else None),
+                str(row.high), str(row.medium), _when(row.last_event_at),
+            )
+        out.print(table)
+
+
+@users_app.command("show")
+def show_user(
+    who: WhoArgument, raw: RawOption = False, tenant: TenantOption = None, config: ConfigOption = None
+) -> None:
+    """One user's state and risk points."""
+    with _open(config) as (settings, store):
+        tenant = tenant or settings.gateway.tenant
+        safety_id = _safety_id(settings, tenant, who, raw)
+        ledger = RiskLedger(store, settings.gateway.risk)
+        _print_state(store.get_user(tenant, safety_id), safety_id)
+        points, high, medium = ledger.points(tenant, safety_id)
+        out.print(f"risk points: {points:g} ({high} high, {medium} medium in the window)")
+
+
+@users_app.command("clear")
+def clear_user(
+    who: WhoArgument,
+    reason: Annotated[str, typer.Option(help="Why (kept with the state).")] = "cleared by an admin",
+    raw: RawOption = False,
+    by: ByOption = None,
+    tenant: TenantOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Unblock a user (any state back to ok) and reset their risk points."""
+    with _open(config) as (settings, store):
+        tenant = tenant or settings.gateway.tenant
+        safety_id = _safety_id(settings, tenant, who, raw)
+        ledger = RiskLedger(store, settings.gateway.risk)
+        _print_state(ledger.clear(tenant, safety_id, by or getpass.getuser(), reason), safety_id)
+
+
+@users_app.command("block")
+def block_user(
+    who: WhoArgument,
+    reason: Annotated[str, typer.Option(help="Why (shown to the user in the 403).")],
+    hours: Annotated[float | None, typer.Option(help="Block for N hours; without it, until cleared.")] = None,
+    raw: RawOption = False,
+    by: ByOption = None,
+    tenant: TenantOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Block a user by hand, for some hours or until cleared."""
+    with _open(config) as (settings, store):
+        tenant = tenant or settings.gateway.tenant
+        safety_id = _safety_id(settings, tenant, who, raw)
+        ledger = RiskLedger(store, settings.gateway.risk)
+        duration = None if hours is None else max(1, round(hours * 3600))
+        _print_state(ledger.block(tenant, safety_id, by or getpass.getuser(), reason, duration), safety_id)
+
+
+# ---------------------------------------------------------------------------------- org
+
+
+def org(
+    hours: Annotated[float, typer.Option(help="The window, in hours.")] = 24,
+    tenant: TenantOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """The organisation's roll-up: risk events, users escalated, and how close the last day
+    came to the high-risk volume you treat as your provider's threshold."""
+    with _open(config) as (settings, store):
+        tenant = tenant or settings.gateway.tenant
+        since = utc_now() - timedelta(hours=hours)
+        summary = store.org_summary(tenant, since)
+        risk = settings.gateway.risk
+        high = summary.events.get("high", 0)
+        budget = risk.org_high_events_per_day * hours / 24
+        table = Table("figure", "value")
+        table.add_row("window", f"last {hours:g} h (since {_when(since)})")
+        table.add_row("high-risk requests", str(high))
+        table.add_row("medium-risk requests", str(summary.events.get("medium", 0)))
+        table.add_row("users with high-risk requests", str(summary.users_with_high))
+        for status, count in sorted(summary.users_by_status.items()):
+            table.add_row(f"users {status}", str(count))
+        table.add_row(
+            "share of the provider threshold",
+            f"{high / budget:.1%} of {budget:g} high-risk requests (gateway.risk.org_high_events_per_day)",
+        )
+        out.print(table)
+
+
+__all__ = ["keys_app", "org", "users_app"]

@@ -1,0 +1,118 @@
+"""Who is calling: app API keys, from the settings or made with ``seawall keys create``.
+
+Keys made with the CLI are stored hashed (:func:`~seawall.gateway.identity.hash_api_key`);
+each belongs to a tenant, which then names the app in safety identifiers, limits and the
+audit. A key is required when ``gateway.require_api_key`` says so, or (None) as soon as
+any key exists. Lookups are cached for :data:`CACHE_TTL_S`, so a revoked key stops working
+on every replica within that time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+
+from seawall.errors import AuthenticationError
+from seawall.gateway.identity import hash_api_key
+from seawall.store.base import ApiKey, Store
+
+#: Seconds a key lookup (and whether any key exists) is reused before the store is asked again.
+CACHE_TTL_S = 5.0
+#: Most key lookups kept in the cache.
+CACHE_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated app: its key's id (None without a key) and tenant."""
+
+    key_id: str | None
+    tenant: str
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+class KeyAuthenticator:
+    """Checks a request's bearer token against the configured keys and the store's keys."""
+
+    def __init__(
+        self,
+        static_keys: Sequence[SecretStr],
+        store: Store | None,
+        *,
+        default_tenant: str,
+        require: bool | None = None,
+    ) -> None:
+        self._static = [key.get_secret_value().encode() for key in static_keys]
+        self.store = store
+        self.default_tenant = default_tenant
+        self.require = require
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, tuple[float, ApiKey | None]] = OrderedDict()
+        self._any_key: tuple[float, bool] | None = None
+
+    def authenticate(self, authorization: str | None) -> Caller:
+        """The caller, or 401 when a key is required and this one is missing, unknown or revoked."""
+        token = bearer_token(authorization)
+        if token is not None:
+            offered = token.encode()
+            # Constant-time against every configured key, so timing reveals no prefix.
+            if any(hmac.compare_digest(offered, key) for key in self._static):
+                return Caller("settings", self.default_tenant)
+            stored = self._lookup(token)
+            if stored is not None:
+                if not stored.active:
+                    raise AuthenticationError("This API key was revoked.", code="api_key_revoked")
+                return Caller(stored.id, stored.tenant)
+        if not self._required():
+            return Caller(None, self.default_tenant)
+        if token is None:
+            raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.")
+        raise AuthenticationError("Incorrect API key provided.")
+
+    def _lookup(self, token: str) -> ApiKey | None:
+        if self.store is None:
+            return None
+        key_hash = hash_api_key(token)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(key_hash)
+            if cached is not None and cached[0] > now:
+                return cached[1]
+        found = self.store.find_key(key_hash)
+        with self._lock:
+            self._cache[key_hash] = (now + CACHE_TTL_S, found)
+            self._cache.move_to_end(key_hash)
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return found
+
+    def _required(self) -> bool:
+        if self.require is not None:
+            return self.require
+        if self._static:
+            return True
+        if self.store is None:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            if self._any_key is not None and self._any_key[0] > now:
+                return self._any_key[1]
+        exists = bool(self.store.list_keys())
+        with self._lock:
+            self._any_key = (now + CACHE_TTL_S, exists)
+        return exists
+
+
+__all__ = ["CACHE_TTL_S", "Caller", "KeyAuthenticator", "bearer_token"]

@@ -1,0 +1,185 @@
+"""The gateway's audit trail: one record per request, in a JSONL file, a log and the store.
+
+A record holds decisions, categories, scores, the risk level, latencies and outcomes —
+never message text or the raw user id. Writing to the store happens on a background
+thread (records are queued and written in batches), so a slow database never delays
+an answer; :meth:`AuditLog.close` drains the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from seawall.errors import ContentPolicyError, GuardFailedError, SeawallError, UpstreamError
+from seawall.store.base import Store
+
+log = logging.getLogger("seawall.gateway")
+audit_log = logging.getLogger("seawall.audit")
+
+#: Scores kept per decision in the audit record (the highest ones).
+AUDIT_TOP_SCORES = 3
+#: Records queued for the store before new ones are dropped (and the drop logged).
+STORE_QUEUE_SIZE = 10_000
+
+
+@dataclass
+class AuditRecord:
+    """What the audit log keeps about one request; never message text or the raw user id."""
+
+    request_id: str
+    tenant: str
+    stream: bool
+    time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
+    key_id: str | None = None
+    safety_identifier: str | None = None
+    user_source: str | None = None
+    model: str | None = None
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    #: ``low``, ``medium`` or ``high`` (None until judged: the request ended before moderation).
+    risk: str | None = None
+    #: The user's escalation state when it changed because of this request.
+    escalation: dict[str, Any] | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    upstream: dict[str, Any] | None = None
+    #: ``ok``, ``refused_input``, ``off_topic``, ``knowledge_base``, ``filtered_output``,
+    #: ``blocked_stream``, ``guard_failed``, ``upstream_error``, ``invalid_request``,
+    #: ``unauthorized``, ``user_blocked``, ``rate_limited``, ``client_disconnected`` or ``error``.
+    outcome: str = "error"
+    error: dict[str, Any] | None = None
+    _began: float = field(default_factory=lambda: time.perf_counter(), repr=False)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.latency_ms[name] = round((time.perf_counter() - began) * 1000, 3)
+
+    def decide(
+        self,
+        step: str,
+        action: str,
+        categories: list[str] | None = None,
+        scores: Mapping[str, float] | None = None,
+        **extra: Any,
+    ) -> None:
+        top = sorted((scores or {}).items(), key=lambda item: item[1], reverse=True)[:AUDIT_TOP_SCORES]
+        flagged = {name: scores[name] for name in categories or () if scores and name in scores}
+        kept = {name: round(float(score), 4) for name, score in [*top, *flagged.items()]}
+        self.decisions.append(
+            {"step": step, "action": action, "categories": list(categories or []), "scores": kept, **extra}
+        )
+
+    def failed(self, exc: SeawallError) -> None:
+        self.error = {"status": exc.status_code, "code": exc.code}
+        if isinstance(exc, UpstreamError):
+            self.upstream = {"status": "error", "code": exc.code}
+            self.outcome = "upstream_error"
+        elif isinstance(exc, GuardFailedError):
+            self.outcome = "guard_failed"
+        elif isinstance(exc, ContentPolicyError) or exc.code == "untrusted_content_rejected":
+            self.outcome = "refused_input"
+        elif exc.status_code == 401:
+            self.outcome = "unauthorized"
+        elif exc.status_code == 403:
+            self.outcome = "user_blocked"
+        elif exc.status_code == 429:
+            self.outcome = "rate_limited"
+        elif 400 <= exc.status_code < 500:
+            self.outcome = "invalid_request"
+
+    def to_dict(self) -> dict[str, Any]:
+        self.latency_ms["total"] = round((time.perf_counter() - self._began) * 1000, 3)
+        return {
+            "time": self.time,
+            "request_id": self.request_id,
+            "tenant": self.tenant,
+            "key_id": self.key_id,
+            "safety_identifier": self.safety_identifier,
+            "user_source": self.user_source,
+            "model": self.model,
+            "stream": self.stream,
+            "outcome": self.outcome,
+            "risk": self.risk,
+            "escalation": self.escalation,
+            "error": self.error,
+            "decisions": self.decisions,
+            "upstream": self.upstream,
+            "latency_ms": self.latency_ms,
+        }
+
+
+class AuditLog:
+    """Writes each record as one JSON line to a file (if configured), the ``seawall.audit`` log,
+    and the store (if given; on a background thread)."""
+
+    def __init__(self, path: Path | None, store: Store | None = None) -> None:
+        self.path = path.expanduser() if path is not None else None
+        self._lock = threading.Lock()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._store = store
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(STORE_QUEUE_SIZE)
+        self._writer: threading.Thread | None = None
+        if store is not None:
+            self._writer = threading.Thread(target=self._drain, name="seawall-audit", daemon=True)
+            self._writer.start()
+
+    def write(self, record: AuditRecord) -> None:
+        data = record.to_dict()
+        line = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        audit_log.info("%s", line)
+        if self._writer is not None:
+            try:
+                self._queue.put_nowait(data)
+            except queue.Full:
+                log.error("audit queue full: %s not stored (the file and log have it)", record.request_id)
+        if self.path is None:
+            return
+        try:
+            with self._lock, self.path.open("a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+        except OSError as exc:
+            log.error("cannot write the audit record of %s to %s: %s", record.request_id, self.path, exc)
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until every queued record reached the store (or ``timeout_s`` passed)."""
+        deadline = time.monotonic() + timeout_s
+        while self._writer is not None and self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        """Store what is queued, then stop the writer thread."""
+        if self._writer is None:
+            return
+        self._queue.put(None)
+        self._writer.join(timeout=30)
+        self._writer = None
+
+    def _drain(self) -> None:
+        assert self._store is not None
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self._queue.task_done()
+                return
+            try:
+                self._store.write_audit(item)
+            except Exception as exc:  # the file and log still have it; never kill the writer
+                log.error("cannot store the audit record of %s: %s", item.get("request_id"), exc)
+            finally:
+                self._queue.task_done()
+
+
+__all__ = ["AUDIT_TOP_SCORES", "AuditLog", "AuditRecord"]

@@ -1,0 +1,39 @@
+"""Rate limits per app API key and per end user, counted in the store (shared by replicas)."""
+
+from __future__ import annotations
+
+from seawall.errors import RateLimitError
+from seawall.gateway.risk import Clock, utc_now
+from seawall.settings import RateLimit, RateLimitSettings
+from seawall.store.base import Store
+
+
+class RateLimiter:
+    """Counts one request against the caller's key and user buckets; 429 when one is full.
+
+    The user's bucket is counted first; a request refused by the key's limit has still
+    used one of the user's requests (limits are ceilings, not quotas).
+    """
+
+    def __init__(self, store: Store, settings: RateLimitSettings, *, clock: Clock = utc_now) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+
+    def check(self, key_id: str | None, tenant: str, safety_id: str) -> None:
+        if self.settings.per_user is not None:
+            self._hit(f"user:{tenant}:{safety_id}", self.settings.per_user, "this user")
+        if self.settings.per_key is not None and key_id is not None:
+            self._hit(f"key:{key_id}", self.settings.per_key, "this API key")
+
+    def _hit(self, bucket: str, limit: RateLimit, whose: str) -> None:
+        result = self.store.hit(bucket, limit.requests, limit.window_s, self.clock())
+        if not result.allowed:
+            raise RateLimitError(
+                f"Rate limit reached for {whose}: {limit.requests} requests per {limit.window_s} s. "
+                f"Retry in {result.retry_after_s:.1f} s.",
+                retry_after=result.retry_after_s,
+            )
+
+
+__all__ = ["RateLimiter"]

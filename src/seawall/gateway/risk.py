@@ -1,0 +1,179 @@
+"""Risk levels and the per-user escalation ladder.
+
+Every gateway request gets a risk level (:func:`risk_level`). Medium- and high-risk
+requests go into the user's ledger in the store; :class:`RiskLedger` turns the ledger
+into a place on the ladder ``ok -> warned -> throttled -> blocked -> review`` and
+enforces it before the next request (:meth:`RiskLedger.admit`). Points decay as events
+leave the window; blocks and throttles end after their duration; ``review`` waits for
+an admin (:meth:`RiskLedger.clear`). A cleared user starts from zero points.
+
+Several replicas can share one ledger (PostgreSQL): two replicas escalating the same
+user at once write the same state, so no lock is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+
+from seawall.errors import PermissionDeniedError, RateLimitError
+from seawall.settings import RiskSettings
+from seawall.store.base import RiskEvent, RiskLevel, Store, UserState, UserStatus
+
+#: The ladder, lowest first.
+LADDER: tuple[UserStatus, ...] = ("ok", "warned", "throttled", "blocked", "review")
+#: Who the gateway writes as ``updated_by``.
+GATEWAY = "gateway"
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def risk_level(
+    *, flagged: bool, scores: Iterable[float] = (), injection: bool = False, medium_score: float
+) -> RiskLevel:
+    """``high`` if moderation flagged anything, ``medium`` if a score reached ``medium_score``
+    or untrusted content was flagged as an injection, else ``low``."""
+    if flagged:
+        return "high"
+    if injection or any(score >= medium_score for score in scores):
+        return "medium"
+    return "low"
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "an admin clears it"
+
+
+def _span(seconds: int) -> str:
+    if seconds % 86_400 == 0 and seconds > 172_800:
+        return f"{seconds // 86_400} days"
+    if seconds % 3_600 == 0:
+        return f"{seconds // 3_600} h"
+    return f"{seconds} s"
+
+
+class RiskLedger:
+    """Reads and moves users along the escalation ladder; all methods are synchronous (store calls)."""
+
+    def __init__(self, store: Store, settings: RiskSettings, *, clock: Clock = utc_now) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        rungs: tuple[tuple[UserStatus, float | None], ...] = (
+            ("warned", settings.warn_at),
+            ("throttled", settings.throttle_at),
+            ("blocked", settings.block_at),
+            ("review", settings.review_at),
+        )
+        self._rungs: list[tuple[UserStatus, float]] = [(s, at) for s, at in rungs if at is not None]
+
+    # ------------------------------------------------------------------ before a request
+
+    def standing(self, tenant: str, safety_id: str) -> UserState | None:
+        """The user's state if it is still in force (an expired block or throttle is None)."""
+        state = self.store.get_user(tenant, safety_id)
+        if state is None or state.status == "ok":
+            return None
+        if state.until is not None and state.until <= self.clock():
+            return None
+        return state
+
+    def admit(self, tenant: str, safety_id: str) -> UserState | None:
+        """Raise 403 for a blocked user or one under review, 429 for a throttled one over its
+        rate; otherwise return the state in force (e.g. ``warned``) or None."""
+        state = self.standing(tenant, safety_id)
+        if state is None:
+            return None
+        if state.status == "review":
+            raise PermissionDeniedError(
+                f"This user is blocked until an administrator reviews the account: {state.reason}.",
+                code="user_under_review",
+            )
+        if state.status == "blocked":
+            raise PermissionDeniedError(
+                f"This user is blocked until {_when(state.until)}: {state.reason}.", code="user_blocked"
+            )
+        if state.status == "throttled":
+            limit = self.settings.throttle
+            bucket = f"throttle:{tenant}:{safety_id}"
+            hit = self.store.hit(bucket, limit.requests, limit.window_s, self.clock())
+            if not hit.allowed:
+                raise RateLimitError(
+                    f"This user is throttled to {limit.requests} requests per {_span(limit.window_s)} "
+                    f"until {_when(state.until)}: {state.reason}. Retry in {hit.retry_after_s:.0f} s.",
+                    retry_after=hit.retry_after_s,
+                    code="user_throttled",
+                )
+        return state
+
+    # ------------------------------------------------------------------ after a request
+
+    def points(self, tenant: str, safety_id: str) -> tuple[float, int, int]:
+        """(points, high events, medium events) in the window, counted since an admin's last clear."""
+        now = self.clock()
+        since = now - timedelta(seconds=self.settings.window_s)
+        state = self.store.get_user(tenant, safety_id)
+        if state is not None and state.status == "ok" and state.updated_at > since:
+            since = state.updated_at
+        high = self.store.count_events(tenant, safety_id, "high", since)
+        medium = self.store.count_events(tenant, safety_id, "medium", since)
+        return high + medium / self.settings.medium_per_high, high, medium
+
+    def record(
+        self, tenant: str, safety_id: str, level: RiskLevel, request_id: str, categories: Iterable[str] = ()
+    ) -> UserState | None:
+        """Log a medium/high event and escalate if the user reached a higher rung; the new state or None."""
+        if level == "low":
+            return None
+        now = self.clock()
+        event = RiskEvent(tenant, safety_id, level, now, request_id, tuple(sorted(categories)))
+        self.store.record_event(event)
+        points, high, medium = self.points(tenant, safety_id)
+        reached = [status for status, at in self._rungs if points >= at]
+        if not reached:
+            return None
+        target = reached[-1]
+        current = self.standing(tenant, safety_id)
+        if current is not None and LADDER.index(current.status) >= LADDER.index(target):
+            return None
+        durations = {
+            "warned": self.settings.window_s,
+            "throttled": self.settings.throttle_s,
+            "blocked": self.settings.block_s,
+        }
+        until = now + timedelta(seconds=durations[target]) if target in durations else None
+        reason = (
+            f"{points:g} risk points in the last {_span(self.settings.window_s)} "
+            f"({high} high-risk and {medium} medium-risk requests)"
+        )
+        state = UserState(tenant, safety_id, target, until, reason, now, GATEWAY)
+        self.store.set_user(state)
+        return state
+
+    # ------------------------------------------------------------------ admin
+
+    def clear(self, tenant: str, safety_id: str, by: str, reason: str = "cleared by an admin") -> UserState:
+        """Back to ``ok`` with zero points (earlier events no longer count)."""
+        state = UserState(tenant, safety_id, "ok", None, reason, self.clock(), by)
+        self.store.set_user(state)
+        return state
+
+    def block(
+        self, tenant: str, safety_id: str, by: str, reason: str, duration_s: int | None = None
+    ) -> UserState:
+        """Block a user by hand, for ``duration_s`` or (None) until cleared."""
+        now = self.clock()
+        if duration_s is None:
+            state = UserState(tenant, safety_id, "review", None, reason, now, by)
+        else:
+            until = now + timedelta(seconds=duration_s)
+            state = UserState(tenant, safety_id, "blocked", until, reason, now, by)
+        self.store.set_user(state)
+        return state
+
+
+__all__ = ["GATEWAY", "LADDER", "RiskLedger", "risk_level", "utc_now"]

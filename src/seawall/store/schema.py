@@ -1,0 +1,141 @@
+"""The store's tables (SQLAlchemy 2 Core), the one source the migrations are written against.
+
+Times are ``UTCDateTime``: timezone-aware UTC in Python on every database (SQLite keeps
+naive UTC text, PostgreSQL ``timestamptz``). Rate-limit windows are whole epoch seconds.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+#: Constraint names that stay the same on every database, so migrations can name them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+#: An auto-incrementing 64-bit id; SQLite only auto-increments a column typed INTEGER.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A ``DateTime(timezone=True)`` that always hands back timezone-aware UTC values."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        # SQLite stores text without an offset: keep it naive UTC so that text order is time order.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("tenant", String(200), nullable=False),
+    Column("key_hash", String(128), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    Column("last_used_at", UTCDateTime(), nullable=True),
+    UniqueConstraint("key_hash"),
+    Index(None, "tenant", "created_at"),
+)
+
+rate_counters = Table(
+    "rate_counters",
+    metadata,
+    Column("bucket", String(300), primary_key=True),
+    Column("window_start", BigInteger(), primary_key=True),  # epoch seconds, a multiple of the window
+    Column("count", Integer(), nullable=False),
+    Column("expires_at", BigInteger(), nullable=False),  # epoch seconds after which no hit reads it
+    Index(None, "expires_at"),
+)
+
+risk_events = Table(
+    "risk_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant", String(200), nullable=False),
+    Column("safety_id", String(200), nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("request_id", String(100), nullable=False),
+    Column("categories", JSON(), nullable=False),
+    Index(None, "tenant", "safety_id", "level", "at"),
+    Index(None, "tenant", "at"),
+)
+
+user_states = Table(
+    "user_states",
+    metadata,
+    Column("tenant", String(200), primary_key=True),
+    Column("safety_id", String(200), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("until", UTCDateTime(), nullable=True),
+    Column("reason", Text(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("updated_by", String(200), nullable=False),
+    Index(None, "tenant", "status"),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("request_id", String(100), nullable=False),
+    Column("time", UTCDateTime(), nullable=False),
+    Column("tenant", String(200), nullable=True),
+    Column("safety_identifier", String(200), nullable=True),
+    Column("outcome", String(50), nullable=True),
+    Column("record", JSON(), nullable=False),
+    UniqueConstraint("request_id"),
+    Index(None, "time"),
+    Index(None, "tenant", "time"),
+    Index(None, "safety_identifier", "time"),
+    Index(None, "outcome", "time"),
+)
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "UTCDateTime",
+    "api_keys",
+    "audit_events",
+    "metadata",
+    "rate_counters",
+    "risk_events",
+    "user_states",
+]

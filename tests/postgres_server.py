@@ -1,0 +1,152 @@
+"""A real PostgreSQL server for the store's tests (a pytest plugin, loaded by conftest.py).
+
+``postgres_url`` (session): ``$SEAWALL_TEST_POSTGRES_URL`` if set, else a private throwaway
+cluster (initdb + pg_ctl in a temporary folder, on a free loopback port, its unix socket in
+that folder too), run as the ``postgres`` OS user when the tests run as root, stopped at
+the end. Without PostgreSQL binaries the tests that need it are skipped with the reason,
+except under CI (``$CI`` set), where that is a failure.
+
+``postgres_schema_url`` (function): the same server with a fresh, empty schema of its own
+(``search_path`` set through the URL), dropped after the test.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+
+from seawall.store.sql import normalise_url
+
+#: Read at import: conftest's autouse fixture clears SEAWALL_* variables before any test runs.
+_GIVEN_URL = os.environ.get("SEAWALL_TEST_POSTGRES_URL")
+
+
+def _bin_dir() -> Path | None:
+    """The newest installed PostgreSQL's bin folder (Debian layout first, then $PATH)."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda path: int(Path(path).parts[-3]))
+    if found:
+        return Path(found[-1]).parent
+    on_path = shutil.which("pg_ctl")
+    return Path(on_path).parent if on_path and shutil.which("initdb") else None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run its tools as the postgres user when we are root."""
+    if os.geteuid() != 0:
+        return command
+    runuser = shutil.which("runuser")
+    if runuser:
+        return [runuser, "-u", "postgres", "--", *command]
+    return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *command]
+
+
+def _run(command: list[str], log: Path | None = None) -> None:
+    result = subprocess.run(_as_postgres(command), capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        detail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+        raise RuntimeError(
+            f"{command[0]} failed ({result.returncode}): {result.stderr}{result.stdout}{detail}"
+        )
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A SQLAlchemy URL (postgresql+psycopg) of a database on a real PostgreSQL server."""
+    given = _GIVEN_URL
+    if given:
+        yield normalise_url(given).render_as_string(hide_password=False)
+        return
+    bin_dir = _bin_dir()
+    if bin_dir is None:
+        reason = "PostgreSQL is not installed (no initdb/pg_ctl); set SEAWALL_TEST_POSTGRES_URL or install it"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs PostgreSQL for the store tests: {reason}")
+        pytest.skip(reason)
+    # Not under pytest's tmp_path: its folders are private to root, and the server runs as postgres.
+    root = Path(tempfile.mkdtemp(prefix="seawall-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, user="postgres", group="postgres")
+    data, log, port = root / "data", root / "server.log", _free_port()
+    started = False
+    try:
+        _run(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]
+        )
+        options = (
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        _run(
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            log,
+        )
+        started = True
+        admin = create_engine(
+            f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", isolation_level="AUTOCOMMIT"
+        )
+        with admin.connect() as connection:
+            connection.execute(text("CREATE DATABASE seawall_test"))
+        admin.dispose()
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/seawall_test"
+    finally:
+        if started:
+            subprocess.run(
+                _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
+                capture_output=True,
+                timeout=60,
+            )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_url: str) -> Iterator[str]:
+    """``postgres_url`` with a fresh empty schema first on the search path; dropped afterwards."""
+    schema = f"seawall_test_{secrets.token_hex(4)}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        url = make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        admin.dispose()
