@@ -351,3 +351,44 @@ def test_child_does_not_outlive_a_killed_parent(extra: None) -> None:
         assert wait_gone(pid), f"the local model server {pid} outlived its parent"
     finally:
         log_path.unlink(missing_ok=True)
+
+
+def test_serve_without_an_upstream_starts_the_bundled_model(extra: None, tmp_path: Path) -> None:
+    """The newcomer's path: gateway on, no upstream.base_url: the app starts and stops the model."""
+    settings = load_settings(
+        gateway={"enabled": True, "secret_file": str(tmp_path / "secret")},
+        store={"url": f"sqlite:///{tmp_path / 'seawall.db'}"},
+    )
+    assert settings.gateway.upstream.base_url is None
+    before = _llama_servers()
+    with running_server(settings) as server:
+        children = _llama_servers() - before
+        assert len(children) == 1  # one child model server for this app
+        with server.client() as client:
+            assert [m.id for m in client.models.list()] == [settings.gateway.local_llm.model_alias]
+            answer = client.chat.completions.create(
+                model=settings.gateway.local_llm.model_alias,
+                messages=[{"role": "user", "content": QUESTION}],
+                max_tokens=MAX_TOKENS,
+                temperature=0,
+            )
+        assert answer.choices[0].message.content
+    deadline = time.monotonic() + 15
+    while _llama_servers() & children and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _llama_servers() & children  # stopped with the app
+
+
+def _llama_servers() -> set[int]:
+    """Process ids of running llama_cpp.server children (by their command line)."""
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"llama_cpp" in command and b"--model_alias" in command:
+            found.add(int(entry.name))
+    return found

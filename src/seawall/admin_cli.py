@@ -60,6 +60,19 @@ def _open(config: Path | None) -> Iterator[tuple[Settings, Store]]:
         store.close()
 
 
+def _print_rows(headers: list[str], rows: list[list[str]]) -> None:
+    """A table on a terminal; tab-separated lines (header first) when piped, for scripts."""
+    if out.is_terminal:
+        table = Table(*headers)
+        table.columns[0].no_wrap = True  # ids are copied into other commands
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+        return
+    for line in [headers, *rows]:
+        print("\t".join(cell.replace("\t", " ") for cell in line))
+
+
 def _when(moment: datetime | None) -> str:
     return moment.isoformat(timespec="seconds") if moment else "-"
 
@@ -89,13 +102,12 @@ def list_keys(
 ) -> None:
     """List keys (never the keys themselves: their first characters)."""
     with _open(config) as (_, store):
-        table = Table("id", "name", "tenant", "starts with", "created", "last used", "revoked")
-        for key in store.list_keys(tenant, include_revoked=all_keys):
-            table.add_row(
-                key.id, key.name, key.tenant, key.prefix + "…", _when(key.created_at),
-                _when(key.last_used_at), _when(key.revoked_at),
-            )
-        out.print(table)
+        rows = [
+            [key.id, key.name, key.tenant, key.prefix + "…", _when(key.created_at),
+             _when(key.last_used_at), _when(key.revoked_at)]
+            for key in store.list_keys(tenant, include_revoked=all_keys)
+        ]
+        _print_rows(["id", "name", "tenant", "starts with", "created", "last used", "revoked"], rows)
 
 
 @keys_app.command("revoke")
@@ -151,14 +163,15 @@ def list_users(
         if status is not None and wanted is None:
             raise _fail(f"unknown status {status!r}; one of: {', '.join(LADDER)}")
         rows = store.list_users(tenant or settings.gateway.tenant, since=since, status=wanted, limit=limit)
-        table = Table("safety identifier", "status", "until", "high", "medium", "last event")
-        for row in rows:
-            state = row.state
-            table.add_row(
-                row.safety_id, state.status if state else "ok", _when(state.until if state else None),
-                str(row.high), str(row.medium), _when(row.last_event_at),
-            )
-        out.print(table)
+        _print_rows(
+            ["safety identifier", "status", "until", "high", "medium", "last event"],
+            [
+                [row.safety_id, row.state.status if row.state else "ok",
+                 _when(row.state.until if row.state else None), str(row.high), str(row.medium),
+                 _when(row.last_event_at)]
+                for row in rows
+            ],
+        )
 
 
 @users_app.command("show")
@@ -228,18 +241,19 @@ def org(
         risk = settings.gateway.risk
         high = summary.events.get("high", 0)
         budget = risk.org_high_events_per_day * hours / 24
-        table = Table("figure", "value")
-        table.add_row("window", f"last {hours:g} h (since {_when(since)})")
-        table.add_row("high-risk requests", str(high))
-        table.add_row("medium-risk requests", str(summary.events.get("medium", 0)))
-        table.add_row("users with high-risk requests", str(summary.users_with_high))
-        for status, count in sorted(summary.users_by_status.items()):
-            table.add_row(f"users {status}", str(count))
-        table.add_row(
-            "share of the provider threshold",
-            f"{high / budget:.1%} of {budget:g} high-risk requests (gateway.risk.org_high_events_per_day)",
-        )
-        out.print(table)
+        rows = [
+            ["window", f"last {hours:g} h (since {_when(since)})"],
+            ["high-risk requests", str(high)],
+            ["medium-risk requests", str(summary.events.get("medium", 0))],
+            ["users with high-risk requests", str(summary.users_with_high)],
+            *([f"users {status}", str(count)] for status, count in sorted(summary.users_by_status.items())),
+            [
+                "share of the provider threshold",
+                f"{high / budget:.1%} of {budget:g} high-risk requests "
+                "(gateway.risk.org_high_events_per_day)",
+            ],
+        ]
+        _print_rows(["figure", "value"], rows)
 
 
 __all__ = ["keys_app", "org", "users_app"]
