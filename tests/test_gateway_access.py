@@ -17,7 +17,7 @@ import pytest
 
 from backend_standins import stand_in
 from conftest import running_server
-from seawall.errors import AuthenticationError, PermissionDeniedError, RateLimitError
+from seawall.errors import AuthenticationError, ConfigurationError, PermissionDeniedError, RateLimitError
 from seawall.gateway.access import KeyAuthenticator
 from seawall.gateway.identity import SESSION_COOKIE, SESSION_HEADER, hash_api_key, safety_identifier
 from seawall.gateway.pipeline import REQUEST_ID_HEADER, WARNING_HEADER
@@ -331,3 +331,25 @@ def test_anonymous_clients_get_a_session_back_and_keep_it(tmp_path: Path) -> Non
             assert SESSION_HEADER not in streamed.headers
         sent = [r for r in upstream.requests if r.path == "/v1/chat/completions"]
         assert len({r.body["safety_identifier"] for r in sent}) == 1  # one session, one identifier
+
+
+def test_categories_set_to_flag_pass_but_count_as_high_risk(tmp_path: Path) -> None:
+    from seawall.categories import CATEGORIES
+
+    with stand_in(make_reply(Behaviour())) as upstream:
+        settings = _settings(tmp_path, upstream.url, category_actions=dict.fromkeys(CATEGORIES, "flag"))
+        with running_server(settings) as server, server.http() as http:
+            body = {"model": MODEL, "messages": question(THREAT), "user": "grace"}
+            response = http.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200  # let through to the model
+        assert response.headers[WARNING_HEADER].startswith("warned")  # and counted
+        store = open_store(settings.store)
+        [record] = [r for r in store.search_audit() if r["request_id"] == response.headers[REQUEST_ID_HEADER]]
+        [decision] = [d for d in record["decisions"] if d["step"] == "input_moderation"]
+        assert decision["action"] == "flag" and decision["categories"] and record["risk"] == "high"
+        store.close()
+
+
+def test_unknown_category_in_actions_is_a_settings_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="violense"):
+        _settings(tmp_path, "http://127.0.0.1:9", category_actions={"violense": "flag"})

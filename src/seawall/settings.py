@@ -368,6 +368,14 @@ class GatewaySettings(BaseModel):
             "(finish_reason content_filter); streams stop with an error event."
         ),
     )
+    category_actions: dict[str, Literal["block", "flag"]] = Field(
+        default_factory=dict,
+        description=(
+            "What a flagged category in user input does: 'block' (400 content_policy_violation; the "
+            "default for every category) or 'flag' (let it through, audited as high risk, counted in "
+            "the user's ledger). E.g. {'harassment': 'flag'}."
+        ),
+    )
     injection_threshold: float | None = Field(
         None,
         ge=0,
@@ -407,6 +415,15 @@ class GatewaySettings(BaseModel):
             "raw user ids). None: the records go to the 'seawall.audit' log only."
         ),
     )
+
+
+    @field_validator("category_actions")
+    @classmethod
+    def _known_categories(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(CATEGORIES))
+        if unknown:
+            raise ValueError(f"unknown categor(ies) {', '.join(unknown)}; known: {', '.join(CATEGORIES)}")
+        return value
 
 
 class ImageSettings(BaseModel):

@@ -577,13 +577,17 @@ class Gateway:
             return
         categories = sorted({name for verdict in verdicts for name in verdict.categories})
         scores = _max_scores(verdict.scores for verdict in verdicts)
-        if categories:
+        actions = self.settings.category_actions
+        blocking = [name for name in categories if actions.get(name, "block") == "block"]
+        if blocking:
             audit.decide("input_moderation", "refuse", categories, scores, images=len(images))
             raise ContentPolicyError(
-                "The request was refused by the content policy; flagged: " + ", ".join(categories),
+                "The request was refused by the content policy; flagged: " + ", ".join(blocking),
                 param="messages",
             )
-        audit.decide("input_moderation", "allow", [], scores, images=len(images))
+        # Categories set to 'flag' pass, and count as high risk in the audit and the ledger.
+        action = "flag" if categories else "allow"
+        audit.decide("input_moderation", action, categories, scores, images=len(images))
 
     async def _screen_untrusted(
         self, documents: list[dict[str, str]], messages: list[dict[str, Any]], audit: AuditRecord
