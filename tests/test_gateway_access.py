@@ -7,6 +7,7 @@ end-to-end tests run the real server in front of a loopback upstream with the of
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +28,7 @@ from seawall.settings import RateLimitSettings, RiskSettings, StoreSettings
 from seawall.store import open_store
 from seawall.store.base import Store
 from test_gateway_pipeline import (
+    CLEAN_ANSWER,
     MODEL,
     QUESTION,
     THREAT,
@@ -353,3 +355,20 @@ def test_categories_set_to_flag_pass_but_count_as_high_risk(tmp_path: Path) -> N
 def test_unknown_category_in_actions_is_a_settings_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="violense"):
         _settings(tmp_path, "http://127.0.0.1:9", category_actions={"violense": "flag"})
+
+
+def test_content_is_audited_only_when_the_settings_say_so(tmp_path: Path) -> None:
+    with stand_in(make_reply(Behaviour())) as upstream:
+        settings = _settings(tmp_path, upstream.url, audit_content=True)
+        with running_server(settings) as server, server.http() as http:
+            body = {"model": MODEL, "messages": question(), "user": "heidi"}
+            plain = http.post("/v1/chat/completions", json=body)
+            streamed = http.post("/v1/chat/completions", json={**body, "stream": True})
+            _ = streamed.text
+        lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+        records = {r["request_id"]: r for r in map(json.loads, lines)}
+        for response in (plain, streamed):
+            content = records[response.headers[REQUEST_ID_HEADER]]["content"]
+            assert content["messages"] == question()
+            assert content["answer"] == [CLEAN_ANSWER]
+        assert "heidi" not in (tmp_path / "audit.jsonl").read_text()  # still no raw user id

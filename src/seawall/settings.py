@@ -408,6 +408,13 @@ class GatewaySettings(BaseModel):
     stream_guard: StreamGuardConfig = Field(
         default_factory=StreamGuardConfig, description="How streamed answers are scanned."
     )
+    audit_content: bool = Field(
+        False,
+        description=(
+            "Also keep the request's messages and the answer the client received in each audit record "
+            "(file and store). Off by default: records hold decisions and scores, never content."
+        ),
+    )
     audit_file: Path | None = Field(
         None,
         description=(

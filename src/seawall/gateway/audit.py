@@ -34,7 +34,8 @@ STORE_QUEUE_SIZE = 10_000
 
 @dataclass
 class AuditRecord:
-    """What the audit log keeps about one request; never message text or the raw user id."""
+    """What the audit log keeps about one request; message text only when the settings say so
+    (``content``), never the raw user id."""
 
     request_id: str
     tenant: str
@@ -56,6 +57,8 @@ class AuditRecord:
     #: ``unauthorized``, ``user_blocked``, ``rate_limited``, ``client_disconnected`` or ``error``.
     outcome: str = "error"
     error: dict[str, Any] | None = None
+    #: The messages and the answer, only when ``gateway.audit_content`` is on.
+    content: dict[str, Any] | None = None
     _began: float = field(default_factory=lambda: time.perf_counter(), repr=False)
 
     @contextmanager
@@ -117,6 +120,7 @@ class AuditRecord:
             "decisions": self.decisions,
             "upstream": self.upstream,
             "latency_ms": self.latency_ms,
+            **({"content": self.content} if self.content is not None else {}),
         }
 
 

@@ -258,6 +258,10 @@ class Gateway:
                 if self.settings.output_moderation:
                     with audit.step("output_moderation"):
                         await self._moderate_answer(completion, audit)
+            if audit.content is not None:
+                audit.content["answer"] = [
+                    (choice.get("message") or {}).get("content") for choice in completion.get("choices") or []
+                ]
             await self._settle(request)
             return self._response(request, body=completion)
         except SeawallError as exc:
@@ -326,6 +330,7 @@ class Gateway:
                     yield text
 
         guard = StreamGuard(self.check, self.guard_settings) if guarded else None
+        released: list[str] = []  # what the client received
         began = time.perf_counter()
         try:
             yield _event(state.chunk({"role": "assistant", "content": ""}))
@@ -336,6 +341,7 @@ class Gateway:
                     if isinstance(piece, Blocked):
                         blocked = piece
                         break
+                    released.append(piece)
                     yield _event(state.chunk({"content": piece}))
             finally:
                 await _aclose(pieces)
@@ -366,6 +372,8 @@ class Gateway:
             audit.latency_ms["stream"] = round((time.perf_counter() - began) * 1000, 3)
             if guard is not None:
                 self._audit_guard(guard, audit)
+            if audit.content is not None:
+                audit.content["answer"] = ["".join(released)]
             await self._settle(request)
             self.audit.write(audit)
         yield b"data: [DONE]\n\n"
@@ -411,6 +419,8 @@ class Gateway:
     ) -> _Prepared:
         """Identity, standing, limits, input moderation, knowledge base, topic and prompt."""
         audit = request.audit
+        if self.settings.audit_content:
+            audit.content = {"messages": body.get("messages")}
         # 1. identity and access: only the digest of the user's id leaves this function
         with audit.step("identity"):
             caller = await asyncio.to_thread(self.access.authenticate, _header(headers, "authorization"))
