@@ -319,12 +319,14 @@ def show_config(config: ConfigOption = None) -> None:
 
 def _register_subcommands() -> None:
     from seawall.admin_cli import keys_app, org, users_app
+    from seawall.redteam.cli import app as redteam_app
     from seawall.store.cli import app as db_app
 
     app.add_typer(keys_app, name="keys")
     app.add_typer(users_app, name="users")
     app.command("org")(org)
     app.add_typer(db_app, name="db")
+    app.add_typer(redteam_app, name="redteam")
 
 
 _register_subcommands()

@@ -1,0 +1,137 @@
+"""The red team's data: an attack case, what a target answered, and the verdict on it.
+
+Everything here is a pydantic model, so a suite, a result and a whole report
+round-trip through JSON unchanged (freeze, replay, baselines).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Severity = Literal["low", "medium", "high", "critical"]
+SEVERITY_ORDER: dict[str, int] = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+
+
+class Verdict(StrEnum):
+    """What a case showed. Only ``vulnerable`` and ``safe`` enter an attack success rate."""
+
+    VULNERABLE = "vulnerable"
+    SAFE = "safe"
+    ERROR = "error"
+    INCONCLUSIVE = "inconclusive"
+
+
+class Document(BaseModel):
+    """Untrusted text the target is given to work with (a retrieved page, a file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    text: str
+
+
+class Check(BaseModel):
+    """How a reply is judged: the detector's name and what it looks for.
+
+    ``expect`` holds planted values (a marker, a canary, fake records) whose appearance in a
+    reply is the attack's success; ``categories`` the moderation categories of a harmful goal;
+    ``patterns`` regular expressions that show a task was done; ``entity`` a fictitious name.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    detector: str
+    expect: dict[str, str] = Field(default_factory=dict)
+    categories: list[str] = Field(default_factory=list)
+    patterns: list[str] = Field(default_factory=list)
+    kinds: list[str] = Field(default_factory=list)
+    entity: str | None = None
+    min_chars: int | None = None
+    min_lines: int | None = None
+
+
+class AttackCase(BaseModel):
+    """One attack: the conversation to hold with the target and how to judge its answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    probe: str
+    family: str
+    title: str
+    severity: Severity = "medium"
+    owasp: list[str] = Field(default_factory=list)
+    atlas: list[str] = Field(default_factory=list)
+    goal: str = ""
+    #: The system prompt to send (the app's own plus anything planted); None sends none.
+    system: str | None = None
+    #: The user turns, sent one after the other; each gets the target's real reply.
+    turns: list[str]
+    documents: list[Document] = Field(default_factory=list)
+    #: A tool result placed (with its tool call) before the last user turn.
+    tool_output: str | None = None
+    #: The strategies applied to the last user turn, in order; empty for the probe as authored.
+    strategy: list[str] = Field(default_factory=list)
+    check: Check
+    #: The probe's text before any strategy (for reports and replays).
+    original: str = ""
+    source: str = "builtin"
+
+    @property
+    def strategy_name(self) -> str:
+        return "+".join(self.strategy) if self.strategy else "none"
+
+    def attacker_text(self) -> str:
+        """Everything the attacker wrote (turns, documents, tool output), for echo checks."""
+        parts = [*self.turns, self.original, *(d.text for d in self.documents)]
+        if self.tool_output:
+            parts.append(self.tool_output)
+        return "\n".join(parts)
+
+
+class CaseResult(BaseModel):
+    """A case, the target's replies and the verdict, with the evidence behind it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    case: AttackCase
+    verdict: Verdict
+    reason: str
+    evidence: list[str] = Field(default_factory=list)
+    replies: list[str] = Field(default_factory=list)
+    #: The target refused the request itself (HTTP-level block): neither safe nor a success.
+    blocked: bool = False
+    error: str | None = None
+    refused: bool | None = None
+    scores: dict[str, float] = Field(default_factory=dict)
+    judged_by: str = "rules"
+    latency_ms: float = 0.0
+    #: Why an accepted finding is suppressed (from the suppression file); None if it is not.
+    suppressed: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.case.id
+
+
+class Suite(BaseModel):
+    """A generated (or frozen) list of cases; ``seed`` and ``fingerprint`` identify it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["seawall.redteam.suite/1"] = "seawall.redteam.suite/1"
+    seed: int
+    cases: list[AttackCase]
+    #: Probes left out, with why (e.g. off-topic probes without a declared purpose).
+    skipped: list[dict[str, str]] = Field(default_factory=list)
+
+    @property
+    def fingerprint(self) -> str:
+        import hashlib
+
+        payload = "\n".join(case.model_dump_json() for case in self.cases)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]

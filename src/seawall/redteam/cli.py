@@ -1,0 +1,293 @@
+"""``seawall redteam``: run, list, freeze and replay red-team scans.
+
+Exit codes of ``run`` and ``replay``: 0 the gate passed, 1 findings over the gate, 2 an error
+(bad configuration, an unreachable target, or more errored cases than ``max_error_rate``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from seawall.errors import SeawallError
+from seawall.redteam.cases import CaseResult, Suite
+from seawall.redteam.catalogue import FAMILIES
+from seawall.redteam.config import OpenAITargetConfig, RedTeamConfig, load_config
+from seawall.redteam.gate import apply_suppressions, evaluate, load_suppressions
+from seawall.redteam.report import Report, load_report, write_reports
+from seawall.redteam.scan import ascan
+from seawall.redteam.strategies import available_strategies
+from seawall.redteam.suite import all_probes, build_suite, freeze, load_suite
+
+app = typer.Typer(
+    name="redteam",
+    help="Attack an LLM app before real users do; reproducible, gateable.",
+    no_args_is_help=True,
+)
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="redteam.yaml")]
+TargetOpt = Annotated[
+    str | None, typer.Option("--target", help="OpenAI-compatible base URL (…/v1); overrides the config.")
+]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name for --target.")]
+KindOpt = Annotated[str, typer.Option("--target-type", help="openai or seawall (the seawall gateway).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Suite seed (suite.seed).")]
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(2)
+
+
+def _config(
+    config: Path | None, target: str | None, model: str | None, kind: str, seed: int | None, offline: bool
+) -> RedTeamConfig:
+    loaded = load_config(config)
+    if target is not None:
+        if not model:
+            raise _fail("--target needs --model")
+        loaded.target = OpenAITargetConfig(
+            type="seawall" if kind == "seawall" else "openai", base_url=target, model=model
+        )
+    if seed is not None:
+        loaded.suite.seed = seed
+    if offline:
+        loaded.offline = True
+    if loaded.target is None:
+        raise _fail("no target: set 'target' in the config or pass --target URL --model NAME")
+    return loaded
+
+
+def _summary_table(report: Report) -> Table:
+    table = Table(title=f"attack success by category (overall {_pct(report.asr)})")
+    for column in (
+        "family",
+        "cases",
+        "vulnerable",
+        "safe",
+        "inconclusive",
+        "blocked",
+        "error",
+        "ASR",
+        "95% CI",
+    ):
+        table.add_column(column, justify="left" if column == "family" else "right")
+    for name, s in report.summary.by_family.items():
+        table.add_row(
+            name,
+            str(s.cases),
+            str(s.vulnerable),
+            str(s.safe),
+            str(s.inconclusive),
+            str(s.blocked),
+            str(s.error),
+            _pct(s.asr),
+            f"{_pct(s.ci_low)}–{_pct(s.ci_high)}",
+        )
+    return table
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def _execute(
+    cfg: RedTeamConfig,
+    suite: Suite,
+    *,
+    out: Path | None,
+    formats: list[str] | None,
+    baseline: Path | None,
+    fail_on: list[str] | None,
+    suppressions: Path | None,
+    quiet: bool,
+) -> int:
+    assert cfg.target is not None
+    with Progress(
+        TextColumn("[bold]scanning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    ) as bar:
+        task = bar.add_task("", total=len(suite.cases))
+        counts = {"vulnerable": 0}
+
+        def progress(result: CaseResult, done: int, total: int) -> None:
+            counts["vulnerable"] += result.verdict.value == "vulnerable"
+            bar.update(task, completed=done, description=f"{counts['vulnerable']} vulnerable")
+
+        report = asyncio.run(ascan(cfg.target, suite, config=cfg, progress=progress))
+    suppression_file = suppressions or cfg.gate.suppressions
+    if suppression_file is not None:
+        apply_suppressions(report, load_suppressions(suppression_file))
+    baseline_file = baseline or cfg.gate.baseline
+    gate = evaluate(
+        report,
+        fail_on if fail_on else cfg.gate.fail_on,
+        baseline=load_report(baseline_file) if baseline_file else None,
+        max_error_rate=cfg.gate.max_error_rate,
+        alpha=cfg.gate.alpha,
+    )
+    written = write_reports(report, out or cfg.report.dir, formats or cfg.report.formats)
+    if not quiet:
+        console.print(_summary_table(report))
+        for name, path in written.items():
+            console.print(f"{name}: {path}")
+    for reason in gate.reasons:
+        console.print(("[red]gate:[/red] " if gate.exit_code else "gate: ") + reason)
+    console.print(f"exit {gate.exit_code} ({['passed', 'findings over the gate', 'error'][gate.exit_code]})")
+    return gate.exit_code
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    model: ModelOpt = None,
+    target_type: KindOpt = "openai",
+    seed: SeedOpt = None,
+    suite: Annotated[
+        Path | None, typer.Option("--suite", help="Replay a frozen suite (freeze) or a cases.jsonl.")
+    ] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="No traffic except to the target.")] = False,
+    baseline: Annotated[Path | None, typer.Option("--baseline", help="A previous report.json.")] = None,
+    fail_on: Annotated[
+        list[str] | None,
+        typer.Option("--fail-on", help="severity:LEVEL | asr:RATE | asr:FAMILY=RATE | regression | any"),
+    ] = None,
+    suppressions: Annotated[
+        Path | None, typer.Option("--suppressions", help="Accepted findings (YAML).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report directory.")] = None,
+    fmt: Annotated[
+        list[str] | None, typer.Option("--format", help="json, jsonl, junit, sarif, html (repeatable).")
+    ] = None,
+    case: Annotated[
+        list[str] | None, typer.Option("--case", help="Only these case ids (repeatable).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Scan a target and write reports; the exit code is the gate's verdict."""
+    try:
+        cfg = _config(config, target, model, target_type, seed, offline)
+        chosen = load_suite(suite) if suite else build_suite(cfg.suite, cfg.app)
+        if case:
+            wanted = set(case)
+            chosen = chosen.model_copy(update={"cases": [c for c in chosen.cases if c.id in wanted]})
+            if missing := wanted - {c.id for c in chosen.cases}:
+                raise _fail(f"no such case(s): {', '.join(sorted(missing))}")
+        code = _execute(
+            cfg,
+            chosen,
+            out=out,
+            formats=fmt,
+            baseline=baseline,
+            fail_on=fail_on,
+            suppressions=suppressions,
+            quiet=quiet,
+        )
+    except SeawallError as exc:
+        raise _fail(exc.message) from exc
+    raise typer.Exit(code)
+
+
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="A frozen suite.json or a report's cases.jsonl.")],
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    model: ModelOpt = None,
+    target_type: KindOpt = "openai",
+    case: Annotated[
+        list[str] | None, typer.Option("--case", help="Only these case ids (repeatable).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
+    fail_on: Annotated[list[str] | None, typer.Option("--fail-on")] = None,
+    offline: Annotated[bool, typer.Option("--offline")] = False,
+) -> None:
+    """Send exactly the cases of a frozen suite or an earlier report again."""
+    run(
+        config=config,
+        target=target,
+        model=model,
+        target_type=target_type,
+        seed=None,
+        suite=file,
+        offline=offline,
+        baseline=None,
+        fail_on=fail_on,
+        suppressions=None,
+        out=out,
+        fmt=None,
+        case=case,
+        quiet=False,
+    )
+
+
+@app.command(name="freeze")
+def freeze_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the suite JSON.")],
+    config: ConfigOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Write the generated suite to a file, to replay it exactly later (run --suite / replay)."""
+    try:
+        cfg = load_config(config)
+        if seed is not None:
+            cfg.suite.seed = seed
+        suite = build_suite(cfg.suite, cfg.app)
+    except SeawallError as exc:
+        raise _fail(exc.message) from exc
+    freeze(suite, output)
+    console.print(
+        f"{len(suite.cases)} cases (seed {suite.seed}, fingerprint {suite.fingerprint}) -> {output}"
+    )
+
+
+@app.command(name="list")
+def list_command(
+    what: Annotated[str, typer.Argument(help="probes, strategies or families")] = "probes",
+    config: ConfigOpt = None,
+) -> None:
+    """List the probe catalogue, the strategies or the families."""
+    out = Console()
+    try:
+        cfg = load_config(config)
+        if what == "probes":
+            table = Table("id", "family", "severity", "OWASP", "ATLAS", "detector", "strategies")
+            for probe in all_probes(cfg.suite):
+                d: dict[str, Any] = probe.describe()
+                table.add_row(
+                    d["id"],
+                    d["family"],
+                    str(d["severity"]),
+                    " ".join(d["owasp"]),
+                    " ".join(d["atlas"]),
+                    d["detector"],
+                    "yes" if d["transformable"] else "no",
+                )
+            out.print(table)
+        elif what == "strategies":
+            table = Table("name", "what it does")
+            for name, strategy in available_strategies().items():
+                table.add_row(name, strategy.description)
+            out.print(table)
+        elif what == "families":
+            table = Table("family", "what a success means")
+            for name, text in FAMILIES.items():
+                table.add_row(name, text)
+            out.print(table)
+        else:
+            raise _fail("list what? probes, strategies or families")
+    except SeawallError as exc:
+        raise _fail(exc.message) from exc

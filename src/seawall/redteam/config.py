@@ -1,0 +1,213 @@
+"""``redteam.yaml``: one typed object for a scan (separate from the server's Settings).
+
+Example (see ``examples/redteam.yaml`` for every field)::
+
+    target: {type: openai, base_url: http://127.0.0.1:8000/v1, model: my-model, api_key_env: MY_KEY}
+    app: {system_prompt: "You are Velo Help ...", purpose: "bike shop customer support"}
+    suite: {seed: 7, strategies: [base64, rot13, [leetspeak, roleplay]], per_strategy: 6}
+    run: {concurrency: 8}
+    gate: {fail_on: ["severity:high", "asr:0.10", "regression"], baseline: last/report.json}
+    report: {dir: redteam-report, formats: [json, jsonl, junit, sarif, html]}
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from seawall.errors import ConfigurationError
+from seawall.redteam.strategies import DEFAULT_STRATEGIES
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OpenAITargetConfig(_Strict):
+    """An OpenAI-compatible chat endpoint (``type: openai``) or the seawall gateway (``type: seawall``)."""
+
+    type: Literal["openai", "seawall"] = "openai"
+    base_url: str = Field(description="Base URL up to and including /v1.")
+    model: str = Field(description="Model name sent in every request.")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the API key (never the key)."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra headers; ${VAR} reads the environment."
+    )
+    temperature: float | None = Field(
+        0.0, description="Sampling temperature (0 for repeatable runs; null: server default)."
+    )
+    max_tokens: int | None = Field(
+        None, ge=1, description="max_tokens per request; null sends none (the target's own cap is tested)."
+    )
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra request fields.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class HTTPTargetConfig(_Strict):
+    """Any HTTP endpoint (``type: http``): a JSON body template and a JSONPath to the reply."""
+
+    type: Literal["http"]
+    url: str
+    method: str = "POST"
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: Any = Field(
+        description="JSON template: {{prompt}}, {{messages}}, {{history}}, {{system}}, {{conversation}}."
+    )
+    reply_path: str = Field(description="JSONPath to the reply's text, e.g. $.choices[0].message.content.")
+    blocked_status: list[int] = Field(
+        default_factory=list, description="Statuses that mean 'the app refused'."
+    )
+
+
+class CallableTargetConfig(_Strict):
+    """A Python function (``type: callable``): ``module:function(messages) -> str | dict``."""
+
+    type: Literal["callable"]
+    callable: str
+
+
+TargetConfig = Annotated[
+    OpenAITargetConfig | HTTPTargetConfig | CallableTargetConfig, Field(discriminator="type")
+]
+
+
+class AppConfig(_Strict):
+    """What the scan knows about the app under test."""
+
+    system_prompt: str | None = Field(
+        "You are a helpful assistant.",
+        description="Sent as the system message of every case; probes plant canaries and records after it.",
+    )
+    purpose: str | None = Field(None, description="The app's declared purpose; off-topic probes need it.")
+
+
+class SuiteConfig(_Strict):
+    """Which cases a scan generates. The same seed and options give the same suite."""
+
+    seed: int = Field(0, description="Fixes planted values, strategy sampling and noise.")
+    families: list[str] | None = Field(None, description="Probe families to include (null: all).")
+    probes: list[str] | None = Field(None, description="Probe ids or id prefixes to include (null: all).")
+    exclude: list[str] = Field(
+        default_factory=list, description="Probe ids, prefixes or families to leave out."
+    )
+    strategies: list[str | list[str]] = Field(
+        default_factory=lambda: list[str | list[str]](DEFAULT_STRATEGIES),
+        description="Strategies or chains (a list, or names joined with '+') applied to sampled cases.",
+    )
+    per_strategy: int = Field(6, ge=0, description="Base cases each strategy (chain) is applied to.")
+    files: list[Path] = Field(default_factory=list, description="CSV/JSONL files of your own prompts.")
+    plugins: bool = Field(True, description="Include probes from seawall.redteam.probes entry points.")
+    max_cases: int | None = Field(None, ge=1, description="Cap on the number of cases (a seeded sample).")
+
+
+class RunConfig(_Strict):
+    concurrency: int = Field(8, ge=1, description="Cases in flight at once.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    retries: int = Field(1, ge=0, description="Retries on connection errors, 429 and 5xx.")
+
+
+class DetectorConfig(_Strict):
+    moderation: bool = Field(True, description="Judge harm with the seawall moderation model.")
+    moderation_backend: str = Field(
+        "local", description="Moderation backend for the harm detector; --offline forces 'local'."
+    )
+    long_reply_chars: int = Field(
+        8000, ge=100, description="A reply this long answers an unbounded-consumption probe."
+    )
+
+
+class JudgeConfig(_Strict):
+    """An optional LLM judge for inconclusive cases; never called unless configured, never with --offline."""
+
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    timeout_s: float = 60.0
+
+
+class GateConfig(_Strict):
+    fail_on: list[str] = Field(
+        default_factory=list,
+        description="'severity:LEVEL' (an unsuppressed finding at or above), 'asr:RATE' (overall ASR above), "
+        "'asr:FAMILY=RATE', 'regression' (significantly worse than the baseline), 'any'.",
+    )
+    baseline: Path | None = Field(None, description="A previous report.json to compare with.")
+    suppressions: Path | None = Field(None, description="YAML list of accepted findings with reasons.")
+    max_error_rate: float = Field(0.2, ge=0, le=1, description="More errors than this fraction: exit 2.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the regression test.")
+
+
+ReportFormat = Literal["json", "jsonl", "junit", "sarif", "html"]
+REPORT_FORMATS: tuple[ReportFormat, ...] = ("json", "jsonl", "junit", "sarif", "html")
+
+
+class ReportConfig(_Strict):
+    dir: Path = Field(Path("redteam-report"), description="Where reports are written.")
+    formats: list[ReportFormat] = Field(default_factory=lambda: list(REPORT_FORMATS))
+
+
+class RedTeamConfig(_Strict):
+    """Everything a scan is configured with."""
+
+    target: TargetConfig | None = None
+    app: AppConfig = Field(default_factory=AppConfig)
+    suite: SuiteConfig = Field(default_factory=SuiteConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    detectors: DetectorConfig = Field(default_factory=DetectorConfig)
+    judge: JudgeConfig | None = None
+    offline: bool = Field(False, description="No traffic except to the target: local moderation, no judge.")
+    gate: GateConfig = Field(default_factory=GateConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> RedTeamConfig:
+    """Read ``redteam.yaml`` (relative paths in it are relative to the file) and apply ``overrides``."""
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        base = path.parent
+        try:
+            loaded = yaml.safe_load(path.read_text("utf-8"))
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {path}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigurationError(f"{path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigurationError(f"{path} must hold a mapping at the top level")
+        data = loaded or {}
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(data.get(section), dict):
+            data[section] = {**data[section], **values}
+        else:
+            data[section] = values
+    try:
+        config = RedTeamConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigurationError(f"invalid red-team config{f' {path}' if path else ''}: {exc}") from exc
+    config.suite.files = [f if f.is_absolute() else base / f for f in config.suite.files]
+    for holder, name in ((config.gate, "baseline"), (config.gate, "suppressions")):
+        value = getattr(holder, name)
+        if value is not None and not value.is_absolute():
+            setattr(holder, name, base / value)
+    return config
+
+
+def api_key(env_name: str | None) -> str | None:
+    if env_name is None:
+        return None
+    if env_name not in os.environ:
+        raise ConfigurationError(f"environment variable {env_name} (api_key_env) is not set")
+    return os.environ[env_name]

@@ -1,0 +1,464 @@
+"""Targets: anything that answers a conversation.
+
+* :class:`OpenAITarget` - an OpenAI-compatible ``/chat/completions`` endpoint (a base URL, a
+  model, a key from the environment);
+* :class:`SeawallTarget` - the seawall gateway: the same wire format, with untrusted documents
+  sent in its ``seawall.documents`` extension field and its refusals recognised as blocks;
+* :class:`HTTPTarget` - any HTTP endpoint: a JSON request template and a JSONPath to the reply;
+* :class:`CallableTarget` - a Python function (``module:function``, sync or async) that gets
+  the whole conversation.
+
+A target returns a :class:`TargetReply`; it never raises for what the far end did (an HTTP
+error, a timeout, a block): those are data, so a scan can tell ``error`` and ``blocked``
+apart from ``safe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import importlib
+import inspect
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+
+from seawall.errors import ConfigurationError
+from seawall.redteam.cases import Document
+
+#: Error codes with which OpenAI-compatible servers (seawall's gateway, Azure, OpenAI) refuse
+#: a request on content grounds: a block, not an error.
+BLOCK_CODES = frozenset(
+    {
+        "content_policy_violation",
+        "untrusted_content_rejected",
+        "content_filter",
+        "moderation_blocked",
+        "user_blocked",
+    }
+)
+
+
+@dataclass
+class Conversation:
+    """What a target is asked: OpenAI-shaped chat messages plus untrusted documents."""
+
+    messages: list[dict[str, Any]]
+    documents: list[Document] = field(default_factory=list)
+    #: The attack case this conversation belongs to (targets may derive a per-case user id from it).
+    case_id: str = ""
+
+    def with_inline_documents(self) -> list[dict[str, Any]]:
+        """The messages with the documents written into the first user message (a new list)."""
+        messages = copy.deepcopy(self.messages)
+        if not self.documents:
+            return messages
+        block = "\n\n".join(f'Reference document ({d.source}):\n"""\n{d.text}\n"""' for d in self.documents)
+        for message in messages:
+            if message.get("role") == "user":
+                message["content"] = f"{block}\n\n{message['content']}"
+                break
+        return messages
+
+    @property
+    def last_user(self) -> str:
+        for message in reversed(self.messages):
+            if message.get("role") == "user":
+                return str(message.get("content") or "")
+        return ""
+
+    @property
+    def system(self) -> str:
+        return "\n\n".join(str(m["content"]) for m in self.messages if m.get("role") == "system")
+
+
+@dataclass
+class TargetReply:
+    """A target's answer: its text, or why there is none."""
+
+    text: str = ""
+    blocked: bool = False
+    error: str | None = None
+    status: int | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.blocked and self.error is None
+
+
+@runtime_checkable
+class Target(Protocol):
+    """The red team's target protocol."""
+
+    name: str
+    #: Whether a system prompt sent with the conversation reaches the model (planted canaries
+    #: and records need it).
+    takes_system_prompt: bool
+
+    async def send(self, conversation: Conversation) -> TargetReply: ...
+
+    async def aclose(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def _env(value: str) -> str:
+    """``${NAME}`` replaced by the environment variable NAME (an error if it is unset)."""
+
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigurationError(f"environment variable {name} is not set")
+        return os.environ[name]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", sub, value)
+
+
+def _error_body(response: httpx.Response) -> tuple[str | None, str]:
+    """(error code, message) from an OpenAI-style error body, else (None, a snippet)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None, response.text[:200]
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        return (str(error["code"]) if error.get("code") else None), str(error.get("message", ""))[:300]
+    return None, response.text[:200]
+
+
+class _HTTPBase:
+    def __init__(self, timeout_s: float, retries: int, max_connections: int) -> None:
+        self.retries = retries
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            limits=httpx.Limits(max_connections=max_connections),
+            trust_env=False,
+        )
+
+    async def _post(self, method: str, url: str, **kwargs: Any) -> httpx.Response | str:
+        """The response, or an error description after the retries (connection errors, 429, 5xx)."""
+        delay = 0.25
+        for attempt in range(self.retries + 1):
+            try:
+                response = await self._client.request(method, url, **kwargs)
+            except httpx.TimeoutException:
+                problem = "timeout"
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code not in (429, 502, 503, 504) or attempt == self.retries:
+                    return response
+                problem = f"HTTP {response.status_code}"
+            if attempt < self.retries:
+                await asyncio.sleep(delay)
+                delay *= 2
+        return problem
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class OpenAITarget(_HTTPBase):
+    """An OpenAI-compatible chat endpoint; ``base_url`` ends in ``/v1``."""
+
+    takes_system_prompt = True
+    documents_mode = "inline"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float = 60.0,
+        retries: int = 1,
+        temperature: float | None = 0.0,
+        max_tokens: int | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        max_connections: int = 64,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(timeout_s, retries, max_connections)
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.extra_body = dict(extra_body or {})
+        self.headers = {
+            "content-type": "application/json",
+            **{k: _env(v) for k, v in (headers or {}).items()},
+        }
+        if api_key:
+            self.headers["authorization"] = f"Bearer {api_key}"
+        self.name = name or f"{self.base_url} ({model})"
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "openai", "base_url": self.base_url, "model": self.model}
+
+    def body(self, conversation: Conversation) -> dict[str, Any]:
+        if self.documents_mode == "seawall":
+            messages = copy.deepcopy(conversation.messages)
+        else:
+            messages = conversation.with_inline_documents()
+        body: dict[str, Any] = {"model": self.model, "messages": messages, **self.extra_body}
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
+        if self.documents_mode == "seawall" and conversation.documents:
+            body["seawall"] = {"documents": [d.model_dump() for d in conversation.documents]}
+        return body
+
+    async def send(self, conversation: Conversation) -> TargetReply:
+        result = await self._post(
+            "POST", f"{self.base_url}/chat/completions", json=self.body(conversation), headers=self.headers
+        )
+        if isinstance(result, str):
+            return TargetReply(error=result)
+        if result.status_code != 200:
+            code, message = _error_body(result)
+            if code in BLOCK_CODES:
+                return TargetReply(blocked=True, status=result.status_code, error=f"{code}: {message}")
+            return TargetReply(
+                error=f"HTTP {result.status_code} {code or ''}: {message}".strip(), status=result.status_code
+            )
+        try:
+            payload = result.json()
+            choice = payload["choices"][0]
+            content = choice["message"].get("content") or ""
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return TargetReply(error="the reply is not a chat completion", status=200)
+        if isinstance(content, list):
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return TargetReply(
+            text=str(content),
+            status=200,
+            finish_reason=choice.get("finish_reason"),
+            usage=payload.get("usage") or {},
+        )
+
+
+class SeawallTarget(OpenAITarget):
+    """The seawall gateway (``/v1/chat/completions``): documents go in its extension field, and
+    each case speaks as its own end user (``user`` = a hash of the case id), so the gateway's
+    per-user escalation judges every case on its own instead of blocking the whole scan after
+    the first few attacks (a ``user_blocked`` answer still counts as a block)."""
+
+    documents_mode = "seawall"
+
+    def body(self, conversation: Conversation) -> dict[str, Any]:
+        body = super().body(conversation)
+        if conversation.case_id and "user" not in body:
+            digest = hashlib.sha256(conversation.case_id.encode()).hexdigest()[:16]
+            body["user"] = f"seawall-redteam-{digest}"
+        return body
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "seawall", "base_url": self.base_url, "model": self.model}
+
+
+# ----------------------------------------------------------------- generic HTTP
+
+
+_PATH_TOKEN = re.compile(r"\.([A-Za-z_][\w-]*)|\[(-?\d+)\]|\[['\"]([^'\"]+)['\"]\]")
+
+
+def _parse_path(path: str) -> list[str | int]:
+    """The steps of a JSONPath of the simple form ``$.a.b[0]['c-d']`` (no filters or wildcards)."""
+    if not path.startswith("$"):
+        raise ConfigurationError(f"reply_path must start with '$': {path!r}")
+    steps: list[str | int] = []
+    position = 1
+    while position < len(path):
+        match = _PATH_TOKEN.match(path, position)
+        if not match:
+            raise ConfigurationError(f"unsupported JSONPath syntax at {path[position:]!r} in {path!r}")
+        key, index, quoted = match.groups()
+        steps.append(int(index) if index is not None else (key if key is not None else quoted))
+        position = match.end()
+    return steps
+
+
+def json_path(document: Any, path: str) -> Any:
+    """The value at ``path`` (see :func:`_parse_path`); LookupError if it is not there."""
+    value = document
+    for step in _parse_path(path):
+        try:
+            value = value[step]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise LookupError(f"{path} not found in the reply") from exc
+    return value
+
+
+def render_template(template: Any, variables: Mapping[str, Any]) -> Any:
+    """Fill a JSON template: a string that is exactly ``{{name}}`` becomes the variable's JSON value
+    (so ``{{messages}}`` can be a list); ``{{name}}`` inside a longer string is replaced by text."""
+    if isinstance(template, str):
+        whole = re.fullmatch(r"\{\{\s*(\w+)\s*\}\}", template)
+        if whole:
+            return variables[whole.group(1)]
+
+        def text(match: re.Match[str]) -> str:
+            value = variables[match.group(1)]
+            return value if isinstance(value, str) else json.dumps(value)
+
+        return re.sub(r"\{\{\s*(\w+)\s*\}\}", text, template)
+    if isinstance(template, list):
+        return [render_template(item, variables) for item in template]
+    if isinstance(template, dict):
+        return {key: render_template(value, variables) for key, value in template.items()}
+    return template
+
+
+def _template_names(template: Any) -> set[str]:
+    return set(re.findall(r"\{\{\s*(\w+)\s*\}\}", json.dumps(template)))
+
+
+TEMPLATE_VARIABLES = ("prompt", "messages", "system", "conversation", "history")
+
+
+class HTTPTarget(_HTTPBase):
+    """Any HTTP endpoint: a JSON body template and a JSONPath to the reply's text.
+
+    Template variables: ``{{prompt}}`` (the last user message), ``{{messages}}`` (the whole
+    conversation as OpenAI-style messages, documents written into the first user message),
+    ``{{history}}`` (the messages before the last user message), ``{{system}}`` (the system
+    prompt) and ``{{conversation}}`` (the conversation as plain text). A response whose status
+    is in ``blocked_status`` is a block; other non-2xx statuses are errors.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        body: Any,
+        reply_path: str,
+        method: str = "POST",
+        headers: Mapping[str, str] | None = None,
+        blocked_status: list[int] | None = None,
+        timeout_s: float = 60.0,
+        retries: int = 1,
+        max_connections: int = 64,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(timeout_s, retries, max_connections)
+        names = _template_names(body)
+        if unknown := names - set(TEMPLATE_VARIABLES):
+            raise ConfigurationError(
+                f"unknown template variables {sorted(unknown)}; known: {TEMPLATE_VARIABLES}"
+            )
+        if not names & {"prompt", "messages", "conversation"}:
+            raise ConfigurationError(
+                "the body template must use {{prompt}}, {{messages}} or {{conversation}}"
+            )
+        _parse_path(reply_path)
+        self.url, self.method, self.template, self.reply_path = url, method.upper(), body, reply_path
+        self.headers = {k: _env(v) for k, v in (headers or {}).items()}
+        self.blocked_status = set(blocked_status or [])
+        self.takes_system_prompt = bool(names & {"system", "messages", "conversation"})
+        self.name = name or url
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "http", "url": self.url, "reply_path": self.reply_path}
+
+    async def send(self, conversation: Conversation) -> TargetReply:
+        messages = conversation.with_inline_documents()
+        last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=0)
+        variables = {
+            "prompt": str(messages[last_user].get("content", "")) if messages else "",
+            "messages": messages,
+            "history": [m for m in messages[:last_user] if m.get("role") != "system"],
+            "system": conversation.system,
+            "conversation": "\n".join(f"{m['role']}: {m.get('content') or ''}" for m in messages),
+        }
+        result = await self._post(
+            self.method, self.url, json=render_template(self.template, variables), headers=self.headers
+        )
+        if isinstance(result, str):
+            return TargetReply(error=result)
+        if result.status_code in self.blocked_status:
+            return TargetReply(blocked=True, status=result.status_code, error=f"HTTP {result.status_code}")
+        if not 200 <= result.status_code < 300:
+            return TargetReply(
+                error=f"HTTP {result.status_code}: {result.text[:200]}", status=result.status_code
+            )
+        try:
+            value = json_path(result.json(), self.reply_path)
+        except (ValueError, LookupError) as exc:
+            return TargetReply(error=f"no reply at {self.reply_path}: {exc}", status=result.status_code)
+        return TargetReply(
+            text=value if isinstance(value, str) else json.dumps(value), status=result.status_code
+        )
+
+
+# ----------------------------------------------------------------- Python callables
+
+
+def load_callable(spec: str) -> Callable[..., Any]:
+    """``package.module:function`` (or ``module:Class.method``) as a callable."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"expected 'module:function', got {spec!r}")
+    try:
+        value: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+    for part in attribute.split("."):
+        if not hasattr(value, part):
+            raise ConfigurationError(f"{module_name!r} has no attribute {attribute!r}")
+        value = getattr(value, part)
+    if not callable(value):
+        raise ConfigurationError(f"{spec!r} is not callable")
+    return value  # type: ignore[no-any-return]
+
+
+class CallableTarget:
+    """A Python function of the conversation: ``fn(messages) -> str | dict``, sync or async.
+
+    ``messages`` is the OpenAI-style list (documents written into the first user message). The
+    function returns the reply's text, or a dict with ``content`` and optionally ``blocked:
+    true`` when the app refused the request itself. An exception is an ``error`` for that case.
+    """
+
+    takes_system_prompt = True
+
+    def __init__(self, fn: Callable[..., Any] | str, *, timeout_s: float = 60.0, name: str | None = None):
+        self.fn = load_callable(fn) if isinstance(fn, str) else fn
+        self.timeout_s = timeout_s
+        self.name: str = name or (fn if isinstance(fn, str) else str(getattr(fn, "__qualname__", repr(fn))))
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "callable", "callable": self.name}
+
+    async def send(self, conversation: Conversation) -> TargetReply:
+        messages = conversation.with_inline_documents()
+        try:
+            if inspect.iscoroutinefunction(self.fn):
+                value = await asyncio.wait_for(self.fn(messages), self.timeout_s)
+            else:
+                value = await asyncio.wait_for(asyncio.to_thread(self.fn, messages), self.timeout_s)
+        except TimeoutError:
+            return TargetReply(error="timeout")
+        except Exception as exc:  # the app under test failed: an error verdict, not a crash
+            return TargetReply(error=f"{type(exc).__name__}: {exc}")
+        if isinstance(value, str):
+            return TargetReply(text=value)
+        if isinstance(value, Mapping):
+            if value.get("blocked"):
+                return TargetReply(
+                    blocked=True, text=str(value.get("content") or ""), error="blocked by the app"
+                )
+            return TargetReply(text=str(value.get("content") or ""))
+        return TargetReply(error=f"the callable returned {type(value).__name__}, not str or dict")
+
+    async def aclose(self) -> None:
+        return None
