@@ -134,6 +134,16 @@ def _safety_id(settings: Settings, tenant: str, who: str, raw: bool) -> str:
     return who
 
 
+@contextmanager
+def _user(
+    config: Path | None, tenant: str | None, who: str, raw: bool
+) -> Iterator[tuple[RiskLedger, str, str]]:
+    """The ledger, the tenant and the user's safety identifier, for the users commands."""
+    with _open(config) as (settings, store):
+        tenant = tenant or settings.gateway.tenant
+        yield RiskLedger(store, settings.gateway.risk), tenant, _safety_id(settings, tenant, who, raw)
+
+
 WhoArgument = Annotated[str, typer.Argument(help="Safety identifier (or, with --raw, the app's user id).")]
 RawOption = Annotated[bool, typer.Option("--raw", help="WHO is the app's own user id; hash it first.")]
 
@@ -179,11 +189,8 @@ def show_user(
     who: WhoArgument, raw: RawOption = False, tenant: TenantOption = None, config: ConfigOption = None
 ) -> None:
     """One user's state and risk points."""
-    with _open(config) as (settings, store):
-        tenant = tenant or settings.gateway.tenant
-        safety_id = _safety_id(settings, tenant, who, raw)
-        ledger = RiskLedger(store, settings.gateway.risk)
-        _print_state(store.get_user(tenant, safety_id), safety_id)
+    with _user(config, tenant, who, raw) as (ledger, tenant, safety_id):
+        _print_state(ledger.store.get_user(tenant, safety_id), safety_id)
         points, high, medium = ledger.points(tenant, safety_id)
         out.print(f"risk points: {points:g} ({high} high, {medium} medium in the window)")
 
@@ -198,10 +205,7 @@ def clear_user(
     config: ConfigOption = None,
 ) -> None:
     """Unblock a user (any state back to ok) and reset their risk points."""
-    with _open(config) as (settings, store):
-        tenant = tenant or settings.gateway.tenant
-        safety_id = _safety_id(settings, tenant, who, raw)
-        ledger = RiskLedger(store, settings.gateway.risk)
+    with _user(config, tenant, who, raw) as (ledger, tenant, safety_id):
         _print_state(ledger.clear(tenant, safety_id, by or getpass.getuser(), reason), safety_id)
 
 
@@ -216,10 +220,7 @@ def block_user(
     config: ConfigOption = None,
 ) -> None:
     """Block a user by hand, for some hours or until cleared."""
-    with _open(config) as (settings, store):
-        tenant = tenant or settings.gateway.tenant
-        safety_id = _safety_id(settings, tenant, who, raw)
-        ledger = RiskLedger(store, settings.gateway.risk)
+    with _user(config, tenant, who, raw) as (ledger, tenant, safety_id):
         duration = None if hours is None else max(1, round(hours * 3600))
         _print_state(ledger.block(tenant, safety_id, by or getpass.getuser(), reason, duration), safety_id)
 
