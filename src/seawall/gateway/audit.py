@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from seawall.errors import ContentPolicyError, GuardFailedError, SeawallError, UpstreamError
 from seawall.store.base import Store
@@ -131,6 +131,7 @@ class AuditLog:
     def __init__(self, path: Path | None, store: Store | None = None) -> None:
         self.path = path.expanduser() if path is not None else None
         self._lock = threading.Lock()
+        self._file: TextIO | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._store = store
@@ -152,10 +153,16 @@ class AuditLog:
         if self.path is None:
             return
         try:
-            with self._lock, self.path.open("a", encoding="utf-8") as handle:
-                handle.write(line + "\n")
+            with self._lock:
+                # Kept open (append mode): opening per record cost more than the write. Rotate
+                # the file with copy-and-truncate, or restart seawall after moving it.
+                if self._file is None:
+                    self._file = self.path.open("a", encoding="utf-8")
+                self._file.write(line + "\n")
+                self._file.flush()
         except OSError as exc:
             log.error("cannot write the audit record of %s to %s: %s", record.request_id, self.path, exc)
+            self._file = None
 
     def flush(self, timeout_s: float = 10.0) -> None:
         """Wait until every queued record reached the store (or ``timeout_s`` passed)."""
@@ -164,7 +171,11 @@ class AuditLog:
             time.sleep(0.005)
 
     def close(self) -> None:
-        """Store what is queued, then stop the writer thread."""
+        """Store what is queued, then stop the writer thread and close the file."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
         if self._writer is None:
             return
         self._queue.put(None)

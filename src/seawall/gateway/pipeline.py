@@ -435,12 +435,10 @@ class Gateway:
 
         # 2. the user's standing (blocked, throttled, warned) and rate limits
         with audit.step("standing"):
-            if self.ledger is not None:
-                request.standing = await asyncio.to_thread(self.ledger.admit, caller.tenant, safety_id)
+            if self.ledger is not None or self.limiter is not None:
+                request.standing = await asyncio.to_thread(self._admit, caller, safety_id)
                 if request.standing is not None:
                     request.headers[WARNING_HEADER] = _warning(request.standing)
-            if self.limiter is not None:
-                await asyncio.to_thread(self.limiter.check, caller.key_id, caller.tenant, safety_id)
 
         # 3. input limits
         with audit.step("limits"):
@@ -497,6 +495,14 @@ class Gateway:
                 request.headers[ANSWER_SOURCE_HEADER] = "off_topic"
                 return self.policy.off_topic_reply
         return None
+
+    def _admit(self, caller: Caller, safety_id: str) -> UserState | None:
+        """The user's standing (403/429 when blocked or throttled), then the rate limits: one
+        thread hop for both store calls."""
+        standing = self.ledger.admit(caller.tenant, safety_id) if self.ledger is not None else None
+        if self.limiter is not None:
+            self.limiter.check(caller.key_id, caller.tenant, safety_id)
+        return standing
 
     async def _settle(self, request: _Request) -> None:
         """After the answer: the request's risk level, the ledger, and any escalation."""

@@ -69,16 +69,19 @@ from __future__ import annotations
 import asyncio
 import codecs
 import email.utils
+import itertools
 import json
 import logging
 import math
 import re
+import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, cast
 
+import certifi
 import httpx
 
 from seawall.backends.remote import MALFORMED, TIMED_OUT, UNREACHABLE, http_status, redact
@@ -87,6 +90,8 @@ from seawall.settings import UpstreamSettings
 
 log = logging.getLogger("seawall.gateway")
 
+#: Connections per httpx pool; ``max_connections`` is split over as many pools as that needs.
+CONNECTIONS_PER_POOL = 8
 #: Statuses that mean the request was turned away before any generation: retried.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: Longest ``Retry-After`` honoured by waiting; a longer one ends the retries (and reaches the client).
@@ -201,10 +206,19 @@ class Upstream:
             write=settings.read_timeout_s,
             pool=settings.total_timeout_s,
         )
-        limits = httpx.Limits(
-            max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections
-        )
-        self._client = httpx.AsyncClient(base_url=self.base_url + "/", timeout=timeout, limits=limits)
+        # httpcore scans every connection of a pool on each request, so one pool of 100
+        # connections costs milliseconds of CPU per request under load; several small pools
+        # used in turn keep that scan short.
+        shards = max(1, -(-settings.max_connections // CONNECTIONS_PER_POOL))
+        per_pool = -(-settings.max_connections // shards)
+        limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
+        # Built once (as httpx would: certifi's CA bundle): a TLS context per client costs ~20 ms.
+        tls = ssl.create_default_context(cafile=certifi.where())
+        self._clients = [
+            httpx.AsyncClient(base_url=self.base_url + "/", timeout=timeout, limits=limits, verify=tls)
+            for _ in range(shards)
+        ]
+        self._next_client = itertools.cycle(self._clients)
 
     # ------------------------------------------------------------------ public API
 
@@ -248,7 +262,7 @@ class Upstream:
             await response.aclose()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await asyncio.gather(*(client.aclose() for client in self._clients))
 
     async def __aenter__(self) -> Upstream:
         return self
@@ -298,13 +312,14 @@ class Upstream:
         sse: bool,
     ) -> httpx.Response:
         """Send with retries; the open (unread) response once the status is a success."""
-        request = self._client.build_request(method, path, json=payload, headers=self._headers(headers, sse))
+        client = next(self._next_client)
+        request = client.build_request(method, path, json=payload, headers=self._headers(headers, sse))
         attempt = 0
         while True:
             retry = attempt < self.settings.max_retries
             try:
                 async with asyncio.timeout_at(deadline):
-                    response = await self._client.send(request, stream=True)
+                    response = await client.send(request, stream=True)
             except TimeoutError as exc:
                 raise self._total_timeout(where) from exc
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
