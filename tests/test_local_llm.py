@@ -380,15 +380,17 @@ def test_serve_without_an_upstream_starts_the_bundled_model(extra: None, tmp_pat
 
 
 def _llama_servers() -> set[int]:
-    """Process ids of running llama_cpp.server children (by their command line)."""
+    """Process ids of this test process's llama_cpp.server children (by parent and command line;
+    other processes on the machine may run model servers of their own)."""
     found: set[int] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             command = (entry / "cmdline").read_bytes()
-        except OSError:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if b"llama_cpp" in command and b"--model_alias" in command:
+        if parent == os.getpid() and b"llama_cpp" in command and b"--model_alias" in command:
             found.add(int(entry.name))
     return found
