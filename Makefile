@@ -39,10 +39,13 @@ test: $(VENV)/.dev
 train: $(VENV)/.dev
 	$(BIN)/seawall train --data ../shared/data
 
-## Benchmarks: speed through HTTP, then quality on data the model never trained on.
+## Benchmarks: moderation speed and quality, gateway overhead, routing quality, red-team speed.
 bench: $(VENV)/.dev
 	$(BIN)/python bench/moderation_api.py
 	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/topics.py
+	$(BIN)/python bench/redteam.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
