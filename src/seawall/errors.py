@@ -94,6 +94,13 @@ class NotFoundError(SeawallError):
     default_code = "not_found"
 
 
+class ConflictError(InvalidRequestError):
+    """The thing is not in a state that allows this (a review item claimed by someone else)."""
+
+    status_code = 409
+    default_code = "conflict"
+
+
 class OverloadedError(SeawallError):
     """Too much work is queued; the client should retry later."""
 

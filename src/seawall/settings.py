@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from seawall.categories import CATEGORIES
 from seawall.errors import ConfigurationError
+from seawall.review.settings import ReviewSettings
 
 
 class ServerSettings(BaseModel):
@@ -532,6 +533,9 @@ class Settings(BaseSettings):
     cascade: CascadeSettings = Field(default_factory=CascadeSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    review: ReviewSettings = Field(
+        default_factory=ReviewSettings, description="Human review, user reports, notices, metrics."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -128,7 +128,14 @@ class AuditLog:
     """Writes each record as one JSON line to a file (if configured), the ``seawall.audit`` log,
     and the store (if given; on a background thread)."""
 
-    def __init__(self, path: Path | None, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        store: Store | None = None,
+        *,
+        observer: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self._observer = observer
         self.path = path.expanduser() if path is not None else None
         self._lock = threading.Lock()
         self._file: TextIO | None = None
@@ -143,6 +150,11 @@ class AuditLog:
 
     def write(self, record: AuditRecord) -> None:
         data = record.to_dict()
+        if self._observer is not None:
+            try:
+                self._observer(data)
+            except Exception:  # metrics must never cost a request its audit record
+                log.exception("the audit observer failed for %s", record.request_id)
         line = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
         audit_log.info("%s", line)
         if self._writer is not None:

@@ -92,6 +92,7 @@ from seawall.gateway.stream_guard import (
 )
 from seawall.gateway.topics import TopicGuard
 from seawall.gateway.upstream import Upstream
+from seawall.review.gateway_hook import PENDING_STATUS, REVIEW_HEADER, ReviewHook
 from seawall.service import ModerationService
 from seawall.settings import GatewaySettings, Settings
 from seawall.store.base import Store, UserState
@@ -144,6 +145,8 @@ class GatewayResponse:
     extra_headers: dict[str, str] = field(default_factory=dict)
     #: A session id minted for an anonymous client, to hand back (header and cookie).
     new_session: str | None = None
+    #: HTTP status of a JSON body: 200, or 202 for an answer held for review.
+    status_code: int = 200
 
     @property
     def headers(self) -> dict[str, str]:
@@ -183,8 +186,10 @@ class Gateway:
         *,
         upstream: Upstream | None = None,
         store: Store | None = None,
+        review: ReviewHook | None = None,
     ) -> None:
         self.settings: GatewaySettings = settings.gateway
+        self.review = review
         self.service = service
         self.policy = load_policy(self.settings.policy_file) if self.settings.policy_file else DEFAULT_POLICY
         self.secret = load_or_create_secret(self.settings.secret_file.expanduser())
@@ -198,7 +203,11 @@ class Gateway:
         )
         self.ledger = RiskLedger(store, self.settings.risk) if store and self.settings.risk.enabled else None
         self.limiter = RateLimiter(store, self.settings.rate_limits) if store else None
-        self.audit = AuditLog(self.settings.audit_file, store if settings.store.audit else None)
+        self.audit = AuditLog(
+            self.settings.audit_file,
+            store if settings.store.audit else None,
+            observer=review.observe if review is not None else None,
+        )
         self.knowledge = (
             KnowledgeBase.load(self.settings.knowledge_file, threshold=self.settings.knowledge_threshold)
             if self.settings.knowledge_file
@@ -258,6 +267,11 @@ class Gateway:
                 if self.settings.output_moderation:
                     with audit.step("output_moderation"):
                         await self._moderate_answer(completion, audit)
+                if self.review is not None:
+                    pending = await self._hold(body, completion, request)
+                    if pending is not None:
+                        await self._settle(request)
+                        return self._response(request, body=pending, status_code=PENDING_STATUS)
             if audit.content is not None:
                 audit.content["answer"] = [
                     (choice.get("message") or {}).get("content") for choice in completion.get("choices") or []
@@ -283,6 +297,14 @@ class Gateway:
         chunks: AsyncIterator[dict[str, Any]] | None = None
         try:
             prepared = await self._prepare(body, headers, request)
+            if prepared.upstream_body is not None and self.review is not None:
+                # A stream that qualifies for review is answered 202 pending, as JSON, not streamed.
+                decision = await self.review.check(body, audit.decisions)
+                if decision is not None:
+                    held = await self._hold_stream(body, prepared.upstream_body, request)
+                    await self._settle(request)
+                    self.audit.write(audit)
+                    return self._response(request, body=held, status_code=PENDING_STATUS)
             if prepared.upstream_body is None:
                 answer = _local_completion(audit.request_id, body, prepared.local_answer or "")
                 chunks = _as_chunks(answer)
@@ -405,6 +427,49 @@ class Gateway:
             "The answer's tool call was stopped by the content policy; flagged: "
             + ", ".join(verdict.categories)
         )
+
+    async def _hold(
+        self, body: dict[str, Any], completion: dict[str, Any], request: _Request, *, always: bool = False
+    ) -> dict[str, Any] | None:
+        """Hold the answer for human review if the review rules say so (or ``always``): the
+        pending body, or None."""
+        assert self.review is not None
+        audit = request.audit
+        with audit.step("review"):
+            decision = await self.review.check(body, audit.decisions)
+            if decision is None and always:
+                decision = await self.review.check(body, [])  # the input alone qualified it
+            if decision is None:
+                return None
+            pending = await self.review.hold(
+                decision,
+                body,
+                completion,
+                request_id=audit.request_id,
+                tenant=audit.tenant,
+                safety_id=audit.safety_identifier,
+            )
+        audit.decide("review", "hold", reasons=list(decision.reasons), review_id=pending["review_id"])
+        audit.outcome = "held_for_review"
+        request.headers[REVIEW_HEADER] = pending["review_id"]
+        return pending
+
+    async def _hold_stream(
+        self, body: dict[str, Any], upstream_body: dict[str, Any], request: _Request
+    ) -> dict[str, Any]:
+        """A streaming request that qualifies for review: a plain upstream call, output moderation,
+        then the hold (also when the draft was filtered: the reviewer sees it and decides)."""
+        audit = request.audit
+        plain = {k: v for k, v in upstream_body.items() if k not in ("stream", "stream_options")}
+        with audit.step("upstream"):
+            completion = await self.upstream.chat(plain)
+        audit.upstream = {"status": 200}
+        if self.settings.output_moderation:
+            with audit.step("output_moderation"):
+                await self._moderate_answer(completion, audit)
+        pending = await self._hold(body, completion, request, always=True)
+        assert pending is not None
+        return pending
 
     def _response(self, request: _Request, **content: Any) -> GatewayResponse:
         audit = request.audit
@@ -544,12 +609,16 @@ class Gateway:
             return []
         if not isinstance(extension, dict):
             raise InvalidRequestError(f"'{EXTENSION_FIELD}' must be an object", param=EXTENSION_FIELD)
-        unknown = sorted(set(extension) - {"documents"})
+        known = {"documents", "review"} if self.review is not None else {"documents"}
+        unknown = sorted(set(extension) - known)
         if unknown:
             raise InvalidRequestError(
-                f"unknown field(s) in '{EXTENSION_FIELD}': {', '.join(unknown)} (known: documents)",
+                f"unknown field(s) in '{EXTENSION_FIELD}': {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(known))})",
                 param=f"{EXTENSION_FIELD}.{unknown[0]}",
             )
+        if self.review is not None:
+            self.review.validate(body)
         raw = extension.get("documents") or []
         if not isinstance(raw, list):
             raise InvalidRequestError("must be an array", param=f"{EXTENSION_FIELD}.documents")

@@ -42,6 +42,9 @@ from seawall.gateway.identity import SESSION_COOKIE, SESSION_HEADER
 from seawall.gateway.local_llm import LocalModelServer
 from seawall.gateway.pipeline import REQUEST_ID_HEADER, Gateway, new_request_id
 from seawall.gateway.upstream import Upstream
+from seawall.review.gateway_hook import ReviewHook
+from seawall.review.routes import add_review_routes
+from seawall.review.service import ReviewService
 from seawall.service import ModerationService
 from seawall.settings import Settings, load_settings
 from seawall.store import open_store
@@ -119,7 +122,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     local = LocalModelServer(settings.gateway.local_llm)
                     await stack.enter_async_context(local)
                     upstream = upstream.model_copy(update={"base_url": local.base_url})
-                gateway = Gateway(settings, service, upstream=Upstream(upstream), store=store)
+                review = ReviewService(store, settings.review)
+                stack.callback(review.close)
+                app.state.review = review
+                gateway = Gateway(
+                    settings, service, upstream=Upstream(upstream), store=store, review=ReviewHook(review)
+                )
                 stack.push_async_callback(gateway.aclose)
                 app.state.access = gateway.access
             app.state.gateway = gateway
@@ -183,6 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     if gateway_on:
         _add_gateway_routes(app, settings)
+        add_review_routes(app, settings.review)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -222,12 +231,13 @@ def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
                 raise
             if body.get("stream"):
                 result = await gateway().stream(body, request.headers, request_id=request_id)
-                assert result.stream is not None
-                headers = {**result.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
-                response = StreamingResponse(result.stream, media_type="text/event-stream", headers=headers)
             else:
                 result = await gateway().chat(body, request.headers, request_id=request_id)
-                response = _json(result.body)
+            if result.stream is not None:
+                headers = {**result.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
+                response = StreamingResponse(result.stream, media_type="text/event-stream", headers=headers)
+            else:  # a completion, or 202 with the pending-review body (for streams too)
+                response = _json(result.body, result.status_code)
                 response.headers.update(result.headers)
             if result.new_session is not None:
                 _hand_back_session(response, result.new_session, secure=request.url.scheme == "https")
@@ -236,6 +246,9 @@ def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
                 log.warning("POST /v1/chat/completions %s failed: %s", request_id, exc.message)
             response = _error(exc)
         response.headers[REQUEST_ID_HEADER] = request_id
+        running: Gateway | None = getattr(app.state, "gateway", None)
+        if running is not None and running.review is not None:
+            response.headers.update(running.review.headers())  # the AI disclosure, on every answer
         return response
 
     @app.get("/v1/models")

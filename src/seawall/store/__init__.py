@@ -1,4 +1,5 @@
-"""seawall's store: API keys, rate limits, the risk ledger and audit records, on SQLite or PostgreSQL.
+"""seawall's store: API keys, rate limits, the risk ledger, audit records, review items and user
+reports, on SQLite or PostgreSQL.
 
 The protocol and its dataclasses (:mod:`seawall.store.base`) import nothing heavy; SQLAlchemy and
 Alembic load on first use of :func:`open_store` or the SQL names re-exported here, so modules that
@@ -19,6 +20,13 @@ from seawall.store.base import (
     ApiKey,
     OrgSummary,
     RateLimitResult,
+    Report,
+    ReportCategory,
+    ReportStatus,
+    ReviewDecision,
+    ReviewEvent,
+    ReviewItem,
+    ReviewStatus,
     RiskEvent,
     RiskLevel,
     Store,
@@ -86,6 +94,13 @@ __all__ = [
     "ApiKey",
     "OrgSummary",
     "RateLimitResult",
+    "Report",
+    "ReportCategory",
+    "ReportStatus",
+    "ReviewDecision",
+    "ReviewEvent",
+    "ReviewItem",
+    "ReviewStatus",
     "RiskEvent",
     "RiskLevel",
     "SqlStore",

@@ -6,8 +6,9 @@ on SQLite (the embedded default) or PostgreSQL (several replicas sharing one dat
 
 Every method is synchronous and safe to call from several threads; the gateway calls
 them through ``asyncio.to_thread``. Times are timezone-aware UTC ``datetime`` values.
-Nothing here holds message text or raw user ids: users are known by their safety
-identifier, keys by their hash.
+No raw user ids: users are known by their safety identifier, keys by their hash. Message
+text is kept only where a person must read it: review items (the held request, its sources and
+the draft) and user reports (the user's comment and contact).
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from typing import Any, Literal, Protocol
 RiskLevel = Literal["low", "medium", "high"]
 #: Where a user stands in the escalation ladder.
 UserStatus = Literal["ok", "warned", "throttled", "blocked", "review"]
+#: A held answer's state: waiting for a reviewer, or decided.
+ReviewStatus = Literal["pending", "approved", "edited", "rejected"]
+#: What a reviewer decided.
+ReviewDecision = Literal["approve", "edit", "reject"]
+#: What a user reports an answer for.
+ReportCategory = Literal["harmful", "wrong", "biased", "privacy", "other"]
+#: Where a user report is in the triage queue.
+ReportStatus = Literal["new", "investigating", "resolved", "dismissed"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,78 @@ class OrgSummary:
     users_by_status: dict[str, int] = field(default_factory=dict)  # status -> users (not "ok")
 
 
+@dataclass(frozen=True)
+class ReviewItem:
+    """An answer held for human review: what the reviewer sees and what they decided.
+
+    ``request`` holds the request's messages (and model), ``draft`` the upstream's completion as
+    moderated; ``scores`` the moderation scores that were seen; ``reasons`` why it was held
+    (``domain:health``, ``declared:law``, ``uncertain:violence``). A pending item is *claimable*
+    when nobody holds a claim on it or the claim expired (``claim_expires_at`` in the past).
+    """
+
+    id: str  # "rev_" + 32 hex characters: unguessable, handed to the client
+    tenant: str
+    request_id: str
+    status: ReviewStatus
+    created_at: datetime
+    request: dict[str, Any]
+    draft: dict[str, Any]
+    completion_id: str | None = None
+    safety_id: str | None = None
+    domain: str | None = None
+    reasons: tuple[str, ...] = ()
+    scores: dict[str, float] = field(default_factory=dict)
+    sources: tuple[dict[str, str], ...] = ()
+    notes: str | None = None
+    webhook: str | None = None
+    claimed_by: str | None = None
+    claimed_at: datetime | None = None
+    claim_expires_at: datetime | None = None
+    decision: ReviewDecision | None = None
+    edited_text: str | None = None
+    reason: str | None = None
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+
+    def claimable(self, now: datetime) -> bool:
+        return self.status == "pending" and (
+            self.claimed_by is None or self.claim_expires_at is None or self.claim_expires_at <= now
+        )
+
+
+@dataclass(frozen=True)
+class ReviewEvent:
+    """One entry of the trail of a review item or a report: who did what, when."""
+
+    subject_id: str  # a review item's or a report's id
+    action: str  # held, claimed, released, approved, edited, rejected; reported, triaged
+    actor: str
+    at: datetime
+    detail: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """A user's report about one answer, and where it is in the triage queue."""
+
+    id: str  # "rpt_" + 24 hex characters
+    tenant: str
+    response_id: str  # the gateway's x-seawall-request-id or the completion id, as the user gave it
+    category: ReportCategory
+    status: ReportStatus
+    created_at: datetime
+    updated_at: datetime
+    comment: str = ""
+    contact: str | None = None
+    reporter: str | None = None  # a hash of the reporting user, never the raw id
+    request_id: str | None = None  # the gateway request it resolves to, when known
+    review_id: str | None = None  # the held answer it is about, when there was one
+    notes: tuple[dict[str, Any], ...] = ()  # {"at", "by", "text", "status"} in order
+    updated_by: str | None = None
+
+
 class Store(Protocol):
     """Persistent state shared by every replica of one seawall deployment."""
 
@@ -157,6 +238,90 @@ class Store(Protocol):
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """Audit records, newest first."""
+        ...
+
+    # ---------------------------------------------------------------- human review
+    def create_review(self, item: ReviewItem) -> ReviewItem:
+        """Store a new pending item and its ``held`` event in one transaction."""
+        ...
+
+    def get_review(self, review_id: str) -> ReviewItem | None: ...
+
+    def list_reviews(
+        self,
+        *,
+        tenant: str | None = None,
+        status: ReviewStatus | None = None,
+        domain: str | None = None,
+        claimable_at: datetime | None = None,
+        claimed_by: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[ReviewItem]:
+        """Items matching every filter, oldest first (the queue's order). ``claimable_at``: only
+        pending items nobody holds a live claim on at that time."""
+        ...
+
+    def claim_review(self, review_id: str, reviewer: str, now: datetime, ttl_s: int) -> ReviewItem | None:
+        """Claim a pending item for ``ttl_s`` seconds with one conditional update: it succeeds when
+        nobody holds a live claim (or ``reviewer`` does: the claim is extended). The claimed item,
+        or None when the claim was lost (unknown, decided, or claimed by someone else)."""
+        ...
+
+    def release_review(self, review_id: str, reviewer: str, now: datetime) -> ReviewItem | None:
+        """Give up ``reviewer``'s live claim; None if they held none."""
+        ...
+
+    def decide_review(
+        self,
+        review_id: str,
+        reviewer: str,
+        decision: ReviewDecision,
+        now: datetime,
+        *,
+        edited_text: str | None = None,
+        reason: str | None = None,
+    ) -> ReviewItem | None:
+        """Record a decision, in one transaction with its event, if ``reviewer`` holds a live claim
+        on the pending item; None otherwise (nothing changed)."""
+        ...
+
+    def review_counts(self, tenant: str | None = None) -> dict[str, int]:
+        """Items per status (every status present, 0 when none)."""
+        ...
+
+    def list_review_events(self, subject_id: str) -> list[ReviewEvent]:
+        """The trail of a review item or a report, oldest first."""
+        ...
+
+    # ---------------------------------------------------------------- user reports
+    def create_report(self, report: Report) -> Report:
+        """Store a new report and its ``reported`` event in one transaction."""
+        ...
+
+    def get_report(self, report_id: str) -> Report | None: ...
+
+    def list_reports(
+        self,
+        *,
+        tenant: str | None = None,
+        status: ReportStatus | None = None,
+        category: ReportCategory | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Report]:
+        """Reports matching every filter, newest first."""
+        ...
+
+    def triage_report(
+        self, report_id: str, actor: str, now: datetime, *, status: ReportStatus | None, note: str | None
+    ) -> Report | None:
+        """Move a report to ``status`` and/or add a note, with its event, in one transaction;
+        None if the report does not exist."""
+        ...
+
+    def report_counts(self, tenant: str | None = None) -> dict[str, int]:
+        """Reports per status (every status present, 0 when none)."""
         ...
 
     def close(self) -> None: ...

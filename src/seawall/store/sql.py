@@ -48,13 +48,29 @@ from seawall.store.base import (
     ApiKey,
     OrgSummary,
     RateLimitResult,
+    Report,
+    ReportCategory,
+    ReportStatus,
+    ReviewDecision,
+    ReviewEvent,
+    ReviewItem,
+    ReviewStatus,
     RiskEvent,
     RiskLevel,
     UserState,
     UserStatus,
     UserSummary,
 )
-from seawall.store.schema import api_keys, audit_events, rate_counters, risk_events, user_states
+from seawall.store.schema import (
+    api_keys,
+    audit_events,
+    rate_counters,
+    reports,
+    review_events,
+    review_items,
+    risk_events,
+    user_states,
+)
 
 log = logging.getLogger("seawall.store")
 
@@ -210,6 +226,125 @@ def _retry_after(limit: int, current: int, previous: int, weight: float, window_
         share = max(0.0, 1.0 - (limit - 1) / current) if current > 0 else 0.0
         wait = (window_s - elapsed) + window_s * share
     return max(0.001, math.ceil(wait * 1000 - _EPSILON) / 1000)
+
+
+#: Every status a review item or a report can have (for counts that name them all).
+REVIEW_STATUSES: tuple[str, ...] = ("pending", "approved", "edited", "rejected")
+REPORT_STATUSES: tuple[str, ...] = ("new", "investigating", "resolved", "dismissed")
+
+
+def _unclaimed(now: datetime) -> Any:
+    """Nobody holds a live claim on the item at ``now``."""
+    columns = review_items.c
+    return (
+        columns.claimed_by.is_(None) | columns.claim_expires_at.is_(None) | (columns.claim_expires_at <= now)
+    )
+
+
+def _review_values(item: ReviewItem) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "tenant": item.tenant,
+        "request_id": item.request_id,
+        "completion_id": item.completion_id,
+        "safety_id": item.safety_id,
+        "status": item.status,
+        "domain": item.domain,
+        "reasons": list(item.reasons),
+        "request": item.request,
+        "draft": item.draft,
+        "scores": item.scores,
+        "sources": [dict(source) for source in item.sources],
+        "notes": item.notes,
+        "webhook": item.webhook,
+        "claimed_by": item.claimed_by,
+        "claimed_at": item.claimed_at,
+        "claim_expires_at": item.claim_expires_at,
+        "decision": item.decision,
+        "edited_text": item.edited_text,
+        "reason": item.reason,
+        "decided_by": item.decided_by,
+        "created_at": item.created_at,
+        "decided_at": item.decided_at,
+    }
+
+
+def _review(row: Row[Any]) -> ReviewItem:
+    return ReviewItem(
+        id=row.id,
+        tenant=row.tenant,
+        request_id=row.request_id,
+        status=row.status,
+        created_at=row.created_at,
+        request=dict(row.request),
+        draft=dict(row.draft),
+        completion_id=row.completion_id,
+        safety_id=row.safety_id,
+        domain=row.domain,
+        reasons=tuple(row.reasons or ()),
+        scores={str(k): float(v) for k, v in (row.scores or {}).items()},
+        sources=tuple(dict(source) for source in row.sources or ()),
+        notes=row.notes,
+        webhook=row.webhook,
+        claimed_by=row.claimed_by,
+        claimed_at=row.claimed_at,
+        claim_expires_at=row.claim_expires_at,
+        decision=row.decision,
+        edited_text=row.edited_text,
+        reason=row.reason,
+        decided_by=row.decided_by,
+        decided_at=row.decided_at,
+    )
+
+
+def _report_values(report: Report) -> dict[str, Any]:
+    return {
+        "id": report.id,
+        "tenant": report.tenant,
+        "response_id": report.response_id,
+        "request_id": report.request_id,
+        "review_id": report.review_id,
+        "category": report.category,
+        "status": report.status,
+        "comment": report.comment,
+        "contact": report.contact,
+        "reporter": report.reporter,
+        "notes": [dict(note) for note in report.notes],
+        "created_at": report.created_at,
+        "updated_at": report.updated_at,
+        "updated_by": report.updated_by,
+    }
+
+
+def _report(row: Row[Any]) -> Report:
+    return Report(
+        id=row.id,
+        tenant=row.tenant,
+        response_id=row.response_id,
+        category=row.category,
+        status=row.status,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        comment=row.comment,
+        contact=row.contact,
+        reporter=row.reporter,
+        request_id=row.request_id,
+        review_id=row.review_id,
+        notes=tuple(dict(note) for note in row.notes or ()),
+        updated_by=row.updated_by,
+    )
+
+
+def _add_event(connection: Connection, event: ReviewEvent) -> None:
+    connection.execute(
+        insert(review_events).values(
+            subject_id=event.subject_id,
+            action=event.action,
+            actor=event.actor,
+            at=event.at,
+            detail=event.detail,
+        )
+    )
 
 
 # ---------------------------------------------------------------------------- store
@@ -605,6 +740,234 @@ class SqlStore:
             query = query.where(columns.time >= since)
         with self._transaction("searching audit records") as connection:
             return [dict(record) for record in connection.execute(query).scalars()]
+
+    # ------------------------------------------------------------------ human review
+
+    def create_review(self, item: ReviewItem) -> ReviewItem:
+        """Store a new pending item and its ``held`` event in one transaction."""
+        with self._transaction("holding an answer for review", write=True) as connection:
+            try:
+                connection.execute(insert(review_items).values(**_review_values(item)))
+            except IntegrityError:
+                raise InvalidRequestError(
+                    f"a review item with id {item.id!r} exists already", code="duplicate_review"
+                ) from None
+            _add_event(
+                connection,
+                ReviewEvent(item.id, "held", "gateway", item.created_at, {"reasons": list(item.reasons)}),
+            )
+        return item
+
+    def get_review(self, review_id: str) -> ReviewItem | None:
+        with self._transaction("reading a review item") as connection:
+            row = connection.execute(select(review_items).where(review_items.c.id == review_id)).first()
+        return None if row is None else _review(row)
+
+    def list_reviews(
+        self,
+        *,
+        tenant: str | None = None,
+        status: ReviewStatus | None = None,
+        domain: str | None = None,
+        claimable_at: datetime | None = None,
+        claimed_by: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[ReviewItem]:
+        """Items matching every filter, oldest first; ``claimable_at``: pending and no live claim."""
+        columns = review_items.c
+        query = select(review_items).order_by(columns.created_at, columns.id).limit(limit).offset(offset)
+        if tenant is not None:
+            query = query.where(columns.tenant == tenant)
+        if status is not None:
+            query = query.where(columns.status == status)
+        if domain is not None:
+            query = query.where(columns.domain == domain)
+        if claimable_at is not None:
+            query = query.where(columns.status == "pending", _unclaimed(claimable_at))
+        if claimed_by is not None:
+            query = query.where(columns.claimed_by == claimed_by)
+        with self._transaction("listing review items") as connection:
+            return [_review(row) for row in connection.execute(query)]
+
+    def claim_review(self, review_id: str, reviewer: str, now: datetime, ttl_s: int) -> ReviewItem | None:
+        """Claim (or extend one's own claim on) a pending item: one conditional UPDATE, so two
+        reviewers racing for it cannot both win; None when the claim was lost."""
+        columns = review_items.c
+        expires = now + timedelta(seconds=ttl_s)
+        with self._transaction("claiming a review item", write=True) as connection:
+            result = connection.execute(
+                update(review_items)
+                .where(
+                    columns.id == review_id,
+                    columns.status == "pending",
+                    _unclaimed(now) | (columns.claimed_by == reviewer),
+                )
+                .values(claimed_by=reviewer, claimed_at=now, claim_expires_at=expires)
+            )
+            if result.rowcount != 1:
+                return None
+            _add_event(connection, ReviewEvent(review_id, "claimed", reviewer, now, {"expires_at": expires}))
+            row = connection.execute(select(review_items).where(columns.id == review_id)).one()
+        return _review(row)
+
+    def release_review(self, review_id: str, reviewer: str, now: datetime) -> ReviewItem | None:
+        """Give up ``reviewer``'s live claim on a pending item; None if they held none."""
+        columns = review_items.c
+        with self._transaction("releasing a review item", write=True) as connection:
+            result = connection.execute(
+                update(review_items)
+                .where(
+                    columns.id == review_id,
+                    columns.status == "pending",
+                    columns.claimed_by == reviewer,
+                    columns.claim_expires_at > now,
+                )
+                .values(claimed_by=None, claimed_at=None, claim_expires_at=None)
+            )
+            if result.rowcount != 1:
+                return None
+            _add_event(connection, ReviewEvent(review_id, "released", reviewer, now))
+            row = connection.execute(select(review_items).where(columns.id == review_id)).one()
+        return _review(row)
+
+    def decide_review(
+        self,
+        review_id: str,
+        reviewer: str,
+        decision: ReviewDecision,
+        now: datetime,
+        *,
+        edited_text: str | None = None,
+        reason: str | None = None,
+    ) -> ReviewItem | None:
+        """Record a decision with its event in one transaction, if ``reviewer`` holds a live claim."""
+        status = {"approve": "approved", "edit": "edited", "reject": "rejected"}[decision]
+        columns = review_items.c
+        with self._transaction("deciding a review item", write=True) as connection:
+            result = connection.execute(
+                update(review_items)
+                .where(
+                    columns.id == review_id,
+                    columns.status == "pending",
+                    columns.claimed_by == reviewer,
+                    columns.claim_expires_at > now,
+                )
+                .values(
+                    status=status,
+                    decision=decision,
+                    edited_text=edited_text,
+                    reason=reason,
+                    decided_by=reviewer,
+                    decided_at=now,
+                    claim_expires_at=None,
+                )
+            )
+            if result.rowcount != 1:
+                return None
+            detail: dict[str, Any] = {}
+            if edited_text is not None:
+                detail["edited_chars"] = len(edited_text)
+            if reason:
+                detail["reason"] = reason
+            _add_event(connection, ReviewEvent(review_id, status, reviewer, now, detail))
+            row = connection.execute(select(review_items).where(columns.id == review_id)).one()
+        return _review(row)
+
+    def review_counts(self, tenant: str | None = None) -> dict[str, int]:
+        """Items per status (every status present)."""
+        query = select(review_items.c.status, func.count()).group_by(review_items.c.status)
+        if tenant is not None:
+            query = query.where(review_items.c.tenant == tenant)
+        with self._transaction("counting review items") as connection:
+            rows = connection.execute(query).all()
+        counts = dict.fromkeys(REVIEW_STATUSES, 0)
+        counts.update({str(status): int(count) for status, count in rows})
+        return counts
+
+    def list_review_events(self, subject_id: str) -> list[ReviewEvent]:
+        """The trail of a review item or a report, oldest first."""
+        columns = review_events.c
+        query = select(review_events).where(columns.subject_id == subject_id).order_by(columns.at, columns.id)
+        with self._transaction("reading review events") as connection:
+            return [
+                ReviewEvent(row.subject_id, row.action, row.actor, row.at, dict(row.detail), row.id)
+                for row in connection.execute(query)
+            ]
+
+    # ------------------------------------------------------------------ user reports
+
+    def create_report(self, report: Report) -> Report:
+        """Store a new report and its ``reported`` event in one transaction."""
+        with self._transaction("storing a user report", write=True) as connection:
+            connection.execute(insert(reports).values(**_report_values(report)))
+            _add_event(
+                connection,
+                ReviewEvent(report.id, "reported", "user", report.created_at, {"category": report.category}),
+            )
+        return report
+
+    def get_report(self, report_id: str) -> Report | None:
+        with self._transaction("reading a user report") as connection:
+            row = connection.execute(select(reports).where(reports.c.id == report_id)).first()
+        return None if row is None else _report(row)
+
+    def list_reports(
+        self,
+        *,
+        tenant: str | None = None,
+        status: ReportStatus | None = None,
+        category: ReportCategory | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Report]:
+        """Reports matching every filter, newest first."""
+        columns = reports.c
+        query = select(reports).order_by(columns.created_at.desc(), columns.id).limit(limit).offset(offset)
+        if tenant is not None:
+            query = query.where(columns.tenant == tenant)
+        if status is not None:
+            query = query.where(columns.status == status)
+        if category is not None:
+            query = query.where(columns.category == category)
+        with self._transaction("listing user reports") as connection:
+            return [_report(row) for row in connection.execute(query)]
+
+    def triage_report(
+        self, report_id: str, actor: str, now: datetime, *, status: ReportStatus | None, note: str | None
+    ) -> Report | None:
+        """Move a report to ``status`` and/or add a note (row locked, so notes are never lost)."""
+        columns = reports.c
+        with self._transaction("triaging a user report", write=True) as connection:
+            row = connection.execute(select(reports).where(columns.id == report_id).with_for_update()).first()
+            if row is None:
+                return None
+            notes = list(row.notes or [])
+            if note:
+                notes.append(
+                    {"at": now.isoformat(), "by": actor, "text": note, "status": status or row.status}
+                )
+            values: dict[str, Any] = {"notes": notes, "updated_at": now, "updated_by": actor}
+            if status is not None:
+                values["status"] = status
+            connection.execute(update(reports).where(columns.id == report_id).values(**values))
+            detail: dict[str, Any] = {"from": row.status, "to": status or row.status}
+            if note:
+                detail["note"] = note
+            _add_event(connection, ReviewEvent(report_id, "triaged", actor, now, detail))
+            row = connection.execute(select(reports).where(columns.id == report_id)).one()
+        return _report(row)
+
+    def report_counts(self, tenant: str | None = None) -> dict[str, int]:
+        """Reports per status (every status present)."""
+        query = select(reports.c.status, func.count()).group_by(reports.c.status)
+        if tenant is not None:
+            query = query.where(reports.c.tenant == tenant)
+        with self._transaction("counting user reports") as connection:
+            rows = connection.execute(query).all()
+        counts = dict.fromkeys(REPORT_STATUSES, 0)
+        counts.update({str(status): int(count) for status, count in rows})
+        return counts
 
 
 __all__ = ["PRUNE_EVERY_S", "TOUCH_EVERY", "SqlStore", "make_engine", "normalise_url", "store_errors"]

@@ -1,0 +1,359 @@
+"""HTTP routes of human review, user reports, notices and metrics.
+
+:func:`add_review_routes` adds, to a FastAPI app whose ``state.review`` is a
+:class:`~seawall.review.service.ReviewService` (set it in the lifespan, or pass ``service``):
+
+Public, or with the app's API key (``app.state.access``, a
+:class:`~seawall.gateway.access.KeyAuthenticator`, when present):
+
+* ``GET /v1/seawall/notices`` — the AI disclosure and the stated limitations (no key needed).
+* ``GET /v1/seawall/reviews/{id}`` — poll a held answer: ``{"status": "pending" | "approved" |
+  "edited" | "rejected", "completion": {...} | null, "reason": ...}``; only the key's tenant's items.
+  With a reviewer token instead, the reviewer's full view.
+* ``POST /v1/feedback`` — a user's report: ``{"response_id", "category": harmful|wrong|biased|
+  privacy|other, "comment"?, "contact"?, "user"?}`` -> 201; 429 past ``feedback_limit`` per user
+  (the ``user`` field, else the ``x-seawall-session`` header or cookie, else the client address).
+
+Reviewers and admins (``Authorization: Bearer <token>`` from ``review.reviewer_tokens`` or
+``review.admin_tokens``; 401 without a known token):
+
+* ``GET /v1/seawall/reviews?status=pending|approved|edited|rejected|all&domain=&tenant=&claimable=true
+  &mine=true&limit=&offset=`` — the queue, oldest first.
+* ``GET /v1/seawall/reviews/{id}/events`` — the item's trail.
+* ``POST /v1/seawall/reviews/{id}/claim`` | ``/release`` | ``/approve`` | ``/edit`` (``{"text"}``)
+  | ``/reject`` (``{"reason"}``) — 409 when someone else holds the claim, it expired, or it is decided.
+* ``GET /v1/seawall/reports?status=&category=&tenant=&limit=&offset=``, ``GET /v1/seawall/reports/{id}``
+  (with its trail), ``POST /v1/seawall/reports/{id}`` (``{"status"?, "note"?}``) — the triage queue.
+
+Admins only (403 for reviewers), unless ``review.metrics_public``: ``GET /metrics``.
+
+Errors are OpenAI's error body, whatever exception handlers the app has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from seawall.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    RateLimitError,
+    SeawallError,
+)
+from seawall.gateway.identity import safety_identifier
+from seawall.review.gateway_hook import NOTICES_PATH
+from seawall.review.service import REPORT_CATEGORIES, REPORT_STATUSES, REVIEW_STATUSES, ReviewService
+from seawall.review.settings import ReviewSettings
+
+#: Largest JSON body the review routes read.
+MAX_BODY_BYTES = 1024 * 1024
+#: Most items one list request returns.
+MAX_LIMIT = 200
+
+Role = Literal["reviewer", "admin"]
+Handler = Callable[..., Awaitable[Response]]
+
+
+def _json(body: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
+
+
+def _error(exc: SeawallError) -> Response:
+    response = _json(exc.to_body(), exc.status_code)
+    if isinstance(exc, RateLimitError):
+        response.headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+    return response
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Answer every SeawallError with its OpenAI-style body."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return await handler(*args, **kwargs)
+        except SeawallError as exc:
+            return _error(exc)
+
+    return wrapper
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise InvalidRequestError(f"request body exceeds {MAX_BODY_BYTES} bytes")
+    if not raw:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("request body must be a JSON object")
+    return body
+
+
+def _string(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise InvalidRequestError(f"'{name}' is required", param=name)
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"'{name}' must be a string", param=name)
+    return value
+
+
+def _limit(request: Request) -> tuple[int, int]:
+    try:
+        limit = int(request.query_params.get("limit", "50"))
+        offset = int(request.query_params.get("offset", "0"))
+    except ValueError:
+        raise InvalidRequestError("limit and offset must be integers", param="limit") from None
+    if not 1 <= limit <= MAX_LIMIT or offset < 0:
+        raise InvalidRequestError(f"limit must be 1..{MAX_LIMIT} and offset >= 0", param="limit")
+    return limit, offset
+
+
+def _choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return None
+    if value not in allowed:
+        raise InvalidRequestError(f"'{name}' must be one of {', '.join(allowed)}", param=name)
+    return value
+
+
+class StaffAuth:
+    """Reviewer and admin bearer tokens, compared in constant time."""
+
+    def __init__(self, settings: ReviewSettings) -> None:
+        self._tokens: list[tuple[bytes, str, Role]] = [
+            (token.get_secret_value().encode(), name, "reviewer")
+            for name, token in settings.reviewer_tokens.items()
+        ] + [
+            (token.get_secret_value().encode(), name, "admin")
+            for name, token in settings.admin_tokens.items()
+        ]
+
+    def identify(self, authorization: str | None) -> tuple[str, Role] | None:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        offered = token.strip().encode()
+        found: tuple[str, Role] | None = None
+        for secret, name, role in self._tokens:
+            if hmac.compare_digest(offered, secret):  # no early exit: timing says nothing
+                found = (name, role)
+        return found
+
+    def require(self, request: Request, role: Role = "reviewer") -> str:
+        """The reviewer's or admin's name; 401 without a known token, 403 when an admin is needed."""
+        who = self.identify(request.headers.get("authorization"))
+        if who is None:
+            raise AuthenticationError(
+                "This route needs a reviewer or admin token: 'Authorization: Bearer <token>'.",
+                code="invalid_reviewer_token",
+            )
+        name, has = who
+        if role == "admin" and has != "admin":
+            raise PermissionDeniedError("This route is for admins only.", code="admin_required")
+        return name
+
+
+def add_review_routes(
+    app: FastAPI, settings: ReviewSettings, *, service: ReviewService | None = None
+) -> None:
+    """Add the review, report, notice and metrics routes (see the module's docstring)."""
+    if service is not None:
+        app.state.review = service
+    staff = StaffAuth(settings)
+
+    def review() -> ReviewService:
+        found: ReviewService | None = getattr(app.state, "review", None)
+        if found is None:
+            raise SeawallError("human review is not running")
+        return found
+
+    async def app_tenant(request: Request) -> str | None:
+        """The calling app's tenant (its API key), or None when the app has no key check."""
+        access = getattr(request.app.state, "access", None)
+        if access is None:
+            return None
+        caller = await asyncio.to_thread(access.authenticate, request.headers.get("authorization"))
+        return str(caller.tenant)
+
+    # ------------------------------------------------------------------ public
+
+    @app.get(NOTICES_PATH)
+    @_guarded
+    async def notices() -> Response:
+        config = settings.notices
+        return _json(
+            {
+                "object": "seawall.notices",
+                "disclosure": config.disclosure,
+                "limitations": [notice.model_dump() for notice in config.limitations],
+            }
+        )
+
+    @app.post("/v1/feedback")
+    @_guarded
+    async def feedback(request: Request) -> Response:
+        tenant = await app_tenant(request) or _default_tenant(request)
+        body = await _body(request)
+        unknown = sorted(set(body) - {"response_id", "category", "comment", "contact", "user"})
+        if unknown:
+            raise InvalidRequestError(f"unknown field(s): {', '.join(unknown)}", param=unknown[0])
+        reporter = _string(body, "user") or request.headers.get("x-seawall-session")
+        reporter = reporter or request.cookies.get("seawall_session")
+        if not reporter and request.client is not None:
+            reporter = f"ip:{request.client.host}"
+        gateway = getattr(request.app.state, "gateway", None)
+        if reporter and gateway is not None:
+            # Only the user's safety identifier (the gateway's HMAC) is kept, never the raw id.
+            reporter = safety_identifier(gateway.secret, tenant, reporter)
+        report = await asyncio.to_thread(
+            review().report,
+            tenant,
+            response_id=_string(body, "response_id", required=True) or "",
+            category=_string(body, "category", required=True) or "",
+            comment=_string(body, "comment") or "",
+            contact=_string(body, "contact"),
+            reporter=reporter,
+        )
+        return _json(
+            {
+                "id": report.id,
+                "object": "seawall.report",
+                "status": report.status,
+                "response_id": report.response_id,
+                "category": report.category,
+                "created_at": review().report_view(report)["created_at"],
+            },
+            201,
+        )
+
+    @app.get("/metrics")
+    @_guarded
+    async def metrics(request: Request) -> Response:
+        if not settings.metrics_public:
+            staff.require(request, "admin")
+        exposition = await asyncio.to_thread(review().metrics.exposition)
+        return Response(exposition, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # ------------------------------------------------------------------ reviewers: the queue
+
+    @app.get("/v1/seawall/reviews")
+    @_guarded
+    async def list_reviews(request: Request) -> Response:
+        name = staff.require(request)
+        limit, offset = _limit(request)
+        status = _choice(request, "status", (*REVIEW_STATUSES, "all")) or "pending"
+        items = await asyncio.to_thread(
+            review().queue,
+            status=None if status == "all" else status,  # type: ignore[arg-type]  # checked by _choice
+            domain=request.query_params.get("domain") or None,
+            tenant=request.query_params.get("tenant") or None,
+            claimable=request.query_params.get("claimable") == "true",
+            claimed_by=name if request.query_params.get("mine") == "true" else None,
+            limit=limit,
+            offset=offset,
+        )
+        return _json({"object": "list", "data": [review().reviewer_view(item) for item in items]})
+
+    @app.get("/v1/seawall/reviews/{review_id}")
+    @_guarded
+    async def get_review(review_id: str, request: Request) -> Response:
+        if staff.identify(request.headers.get("authorization")) is not None:
+            item = await asyncio.to_thread(review().get, review_id)
+            return _json(review().reviewer_view(item))
+        tenant = await app_tenant(request)
+        return _json(await asyncio.to_thread(review().poll, review_id, tenant))
+
+    @app.get("/v1/seawall/reviews/{review_id}/events")
+    @_guarded
+    async def review_events(review_id: str, request: Request) -> Response:
+        staff.require(request)
+        await asyncio.to_thread(review().get, review_id)
+        return _json({"object": "list", "data": await asyncio.to_thread(review().events, review_id)})
+
+    @app.post("/v1/seawall/reviews/{review_id}/{action}")
+    @_guarded
+    async def act(review_id: str, action: str, request: Request) -> Response:
+        name = staff.require(request)
+        body = await _body(request)
+        service = review()
+        if action == "claim":
+            item = await asyncio.to_thread(service.claim, review_id, name)
+        elif action == "release":
+            item = await asyncio.to_thread(service.release, review_id, name)
+        elif action in ("approve", "edit", "reject"):
+            item = await asyncio.to_thread(
+                service.decide,
+                review_id,
+                name,
+                action,  # type: ignore[arg-type]  # one of the three, checked above
+                text=_string(body, "text"),
+                reason=_string(body, "reason"),
+            )
+        else:
+            raise InvalidRequestError(
+                f"unknown action {action!r}: claim, release, approve, edit or reject", code="not_found"
+            )
+        return _json(service.reviewer_view(item))
+
+    # ------------------------------------------------------------------ reviewers: reports
+
+    @app.get("/v1/seawall/reports")
+    @_guarded
+    async def list_reports(request: Request) -> Response:
+        staff.require(request)
+        limit, offset = _limit(request)
+        found = await asyncio.to_thread(
+            review().reports,
+            status=_choice(request, "status", REPORT_STATUSES),  # type: ignore[arg-type]
+            category=_choice(request, "category", REPORT_CATEGORIES),  # type: ignore[arg-type]
+            tenant=request.query_params.get("tenant") or None,
+            limit=limit,
+            offset=offset,
+        )
+        return _json({"object": "list", "data": [review().report_view(report) for report in found]})
+
+    @app.get("/v1/seawall/reports/{report_id}")
+    @_guarded
+    async def get_report(report_id: str, request: Request) -> Response:
+        staff.require(request)
+        report = await asyncio.to_thread(review().get_report, report_id)
+        view = review().report_view(report)
+        view["events"] = await asyncio.to_thread(review().events, report_id)
+        return _json(view)
+
+    @app.post("/v1/seawall/reports/{report_id}")
+    @_guarded
+    async def triage(report_id: str, request: Request) -> Response:
+        name = staff.require(request)
+        body = await _body(request)
+        report = await asyncio.to_thread(
+            review().triage, report_id, name, status=_string(body, "status"), note=_string(body, "note")
+        )
+        return _json(review().report_view(report))
+
+
+def _default_tenant(request: Request) -> str:
+    settings = getattr(request.app.state, "settings", None)
+    gateway = getattr(settings, "gateway", None)
+    return str(getattr(gateway, "tenant", "default"))
+
+
+__all__ = ["MAX_LIMIT", "StaffAuth", "add_review_routes"]

@@ -1,0 +1,655 @@
+"""Human review of held answers, and user reports: the rules, on top of the store.
+
+Every method is synchronous (store calls; the routes and the gateway hook run them with
+``asyncio.to_thread``), like :class:`seawall.gateway.risk.RiskLedger`.
+
+**Holding.** :meth:`ReviewService.should_hold` decides from the request and the moderation
+decisions the gateway made (its audit record's ``decisions``) whether an answer waits for a
+person: its domain is one of ``settings.domains`` (declared by the app in ``seawall.review.domain``
+or detected by :class:`~seawall.review.domains.DomainDetector`), a moderation category was
+flagged with the ``flag`` action (let through, for a person to see), or any category score is in
+the uncertain band ``[uncertain_low, flag threshold)``. An answer the gateway already refused or
+filtered is never held. :meth:`hold` stores the item (one transaction with its ``held`` event),
+notifies, and returns the client's pending-review body.
+
+**Deciding.** A reviewer claims an item (:meth:`claim`; a conditional UPDATE, so two reviewers
+never hold one item; claims expire after ``claim_ttl_s`` and the item is claimable again), then
+approves, edits or rejects it (:meth:`decide`; only the claimer, only while the claim lives; the
+decision and its event are one transaction). The client polls (:meth:`poll`); the request's own
+webhook, if it gave one, hears ``review.decided``.
+
+**Reports.** :meth:`report` stores a user's report about a response (rate-limited per user with
+the store's ``hit``); :meth:`triage` moves it through new -> investigating -> resolved/dismissed
+with notes. Every change leaves an event (:meth:`events`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, get_args
+
+from seawall.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RateLimitError,
+)
+from seawall.review.domains import DomainDetector
+from seawall.review.metrics import ReviewMetrics
+from seawall.review.notify import Notifier, check_webhook_url
+from seawall.review.settings import DOMAINS, ReviewSettings
+from seawall.store.base import (
+    Report,
+    ReportCategory,
+    ReportStatus,
+    ReviewDecision,
+    ReviewItem,
+    ReviewStatus,
+    Store,
+)
+
+#: The field of the ``seawall`` extension that carries review options.
+REVIEW_FIELD = "review"
+#: The ``object`` of the pending-review body.
+PENDING_OBJECT = "chat.completion.pending"
+#: Where clients poll a held answer (``{id}`` replaced).
+POLL_PATH = "/v1/seawall/reviews/{id}"
+#: Report categories and statuses (the API's enums).
+REPORT_CATEGORIES: tuple[str, ...] = get_args(ReportCategory)
+REPORT_STATUSES: tuple[str, ...] = get_args(ReportStatus)
+REVIEW_STATUSES: tuple[str, ...] = get_args(ReviewStatus)
+#: Audit steps whose decisions carry moderation scores.
+_GUARD_STEPS = frozenset({"input_moderation", "output_moderation", "tool_call_moderation"})
+#: Output decisions that mean the answer was already refused or stopped: nothing to hold.
+_REFUSED = frozenset({"filter", "block", "refuse", "failed_closed"})
+_EXTENSION_KEYS = frozenset({"domain", "sources", "notes", "webhook"})
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class ReviewRequest:
+    """What a request asked of review in ``seawall.review`` (checked)."""
+
+    domain: str | None = None
+    sources: tuple[dict[str, str], ...] = ()
+    notes: str | None = None
+    webhook: str | None = None
+
+
+@dataclass(frozen=True)
+class HoldDecision:
+    """Why an answer is held: ``reasons`` like ``declared:health``, ``domain:law``,
+    ``flagged:violence``, ``uncertain:harassment``; the domain; the scores that were seen."""
+
+    reasons: tuple[str, ...]
+    domain: str | None
+    scores: dict[str, float]
+    request: ReviewRequest
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def parse_review_request(extension: Any, settings: ReviewSettings) -> ReviewRequest:
+    """The ``seawall.review`` field, checked; 400 naming the field for every mistake."""
+    where = f"seawall.{REVIEW_FIELD}"
+    if extension is None:
+        return ReviewRequest()
+    if not isinstance(extension, dict):
+        raise InvalidRequestError(f"'{where}' must be an object", param=where)
+    unknown = sorted(set(extension) - _EXTENSION_KEYS)
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown field(s) in '{where}': {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(_EXTENSION_KEYS))})",
+            param=f"{where}.{unknown[0]}",
+        )
+    domain = extension.get("domain")
+    if domain is not None and domain not in DOMAINS and domain != "none":
+        raise InvalidRequestError(
+            f"'{where}.domain' must be one of {', '.join(DOMAINS)} (or 'none')", param=f"{where}.domain"
+        )
+    raw_sources = extension.get("sources") or []
+    if not isinstance(raw_sources, list):
+        raise InvalidRequestError("must be an array", param=f"{where}.sources")
+    sources: list[dict[str, str]] = []
+    for index, source in enumerate(raw_sources):
+        at = f"{where}.sources[{index}]"
+        if (
+            not isinstance(source, dict)
+            or not isinstance(source.get("text"), str)
+            or not isinstance(source.get("title", ""), str)
+            or set(source) - {"title", "text"}
+        ):
+            raise InvalidRequestError(
+                f"{at} must be an object with a string 'text' and optional 'title'", param=at
+            )
+        sources.append({"title": source.get("title") or f"source {index + 1}", "text": source["text"]})
+    notes = extension.get("notes")
+    if notes is not None and not isinstance(notes, str):
+        raise InvalidRequestError(f"'{where}.notes' must be a string", param=f"{where}.notes")
+    total = sum(len(s["text"]) + len(s["title"]) for s in sources) + len(notes or "")
+    if total > settings.max_sources_chars:
+        raise PayloadTooLargeError(
+            f"review sources and notes are {total} characters; the limit is {settings.max_sources_chars}",
+            param=f"{where}.sources",
+        )
+    webhook = extension.get("webhook")
+    if webhook is not None:
+        if not isinstance(webhook, str):
+            raise InvalidRequestError(f"'{where}.webhook' must be a string", param=f"{where}.webhook")
+        check_webhook_url(webhook, settings.notify, param=f"{where}.webhook")
+    return ReviewRequest(domain, tuple(sources), notes, webhook)
+
+
+class ReviewService:
+    """Hold, poll, claim, decide; report and triage. Create once per app; :meth:`close` at the end."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: ReviewSettings,
+        *,
+        notifier: Notifier | None = None,
+        metrics: ReviewMetrics | None = None,
+        detector: DomainDetector | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.notifier = notifier if notifier is not None else Notifier(settings.notify)
+        self.metrics = metrics if metrics is not None else ReviewMetrics(store)
+        self._detector = detector
+        self.clock = clock
+
+    def close(self) -> None:
+        self.notifier.close()
+
+    @property
+    def detector(self) -> DomainDetector:
+        if self._detector is None:
+            self._detector = DomainDetector(self.settings.domains, threshold=self.settings.domain_threshold)
+        return self._detector
+
+    # ------------------------------------------------------------------ the gateway side
+
+    def review_request(self, body: Mapping[str, Any]) -> ReviewRequest:
+        """The request's ``seawall.review`` field, checked (400 on mistakes)."""
+        extension = body.get("seawall")
+        if not isinstance(extension, dict):
+            return ReviewRequest()
+        return parse_review_request(extension.get(REVIEW_FIELD), self.settings)
+
+    def should_hold(
+        self, body: Mapping[str, Any], decisions: Iterable[Mapping[str, Any]]
+    ) -> HoldDecision | None:
+        """Whether the answer to ``body`` waits for a reviewer, given the gateway's moderation
+        ``decisions`` (audit record ``decisions``: step, action, categories, scores)."""
+        if not self.settings.enabled:
+            return None
+        request = self.review_request(body)
+        reasons: list[str] = []
+        scores: dict[str, float] = {}
+        for decision in decisions:
+            if decision.get("step") not in _GUARD_STEPS:
+                continue
+            if decision.get("action") in _REFUSED:
+                return None  # refused or filtered already: there is no answer to hold
+            flagged = set(decision.get("categories") or [])
+            for name in sorted(flagged):
+                reasons.append(f"flagged:{name}")
+            for name, score in (decision.get("scores") or {}).items():
+                scores[name] = max(scores.get(name, 0.0), float(score))
+                low = self.settings.uncertain_low
+                if low is not None and name not in flagged and float(score) >= low:
+                    reasons.append(f"uncertain:{name}")
+        domain: str | None = None
+        if request.domain == "none":
+            pass  # the app says this request is in no high-risk domain
+        elif request.domain is not None:
+            if request.domain in self.settings.domains:
+                domain = request.domain
+                reasons.insert(0, f"declared:{domain}")
+        elif self.settings.detect_domains and self.settings.domains:
+            question = _last_user_text(body.get("messages"))
+            if question:
+                verdict = self.detector.detect(question)
+                wanted = self.settings.domains
+                held = {name: score for name, score in verdict.scores.items() if name in wanted}
+                best = max(held, key=lambda name: held[name], default=None)
+                if best is not None and held[best] >= self.detector.threshold:
+                    domain = best
+                    reasons.insert(0, f"domain:{domain}")
+        if not reasons:
+            return None
+        return HoldDecision(tuple(dict.fromkeys(reasons)), domain, scores, request)
+
+    def hold(
+        self,
+        decision: HoldDecision,
+        body: Mapping[str, Any],
+        completion: Mapping[str, Any],
+        *,
+        request_id: str,
+        tenant: str,
+        safety_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Store the draft ``completion`` for review and return the client's pending body (HTTP 202)."""
+        now = self.clock()
+        review_id = f"rev_{secrets.token_hex(16)}"
+        request = {"model": body.get("model"), "messages": body.get("messages") or []}
+        item = ReviewItem(
+            id=review_id,
+            tenant=tenant,
+            request_id=request_id,
+            status="pending",
+            created_at=now,
+            request=request,
+            draft=dict(completion),
+            completion_id=str(completion.get("id")) if completion.get("id") else None,
+            safety_id=safety_id,
+            domain=decision.domain,
+            reasons=decision.reasons,
+            scores={name: round(score, 4) for name, score in decision.scores.items()},
+            sources=decision.request.sources,
+            notes=decision.request.notes,
+            webhook=decision.request.webhook,
+        )
+        self.store.create_review(item)
+        self.metrics.held.labels(decision.reasons[0].split(":")[0]).inc()
+        self.notifier.send("review.held", self._event_payload(item))
+        return self.pending_body(item)
+
+    def pending_body(self, item: ReviewItem) -> dict[str, Any]:
+        """The pending-review response: OpenAI-like, with no choices yet."""
+        return {
+            "id": f"chatcmpl-pending-{item.request_id}",
+            "object": PENDING_OBJECT,
+            "created": int(item.created_at.timestamp()),
+            "model": item.request.get("model"),
+            "choices": [],
+            "status": "pending_review",
+            "review_id": item.id,
+            "poll_url": POLL_PATH.format(id=item.id),
+            "message": self.settings.pending_message,
+            "reasons": [reason.split(":")[0] for reason in item.reasons],
+        }
+
+    # ------------------------------------------------------------------ the client side
+
+    def poll(self, review_id: str, tenant: str | None = None) -> dict[str, Any]:
+        """What the client sees of a held answer: its status, then the final completion or the
+        reason for the rejection. ``tenant``: only that tenant's items (others are 404)."""
+        item = self.store.get_review(review_id)
+        if item is None or (tenant is not None and item.tenant != tenant):
+            raise NotFoundError(f"no review item with id {review_id!r}", param="review_id")
+        return self.client_view(item)
+
+    def client_view(self, item: ReviewItem) -> dict[str, Any]:
+        view: dict[str, Any] = {
+            "id": item.id,
+            "object": "seawall.review",
+            "status": item.status,
+            "request_id": item.request_id,
+            "created_at": _iso(item.created_at),
+            "decided_at": _iso(item.decided_at),
+            "completion": final_completion(item),
+            "reason": item.reason if item.status == "rejected" else None,
+        }
+        return view
+
+    # ------------------------------------------------------------------ reviewers
+
+    def get(self, review_id: str) -> ReviewItem:
+        item = self.store.get_review(review_id)
+        if item is None:
+            raise NotFoundError(f"no review item with id {review_id!r}", param="review_id")
+        return item
+
+    def queue(
+        self,
+        *,
+        status: ReviewStatus | None = "pending",
+        domain: str | None = None,
+        tenant: str | None = None,
+        claimable: bool = False,
+        claimed_by: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[ReviewItem]:
+        """Review items, oldest first; ``claimable``: pending ones nobody holds a live claim on."""
+        return self.store.list_reviews(
+            tenant=tenant,
+            status=status,
+            domain=domain,
+            claimable_at=self.clock() if claimable else None,
+            claimed_by=claimed_by,
+            limit=limit,
+            offset=offset,
+        )
+
+    def claim(self, review_id: str, reviewer: str) -> ReviewItem:
+        """Claim an item (or extend one's claim); 409 ``review_claimed`` if someone else holds it,
+        409 ``review_decided`` if it is decided, 404 if unknown."""
+        claimed = self.store.claim_review(review_id, reviewer, self.clock(), self.settings.claim_ttl_s)
+        if claimed is not None:
+            return claimed
+        item = self.get(review_id)
+        if item.status != "pending":
+            raise ConflictError(f"review {review_id} is {item.status} already", code="review_decided")
+        raise ConflictError(
+            f"review {review_id} is claimed by {item.claimed_by} until {_iso(item.claim_expires_at)}",
+            code="review_claimed",
+        )
+
+    def release(self, review_id: str, reviewer: str) -> ReviewItem:
+        released = self.store.release_review(review_id, reviewer, self.clock())
+        if released is None:
+            self.get(review_id)
+            raise ConflictError(f"you hold no claim on review {review_id}", code="review_not_claimed")
+        return released
+
+    def decide(
+        self,
+        review_id: str,
+        reviewer: str,
+        decision: ReviewDecision,
+        *,
+        text: str | None = None,
+        reason: str | None = None,
+    ) -> ReviewItem:
+        """Approve, edit (with ``text``) or reject (with ``reason``) an item the reviewer claimed."""
+        if decision not in ("approve", "edit", "reject"):
+            raise InvalidRequestError("decision must be approve, edit or reject", param="decision")
+        if decision == "edit" and not (text and text.strip()):
+            raise InvalidRequestError("an edit needs the edited answer in 'text'", param="text")
+        if decision == "reject" and not (reason and reason.strip()):
+            raise InvalidRequestError("a rejection needs a 'reason'", param="reason")
+        if decision != "edit" and text is not None:
+            raise InvalidRequestError("'text' goes with the edit decision only", param="text")
+        decided = self.store.decide_review(
+            review_id,
+            reviewer,
+            decision,
+            self.clock(),
+            edited_text=text if decision == "edit" else None,
+            reason=reason.strip() if reason else None,
+        )
+        if decided is None:
+            item = self.get(review_id)
+            if item.status != "pending":
+                raise ConflictError(f"review {review_id} is {item.status} already", code="review_decided")
+            raise ConflictError(
+                f"claim review {review_id} before deciding it (your claim may have expired)",
+                code="review_not_claimed",
+            )
+        self.metrics.decisions.labels(decision).inc()
+        if decided.decided_at is not None:
+            self.metrics.time_to_decision.observe((decided.decided_at - decided.created_at).total_seconds())
+        payload = {**self._event_payload(decided), **self.client_view(decided)}
+        self.notifier.send("review.decided", payload, webhook=decided.webhook)
+        return decided
+
+    def events(self, subject_id: str) -> list[dict[str, Any]]:
+        return [
+            {"action": e.action, "actor": e.actor, "at": _iso(e.at), "detail": e.detail}
+            for e in self.store.list_review_events(subject_id)
+        ]
+
+    def reviewer_view(self, item: ReviewItem) -> dict[str, Any]:
+        """Everything a reviewer sees of an item (the request, sources, draft, scores, claim)."""
+        now = self.clock()
+        return {
+            "id": item.id,
+            "object": "seawall.review_item",
+            "status": item.status,
+            "tenant": item.tenant,
+            "request_id": item.request_id,
+            "completion_id": item.completion_id,
+            "domain": item.domain,
+            "reasons": list(item.reasons),
+            "scores": item.scores,
+            "request": item.request,
+            "sources": [dict(source) for source in item.sources],
+            "notes": item.notes,
+            "draft": item.draft,
+            "draft_text": _draft_text(item.draft),
+            "claimed_by": None if item.claimable(now) else item.claimed_by,
+            "claim_expires_at": None if item.claimable(now) else _iso(item.claim_expires_at),
+            "claimable": item.claimable(now),
+            "decision": item.decision,
+            "edited_text": item.edited_text,
+            "reason": item.reason,
+            "decided_by": item.decided_by,
+            "created_at": _iso(item.created_at),
+            "decided_at": _iso(item.decided_at),
+            "has_webhook": item.webhook is not None,
+        }
+
+    # ------------------------------------------------------------------ user reports
+
+    def report(
+        self,
+        tenant: str,
+        *,
+        response_id: str,
+        category: str,
+        comment: str = "",
+        contact: str | None = None,
+        reporter: str | None = None,
+    ) -> Report:
+        """Store a user's report, rate-limited per ``reporter``: the user's safety identifier (the
+        gateway's HMAC of the user id; the routes compute it), digested again before it is kept."""
+        if not response_id or len(response_id) > 200:
+            raise InvalidRequestError(
+                "'response_id' is required (at most 200 characters)", param="response_id"
+            )
+        if category not in REPORT_CATEGORIES:
+            raise InvalidRequestError(
+                f"'category' must be one of {', '.join(REPORT_CATEGORIES)}", param="category"
+            )
+        if len(comment) > self.settings.max_comment_chars:
+            raise PayloadTooLargeError(
+                f"the comment is {len(comment)} characters; the limit is {self.settings.max_comment_chars}",
+                param="comment",
+            )
+        if contact is not None and len(contact) > 320:
+            raise InvalidRequestError("'contact' is at most 320 characters", param="contact")
+        reporter_hash = _digest(tenant, reporter) if reporter else None
+        limit = self.settings.feedback_limit
+        bucket = f"feedback:{tenant}:{reporter_hash or 'anonymous'}"
+        hit = self.store.hit(bucket, limit.requests, limit.window_s, self.clock())
+        if not hit.allowed:
+            raise RateLimitError(
+                f"Too many reports: {limit.requests} per {limit.window_s} s. "
+                f"Retry in {hit.retry_after_s:.0f} s.",
+                retry_after=hit.retry_after_s,
+            )
+        request_id, review_id = self._resolve(response_id, tenant)
+        now = self.clock()
+        report = Report(
+            id=f"rpt_{secrets.token_hex(12)}",
+            tenant=tenant,
+            response_id=response_id,
+            category=category,  # type: ignore[arg-type]  # checked against REPORT_CATEGORIES above
+            status="new",
+            created_at=now,
+            updated_at=now,
+            comment=comment,
+            contact=contact,
+            reporter=reporter_hash,
+            request_id=request_id,
+            review_id=review_id,
+        )
+        self.store.create_report(report)
+        self.metrics.reports.labels(category).inc()
+        self.notifier.send("report.created", self._report_payload(report))
+        return report
+
+    def _resolve(self, response_id: str, tenant: str) -> tuple[str | None, str | None]:
+        """The gateway request (and held answer) a response id names, when the store knows it."""
+        if response_id.startswith("rev_"):
+            item = self.store.get_review(response_id)
+            if item is not None and item.tenant == tenant:
+                return item.request_id, item.id
+        if response_id.startswith("swreq-"):
+            return response_id, None
+        if response_id.startswith("chatcmpl-pending-"):
+            return response_id.removeprefix("chatcmpl-pending-"), None
+        if response_id.startswith("chatcmpl-swreq-"):
+            return response_id.removeprefix("chatcmpl-"), None
+        return None, None
+
+    def get_report(self, report_id: str) -> Report:
+        found = self.store.get_report(report_id)
+        if found is None:
+            raise NotFoundError(f"no report with id {report_id!r}", param="report_id")
+        return found
+
+    def reports(
+        self,
+        *,
+        status: ReportStatus | None = None,
+        category: ReportCategory | None = None,
+        tenant: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Report]:
+        return self.store.list_reports(
+            tenant=tenant, status=status, category=category, limit=limit, offset=offset
+        )
+
+    def triage(self, report_id: str, actor: str, *, status: str | None, note: str | None) -> Report:
+        """Move a report to ``status`` and/or add a ``note``."""
+        if status is not None and status not in REPORT_STATUSES:
+            raise InvalidRequestError(f"'status' must be one of {', '.join(REPORT_STATUSES)}", param="status")
+        if status is None and not (note and note.strip()):
+            raise InvalidRequestError("give a 'status', a 'note' or both", param="status")
+        updated = self.store.triage_report(
+            report_id,
+            actor,
+            self.clock(),
+            status=status,  # type: ignore[arg-type]  # checked against REPORT_STATUSES above
+            note=note.strip() if note else None,
+        )
+        if updated is None:
+            raise NotFoundError(f"no report with id {report_id!r}", param="report_id")
+        return updated
+
+    def report_view(self, report: Report) -> dict[str, Any]:
+        return {
+            "id": report.id,
+            "object": "seawall.report",
+            "tenant": report.tenant,
+            "response_id": report.response_id,
+            "request_id": report.request_id,
+            "review_id": report.review_id,
+            "category": report.category,
+            "status": report.status,
+            "comment": report.comment,
+            "contact": report.contact,
+            "notes": [dict(note) for note in report.notes],
+            "created_at": _iso(report.created_at),
+            "updated_at": _iso(report.updated_at),
+            "updated_by": report.updated_by,
+        }
+
+    # ------------------------------------------------------------------ notifications
+
+    def _event_payload(self, item: ReviewItem) -> dict[str, Any]:
+        return {
+            "id": item.id,
+            "tenant": item.tenant,
+            "request_id": item.request_id,
+            "status": item.status,
+            "domain": item.domain,
+            "reasons": list(item.reasons),
+            "created_at": _iso(item.created_at),
+            "decided_by": item.decided_by,
+        }
+
+    def _report_payload(self, report: Report) -> dict[str, Any]:
+        return {
+            "id": report.id,
+            "tenant": report.tenant,
+            "response_id": report.response_id,
+            "category": report.category,
+            "comment": report.comment,
+            "created_at": _iso(report.created_at),
+        }
+
+
+def final_completion(item: ReviewItem) -> dict[str, Any] | None:
+    """The completion the client gets: the draft (approved), the draft with the reviewer's text
+    as its only choice (edited), or None (pending, rejected)."""
+    if item.status == "approved":
+        return item.draft
+    if item.status != "edited" or item.edited_text is None:
+        return None
+    choices = item.draft.get("choices") or [{"index": 0, "message": {"role": "assistant"}}]
+    first = dict(choices[0])
+    message = {
+        key: value
+        for key, value in (first.get("message") or {}).items()
+        if key not in ("tool_calls", "refusal")
+    }
+    first.update(
+        index=0, message={**message, "role": "assistant", "content": item.edited_text}, finish_reason="stop"
+    )
+    return {**item.draft, "choices": [first]}
+
+
+def _draft_text(draft: Mapping[str, Any]) -> str:
+    for choice in draft.get("choices") or []:
+        if isinstance(choice, dict):
+            return _text((choice.get("message") or {}).get("content"))
+    return ""
+
+
+def _last_user_text(messages: Any) -> str:
+    if not isinstance(messages, list):
+        return ""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _text(message.get("content"))
+    return ""
+
+
+def _digest(tenant: str, user: str) -> str:
+    return hashlib.sha256(f"{tenant}\x00{user}".encode()).hexdigest()[:32]
+
+
+__all__ = [
+    "PENDING_OBJECT",
+    "POLL_PATH",
+    "REPORT_CATEGORIES",
+    "REPORT_STATUSES",
+    "HoldDecision",
+    "ReviewRequest",
+    "ReviewService",
+    "final_completion",
+    "parse_review_request",
+]

@@ -1,0 +1,197 @@
+"""Settings of human review, user reports, notifications, notices and metrics (``review:``).
+
+One pydantic model, :class:`ReviewSettings`, meant to sit in the main settings as ``review``
+(``SEAWALL_REVIEW__...`` in the environment); tests and library users build it directly.
+This module imports nothing from :mod:`seawall.settings`, so that module can import it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+
+#: The high-risk domains seawall knows how to detect.
+Domain = Literal["health", "finance", "law", "code"]
+DOMAINS: tuple[Domain, ...] = ("health", "finance", "law", "code")
+
+
+class Notice(BaseModel):
+    """One stated limitation of the AI (shown by the widget, summarised in a header)."""
+
+    id: str = Field(description="Short stable id, e.g. 'hallucination'.")
+    title: str = Field(description="A heading for the widget.")
+    text: str = Field(description="One or two sentences for users.")
+
+
+def _default_limitations() -> list[Notice]:
+    return [
+        Notice(
+            id="hallucination",
+            title="Answers can be wrong",
+            text="The assistant can state false or made-up facts with confidence. Check important "
+            "information against a reliable source.",
+        ),
+        Notice(
+            id="bias",
+            title="Answers can be biased",
+            text="The model learned from human-written text and can repeat its biases and stereotypes.",
+        ),
+        Notice(
+            id="not_professional_advice",
+            title="Not professional advice",
+            text="Answers are not medical, legal, financial or other professional advice. Consult a "
+            "qualified professional for decisions that matter.",
+        ),
+    ]
+
+
+class NoticeSettings(BaseModel):
+    """The AI disclosure and the limitations, as headers on gateway responses and ``/v1/seawall/notices``."""
+
+    enabled: bool = Field(True, description="Add the notice headers to every gateway response.")
+    disclosure: str = Field(
+        "You are talking to an AI assistant; answers are generated automatically.",
+        description="The AI disclosure (header x-seawall-disclosure; ASCII only, one line).",
+    )
+    limitations: list[Notice] = Field(
+        default_factory=_default_limitations, description="Stated limitations, in display order."
+    )
+
+    @field_validator("disclosure")
+    @classmethod
+    def _header_safe(cls, value: str) -> str:
+        if not value.isascii() or "\n" in value or "\r" in value:
+            raise ValueError("the disclosure goes into an HTTP header: ASCII on one line")
+        return value.strip()
+
+
+class SmtpSettings(BaseModel):
+    """E-mail notifications through an SMTP server (the standard library's smtplib)."""
+
+    host: str = Field(description="SMTP server host.")
+    port: int = Field(587, ge=1, le=65535, description="SMTP port (587 submission, 465 implicit TLS).")
+    security: Literal["starttls", "tls", "none"] = Field(
+        "starttls", description="starttls (STARTTLS required), tls (implicit TLS) or none (loopback only)."
+    )
+    username: str | None = Field(None, description="Login name, if the server wants one.")
+    password: SecretStr | None = Field(None, description="Login password.")
+    sender: str = Field("seawall@localhost", description="From address.")
+    recipients: list[str] = Field(min_length=1, description="Who gets the notifications.")
+    timeout_s: float = Field(10.0, gt=0, description="Connection and command timeout.")
+
+
+#: Events seawall notifies about.
+Event = Literal["review.held", "review.decided", "report.created"]
+_DEFAULT_EVENTS: tuple[Event, ...] = ("review.held", "report.created")
+
+
+class NotifySettings(BaseModel):
+    """Where seawall tells people about held answers and new user reports."""
+
+    webhook_url: str | None = Field(
+        None, description="Operator webhook POSTed a JSON event for each held answer and each new report."
+    )
+    smtp: SmtpSettings | None = Field(None, description="E-mail the same events; None: no e-mail.")
+    on: list[Event] = Field(
+        default_factory=lambda: list(_DEFAULT_EVENTS),
+        description="Events sent to the operator webhook and e-mail (per-request webhooks get "
+        "review.decided only).",
+    )
+    retries: int = Field(3, ge=0, le=10, description="Retries after a failed delivery.")
+    backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubled for each retry.")
+    timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook delivery.")
+    allowed_webhook_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts (exact, or '*.example.com') a request's own review webhook may point at. "
+        "Empty: per-request webhooks are refused.",
+    )
+    allow_http_webhooks: bool = Field(
+        False, description="Accept http:// per-request webhooks (https only by default)."
+    )
+    signing_secret: SecretStr | None = Field(
+        None,
+        description="Sign webhook bodies: header x-seawall-signature = 'sha256=' + HMAC-SHA256 hex of "
+        "the body.",
+    )
+
+
+class FeedbackLimit(BaseModel):
+    """Rate limit of user reports per user."""
+
+    requests: int = Field(10, ge=1, description="Reports allowed per window and user.")
+    window_s: int = Field(3600, ge=1, le=86_400 * 7, description="Window length in seconds.")
+
+
+class ReviewSettings(BaseModel):
+    """Human review of held answers, user reports, notifications, notices and metrics."""
+
+    enabled: bool = Field(
+        False,
+        description="Hold qualifying answers for human review (off by default: holding changes what "
+        "clients get, 202 pending_review, and needs reviewers). Reports, notices and metrics work "
+        "either way.",
+    )
+    domains: list[Domain] = Field(
+        default_factory=lambda: list(DOMAINS),
+        description="High-risk domains whose answers are held (health, finance, law, code).",
+    )
+    detect_domains: bool = Field(
+        True,
+        description="Detect the domain of each request offline; off: only domains the app declares "
+        "(seawall.review.domain) are held.",
+    )
+    domain_threshold: float | None = Field(
+        None, ge=0, le=1, description="Detector score a domain needs; None: the detector's measured default."
+    )
+    uncertain_low: float | None = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Hold answers whose request or answer has any moderation score at or above this "
+        "but below the flag threshold (the uncertain band). None: no band.",
+    )
+    claim_ttl_s: int = Field(900, ge=10, le=86_400, description="How long a reviewer's claim lasts.")
+    reviewer_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Reviewer name -> bearer token for the review queue and the report triage.",
+    )
+    admin_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Admin name -> bearer token: everything a reviewer may do, plus /metrics.",
+    )
+    metrics_public: bool = Field(False, description="Serve /metrics without a token.")
+    max_sources_chars: int = Field(
+        200_000, ge=0, description="Most characters of source material and notes a request may attach."
+    )
+    pending_message: str = Field(
+        "This answer is being checked by a person before it is shared. Poll poll_url for the result.",
+        description="The message of the pending-review response.",
+    )
+    feedback_limit: FeedbackLimit = Field(
+        default_factory=FeedbackLimit, description="User reports allowed per user."
+    )
+    max_comment_chars: int = Field(4000, ge=1, description="Longest report comment.")
+    notify: NotifySettings = Field(default_factory=NotifySettings, description="Notifications.")
+    notices: NoticeSettings = Field(default_factory=NoticeSettings, description="AI disclosure and limits.")
+
+    @model_validator(mode="after")
+    def _distinct_tokens(self) -> ReviewSettings:
+        tokens = [t.get_secret_value() for t in [*self.reviewer_tokens.values(), *self.admin_tokens.values()]]
+        if len(tokens) != len(set(tokens)):
+            raise ValueError("every reviewer and admin needs a token of their own")
+        if any(len(token) < 16 for token in tokens):
+            raise ValueError("reviewer and admin tokens must be at least 16 characters long")
+        return self
+
+
+__all__ = [
+    "DOMAINS",
+    "Domain",
+    "FeedbackLimit",
+    "Notice",
+    "NoticeSettings",
+    "NotifySettings",
+    "ReviewSettings",
+    "SmtpSettings",
+]
