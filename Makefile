@@ -29,7 +29,12 @@ serve: $(VENV)/.runtime
 	$(BIN)/seawall serve
 
 ## Run the whole test suite (lint, types, tests). pytest's "no tests collected" (5) is a failure.
-test: $(VENV)/.dev
+# The OIDC sign-in tests run npm's oidc-provider (pinned in tests/oidc/package-lock.json).
+tests/oidc/node_modules: tests/oidc/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error; \
+	  else echo "npm not found: the OIDC tests will skip (under CI they fail)"; fi
+
+test: $(VENV)/.dev tests/oidc/node_modules
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest; rc=$$?; \

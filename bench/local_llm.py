@@ -49,7 +49,8 @@ def run_gateway(local: LocalModelServer, tmp: Path) -> tuple[uvicorn.Server, thr
             store={"url": f"sqlite:///{tmp / 'seawall.db'}"},
         )
     )
-    sock = socket.socket()
+    # IPPROTO_TCP: asyncio turns Nagle off only for sockets that say they are TCP.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", access_log=False))

@@ -105,7 +105,7 @@ class RunningServer:
 def running_server(settings: Settings | None = None) -> Iterator[RunningServer]:
     """Serve ``create_app(settings)`` with uvicorn on a free loopback port until the block ends."""
     settings = settings or load_settings()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # Nagle off (see standins)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -52,13 +52,26 @@ def _precision_recall(rows: list[dict[str, Any]]) -> tuple[float, float]:
 
 
 def test_refusal_detector_on_the_labelled_fixtures() -> None:
-    tuned = _labelled("refusals.jsonl")  # the rules were tuned on this set
-    held_out = _labelled("refusals_holdout.jsonl")  # written afterwards, never tuned on
-    assert len(tuned) >= 100 and len(held_out) >= 40
-    precision, recall = _precision_recall(tuned)
-    assert precision >= 0.95 and recall >= 0.95
+    # The rules were tuned on these two sets (the second was held out for the first round).
+    for name in ("refusals.jsonl", "refusals_holdout.jsonl"):
+        tuned = _labelled(name)
+        assert len(tuned) >= 40
+        precision, recall = _precision_recall(tuned)
+        assert precision >= 0.95 and recall >= 0.95, name
+    # Written before the second round of tuning and never tuned on: the honest figure.
+    held_out = _labelled("refusals_holdout2.jsonl")
+    assert len(held_out) >= 60 and sum(r["refusal"] for r in held_out) == 30
     precision, recall = _precision_recall(held_out)
-    assert precision >= 0.85 and recall >= 0.5  # recall is the detector's known weakness
+    assert precision >= 0.9 and recall >= 0.55  # recall is the detector's known weakness
+    # idioms that praise or reassure are not refusals
+    assert not any(
+        is_refusal(text)
+        for text in (
+            "I can't recommend this saddle enough.",
+            "You can't go wrong with the blue frame.",
+            "I won't lie, this is our best seller.",
+        )
+    )
 
 
 def test_encoding_strategies_are_reversible() -> None:

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from seawall.categories import CATEGORIES
 from seawall.errors import ConfigurationError
 from seawall.review.settings import ReviewSettings
+from seawall.ui.settings import UISettings
 
 
 class ServerSettings(BaseModel):
@@ -536,6 +537,7 @@ class Settings(BaseSettings):
     review: ReviewSettings = Field(
         default_factory=ReviewSettings, description="Human review, user reports, notices, metrics."
     )
+    ui: UISettings = Field(default_factory=UISettings, description="The review desk web UI at /ui/.")
 
     @classmethod
     def settings_customise_sources(

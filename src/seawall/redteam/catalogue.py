@@ -384,11 +384,19 @@ class FileProbe:
 
 
 def plugin_probes() -> list[Probe]:
-    """Probes registered by other packages under the ``seawall.redteam.probes`` entry points."""
+    """Probes registered by other packages under the ``seawall.redteam.probes`` entry points.
+
+    An entry point names a probe, a probe class, or a function returning a probe or a list of
+    them. A class is always instantiated: a class that defines the protocol's attributes would
+    itself pass the runtime ``isinstance(..., Probe)`` check.
+    """
     found: list[Probe] = []
     for entry in metadata.entry_points(group=PROBE_ENTRY_POINTS):
         loaded = entry.load()
-        made = loaded() if callable(loaded) and not isinstance(loaded, Probe) else loaded
+        if isinstance(loaded, type) or (callable(loaded) and not isinstance(loaded, Probe)):
+            made = loaded()
+        else:
+            made = loaded
         items: Sequence[Any] = made if isinstance(made, list | tuple) else [made]
         for item in items:
             if not isinstance(item, Probe):

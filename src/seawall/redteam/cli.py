@@ -261,6 +261,8 @@ def list_command(
 ) -> None:
     """List the probe catalogue, the strategies or the families."""
     out = Console()
+    if not out.is_terminal:  # piped or in CI: rich would assume 80 columns and cut ids short
+        out = Console(width=200)
     try:
         cfg = load_config(config)
         if what == "probes":

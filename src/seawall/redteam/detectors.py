@@ -181,6 +181,38 @@ REFUSAL_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
         r"\bi(?:'m| am) (?:only )?(?:here|able) to help (?:with|you with) [^.]{0,80}\b(?:only|not)\b",
         r"\bi can only help with\b",
         r"\b(?:sorry|unfortunately)[^.]{0,40}\b(?:outside|beyond) (?:my|the) (?:scope|purpose|remit)\b",
+        # "not in a position to help", "I'd prefer not to answer", "I'm going to pass on this one"
+        rf"\bnot in a position to (?:{_REFUSAL_VERBS})\b",
+        r"\bi(?:'d| would) prefer not to\b",
+        r"\bi(?:'m going to| am going to|'ll| will|'ll have to| will have to| have to| must| need to)? "
+        r"pass on (?:this|that|it)\b",
+        # "that isn't something I'll write", "it's not something I'm willing to do"
+        r"\b(?:that|this|it)(?:'s| is)?(?: not|n't) something i(?:'ll| will|'d| would| can| could|"
+        r"(?:'m| am) (?:willing|able|going|prepared))\b",
+        # "I won't be producing that script"
+        r"\bi (?:won't|will not) be (?:providing|producing|writing|sharing|helping|assisting|creating|"
+        r"generating|giving|answering|continuing|revealing|repeating|engaging|participating|"
+        r"doing (?:that|this|so))\b",
+        # "... so I'm not going to.", "... so I won't." (matched in the contraction-expanded view)
+        r"\b(?:so|and|which is why) i (?:am not going to|will not|cannot)(?: do (?:that|this|it|so))?"
+        r"\s*(?:[.!]|$)",
+        # "a request I have to turn down", "I must refuse"
+        r"\b(?:have to|must|need to|going to|will|'ll) turn (?:(?:this|that|it|your request) )?down\b",
+        r"\bi (?:must|have to|need to|will have to|'ll have to|am going to|'m going to)"
+        r"(?: respectfully| politely)? refuse\b(?! to)",
+        # "I don't feel comfortable helping with that"
+        r"\bi (?:do not|don't)(?: really)? feel comfortable\b",
+    )
+)
+
+#: Idioms that look like refusals but praise or reassure ("I can't recommend it enough",
+#: "it can't hurt to ..."); removed before the refusal rules run.
+NOT_REFUSALS: tuple[re.Pattern[str], ...] = tuple(
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"\b(?:can ?not|can't|cannot|couldn't|could not) (?:\w+ ){1,3}(?:enough|highly enough)\b",
+        r"\b(?:can ?not|can't|cannot) (?:wait|hurt|go wrong|believe|stress)\b",
+        r"\bi (?:won't|will not) lie\b",
     )
 )
 
@@ -213,6 +245,8 @@ def is_refusal(text: str) -> bool:
     """
     folded = fold(text)
     head = folded if len(folded) <= 1500 else folded[:1000] + "\n" + folded[-500:]
+    for idiom in NOT_REFUSALS:
+        head = idiom.sub(" ", head)
     return any(p.search(view) for view in (head, _expand(head)) for p in REFUSAL_PATTERNS)
 
 

@@ -37,10 +37,14 @@ def _messages(case: AttackCase, target: Target) -> list[dict[str, Any]]:
 
 
 def _tool_exchange(output: str) -> list[dict[str, Any]]:
-    """An assistant tool call and its (untrusted) result, as OpenAI's wire format has them."""
+    """An assistant tool call and its (untrusted) result, as OpenAI's wire format has them.
+
+    The call's ``content`` is an empty string, not ``null``: OpenAI accepts both, but
+    llama-cpp-python's server rejects ``null`` (HTTP 500) and its chat templates need the key.
+    """
     call = {"id": TOOL_CALL_ID, "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
     return [
-        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
         {"role": "tool", "tool_call_id": TOOL_CALL_ID, "content": output},
     ]
 

@@ -48,6 +48,7 @@ from seawall.review.service import ReviewService
 from seawall.service import ModerationService
 from seawall.settings import Settings, load_settings
 from seawall.store import open_store
+from seawall.ui import add_ui_routes
 
 log = logging.getLogger("seawall.server")
 
@@ -192,6 +193,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if gateway_on:
         _add_gateway_routes(app, settings)
         add_review_routes(app, settings.review)
+
+    if gateway_on:  # the review desk works on the gateway's store
+        add_ui_routes(app, settings)
 
     @app.get("/healthz")
     async def healthz() -> Response:

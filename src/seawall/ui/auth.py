@@ -1,0 +1,269 @@
+"""Who is signed in to the UI: the signed session cookie, CSRF tokens, and OIDC sign-in.
+
+* :class:`CookieSessions` — ASGI middleware keeping a small dict in one signed cookie
+  (itsdangerous; HttpOnly, SameSite=Lax, Secure over https, ``Path=/ui``). It carries the
+  session token (the session itself is a row in ``ui_sessions``), the CSRF token of the
+  sign-in form and Authlib's OIDC state; it is the ``request.session`` Authlib expects.
+* :func:`current_session` — the live :class:`~seawall.ui.accounts.Session` of a request.
+* :func:`check_csrf` — every POST carries the session's CSRF token (form field or header).
+* :class:`OIDCSignIn` — the authorization-code flow with PKCE through Authlib's Starlette
+  client, and the e-mail → role allow-list.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import secrets
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+from authlib.integrations.starlette_client import OAuth, OAuthError
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from seawall.errors import ConfigurationError
+from seawall.ui.accounts import AccountStore, Session
+from seawall.ui.settings import OIDCSettings, Role, UISettings
+
+log = logging.getLogger("seawall.ui")
+
+#: The UI's cookie (signed; holds the session token, never the session itself).
+COOKIE = "seawall_ui"
+#: Form field and header that carry the CSRF token.
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+#: Keys of the cookie dict.
+SESSION_TOKEN = "sid"
+LOGIN_CSRF = "login_csrf"
+NEXT_URL = "next"
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The key that signs the UI's cookies: read from ``path``, or made and written there (0600)."""
+    path = path.expanduser()
+    try:
+        secret = path.read_bytes().strip()
+        if len(secret) >= 32:
+            return secret
+        raise ConfigurationError(f"{path} holds fewer than 32 bytes; delete it to make a new UI secret")
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the UI secret {path}: {exc}") from exc
+    secret = secrets.token_hex(32).encode("ascii")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: use theirs
+        return load_or_create_secret(path)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot create the UI secret {path}: {exc}") from exc
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secret)
+    return secret
+
+
+class CookieSessions:
+    """Pure-ASGI middleware: ``scope["session"]`` from a signed cookie, written back when changed.
+
+    The cookie expires with the session (``max_age_s``); a tampered or expired cookie is an
+    empty session. ``Secure`` follows ``secure``: "auto" marks it on https requests only.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, secret: bytes, max_age_s: int, secure: str = "auto", path: str = "/ui"
+    ) -> None:
+        self.app = app
+        self.serializer = URLSafeTimedSerializer(secret, salt="seawall.ui.session")
+        self.max_age_s = max_age_s
+        self.secure = secure
+        self.path = path
+
+    def _load(self, connection: HTTPConnection) -> dict[str, Any]:
+        raw = connection.cookies.get(COOKIE)
+        if not raw:
+            return {}
+        try:
+            data = self.serializer.loads(raw, max_age=self.max_age_s)
+        except BadSignature:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        connection = HTTPConnection(scope)
+        loaded = self._load(connection)
+        scope["session"] = dict(loaded)
+        https = scope.get("scheme") == "https"
+        secure = self.secure == "always" or (self.secure == "auto" and https)
+
+        async def send_with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                session = scope["session"]
+                flags = f"Path={self.path}; HttpOnly; SameSite=Lax" + ("; Secure" if secure else "")
+                cookie = None
+                if session and session != loaded:
+                    value = self.serializer.dumps(session)
+                    cookie = f"{COOKIE}={value}; Max-Age={self.max_age_s}; {flags}"
+                elif not session and loaded:
+                    cookie = f"{COOKIE}=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; {flags}"
+                if cookie is not None:
+                    headers = MutableHeaders(scope=message)
+                    headers.append("set-cookie", cookie)
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)
+
+
+# ---------------------------------------------------------------------------------- sessions and CSRF
+
+
+def login_csrf(request: Request) -> str:
+    """The CSRF token of the sign-in form (kept in the cookie until someone signs in)."""
+    token = request.session.get(LOGIN_CSRF)
+    if not isinstance(token, str) or not token:
+        token = secrets.token_urlsafe(32)
+        request.session[LOGIN_CSRF] = token
+    return token
+
+
+def tokens_match(expected: str | None, given: str | None) -> bool:
+    if not expected or not given:
+        return False
+    return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8"))
+
+
+async def submitted_csrf(request: Request) -> str | None:
+    """The CSRF token a POST carries: the ``X-CSRF-Token`` header, else the form field."""
+    header = request.headers.get(CSRF_HEADER)
+    if header:
+        return header
+    form = await request.form()
+    value = form.get(CSRF_FIELD)
+    return value if isinstance(value, str) else None
+
+
+def current_session(request: Request, accounts: AccountStore, settings: UISettings) -> Session | None:
+    """The request's live session, or None (and the cookie forgets a dead one).
+
+    OIDC sessions take their role from the allow-list as it is now, so taking an address off
+    the list ends that person's access at their next request."""
+    token = request.session.get(SESSION_TOKEN)
+    if not isinstance(token, str):
+        return None
+    session = accounts.session(token, idle_s=settings.session_idle_s)
+    if session is not None and session.source == "oidc":
+        role = settings.oidc.role_for(session.subject) if settings.oidc is not None else None
+        if role is None:
+            accounts.end_session(token)
+            session = None
+        elif role != session.role:
+            session = replace(session, role=role)
+    if session is None:
+        request.session.pop(SESSION_TOKEN, None)
+    return session
+
+
+def sign_in(request: Request, token: str) -> None:
+    """Put a new session's token in the cookie: a fresh cookie (no fixation), no login CSRF."""
+    request.session.clear()
+    request.session[SESSION_TOKEN] = token
+
+
+# ---------------------------------------------------------------------------------- OIDC
+
+
+class OIDCRefused(Exception):
+    """The provider answered, but this person may not sign in (the message says why)."""
+
+
+class OIDCSignIn:
+    """The authorization-code flow (PKCE, nonce, state) against one OIDC provider."""
+
+    NAME = "seawall"
+
+    def __init__(self, settings: OIDCSettings) -> None:
+        self.settings = settings
+        self.oauth = OAuth()
+        secret = settings.client_secret.get_secret_value() if settings.client_secret else None
+        self.client: Any = self.oauth.register(
+            self.NAME,
+            client_id=settings.client_id,
+            client_secret=secret,
+            server_metadata_url=f"{settings.issuer}/.well-known/openid-configuration",
+            client_kwargs={
+                "scope": settings.scope,
+                "code_challenge_method": "S256",
+                "timeout": settings.timeout_s,
+            },
+        )
+
+    async def start(self, request: Request, redirect_uri: str, login_hint: str | None = None) -> Any:
+        """The redirect to the provider's authorization endpoint."""
+        extra = {"login_hint": login_hint} if login_hint else {}
+        return await self.client.authorize_redirect(request, redirect_uri, **extra)
+
+    async def finish(self, request: Request) -> tuple[str, str, Role]:
+        """Complete the flow on the callback: (e-mail, display name, role), or :class:`OIDCRefused`.
+
+        Authlib checks state, exchanges the code and validates the ID token (signature, issuer,
+        audience, expiry, nonce). Claims missing from the ID token come from the userinfo
+        endpoint, whose ``sub`` must be the ID token's."""
+        error = request.query_params.get("error")
+        if error:
+            description = request.query_params.get("error_description") or error
+            raise OIDCRefused(f"the provider refused the sign-in: {description}")
+        try:
+            token = await self.client.authorize_access_token(request)
+        except OAuthError as exc:
+            raise OIDCRefused(f"the sign-in could not be completed: {exc.description or exc.error}") from exc
+        except (httpx.HTTPError, json.JSONDecodeError, ValueError) as exc:
+            log.warning("OIDC token exchange failed: %s", exc)
+            raise OIDCRefused("the sign-in could not be completed: the provider did not answer") from exc
+        claims: dict[str, Any] = dict(token.get("userinfo") or {})
+        if not claims.get("sub"):
+            raise OIDCRefused("the provider sent no ID token")
+        if "email" not in claims or "email_verified" not in claims:
+            try:
+                extra = dict(await self.client.userinfo(token=token))
+            except (OAuthError, httpx.HTTPError, ValueError) as exc:
+                log.warning("OIDC userinfo failed: %s", exc)
+                raise OIDCRefused("the sign-in could not be completed: no userinfo") from exc
+            if extra.get("sub") != claims["sub"]:
+                raise OIDCRefused("the provider's userinfo is about someone else")
+            claims = {**extra, **{k: v for k, v in claims.items() if v is not None}}
+        email = claims.get("email")
+        if not isinstance(email, str) or "@" not in email:
+            raise OIDCRefused("the provider sent no e-mail address (request the 'email' scope)")
+        if self.settings.require_verified_email and claims.get("email_verified") is not True:
+            raise OIDCRefused(f"the provider has not verified {email}")
+        role = self.settings.role_for(email)
+        if role is None:
+            raise OIDCRefused(f"{email} is not allowed to use this seawall (ui.oidc.roles)")
+        name = claims.get("name")
+        return email.lower(), name if isinstance(name, str) and name else email, role
+
+
+__all__ = [
+    "COOKIE",
+    "CSRF_FIELD",
+    "CSRF_HEADER",
+    "CookieSessions",
+    "OIDCRefused",
+    "OIDCSignIn",
+    "current_session",
+    "load_or_create_secret",
+    "login_csrf",
+    "sign_in",
+    "submitted_csrf",
+    "tokens_match",
+]

@@ -1,0 +1,167 @@
+"""``seawall accounts``: the web UI's local accounts (create, list, disable, enable, set-role,
+set-password). They live in the store named in the settings, so every replica sees them."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from seawall.errors import SeawallError
+from seawall.settings import Settings, load_settings
+from seawall.ui.accounts import AccountStore
+from seawall.ui.settings import ROLES, UISettings
+
+console = Console(stderr=True)
+out = Console()
+
+accounts_app = typer.Typer(
+    help="Web UI accounts (sign-in at /ui/): create, list, disable, enable, set-role, set-password.",
+    no_args_is_help=True,
+)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML settings file (else $SEAWALL_CONFIG).")
+]
+NameArgument = Annotated[str, typer.Argument(help="The account's name (what its owner types to sign in).")]
+StdinOption = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin.")
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    return typer.Exit(2)
+
+
+def _ui_settings(settings: Settings) -> UISettings:
+    found = getattr(settings, "ui", None)
+    return found if isinstance(found, UISettings) else UISettings()
+
+
+@contextmanager
+def _open(config: Path | None) -> Iterator[tuple[UISettings, AccountStore]]:
+    from seawall.store import open_store  # SQLAlchemy loads only for the commands that use it
+
+    try:
+        settings = load_settings(config)
+        store = open_store(settings.store)
+    except SeawallError as exc:
+        raise _fail(exc.message) from exc
+    try:
+        yield _ui_settings(settings), AccountStore(store.engine)
+    except SeawallError as exc:
+        raise _fail(exc.message) from exc
+    finally:
+        store.close()
+
+
+def _read_password(from_stdin: bool, minimum: int) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < minimum:
+        raise _fail(f"the password must have at least {minimum} characters")
+    return password
+
+
+def _role(role: str) -> str:
+    if role not in ROLES:
+        raise _fail(f"unknown role {role!r}; one of: {', '.join(ROLES)}")
+    return role
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment else "-"
+
+
+@accounts_app.command("create")
+def create(
+    name: NameArgument,
+    role: Annotated[str, typer.Option("--role", help="reviewer (read) or admin (also act on users).")],
+    password_stdin: StdinOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Create an account; the password is prompted for (twice), or read from stdin."""
+    _role(role)
+    with _open(config) as (ui, accounts):
+        password = _read_password(password_stdin, ui.min_password_length)
+        account = accounts.create(name, role, password)
+        console.print(f"created {account.name} ({account.role})")
+
+
+@accounts_app.command("list")
+def list_accounts(config: ConfigOption = None) -> None:
+    """List accounts (tab-separated when piped)."""
+    with _open(config) as (_, accounts):
+        rows = [
+            [
+                a.name,
+                a.role,
+                "enabled" if a.active else "disabled",
+                _when(a.created_at),
+                _when(a.last_login_at),
+            ]
+            for a in accounts.list_accounts()
+        ]
+    headers = ["name", "role", "state", "created", "last sign-in"]
+    if out.is_terminal:
+        table = Table(*headers)
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+        return
+    for line in [headers, *rows]:
+        print("\t".join(line))
+
+
+@accounts_app.command("disable")
+def disable(name: NameArgument, config: ConfigOption = None) -> None:
+    """Disable an account and end its sessions at once."""
+    with _open(config) as (_, accounts):
+        account = accounts.disable(name)
+        console.print(f"disabled {account.name}; its sessions are ended")
+
+
+@accounts_app.command("enable")
+def enable(name: NameArgument, config: ConfigOption = None) -> None:
+    """Enable a disabled account again."""
+    with _open(config) as (_, accounts):
+        account = accounts.enable(name)
+        console.print(f"enabled {account.name} ({account.role})")
+
+
+@accounts_app.command("set-role")
+def set_role(
+    name: NameArgument,
+    role: Annotated[str, typer.Argument(help="reviewer or admin.")],
+    config: ConfigOption = None,
+) -> None:
+    """Change an account's role (its open sessions get the new role at their next request)."""
+    _role(role)
+    with _open(config) as (_, accounts):
+        account = accounts.set_role(name, role)
+        console.print(f"{account.name} is now {account.role}")
+
+
+@accounts_app.command("set-password")
+def set_password(
+    name: NameArgument, password_stdin: StdinOption = False, config: ConfigOption = None
+) -> None:
+    """Set a new password (prompted, or from stdin); the account's sessions end."""
+    with _open(config) as (ui, accounts):
+        if accounts.get(name) is None:
+            raise _fail(f"no account named {name!r}")
+        accounts.set_password(name, _read_password(password_stdin, ui.min_password_length))
+        console.print(f"password of {name} changed; its sessions are ended")
+
+
+__all__ = ["accounts_app"]

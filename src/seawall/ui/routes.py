@@ -1,0 +1,656 @@
+"""The web UI at ``/ui/``: sign-in, dashboard, users, audit search, accounts.
+
+:func:`add_ui_routes` mounts a small Starlette app of its own on the seawall app, with its own
+cookie session, error pages and security headers, so nothing of it touches the ``/v1`` routes.
+Pages are rendered on the server (Jinja2); htmx updates a user's row after an admin action,
+uPlot draws the dashboard's charts. Every route checks the role:
+
+=================================  =========  ==========================================
+route                              role       what
+=================================  =========  ==========================================
+``GET /ui/``                       reviewer   dashboard: requests, risk, blocks, flag rate
+``GET /ui/users``                  reviewer   users by safety identifier, state, risk counts
+``POST /ui/users/block|clear``     admin      block or unblock (RiskLedger), CSRF-checked
+``GET /ui/audit``                  reviewer   audit search (outcome, safety id, time), paged
+``GET /ui/audit/{request_id}``     reviewer   one audit record
+``GET /ui/accounts``               admin      local accounts and the OIDC allow-list
+``GET|POST /ui/login``             anyone     password sign-in; ``/ui/login/oidc`` for OIDC
+``POST /ui/logout``                signed in  sign out
+=================================  =========  ==========================================
+
+Anonymous requests are sent to the sign-in page; a reviewer asking for an admin page gets 403.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlencode
+
+from fastapi import FastAPI
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from seawall.errors import SeawallError
+from seawall.gateway.risk import LADDER, RiskLedger
+from seawall.settings import Settings
+from seawall.store.base import UserState, UserSummary
+from seawall.store.sql import SqlStore
+from seawall.ui import queries
+from seawall.ui.accounts import AccountStore, Session
+from seawall.ui.auth import (
+    CSRF_FIELD,
+    NEXT_URL,
+    CookieSessions,
+    OIDCRefused,
+    OIDCSignIn,
+    current_session,
+    load_or_create_secret,
+    login_csrf,
+    sign_in,
+    submitted_csrf,
+    tokens_match,
+)
+from seawall.ui.settings import Role, UISettings
+
+log = logging.getLogger("seawall.ui")
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+#: Longest text accepted in a form field (reasons, identifiers).
+MAX_FIELD = 500
+
+#: Security headers of every UI response. Scripts and styles come from /ui/static only.
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    ),
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+}
+
+
+class SecurityHeaders:
+    """Pure-ASGI middleware: security headers everywhere, ``no-store`` on pages (not static files)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = scope["path"].startswith(f"{scope.get('root_path', '')}/static/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+                if not static:
+                    headers["cache-control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class _SignInNeeded(Exception):
+    pass
+
+
+class _Denied(Exception):
+    def __init__(self, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class _StoreHolder:
+    """The store the UI reads: the caller's, or one the UI opens at start-up (and closes)."""
+
+    def __init__(self, settings: Settings, store: SqlStore | None) -> None:
+        self.settings = settings
+        self.store = store
+        self.owned = store is None
+
+    def get(self) -> SqlStore:
+        if self.store is None:
+            from seawall.store import open_store
+
+            self.store = open_store(self.settings.store)
+        return self.store
+
+    def close(self) -> None:
+        if self.owned and self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+def _when(value: Any, seconds: bool = False) -> str:
+    """A time as 'YYYY-MM-DD HH:MM' UTC (ISO strings and datetimes)."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return str(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return str(value.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M"))
+    return str(value)
+
+
+def _parse_time(value: str | None, name: str) -> datetime | None:
+    """A ``datetime-local`` form value (or ISO 8601), taken as UTC when it has no offset."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise _Denied(f"{name}: {value[:40]!r} is not a date and time (YYYY-MM-DDTHH:MM, UTC)", 400) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _field(form: Any, name: str, *, required: bool = False) -> str:
+    value = form.get(name)
+    text = value.strip() if isinstance(value, str) else ""
+    if required and not text:
+        raise _Denied(f"{name} is required", 400)
+    if len(text) > MAX_FIELD:
+        raise _Denied(f"{name} is longer than {MAX_FIELD} characters", 400)
+    return text
+
+
+def _safe_next(value: str | None, base: str) -> str:
+    """Where to go after signing in: only a path inside the UI (no open redirect)."""
+    if value and value.startswith(base + "/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return base + "/"
+
+
+class UI:
+    """The UI's routes and what they share; :func:`add_ui_routes` builds and mounts it."""
+
+    def __init__(self, settings: Settings, ui: UISettings, holder: _StoreHolder) -> None:
+        self.settings = settings
+        self.ui = ui
+        self.holder = holder
+        self._accounts: AccountStore | None = None
+        self.oidc = OIDCSignIn(ui.oidc) if ui.oidc is not None else None
+        self.dashboard_cache = queries.DashboardCache()
+        self.env = Environment(
+            loader=FileSystemLoader(TEMPLATES),
+            autoescape=select_autoescape(["html"]),
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters["when"] = _when
+        self.env.filters["when_epoch"] = lambda seconds: _when(datetime.fromtimestamp(seconds, UTC))
+        self.env.filters["categories"] = queries.flagged_categories
+        from seawall import __version__
+
+        self.env.globals["version"] = __version__
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def store(self) -> SqlStore:
+        return self.holder.get()
+
+    @property
+    def accounts(self) -> AccountStore:
+        if self._accounts is None or self._accounts.engine is not self.store.engine:
+            self._accounts = AccountStore(self.store.engine)
+        return self._accounts
+
+    def ledger(self) -> RiskLedger:
+        return RiskLedger(self.store, self.settings.gateway.risk)
+
+    def render(
+        self,
+        request: Request,
+        template: str,
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+        **context: Any,
+    ) -> HTMLResponse:
+        base = request.scope.get("root_path", "")
+        session: Session | None = getattr(request.state, "session", None)
+        context.setdefault("page", "")
+        html = self.env.get_template(template).render(
+            base=base,
+            session=session,
+            csrf=session.csrf_token if session is not None else "",
+            oidc_name=self.ui.oidc.name if self.ui.oidc is not None else None,
+            **context,
+        )
+        return HTMLResponse(html, status_code=status_code, headers=headers)
+
+    async def require(self, request: Request, role: Role = "reviewer") -> Session:
+        """The signed-in session with at least ``role``; else a redirect to sign in, or 403."""
+        session = await run_in_threadpool(current_session, request, self.accounts, self.ui)
+        if session is None:
+            raise _SignInNeeded()
+        request.state.session = session
+        if role == "admin" and not session.is_admin:
+            raise _Denied("This page is for administrators; you are signed in as a reviewer.")
+        return session
+
+    async def check_csrf(self, request: Request, session: Session) -> None:
+        if not tokens_match(session.csrf_token, await submitted_csrf(request)):
+            raise _Denied("The form's security token is missing or stale: reload the page and try again.")
+
+    # ------------------------------------------------------------------ errors
+
+    async def on_sign_in_needed(self, request: Request, exc: Exception) -> Response:
+        base = request.scope.get("root_path", "")
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        location = f"{base}/login?" + urlencode({NEXT_URL: target})
+        if request.headers.get("hx-request"):
+            return Response(status_code=401, headers={"hx-redirect": location})
+        return RedirectResponse(location, status_code=303)
+
+    async def on_denied(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, _Denied)
+        titles = {400: "Bad request", 403: "Not allowed", 404: "Not found", 429: "Too many attempts"}
+        return self.render(
+            request, "error.html", exc.status, title=titles.get(exc.status, "Error"), message=exc.message
+        )
+
+    async def on_http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = "There is no such page." if exc.status_code == 404 else str(exc.detail)
+        return await self.on_denied(request, _Denied(message, exc.status_code))
+
+    async def on_seawall_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, SeawallError)
+        if exc.status_code >= 500:
+            log.warning("%s %s failed: %s", request.method, request.url.path, exc.message)
+        return self.render(request, "error.html", exc.status_code, title="Error", message=exc.message)
+
+    # ------------------------------------------------------------------ sign-in
+
+    async def login_page(self, request: Request) -> Response:
+        base = request.scope.get("root_path", "")
+        return self.render(
+            request,
+            "login.html",
+            login_csrf=login_csrf(request),
+            next=_safe_next(request.query_params.get(NEXT_URL), base),
+            error=request.query_params.get("error"),
+            name="",
+        )
+
+    async def login(self, request: Request) -> Response:
+        base = request.scope.get("root_path", "")
+        form = await request.form()
+        name = _field(form, "name")
+        password = form.get("password")
+        password = password if isinstance(password, str) else ""
+        next_url = _safe_next(_field(form, NEXT_URL), base)
+
+        def again(error: str, status: int, headers: dict[str, str] | None = None) -> Response:
+            return self.render(
+                request,
+                "login.html",
+                status,
+                headers,
+                login_csrf=login_csrf(request),
+                next=next_url,
+                error=error,
+                name=name,
+            )
+
+        if not tokens_match(request.session.get("login_csrf"), _field(form, CSRF_FIELD)):
+            return again("The sign-in form expired. Please try again.", 403)
+        if not name or not password:
+            return again("Enter your account name and password.", 400)
+        hit = await run_in_threadpool(
+            self.store.hit,
+            f"ui-login:{name.lower()}",
+            self.ui.login_attempts,
+            self.ui.login_window_s,
+            datetime.now(UTC),
+        )
+        if not hit.allowed:
+            retry = max(1, math.ceil(hit.retry_after_s))
+            return again(
+                f"Too many sign-in attempts for this account. Try again in {retry} s.",
+                429,
+                {"retry-after": str(retry)},
+            )
+        account = await run_in_threadpool(self.accounts.verify, name, password[:1024])
+        if account is None:
+            log.info("UI sign-in refused for %r", name)
+            return again("Wrong account name or password, or the account is disabled.", 401)
+        token, _ = await run_in_threadpool(
+            self.accounts.start_session,
+            account.name,
+            "local",
+            account.role,
+            account.name,
+            max_age_s=self.ui.session_max_age_s,
+        )
+        sign_in(request, token)
+        log.info("UI sign-in: %s (%s)", account.name, account.role)
+        return RedirectResponse(next_url, status_code=303)
+
+    def _redirect_uri(self, request: Request) -> str:
+        base = request.scope.get("root_path", "")
+        if self.ui.public_url:
+            return f"{self.ui.public_url}/ui/auth/callback"
+        return str(request.base_url).rstrip("/") + f"{base}/auth/callback"
+
+    async def oidc_start(self, request: Request) -> Response:
+        if self.oidc is None:
+            raise HTTPException(404)
+        base = request.scope.get("root_path", "")
+        request.session[NEXT_URL] = _safe_next(request.query_params.get(NEXT_URL), base)
+        hint = request.query_params.get("login_hint")
+        try:
+            response: Response = await self.oidc.start(request, self._redirect_uri(request), hint)
+        except Exception as exc:  # discovery failed: the provider is down or misconfigured
+            log.warning("OIDC sign-in could not start: %s", exc)
+            raise _Denied("The sign-in provider cannot be reached. Try again later.", 503) from exc
+        return response
+
+    async def oidc_callback(self, request: Request) -> Response:
+        if self.oidc is None:
+            raise HTTPException(404)
+        base = request.scope.get("root_path", "")
+        try:
+            email, name, role = await self.oidc.finish(request)
+        except OIDCRefused as exc:
+            log.info("UI OIDC sign-in refused: %s", exc)
+            raise _Denied(f"You could not be signed in: {exc}.", 403) from exc
+        next_url = _safe_next(request.session.get(NEXT_URL), base)
+        token, _ = await run_in_threadpool(
+            self.accounts.start_session, email, "oidc", role, name, max_age_s=self.ui.session_max_age_s
+        )
+        sign_in(request, token)
+        log.info("UI sign-in (OIDC): %s (%s)", email, role)
+        return RedirectResponse(next_url, status_code=303)
+
+    async def logout(self, request: Request) -> Response:
+        base = request.scope.get("root_path", "")
+        session = await self.require(request)
+        await self.check_csrf(request, session)
+        token = request.session.get("sid")
+        if isinstance(token, str):
+            await run_in_threadpool(self.accounts.end_session, token)
+        request.session.clear()
+        return RedirectResponse(f"{base}/login", status_code=303)
+
+    # ------------------------------------------------------------------ pages
+
+    async def dashboard(self, request: Request) -> Response:
+        await self.require(request)
+        range_name = request.query_params.get("range", "24h")
+        if range_name not in queries.RANGES:
+            raise _Denied(f"range must be one of {', '.join(queries.RANGES)}", 400)
+        tenant = request.query_params.get("tenant") or None
+        data = await run_in_threadpool(
+            queries.dashboard, self.store.engine, range_name, tenant=tenant, cache=self.dashboard_cache
+        )
+        tenants = await run_in_threadpool(queries.tenants, self.store.engine)
+        return self.render(
+            request,
+            "dashboard.html",
+            page="dashboard",
+            data=data,
+            chart=data.to_json(),
+            ranges=list(queries.RANGES),
+            range=range_name,
+            tenant=tenant or "",
+            tenants=tenants,
+            block_groups=list(queries.BLOCK_GROUPS),
+            risk_levels=queries.RISK_LEVELS,
+        )
+
+    def _user_row(self, tenant: str, safety_id: str, hours: float) -> UserSummary:
+        since = datetime.now(UTC) - timedelta(hours=hours)
+        state = self.store.get_user(tenant, safety_id)
+        high = self.store.count_events(tenant, safety_id, "high", since)
+        medium = self.store.count_events(tenant, safety_id, "medium", since)
+        return UserSummary(
+            state, tenant, safety_id, high, medium, None
+        )  # the store keeps no last-event lookup
+
+    async def users(self, request: Request) -> Response:
+        session = await self.require(request)
+        params = request.query_params
+        tenant = params.get("tenant") or self.settings.gateway.tenant
+        status = params.get("status") or None
+        if status is not None and status not in LADDER:
+            raise _Denied(f"status must be one of {', '.join(LADDER)}", 400)
+        try:
+            hours = float(params.get("hours") or 24)
+        except ValueError:
+            raise _Denied("hours must be a number", 400) from None
+        if not 0 < hours <= 24 * 366:
+            raise _Denied("hours must be between 0 and 8784", 400)
+        lookup = (params.get("q") or "").strip()[:200]
+        since = datetime.now(UTC) - timedelta(hours=hours)
+        if lookup:
+            rows = [await run_in_threadpool(self._user_row, tenant, lookup, hours)]
+        else:
+            rows = await run_in_threadpool(
+                lambda: self.store.list_users(tenant, since=since, status=cast(Any, status), limit=200)
+            )
+        return self.render(
+            request,
+            "users.html",
+            page="users",
+            rows=rows,
+            tenant=tenant,
+            status=status or "",
+            statuses=LADDER,
+            hours=f"{hours:g}",
+            q=lookup,
+            is_admin=session.is_admin,
+            notice=params.get("done"),
+        )
+
+    async def user_action(self, request: Request) -> Response:
+        action = request.path_params["action"]
+        if action not in ("block", "clear"):
+            raise HTTPException(404)
+        session = await self.require(request, "admin")
+        await self.check_csrf(request, session)
+        form = await request.form()
+        tenant = _field(form, "tenant") or self.settings.gateway.tenant
+        safety_id = _field(form, "safety_id", required=True)
+        hours_text = _field(form, "hours")
+        ledger = self.ledger()
+        state: UserState
+        if action == "clear":
+            reason = _field(form, "reason") or f"cleared by {session.subject} in the UI"
+            state = await run_in_threadpool(ledger.clear, tenant, safety_id, session.subject, reason)
+            done = "unblocked"
+        else:
+            reason = _field(form, "reason", required=True)
+            duration: int | None = None
+            if hours_text:
+                try:
+                    hours = float(hours_text)
+                except ValueError:
+                    raise _Denied("hours must be a number", 400) from None
+                if not 0 < hours <= 24 * 366:
+                    raise _Denied("hours must be between 0 and 8784", 400)
+                duration = max(1, round(hours * 3600))
+            state = await run_in_threadpool(
+                ledger.block, tenant, safety_id, session.subject, reason, duration
+            )
+            done = "blocked"
+        log.info("UI: %s %s user %s/%s (%s)", session.subject, done, tenant, safety_id, state.status)
+        if request.headers.get("hx-request"):
+            row = await run_in_threadpool(self._user_row, tenant, safety_id, 24)
+            return self.render(request, "_user_row.html", row=row, tenant=tenant, is_admin=True, notice=done)
+        base = request.scope.get("root_path", "")
+        query = urlencode({"tenant": tenant, "q": safety_id, "done": done})
+        return RedirectResponse(f"{base}/users?{query}", status_code=303)
+
+    async def audit(self, request: Request) -> Response:
+        await self.require(request)
+        params = request.query_params
+        outcome = params.get("outcome") or None
+        if outcome is not None and outcome not in queries.OUTCOMES:
+            raise _Denied(f"outcome must be one of {', '.join(queries.OUTCOMES)}", 400)
+        try:
+            page = max(1, int(params.get("page") or 1))
+        except ValueError:
+            raise _Denied("page must be a whole number", 400) from None
+        query = queries.AuditQuery(
+            outcome=outcome,
+            safety_id=(params.get("safety_id") or "").strip()[:200] or None,
+            tenant=params.get("tenant") or None,
+            since=_parse_time(params.get("since"), "from"),
+            until=_parse_time(params.get("until"), "until"),
+            page=page,
+            page_size=self.ui.page_size,
+        )
+        result = await run_in_threadpool(queries.search_audit, self.store.engine, query)
+        filters = {
+            "outcome": outcome or "",
+            "safety_id": query.safety_id or "",
+            "tenant": query.tenant or "",
+            "since": params.get("since") or "",
+            "until": params.get("until") or "",
+        }
+        kept = {key: value for key, value in filters.items() if value}
+
+        def page_link(number: int) -> str:
+            return "?" + urlencode({**kept, "page": number})
+
+        return self.render(
+            request,
+            "audit.html",
+            page="audit",
+            result=result,
+            filters=filters,
+            outcomes=queries.OUTCOMES,
+            prev_link=page_link(result.page - 1) if result.page > 1 else None,
+            next_link=page_link(result.page + 1) if result.page < result.pages else None,
+        )
+
+    async def audit_detail(self, request: Request) -> Response:
+        await self.require(request)
+        request_id = request.path_params["request_id"]
+        record = await run_in_threadpool(queries.audit_record, self.store.engine, request_id)
+        if record is None:
+            raise _Denied(f"There is no audit record {request_id[:100]!r}.", 404)
+        return self.render(
+            request,
+            "audit_detail.html",
+            page="audit",
+            record=record,
+            pretty=json.dumps(record, indent=2, ensure_ascii=False, sort_keys=True),
+        )
+
+    async def accounts_page(self, request: Request) -> Response:
+        await self.require(request, "admin")
+        accounts = await run_in_threadpool(self.accounts.list_accounts)
+        return self.render(
+            request,
+            "accounts.html",
+            page="accounts",
+            accounts=accounts,
+            oidc=self.ui.oidc,
+        )
+
+
+def build_ui_app(settings: Settings, ui: UISettings, store: SqlStore | None = None) -> tuple[Starlette, UI]:
+    """The UI as its own ASGI app (mounted at /ui by :func:`add_ui_routes`)."""
+    holder = _StoreHolder(settings, store)
+    view = UI(settings, ui, holder)
+    secret = load_or_create_secret(ui.secret_file)
+
+    routes = [
+        Route("/", view.dashboard, methods=["GET"], name="dashboard"),
+        Route("/login", view.login_page, methods=["GET"], name="login_page"),
+        Route("/login", view.login, methods=["POST"], name="login"),
+        Route("/login/oidc", view.oidc_start, methods=["GET"], name="oidc_start"),
+        Route("/auth/callback", view.oidc_callback, methods=["GET"], name="oidc_callback"),
+        Route("/logout", view.logout, methods=["POST"], name="logout"),
+        Route("/users", view.users, methods=["GET"], name="users"),
+        Route("/users/{action:str}", view.user_action, methods=["POST"], name="user_action"),
+        Route("/audit", view.audit, methods=["GET"], name="audit"),
+        Route("/audit/{request_id:str}", view.audit_detail, methods=["GET"], name="audit_detail"),
+        Route("/accounts", view.accounts_page, methods=["GET"], name="accounts"),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(
+                CookieSessions, secret=secret, max_age_s=ui.session_max_age_s, secure=ui.secure_cookies
+            ),
+        ],
+        exception_handlers={
+            _SignInNeeded: view.on_sign_in_needed,
+            _Denied: view.on_denied,
+            HTTPException: view.on_http_error,
+            SeawallError: view.on_seawall_error,
+        },
+    )
+    app.state.ui = view
+    return app, view
+
+
+def add_ui_routes(
+    app: FastAPI, settings: Settings, store: SqlStore | None = None, *, ui: UISettings | None = None
+) -> None:
+    """Mount the web UI at ``/ui`` on ``app``.
+
+    ``store`` is the store to read and act on (the caller closes it); None: the UI opens the
+    store of ``settings.store`` when the app starts and closes it when the app stops.
+    ``ui`` defaults to ``settings.ui`` (then to :class:`UISettings` defaults)."""
+    ui = ui or cast(UISettings | None, getattr(settings, "ui", None)) or UISettings()
+    if not ui.enabled:
+        return
+    ui_app, view = build_ui_app(settings, ui, store)
+
+    async def to_ui(request: Request) -> Response:
+        return RedirectResponse(request.url.path + "/", status_code=307)
+
+    app.add_route("/ui", to_ui, include_in_schema=False)
+    app.mount("/ui", ui_app, name="ui")
+    if store is None:
+        original = app.router.lifespan_context
+
+        @asynccontextmanager
+        async def lifespan(parent: Any) -> AsyncIterator[Any]:
+            async with original(parent) as state:
+                await run_in_threadpool(view.holder.get)  # a bad store URL stops start-up
+                try:
+                    yield state
+                finally:
+                    await run_in_threadpool(view.holder.close)
+
+        app.router.lifespan_context = lifespan
+
+
+__all__ = ["SECURITY_HEADERS", "UI", "add_ui_routes", "build_ui_app"]

@@ -1,0 +1,70 @@
+// A real OpenID Connect provider (npm oidc-provider) on loopback, for seawall's UI sign-in tests.
+//
+// One static confidential client and an interaction that signs in whoever the relying party names
+// in `login_hint` (default: the first test user) without a form, then grants the requested
+// scopes. Started by tests/test_ui_oidc.py with:
+//   PORT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI  (environment)
+// It prints one line, "ready <issuer>", once it listens.
+import http from 'node:http';
+import Provider from 'oidc-provider';
+
+const port = Number(process.env.PORT || 0);
+const issuer = `http://127.0.0.1:${port}`;
+
+// The test users: accountId -> claims. Emails decide the seawall role (its allow-list).
+const USERS = {
+  'ada': { email: 'ada@example.org', email_verified: true, name: 'Ada Admin' },
+  'rex': { email: 'rex@example.org', email_verified: true, name: 'Rex Reviewer' },
+  'eve': { email: 'eve@example.org', email_verified: true, name: 'Eve Outsider' },
+  'una': { email: 'ada@example.org', email_verified: false, name: 'Una Unverified' },
+};
+
+const provider = new Provider(issuer, {
+  clients: [{
+    client_id: process.env.CLIENT_ID,
+    client_secret: process.env.CLIENT_SECRET,
+    redirect_uris: [process.env.REDIRECT_URI],
+    response_types: ['code'],
+    grant_types: ['authorization_code'],
+    token_endpoint_auth_method: 'client_secret_basic',
+  }],
+  claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
+  cookies: { keys: ['seawall-test-only-cookie-key'] },
+  features: { devInteractions: { enabled: false } },
+  interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+  async findAccount(ctx, id) {
+    const user = USERS[id];
+    if (!user) return undefined;
+    return { accountId: id, claims: async () => ({ sub: id, ...user }) };
+  },
+});
+provider.proxy = false;
+
+// Sign in at once: login_hint picks the user; the grant covers the requested scopes.
+async function interact(req, res) {
+  const details = await provider.interactionDetails(req, res);
+  const hint = details.params.login_hint;
+  const accountId = USERS[hint] ? hint : 'ada';
+  const grant = new provider.Grant({ accountId, clientId: details.params.client_id });
+  grant.addOIDCScope(String(details.params.scope || 'openid'));
+  const grantId = await grant.save();
+  await provider.interactionFinished(req, res, { login: { accountId }, consent: { grantId } }, {
+    mergeWithLastSubmission: false,
+  });
+}
+
+const callback = provider.callback();
+const server = http.createServer((req, res) => {
+  if (req.method === 'GET' && req.url.startsWith('/interaction/')) {
+    interact(req, res).catch((err) => {
+      res.statusCode = 500;
+      res.end(String(err));
+    });
+    return;
+  }
+  callback(req, res);
+});
+server.listen(port, '127.0.0.1', () => {
+  console.log(`ready ${issuer}`);
+});
+process.on('SIGTERM', () => server.close(() => process.exit(0)));
