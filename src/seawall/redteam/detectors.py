@@ -30,6 +30,7 @@ from typing import Any
 from seawall.categories import with_parents
 from seawall.errors import ConfigurationError
 from seawall.redteam.cases import AttackCase, Verdict
+from seawall.redteam.strategies import HOMOGLYPHS
 
 DETECTOR_ENTRY_POINTS = "seawall.redteam.detectors"
 
@@ -49,30 +50,8 @@ class Finding:
 
 _ZERO_WIDTH = re.compile("[\u200b-\u200f\u2060-\u2064\ufeff\u00ad]")
 _TAGS = re.compile("[\U000e0000-\U000e007f]")
-_FOLD = {
-    ord(v): k
-    for k, v in {
-        "a": "а",
-        "c": "с",
-        "e": "е",
-        "i": "і",
-        "o": "о",
-        "p": "р",
-        "x": "х",
-        "y": "у",
-        "A": "А",
-        "B": "В",
-        "C": "С",
-        "E": "Е",
-        "H": "Н",
-        "K": "К",
-        "M": "М",
-        "O": "О",
-        "P": "Р",
-        "T": "Т",
-        "X": "Х",
-    }.items()
-}
+# Undo the homoglyph strategy: its look-alikes back to Latin.
+_FOLD = {ord(look_alike): latin for latin, look_alike in HOMOGLYPHS.items()}
 _SEPARATORS = re.compile(r"[\s\-‐‑–—_.·,:;'\"`*|/\\()\[\]]+")
 
 
