@@ -49,9 +49,15 @@ def serve(
         application = create_app(settings)
     except SeawallError as exc:
         raise _fail(exc.message) from exc
+    gateway = settings.gateway
+    if gateway.active():
+        upstream = gateway.upstream.base_url or "the bundled local model (started as a child process)"
+        chat = f"; chat gateway in front of {upstream}; review desk at /ui/"
+    else:
+        chat = "; chat gateway off (set gateway.upstream.base_url, or install seawall[local-llm])"
     console.print(
         f"seawall serving on http://{settings.server.host}:{settings.server.port}/v1 "
-        f"(moderation backend: {settings.moderation.backend})"
+        f"(moderation backend: {settings.moderation.backend}{chat})"
     )
     uvicorn.run(
         application,
