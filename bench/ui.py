@@ -9,12 +9,15 @@ with categories, 4 % medium risk, 2 % blocked users), plus one admin account; se
   (as sent, and gzip -6 for comparison; seawall serves them uncompressed unless a proxy compresses);
 * server time to render ``GET /ui/`` (24 h range: SQL aggregates over all rows + template), p50 and
   p95 of ``--runs`` requests, and the same for the 7-day range and an audit search page;
-* with Chromium (``/usr/bin/chromium``) and Playwright: time from navigation to every chart drawn.
+* with Chromium (``/usr/bin/chromium``) and Playwright: time from navigation to every chart drawn;
+* the review desk: time from an answer being held (``ReviewService.hold``, what the gateway calls)
+  to its row in the UI's queue page (``GET /ui/review``), with ``--backlog`` (100) answers already
+  waiting; and the report widget's size (``GET /ui/widget.js``), as sent and gzipped.
 
 The records go in with one multi-row INSERT per 5,000 (the columns ``Store.write_audit`` fills),
 because 100,000 single-record transactions would make seeding the slowest part of the run.
 
-Usage: python bench/ui.py [--rows 100000] [--runs 20] [--json out.json]
+Usage: python bench/ui.py [--rows 100000] [--runs 20] [--backlog 100] [--json out.json]
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ import uvicorn
 from sqlalchemy import insert
 
 from seawall.gateway.audit import AuditRecord
+from seawall.review.service import HoldDecision, ReviewRequest, ReviewService
+from seawall.review.settings import ReviewSettings
 from seawall.server.app import create_app
 from seawall.settings import load_settings
 from seawall.store import SqlStore, open_store
@@ -211,17 +216,65 @@ def browser_render(root: str, cookie: str, runs: int) -> dict[str, float] | None
         for _ in range(runs + 1):
             began = time.perf_counter()
             page.goto(f"{root}/ui/")
-            page.wait_for_function("document.querySelectorAll('[data-rendered=true]').length === 4")
+            page.wait_for_function(
+                "document.querySelectorAll('[data-rendered=true]').length"
+                " === document.querySelectorAll('[data-chart]').length"
+            )
             samples.append((time.perf_counter() - began) * 1000)
         browser.close()
     samples = samples[1:]  # the first load also fills the browser's cache
     return {"p50_ms": statistics.median(samples), "max_ms": max(samples)}
 
 
+def hold_one(service: ReviewService, n: int) -> str:
+    """Hold an answer as the gateway's review hook does; its review id."""
+    decision = HoldDecision(
+        reasons=("declared:health",),
+        domain="health",
+        scores={"violence": 0.01},
+        request=ReviewRequest(domain="health", sources=({"title": "leaflet", "text": "at most 1200 mg"},)),
+    )
+    body = {"model": "m", "messages": [{"role": "user", "content": f"How much ibuprofen? ({n})"}]}
+    completion = {
+        "id": f"chatcmpl-{n}",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "200-400 mg"}}],
+    }
+    pending = service.hold(decision, body, completion, request_id=f"swreq-bench-{n}", tenant="default")
+    return str(pending["review_id"])
+
+
+def held_to_queue(http: httpx.Client, service: ReviewService, backlog: int, runs: int) -> dict[str, float]:
+    """Milliseconds from hold() to the first GET /ui/review whose page lists the new item."""
+    for n in range(backlog):
+        hold_one(service, n)
+    samples = []
+    for n in range(backlog, backlog + runs):
+        began = time.perf_counter()
+        review_id = hold_one(service, n)
+        while review_id not in http.get("/ui/review").text:
+            pass
+        samples.append((time.perf_counter() - began) * 1000)
+    page = http.get("/ui/review").content
+    return {
+        "p50_ms": statistics.median(samples),
+        "p95_ms": statistics.quantiles(samples, n=20)[-1] if len(samples) >= 2 else samples[0],
+        "queue_page_bytes": len(page),
+    }
+
+
+def widget_size(http: httpx.Client) -> dict[str, int]:
+    body = http.get("/ui/widget.js").content
+    return {"bytes": len(body), "gzip_bytes": len(gzip.compress(body, 6))}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--backlog", type=int, default=100, help="answers waiting before the timing")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -238,6 +291,7 @@ def main() -> int:
         app = create_app(settings)
         add_ui_routes(app, settings, store, ui=UISettings(secret_file=Path(tmp) / "ui-secret"))
         server, thread, root = serve(app)
+        review = ReviewService(store, ReviewSettings(enabled=True))
         try:
             with httpx.Client(base_url=root, timeout=120) as http:
                 sign_in(http)
@@ -252,8 +306,11 @@ def main() -> int:
                     "sql_uncached_24h_ms": uncached_sql(store, "24h", 5),
                     "sql_uncached_7d_ms": uncached_sql(store, "7d", 5),
                     "browser_dashboard": browser_render(root, http.cookies["seawall_ui"], min(args.runs, 10)),
+                    "held_to_queue_page": held_to_queue(http, review, args.backlog, args.runs),
+                    "widget": widget_size(http),
                 }
         finally:
+            review.close()
             server.should_exit = True
             thread.join(timeout=30)
             store.close()
@@ -281,9 +338,17 @@ def main() -> int:
         print("  browser: skipped (no Chromium or Playwright)")
     else:
         print(
-            f"  browser, navigation to 4 charts drawn: p50 {browser['p50_ms']:.0f} ms, "
+            f"  browser, navigation to all 8 charts drawn: p50 {browser['p50_ms']:.0f} ms, "
             f"max {browser['max_ms']:.0f} ms"
         )
+    queue = figures["held_to_queue_page"]
+    print(
+        f"review desk: held answer to its row in the queue page ({args.backlog} already waiting): "
+        f"p50 {queue['p50_ms']:.1f} ms, p95 {queue['p95_ms']:.1f} ms "
+        f"(page {queue['queue_page_bytes']:,} bytes)"
+    )
+    widget = figures["widget"]
+    print(f"report widget /ui/widget.js: {widget['bytes']:,} bytes, {widget['gzip_bytes']:,} bytes gzipped")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
     return 0

@@ -372,3 +372,22 @@ def test_content_is_audited_only_when_the_settings_say_so(tmp_path: Path) -> Non
             assert content["messages"] == question()
             assert content["answer"] == [CLEAN_ANSWER]
         assert "heidi" not in (tmp_path / "audit.jsonl").read_text()  # still no raw user id
+
+
+def test_anonymous_requests_without_a_session_are_limited_per_address(tmp_path: Path) -> None:
+    """A client that drops the session cookie gets a new session each time; its address is counted."""
+    with stand_in(make_reply(Behaviour())) as upstream:
+        limits = {"per_user": {"requests": 100}, "per_address_without_session": {"requests": 3}}
+        settings = _settings(tmp_path, upstream.url, rate_limits=limits)
+        with running_server(settings) as server:
+            body = {"model": MODEL, "messages": question()}
+            statuses = []
+            for _ in range(4):
+                with server.http() as http:  # a fresh client: no cookie, no session header
+                    statuses.append(http.post("/v1/chat/completions", json=body).status_code)
+            assert statuses == [200, 200, 200, 429]
+            with server.http() as http:  # a client that keeps its session is counted per user
+                first = http.post("/v1/chat/completions", json=body)
+                assert first.status_code == 429  # minting this session still came without one
+                session = {SESSION_HEADER: "an-existing-session"}
+                assert http.post("/v1/chat/completions", json=body, headers=session).status_code == 200

@@ -201,6 +201,13 @@ class RateLimitSettings(BaseModel):
         RateLimit(requests=60, window_s=60),
         description="Per end user (by safety identifier, anonymous sessions included). None: no limit.",
     )
+    per_address_without_session: RateLimit | None = Field(
+        RateLimit(requests=60, window_s=60),
+        description=(
+            "Anonymous requests that present no session (each would get a new one, escaping per_user), "
+            "per client address. Behind a proxy, run uvicorn with --proxy-headers. None: no limit."
+        ),
+    )
 
 
 class RiskSettings(BaseModel):

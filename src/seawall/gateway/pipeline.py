@@ -161,6 +161,8 @@ class _Request:
     caller: Caller | None = None
     new_session: str | None = None
     standing: UserState | None = None
+    #: The client's address (for anonymous requests without a session), when the server knows it.
+    client_address: str | None = None
     #: Response headers the steps add (warnings, the answer's source).
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -250,10 +252,16 @@ class Gateway:
     # ------------------------------------------------------------------ plain requests
 
     async def chat(
-        self, body: dict[str, Any], headers: Mapping[str, str], *, request_id: str | None = None
+        self,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        *,
+        request_id: str | None = None,
+        client_address: str | None = None,
     ) -> GatewayResponse:
         """One non-streaming request, from the client's body to the (moderated) completion."""
         request = _Request(AuditRecord(request_id or new_request_id(), self.settings.tenant, stream=False))
+        request.client_address = client_address
         audit = request.audit
         try:
             prepared = await self._prepare(body, headers, request)
@@ -288,11 +296,17 @@ class Gateway:
     # ------------------------------------------------------------------ streams
 
     async def stream(
-        self, body: dict[str, Any], headers: Mapping[str, str], *, request_id: str | None = None
+        self,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        *,
+        request_id: str | None = None,
+        client_address: str | None = None,
     ) -> GatewayResponse:
         """One streaming request. Everything up to the upstream's first chunk happens here, so a
         refusal or an upstream failure is still an HTTP error; the rest is the returned SSE stream."""
         request = _Request(AuditRecord(request_id or new_request_id(), self.settings.tenant, stream=True))
+        request.client_address = client_address
         audit = request.audit
         chunks: AsyncIterator[dict[str, Any]] | None = None
         try:
@@ -501,7 +515,8 @@ class Gateway:
         # 2. the user's standing (blocked, throttled, warned) and rate limits
         with audit.step("standing"):
             if self.ledger is not None or self.limiter is not None:
-                request.standing = await asyncio.to_thread(self._admit, caller, safety_id)
+                sessionless = request.client_address if user.new_session else None
+                request.standing = await asyncio.to_thread(self._admit, caller, safety_id, sessionless)
                 if request.standing is not None:
                     request.headers[WARNING_HEADER] = _warning(request.standing)
 
@@ -561,12 +576,14 @@ class Gateway:
                 return self.policy.off_topic_reply
         return None
 
-    def _admit(self, caller: Caller, safety_id: str) -> UserState | None:
+    def _admit(self, caller: Caller, safety_id: str, sessionless_address: str | None) -> UserState | None:
         """The user's standing (403/429 when blocked or throttled), then the rate limits: one
         thread hop for both store calls."""
         standing = self.ledger.admit(caller.tenant, safety_id) if self.ledger is not None else None
         if self.limiter is not None:
-            self.limiter.check(caller.key_id, caller.tenant, safety_id)
+            self.limiter.check(
+                caller.key_id, caller.tenant, safety_id, address_without_session=sessionless_address
+            )
         return standing
 
     async def _settle(self, request: _Request) -> None:

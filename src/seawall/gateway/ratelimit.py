@@ -20,9 +20,16 @@ class RateLimiter:
         self.settings = settings
         self.clock = clock
 
-    def check(self, key_id: str | None, tenant: str, safety_id: str) -> None:
+    def check(
+        self, key_id: str | None, tenant: str, safety_id: str, *, address_without_session: str | None = None
+    ) -> None:
+        """``address_without_session``: the client address of an anonymous request that presented
+        no session (its fresh session id would start a new per-user count every time)."""
         if self.settings.per_user is not None:
             self._hit(f"user:{tenant}:{safety_id}", self.settings.per_user, "this user")
+        if self.settings.per_address_without_session is not None and address_without_session:
+            limit = self.settings.per_address_without_session
+            self._hit(f"address:{tenant}:{address_without_session}", limit, "requests without a session")
         if self.settings.per_key is not None and key_id is not None:
             self._hit(f"key:{key_id}", self.settings.per_key, "this API key")
 

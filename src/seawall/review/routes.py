@@ -10,6 +10,8 @@ Public, or with the app's API key (``app.state.access``, a
 * ``GET /v1/seawall/reviews/{id}`` — poll a held answer: ``{"status": "pending" | "approved" |
   "edited" | "rejected", "completion": {...} | null, "reason": ...}``; only the key's tenant's items.
   With a reviewer token instead, the reviewer's full view.
+* ``OPTIONS`` of those two: the CORS preflight of the report widget (``/ui/widget.js``); both
+  answer pages of ``review.widget_origins`` with ``Access-Control-Allow-Origin`` (never credentials).
 * ``POST /v1/feedback`` — a user's report: ``{"response_id", "category": harmful|wrong|biased|
   privacy|other, "comment"?, "contact"?, "user"?}`` -> 201; 429 past ``feedback_limit`` per user
   (the ``user`` field, else the ``x-seawall-session`` header or cookie, else the client address).
@@ -73,6 +75,32 @@ def _error(exc: SeawallError) -> Response:
     if isinstance(exc, RateLimitError):
         response.headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
     return response
+
+
+#: What the report widget may send cross-origin.
+CORS_METHODS = "GET, POST, OPTIONS"
+CORS_HEADERS = "authorization, content-type, x-seawall-session"
+CORS_MAX_AGE_S = 600
+
+
+def cors_headers(request: Request, settings: ReviewSettings, *, preflight: bool = False) -> dict[str, str]:
+    """CORS headers for a request from a page of ``settings.widget_origins`` (empty otherwise).
+
+    The origin is echoed (with ``Vary: Origin``) and no credentials are allowed: the widget
+    authenticates with the app's key, never with cookies."""
+    origin = request.headers.get("origin")
+    allowed = settings.widget_origins
+    headers = {"vary": "Origin"}
+    if not origin or not ("*" in allowed or origin.rstrip("/") in allowed):
+        return headers
+    headers["access-control-allow-origin"] = origin
+    if preflight:
+        headers["access-control-allow-methods"] = CORS_METHODS
+        headers["access-control-allow-headers"] = CORS_HEADERS
+        headers["access-control-max-age"] = str(CORS_MAX_AGE_S)
+    else:
+        headers["access-control-expose-headers"] = "retry-after"
+    return headers
 
 
 def _guarded(handler: Handler) -> Handler:
@@ -195,19 +223,40 @@ def add_review_routes(
 
     # ------------------------------------------------------------------ public
 
+    def with_cors(handler: Handler) -> Handler:
+        """Add the widget's CORS headers to whatever ``handler`` answers (errors included)."""
+
+        @functools.wraps(handler)
+        async def wrapper(request: Request) -> Response:
+            response = await handler(request)
+            response.headers.update(cors_headers(request, settings))
+            return response
+
+        return wrapper
+
+    async def preflight(request: Request) -> Response:
+        return Response(status_code=204, headers=cors_headers(request, settings, preflight=True))
+
+    app.add_api_route(NOTICES_PATH, preflight, methods=["OPTIONS"], include_in_schema=False)
+    app.add_api_route("/v1/feedback", preflight, methods=["OPTIONS"], include_in_schema=False)
+
     @app.get(NOTICES_PATH)
+    @with_cors
     @_guarded
-    async def notices() -> Response:
+    async def notices(request: Request) -> Response:
         config = settings.notices
-        return _json(
+        response = _json(
             {
                 "object": "seawall.notices",
                 "disclosure": config.disclosure,
                 "limitations": [notice.model_dump() for notice in config.limitations],
             }
         )
+        response.headers["cache-control"] = "public, max-age=300"
+        return response
 
     @app.post("/v1/feedback")
+    @with_cors
     @_guarded
     async def feedback(request: Request) -> Response:
         tenant = await app_tenant(request) or _default_tenant(request)
@@ -356,4 +405,4 @@ def _default_tenant(request: Request) -> str:
     return str(getattr(gateway, "tenant", "default"))
 
 
-__all__ = ["MAX_LIMIT", "StaffAuth", "add_review_routes"]
+__all__ = ["MAX_LIMIT", "StaffAuth", "add_review_routes", "cors_headers"]

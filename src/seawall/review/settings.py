@@ -161,6 +161,12 @@ class ReviewSettings(BaseModel):
         description="Admin name -> bearer token: everything a reviewer may do, plus /metrics.",
     )
     metrics_public: bool = Field(False, description="Serve /metrics without a token.")
+    widget_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (e.g. https://app.example.org) of the pages that embed the report widget "
+        "(/ui/widget.js): they may call POST /v1/feedback and GET /v1/seawall/notices from the browser "
+        "(CORS). '*' allows any origin. Empty: no cross-origin calls.",
+    )
     max_sources_chars: int = Field(
         200_000, ge=0, description="Most characters of source material and notes a request may attach."
     )
@@ -174,6 +180,18 @@ class ReviewSettings(BaseModel):
     max_comment_chars: int = Field(4000, ge=1, description="Longest report comment.")
     notify: NotifySettings = Field(default_factory=NotifySettings, description="Notifications.")
     notices: NoticeSettings = Field(default_factory=NoticeSettings, description="AI disclosure and limits.")
+
+    @field_validator("widget_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        cleaned: list[str] = []
+        for origin in value:
+            origin = origin.strip().rstrip("/")
+            scheme, sep, host = origin.partition("://")
+            if origin != "*" and (scheme not in ("http", "https") or not sep or not host or "/" in host):
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], or '*'")
+            cleaned.append(origin)
+        return cleaned
 
     @model_validator(mode="after")
     def _distinct_tokens(self) -> ReviewSettings:

@@ -233,10 +233,9 @@ def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
             except SeawallError as exc:
                 gateway().reject(request_id, exc)  # audited like every other request
                 raise
-            if body.get("stream"):
-                result = await gateway().stream(body, request.headers, request_id=request_id)
-            else:
-                result = await gateway().chat(body, request.headers, request_id=request_id)
+            client = request.client.host if request.client else None
+            handle = gateway().stream if body.get("stream") else gateway().chat
+            result = await handle(body, request.headers, request_id=request_id, client_address=client)
             if result.stream is not None:
                 headers = {**result.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
                 response = StreamingResponse(result.stream, media_type="text/event-stream", headers=headers)

@@ -282,6 +282,161 @@ def dashboard(
     )
 
 
+# ---------------------------------------------------------------------------------- the review desk
+
+#: Report statuses in triage order (seawall.store.base.ReportStatus).
+REPORT_STATUSES = ("new", "investigating", "resolved", "dismissed")
+
+
+@dataclass
+class DeskFigures:
+    """The review desk's figures over one dashboard range; series aligned on ``buckets``."""
+
+    buckets: list[int]
+    held: list[int]  # answers held per bucket
+    decided: list[int]  # decisions per bucket
+    queue_depth: list[int]  # items waiting at the end of each bucket
+    decision_minutes: list[float | None]  # mean time to decision of the bucket's decisions
+    reports: dict[str, list[int]]  # current status -> reports created per bucket
+    pending_now: int = 0
+    claimed_now: int = 0
+    oldest_pending: datetime | None = None
+    decision_p50_s: float | None = None
+    decision_p95_s: float | None = None
+    decisions_in_range: int = 0
+    report_totals: dict[str, int] = field(default_factory=dict)  # status -> reports (all time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "review_flow": [["held", self.held], ["decided", self.decided]],
+            "queue_depth": [["waiting", self.queue_depth]],
+            "decision_time": [["mean minutes", self.decision_minutes]],
+            "reports": [[status, values] for status, values in self.reports.items()],
+        }
+
+
+def _bucket_of(dialect: str, column: str, bucket_s: int) -> str:
+    if dialect == "postgresql":
+        return f"(floor(extract(epoch from {column}) / {bucket_s}) * {bucket_s})"
+    return f"((CAST(strftime('%s', {column}) AS INTEGER) / {bucket_s}) * {bucket_s})"
+
+
+def _seconds_between(dialect: str, start: str, end: str) -> str:
+    if dialect == "postgresql":
+        return f"extract(epoch from ({end} - {start}))"
+    return f"((julianday({end}) - julianday({start})) * 86400.0)"
+
+
+def _percentile(values: list[float], share: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
+
+
+def desk_figures(
+    engine: Engine, range_name: str = "24h", *, tenant: str | None = None, now: datetime | None = None
+) -> DeskFigures:
+    """Held answers, decisions, queue depth, time to decision and reports over ``range_name``
+    (the dashboard's buckets), from the ``review_items`` and ``reports`` tables."""
+    length, bucket = RANGES[range_name]
+    bucket_s = int(bucket.total_seconds())
+    now = now or datetime.now(UTC)
+    last = math.floor(now.timestamp() / bucket_s) * bucket_s
+    count = int(length.total_seconds() // bucket_s)
+    starts = [last - bucket_s * (count - 1 - i) for i in range(count)]
+    index = {start: i for i, start in enumerate(starts)}
+    dialect = engine.dialect.name
+    since = datetime.fromtimestamp(starts[0], UTC)
+    until = datetime.fromtimestamp(last + bucket_s, UTC)
+    params: dict[str, Any] = {
+        "since": _bind_time(dialect, since),
+        "until": _bind_time(dialect, until),
+        "now": _bind_time(dialect, now),
+    }
+    tenant_sql = ""
+    if tenant is not None:
+        params["tenant"] = tenant
+        tenant_sql = " AND tenant = :tenant"
+    duration = _seconds_between(dialect, "created_at", "decided_at")
+    held_sql = (
+        f"SELECT {_bucket_of(dialect, 'created_at', bucket_s)} AS b, count(*) FROM review_items "
+        f"WHERE created_at >= :since AND created_at < :until{tenant_sql} GROUP BY 1"
+    )
+    decided_sql = (
+        f"SELECT {_bucket_of(dialect, 'decided_at', bucket_s)} AS b, count(*), sum({duration}) "
+        f"FROM review_items WHERE decided_at >= :since AND decided_at < :until{tenant_sql} GROUP BY 1"
+    )
+    durations_sql = (
+        f"SELECT {duration} FROM review_items WHERE decided_at >= :since AND decided_at < :until"
+        f"{tenant_sql} ORDER BY decided_at DESC LIMIT 20000"
+    )
+    before_sql = (
+        "SELECT count(*) FROM review_items WHERE created_at < :since "
+        f"AND (decided_at IS NULL OR decided_at >= :since){tenant_sql}"
+    )
+    pending_sql = (
+        "SELECT count(*), min(created_at), "
+        "sum(CASE WHEN claimed_by IS NOT NULL AND claim_expires_at > :now THEN 1 ELSE 0 END) "
+        f"FROM review_items WHERE status = 'pending'{tenant_sql}"
+    )
+    reports_sql = (
+        f"SELECT {_bucket_of(dialect, 'created_at', bucket_s)} AS b, status, count(*) FROM reports "
+        f"WHERE created_at >= :since AND created_at < :until{tenant_sql} GROUP BY 1, 2"
+    )
+    totals_sql = f"SELECT status, count(*) FROM reports WHERE 1 = 1{tenant_sql} GROUP BY status"
+
+    held = [0] * count
+    decided = [0] * count
+    waited = [0.0] * count
+    reports = {status: [0] * count for status in REPORT_STATUSES}
+    with store_errors(engine, "reading the review desk's figures"), engine.connect() as connection:
+        for b, n in connection.execute(text(held_sql), params).all():
+            if (i := index.get(int(b))) is not None:
+                held[i] += int(n)
+        for b, n, total in connection.execute(text(decided_sql), params).all():
+            if (i := index.get(int(b))) is not None:
+                decided[i] += int(n)
+                waited[i] += float(total or 0)
+        durations = [float(v) for (v,) in connection.execute(text(durations_sql), params).all()]
+        depth = int(connection.execute(text(before_sql), params).scalar_one())
+        pending, oldest, claimed = connection.execute(text(pending_sql), params).one()
+        for b, status, n in connection.execute(text(reports_sql), params).all():
+            if (i := index.get(int(b))) is not None and status in reports:
+                reports[status][i] += int(n)
+        totals = {str(status): int(n) for status, n in connection.execute(text(totals_sql), params).all()}
+    queue_depth = []
+    for i in range(count):
+        depth += held[i] - decided[i]
+        queue_depth.append(max(0, depth))
+    if isinstance(oldest, str):  # SQLite hands back text (naive UTC)
+        oldest = datetime.fromisoformat(oldest)
+    if isinstance(oldest, datetime) and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    return DeskFigures(
+        buckets=starts,
+        held=held,
+        decided=decided,
+        queue_depth=queue_depth,
+        decision_minutes=[round(w / n / 60, 2) if n else None for w, n in zip(waited, decided, strict=True)],
+        reports=reports,
+        pending_now=int(pending or 0),
+        claimed_now=int(claimed or 0),
+        oldest_pending=oldest if isinstance(oldest, datetime) else None,
+        decision_p50_s=_percentile(durations, 0.5),
+        decision_p95_s=_percentile(durations, 0.95),
+        decisions_in_range=len(durations),
+        report_totals={status: totals.get(status, 0) for status in REPORT_STATUSES},
+    )
+
+
+def audit_exists(engine: Engine, request_id: str) -> bool:
+    """Whether the store holds an audit record of ``request_id``."""
+    query = select(audit_events.c.id).where(audit_events.c.request_id == request_id).limit(1)
+    with store_errors(engine, "looking up an audit record"), engine.connect() as connection:
+        return connection.execute(query).first() is not None
+
+
 # ---------------------------------------------------------------------------------- audit search
 
 
@@ -382,13 +537,17 @@ __all__ = [
     "BLOCK_GROUPS",
     "OUTCOMES",
     "RANGES",
+    "REPORT_STATUSES",
     "RISK_LEVELS",
     "AuditPage",
     "AuditQuery",
     "Dashboard",
     "DashboardCache",
+    "DeskFigures",
+    "audit_exists",
     "audit_record",
     "dashboard",
+    "desk_figures",
     "flagged_categories",
     "search_audit",
     "tenants",

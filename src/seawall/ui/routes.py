@@ -14,6 +14,8 @@ route                              role       what
 ``GET /ui/audit``                  reviewer   audit search (outcome, safety id, time), paged
 ``GET /ui/audit/{request_id}``     reviewer   one audit record
 ``GET /ui/accounts``               admin      local accounts and the OIDC allow-list
+``/ui/review…``, ``/ui/reports…``  reviewer   the review desk (:mod:`seawall.ui.desk`)
+``GET /ui/widget.js``              anyone     the embeddable "Report this answer" widget
 ``GET|POST /ui/login``             anyone     password sign-in; ``/ui/login/oidc`` for OIDC
 ``POST /ui/logout``                signed in  sign out
 =================================  =========  ==========================================
@@ -26,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,6 +50,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from seawall.errors import SeawallError
 from seawall.gateway.risk import LADDER, RiskLedger
+from seawall.review.service import ReviewService
 from seawall.settings import Settings
 from seawall.store.base import UserState, UserSummary
 from seawall.store.sql import SqlStore
@@ -66,6 +69,8 @@ from seawall.ui.auth import (
     submitted_csrf,
     tokens_match,
 )
+from seawall.ui.desk import Desk, age, duration, question
+from seawall.ui.pages import Denied, SignInNeeded
 from seawall.ui.settings import Role, UISettings
 
 log = logging.getLogger("seawall.ui")
@@ -75,6 +80,9 @@ TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 #: Longest text accepted in a form field (reasons, identifiers).
 MAX_FIELD = 500
+#: The embeddable report widget (served at /ui/widget.js, cacheable, for other origins' pages).
+WIDGET = STATIC / "widget.js"
+WIDGET_MAX_AGE_S = 3600
 
 #: Security headers of every UI response. Scripts and styles come from /ui/static only.
 SECURITY_HEADERS = {
@@ -98,7 +106,8 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        static = scope["path"].startswith(f"{scope.get('root_path', '')}/static/")
+        root = scope.get("root_path", "")
+        static = scope["path"].startswith(f"{root}/static/") or scope["path"] == f"{root}/widget.js"
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -112,15 +121,8 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-class _SignInNeeded(Exception):
-    pass
-
-
-class _Denied(Exception):
-    def __init__(self, message: str, status: int = 403) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
+_SignInNeeded = SignInNeeded
+_Denied = Denied
 
 
 class _StoreHolder:
@@ -130,6 +132,7 @@ class _StoreHolder:
         self.settings = settings
         self.store = store
         self.owned = store is None
+        self.on_close: list[Callable[[], None]] = []
 
     def get(self) -> SqlStore:
         if self.store is None:
@@ -139,6 +142,8 @@ class _StoreHolder:
         return self.store
 
     def close(self) -> None:
+        for callback in self.on_close:
+            callback()
         if self.owned and self.store is not None:
             self.store.close()
             self.store = None
@@ -208,6 +213,10 @@ class UI:
         self.env.filters["when"] = _when
         self.env.filters["when_epoch"] = lambda seconds: _when(datetime.fromtimestamp(seconds, UTC))
         self.env.filters["categories"] = queries.flagged_categories
+        self.env.filters["age"] = age
+        self.env.filters["duration"] = duration
+        self.env.filters["question"] = question
+        self.desk: Desk | None = None
         from seawall import __version__
 
         self.env.globals["version"] = __version__
@@ -414,12 +423,15 @@ class UI:
             queries.dashboard, self.store.engine, range_name, tenant=tenant, cache=self.dashboard_cache
         )
         tenants = await run_in_threadpool(queries.tenants, self.store.engine)
+        desk = await run_in_threadpool(queries.desk_figures, self.store.engine, range_name, tenant=tenant)
         return self.render(
             request,
             "dashboard.html",
             page="dashboard",
             data=data,
-            chart=data.to_json(),
+            desk=desk,
+            chart={**data.to_json(), **desk.to_json()},
+            report_statuses=queries.REPORT_STATUSES,
             ranges=list(queries.RANGES),
             range=range_name,
             tenant=tenant or "",
@@ -580,10 +592,36 @@ class UI:
         )
 
 
-def build_ui_app(settings: Settings, ui: UISettings, store: SqlStore | None = None) -> tuple[Starlette, UI]:
-    """The UI as its own ASGI app (mounted at /ui by :func:`add_ui_routes`)."""
+async def widget(request: Request) -> Response:
+    """The report widget's script: public, cacheable, for pages on other origins."""
+    body = await run_in_threadpool(WIDGET.read_bytes)
+    return Response(
+        body,
+        media_type="text/javascript; charset=utf-8",
+        headers={
+            "cache-control": f"public, max-age={WIDGET_MAX_AGE_S}",
+            "cross-origin-resource-policy": "cross-origin",
+            "access-control-allow-origin": "*",
+        },
+    )
+
+
+def build_ui_app(
+    settings: Settings,
+    ui: UISettings,
+    store: SqlStore | None = None,
+    *,
+    review: Callable[[], ReviewService | None] | None = None,
+) -> tuple[Starlette, UI]:
+    """The UI as its own ASGI app (mounted at /ui by :func:`add_ui_routes`).
+
+    ``review`` finds the running :class:`ReviewService` (the gateway's); when it gives None the
+    review desk makes one of its own over the UI's store."""
     holder = _StoreHolder(settings, store)
     view = UI(settings, ui, holder)
+    desk = Desk(view, review or (lambda: None))
+    view.desk = desk
+    holder.on_close.append(desk.close)
     secret = load_or_create_secret(ui.secret_file)
 
     routes = [
@@ -598,6 +636,13 @@ def build_ui_app(settings: Settings, ui: UISettings, store: SqlStore | None = No
         Route("/audit", view.audit, methods=["GET"], name="audit"),
         Route("/audit/{request_id:str}", view.audit_detail, methods=["GET"], name="audit_detail"),
         Route("/accounts", view.accounts_page, methods=["GET"], name="accounts"),
+        Route("/review", desk.queue, methods=["GET"], name="review_queue"),
+        Route("/review/{review_id:str}", desk.item, methods=["GET"], name="review_item"),
+        Route("/review/{review_id:str}/{action:str}", desk.act, methods=["POST"], name="review_action"),
+        Route("/reports", desk.reports, methods=["GET"], name="reports"),
+        Route("/reports/{report_id:str}", desk.report, methods=["GET"], name="report"),
+        Route("/reports/{report_id:str}", desk.triage, methods=["POST"], name="report_triage"),
+        Route("/widget.js", widget, methods=["GET"], name="widget"),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 
@@ -631,26 +676,25 @@ def add_ui_routes(
     ui = ui or cast(UISettings | None, getattr(settings, "ui", None)) or UISettings()
     if not ui.enabled:
         return
-    ui_app, view = build_ui_app(settings, ui, store)
+    ui_app, view = build_ui_app(settings, ui, store, review=lambda: getattr(app.state, "review", None))
 
     async def to_ui(request: Request) -> Response:
         return RedirectResponse(request.url.path + "/", status_code=307)
 
     app.add_route("/ui", to_ui, include_in_schema=False)
     app.mount("/ui", ui_app, name="ui")
-    if store is None:
-        original = app.router.lifespan_context
+    original = app.router.lifespan_context
 
-        @asynccontextmanager
-        async def lifespan(parent: Any) -> AsyncIterator[Any]:
-            async with original(parent) as state:
-                await run_in_threadpool(view.holder.get)  # a bad store URL stops start-up
-                try:
-                    yield state
-                finally:
-                    await run_in_threadpool(view.holder.close)
+    @asynccontextmanager
+    async def lifespan(parent: Any) -> AsyncIterator[Any]:
+        async with original(parent) as state:
+            await run_in_threadpool(view.holder.get)  # a bad store URL stops start-up
+            try:
+                yield state
+            finally:
+                await run_in_threadpool(view.holder.close)  # the store only if the UI opened it
 
-        app.router.lifespan_context = lifespan
+    app.router.lifespan_context = lifespan
 
 
 __all__ = ["SECURITY_HEADERS", "UI", "add_ui_routes", "build_ui_app"]

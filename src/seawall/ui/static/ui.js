@@ -6,13 +6,15 @@
   var data = JSON.parse(source.textContent);
   var palette = ["#0550ae", "#cf222e", "#1a7f37", "#9a6700", "#8250df", "#0a7b83", "#bc4c00", "#57606a"];
   var riskColours = { low: "#1a7f37", medium: "#9a6700", high: "#cf222e" };
+  var reportColours = { "new": "#cf222e", investigating: "#9a6700", resolved: "#1a7f37", dismissed: "#57606a" };
   var utc = function (ts) { return uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"); };
 
   function seriesOf(name) {
     var pairs = data[name] || [];
     if (name === "flag_rate") pairs = pairs.slice(0, 8); // the most flagged categories
     return pairs.map(function (pair, i) {
-      var colour = name === "risk" ? riskColours[pair[0]] : palette[i % palette.length];
+      var colour = name === "risk" ? riskColours[pair[0]]
+        : name === "reports" ? reportColours[pair[0]] : palette[i % palette.length];
       return [pair[0], pair[1], colour];
     });
   }
@@ -26,8 +28,9 @@
         label: line[0],
         stroke: line[2],
         width: 2,
-        fill: name === "requests" ? "rgba(5, 80, 174, 0.08)" : undefined,
-        spanGaps: false,
+        fill: name === "requests" || name === "queue_depth" ? "rgba(5, 80, 174, 0.08)" : undefined,
+        spanGaps: name === "decision_time",
+        points: { show: name === "decision_time" },
         value: percent
           ? function (u, v) { return v == null ? "—" : (v * 100).toFixed(2) + " %"; }
           : function (u, v) { return v == null ? "—" : String(v); },

@@ -1,0 +1,374 @@
+"""The review desk in the web UI: the queue of held answers, one item's page with its decisions,
+and the triage of user reports. Every action calls :class:`~seawall.review.service.ReviewService`
+directly (which audits it as an event), as the signed-in person (their account name or e-mail).
+
+=====================================  =========  ==========================================
+route                                  role       what
+=====================================  =========  ==========================================
+``GET /ui/review``                     reviewer   held answers: status, domain, claimable/mine
+``GET /ui/review/{id}``                reviewer   request, sources, notes, draft, scores, trail
+``POST /ui/review/{id}/claim|release`` reviewer   take or hand back the claim (CSRF-checked)
+``POST /ui/review/{id}/approve|edit``  reviewer   decide (edit: ``text``; reject: ``reason``)
+``POST /ui/review/{id}/reject``        reviewer
+``GET /ui/reports``                    reviewer   user reports by status and category
+``GET /ui/reports/{id}``               reviewer   one report, its notes and trail (contact: admins)
+``POST /ui/reports/{id}``              reviewer   add a note, move to investigating; closing
+                                                  (resolved, dismissed) or reopening: admins
+=====================================  =========  ==========================================
+
+A decision that loses a race (someone else holds the claim, the claim expired, the item is
+decided already) shows the item again with the reason, status 409.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlencode
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from seawall.errors import ConflictError, InvalidRequestError, NotFoundError
+from seawall.review.service import REPORT_CATEGORIES, REVIEW_STATUSES, ReviewService
+from seawall.review.settings import DOMAINS
+from seawall.store.base import Report, ReviewItem
+from seawall.ui import queries
+from seawall.ui.pages import Denied
+
+if TYPE_CHECKING:
+    from seawall.ui.accounts import Session
+    from seawall.ui.routes import UI
+
+#: Longest edited answer, rejection reason or triage note accepted from a form.
+MAX_TEXT = 20_000
+#: Report statuses only admins may move a report to (closing it) or away from (reopening it).
+CLOSED = frozenset({"resolved", "dismissed"})
+#: Items per queue page.
+QUEUE_LIMIT = 200
+REVIEW_ACTIONS = ("claim", "release", "approve", "edit", "reject")
+DONE = {
+    "claim": "claimed",
+    "release": "released",
+    "approve": "approved",
+    "edit": "edited and approved",
+    "reject": "rejected",
+}
+
+
+def age(moment: datetime | None, now: datetime | None = None) -> str:
+    """How long ago, roughly: '45 s', '12 min', '3 h 5 min', '2 d 4 h'."""
+    if moment is None:
+        return "—"
+    seconds = max(0, int(((now or datetime.now(UTC)) - moment).total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    now = datetime.now(UTC)
+    return age(datetime.fromtimestamp(now.timestamp() - seconds, UTC), now)
+
+
+def message_text(content: Any) -> str:
+    """A chat message's text (string content, or the text parts of a list)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif isinstance(part, dict) and part.get("type") == "image_url":
+                parts.append("[image]")
+        return "\n".join(parts)
+    return "" if content is None else str(content)
+
+
+def question(item: ReviewItem) -> str:
+    """The last user message of a held answer's request (what was asked)."""
+    for message in reversed(item.request.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return message_text(message.get("content")) or "—"
+    return "—"
+
+
+def _text_field(form: Any, name: str, *, required: bool = False, limit: int = MAX_TEXT) -> str:
+    value = form.get(name)
+    text = value.strip() if isinstance(value, str) else ""
+    if required and not text:
+        raise Denied(f"{name} is required", 400)
+    if len(text) > limit:
+        raise Denied(f"{name} is longer than {limit:,} characters", 400)
+    return text
+
+
+class Desk:
+    """The review queue and report triage pages; :func:`seawall.ui.routes.build_ui_app` routes them."""
+
+    def __init__(self, ui: UI, review: Callable[[], ReviewService | None]) -> None:
+        self.ui = ui
+        self._shared = review
+        self._own: ReviewService | None = None
+
+    @property
+    def service(self) -> ReviewService:
+        """The gateway's service when it runs (``app.state.review``), else one of the UI's own."""
+        shared = self._shared()
+        if shared is not None:
+            return shared
+        if self._own is None or self._own.store is not self.ui.store:
+            self._own = ReviewService(self.ui.store, self.ui.settings.review)
+        return self._own
+
+    def close(self) -> None:
+        if self._own is not None:
+            self._own.close()
+            self._own = None
+
+    # ------------------------------------------------------------------ the queue
+
+    async def queue(self, request: Request) -> Response:
+        session = await self.ui.require(request)
+        params = request.query_params
+        status = params.get("status") or "pending"
+        if status not in (*REVIEW_STATUSES, "all"):
+            raise Denied(f"status must be one of {', '.join(REVIEW_STATUSES)} or all", 400)
+        domain = params.get("domain") or None
+        if domain is not None and domain not in DOMAINS:
+            raise Denied(f"domain must be one of {', '.join(DOMAINS)}", 400)
+        show = params.get("show") or "all"
+        if show not in ("all", "claimable", "mine"):
+            raise Denied("show must be all, claimable or mine", 400)
+        service = self.service
+        items = await run_in_threadpool(
+            service.queue,
+            status=None if status == "all" else cast(Any, status),
+            domain=domain,
+            claimable=show == "claimable",
+            claimed_by=session.subject if show == "mine" else None,
+            limit=QUEUE_LIMIT,
+        )
+        now = service.clock()
+        return self.ui.render(
+            request,
+            "review_queue.html",
+            page="review",
+            items=items,
+            now=now,
+            status=status,
+            statuses=REVIEW_STATUSES,
+            domain=domain or "",
+            domains=DOMAINS,
+            show=show,
+            me=session.subject,
+            limit=QUEUE_LIMIT,
+        )
+
+    # ------------------------------------------------------------------ one item
+
+    async def item(self, request: Request) -> Response:
+        session = await self.ui.require(request)
+        item = await self._get(request.path_params["review_id"])
+        return await self._item_page(request, session, item, notice=request.query_params.get("done"))
+
+    async def _get(self, review_id: str) -> ReviewItem:
+        try:
+            return await run_in_threadpool(self.service.get, review_id[:100])
+        except NotFoundError:
+            raise Denied(f"There is no held answer {review_id[:100]!r}.", 404) from None
+
+    async def _item_page(
+        self,
+        request: Request,
+        session: Session,
+        item: ReviewItem,
+        *,
+        notice: str | None = None,
+        conflict: str | None = None,
+        status_code: int = 200,
+        edited: str | None = None,
+    ) -> Response:
+        service = self.service
+        view = service.reviewer_view(item)
+        events = await run_in_threadpool(service.events, item.id)
+        now = service.clock()
+        mine = item.status == "pending" and not item.claimable(now) and item.claimed_by == session.subject
+        messages = [
+            {"role": str(message.get("role", "?")), "text": message_text(message.get("content"))}
+            for message in (item.request.get("messages") or [])
+            if isinstance(message, dict)
+        ]
+        has_audit = await run_in_threadpool(queries.audit_exists, self.ui.store.engine, item.request_id)
+        return self.ui.render(
+            request,
+            "review_item.html",
+            status_code,
+            page="review",
+            item=item,
+            view=view,
+            messages=messages,
+            scores=sorted(item.scores.items(), key=lambda pair: -pair[1]),
+            events=events,
+            mine=mine,
+            now=now,
+            notice=notice if notice in DONE.values() else None,
+            conflict=conflict,
+            draft_text=edited if edited is not None else (item.edited_text or view["draft_text"]),
+            has_audit=has_audit,
+        )
+
+    async def act(self, request: Request) -> Response:
+        action = request.path_params["action"]
+        if action not in REVIEW_ACTIONS:
+            raise HTTPException(404)
+        session = await self.ui.require(request)
+        await self.ui.check_csrf(request, session)
+        review_id = request.path_params["review_id"][:100]
+        form = await request.form()
+        service = self.service
+        text = _text_field(form, "text", required=action == "edit") if action == "edit" else None
+        reason = _text_field(form, "reason", required=action == "reject") if action == "reject" else None
+        try:
+            if action == "claim":
+                await run_in_threadpool(service.claim, review_id, session.subject)
+            elif action == "release":
+                await run_in_threadpool(service.release, review_id, session.subject)
+            else:
+                await run_in_threadpool(
+                    service.decide, review_id, session.subject, cast(Any, action), text=text, reason=reason
+                )
+        except NotFoundError:
+            await self._get(review_id)  # the 404 page
+            raise
+        except (ConflictError, InvalidRequestError) as exc:
+            item = await self._get(review_id)
+            return await self._item_page(
+                request,
+                session,
+                item,
+                conflict=exc.message,
+                status_code=exc.status_code,
+                edited=text,
+            )
+        base = request.scope.get("root_path", "")
+        return RedirectResponse(
+            f"{base}/review/{review_id}?" + urlencode({"done": DONE[action]}), status_code=303
+        )
+
+    # ------------------------------------------------------------------ reports
+
+    async def reports(self, request: Request) -> Response:
+        await self.ui.require(request)
+        params = request.query_params
+        status = params.get("status", "new")
+        if status not in (*queries.REPORT_STATUSES, "all"):
+            raise Denied(f"status must be one of {', '.join(queries.REPORT_STATUSES)} or all", 400)
+        category = params.get("category") or None
+        if category is not None and category not in REPORT_CATEGORIES:
+            raise Denied(f"category must be one of {', '.join(REPORT_CATEGORIES)}", 400)
+        service = self.service
+        found = await run_in_threadpool(
+            lambda: service.reports(
+                status=None if status == "all" else cast(Any, status),
+                category=cast(Any, category),
+                limit=QUEUE_LIMIT,
+            )
+        )
+        figures = await run_in_threadpool(queries.desk_figures, self.ui.store.engine, "24h")
+        return self.ui.render(
+            request,
+            "reports.html",
+            page="reports",
+            reports=found,
+            status=status,
+            statuses=queries.REPORT_STATUSES,
+            category=category or "",
+            categories=REPORT_CATEGORIES,
+            counts=figures.report_totals,
+            now=service.clock(),
+            limit=QUEUE_LIMIT,
+        )
+
+    async def _report(self, report_id: str) -> Report:
+        try:
+            return await run_in_threadpool(self.service.get_report, report_id[:100])
+        except NotFoundError:
+            raise Denied(f"There is no report {report_id[:100]!r}.", 404) from None
+
+    async def report(self, request: Request) -> Response:
+        session = await self.ui.require(request)
+        report = await self._report(request.path_params["report_id"])
+        return await self._report_page(request, session, report, notice=request.query_params.get("done"))
+
+    async def _report_page(
+        self,
+        request: Request,
+        session: Session,
+        report: Report,
+        *,
+        notice: str | None = None,
+        status_code: int = 200,
+        error: str | None = None,
+    ) -> Response:
+        service = self.service
+        events = await run_in_threadpool(service.events, report.id)
+        has_audit = report.request_id is not None and await run_in_threadpool(
+            queries.audit_exists, self.ui.store.engine, report.request_id
+        )
+        if session.is_admin:
+            choices = list(queries.REPORT_STATUSES)
+        elif report.status in CLOSED:
+            choices = [report.status]
+        else:
+            choices = [s for s in queries.REPORT_STATUSES if s not in CLOSED]
+        return self.ui.render(
+            request,
+            "report_detail.html",
+            status_code,
+            page="reports",
+            report=report,
+            events=events,
+            has_audit=has_audit,
+            choices=choices,
+            now=service.clock(),
+            notice="Report updated." if notice == "updated" else None,
+            error=error,
+        )
+
+    async def triage(self, request: Request) -> Response:
+        session = await self.ui.require(request)
+        await self.ui.check_csrf(request, session)
+        report = await self._report(request.path_params["report_id"])
+        form = await request.form()
+        status = _text_field(form, "status", limit=20) or None
+        note = _text_field(form, "note") or None
+        if status == report.status:
+            status = None  # only a note
+        if status is not None and status not in queries.REPORT_STATUSES:
+            raise Denied(f"status must be one of {', '.join(queries.REPORT_STATUSES)}", 400)
+        if status is not None and not session.is_admin and (status in CLOSED or report.status in CLOSED):
+            raise Denied("Only administrators close reports (resolved, dismissed) or reopen them.")
+        if status is None and note is None:
+            return await self._report_page(
+                request, session, report, status_code=400, error="Choose a new status or write a note."
+            )
+        await run_in_threadpool(self.service.triage, report.id, session.subject, status=status, note=note)
+        base = request.scope.get("root_path", "")
+        return RedirectResponse(f"{base}/reports/{report.id}?done=updated", status_code=303)
+
+
+__all__ = ["CLOSED", "Desk", "age", "duration", "message_text", "question"]
