@@ -528,6 +528,17 @@ class ModerationSettings(BaseModel):
         return value
 
 
+class TelemetrySettings(BaseModel):
+    """OpenTelemetry traces of gateway requests: a span per request with a child span per
+    pipeline step (identity, standing, limits, moderation, upstream, ...), exported over OTLP/HTTP."""
+
+    traces: bool = Field(False, description="Export traces; off: no tracer is set up.")
+    otlp_endpoint: str = Field(
+        "http://127.0.0.1:4318/v1/traces", description="OTLP/HTTP traces endpoint of your collector."
+    )
+    service_name: str = Field("seawall", min_length=1, description="service.name of the spans.")
+
+
 class Settings(BaseSettings):
     """Everything seawall can be configured with."""
 
@@ -545,6 +556,7 @@ class Settings(BaseSettings):
         default_factory=ReviewSettings, description="Human review, user reports, notices, metrics."
     )
     ui: UISettings = Field(default_factory=UISettings, description="The review desk web UI at /ui/.")
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings, description="Traces.")
 
     @classmethod
     def settings_customise_sources(

@@ -20,8 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from opentelemetry.trace import Span
+
 from seawall.errors import ContentPolicyError, GuardFailedError, SeawallError, UpstreamError
 from seawall.store.base import Store
+from seawall.telemetry import Tracer, finish_request_span
 
 log = logging.getLogger("seawall.gateway")
 audit_log = logging.getLogger("seawall.audit")
@@ -59,13 +62,17 @@ class AuditRecord:
     error: dict[str, Any] | None = None
     #: The messages and the answer, only when ``gateway.audit_content`` is on.
     content: dict[str, Any] | None = None
+    #: The request's trace span and the tracer of its steps (no-ops without telemetry).
+    tracer: Tracer = field(default_factory=lambda: Tracer(None), repr=False)
+    span: Span | None = field(default=None, repr=False)
     _began: float = field(default_factory=lambda: time.perf_counter(), repr=False)
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         began = time.perf_counter()
         try:
-            yield
+            with self.tracer.step(self.span, f"seawall.{name}"):
+                yield
         finally:
             self.latency_ms[name] = round((time.perf_counter() - began) * 1000, 3)
 
@@ -150,6 +157,8 @@ class AuditLog:
 
     def write(self, record: AuditRecord) -> None:
         data = record.to_dict()
+        finish_request_span(record.span, data)
+        record.span = None
         if self._observer is not None:
             try:
                 self._observer(data)

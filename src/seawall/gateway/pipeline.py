@@ -96,6 +96,7 @@ from seawall.review.gateway_hook import PENDING_STATUS, REVIEW_HEADER, ReviewHoo
 from seawall.service import ModerationService
 from seawall.settings import GatewaySettings, Settings
 from seawall.store.base import Store, UserState
+from seawall.telemetry import Tracer
 
 log = logging.getLogger("seawall.gateway")
 
@@ -189,9 +190,11 @@ class Gateway:
         upstream: Upstream | None = None,
         store: Store | None = None,
         review: ReviewHook | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings: GatewaySettings = settings.gateway
         self.review = review
+        self.tracer = tracer or Tracer(None)
         self.service = service
         self.policy = load_policy(self.settings.policy_file) if self.settings.policy_file else DEFAULT_POLICY
         self.secret = load_or_create_secret(self.settings.secret_file.expanduser())
@@ -243,9 +246,18 @@ class Gateway:
             listing = {**listing, "data": [m for m in listing["data"] if m.get("id") in allowed]}
         return listing
 
+    def _new_audit(self, request_id: str | None, *, stream: bool) -> AuditRecord:
+        """The record of a new request, with its trace span (ended when the record is written)."""
+        audit = AuditRecord(request_id or new_request_id(), self.settings.tenant, stream=stream)
+        audit.tracer = self.tracer
+        audit.span = self.tracer.start_request(
+            "seawall.chat_completions", **{"seawall.request_id": audit.request_id, "seawall.stream": stream}
+        )
+        return audit
+
     def reject(self, request_id: str, exc: SeawallError, *, stream: bool = False) -> None:
         """Audit a request refused before it reached the pipeline (a body that is not JSON)."""
-        audit = AuditRecord(request_id, self.settings.tenant, stream=stream)
+        audit = self._new_audit(request_id, stream=stream)
         audit.failed(exc)
         self.audit.write(audit)
 
@@ -260,7 +272,7 @@ class Gateway:
         client_address: str | None = None,
     ) -> GatewayResponse:
         """One non-streaming request, from the client's body to the (moderated) completion."""
-        request = _Request(AuditRecord(request_id or new_request_id(), self.settings.tenant, stream=False))
+        request = _Request(self._new_audit(request_id, stream=False))
         request.client_address = client_address
         audit = request.audit
         try:
@@ -305,7 +317,7 @@ class Gateway:
     ) -> GatewayResponse:
         """One streaming request. Everything up to the upstream's first chunk happens here, so a
         refusal or an upstream failure is still an HTTP error; the rest is the returned SSE stream."""
-        request = _Request(AuditRecord(request_id or new_request_id(), self.settings.tenant, stream=True))
+        request = _Request(self._new_audit(request_id, stream=True))
         request.client_address = client_address
         audit = request.audit
         chunks: AsyncIterator[dict[str, Any]] | None = None

@@ -48,6 +48,7 @@ from seawall.review.service import ReviewService
 from seawall.service import ModerationService
 from seawall.settings import Settings, load_settings
 from seawall.store import open_store
+from seawall.telemetry import Tracer, start_tracing
 from seawall.ui import add_ui_routes
 
 log = logging.getLogger("seawall.server")
@@ -126,8 +127,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 review = ReviewService(store, settings.review)
                 stack.callback(review.close)
                 app.state.review = review
+                tracer = Tracer(start_tracing(settings.telemetry))
+                stack.callback(tracer.shutdown)  # flushes the spans still queued
                 gateway = Gateway(
-                    settings, service, upstream=Upstream(upstream), store=store, review=ReviewHook(review)
+                    settings,
+                    service,
+                    upstream=Upstream(upstream),
+                    store=store,
+                    review=ReviewHook(review),
+                    tracer=tracer,
                 )
                 stack.push_async_callback(gateway.aclose)
                 app.state.access = gateway.access
