@@ -77,6 +77,7 @@ from seawall.gateway.audit import AuditLog, AuditRecord
 from seawall.gateway.identity import load_or_create_secret, resolve_end_user, safety_identifier, upstream_body
 from seawall.gateway.knowledge import KnowledgeBase
 from seawall.gateway.limits import cap_output_tokens, check_request
+from seawall.gateway.messages import image_parts, last_user_text, text_of
 from seawall.gateway.policy import Policy, load_policy
 from seawall.gateway.prompt import build_prompt
 from seawall.gateway.ratelimit import RateLimiter
@@ -549,7 +550,7 @@ class Gateway:
                 documents, messages = await self._screen_untrusted(documents, messages, audit)
 
         # 5. a curated answer, or a polite refusal of an off-topic request, without the model
-        question = _last_user_text(messages)
+        question = last_user_text(messages)
         if question and (self.knowledge is not None or self.topics is not None):
             with audit.step("routing"):
                 local = self._answer_locally(question, request)
@@ -675,8 +676,8 @@ class Gateway:
     async def _moderate_user_messages(self, messages: list[dict[str, Any]], audit: AuditRecord) -> None:
         """Refuse the request if any user message's text or image is flagged in any category."""
         user = [m.get("content") for m in messages if m.get("role") == "user"]
-        texts = [text for content in user if (text := _text_of(content))]
-        images = [part for content in user for part in _image_parts(content)]
+        texts = [text for content in user if (text := text_of(content))]
+        images = [part for content in user for part in image_parts(content)]
         if not texts and not images:
             return
         try:
@@ -711,7 +712,7 @@ class Gateway:
         pieces += [
             ("tool", i, text)
             for i, m in enumerate(messages)
-            if m.get("role") in UNTRUSTED_ROLES and (text := _text_of(m.get("content")))
+            if m.get("role") in UNTRUSTED_ROLES and (text := text_of(m.get("content")))
         ]
         if not pieces:
             return documents, messages
@@ -763,7 +764,7 @@ class Gateway:
             if not isinstance(message, dict):
                 continue
             # Tool-call arguments are output too: an app may show or execute them.
-            text = "\n".join(filter(None, [_text_of(message.get("content")), _tool_arguments(message)]))
+            text = "\n".join(filter(None, [text_of(message.get("content")), _tool_arguments(message)]))
             if not text:
                 continue
             try:
@@ -953,37 +954,10 @@ def _event(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
-def _text_of(content: Any) -> str:
-    """The text of a message's content: the string, or its text parts joined by newlines."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-        )
-    return ""
 
 
-def _last_user_text(messages: list[dict[str, Any]]) -> str:
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            return _text_of(message.get("content"))
-    return ""
 
 
-def _image_parts(content: Any) -> list[dict[str, Any]]:
-    """The ``image_url`` parts of a message's content, as moderation input parts."""
-    if not isinstance(content, list):
-        return []
-    return [
-        {"type": "image_url", "image_url": part["image_url"]}
-        for part in content
-        if isinstance(part, dict)
-        and part.get("type") == "image_url"
-        and isinstance(part.get("image_url"), dict)
-    ]
 
 
 def _tool_arguments(message: Mapping[str, Any]) -> str:

@@ -39,6 +39,7 @@ from seawall.errors import (
     PayloadTooLargeError,
     RateLimitError,
 )
+from seawall.gateway.messages import last_user_text, text_of
 from seawall.review.domains import DomainDetector
 from seawall.review.metrics import ReviewMetrics
 from seawall.review.notify import Notifier, check_webhook_url
@@ -101,16 +102,6 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z") if moment else None
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-        )
-    return ""
 
 
 def parse_review_request(extension: Any, settings: ReviewSettings) -> ReviewRequest:
@@ -234,7 +225,7 @@ class ReviewService:
                 domain = request.domain
                 reasons.insert(0, f"declared:{domain}")
         elif self.settings.detect_domains and self.settings.domains:
-            question = _last_user_text(body.get("messages"))
+            question = last_user_text(body.get("messages"))
             if question:
                 verdict = self.detector.detect(question)
                 wanted = self.settings.domains
@@ -625,17 +616,10 @@ def final_completion(item: ReviewItem) -> dict[str, Any] | None:
 def _draft_text(draft: Mapping[str, Any]) -> str:
     for choice in draft.get("choices") or []:
         if isinstance(choice, dict):
-            return _text((choice.get("message") or {}).get("content"))
+            return text_of((choice.get("message") or {}).get("content"))
     return ""
 
 
-def _last_user_text(messages: Any) -> str:
-    if not isinstance(messages, list):
-        return ""
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return _text(message.get("content"))
-    return ""
 
 
 def _digest(tenant: str, user: str) -> str:
