@@ -16,13 +16,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from seawall.errors import SeawallError
+from seawall.cli_support import ConfigOption, configured_store, console, fail
+from seawall.clock import utc_now
 from seawall.gateway.identity import generate_api_key, hash_api_key, load_or_create_secret, safety_identifier
-from seawall.gateway.risk import LADDER, RiskLedger, utc_now
-from seawall.settings import Settings, load_settings
-from seawall.store.base import Store, UserState
+from seawall.gateway.risk import LADDER, RiskLedger
+from seawall.settings import Settings
+from seawall.store.base import UserState
 
-console = Console(stderr=True)
 out = Console()
 
 keys_app = typer.Typer(help="App API keys: create, list, revoke (stored hashed).", no_args_is_help=True)
@@ -30,34 +30,9 @@ users_app = typer.Typer(
     help="End users on the escalation ladder: list, show, block, clear.", no_args_is_help=True
 )
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML settings file (else $SEAWALL_CONFIG).")
-]
 TenantOption = Annotated[str | None, typer.Option(help="Tenant (app); default: gateway.tenant.")]
 ByOption = Annotated[str | None, typer.Option("--by", help="Who does this (audited); default: your login.")]
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(2)
-
-
-@contextmanager
-def _open(config: Path | None) -> Iterator[tuple[Settings, Store]]:
-    from seawall.store import open_store  # SQLAlchemy loads only for the commands that use it
-
-    try:
-        settings = load_settings(config)
-        store = open_store(settings.store)
-    except SeawallError as exc:
-        raise _fail(exc.message) from exc
-    try:
-        yield settings, store
-    except SeawallError as exc:
-        raise _fail(exc.message) from exc
-    finally:
-        store.close()
 
 
 def _print_rows(headers: list[str], rows: list[list[str]]) -> None:
@@ -87,7 +62,7 @@ def create_key(
     config: ConfigOption = None,
 ) -> None:
     """Make a key. It is printed once, on stdout; only its hash is stored."""
-    with _open(config) as (settings, store):
+    with configured_store(config) as (settings, store):
         key = generate_api_key()
         stored = store.create_key(name, tenant or settings.gateway.tenant, hash_api_key(key), key[:8])
         console.print(f"created {stored.id} ({stored.name}, tenant {stored.tenant}); the key (shown once):")
@@ -101,7 +76,7 @@ def list_keys(
     config: ConfigOption = None,
 ) -> None:
     """List keys (never the keys themselves: their first characters)."""
-    with _open(config) as (_, store):
+    with configured_store(config) as (_, store):
         rows = [
             [key.id, key.name, key.tenant, key.prefix + "…", _when(key.created_at),
              _when(key.last_used_at), _when(key.revoked_at)]
@@ -116,7 +91,7 @@ def revoke_key(
     config: ConfigOption = None,
 ) -> None:
     """Revoke a key; every replica refuses it within seconds."""
-    with _open(config) as (_, store):
+    with configured_store(config) as (_, store):
         key = store.revoke_key(key_id)
         console.print(f"revoked {key.id} ({key.name}) at {_when(key.revoked_at)}")
 
@@ -130,7 +105,7 @@ def _safety_id(settings: Settings, tenant: str, who: str, raw: bool) -> str:
         secret = load_or_create_secret(settings.gateway.secret_file.expanduser())
         return safety_identifier(secret, tenant, who)
     if not _HEX64.fullmatch(who):
-        raise _fail(f"{who!r} is not a safety identifier (64 hex characters); pass --raw for a user id")
+        raise fail(f"{who!r} is not a safety identifier (64 hex characters); pass --raw for a user id")
     return who
 
 
@@ -139,7 +114,7 @@ def _user(
     config: Path | None, tenant: str | None, who: str, raw: bool
 ) -> Iterator[tuple[RiskLedger, str, str]]:
     """The ledger, the tenant and the user's safety identifier, for the users commands."""
-    with _open(config) as (settings, store):
+    with configured_store(config) as (settings, store):
         tenant = tenant or settings.gateway.tenant
         yield RiskLedger(store, settings.gateway.risk), tenant, _safety_id(settings, tenant, who, raw)
 
@@ -167,11 +142,11 @@ def list_users(
     config: ConfigOption = None,
 ) -> None:
     """Users with risk events or an escalation, most high-risk events first."""
-    with _open(config) as (settings, store):
+    with configured_store(config) as (settings, store):
         since = utc_now() - timedelta(hours=hours)
         wanted = next((s for s in LADDER if s == status), None)
         if status is not None and wanted is None:
-            raise _fail(f"unknown status {status!r}; one of: {', '.join(LADDER)}")
+            raise fail(f"unknown status {status!r}; one of: {', '.join(LADDER)}")
         rows = store.list_users(tenant or settings.gateway.tenant, since=since, status=wanted, limit=limit)
         _print_rows(
             ["safety identifier", "status", "until", "high", "medium", "last event"],
@@ -235,7 +210,7 @@ def org(
 ) -> None:
     """The organisation's roll-up: risk events, users escalated, and how close the last day
     came to the high-risk volume you treat as your provider's threshold."""
-    with _open(config) as (settings, store):
+    with configured_store(config) as (settings, store):
         tenant = tenant or settings.gateway.tenant
         since = utc_now() - timedelta(hours=hours)
         summary = store.org_summary(tenant, since)

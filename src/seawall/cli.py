@@ -14,22 +14,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from seawall.cli_support import ConfigOption, console, fail
 from seawall.errors import SeawallError
 from seawall.settings import describe_settings, load_settings
 
 app = typer.Typer(help="seawall: a self-hosted safety layer for LLM applications.", no_args_is_help=True)
-console = Console(stderr=True)
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML settings file (else $SEAWALL_CONFIG).")
-]
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
-
-
 @app.command()
 def serve(
     config: ConfigOption = None,
@@ -48,7 +37,7 @@ def serve(
         settings = load_settings(config, **overrides)
         application = create_app(settings)
     except SeawallError as exc:
-        raise _fail(exc.message) from exc
+        raise fail(exc.message) from exc
     gateway = settings.gateway
     if gateway.active():
         upstream = gateway.upstream.base_url or "the bundled local model (started as a child process)"
@@ -74,7 +63,7 @@ def _utf8_lines(stream: BinaryIO, source: str) -> Iterator[tuple[int, str]]:
         try:
             line = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as exc:
-            raise _fail(f"{source}:{number}: not valid UTF-8 ({exc.reason})") from exc
+            raise fail(f"{source}:{number}: not valid UTF-8 ({exc.reason})") from exc
         if line.strip():
             yield number, line
 
@@ -86,16 +75,16 @@ def _read_jsonl_texts(stream: BinaryIO, source: str) -> list[tuple[Any, Any]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise _fail(f"{source}:{number}: not valid JSON: {exc.msg}") from exc
+            raise fail(f"{source}:{number}: not valid JSON: {exc.msg}") from exc
         if isinstance(record, str):
             pairs.append((record, record))
         elif isinstance(record, dict) and ("input" in record or "text" in record):
             item = record.get("input", record.get("text"))
             if not isinstance(item, str | list):
-                raise _fail(f"{source}:{number}: 'input'/'text' must be a string or a list of content parts")
+                raise fail(f"{source}:{number}: 'input'/'text' must be a string or a list of content parts")
             pairs.append((record, item))
         else:
-            raise _fail(f"{source}:{number}: expected a string or an object with 'input' or 'text'")
+            raise fail(f"{source}:{number}: expected a string or an object with 'input' or 'text'")
     return pairs
 
 
@@ -117,7 +106,7 @@ def moderate(
     from seawall.service import ModerationService
 
     if (text is None) == (file is None):
-        raise _fail("give either TEXT or --file")
+        raise fail("give either TEXT or --file")
     if text == "-":
         pairs = [(line, line) for _, line in _utf8_lines(sys.stdin.buffer, "<stdin>")]
     elif text is not None:
@@ -127,14 +116,14 @@ def moderate(
     else:
         assert file is not None
         if not file.is_file():
-            raise _fail(f"no such file: {file}")
+            raise fail(f"no such file: {file}")
         with file.open("rb") as stream:
             pairs = _read_jsonl_texts(stream, str(file))
 
     try:
         settings = load_settings(config)
     except SeawallError as exc:
-        raise _fail(exc.message) from exc
+        raise fail(exc.message) from exc
 
     async def run() -> list[dict[str, Any]]:
         service = ModerationService(settings)
@@ -160,11 +149,11 @@ def moderate(
     try:
         rows = asyncio.run(run())
     except SeawallError as exc:
-        raise _fail(exc.message) from exc
+        raise fail(exc.message) from exc
     try:
         out = output.open("w", encoding="utf-8") if output else sys.stdout
     except OSError as exc:
-        raise _fail(f"cannot write {output}: {exc.strerror}") from exc
+        raise fail(f"cannot write {output}: {exc.strerror}") from exc
     try:
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -211,9 +200,9 @@ def evaluate(
         settings = load_settings(config)
         labeled = read_labeled_jsonl(file)
     except SeawallError as exc:
-        raise _fail(exc.message) from exc
+        raise fail(exc.message) from exc
     except UnicodeDecodeError as exc:
-        raise _fail(f"{file}: not valid UTF-8 ({exc.reason})") from exc
+        raise fail(f"{file}: not valid UTF-8 ({exc.reason})") from exc
 
     async def run() -> tuple[list[Any], dict[str, float]]:
         service = ModerationService(settings)
@@ -237,7 +226,7 @@ def evaluate(
     try:
         results, thresholds = asyncio.run(run())
     except SeawallError as exc:
-        raise _fail(exc.message) from exc
+        raise fail(exc.message) from exc
     # Thresholds: the backend's own (local) plus configured overrides; 0.5 where neither says.
     report = evaluate_scores(labeled.labels, scores_matrix(results), thresholds)
     if json_output:
@@ -297,7 +286,7 @@ def train_command(
     try:
         report = train(config, progress=lambda message: console.print(message))
     except SeawallError as exc:
-        raise _fail(exc.message) from exc
+        raise fail(exc.message) from exc
     summary = report["held_out"]["summary"]
     console.print(f"dev: {report['dev']['summary']}")
     console.print(f"held-out sources: {summary}")
@@ -309,7 +298,7 @@ def show_config(config: ConfigOption = None) -> None:
     try:
         settings = load_settings(config).model_dump()
     except SeawallError as exc:
-        raise _fail(exc.message) from exc
+        raise fail(exc.message) from exc
     rows = describe_settings()
     table = Table("setting", "value", "default", "meaning")
     # Names stay whole on narrow or piped output (`seawall config | grep ...`); the meaning wraps.

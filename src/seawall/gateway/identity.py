@@ -153,7 +153,8 @@ class EndUser:
     """True when seawall minted the session id just now (the gateway should hand it to the client)."""
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
+def header_value(headers: Mapping[str, str], name: str) -> str | None:
+    """A header by name, whatever the case of the mapping's keys (None when absent)."""
     value = headers.get(name)
     if value is not None:
         return value
@@ -201,7 +202,7 @@ def resolve_end_user(
     are read only for anonymous traffic. A JSON ``null`` counts as absent.
     """
     if trusted_header:
-        value = _header(headers, trusted_header)
+        value = header_value(headers, trusted_header)
         if value is not None:
             user_id = _check_id(value, f"the {trusted_header} header", None)
             return EndUser(user_id, anonymous=False, source="header")
@@ -213,11 +214,11 @@ def resolve_end_user(
             return EndUser(user_id, anonymous=False, source=source)
     presented: str | None = None
     if session_header:
-        value = _header(headers, session_header)
+        value = header_value(headers, session_header)
         if value is not None:
             presented = _check_id(value, f"the {session_header} header", None)
     if presented is None and session_cookie:
-        cookies = _header(headers, "cookie")
+        cookies = header_value(headers, "cookie")
         value = _session_from_cookie(cookies, session_cookie) if cookies else None
         if value is not None:
             presented = _check_id(value, f"the {session_cookie} cookie", None)
@@ -312,6 +313,7 @@ __all__ = [
     "EndUser",
     "generate_api_key",
     "hash_api_key",
+    "header_value",
     "load_or_create_secret",
     "resolve_end_user",
     "safety_identifier",

@@ -74,7 +74,13 @@ from seawall.errors import (
 )
 from seawall.gateway.access import Caller, KeyAuthenticator
 from seawall.gateway.audit import AuditLog, AuditRecord
-from seawall.gateway.identity import load_or_create_secret, resolve_end_user, safety_identifier, upstream_body
+from seawall.gateway.identity import (
+    header_value,
+    load_or_create_secret,
+    resolve_end_user,
+    safety_identifier,
+    upstream_body,
+)
 from seawall.gateway.knowledge import KnowledgeBase
 from seawall.gateway.limits import cap_output_tokens, check_request
 from seawall.gateway.messages import image_parts, last_user_text, text_of
@@ -94,6 +100,7 @@ from seawall.gateway.stream_guard import (
 from seawall.gateway.topics import TopicGuard
 from seawall.gateway.upstream import Upstream
 from seawall.review.gateway_hook import PENDING_STATUS, REVIEW_HEADER, ReviewHook
+from seawall.review.service import HoldDecision
 from seawall.service import ModerationService
 from seawall.settings import GatewaySettings, Settings
 from seawall.store.base import Store, UserState
@@ -240,7 +247,7 @@ class Gateway:
 
     async def models(self, headers: Mapping[str, str]) -> dict[str, Any]:
         """The upstream's model list, narrowed to the policy's ``allowed_models`` when it has some."""
-        await asyncio.to_thread(self.access.authenticate, _header(headers, "authorization"))
+        await asyncio.to_thread(self.access.authenticate, header_value(headers, "authorization"))
         listing = await self.upstream.models()
         allowed = self.policy.limits.allowed_models
         if allowed:
@@ -273,21 +280,14 @@ class Gateway:
         client_address: str | None = None,
     ) -> GatewayResponse:
         """One non-streaming request, from the client's body to the (moderated) completion."""
-        request = _Request(self._new_audit(request_id, stream=False))
-        request.client_address = client_address
+        request = _Request(self._new_audit(request_id, stream=False), client_address=client_address)
         audit = request.audit
         try:
             prepared = await self._prepare(body, headers, request)
             if prepared.upstream_body is None:
                 completion = _local_completion(audit.request_id, body, prepared.local_answer or "")
             else:
-                with audit.step("upstream"):
-                    completion = await self.upstream.chat(prepared.upstream_body)
-                audit.upstream = {"status": 200}
-                audit.outcome = "ok"
-                if self.settings.output_moderation:
-                    with audit.step("output_moderation"):
-                        await self._moderate_answer(completion, audit)
+                completion = await self._complete(prepared.upstream_body, audit)
                 if self.review is not None:
                     pending = await self._hold(body, completion, request)
                     if pending is not None:
@@ -318,8 +318,7 @@ class Gateway:
     ) -> GatewayResponse:
         """One streaming request. Everything up to the upstream's first chunk happens here, so a
         refusal or an upstream failure is still an HTTP error; the rest is the returned SSE stream."""
-        request = _Request(self._new_audit(request_id, stream=True))
-        request.client_address = client_address
+        request = _Request(self._new_audit(request_id, stream=True), client_address=client_address)
         audit = request.audit
         chunks: AsyncIterator[dict[str, Any]] | None = None
         try:
@@ -328,7 +327,11 @@ class Gateway:
                 # A stream that qualifies for review is answered 202 pending, as JSON, not streamed.
                 decision = await self.review.check(body, audit.decisions)
                 if decision is not None:
-                    held = await self._hold_stream(body, prepared.upstream_body, request)
+                    # Answered as a plain completion (Upstream.chat turns streaming off), then held,
+                    # also when output moderation filtered the draft: the reviewer sees it.
+                    completion = await self._complete(prepared.upstream_body, audit)
+                    held = await self._hold(body, completion, request, decision)
+                    assert held is not None
                     await self._settle(request)
                     self.audit.write(audit)
                     return self._response(request, body=held, status_code=PENDING_STATUS)
@@ -455,17 +458,30 @@ class Gateway:
             + ", ".join(verdict.categories)
         )
 
+    async def _complete(self, upstream_body: dict[str, Any], audit: AuditRecord) -> dict[str, Any]:
+        """Steps 7 and 8 without streaming: the upstream's completion, moderated."""
+        with audit.step("upstream"):
+            completion = await self.upstream.chat(upstream_body)
+        audit.upstream = {"status": 200}
+        audit.outcome = "ok"
+        if self.settings.output_moderation:
+            with audit.step("output_moderation"):
+                await self._moderate_answer(completion, audit)
+        return completion
+
     async def _hold(
-        self, body: dict[str, Any], completion: dict[str, Any], request: _Request, *, always: bool = False
+        self,
+        body: dict[str, Any],
+        completion: dict[str, Any],
+        request: _Request,
+        decision: HoldDecision | None = None,
     ) -> dict[str, Any] | None:
-        """Hold the answer for human review if the review rules say so (or ``always``): the
-        pending body, or None."""
+        """Hold the answer for human review if ``decision`` (else the review rules, asked now)
+        says so: the pending body, or None."""
         assert self.review is not None
         audit = request.audit
         with audit.step("review"):
-            decision = await self.review.check(body, audit.decisions)
-            if decision is None and always:
-                decision = await self.review.check(body, [])  # the input alone qualified it
+            decision = decision or await self.review.check(body, audit.decisions)
             if decision is None:
                 return None
             pending = await self.review.hold(
@@ -479,23 +495,6 @@ class Gateway:
         audit.decide("review", "hold", reasons=list(decision.reasons), review_id=pending["review_id"])
         audit.outcome = "held_for_review"
         request.headers[REVIEW_HEADER] = pending["review_id"]
-        return pending
-
-    async def _hold_stream(
-        self, body: dict[str, Any], upstream_body: dict[str, Any], request: _Request
-    ) -> dict[str, Any]:
-        """A streaming request that qualifies for review: a plain upstream call, output moderation,
-        then the hold (also when the draft was filtered: the reviewer sees it and decides)."""
-        audit = request.audit
-        plain = {k: v for k, v in upstream_body.items() if k not in ("stream", "stream_options")}
-        with audit.step("upstream"):
-            completion = await self.upstream.chat(plain)
-        audit.upstream = {"status": 200}
-        if self.settings.output_moderation:
-            with audit.step("output_moderation"):
-                await self._moderate_answer(completion, audit)
-        pending = await self._hold(body, completion, request, always=True)
-        assert pending is not None
         return pending
 
     def _response(self, request: _Request, **content: Any) -> GatewayResponse:
@@ -515,7 +514,7 @@ class Gateway:
             audit.content = {"messages": body.get("messages")}
         # 1. identity and access: only the digest of the user's id leaves this function
         with audit.step("identity"):
-            caller = await asyncio.to_thread(self.access.authenticate, _header(headers, "authorization"))
+            caller = await asyncio.to_thread(self.access.authenticate, header_value(headers, "authorization"))
             request.caller = caller
             audit.key_id, audit.tenant = caller.key_id, caller.tenant
             user = resolve_end_user(body, headers, self.settings.trusted_user_header)
@@ -891,13 +890,6 @@ class _StreamState:
         if self.system_fingerprint:
             chunk["system_fingerprint"] = self.system_fingerprint
         return chunk
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is None:
-        value = next((v for k, v in headers.items() if k.lower() == name), None)
-    return value
 
 
 def _warning(state: UserState) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
+
+from seawall.clock import Clock, utc_now
 from seawall.errors import RateLimitError
-from seawall.gateway.risk import Clock, utc_now
 from seawall.settings import RateLimit, RateLimitSettings
 from seawall.store.base import Store
 
@@ -34,13 +37,26 @@ class RateLimiter:
             self._hit(f"key:{key_id}", self.settings.per_key, "this API key")
 
     def _hit(self, bucket: str, limit: RateLimit, whose: str) -> None:
-        result = self.store.hit(bucket, limit.requests, limit.window_s, self.clock())
-        if not result.allowed:
-            raise RateLimitError(
-                f"Rate limit reached for {whose}: {limit.requests} requests per {limit.window_s} s. "
-                f"Retry in {result.retry_after_s:.1f} s.",
-                retry_after=result.retry_after_s,
-            )
+        refusal = f"Rate limit reached for {whose}: {limit.requests} requests per {limit.window_s} s."
+        enforce(self.store, bucket, limit.requests, limit.window_s, self.clock(), refusal)
 
 
-__all__ = ["RateLimiter"]
+def enforce(
+    store: Store,
+    bucket: str,
+    requests: int,
+    window_s: int,
+    now: datetime,
+    refusal: str,
+    *,
+    code: str | None = None,
+) -> None:
+    """Count one request in ``bucket`` (at most ``requests`` per ``window_s``); when it is full,
+    429 with ``refusal`` and the time to wait (also the Retry-After header)."""
+    result = store.hit(bucket, requests, window_s, now)
+    if not result.allowed:
+        wait = math.ceil(result.retry_after_s)
+        raise RateLimitError(f"{refusal} Retry in {wait} s.", retry_after=result.retry_after_s, code=code)
+
+
+__all__ = ["RateLimiter", "enforce"]

@@ -13,10 +13,12 @@ user at once write the same state, so no lock is needed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 
-from seawall.errors import PermissionDeniedError, RateLimitError
+from seawall.clock import Clock, utc_now
+from seawall.errors import PermissionDeniedError
+from seawall.gateway.ratelimit import enforce
 from seawall.settings import RiskSettings
 from seawall.store.base import RiskEvent, RiskLevel, Store, UserState, UserStatus
 
@@ -24,13 +26,6 @@ from seawall.store.base import RiskEvent, RiskLevel, Store, UserState, UserStatu
 LADDER: tuple[UserStatus, ...] = ("ok", "warned", "throttled", "blocked", "review")
 #: Who the gateway writes as ``updated_by``.
 GATEWAY = "gateway"
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
 
 def risk_level(
     *, flagged: bool, scores: Iterable[float] = (), injection: bool = False, medium_score: float
@@ -42,6 +37,15 @@ def risk_level(
     if injection or any(score >= medium_score for score in scores):
         return "medium"
     return "low"
+
+
+def _in_force(state: UserState | None, now: datetime) -> UserState | None:
+    """``state`` unless it is ok or has run out."""
+    if state is None or state.status == "ok":
+        return None
+    if state.until is not None and state.until <= now:
+        return None
+    return state
 
 
 def _when(moment: datetime | None) -> str:
@@ -75,12 +79,7 @@ class RiskLedger:
 
     def standing(self, tenant: str, safety_id: str) -> UserState | None:
         """The user's state if it is still in force (an expired block or throttle is None)."""
-        state = self.store.get_user(tenant, safety_id)
-        if state is None or state.status == "ok":
-            return None
-        if state.until is not None and state.until <= self.clock():
-            return None
-        return state
+        return _in_force(self.store.get_user(tenant, safety_id), self.clock())
 
     def admit(self, tenant: str, safety_id: str) -> UserState | None:
         """Raise 403 for a blocked user or one under review, 429 for a throttled one over its
@@ -99,24 +98,25 @@ class RiskLedger:
             )
         if state.status == "throttled":
             limit = self.settings.throttle
+            refusal = (
+                f"This user is throttled to {limit.requests} requests per {_span(limit.window_s)} "
+                f"until {_when(state.until)}: {state.reason}."
+            )
             bucket = f"throttle:{tenant}:{safety_id}"
-            hit = self.store.hit(bucket, limit.requests, limit.window_s, self.clock())
-            if not hit.allowed:
-                raise RateLimitError(
-                    f"This user is throttled to {limit.requests} requests per {_span(limit.window_s)} "
-                    f"until {_when(state.until)}: {state.reason}. Retry in {hit.retry_after_s:.0f} s.",
-                    retry_after=hit.retry_after_s,
-                    code="user_throttled",
-                )
+            now = self.clock()
+            enforce(self.store, bucket, limit.requests, limit.window_s, now, refusal, code="user_throttled")
         return state
 
     # ------------------------------------------------------------------ after a request
 
     def points(self, tenant: str, safety_id: str) -> tuple[float, int, int]:
         """(points, high events, medium events) in the window, counted since an admin's last clear."""
-        now = self.clock()
+        return self._points(tenant, safety_id, self.store.get_user(tenant, safety_id), self.clock())
+
+    def _points(
+        self, tenant: str, safety_id: str, state: UserState | None, now: datetime
+    ) -> tuple[float, int, int]:
         since = now - timedelta(seconds=self.settings.window_s)
-        state = self.store.get_user(tenant, safety_id)
         if state is not None and state.status == "ok" and state.updated_at > since:
             since = state.updated_at
         high = self.store.count_events(tenant, safety_id, "high", since)
@@ -132,12 +132,13 @@ class RiskLedger:
         now = self.clock()
         event = RiskEvent(tenant, safety_id, level, now, request_id, tuple(sorted(categories)))
         self.store.record_event(event)
-        points, high, medium = self.points(tenant, safety_id)
+        state = self.store.get_user(tenant, safety_id)  # read once: for the points and the rung
+        points, high, medium = self._points(tenant, safety_id, state, now)
         reached = [status for status, at in self._rungs if points >= at]
         if not reached:
             return None
         target = reached[-1]
-        current = self.standing(tenant, safety_id)
+        current = _in_force(state, now)
         if current is not None and LADDER.index(current.status) >= LADDER.index(target):
             return None
         durations = {
@@ -176,4 +177,4 @@ class RiskLedger:
         return state
 
 
-__all__ = ["GATEWAY", "LADDER", "RiskLedger", "risk_level", "utc_now"]
+__all__ = ["GATEWAY", "LADDER", "RiskLedger", "risk_level"]

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from seawall.cli_support import console, fail
 from seawall.errors import SeawallError
 from seawall.redteam.cases import CaseResult, Suite
 from seawall.redteam.catalogue import FAMILIES
@@ -30,7 +31,6 @@ app = typer.Typer(
     help="Attack an LLM app before real users do; reproducible, gateable.",
     no_args_is_help=True,
 )
-console = Console(stderr=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="redteam.yaml")]
 TargetOpt = Annotated[
@@ -41,18 +41,13 @@ KindOpt = Annotated[str, typer.Option("--target-type", help="openai or seawall (
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Suite seed (suite.seed).")]
 
 
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(2)
-
-
 def _config(
     config: Path | None, target: str | None, model: str | None, kind: str, seed: int | None, offline: bool
 ) -> RedTeamConfig:
     loaded = load_config(config)
     if target is not None:
         if not model:
-            raise _fail("--target needs --model")
+            raise fail("--target needs --model")
         loaded.target = OpenAITargetConfig(
             type="seawall" if kind == "seawall" else "openai", base_url=target, model=model
         )
@@ -61,7 +56,7 @@ def _config(
     if offline:
         loaded.offline = True
     if loaded.target is None:
-        raise _fail("no target: set 'target' in the config or pass --target URL --model NAME")
+        raise fail("no target: set 'target' in the config or pass --target URL --model NAME")
     return loaded
 
 
@@ -185,7 +180,7 @@ def run(
             wanted = set(case)
             chosen = chosen.model_copy(update={"cases": [c for c in chosen.cases if c.id in wanted]})
             if missing := wanted - {c.id for c in chosen.cases}:
-                raise _fail(f"no such case(s): {', '.join(sorted(missing))}")
+                raise fail(f"no such case(s): {', '.join(sorted(missing))}")
         code = _execute(
             cfg,
             chosen,
@@ -197,7 +192,7 @@ def run(
             quiet=quiet,
         )
     except SeawallError as exc:
-        raise _fail(exc.message) from exc
+        raise fail(exc.message) from exc
     raise typer.Exit(code)
 
 
@@ -247,7 +242,7 @@ def freeze_command(
             cfg.suite.seed = seed
         suite = build_suite(cfg.suite, cfg.app)
     except SeawallError as exc:
-        raise _fail(exc.message) from exc
+        raise fail(exc.message) from exc
     freeze(suite, output)
     console.print(
         f"{len(suite.cases)} cases (seed {suite.seed}, fingerprint {suite.fingerprint}) -> {output}"
@@ -290,6 +285,6 @@ def list_command(
                 table.add_row(name, text)
             out.print(table)
         else:
-            raise _fail("list what? probes, strategies or families")
+            raise fail("list what? probes, strategies or families")
     except SeawallError as exc:
-        raise _fail(exc.message) from exc
+        raise fail(exc.message) from exc

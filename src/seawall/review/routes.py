@@ -45,6 +45,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from seawall.bodies import read_json
 from seawall.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -114,21 +115,6 @@ def _guarded(handler: Handler) -> Handler:
             return _error(exc)
 
     return wrapper
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise InvalidRequestError(f"request body exceeds {MAX_BODY_BYTES} bytes")
-    if not raw:
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequestError("request body must be a JSON object")
-    return body
 
 
 def _string(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:
@@ -260,7 +246,7 @@ def add_review_routes(
     @_guarded
     async def feedback(request: Request) -> Response:
         tenant = await app_tenant(request) or _default_tenant(request)
-        body = await _body(request)
+        body = await read_json(request, MAX_BODY_BYTES, empty_ok=True)
         unknown = sorted(set(body) - {"response_id", "category", "comment", "contact", "user"})
         if unknown:
             raise InvalidRequestError(f"unknown field(s): {', '.join(unknown)}", param=unknown[0])
@@ -341,7 +327,7 @@ def add_review_routes(
     @_guarded
     async def act(review_id: str, action: str, request: Request) -> Response:
         name = staff.require(request)
-        body = await _body(request)
+        body = await read_json(request, MAX_BODY_BYTES, empty_ok=True)
         service = review()
         if action == "claim":
             item = await asyncio.to_thread(service.claim, review_id, name)
@@ -392,7 +378,7 @@ def add_review_routes(
     @_guarded
     async def triage(report_id: str, request: Request) -> Response:
         name = staff.require(request)
-        body = await _body(request)
+        body = await read_json(request, MAX_BODY_BYTES, empty_ok=True)
         report = await asyncio.to_thread(
             review().triage, report_id, name, status=_string(body, "status"), note=_string(body, "note")
         )

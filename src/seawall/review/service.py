@@ -27,19 +27,20 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, get_args
 
+from seawall.clock import Clock, utc_now
 from seawall.errors import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
-    RateLimitError,
 )
 from seawall.gateway.messages import last_user_text, text_of
+from seawall.gateway.ratelimit import enforce
 from seawall.review.domains import DomainDetector
 from seawall.review.metrics import ReviewMetrics
 from seawall.review.notify import Notifier, check_webhook_url
@@ -70,7 +71,6 @@ _GUARD_STEPS = frozenset({"input_moderation", "output_moderation", "tool_call_mo
 _REFUSED = frozenset({"filter", "block", "refuse", "failed_closed"})
 _EXTENSION_KEYS = frozenset({"domain", "sources", "notes", "webhook"})
 
-Clock = Callable[[], datetime]
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,6 @@ class HoldDecision:
     scores: dict[str, float]
     request: ReviewRequest
 
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -472,13 +469,8 @@ class ReviewService:
         reporter_hash = _digest(tenant, reporter) if reporter else None
         limit = self.settings.feedback_limit
         bucket = f"feedback:{tenant}:{reporter_hash or 'anonymous'}"
-        hit = self.store.hit(bucket, limit.requests, limit.window_s, self.clock())
-        if not hit.allowed:
-            raise RateLimitError(
-                f"Too many reports: {limit.requests} per {limit.window_s} s. "
-                f"Retry in {hit.retry_after_s:.0f} s.",
-                retry_after=hit.retry_after_s,
-            )
+        refusal = f"Too many reports: {limit.requests} per {limit.window_s} s."
+        enforce(self.store, bucket, limit.requests, limit.window_s, self.clock(), refusal)
         request_id, review_id = self._resolve(response_id, tenant)
         now = self.clock()
         report = Report(

@@ -28,11 +28,10 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
+from seawall.bodies import read_json
 from seawall.errors import (
     InvalidRequestError,
-    PayloadTooLargeError,
     RateLimitError,
     SeawallError,
     UpstreamError,
@@ -66,34 +65,6 @@ def _error(exc: SeawallError) -> Response:
     if isinstance(exc, UpstreamError | RateLimitError) and exc.retry_after is not None:
         response.headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
     return response
-
-
-async def _read_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {max_bytes}.")
-    chunks: list[bytes] = []
-    received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > max_bytes:
-                raise PayloadTooLargeError(f"request body exceeds the {max_bytes}-byte limit.")
-            chunks.append(chunk)
-    except ClientDisconnect as exc:
-        # Nobody is listening any more; a 400 ends the request without an error in the log.
-        raise InvalidRequestError("the client disconnected before sending the whole body.") from exc
-    raw = b"".join(chunks)
-    if not raw:
-        raise InvalidRequestError("request body is empty; send a JSON object.")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        # orjson rejects invalid UTF-8 as well as malformed JSON.
-        raise InvalidRequestError(f"request body is not valid JSON (UTF-8): {exc}") from exc
-    if not isinstance(body, dict):
-        raise InvalidRequestError("request body must be a JSON object.")
-    return body
 
 
 async def _check_key(request: Request) -> None:
@@ -175,7 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def run_moderation(request: Request) -> tuple[str, Any]:
         await _check_key(request)
-        body = await _read_json(request, settings.server.max_body_bytes)
+        body = await read_json(request, settings.server.max_body_bytes)
         if "input" not in body:
             raise InvalidRequestError("'input' is a required property.", param="input")
         model = body.get("model")
@@ -237,7 +208,7 @@ def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
         response: Response
         try:
             try:
-                body = await _read_json(request, settings.server.max_body_bytes)
+                body = await read_json(request, settings.server.max_body_bytes)
             except SeawallError as exc:
                 gateway().reject(request_id, exc)  # audited like every other request
                 raise

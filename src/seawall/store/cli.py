@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from seawall.cli_support import ConfigOption, console, fail
 from seawall.errors import SeawallError
 from seawall.settings import load_settings
 from seawall.store.migrate import current_revision, head_revision, upgrade
 from seawall.store.sql import make_engine, normalise_url
 
 app = typer.Typer(help="The store's database schema (Alembic migrations).", no_args_is_help=True)
-console = Console(stderr=True)
-
-# Defined here rather than imported from seawall.cli, which imports this module.
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML settings file (else $SEAWALL_CONFIG).")
-]
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
-    return typer.Exit(code)
-
-
 @app.command("upgrade")
 def upgrade_command(config: ConfigOption = None) -> None:
     """Apply pending migrations to the configured store (store.url), creating its tables if needed."""
@@ -43,7 +29,7 @@ def upgrade_command(config: ConfigOption = None) -> None:
         finally:
             engine.dispose()
     except SeawallError as exc:
-        raise _fail(exc.message) from exc
+        raise fail(exc.message) from exc
     where = escape(url.render_as_string(hide_password=True))
     if before == after:
         console.print(f"{where}: already at revision {after} (up to date)", soft_wrap=True)
@@ -67,7 +53,7 @@ def current_command(config: ConfigOption = None) -> None:
             finally:
                 engine.dispose()
     except SeawallError as exc:
-        raise _fail(exc.message) from exc
+        raise fail(exc.message) from exc
     head = head_revision()
     where = escape(url.render_as_string(hide_password=True))
     if current == head:

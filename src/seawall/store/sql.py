@@ -14,7 +14,7 @@ import logging
 import math
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -43,6 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from seawall.clock import Clock, utc_now
 from seawall.errors import InvalidRequestError, NotFoundError, StoreError
 from seawall.store.base import (
     ApiKey,
@@ -353,9 +354,9 @@ def _add_event(connection: Connection, event: ReviewEvent) -> None:
 class SqlStore:
     """:class:`seawall.store.base.Store` on SQLAlchemy; build it with :func:`seawall.store.open_store`."""
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(self, engine: Engine, *, clock: Clock | None = None) -> None:
         self.engine = engine
-        self._clock = clock or (lambda: datetime.now(UTC))
+        self._clock = clock or utc_now
         self._postgres = engine.dialect.name == "postgresql"
         # An in-memory SQLite database is one shared connection: one transaction at a time.
         self._serial: AbstractContextManager[Any] = (

@@ -13,10 +13,10 @@ import hashlib
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
 from argon2 import PasswordHasher
@@ -37,6 +37,7 @@ from sqlalchemy import (
     update,
 )
 
+from seawall.clock import Clock, utc_now
 from seawall.errors import InvalidRequestError, NotFoundError, StoreError
 from seawall.store.schema import NAMING_CONVENTION, UTCDateTime
 from seawall.store.sql import store_errors
@@ -79,13 +80,6 @@ Source = Literal["local", "oidc"]
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
 #: ``last_seen_at`` is written at most this often per session.
 TOUCH_EVERY = timedelta(minutes=1)
-
-Clock = Callable[[], datetime]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
 
 def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -145,7 +139,9 @@ def check_role(role: str) -> Role:
 class AccountStore:
     """Local accounts and UI sessions on the store's database; synchronous and thread-safe."""
 
-    def __init__(self, engine: Engine, *, clock: Clock = _now, hasher: PasswordHasher | None = None) -> None:
+    def __init__(
+        self, engine: Engine, *, clock: Clock = utc_now, hasher: PasswordHasher | None = None
+    ) -> None:
         self.engine = engine
         self.clock = clock
         self.hasher = hasher or PasswordHasher()

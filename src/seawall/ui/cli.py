@@ -14,12 +14,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from seawall.errors import SeawallError
-from seawall.settings import Settings, load_settings
+from seawall.cli_support import ConfigOption, configured_store, console, fail
 from seawall.ui.accounts import AccountStore
 from seawall.ui.settings import ROLES, UISettings
 
-console = Console(stderr=True)
 out = Console()
 
 accounts_app = typer.Typer(
@@ -27,40 +25,16 @@ accounts_app = typer.Typer(
     no_args_is_help=True,
 )
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML settings file (else $SEAWALL_CONFIG).")
-]
 NameArgument = Annotated[str, typer.Argument(help="The account's name (what its owner types to sign in).")]
 StdinOption = Annotated[
     bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin.")
 ]
 
 
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
-    return typer.Exit(2)
-
-
-def _ui_settings(settings: Settings) -> UISettings:
-    found = getattr(settings, "ui", None)
-    return found if isinstance(found, UISettings) else UISettings()
-
-
 @contextmanager
 def _open(config: Path | None) -> Iterator[tuple[UISettings, AccountStore]]:
-    from seawall.store import open_store  # SQLAlchemy loads only for the commands that use it
-
-    try:
-        settings = load_settings(config)
-        store = open_store(settings.store)
-    except SeawallError as exc:
-        raise _fail(exc.message) from exc
-    try:
-        yield _ui_settings(settings), AccountStore(store.engine)
-    except SeawallError as exc:
-        raise _fail(exc.message) from exc
-    finally:
-        store.close()
+    with configured_store(config) as (settings, store):
+        yield settings.ui, AccountStore(store.engine)
 
 
 def _read_password(from_stdin: bool, minimum: int) -> str:
@@ -69,13 +43,13 @@ def _read_password(from_stdin: bool, minimum: int) -> str:
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     if len(password) < minimum:
-        raise _fail(f"the password must have at least {minimum} characters")
+        raise fail(f"the password must have at least {minimum} characters")
     return password
 
 
 def _role(role: str) -> str:
     if role not in ROLES:
-        raise _fail(f"unknown role {role!r}; one of: {', '.join(ROLES)}")
+        raise fail(f"unknown role {role!r}; one of: {', '.join(ROLES)}")
     return role
 
 
@@ -159,7 +133,7 @@ def set_password(
     """Set a new password (prompted, or from stdin); the account's sessions end."""
     with _open(config) as (ui, accounts):
         if accounts.get(name) is None:
-            raise _fail(f"no account named {name!r}")
+            raise fail(f"no account named {name!r}")
         accounts.set_password(name, _read_password(password_stdin, ui.min_password_length))
         console.print(f"password of {name} changed; its sessions are ended")
 

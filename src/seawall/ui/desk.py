@@ -37,7 +37,7 @@ from seawall.review.service import REPORT_CATEGORIES, REVIEW_STATUSES, ReviewSer
 from seawall.review.settings import DOMAINS
 from seawall.store.base import Report, ReviewItem
 from seawall.ui import queries
-from seawall.ui.pages import Denied
+from seawall.ui.pages import Denied, form_field
 
 if TYPE_CHECKING:
     from seawall.ui.accounts import Session
@@ -104,16 +104,6 @@ def question(item: ReviewItem) -> str:
         if isinstance(message, dict) and message.get("role") == "user":
             return message_text(message.get("content")) or "—"
     return "—"
-
-
-def _text_field(form: Any, name: str, *, required: bool = False, limit: int = MAX_TEXT) -> str:
-    value = form.get(name)
-    text = value.strip() if isinstance(value, str) else ""
-    if required and not text:
-        raise Denied(f"{name} is required", 400)
-    if len(text) > limit:
-        raise Denied(f"{name} is longer than {limit:,} characters", 400)
-    return text
 
 
 class Desk:
@@ -240,8 +230,8 @@ class Desk:
         review_id = request.path_params["review_id"][:100]
         form = await request.form()
         service = self.service
-        text = _text_field(form, "text", required=action == "edit") if action == "edit" else None
-        reason = _text_field(form, "reason", required=action == "reject") if action == "reject" else None
+        text = form_field(form, "text", required=True, limit=MAX_TEXT) if action == "edit" else None
+        reason = form_field(form, "reason", required=True, limit=MAX_TEXT) if action == "reject" else None
         try:
             if action == "claim":
                 await run_in_threadpool(service.claim, review_id, session.subject)
@@ -354,8 +344,8 @@ class Desk:
         await self.ui.check_csrf(request, session)
         report = await self._report(request.path_params["report_id"])
         form = await request.form()
-        status = _text_field(form, "status", limit=20) or None
-        note = _text_field(form, "note") or None
+        status = form_field(form, "status", limit=20) or None
+        note = form_field(form, "note", limit=MAX_TEXT) or None
         if status == report.status:
             status = None  # only a note
         if status is not None and status not in queries.REPORT_STATUSES:

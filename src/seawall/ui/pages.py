@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SignInNeeded(Exception):
     """Nobody is signed in: send them to the sign-in page."""
@@ -16,4 +18,15 @@ class Denied(Exception):
         self.status = status
 
 
-__all__ = ["Denied", "SignInNeeded"]
+def form_field(form: Any, name: str, *, limit: int, required: bool = False) -> str:
+    """A submitted form field, stripped; 400 when required and empty, or longer than ``limit``."""
+    value = form.get(name)
+    text = value.strip() if isinstance(value, str) else ""
+    if required and not text:
+        raise Denied(f"{name} is required", 400)
+    if len(text) > limit:
+        raise Denied(f"{name} is longer than {limit:,} characters", 400)
+    return text
+
+
+__all__ = ["Denied", "SignInNeeded", "form_field"]

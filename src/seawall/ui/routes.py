@@ -70,7 +70,7 @@ from seawall.ui.auth import (
     tokens_match,
 )
 from seawall.ui.desk import Desk, age, duration, question
-from seawall.ui.pages import Denied, SignInNeeded
+from seawall.ui.pages import Denied, SignInNeeded, form_field
 from seawall.ui.settings import Role, UISettings
 
 log = logging.getLogger("seawall.ui")
@@ -121,10 +121,6 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-_SignInNeeded = SignInNeeded
-_Denied = Denied
-
-
 class _StoreHolder:
     """The store the UI reads: the caller's, or one the UI opens at start-up (and closes)."""
 
@@ -172,18 +168,8 @@ def _parse_time(value: str | None, name: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise _Denied(f"{name}: {value[:40]!r} is not a date and time (YYYY-MM-DDTHH:MM, UTC)", 400) from None
+        raise Denied(f"{name}: {value[:40]!r} is not a date and time (YYYY-MM-DDTHH:MM, UTC)", 400) from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _field(form: Any, name: str, *, required: bool = False) -> str:
-    value = form.get(name)
-    text = value.strip() if isinstance(value, str) else ""
-    if required and not text:
-        raise _Denied(f"{name} is required", 400)
-    if len(text) > MAX_FIELD:
-        raise _Denied(f"{name} is longer than {MAX_FIELD} characters", 400)
-    return text
 
 
 def _safe_next(value: str | None, base: str) -> str:
@@ -260,15 +246,15 @@ class UI:
         """The signed-in session with at least ``role``; else a redirect to sign in, or 403."""
         session = await run_in_threadpool(current_session, request, self.accounts, self.ui)
         if session is None:
-            raise _SignInNeeded()
+            raise SignInNeeded()
         request.state.session = session
         if role == "admin" and not session.is_admin:
-            raise _Denied("This page is for administrators; you are signed in as a reviewer.")
+            raise Denied("This page is for administrators; you are signed in as a reviewer.")
         return session
 
     async def check_csrf(self, request: Request, session: Session) -> None:
         if not tokens_match(session.csrf_token, await submitted_csrf(request)):
-            raise _Denied("The form's security token is missing or stale: reload the page and try again.")
+            raise Denied("The form's security token is missing or stale: reload the page and try again.")
 
     # ------------------------------------------------------------------ errors
 
@@ -281,7 +267,7 @@ class UI:
         return RedirectResponse(location, status_code=303)
 
     async def on_denied(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, _Denied)
+        assert isinstance(exc, Denied)
         titles = {400: "Bad request", 403: "Not allowed", 404: "Not found", 429: "Too many attempts"}
         return self.render(
             request, "error.html", exc.status, title=titles.get(exc.status, "Error"), message=exc.message
@@ -290,7 +276,7 @@ class UI:
     async def on_http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         message = "There is no such page." if exc.status_code == 404 else str(exc.detail)
-        return await self.on_denied(request, _Denied(message, exc.status_code))
+        return await self.on_denied(request, Denied(message, exc.status_code))
 
     async def on_seawall_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, SeawallError)
@@ -314,10 +300,10 @@ class UI:
     async def login(self, request: Request) -> Response:
         base = request.scope.get("root_path", "")
         form = await request.form()
-        name = _field(form, "name")
+        name = form_field(form, "name", limit=MAX_FIELD)
         password = form.get("password")
         password = password if isinstance(password, str) else ""
-        next_url = _safe_next(_field(form, NEXT_URL), base)
+        next_url = _safe_next(form_field(form, NEXT_URL, limit=MAX_FIELD), base)
 
         def again(error: str, status: int, headers: dict[str, str] | None = None) -> Response:
             return self.render(
@@ -331,7 +317,8 @@ class UI:
                 name=name,
             )
 
-        if not tokens_match(request.session.get("login_csrf"), _field(form, CSRF_FIELD)):
+        offered = form_field(form, CSRF_FIELD, limit=MAX_FIELD)
+        if not tokens_match(request.session.get("login_csrf"), offered):
             return again("The sign-in form expired. Please try again.", 403)
         if not name or not password:
             return again("Enter your account name and password.", 400)
@@ -381,7 +368,7 @@ class UI:
             response: Response = await self.oidc.start(request, self._redirect_uri(request), hint)
         except Exception as exc:  # discovery failed: the provider is down or misconfigured
             log.warning("OIDC sign-in could not start: %s", exc)
-            raise _Denied("The sign-in provider cannot be reached. Try again later.", 503) from exc
+            raise Denied("The sign-in provider cannot be reached. Try again later.", 503) from exc
         return response
 
     async def oidc_callback(self, request: Request) -> Response:
@@ -392,7 +379,7 @@ class UI:
             email, name, role = await self.oidc.finish(request)
         except OIDCRefused as exc:
             log.info("UI OIDC sign-in refused: %s", exc)
-            raise _Denied(f"You could not be signed in: {exc}.", 403) from exc
+            raise Denied(f"You could not be signed in: {exc}.", 403) from exc
         next_url = _safe_next(request.session.get(NEXT_URL), base)
         token, _ = await run_in_threadpool(
             self.accounts.start_session, email, "oidc", role, name, max_age_s=self.ui.session_max_age_s
@@ -417,7 +404,7 @@ class UI:
         await self.require(request)
         range_name = request.query_params.get("range", "24h")
         if range_name not in queries.RANGES:
-            raise _Denied(f"range must be one of {', '.join(queries.RANGES)}", 400)
+            raise Denied(f"range must be one of {', '.join(queries.RANGES)}", 400)
         tenant = request.query_params.get("tenant") or None
         data = await run_in_threadpool(
             queries.dashboard, self.store.engine, range_name, tenant=tenant, cache=self.dashboard_cache
@@ -455,13 +442,13 @@ class UI:
         tenant = params.get("tenant") or self.settings.gateway.tenant
         status = params.get("status") or None
         if status is not None and status not in LADDER:
-            raise _Denied(f"status must be one of {', '.join(LADDER)}", 400)
+            raise Denied(f"status must be one of {', '.join(LADDER)}", 400)
         try:
             hours = float(params.get("hours") or 24)
         except ValueError:
-            raise _Denied("hours must be a number", 400) from None
+            raise Denied("hours must be a number", 400) from None
         if not 0 < hours <= 24 * 366:
-            raise _Denied("hours must be between 0 and 8784", 400)
+            raise Denied("hours must be between 0 and 8784", 400)
         lookup = (params.get("q") or "").strip()[:200]
         since = datetime.now(UTC) - timedelta(hours=hours)
         if lookup:
@@ -491,25 +478,26 @@ class UI:
         session = await self.require(request, "admin")
         await self.check_csrf(request, session)
         form = await request.form()
-        tenant = _field(form, "tenant") or self.settings.gateway.tenant
-        safety_id = _field(form, "safety_id", required=True)
-        hours_text = _field(form, "hours")
+        tenant = form_field(form, "tenant", limit=MAX_FIELD) or self.settings.gateway.tenant
+        safety_id = form_field(form, "safety_id", required=True, limit=MAX_FIELD)
+        hours_text = form_field(form, "hours", limit=MAX_FIELD)
         ledger = self.ledger()
         state: UserState
         if action == "clear":
-            reason = _field(form, "reason") or f"cleared by {session.subject} in the UI"
+            reason = form_field(form, "reason", limit=MAX_FIELD)
+            reason = reason or f"cleared by {session.subject} in the UI"
             state = await run_in_threadpool(ledger.clear, tenant, safety_id, session.subject, reason)
             done = "unblocked"
         else:
-            reason = _field(form, "reason", required=True)
+            reason = form_field(form, "reason", required=True, limit=MAX_FIELD)
             duration: int | None = None
             if hours_text:
                 try:
                     hours = float(hours_text)
                 except ValueError:
-                    raise _Denied("hours must be a number", 400) from None
+                    raise Denied("hours must be a number", 400) from None
                 if not 0 < hours <= 24 * 366:
-                    raise _Denied("hours must be between 0 and 8784", 400)
+                    raise Denied("hours must be between 0 and 8784", 400)
                 duration = max(1, round(hours * 3600))
             state = await run_in_threadpool(
                 ledger.block, tenant, safety_id, session.subject, reason, duration
@@ -528,11 +516,11 @@ class UI:
         params = request.query_params
         outcome = params.get("outcome") or None
         if outcome is not None and outcome not in queries.OUTCOMES:
-            raise _Denied(f"outcome must be one of {', '.join(queries.OUTCOMES)}", 400)
+            raise Denied(f"outcome must be one of {', '.join(queries.OUTCOMES)}", 400)
         try:
             page = max(1, int(params.get("page") or 1))
         except ValueError:
-            raise _Denied("page must be a whole number", 400) from None
+            raise Denied("page must be a whole number", 400) from None
         query = queries.AuditQuery(
             outcome=outcome,
             safety_id=(params.get("safety_id") or "").strip()[:200] or None,
@@ -571,7 +559,7 @@ class UI:
         request_id = request.path_params["request_id"]
         record = await run_in_threadpool(queries.audit_record, self.store.engine, request_id)
         if record is None:
-            raise _Denied(f"There is no audit record {request_id[:100]!r}.", 404)
+            raise Denied(f"There is no audit record {request_id[:100]!r}.", 404)
         return self.render(
             request,
             "audit_detail.html",
@@ -655,8 +643,8 @@ def build_ui_app(
             ),
         ],
         exception_handlers={
-            _SignInNeeded: view.on_sign_in_needed,
-            _Denied: view.on_denied,
+            SignInNeeded: view.on_sign_in_needed,
+            Denied: view.on_denied,
             HTTPException: view.on_http_error,
             SeawallError: view.on_seawall_error,
         },
@@ -672,8 +660,8 @@ def add_ui_routes(
 
     ``store`` is the store to read and act on (the caller closes it); None: the UI opens the
     store of ``settings.store`` when the app starts and closes it when the app stops.
-    ``ui`` defaults to ``settings.ui`` (then to :class:`UISettings` defaults)."""
-    ui = ui or cast(UISettings | None, getattr(settings, "ui", None)) or UISettings()
+    ``ui`` defaults to ``settings.ui``."""
+    ui = ui or settings.ui
     if not ui.enabled:
         return
     ui_app, view = build_ui_app(settings, ui, store, review=lambda: getattr(app.state, "review", None))
