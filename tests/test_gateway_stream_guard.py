@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 
@@ -60,11 +61,14 @@ async def slow_check(text: str) -> GuardVerdict:
     return GuardVerdict(allowed=True)
 
 
-def prose(rng: random.Random, n_chars: int) -> str:
+def prose(rng: random.Random, n_chars: int, sentence_end: float = 0.0) -> str:
+    """Random words; with ``sentence_end`` > 0, that share of them end a sentence."""
     words: list[str] = []
     length = 0
     while length < n_chars:
         word = rng.choice(WORDS)
+        if rng.random() < sentence_end:
+            word += rng.choice([".", "!", "?", ".\n"])
         words.append(word)
         length += len(word) + 1
     return " ".join(words)[:n_chars]
@@ -185,7 +189,7 @@ async def test_finish_does_not_rescan_what_the_last_scan_covered() -> None:
 async def test_released_text_was_always_cleared_by_an_earlier_scan_over_random_chunkings() -> None:
     for seed in range(300):
         rng = random.Random(seed)
-        text = prose(rng, rng.randint(0, 1500))
+        text = prose(rng, rng.randint(0, 1500), sentence_end=rng.choice([0.0, 0.05, 0.3]))
         has_keyword = rng.random() < 0.5
         if has_keyword:
             at = rng.randint(0, len(text))
@@ -217,6 +221,38 @@ async def test_released_text_was_always_cleared_by_an_earlier_scan_over_random_c
         elif config.hold_back_chars >= len(KEYWORD) - 1:
             # A violation no longer than the hold-back (+1) is seen whole before any of it goes out.
             assert guard.blocked and released <= text.index(KEYWORD), (seed, config)
+
+
+async def test_an_unfinished_sentence_is_judged_once_it_is_complete() -> None:
+    """A half-written sentence can read as a violation that its end undoes."""
+
+    class FragmentCheck(KeywordCheck):
+        async def __call__(self, text: str) -> GuardVerdict:
+            self.seen.append(text)
+            if re.search(r"\bkill\s*$", text):  # "Then kill" alone reads like a threat
+                return GuardVerdict(allowed=False, categories=["violence"], reason="fragment")
+            return GuardVerdict(allowed=True)
+
+    answer = (
+        "Find the process id with pgrep first. Then kill the process with kill -9 if it hangs. "
+        "You can also kill every process with a given name using pkill. That is all there is."
+    )
+    for seed in range(20):
+        check = FragmentCheck()
+        guard = StreamGuard(check, settings(hold_back_chars=80, scan_every_chars=7, window_chars=500))
+        assert "".join(await run(guard, chunk(answer, random.Random(seed), 1, 5))) == answer, seed
+        assert not guard.blocked and len(check.seen) > 3
+        # Mid-stream scans stop at the end of a sentence (the last one sees the whole answer).
+        assert all(span.rstrip()[-1] in ".!?" for span in check.seen), seed
+
+    # An unfinished sentence longer than the hold-back is scanned as it stands: part of it is
+    # about to go out.
+    check = FragmentCheck()
+    guard = StreamGuard(check, settings(hold_back_chars=10, scan_every_chars=5, window_chars=500))
+    released = await run(
+        guard, ["a very long sentence that goes on and on and on before it says kill", " it"]
+    )
+    assert guard.blocked and "kill" not in "".join(released)
 
 
 # ----------------------------------------------------------------- failures

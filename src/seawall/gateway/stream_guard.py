@@ -42,6 +42,10 @@ Departures from the first design, and why:
 * ``finish()`` skips the final scan when the last scan already ended at the end of the text:
   the same span would be checked twice.
 * ``released_text`` is the model's text that went out; a replacement is not part of it.
+* A mid-stream scan stops at the end of the last finished sentence when the unfinished one
+  after it is no longer than the hold-back (it cannot be released yet anyway). Scored on their
+  own, fragments such as "Then kill" were flagged before "the process with kill -9" arrived;
+  scans still come every ``scan_every_chars``, and the final scan covers the tail.
 * :func:`moderation_check` adapts seawall's :class:`~seawall.service.ModerationService` to a
   check and also scores each sentence of the span on its own, in the same batch. Measured on
   the embedded model: "I will find you and I will kill you, I know where you live." alone is
@@ -178,6 +182,9 @@ class StreamGuard:
         #: End of the span of the last scan that cleared; release never goes past it.
         self._cleared = 0
         self._last_scan_end = 0
+        #: How much had arrived at the last scan (or skipped scan): scans come every
+        #: ``scan_every_chars`` of new text, wherever the last one ended.
+        self._last_scan_at = 0
         self._released_parts: list[str] = []
         self._events: list[ScanEvent] = []
         self._verdict: GuardVerdict | None = None
@@ -237,7 +244,7 @@ class StreamGuard:
                 return []
             self._pending.append(delta)
             self._total += len(delta)
-            if self._total - self._last_scan_end < self.settings.scan_every_chars:
+            if self._total - self._last_scan_at < self.settings.scan_every_chars:
                 return []
             return await self._scan_and_release(final=False)
 
@@ -258,8 +265,11 @@ class StreamGuard:
 
     async def _scan_and_release(self, *, final: bool) -> list[str]:
         self._take_pending()
-        end = self._total
-        start = max(0, min(self._released, end - self.settings.window_chars))
+        self._last_scan_at = self._total
+        start = max(0, min(self._released, self._total - self.settings.window_chars))
+        end = self._total if final else self._scan_end(start)
+        if end <= self._last_scan_end and not final:
+            return []  # no sentence finished since the last scan: nothing new to judge
         text = self._buffer[start - self._base : end - self._base]
         event = await self._scan(text, start, end, final=final)
         self._events.append(event)
@@ -271,7 +281,22 @@ class StreamGuard:
             replacement = self.settings.replacement
             return [replacement] if replacement is not None else []
         self._cleared = end
-        return self._release(end if final else end - self.settings.hold_back_chars)
+        return self._release(end if final else self._total - self.settings.hold_back_chars)
+
+    def _scan_end(self, start: int) -> int:
+        """Where a mid-stream scan stops: after the last finished sentence, when the unfinished
+        one after it is short enough to stay held back anyway.
+
+        Scored on its own, a half-written sentence can read as a violation its end undoes
+        ("Then kill" before "the process with kill -9"); it is judged once it is complete, and
+        it cannot go out before then. An unfinished sentence longer than the hold-back is
+        scanned as it stands, since part of it is about to be released.
+        """
+        text = self._buffer[start - self._base : self._total - self._base]
+        boundary = start
+        for match in _SENTENCE_END.finditer(text):
+            boundary = start + match.start()
+        return self._total if self._total - boundary > self.settings.hold_back_chars else boundary
 
     async def _scan(self, text: str, start: int, end: int, *, final: bool) -> ScanEvent:
         timeout = self.settings.check_timeout_s
