@@ -15,7 +15,15 @@ import pytest
 from seawall.categories import ALL_LABELS
 from seawall.model.classifier import TextClassifier
 from seawall.training.datasets import HELD_OUT_SOURCES, TRAINING_SOURCES, Example, authored, load_sources
-from seawall.training.train import TrainConfig, default_authored_dir, is_dev, merge_duplicates, train
+from seawall.training.train import (
+    TrainConfig,
+    default_authored_dir,
+    is_dev,
+    merge_duplicates,
+    out_of_scope_negatives,
+    screen_suspects,
+    train,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"training data not present at {DATA}")
@@ -42,6 +50,29 @@ def test_authored_data_is_valid_and_free_of_minors_sexual_content() -> None:
     assert 0.3 < benign / len(rows) < 0.6
 
 
+def test_authored_training_data_shares_no_text_with_the_evaluation_sets() -> None:
+    """The benchmark sets in bench/data are never trained on: no near-copies in data/authored."""
+    import re
+
+    def shingles(text: str) -> set[tuple[str, ...]]:
+        words = re.findall(r"\w+", text.lower())
+        return {tuple(words[i : i + 6]) for i in range(len(words) - 5)}
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "data"
+    evaluation: set[tuple[str, ...]] = set()
+    for name in ("functional_tests.jsonl", "web_register_eval.jsonl"):
+        for line in (bench / name).read_text(encoding="utf-8").splitlines():
+            evaluation |= shingles(json.loads(line)["text"])
+    folder = default_authored_dir()
+    assert folder is not None
+    close = []
+    for row in authored(folder):
+        own = shingles(row.text)
+        if own and len(own & evaluation) / len(own) >= 0.3:
+            close.append(row.text)
+    assert close == []
+
+
 def test_duplicates_merge_with_the_stricter_labels() -> None:
     rows = [
         Example("You are an idiot", frozenset(), "a", "a:1"),
@@ -49,6 +80,45 @@ def test_duplicates_merge_with_the_stricter_labels() -> None:
     ]
     merged = merge_duplicates(rows)
     assert len(merged) == 1 and merged[0].labels == {"harassment"}
+
+
+def test_clean_comment_rows_are_suspect_only_for_categories_their_annotators_never_judged() -> None:
+    rows = [
+        Example("a clean wikipedia comment", frozenset(), "wiki_ctx", "wiki_ctx:1"),
+        Example("a sexist post", frozenset({"hate"}), "edos", "edos:1"),
+        Example("what time is it", frozenset(), "clinc", "clinc:1"),
+    ]
+    suspects = out_of_scope_negatives(rows)
+    wiki = {label for label, flag in zip(ALL_LABELS, suspects[0], strict=True) if flag}
+    assert "violence" in wiki and "sexual" in wiki and "self-harm/intent" in wiki
+    assert "harassment" not in wiki and "hate" not in wiki  # judged by its annotators
+    assert "prompt_injection" not in wiki  # not a moderation category
+    edos = {label for label, flag in zip(ALL_LABELS, suspects[1], strict=True) if flag}
+    assert "hate" not in edos and "harassment" in edos and "violence" in edos
+    assert not suspects[2].any()  # sources that judged everything are trusted
+
+
+def test_screening_drops_suspect_negatives_that_look_like_positives() -> None:
+    from scipy.sparse import csr_matrix
+
+    # Column 0: "violent" wording, column 1: everyday wording, column 2: a constant.
+    rng = np.random.default_rng(0)
+    violent = np.column_stack([rng.uniform(0.8, 1.0, 60), rng.uniform(0, 0.2, 60), np.ones(60)])
+    everyday = np.column_stack([rng.uniform(0, 0.2, 400), rng.uniform(0.8, 1.0, 400), np.ones(400)])
+    # 60 violent positives (trusted), 300 trusted negatives, 100 suspect negatives of which the
+    # first 15 read like the positives (a gore anecdote among clean comments).
+    x = np.vstack([violent, everyday[:300], violent[:15] * 0.95, everyday[300:385]])
+    index = ALL_LABELS.index("violence")
+    y = np.zeros((len(x), len(ALL_LABELS)), dtype=bool)
+    y[:60, index] = True
+    suspects = np.zeros_like(y)
+    suspects[360:, index] = True
+    messages: list[str] = []
+    config = TrainConfig(data_dir=Path("."), authored_dir=None, out_dir=Path("."), workers=1)
+    dropped = screen_suspects(csr_matrix(x), y, np.ones(len(x)), suspects, [index], config, messages.append)
+    assert dropped[360:375, index].all()
+    assert not dropped[375:, index].any() and not dropped[:360].any()
+    assert messages == ["label violence: 15 of 100 out-of-scope negatives screened out"]
 
 
 def test_grouped_split_keeps_a_group_together() -> None:

@@ -270,6 +270,13 @@ def train_command(
     semantic: Annotated[
         bool, typer.Option(help="Add the static-embedding block distilled from MiniLM (train extra).")
     ] = True,
+    screen_negatives: Annotated[
+        bool,
+        typer.Option(
+            help="Leave out clean comment-corpus rows that a first pass finds suspect for categories "
+            "their annotators never judged (sexual, violence, self-harm, illicit)."
+        ),
+    ] = True,
 ) -> None:
     """Train the embedded model, calibrate thresholds on the dev split, write artefacts and model card."""
     from seawall.model.classifier import default_model_dir
@@ -282,6 +289,7 @@ def train_command(
         limit_per_source=limit_per_source,
         sources=tuple(source) if source else None,
         semantic=semantic,
+        screen_score=TrainConfig.screen_score if screen_negatives else None,
     )
     try:
         report = train(config, progress=lambda message: console.print(message))

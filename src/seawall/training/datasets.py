@@ -825,6 +825,26 @@ TRAINING_SOURCES: dict[str, Callable[[Path], list[Example]]] = {
     "jailbreaks": jailbreaks,
 }
 
+_TOXICITY = frozenset({"harassment", "harassment/threatening", "hate", "hate/threatening"})
+
+#: What the annotators of each comment corpus judged. A "clean" row of these sources is a
+#: negative for these labels only: a not-sexist post may still be a gore anecdote or a sex joke,
+#: so for the other categories training screens such rows before trusting them
+#: (``train.screen_out_of_scope_negatives``). Sources not listed judged every category.
+ANNOTATED_LABELS: dict[str, frozenset[str]] = {
+    "jigsaw": _TOXICITY,
+    "wiki_ctx": _TOXICITY,
+    "toxic_spans": _TOXICITY,
+    "davidson": _TOXICITY,
+    "convabuse": _TOXICITY | {"sexual"},
+    "edos": frozenset({"hate", "hate/threatening"}),
+    "stormfront": frozenset({"hate", "hate/threatening"}),
+    "mlma": _TOXICITY,
+    "told_br": _TOXICITY,
+    "korean_hate": _TOXICITY,
+    "cold": _TOXICITY,
+}
+
 #: Whole sources never trained on: a realistic, out-of-source dev benchmark.
 HELD_OUT_SOURCES: dict[str, Callable[[Path], list[Example]]] = {
     "wiki_tox_test": wiki_toxicity_testset,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from seawall.categories import ALL_LABELS
+from seawall.categories import ALL_LABELS, CATEGORIES
 from seawall.errors import DataError
 from seawall.evaluation import evaluate_scores
 from seawall.metrics import best_f1_threshold
@@ -38,6 +38,7 @@ from seawall.model.embeddings import TOKENIZER_FILE, VECTORS_FILE, StaticEncoder
 from seawall.model.features import FeatureConfig, Featurizer, SparseRows, split_words
 from seawall.model.normalize import normalize
 from seawall.training.datasets import (
+    ANNOTATED_LABELS,
     HELD_OUT_SOURCES,
     TRAINING_SOURCES,
     Example,
@@ -69,6 +70,10 @@ class TrainConfig:
     source_cap: int | None = 6000
     #: Labels fitted in parallel (threads; liblinear releases the GIL).
     workers: int = 2
+    #: Clean rows of comment corpora were judged for toxicity only. For the other categories
+    #: a first pass, fitted without them, scores them; those it scores at least this high are
+    #: left out of that label (not trusted as negatives). None: trust every clean row.
+    screen_score: float | None = 0.5
 
 
 def default_authored_dir() -> Path | None:
@@ -85,7 +90,12 @@ def merge_duplicates(rows: list[Example]) -> list[Example]:
         if key in merged:
             kept = merged[key]
             merged[key] = Example(
-                kept.text, kept.labels | row.labels, kept.source, kept.group, max(kept.weight, row.weight)
+                kept.text,
+                kept.labels | row.labels,
+                kept.source,
+                kept.group,
+                max(kept.weight, row.weight),
+                kept.unknown & row.unknown,
             )
         else:
             merged[key] = row
@@ -166,6 +176,58 @@ def source_balanced_weights(rows: list[Example], cap: int | None) -> NDArray[np.
     return np.array([row.weight * scale[row.source] for row in rows], dtype=np.float64)
 
 
+def out_of_scope_negatives(rows: list[Example]) -> NDArray[np.bool_]:
+    """Per row and label: a negative from a source whose annotators never judged that label."""
+    out = np.zeros((len(rows), len(ALL_LABELS)), dtype=bool)
+    for r, row in enumerate(rows):
+        judged = ANNOTATED_LABELS.get(row.source)
+        if judged is None:
+            continue
+        for i, label in enumerate(ALL_LABELS[: len(CATEGORIES)]):
+            out[r, i] = label not in judged and label not in row.labels
+    return out
+
+
+def screen_suspects(
+    x: Any,
+    y: NDArray[np.bool_],
+    base_weight: NDArray[np.float64],
+    suspects: NDArray[np.bool_],
+    labels: list[int],
+    config: TrainConfig,
+    progress: Progress,
+) -> NDArray[np.bool_]:
+    """Which suspect negatives a first pass scores as positives, cross-fitted in two halves.
+
+    Each half is scored by a model that learned from the other half as negatives: a model that
+    saw no comment-corpus text at all would learn the register (comments) instead of the content.
+    Returns a mask like ``suspects``: True where the row should not count for that label.
+    """
+    assert config.screen_score is not None
+    screen_score = config.screen_score
+    dropped = np.zeros(suspects.shape, dtype=bool)
+    half = np.arange(len(y)) % 2 == 1
+    jobs = [(i, h) for i in labels if suspects[:, i].any() for h in (False, True)]
+
+    def first_pass(job: tuple[int, bool]) -> tuple[int, NDArray[np.int64]]:
+        index, scored_half = job
+        held = suspects[:, index] & (half == scored_half)
+        coef, intercept = fit_label(x, y[:, index], base_weight * ~held, config)
+        rows_at = np.flatnonzero(held)
+        logits = np.asarray(x[rows_at] @ coef).ravel() + intercept
+        return index, rows_at[1.0 / (1.0 + np.exp(-logits)) >= screen_score]
+
+    with ThreadPoolExecutor(max_workers=config.workers) as pool:
+        for index, out in pool.map(first_pass, jobs):
+            dropped[out, index] = True
+    for index in sorted({i for i, _ in jobs}):
+        progress(
+            f"label {ALL_LABELS[index]}: {int(dropped[:, index].sum())} of "
+            f"{int(suspects[:, index].sum())} out-of-scope negatives screened out"
+        )
+    return dropped
+
+
 def fit_label(
     x: Any, positives: NDArray[np.bool_], base_weight: NDArray[np.float64], config: TrainConfig
 ) -> tuple[NDArray[np.float64], float]:
@@ -224,8 +286,16 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
     for index in sorted(set(range(len(ALL_LABELS))) - set(fitted_labels)):
         progress(f"label {ALL_LABELS[index]}: only {int(y_train[:, index].sum())} positives, never flagged")
 
+    # Per label, rows it must not learn from (weight 0): labels a source left unknown, and
+    # clean rows of comment corpora that a first pass finds suspect for a category.
+    ignored = np.array([[label in row.unknown for label in ALL_LABELS] for row in train_rows], dtype=bool)
+    if config.screen_score is not None:
+        suspects = out_of_scope_negatives(train_rows)
+        ignored |= screen_suspects(x_train, y_train, base_weight, suspects, fitted_labels, config, progress)
+
     def fit(index: int) -> tuple[int, NDArray[np.float64], float]:
-        coef, intercept = fit_label(x_train, y_train[:, index], base_weight, config)
+        weight = base_weight * ~ignored[:, index]
+        coef, intercept = fit_label(x_train, y_train[:, index], weight, config)
         return index, coef, intercept
 
     # liblinear releases the GIL: two labels train at once on two cores.
@@ -261,6 +331,9 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         "sources": sorted({row.source for row in rows}),
         "loaders": list(config.sources or TRAINING_SOURCES),
         "semantic": config.semantic,
+        "screened_negatives": {
+            label: int(ignored[:, i].sum()) for i, label in enumerate(ALL_LABELS) if ignored[:, i].any()
+        },
         "seconds": round(time.time() - started, 1),
     }
     write_artefacts(config.out_dir, meta, thresholds, weights, bias, idf, report)
