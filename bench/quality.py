@@ -5,9 +5,13 @@ Prints, for the shipped artefacts (or --model-dir):
 1. the project's functional test suite (``bench/data/functional_tests.jsonl``, authored for
    evaluation only): pass rate per functionality, the false-positive rate on the benign
    functionalities, and the any-category AUPRC;
-2. the held-out sources (whole public sets never trained on) and the grouped dev split of the
+2. the web-register evaluation set (``bench/data/web_register_eval.jsonl``, authored for
+   evaluation only, separately from the training data: comments, posts, reviews, chat and
+   fiction with realistic benign-but-edgy negatives): per-label figures and false positives
+   per register;
+3. the held-out sources (whole public sets never trained on) and the grouped dev split of the
    training mix, when ``../shared/data`` (or --data) is present;
-3. what obfuscation normalisation is worth: recall on obfuscated harmful texts with and
+4. what obfuscation normalisation is worth: recall on obfuscated harmful texts with and
    without it.
 
 Usage: python bench/quality.py [--data ../shared/data] [--model-dir DIR]
@@ -31,6 +35,7 @@ from seawall.model.classifier import TextClassifier
 
 HERE = Path(__file__).parent
 FUNCTIONAL = HERE / "data" / "functional_tests.jsonl"
+WEB_REGISTER = HERE / "data" / "web_register_eval.jsonl"
 CATEGORY_COLUMNS = [ALL_LABELS.index(name) for name in CATEGORIES]
 
 HOMOGLYPHS = {"a": "а", "e": "е", "o": "о", "p": "р", "c": "с", "i": "і", "x": "х", "y": "у"}
@@ -59,13 +64,17 @@ def obfuscate(text: str, how: str, rng: random.Random) -> str:
     return " ".join(per_word(word) for word in text.split(" "))
 
 
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def flags(classifier: TextClassifier, scores: np.ndarray) -> np.ndarray:
     thresholds = np.array([classifier.meta.thresholds.get(name, 0.5) for name in ALL_LABELS])
     return (scores >= thresholds)[:, CATEGORY_COLUMNS].any(axis=1)
 
 
 def functional_suite(classifier: TextClassifier) -> None:
-    rows = [json.loads(line) for line in FUNCTIONAL.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_rows(FUNCTIONAL)
     texts = [row["text"] for row in rows]
     scores = classifier.score(texts)
     flagged = flags(classifier, scores)
@@ -87,6 +96,23 @@ def functional_suite(classifier: TextClassifier) -> None:
         f"  any-category AUPRC {summary['any_auprc']}, precision {summary['any_precision']}, "
         f"recall {summary['any_recall']}"
     )
+
+
+def web_register_set(classifier: TextClassifier) -> None:
+    rows = read_rows(WEB_REGISTER)
+    labeled = read_labeled_jsonl(WEB_REGISTER)
+    scores = classifier.score(labeled.texts)
+    print_report(
+        f"web-register evaluation set ({len(rows)} texts, {WEB_REGISTER.relative_to(HERE.parent)})",
+        evaluate_scores(labeled.labels, scores, classifier.meta.thresholds),
+    )
+    flagged = flags(classifier, scores)
+    by_register: dict[str, list[bool]] = defaultdict(list)
+    for row, is_flagged in zip(rows, flagged, strict=True):
+        if not row["labels"]:
+            by_register[row.get("register", "other")].append(bool(is_flagged))
+    shares = ", ".join(f"{name} {np.mean(v):.0%} of {len(v)}" for name, v in sorted(by_register.items()))
+    print(f"  benign texts flagged, by register: {shares}")
 
 
 def normalisation_ablation(classifier: TextClassifier, texts: list[str]) -> None:
@@ -145,7 +171,8 @@ def main() -> None:
     classifier = TextClassifier.load(args.model_dir)
     print(f"model version {classifier.meta.version}, labels {len(classifier.labels)}")
     functional_suite(classifier)
-    rows = [json.loads(line) for line in FUNCTIONAL.read_text(encoding="utf-8").splitlines() if line.strip()]
+    web_register_set(classifier)
+    rows = read_rows(FUNCTIONAL)
     harmful = [row["text"] for row in rows if row["labels"] and row["functionality"] != "obfuscated_harm"]
     normalisation_ablation(classifier, harmful)
     if args.data.is_dir():
