@@ -1,7 +1,8 @@
 """``seawall train``: from ``shared/data`` and the project's authored data to shipped artefacts.
 
 Steps: load and map every source; merge duplicate texts (positive labels win);
-split by group (templated variants stay together) into train and dev; fit one
+split by group (templated variants stay together) into train and dev; screen the
+comment corpora's clean rows for categories their annotators never judged; fit one
 logistic regression per label on hashed n-gram features; pick each label's
 threshold on the dev split; score the held-out sources; write the artefacts and
 the model card.
@@ -71,8 +72,8 @@ class TrainConfig:
     #: Labels fitted in parallel (threads; liblinear releases the GIL).
     workers: int = 2
     #: Clean rows of comment corpora were judged for toxicity only. For the other categories
-    #: a first pass, fitted without them, scores them; those it scores at least this high are
-    #: left out of that label (not trusted as negatives). None: trust every clean row.
+    #: a cross-fitted first pass scores them (see ``screen_suspects``); those it scores at least
+    #: this high are left out of that label (not trusted as negatives). None: trust every one.
     screen_score: float | None = 0.5
 
 
