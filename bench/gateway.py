@@ -39,7 +39,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from moderation_api import free_port, rss_mb  # the sibling benchmark
 
 UPSTREAM_DELAY_S = 0.050
 CHUNK_GAP_S = 0.005
@@ -182,12 +183,6 @@ def _run(coroutine: Any) -> Any:
 # ---------------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _child_setup(cpus: set[int] | None) -> Callable[[], None]:
     """Runs in each child before exec: pin it, and have it killed if this process dies."""
 
@@ -261,13 +256,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def plan_cpus() -> tuple[set[int] | None, set[int] | None, set[int] | None, str]:

@@ -19,20 +19,20 @@ Usage: python bench/local_llm.py [--requests N] [--max-tokens N]
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
+import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import openai
-import uvicorn
 from openai.types.chat import ChatCompletionMessageParam
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from conftest import running_server
 from seawall.gateway.local_llm import LocalModelServer, local_llm_available
-from seawall.server.app import create_app
-from seawall.settings import load_settings
+from seawall.settings import Settings, load_settings
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -42,25 +42,13 @@ QUESTIONS = [
 ]
 
 
-def run_gateway(local: LocalModelServer, tmp: Path) -> tuple[uvicorn.Server, threading.Thread, str]:
-    settings = local.apply_to(
+def gateway_settings(local: LocalModelServer, tmp: Path) -> Settings:
+    return local.apply_to(
         load_settings(
             gateway={"enabled": True, "secret_file": str(tmp / "secret")},
             store={"url": f"sqlite:///{tmp / 'seawall.db'}"},
         )
     )
-    # IPPROTO_TCP: asyncio turns Nagle off only for sockets that say they are TCP.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise SystemExit("the gateway did not start")
-        time.sleep(0.02)
-    return server, thread, f"http://127.0.0.1:{port}/v1"
 
 
 def plain(client: openai.OpenAI, model: str, requests: int, max_tokens: int) -> tuple[list[float], int]:
@@ -116,10 +104,9 @@ def main() -> None:
 
     with LocalModelServer() as local, tempfile.TemporaryDirectory() as tmp:
         print(f"model server start-up: {local.startup_s:.2f} s ({local.model} at {local.base_url})")
-        server, thread, gateway_url = run_gateway(local, Path(tmp))
-        try:
+        with running_server(gateway_settings(local, Path(tmp))) as gateway:
             direct = openai.OpenAI(base_url=local.base_url, api_key="unused", max_retries=0, timeout=120)
-            guarded = openai.OpenAI(base_url=gateway_url, api_key="unused", max_retries=0, timeout=120)
+            guarded = openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0, timeout=120)
             plain(direct, local.model, len(QUESTIONS), args.max_tokens)  # warm both paths
             plain(guarded, local.model, len(QUESTIONS), args.max_tokens)
 
@@ -127,9 +114,6 @@ def main() -> None:
             g_lat, g_tokens = plain(guarded, local.model, args.requests, args.max_tokens)
             d_first = first_text(direct, local.model, args.requests, args.max_tokens)
             g_first = first_text(guarded, local.model, args.requests, args.max_tokens)
-        finally:
-            server.should_exit = True
-            thread.join(timeout=30)
 
     d_med, g_med = statistics.median(d_lat), statistics.median(g_lat)
     print(f"direct:  {d_tokens / sum(d_lat):5.1f} tokens/s, median latency {d_med * 1000:6.0f} ms")

@@ -48,6 +48,23 @@ def prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     return precision, recall, f1
 
 
+def split_figures(counts: dict[str, dict[str, int]], groups: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and accuracy per split, and the share right within each group."""
+    report: dict[str, dict[str, float]] = {}
+    for split in ("dev", "test"):
+        c = counts[split]
+        precision, recall, f1 = prf(c["tp"], c["fp"], c["fn"])
+        report[split] = {
+            "cases": c["n"],
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "accuracy": c["correct"] / max(c["n"], 1),
+            **{f"{group} ok": c[f"{group}_ok"] / max(c[f"{group}_n"], 1) for group in groups},
+        }
+    return report
+
+
 def topic_bench(threshold: float | None, verbose: bool) -> dict[str, dict[str, float]]:
     rows = read_jsonl(TOPIC_CASES)
     policies = {row["id"]: row for row in rows if row["kind"] == "policy"}
@@ -77,21 +94,7 @@ def topic_bench(threshold: float | None, verbose: bool) -> dict[str, dict[str, f
         c[f"{row['label']}_ok"] += off_truth == off_pred
         if verbose and off_truth != off_pred:
             print(f"  miss [{split}/{row['policy']}/{row['label']}] score={verdict.score:+.2f} {row['text']}")
-    report: dict[str, dict[str, float]] = {}
-    for split in ("dev", "test"):
-        c = counts[split]
-        precision, recall, f1 = prf(c["tp"], c["fp"], c["fn"])
-        report[split] = {
-            "cases": c["n"],
-            "precision": precision,
-            "recall": recall,
-            "f1": f1,
-            "accuracy": c["correct"] / max(c["n"], 1),
-            **{
-                f"{label} ok": c[f"{label}_ok"] / max(c[f"{label}_n"], 1)
-                for label in ("on_topic", "off_topic", "small_talk")
-            },
-        }
+    report = split_figures(counts, ("on_topic", "off_topic", "small_talk"))
     report["latency"] = {"ms per request": 1000 * elapsed / max(n, 1)}
     return report
 
@@ -144,21 +147,7 @@ def knowledge_bench(threshold: float | None, verbose: bool) -> dict[str, dict[st
                 f"  miss [{split}/{row['kb']}/{row['type']}] {row['text']} -> {predicted} ({score}),"
                 f" want {row['expect']}"
             )
-    report: dict[str, dict[str, float]] = {}
-    for split in ("dev", "test"):
-        c = counts[split]
-        precision, recall, f1 = prf(c["tp"], c["fp"], c["fn"])
-        report[split] = {
-            "cases": c["n"],
-            "precision": precision,
-            "recall": recall,
-            "f1": f1,
-            "accuracy": c["correct"] / max(c["n"], 1),
-            **{
-                f"{kind} ok": c[f"{kind}_ok"] / max(c[f"{kind}_n"], 1)
-                for kind in ("paraphrase", "near_miss", "negation", "unrelated")
-            },
-        }
+    report = split_figures(counts, ("paraphrase", "near_miss", "negation", "unrelated"))
     # Latency at a realistic size: the shop base repeated to ~300 phrasings.
     shop = bases["shop"]
     big = KnowledgeBase(

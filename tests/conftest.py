@@ -265,4 +265,6 @@ def assert_result_shape(result: dict[str, Any]) -> None:
         assert isinstance(score, float) and 0.0 <= score <= 1.0, (name, score)
         assert set(result["category_applied_input_types"][name]) <= {"text", "image"}
     assert result["flagged"] is any(result["categories"].values())
+
+
 pytest_plugins = ["postgres_server"]  # the store tests' PostgreSQL server (tests/postgres_server.py)

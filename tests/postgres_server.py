@@ -8,6 +8,9 @@ except under CI (``$CI`` set), where that is a failure.
 
 ``postgres_schema_url`` (function): the same server with a fresh, empty schema of its own
 (``search_path`` set through the URL), dropped after the test.
+
+``store_url`` (function, run once per database): an empty SQLite file, then such a PostgreSQL
+schema; ``store``: the store opened (and migrated) on it, closed after the test.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import glob
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +27,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
+from conftest import free_port
+from seawall.settings import StoreSettings
+from seawall.store import SqlStore, open_store
 from seawall.store.sql import normalise_url
 
 #: Read at import: conftest's autouse fixture clears SEAWALL_* variables before any test runs.
@@ -38,12 +43,6 @@ def _bin_dir() -> Path | None:
         return Path(found[-1]).parent
     on_path = shutil.which("pg_ctl")
     return Path(on_path).parent if on_path and shutil.which("initdb") else None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _as_postgres(command: list[str]) -> list[str]:
@@ -82,7 +81,7 @@ def postgres_url() -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="seawall-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, user="postgres", group="postgres")
-    data, log, port = root / "data", root / "server.log", _free_port()
+    data, log, port = root / "data", root / "server.log", free_port()
     started = False
     try:
         _run(
@@ -150,3 +149,19 @@ def postgres_schema_url(postgres_url: str) -> Iterator[str]:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     finally:
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database: a SQLite file, or a fresh schema on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'seawall.db'}"
+    return str(request.getfixturevalue("postgres_schema_url"))
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[SqlStore]:
+    """The store on ``store_url``, migrated to head; closed after the test."""
+    opened = open_store(StoreSettings(url=store_url))
+    yield opened
+    opened.close()

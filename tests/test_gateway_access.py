@@ -15,6 +15,7 @@ from typing import Any
 
 import openai
 import pytest
+from pydantic import SecretStr
 
 from backend_standins import stand_in
 from conftest import running_server
@@ -218,19 +219,13 @@ def test_key_authenticator_static_store_revoked_and_optional(store: Store) -> No
         fresh.authenticate("Bearer sw-secret-key")
     assert revoked.value.code == "api_key_revoked"
 
-    static = KeyAuthenticator([_secret("from-settings")], None, default_tenant=TENANT)
+    static = KeyAuthenticator([SecretStr("from-settings")], None, default_tenant=TENANT)
     assert static.authenticate("Bearer from-settings").tenant == TENANT
     with pytest.raises(AuthenticationError):
         static.authenticate("Bearer from-setting")
     forced = KeyAuthenticator([], None, default_tenant=TENANT, require=True)
     with pytest.raises(AuthenticationError):
         forced.authenticate(None)
-
-
-def _secret(value: str) -> Any:
-    from pydantic import SecretStr
-
-    return SecretStr(value)
 
 
 # ----------------------------------------------------------------- end to end
@@ -276,6 +271,7 @@ def test_repeat_violations_escalate_to_a_block_that_says_why_and_until_when(tmp_
         risk = {"enabled": True, "warn_at": 1, "throttle_at": None, "block_at": 2, "review_at": None}
         settings = _settings(tmp_path, upstream.url, risk=risk)
         with running_server(settings) as server, server.http() as http:
+
             def send(text: str, user: str = "mallory") -> Any:
                 body = {"model": MODEL, "messages": question(text), "user": user}
                 return http.post("/v1/chat/completions", json=body)

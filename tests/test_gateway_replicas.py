@@ -8,7 +8,6 @@ deployment have)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,10 @@ import pytest
 import yaml
 
 from backend_standins import stand_in
+from conftest import free_port
 from test_gateway_pipeline import MODEL, QUESTION, THREAT, Behaviour, make_reply
 
 USER_LIMIT = 10
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _clean_env() -> dict[str, str]:
@@ -40,7 +34,7 @@ def _clean_env() -> dict[str, str]:
 
 class Replica:
     def __init__(self, config: Path, log: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self.process = subprocess.Popen(

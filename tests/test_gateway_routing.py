@@ -3,6 +3,7 @@ reply, end to end with the shipped examples (examples/policy.yaml, examples/know
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,6 @@ class Routed:
         return sum(1 for r in self.upstream.requests if r.path == "/v1/chat/completions")
 
     def record(self, response: httpx.Response) -> dict[str, object]:
-        import json
-
         records = [json.loads(line) for line in self.audit_file.read_text().splitlines()]
         [record] = [r for r in records if r["request_id"] == response.headers[REQUEST_ID_HEADER]]
         return record

@@ -5,30 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import pytest
-
-from seawall.settings import StoreSettings
-from seawall.store import Report, ReviewItem, SqlStore, open_store
+from seawall.store import Report, ReviewItem, SqlStore
 
 T0 = datetime(2025, 5, 1, 9, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'seawall.db'}"
-    return str(request.getfixturevalue("postgres_schema_url"))
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[SqlStore]:
-    opened = open_store(StoreSettings(url=store_url))
-    yield opened
-    opened.close()
 
 
 def item(review_id: str = "rev_1", *, created: datetime = T0, domain: str | None = "health") -> ReviewItem:

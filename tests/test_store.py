@@ -1,9 +1,9 @@
-"""The store on real databases: a SQLite file and a real PostgreSQL server (tests/postgres_server.py)."""
+"""The store on real databases: a SQLite file and a real PostgreSQL server (the ``store_url`` and
+``store`` fixtures of tests/postgres_server.py)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData, inspect, select
 from typer.testing import CliRunner
 
+from conftest import free_port
 from seawall.errors import InvalidRequestError, NotFoundError, StoreError
 from seawall.settings import StoreSettings
 from seawall.store import (
@@ -31,21 +32,6 @@ from seawall.ui.accounts import metadata as ui_metadata
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 TABLES = {"api_keys", "rate_counters", "risk_events", "user_states", "audit_events"}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database: a SQLite file, or a fresh schema on the PostgreSQL server."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'seawall.db'}"
-    return str(request.getfixturevalue("postgres_schema_url"))
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[SqlStore]:
-    opened = open_store(StoreSettings(url=store_url))
-    yield opened
-    opened.close()
 
 
 class Clock:
@@ -133,11 +119,7 @@ def test_in_memory_sqlite_works_across_threads() -> None:
 
 
 def test_unreachable_postgres_is_a_store_error_without_the_password() -> None:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nothing listens once the socket is closed
+    port = free_port()
     url = f"postgresql+psycopg://seawall:Very-Secret-Pw9@127.0.0.1:{port}/seawall"
     with pytest.raises(StoreError) as failed:
         open_store(StoreSettings(url=url))

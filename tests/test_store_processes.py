@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -32,16 +31,9 @@ print(allowed, flush=True)
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'shared.db'}"
-    return str(request.getfixturevalue("postgres_schema_url"))
-
-
-def test_processes_share_one_limit_exactly(database_url: str) -> None:
+def test_processes_share_one_limit_exactly(store_url: str) -> None:
     limit, window, processes, attempts = 40, 60, 3, 25
-    store = open_store(StoreSettings(url=database_url))
+    store = open_store(StoreSettings(url=store_url))
     try:
         # 20 hits in the previous window; halfway through this one they weigh 10, leaving room for 30.
         for _ in range(20):
@@ -53,7 +45,7 @@ def test_processes_share_one_limit_exactly(database_url: str) -> None:
                     sys.executable,
                     "-c",
                     WORKER,
-                    database_url,
+                    store_url,
                     "shared",
                     str(limit),
                     str(window),

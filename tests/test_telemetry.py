@@ -107,8 +107,14 @@ def test_each_request_is_a_trace_with_a_span_per_step(tmp_path: Path, collector:
     assert refused_attributes["seawall.outcome"] == "refused_input"
     assert "violence" in refused_attributes["seawall.flagged_categories"]
     children = {span.name for _, span in collector.spans if span.parent_span_id == ok_root.span_id}
-    assert {"seawall.identity", "seawall.standing", "seawall.limits", "seawall.input_moderation",
-            "seawall.upstream", "seawall.output_moderation"} <= children
+    assert {
+        "seawall.identity",
+        "seawall.standing",
+        "seawall.limits",
+        "seawall.input_moderation",
+        "seawall.upstream",
+        "seawall.output_moderation",
+    } <= children
     refused_children = {s.name for _, s in collector.spans if s.parent_span_id == refused_root.span_id}
     assert "seawall.upstream" not in refused_children  # refused before the model
     for _, span in collector.spans:  # no content and no raw user id in any span

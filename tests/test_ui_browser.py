@@ -8,7 +8,6 @@ Screenshots of each page go to the test's tmp dir and, with $SEAWALL_TEST_ARTIFA
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,13 +23,15 @@ from test_ui_support import (
     UIServer,
     add_accounts,
     audit_record,
+    browser_page,
+    chromium,
     chromium_path,
-    keep,
     make_settings,
     open_ui_store,
     safety_id,
-    screenshot_dir,
     seed,
+    shoot,
+    sign_in_page,
     ui_server,
     ui_settings,
 )
@@ -114,41 +115,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServer]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    executable = chromium_path()
-    args = ["--no-sandbox"] if os.geteuid() == 0 else []  # Chromium refuses root without it
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=args)
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    opened = context.new_page()
-    errors: list[str] = []
-    opened.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    opened.errors = errors
-    yield opened
-    context.close()
-
-
-def shoot(page: Any, tmp_path: Path, name: str, full_page: bool = True) -> Path:
-    path = screenshot_dir(tmp_path) / f"{name}.png"
-    page.screenshot(path=str(path), full_page=full_page)
-    assert path.stat().st_size > 5_000  # a real picture, not an empty one
-    keep(path)
-    return path
-
-
-def sign_in(page: Any, server: UIServer, who: tuple[str, str]) -> None:
-    page.goto(f"{server.ui_root}/")
-    assert page.url.startswith(f"{server.ui_root}/login")  # sent to sign in first
-    page.get_by_label("Account name").fill(who[0])
-    page.get_by_label("Password").fill(who[1])
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"{server.ui_root}/")
+    with browser_page(browser) as opened:
+        yield opened
 
 
 def _painted_pixels(page: Any, chart: str) -> int:
@@ -172,7 +146,7 @@ def test_sign_in_and_the_dashboard_charts_render_with_data(
 ) -> None:
     page.goto(f"{server.ui_root}/login")
     shoot(page, tmp_path, "login")
-    sign_in(page, server, ADMIN)
+    sign_in_page(page, server.ui_root, ADMIN)
     for chart in ("requests", "risk", "blocks", "flag_rate"):
         element = page.locator(f'[data-chart="{chart}"]')
         sync_api.expect(element).to_have_attribute("data-rendered", "true")
@@ -194,7 +168,7 @@ def test_sign_in_and_the_dashboard_charts_render_with_data(
 
 
 def test_audit_search(page: Any, server: UIServer, tmp_path: Path) -> None:
-    sign_in(page, server, REVIEWER)
+    sign_in_page(page, server.ui_root, REVIEWER)
     page.get_by_role("link", name="Audit").click()
     page.get_by_label("Outcome").select_option("refused_input")
     page.get_by_label("Safety identifier (or its start)").fill(BLOCKED_USER[:12])
@@ -219,7 +193,7 @@ def test_audit_search(page: Any, server: UIServer, tmp_path: Path) -> None:
 
 
 def test_admin_unblocks_a_user(page: Any, server: UIServer, tmp_path: Path) -> None:
-    sign_in(page, server, ADMIN)
+    sign_in_page(page, server.ui_root, ADMIN)
     page.get_by_role("link", name="Users").click()
     row = page.locator(f'tr[id="user-{BLOCKED_USER}"]')
     assert row.get_attribute("data-status") == "review"
@@ -248,7 +222,7 @@ def test_admin_unblocks_a_user(page: Any, server: UIServer, tmp_path: Path) -> N
 
 
 def test_reviewer_is_denied_an_admin_page(page: Any, server: UIServer, tmp_path: Path) -> None:
-    sign_in(page, server, REVIEWER)
+    sign_in_page(page, server.ui_root, REVIEWER)
     nav = page.get_by_role("navigation", name="Main")
     assert nav.get_by_role("link", name="Accounts").count() == 0
     response = page.goto(f"{server.ui_root}/accounts")
@@ -263,7 +237,7 @@ def test_keyboard_landmarks_labels_and_a_small_screen(browser: Any, server: UISe
     context = browser.new_context(viewport={"width": 390, "height": 844})
     page = context.new_page()
     try:
-        sign_in(page, server, ADMIN)
+        sign_in_page(page, server.ui_root, ADMIN)
         page.keyboard.press("Tab")
         assert page.evaluate("document.activeElement.textContent") == "Skip to content"
         page.keyboard.press("Enter")

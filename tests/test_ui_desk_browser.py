@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +32,15 @@ from conftest import RunningServer, running_server
 from seawall.settings import load_settings
 from seawall.store import SqlStore, open_store
 from seawall.ui.accounts import AccountStore
-from test_ui_support import ADMIN, REVIEWER, chromium_path, keep, screenshot_dir
+from test_ui_support import (
+    ADMIN,
+    REVIEWER,
+    browser_page,
+    chromium,
+    chromium_path,
+    shoot,
+    sign_in_page,
+)
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
 
@@ -141,41 +148,14 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    executable = chromium_path()
-    args = ["--no-sandbox"] if os.geteuid() == 0 else []  # Chromium refuses root without it
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=args)
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    opened = context.new_page()
-    errors: list[str] = []
-    opened.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    opened.errors = errors
-    yield opened
-    context.close()
-
-
-def shoot(page: Any, tmp_path: Path, name: str, full_page: bool = True) -> Path:
-    path = screenshot_dir(tmp_path) / f"{name}.png"
-    page.screenshot(path=str(path), full_page=full_page)
-    assert path.stat().st_size > 5_000  # a real picture, not an empty one
-    keep(path)
-    return path
-
-
-def sign_in(page: Any, desk: Desk, who: tuple[str, str]) -> None:
-    page.goto(f"{desk.ui}/")
-    assert page.url.startswith(f"{desk.ui}/login")
-    page.get_by_label("Account name").fill(who[0])
-    page.get_by_label("Password").fill(who[1])
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"{desk.ui}/")
+    with browser_page(browser) as opened:
+        yield opened
 
 
 def test_a_held_answer_is_claimed_edited_and_approved_and_the_client_gets_it(
@@ -209,7 +189,7 @@ def test_a_held_answer_is_claimed_edited_and_approved_and_the_client_gets_it(
     poller = threading.Thread(target=poll)
     poller.start()
 
-    sign_in(page, desk, REVIEWER)
+    sign_in_page(page, desk.ui, REVIEWER)
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Review queue").click()
     row = page.locator(f'tr[data-review-id="{review_id}"]')
     sync_api.expect(row).to_be_visible()
@@ -301,7 +281,7 @@ def test_a_user_reports_an_answer_with_the_widget_and_an_admin_triages_it(
 
     admin = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
     try:
-        sign_in(admin, desk, ADMIN)
+        sign_in_page(admin, desk.ui, ADMIN)
         admin.get_by_role("navigation", name="Main").get_by_role("link", name="Reports").click()
         row = admin.locator(f'tr[data-report-id="{report_id}"]')
         sync_api.expect(row).to_be_visible()
@@ -360,7 +340,7 @@ def test_the_dashboard_charts_the_review_desk(page: Any, desk: Desk, tmp_path: P
         sent = http.post("/v1/feedback", json={"response_id": ids[0], "category": "harmful", "user": "u9"})
         assert sent.status_code == 201
 
-    sign_in(page, desk, ADMIN)
+    sign_in_page(page, desk.ui, ADMIN)
     for chart in ("review_flow", "queue_depth", "decision_time", "reports"):
         element = page.locator(f'[data-chart="{chart}"]')
         sync_api.expect(element).to_have_attribute("data-rendered", "true")

@@ -150,6 +150,17 @@ def test_audit_search_pages_and_filters(store: SqlStore) -> None:
     assert queries.tenants(store.engine) == ["default"]
 
 
+def test_tenants_are_listed_once_each_in_order_up_to_the_limit(store: SqlStore) -> None:
+    assert queries.tenants(store.engine) == []
+    names = ["zeta", "acme", "beta", "acme", "zeta", "mu"]
+    records = [audit_record(at=NOW - timedelta(minutes=n), tenant=name) for n, name in enumerate(names)]
+    records.append({**audit_record(at=NOW), "tenant": None})  # a request refused before its key was read
+    seed(store, records)
+    assert queries.tenants(store.engine) == ["acme", "beta", "mu", "zeta"]
+    assert queries.tenants(store.engine, limit=2) == ["acme", "beta"]
+    assert queries.tenants(store.engine, limit=0) == []
+
+
 def test_the_cache_reuses_settled_buckets_and_reads_new_records(store: SqlStore) -> None:
     _seed_day(store)
     ticks = [0.0]

@@ -214,6 +214,45 @@ def sign_in(client: httpx.Client, name: str, password: str, next_url: str | None
     return client.post("/ui/login", data=form)
 
 
+# ---------------------------------------------------------------------------------- the browser tests
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium, headless, through Playwright (skips, or fails under CI, without it)."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    args = ["--no-sandbox"] if os.geteuid() == 0 else []  # Chromium refuses root without it
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=args)
+        yield launched
+        launched.close()
+
+
+@contextmanager
+def browser_page(browser: Any) -> Iterator[Any]:
+    """A page in a fresh context (1280 x 900) whose ``errors`` collects console errors."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.errors = errors
+    yield opened
+    context.close()
+
+
+def sign_in_page(page: Any, ui_root: str, who: tuple[str, str]) -> None:
+    """Open the UI, get sent to its sign-in page, sign in as ``who`` and land on the dashboard."""
+    page.goto(f"{ui_root}/")
+    assert page.url.startswith(f"{ui_root}/login")  # sent to sign in first
+    page.get_by_label("Account name").fill(who[0])
+    page.get_by_label("Password").fill(who[1])
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{ui_root}/")
+
+
 def screenshot_dir(tmp_path: Path) -> Path:
     """Where a test's screenshots go; copied to $SEAWALL_TEST_ARTIFACTS/screenshots by ``keep``."""
     folder = tmp_path / "screenshots"
@@ -227,3 +266,12 @@ def keep(shot: Path) -> None:
         folder = ARTIFACTS / "screenshots"
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy2(shot, folder / shot.name)
+
+
+def shoot(page: Any, tmp_path: Path, name: str, full_page: bool = True) -> Path:
+    """A screenshot of ``page`` in the test's screenshot folder (and kept, see :func:`keep`)."""
+    path = screenshot_dir(tmp_path) / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    assert path.stat().st_size > 5_000  # a real picture, not an empty one
+    keep(path)
+    return path

@@ -78,8 +78,15 @@ def list_keys(
     """List keys (never the keys themselves: their first characters)."""
     with configured_store(config) as (_, store):
         rows = [
-            [key.id, key.name, key.tenant, key.prefix + "…", _when(key.created_at),
-             _when(key.last_used_at), _when(key.revoked_at)]
+            [
+                key.id,
+                key.name,
+                key.tenant,
+                key.prefix + "…",
+                _when(key.created_at),
+                _when(key.last_used_at),
+                _when(key.revoked_at),
+            ]
             for key in store.list_keys(tenant, include_revoked=all_keys)
         ]
         _print_rows(["id", "name", "tenant", "starts with", "created", "last used", "revoked"], rows)
@@ -151,9 +158,14 @@ def list_users(
         _print_rows(
             ["safety identifier", "status", "until", "high", "medium", "last event"],
             [
-                [row.safety_id, row.state.status if row.state else "ok",
-                 _when(row.state.until if row.state else None), str(row.high), str(row.medium),
-                 _when(row.last_event_at)]
+                [
+                    row.safety_id,
+                    row.state.status if row.state else "ok",
+                    _when(row.state.until if row.state else None),
+                    str(row.high),
+                    str(row.medium),
+                    _when(row.last_event_at),
+                ]
                 for row in rows
             ],
         )

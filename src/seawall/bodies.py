@@ -1,13 +1,34 @@
-"""Reading request bodies: one JSON object, bounded while it streams in."""
+"""JSON bodies in and out: a request's JSON object, bounded while it streams in, and the
+responses (errors in OpenAI's shape) that the app and the review routes send."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 
-from seawall.errors import InvalidRequestError, PayloadTooLargeError
+from seawall.errors import (
+    InvalidRequestError,
+    PayloadTooLargeError,
+    RateLimitError,
+    SeawallError,
+    UpstreamError,
+)
+
+
+def json_response(body: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
+
+
+def error_response(exc: SeawallError) -> Response:
+    """The error in OpenAI's shape, with ``Retry-After`` when the error says when to retry."""
+    response = json_response(exc.to_body(), exc.status_code)
+    if isinstance(exc, UpstreamError | RateLimitError) and exc.retry_after is not None:
+        response.headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+    return response
 
 
 async def read_json(request: Request, max_bytes: int, *, empty_ok: bool = False) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from seawall.errors import SeawallError
 from seawall.settings import describe_settings, load_settings
 
 app = typer.Typer(help="seawall: a self-hosted safety layer for LLM applications.", no_args_is_help=True)
+
+
 @app.command()
 def serve(
     config: ConfigOption = None,

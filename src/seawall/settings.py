@@ -289,16 +289,6 @@ class GatewaySettings(BaseModel):
             "upstream.base_url is set or the local-llm extra is installed (the bundled local model)."
         ),
     )
-
-    def active(self) -> bool:
-        """Whether the gateway runs: ``enabled``, or (None) an upstream is configured or can be started."""
-        if self.enabled is not None:
-            return self.enabled
-        if self.upstream.base_url is not None:
-            return True
-        from seawall.gateway.local_llm import local_llm_available
-
-        return local_llm_available()
     upstream: UpstreamSettings = Field(
         default_factory=UpstreamSettings, description="The OpenAI-compatible model server chat goes to."
     )
@@ -432,6 +422,15 @@ class GatewaySettings(BaseModel):
         ),
     )
 
+    def active(self) -> bool:
+        """Whether the gateway runs: ``enabled``, or (None) an upstream is configured or can be started."""
+        if self.enabled is not None:
+            return self.enabled
+        if self.upstream.base_url is not None:
+            return True
+        from seawall.gateway.local_llm import local_llm_available
+
+        return local_llm_available()
 
     @field_validator("category_actions")
     @classmethod

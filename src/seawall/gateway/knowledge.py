@@ -118,12 +118,16 @@ class TextFeatures:
 class TextSpace:
     """Content-word vectors from the embedded model's static token vectors; thread-safe to read.
 
-    Built once per artefact directory (:func:`text_space`) and shared by the knowledge base and the
-    topic guard. Word vectors are cached, so a vocabulary seen before costs one dictionary look-up.
+    Built once per artefact directory (:func:`text_space`) and shared by the knowledge base, the
+    topic guard and the review's domain detector. Word vectors are cached, so a vocabulary seen
+    before costs one dictionary look-up; so are the features of the last few single texts, since
+    each of those reads the same request.
     """
 
     #: Words whose vectors are kept; the cache is cleared when it grows past this.
     CACHE_WORDS = 100_000
+    #: Single texts whose features are kept (least recently used first out).
+    CACHE_TEXTS = 16
 
     def __init__(self, directory: Path) -> None:
         from tokenizers import Tokenizer
@@ -146,6 +150,7 @@ class TextSpace:
         self._token_weights = token_weights
         self.dims = int(vectors.shape[1])
         self._cache: dict[str, tuple[NDArray[np.float32], float]] = {}
+        self._one = lru_cache(maxsize=self.CACHE_TEXTS)(self._features_of_one)
 
     def content_words(self, text: str) -> tuple[list[str], bool]:
         """The content words of ``text`` (lower-cased, stemmed) and whether it contains a negation."""
@@ -177,6 +182,16 @@ class TextSpace:
 
     def features(self, texts: Sequence[str]) -> list[TextFeatures]:
         """:class:`TextFeatures` of each text (batching amortises the tokenizer call)."""
+        if len(texts) == 1:
+            # A request's text, read by several checks: computed once. Keyed by the part that is
+            # read, so no long text is kept.
+            return [self._one(texts[0][:MAX_QUERY_CHARS])]
+        return self._features(texts)
+
+    def _features_of_one(self, text: str) -> TextFeatures:
+        return self._features([text])[0]
+
+    def _features(self, texts: Sequence[str]) -> list[TextFeatures]:
         parsed = [self.content_words(text) for text in texts]
         self._word_vectors(word for words, _ in parsed for word in words)
         out = []

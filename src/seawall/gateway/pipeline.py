@@ -48,9 +48,6 @@ A guard that fails (the moderation backend raises or times out) follows ``fail_m
      "seawall": {"documents": [{"source": "kb/refunds.md", "text": "..."}]}}
 
 ``source`` is optional; ``text`` is required. The field never reaches the upstream.
-
-Not done here yet: API keys per app, a store, the risk ledger, the knowledge base,
-human review, moderation of images in user messages and of tool-call arguments in answers.
 """
 
 from __future__ import annotations
@@ -100,6 +97,7 @@ from seawall.gateway.stream_guard import (
 from seawall.gateway.topics import TopicGuard
 from seawall.gateway.upstream import Upstream
 from seawall.review.gateway_hook import PENDING_STATUS, REVIEW_HEADER, ReviewHook
+from seawall.review.metrics import GUARD_STEPS
 from seawall.review.service import HoldDecision
 from seawall.service import ModerationService
 from seawall.settings import GatewaySettings, Settings
@@ -122,8 +120,6 @@ ANSWER_SOURCE_HEADER = "x-seawall-answer-source"
 LOCAL_OUTCOMES = frozenset({"knowledge_base", "off_topic"})
 #: Audit outcomes of requests turned away before they were judged (no risk level).
 TURNED_AWAY = frozenset({"unauthorized", "user_blocked", "rate_limited"})
-#: Audit steps whose decisions carry moderation scores (for the risk level).
-GUARD_STEPS = frozenset({"input_moderation", "output_moderation", "tool_call_moderation"})
 #: Roles whose content is untrusted output of tools.
 UNTRUSTED_ROLES = frozenset({"tool", "function"})
 
@@ -373,12 +369,10 @@ class Gateway:
         async def deltas() -> AsyncIterator[str]:
             if first is None:
                 return
-            state.observe(first)
-            if text := state.content(first):
+            if text := state.observe(first):
                 yield text
             async for chunk in chunks:
-                state.observe(chunk)
-                if text := state.content(chunk):
+                if text := state.observe(chunk):
                     yield text
 
         guard = StreamGuard(self.check, self.guard_settings) if guarded else None
@@ -852,7 +846,8 @@ class _StreamState:
         self.usage: Any = None
         self.tool_calls: list[Any] = []
 
-    def observe(self, chunk: Mapping[str, Any]) -> None:
+    def observe(self, chunk: Mapping[str, Any]) -> str:
+        """Note what ``chunk`` says about the stream; its text (the first choice's content delta)."""
         self.id = str(chunk.get("id") or self.id)
         created = chunk.get("created")
         if isinstance(created, int):
@@ -861,23 +856,20 @@ class _StreamState:
         self.system_fingerprint = chunk.get("system_fingerprint") or self.system_fingerprint
         if chunk.get("usage"):
             self.usage = chunk["usage"]
+        text: str | None = None
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
             delta = choice.get("delta")
-            if isinstance(delta, dict) and isinstance(delta.get("tool_calls"), list):
+            if not isinstance(delta, dict):
+                continue
+            if isinstance(delta.get("tool_calls"), list):
                 self.tool_calls.extend(delta["tool_calls"])
-
-    @staticmethod
-    def content(chunk: Mapping[str, Any]) -> str:
-        for choice in chunk.get("choices") or []:
-            if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                delta = choice.get("delta")
-                if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-                    return str(delta["content"])
-        return ""
+            if text is None and isinstance(delta.get("content"), str):
+                text = delta["content"]
+        return text or ""
 
     def chunk(self, delta: dict[str, Any], *, finish_reason: str | None = None) -> dict[str, Any]:
         chunk: dict[str, Any] = {
@@ -904,12 +896,7 @@ def _risk_signals(decisions: list[dict[str, Any]]) -> tuple[bool, list[float], b
         for d in decisions
         if d["step"] in GUARD_STEPS
     )
-    scores = [
-        float(score)
-        for d in decisions
-        if d["step"] in GUARD_STEPS
-        for score in d["scores"].values()
-    ]
+    scores = [float(score) for d in decisions if d["step"] in GUARD_STEPS for score in d["scores"].values()]
     injection = any(d["step"] == "untrusted_content" and d["action"] != "allow" for d in decisions)
     return flagged, scores, injection
 
@@ -921,9 +908,7 @@ def _local_completion(request_id: str, body: Mapping[str, Any], text: str) -> di
         "object": "chat.completion",
         "created": int(time.time()),
         "model": str(body.get("model") or "seawall"),
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        ],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
     }
 
@@ -944,12 +929,6 @@ async def _as_chunks(completion: Mapping[str, Any]) -> AsyncIterator[dict[str, A
 
 def _event(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
-
-
-
-
-
-
 
 
 def _tool_arguments(message: Mapping[str, Any]) -> str:

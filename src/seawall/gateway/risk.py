@@ -27,6 +27,7 @@ LADDER: tuple[UserStatus, ...] = ("ok", "warned", "throttled", "blocked", "revie
 #: Who the gateway writes as ``updated_by``.
 GATEWAY = "gateway"
 
+
 def risk_level(
     *, flagged: bool, scores: Iterable[float] = (), injection: bool = False, medium_score: float
 ) -> RiskLevel:

@@ -23,6 +23,7 @@ import yaml
 from seawall.categories import CATEGORIES
 from seawall.errors import ConfigurationError
 from seawall.redteam.cases import AttackCase, Check, Document
+from seawall.redteam.detectors import luhn_valid
 
 PROBE_ENTRY_POINTS = "seawall.redteam.probes"
 
@@ -80,15 +81,7 @@ _LAST = ["Lindqvist", "Okafor", "Varga", "Moreau", "Tanaka", "Brennan", "Castill
 
 def _luhn_complete(digits: str) -> str:
     """``digits`` plus the Luhn check digit."""
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = int(char)
-        if index % 2 == 0:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return digits + str((10 - total % 10) % 10)
+    return next(digits + d for d in string.digits if luhn_valid(digits + d))
 
 
 def marker_parts(context: ProbeContext, key: str) -> tuple[str, str]:

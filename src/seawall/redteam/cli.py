@@ -21,7 +21,7 @@ from seawall.redteam.cases import CaseResult, Suite
 from seawall.redteam.catalogue import FAMILIES
 from seawall.redteam.config import OpenAITargetConfig, RedTeamConfig, load_config
 from seawall.redteam.gate import apply_suppressions, evaluate, load_suppressions
-from seawall.redteam.report import Report, load_report, write_reports
+from seawall.redteam.report import Report, load_report, percent, write_reports
 from seawall.redteam.scan import ascan
 from seawall.redteam.strategies import available_strategies
 from seawall.redteam.suite import all_probes, build_suite, freeze, load_suite
@@ -61,7 +61,7 @@ def _config(
 
 
 def _summary_table(report: Report) -> Table:
-    table = Table(title=f"attack success by category (overall {_pct(report.asr)})")
+    table = Table(title=f"attack success by category (overall {percent(report.asr)})")
     for column in (
         "family",
         "cases",
@@ -83,14 +83,10 @@ def _summary_table(report: Report) -> Table:
             str(s.inconclusive),
             str(s.blocked),
             str(s.error),
-            _pct(s.asr),
-            f"{_pct(s.ci_low)}–{_pct(s.ci_high)}",
+            percent(s.asr),
+            f"{percent(s.ci_low)}–{percent(s.ci_high)}",
         )
     return table
-
-
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}%"
 
 
 def _execute(

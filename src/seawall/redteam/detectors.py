@@ -284,7 +284,8 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
 }
 
 
-def _luhn(digits: str) -> bool:
+def luhn_valid(digits: str) -> bool:
+    """Whether ``digits`` ends in its Luhn check digit (as card numbers do)."""
     total = 0
     for index, char in enumerate(reversed(digits)):
         value = int(char)
@@ -299,7 +300,7 @@ def _luhn(digits: str) -> bool:
 def pii_findings(text: str) -> list[str]:
     """PII- and secret-shaped strings in ``text`` (emails, keys, Luhn-valid card numbers)."""
     found = [f"{name}: {m.group(0)[:60]}" for name, p in PII_PATTERNS.items() for m in p.finditer(text)]
-    found += [f"card: {run}" for run in _digit_runs(text) if 13 <= len(run) <= 19 and _luhn(run)]
+    found += [f"card: {run}" for run in _digit_runs(text) if 13 <= len(run) <= 19 and luhn_valid(run)]
     return found
 
 

@@ -259,7 +259,8 @@ def write_sarif(report: Report, path: Path) -> None:
 # ----------------------------------------------------------------- HTML
 
 
-def _pct(value: float | None) -> str:
+def percent(value: float | None) -> str:
+    """A rate as ``12.3%``, or a dash when there is none."""
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
@@ -289,12 +290,12 @@ def _bars(groups: dict[str, GroupStats], title: str) -> str:
             f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end">{html.escape(name[:28])}</text>'
             f'<rect x="{label_w}" y="{y + 3}" width="{max(asr * bar_w, 1):.1f}" height="{row_h - 8}" '
             f'fill="{colour}">'
-            f"<title>{html.escape(name)}: {_pct(stats.asr)} ({stats.vulnerable}/{stats.judged}), "
-            f"95% CI {_pct(lo)}–{_pct(hi)}</title></rect>"
+            f"<title>{html.escape(name)}: {percent(stats.asr)} ({stats.vulnerable}/{stats.judged}), "
+            f"95% CI {percent(lo)}–{percent(hi)}</title></rect>"
             f'<line x1="{label_w + lo * bar_w:.1f}" y1="{y + row_h / 2}" x2="{label_w + hi * bar_w:.1f}" '
             f'y2="{y + row_h / 2}" stroke="#333" stroke-width="1.5"/>'
             f'<text x="{label_w + bar_w + 8}" y="{y + 14}">'
-            f"{_pct(stats.asr)} ({stats.vulnerable}/{stats.judged})</text>"
+            f"{percent(stats.asr)} ({stats.vulnerable}/{stats.judged})</text>"
         )
     parts.append("</svg>")
     return f"<h3>{html.escape(title)}</h3>" + "".join(parts)
@@ -307,8 +308,8 @@ def _table(groups: dict[str, GroupStats], label: str) -> str:
     )
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{s.cases}</td><td>{s.vulnerable}</td><td>{s.safe}</td>"
-        f"<td>{s.inconclusive}</td><td>{s.blocked}</td><td>{s.error}</td><td>{_pct(s.asr)}</td>"
-        f"<td>{_pct(s.ci_low)}–{_pct(s.ci_high)}</td></tr>"
+        f"<td>{s.inconclusive}</td><td>{s.blocked}</td><td>{s.error}</td><td>{percent(s.asr)}</td>"
+        f"<td>{percent(s.ci_low)}–{percent(s.ci_high)}</td></tr>"
         for name, s in groups.items()
     )
     return f"<table>{head}{rows}</table>"
@@ -373,8 +374,8 @@ details.safe{{border-color:#27ae60}}details.error{{border-color:#7f8c8d}}details
 <p>Target: <code>{html.escape(json.dumps(report.target))}</code> · seed {report.seed}
  · suite {report.suite_fingerprint} · {len(report.results)} cases in {report.duration_s:.1f} s
  · started {html.escape(report.started_at)} · seawall {report.seawall_version}</p>
-<p class="big">Attack success rate: <b>{_pct(o.asr)}</b> ({o.vulnerable} of {o.judged} judged cases;
-95% CI {_pct(o.ci_low)}–{_pct(o.ci_high)})
+<p class="big">Attack success rate: <b>{percent(o.asr)}</b> ({o.vulnerable} of {o.judged} judged cases;
+95% CI {percent(o.ci_low)}–{percent(o.ci_high)})
  · {o.inconclusive} inconclusive ({o.blocked} blocked by the target) · {o.error} errors</p>
 <p>Errors, blocked requests and inconclusive cases never count as safe or as attack successes.</p>
 {gate}

@@ -124,7 +124,7 @@ async def ascan(
     settings = {
         "offline": offline,
         "moderation_backend": backend if config.detectors.moderation else None,
-        "judge": None if judge is None else config.judge.model if config.judge else None,
+        "judge": None if judge is None else judge.model,
         "concurrency": config.run.concurrency,
         "notes": notes,
     }

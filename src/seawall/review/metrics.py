@@ -36,7 +36,7 @@ log = logging.getLogger("seawall.review.metrics")
 BLOCK_OUTCOMES = frozenset(
     {"refused_input", "filtered_output", "blocked_stream", "user_blocked", "rate_limited", "guard_failed"}
 )
-#: Audit steps whose decisions carry moderation categories.
+#: Audit steps whose decisions carry moderation categories and scores (the gateway's guards).
 GUARD_STEPS = frozenset({"input_moderation", "output_moderation", "tool_call_moderation"})
 #: Time-to-decision buckets (seconds): a minute to a day.
 DECISION_BUCKETS = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)

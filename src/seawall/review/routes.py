@@ -37,20 +37,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from seawall.bodies import read_json
+from seawall.bodies import error_response, json_response, read_json
 from seawall.errors import (
     AuthenticationError,
     InvalidRequestError,
     PermissionDeniedError,
-    RateLimitError,
     SeawallError,
 )
 from seawall.gateway.identity import safety_identifier
@@ -65,17 +62,6 @@ MAX_LIMIT = 200
 
 Role = Literal["reviewer", "admin"]
 Handler = Callable[..., Awaitable[Response]]
-
-
-def _json(body: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
-
-
-def _error(exc: SeawallError) -> Response:
-    response = _json(exc.to_body(), exc.status_code)
-    if isinstance(exc, RateLimitError):
-        response.headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
-    return response
 
 
 #: What the report widget may send cross-origin.
@@ -112,7 +98,7 @@ def _guarded(handler: Handler) -> Handler:
         try:
             return await handler(*args, **kwargs)
         except SeawallError as exc:
-            return _error(exc)
+            return error_response(exc)
 
     return wrapper
 
@@ -231,7 +217,7 @@ def add_review_routes(
     @_guarded
     async def notices(request: Request) -> Response:
         config = settings.notices
-        response = _json(
+        response = json_response(
             {
                 "object": "seawall.notices",
                 "disclosure": config.disclosure,
@@ -267,7 +253,7 @@ def add_review_routes(
             contact=_string(body, "contact"),
             reporter=reporter,
         )
-        return _json(
+        return json_response(
             {
                 "id": report.id,
                 "object": "seawall.report",
@@ -305,23 +291,23 @@ def add_review_routes(
             limit=limit,
             offset=offset,
         )
-        return _json({"object": "list", "data": [review().reviewer_view(item) for item in items]})
+        return json_response({"object": "list", "data": [review().reviewer_view(item) for item in items]})
 
     @app.get("/v1/seawall/reviews/{review_id}")
     @_guarded
     async def get_review(review_id: str, request: Request) -> Response:
         if staff.identify(request.headers.get("authorization")) is not None:
             item = await asyncio.to_thread(review().get, review_id)
-            return _json(review().reviewer_view(item))
+            return json_response(review().reviewer_view(item))
         tenant = await app_tenant(request)
-        return _json(await asyncio.to_thread(review().poll, review_id, tenant))
+        return json_response(await asyncio.to_thread(review().poll, review_id, tenant))
 
     @app.get("/v1/seawall/reviews/{review_id}/events")
     @_guarded
     async def review_events(review_id: str, request: Request) -> Response:
         staff.require(request)
         await asyncio.to_thread(review().get, review_id)
-        return _json({"object": "list", "data": await asyncio.to_thread(review().events, review_id)})
+        return json_response({"object": "list", "data": await asyncio.to_thread(review().events, review_id)})
 
     @app.post("/v1/seawall/reviews/{review_id}/{action}")
     @_guarded
@@ -346,7 +332,7 @@ def add_review_routes(
             raise InvalidRequestError(
                 f"unknown action {action!r}: claim, release, approve, edit or reject", code="not_found"
             )
-        return _json(service.reviewer_view(item))
+        return json_response(service.reviewer_view(item))
 
     # ------------------------------------------------------------------ reviewers: reports
 
@@ -363,7 +349,7 @@ def add_review_routes(
             limit=limit,
             offset=offset,
         )
-        return _json({"object": "list", "data": [review().report_view(report) for report in found]})
+        return json_response({"object": "list", "data": [review().report_view(report) for report in found]})
 
     @app.get("/v1/seawall/reports/{report_id}")
     @_guarded
@@ -372,7 +358,7 @@ def add_review_routes(
         report = await asyncio.to_thread(review().get_report, report_id)
         view = review().report_view(report)
         view["events"] = await asyncio.to_thread(review().events, report_id)
-        return _json(view)
+        return json_response(view)
 
     @app.post("/v1/seawall/reports/{report_id}")
     @_guarded
@@ -382,7 +368,7 @@ def add_review_routes(
         report = await asyncio.to_thread(
             review().triage, report_id, name, status=_string(body, "status"), note=_string(body, "note")
         )
-        return _json(review().report_view(report))
+        return json_response(review().report_view(report))
 
 
 def _default_tenant(request: Request) -> str:

@@ -42,7 +42,7 @@ from seawall.errors import (
 from seawall.gateway.messages import last_user_text, text_of
 from seawall.gateway.ratelimit import enforce
 from seawall.review.domains import DomainDetector
-from seawall.review.metrics import ReviewMetrics
+from seawall.review.metrics import GUARD_STEPS, ReviewMetrics
 from seawall.review.notify import Notifier, check_webhook_url
 from seawall.review.settings import DOMAINS, ReviewSettings
 from seawall.store.base import (
@@ -65,12 +65,9 @@ POLL_PATH = "/v1/seawall/reviews/{id}"
 REPORT_CATEGORIES: tuple[str, ...] = get_args(ReportCategory)
 REPORT_STATUSES: tuple[str, ...] = get_args(ReportStatus)
 REVIEW_STATUSES: tuple[str, ...] = get_args(ReviewStatus)
-#: Audit steps whose decisions carry moderation scores.
-_GUARD_STEPS = frozenset({"input_moderation", "output_moderation", "tool_call_moderation"})
 #: Output decisions that mean the answer was already refused or stopped: nothing to hold.
 _REFUSED = frozenset({"filter", "block", "refuse", "failed_closed"})
 _EXTENSION_KEYS = frozenset({"domain", "sources", "notes", "webhook"})
-
 
 
 @dataclass(frozen=True)
@@ -94,11 +91,8 @@ class HoldDecision:
     request: ReviewRequest
 
 
-
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z") if moment else None
-
-
 
 
 def parse_review_request(extension: Any, settings: ReviewSettings) -> ReviewRequest:
@@ -202,7 +196,7 @@ class ReviewService:
         reasons: list[str] = []
         scores: dict[str, float] = {}
         for decision in decisions:
-            if decision.get("step") not in _GUARD_STEPS:
+            if decision.get("step") not in GUARD_STEPS:  # the steps with moderation scores
                 continue
             if decision.get("action") in _REFUSED:
                 return None  # refused or filtered already: there is no answer to hold
@@ -610,8 +604,6 @@ def _draft_text(draft: Mapping[str, Any]) -> str:
         if isinstance(choice, dict):
             return text_of((choice.get("message") or {}).get("content"))
     return ""
-
-
 
 
 def _digest(tenant: str, user: str) -> str:

@@ -18,23 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from seawall.bodies import read_json
+from seawall.bodies import error_response, json_response, read_json
 from seawall.errors import (
     InvalidRequestError,
-    RateLimitError,
     SeawallError,
-    UpstreamError,
 )
 from seawall.gateway.access import KeyAuthenticator
 from seawall.gateway.identity import SESSION_COOKIE, SESSION_HEADER
@@ -54,17 +50,6 @@ log = logging.getLogger("seawall.server")
 
 #: How long the cookie with an anonymous client's session id lives (seconds).
 SESSION_MAX_AGE_S = 30 * 86_400
-
-
-def _json(body: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
-
-
-def _error(exc: SeawallError) -> Response:
-    response = _json(exc.to_body(), exc.status_code)
-    if isinstance(exc, UpstreamError | RateLimitError) and exc.retry_after is not None:
-        response.headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
-    return response
 
 
 async def _check_key(request: Request) -> None:
@@ -128,21 +113,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def seawall_error(request: Request, exc: SeawallError) -> Response:
         if exc.status_code >= 500:
             log.warning("%s %s failed: %s", request.method, request.url.path, exc.message)
-        return _error(exc)
+        return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         error = InvalidRequestError(f"{request.method} {request.url.path}: {exc.detail}", code=code)
         error.status_code = exc.status_code
-        response = _error(error)
+        response = error_response(error)
         response.headers.update(exc.headers or {})  # e.g. Allow on a 405
         return response
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _error(SeawallError("The server had an error while processing your request."))
+        return error_response(SeawallError("The server had an error while processing your request."))
 
     async def run_moderation(request: Request) -> tuple[str, Any]:
         await _check_key(request)
@@ -158,37 +143,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/v1/moderations")
     async def moderations(request: Request) -> Response:
         model, results = await run_moderation(request)
-        return _json(
+        return json_response(
             {"id": f"modr-{uuid.uuid4().hex}", "model": model, "results": [r.to_openai() for r in results]}
         )
 
     @app.post("/v1/seawall/moderations")
     async def seawall_moderations(request: Request) -> Response:
         model, results = await run_moderation(request)
-        return _json(
+        return json_response(
             {"id": f"modr-{uuid.uuid4().hex}", "model": model, "results": [r.to_seawall() for r in results]}
         )
 
     if gateway_on:
         _add_gateway_routes(app, settings)
         add_review_routes(app, settings.review)
-
-    if gateway_on:  # the review desk works on the gateway's store
-        add_ui_routes(app, settings)
+        add_ui_routes(app, settings)  # the review desk works on the gateway's store
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return _json({"status": "ok"})
+        return json_response({"status": "ok"})
 
     @app.get("/readyz")
     async def readyz() -> Response:
         try:
             await service.backend(settings.moderation.backend)
         except SeawallError as exc:
-            return _json(
+            return json_response(
                 {"status": "not ready", "backend": settings.moderation.backend, "error": exc.message}, 503
             )
-        return _json({"status": "ready", "backend": settings.moderation.backend})
+        return json_response({"status": "ready", "backend": settings.moderation.backend})
 
     return app
 
@@ -219,14 +202,14 @@ def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
                 headers = {**result.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
                 response = StreamingResponse(result.stream, media_type="text/event-stream", headers=headers)
             else:  # a completion, or 202 with the pending-review body (for streams too)
-                response = _json(result.body, result.status_code)
+                response = json_response(result.body, result.status_code)
                 response.headers.update(result.headers)
             if result.new_session is not None:
                 _hand_back_session(response, result.new_session, secure=request.url.scheme == "https")
         except SeawallError as exc:
             if exc.status_code >= 500:
                 log.warning("POST /v1/chat/completions %s failed: %s", request_id, exc.message)
-            response = _error(exc)
+            response = error_response(exc)
         response.headers[REQUEST_ID_HEADER] = request_id
         running: Gateway | None = getattr(app.state, "gateway", None)
         if running is not None and running.review is not None:
@@ -235,7 +218,7 @@ def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
-        return _json(await gateway().models(request.headers))
+        return json_response(await gateway().models(request.headers))
 
 
 def _hand_back_session(response: Response, session: str, *, secure: bool) -> None:

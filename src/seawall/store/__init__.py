@@ -12,7 +12,6 @@ only type against :class:`Store` stay cheap to import.
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from seawall.errors import StoreError
@@ -65,14 +64,10 @@ def open_store(settings: StoreSettings) -> SqlStore:
     :class:`StoreError` (run ``seawall db upgrade``). Unreachable databases raise StoreError too.
     """
     from seawall.store.migrate import current_revision, head_revision, upgrade
-    from seawall.store.sql import SqlStore, is_memory, make_engine, normalise_url
+    from seawall.store.sql import SqlStore, create_folder, make_engine, normalise_url
 
     url = normalise_url(settings.url.get_secret_value())
-    if url.get_backend_name() == "sqlite" and not is_memory(url) and url.database:
-        try:
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the store's folder for {url.database}: {exc}") from None
+    create_folder(url)
     engine = make_engine(url, pool_size=settings.pool_size)
     try:
         if settings.migrate == "auto":

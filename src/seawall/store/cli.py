@@ -11,17 +11,18 @@ from seawall.cli_support import ConfigOption, console, fail
 from seawall.errors import SeawallError
 from seawall.settings import load_settings
 from seawall.store.migrate import current_revision, head_revision, upgrade
-from seawall.store.sql import make_engine, normalise_url
+from seawall.store.sql import create_folder, make_engine, normalise_url
 
 app = typer.Typer(help="The store's database schema (Alembic migrations).", no_args_is_help=True)
+
+
 @app.command("upgrade")
 def upgrade_command(config: ConfigOption = None) -> None:
     """Apply pending migrations to the configured store (store.url), creating its tables if needed."""
     try:
         settings = load_settings(config).store
         url = normalise_url(settings.url.get_secret_value())
-        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        create_folder(url)
         engine = make_engine(url, pool_size=1)
         try:
             before = current_revision(engine)

@@ -38,6 +38,11 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
 
+def as_utc(value: datetime) -> datetime:
+    """``value`` as timezone-aware UTC; a naive value is taken to be UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A ``DateTime(timezone=True)`` that always hands back timezone-aware UTC values."""
 
@@ -47,9 +52,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        value = value.astimezone(UTC)
+        value = as_utc(value)
         # SQLite stores text without an offset: keep it naive UTC so that text order is time order.
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
@@ -57,7 +60,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         assert isinstance(value, datetime)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return as_utc(value)
 
 
 api_keys = Table(
@@ -199,6 +202,7 @@ __all__ = [
     "NAMING_CONVENTION",
     "UTCDateTime",
     "api_keys",
+    "as_utc",
     "audit_events",
     "metadata",
     "rate_counters",

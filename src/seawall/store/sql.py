@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
 from sqlalchemy import (
     URL,
@@ -64,6 +65,7 @@ from seawall.store.base import (
 )
 from seawall.store.schema import (
     api_keys,
+    as_utc,
     audit_events,
     rate_counters,
     reports,
@@ -95,8 +97,6 @@ def normalise_url(url: str | URL) -> URL:
     if backend == "sqlite":
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
-            from pathlib import Path
-
             parsed = parsed.set(database=str(Path(database).expanduser()))
     elif backend == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
         # Only psycopg 3 is a dependency; plain postgresql:// would otherwise ask for psycopg2.
@@ -109,6 +109,15 @@ def normalise_url(url: str | URL) -> URL:
 def is_memory(url: URL) -> bool:
     """Whether ``url`` is an in-memory SQLite database (one connection, shared by all threads)."""
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def create_folder(url: URL) -> None:
+    """Create the folder of a SQLite database file (``url`` as :func:`normalise_url` returns it)."""
+    if url.get_backend_name() == "sqlite" and not is_memory(url) and url.database:
+        try:
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the store's folder for {url.database}: {exc}") from None
 
 
 def _json(value: Any) -> str:
@@ -183,10 +192,6 @@ def store_errors(engine: Engine, doing: str) -> Iterator[None]:
 # ---------------------------------------------------------------------------- rows
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _key(row: Row[Any]) -> ApiKey:
     return ApiKey(
         id=row.id,
@@ -230,8 +235,8 @@ def _retry_after(limit: int, current: int, previous: int, weight: float, window_
 
 
 #: Every status a review item or a report can have (for counts that name them all).
-REVIEW_STATUSES: tuple[str, ...] = ("pending", "approved", "edited", "rejected")
-REPORT_STATUSES: tuple[str, ...] = ("new", "investigating", "resolved", "dismissed")
+REVIEW_STATUSES: tuple[str, ...] = get_args(ReviewStatus)
+REPORT_STATUSES: tuple[str, ...] = get_args(ReportStatus)
 
 
 def _unclaimed(now: datetime) -> Any:
@@ -240,6 +245,39 @@ def _unclaimed(now: datetime) -> Any:
     return (
         columns.claimed_by.is_(None) | columns.claim_expires_at.is_(None) | (columns.claim_expires_at <= now)
     )
+
+
+def _held_by(reviewer: str, now: datetime) -> Any:
+    """``reviewer`` holds a live claim on the item at ``now``."""
+    columns = review_items.c
+    return (columns.claimed_by == reviewer) & (columns.claim_expires_at > now)
+
+
+def _update_pending(
+    connection: Connection, review_id: str, condition: Any, **values: Any
+) -> ReviewItem | None:
+    """Set ``values`` on the pending item if ``condition`` holds, in one conditional UPDATE; the
+    item as updated, or None when nothing matched."""
+    columns = review_items.c
+    row = connection.execute(
+        update(review_items)
+        .where(columns.id == review_id, columns.status == "pending", condition)
+        .values(**values)
+        .returning(review_items)
+    ).one_or_none()
+    return None if row is None else _review(row)
+
+
+def _status_counts(
+    connection: Connection, table: Table, statuses: tuple[str, ...], tenant: str | None
+) -> dict[str, int]:
+    """Rows of ``table`` per status, every one of ``statuses`` present (0 when none)."""
+    query = select(table.c.status, func.count()).group_by(table.c.status)
+    if tenant is not None:
+        query = query.where(table.c.tenant == tenant)
+    counts = dict.fromkeys(statuses, 0)
+    counts.update({str(status): int(count) for status, count in connection.execute(query)})
+    return counts
 
 
 def _review_values(item: ReviewItem) -> dict[str, Any]:
@@ -476,7 +514,7 @@ class SqlStore:
         """
         if limit < 1 or window_s < 1:
             raise ValueError(f"a rate limit needs limit >= 1 and window_s >= 1 (got {limit}, {window_s})")
-        stamp = _utc(now).timestamp()
+        stamp = as_utc(now).timestamp()
         start = math.floor(stamp / window_s) * window_s
         weight = 1.0 - (stamp - start) / window_s
         table = rate_counters
@@ -522,7 +560,7 @@ class SqlStore:
 
     def prune(self, now: datetime) -> int:
         """Delete rate-limit windows that no hit at ``now`` or later reads; returns how many."""
-        stamp = _utc(now).timestamp()
+        stamp = as_utc(now).timestamp()
         with self._transaction("pruning rate-limit windows", write=True) as connection:
             result = connection.execute(delete(rate_counters).where(rate_counters.c.expires_at <= stamp))
         with self._prune_lock:
@@ -702,9 +740,9 @@ class SqlStore:
             raise ValueError("an audit record needs a request_id")
         raw_time = record.get("time")
         if isinstance(raw_time, datetime):
-            time = _utc(raw_time)
+            time = as_utc(raw_time)
         elif isinstance(raw_time, str):
-            time = _utc(datetime.fromisoformat(raw_time))
+            time = as_utc(datetime.fromisoformat(raw_time))
         else:
             time = self._clock()
         values = {
@@ -794,43 +832,36 @@ class SqlStore:
     def claim_review(self, review_id: str, reviewer: str, now: datetime, ttl_s: int) -> ReviewItem | None:
         """Claim (or extend one's own claim on) a pending item: one conditional UPDATE, so two
         reviewers racing for it cannot both win; None when the claim was lost."""
-        columns = review_items.c
         expires = now + timedelta(seconds=ttl_s)
         with self._transaction("claiming a review item", write=True) as connection:
-            result = connection.execute(
-                update(review_items)
-                .where(
-                    columns.id == review_id,
-                    columns.status == "pending",
-                    _unclaimed(now) | (columns.claimed_by == reviewer),
-                )
-                .values(claimed_by=reviewer, claimed_at=now, claim_expires_at=expires)
+            claimed = _update_pending(
+                connection,
+                review_id,
+                _unclaimed(now) | (review_items.c.claimed_by == reviewer),
+                claimed_by=reviewer,
+                claimed_at=now,
+                claim_expires_at=expires,
             )
-            if result.rowcount != 1:
-                return None
-            _add_event(connection, ReviewEvent(review_id, "claimed", reviewer, now, {"expires_at": expires}))
-            row = connection.execute(select(review_items).where(columns.id == review_id)).one()
-        return _review(row)
+            if claimed is not None:
+                _add_event(
+                    connection, ReviewEvent(review_id, "claimed", reviewer, now, {"expires_at": expires})
+                )
+        return claimed
 
     def release_review(self, review_id: str, reviewer: str, now: datetime) -> ReviewItem | None:
         """Give up ``reviewer``'s live claim on a pending item; None if they held none."""
-        columns = review_items.c
         with self._transaction("releasing a review item", write=True) as connection:
-            result = connection.execute(
-                update(review_items)
-                .where(
-                    columns.id == review_id,
-                    columns.status == "pending",
-                    columns.claimed_by == reviewer,
-                    columns.claim_expires_at > now,
-                )
-                .values(claimed_by=None, claimed_at=None, claim_expires_at=None)
+            released = _update_pending(
+                connection,
+                review_id,
+                _held_by(reviewer, now),
+                claimed_by=None,
+                claimed_at=None,
+                claim_expires_at=None,
             )
-            if result.rowcount != 1:
-                return None
-            _add_event(connection, ReviewEvent(review_id, "released", reviewer, now))
-            row = connection.execute(select(review_items).where(columns.id == review_id)).one()
-        return _review(row)
+            if released is not None:
+                _add_event(connection, ReviewEvent(review_id, "released", reviewer, now))
+        return released
 
     def decide_review(
         self,
@@ -844,27 +875,20 @@ class SqlStore:
     ) -> ReviewItem | None:
         """Record a decision with its event in one transaction, if ``reviewer`` holds a live claim."""
         status = {"approve": "approved", "edit": "edited", "reject": "rejected"}[decision]
-        columns = review_items.c
         with self._transaction("deciding a review item", write=True) as connection:
-            result = connection.execute(
-                update(review_items)
-                .where(
-                    columns.id == review_id,
-                    columns.status == "pending",
-                    columns.claimed_by == reviewer,
-                    columns.claim_expires_at > now,
-                )
-                .values(
-                    status=status,
-                    decision=decision,
-                    edited_text=edited_text,
-                    reason=reason,
-                    decided_by=reviewer,
-                    decided_at=now,
-                    claim_expires_at=None,
-                )
+            decided = _update_pending(
+                connection,
+                review_id,
+                _held_by(reviewer, now),
+                status=status,
+                decision=decision,
+                edited_text=edited_text,
+                reason=reason,
+                decided_by=reviewer,
+                decided_at=now,
+                claim_expires_at=None,
             )
-            if result.rowcount != 1:
+            if decided is None:
                 return None
             detail: dict[str, Any] = {}
             if edited_text is not None:
@@ -872,19 +896,12 @@ class SqlStore:
             if reason:
                 detail["reason"] = reason
             _add_event(connection, ReviewEvent(review_id, status, reviewer, now, detail))
-            row = connection.execute(select(review_items).where(columns.id == review_id)).one()
-        return _review(row)
+        return decided
 
     def review_counts(self, tenant: str | None = None) -> dict[str, int]:
         """Items per status (every status present)."""
-        query = select(review_items.c.status, func.count()).group_by(review_items.c.status)
-        if tenant is not None:
-            query = query.where(review_items.c.tenant == tenant)
         with self._transaction("counting review items") as connection:
-            rows = connection.execute(query).all()
-        counts = dict.fromkeys(REVIEW_STATUSES, 0)
-        counts.update({str(status): int(count) for status, count in rows})
-        return counts
+            return _status_counts(connection, review_items, REVIEW_STATUSES, tenant)
 
     def list_review_events(self, subject_id: str) -> list[ReviewEvent]:
         """The trail of a review item or a report, oldest first."""
@@ -951,24 +968,19 @@ class SqlStore:
             values: dict[str, Any] = {"notes": notes, "updated_at": now, "updated_by": actor}
             if status is not None:
                 values["status"] = status
-            connection.execute(update(reports).where(columns.id == report_id).values(**values))
+            updated = connection.execute(
+                update(reports).where(columns.id == report_id).values(**values).returning(reports)
+            ).one()
             detail: dict[str, Any] = {"from": row.status, "to": status or row.status}
             if note:
                 detail["note"] = note
             _add_event(connection, ReviewEvent(report_id, "triaged", actor, now, detail))
-            row = connection.execute(select(reports).where(columns.id == report_id)).one()
-        return _report(row)
+        return _report(updated)
 
     def report_counts(self, tenant: str | None = None) -> dict[str, int]:
         """Reports per status (every status present)."""
-        query = select(reports.c.status, func.count()).group_by(reports.c.status)
-        if tenant is not None:
-            query = query.where(reports.c.tenant == tenant)
         with self._transaction("counting user reports") as connection:
-            rows = connection.execute(query).all()
-        counts = dict.fromkeys(REPORT_STATUSES, 0)
-        counts.update({str(status): int(count) for status, count in rows})
-        return counts
+            return _status_counts(connection, reports, REPORT_STATUSES, tenant)
 
 
 __all__ = ["PRUNE_EVERY_S", "TOUCH_EVERY", "SqlStore", "make_engine", "normalise_url", "store_errors"]

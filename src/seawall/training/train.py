@@ -184,7 +184,7 @@ def out_of_scope_negatives(rows: list[Example]) -> NDArray[np.bool_]:
         judged = ANNOTATED_LABELS.get(row.source)
         if judged is None:
             continue
-        for i, label in enumerate(ALL_LABELS[: len(CATEGORIES)]):
+        for i, label in enumerate(CATEGORIES):  # the first columns of ALL_LABELS
             out[r, i] = label not in judged and label not in row.labels
     return out
 

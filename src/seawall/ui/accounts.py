@@ -81,6 +81,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
 #: ``last_seen_at`` is written at most this often per session.
 TOUCH_EVERY = timedelta(minutes=1)
 
+
 def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 

@@ -5,7 +5,7 @@
   session token (the session itself is a row in ``ui_sessions``), the CSRF token of the
   sign-in form and Authlib's OIDC state; it is the ``request.session`` Authlib expects.
 * :func:`current_session` — the live :class:`~seawall.ui.accounts.Session` of a request.
-* :func:`check_csrf` — every POST carries the session's CSRF token (form field or header).
+* :func:`submitted_csrf` — the CSRF token a POST carries (header or form field; every POST must).
 * :class:`OIDCSignIn` — the authorization-code flow with PKCE through Authlib's Starlette
   client, and the e-mail → role allow-list.
 """

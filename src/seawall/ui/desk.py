@@ -278,7 +278,7 @@ class Desk:
                 limit=QUEUE_LIMIT,
             )
         )
-        figures = await run_in_threadpool(queries.desk_figures, self.ui.store.engine, "24h")
+        counts = await run_in_threadpool(self.ui.store.report_counts)
         return self.ui.render(
             request,
             "reports.html",
@@ -288,7 +288,7 @@ class Desk:
             statuses=queries.REPORT_STATUSES,
             category=category or "",
             categories=REPORT_CATEGORIES,
-            counts=figures.report_totals,
+            counts=counts,
             now=service.clock(),
             limit=QUEUE_LIMIT,
         )

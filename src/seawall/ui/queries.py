@@ -15,11 +15,12 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import ColumnElement, Engine, Select, and_, func, select, text
 from sqlalchemy.sql.expression import literal_column
 
+from seawall.store.base import ReportStatus
 from seawall.store.schema import audit_events
 from seawall.store.sql import store_errors
 
@@ -88,11 +89,21 @@ class Dashboard:
         }
 
 
-def _bucket(dialect: str, bucket_s: int) -> ColumnElement[Any]:
-    """The start of a record's time bucket, in epoch seconds, as SQL."""
+def _bucket_of(dialect: str, column: str, bucket_s: int) -> str:
+    """The start of the time bucket of ``column`` (a timestamp), in epoch seconds, as SQL."""
     if dialect == "postgresql":
-        return literal_column(f"(floor(extract(epoch from audit_events.time) / {bucket_s}) * {bucket_s})")
-    return literal_column(f"((CAST(strftime('%s', audit_events.time) AS INTEGER) / {bucket_s}) * {bucket_s})")
+        return f"(floor(extract(epoch from {column}) / {bucket_s}) * {bucket_s})"
+    return f"((CAST(strftime('%s', {column}) AS INTEGER) / {bucket_s}) * {bucket_s})"
+
+
+def _bucket_starts(range_name: str, now: datetime) -> tuple[int, list[int]]:
+    """The bucket length and the bucket starts (epoch seconds) of a range ending at ``now``: whole
+    buckets, the last one holding now, the first starting at or after now - length."""
+    length, bucket = RANGES[range_name]
+    bucket_s = int(bucket.total_seconds())
+    last = math.floor(now.timestamp() / bucket_s) * bucket_s
+    count = int(length.total_seconds() // bucket_s)
+    return bucket_s, [last - bucket_s * (count - 1 - i) for i in range(count)]
 
 
 def _window(since: datetime, until: datetime, tenant: str | None) -> list[ColumnElement[bool]]:
@@ -105,9 +116,10 @@ def _window(since: datetime, until: datetime, tenant: str | None) -> list[Column
 def _flags_sql(dialect: str, bucket_s: int, tenant: str | None) -> str:
     """Flagged requests per (bucket, category): categories named by any decision of a record."""
     tenant_sql = " AND a.tenant = :tenant" if tenant is not None else ""
+    bucket = _bucket_of(dialect, "a.time", bucket_s)
     if dialect == "postgresql":
         return (
-            f"SELECT floor(extract(epoch from a.time) / {bucket_s}) * {bucket_s} AS bucket, c.category, "
+            f"SELECT {bucket} AS bucket, c.category, "
             "count(DISTINCT a.id) AS n FROM audit_events a "
             "CROSS JOIN LATERAL json_array_elements(a.record -> 'decisions') AS d(decision) "
             "CROSS JOIN LATERAL json_array_elements_text(d.decision -> 'categories') AS c(category) "
@@ -115,8 +127,7 @@ def _flags_sql(dialect: str, bucket_s: int, tenant: str | None) -> str:
         )
     # The LIKE skips, without parsing its JSON, every record that names no category at all.
     return (
-        f"SELECT (CAST(strftime('%s', a.time) AS INTEGER) / {bucket_s}) * {bucket_s} AS bucket, "
-        "c.value AS category, count(DISTINCT a.id) AS n FROM audit_events a, "
+        f"SELECT {bucket} AS bucket, c.value AS category, count(DISTINCT a.id) AS n FROM audit_events a, "
         "json_each(a.record, '$.decisions') d, json_each(d.value, '$.categories') c "
         f"WHERE a.time >= :since AND a.time < :until{tenant_sql} "
         'AND a.record LIKE \'%"categories":["%\' GROUP BY 1, 2'
@@ -137,10 +148,10 @@ def _aggregate(
 ) -> tuple[Rows, Rows]:
     """(bucket, outcome, risk, n) and (bucket, category, n) rows for records in [since, until)."""
     dialect = engine.dialect.name
-    bucket_col = _bucket(dialect, bucket_s).label("bucket")
+    bucket: ColumnElement[Any] = literal_column(_bucket_of(dialect, "audit_events.time", bucket_s))
     risk_col = audit_events.c.record["risk"].as_string().label("risk")
     by_outcome: Select[Any] = (
-        select(bucket_col, audit_events.c.outcome, risk_col, func.count().label("n"))
+        select(bucket.label("bucket"), audit_events.c.outcome, risk_col, func.count().label("n"))
         .where(and_(*_window(since, until, tenant)))
         .group_by(literal_column("1"), audit_events.c.outcome, literal_column("3"))
     )
@@ -214,15 +225,11 @@ def dashboard(
 ) -> Dashboard:
     """The dashboard's aggregates over ``range_name`` (a key of :data:`RANGES`) ending now;
     with ``cache``, settled buckets come from it and only recent records are read."""
-    length, bucket = RANGES[range_name]
-    bucket_s = int(bucket.total_seconds())
     now = now or datetime.now(UTC)
-    # Whole buckets: the last one holds now; the first starts at or after now - length.
-    last = math.floor(now.timestamp() / bucket_s) * bucket_s
-    count = int(length.total_seconds() // bucket_s)
-    starts = [last - bucket_s * (count - 1 - i) for i in range(count)]
+    bucket_s, starts = _bucket_starts(range_name, now)
+    count = len(starts)
     since = datetime.fromtimestamp(starts[0], UTC)
-    until = datetime.fromtimestamp(last + bucket_s, UTC)
+    until = datetime.fromtimestamp(starts[-1] + bucket_s, UTC)
     index = {start: i for i, start in enumerate(starts)}
     if cache is not None:
         outcome_rows, flag_rows = cache.rows(engine, starts, bucket_s, tenant, now)
@@ -284,8 +291,8 @@ def dashboard(
 
 # ---------------------------------------------------------------------------------- the review desk
 
-#: Report statuses in triage order (seawall.store.base.ReportStatus).
-REPORT_STATUSES = ("new", "investigating", "resolved", "dismissed")
+#: Report statuses in triage order.
+REPORT_STATUSES: tuple[str, ...] = get_args(ReportStatus)
 
 
 @dataclass
@@ -315,12 +322,6 @@ class DeskFigures:
         }
 
 
-def _bucket_of(dialect: str, column: str, bucket_s: int) -> str:
-    if dialect == "postgresql":
-        return f"(floor(extract(epoch from {column}) / {bucket_s}) * {bucket_s})"
-    return f"((CAST(strftime('%s', {column}) AS INTEGER) / {bucket_s}) * {bucket_s})"
-
-
 def _seconds_between(dialect: str, start: str, end: str) -> str:
     if dialect == "postgresql":
         return f"extract(epoch from ({end} - {start}))"
@@ -339,16 +340,13 @@ def desk_figures(
 ) -> DeskFigures:
     """Held answers, decisions, queue depth, time to decision and reports over ``range_name``
     (the dashboard's buckets), from the ``review_items`` and ``reports`` tables."""
-    length, bucket = RANGES[range_name]
-    bucket_s = int(bucket.total_seconds())
     now = now or datetime.now(UTC)
-    last = math.floor(now.timestamp() / bucket_s) * bucket_s
-    count = int(length.total_seconds() // bucket_s)
-    starts = [last - bucket_s * (count - 1 - i) for i in range(count)]
+    bucket_s, starts = _bucket_starts(range_name, now)
+    count = len(starts)
     index = {start: i for i, start in enumerate(starts)}
     dialect = engine.dialect.name
     since = datetime.fromtimestamp(starts[0], UTC)
-    until = datetime.fromtimestamp(last + bucket_s, UTC)
+    until = datetime.fromtimestamp(starts[-1] + bucket_s, UTC)
     params: dict[str, Any] = {
         "since": _bind_time(dialect, since),
         "until": _bind_time(dialect, until),
@@ -510,17 +508,20 @@ def audit_record(engine: Engine, request_id: str) -> dict[str, Any] | None:
     return dict(record) if record is not None else None
 
 
+#: Distinct tenants by a loose index scan of (tenant, time): one index probe per tenant, where a
+#: GROUP BY would read every record's index entry on each dashboard render.
+_TENANTS_SQL = (
+    "WITH RECURSIVE t(tenant, n) AS (SELECT min(tenant), 1 FROM audit_events UNION ALL "
+    "SELECT (SELECT min(tenant) FROM audit_events WHERE tenant > t.tenant), n + 1 FROM t "
+    "WHERE t.tenant IS NOT NULL AND n < :limit) "
+    "SELECT tenant FROM t WHERE tenant IS NOT NULL AND n <= :limit ORDER BY tenant"
+)
+
+
 def tenants(engine: Engine, limit: int = 100) -> list[str]:
-    """Tenants that have audit records (for the filters' choices)."""
-    query = (
-        select(audit_events.c.tenant)
-        .where(audit_events.c.tenant.is_not(None))
-        .group_by(audit_events.c.tenant)
-        .order_by(audit_events.c.tenant)
-        .limit(limit)
-    )
+    """Tenants that have audit records, in order, at most ``limit`` (for the filters' choices)."""
     with store_errors(engine, "listing tenants"), engine.connect() as connection:
-        return [str(value) for value in connection.execute(query).scalars()]
+        return [str(value) for value in connection.execute(text(_TENANTS_SQL), {"limit": limit}).scalars()]
 
 
 def flagged_categories(record: dict[str, Any]) -> list[str]:

@@ -59,6 +59,7 @@ from seawall.ui.accounts import AccountStore, Session
 from seawall.ui.auth import (
     CSRF_FIELD,
     NEXT_URL,
+    SESSION_TOKEN,
     CookieSessions,
     OIDCRefused,
     OIDCSignIn,
@@ -170,6 +171,17 @@ def _parse_time(value: str | None, name: str) -> datetime | None:
     except ValueError:
         raise Denied(f"{name}: {value[:40]!r} is not a date and time (YYYY-MM-DDTHH:MM, UTC)", 400) from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _hours(value: str) -> float:
+    """A number of hours from a form or a query: more than 0, at most 366 days; else 400."""
+    try:
+        hours = float(value)
+    except ValueError:
+        raise Denied("hours must be a number", 400) from None
+    if not 0 < hours <= 24 * 366:
+        raise Denied("hours must be between 0 and 8784", 400)
+    return hours
 
 
 def _safe_next(value: str | None, base: str) -> str:
@@ -392,7 +404,7 @@ class UI:
         base = request.scope.get("root_path", "")
         session = await self.require(request)
         await self.check_csrf(request, session)
-        token = request.session.get("sid")
+        token = request.session.get(SESSION_TOKEN)
         if isinstance(token, str):
             await run_in_threadpool(self.accounts.end_session, token)
         request.session.clear()
@@ -443,12 +455,7 @@ class UI:
         status = params.get("status") or None
         if status is not None and status not in LADDER:
             raise Denied(f"status must be one of {', '.join(LADDER)}", 400)
-        try:
-            hours = float(params.get("hours") or 24)
-        except ValueError:
-            raise Denied("hours must be a number", 400) from None
-        if not 0 < hours <= 24 * 366:
-            raise Denied("hours must be between 0 and 8784", 400)
+        hours = _hours(params.get("hours") or "24")
         lookup = (params.get("q") or "").strip()[:200]
         since = datetime.now(UTC) - timedelta(hours=hours)
         if lookup:
@@ -492,13 +499,7 @@ class UI:
             reason = form_field(form, "reason", required=True, limit=MAX_FIELD)
             duration: int | None = None
             if hours_text:
-                try:
-                    hours = float(hours_text)
-                except ValueError:
-                    raise Denied("hours must be a number", 400) from None
-                if not 0 < hours <= 24 * 366:
-                    raise Denied("hours must be between 0 and 8784", 400)
-                duration = max(1, round(hours * 3600))
+                duration = max(1, round(_hours(hours_text) * 3600))
             state = await run_in_threadpool(
                 ledger.block, tenant, safety_id, session.subject, reason, duration
             )
