@@ -279,6 +279,13 @@ def train_command(
             "their annotators never judged (sexual, violence, self-harm, illicit)."
         ),
     ] = True,
+    contextual: Annotated[
+        bool, typer.Option(help="Train the contextual stage (MiniLM vectors, a head, a per-label blend).")
+    ] = True,
+    embedding_cache: Annotated[
+        Path | None,
+        typer.Option(help="Where MiniLM vectors of training texts are cached (default ~/.cache/seawall)."),
+    ] = None,
 ) -> None:
     """Train the embedded model, calibrate thresholds on the dev split, write artefacts and model card."""
     from seawall.model.classifier import default_model_dir
@@ -292,14 +299,17 @@ def train_command(
         sources=tuple(source) if source else None,
         semantic=semantic,
         screen_score=TrainConfig.screen_score if screen_negatives else None,
+        contextual=contextual,
     )
+    if embedding_cache is not None:
+        config.embedding_cache = embedding_cache
     try:
         report = train(config, progress=lambda message: console.print(message))
     except SeawallError as exc:
         raise fail(exc.message) from exc
-    summary = report["held_out"]["summary"]
     console.print(f"dev: {report['dev']['summary']}")
-    console.print(f"held-out sources: {summary}")
+    for mode, figures in report["held_out"].items():
+        console.print(f"held-out sources, contextual {mode}: {figures['summary']}")
 
 
 @app.command("config")

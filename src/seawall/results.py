@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from seawall.categories import CATEGORIES, EXTRA_LABELS
+from seawall.categories import CATEGORIES, EXTRA_LABELS, PARENT
 
 
 @dataclass
@@ -30,6 +30,9 @@ class ModerationResult:
     #: Notes for operators (e.g. "secondary backend failed; primary's answer kept").
     notes: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.categories = with_parent_flags(self.categories)
+
     @property
     def flagged(self) -> bool:
         return any(self.categories.values())
@@ -43,7 +46,9 @@ class ModerationResult:
                 categories[name] = self.category_scores[name] >= threshold
             elif name in self.extra_scores:
                 extra_flags[name] = self.extra_scores[name] >= threshold
-        return replace(self, categories=categories, extra_flags=extra_flags, notes=list(self.notes))
+        return replace(
+            self, categories=with_parent_flags(categories), extra_flags=extra_flags, notes=list(self.notes)
+        )
 
     def to_openai(self) -> dict[str, Any]:
         """The result object of OpenAI's ``/v1/moderations`` response."""
@@ -65,3 +70,12 @@ class ModerationResult:
         body["backend"] = self.backend
         body["notes"] = list(self.notes)
         return body
+
+
+def with_parent_flags(categories: Mapping[str, bool]) -> dict[str, bool]:
+    """The taxonomy's rule on flags: a flagged sub-category flags its parent (a threat is harassment)."""
+    out = dict(categories)
+    for child, parent in PARENT.items():
+        if out.get(child) and parent in out:
+            out[parent] = True
+    return out

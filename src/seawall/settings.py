@@ -513,6 +513,14 @@ class ModerationSettings(BaseModel):
         None,
         description="Directory of the local model's artefacts; None uses the ones shipped in the package.",
     )
+    contextual: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description=(
+            "Where the local model's contextual stage (a MiniLM encoder, about 10 ms a text on 2 cores) "
+            "runs: auto, on the texts the fast stage is unsure of; on, on every text; off, never "
+            "(the fast n-gram stage alone: thousands of texts/s, weaker where context decides)."
+        ),
+    )
 
     @field_validator("thresholds")
     @classmethod

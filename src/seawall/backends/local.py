@@ -33,10 +33,11 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, settings: Settings, classifier: TextClassifier | None = None) -> None:
-        self._classifier = classifier or shared_classifier(settings.moderation.model_dir)
+        moderation = settings.moderation
+        self._contextual = moderation.contextual
+        self._classifier = classifier or shared_classifier(moderation.model_dir, moderation.contextual != "off")
         self._images: NSFWImageModel | None = None
         self._images_lock = threading.Lock()
-        moderation = settings.moderation
         self._batcher: MicroBatcher[str, np.ndarray] = MicroBatcher(
             self._score_texts,
             window_s=moderation.batch_window_ms / 1000,
@@ -45,7 +46,7 @@ class LocalBackend:
         self.thresholds = dict(self._classifier.meta.thresholds)
 
     def _score_texts(self, texts: list[str]) -> list[np.ndarray]:
-        return list(self._classifier.score(texts))
+        return list(self._classifier.score(texts, self._contextual))
 
     def _image_model(self) -> NSFWImageModel:
         with self._images_lock:  # one load, even when the first image requests arrive together

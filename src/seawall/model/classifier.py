@@ -6,7 +6,14 @@ Artefacts (written by ``seawall train``) in one directory:
 * ``weights.npz`` — ``weights`` (n_buckets x n_labels, float16), ``bias`` and ``idf``;
   with the semantic block also ``dense_weights`` (dims x n_labels) and ``token_weights``;
 * ``static_embeddings.npy`` and ``tokenizer.json`` — the semantic block's token vectors
-  (see :mod:`seawall.model.embeddings`); optional.
+  (see :mod:`seawall.model.embeddings`); optional;
+* ``context.npz`` — the contextual stage (see :mod:`seawall.model.context`): a linear head
+  over MiniLM sentence vectors and, per label, the blend ``a·fast + b·context + c`` of the
+  two stages' logits; optional.
+
+Scores are calibrated per label so that each label's tuned threshold sits at 0.5 (a
+piecewise-linear map of the probability): a score means the same across categories, so
+the worst category of a text is a fair ranking, and 0.5 is every category's default flag.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from numpy.typing import NDArray
 
 from seawall.categories import PARENT
 from seawall.errors import ModelArtefactError
+from seawall.model.context import ContextEncoder, latin_share
 from seawall.model.embeddings import TOKENIZER_FILE, VECTORS_FILE, StaticEncoder
 from seawall.model.features import FeatureConfig, Featurizer, sparse_dot
 
@@ -32,6 +40,12 @@ MODEL_FILE = "model.json"
 #: Windows scored per numpy call: bounds memory whatever the length of the texts.
 WINDOWS_PER_CHUNK = 256
 WEIGHTS_FILE = "weights.npz"
+CONTEXT_FILE = "context.npz"
+#: When the contextual stage runs: on every readable window, only on windows the fast stage
+#: is unsure of (a calibrated score inside ``ContextStage.band`` for some label), or never.
+CONTEXTUAL_MODES = ("on", "auto", "off")
+#: Below this share of Latin letters a window is left to the fast stage (MiniLM reads English).
+MIN_LATIN_SHARE = 0.5
 
 
 def default_model_dir() -> Path:
@@ -42,10 +56,36 @@ def default_model_dir() -> Path:
 @dataclass(frozen=True)
 class ModelMeta:
     labels: tuple[str, ...]
+    #: Flag thresholds on the reported (calibrated) scale.
     thresholds: dict[str, float]
     features: FeatureConfig
     version: str
     info: dict[str, Any]
+    #: Per path ("fast", "blended"), each label's raw-probability threshold, mapped to 0.5.
+    #: Empty: scores are reported as raw probabilities.
+    calibration: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ContextStage:
+    """The contextual stage's trained parts (the encoder itself ships in a package)."""
+
+    encoder: ContextEncoder
+    #: (384, n_labels) head weights and (n_labels,) bias over MiniLM vectors.
+    weights: NDArray[np.float32]
+    bias: NDArray[np.float32]
+    #: (n_labels, 3): per label a, b, c of ``a·fast_logit + b·context_logit + c``.
+    blend: NDArray[np.float32]
+    #: Calibrated fast scores inside [low, high] for some label send a window to this stage (auto).
+    band: tuple[float, float]
+
+
+def anchor(probabilities: NDArray[np.float32], thresholds: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Map each column's probabilities so its threshold lands on 0.5 (monotone, piecewise linear)."""
+    t = np.clip(thresholds, 1e-4, 1 - 1e-4)
+    low = 0.5 * probabilities / t
+    high = 0.5 + 0.5 * (probabilities - t) / (1 - t)
+    return np.asarray(np.where(probabilities <= t, low, high), dtype=np.float32)
 
 
 def _sigmoid(x: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -63,6 +103,7 @@ class TextClassifier:
         idf: NDArray[np.float32],
         encoder: StaticEncoder | None = None,
         dense_weights: NDArray[np.floating] | None = None,
+        context: ContextStage | None = None,
     ) -> None:
         if weights.shape != (meta.features.n_buckets, len(meta.labels)):
             raise ModelArtefactError(
@@ -85,6 +126,11 @@ class TextClassifier:
             )
         self._encoder = encoder
         self._dense_weights = None if dense_weights is None else dense_weights.astype(np.float32)
+        self.context = context
+        self._calibration = {
+            path: np.array([thresholds.get(label, 0.5) for label in meta.labels], dtype=np.float32)
+            for path, thresholds in meta.calibration.items()
+        }
         self._parent_pairs = [
             (meta.labels.index(child), meta.labels.index(parent))
             for child, parent in PARENT.items()
@@ -92,7 +138,8 @@ class TextClassifier:
         ]
 
     @classmethod
-    def load(cls, directory: Path | None = None) -> TextClassifier:
+    def load(cls, directory: Path | None = None, contextual: bool = True) -> TextClassifier:
+        """The artefacts in ``directory``; ``contextual=False`` skips loading the contextual stage."""
         directory = directory or default_model_dir()
         try:
             raw = json.loads((directory / MODEL_FILE).read_text(encoding="utf-8"))
@@ -104,6 +151,17 @@ class TextClassifier:
                 dense_weights = arrays["dense_weights"]
                 encoder = StaticEncoder(
                     directory / TOKENIZER_FILE, np.load(directory / VECTORS_FILE), arrays["token_weights"]
+                )
+            context = None
+            if contextual and (directory / CONTEXT_FILE).exists():
+                parts = np.load(directory / CONTEXT_FILE)
+                band = raw.get("contextual", {}).get("band", [0.2, 0.8])
+                context = ContextStage(
+                    ContextEncoder(directory / TOKENIZER_FILE),
+                    parts["weights"].astype(np.float32),
+                    parts["bias"].astype(np.float32),
+                    parts["blend"].astype(np.float32),
+                    (float(band[0]), float(band[1])),
                 )
         except FileNotFoundError as exc:
             raise ModelArtefactError(
@@ -117,15 +175,23 @@ class TextClassifier:
             features=FeatureConfig(**raw["features"]),
             version=str(raw.get("version", "unknown")),
             info=raw.get("info", {}),
+            calibration={
+                path: {k: float(v) for k, v in values.items()}
+                for path, values in raw.get("calibration", {}).items()
+            },
         )
-        return cls(meta, weights, bias, idf, encoder, dense_weights)
+        return cls(meta, weights, bias, idf, encoder, dense_weights, context)
 
     def with_features(self, features: FeatureConfig) -> TextClassifier:
         """The same weights under another feature configuration (for ablations)."""
         meta = dataclasses.replace(self.meta, features=features)
         return TextClassifier(
-            meta, self._weights, self._bias, self._featurizer.idf, self._encoder, self._dense_weights
+            meta, self._weights, self._bias, self._featurizer.idf, self._encoder, self._dense_weights, self.context
         )
+
+    @property
+    def featurizer(self) -> Featurizer:
+        return self._featurizer
 
     def logits_for_words(self, windows: Sequence[Sequence[str]]) -> NDArray[np.float32]:
         rows = self._featurizer.transform_words(windows)
@@ -134,8 +200,45 @@ class TextClassifier:
             logits += dense_features(self._encoder, windows, self.meta.features) @ self._dense_weights
         return logits
 
-    def score(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        """Probabilities, shape (len(texts), len(labels)); long texts score as their worst window."""
+    def context_logits(self, windows: Sequence[Sequence[str]]) -> NDArray[np.float32]:
+        """The contextual head's logits for word windows (the stage must be loaded)."""
+        assert self.context is not None
+        vectors = self.context.encoder.encode([" ".join(words) for words in windows])
+        return vectors @ self.context.weights + self.context.bias
+
+    def blend(self, fast: NDArray[np.float32], context: NDArray[np.float32]) -> NDArray[np.float32]:
+        assert self.context is not None
+        a, b, c = self.context.blend[:, 0], self.context.blend[:, 1], self.context.blend[:, 2]
+        return np.asarray(a * fast + b * context + c, dtype=np.float32)
+
+    def _calibrated(self, probabilities: NDArray[np.float32], path: str) -> NDArray[np.float32]:
+        thresholds = self._calibration.get(path)
+        return probabilities if thresholds is None else anchor(probabilities, thresholds)
+
+    def window_scores(self, windows: Sequence[Sequence[str]], mode: str = "auto") -> NDArray[np.float32]:
+        """Calibrated scores per word window; ``mode`` says where the contextual stage runs."""
+        if mode not in CONTEXTUAL_MODES:
+            raise ValueError(f"contextual mode must be one of {CONTEXTUAL_MODES}, not {mode!r}")
+        fast = self.logits_for_words(windows)
+        scores = self._calibrated(_sigmoid(fast), "fast")
+        if self.context is None or mode == "off" or not len(windows):
+            return scores
+        readable = np.array([latin_share("".join(words)) >= MIN_LATIN_SHARE for words in windows])
+        if mode == "auto":
+            low, high = self.context.band
+            readable &= ((scores >= low) & (scores <= high)).any(axis=1)
+        chosen = np.flatnonzero(readable)
+        if len(chosen):
+            picked = [windows[i] for i in chosen]
+            blended = self.blend(fast[chosen], self.context_logits(picked))
+            scores[chosen] = self._calibrated(_sigmoid(blended), "blended")
+        return scores
+
+    def score(self, texts: Sequence[str], mode: str = "auto") -> NDArray[np.float32]:
+        """Calibrated scores, shape (len(texts), len(labels)); long texts score as their worst window.
+
+        ``mode``: where the contextual stage runs (``on``, ``auto``, ``off``; see CONTEXTUAL_MODES).
+        """
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         scores = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
@@ -145,8 +248,7 @@ class TextClassifier:
         def flush() -> None:
             # Windows are scored a bounded chunk at a time, so one huge text cannot allocate
             # memory in proportion to its length; each text keeps its worst window.
-            probabilities = _sigmoid(self.logits_for_words(windows))
-            np.maximum.at(scores, np.asarray(owners), probabilities)
+            np.maximum.at(scores, np.asarray(owners), self.window_scores(windows, mode))
             windows.clear()
             owners.clear()
 
@@ -172,6 +274,6 @@ def dense_features(
 
 
 @lru_cache(maxsize=4)
-def shared_classifier(directory: Path | None = None) -> TextClassifier:
+def shared_classifier(directory: Path | None = None, contextual: bool = True) -> TextClassifier:
     """One loaded classifier per artefact directory, shared by every backend in the process."""
-    return TextClassifier.load(directory)
+    return TextClassifier.load(directory, contextual)

@@ -26,6 +26,9 @@ from seawall.errors import DataError
 
 csv.field_size_limit(10_000_000)
 
+#: The labels a toxicity annotation speaks to.
+_TOXICITY = frozenset({"harassment", "harassment/threatening", "hate", "hate/threatening"})
+
 
 @dataclass(frozen=True)
 class Example:
@@ -39,16 +42,21 @@ class Example:
 
 
 def _ex(
-    text: str, labels: Iterable[str], source: str, group: str | None = None, weight: float = 1.0
+    text: str,
+    labels: Iterable[str],
+    source: str,
+    group: str | None = None,
+    weight: float = 1.0,
+    unknown: Iterable[str] = (),
 ) -> Example | None:
     text = (text or "").strip()
     if len(text) < 2:
         return None
     closed = frozenset(with_parents(set(labels)))
-    unknown = [label for label in closed if label not in ALL_LABELS]
-    if unknown:
-        raise DataError(f"{source}: unknown labels {unknown}")
-    return Example(text, closed, source, f"{source}:{group or _digest(text)}", weight)
+    invalid = [label for label in closed | set(unknown) if label not in ALL_LABELS]
+    if invalid:
+        raise DataError(f"{source}: unknown labels {invalid}")
+    return Example(text, closed, source, f"{source}:{group or _digest(text)}", weight, frozenset(unknown) - closed)
 
 
 def _digest(text: str) -> str:
@@ -158,10 +166,12 @@ def davidson(root: Path) -> list[Example]:
         text = _clean_tweet(row["tweet"])
         cls = row["class"]
         if cls == "0":
-            out.append(_ex(text, ["hate", "harassment"], "davidson", weight=0.7))
+            # Hate speech by the annotators' majority; whether it also torments a person is not judged.
+            out.append(_ex(text, ["hate"], "davidson", weight=0.7, unknown=["harassment"]))
         elif cls == "1":
-            # Mostly profanity and slurs used casually: a weak harassment signal (README caution).
-            out.append(_ex(text, ["harassment"], "davidson", weight=0.25))
+            # "Offensive" is mostly profanity and casual slurs with no target: by the labelling guide
+            # crude language is not harassment by itself, so these rows teach neither way.
+            out.append(_ex(text, [], "davidson", weight=0.25, unknown=_TOXICITY))
         else:
             out.append(_ex(text, [], "davidson", weight=0.8))
     return [e for e in out if e]
@@ -374,9 +384,9 @@ def rtp_challenging(root: Path) -> list[Example]:
         "threat": ["harassment", "harassment/threatening", "violence"],
         "identity_attack": ["hate"],
         "insult": ["harassment"],
-        "severe_toxicity": ["harassment"],
-        "profanity": ["harassment"],
     }
+    # severe_toxicity and profanity are Perspective's scores for crude language, which the
+    # labelling guide does not count as harassment by itself: not used.
     out = []
     for attribute, labels in mapping.items():
         for line in _lines(root / "rtp_challenging" / f"rtp_{attribute}.txt"):
@@ -824,8 +834,6 @@ TRAINING_SOURCES: dict[str, Callable[[Path], list[Example]]] = {
     "injecagent": injecagent,
     "jailbreaks": jailbreaks,
 }
-
-_TOXICITY = frozenset({"harassment", "harassment/threatening", "hate", "hate/threatening"})
 
 #: What the annotators of each comment corpus judged. A "clean" row of these sources is a
 #: negative for these labels only: a not-sexist post may still be a gore anecdote or a sex joke,

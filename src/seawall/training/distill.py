@@ -14,6 +14,7 @@ shipped in seawall's artefacts.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,6 +71,20 @@ def pca_reduce(vectors: NDArray[np.float32], dims: int) -> NDArray[np.float32]:
 
 
 def distil(
-    tokenizer_file: Path, dims: int = 256, progress: Callable[[str], None] = print
+    tokenizer_file: Path,
+    dims: int = 256,
+    progress: Callable[[str], None] = print,
+    cache_dir: Path | None = None,
 ) -> NDArray[np.float16]:
-    return pca_reduce(token_vectors(tokenizer_file, progress), dims).astype(np.float16)
+    """Static token vectors; with ``cache_dir``, computed once per tokenizer and dimension."""
+    cached = None
+    if cache_dir is not None:
+        digest = hashlib.sha1(tokenizer_file.read_bytes()).hexdigest()[:16]
+        cached = cache_dir / f"static_{digest}_{dims}.npy"
+        if cached.exists():
+            return np.load(cached)
+    vectors = pca_reduce(token_vectors(tokenizer_file, progress), dims).astype(np.float16)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cached, vectors)
+    return vectors

@@ -84,6 +84,22 @@ def _metrics_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _held_out_tables(held_out: dict[str, Any]) -> list[str]:
+    """Per-label figures in the default mode, then the any-category line of each mode."""
+    if "labels" in held_out:  # a report from before the contextual stage
+        return _metrics_table(held_out)
+    default = "auto" if "auto" in held_out else "off"
+    lines = [f"Contextual stage `{default}` (the default):", "", *_metrics_table(held_out[default]), ""]
+    for mode, figures in held_out.items():
+        summary = figures["summary"]
+        lines.append(
+            f"* `contextual: {mode}` — any-category AUPRC {summary['any_auprc']}, precision "
+            f"{summary['any_precision']}, recall {summary['any_recall']}, "
+            f"false-positive rate {summary['false_positive_rate']}"
+        )
+    return lines
+
+
 def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, float], version: str) -> None:
     weak = [name for name, row in report["dev"]["labels"].items() if row["auprc"] < 0.5]
     used = report.get("loaders", list(SOURCE_LICENCES))
@@ -162,7 +178,7 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         "",
         "## Held-out sources (out-of-source)",
         "",
-        *_metrics_table(report["held_out"]),
+        *_held_out_tables(report["held_out"]),
         "",
         "## Known weaknesses",
         "",

