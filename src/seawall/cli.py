@@ -30,7 +30,7 @@ def serve(
     """Run the HTTP service (OpenAI-compatible /v1/moderations) on embedded defaults."""
     import uvicorn
 
-    from seawall.server.app import create_app
+    from seawall.server.app import create_app, gateway_enabled
 
     overrides: dict[str, Any] = {}
     if host or port:
@@ -40,9 +40,9 @@ def serve(
         application = create_app(settings)
     except SeawallError as exc:
         raise fail(exc.message) from exc
-    gateway = settings.gateway
-    if gateway.active():
-        upstream = gateway.upstream.base_url or "the bundled local model (started as a child process)"
+    if gateway_enabled(settings):
+        upstream = settings.gateway.upstream.base_url
+        upstream = upstream or "the bundled local model (started as a child process)"
         chat = f"; chat gateway in front of {upstream}; review desk at /ui/"
     else:
         chat = "; chat gateway off (set gateway.upstream.base_url, or install seawall[local-llm])"

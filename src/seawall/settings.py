@@ -422,16 +422,6 @@ class GatewaySettings(BaseModel):
         ),
     )
 
-    def active(self) -> bool:
-        """Whether the gateway runs: ``enabled``, or (None) an upstream is configured or can be started."""
-        if self.enabled is not None:
-            return self.enabled
-        if self.upstream.base_url is not None:
-            return True
-        from seawall.gateway.local_llm import local_llm_available
-
-        return local_llm_available()
-
     @field_validator("category_actions")
     @classmethod
     def _known_categories(cls, value: dict[str, str]) -> dict[str, str]:
