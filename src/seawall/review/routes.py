@@ -50,10 +50,10 @@ from seawall.errors import (
     PermissionDeniedError,
     SeawallError,
 )
-from seawall.gateway.identity import safety_identifier
 from seawall.review.gateway_hook import NOTICES_PATH
 from seawall.review.service import REPORT_CATEGORIES, REPORT_STATUSES, REVIEW_STATUSES, ReviewService
 from seawall.review.settings import ReviewSettings
+from seawall.secret import safety_identifier
 
 #: Largest JSON body the review routes read.
 MAX_BODY_BYTES = 1024 * 1024

@@ -39,8 +39,8 @@ from seawall.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
-from seawall.gateway.messages import last_user_text, text_of
-from seawall.gateway.ratelimit import enforce
+from seawall.messages import last_user_text, text_of
+from seawall.ratelimit import enforce
 from seawall.review.domains import DomainDetector
 from seawall.review.metrics import GUARD_STEPS, ReviewMetrics
 from seawall.review.notify import Notifier, check_webhook_url
