@@ -24,15 +24,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from seawall.errors import ConflictError, InvalidRequestError, NotFoundError
+from seawall.messages import last_user_text, text_of
 from seawall.review.service import REPORT_CATEGORIES, REVIEW_STATUSES, ReviewService
 from seawall.review.settings import DOMAINS
 from seawall.store.base import Report, ReviewItem
@@ -40,8 +41,10 @@ from seawall.ui import queries
 from seawall.ui.pages import Denied, form_field
 
 if TYPE_CHECKING:
+    from seawall.settings import Settings
+    from seawall.store.sql import SqlStore
     from seawall.ui.accounts import Session
-    from seawall.ui.routes import UI
+    from seawall.ui.settings import Role
 
 #: Longest edited answer, rejection reason or triage note accepted from a form.
 MAX_TEXT = 20_000
@@ -83,33 +86,41 @@ def duration(seconds: float | None) -> str:
     return age(datetime.fromtimestamp(now.timestamp() - seconds, UTC), now)
 
 
-def message_text(content: Any) -> str:
-    """A chat message's text (string content, or the text parts of a list)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-            elif isinstance(part, dict) and part.get("type") == "image_url":
-                parts.append("[image]")
-        return "\n".join(parts)
-    return "" if content is None else str(content)
+#: What stands for an image part where the desk shows a message.
+IMAGE = "[image]"
 
 
 def question(item: ReviewItem) -> str:
     """The last user message of a held answer's request (what was asked)."""
-    for message in reversed(item.request.get("messages") or []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return message_text(message.get("content")) or "—"
-    return "—"
+    return last_user_text(item.request.get("messages"), image=IMAGE) or "—"
+
+
+class Pages(Protocol):
+    """What the desk needs of the UI it is part of (:class:`seawall.ui.routes.UI` is one)."""
+
+    settings: Settings
+
+    @property
+    def store(self) -> SqlStore: ...
+
+    def render(
+        self,
+        request: Request,
+        template: str,
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+        **context: Any,
+    ) -> HTMLResponse: ...
+
+    async def require(self, request: Request, role: Role = "reviewer") -> Session: ...
+
+    async def check_csrf(self, request: Request, session: Session) -> None: ...
 
 
 class Desk:
     """The review queue and report triage pages; :func:`seawall.ui.routes.build_ui_app` routes them."""
 
-    def __init__(self, ui: UI, review: Callable[[], ReviewService | None]) -> None:
+    def __init__(self, ui: Pages, review: Callable[[], ReviewService | None]) -> None:
         self.ui = ui
         self._shared = review
         self._own: ReviewService | None = None
@@ -198,7 +209,7 @@ class Desk:
         now = service.clock()
         mine = item.status == "pending" and not item.claimable(now) and item.claimed_by == session.subject
         messages = [
-            {"role": str(message.get("role", "?")), "text": message_text(message.get("content"))}
+            {"role": str(message.get("role", "?")), "text": text_of(message.get("content"), image=IMAGE)}
             for message in (item.request.get("messages") or [])
             if isinstance(message, dict)
         ]
@@ -361,4 +372,4 @@ class Desk:
         return RedirectResponse(f"{base}/reports/{report.id}?done=updated", status_code=303)
 
 
-__all__ = ["CLOSED", "Desk", "age", "duration", "message_text", "question"]
+__all__ = ["CLOSED", "Desk", "Pages", "age", "duration", "question"]
