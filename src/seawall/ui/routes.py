@@ -51,6 +51,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from seawall.errors import SeawallError
 from seawall.gateway.risk import LADDER, RiskLedger
 from seawall.review.service import ReviewService
+from seawall.secret import load_or_create_secret
 from seawall.settings import Settings
 from seawall.store.base import UserState, UserSummary
 from seawall.store.sql import SqlStore
@@ -59,12 +60,12 @@ from seawall.ui.accounts import AccountStore, Session
 from seawall.ui.auth import (
     CSRF_FIELD,
     NEXT_URL,
+    SECRET_BYTES,
     SESSION_TOKEN,
     CookieSessions,
     OIDCRefused,
     OIDCSignIn,
     current_session,
-    load_or_create_secret,
     login_csrf,
     sign_in,
     submitted_csrf,
@@ -611,7 +612,7 @@ def build_ui_app(
     desk = Desk(view, review or (lambda: None))
     view.desk = desk
     holder.on_close.append(desk.close)
-    secret = load_or_create_secret(ui.secret_file)
+    secret = load_or_create_secret(ui.secret_file, size=SECRET_BYTES)
 
     routes = [
         Route("/", view.dashboard, methods=["GET"], name="dashboard"),
