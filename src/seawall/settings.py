@@ -258,8 +258,13 @@ class RiskSettings(BaseModel):
         return self
 
 
+#: What a failing guard means: ``closed`` refuses, ``open`` lets the text through (and says so).
+FailMode = Literal["closed", "open"]
+
+
 class StreamGuardConfig(BaseModel):
-    """How the gateway scans a streamed answer (see :mod:`seawall.gateway.stream_guard`).
+    """How the gateway scans a streamed answer (see :mod:`seawall.gateway.stream_guard`, whose
+    :class:`~seawall.gateway.stream_guard.StreamGuardSettings` adds what the gateway decides).
 
     Text is sent to the client only after a moderation scan cleared it; the last
     ``hold_back_chars`` characters wait until newer text (or the end of the answer) exists.
@@ -272,8 +277,10 @@ class StreamGuardConfig(BaseModel):
     window_chars: int = Field(
         2000, ge=0, description="Characters of already released answer each scan sees as context."
     )
-    check_timeout_s: float = Field(
-        5.0, gt=0, description="Longest wait for one scan; longer is a guard failure (see fail_mode)."
+    check_timeout_s: float | None = Field(
+        5.0,
+        gt=0,
+        description="Longest wait for one scan; longer is a guard failure (see fail_mode). None: no limit.",
     )
 
 
@@ -397,7 +404,7 @@ class GatewaySettings(BaseModel):
         min_length=1,
         description="Replaces a non-streamed answer that output moderation refused.",
     )
-    fail_mode: Literal["closed", "open"] = Field(
+    fail_mode: FailMode = Field(
         "closed",
         description=(
             "When a guard (moderation) fails: 'closed' refuses (503 guard_failed, or an error event in "
