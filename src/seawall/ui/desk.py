@@ -34,9 +34,16 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from seawall.errors import ConflictError, InvalidRequestError, NotFoundError
 from seawall.messages import last_user_text, text_of
-from seawall.review.service import REPORT_CATEGORIES, REVIEW_STATUSES, ReviewService
+from seawall.review.service import ReviewService
 from seawall.review.settings import DOMAINS
-from seawall.store.base import Report, ReviewItem
+from seawall.store.base import (
+    REPORT_CATEGORIES,
+    REPORT_STATUSES,
+    REVIEW_STATUSES,
+    Report,
+    ReportStatus,
+    ReviewItem,
+)
 from seawall.ui import queries
 from seawall.ui.pages import Denied, form_field
 
@@ -49,7 +56,7 @@ if TYPE_CHECKING:
 #: Longest edited answer, rejection reason or triage note accepted from a form.
 MAX_TEXT = 20_000
 #: Report statuses only admins may move a report to (closing it) or away from (reopening it).
-CLOSED = frozenset({"resolved", "dismissed"})
+CLOSED: frozenset[ReportStatus] = frozenset({"resolved", "dismissed"})
 #: Items per queue page.
 QUEUE_LIMIT = 200
 REVIEW_ACTIONS = ("claim", "release", "approve", "edit", "reject")
@@ -276,8 +283,8 @@ class Desk:
         await self.ui.require(request)
         params = request.query_params
         status = params.get("status", "new")
-        if status not in (*queries.REPORT_STATUSES, "all"):
-            raise Denied(f"status must be one of {', '.join(queries.REPORT_STATUSES)} or all", 400)
+        if status not in (*REPORT_STATUSES, "all"):
+            raise Denied(f"status must be one of {', '.join(REPORT_STATUSES)} or all", 400)
         category = params.get("category") or None
         if category is not None and category not in REPORT_CATEGORIES:
             raise Denied(f"category must be one of {', '.join(REPORT_CATEGORIES)}", 400)
@@ -296,7 +303,7 @@ class Desk:
             page="reports",
             reports=found,
             status=status,
-            statuses=queries.REPORT_STATUSES,
+            statuses=REPORT_STATUSES,
             category=category or "",
             categories=REPORT_CATEGORIES,
             counts=counts,
@@ -331,11 +338,11 @@ class Desk:
             queries.audit_exists, self.ui.store.engine, report.request_id
         )
         if session.is_admin:
-            choices = list(queries.REPORT_STATUSES)
+            choices = list(REPORT_STATUSES)
         elif report.status in CLOSED:
             choices = [report.status]
         else:
-            choices = [s for s in queries.REPORT_STATUSES if s not in CLOSED]
+            choices = [s for s in REPORT_STATUSES if s not in CLOSED]
         return self.ui.render(
             request,
             "report_detail.html",
@@ -359,8 +366,8 @@ class Desk:
         note = form_field(form, "note", limit=MAX_TEXT) or None
         if status == report.status:
             status = None  # only a note
-        if status is not None and status not in queries.REPORT_STATUSES:
-            raise Denied(f"status must be one of {', '.join(queries.REPORT_STATUSES)}", 400)
+        if status is not None and status not in REPORT_STATUSES:
+            raise Denied(f"status must be one of {', '.join(REPORT_STATUSES)}", 400)
         if status is not None and not session.is_admin and (status in CLOSED or report.status in CLOSED):
             raise Denied("Only administrators close reports (resolved, dismissed) or reopen them.")
         if status is None and note is None:
