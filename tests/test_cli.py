@@ -18,7 +18,7 @@ import pytest
 
 from conftest import BENIGN_KILL, INJECTION, THREAT, assert_far_above, free_port, threat_score
 from seawall.categories import CATEGORIES, EXTRA_LABELS
-from seawall.settings import describe_settings
+from seawall.settings import Settings, describe_settings, load_settings
 
 
 def seawall_executable() -> str:
@@ -262,12 +262,63 @@ def test_eval_on_a_malformed_file(tmp_path: Path, content: bytes, needle: str) -
 # ----------------------------------------------------------------- config
 
 
-def test_config_lists_every_setting() -> None:
-    completed = run("config")
+def schema_settings() -> list[tuple[str, str, bool]]:
+    """(dotted name, description, is a leaf) of every setting, sections included, read from the
+    JSON schema of Settings (not from seawall's own walk over the models): sections that are
+    optional, lists of sections ('[]') and mappings of sections ('*') are walked too."""
+    schema = Settings.model_json_schema()
+    definitions = schema.get("$defs", {})
+
+    def section_of(node: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+        def model(ref: dict[str, Any]) -> dict[str, Any]:
+            return definitions[ref["$ref"].rsplit("/", 1)[-1]]
+
+        if "$ref" in node:
+            return model(node), ""
+        references = [option for option in node.get("anyOf", []) if "$ref" in option]
+        if len(references) == 1:
+            return model(references[0]), ""
+        if "$ref" in node.get("items", {}):
+            return model(node["items"]), "[]"
+        if "$ref" in (node.get("additionalProperties") or {}):
+            return model(node["additionalProperties"]), ".*"
+        return None
+
+    found: list[tuple[str, str, bool]] = []
+
+    def walk(model: dict[str, Any], prefix: str) -> None:
+        for name, node in model["properties"].items():
+            section = section_of(node)
+            found.append((prefix + name, node.get("description", ""), section is None))
+            if section is not None:
+                walk(section[0], f"{prefix}{name}{section[1]}.")
+
+    walk(schema, "")
+    return found
+
+
+def config_lines(stdout: str) -> dict[str, str]:
+    """``seawall config``'s ``name = value`` lines, by name."""
+    return dict(line.split(" = ", 1) for line in stdout.splitlines() if line and not line.startswith(" "))
+
+
+def test_config_lists_and_documents_every_setting() -> None:
+    settings = schema_settings()
+    leaves = [name for name, _, leaf in settings if leaf]
+    assert len(leaves) > 150 and "ui.oidc.issuer" in leaves and "review.notices.limitations[].id" in leaves
+    assert [name for name, description, _ in settings if not description.strip()] == []
+
+    completed = run("config", env=clean_env(COLUMNS="80"))
     assert completed.returncode == 0, completed.stderr
-    for name, _, _ in describe_settings():
-        assert name in completed.stdout, name
-    assert "moderation.backend" in completed.stdout
+    shown = config_lines(completed.stdout)
+    assert [name for name in leaves if name not in shown] == []
+    assert shown["gateway.rate_limits.per_key.requests"] == "(unset)"  # per_key is None
+    assert shown["gateway.rate_limits.per_user.requests"] == "60"
+    words = " ".join(completed.stdout.split())
+    assert [name for name, text, leaf in settings if leaf and " ".join(text.split()) not in words] == []
+    assert "PydanticUndefined" not in completed.stdout and "(required)" in completed.stdout
+    assert max(len(line) for line in completed.stdout.splitlines()) <= 80
+    assert [name for name, _, _ in describe_settings()] == list(shown)
 
 
 def test_config_shows_file_and_environment_values(tmp_path: Path) -> None:
@@ -275,11 +326,33 @@ def test_config_shows_file_and_environment_values(tmp_path: Path) -> None:
     config.write_text("server:\n  port: 9123\nmoderation:\n  max_items: 77\n", encoding="utf-8")
     completed = run("config", "--config", str(config), env=clean_env(SEAWALL_MODERATION__MAX_ITEMS="55"))
     assert completed.returncode == 0, completed.stderr
-    lines = {
-        line.split("│")[1].strip(): line for line in completed.stdout.splitlines() if line.count("│") >= 4
-    }
-    assert "9123" in lines["server.port"]
-    assert "55" in lines["moderation.max_items"]  # the environment beats the file
+    lines = config_lines(completed.stdout)
+    assert lines["server.port"] == "9123"
+    assert lines["moderation.max_items"] == "55"  # the environment beats the file
+
+
+def test_config_as_yaml_is_a_commented_settings_file_that_loads_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [name for name in os.environ if name.startswith("SEAWALL_")]:
+        monkeypatch.delenv(name)
+    config = tmp_path / "seawall.yaml"
+    config.write_text(
+        "server: {port: 9123, api_keys: [sk-not-shown]}\n"
+        "ui: {oidc: {issuer: 'https://login.example.org', client_id: seawall}}\n",
+        encoding="utf-8",
+    )
+    completed = run("config", "--config", str(config), "--format", "yaml", env=clean_env(COLUMNS="80"))
+    assert completed.returncode == 0, completed.stderr
+    assert max(len(line) for line in completed.stdout.splitlines()) <= 80
+    assert "sk-not-shown" not in completed.stdout and "'**********'" in completed.stdout
+    comments = " ".join(completed.stdout.replace("#", " ").split())
+    assert [name for name, text, _ in schema_settings() if " ".join(text.split()) not in comments] == []
+    assert "#   # SMTP server host. (required)" in completed.stdout  # the template of a None section
+
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(completed.stdout.replace("'**********'", "sk-not-shown"), encoding="utf-8")
+    assert load_settings(printed) == load_settings(config)
 
 
 def test_config_with_an_invalid_file(tmp_path: Path) -> None:

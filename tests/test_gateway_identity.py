@@ -343,3 +343,19 @@ def test_secret_of_the_wrong_size_is_refused(tmp_path: Path, size: int) -> None:
 def test_secret_path_that_is_a_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError):
         load_or_create_secret(tmp_path)
+
+
+@posix_only
+def test_the_ui_key_is_kept_the_same_way_at_the_size_earlier_versions_wrote(tmp_path: Path) -> None:
+    from seawall.ui.auth import SECRET_BYTES as UI_SECRET_BYTES
+
+    earlier = tmp_path / "ui-secret"
+    earlier.write_bytes(os.urandom(32).hex().encode("ascii"))  # what the UI's own copy used to write
+    earlier.chmod(0o600)
+    assert load_or_create_secret(earlier, size=UI_SECRET_BYTES) == earlier.read_bytes()
+
+    made = tmp_path / "keys" / "ui-secret"
+    key = load_or_create_secret(made, size=UI_SECRET_BYTES)
+    assert len(key) == UI_SECRET_BYTES and made.read_bytes() == key
+    assert stat.S_IMODE(made.stat().st_mode) == 0o600
+    assert list(made.parent.iterdir()) == [made]  # written aside, then linked into place

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from seawall.gateway.risk import RiskLedger
+from seawall.store.base import AUDIT_OUTCOMES
 from seawall.ui.accounts import AccountStore
 from seawall.ui.auth import COOKIE, CookieSessions
 from test_ui_support import (
@@ -260,6 +261,21 @@ def test_audit_search_filters_and_validates(server: UIServer) -> None:
     detail = http.get("/ui/audit/req_1")
     assert detail.status_code == 200 and "violence" in detail.text
     assert http.get("/ui/audit/req_nope").status_code == 404
+    http.close()
+
+
+def test_audit_search_finds_answers_held_for_review(server: UIServer) -> None:
+    # Two hours ago: outside the dashboard's 1h range that another test counts.
+    held = audit_record(
+        at=datetime.now(UTC) - timedelta(hours=2), outcome="held_for_review", request_id="req_held"
+    )
+    seed(server.store, [held])
+    http = signed_in(server, REVIEWER)
+    found = http.get("/ui/audit", params={"outcome": "held_for_review"})
+    assert found.status_code == 200, found.text
+    assert "req_held" in found.text and "req_1" not in found.text
+    for outcome in AUDIT_OUTCOMES:  # every outcome the gateway writes is one the search accepts
+        assert http.get("/ui/audit", params={"outcome": outcome}).status_code == 200, outcome
     http.close()
 
 

@@ -33,6 +33,7 @@ from seawall.gateway.audit import AuditRecord
 from seawall.server.app import create_app
 from seawall.settings import Settings, load_settings
 from seawall.store import SqlStore, open_store
+from seawall.store.base import AuditOutcome
 from seawall.ui.accounts import AccountStore
 from seawall.ui.accounts import metadata as ui_metadata
 from seawall.ui.routes import add_ui_routes
@@ -109,7 +110,7 @@ def audit_record(
     at: datetime,
     tenant: str = "default",
     user: str | None = None,
-    outcome: str = "ok",
+    outcome: AuditOutcome = "ok",
     risk: str | None = "low",
     categories: Iterable[str] = (),
     step: str = "input_moderation",

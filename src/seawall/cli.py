@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, Any, BinaryIO, Literal
 
 import typer
 from rich.console import Console
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from seawall.cli_support import ConfigOption, console, fail
 from seawall.errors import SeawallError
-from seawall.settings import describe_settings, load_settings
+from seawall.settings import load_settings
 
 app = typer.Typer(help="seawall: a self-hosted safety layer for LLM applications.", no_args_is_help=True)
 
@@ -30,7 +31,7 @@ def serve(
     """Run the HTTP service (OpenAI-compatible /v1/moderations) on embedded defaults."""
     import uvicorn
 
-    from seawall.server.app import create_app
+    from seawall.server.app import create_app, gateway_enabled
 
     overrides: dict[str, Any] = {}
     if host or port:
@@ -40,9 +41,9 @@ def serve(
         application = create_app(settings)
     except SeawallError as exc:
         raise fail(exc.message) from exc
-    gateway = settings.gateway
-    if gateway.active():
-        upstream = gateway.upstream.base_url or "the bundled local model (started as a child process)"
+    if gateway_enabled(settings):
+        upstream = settings.gateway.upstream.base_url
+        upstream = upstream or "the bundled local model (started as a child process)"
         chat = f"; chat gateway in front of {upstream}; review desk at /ui/"
     else:
         chat = "; chat gateway off (set gateway.upstream.base_url, or install seawall[local-llm])"
@@ -313,23 +314,26 @@ def train_command(
 
 
 @app.command("config")
-def show_config(config: ConfigOption = None) -> None:
+def show_config(
+    config: ConfigOption = None,
+    output: Annotated[
+        Literal["text", "yaml"],
+        typer.Option(
+            "--format",
+            help="text: 'name = value' and the meaning below; yaml: a settings file with comments.",
+        ),
+    ] = "text",
+) -> None:
     """Print every setting: its current value, default and meaning."""
+    from seawall.settings_view import settings_text, settings_yaml
+
     try:
-        settings = load_settings(config).model_dump()
+        settings = load_settings(config)
     except SeawallError as exc:
         raise fail(exc.message) from exc
-    rows = describe_settings()
-    table = Table("setting", "value", "default", "meaning")
-    # Names stay whole on narrow or piped output (`seawall config | grep ...`); the meaning wraps.
-    table.columns[0].no_wrap = True
-    table.columns[0].min_width = max(len(name) for name, _, _ in rows)
-    for name, default, description in rows:
-        value: Any = settings
-        for part in name.split("."):
-            value = value[part]
-        table.add_row(name, repr(value), default, description)
-    Console().print(table)
+    width = min(shutil.get_terminal_size((80, 24)).columns, 100)
+    render = settings_yaml if output == "yaml" else settings_text
+    sys.stdout.write(render(settings, width))
 
 
 def _register_subcommands() -> None:

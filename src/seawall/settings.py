@@ -9,12 +9,16 @@ below. Every field is documented here; ``seawall config`` prints the result.
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Final, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from seawall.categories import CATEGORIES
@@ -258,8 +262,13 @@ class RiskSettings(BaseModel):
         return self
 
 
+#: What a failing guard means: ``closed`` refuses, ``open`` lets the text through (and says so).
+FailMode = Literal["closed", "open"]
+
+
 class StreamGuardConfig(BaseModel):
-    """How the gateway scans a streamed answer (see :mod:`seawall.gateway.stream_guard`).
+    """How the gateway scans a streamed answer (see :mod:`seawall.gateway.stream_guard`, whose
+    :class:`~seawall.gateway.stream_guard.StreamGuardSettings` adds what the gateway decides).
 
     Text is sent to the client only after a moderation scan cleared it; the last
     ``hold_back_chars`` characters wait until newer text (or the end of the answer) exists.
@@ -272,8 +281,10 @@ class StreamGuardConfig(BaseModel):
     window_chars: int = Field(
         2000, ge=0, description="Characters of already released answer each scan sees as context."
     )
-    check_timeout_s: float = Field(
-        5.0, gt=0, description="Longest wait for one scan; longer is a guard failure (see fail_mode)."
+    check_timeout_s: float | None = Field(
+        5.0,
+        gt=0,
+        description="Longest wait for one scan; longer is a guard failure (see fail_mode). None: no limit.",
     )
 
 
@@ -397,7 +408,7 @@ class GatewaySettings(BaseModel):
         min_length=1,
         description="Replaces a non-streamed answer that output moderation refused.",
     )
-    fail_mode: Literal["closed", "open"] = Field(
+    fail_mode: FailMode = Field(
         "closed",
         description=(
             "When a guard (moderation) fails: 'closed' refuses (503 guard_failed, or an error event in "
@@ -421,16 +432,6 @@ class GatewaySettings(BaseModel):
             "raw user ids). None: the records go to the 'seawall.audit' log only."
         ),
     )
-
-    def active(self) -> bool:
-        """Whether the gateway runs: ``enabled``, or (None) an upstream is configured or can be started."""
-        if self.enabled is not None:
-            return self.enabled
-        if self.upstream.base_url is not None:
-            return True
-        from seawall.gateway.local_llm import local_llm_available
-
-        return local_llm_available()
 
     @field_validator("category_actions")
     @classmethod
@@ -551,14 +552,30 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SEAWALL_", env_nested_delimiter="__", extra="forbid")
 
-    server: ServerSettings = Field(default_factory=ServerSettings)
-    moderation: ModerationSettings = Field(default_factory=ModerationSettings)
-    images: ImageSettings = Field(default_factory=ImageSettings)
-    openai: OpenAIBackendSettings = Field(default_factory=OpenAIBackendSettings)
-    llamaguard: LlamaGuardBackendSettings = Field(default_factory=LlamaGuardBackendSettings)
-    cascade: CascadeSettings = Field(default_factory=CascadeSettings)
-    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
-    store: StoreSettings = Field(default_factory=StoreSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings, description="How `seawall serve` listens.")
+    moderation: ModerationSettings = Field(
+        default_factory=ModerationSettings, description="The moderation service (/v1/moderations)."
+    )
+    images: ImageSettings = Field(
+        default_factory=ImageSettings, description="How image parts are fetched and judged."
+    )
+    openai: OpenAIBackendSettings = Field(
+        default_factory=OpenAIBackendSettings, description="The 'openai' moderation backend."
+    )
+    llamaguard: LlamaGuardBackendSettings = Field(
+        default_factory=LlamaGuardBackendSettings, description="The 'llamaguard' moderation backend."
+    )
+    cascade: CascadeSettings = Field(
+        default_factory=CascadeSettings, description="The 'cascade' moderation backend."
+    )
+    gateway: GatewaySettings = Field(
+        default_factory=GatewaySettings,
+        description="The guarding gateway (/v1/chat/completions) in front of an upstream model server.",
+    )
+    store: StoreSettings = Field(
+        default_factory=StoreSettings,
+        description="Where API keys, rate limits, the risk ledger, audit records and reviews are kept.",
+    )
     review: ReviewSettings = Field(
         default_factory=ReviewSettings, description="Human review, user reports, notices, metrics."
     )
@@ -618,21 +635,127 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise ConfigurationError(f"invalid settings: {exc}") from exc
 
 
-def describe_settings() -> list[tuple[str, str, str]]:
-    """(dotted name, default, description) for every setting, for docs and ``seawall config``."""
-    rows: list[tuple[str, str, str]] = []
+# ----------------------------------------------------------------- documentation
 
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            annotation = field.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                walk(annotation, f"{prefix}{name}.")
-                continue
+
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+#: The default of a setting that has none: it must be given (when its section is).
+REQUIRED: Final = _Required()
+
+#: How a field holds its value: a plain value, a section (a settings model), a section that may
+#: be None, a list of sections, or a mapping of names to sections.
+Shape = Literal["value", "section", "optional", "list", "dict"]
+
+
+def _is_model(annotation: Any) -> bool:
+    return (
+        get_origin(annotation) is None and isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    )
+
+
+def _shape(annotation: Any) -> tuple[Shape, type[BaseModel] | None]:
+    """How ``annotation`` holds settings models, and which one."""
+    if _is_model(annotation):
+        return "section", annotation
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, UnionType):
+        models = [arg for arg in args if _is_model(arg)]
+        if len(models) == 1 and type(None) in args:
+            return "optional", models[0]
+    elif origin is list and args and _is_model(args[0]):
+        return "list", args[0]
+    elif origin is dict and len(args) == 2 and _is_model(args[1]):
+        return "dict", args[1]
+    return "value", None
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    """One setting, as ``seawall config`` documents it (:func:`setting_docs`)."""
+
+    #: Dotted name; ``[]`` stands for every item of a list, ``*`` for every key of a mapping.
+    name: str
+    description: str
+    #: The default value (:data:`REQUIRED` when there is none); secrets are revealed, since a
+    #: default is written in this file anyway.
+    default: Any
+    shape: Shape
+    #: The settings model of a section, a list of sections or a mapping of sections.
+    model: type[BaseModel] | None
+
+
+def field_docs(model: type[BaseModel], defaults: BaseModel | None = None) -> list[SettingDoc]:
+    """The fields of one settings model, named by their own name; ``defaults``: the instance that
+    holds the defaults when the model's own are not the ones that apply (a section whose default
+    is an instance with values of its own, e.g. ``gateway.rate_limits.per_user``)."""
+    docs = []
+    for name, field in model.model_fields.items():
+        if defaults is not None:
+            default = getattr(defaults, name)
+        elif field.is_required():
+            default = REQUIRED
+        else:
             default = field.get_default(call_default_factory=True)
-            rows.append((f"{prefix}{name}", repr(default), field.description or ""))
+        if isinstance(default, SecretStr):
+            default = default.get_secret_value()
+        shape, section = _shape(field.annotation)
+        docs.append(SettingDoc(name, field.description or "", default, shape, section))
+    return docs
 
-    walk(Settings, "")
+
+def setting_docs() -> list[SettingDoc]:
+    """Every setting of :class:`Settings` by dotted name, depth first: plain values, and sections
+    that may be None or repeat (lists, mappings) followed by their own fields. Sections that are
+    always there are not rows of their own; their fields are."""
+    rows: list[SettingDoc] = []
+
+    def walk(model: type[BaseModel], defaults: BaseModel | None, prefix: str) -> None:
+        for doc in field_docs(model, defaults):
+            name = prefix + doc.name
+            if doc.shape != "section":
+                rows.append(replace(doc, name=name))
+            if doc.model is None:
+                continue
+            instance = doc.default if isinstance(doc.default, doc.model) else None
+            below = {"section": ".", "optional": ".", "list": "[].", "dict": ".*."}[doc.shape]
+            walk(doc.model, instance, name + below)
+
+    walk(Settings, None, "")
     return rows
 
 
-__all__ = ["CATEGORIES", "Settings", "describe_settings", "load_settings"]
+def format_setting(value: Any) -> str:
+    """A setting's value or default in one line: YAML-like scalars, JSON for lists and mappings,
+    ``none``, ``required``; secrets as ``**********``."""
+    if value is REQUIRED:
+        return "required"
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value if value else '""'
+    plain = to_jsonable_python(value)
+    return plain if isinstance(plain, str) else json.dumps(plain, ensure_ascii=False)
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(dotted name, default, description) of every setting (see :func:`setting_docs`)."""
+    return [(doc.name, format_setting(doc.default), doc.description) for doc in setting_docs()]
+
+
+__all__ = [
+    "CATEGORIES",
+    "REQUIRED",
+    "SettingDoc",
+    "Settings",
+    "describe_settings",
+    "field_docs",
+    "format_setting",
+    "load_settings",
+    "setting_docs",
+]

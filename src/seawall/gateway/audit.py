@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from opentelemetry.trace import Span
 
 from seawall.errors import ContentPolicyError, GuardFailedError, SeawallError, UpstreamError
-from seawall.store.base import Store
+from seawall.store.base import AuditOutcome, Store
 from seawall.telemetry import Tracer, finish_request_span
 
 log = logging.getLogger("seawall.gateway")
@@ -55,10 +55,8 @@ class AuditRecord:
     escalation: dict[str, Any] | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
     upstream: dict[str, Any] | None = None
-    #: ``ok``, ``refused_input``, ``off_topic``, ``knowledge_base``, ``filtered_output``,
-    #: ``blocked_stream``, ``guard_failed``, ``upstream_error``, ``invalid_request``,
-    #: ``unauthorized``, ``user_blocked``, ``rate_limited``, ``client_disconnected`` or ``error``.
-    outcome: str = "error"
+    #: What became of the request (:data:`~seawall.store.base.AuditOutcome` lists every value).
+    outcome: AuditOutcome = "error"
     error: dict[str, Any] | None = None
     #: The messages and the answer, only when ``gateway.audit_content`` is on.
     content: dict[str, Any] | None = None

@@ -1,7 +1,7 @@
 """Who is calling: API keys, the end user behind a request, and the safety identifier sent upstream.
 
-Everything here is pure (no storage, no I/O except :func:`load_or_create_secret`), so the
-gateway and the key store can share it.
+Everything here is pure (no storage, no I/O but the secret file of :mod:`seawall.secret`), so
+the gateway and the key store can share it.
 
 **API keys.** :func:`generate_api_key` returns ``prefix`` plus 32 random bytes (256 bits) from
 :mod:`secrets`, base64url-encoded. Keys are stored only as :func:`hash_api_key` digests:
@@ -13,16 +13,11 @@ leaves room for another scheme later; :func:`verify_api_key` compares digests wi
 :func:`hmac.compare_digest` (constant time) and answers ``False`` for a stored hash it cannot
 parse, never raises.
 
-**Safety identifier.** :func:`safety_identifier` is ``HMAC-SHA256(secret, encode(tenant, user))``
-as 64 lowercase hex characters (OpenAI's ``safety_identifier`` takes at most 64), where
-``encode`` length-prefixes each UTF-8 part with 8 big-endian bytes, so no two ``(tenant, user)``
-pairs share an encoding: ``("ab", "c")`` and ``("a", "bc")`` differ. The provider can tell one
-user from another (and act on that one user instead of the whole organisation) but cannot learn
-who it is, nor link users across tenants or across seawall installations (each has its own
-secret). **The raw user id is never sent upstream and never logged**: :func:`upstream_body`
-replaces whatever the client sent in ``user`` or ``safety_identifier`` with the digest, and
-:class:`EndUser` keeps its ``repr`` free of the id. Use the raw id only as an internal key (the
-risk ledger, rate limits).
+**Safety identifier.** :func:`safety_identifier` (from :mod:`seawall.secret`, where it is
+described) is an HMAC of the tenant and the user id under the server secret. **The raw user id is
+never sent upstream and never logged**: :func:`upstream_body` replaces whatever the client sent in
+``user`` or ``safety_identifier`` with the digest, and :class:`EndUser` keeps its ``repr`` free of
+the id. Use the raw id only as an internal key (the risk ledger, rate limits).
 
 **End user.** :func:`resolve_end_user` takes, in order: the trusted header the app sets after
 its own login (only when one is configured; a client talking to seawall directly could set any
@@ -32,10 +27,8 @@ session header or cookie, or a fresh random one (``new_session=True``: the gatew
 the cookie). Every value must be a non-empty string of at most :data:`MAX_ID_LENGTH` characters
 without control characters; anything else is a 400 that names the field.
 
-**Server secret.** :func:`load_or_create_secret` keeps the HMAC key in a file of exactly
-:data:`SECRET_BYTES` bytes, created with mode 0600 on first use and refused (``ConfigurationError``)
-when its permissions let anyone but the owner read it or its size is wrong. Losing the file
-changes every safety identifier; leaking it lets anyone who knows a user id compute its digest.
+**Server secret.** :func:`load_or_create_secret` (also from :mod:`seawall.secret`) keeps the HMAC
+key in a file of exactly :data:`SECRET_BYTES` bytes, mode 0600, created atomically on first use.
 """
 
 from __future__ import annotations
@@ -43,26 +36,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import os
 import re
 import secrets
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
-from pathlib import Path
 from typing import Any, Literal
 
-from seawall.errors import ConfigurationError, InvalidRequestError
+from seawall.errors import InvalidRequestError
+from seawall.secret import SECRET_BYTES, load_or_create_secret, safety_identifier
 
 API_KEY_BYTES = 32
 """Random bytes in a generated API key (256 bits)."""
-
-SECRET_BYTES = 32
-"""Size of the server secret file, in bytes."""
-
-MIN_SECRET_BYTES = 16
-"""Shortest secret :func:`safety_identifier` accepts."""
 
 MAX_ID_LENGTH = 256
 """Longest user id, safety identifier or session id accepted from a request, in characters."""
@@ -108,31 +93,6 @@ def verify_api_key(key: str, stored_hash: str) -> bool:
         return False
     candidate = hashlib.sha256(key.encode("utf-8")).hexdigest()
     return hmac.compare_digest(candidate.encode("ascii"), digest.encode("ascii"))
-
-
-# ----------------------------------------------------------------- safety identifier
-
-
-def _length_prefixed(*parts: str) -> bytes:
-    out = bytearray()
-    for part in parts:
-        raw = part.encode("utf-8")
-        out += len(raw).to_bytes(8, "big")
-        out += raw
-    return bytes(out)
-
-
-def safety_identifier(secret: bytes, tenant: str, user: str) -> str:
-    """``HMAC-SHA256(secret, len(tenant) ‖ tenant ‖ len(user) ‖ user)`` as 64 lowercase hex characters.
-
-    Lengths are 8-byte big-endian counts of the UTF-8 bytes that follow, so the encoding is
-    unambiguous for any two strings.
-    """
-    if not isinstance(secret, bytes) or len(secret) < MIN_SECRET_BYTES:
-        raise ConfigurationError(f"the safety identifier secret must be at least {MIN_SECRET_BYTES} bytes")
-    if not isinstance(tenant, str) or not isinstance(user, str):
-        raise TypeError("tenant and user must be strings")
-    return hmac.new(secret, _length_prefixed(tenant, user), hashlib.sha256).hexdigest()
 
 
 # ----------------------------------------------------------------- end user
@@ -239,70 +199,6 @@ def upstream_body(body: Mapping[str, Any], safety_id: str) -> dict[str, Any]:
     copy.pop("user", None)
     copy["safety_identifier"] = safety_id
     return copy
-
-
-# ----------------------------------------------------------------- server secret
-
-
-def _check_secret_file(fd: int, path: Path) -> None:
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigurationError(f"secret file {path} is not a regular file")
-    if os.name == "posix" and info.st_mode & 0o077:
-        raise ConfigurationError(
-            f"secret file {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
-            "it must be readable by its owner only (chmod 600)"
-        )
-    if info.st_size != SECRET_BYTES:
-        raise ConfigurationError(
-            f"secret file {path} holds {info.st_size} bytes; it must hold exactly {SECRET_BYTES}"
-        )
-
-
-def _read_secret(path: Path) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read secret file {path}: {exc}") from exc
-    try:
-        _check_secret_file(fd, path)
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            data = handle.read(SECRET_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) != SECRET_BYTES:
-        raise ConfigurationError(f"secret file {path} holds {len(data)} bytes; it must hold {SECRET_BYTES}")
-    return data
-
-
-def load_or_create_secret(path: str | Path) -> bytes:
-    """The server secret in ``path``, created (32 random bytes, mode 0600) if the file does not exist.
-
-    Creation is atomic: the bytes go to a private temporary file that is then hard-linked into
-    place, so a concurrent reader sees either no file or the whole secret, and two processes
-    starting together end up with the same one. Missing parent directories are created with
-    mode 0700.
-    """
-    path = Path(path)
-    if path.exists():
-        return _read_secret(path)
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(secrets.token_bytes(SECRET_BYTES))
-                handle.flush()
-                os.fsync(handle.fileno())
-            with contextlib.suppress(FileExistsError):
-                os.link(temporary, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot create secret file {path}: {exc}") from exc
-    return _read_secret(path)
 
 
 __all__ = [

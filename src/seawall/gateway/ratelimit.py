@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import math
-from datetime import datetime
-
 from seawall.clock import Clock, utc_now
-from seawall.errors import RateLimitError
+from seawall.ratelimit import enforce
 from seawall.settings import RateLimit, RateLimitSettings
 from seawall.store.base import Store
 
@@ -41,22 +38,4 @@ class RateLimiter:
         enforce(self.store, bucket, limit.requests, limit.window_s, self.clock(), refusal)
 
 
-def enforce(
-    store: Store,
-    bucket: str,
-    requests: int,
-    window_s: int,
-    now: datetime,
-    refusal: str,
-    *,
-    code: str | None = None,
-) -> None:
-    """Count one request in ``bucket`` (at most ``requests`` per ``window_s``); when it is full,
-    429 with ``refusal`` and the time to wait (also the Retry-After header)."""
-    result = store.hit(bucket, requests, window_s, now)
-    if not result.allowed:
-        wait = math.ceil(result.retry_after_s)
-        raise RateLimitError(f"{refusal} Retry in {wait} s.", retry_after=result.retry_after_s, code=code)
-
-
-__all__ = ["RateLimiter", "enforce"]
+__all__ = ["RateLimiter"]

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from seawall.clock import Clock, utc_now
 from seawall.errors import PermissionDeniedError
-from seawall.gateway.ratelimit import enforce
+from seawall.ratelimit import enforce
 from seawall.settings import RiskSettings
 from seawall.store.base import RiskEvent, RiskLevel, Store, UserState, UserStatus
 

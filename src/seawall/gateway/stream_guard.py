@@ -66,7 +66,10 @@ from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import ConfigDict, ValidationError
+
 from seawall.errors import ConfigurationError
+from seawall.settings import FailMode, StreamGuardConfig
 
 if TYPE_CHECKING:
     from seawall.service import ModerationService
@@ -74,7 +77,6 @@ if TYPE_CHECKING:
 #: The reason of a verdict that a guard failure (not the check) decided.
 GUARD_FAILED = "guard_failed"
 
-FailMode = Literal["closed", "open"]
 #: ``allowed``/``blocked``: the check answered; ``failed_closed``/``failed_open``: it failed.
 ScanOutcome = Literal["allowed", "blocked", "failed_closed", "failed_open"]
 
@@ -97,36 +99,26 @@ class GuardVerdict:
 Check = Callable[[str], Awaitable[GuardVerdict]]
 
 
-@dataclass(frozen=True)
-class StreamGuardSettings:
-    """How a :class:`StreamGuard` scans and releases a stream."""
+class StreamGuardSettings(StreamGuardConfig):
+    """How a :class:`StreamGuard` scans and releases a stream: the settings file's part
+    (``gateway.stream_guard``: hold-back, scan interval, window, check timeout) and what the
+    gateway decides itself. Invalid values raise :class:`~seawall.errors.ConfigurationError`.
+    """
 
-    #: Text is released only once this many newer characters exist after it, or at the end.
-    hold_back_chars: int = 200
-    #: This many new characters since the last scan trigger the next scan.
-    scan_every_chars: int = 100
-    #: Each scan sees this many characters of the answer before its end, plus all unreleased text.
-    window_chars: int = 2000
+    model_config = ConfigDict(frozen=True)
+
     #: What a check that raises or times out means: ``"closed"`` stops the stream as a
     #: violation (reason ``"guard_failed"``); ``"open"`` releases the text and records that it did.
     fail_mode: FailMode = "closed"
-    #: Longest wait for one check, in seconds; ``None`` waits as long as the check takes.
-    check_timeout_s: float | None = 5.0
     #: ``None``: a violation stops the stream with nothing more; a string: sent once instead of
     #: the withheld text before the stream stops.
     replacement: str | None = None
 
-    def __post_init__(self) -> None:
-        if self.hold_back_chars < 0:
-            raise ConfigurationError("hold_back_chars must be 0 or more")
-        if self.scan_every_chars < 1:
-            raise ConfigurationError("scan_every_chars must be 1 or more")
-        if self.window_chars < 0:
-            raise ConfigurationError("window_chars must be 0 or more")
-        if self.fail_mode not in ("closed", "open"):
-            raise ConfigurationError(f"fail_mode must be 'closed' or 'open', not {self.fail_mode!r}")
-        if self.check_timeout_s is not None and self.check_timeout_s <= 0:
-            raise ConfigurationError("check_timeout_s must be positive (or None for no limit)")
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigurationError(f"invalid stream guard settings: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 :meth:`TopicGuard.from_policy` builds a detector from a policy's ``purpose``, ``allowed_topics``
 and, optionally, example requests; :meth:`TopicGuard.check` decides offline, in well under a
-millisecond, with the static content-word vectors of :mod:`seawall.gateway.knowledge`.
+millisecond, with the static content-word vectors of :mod:`seawall.text_space`.
 
 The decision, in order:
 
@@ -41,7 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from seawall.errors import ConfigurationError
-from seawall.gateway.knowledge import TextFeatures, TextSpace, text_space
+from seawall.text_space import TextFeatures, TextSpace, text_space
 
 if TYPE_CHECKING:
     from seawall.gateway.policy import Policy

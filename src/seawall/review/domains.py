@@ -7,7 +7,7 @@ Two signals per domain, and the stronger one wins:
    the distinct cues it contains, so two weak cues add up. Code has structural cues too (code
    fences, ``def``/``function``/``SELECT``, tracebacks, ``snake_case()`` calls).
 2. **Meaning**: the request's sentence vector from the embedded model's static token vectors
-   (:mod:`seawall.gateway.knowledge`) against a few prototype requests per domain, minus its
+   (:mod:`seawall.text_space`) against a few prototype requests per domain, minus its
    similarity to requests of everyday, low-risk kinds; scaled into ``[0, 1]``.
 
 A domain is detected when its score reaches ``threshold`` (:data:`DEFAULT_THRESHOLD`, chosen on
@@ -30,8 +30,8 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from seawall.gateway.knowledge import TextSpace, text_space
 from seawall.review.settings import DOMAINS, Domain
+from seawall.text_space import TextSpace, text_space
 
 #: Score a domain needs to be detected.
 DEFAULT_THRESHOLD: Final = 0.6

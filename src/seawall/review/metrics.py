@@ -28,12 +28,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from seawall.store.base import Store
+from seawall.store.base import AuditOutcome, Store
 
 log = logging.getLogger("seawall.review.metrics")
 
 #: Audit outcomes that mean the request was refused or its answer stopped.
-BLOCK_OUTCOMES = frozenset(
+BLOCK_OUTCOMES: frozenset[AuditOutcome] = frozenset(
     {"refused_input", "filtered_output", "blocked_stream", "user_blocked", "rate_limited", "guard_failed"}
 )
 #: Audit steps whose decisions carry moderation categories and scores (the gateway's guards).

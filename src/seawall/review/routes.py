@@ -50,10 +50,11 @@ from seawall.errors import (
     PermissionDeniedError,
     SeawallError,
 )
-from seawall.gateway.identity import safety_identifier
 from seawall.review.gateway_hook import NOTICES_PATH
-from seawall.review.service import REPORT_CATEGORIES, REPORT_STATUSES, REVIEW_STATUSES, ReviewService
+from seawall.review.service import ReviewService
 from seawall.review.settings import ReviewSettings
+from seawall.secret import safety_identifier
+from seawall.store.base import REPORT_CATEGORIES, REPORT_STATUSES, REVIEW_STATUSES
 
 #: Largest JSON body the review routes read.
 MAX_BODY_BYTES = 1024 * 1024

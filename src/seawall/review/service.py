@@ -30,7 +30,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, get_args
+from typing import Any
 
 from seawall.clock import Clock, utc_now
 from seawall.errors import (
@@ -39,13 +39,15 @@ from seawall.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
-from seawall.gateway.messages import last_user_text, text_of
-from seawall.gateway.ratelimit import enforce
+from seawall.messages import last_user_text, text_of
+from seawall.ratelimit import enforce
 from seawall.review.domains import DomainDetector
 from seawall.review.metrics import GUARD_STEPS, ReviewMetrics
 from seawall.review.notify import Notifier, check_webhook_url
 from seawall.review.settings import DOMAINS, ReviewSettings
 from seawall.store.base import (
+    REPORT_CATEGORIES,
+    REPORT_STATUSES,
     Report,
     ReportCategory,
     ReportStatus,
@@ -61,10 +63,6 @@ REVIEW_FIELD = "review"
 PENDING_OBJECT = "chat.completion.pending"
 #: Where clients poll a held answer (``{id}`` replaced).
 POLL_PATH = "/v1/seawall/reviews/{id}"
-#: Report categories and statuses (the API's enums).
-REPORT_CATEGORIES: tuple[str, ...] = get_args(ReportCategory)
-REPORT_STATUSES: tuple[str, ...] = get_args(ReportStatus)
-REVIEW_STATUSES: tuple[str, ...] = get_args(ReviewStatus)
 #: Output decisions that mean the answer was already refused or stopped: nothing to hold.
 _REFUSED = frozenset({"filter", "block", "refuse", "failed_closed"})
 _EXTENSION_KEYS = frozenset({"domain", "sources", "notes", "webhook"})
@@ -613,8 +611,6 @@ def _digest(tenant: str, user: str) -> str:
 __all__ = [
     "PENDING_OBJECT",
     "POLL_PATH",
-    "REPORT_CATEGORIES",
-    "REPORT_STATUSES",
     "HoldDecision",
     "ReviewRequest",
     "ReviewService",

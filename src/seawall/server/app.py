@@ -34,7 +34,7 @@ from seawall.errors import (
 )
 from seawall.gateway.access import KeyAuthenticator
 from seawall.gateway.identity import SESSION_COOKIE, SESSION_HEADER
-from seawall.gateway.local_llm import LocalModelServer
+from seawall.gateway.local_llm import LocalModelServer, local_llm_available
 from seawall.gateway.pipeline import REQUEST_ID_HEADER, Gateway, new_request_id
 from seawall.gateway.upstream import Upstream
 from seawall.review.gateway_hook import ReviewHook
@@ -57,11 +57,20 @@ async def _check_key(request: Request) -> None:
     await asyncio.to_thread(access.authenticate, request.headers.get("authorization"))
 
 
+def gateway_enabled(settings: Settings) -> bool:
+    """Whether the app serves the gateway: ``gateway.enabled``, or (None) when an upstream is
+    configured or the bundled local model can be started."""
+    gateway = settings.gateway
+    if gateway.enabled is not None:
+        return gateway.enabled
+    return gateway.upstream.base_url is not None or local_llm_available()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; ``settings`` default to :func:`load_settings` (file + environment)."""
     settings = settings or load_settings()
     service = ModerationService(settings)
-    gateway_on = settings.gateway.active()
+    gateway_on = gateway_enabled(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from seawall.errors import StoreError
 from seawall.store.base import (
+    AUDIT_OUTCOMES,
+    REPORT_CATEGORIES,
+    REPORT_STATUSES,
+    REVIEW_STATUSES,
+    RISK_LEVELS,
     ApiKey,
+    AuditOutcome,
     OrgSummary,
     RateLimitResult,
     Report,
@@ -86,7 +92,13 @@ def open_store(settings: StoreSettings) -> SqlStore:
 
 
 __all__ = [
+    "AUDIT_OUTCOMES",
+    "REPORT_CATEGORIES",
+    "REPORT_STATUSES",
+    "REVIEW_STATUSES",
+    "RISK_LEVELS",
     "ApiKey",
+    "AuditOutcome",
     "OrgSummary",
     "RateLimitResult",
     "Report",

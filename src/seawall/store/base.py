@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 #: A request's risk level, from its moderation and injection scores.
 RiskLevel = Literal["low", "medium", "high"]
@@ -29,6 +29,32 @@ ReviewDecision = Literal["approve", "edit", "reject"]
 ReportCategory = Literal["harmful", "wrong", "biased", "privacy", "other"]
 #: Where a user report is in the triage queue.
 ReportStatus = Literal["new", "investigating", "resolved", "dismissed"]
+#: What became of a gateway request, as its audit record says (the gateway writes it; the
+#: dashboard, the audit search and the metrics read it).
+AuditOutcome = Literal[
+    "ok",
+    "refused_input",
+    "off_topic",
+    "knowledge_base",
+    "held_for_review",
+    "filtered_output",
+    "blocked_stream",
+    "guard_failed",
+    "upstream_error",
+    "invalid_request",
+    "unauthorized",
+    "user_blocked",
+    "rate_limited",
+    "client_disconnected",
+    "error",
+]
+
+#: The values of each of those types, in the order above (for checks, choices and counts).
+RISK_LEVELS: tuple[RiskLevel, ...] = get_args(RiskLevel)
+REVIEW_STATUSES: tuple[ReviewStatus, ...] = get_args(ReviewStatus)
+REPORT_CATEGORIES: tuple[ReportCategory, ...] = get_args(ReportCategory)
+REPORT_STATUSES: tuple[ReportStatus, ...] = get_args(ReportStatus)
+AUDIT_OUTCOMES: tuple[AuditOutcome, ...] = get_args(AuditOutcome)
 
 
 @dataclass(frozen=True)

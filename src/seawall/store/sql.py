@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from sqlalchemy import (
     URL,
@@ -47,6 +47,8 @@ from sqlalchemy.pool import StaticPool
 from seawall.clock import Clock, utc_now
 from seawall.errors import InvalidRequestError, NotFoundError, StoreError
 from seawall.store.base import (
+    REPORT_STATUSES,
+    REVIEW_STATUSES,
     ApiKey,
     OrgSummary,
     RateLimitResult,
@@ -232,11 +234,6 @@ def _retry_after(limit: int, current: int, previous: int, weight: float, window_
         share = max(0.0, 1.0 - (limit - 1) / current) if current > 0 else 0.0
         wait = (window_s - elapsed) + window_s * share
     return max(0.001, math.ceil(wait * 1000 - _EPSILON) / 1000)
-
-
-#: Every status a review item or a report can have (for counts that name them all).
-REVIEW_STATUSES: tuple[str, ...] = get_args(ReviewStatus)
-REPORT_STATUSES: tuple[str, ...] = get_args(ReportStatus)
 
 
 def _unclaimed(now: datetime) -> Any:

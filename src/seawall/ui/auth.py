@@ -15,10 +15,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 import secrets
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,7 +26,6 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from seawall.errors import ConfigurationError
 from seawall.ui.accounts import AccountStore, Session
 from seawall.ui.settings import OIDCSettings, Role, UISettings
 
@@ -43,31 +40,9 @@ CSRF_HEADER = "x-csrf-token"
 SESSION_TOKEN = "sid"
 LOGIN_CSRF = "login_csrf"
 NEXT_URL = "next"
-
-
-def load_or_create_secret(path: Path) -> bytes:
-    """The key that signs the UI's cookies: read from ``path``, or made and written there (0600)."""
-    path = path.expanduser()
-    try:
-        secret = path.read_bytes().strip()
-        if len(secret) >= 32:
-            return secret
-        raise ConfigurationError(f"{path} holds fewer than 32 bytes; delete it to make a new UI secret")
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read the UI secret {path}: {exc}") from exc
-    secret = secrets.token_hex(32).encode("ascii")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first: use theirs
-        return load_or_create_secret(path)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot create the UI secret {path}: {exc}") from exc
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(secret)
-    return secret
+#: Size of the key that signs the cookies (``ui.secret_file``; seawall.secret keeps it). Files
+#: made by earlier versions hold 64 hex characters, so they are read as they are.
+SECRET_BYTES = 64
 
 
 class CookieSessions:
@@ -261,7 +236,6 @@ __all__ = [
     "OIDCRefused",
     "OIDCSignIn",
     "current_session",
-    "load_or_create_secret",
     "login_csrf",
     "sign_in",
     "submitted_csrf",

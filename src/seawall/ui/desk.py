@@ -24,29 +24,39 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from seawall.errors import ConflictError, InvalidRequestError, NotFoundError
-from seawall.review.service import REPORT_CATEGORIES, REVIEW_STATUSES, ReviewService
+from seawall.messages import last_user_text, text_of
+from seawall.review.service import ReviewService
 from seawall.review.settings import DOMAINS
-from seawall.store.base import Report, ReviewItem
+from seawall.store.base import (
+    REPORT_CATEGORIES,
+    REPORT_STATUSES,
+    REVIEW_STATUSES,
+    Report,
+    ReportStatus,
+    ReviewItem,
+)
 from seawall.ui import queries
 from seawall.ui.pages import Denied, form_field
 
 if TYPE_CHECKING:
+    from seawall.settings import Settings
+    from seawall.store.sql import SqlStore
     from seawall.ui.accounts import Session
-    from seawall.ui.routes import UI
+    from seawall.ui.settings import Role
 
 #: Longest edited answer, rejection reason or triage note accepted from a form.
 MAX_TEXT = 20_000
 #: Report statuses only admins may move a report to (closing it) or away from (reopening it).
-CLOSED = frozenset({"resolved", "dismissed"})
+CLOSED: frozenset[ReportStatus] = frozenset({"resolved", "dismissed"})
 #: Items per queue page.
 QUEUE_LIMIT = 200
 REVIEW_ACTIONS = ("claim", "release", "approve", "edit", "reject")
@@ -83,33 +93,41 @@ def duration(seconds: float | None) -> str:
     return age(datetime.fromtimestamp(now.timestamp() - seconds, UTC), now)
 
 
-def message_text(content: Any) -> str:
-    """A chat message's text (string content, or the text parts of a list)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-            elif isinstance(part, dict) and part.get("type") == "image_url":
-                parts.append("[image]")
-        return "\n".join(parts)
-    return "" if content is None else str(content)
+#: What stands for an image part where the desk shows a message.
+IMAGE = "[image]"
 
 
 def question(item: ReviewItem) -> str:
     """The last user message of a held answer's request (what was asked)."""
-    for message in reversed(item.request.get("messages") or []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return message_text(message.get("content")) or "—"
-    return "—"
+    return last_user_text(item.request.get("messages"), image=IMAGE) or "—"
+
+
+class Pages(Protocol):
+    """What the desk needs of the UI it is part of (:class:`seawall.ui.routes.UI` is one)."""
+
+    settings: Settings
+
+    @property
+    def store(self) -> SqlStore: ...
+
+    def render(
+        self,
+        request: Request,
+        template: str,
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+        **context: Any,
+    ) -> HTMLResponse: ...
+
+    async def require(self, request: Request, role: Role = "reviewer") -> Session: ...
+
+    async def check_csrf(self, request: Request, session: Session) -> None: ...
 
 
 class Desk:
     """The review queue and report triage pages; :func:`seawall.ui.routes.build_ui_app` routes them."""
 
-    def __init__(self, ui: UI, review: Callable[[], ReviewService | None]) -> None:
+    def __init__(self, ui: Pages, review: Callable[[], ReviewService | None]) -> None:
         self.ui = ui
         self._shared = review
         self._own: ReviewService | None = None
@@ -198,7 +216,7 @@ class Desk:
         now = service.clock()
         mine = item.status == "pending" and not item.claimable(now) and item.claimed_by == session.subject
         messages = [
-            {"role": str(message.get("role", "?")), "text": message_text(message.get("content"))}
+            {"role": str(message.get("role", "?")), "text": text_of(message.get("content"), image=IMAGE)}
             for message in (item.request.get("messages") or [])
             if isinstance(message, dict)
         ]
@@ -265,8 +283,8 @@ class Desk:
         await self.ui.require(request)
         params = request.query_params
         status = params.get("status", "new")
-        if status not in (*queries.REPORT_STATUSES, "all"):
-            raise Denied(f"status must be one of {', '.join(queries.REPORT_STATUSES)} or all", 400)
+        if status not in (*REPORT_STATUSES, "all"):
+            raise Denied(f"status must be one of {', '.join(REPORT_STATUSES)} or all", 400)
         category = params.get("category") or None
         if category is not None and category not in REPORT_CATEGORIES:
             raise Denied(f"category must be one of {', '.join(REPORT_CATEGORIES)}", 400)
@@ -285,7 +303,7 @@ class Desk:
             page="reports",
             reports=found,
             status=status,
-            statuses=queries.REPORT_STATUSES,
+            statuses=REPORT_STATUSES,
             category=category or "",
             categories=REPORT_CATEGORIES,
             counts=counts,
@@ -320,11 +338,11 @@ class Desk:
             queries.audit_exists, self.ui.store.engine, report.request_id
         )
         if session.is_admin:
-            choices = list(queries.REPORT_STATUSES)
+            choices = list(REPORT_STATUSES)
         elif report.status in CLOSED:
             choices = [report.status]
         else:
-            choices = [s for s in queries.REPORT_STATUSES if s not in CLOSED]
+            choices = [s for s in REPORT_STATUSES if s not in CLOSED]
         return self.ui.render(
             request,
             "report_detail.html",
@@ -348,8 +366,8 @@ class Desk:
         note = form_field(form, "note", limit=MAX_TEXT) or None
         if status == report.status:
             status = None  # only a note
-        if status is not None and status not in queries.REPORT_STATUSES:
-            raise Denied(f"status must be one of {', '.join(queries.REPORT_STATUSES)}", 400)
+        if status is not None and status not in REPORT_STATUSES:
+            raise Denied(f"status must be one of {', '.join(REPORT_STATUSES)}", 400)
         if status is not None and not session.is_admin and (status in CLOSED or report.status in CLOSED):
             raise Denied("Only administrators close reports (resolved, dismissed) or reopen them.")
         if status is None and note is None:
@@ -361,4 +379,4 @@ class Desk:
         return RedirectResponse(f"{base}/reports/{report.id}?done=updated", status_code=303)
 
 
-__all__ = ["CLOSED", "Desk", "age", "duration", "message_text", "question"]
+__all__ = ["CLOSED", "Desk", "Pages", "age", "duration", "question"]

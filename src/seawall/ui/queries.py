@@ -15,12 +15,12 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, get_args
+from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, Select, and_, func, select, text
 from sqlalchemy.sql.expression import literal_column
 
-from seawall.store.base import ReportStatus
+from seawall.store.base import REPORT_STATUSES, RISK_LEVELS, AuditOutcome
 from seawall.store.schema import audit_events
 from seawall.store.sql import store_errors
 
@@ -32,30 +32,12 @@ RANGES: dict[str, tuple[timedelta, timedelta]] = {
     "30d": (timedelta(days=30), timedelta(days=1)),
 }
 #: Outcomes that count as a request seawall stopped, grouped for the "blocks" chart.
-BLOCK_GROUPS: dict[str, tuple[str, ...]] = {
+BLOCK_GROUPS: dict[str, tuple[AuditOutcome, ...]] = {
     "refused input": ("refused_input",),
     "filtered output": ("filtered_output", "blocked_stream"),
     "user blocked": ("user_blocked",),
     "rate limited": ("rate_limited",),
 }
-RISK_LEVELS = ("low", "medium", "high")
-#: Every outcome the gateway writes (seawall.gateway.audit.AuditRecord.outcome).
-OUTCOMES = (
-    "ok",
-    "refused_input",
-    "off_topic",
-    "knowledge_base",
-    "filtered_output",
-    "blocked_stream",
-    "guard_failed",
-    "upstream_error",
-    "invalid_request",
-    "unauthorized",
-    "user_blocked",
-    "rate_limited",
-    "client_disconnected",
-    "error",
-)
 _HEX_PREFIX = re.compile(r"[0-9a-f]{1,64}")
 
 
@@ -237,9 +219,11 @@ def dashboard(
         outcome_rows, flag_rows = _aggregate(engine, since, until, bucket_s, tenant)
 
     requests = [0] * count
-    risk = {level: [0] * count for level in RISK_LEVELS}
+    risk: dict[str, list[int]] = {level: [0] * count for level in RISK_LEVELS}
     blocks = {group: [0] * count for group in BLOCK_GROUPS}
-    group_of = {outcome: group for group, outcomes in BLOCK_GROUPS.items() for outcome in outcomes}
+    group_of: dict[str, str] = {
+        outcome: group for group, outcomes in BLOCK_GROUPS.items() for outcome in outcomes
+    }
     outcomes: dict[str, int] = defaultdict(int)
     for start, outcome, level, n in outcome_rows:
         i = index.get(int(start))
@@ -290,9 +274,6 @@ def dashboard(
 
 
 # ---------------------------------------------------------------------------------- the review desk
-
-#: Report statuses in triage order.
-REPORT_STATUSES: tuple[str, ...] = get_args(ReportStatus)
 
 
 @dataclass
@@ -387,7 +368,7 @@ def desk_figures(
     held = [0] * count
     decided = [0] * count
     waited = [0.0] * count
-    reports = {status: [0] * count for status in REPORT_STATUSES}
+    reports: dict[str, list[int]] = {status: [0] * count for status in REPORT_STATUSES}
     with store_errors(engine, "reading the review desk's figures"), engine.connect() as connection:
         for b, n in connection.execute(text(held_sql), params).all():
             if (i := index.get(int(b))) is not None:
@@ -536,10 +517,7 @@ def flagged_categories(record: dict[str, Any]) -> list[str]:
 
 __all__ = [
     "BLOCK_GROUPS",
-    "OUTCOMES",
     "RANGES",
-    "REPORT_STATUSES",
-    "RISK_LEVELS",
     "AuditPage",
     "AuditQuery",
     "Dashboard",

@@ -51,20 +51,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from seawall.errors import SeawallError
 from seawall.gateway.risk import LADDER, RiskLedger
 from seawall.review.service import ReviewService
+from seawall.secret import load_or_create_secret
 from seawall.settings import Settings
-from seawall.store.base import UserState, UserSummary
+from seawall.store.base import AUDIT_OUTCOMES, REPORT_STATUSES, RISK_LEVELS, UserState, UserSummary
 from seawall.store.sql import SqlStore
 from seawall.ui import queries
 from seawall.ui.accounts import AccountStore, Session
 from seawall.ui.auth import (
     CSRF_FIELD,
     NEXT_URL,
+    SECRET_BYTES,
     SESSION_TOKEN,
     CookieSessions,
     OIDCRefused,
     OIDCSignIn,
     current_session,
-    load_or_create_secret,
     login_csrf,
     sign_in,
     submitted_csrf,
@@ -430,13 +431,13 @@ class UI:
             data=data,
             desk=desk,
             chart={**data.to_json(), **desk.to_json()},
-            report_statuses=queries.REPORT_STATUSES,
+            report_statuses=REPORT_STATUSES,
             ranges=list(queries.RANGES),
             range=range_name,
             tenant=tenant or "",
             tenants=tenants,
             block_groups=list(queries.BLOCK_GROUPS),
-            risk_levels=queries.RISK_LEVELS,
+            risk_levels=RISK_LEVELS,
         )
 
     def _user_row(self, tenant: str, safety_id: str, hours: float) -> UserSummary:
@@ -516,8 +517,8 @@ class UI:
         await self.require(request)
         params = request.query_params
         outcome = params.get("outcome") or None
-        if outcome is not None and outcome not in queries.OUTCOMES:
-            raise Denied(f"outcome must be one of {', '.join(queries.OUTCOMES)}", 400)
+        if outcome is not None and outcome not in AUDIT_OUTCOMES:
+            raise Denied(f"outcome must be one of {', '.join(AUDIT_OUTCOMES)}", 400)
         try:
             page = max(1, int(params.get("page") or 1))
         except ValueError:
@@ -550,7 +551,7 @@ class UI:
             page="audit",
             result=result,
             filters=filters,
-            outcomes=queries.OUTCOMES,
+            outcomes=AUDIT_OUTCOMES,
             prev_link=page_link(result.page - 1) if result.page > 1 else None,
             next_link=page_link(result.page + 1) if result.page < result.pages else None,
         )
@@ -611,7 +612,7 @@ def build_ui_app(
     desk = Desk(view, review or (lambda: None))
     view.desk = desk
     holder.on_close.append(desk.close)
-    secret = load_or_create_secret(ui.secret_file)
+    secret = load_or_create_secret(ui.secret_file, size=SECRET_BYTES)
 
     routes = [
         Route("/", view.dashboard, methods=["GET"], name="dashboard"),

@@ -86,7 +86,8 @@ class UISettings(BaseModel):
     enabled: bool = Field(True, description="Serve the web UI at /ui/.")
     secret_file: Path = Field(
         Path("~/.local/share/seawall/ui-secret"),
-        description="Key that signs the UI's session cookies; created (mode 0600) if missing.",
+        description="Key that signs the UI's session cookies; created (64 random bytes, mode 0600) if "
+        "missing.",
     )
     session_max_age_s: int = Field(
         8 * 3600, ge=60, description="A sign-in lasts this long (seconds), then the person signs in again."
