@@ -18,13 +18,15 @@ import httpx
 import openai
 import pytest
 from starlette.responses import Response, StreamingResponse
+from starlette.testclient import TestClient
 
 from backend_standins import Recorded, StandIn, json_reply, stand_in
 from conftest import RunningServer, assert_openai_error, data_url, png_bytes, running_server
-from seawall.errors import GuardFailedError
+from seawall.errors import BackendError, GuardFailedError
 from seawall.gateway.identity import safety_identifier
 from seawall.gateway.pipeline import DROPPED_NOTICE, REQUEST_ID_HEADER, Gateway
 from seawall.gateway.stream_guard import GuardVerdict
+from seawall.server.app import create_app
 from seawall.service import ModerationService
 from seawall.settings import load_settings
 
@@ -41,6 +43,9 @@ LONG_BENIGN = (
     "every year to see the Louvre and to walk along the river in the evening. "
 ) * 2
 REFUSAL = "Sorry, that answer was withheld."
+#: ~20,000 characters of distinct short sentences: with pairs of neighbours, 2,200 pieces to judge,
+#: more than moderation.max_items (2,048) in one moderation call.
+LONG_MESSAGE = " ".join(f"Item {number} is blue." for number in range(1100))
 MAX_OUTPUT_TOKENS = 64
 MAX_MESSAGES = 6
 HOLD_BACK = 200
@@ -492,7 +497,7 @@ def test_guard_failure_fails_closed_and_is_audited(tmp_path: Path, gw: Setup) ->
     settings = gateway_settings(tmp_path, gw.upstream.url)
 
     async def broken(text: str) -> GuardVerdict:
-        raise RuntimeError("moderation backend down")
+        raise BackendError("moderation backend down")
 
     async def run() -> None:
         service = ModerationService(settings)
@@ -511,6 +516,66 @@ def test_guard_failure_fails_closed_and_is_audited(tmp_path: Path, gw: Setup) ->
     [record] = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert record["outcome"] == "guard_failed"
     assert record["decisions"][0]["action"] == "failed_closed"
+
+
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+def test_a_long_message_and_a_long_answer_are_judged_whole(tmp_path: Path, gw: Setup, fail_mode: str) -> None:
+    """More sentences than one moderation call takes: judged in batches, in either fail mode."""
+    gw.behaviour.answer = LONG_MESSAGE
+    hidden_threat = LONG_MESSAGE.replace("Item 700 is blue.", THREAT)
+    assert 19_000 < len(LONG_MESSAGE) < 21_000
+    # A generous time limit: this machine's CPUs are shared; the limit is not what is tested here.
+    guard = {"hold_back_chars": HOLD_BACK, "scan_every_chars": 50, "check_timeout_s": 60}
+    settings = gateway_settings(tmp_path, gw.upstream.url, fail_mode=fail_mode, stream_guard=guard)
+    with running_server(settings) as server, server.http(timeout=120) as http:
+        served = http.post("/v1/chat/completions", json={"model": MODEL, "messages": question(LONG_MESSAGE)})
+        refused = http.post(
+            "/v1/chat/completions", json={"model": MODEL, "messages": question(hidden_threat)}
+        )
+    assert served.status_code == 200, served.text
+    assert served.json()["choices"][0]["message"]["content"] == LONG_MESSAGE
+    assert_openai_error(refused, 400, "content_policy_violation")
+    assert len(gw.chat_requests()) == 1  # the threat never went upstream
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    [record] = [r for r in records if r["request_id"] == served.headers[REQUEST_ID_HEADER]]
+    actions = {d["step"]: d["action"] for d in record["decisions"]}
+    assert actions["input_moderation"] == "allow" and actions["output_moderation"] == "allow"
+
+
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+def test_a_guard_that_breaks_is_a_500_and_never_an_open_door(
+    tmp_path: Path, gw: Setup, fail_mode: str
+) -> None:
+    """Only GuardUnavailableError follows the fail mode; any other error in a guard is a bug."""
+    settings = gateway_settings(tmp_path, gw.upstream.url, fail_mode=fail_mode)
+    with TestClient(create_app(settings)) as client:
+        gateway = client.app.state.gateway  # type: ignore[attr-defined]
+        real = gateway.check
+        breaking_on = ""
+
+        async def buggy(text: str) -> GuardVerdict:
+            if breaking_on in text:
+                raise KeyError("a bug in the moderation code")
+            return await real(text)
+
+        gateway.check = buggy
+        breaking_on = QUESTION  # input moderation
+        response = client.post("/v1/chat/completions", json={"model": MODEL, "messages": question()})
+        assert_openai_error(response, 500, "guard_error")
+        assert gw.chat_requests() == []
+
+        breaking_on = "Paris"  # output moderation, plain and streamed
+        plain = client.post("/v1/chat/completions", json={"model": MODEL, "messages": question()})
+        assert_openai_error(plain, 500, "guard_error")
+        body = {"model": MODEL, "messages": question(), "stream": True}
+        with client.stream("POST", "/v1/chat/completions", json=body) as streamed:
+            events = [line for line in streamed.iter_lines() if line.startswith("data: ")]
+    assert "Paris" not in plain.text and all("Paris" not in event for event in events)
+    assert json.loads(events[-2].removeprefix("data: "))["error"]["type"] == "server_error"
+    assert len(gw.chat_requests()) == 2
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [r["outcome"] for r in records] == ["error"] * 3
+    assert all(any(d["action"] == "error" for d in r["decisions"]) for r in records)
 
 
 # ----------------------------------------------------------------- off by default

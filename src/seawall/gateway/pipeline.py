@@ -38,9 +38,11 @@
    the latency of each step, the upstream's outcome and the request's outcome. No
    message text, no raw user id.
 
-A guard that fails (the moderation backend raises or times out) follows ``fail_mode``:
-``closed`` (default) refuses with 503 ``guard_failed`` (an error event in a stream),
-``open`` lets the text through; the audit record says which.
+A guard that cannot judge (its moderation backend is down, times out or is overloaded: a
+:class:`~seawall.errors.GuardUnavailableError`) follows ``fail_mode``: ``closed`` (default)
+refuses with 503 ``guard_failed`` (an error event in a stream), ``open`` lets the text
+through; the audit record says which. Anything else a guard raises is a bug: 500 (a
+``server_error`` event in a stream), logged, and never an open door.
 
 **The extension field.** A client may pass retrieved documents as untrusted data::
 
@@ -57,14 +59,15 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from seawall.errors import (
+    BackendTimeoutError,
     ContentPolicyError,
     GuardFailedError,
-    ImageError,
+    GuardUnavailableError,
     InvalidRequestError,
     PayloadTooLargeError,
     SeawallError,
@@ -105,6 +108,8 @@ from seawall.store.base import Store, UserState
 from seawall.telemetry import Tracer
 
 log = logging.getLogger("seawall.gateway")
+
+T = TypeVar("T")
 
 #: Response header that carries the request's id (also in the audit record).
 REQUEST_ID_HEADER = "x-seawall-request-id"
@@ -436,12 +441,10 @@ class Gateway:
         if not guarded or not arguments:
             return None
         try:
-            verdict = await self._judge(arguments)
-        except Exception as exc:
-            try:
-                self._guard_failure("tool_call_moderation", exc, audit)
-            except GuardFailedError as failed:
-                return failed
+            verdict = await self._guard("tool_call_moderation", audit, self._judge(arguments))
+        except GuardFailedError as failed:
+            return failed
+        if verdict is None:
             return None
         if verdict.allowed:
             audit.decide("tool_call_moderation", "allow", [], verdict.scores)
@@ -673,15 +676,14 @@ class Gateway:
         images = [part for content in user for part in image_parts(content)]
         if not texts and not images:
             return
-        try:
-            checks = [self._judge(text) for text in texts]
-            if images:
-                checks.append(self._judge_images(images))
-            verdicts = await asyncio.gather(*checks)
-        except ImageError:
-            raise  # an image that cannot be fetched or decoded cannot be judged: the client hears why
-        except Exception as exc:
-            self._guard_failure("input_moderation", exc, audit)
+        checks = [self._judge(text) for text in texts]
+        if images:
+            checks.append(self._judge_images(images))
+        # An image that cannot be fetched or decoded, or is too large, cannot be judged: the client hears why.
+        verdicts = await self._guard(
+            "input_moderation", audit, asyncio.gather(*checks), client_errors=bool(images)
+        )
+        if verdicts is None:
             return
         categories = sorted({name for verdict in verdicts for name in verdict.categories})
         scores = _max_scores(verdict.scores for verdict in verdicts)
@@ -709,18 +711,17 @@ class Gateway:
         ]
         if not pieces:
             return documents, messages
-        try:
-            moderation = await asyncio.wait_for(
-                self.service.moderate([text for _, _, text in pieces]),
-                self.settings.stream_guard.check_timeout_s,
-            )
-        except Exception as exc:
-            self._guard_failure("untrusted_content", exc, audit)
+        results = await self._guard(
+            "untrusted_content",
+            audit,
+            self._in_time(self.service.moderate_texts([text for _, _, text in pieces])),
+        )
+        if results is None:
             return documents, messages
         threshold = self.settings.injection_threshold
         drop_documents: set[int] = set()
         drop_messages: set[int] = set()
-        for (kind, index, _), result in zip(pieces, moderation.results, strict=True):
+        for (kind, index, _), result in zip(pieces, results, strict=True):
             injection = result.extra_scores.get("prompt_injection", 0.0)
             if threshold is None:
                 injected = bool(result.extra_flags.get("prompt_injection"))
@@ -760,10 +761,8 @@ class Gateway:
             text = "\n".join(filter(None, [text_of(message.get("content")), _tool_arguments(message)]))
             if not text:
                 continue
-            try:
-                verdict = await self._judge(text)
-            except Exception as exc:
-                self._guard_failure("output_moderation", exc, audit)
+            verdict = await self._guard("output_moderation", audit, self._judge(text))
+            if verdict is None:
                 continue
             if verdict.allowed:
                 audit.decide("output_moderation", "allow", [], verdict.scores, choice=choice.get("index"))
@@ -778,21 +777,51 @@ class Gateway:
 
     # ------------------------------------------------------------------ guards
 
+    async def _guard(
+        self, step: str, audit: AuditRecord, check: Awaitable[T], *, client_errors: bool = False
+    ) -> T | None:
+        """Await a guard's ``check``: its answer, or None when the guard cannot judge and fails open.
+
+        Only :class:`GuardUnavailableError` (a backend that is down, slow or overloaded) follows
+        ``fail_mode`` (:meth:`_guard_failure`). Anything else is a bug in seawall: logged, audited
+        and answered 500, never let through unjudged; with ``client_errors``, a 4xx about what the
+        client sent (an image that cannot be fetched) is passed on instead.
+        """
+        try:
+            return await check
+        except GuardUnavailableError as exc:
+            self._guard_failure(step, exc, audit)
+            return None
+        except Exception as exc:
+            if client_errors and isinstance(exc, InvalidRequestError):
+                raise
+            log.exception("guard %s failed with an error for %s", step, audit.request_id)
+            audit.decide(step, "error", error=type(exc).__name__)
+            raise SeawallError(
+                "The server had an error while processing your request.", code="guard_error"
+            ) from exc
+
+    async def _in_time(self, check: Awaitable[T]) -> T:
+        """``check``, or :class:`BackendTimeoutError` (a guard failure) after ``check_timeout_s``."""
+        timeout = self.settings.stream_guard.check_timeout_s
+        try:
+            return await asyncio.wait_for(check, timeout)
+        except TimeoutError as exc:
+            raise BackendTimeoutError(f"the moderation check did not answer within {timeout} s") from exc
+
     async def _judge(self, text: str) -> GuardVerdict:
         """One text through the moderation check (whole and sentence by sentence), with a time limit."""
-        return await asyncio.wait_for(self.check(text), self.settings.stream_guard.check_timeout_s)
+        return await self._in_time(self.check(text))
 
     async def _judge_images(self, parts: list[dict[str, Any]]) -> GuardVerdict:
         """The request's image parts as one moderation item (fetched with the SSRF-safe loader)."""
-        moderation = await asyncio.wait_for(
-            self.service.moderate(parts), self.settings.stream_guard.check_timeout_s
-        )
+        moderation = await self._in_time(self.service.moderate(parts))
         [result] = moderation.results
         categories = sorted(name for name, hit in result.categories.items() if hit)
         scores = dict(result.category_scores)
         return GuardVerdict(allowed=not categories, categories=categories, scores=scores)
 
-    def _guard_failure(self, step: str, exc: Exception, audit: AuditRecord) -> None:
+    def _guard_failure(self, step: str, exc: GuardUnavailableError, audit: AuditRecord) -> None:
         """A guard failed: raise 503 guard_failed (closed) or record that the text went unjudged (open)."""
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         log.warning("guard %s failed for %s: %s", step, audit.request_id, reason)
@@ -814,7 +843,10 @@ class Gateway:
         scores = _max_scores(event.verdict.scores for event in events)
         audit.latency_ms["output_moderation"] = round(sum(e.latency_s for e in events) * 1000, 3)
         verdict = guard.verdict
-        if verdict is not None:
+        extra: dict[str, Any] = {}
+        if guard.crashed is not None:
+            action, categories, extra = "error", [], {"error": guard.crashed}
+        elif verdict is not None:
             action = "failed_closed" if verdict.reason == GUARD_FAILED else "block"
             categories = verdict.categories
         else:
@@ -828,6 +860,7 @@ class Gateway:
             scans=len(events),
             released_chars=len(guard.released_text),
             received_chars=guard.received_chars,
+            **extra,
         )
 
 
