@@ -63,6 +63,7 @@ from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from seawall.clock import utc_now
 from seawall.errors import (
     BackendTimeoutError,
     ContentPolicyError,
@@ -104,7 +105,7 @@ from seawall.review.metrics import GUARD_STEPS
 from seawall.review.service import HoldDecision
 from seawall.service import ModerationService
 from seawall.settings import GatewaySettings, Settings
-from seawall.store.base import Store, UserState
+from seawall.store.base import FilteredAnswer, RiskLevel, Store, UserState
 from seawall.telemetry import Tracer
 
 log = logging.getLogger("seawall.gateway")
@@ -127,6 +128,13 @@ LOCAL_OUTCOMES = frozenset({"knowledge_base", "off_topic"})
 TURNED_AWAY = frozenset({"unauthorized", "user_blocked", "rate_limited"})
 #: Roles whose content is untrusted output of tools.
 UNTRUSTED_ROLES = frozenset({"tool", "function"})
+#: Audit steps that judge what the user sent: the only ones the user's risk ledger charges for.
+USER_STEPS = frozenset({"input_moderation"})
+#: Audit steps that judge the model's answer; an answer they stopped is counted per tenant and
+#: model (``seawall org``), never charged to the user.
+ANSWER_STEPS = frozenset({"output_moderation", "tool_call_moderation"})
+#: The actions of those steps that mean the answer was filtered or stopped by the content policy.
+ANSWER_STOPPED = frozenset({"filter", "block"})
 
 #: The policy used when ``gateway.policy_file`` is not set: a general assistant.
 DEFAULT_POLICY = Policy(
@@ -596,18 +604,26 @@ class Gateway:
         return standing
 
     async def _settle(self, request: _Request) -> None:
-        """After the answer: the request's risk level, the ledger, and any escalation."""
+        """After the answer: the request's risk level, the count of filtered answers, the ledger
+        (which charges the user for what the user sent, never for the model's answer), and any
+        escalation."""
         audit = request.audit
         if audit.safety_identifier is None or audit.outcome in TURNED_AWAY:
             return
-        flagged, scores, injection = _risk_signals(audit.decisions)
-        level = risk_level(
-            flagged=flagged, scores=scores, injection=injection, medium_score=self.settings.risk.medium_score
-        )
-        audit.risk = level
+        audit.risk = self._risk(audit.decisions, GUARD_STEPS | {"untrusted_content"})
+        filtered = _categories(audit.decisions, ANSWER_STEPS, ANSWER_STOPPED)
+        if filtered is not None and self.store is not None and request.caller is not None:
+            answer = FilteredAnswer(
+                request.caller.tenant, audit.model or "unknown", utc_now(), audit.request_id, tuple(filtered)
+            )
+            try:
+                await asyncio.to_thread(self.store.record_filtered_answer, answer)
+            except Exception as exc:  # the answer is settled; counting it must not turn it into an error
+                log.error("cannot count the filtered answer of %s: %s", audit.request_id, exc)
+        level = self._risk(audit.decisions, USER_STEPS)
         if self.ledger is None or level == "low" or request.caller is None:
             return
-        categories = {name for d in audit.decisions for name in d["categories"]}
+        categories = {name for d in audit.decisions if d["step"] in USER_STEPS for name in d["categories"]}
         try:
             escalated = await asyncio.to_thread(
                 self.ledger.record,
@@ -627,6 +643,13 @@ class Gateway:
                 "until": escalated.until.isoformat() if escalated.until else None,
             }
             request.headers[WARNING_HEADER] = _warning(escalated)
+
+    def _risk(self, decisions: list[dict[str, Any]], steps: frozenset[str]) -> RiskLevel:
+        """The risk level that the decisions of ``steps`` add up to."""
+        flagged, scores, injection = _risk_signals(decisions, steps)
+        return risk_level(
+            flagged=flagged, scores=scores, injection=injection, medium_score=self.settings.risk.medium_score
+        )
 
     def _documents(self, body: Mapping[str, Any]) -> list[dict[str, str]]:
         """The untrusted documents of the ``seawall`` extension field, checked."""
@@ -922,16 +945,24 @@ def _warning(state: UserState) -> str:
     return f"{state.status}{until}: {state.reason}"
 
 
-def _risk_signals(decisions: list[dict[str, Any]]) -> tuple[bool, list[float], bool]:
-    """(anything flagged, the moderation scores seen, untrusted content flagged) from the decisions."""
-    flagged = any(
-        d["action"] in {"refuse", "filter", "block", "flag"} and d["categories"]
-        for d in decisions
-        if d["step"] in GUARD_STEPS
-    )
-    scores = [float(score) for d in decisions if d["step"] in GUARD_STEPS for score in d["scores"].values()]
-    injection = any(d["step"] == "untrusted_content" and d["action"] != "allow" for d in decisions)
+def _risk_signals(decisions: list[dict[str, Any]], steps: frozenset[str]) -> tuple[bool, list[float], bool]:
+    """(anything flagged, the moderation scores seen, untrusted content flagged) from the
+    decisions of ``steps``."""
+    mine = [d for d in decisions if d["step"] in steps]
+    flagged = any(d["action"] in {"refuse", "filter", "block", "flag"} and d["categories"] for d in mine)
+    scores = [float(score) for d in mine if d["step"] in GUARD_STEPS for score in d["scores"].values()]
+    injection = any(d["step"] == "untrusted_content" and d["action"] != "allow" for d in mine)
     return flagged, scores, injection
+
+
+def _categories(
+    decisions: list[dict[str, Any]], steps: frozenset[str], actions: frozenset[str]
+) -> list[str] | None:
+    """The categories of the decisions of ``steps`` that took one of ``actions``; None if none did."""
+    taken = [d for d in decisions if d["step"] in steps and d["action"] in actions]
+    if not taken:
+        return None
+    return sorted({name for d in taken for name in d["categories"]})
 
 
 def _local_completion(request_id: str, body: Mapping[str, Any], text: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from seawall.errors import StoreError
 from seawall.store.base import (
     ApiKey,
+    FilteredAnswer,
     OrgSummary,
     RateLimitResult,
     Report,
@@ -87,6 +88,7 @@ def open_store(settings: StoreSettings) -> SqlStore:
 
 __all__ = [
     "ApiKey",
+    "FilteredAnswer",
     "OrgSummary",
     "RateLimitResult",
     "Report",
