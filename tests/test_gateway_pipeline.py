@@ -22,13 +22,15 @@ from starlette.testclient import TestClient
 
 from backend_standins import Recorded, StandIn, json_reply, stand_in
 from conftest import RunningServer, assert_openai_error, data_url, png_bytes, running_server
-from seawall.errors import BackendError, GuardFailedError
+from seawall.errors import BackendError, GuardFailedError, ModelNotFoundError
+from seawall.gateway.catalogue import ModelCatalogue
 from seawall.gateway.identity import safety_identifier
 from seawall.gateway.pipeline import DROPPED_NOTICE, REQUEST_ID_HEADER, Gateway
 from seawall.gateway.stream_guard import GuardVerdict
+from seawall.gateway.upstream import Upstream
 from seawall.server.app import create_app
 from seawall.service import ModerationService
-from seawall.settings import load_settings
+from seawall.settings import UpstreamSettings, load_settings
 
 MODEL = "gpt-test"
 TENANT = "acme"
@@ -316,6 +318,107 @@ def test_too_many_messages_is_413(gw: Setup) -> None:
     assert caught.value.status_code == 413
     assert caught.value.code == "too_many_messages"
     assert gw.chat_requests() == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param", "code"),
+    [
+        ("temperature", "hot", "temperature", "invalid_type"),
+        ("temperature", 2.5, "temperature", "invalid_value"),
+        ("temperature", True, "temperature", "invalid_type"),
+        ("top_p", 1.01, "top_p", "invalid_value"),
+        ("n", 0, "n", "invalid_value"),
+        ("n", 1.5, "n", "invalid_type"),
+        ("presence_penalty", -2.5, "presence_penalty", "invalid_value"),
+        ("frequency_penalty", "high", "frequency_penalty", "invalid_type"),
+        ("stream", "yes", "stream", "invalid_type"),
+        ("stop", 7, "stop", "invalid_type"),
+        ("stop", ["a", "b", "c", "d", "e"], "stop", "invalid_value"),
+        ("stop", ["a", 1], "stop[1]", "invalid_type"),
+        ("logit_bias", {"50256": 101}, "logit_bias.50256", "invalid_value"),
+        ("seed", "42", "seed", "invalid_type"),
+        ("tools", [{"type": "function", "function": {"description": "x"}}], "tools[0].function.name", None),
+        ("tool_choice", "sometimes", "tool_choice", "invalid_value"),
+        ("response_format", {"type": "yaml"}, "response_format.type", "invalid_value"),
+        ("stream_options", {"include_usage": "yes"}, "stream_options.include_usage", "invalid_type"),
+        ("max_completion_tokens", 0, "max_completion_tokens", "invalid_max_tokens"),
+    ],
+)
+def test_a_parameter_of_the_wrong_type_or_range_is_a_400_naming_it(
+    gw: Setup, field: str, value: Any, param: str, code: str | None
+) -> None:
+    with gw.server.http() as http:
+        response = http.post(
+            "/v1/chat/completions", json={"model": MODEL, "messages": question(), field: value}
+        )
+    error = assert_openai_error(response, 400, code)
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert field in error["message"]
+    assert gw.chat_requests() == []  # checked before anything went upstream
+
+
+def test_parameters_at_the_edges_of_their_ranges_pass(gw: Setup) -> None:
+    edges = {
+        "temperature": 2,
+        "top_p": 0,
+        "n": 1,
+        "presence_penalty": -2,
+        "frequency_penalty": 2.0,
+        "stop": ["a", "b", "c", "d"],
+        "logit_bias": {"50256": -100},
+        "seed": 7,
+        "stream": False,
+        "tool_choice": "auto",
+        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
+        "response_format": {"type": "json_object"},
+        "top_k": "vendor-specific fields pass unchecked",
+    }
+    with gw.server.http() as http:
+        response = http.post("/v1/chat/completions", json={"model": MODEL, "messages": question(), **edges})
+    assert response.status_code == 200, response.text
+    [sent] = gw.chat_requests()
+    assert {name: sent.body[name] for name in edges} == edges
+
+
+def test_an_unknown_model_is_404_unless_the_upstream_lists_it(tmp_path: Path, gw: Setup) -> None:
+    """Without allowed_models in the policy, the upstream's /v1/models (kept briefly) decides."""
+    policy = tmp_path / "open-policy.yaml"
+    policy.write_text(POLICY.split("  allowed_models:")[0])
+    settings = gateway_settings(tmp_path, gw.upstream.url, policy_file=str(policy))
+    with running_server(settings) as server, server.http() as http:
+        served = [
+            http.post("/v1/chat/completions", json={"model": name, "messages": question()})
+            for name in (MODEL, "other-model", MODEL)
+        ]
+        unknown = http.post("/v1/chat/completions", json={"model": "gpt-nonexistent", "messages": question()})
+        streamed = http.post(
+            "/v1/chat/completions", json={"model": "gpt-nonexistent", "messages": question(), "stream": True}
+        )
+    assert [response.status_code for response in served] == [200, 200, 200]
+    for response in (unknown, streamed):
+        error = assert_openai_error(response, 404, "model_not_found")
+        assert error["param"] == "model" and "gpt-nonexistent" in error["message"]
+    assert [r.body["model"] for r in gw.chat_requests()] == [MODEL, "other-model", MODEL]
+    assert [r.path for r in gw.upstream.requests].count("/v1/models") == 1  # the list is kept
+
+
+def test_the_model_list_is_fetched_once_and_again_when_stale(gw: Setup) -> None:
+    now = [0.0]
+
+    async def run() -> None:
+        async with Upstream(UpstreamSettings(base_url=f"{gw.upstream.url}/v1", max_retries=0)) as upstream:
+            catalogue = ModelCatalogue(upstream, ttl_s=60, clock=lambda: now[0])
+            await asyncio.gather(*(catalogue.check(name) for name in [MODEL, "other-model"] * 3))
+            with pytest.raises(ModelNotFoundError):
+                await catalogue.check("gpt-nonexistent")
+            now[0] = 59.0
+            await catalogue.check(MODEL)
+            assert [r.path for r in gw.upstream.requests] == ["/v1/models"]  # one fetch for all of them
+            now[0] = 60.0
+            await catalogue.check(MODEL)
+
+    asyncio.run(run())
+    assert [r.path for r in gw.upstream.requests] == ["/v1/models"] * 2
 
 
 def test_unknown_extension_field_is_400(gw: Setup) -> None:

@@ -9,7 +9,10 @@
    sent upstream, logged or audited.
 2. **Limits.** :func:`~seawall.gateway.limits.check_request` with the policy's
    limits (4xx with OpenAI's error body: 413 for too many messages or too much input),
-   plus the ``seawall`` extension field (below).
+   :func:`~seawall.gateway.parameters.check_parameters` (400 naming a standard parameter of the
+   wrong type or out of range), the model (404 ``model_not_found`` unless the policy's
+   ``allowed_models`` or, without them, the upstream's model list names it:
+   :class:`~seawall.gateway.catalogue.ModelCatalogue`), plus the ``seawall`` extension field (below).
 3. **Input moderation.** The text of every ``user`` message is moderated; any flagged
    category refuses the request with 400 ``content_policy_violation`` naming the
    categories, before the upstream is called. *Untrusted content* - the documents of
@@ -75,6 +78,7 @@ from seawall.errors import (
 )
 from seawall.gateway.access import Caller, KeyAuthenticator
 from seawall.gateway.audit import AuditLog, AuditRecord
+from seawall.gateway.catalogue import ModelCatalogue
 from seawall.gateway.identity import (
     header_value,
     load_or_create_secret,
@@ -85,6 +89,7 @@ from seawall.gateway.identity import (
 from seawall.gateway.knowledge import KnowledgeBase
 from seawall.gateway.limits import cap_output_tokens, check_request
 from seawall.gateway.messages import image_parts, last_user_text, text_of
+from seawall.gateway.parameters import check_parameters
 from seawall.gateway.policy import Policy, load_policy
 from seawall.gateway.prompt import build_prompt
 from seawall.gateway.ratelimit import RateLimiter
@@ -216,6 +221,12 @@ class Gateway:
         self.policy = load_policy(self.settings.policy_file) if self.settings.policy_file else DEFAULT_POLICY
         self.secret = load_or_create_secret(self.settings.secret_file.expanduser())
         self.upstream = upstream or Upstream(self.settings.upstream)
+        # With allowed_models the policy names the models served; without, the upstream's list does.
+        self.catalogue = (
+            None
+            if self.policy.limits.allowed_models
+            else ModelCatalogue(self.upstream, ttl_s=self.settings.model_list_ttl_s)
+        )
         self.store = store
         self.access = KeyAuthenticator(
             settings.server.api_keys,
@@ -540,6 +551,9 @@ class Gateway:
         # 3. input limits
         with audit.step("limits"):
             check_request(body, self.policy.limits)
+            check_parameters(body)
+            if self.catalogue is not None:
+                await self.catalogue.check(body["model"])
             documents = self._documents(body)
             if body.get("stream") and body.get("n") not in (None, 1):
                 raise InvalidRequestError(
