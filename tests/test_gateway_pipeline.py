@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,8 @@ class Behaviour:
     piece_chars: int = 7
     #: Answer with one tool call carrying these arguments (JSON text), after the content.
     tool_arguments: str | None = None
+    #: Stream chunks as some servers send them: a new id in every chunk, and no model.
+    unsteady_chunks: bool = False
 
 
 def _tool_call(arguments: str) -> dict[str, Any]:
@@ -99,14 +102,18 @@ def _completion(text: str, tool_arguments: str | None = None) -> dict[str, Any]:
     }
 
 
-def _chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-    chunk = {
-        "id": "chatcmpl-upstream",
+def _stream_chunk(
+    delta: dict[str, Any], finish_reason: str | None = None, *, unsteady: bool = False
+) -> bytes:
+    chunk: dict[str, Any] = {
+        "id": f"chatcmpl-upstream-{uuid.uuid4().hex}" if unsteady else "chatcmpl-upstream",
         "object": "chat.completion.chunk",
         "created": 1700000000,
         "model": MODEL,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
     }
+    if unsteady:
+        del chunk["model"]
     return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
@@ -121,6 +128,9 @@ def make_reply(behaviour: Behaviour) -> Any:
             return Response(b"internal meltdown", status_code=behaviour.fail_status)
         if not request.body.get("stream"):
             return json_reply(_completion(behaviour.answer, behaviour.tool_arguments))
+
+        def _chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            return _stream_chunk(delta, finish_reason, unsteady=behaviour.unsteady_chunks)
 
         async def events() -> AsyncIterator[bytes]:
             text = behaviour.answer
@@ -281,6 +291,23 @@ def test_clean_stream_round_trips(gw: Setup) -> None:
     [sent] = gw.chat_requests()
     assert sent.body["stream"] is True
     assert sent.body["safety_identifier"] == safety_identifier(gw.secret_file.read_bytes(), TENANT, USER_ID)
+
+
+@pytest.mark.parametrize("unsteady", [False, True], ids=["steady-upstream", "unsteady-upstream"])
+def test_every_stream_chunk_has_one_id_and_names_the_model(gw: Setup, unsteady: bool) -> None:
+    gw.behaviour.answer = LONG_BENIGN
+    gw.behaviour.unsteady_chunks = unsteady
+    body = {"model": MODEL, "messages": question(), "stream": True}
+    with gw.server.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as response:
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"  # the role chunk
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"  # the final chunk
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == LONG_BENIGN
+    assert len({chunk["id"] for chunk in chunks}) == 1
+    assert all(chunk["model"] == MODEL for chunk in chunks)
+    assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
 
 
 def test_models_are_proxied_and_narrowed_to_the_policy(gw: Setup) -> None:

@@ -374,7 +374,8 @@ class Gateway:
             raise
         # A local answer (knowledge base, off-topic reply) was judged when it was written.
         guarded = self.settings.output_moderation and prepared.upstream_body is not None
-        return self._response(request, stream=self._sse(first, chunks, request, guarded=guarded))
+        model = str(body.get("model") or "")
+        return self._response(request, stream=self._sse(first, chunks, request, model=model, guarded=guarded))
 
     async def _sse(
         self,
@@ -382,19 +383,22 @@ class Gateway:
         chunks: AsyncIterator[dict[str, Any]],
         request: _Request,
         *,
+        model: str,
         guarded: bool,
     ) -> AsyncIterator[bytes]:
-        """The client's event stream: released text only, then the end (or an error event)."""
+        """The client's event stream: released text only, then the end (or an error event).
+        Every chunk has the same ``id`` and names the ``model``, the role chunk first."""
         audit = request.audit
-        state = _StreamState(audit.request_id)
+        state = _StreamState(audit.request_id, model)
+        first_text = state.observe(first) if first is not None else ""  # the header comes from it
         outcome = audit.outcome
         audit.outcome = "client_disconnected"  # until the stream reaches its end
 
         async def deltas() -> AsyncIterator[str]:
             if first is None:
                 return
-            if text := state.observe(first):
-                yield text
+            if first_text:
+                yield first_text
             async for chunk in chunks:
                 if text := state.observe(chunk):
                     yield text
@@ -905,25 +909,33 @@ class Gateway:
 
 
 class _StreamState:
-    """What the gateway keeps of an upstream stream: the chunk header, finish reason, usage, tool calls."""
+    """What the gateway keeps of an upstream stream: the chunk header, finish reason, usage, tool calls.
 
-    def __init__(self, request_id: str) -> None:
+    The header (``id``, ``created``, ``model``, ``system_fingerprint``) is the first upstream
+    chunk's, where it has them, else the gateway's own (the request's id and model), and it
+    stays the same for every chunk the client gets, whatever later upstream chunks say.
+    """
+
+    def __init__(self, request_id: str, model: str) -> None:
         self.id = f"chatcmpl-{request_id}"
         self.created = int(time.time())
-        self.model = ""
+        self.model = model
         self.system_fingerprint: str | None = None
         self.finish_reason: str | None = None
         self.usage: Any = None
         self.tool_calls: list[Any] = []
+        self._header_taken = False
 
     def observe(self, chunk: Mapping[str, Any]) -> str:
         """Note what ``chunk`` says about the stream; its text (the first choice's content delta)."""
-        self.id = str(chunk.get("id") or self.id)
-        created = chunk.get("created")
-        if isinstance(created, int):
-            self.created = created
-        self.model = str(chunk.get("model") or self.model)
-        self.system_fingerprint = chunk.get("system_fingerprint") or self.system_fingerprint
+        if not self._header_taken:
+            self._header_taken = True
+            self.id = str(chunk.get("id") or self.id)
+            created = chunk.get("created")
+            if isinstance(created, int):
+                self.created = created
+            self.model = str(chunk.get("model") or self.model)
+            self.system_fingerprint = chunk.get("system_fingerprint") or None
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         text: str | None = None
