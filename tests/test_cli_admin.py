@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,12 @@ import yaml
 from typer.testing import CliRunner
 
 from seawall.cli import app
+from seawall.clock import utc_now
 from seawall.gateway.access import KeyAuthenticator
 from seawall.gateway.identity import load_or_create_secret, safety_identifier
 from seawall.gateway.risk import RiskLedger
 from seawall.settings import RiskSettings, StoreSettings
-from seawall.store import open_store
+from seawall.store import FilteredAnswer, open_store
 
 runner = CliRunner()
 
@@ -79,6 +81,17 @@ def test_users_block_show_list_clear_and_org(config: Path, tmp_path: Path) -> No
 
     org = runner.invoke(app, ["org", "--config", str(config)])
     assert org.exit_code == 0 and "high-risk requests" in org.stdout and "3" in org.stdout
+    assert re.search(r"answers filtered \(not charged to users\)\s+0\b", org.stdout)
+
+    # Answers output moderation stopped are counted per model, apart from the users' ledger.
+    for number, model in enumerate(["gpt-a", "gpt-a", "gpt-b"]):
+        store.record_filtered_answer(FilteredAnswer("acme", model, utc_now(), f"f{number}", ("violence",)))
+    store.record_filtered_answer(FilteredAnswer("other", "gpt-a", utc_now(), "f9"))
+    org = runner.invoke(app, ["org", "--config", str(config)])
+    assert re.search(r"answers filtered \(not charged to users\)\s+3\b", org.stdout)
+    assert re.search(r"answers filtered, model gpt-a\s+2\b", org.stdout)
+    assert re.search(r"answers filtered, model gpt-b\s+1\b", org.stdout)
+    assert re.search(r"high-risk requests\s+3\b", org.stdout)  # the users' figures are unchanged
 
     cleared = runner.invoke(app, ["users", "clear", safety_id, "--by", "tester", "--config", str(config)])
     assert cleared.exit_code == 0 and ": ok" in cleared.stdout

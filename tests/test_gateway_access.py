@@ -300,6 +300,35 @@ def test_repeat_violations_escalate_to_a_block_that_says_why_and_until_when(tmp_
 TENANT_OF_TESTS = "acme"  # gateway_settings' tenant
 
 
+def test_filtered_answers_are_counted_per_model_and_never_charged_to_the_user(tmp_path: Path) -> None:
+    """A harmless prompt whose answer output moderation stopped leaves its user in good standing."""
+    behaviour = Behaviour(answer=f"Sure. {THREAT}")
+    with stand_in(make_reply(behaviour)) as upstream:
+        risk = {"enabled": True, "warn_at": 1, "throttle_at": None, "block_at": 2, "review_at": None}
+        settings = _settings(tmp_path, upstream.url, risk=risk)
+        with running_server(settings) as server, server.http() as http:
+            body = {"model": MODEL, "messages": question(), "user": "ivan"}
+            plain = [http.post("/v1/chat/completions", json=body) for _ in range(3)]
+            streamed = http.post("/v1/chat/completions", json={**body, "stream": True})
+            control = http.post("/v1/chat/completions", json={**body, "messages": question(THREAT)})
+    for response in plain:
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["finish_reason"] == "content_filter"
+        assert WARNING_HEADER not in response.headers
+    assert streamed.status_code == 200 and "content_policy_violation" in streamed.text
+    assert WARNING_HEADER not in streamed.headers
+    assert control.status_code == 400  # what the user sends is still charged
+    store = open_store(settings.store)
+    secret = (tmp_path / "state" / "secret").read_bytes()
+    since = datetime.now(UTC) - timedelta(hours=1)
+    state = store.get_user(TENANT_OF_TESTS, safety_identifier(secret, TENANT_OF_TESTS, "ivan"))
+    assert state is not None and state.status == "warned" and "1 high-risk" in state.reason
+    summary = store.org_summary(TENANT_OF_TESTS, since)
+    assert summary.events == {"medium": 0, "high": 1}
+    assert summary.filtered_answers == {MODEL: 4}
+    store.close()
+
+
 def test_per_user_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
     with stand_in(make_reply(Behaviour())) as upstream:
         limits = {"per_user": {"requests": 2, "window_s": 60}}

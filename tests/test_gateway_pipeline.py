@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +19,19 @@ import httpx
 import openai
 import pytest
 from starlette.responses import Response, StreamingResponse
+from starlette.testclient import TestClient
 
 from backend_standins import Recorded, StandIn, json_reply, stand_in
 from conftest import RunningServer, assert_openai_error, data_url, png_bytes, running_server
-from seawall.errors import GuardFailedError
+from seawall.errors import BackendError, GuardFailedError, ModelNotFoundError
+from seawall.gateway.catalogue import ModelCatalogue
 from seawall.gateway.identity import safety_identifier
 from seawall.gateway.pipeline import DROPPED_NOTICE, REQUEST_ID_HEADER, Gateway
 from seawall.gateway.stream_guard import GuardVerdict
+from seawall.gateway.upstream import Upstream
+from seawall.server.app import create_app
 from seawall.service import ModerationService
-from seawall.settings import load_settings
+from seawall.settings import UpstreamSettings, load_settings
 
 MODEL = "gpt-test"
 TENANT = "acme"
@@ -41,6 +46,9 @@ LONG_BENIGN = (
     "every year to see the Louvre and to walk along the river in the evening. "
 ) * 2
 REFUSAL = "Sorry, that answer was withheld."
+#: ~20,000 characters of distinct short sentences: with pairs of neighbours, 2,200 pieces to judge,
+#: more than moderation.max_items (2,048) in one moderation call.
+LONG_MESSAGE = " ".join(f"Item {number} is blue." for number in range(1100))
 MAX_OUTPUT_TOKENS = 64
 MAX_MESSAGES = 6
 HOLD_BACK = 200
@@ -71,6 +79,8 @@ class Behaviour:
     piece_chars: int = 7
     #: Answer with one tool call carrying these arguments (JSON text), after the content.
     tool_arguments: str | None = None
+    #: Stream chunks as some servers send them: a new id in every chunk, and no model.
+    unsteady_chunks: bool = False
 
 
 def _tool_call(arguments: str) -> dict[str, Any]:
@@ -92,14 +102,18 @@ def _completion(text: str, tool_arguments: str | None = None) -> dict[str, Any]:
     }
 
 
-def _chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-    chunk = {
-        "id": "chatcmpl-upstream",
+def _stream_chunk(
+    delta: dict[str, Any], finish_reason: str | None = None, *, unsteady: bool = False
+) -> bytes:
+    chunk: dict[str, Any] = {
+        "id": f"chatcmpl-upstream-{uuid.uuid4().hex}" if unsteady else "chatcmpl-upstream",
         "object": "chat.completion.chunk",
         "created": 1700000000,
         "model": MODEL,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
     }
+    if unsteady:
+        del chunk["model"]
     return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
@@ -114,6 +128,9 @@ def make_reply(behaviour: Behaviour) -> Any:
             return Response(b"internal meltdown", status_code=behaviour.fail_status)
         if not request.body.get("stream"):
             return json_reply(_completion(behaviour.answer, behaviour.tool_arguments))
+
+        def _chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            return _stream_chunk(delta, finish_reason, unsteady=behaviour.unsteady_chunks)
 
         async def events() -> AsyncIterator[bytes]:
             text = behaviour.answer
@@ -276,6 +293,23 @@ def test_clean_stream_round_trips(gw: Setup) -> None:
     assert sent.body["safety_identifier"] == safety_identifier(gw.secret_file.read_bytes(), TENANT, USER_ID)
 
 
+@pytest.mark.parametrize("unsteady", [False, True], ids=["steady-upstream", "unsteady-upstream"])
+def test_every_stream_chunk_has_one_id_and_names_the_model(gw: Setup, unsteady: bool) -> None:
+    gw.behaviour.answer = LONG_BENIGN
+    gw.behaviour.unsteady_chunks = unsteady
+    body = {"model": MODEL, "messages": question(), "stream": True}
+    with gw.server.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as response:
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"  # the role chunk
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"  # the final chunk
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == LONG_BENIGN
+    assert len({chunk["id"] for chunk in chunks}) == 1
+    assert all(chunk["model"] == MODEL for chunk in chunks)
+    assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
+
+
 def test_models_are_proxied_and_narrowed_to_the_policy(gw: Setup) -> None:
     with gw.server.client() as client:
         models = client.models.list()
@@ -311,6 +345,107 @@ def test_too_many_messages_is_413(gw: Setup) -> None:
     assert caught.value.status_code == 413
     assert caught.value.code == "too_many_messages"
     assert gw.chat_requests() == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param", "code"),
+    [
+        ("temperature", "hot", "temperature", "invalid_type"),
+        ("temperature", 2.5, "temperature", "invalid_value"),
+        ("temperature", True, "temperature", "invalid_type"),
+        ("top_p", 1.01, "top_p", "invalid_value"),
+        ("n", 0, "n", "invalid_value"),
+        ("n", 1.5, "n", "invalid_type"),
+        ("presence_penalty", -2.5, "presence_penalty", "invalid_value"),
+        ("frequency_penalty", "high", "frequency_penalty", "invalid_type"),
+        ("stream", "yes", "stream", "invalid_type"),
+        ("stop", 7, "stop", "invalid_type"),
+        ("stop", ["a", "b", "c", "d", "e"], "stop", "invalid_value"),
+        ("stop", ["a", 1], "stop[1]", "invalid_type"),
+        ("logit_bias", {"50256": 101}, "logit_bias.50256", "invalid_value"),
+        ("seed", "42", "seed", "invalid_type"),
+        ("tools", [{"type": "function", "function": {"description": "x"}}], "tools[0].function.name", None),
+        ("tool_choice", "sometimes", "tool_choice", "invalid_value"),
+        ("response_format", {"type": "yaml"}, "response_format.type", "invalid_value"),
+        ("stream_options", {"include_usage": "yes"}, "stream_options.include_usage", "invalid_type"),
+        ("max_completion_tokens", 0, "max_completion_tokens", "invalid_max_tokens"),
+    ],
+)
+def test_a_parameter_of_the_wrong_type_or_range_is_a_400_naming_it(
+    gw: Setup, field: str, value: Any, param: str, code: str | None
+) -> None:
+    with gw.server.http() as http:
+        response = http.post(
+            "/v1/chat/completions", json={"model": MODEL, "messages": question(), field: value}
+        )
+    error = assert_openai_error(response, 400, code)
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert field in error["message"]
+    assert gw.chat_requests() == []  # checked before anything went upstream
+
+
+def test_parameters_at_the_edges_of_their_ranges_pass(gw: Setup) -> None:
+    edges = {
+        "temperature": 2,
+        "top_p": 0,
+        "n": 1,
+        "presence_penalty": -2,
+        "frequency_penalty": 2.0,
+        "stop": ["a", "b", "c", "d"],
+        "logit_bias": {"50256": -100},
+        "seed": 7,
+        "stream": False,
+        "tool_choice": "auto",
+        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
+        "response_format": {"type": "json_object"},
+        "top_k": "vendor-specific fields pass unchecked",
+    }
+    with gw.server.http() as http:
+        response = http.post("/v1/chat/completions", json={"model": MODEL, "messages": question(), **edges})
+    assert response.status_code == 200, response.text
+    [sent] = gw.chat_requests()
+    assert {name: sent.body[name] for name in edges} == edges
+
+
+def test_an_unknown_model_is_404_unless_the_upstream_lists_it(tmp_path: Path, gw: Setup) -> None:
+    """Without allowed_models in the policy, the upstream's /v1/models (kept briefly) decides."""
+    policy = tmp_path / "open-policy.yaml"
+    policy.write_text(POLICY.split("  allowed_models:")[0])
+    settings = gateway_settings(tmp_path, gw.upstream.url, policy_file=str(policy))
+    with running_server(settings) as server, server.http() as http:
+        served = [
+            http.post("/v1/chat/completions", json={"model": name, "messages": question()})
+            for name in (MODEL, "other-model", MODEL)
+        ]
+        unknown = http.post("/v1/chat/completions", json={"model": "gpt-nonexistent", "messages": question()})
+        streamed = http.post(
+            "/v1/chat/completions", json={"model": "gpt-nonexistent", "messages": question(), "stream": True}
+        )
+    assert [response.status_code for response in served] == [200, 200, 200]
+    for response in (unknown, streamed):
+        error = assert_openai_error(response, 404, "model_not_found")
+        assert error["param"] == "model" and "gpt-nonexistent" in error["message"]
+    assert [r.body["model"] for r in gw.chat_requests()] == [MODEL, "other-model", MODEL]
+    assert [r.path for r in gw.upstream.requests].count("/v1/models") == 1  # the list is kept
+
+
+def test_the_model_list_is_fetched_once_and_again_when_stale(gw: Setup) -> None:
+    now = [0.0]
+
+    async def run() -> None:
+        async with Upstream(UpstreamSettings(base_url=f"{gw.upstream.url}/v1", max_retries=0)) as upstream:
+            catalogue = ModelCatalogue(upstream, ttl_s=60, clock=lambda: now[0])
+            await asyncio.gather(*(catalogue.check(name) for name in [MODEL, "other-model"] * 3))
+            with pytest.raises(ModelNotFoundError):
+                await catalogue.check("gpt-nonexistent")
+            now[0] = 59.0
+            await catalogue.check(MODEL)
+            assert [r.path for r in gw.upstream.requests] == ["/v1/models"]  # one fetch for all of them
+            now[0] = 60.0
+            await catalogue.check(MODEL)
+
+    asyncio.run(run())
+    assert [r.path for r in gw.upstream.requests] == ["/v1/models"] * 2
 
 
 def test_unknown_extension_field_is_400(gw: Setup) -> None:
@@ -492,7 +627,7 @@ def test_guard_failure_fails_closed_and_is_audited(tmp_path: Path, gw: Setup) ->
     settings = gateway_settings(tmp_path, gw.upstream.url)
 
     async def broken(text: str) -> GuardVerdict:
-        raise RuntimeError("moderation backend down")
+        raise BackendError("moderation backend down")
 
     async def run() -> None:
         service = ModerationService(settings)
@@ -511,6 +646,66 @@ def test_guard_failure_fails_closed_and_is_audited(tmp_path: Path, gw: Setup) ->
     [record] = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert record["outcome"] == "guard_failed"
     assert record["decisions"][0]["action"] == "failed_closed"
+
+
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+def test_a_long_message_and_a_long_answer_are_judged_whole(tmp_path: Path, gw: Setup, fail_mode: str) -> None:
+    """More sentences than one moderation call takes: judged in batches, in either fail mode."""
+    gw.behaviour.answer = LONG_MESSAGE
+    hidden_threat = LONG_MESSAGE.replace("Item 700 is blue.", THREAT)
+    assert 19_000 < len(LONG_MESSAGE) < 21_000
+    # A generous time limit: this machine's CPUs are shared; the limit is not what is tested here.
+    guard = {"hold_back_chars": HOLD_BACK, "scan_every_chars": 50, "check_timeout_s": 60}
+    settings = gateway_settings(tmp_path, gw.upstream.url, fail_mode=fail_mode, stream_guard=guard)
+    with running_server(settings) as server, server.http(timeout=120) as http:
+        served = http.post("/v1/chat/completions", json={"model": MODEL, "messages": question(LONG_MESSAGE)})
+        refused = http.post(
+            "/v1/chat/completions", json={"model": MODEL, "messages": question(hidden_threat)}
+        )
+    assert served.status_code == 200, served.text
+    assert served.json()["choices"][0]["message"]["content"] == LONG_MESSAGE
+    assert_openai_error(refused, 400, "content_policy_violation")
+    assert len(gw.chat_requests()) == 1  # the threat never went upstream
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    [record] = [r for r in records if r["request_id"] == served.headers[REQUEST_ID_HEADER]]
+    actions = {d["step"]: d["action"] for d in record["decisions"]}
+    assert actions["input_moderation"] == "allow" and actions["output_moderation"] == "allow"
+
+
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+def test_a_guard_that_breaks_is_a_500_and_never_an_open_door(
+    tmp_path: Path, gw: Setup, fail_mode: str
+) -> None:
+    """Only GuardUnavailableError follows the fail mode; any other error in a guard is a bug."""
+    settings = gateway_settings(tmp_path, gw.upstream.url, fail_mode=fail_mode)
+    with TestClient(create_app(settings)) as client:
+        gateway = client.app.state.gateway  # type: ignore[attr-defined]
+        real = gateway.check
+        breaking_on = ""
+
+        async def buggy(text: str) -> GuardVerdict:
+            if breaking_on in text:
+                raise KeyError("a bug in the moderation code")
+            return await real(text)
+
+        gateway.check = buggy
+        breaking_on = QUESTION  # input moderation
+        response = client.post("/v1/chat/completions", json={"model": MODEL, "messages": question()})
+        assert_openai_error(response, 500, "guard_error")
+        assert gw.chat_requests() == []
+
+        breaking_on = "Paris"  # output moderation, plain and streamed
+        plain = client.post("/v1/chat/completions", json={"model": MODEL, "messages": question()})
+        assert_openai_error(plain, 500, "guard_error")
+        body = {"model": MODEL, "messages": question(), "stream": True}
+        with client.stream("POST", "/v1/chat/completions", json=body) as streamed:
+            events = [line for line in streamed.iter_lines() if line.startswith("data: ")]
+    assert "Paris" not in plain.text and all("Paris" not in event for event in events)
+    assert json.loads(events[-2].removeprefix("data: "))["error"]["type"] == "server_error"
+    assert len(gw.chat_requests()) == 2
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [r["outcome"] for r in records] == ["error"] * 3
+    assert all(any(d["action"] == "error" for d in r["decisions"]) for r in records)
 
 
 # ----------------------------------------------------------------- off by default

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 import pytest
 
 from seawall import load_settings
-from seawall.errors import ConfigurationError
+from seawall.errors import BackendError, ConfigurationError
 from seawall.gateway.stream_guard import (
     GUARD_FAILED,
     Blocked,
@@ -29,7 +29,7 @@ from seawall.gateway.stream_guard import (
     guard_stream,
     moderation_check,
 )
-from seawall.service import ModerationService
+from seawall.service import ModerationService, text_slices
 
 KEYWORD = "FORBIDDEN"
 WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "hex")
@@ -53,7 +53,11 @@ class KeywordCheck:
 
 
 async def raising_check(text: str) -> GuardVerdict:
-    raise RuntimeError("moderation backend unavailable")
+    raise BackendError("moderation backend unavailable")
+
+
+async def buggy_check(text: str) -> GuardVerdict:
+    raise KeyError("a bug in the check")
 
 
 async def slow_check(text: str) -> GuardVerdict:
@@ -265,7 +269,7 @@ async def test_a_failing_check_fails_closed_by_default() -> None:
     assert guard.verdict == GuardVerdict(allowed=False, reason=GUARD_FAILED)
     (event,) = guard.events
     assert event.outcome == "failed_closed"
-    assert event.error is not None and "RuntimeError" in event.error and "unavailable" in event.error
+    assert event.error is not None and "BackendError" in event.error and "unavailable" in event.error
 
 
 async def test_a_failing_check_fails_open_when_configured_and_says_so() -> None:
@@ -295,13 +299,27 @@ async def test_a_slow_check_times_out_and_fails_open_when_configured() -> None:
     assert guard.failed_open and not guard.blocked
 
 
-async def test_a_check_that_answers_nonsense_is_a_guard_failure() -> None:
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+async def test_a_check_that_raises_a_bug_is_never_an_open_door(fail_mode: str) -> None:
+    """Only GuardUnavailableError (and a timeout) follows the fail mode; a bug reaches the caller."""
+    guard = StreamGuard(buggy_check, settings(fail_mode=fail_mode))
+    assert await guard.feed("hi ") == []  # short of the first scan
+    with pytest.raises(KeyError):
+        await guard.feed("harmless text " * 4)
+    assert guard.crashed is not None and "KeyError" in guard.crashed
+    assert await guard.feed("more harmless text " * 4) == [] and await guard.finish() == []
+    assert guard.released_text == "" and not guard.failed_open
+
+
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+async def test_a_check_that_answers_nonsense_is_a_bug_too(fail_mode: str) -> None:
     async def wrong(text: str) -> GuardVerdict:
         return True  # type: ignore[return-value]
 
-    guard = StreamGuard(wrong, settings())
-    assert await run(guard, ["y" * 40]) == []
-    assert guard.blocked and guard.events[0].error is not None and "bool" in guard.events[0].error
+    guard = StreamGuard(wrong, settings(fail_mode=fail_mode))
+    with pytest.raises(TypeError, match="bool"):
+        await run(guard, ["y" * 40])
+    assert guard.released_text == "" and guard.crashed is not None and "bool" in guard.crashed
 
 
 async def test_cancellation_is_not_a_guard_failure() -> None:
@@ -468,3 +486,39 @@ async def test_a_threat_streamed_through_the_embedded_model_never_reaches_the_cl
         assert not control.blocked and all(e.outcome == "allowed" for e in control.events)
     finally:
         await service.aclose()
+
+
+async def test_any_text_is_judged_in_batches_and_slices_whatever_the_request_limits() -> None:
+    """The gateway's checks are not bound by /v1/moderations' per-request limits (max_items, max_chars)."""
+    service = ModerationService(load_settings(moderation={"max_items": 50, "max_chars": 600}))
+    try:
+        threat = "I will find you and I will kill you, I know where you live."
+        sentences = [f"Item {number} is blue." for number in range(300)]
+        benign = " ".join(sentences)
+        hidden = " ".join([*sentences[:200], threat, *sentences[200:]])
+        assert len(focus_segments(hidden, 200)) > 50 and len(hidden) > 600
+        check = moderation_check(service)
+        assert (await check(benign)).allowed
+        verdict = await check(hidden)
+        assert not verdict.allowed and {"violence", "harassment/threatening"} & set(verdict.categories)
+
+        # One result per text, also for more texts than one call takes and for texts longer than
+        # max_chars (judged as overlapping slices, the worst of which counts).
+        threats_at_the_end = benign + " " + " ".join([threat] * 10)
+        results = await service.moderate_texts([*sentences[:120], threats_at_the_end, benign])
+        assert len(results) == 122
+        assert results[120].flagged and not results[121].flagged
+        assert not any(result.flagged for result in results[:120])
+    finally:
+        await service.aclose()
+
+
+def test_text_slices_cover_the_text_and_overlap() -> None:
+    text = "".join(chr(ord("a") + number % 26) for number in range(2_345))
+    pieces = text_slices(text, 1_000)
+    assert all(len(piece) <= 1_000 for piece in pieces)
+    assert pieces[0] == text[:1_000] and text.endswith(pieces[-1])
+    starts = [text.index(piece) if i == 0 else 900 * i for i, piece in enumerate(pieces)]
+    assert all(text[start : start + len(piece)] == piece for start, piece in zip(starts, pieces, strict=True))
+    assert len(pieces) == 3  # 0, 900 and 1,800: each overlaps the next by 100 characters
+    assert text_slices("short", 1_000) == ["short"]

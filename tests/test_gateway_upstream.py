@@ -25,7 +25,13 @@ import pytest
 from starlette.responses import Response, StreamingResponse
 
 from backend_standins import LoopbackServer, Recorded, StandIn, json_reply, stand_in
-from seawall.errors import BackendError, ConfigurationError, UpstreamError
+from seawall.errors import (
+    BackendError,
+    ConfigurationError,
+    GuardUnavailableError,
+    SeawallError,
+    UpstreamError,
+)
 from seawall.gateway.upstream import MAX_RETRY_AFTER_S, SSEDecoder, Upstream, retry_after
 from seawall.settings import UpstreamSettings
 
@@ -238,7 +244,9 @@ def test_settings_defaults_and_documentation() -> None:
     assert UpstreamSettings(base_url="http://host:1/v1/").base_url == "http://host:1/v1"
     with pytest.raises(ValueError, match="http"):
         UpstreamSettings(base_url="ftp://host/v1")
-    assert issubclass(UpstreamError, BackendError)
+    # An upstream failure is not a moderation backend's: it must never trigger a guard's fail mode.
+    assert issubclass(UpstreamError, SeawallError) and not issubclass(UpstreamError, GuardUnavailableError)
+    assert issubclass(BackendError, GuardUnavailableError)
 
 
 # ----------------------------------------------------------------- chat

@@ -220,8 +220,8 @@ def org(
     tenant: TenantOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """The organisation's roll-up: risk events, users escalated, and how close the last day
-    came to the high-risk volume you treat as your provider's threshold."""
+    """The organisation's roll-up: risk events, users escalated, answers filtered per model, and
+    how close the last day came to the high-risk volume you treat as your provider's threshold."""
     with configured_store(config) as (settings, store):
         tenant = tenant or settings.gateway.tenant
         since = utc_now() - timedelta(hours=hours)
@@ -235,6 +235,12 @@ def org(
             ["medium-risk requests", str(summary.events.get("medium", 0))],
             ["users with high-risk requests", str(summary.users_with_high)],
             *([f"users {status}", str(count)] for status, count in sorted(summary.users_by_status.items())),
+            # Answers output moderation stopped: the model's doing, so no user's ledger is charged.
+            ["answers filtered (not charged to users)", str(sum(summary.filtered_answers.values()))],
+            *(
+                [f"answers filtered, model {model}", str(count)]
+                for model, count in sorted(summary.filtered_answers.items())
+            ),
             [
                 "share of the provider threshold",
                 f"{high / budget:.1%} of {budget:g} high-risk requests "

@@ -101,7 +101,19 @@ class ConflictError(InvalidRequestError):
     default_code = "conflict"
 
 
-class OverloadedError(SeawallError):
+class GuardUnavailableError(SeawallError):
+    """A guard cannot judge right now: its moderation backend is down, timed out or overloaded.
+
+    The gateway's ``fail_mode`` applies to this family alone. Any other exception out of a
+    guard is a bug in seawall: the request fails with 500 and is never let through unjudged.
+    """
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "guard_unavailable"
+
+
+class OverloadedError(GuardUnavailableError):
     """Too much work is queued; the client should retry later."""
 
     status_code = 503
@@ -119,7 +131,7 @@ class ModelArtefactError(ConfigurationError):
     """The embedded model's files are missing or inconsistent."""
 
 
-class BackendError(SeawallError):
+class BackendError(GuardUnavailableError):
     """A moderation backend (OpenAI, Llama Guard server, ...) failed to answer."""
 
     status_code = 502
@@ -134,7 +146,7 @@ class BackendTimeoutError(BackendError):
     default_code = "backend_timeout"
 
 
-class UpstreamError(BackendError):
+class UpstreamError(SeawallError):
     """The gateway's upstream model server failed, or refused the request it was sent.
 
     Status, type and code are set per instance, because one upstream failure is
@@ -147,6 +159,7 @@ class UpstreamError(BackendError):
     seconds the upstream asked for (on 429 and 503), for the gateway to pass on.
     """
 
+    status_code = 502
     error_type = "upstream_error"
     default_code = "upstream_error"
 

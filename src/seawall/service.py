@@ -29,6 +29,9 @@ OPENAI_MODEL_NAMES = frozenset(
     }
 )
 
+#: How much neighbouring slices of a text longer than ``moderation.max_chars`` overlap (a fraction).
+SLICE_OVERLAP = 0.1
+
 
 @dataclass
 class Moderation:
@@ -91,6 +94,27 @@ class ModerationService:
             results = [result.with_thresholds(limits.thresholds) for result in results]
         return Moderation(model=model or backend_name, results=results)
 
+    async def moderate_texts(self, texts: Sequence[str], model: str | None = None) -> list[ModerationResult]:
+        """One result per text, for any number of texts of any length: seawall's own checks
+        (the gateway's guards), which the API's per-request limits do not bind.
+
+        Texts go to :meth:`moderate` in batches of at most ``moderation.max_items``; a text longer
+        than ``moderation.max_chars`` is judged as overlapping slices of that length, and its
+        result is the worst of theirs. The work grows linearly with the total length.
+        """
+        limits = self.settings.moderation
+        slices = [text_slices(text, limits.max_chars) for text in texts]
+        flat = [piece for pieces in slices for piece in pieces]
+        scored: list[ModerationResult] = []
+        for start in range(0, len(flat), limits.max_items):
+            scored.extend((await self.moderate(flat[start : start + limits.max_items], model)).results)
+        results: list[ModerationResult] = []
+        offset = 0
+        for pieces in slices:
+            results.append(_worst(scored[offset : offset + len(pieces)]))
+            offset += len(pieces)
+        return results
+
     async def _with_images(self, inputs: list[ModerationInput]) -> list[ModerationInput]:
         """Fetch and check every item's images; one item's images load as one unit (limits, cancel)."""
         loaded = []
@@ -125,6 +149,41 @@ class ModerationService:
             await backend.aclose()
         self._backends.clear()
         await self._images.aclose()
+
+
+def text_slices(text: str, max_chars: int) -> list[str]:
+    """``text`` as pieces of at most ``max_chars`` characters (itself when it is short enough);
+    neighbouring pieces overlap by :data:`SLICE_OVERLAP` of ``max_chars``, so a passage cut by one
+    boundary is whole in the next piece."""
+    if len(text) <= max_chars:
+        return [text]
+    step = max(1, max_chars - int(max_chars * SLICE_OVERLAP))
+    return [text[start : start + max_chars] for start in range(0, len(text) - max_chars + step, step)]
+
+
+def _worst(results: Sequence[ModerationResult]) -> ModerationResult:
+    """One result for the slices of one text: every score its highest, every flag raised by any slice."""
+    first, *rest = results
+    if not rest:
+        return first
+    scores, categories = dict(first.category_scores), dict(first.categories)
+    extra_scores, extra_flags = dict(first.extra_scores), dict(first.extra_flags)
+    for result in rest:
+        for name, score in result.category_scores.items():
+            scores[name] = max(scores.get(name, 0.0), score)
+        for name, hit in result.categories.items():
+            categories[name] = categories.get(name, False) or hit
+        for name, score in result.extra_scores.items():
+            extra_scores[name] = max(extra_scores.get(name, 0.0), score)
+        for name, hit in result.extra_flags.items():
+            extra_flags[name] = extra_flags.get(name, False) or hit
+    return replace(
+        first,
+        category_scores=scores,
+        categories=categories,
+        extra_scores=extra_scores,
+        extra_flags=extra_flags,
+    )
 
 
 def _merge_image_answer(result: ModerationResult, answer: ModerationResult, source: str) -> ModerationResult:

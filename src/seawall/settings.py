@@ -418,6 +418,14 @@ class GatewaySettings(BaseModel):
     stream_guard: StreamGuardConfig = Field(
         default_factory=StreamGuardConfig, description="How streamed answers are scanned."
     )
+    model_list_ttl_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "When the policy names no allowed_models, a request's model must be one the upstream's "
+            "/v1/models lists (404 model_not_found otherwise); the list is kept this many seconds."
+        ),
+    )
     audit_content: bool = Field(
         False,
         description=(

@@ -106,6 +106,8 @@ class AuditRecord:
             self.outcome = "rate_limited"
         elif 400 <= exc.status_code < 500:
             self.outcome = "invalid_request"
+        else:  # seawall's own failure (a store that is down, a bug in a guard)
+            self.outcome = "error"
 
     def to_dict(self) -> dict[str, Any]:
         self.latency_ms["total"] = round((time.perf_counter() - self._began) * 1000, 3)

@@ -166,7 +166,8 @@ def default_token_counter(tokenizer_file: str | Path | None = None) -> TokenCoun
 # ----------------------------------------------------------------- helpers
 
 
-def _type_name(value: Any) -> str:
+def json_type_name(value: Any) -> str:
+    """The JSON type of a parsed value, as error messages name it (``"string"``, ``"number"``, ...)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -200,7 +201,7 @@ def _check_content(message: Mapping[str, Any], role: str, where: str) -> None:
     if not isinstance(content, list):
         raise _invalid(
             f"{param} must be a string or an array of {kinds} parts for a '{role}' message, "
-            f"not {_type_name(content)}",
+            f"not {json_type_name(content)}",
             param,
             "invalid_content",
         )
@@ -208,7 +209,7 @@ def _check_content(message: Mapping[str, Any], role: str, where: str) -> None:
         part_param = f"{param}[{index}]"
         if not isinstance(part, dict):
             raise _invalid(
-                f"{part_param} must be an object, not {_type_name(part)}", part_param, "invalid_content"
+                f"{part_param} must be an object, not {json_type_name(part)}", part_param, "invalid_content"
             )
         kind = part.get("type")
         if kind not in allowed:
@@ -219,7 +220,7 @@ def _check_content(message: Mapping[str, Any], role: str, where: str) -> None:
             )
         if kind in ("text", "refusal") and not isinstance(part.get(kind), str):
             raise _invalid(
-                f"{part_param}.{kind} must be a string, not {_type_name(part.get(kind))}",
+                f"{part_param}.{kind} must be a string, not {json_type_name(part.get(kind))}",
                 f"{part_param}.{kind}",
                 "invalid_content",
             )
@@ -228,7 +229,7 @@ def _check_content(message: Mapping[str, Any], role: str, where: str) -> None:
 def _check_message(message: Any, index: int) -> None:
     where = f"messages[{index}]"
     if not isinstance(message, dict):
-        raise _invalid(f"{where} must be an object, not {_type_name(message)}", where, "invalid_message")
+        raise _invalid(f"{where} must be an object, not {json_type_name(message)}", where, "invalid_message")
     role = message.get("role")
     if role not in ROLES:
         raise _invalid(
@@ -283,7 +284,7 @@ def _check_enumerated(body: Mapping[str, Any], fields: Mapping[str, list[EnumVal
                 )
             node = node[segment]
         if not any(_same_value(node, value) for value in allowed):
-            shown = json.dumps(node) if isinstance(node, EnumValue | None) else _type_name(node)
+            shown = json.dumps(node) if isinstance(node, EnumValue | None) else json_type_name(node)
             raise _invalid(
                 f"'{path}' must be one of: {allowed_text} (got {shown})", path, "invalid_enum_value"
             )
@@ -325,7 +326,7 @@ def check_request(body: Any, limits: InputLimits, *, count_tokens: TokenCounter 
     """
     if not isinstance(body, dict):
         raise _invalid(
-            f"the request body must be a JSON object, not {_type_name(body)}", None, "invalid_body"
+            f"the request body must be a JSON object, not {json_type_name(body)}", None, "invalid_body"
         )
 
     model = body.get("model")
@@ -341,7 +342,7 @@ def check_request(body: Any, limits: InputLimits, *, count_tokens: TokenCounter 
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise _invalid(
-            f"'messages' is required and must be an array, not {_type_name(messages)}",
+            f"'messages' is required and must be an array, not {json_type_name(messages)}",
             "messages",
             "invalid_messages",
         )
@@ -418,4 +419,5 @@ __all__ = [
     "check_request",
     "default_token_counter",
     "input_texts",
+    "json_type_name",
 ]

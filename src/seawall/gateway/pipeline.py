@@ -9,7 +9,10 @@
    sent upstream, logged or audited.
 2. **Limits.** :func:`~seawall.gateway.limits.check_request` with the policy's
    limits (4xx with OpenAI's error body: 413 for too many messages or too much input),
-   plus the ``seawall`` extension field (below).
+   :func:`~seawall.gateway.parameters.check_parameters` (400 naming a standard parameter of the
+   wrong type or out of range), the model (404 ``model_not_found`` unless the policy's
+   ``allowed_models`` or, without them, the upstream's model list names it:
+   :class:`~seawall.gateway.catalogue.ModelCatalogue`), plus the ``seawall`` extension field (below).
 3. **Input moderation.** The text of every ``user`` message is moderated; any flagged
    category refuses the request with 400 ``content_policy_violation`` naming the
    categories, before the upstream is called. *Untrusted content* - the documents of
@@ -38,9 +41,11 @@
    the latency of each step, the upstream's outcome and the request's outcome. No
    message text, no raw user id.
 
-A guard that fails (the moderation backend raises or times out) follows ``fail_mode``:
-``closed`` (default) refuses with 503 ``guard_failed`` (an error event in a stream),
-``open`` lets the text through; the audit record says which.
+A guard that cannot judge (its moderation backend is down, times out or is overloaded: a
+:class:`~seawall.errors.GuardUnavailableError`) follows ``fail_mode``: ``closed`` (default)
+refuses with 503 ``guard_failed`` (an error event in a stream), ``open`` lets the text
+through; the audit record says which. Anything else a guard raises is a bug: 500 (a
+``server_error`` event in a stream), logged, and never an open door.
 
 **The extension field.** A client may pass retrieved documents as untrusted data::
 
@@ -57,20 +62,23 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from seawall.clock import utc_now
 from seawall.errors import (
+    BackendTimeoutError,
     ContentPolicyError,
     GuardFailedError,
-    ImageError,
+    GuardUnavailableError,
     InvalidRequestError,
     PayloadTooLargeError,
     SeawallError,
 )
 from seawall.gateway.access import Caller, KeyAuthenticator
 from seawall.gateway.audit import AuditLog, AuditRecord
+from seawall.gateway.catalogue import ModelCatalogue
 from seawall.gateway.identity import (
     header_value,
     load_or_create_secret,
@@ -81,6 +89,7 @@ from seawall.gateway.identity import (
 from seawall.gateway.knowledge import KnowledgeBase
 from seawall.gateway.limits import cap_output_tokens, check_request
 from seawall.gateway.messages import image_parts, last_user_text, text_of
+from seawall.gateway.parameters import check_parameters
 from seawall.gateway.policy import Policy, load_policy
 from seawall.gateway.prompt import build_prompt
 from seawall.gateway.ratelimit import RateLimiter
@@ -101,10 +110,12 @@ from seawall.review.metrics import GUARD_STEPS
 from seawall.review.service import HoldDecision
 from seawall.service import ModerationService
 from seawall.settings import GatewaySettings, Settings
-from seawall.store.base import Store, UserState
+from seawall.store.base import FilteredAnswer, RiskLevel, Store, UserState
 from seawall.telemetry import Tracer
 
 log = logging.getLogger("seawall.gateway")
+
+T = TypeVar("T")
 
 #: Response header that carries the request's id (also in the audit record).
 REQUEST_ID_HEADER = "x-seawall-request-id"
@@ -122,6 +133,13 @@ LOCAL_OUTCOMES = frozenset({"knowledge_base", "off_topic"})
 TURNED_AWAY = frozenset({"unauthorized", "user_blocked", "rate_limited"})
 #: Roles whose content is untrusted output of tools.
 UNTRUSTED_ROLES = frozenset({"tool", "function"})
+#: Audit steps that judge what the user sent: the only ones the user's risk ledger charges for.
+USER_STEPS = frozenset({"input_moderation"})
+#: Audit steps that judge the model's answer; an answer they stopped is counted per tenant and
+#: model (``seawall org``), never charged to the user.
+ANSWER_STEPS = frozenset({"output_moderation", "tool_call_moderation"})
+#: The actions of those steps that mean the answer was filtered or stopped by the content policy.
+ANSWER_STOPPED = frozenset({"filter", "block"})
 
 #: The policy used when ``gateway.policy_file`` is not set: a general assistant.
 DEFAULT_POLICY = Policy(
@@ -203,6 +221,12 @@ class Gateway:
         self.policy = load_policy(self.settings.policy_file) if self.settings.policy_file else DEFAULT_POLICY
         self.secret = load_or_create_secret(self.settings.secret_file.expanduser())
         self.upstream = upstream or Upstream(self.settings.upstream)
+        # With allowed_models the policy names the models served; without, the upstream's list does.
+        self.catalogue = (
+            None
+            if self.policy.limits.allowed_models
+            else ModelCatalogue(self.upstream, ttl_s=self.settings.model_list_ttl_s)
+        )
         self.store = store
         self.access = KeyAuthenticator(
             settings.server.api_keys,
@@ -350,7 +374,8 @@ class Gateway:
             raise
         # A local answer (knowledge base, off-topic reply) was judged when it was written.
         guarded = self.settings.output_moderation and prepared.upstream_body is not None
-        return self._response(request, stream=self._sse(first, chunks, request, guarded=guarded))
+        model = str(body.get("model") or "")
+        return self._response(request, stream=self._sse(first, chunks, request, model=model, guarded=guarded))
 
     async def _sse(
         self,
@@ -358,19 +383,22 @@ class Gateway:
         chunks: AsyncIterator[dict[str, Any]],
         request: _Request,
         *,
+        model: str,
         guarded: bool,
     ) -> AsyncIterator[bytes]:
-        """The client's event stream: released text only, then the end (or an error event)."""
+        """The client's event stream: released text only, then the end (or an error event).
+        Every chunk has the same ``id`` and names the ``model``, the role chunk first."""
         audit = request.audit
-        state = _StreamState(audit.request_id)
+        state = _StreamState(audit.request_id, model)
+        first_text = state.observe(first) if first is not None else ""  # the header comes from it
         outcome = audit.outcome
         audit.outcome = "client_disconnected"  # until the stream reaches its end
 
         async def deltas() -> AsyncIterator[str]:
             if first is None:
                 return
-            if text := state.observe(first):
-                yield text
+            if first_text:
+                yield first_text
             async for chunk in chunks:
                 if text := state.observe(chunk):
                     yield text
@@ -436,12 +464,10 @@ class Gateway:
         if not guarded or not arguments:
             return None
         try:
-            verdict = await self._judge(arguments)
-        except Exception as exc:
-            try:
-                self._guard_failure("tool_call_moderation", exc, audit)
-            except GuardFailedError as failed:
-                return failed
+            verdict = await self._guard("tool_call_moderation", audit, self._judge(arguments))
+        except GuardFailedError as failed:
+            return failed
+        if verdict is None:
             return None
         if verdict.allowed:
             audit.decide("tool_call_moderation", "allow", [], verdict.scores)
@@ -529,6 +555,9 @@ class Gateway:
         # 3. input limits
         with audit.step("limits"):
             check_request(body, self.policy.limits)
+            check_parameters(body)
+            if self.catalogue is not None:
+                await self.catalogue.check(body["model"])
             documents = self._documents(body)
             if body.get("stream") and body.get("n") not in (None, 1):
                 raise InvalidRequestError(
@@ -593,18 +622,26 @@ class Gateway:
         return standing
 
     async def _settle(self, request: _Request) -> None:
-        """After the answer: the request's risk level, the ledger, and any escalation."""
+        """After the answer: the request's risk level, the count of filtered answers, the ledger
+        (which charges the user for what the user sent, never for the model's answer), and any
+        escalation."""
         audit = request.audit
         if audit.safety_identifier is None or audit.outcome in TURNED_AWAY:
             return
-        flagged, scores, injection = _risk_signals(audit.decisions)
-        level = risk_level(
-            flagged=flagged, scores=scores, injection=injection, medium_score=self.settings.risk.medium_score
-        )
-        audit.risk = level
+        audit.risk = self._risk(audit.decisions, GUARD_STEPS | {"untrusted_content"})
+        filtered = _categories(audit.decisions, ANSWER_STEPS, ANSWER_STOPPED)
+        if filtered is not None and self.store is not None and request.caller is not None:
+            answer = FilteredAnswer(
+                request.caller.tenant, audit.model or "unknown", utc_now(), audit.request_id, tuple(filtered)
+            )
+            try:
+                await asyncio.to_thread(self.store.record_filtered_answer, answer)
+            except Exception as exc:  # the answer is settled; counting it must not turn it into an error
+                log.error("cannot count the filtered answer of %s: %s", audit.request_id, exc)
+        level = self._risk(audit.decisions, USER_STEPS)
         if self.ledger is None or level == "low" or request.caller is None:
             return
-        categories = {name for d in audit.decisions for name in d["categories"]}
+        categories = {name for d in audit.decisions if d["step"] in USER_STEPS for name in d["categories"]}
         try:
             escalated = await asyncio.to_thread(
                 self.ledger.record,
@@ -624,6 +661,13 @@ class Gateway:
                 "until": escalated.until.isoformat() if escalated.until else None,
             }
             request.headers[WARNING_HEADER] = _warning(escalated)
+
+    def _risk(self, decisions: list[dict[str, Any]], steps: frozenset[str]) -> RiskLevel:
+        """The risk level that the decisions of ``steps`` add up to."""
+        flagged, scores, injection = _risk_signals(decisions, steps)
+        return risk_level(
+            flagged=flagged, scores=scores, injection=injection, medium_score=self.settings.risk.medium_score
+        )
 
     def _documents(self, body: Mapping[str, Any]) -> list[dict[str, str]]:
         """The untrusted documents of the ``seawall`` extension field, checked."""
@@ -673,15 +717,14 @@ class Gateway:
         images = [part for content in user for part in image_parts(content)]
         if not texts and not images:
             return
-        try:
-            checks = [self._judge(text) for text in texts]
-            if images:
-                checks.append(self._judge_images(images))
-            verdicts = await asyncio.gather(*checks)
-        except ImageError:
-            raise  # an image that cannot be fetched or decoded cannot be judged: the client hears why
-        except Exception as exc:
-            self._guard_failure("input_moderation", exc, audit)
+        checks = [self._judge(text) for text in texts]
+        if images:
+            checks.append(self._judge_images(images))
+        # An image that cannot be fetched or decoded, or is too large, cannot be judged: the client hears why.
+        verdicts = await self._guard(
+            "input_moderation", audit, asyncio.gather(*checks), client_errors=bool(images)
+        )
+        if verdicts is None:
             return
         categories = sorted({name for verdict in verdicts for name in verdict.categories})
         scores = _max_scores(verdict.scores for verdict in verdicts)
@@ -709,18 +752,17 @@ class Gateway:
         ]
         if not pieces:
             return documents, messages
-        try:
-            moderation = await asyncio.wait_for(
-                self.service.moderate([text for _, _, text in pieces]),
-                self.settings.stream_guard.check_timeout_s,
-            )
-        except Exception as exc:
-            self._guard_failure("untrusted_content", exc, audit)
+        results = await self._guard(
+            "untrusted_content",
+            audit,
+            self._in_time(self.service.moderate_texts([text for _, _, text in pieces])),
+        )
+        if results is None:
             return documents, messages
         threshold = self.settings.injection_threshold
         drop_documents: set[int] = set()
         drop_messages: set[int] = set()
-        for (kind, index, _), result in zip(pieces, moderation.results, strict=True):
+        for (kind, index, _), result in zip(pieces, results, strict=True):
             injection = result.extra_scores.get("prompt_injection", 0.0)
             if threshold is None:
                 injected = bool(result.extra_flags.get("prompt_injection"))
@@ -760,10 +802,8 @@ class Gateway:
             text = "\n".join(filter(None, [text_of(message.get("content")), _tool_arguments(message)]))
             if not text:
                 continue
-            try:
-                verdict = await self._judge(text)
-            except Exception as exc:
-                self._guard_failure("output_moderation", exc, audit)
+            verdict = await self._guard("output_moderation", audit, self._judge(text))
+            if verdict is None:
                 continue
             if verdict.allowed:
                 audit.decide("output_moderation", "allow", [], verdict.scores, choice=choice.get("index"))
@@ -778,21 +818,51 @@ class Gateway:
 
     # ------------------------------------------------------------------ guards
 
+    async def _guard(
+        self, step: str, audit: AuditRecord, check: Awaitable[T], *, client_errors: bool = False
+    ) -> T | None:
+        """Await a guard's ``check``: its answer, or None when the guard cannot judge and fails open.
+
+        Only :class:`GuardUnavailableError` (a backend that is down, slow or overloaded) follows
+        ``fail_mode`` (:meth:`_guard_failure`). Anything else is a bug in seawall: logged, audited
+        and answered 500, never let through unjudged; with ``client_errors``, a 4xx about what the
+        client sent (an image that cannot be fetched) is passed on instead.
+        """
+        try:
+            return await check
+        except GuardUnavailableError as exc:
+            self._guard_failure(step, exc, audit)
+            return None
+        except Exception as exc:
+            if client_errors and isinstance(exc, InvalidRequestError):
+                raise
+            log.exception("guard %s failed with an error for %s", step, audit.request_id)
+            audit.decide(step, "error", error=type(exc).__name__)
+            raise SeawallError(
+                "The server had an error while processing your request.", code="guard_error"
+            ) from exc
+
+    async def _in_time(self, check: Awaitable[T]) -> T:
+        """``check``, or :class:`BackendTimeoutError` (a guard failure) after ``check_timeout_s``."""
+        timeout = self.settings.stream_guard.check_timeout_s
+        try:
+            return await asyncio.wait_for(check, timeout)
+        except TimeoutError as exc:
+            raise BackendTimeoutError(f"the moderation check did not answer within {timeout} s") from exc
+
     async def _judge(self, text: str) -> GuardVerdict:
         """One text through the moderation check (whole and sentence by sentence), with a time limit."""
-        return await asyncio.wait_for(self.check(text), self.settings.stream_guard.check_timeout_s)
+        return await self._in_time(self.check(text))
 
     async def _judge_images(self, parts: list[dict[str, Any]]) -> GuardVerdict:
         """The request's image parts as one moderation item (fetched with the SSRF-safe loader)."""
-        moderation = await asyncio.wait_for(
-            self.service.moderate(parts), self.settings.stream_guard.check_timeout_s
-        )
+        moderation = await self._in_time(self.service.moderate(parts))
         [result] = moderation.results
         categories = sorted(name for name, hit in result.categories.items() if hit)
         scores = dict(result.category_scores)
         return GuardVerdict(allowed=not categories, categories=categories, scores=scores)
 
-    def _guard_failure(self, step: str, exc: Exception, audit: AuditRecord) -> None:
+    def _guard_failure(self, step: str, exc: GuardUnavailableError, audit: AuditRecord) -> None:
         """A guard failed: raise 503 guard_failed (closed) or record that the text went unjudged (open)."""
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         log.warning("guard %s failed for %s: %s", step, audit.request_id, reason)
@@ -814,7 +884,10 @@ class Gateway:
         scores = _max_scores(event.verdict.scores for event in events)
         audit.latency_ms["output_moderation"] = round(sum(e.latency_s for e in events) * 1000, 3)
         verdict = guard.verdict
-        if verdict is not None:
+        extra: dict[str, Any] = {}
+        if guard.crashed is not None:
+            action, categories, extra = "error", [], {"error": guard.crashed}
+        elif verdict is not None:
             action = "failed_closed" if verdict.reason == GUARD_FAILED else "block"
             categories = verdict.categories
         else:
@@ -828,6 +901,7 @@ class Gateway:
             scans=len(events),
             released_chars=len(guard.released_text),
             received_chars=guard.received_chars,
+            **extra,
         )
 
 
@@ -835,25 +909,33 @@ class Gateway:
 
 
 class _StreamState:
-    """What the gateway keeps of an upstream stream: the chunk header, finish reason, usage, tool calls."""
+    """What the gateway keeps of an upstream stream: the chunk header, finish reason, usage, tool calls.
 
-    def __init__(self, request_id: str) -> None:
+    The header (``id``, ``created``, ``model``, ``system_fingerprint``) is the first upstream
+    chunk's, where it has them, else the gateway's own (the request's id and model), and it
+    stays the same for every chunk the client gets, whatever later upstream chunks say.
+    """
+
+    def __init__(self, request_id: str, model: str) -> None:
         self.id = f"chatcmpl-{request_id}"
         self.created = int(time.time())
-        self.model = ""
+        self.model = model
         self.system_fingerprint: str | None = None
         self.finish_reason: str | None = None
         self.usage: Any = None
         self.tool_calls: list[Any] = []
+        self._header_taken = False
 
     def observe(self, chunk: Mapping[str, Any]) -> str:
         """Note what ``chunk`` says about the stream; its text (the first choice's content delta)."""
-        self.id = str(chunk.get("id") or self.id)
-        created = chunk.get("created")
-        if isinstance(created, int):
-            self.created = created
-        self.model = str(chunk.get("model") or self.model)
-        self.system_fingerprint = chunk.get("system_fingerprint") or self.system_fingerprint
+        if not self._header_taken:
+            self._header_taken = True
+            self.id = str(chunk.get("id") or self.id)
+            created = chunk.get("created")
+            if isinstance(created, int):
+                self.created = created
+            self.model = str(chunk.get("model") or self.model)
+            self.system_fingerprint = chunk.get("system_fingerprint") or None
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         text: str | None = None
@@ -889,16 +971,24 @@ def _warning(state: UserState) -> str:
     return f"{state.status}{until}: {state.reason}"
 
 
-def _risk_signals(decisions: list[dict[str, Any]]) -> tuple[bool, list[float], bool]:
-    """(anything flagged, the moderation scores seen, untrusted content flagged) from the decisions."""
-    flagged = any(
-        d["action"] in {"refuse", "filter", "block", "flag"} and d["categories"]
-        for d in decisions
-        if d["step"] in GUARD_STEPS
-    )
-    scores = [float(score) for d in decisions if d["step"] in GUARD_STEPS for score in d["scores"].values()]
-    injection = any(d["step"] == "untrusted_content" and d["action"] != "allow" for d in decisions)
+def _risk_signals(decisions: list[dict[str, Any]], steps: frozenset[str]) -> tuple[bool, list[float], bool]:
+    """(anything flagged, the moderation scores seen, untrusted content flagged) from the
+    decisions of ``steps``."""
+    mine = [d for d in decisions if d["step"] in steps]
+    flagged = any(d["action"] in {"refuse", "filter", "block", "flag"} and d["categories"] for d in mine)
+    scores = [float(score) for d in mine if d["step"] in GUARD_STEPS for score in d["scores"].values()]
+    injection = any(d["step"] == "untrusted_content" and d["action"] != "allow" for d in mine)
     return flagged, scores, injection
+
+
+def _categories(
+    decisions: list[dict[str, Any]], steps: frozenset[str], actions: frozenset[str]
+) -> list[str] | None:
+    """The categories of the decisions of ``steps`` that took one of ``actions``; None if none did."""
+    taken = [d for d in decisions if d["step"] in steps and d["action"] in actions]
+    if not taken:
+        return None
+    return sorted({name for d in taken for name in d["categories"]})
 
 
 def _local_completion(request_id: str, body: Mapping[str, Any], text: str) -> dict[str, Any]:

@@ -19,11 +19,15 @@ returns.
   that text is returned once instead of the withheld text; otherwise nothing is, and the
   gateway ends the stream with an error event (:func:`guard_stream` yields a :class:`Blocked`
   marker either way).
-* **Fail mode.** A check that raises, times out (``check_timeout_s``) or returns something
-  that is not a :class:`GuardVerdict` is a guard failure. ``"closed"`` (the default) treats it
-  as a violation with reason ``"guard_failed"``; ``"open"`` releases the span and records a
-  ``failed_open`` event, so the audit log says which text went out unjudged. Cancellation
-  (the client went away) is not a failure: it propagates.
+* **Fail mode.** A check that times out (``check_timeout_s``) or raises
+  :class:`~seawall.errors.GuardUnavailableError` (its backend is down, slow or overloaded) is
+  a guard failure. ``"closed"`` (the default) treats it as a violation with reason
+  ``"guard_failed"``; ``"open"`` releases the span and records a ``failed_open`` event, so the
+  audit log says which text went out unjudged. Anything else a check raises, or a check that
+  returns something that is not a :class:`GuardVerdict`, is a bug, never an open door: the
+  exception (a ``TypeError`` for the wrong answer) goes to the caller, :attr:`StreamGuard.crashed`
+  says what happened, and nothing more is released. Cancellation (the client went away) is not
+  a failure: it propagates.
 * **Audit.** :attr:`StreamGuard.events` holds one :class:`ScanEvent` per scan: the span
   (character offsets into the answer), the verdict, the outcome, the latency and any error.
 
@@ -68,7 +72,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ConfigDict, ValidationError
 
-from seawall.errors import ConfigurationError
+from seawall.errors import ConfigurationError, GuardUnavailableError
 from seawall.settings import FailMode, StreamGuardConfig
 
 if TYPE_CHECKING:
@@ -95,7 +99,8 @@ class GuardVerdict:
 
 
 #: Judges one span of an answer. The gateway wraps a moderation backend in one (see
-#: :func:`moderation_check`); it may raise, which counts as a guard failure.
+#: :func:`moderation_check`); a :class:`~seawall.errors.GuardUnavailableError` it raises counts as a
+#: guard failure, anything else it raises as a bug.
 Check = Callable[[str], Awaitable[GuardVerdict]]
 
 
@@ -182,6 +187,7 @@ class StreamGuard:
         self._verdict: GuardVerdict | None = None
         self._finished = False
         self._scanned_chars = 0
+        self._crashed: str | None = None
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ state
@@ -215,6 +221,12 @@ class StreamGuard:
         return any(event.outcome == "failed_open" for event in self._events)
 
     @property
+    def crashed(self) -> str | None:
+        """What went wrong when a check failed in a way that is not a guard failure (a bug): the
+        exception went to the caller, and nothing more is released."""
+        return self._crashed
+
+    @property
     def received_chars(self) -> int:
         return self._total
 
@@ -228,7 +240,7 @@ class StreamGuard:
     async def feed(self, delta: str) -> list[str]:
         """Take the next delta; return the text that is safe to send now (possibly none)."""
         async with self._lock:
-            if self.blocked:
+            if self.blocked or self._crashed:
                 return []
             if self._finished:
                 raise RuntimeError("feed() after finish(): a StreamGuard guards one answer")
@@ -243,7 +255,7 @@ class StreamGuard:
     async def finish(self) -> list[str]:
         """The stream ended: scan what is unreleased and release it, or block."""
         async with self._lock:
-            if self._finished or self.blocked:
+            if self._finished or self.blocked or self._crashed:
                 self._finished = True
                 return []
             self._finished = True
@@ -297,14 +309,18 @@ class StreamGuard:
         error: str | None = None
         try:
             answer = await asyncio.wait_for(self.check(text), timeout)
-            if isinstance(answer, GuardVerdict):
-                verdict = answer
-            else:
-                error = f"the check returned {type(answer).__name__}, not a GuardVerdict"
         except TimeoutError:
             error = f"the check did not answer within {timeout} s"
-        except Exception as exc:
+        except GuardUnavailableError as exc:
             error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            self._crashed = f"{type(exc).__name__}: {exc}"
+            raise
+        else:
+            if not isinstance(answer, GuardVerdict):
+                self._crashed = f"the check returned {type(answer).__name__}, not a GuardVerdict"
+                raise TypeError(self._crashed)
+            verdict = answer
         latency = time.perf_counter() - began
         outcome: ScanOutcome
         if verdict is not None:
@@ -407,18 +423,20 @@ def moderation_check(
     """A check backed by seawall's moderation service: refuse a span if any category is flagged.
 
     The span is scored whole and, with ``focus_chars`` set, also sentence by sentence (see
-    :func:`focus_segments`) in the same batch, so benign context cannot dilute a violation
-    (see the module's docstring). Scores are the highest over the pieces.
+    :func:`focus_segments`), so benign context cannot dilute a violation (see the module's
+    docstring). Scores are the highest over the pieces. Any span is judged, however many pieces
+    it makes: :meth:`~seawall.service.ModerationService.moderate_texts` sends them in as many
+    batches as they need, and there are at most about three characters of pieces per character
+    of span (sentences, pairs of neighbouring ones, and the whole).
     """
 
     async def check(text: str) -> GuardVerdict:
         texts = [text]
         if focus_chars is not None:
             texts.extend(focus_segments(text, focus_chars))
-        moderation = await service.moderate(texts, model)
         scores: dict[str, float] = {}
         flagged: set[str] = set()
-        for result in moderation.results:
+        for result in await service.moderate_texts(texts, model):
             for name, score in result.category_scores.items():
                 scores[name] = max(scores.get(name, 0.0), float(score))
             flagged.update(name for name, hit in result.categories.items() if hit)

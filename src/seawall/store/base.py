@@ -99,6 +99,20 @@ class RiskEvent:
 
 
 @dataclass(frozen=True)
+class FilteredAnswer:
+    """A model's answer that output moderation filtered or stopped.
+
+    Counted per tenant and model, never charged to the user who asked: the user did not write it.
+    """
+
+    tenant: str
+    model: str
+    at: datetime
+    request_id: str
+    categories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class UserState:
     """A user's place on the escalation ladder."""
 
@@ -132,6 +146,7 @@ class OrgSummary:
     events: dict[str, int] = field(default_factory=dict)  # risk level -> count
     users_with_high: int = 0
     users_by_status: dict[str, int] = field(default_factory=dict)  # status -> users (not "ok")
+    filtered_answers: dict[str, int] = field(default_factory=dict)  # model -> answers filtered
 
 
 @dataclass(frozen=True)
@@ -245,6 +260,10 @@ class Store(Protocol):
         self, tenant: str, *, since: datetime, status: UserStatus | None = None, limit: int = 100
     ) -> list[UserSummary]:
         """Users with a non-ok state or any event since ``since``, most high-risk events first."""
+        ...
+
+    def record_filtered_answer(self, answer: FilteredAnswer) -> None:
+        """Count one answer that output moderation filtered (per tenant and model, not per user)."""
         ...
 
     def org_summary(self, tenant: str, since: datetime) -> OrgSummary: ...

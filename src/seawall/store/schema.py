@@ -102,6 +102,18 @@ risk_events = Table(
     Index(None, "tenant", "at"),
 )
 
+filtered_answers = Table(
+    "filtered_answers",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant", String(200), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("request_id", String(100), nullable=False),
+    Column("categories", JSON(), nullable=False),
+    Index(None, "tenant", "at"),
+)
+
 user_states = Table(
     "user_states",
     metadata,

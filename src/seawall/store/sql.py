@@ -50,6 +50,7 @@ from seawall.store.base import (
     REPORT_STATUSES,
     REVIEW_STATUSES,
     ApiKey,
+    FilteredAnswer,
     OrgSummary,
     RateLimitResult,
     Report,
@@ -69,6 +70,7 @@ from seawall.store.schema import (
     api_keys,
     as_utc,
     audit_events,
+    filtered_answers,
     rate_counters,
     reports,
     review_events,
@@ -587,6 +589,19 @@ class SqlStore:
                 )
             )
 
+    def record_filtered_answer(self, answer: FilteredAnswer) -> None:
+        """Count one answer that output moderation filtered (per tenant and model, not per user)."""
+        with self._transaction("recording a filtered answer", write=True) as connection:
+            connection.execute(
+                insert(filtered_answers).values(
+                    tenant=answer.tenant,
+                    model=answer.model,
+                    at=answer.at,
+                    request_id=answer.request_id,
+                    categories=list(answer.categories),
+                )
+            )
+
     def count_events(self, tenant: str, safety_id: str, level: RiskLevel, since: datetime) -> int:
         """How many events of ``level`` the user had at or after ``since``."""
         query = select(func.count()).where(
@@ -700,8 +715,9 @@ class SqlStore:
         return summaries
 
     def org_summary(self, tenant: str, since: datetime) -> OrgSummary:
-        """Events per risk level and users with a high-risk event since ``since``; users per
-        non-ok status now. ``events`` always has ``medium`` and ``high`` (0 when none)."""
+        """Events per risk level, users with a high-risk event and filtered answers per model
+        since ``since``; users per non-ok status now. ``events`` always has ``medium`` and
+        ``high`` (0 when none)."""
         events = risk_events.c
         in_window = and_(events.tenant == tenant, events.at >= since)
         with self._transaction("summarising the organisation") as connection:
@@ -716,6 +732,12 @@ class SqlStore:
                 .where(user_states.c.tenant == tenant, user_states.c.status != "ok")
                 .group_by(user_states.c.status)
             ).all()
+            answers = filtered_answers.c
+            by_model = connection.execute(
+                select(answers.model, func.count())
+                .where(answers.tenant == tenant, answers.at >= since)
+                .group_by(answers.model)
+            ).all()
         counts = {"medium": 0, "high": 0}
         counts.update({str(level): int(count) for level, count in by_level})
         return OrgSummary(
@@ -724,6 +746,7 @@ class SqlStore:
             events=counts,
             users_with_high=int(users_with_high),
             users_by_status={str(status): int(count) for status, count in by_status},
+            filtered_answers={str(model): int(count) for model, count in by_model},
         )
 
     # ------------------------------------------------------------------ audit
