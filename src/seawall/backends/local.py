@@ -35,7 +35,9 @@ class LocalBackend:
     def __init__(self, settings: Settings, classifier: TextClassifier | None = None) -> None:
         moderation = settings.moderation
         self._contextual = moderation.contextual
-        self._classifier = classifier or shared_classifier(moderation.model_dir, moderation.contextual != "off")
+        self._classifier = classifier or shared_classifier(
+            moderation.model_dir, moderation.contextual != "off"
+        )
         self._images: NSFWImageModel | None = None
         self._images_lock = threading.Lock()
         self._batcher: MicroBatcher[str, np.ndarray] = MicroBatcher(

@@ -186,7 +186,13 @@ class TextClassifier:
         """The same weights under another feature configuration (for ablations)."""
         meta = dataclasses.replace(self.meta, features=features)
         return TextClassifier(
-            meta, self._weights, self._bias, self._featurizer.idf, self._encoder, self._dense_weights, self.context
+            meta,
+            self._weights,
+            self._bias,
+            self._featurizer.idf,
+            self._encoder,
+            self._dense_weights,
+            self.context,
         )
 
     @property
@@ -229,7 +235,7 @@ class TextClassifier:
             readable &= ((scores >= low) & (scores <= high)).any(axis=1)
         chosen = np.flatnonzero(readable)
         if len(chosen):
-            picked = [windows[i] for i in chosen]
+            picked = [windows[int(i)] for i in chosen]
             blended = self.blend(fast[chosen], self.context_logits(picked))
             scores[chosen] = self._calibrated(_sigmoid(blended), "blended")
         return scores

@@ -120,8 +120,9 @@ def fit_context_stage(
             bias[index] = intercept
     progress(f"contextual head fitted on {len(train_at)} rows")
 
-    fast_dev = fast.logits_for_words([featurizer.words(dev_rows[i].text)[: featurizer.config.window_words]
-                                      for i in dev_at])
+    fast_dev = fast.logits_for_words(
+        [featurizer.words(dev_rows[i].text)[: featurizer.config.window_words] for i in dev_at]
+    )
     context_dev = x_dev @ weights + bias
     blend = np.tile(np.array([1.0, 0.0, 0.0], dtype=np.float32), (n_labels, 1))
     for index in labels_fitted:
@@ -132,29 +133,41 @@ def fit_context_stage(
         stacker.fit(np.stack([fast_dev[:, index], context_dev[:, index]], axis=1), positives)
         blend[index] = [stacker.coef_[0][0], stacker.coef_[0][1], stacker.intercept_[0]]
     blended = 1.0 / (1.0 + np.exp(-(blend[:, 0] * fast_dev + blend[:, 1] * context_dev + blend[:, 2])))
-    thresholds = {label: threshold(y_dev[:, i], blended[:, i].astype(np.float32))
-                  for i, label in enumerate(ALL_LABELS)}
+    thresholds = {
+        label: threshold(y_dev[:, i], blended[:, i].astype(np.float32)) for i, label in enumerate(ALL_LABELS)
+    }
 
     # The band for "auto": how many dev windows it sends to the encoder, and what that buys.
-    fast_calibrated = anchor(1.0 / (1.0 + np.exp(-fast_dev)), fast_thresholds)
-    blended_calibrated = anchor(blended.astype(np.float32),
-                                np.array([thresholds[label] for label in ALL_LABELS], dtype=np.float32))
+    fast_calibrated = anchor((1.0 / (1.0 + np.exp(-fast_dev))).astype(np.float32), fast_thresholds)
+    blended_calibrated = anchor(
+        blended.astype(np.float32), np.array([thresholds[label] for label in ALL_LABELS], dtype=np.float32)
+    )
     categories = slice(0, len(CATEGORIES))
-    any_positive = y_dev[:, categories].any(axis=1)
-    tried = []
+    any_positive: NDArray[np.bool_] = np.asarray(y_dev[:, categories].any(axis=1), dtype=bool)
+    tried: list[dict[str, Any]] = []
     for low, high in CANDIDATE_BANDS:
-        sent = ((fast_calibrated >= low) & (fast_calibrated <= high)).any(axis=1)
+        sent = np.asarray(((fast_calibrated >= low) & (fast_calibrated <= high)).any(axis=1), dtype=bool)
         mixed = np.where(sent[:, None], blended_calibrated, fast_calibrated)
-        tried.append({
-            "low": low, "high": high, "share": round(float(sent.mean()), 4),
-            "any_auprc": round(average_precision(any_positive, mixed[:, categories].max(axis=1)), 4),
-        })
+        tried.append(
+            {
+                "low": low,
+                "high": high,
+                "share": round(float(sent.mean()), 4),
+                "any_auprc": round(average_precision(any_positive, mixed[:, categories].max(axis=1)), 4),
+            }
+        )
     within = [band for band in tried if band["share"] <= MAX_BAND_SHARE] or tried[:1]
     chosen = within[-1]
     for name, scores in (("off", fast_calibrated), ("on", blended_calibrated)):
-        tried.append({"mode": name, "share": 0.0 if name == "off" else 1.0,  # type: ignore[dict-item]
-                      "any_auprc": round(average_precision(any_positive, scores[:, categories].max(axis=1)), 4)})
+        auprc = average_precision(any_positive, scores[:, categories].max(axis=1))
+        tried.append({"mode": name, "share": 0.0 if name == "off" else 1.0, "any_auprc": round(auprc, 4)})
     progress(f"contextual bands on dev: {tried}")
-    return ContextFit(weights, bias, blend.astype(np.float32), thresholds,
-                      (chosen["low"], chosen["high"]), tried,
-                      {"train": len(train_at), "dev": len(dev_at)})
+    return ContextFit(
+        weights,
+        bias,
+        blend.astype(np.float32),
+        thresholds,
+        (chosen["low"], chosen["high"]),
+        tried,
+        {"train": len(train_at), "dev": len(dev_at)},
+    )

@@ -56,7 +56,9 @@ def _ex(
     invalid = [label for label in closed | set(unknown) if label not in ALL_LABELS]
     if invalid:
         raise DataError(f"{source}: unknown labels {invalid}")
-    return Example(text, closed, source, f"{source}:{group or _digest(text)}", weight, frozenset(unknown) - closed)
+    return Example(
+        text, closed, source, f"{source}:{group or _digest(text)}", weight, frozenset(unknown) - closed
+    )
 
 
 def _digest(text: str) -> str:

@@ -82,7 +82,7 @@ def distil(
         digest = hashlib.sha1(tokenizer_file.read_bytes()).hexdigest()[:16]
         cached = cache_dir / f"static_{digest}_{dims}.npy"
         if cached.exists():
-            return np.load(cached)
+            return np.asarray(np.load(cached), dtype=np.float16)
     vectors = pca_reduce(token_vectors(tokenizer_file, progress), dims).astype(np.float16)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)

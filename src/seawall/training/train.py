@@ -332,8 +332,8 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         version=time.strftime("%Y.%m.%d"),
         info={},
     )
-    dense = dense_weights if encoder else None
-    raw = TextClassifier(raw_meta, weights.astype(np.float16), bias, idf, encoder, dense)
+    dense_block = dense_weights if encoder else None
+    raw = TextClassifier(raw_meta, weights.astype(np.float16), bias, idf, encoder, dense_block)
     y_dev = label_matrix(dev_rows)
     # F-beta with beta < 1 favours precision: a moderation flag that cries wolf gets switched off.
     dev_raw = raw.score([row.text for row in dev_rows], "off")
@@ -373,7 +373,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         progress(f"contextual stage ready {elapsed()}")
 
     meta = dataclasses.replace(raw_meta, calibration=calibration)
-    classifier = TextClassifier(meta, weights.astype(np.float16), bias, idf, encoder, dense, context)
+    classifier = TextClassifier(meta, weights.astype(np.float16), bias, idf, encoder, dense_block, context)
     thresholds = dict(meta.thresholds)
     modes = ("off", "auto", "on") if context is not None else ("off",)
 
@@ -395,8 +395,11 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         },
     }
     if context_fit is not None:
-        report["contextual"] = {"band": list(context_fit.band), "bands": context_fit.bands,
-                                "rows": context_fit.rows}
+        report["contextual"] = {
+            "band": list(context_fit.band),
+            "bands": context_fit.bands,
+            "rows": context_fit.rows,
+        }
     if left_out:
         report["left_out"] = {"sources": list(config.exclude_sources), **quality(left_out)}
     report["seconds"] = round(time.time() - started, 1)
