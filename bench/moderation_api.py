@@ -5,9 +5,13 @@ Starts ``seawall serve`` as a subprocess on a free loopback port and prints:
 * latency of one short text per request, sequential (p50, p95, p99);
 * throughput with batched requests (64 texts each) from 4 concurrent clients;
 * throughput with single-text requests from 50 concurrent clients (micro-batching);
-* the server's resident memory (RSS) after the runs.
+* the server's resident memory (RSS) after the runs;
 
-Usage: python bench/moderation_api.py [--seconds N]
+once per ``moderation.contextual`` mode asked for (default: ``auto``, the default, then ``off``,
+the fast stage alone). Sequential latency is given for one fixed short text and for a mix of
+eight ordinary texts, since in ``auto`` only texts the fast stage is unsure of pay for the encoder.
+
+Usage: python bench/moderation_api.py [--seconds N] [--contextual auto off on]
 """
 
 from __future__ import annotations
@@ -65,15 +69,15 @@ def wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 60)
     raise SystemExit("server did not become ready")
 
 
-def sequential_latency(base: str, seconds: float) -> list[float]:
+def sequential_latency(base: str, seconds: float, texts: list[str]) -> list[float]:
     timings: list[float] = []
     with httpx.Client(timeout=10) as client:
-        for _ in range(20):  # warm-up
-            client.post(f"{base}/v1/moderations", json={"input": SHORT})
+        for i in range(20):  # warm-up
+            client.post(f"{base}/v1/moderations", json={"input": texts[i % len(texts)]})
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             started = time.perf_counter()
-            response = client.post(f"{base}/v1/moderations", json={"input": SHORT})
+            response = client.post(f"{base}/v1/moderations", json={"input": texts[len(timings) % len(texts)]})
             timings.append((time.perf_counter() - started) * 1000)
             response.raise_for_status()
     return timings
@@ -125,30 +129,44 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each measurement")
+    parser.add_argument(
+        "--contextual",
+        nargs="+",
+        default=["auto", "off"],
+        choices=["auto", "on", "off"],
+        help="modes to measure",
+    )
     args = parser.parse_args()
 
+    for mode in args.contextual:
+        measure(mode, args.seconds)
+
+
+def measure(mode: str, seconds: float) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "SEAWALL_SERVER__LOG_LEVEL": "warning"}
+    env = {**os.environ, "SEAWALL_SERVER__LOG_LEVEL": "warning", "SEAWALL_MODERATION__CONTEXTUAL": mode}
     command = [sys.executable, "-m", "seawall", "serve", "--port", str(port)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_ready(base, process)
         print(
-            f"server pid {process.pid}, cores {os.cpu_count()}, RSS after start {rss_mb(process.pid):.0f} MB"
+            f"[contextual {mode}] server pid {process.pid}, cores {os.cpu_count()}, "
+            f"RSS after start {rss_mb(process.pid):.0f} MB"
         )
-
-        timings = sequential_latency(base, args.seconds)
-        quantiles = statistics.quantiles(timings, n=100)
-        print(
-            f"one short text per request, sequential: n={len(timings)} "
-            f"p50={statistics.median(timings):.2f} ms p95={quantiles[94]:.2f} ms p99={quantiles[98]:.2f} ms"
-        )
-        batched = asyncio.run(throughput(port, args.seconds, clients=4, per_request=64))
-        print(f"batched (64 texts/request, 4 clients): {batched:,.0f} texts/s")
-        single = asyncio.run(throughput(port, args.seconds, clients=50, per_request=1))
-        print(f"single-text requests, 50 concurrent clients: {single:,.0f} texts/s")
-        print(f"server RSS after the runs: {rss_mb(process.pid):.0f} MB")
+        for name, texts in (("one short text", [SHORT]), ("a mix of 8 ordinary texts", TEXTS)):
+            timings = sequential_latency(base, seconds, texts)
+            quantiles = statistics.quantiles(timings, n=100)
+            print(
+                f"[contextual {mode}] {name} per request, sequential: n={len(timings)} "
+                f"p50={statistics.median(timings):.2f} ms p95={quantiles[94]:.2f} ms "
+                f"p99={quantiles[98]:.2f} ms"
+            )
+        batched = asyncio.run(throughput(port, seconds, clients=4, per_request=64))
+        print(f"[contextual {mode}] batched (64 texts/request, 4 clients): {batched:,.0f} texts/s")
+        single = asyncio.run(throughput(port, seconds, clients=50, per_request=1))
+        print(f"[contextual {mode}] single-text requests, 50 concurrent clients: {single:,.0f} texts/s")
+        print(f"[contextual {mode}] server RSS after the runs: {rss_mb(process.pid):.0f} MB")
     finally:
         process.terminate()
         try:

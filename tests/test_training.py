@@ -145,15 +145,21 @@ def test_small_training_run_writes_working_artefacts(tmp_path: Path) -> None:
         out_dir=tmp_path,
         limit_per_source=300,
         semantic=False,
+        context_rows_per_source=60,
+        embedding_cache=tmp_path / "cache",
     )
     messages: list[str] = []
     report = train(config, progress=messages.append)
     assert any("train rows" in message for message in messages)
-    for name in ("model.json", "weights.npz", "MODEL_CARD.md"):
+    for name in ("model.json", "weights.npz", "context.npz", "MODEL_CARD.md"):
         assert (tmp_path / name).is_file()
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["labels"] == list(ALL_LABELS)
-    assert all(0.2 <= value <= 1.0 for value in meta["thresholds"].values())
+    assert set(meta["thresholds"].values()) == {0.5}  # calibrated: every label flags at 0.5
+    for path in ("fast", "blended"):
+        assert all(0.2 <= value <= 1.0 for value in meta["calibration"][path].values())
+    assert set(report["held_out"]) == {"off", "auto", "on"}
+    assert list((tmp_path / "cache").glob("shard_*.npy")), "MiniLM vectors are cached for the next run"
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert "licence" in card and "Held-out sources" in card
     model = TextClassifier.load(tmp_path)

@@ -35,6 +35,7 @@ from seawall.errors import ModelArtefactError
 from seawall.model.context import ContextEncoder, latin_share
 from seawall.model.embeddings import TOKENIZER_FILE, VECTORS_FILE, StaticEncoder
 from seawall.model.features import FeatureConfig, Featurizer, sparse_dot
+from seawall.model.gloss import Glossary, shared_glossary
 
 MODEL_FILE = "model.json"
 #: Windows scored per numpy call: bounds memory whatever the length of the texts.
@@ -104,6 +105,7 @@ class TextClassifier:
         encoder: StaticEncoder | None = None,
         dense_weights: NDArray[np.floating] | None = None,
         context: ContextStage | None = None,
+        glossary: Glossary | None = None,
     ) -> None:
         if weights.shape != (meta.features.n_buckets, len(meta.labels)):
             raise ModelArtefactError(
@@ -127,6 +129,7 @@ class TextClassifier:
         self._encoder = encoder
         self._dense_weights = None if dense_weights is None else dense_weights.astype(np.float32)
         self.context = context
+        self.glossary = glossary
         self._calibration = {
             path: np.array([thresholds.get(label, 0.5) for label in meta.labels], dtype=np.float32)
             for path, thresholds in meta.calibration.items()
@@ -180,7 +183,7 @@ class TextClassifier:
                 for path, values in raw.get("calibration", {}).items()
             },
         )
-        return cls(meta, weights, bias, idf, encoder, dense_weights, context)
+        return cls(meta, weights, bias, idf, encoder, dense_weights, context, shared_glossary())
 
     def with_features(self, features: FeatureConfig) -> TextClassifier:
         """The same weights under another feature configuration (for ablations)."""
@@ -193,6 +196,7 @@ class TextClassifier:
             self._encoder,
             self._dense_weights,
             self.context,
+            self.glossary,
         )
 
     @property
@@ -260,8 +264,11 @@ class TextClassifier:
 
         for position, text in enumerate(texts):
             for window in self._featurizer.windows(text):
-                windows.append(window)
-                owners.append(position)
+                # Text in another language is also scored through its English gloss.
+                glossed = self.glossary.gloss(window) if self.glossary is not None else None
+                for scored in (window, glossed) if glossed else (window,):
+                    windows.append(scored)
+                    owners.append(position)
                 if len(windows) >= WINDOWS_PER_CHUNK:
                     flush()
         if windows:

@@ -91,13 +91,14 @@ def fit_context_stage(
     labels_fitted: Sequence[int],
     progress: Callable[[str], None],
     workers: int = 2,
+    rows_per_source: int = CONTEXT_ROWS_PER_SOURCE,
 ) -> ContextFit:
     """Head per label on the train sample's vectors; blend and thresholds on the dev sample."""
     from sklearn.linear_model import LogisticRegression
 
     featurizer = fast.featurizer
-    train_at = context_sample(train_rows)
-    dev_at = context_sample(dev_rows)
+    train_at = context_sample(train_rows, rows_per_source)
+    dev_at = context_sample(dev_rows, rows_per_source)
     train_texts = [context_text(featurizer, train_rows[i].text) for i in train_at]
     dev_texts = [context_text(featurizer, dev_rows[i].text) for i in dev_at]
     cache.fill(train_texts + dev_texts, progress)

