@@ -16,11 +16,12 @@ from importlib import resources
 from pathlib import Path
 
 from seawall.errors import ModelArtefactError
+from seawall.model.features import split_words
 
 #: Languages with a lexicon, in the order their files are read.
 GLOSS_LANGUAGES = ("es", "de", "fr", "pt", "it")
-#: The longest phrase a lexicon may hold, in words.
-MAX_PHRASE = 4
+#: The longest phrase a lexicon may hold, in words (as the featurizer splits them: "t'égorger" is two).
+MAX_PHRASE = 6
 
 
 def lexicon_dir() -> Path:
@@ -46,11 +47,12 @@ class Glossary:
                 if not line.strip() or line.startswith("#"):
                     continue
                 phrase, sep, english = line.partition("\t")
-                words = tuple(phrase.lower().split())
+                # Split as scored text is split, so elisions and hyphens match ("tue-toi").
+                words = tuple(split_words(phrase))
                 if not sep or not words or not english.strip() or len(words) > MAX_PHRASE:
                     raise ModelArtefactError(f"{path}:{number}: expected 'phrase<TAB>english gloss'")
                 # The first language to define a phrase keeps it (homographs across languages).
-                entries.setdefault(words, english.lower().split())
+                entries.setdefault(words, split_words(english))
         return cls(entries)
 
     def __len__(self) -> int:
