@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 
 from seawall.categories import PARENT
 from seawall.errors import ModelArtefactError
-from seawall.model.context import ContextEncoder, latin_share
+from seawall.model.context import ContextEncoder, SentenceEncoder, latin_share
 from seawall.model.embeddings import TOKENIZER_FILE, VECTORS_FILE, StaticEncoder
 from seawall.model.features import FeatureConfig, Featurizer, sparse_dot
 from seawall.model.gloss import Glossary, shared_glossary
@@ -71,7 +71,7 @@ class ModelMeta:
 class ContextStage:
     """The contextual stage's trained parts (the encoder itself ships in a package)."""
 
-    encoder: ContextEncoder
+    encoder: SentenceEncoder
     #: (384, n_labels) head weights and (n_labels,) bias over MiniLM vectors.
     weights: NDArray[np.float32]
     bias: NDArray[np.float32]

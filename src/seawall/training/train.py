@@ -355,6 +355,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
 
         tokenizer_file = default_model_dir() / TOKENIZER_FILE
         runtime_encoder = ContextEncoder(tokenizer_file)
+        cache = EmbeddingCache(config.embedding_cache, runtime_encoder)
         context_fit = fit_context_stage(
             train_rows,
             dev_rows,
@@ -362,7 +363,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             ignored,
             raw,
             np.array([fast_thresholds[label] for label in ALL_LABELS], dtype=np.float32),
-            EmbeddingCache(config.embedding_cache, runtime_encoder),
+            cache,
             lambda x, y, w: fit_label(x, y, w, config),
             calibrated_threshold,
             fitted_labels,
@@ -371,8 +372,10 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             config.context_rows_per_source,
         )
         calibration["blended"] = context_fit.thresholds
+        # Evaluation reads vectors through the cache: the held-out and left-out texts are
+        # embedded once, not once per mode and run.
         context = ContextStage(
-            runtime_encoder, context_fit.weights, context_fit.bias, context_fit.blend, context_fit.band
+            cache, context_fit.weights, context_fit.bias, context_fit.blend, context_fit.band
         )
         progress(f"contextual stage ready {elapsed()}")
 
