@@ -58,7 +58,6 @@ through; the audit record says which. Anything else a guard raises is a bug: 500
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -94,6 +93,7 @@ from seawall.gateway.policy import Policy, load_policy
 from seawall.gateway.prompt import build_prompt
 from seawall.gateway.ratelimit import RateLimiter
 from seawall.gateway.risk import RiskLedger, risk_level
+from seawall.gateway.sse import DONE, StreamState, aclose, as_chunks, event
 from seawall.gateway.stream_guard import (
     GUARD_FAILED,
     Blocked,
@@ -357,7 +357,7 @@ class Gateway:
                     return self._response(request, body=held, status_code=PENDING_STATUS)
             if prepared.upstream_body is None:
                 answer = _local_completion(audit.request_id, body, prepared.local_answer or "")
-                chunks = _as_chunks(answer)
+                chunks = as_chunks(answer)
             else:
                 chunks = self.upstream.stream(prepared.upstream_body)
             with audit.step("upstream_first_chunk"):
@@ -369,7 +369,7 @@ class Gateway:
                 audit.failed(exc)
                 await self._settle(request)
             if chunks is not None:
-                await _aclose(chunks)
+                await aclose(chunks)
             self.audit.write(audit)
             raise
         # A local answer (knowledge base, off-topic reply) was judged when it was written.
@@ -389,7 +389,7 @@ class Gateway:
         """The client's event stream: released text only, then the end (or an error event).
         Every chunk has the same ``id`` and names the ``model``, the role chunk first."""
         audit = request.audit
-        state = _StreamState(audit.request_id, model)
+        state = StreamState(audit.request_id, model)
         first_text = state.observe(first) if first is not None else ""  # the header comes from it
         outcome = audit.outcome
         audit.outcome = "client_disconnected"  # until the stream reaches its end
@@ -407,7 +407,7 @@ class Gateway:
         released: list[str] = []  # what the client received
         began = time.perf_counter()
         try:
-            yield _event(state.chunk({"role": "assistant", "content": ""}))
+            yield event(state.chunk({"role": "assistant", "content": ""}))
             pieces: AsyncIterator[str | Blocked] = guard_stream(deltas(), guard) if guard else deltas()
             blocked: Blocked | None = None
             try:
@@ -416,33 +416,33 @@ class Gateway:
                         blocked = piece
                         break
                     released.append(piece)
-                    yield _event(state.chunk({"content": piece}))
+                    yield event(state.chunk({"content": piece}))
             finally:
-                await _aclose(pieces)
+                await aclose(pieces)
             if blocked is not None:
                 error = self._blocked_error(blocked.verdict)
                 audit.failed(error)
                 audit.outcome = "guard_failed" if blocked.verdict.reason == GUARD_FAILED else "blocked_stream"
-                yield _event(error.to_body())
+                yield event(error.to_body())
             elif (refused := await self._refuse_tool_calls(state.tool_calls, guarded, audit)) is not None:
                 audit.failed(refused)
-                yield _event(refused.to_body())
+                yield event(refused.to_body())
             else:
                 for tool_call in state.tool_calls:  # released at the end, once their arguments passed
-                    yield _event(state.chunk({"tool_calls": [tool_call]}))
-                yield _event(state.chunk({}, finish_reason=state.finish_reason or "stop"))
+                    yield event(state.chunk({"tool_calls": [tool_call]}))
+                yield event(state.chunk({}, finish_reason=state.finish_reason or "stop"))
                 if state.usage is not None:
-                    yield _event({**state.chunk({}), "choices": [], "usage": state.usage})
+                    yield event({**state.chunk({}), "choices": [], "usage": state.usage})
                 audit.outcome = outcome if outcome in LOCAL_OUTCOMES else "ok"
         except SeawallError as exc:  # the upstream broke off, or sent an error event
             audit.failed(exc)
-            yield _event(exc.to_body())
+            yield event(exc.to_body())
         except Exception:
             log.exception("stream %s failed", audit.request_id)
             audit.outcome = "error"
-            yield _event(SeawallError("The server had an error while processing the stream.").to_body())
+            yield event(SeawallError("The server had an error while processing the stream.").to_body())
         finally:
-            await _aclose(chunks)
+            await aclose(chunks)
             audit.latency_ms["stream"] = round((time.perf_counter() - began) * 1000, 3)
             if guard is not None:
                 self._audit_guard(guard, audit)
@@ -450,7 +450,7 @@ class Gateway:
                 audit.content["answer"] = ["".join(released)]
             await self._settle(request)
             self.audit.write(audit)
-        yield b"data: [DONE]\n\n"
+        yield DONE
 
     async def _refuse_tool_calls(
         self, tool_calls: list[Any], guarded: bool, audit: AuditRecord
@@ -908,64 +908,6 @@ class Gateway:
 # ---------------------------------------------------------------------------------- helpers
 
 
-class _StreamState:
-    """What the gateway keeps of an upstream stream: the chunk header, finish reason, usage, tool calls.
-
-    The header (``id``, ``created``, ``model``, ``system_fingerprint``) is the first upstream
-    chunk's, where it has them, else the gateway's own (the request's id and model), and it
-    stays the same for every chunk the client gets, whatever later upstream chunks say.
-    """
-
-    def __init__(self, request_id: str, model: str) -> None:
-        self.id = f"chatcmpl-{request_id}"
-        self.created = int(time.time())
-        self.model = model
-        self.system_fingerprint: str | None = None
-        self.finish_reason: str | None = None
-        self.usage: Any = None
-        self.tool_calls: list[Any] = []
-        self._header_taken = False
-
-    def observe(self, chunk: Mapping[str, Any]) -> str:
-        """Note what ``chunk`` says about the stream; its text (the first choice's content delta)."""
-        if not self._header_taken:
-            self._header_taken = True
-            self.id = str(chunk.get("id") or self.id)
-            created = chunk.get("created")
-            if isinstance(created, int):
-                self.created = created
-            self.model = str(chunk.get("model") or self.model)
-            self.system_fingerprint = chunk.get("system_fingerprint") or None
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        text: str | None = None
-        for choice in chunk.get("choices") or []:
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-            delta = choice.get("delta")
-            if not isinstance(delta, dict):
-                continue
-            if isinstance(delta.get("tool_calls"), list):
-                self.tool_calls.extend(delta["tool_calls"])
-            if text is None and isinstance(delta.get("content"), str):
-                text = delta["content"]
-        return text or ""
-
-    def chunk(self, delta: dict[str, Any], *, finish_reason: str | None = None) -> dict[str, Any]:
-        chunk: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-        }
-        if self.system_fingerprint:
-            chunk["system_fingerprint"] = self.system_fingerprint
-        return chunk
-
-
 def _warning(state: UserState) -> str:
     until = f" until {state.until.isoformat(timespec='minutes')}" if state.until else ""
     return f"{state.status}{until}: {state.reason}"
@@ -1003,24 +945,6 @@ def _local_completion(request_id: str, body: Mapping[str, Any], text: str) -> di
     }
 
 
-async def _as_chunks(completion: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    """A local completion as one stream chunk (the stream's end follows in :meth:`Gateway._sse`)."""
-    choice = completion["choices"][0]
-    yield {
-        "id": completion["id"],
-        "object": "chat.completion.chunk",
-        "created": completion["created"],
-        "model": completion["model"],
-        "choices": [
-            {"index": 0, "delta": {"content": choice["message"]["content"]}, "finish_reason": "stop"}
-        ],
-    }
-
-
-def _event(payload: Mapping[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
-
-
 def _tool_arguments(message: Mapping[str, Any]) -> str:
     """The arguments of a message's tool calls (and legacy function call), joined by newlines."""
     calls = [c.get("function") for c in message.get("tool_calls") or [] if isinstance(c, dict)]
@@ -1036,15 +960,6 @@ def _max_scores(all_scores: Any) -> dict[str, float]:
         for name, score in scores.items():
             merged[name] = max(merged.get(name, 0.0), float(score))
     return merged
-
-
-async def _aclose(iterator: AsyncIterator[Any]) -> None:
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:  # closing a broken upstream stream must not hide the real outcome
-            log.debug("closing the upstream stream failed", exc_info=True)
 
 
 __all__ = [
