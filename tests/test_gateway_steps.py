@@ -380,3 +380,15 @@ def test_the_scope_settles_and_writes_exactly_once_on_every_exit() -> None:
         assert (counter.settled, counter.written) == (1, 1)
 
     asyncio.run(run())
+
+
+def test_review_off_leaves_the_review_steps_out(tmp_path: Path, upstream: StandIn) -> None:
+    """The server always hands the gateway a review hook; with review.enabled off it has no step."""
+    settings = settings_for(tmp_path, upstream.url)
+    assert settings.review.enabled is False
+    with TestClient(create_app(settings)) as client:
+        gateway: Gateway = client.app.state.gateway  # type: ignore[attr-defined]
+        names = [step.name for step in gateway.steps]
+        stream_names = [step.name for step in gateway.stream_steps]
+    assert names[-2:] == ["upstream", "output_moderation"]
+    assert "review_route" not in stream_names and "standing" in names

@@ -42,7 +42,7 @@ step left out, run in order by one :class:`~seawall.gateway.runner.Runner`. For 
    so only text a scan cleared reaches the client; on a violation (or a stream that
    breaks off) the client gets an OpenAI-style error event ``data: {"error": {...}}``
    and ``data: [DONE]``, never the withheld text; tool-call arguments are judged at the end.
-10. **Review.** With a review hook: an answer the review rules pick is held for a person (202
+10. **Review.** With ``review.enabled``: an answer the review rules pick is held for a person (202
     pending). A stream that qualifies is asked after the prompt step and answered the plain way.
 
 Then, on every exit (:class:`~seawall.gateway.runner.RequestScope`), exactly once: the risk
@@ -250,7 +250,8 @@ class Gateway:
         self.steps: list[Step] = load_extra_steps(self._path(), self.settings.extra_steps, self)
         upstream_at = [step.name for step in self.steps].index("upstream")
         #: A stream's steps before its upstream call: the path's, and the review's question.
-        self.stream_steps: list[Step] = self.steps[:upstream_at] + ([ReviewRoute(review)] if review else [])
+        holds: list[Step] = [ReviewRoute(review)] if review is not None and review.enabled else []
+        self.stream_steps: list[Step] = self.steps[:upstream_at] + holds
         #: The rest of the plain path, for a stream answered 202 pending instead.
         self.held_steps: list[Step] = self.steps[upstream_at:]
 
@@ -269,7 +270,7 @@ class Gateway:
         path += [Prompt(self.policy), UpstreamCall(self.upstream)]
         if s.output_moderation:
             path.append(OutputModeration(self.guards, s.refusal_text))
-        if self.review is not None:
+        if self.review is not None and self.review.enabled:
             path.append(ReviewHold(self.review))
         return path
 
