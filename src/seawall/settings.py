@@ -288,6 +288,21 @@ class StreamGuardConfig(BaseModel):
     )
 
 
+class ExtraStep(BaseModel):
+    """A step of your own on the request path: registered in the ``seawall.steps`` entry-point
+    group under ``name``, placed just before or just after a step of the path."""
+
+    name: str = Field(description="The step's entry-point name in the 'seawall.steps' group.")
+    before: str | None = Field(None, description="Run just before this step (e.g. 'prompt').")
+    after: str | None = Field(None, description="Run just after this step (e.g. 'identity').")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> ExtraStep:
+        if (self.before is None) == (self.after is None):
+            raise ValueError(f"extra step {self.name!r}: give exactly one of 'before' and 'after'")
+        return self
+
+
 class GatewaySettings(BaseModel):
     """The guarding gateway: ``/v1/chat/completions`` and ``/v1/models`` in front of an upstream
     model server, with identity, limits, input and output moderation and an audit record per request.
@@ -438,6 +453,15 @@ class GatewaySettings(BaseModel):
         description=(
             "Append one JSON line per request here (decisions, scores, latencies; never raw content or "
             "raw user ids). None: the records go to the 'seawall.audit' log only."
+        ),
+    )
+    extra_steps: list[ExtraStep] = Field(
+        default_factory=list,
+        description=(
+            "Steps of your own on the request path, in order: each {name, before | after}, name an "
+            "entry point of the 'seawall.steps' group, before/after a step's name (identity, standing, "
+            "limits, input_moderation, untrusted_content, routing, prompt, upstream, output_moderation, "
+            "review). Steps after 'upstream' see plain answers only; streams go through the stream guard."
         ),
     )
 

@@ -1,51 +1,62 @@
 """The gateway's request path: one chat completions request, top to bottom.
 
-:class:`Gateway` puts seawall between an app and its model server. For each
+:class:`Gateway` puts seawall between an app and its model server. The path is data: a list of
+steps (:mod:`seawall.gateway.steps`) built once from the settings, a control that is off being a
+step left out, run in order by one :class:`~seawall.gateway.runner.Runner`. For each
 ``/v1/chat/completions`` request, in this order:
 
-1. **Identity.** The end user (trusted header, the request's ``safety_identifier``
-   or ``user``, else an anonymous session; :func:`~seawall.gateway.identity.resolve_end_user`)
-   becomes a *safety identifier*, ``HMAC(secret, tenant, user)``. The raw id is never
-   sent upstream, logged or audited.
-2. **Limits.** :func:`~seawall.gateway.limits.check_request` with the policy's
+1. **Identity.** The app's key, then the end user (trusted header, the request's
+   ``safety_identifier`` or ``user``, else an anonymous session;
+   :func:`~seawall.gateway.identity.resolve_end_user`) becomes a *safety identifier*,
+   ``HMAC(secret, tenant, user)``. The raw id is never sent upstream, logged or audited.
+2. **Standing.** With a store: the user's standing (403 blocked, 429 throttled, a warning
+   header when warned) and the rate limits.
+3. **Limits.** :func:`~seawall.gateway.limits.check_request` with the policy's
    limits (4xx with OpenAI's error body: 413 for too many messages or too much input),
    :func:`~seawall.gateway.parameters.check_parameters` (400 naming a standard parameter of the
    wrong type or out of range), the model (404 ``model_not_found`` unless the policy's
    ``allowed_models`` or, without them, the upstream's model list names it:
    :class:`~seawall.gateway.catalogue.ModelCatalogue`), plus the ``seawall`` extension field (below).
-3. **Input moderation.** The text of every ``user`` message is moderated; any flagged
-   category refuses the request with 400 ``content_policy_violation`` naming the
-   categories, before the upstream is called. *Untrusted content* - the documents of
-   the extension field and the content of ``tool``/``function`` messages - is checked
-   for prompt injection and jailbreak (the model's flags, or ``injection_threshold`` on
-   the prompt_injection score). The rule (``untrusted_action``): ``drop`` (default)
-   leaves a flagged document out and replaces a flagged tool message's content with
-   :data:`DROPPED_NOTICE`; ``refuse`` answers 400 ``untrusted_content_rejected``.
-   Injection scores are not used on user messages: the user is not untrusted content,
-   and the embedded model's injection head fires on plain questions.
-4. **Prompt.** :func:`~seawall.gateway.prompt.build_prompt` with the policy: the
+4. **Input moderation.** The text and images of every ``user`` message are moderated; any
+   flagged category (set to ``block``) refuses the request with 400 ``content_policy_violation``
+   naming the categories, before the upstream is called.
+5. **Untrusted content.** The documents of the extension field and the content of
+   ``tool``/``function`` messages are checked for prompt injection and jailbreak (the model's
+   flags, or ``injection_threshold`` on the prompt_injection score). The rule
+   (``untrusted_action``): ``drop`` (default) leaves a flagged document out and replaces a flagged
+   tool message's content with :data:`DROPPED_NOTICE`; ``refuse`` answers 400
+   ``untrusted_content_rejected``. Injection scores are not used on user messages: the user is
+   not untrusted content, and the embedded model's injection head fires on plain questions.
+6. **Routing.** With a knowledge base or the topic guard: a curated answer, or the policy's
+   off-topic reply, without the model.
+7. **Prompt.** :func:`~seawall.gateway.prompt.build_prompt` with the policy: the
    gateway's system prompt first, the client's system/developer messages demoted,
    documents and tool output fenced. The ``seawall`` field and the client's ``user``
    and ``safety_identifier`` are removed; the hashed safety identifier is attached;
    ``max_tokens``/``max_completion_tokens`` are capped at the policy's ``max_output_tokens``.
-5. **Upstream call** (:class:`~seawall.gateway.upstream.Upstream`): its errors are
+8. **Upstream.** (:class:`~seawall.gateway.upstream.Upstream`): its errors are
    OpenAI-shaped :class:`~seawall.errors.UpstreamError` (an upstream 500 is a 502).
-6. **Output moderation.** Plain answers: each choice's content is moderated; a
+9. **Output moderation.** Plain answers: each choice's content is moderated; a
    flagged one is replaced by ``refusal_text`` with ``finish_reason: "content_filter"``.
    Streams: the deltas go through a :class:`~seawall.gateway.stream_guard.StreamGuard`,
    so only text a scan cleared reaches the client; on a violation (or a stream that
    breaks off) the client gets an OpenAI-style error event ``data: {"error": {...}}``
-   and ``data: [DONE]``, never the withheld text.
-7. **Audit.** One JSON record per request (:class:`AuditRecord`): time, request id,
-   tenant, hashed safety identifier, each decision with its categories and top scores,
-   the latency of each step, the upstream's outcome and the request's outcome. No
-   message text, no raw user id.
+   and ``data: [DONE]``, never the withheld text; tool-call arguments are judged at the end.
+10. **Review.** With ``review.enabled``: an answer the review rules pick is held for a person (202
+    pending). A stream that qualifies is asked after the prompt step and answered the plain way.
+
+Then, on every exit (:class:`~seawall.gateway.runner.RequestScope`), exactly once: the risk
+level and the user's ledger, and one audit record (:class:`AuditRecord`): time, request id,
+tenant, hashed safety identifier, each decision with its categories and top scores, the latency
+of each step, the upstream's outcome and the request's outcome. No message text, no raw user id.
 
 A guard that cannot judge (its moderation backend is down, times out or is overloaded: a
 :class:`~seawall.errors.GuardUnavailableError`) follows ``fail_mode``: ``closed`` (default)
 refuses with 503 ``guard_failed`` (an error event in a stream), ``open`` lets the text
 through; the audit record says which. Anything else a guard raises is a bug: 500 (a
 ``server_error`` event in a stream), logged, and never an open door.
+
+Steps of your own: the ``seawall.steps`` entry points, placed by ``gateway.extra_steps``.
 
 **The extension field.** A client may pass retrieved documents as untrusted data::
 
@@ -58,42 +69,52 @@ through; the audit record says which. Anything else a guard raises is a bug: 500
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from seawall.clock import utc_now
-from seawall.errors import (
-    BackendTimeoutError,
-    ContentPolicyError,
-    GuardFailedError,
-    GuardUnavailableError,
-    InvalidRequestError,
-    PayloadTooLargeError,
-    SeawallError,
-)
-from seawall.gateway.access import Caller, KeyAuthenticator
+from seawall.errors import ContentPolicyError, GuardFailedError, SeawallError
+from seawall.gateway.access import KeyAuthenticator
 from seawall.gateway.audit import AuditLog, AuditRecord
 from seawall.gateway.catalogue import ModelCatalogue
-from seawall.gateway.identity import (
-    header_value,
-    load_or_create_secret,
-    resolve_end_user,
-    safety_identifier,
-    upstream_body,
-)
+from seawall.gateway.identity import header_value, load_or_create_secret
 from seawall.gateway.knowledge import KnowledgeBase
-from seawall.gateway.limits import cap_output_tokens, check_request
-from seawall.gateway.messages import image_parts, last_user_text, text_of
-from seawall.gateway.parameters import check_parameters
 from seawall.gateway.policy import Policy, load_policy
-from seawall.gateway.prompt import build_prompt
 from seawall.gateway.ratelimit import RateLimiter
 from seawall.gateway.risk import RiskLedger, risk_level
+from seawall.gateway.runner import (
+    Answer,
+    Guards,
+    RequestContext,
+    RequestScope,
+    Runner,
+    Step,
+    load_extra_steps,
+)
+from seawall.gateway.sse import DONE, StreamState, aclose, as_chunks, event
+from seawall.gateway.steps import (
+    ANSWER_SOURCE_HEADER,
+    DROPPED_NOTICE,
+    EXTENSION_FIELD,
+    WARNING_HEADER,
+    Identity,
+    InputLimits,
+    InputModeration,
+    OutputModeration,
+    Prompt,
+    ReviewHold,
+    ReviewRoute,
+    Routing,
+    Standing,
+    UntrustedContent,
+    UpstreamCall,
+    max_scores,
+    warning,
+)
 from seawall.gateway.stream_guard import (
     GUARD_FAILED,
     Blocked,
@@ -105,34 +126,21 @@ from seawall.gateway.stream_guard import (
 )
 from seawall.gateway.topics import TopicGuard
 from seawall.gateway.upstream import Upstream
-from seawall.review.gateway_hook import PENDING_STATUS, REVIEW_HEADER, ReviewHook
+from seawall.review.gateway_hook import ReviewHook
 from seawall.review.metrics import GUARD_STEPS
-from seawall.review.service import HoldDecision
 from seawall.service import ModerationService
 from seawall.settings import GatewaySettings, Settings
-from seawall.store.base import FilteredAnswer, RiskLevel, Store, UserState
+from seawall.store.base import FilteredAnswer, RiskLevel, Store
 from seawall.telemetry import Tracer
 
 log = logging.getLogger("seawall.gateway")
 
-T = TypeVar("T")
-
 #: Response header that carries the request's id (also in the audit record).
 REQUEST_ID_HEADER = "x-seawall-request-id"
-#: The request field that carries seawall's extensions (documents); never sent upstream.
-EXTENSION_FIELD = "seawall"
-#: What replaces the content of a tool message dropped as a suspected injection.
-DROPPED_NOTICE = "[content removed by seawall: suspected prompt injection]"
-#: Response header that warns a client its user is escalated (warned, throttled).
-WARNING_HEADER = "x-seawall-warning"
-#: Response header that says where an answer came from when not from the model.
-ANSWER_SOURCE_HEADER = "x-seawall-answer-source"
 #: Audit outcomes of answers seawall gives itself, without the upstream.
 LOCAL_OUTCOMES = frozenset({"knowledge_base", "off_topic"})
 #: Audit outcomes of requests turned away before they were judged (no risk level).
 TURNED_AWAY = frozenset({"unauthorized", "user_blocked", "rate_limited"})
-#: Roles whose content is untrusted output of tools.
-UNTRUSTED_ROLES = frozenset({"tool", "function"})
 #: Audit steps that judge what the user sent: the only ones the user's risk ledger charges for.
 USER_STEPS = frozenset({"input_moderation"})
 #: Audit steps that judge the model's answer; an answer they stopped is counted per tenant and
@@ -154,9 +162,6 @@ def new_request_id() -> str:
     return f"swreq-{uuid.uuid4().hex}"
 
 
-# ---------------------------------------------------------------------------------- results
-
-
 @dataclass
 class GatewayResponse:
     """What the route sends back: a JSON body, or an SSE byte stream, and seawall's headers."""
@@ -174,31 +179,6 @@ class GatewayResponse:
     @property
     def headers(self) -> dict[str, str]:
         return {REQUEST_ID_HEADER: self.request_id, **self.extra_headers}
-
-
-@dataclass
-class _Request:
-    """What the steps learn about one request on its way through the pipeline."""
-
-    audit: AuditRecord
-    caller: Caller | None = None
-    new_session: str | None = None
-    standing: UserState | None = None
-    #: The client's address (for anonymous requests without a session), when the server knows it.
-    client_address: str | None = None
-    #: Response headers the steps add (warnings, the answer's source).
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class _Prepared:
-    """The outcome of steps 1-6: a body for the upstream, or an answer seawall gives itself."""
-
-    upstream_body: dict[str, Any] | None = None
-    local_answer: str | None = None
-
-
-# ---------------------------------------------------------------------------------- the gateway
 
 
 class Gateway:
@@ -251,8 +231,13 @@ class Gateway:
             if self.settings.topic_guard
             else None
         )
-        self.check = moderation_check(service)
         guard = self.settings.stream_guard
+        self.guards = Guards(
+            service,
+            moderation_check(service),
+            fail_mode=self.settings.fail_mode,
+            timeout_s=guard.check_timeout_s,
+        )
         self.guard_settings = StreamGuardSettings(
             hold_back_chars=guard.hold_back_chars,
             scan_every_chars=guard.scan_every_chars,
@@ -260,6 +245,43 @@ class Gateway:
             fail_mode=self.settings.fail_mode,
             check_timeout_s=guard.check_timeout_s,
         )
+        self.runner = Runner(self.guards)
+        #: The request path of a plain request, in order (``gateway.extra_steps`` included).
+        self.steps: list[Step] = load_extra_steps(self._path(), self.settings.extra_steps, self)
+        upstream_at = [step.name for step in self.steps].index("upstream")
+        #: A stream's steps before its upstream call: the path's, and the review's question.
+        holds: list[Step] = [ReviewRoute(review)] if review is not None and review.enabled else []
+        self.stream_steps: list[Step] = self.steps[:upstream_at] + holds
+        #: The rest of the plain path, for a stream answered 202 pending instead.
+        self.held_steps: list[Step] = self.steps[upstream_at:]
+
+    def _path(self) -> list[Step]:
+        """The built-in steps, in order; a control that is off is a step left out."""
+        s = self.settings
+        path: list[Step] = [Identity(self.access, self.secret, s.trusted_user_header)]
+        if self.ledger is not None or self.limiter is not None:
+            path.append(Standing(self.ledger, self.limiter))
+        path.append(InputLimits(self.policy, self.catalogue, self.review))
+        if s.input_moderation:
+            path.append(InputModeration(self.guards, s.category_actions))
+            path.append(UntrustedContent(self.guards, s.injection_threshold, s.untrusted_action))
+        if self.knowledge is not None or self.topics is not None:
+            path.append(Routing(self.knowledge, self.topics, self.policy, s.knowledge_cite_sources))
+        path += [Prompt(self.policy), UpstreamCall(self.upstream)]
+        if s.output_moderation:
+            path.append(OutputModeration(self.guards, s.refusal_text))
+        if self.review is not None and self.review.enabled:
+            path.append(ReviewHold(self.review))
+        return path
+
+    @property
+    def check(self) -> Callable[[str], Awaitable[GuardVerdict]]:
+        """The moderation check every guard uses (one text's verdict)."""
+        return self.guards.check
+
+    @check.setter
+    def check(self, check: Callable[[str], Awaitable[GuardVerdict]]) -> None:
+        self.guards.check = check
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
@@ -289,6 +311,27 @@ class Gateway:
         audit.failed(exc)
         self.audit.write(audit)
 
+    def _scope(
+        self,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        request_id: str | None,
+        client_address: str | None,
+        *,
+        stream: bool,
+    ) -> RequestScope:
+        """A new request's context, in the scope that settles and audits it once, however it ends."""
+        audit = self._new_audit(request_id, stream=stream)
+        if self.settings.audit_content:
+            audit.content = {"messages": body.get("messages")}
+        ctx = RequestContext(body, headers, audit, client_address=client_address)
+        return RequestScope(ctx, self._settle, self.audit.write)
+
+    def _response(self, ctx: RequestContext, **content: Any) -> GatewayResponse:
+        return GatewayResponse(
+            ctx.audit.request_id, extra_headers=ctx.response_headers, new_session=ctx.new_session, **content
+        )
+
     # ------------------------------------------------------------------ plain requests
 
     async def chat(
@@ -300,31 +343,17 @@ class Gateway:
         client_address: str | None = None,
     ) -> GatewayResponse:
         """One non-streaming request, from the client's body to the (moderated) completion."""
-        request = _Request(self._new_audit(request_id, stream=False), client_address=client_address)
-        audit = request.audit
-        try:
-            prepared = await self._prepare(body, headers, request)
-            if prepared.upstream_body is None:
-                completion = _local_completion(audit.request_id, body, prepared.local_answer or "")
-            else:
-                completion = await self._complete(prepared.upstream_body, audit)
-                if self.review is not None:
-                    pending = await self._hold(body, completion, request)
-                    if pending is not None:
-                        await self._settle(request)
-                        return self._response(request, body=pending, status_code=PENDING_STATUS)
-            if audit.content is not None:
-                audit.content["answer"] = [
-                    (choice.get("message") or {}).get("content") for choice in completion.get("choices") or []
+        async with self._scope(body, headers, request_id, client_address, stream=False) as ctx:
+            answer = await self.runner.run(self.steps, ctx)
+            if answer is None:
+                assert ctx.completion is not None
+                answer = Answer(ctx.completion)
+            if ctx.audit.content is not None and answer.status_code == 200:
+                choices = answer.body.get("choices") or []
+                ctx.audit.content["answer"] = [
+                    (choice.get("message") or {}).get("content") for choice in choices
                 ]
-            await self._settle(request)
-            return self._response(request, body=completion)
-        except SeawallError as exc:
-            audit.failed(exc)
-            await self._settle(request)
-            raise
-        finally:
-            self.audit.write(audit)
+            return self._response(ctx, body=answer.body, status_code=answer.status_code)
 
     # ------------------------------------------------------------------ streams
 
@@ -338,58 +367,47 @@ class Gateway:
     ) -> GatewayResponse:
         """One streaming request. Everything up to the upstream's first chunk happens here, so a
         refusal or an upstream failure is still an HTTP error; the rest is the returned SSE stream."""
-        request = _Request(self._new_audit(request_id, stream=True), client_address=client_address)
-        audit = request.audit
-        chunks: AsyncIterator[dict[str, Any]] | None = None
-        try:
-            prepared = await self._prepare(body, headers, request)
-            if prepared.upstream_body is not None and self.review is not None:
-                # A stream that qualifies for review is answered 202 pending, as JSON, not streamed.
-                decision = await self.review.check(body, audit.decisions)
-                if decision is not None:
-                    # Answered as a plain completion (Upstream.chat turns streaming off), then held,
-                    # also when output moderation filtered the draft: the reviewer sees it.
-                    completion = await self._complete(prepared.upstream_body, audit)
-                    held = await self._hold(body, completion, request, decision)
-                    assert held is not None
-                    await self._settle(request)
-                    self.audit.write(audit)
-                    return self._response(request, body=held, status_code=PENDING_STATUS)
-            if prepared.upstream_body is None:
-                answer = _local_completion(audit.request_id, body, prepared.local_answer or "")
-                chunks = _as_chunks(answer)
+        scope = self._scope(body, headers, request_id, client_address, stream=True)
+        async with scope as ctx:
+            answer = await self.runner.run(self.stream_steps, ctx)
+            if answer is None and ctx.hold is not None:
+                # Held for review: answered as a plain completion (Upstream.chat turns streaming
+                # off), then held, also when output moderation filtered the draft: the reviewer sees it.
+                held = await self.runner.run(self.held_steps, ctx)
+                assert held is not None
+                return self._response(ctx, body=held.body, status_code=held.status_code)
+            if answer is None:
+                assert ctx.upstream_body is not None
+                chunks = self.upstream.stream(ctx.upstream_body)
             else:
-                chunks = self.upstream.stream(prepared.upstream_body)
-            with audit.step("upstream_first_chunk"):
-                first = await anext(chunks, None)
-            if prepared.upstream_body is not None:
-                audit.upstream = {"status": 200}
-        except BaseException as exc:
-            if isinstance(exc, SeawallError):
-                audit.failed(exc)
-                await self._settle(request)
-            if chunks is not None:
-                await _aclose(chunks)
-            self.audit.write(audit)
-            raise
+                chunks = as_chunks(answer.body)
+            try:
+                with ctx.audit.step("upstream_first_chunk"):
+                    first = await anext(chunks, None)
+            except BaseException:
+                await aclose(chunks)
+                raise
+            if answer is None:
+                ctx.audit.upstream = {"status": 200}
+            scope.hand_off()
         # A local answer (knowledge base, off-topic reply) was judged when it was written.
-        guarded = self.settings.output_moderation and prepared.upstream_body is not None
+        guarded = self.settings.output_moderation and answer is None
         model = str(body.get("model") or "")
-        return self._response(request, stream=self._sse(first, chunks, request, model=model, guarded=guarded))
+        return self._response(ctx, stream=self._sse(first, chunks, scope, model=model, guarded=guarded))
 
     async def _sse(
         self,
         first: dict[str, Any] | None,
         chunks: AsyncIterator[dict[str, Any]],
-        request: _Request,
+        scope: RequestScope,
         *,
         model: str,
         guarded: bool,
     ) -> AsyncIterator[bytes]:
         """The client's event stream: released text only, then the end (or an error event).
         Every chunk has the same ``id`` and names the ``model``, the role chunk first."""
-        audit = request.audit
-        state = _StreamState(audit.request_id, model)
+        audit = scope.ctx.audit
+        state = StreamState(audit.request_id, model)
         first_text = state.observe(first) if first is not None else ""  # the header comes from it
         outcome = audit.outcome
         audit.outcome = "client_disconnected"  # until the stream reaches its end
@@ -407,7 +425,7 @@ class Gateway:
         released: list[str] = []  # what the client received
         began = time.perf_counter()
         try:
-            yield _event(state.chunk({"role": "assistant", "content": ""}))
+            yield event(state.chunk({"role": "assistant", "content": ""}))
             pieces: AsyncIterator[str | Blocked] = guard_stream(deltas(), guard) if guard else deltas()
             blocked: Blocked | None = None
             try:
@@ -416,41 +434,40 @@ class Gateway:
                         blocked = piece
                         break
                     released.append(piece)
-                    yield _event(state.chunk({"content": piece}))
+                    yield event(state.chunk({"content": piece}))
             finally:
-                await _aclose(pieces)
+                await aclose(pieces)
             if blocked is not None:
                 error = self._blocked_error(blocked.verdict)
                 audit.failed(error)
                 audit.outcome = "guard_failed" if blocked.verdict.reason == GUARD_FAILED else "blocked_stream"
-                yield _event(error.to_body())
+                yield event(error.to_body())
             elif (refused := await self._refuse_tool_calls(state.tool_calls, guarded, audit)) is not None:
                 audit.failed(refused)
-                yield _event(refused.to_body())
+                yield event(refused.to_body())
             else:
                 for tool_call in state.tool_calls:  # released at the end, once their arguments passed
-                    yield _event(state.chunk({"tool_calls": [tool_call]}))
-                yield _event(state.chunk({}, finish_reason=state.finish_reason or "stop"))
+                    yield event(state.chunk({"tool_calls": [tool_call]}))
+                yield event(state.chunk({}, finish_reason=state.finish_reason or "stop"))
                 if state.usage is not None:
-                    yield _event({**state.chunk({}), "choices": [], "usage": state.usage})
+                    yield event({**state.chunk({}), "choices": [], "usage": state.usage})
                 audit.outcome = outcome if outcome in LOCAL_OUTCOMES else "ok"
         except SeawallError as exc:  # the upstream broke off, or sent an error event
             audit.failed(exc)
-            yield _event(exc.to_body())
+            yield event(exc.to_body())
         except Exception:
             log.exception("stream %s failed", audit.request_id)
             audit.outcome = "error"
-            yield _event(SeawallError("The server had an error while processing the stream.").to_body())
+            yield event(SeawallError("The server had an error while processing the stream.").to_body())
         finally:
-            await _aclose(chunks)
+            await aclose(chunks)
             audit.latency_ms["stream"] = round((time.perf_counter() - began) * 1000, 3)
             if guard is not None:
                 self._audit_guard(guard, audit)
             if audit.content is not None:
                 audit.content["answer"] = ["".join(released)]
-            await self._settle(request)
-            self.audit.write(audit)
-        yield b"data: [DONE]\n\n"
+            await scope.finish()
+        yield DONE
 
     async def _refuse_tool_calls(
         self, tool_calls: list[Any], guarded: bool, audit: AuditRecord
@@ -464,7 +481,7 @@ class Gateway:
         if not guarded or not arguments:
             return None
         try:
-            verdict = await self._guard("tool_call_moderation", audit, self._judge(arguments))
+            verdict = await self.guards.guard("tool_call_moderation", audit, self.guards.judge(arguments))
         except GuardFailedError as failed:
             return failed
         if verdict is None:
@@ -478,400 +495,6 @@ class Gateway:
             + ", ".join(verdict.categories)
         )
 
-    async def _complete(self, upstream_body: dict[str, Any], audit: AuditRecord) -> dict[str, Any]:
-        """Steps 7 and 8 without streaming: the upstream's completion, moderated."""
-        with audit.step("upstream"):
-            completion = await self.upstream.chat(upstream_body)
-        audit.upstream = {"status": 200}
-        audit.outcome = "ok"
-        if self.settings.output_moderation:
-            with audit.step("output_moderation"):
-                await self._moderate_answer(completion, audit)
-        return completion
-
-    async def _hold(
-        self,
-        body: dict[str, Any],
-        completion: dict[str, Any],
-        request: _Request,
-        decision: HoldDecision | None = None,
-    ) -> dict[str, Any] | None:
-        """Hold the answer for human review if ``decision`` (else the review rules, asked now)
-        says so: the pending body, or None."""
-        assert self.review is not None
-        audit = request.audit
-        with audit.step("review"):
-            decision = decision or await self.review.check(body, audit.decisions)
-            if decision is None:
-                return None
-            pending = await self.review.hold(
-                decision,
-                body,
-                completion,
-                request_id=audit.request_id,
-                tenant=audit.tenant,
-                safety_id=audit.safety_identifier,
-            )
-        audit.decide("review", "hold", reasons=list(decision.reasons), review_id=pending["review_id"])
-        audit.outcome = "held_for_review"
-        request.headers[REVIEW_HEADER] = pending["review_id"]
-        return pending
-
-    def _response(self, request: _Request, **content: Any) -> GatewayResponse:
-        audit = request.audit
-        return GatewayResponse(
-            audit.request_id, extra_headers=request.headers, new_session=request.new_session, **content
-        )
-
-    # ------------------------------------------------------------------ steps 1 to 6
-
-    async def _prepare(
-        self, body: dict[str, Any], headers: Mapping[str, str], request: _Request
-    ) -> _Prepared:
-        """Identity, standing, limits, input moderation, knowledge base, topic and prompt."""
-        audit = request.audit
-        if self.settings.audit_content:
-            audit.content = {"messages": body.get("messages")}
-        # 1. identity and access: only the digest of the user's id leaves this function
-        with audit.step("identity"):
-            caller = await asyncio.to_thread(self.access.authenticate, header_value(headers, "authorization"))
-            request.caller = caller
-            audit.key_id, audit.tenant = caller.key_id, caller.tenant
-            user = resolve_end_user(body, headers, self.settings.trusted_user_header)
-            if user.new_session:
-                request.new_session = user.id
-            safety_id = safety_identifier(self.secret, caller.tenant, user.id)
-            audit.safety_identifier, audit.user_source = safety_id, user.source
-            audit.model = body.get("model") if isinstance(body.get("model"), str) else None
-
-        # 2. the user's standing (blocked, throttled, warned) and rate limits
-        with audit.step("standing"):
-            if self.ledger is not None or self.limiter is not None:
-                sessionless = request.client_address if user.new_session else None
-                request.standing = await asyncio.to_thread(self._admit, caller, safety_id, sessionless)
-                if request.standing is not None:
-                    request.headers[WARNING_HEADER] = _warning(request.standing)
-
-        # 3. input limits
-        with audit.step("limits"):
-            check_request(body, self.policy.limits)
-            check_parameters(body)
-            if self.catalogue is not None:
-                await self.catalogue.check(body["model"])
-            documents = self._documents(body)
-            if body.get("stream") and body.get("n") not in (None, 1):
-                raise InvalidRequestError(
-                    "the gateway streams one choice only; n must be 1 with stream", param="n"
-                )
-        messages: list[dict[str, Any]] = body["messages"]
-
-        # 4. input moderation
-        if self.settings.input_moderation:
-            with audit.step("input_moderation"):
-                await self._moderate_user_messages(messages, audit)
-                documents, messages = await self._screen_untrusted(documents, messages, audit)
-
-        # 5. a curated answer, or a polite refusal of an off-topic request, without the model
-        question = last_user_text(messages)
-        if question and (self.knowledge is not None or self.topics is not None):
-            with audit.step("routing"):
-                local = self._answer_locally(question, request)
-            if local is not None:
-                return _Prepared(local_answer=local)
-
-        # 6. prompt
-        with audit.step("prompt"):
-            built = build_prompt(self.policy, messages, documents, request_id=audit.request_id)
-            dropped = {EXTENSION_FIELD, "user", "safety_identifier", "messages"}
-            outgoing = {key: value for key, value in body.items() if key not in dropped}
-            outgoing["messages"] = built.messages
-            outgoing = cap_output_tokens(outgoing, self.policy.limits.max_output_tokens)
-            return _Prepared(upstream_body=upstream_body(outgoing, safety_id))
-
-    def _answer_locally(self, question: str, request: _Request) -> str | None:
-        """The knowledge base's answer, or the off-topic reply, or None (ask the model)."""
-        audit = request.audit
-        if self.knowledge is not None:
-            match = self.knowledge.match(question)
-            if match is not None:
-                audit.decide("knowledge_base", "answer", entry=match.entry_id, score=round(match.score, 4))
-                audit.outcome = "knowledge_base"
-                request.headers[ANSWER_SOURCE_HEADER] = f"knowledge_base; entry={match.entry_id}"
-                if self.settings.knowledge_cite_sources and match.sources:
-                    return f"{match.answer}\n\nSources: {', '.join(match.sources)}"
-                return match.answer
-            audit.decide("knowledge_base", "no_match")
-        if self.topics is not None:
-            verdict = self.topics.check(question)
-            action = "allow" if verdict.on_topic else "refuse"
-            audit.decide("topic", action, score=round(verdict.score, 4), reason=verdict.reason)
-            if not verdict.on_topic:
-                audit.outcome = "off_topic"
-                request.headers[ANSWER_SOURCE_HEADER] = "off_topic"
-                return self.policy.off_topic_reply
-        return None
-
-    def _admit(self, caller: Caller, safety_id: str, sessionless_address: str | None) -> UserState | None:
-        """The user's standing (403/429 when blocked or throttled), then the rate limits: one
-        thread hop for both store calls."""
-        standing = self.ledger.admit(caller.tenant, safety_id) if self.ledger is not None else None
-        if self.limiter is not None:
-            self.limiter.check(
-                caller.key_id, caller.tenant, safety_id, address_without_session=sessionless_address
-            )
-        return standing
-
-    async def _settle(self, request: _Request) -> None:
-        """After the answer: the request's risk level, the count of filtered answers, the ledger
-        (which charges the user for what the user sent, never for the model's answer), and any
-        escalation."""
-        audit = request.audit
-        if audit.safety_identifier is None or audit.outcome in TURNED_AWAY:
-            return
-        audit.risk = self._risk(audit.decisions, GUARD_STEPS | {"untrusted_content"})
-        filtered = _categories(audit.decisions, ANSWER_STEPS, ANSWER_STOPPED)
-        if filtered is not None and self.store is not None and request.caller is not None:
-            answer = FilteredAnswer(
-                request.caller.tenant, audit.model or "unknown", utc_now(), audit.request_id, tuple(filtered)
-            )
-            try:
-                await asyncio.to_thread(self.store.record_filtered_answer, answer)
-            except Exception as exc:  # the answer is settled; counting it must not turn it into an error
-                log.error("cannot count the filtered answer of %s: %s", audit.request_id, exc)
-        level = self._risk(audit.decisions, USER_STEPS)
-        if self.ledger is None or level == "low" or request.caller is None:
-            return
-        categories = {name for d in audit.decisions if d["step"] in USER_STEPS for name in d["categories"]}
-        try:
-            escalated = await asyncio.to_thread(
-                self.ledger.record,
-                request.caller.tenant,
-                audit.safety_identifier,
-                level,
-                audit.request_id,
-                categories,
-            )
-        except Exception as exc:  # the answer is settled; a ledger failure must not turn it into an error
-            log.error("cannot record the risk event of %s: %s", audit.request_id, exc)
-            audit.escalation = {"error": type(exc).__name__}
-            return
-        if escalated is not None:
-            audit.escalation = {
-                "status": escalated.status,
-                "until": escalated.until.isoformat() if escalated.until else None,
-            }
-            request.headers[WARNING_HEADER] = _warning(escalated)
-
-    def _risk(self, decisions: list[dict[str, Any]], steps: frozenset[str]) -> RiskLevel:
-        """The risk level that the decisions of ``steps`` add up to."""
-        flagged, scores, injection = _risk_signals(decisions, steps)
-        return risk_level(
-            flagged=flagged, scores=scores, injection=injection, medium_score=self.settings.risk.medium_score
-        )
-
-    def _documents(self, body: Mapping[str, Any]) -> list[dict[str, str]]:
-        """The untrusted documents of the ``seawall`` extension field, checked."""
-        extension = body.get(EXTENSION_FIELD)
-        if extension is None:
-            return []
-        if not isinstance(extension, dict):
-            raise InvalidRequestError(f"'{EXTENSION_FIELD}' must be an object", param=EXTENSION_FIELD)
-        known = {"documents", "review"} if self.review is not None else {"documents"}
-        unknown = sorted(set(extension) - known)
-        if unknown:
-            raise InvalidRequestError(
-                f"unknown field(s) in '{EXTENSION_FIELD}': {', '.join(unknown)} "
-                f"(known: {', '.join(sorted(known))})",
-                param=f"{EXTENSION_FIELD}.{unknown[0]}",
-            )
-        if self.review is not None:
-            self.review.validate(body)
-        raw = extension.get("documents") or []
-        if not isinstance(raw, list):
-            raise InvalidRequestError("must be an array", param=f"{EXTENSION_FIELD}.documents")
-        documents: list[dict[str, str]] = []
-        for index, document in enumerate(raw):
-            where = f"{EXTENSION_FIELD}.documents[{index}]"
-            if not isinstance(document, dict) or not isinstance(document.get("text"), str):
-                raise InvalidRequestError(f"{where} must be an object with a string 'text'", param=where)
-            source = document.get("source", f"document {index + 1}")
-            if not isinstance(source, str) or set(document) - {"text", "source"}:
-                raise InvalidRequestError(
-                    f"{where} may hold only 'text' and an optional string 'source'", param=where
-                )
-            documents.append({"source": source, "text": document["text"]})
-        limit = self.policy.limits.max_input_chars
-        total = sum(len(document["text"]) for document in documents)
-        if limit is not None and total > limit:
-            raise PayloadTooLargeError(
-                f"the documents are {total} characters long; the limit (max_input_chars) is {limit}",
-                param=f"{EXTENSION_FIELD}.documents",
-                code="input_too_long",
-            )
-        return documents
-
-    async def _moderate_user_messages(self, messages: list[dict[str, Any]], audit: AuditRecord) -> None:
-        """Refuse the request if any user message's text or image is flagged in any category."""
-        user = [m.get("content") for m in messages if m.get("role") == "user"]
-        texts = [text for content in user if (text := text_of(content))]
-        images = [part for content in user for part in image_parts(content)]
-        if not texts and not images:
-            return
-        checks = [self._judge(text) for text in texts]
-        if images:
-            checks.append(self._judge_images(images))
-        # An image that cannot be fetched or decoded, or is too large, cannot be judged: the client hears why.
-        verdicts = await self._guard(
-            "input_moderation", audit, asyncio.gather(*checks), client_errors=bool(images)
-        )
-        if verdicts is None:
-            return
-        categories = sorted({name for verdict in verdicts for name in verdict.categories})
-        scores = _max_scores(verdict.scores for verdict in verdicts)
-        actions = self.settings.category_actions
-        blocking = [name for name in categories if actions.get(name, "block") == "block"]
-        if blocking:
-            audit.decide("input_moderation", "refuse", categories, scores, images=len(images))
-            raise ContentPolicyError(
-                "The request was refused by the content policy; flagged: " + ", ".join(blocking),
-                param="messages",
-            )
-        # Categories set to 'flag' pass, and count as high risk in the audit and the ledger.
-        action = "flag" if categories else "allow"
-        audit.decide("input_moderation", action, categories, scores, images=len(images))
-
-    async def _screen_untrusted(
-        self, documents: list[dict[str, str]], messages: list[dict[str, Any]], audit: AuditRecord
-    ) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
-        """Check documents and tool messages for prompt injection and jailbreak; drop or refuse."""
-        pieces: list[tuple[str, int, str]] = [("document", i, d["text"]) for i, d in enumerate(documents)]
-        pieces += [
-            ("tool", i, text)
-            for i, m in enumerate(messages)
-            if m.get("role") in UNTRUSTED_ROLES and (text := text_of(m.get("content")))
-        ]
-        if not pieces:
-            return documents, messages
-        results = await self._guard(
-            "untrusted_content",
-            audit,
-            self._in_time(self.service.moderate_texts([text for _, _, text in pieces])),
-        )
-        if results is None:
-            return documents, messages
-        threshold = self.settings.injection_threshold
-        drop_documents: set[int] = set()
-        drop_messages: set[int] = set()
-        for (kind, index, _), result in zip(pieces, results, strict=True):
-            injection = result.extra_scores.get("prompt_injection", 0.0)
-            if threshold is None:
-                injected = bool(result.extra_flags.get("prompt_injection"))
-            else:
-                injected = injection >= threshold
-            labels = ["prompt_injection"] if injected else []
-            if result.extra_flags.get("jailbreak"):
-                labels.append("jailbreak")
-            where = f"{EXTENSION_FIELD}.documents[{index}]" if kind == "document" else f"messages[{index}]"
-            if not labels:
-                audit.decide("untrusted_content", "allow", [], result.extra_scores, source=where)
-                continue
-            action = "refuse" if self.settings.untrusted_action == "refuse" else "drop"
-            audit.decide("untrusted_content", action, labels, result.extra_scores, source=where)
-            if action == "refuse":
-                raise InvalidRequestError(
-                    f"{where} was refused as untrusted content: flagged {', '.join(labels)}",
-                    param=where,
-                    code="untrusted_content_rejected",
-                )
-            (drop_documents if kind == "document" else drop_messages).add(index)
-        kept_documents = [d for i, d in enumerate(documents) if i not in drop_documents]
-        kept_messages = [
-            {**m, "content": DROPPED_NOTICE} if i in drop_messages else m for i, m in enumerate(messages)
-        ]
-        return kept_documents, kept_messages
-
-    # ------------------------------------------------------------------ step 6 (plain answers)
-
-    async def _moderate_answer(self, completion: dict[str, Any], audit: AuditRecord) -> None:
-        """Replace every flagged choice's content with the refusal text (finish_reason content_filter)."""
-        for choice in completion.get("choices") or []:
-            message = choice.get("message") if isinstance(choice, dict) else None
-            if not isinstance(message, dict):
-                continue
-            # Tool-call arguments are output too: an app may show or execute them.
-            text = "\n".join(filter(None, [text_of(message.get("content")), _tool_arguments(message)]))
-            if not text:
-                continue
-            verdict = await self._guard("output_moderation", audit, self._judge(text))
-            if verdict is None:
-                continue
-            if verdict.allowed:
-                audit.decide("output_moderation", "allow", [], verdict.scores, choice=choice.get("index"))
-                continue
-            audit.decide(
-                "output_moderation", "filter", verdict.categories, verdict.scores, choice=choice.get("index")
-            )
-            audit.outcome = "filtered_output"
-            message["content"] = self.settings.refusal_text
-            message.pop("tool_calls", None)
-            choice["finish_reason"] = "content_filter"
-
-    # ------------------------------------------------------------------ guards
-
-    async def _guard(
-        self, step: str, audit: AuditRecord, check: Awaitable[T], *, client_errors: bool = False
-    ) -> T | None:
-        """Await a guard's ``check``: its answer, or None when the guard cannot judge and fails open.
-
-        Only :class:`GuardUnavailableError` (a backend that is down, slow or overloaded) follows
-        ``fail_mode`` (:meth:`_guard_failure`). Anything else is a bug in seawall: logged, audited
-        and answered 500, never let through unjudged; with ``client_errors``, a 4xx about what the
-        client sent (an image that cannot be fetched) is passed on instead.
-        """
-        try:
-            return await check
-        except GuardUnavailableError as exc:
-            self._guard_failure(step, exc, audit)
-            return None
-        except Exception as exc:
-            if client_errors and isinstance(exc, InvalidRequestError):
-                raise
-            log.exception("guard %s failed with an error for %s", step, audit.request_id)
-            audit.decide(step, "error", error=type(exc).__name__)
-            raise SeawallError(
-                "The server had an error while processing your request.", code="guard_error"
-            ) from exc
-
-    async def _in_time(self, check: Awaitable[T]) -> T:
-        """``check``, or :class:`BackendTimeoutError` (a guard failure) after ``check_timeout_s``."""
-        timeout = self.settings.stream_guard.check_timeout_s
-        try:
-            return await asyncio.wait_for(check, timeout)
-        except TimeoutError as exc:
-            raise BackendTimeoutError(f"the moderation check did not answer within {timeout} s") from exc
-
-    async def _judge(self, text: str) -> GuardVerdict:
-        """One text through the moderation check (whole and sentence by sentence), with a time limit."""
-        return await self._in_time(self.check(text))
-
-    async def _judge_images(self, parts: list[dict[str, Any]]) -> GuardVerdict:
-        """The request's image parts as one moderation item (fetched with the SSRF-safe loader)."""
-        moderation = await self._in_time(self.service.moderate(parts))
-        [result] = moderation.results
-        categories = sorted(name for name, hit in result.categories.items() if hit)
-        scores = dict(result.category_scores)
-        return GuardVerdict(allowed=not categories, categories=categories, scores=scores)
-
-    def _guard_failure(self, step: str, exc: GuardUnavailableError, audit: AuditRecord) -> None:
-        """A guard failed: raise 503 guard_failed (closed) or record that the text went unjudged (open)."""
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        log.warning("guard %s failed for %s: %s", step, audit.request_id, reason)
-        if self.settings.fail_mode == "open":
-            audit.decide(step, "failed_open", error=type(exc).__name__)
-            return
-        audit.decide(step, "failed_closed", error=type(exc).__name__)
-        raise GuardFailedError(f"the {step.replace('_', ' ')} guard failed; the request was not served")
-
     def _blocked_error(self, verdict: GuardVerdict) -> SeawallError:
         if verdict.reason == GUARD_FAILED:
             return GuardFailedError("the output moderation guard failed; the answer was stopped")
@@ -881,7 +504,7 @@ class Gateway:
 
     def _audit_guard(self, guard: StreamGuard, audit: AuditRecord) -> None:
         events = guard.events
-        scores = _max_scores(event.verdict.scores for event in events)
+        scores = max_scores(e.verdict.scores for e in events)
         audit.latency_ms["output_moderation"] = round(sum(e.latency_s for e in events) * 1000, 3)
         verdict = guard.verdict
         extra: dict[str, Any] = {}
@@ -904,71 +527,58 @@ class Gateway:
             **extra,
         )
 
+    # ------------------------------------------------------------------ after the answer
+
+    async def _settle(self, ctx: RequestContext) -> None:
+        """After the answer: the request's risk level, the count of filtered answers, the ledger
+        (which charges the user for what the user sent, never for the model's answer), and any
+        escalation."""
+        audit = ctx.audit
+        if audit.safety_identifier is None or audit.outcome in TURNED_AWAY:
+            return
+        audit.risk = self._risk(audit.decisions, GUARD_STEPS | {"untrusted_content"})
+        filtered = _categories(audit.decisions, ANSWER_STEPS, ANSWER_STOPPED)
+        if filtered is not None and self.store is not None and ctx.caller is not None:
+            answer = FilteredAnswer(
+                ctx.caller.tenant, audit.model or "unknown", utc_now(), audit.request_id, tuple(filtered)
+            )
+            try:
+                await asyncio.to_thread(self.store.record_filtered_answer, answer)
+            except Exception as exc:  # the answer is settled; counting it must not turn it into an error
+                log.error("cannot count the filtered answer of %s: %s", audit.request_id, exc)
+        level = self._risk(audit.decisions, USER_STEPS)
+        if self.ledger is None or level == "low" or ctx.caller is None:
+            return
+        categories = {name for d in audit.decisions if d["step"] in USER_STEPS for name in d["categories"]}
+        try:
+            escalated = await asyncio.to_thread(
+                self.ledger.record,
+                ctx.caller.tenant,
+                audit.safety_identifier,
+                level,
+                audit.request_id,
+                categories,
+            )
+        except Exception as exc:  # the answer is settled; a ledger failure must not turn it into an error
+            log.error("cannot record the risk event of %s: %s", audit.request_id, exc)
+            audit.escalation = {"error": type(exc).__name__}
+            return
+        if escalated is not None:
+            audit.escalation = {
+                "status": escalated.status,
+                "until": escalated.until.isoformat() if escalated.until else None,
+            }
+            ctx.response_headers[WARNING_HEADER] = warning(escalated)
+
+    def _risk(self, decisions: list[dict[str, Any]], steps: frozenset[str]) -> RiskLevel:
+        """The risk level that the decisions of ``steps`` add up to."""
+        flagged, scores, injection = _risk_signals(decisions, steps)
+        return risk_level(
+            flagged=flagged, scores=scores, injection=injection, medium_score=self.settings.risk.medium_score
+        )
+
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-class _StreamState:
-    """What the gateway keeps of an upstream stream: the chunk header, finish reason, usage, tool calls.
-
-    The header (``id``, ``created``, ``model``, ``system_fingerprint``) is the first upstream
-    chunk's, where it has them, else the gateway's own (the request's id and model), and it
-    stays the same for every chunk the client gets, whatever later upstream chunks say.
-    """
-
-    def __init__(self, request_id: str, model: str) -> None:
-        self.id = f"chatcmpl-{request_id}"
-        self.created = int(time.time())
-        self.model = model
-        self.system_fingerprint: str | None = None
-        self.finish_reason: str | None = None
-        self.usage: Any = None
-        self.tool_calls: list[Any] = []
-        self._header_taken = False
-
-    def observe(self, chunk: Mapping[str, Any]) -> str:
-        """Note what ``chunk`` says about the stream; its text (the first choice's content delta)."""
-        if not self._header_taken:
-            self._header_taken = True
-            self.id = str(chunk.get("id") or self.id)
-            created = chunk.get("created")
-            if isinstance(created, int):
-                self.created = created
-            self.model = str(chunk.get("model") or self.model)
-            self.system_fingerprint = chunk.get("system_fingerprint") or None
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        text: str | None = None
-        for choice in chunk.get("choices") or []:
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-            delta = choice.get("delta")
-            if not isinstance(delta, dict):
-                continue
-            if isinstance(delta.get("tool_calls"), list):
-                self.tool_calls.extend(delta["tool_calls"])
-            if text is None and isinstance(delta.get("content"), str):
-                text = delta["content"]
-        return text or ""
-
-    def chunk(self, delta: dict[str, Any], *, finish_reason: str | None = None) -> dict[str, Any]:
-        chunk: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-        }
-        if self.system_fingerprint:
-            chunk["system_fingerprint"] = self.system_fingerprint
-        return chunk
-
-
-def _warning(state: UserState) -> str:
-    until = f" until {state.until.isoformat(timespec='minutes')}" if state.until else ""
-    return f"{state.status}{until}: {state.reason}"
 
 
 def _risk_signals(decisions: list[dict[str, Any]], steps: frozenset[str]) -> tuple[bool, list[float], bool]:
@@ -989,62 +599,6 @@ def _categories(
     if not taken:
         return None
     return sorted({name for d in taken for name in d["categories"]})
-
-
-def _local_completion(request_id: str, body: Mapping[str, Any], text: str) -> dict[str, Any]:
-    """A chat completion seawall answers itself (knowledge base, off-topic reply)."""
-    return {
-        "id": f"chatcmpl-{request_id}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": str(body.get("model") or "seawall"),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-    }
-
-
-async def _as_chunks(completion: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    """A local completion as one stream chunk (the stream's end follows in :meth:`Gateway._sse`)."""
-    choice = completion["choices"][0]
-    yield {
-        "id": completion["id"],
-        "object": "chat.completion.chunk",
-        "created": completion["created"],
-        "model": completion["model"],
-        "choices": [
-            {"index": 0, "delta": {"content": choice["message"]["content"]}, "finish_reason": "stop"}
-        ],
-    }
-
-
-def _event(payload: Mapping[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
-
-
-def _tool_arguments(message: Mapping[str, Any]) -> str:
-    """The arguments of a message's tool calls (and legacy function call), joined by newlines."""
-    calls = [c.get("function") for c in message.get("tool_calls") or [] if isinstance(c, dict)]
-    calls.append(message.get("function_call"))
-    return "\n".join(
-        str(call.get("arguments")) for call in calls if isinstance(call, dict) and call.get("arguments")
-    )
-
-
-def _max_scores(all_scores: Any) -> dict[str, float]:
-    merged: dict[str, float] = {}
-    for scores in all_scores:
-        for name, score in scores.items():
-            merged[name] = max(merged.get(name, 0.0), float(score))
-    return merged
-
-
-async def _aclose(iterator: AsyncIterator[Any]) -> None:
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:  # closing a broken upstream stream must not hide the real outcome
-            log.debug("closing the upstream stream failed", exc_info=True)
 
 
 __all__ = [

@@ -53,6 +53,12 @@ class ReviewHook:
                 NOTICES_HEADER: NOTICES_PATH,
             }
 
+    @property
+    def enabled(self) -> bool:
+        """Whether answers are held at all (``review.enabled``): off, the gateway leaves its review
+        steps out (the hook still validates the ``seawall.review`` field, and serves the notices)."""
+        return self.service.settings.enabled
+
     def validate(self, body: Mapping[str, Any]) -> None:
         """400 for a malformed ``seawall.review`` field (cheap; no store, no model)."""
         self.service.review_request(body)

@@ -1,0 +1,109 @@
+"""Server-sent events framing of a chat completions stream (OpenAI's ``data: ...`` lines).
+
+:class:`StreamState` keeps what the gateway needs of an upstream stream to frame the chunks it
+releases; :func:`event` writes one event; :func:`as_chunks` turns an answer seawall gives itself
+into a stream. The stream's guard and its audit stay in :mod:`seawall.gateway.pipeline`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+log = logging.getLogger("seawall.gateway")
+
+#: The event that ends every stream.
+DONE = b"data: [DONE]\n\n"
+
+
+class StreamState:
+    """What the gateway keeps of an upstream stream: the chunk header, finish reason, usage, tool calls.
+
+    The header (``id``, ``created``, ``model``, ``system_fingerprint``) is the first upstream
+    chunk's, where it has them, else the gateway's own (the request's id and model), and it
+    stays the same for every chunk the client gets, whatever later upstream chunks say.
+    """
+
+    def __init__(self, request_id: str, model: str) -> None:
+        self.id = f"chatcmpl-{request_id}"
+        self.created = int(time.time())
+        self.model = model
+        self.system_fingerprint: str | None = None
+        self.finish_reason: str | None = None
+        self.usage: Any = None
+        self.tool_calls: list[Any] = []
+        self._header_taken = False
+
+    def observe(self, chunk: Mapping[str, Any]) -> str:
+        """Note what ``chunk`` says about the stream; its text (the first choice's content delta)."""
+        if not self._header_taken:
+            self._header_taken = True
+            self.id = str(chunk.get("id") or self.id)
+            created = chunk.get("created")
+            if isinstance(created, int):
+                self.created = created
+            self.model = str(chunk.get("model") or self.model)
+            self.system_fingerprint = chunk.get("system_fingerprint") or None
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        text: str | None = None
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                continue
+            if isinstance(delta.get("tool_calls"), list):
+                self.tool_calls.extend(delta["tool_calls"])
+            if text is None and isinstance(delta.get("content"), str):
+                text = delta["content"]
+        return text or ""
+
+    def chunk(self, delta: dict[str, Any], *, finish_reason: str | None = None) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+        if self.system_fingerprint:
+            chunk["system_fingerprint"] = self.system_fingerprint
+        return chunk
+
+
+def event(payload: Mapping[str, Any]) -> bytes:
+    """One ``data:`` event (compact JSON)."""
+    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def as_chunks(completion: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """A local completion as one stream chunk (the stream's end follows in the gateway's stream)."""
+    choice = completion["choices"][0]
+    yield {
+        "id": completion["id"],
+        "object": "chat.completion.chunk",
+        "created": completion["created"],
+        "model": completion["model"],
+        "choices": [
+            {"index": 0, "delta": {"content": choice["message"]["content"]}, "finish_reason": "stop"}
+        ],
+    }
+
+
+async def aclose(iterator: AsyncIterator[Any]) -> None:
+    """Close an (upstream) chunk iterator, never letting a broken one hide the real outcome."""
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:  # closing a broken upstream stream must not hide the real outcome
+            log.debug("closing the upstream stream failed", exc_info=True)
+
+
+__all__ = ["DONE", "StreamState", "aclose", "as_chunks", "event"]

@@ -1,0 +1,474 @@
+"""The built-in steps of the request path, in the order :mod:`seawall.gateway.pipeline` runs them.
+
+Each is a :class:`~seawall.gateway.runner.Step`: a ``name`` (the audit record's latency key and
+the trace span's name) and ``async run(ctx)``. Each one is built with what it needs and only
+when its control is on: the pipeline leaves a step out rather than asking inside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from seawall.errors import ContentPolicyError, InvalidRequestError, PayloadTooLargeError
+from seawall.gateway.access import Caller, KeyAuthenticator
+from seawall.gateway.catalogue import ModelCatalogue
+from seawall.gateway.identity import header_value, resolve_end_user, safety_identifier, upstream_body
+from seawall.gateway.knowledge import KnowledgeBase
+from seawall.gateway.limits import cap_output_tokens, check_request
+from seawall.gateway.messages import image_parts, last_user_text, text_of
+from seawall.gateway.parameters import check_parameters
+from seawall.gateway.policy import Policy
+from seawall.gateway.prompt import build_prompt
+from seawall.gateway.ratelimit import RateLimiter
+from seawall.gateway.risk import RiskLedger
+from seawall.gateway.runner import Answer, Guards, RequestContext
+from seawall.gateway.topics import TopicGuard
+from seawall.gateway.upstream import Upstream
+from seawall.review.gateway_hook import PENDING_STATUS, REVIEW_HEADER, ReviewHook
+from seawall.store.base import UserState
+
+#: The request field that carries seawall's extensions (documents); never sent upstream.
+EXTENSION_FIELD = "seawall"
+#: What replaces the content of a tool message dropped as a suspected injection.
+DROPPED_NOTICE = "[content removed by seawall: suspected prompt injection]"
+#: Response header that warns a client its user is escalated (warned, throttled).
+WARNING_HEADER = "x-seawall-warning"
+#: Response header that says where an answer came from when not from the model.
+ANSWER_SOURCE_HEADER = "x-seawall-answer-source"
+#: Roles whose content is untrusted output of tools.
+UNTRUSTED_ROLES = frozenset({"tool", "function"})
+
+
+class Identity:
+    """The app's key, the end user, and the user's safety identifier (the raw id goes no further)."""
+
+    name = "identity"
+    guard = False
+
+    def __init__(self, access: KeyAuthenticator, secret: bytes, trusted_user_header: str | None) -> None:
+        self.access = access
+        self.secret = secret
+        self.trusted_user_header = trusted_user_header
+
+    async def run(self, ctx: RequestContext) -> Answer | None:
+        audit, body = ctx.audit, ctx.body
+        caller = await asyncio.to_thread(self.access.authenticate, header_value(ctx.headers, "authorization"))
+        ctx.caller = caller
+        audit.key_id, audit.tenant = caller.key_id, caller.tenant
+        user = resolve_end_user(body, ctx.headers, self.trusted_user_header)
+        if user.new_session:
+            ctx.new_session = user.id
+        ctx.safety_id = safety_identifier(self.secret, caller.tenant, user.id)
+        audit.safety_identifier, audit.user_source = ctx.safety_id, user.source
+        audit.model = body.get("model") if isinstance(body.get("model"), str) else None
+        return None
+
+
+class Standing:
+    """The user's standing (403/429 when blocked or throttled, a warning header when warned),
+    then the rate limits: one thread hop for both store calls."""
+
+    name = "standing"
+    guard = False
+
+    def __init__(self, ledger: RiskLedger | None, limiter: RateLimiter | None) -> None:
+        self.ledger = ledger
+        self.limiter = limiter
+
+    async def run(self, ctx: RequestContext) -> Answer | None:
+        assert ctx.caller is not None
+        sessionless = ctx.client_address if ctx.new_session else None
+        ctx.standing = await asyncio.to_thread(self._admit, ctx.caller, ctx.safety_id, sessionless)
+        if ctx.standing is not None:
+            ctx.response_headers[WARNING_HEADER] = warning(ctx.standing)
+        return None
+
+    def _admit(self, caller: Caller, safety_id: str, sessionless_address: str | None) -> UserState | None:
+        standing = self.ledger.admit(caller.tenant, safety_id) if self.ledger is not None else None
+        if self.limiter is not None:
+            self.limiter.check(
+                caller.key_id, caller.tenant, safety_id, address_without_session=sessionless_address
+            )
+        return standing
+
+
+class InputLimits:
+    """The policy's limits, the standard parameters, the model, and the ``seawall`` extension field."""
+
+    name = "limits"
+    guard = False
+
+    def __init__(self, policy: Policy, catalogue: ModelCatalogue | None, review: ReviewHook | None) -> None:
+        self.policy = policy
+        self.catalogue = catalogue
+        self.review = review
+        self.extension_fields = {"documents", "review"} if review is not None else {"documents"}
+
+    async def run(self, ctx: RequestContext) -> Answer | None:
+        body = ctx.body
+        check_request(body, self.policy.limits)
+        check_parameters(body)
+        if self.catalogue is not None:
+            await self.catalogue.check(body["model"])
+        ctx.documents = self._documents(body)
+        if body.get("stream") and body.get("n") not in (None, 1):
+            raise InvalidRequestError(
+                "the gateway streams one choice only; n must be 1 with stream", param="n"
+            )
+        ctx.messages = body["messages"]
+        return None
+
+    def _documents(self, body: Mapping[str, Any]) -> list[dict[str, str]]:
+        """The untrusted documents of the ``seawall`` extension field, checked."""
+        extension = body.get(EXTENSION_FIELD)
+        if extension is None:
+            return []
+        if not isinstance(extension, dict):
+            raise InvalidRequestError(f"'{EXTENSION_FIELD}' must be an object", param=EXTENSION_FIELD)
+        known = self.extension_fields
+        unknown = sorted(set(extension) - known)
+        if unknown:
+            raise InvalidRequestError(
+                f"unknown field(s) in '{EXTENSION_FIELD}': {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(known))})",
+                param=f"{EXTENSION_FIELD}.{unknown[0]}",
+            )
+        if self.review is not None:
+            self.review.validate(body)
+        raw = extension.get("documents") or []
+        if not isinstance(raw, list):
+            raise InvalidRequestError("must be an array", param=f"{EXTENSION_FIELD}.documents")
+        documents: list[dict[str, str]] = []
+        for index, document in enumerate(raw):
+            where = f"{EXTENSION_FIELD}.documents[{index}]"
+            if not isinstance(document, dict) or not isinstance(document.get("text"), str):
+                raise InvalidRequestError(f"{where} must be an object with a string 'text'", param=where)
+            source = document.get("source", f"document {index + 1}")
+            if not isinstance(source, str) or set(document) - {"text", "source"}:
+                raise InvalidRequestError(
+                    f"{where} may hold only 'text' and an optional string 'source'", param=where
+                )
+            documents.append({"source": source, "text": document["text"]})
+        limit = self.policy.limits.max_input_chars
+        total = sum(len(document["text"]) for document in documents)
+        if limit is not None and total > limit:
+            raise PayloadTooLargeError(
+                f"the documents are {total} characters long; the limit (max_input_chars) is {limit}",
+                param=f"{EXTENSION_FIELD}.documents",
+                code="input_too_long",
+            )
+        return documents
+
+
+class InputModeration:
+    """Refuse the request if any user message's text or image is flagged in a blocking category."""
+
+    name = "input_moderation"
+    guard = True
+
+    def __init__(self, guards: Guards, category_actions: Mapping[str, str]) -> None:
+        self.guards = guards
+        self.category_actions = category_actions
+
+    async def run(self, ctx: RequestContext) -> Answer | None:
+        audit = ctx.audit
+        user = [m.get("content") for m in ctx.messages if m.get("role") == "user"]
+        texts = [text for content in user if (text := text_of(content))]
+        images = [part for content in user for part in image_parts(content)]
+        if not texts and not images:
+            return None
+        checks = [self.guards.judge(text) for text in texts]
+        if images:
+            checks.append(self.guards.judge_images(images))
+        # An image that cannot be fetched or decoded, or is too large, cannot be judged: the client hears why.
+        verdicts = await self.guards.guard(
+            self.name, audit, asyncio.gather(*checks), client_errors=bool(images)
+        )
+        if verdicts is None:
+            return None
+        categories = sorted({name for verdict in verdicts for name in verdict.categories})
+        scores = max_scores(verdict.scores for verdict in verdicts)
+        blocking = [name for name in categories if self.category_actions.get(name, "block") == "block"]
+        if blocking:
+            audit.decide(self.name, "refuse", categories, scores, images=len(images))
+            raise ContentPolicyError(
+                "The request was refused by the content policy; flagged: " + ", ".join(blocking),
+                param="messages",
+            )
+        # Categories set to 'flag' pass, and count as high risk in the audit and the ledger.
+        audit.decide(self.name, "flag" if categories else "allow", categories, scores, images=len(images))
+        return None
+
+
+class UntrustedContent:
+    """Check documents and tool messages for prompt injection and jailbreak; drop or refuse."""
+
+    name = "untrusted_content"
+    guard = True
+
+    def __init__(self, guards: Guards, threshold: float | None, action: str) -> None:
+        self.guards = guards
+        self.threshold = threshold
+        self.action = "refuse" if action == "refuse" else "drop"
+
+    async def run(self, ctx: RequestContext) -> Answer | None:
+        audit, documents, messages = ctx.audit, ctx.documents, ctx.messages
+        pieces: list[tuple[str, int, str]] = [("document", i, d["text"]) for i, d in enumerate(documents)]
+        pieces += [
+            ("tool", i, text)
+            for i, m in enumerate(messages)
+            if m.get("role") in UNTRUSTED_ROLES and (text := text_of(m.get("content")))
+        ]
+        if not pieces:
+            return None
+        check = self.guards.in_time(self.guards.service.moderate_texts([text for _, _, text in pieces]))
+        results = await self.guards.guard(self.name, audit, check)
+        if results is None:
+            return None
+        drop_documents: set[int] = set()
+        drop_messages: set[int] = set()
+        for (kind, index, _), result in zip(pieces, results, strict=True):
+            injection = result.extra_scores.get("prompt_injection", 0.0)
+            if self.threshold is None:
+                injected = bool(result.extra_flags.get("prompt_injection"))
+            else:
+                injected = injection >= self.threshold
+            labels = ["prompt_injection"] if injected else []
+            if result.extra_flags.get("jailbreak"):
+                labels.append("jailbreak")
+            where = f"{EXTENSION_FIELD}.documents[{index}]" if kind == "document" else f"messages[{index}]"
+            if not labels:
+                audit.decide(self.name, "allow", [], result.extra_scores, source=where)
+                continue
+            audit.decide(self.name, self.action, labels, result.extra_scores, source=where)
+            if self.action == "refuse":
+                raise InvalidRequestError(
+                    f"{where} was refused as untrusted content: flagged {', '.join(labels)}",
+                    param=where,
+                    code="untrusted_content_rejected",
+                )
+            (drop_documents if kind == "document" else drop_messages).add(index)
+        ctx.documents = [d for i, d in enumerate(documents) if i not in drop_documents]
+        ctx.messages = [
+            {**m, "content": DROPPED_NOTICE} if i in drop_messages else m for i, m in enumerate(messages)
+        ]
+        return None
+
+
+class Routing:
+    """A curated answer from the knowledge base, or the policy's off-topic reply: no model call."""
+
+    name = "routing"
+    guard = False
+
+    def __init__(
+        self, knowledge: KnowledgeBase | None, topics: TopicGuard | None, policy: Policy, cite_sources: bool
+    ) -> None:
+        self.knowledge = knowledge
+        self.topics = topics
+        self.policy = policy
+        self.cite_sources = cite_sources
+
+    async def run(self, ctx: RequestContext) -> Answer | None:
+        question = last_user_text(ctx.messages)
+        text = self._answer(question, ctx) if question else None
+        if text is None:
+            return None
+        return Answer(local_completion(ctx.audit.request_id, ctx.body, text))
+
+    def _answer(self, question: str, ctx: RequestContext) -> str | None:
+        """The knowledge base's answer, or the off-topic reply, or None (ask the model)."""
+        audit = ctx.audit
+        if self.knowledge is not None:
+            match = self.knowledge.match(question)
+            if match is not None:
+                audit.decide("knowledge_base", "answer", entry=match.entry_id, score=round(match.score, 4))
+                audit.outcome = "knowledge_base"
+                ctx.response_headers[ANSWER_SOURCE_HEADER] = f"knowledge_base; entry={match.entry_id}"
+                if self.cite_sources and match.sources:
+                    return f"{match.answer}\n\nSources: {', '.join(match.sources)}"
+                return match.answer
+            audit.decide("knowledge_base", "no_match")
+        if self.topics is not None:
+            verdict = self.topics.check(question)
+            action = "allow" if verdict.on_topic else "refuse"
+            audit.decide("topic", action, score=round(verdict.score, 4), reason=verdict.reason)
+            if not verdict.on_topic:
+                audit.outcome = "off_topic"
+                ctx.response_headers[ANSWER_SOURCE_HEADER] = "off_topic"
+                return self.policy.off_topic_reply
+        return None
+
+
+class Prompt:
+    """The upstream's body: the policy's prompt, the client's fields less seawall's and the user's
+    id, the safety identifier, the output token cap."""
+
+    name = "prompt"
+    guard = False
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    async def run(self, ctx: RequestContext) -> Answer | None:
+        built = build_prompt(self.policy, ctx.messages, ctx.documents, request_id=ctx.audit.request_id)
+        dropped = {EXTENSION_FIELD, "user", "safety_identifier", "messages"}
+        outgoing = {key: value for key, value in ctx.body.items() if key not in dropped}
+        outgoing["messages"] = built.messages
+        outgoing = cap_output_tokens(outgoing, self.policy.limits.max_output_tokens)
+        ctx.upstream_body = upstream_body(outgoing, ctx.safety_id)
+        return None
+
+
+class UpstreamCall:
+    """The model's answer, without streaming (a stream's upstream call is the pipeline's own)."""
+
+    name = "upstream"
+    guard = False
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+
+    async def run(self, ctx: RequestContext) -> Answer | None:
+        assert ctx.upstream_body is not None
+        ctx.completion = await self.upstream.chat(ctx.upstream_body)
+        ctx.audit.upstream = {"status": 200}
+        ctx.audit.outcome = "ok"
+        return None
+
+
+class OutputModeration:
+    """Replace every flagged choice's content with the refusal text (finish_reason content_filter)."""
+
+    name = "output_moderation"
+    guard = True
+
+    def __init__(self, guards: Guards, refusal_text: str) -> None:
+        self.guards = guards
+        self.refusal_text = refusal_text
+
+    async def run(self, ctx: RequestContext) -> Answer | None:
+        audit = ctx.audit
+        for choice in (ctx.completion or {}).get("choices") or []:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if not isinstance(message, dict):
+                continue
+            # Tool-call arguments are output too: an app may show or execute them.
+            text = "\n".join(filter(None, [text_of(message.get("content")), tool_arguments(message)]))
+            if not text:
+                continue
+            verdict = await self.guards.guard(self.name, audit, self.guards.judge(text))
+            if verdict is None:
+                continue
+            if verdict.allowed:
+                audit.decide(self.name, "allow", [], verdict.scores, choice=choice.get("index"))
+                continue
+            audit.decide(self.name, "filter", verdict.categories, verdict.scores, choice=choice.get("index"))
+            audit.outcome = "filtered_output"
+            message["content"] = self.refusal_text
+            message.pop("tool_calls", None)
+            choice["finish_reason"] = "content_filter"
+        return None
+
+
+class ReviewRoute:
+    """Streams only: a request that qualifies for review is answered 202 pending, as JSON, not
+    streamed (the pipeline then takes it down the plain path, where :class:`ReviewHold` holds it)."""
+
+    name = "review_route"
+    guard = False
+
+    def __init__(self, review: ReviewHook) -> None:
+        self.review = review
+
+    async def run(self, ctx: RequestContext) -> Answer | None:
+        ctx.hold = await self.review.check(ctx.body, ctx.decisions)
+        return None
+
+
+class ReviewHold:
+    """Hold the answer for human review when the review rules (or a stream's earlier decision) say so."""
+
+    name = "review"
+    guard = False
+
+    def __init__(self, review: ReviewHook) -> None:
+        self.review = review
+
+    async def run(self, ctx: RequestContext) -> Answer | None:
+        assert ctx.completion is not None
+        audit = ctx.audit
+        decision = ctx.hold or await self.review.check(ctx.body, ctx.decisions)
+        if decision is None:
+            return None
+        pending = await self.review.hold(
+            decision,
+            ctx.body,
+            ctx.completion,
+            request_id=audit.request_id,
+            tenant=audit.tenant,
+            safety_id=audit.safety_identifier,
+        )
+        audit.decide("review", "hold", reasons=list(decision.reasons), review_id=pending["review_id"])
+        audit.outcome = "held_for_review"
+        ctx.response_headers[REVIEW_HEADER] = pending["review_id"]
+        return Answer(pending, status_code=PENDING_STATUS)
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def warning(state: UserState) -> str:
+    until = f" until {state.until.isoformat(timespec='minutes')}" if state.until else ""
+    return f"{state.status}{until}: {state.reason}"
+
+
+def local_completion(request_id: str, body: Mapping[str, Any], text: str) -> dict[str, Any]:
+    """A chat completion seawall answers itself (knowledge base, off-topic reply)."""
+    return {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": str(body.get("model") or "seawall"),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    }
+
+
+def tool_arguments(message: Mapping[str, Any]) -> str:
+    """The arguments of a message's tool calls (and legacy function call), joined by newlines."""
+    calls = [c.get("function") for c in message.get("tool_calls") or [] if isinstance(c, dict)]
+    calls.append(message.get("function_call"))
+    return "\n".join(
+        str(call.get("arguments")) for call in calls if isinstance(call, dict) and call.get("arguments")
+    )
+
+
+def max_scores(all_scores: Any) -> dict[str, float]:
+    merged: dict[str, float] = {}
+    for scores in all_scores:
+        for name, score in scores.items():
+            merged[name] = max(merged.get(name, 0.0), float(score))
+    return merged
+
+
+__all__ = [
+    "ANSWER_SOURCE_HEADER",
+    "DROPPED_NOTICE",
+    "EXTENSION_FIELD",
+    "WARNING_HEADER",
+    "Identity",
+    "InputLimits",
+    "InputModeration",
+    "OutputModeration",
+    "Prompt",
+    "ReviewHold",
+    "ReviewRoute",
+    "Routing",
+    "Standing",
+    "UntrustedContent",
+    "UpstreamCall",
+]
