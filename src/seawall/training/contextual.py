@@ -106,6 +106,8 @@ def fit_context_stage(
     x_dev = cache.get(dev_texts)
     y_train = np.array([[label in train_rows[i].labels for label in ALL_LABELS] for i in train_at])
     y_dev = np.array([[label in dev_rows[i].labels for label in ALL_LABELS] for i in dev_at])
+    # Labels a dev row's source never judged count neither way in the blend or the thresholds.
+    unknown_dev = np.array([[label in dev_rows[i].unknown for label in ALL_LABELS] for i in dev_at])
     n_labels = len(ALL_LABELS)
     weights = np.zeros((x_train.shape[1], n_labels), dtype=np.float32)
     bias = np.full(n_labels, -8.0, dtype=np.float32)
@@ -127,15 +129,17 @@ def fit_context_stage(
     context_dev = x_dev @ weights + bias
     blend = np.tile(np.array([1.0, 0.0, 0.0], dtype=np.float32), (n_labels, 1))
     for index in labels_fitted:
-        positives = y_dev[:, index]
+        known = ~unknown_dev[:, index]
+        positives = y_dev[known, index]
         if positives.sum() < 5 or positives.all():
             continue
         stacker = LogisticRegression(C=10.0, max_iter=500)
-        stacker.fit(np.stack([fast_dev[:, index], context_dev[:, index]], axis=1), positives)
+        stacker.fit(np.stack([fast_dev[known, index], context_dev[known, index]], axis=1), positives)
         blend[index] = [stacker.coef_[0][0], stacker.coef_[0][1], stacker.intercept_[0]]
     blended = 1.0 / (1.0 + np.exp(-(blend[:, 0] * fast_dev + blend[:, 1] * context_dev + blend[:, 2])))
     thresholds = {
-        label: threshold(y_dev[:, i], blended[:, i].astype(np.float32)) for i, label in enumerate(ALL_LABELS)
+        label: threshold(y_dev[~unknown_dev[:, i], i], blended[~unknown_dev[:, i], i].astype(np.float32))
+        for i, label in enumerate(ALL_LABELS)
     }
 
     # The band for "auto": how many dev windows it sends to the encoder, and what that buys.
@@ -144,23 +148,25 @@ def fit_context_stage(
         blended.astype(np.float32), np.array([thresholds[label] for label in ALL_LABELS], dtype=np.float32)
     )
     categories = slice(0, len(CATEGORIES))
-    any_positive: NDArray[np.bool_] = np.asarray(y_dev[:, categories].any(axis=1), dtype=bool)
+    counted = y_dev.any(axis=1) | ~unknown_dev.any(axis=1)
+    any_positive: NDArray[np.bool_] = np.asarray(y_dev[counted][:, categories].any(axis=1), dtype=bool)
     tried: list[dict[str, Any]] = []
     for low, high in CANDIDATE_BANDS:
         sent = np.asarray(((fast_calibrated >= low) & (fast_calibrated <= high)).any(axis=1), dtype=bool)
-        mixed = np.where(sent[:, None], blended_calibrated, fast_calibrated)
+        share = float(sent[counted].mean())
+        mixed = np.where(sent[:, None], blended_calibrated, fast_calibrated)[counted]
         tried.append(
             {
                 "low": low,
                 "high": high,
-                "share": round(float(sent.mean()), 4),
+                "share": round(share, 4),
                 "any_auprc": round(average_precision(any_positive, mixed[:, categories].max(axis=1)), 4),
             }
         )
     within = [band for band in tried if band["share"] <= MAX_BAND_SHARE] or tried[:1]
     chosen = within[-1]
     for name, scores in (("off", fast_calibrated), ("on", blended_calibrated)):
-        auprc = average_precision(any_positive, scores[:, categories].max(axis=1))
+        auprc = average_precision(any_positive, scores[counted][:, categories].max(axis=1))
         tried.append({"mode": name, "share": 0.0 if name == "off" else 1.0, "any_auprc": round(auprc, 4)})
     progress(f"contextual bands on dev: {tried}")
     return ContextFit(

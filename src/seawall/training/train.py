@@ -15,7 +15,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,8 +123,18 @@ def is_dev(group: str, fraction: float) -> bool:
     return bucket < fraction
 
 
-def label_matrix(rows: list[Example]) -> NDArray[np.bool_]:
+def label_matrix(rows: Sequence[Example]) -> NDArray[np.bool_]:
     return np.array([[label in row.labels for label in ALL_LABELS] for row in rows], dtype=bool)
+
+
+def unknown_matrix(rows: Sequence[Example]) -> NDArray[np.bool_]:
+    """Per row and label: the source did not judge it (the row is neither positive nor negative)."""
+    return np.array([[label in row.unknown for label in ALL_LABELS] for row in rows], dtype=bool)
+
+
+def judged(rows: Sequence[Example]) -> list[Example]:
+    """Rows an evaluation can count: a row with unjudged labels and no positive one says nothing."""
+    return [row for row in rows if row.labels or not row.unknown]
 
 
 def _to_csr(rows: SparseRows, n_buckets: int) -> Any:
@@ -311,7 +321,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
 
     # Per label, rows it must not learn from (weight 0): labels a source left unknown, and
     # clean rows of comment corpora that a first pass finds suspect for a category.
-    ignored = np.array([[label in row.unknown for label in ALL_LABELS] for row in train_rows], dtype=bool)
+    ignored = unknown_matrix(train_rows)
     if config.screen_score is not None:
         suspects = out_of_scope_negatives(train_rows)
         ignored |= screen_suspects(x_train, y_train, base_weight, suspects, fitted_labels, config, progress)
@@ -339,10 +349,12 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
     dense_block = dense_weights if encoder else None
     raw = TextClassifier(raw_meta, weights.astype(np.float16), bias, idf, encoder, dense_block)
     y_dev = label_matrix(dev_rows)
+    unknown_dev = unknown_matrix(dev_rows)
     # F-beta with beta < 1 favours precision: a moderation flag that cries wolf gets switched off.
     dev_raw = raw.score([row.text for row in dev_rows], "off")
     fast_thresholds = {
-        label: calibrated_threshold(y_dev[:, i], dev_raw[:, i]) for i, label in enumerate(ALL_LABELS)
+        label: calibrated_threshold(y_dev[~unknown_dev[:, i], i], dev_raw[~unknown_dev[:, i], i])
+        for i, label in enumerate(ALL_LABELS)
     }
     progress(f"fast stage ready {elapsed()}")
 
@@ -387,12 +399,13 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
     modes = ("off", "auto", "on") if context is not None else ("off",)
 
     def quality(examples: list[Example]) -> dict[str, Any]:
+        examples = judged(examples)
         texts = [row.text for row in examples]
         truth = label_matrix(examples)
         return {mode: evaluate_scores(truth, classifier.score(texts, mode), thresholds) for mode in modes}
 
     report: dict[str, Any] = {
-        "dev": evaluate_scores(y_dev, classifier.score([row.text for row in dev_rows], "off"), thresholds),
+        "dev": quality(dev_rows)["off"],
         "held_out": quality(held_out),
         "rows": {"train": len(train_rows), "dev": len(dev_rows), "held_out": len(held_out)},
         "sources": sorted({row.source for row in rows}),
