@@ -24,7 +24,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from seawall.gateway.policy import _placeholders, render_template, template_placeholders
 from seawall.model.normalize import normalize
 
 LENGTH = 100_000
@@ -54,9 +57,8 @@ MODULES = [
 #: Written inline in functions on the request path (normalize's spaced-letter joiner, the
 #: knowledge base's and topics' tokenizers).
 INLINE = [r"[ .\-_*]", r"[a-z0-9]+", r"\S+", r",|;|/|\band\b|\bor\b|&"]
-#: Not on the request path: ``gateway.policy._PLACEHOLDER`` (``\{\{(.*?)\}\}``) reads the
-#: operator's system prompt template at start-up; it is quadratic on a run of "{{" (a template
-#: of 100,000 braces), which an operator would have to write.
+#: Not on the request path: the policy's template placeholders are read at start-up (they were a
+#: regex, ``\{\{(.*?)\}\}``, quadratic on a run of "{{"; now a linear scan, tested below).
 CONFIG_ONLY = {"seawall.gateway.policy"}
 
 PLAIN = (
@@ -209,3 +211,23 @@ def _timed(function: Callable[[str], Any], text: str) -> float:
     began = time.perf_counter()
     function(text)
     return time.perf_counter() - began
+
+
+_OLD_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(st.text(st.sampled_from("{}a \n"), max_size=40))
+def test_placeholder_scan_finds_what_the_regex_found(template: str) -> None:
+    expected = [(m.start(), m.end(), m.group(1)) for m in _OLD_PLACEHOLDER.finditer(template)]
+    assert list(_placeholders(template)) == expected
+
+
+def test_placeholder_scan_is_linear() -> None:
+    for seed in ("{", "{{ ", "}"):
+        text = _repeat(seed) + " {{safety_instructions}}"
+        began = time.perf_counter()
+        with pytest.raises(ValueError):
+            template_placeholders(text)
+        assert time.perf_counter() - began < FLOOR_S * 4, seed
+    assert render_template("{{a}}-{{ b }}-{{{c}}", {"a": "1", "b": "2", "{c": "3"}) == "1-2-3"
