@@ -131,3 +131,24 @@ def test_a_user_blocked_on_one_replica_is_blocked_on_the_other_until_an_admin_cl
     assert ": ok" in cleared.stdout
     assert _ask(second, "frank") == 200
     assert _ask(first, "frank") == 200
+
+
+def test_two_replicas_write_one_linear_audit_chain(replicas: tuple[Replica, Replica, Path]) -> None:
+    """Both replicas store their audit records in one per-tenant hash chain (each write reads the
+    last hash under a per-tenant advisory lock), so concurrent requests still verify."""
+    first, second, config = replicas
+    targets = [first, second] * 20
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        statuses = list(pool.map(lambda pair: _ask(pair[1], f"user-{pair[0]}"), enumerate(targets)))
+    assert statuses.count(200) == len(targets), statuses
+    first.stop()  # stopping drains each replica's audit queue into the store
+    second.stop()
+    verified = subprocess.run(
+        [sys.executable, "-m", "seawall.cli", "audit", "verify", "store", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=60,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"intact ({len(targets)} records, 1 tenants)" in verified.stdout + verified.stderr

@@ -340,12 +340,14 @@ def _register_subcommands() -> None:
     from seawall.admin_cli import keys_app, org, users_app
     from seawall.redteam.cli import app as redteam_app
     from seawall.store.cli import app as db_app
+    from seawall.store.cli import audit_app
     from seawall.ui.cli import accounts_app
 
     app.add_typer(keys_app, name="keys")
     app.add_typer(users_app, name="users")
     app.command("org")(org)
     app.add_typer(db_app, name="db")
+    app.add_typer(audit_app, name="audit")
     app.add_typer(redteam_app, name="redteam")
     app.add_typer(accounts_app, name="accounts")
 

@@ -4,6 +4,13 @@ A record holds decisions, categories, scores, the risk level, latencies and outc
 never message text or the raw user id. Writing to the store happens on a background
 thread (records are queued and written in batches), so a slow database never delays
 an answer; :meth:`AuditLog.close` drains the queue.
+
+Records are hash-chained per tenant (:mod:`seawall.store.chain`): each line of the file carries
+``prev_hash`` (the tenant's previous line's ``hash``) and ``hash``. The file's chain is linear
+because one lock serialises this process's writes, and it continues from the last line per
+tenant already in the file when seawall starts; one file belongs to one process (replicas
+writing one file would interleave two chains). The store keeps its own chain per tenant across
+every replica (:meth:`seawall.store.sql.SqlStore.write_audit`). ``seawall audit verify`` checks both.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from opentelemetry.trace import Span
 
 from seawall.errors import ContentPolicyError, GuardFailedError, SeawallError, UpstreamError
 from seawall.store.base import AuditOutcome, Store
+from seawall.store.chain import last_hashes, link
 from seawall.telemetry import Tracer, finish_request_span
 
 log = logging.getLogger("seawall.gateway")
@@ -146,6 +154,8 @@ class AuditLog:
         self.path = path.expanduser() if path is not None else None
         self._lock = threading.Lock()
         self._file: TextIO | None = None
+        #: The last hash per tenant in the file (read from it at the first write).
+        self._chain: dict[str | None, str] | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._store = store
@@ -164,26 +174,47 @@ class AuditLog:
                 self._observer(data)
             except Exception:  # metrics must never cost a request its audit record
                 log.exception("the audit observer failed for %s", record.request_id)
-        line = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-        audit_log.info("%s", line)
         if self._writer is not None:
             try:
-                self._queue.put_nowait(data)
+                # The store chains the record itself (its chain spans replicas), so it gets a copy
+                # without the file's links.
+                self._queue.put_nowait(dict(data))
             except queue.Full:
                 log.error("audit queue full: %s not stored (the file and log have it)", record.request_id)
-        if self.path is None:
-            return
-        try:
-            with self._lock:
+        with self._lock:
+            if self.path is not None:
+                chain = self._file_chain()
+                tenant = data.get("tenant")
+                tenant = None if tenant is None else str(tenant)
+                chain[tenant] = link(data, chain.get(tenant))
+            line = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+            audit_log.info("%s", line)
+            if self.path is None:
+                return
+            try:
                 # Kept open (append mode): opening per record cost more than the write. Rotate
                 # the file with copy-and-truncate, or restart seawall after moving it.
                 if self._file is None:
                     self._file = self.path.open("a", encoding="utf-8")
                 self._file.write(line + "\n")
                 self._file.flush()
-        except OSError as exc:
-            log.error("cannot write the audit record of %s to %s: %s", record.request_id, self.path, exc)
-            self._file = None
+            except OSError as exc:
+                log.error("cannot write the audit record of %s to %s: %s", record.request_id, self.path, exc)
+                self._file = None
+
+    def _file_chain(self) -> dict[str | None, str]:
+        """The last hash per tenant in the file, read once (under the lock)."""
+        if self._chain is None:
+            assert self.path is not None
+            try:
+                with self.path.open(encoding="utf-8", errors="replace") as existing:
+                    self._chain = last_hashes(existing)
+            except FileNotFoundError:
+                self._chain = {}
+            except OSError as exc:
+                log.error("cannot read the audit file %s to continue its chain: %s", self.path, exc)
+                self._chain = {}
+        return self._chain
 
     def flush(self, timeout_s: float = 10.0) -> None:
         """Wait until every queued record reached the store (or ``timeout_s`` passed)."""

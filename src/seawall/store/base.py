@@ -13,6 +13,7 @@ the draft) and user reports (the user's comment and contact).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, get_args
@@ -283,6 +284,10 @@ class Store(Protocol):
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """Audit records, newest first."""
+        ...
+
+    def audit_chain(self, tenant: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every stored audit record in the order written, with its hash-chain links."""
         ...
 
     # ---------------------------------------------------------------- human review

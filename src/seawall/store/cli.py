@@ -1,8 +1,10 @@
-"""``seawall db``: the store's schema from the command line (``upgrade``, ``current``)."""
+"""``seawall db``: the store's schema from the command line (``upgrade``, ``current``);
+``seawall audit verify``: the audit trail's hash chain, in a file or the store."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -10,10 +12,12 @@ from rich.markup import escape
 from seawall.cli_support import ConfigOption, console, fail
 from seawall.errors import SeawallError
 from seawall.settings import load_settings
+from seawall.store.chain import Verified, read_jsonl, verify
 from seawall.store.migrate import current_revision, head_revision, upgrade
 from seawall.store.sql import create_folder, make_engine, normalise_url
 
 app = typer.Typer(help="The store's database schema (Alembic migrations).", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit trail (hash-chained per tenant).", no_args_is_help=True)
 
 
 @app.command("upgrade")
@@ -67,4 +71,58 @@ def current_command(config: ConfigOption = None) -> None:
     raise typer.Exit(1)
 
 
-__all__ = ["app"]
+@audit_app.command("verify")
+def verify_command(
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="'store' for the configured store; else an audit file (JSONL). Default: gateway.audit_file"
+        ),
+    ] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="An audit file (JSONL) to check.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Check only this tenant's chain (store only).")] = None,
+    continued: Annotated[
+        bool,
+        typer.Option(help="Accept a chain that starts mid-way (a rotated file, a pruned store)."),
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Check the audit trail's hash chain: report the first broken link (record number, request id
+    and why) and exit 1, or say it is intact and exit 0."""
+    try:
+        settings = load_settings(config)
+        if file is None and source not in (None, "store"):
+            file = Path(source)
+        if file is None and source is None:
+            file = settings.gateway.audit_file
+        if file is not None:
+            path = file.expanduser()
+            where = str(path)
+            try:
+                with path.open(encoding="utf-8", errors="replace") as lines:
+                    result = verify(read_jsonl(lines), continued=continued)
+            except OSError as exc:
+                raise fail(f"cannot read the audit file {path}: {exc.strerror or exc}") from exc
+        else:
+            from seawall.store import open_store
+
+            store = open_store(settings.store)
+            try:
+                where = store.engine.url.render_as_string(hide_password=True)
+                result = verify(store.audit_chain(tenant), continued=continued)
+            finally:
+                store.close()
+    except SeawallError as exc:
+        raise fail(exc.message) from exc
+    _report(escape(where), result)
+
+
+def _report(where: str, result: Verified) -> None:
+    if result.broken is None:
+        console.print(f"{where}: intact ({result.records} records, {result.tenants} tenants)", soft_wrap=True)
+        return
+    console.print(f"{where}: broken at {escape(str(result.broken))}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+__all__ = ["app", "audit_app"]

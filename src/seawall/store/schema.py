@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 
 #: Constraint names that stay the same on every database, so migrations can name them.
@@ -137,7 +139,14 @@ audit_events = Table(
     Column("safety_identifier", String(200), nullable=True),
     Column("outcome", String(50), nullable=True),
     Column("record", JSON(), nullable=False),
+    # The hash chain (seawall.store.chain): the tenant's previous record's hash and this one's.
+    Column("prev_hash", String(64), nullable=True),
+    Column("hash", String(64), nullable=True),
+    # A record replaced by a later one for the same request: kept (the chain goes through it),
+    # its request_id column renamed, left out of searches.
+    Column("superseded", Boolean(), nullable=False, server_default=false()),
     UniqueConstraint("request_id"),
+    Index(None, "tenant", "id"),
     Index(None, "time"),
     Index(None, "tenant", "time"),
     Index(None, "safety_identifier", "time"),

@@ -9,6 +9,7 @@ the URL's password hidden.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
     insert,
     literal,
@@ -66,6 +68,7 @@ from seawall.store.base import (
     UserStatus,
     UserSummary,
 )
+from seawall.store.chain import link
 from seawall.store.schema import (
     api_keys,
     as_utc,
@@ -236,6 +239,19 @@ def _retry_after(limit: int, current: int, previous: int, weight: float, window_
         share = max(0.0, 1.0 - (limit - 1) / current) if current > 0 else 0.0
         wait = (window_s - elapsed) + window_s * share
     return max(0.001, math.ceil(wait * 1000 - _EPSILON) / 1000)
+
+
+def _same_tenant(tenant: str | None) -> Any:
+    """Audit rows of ``tenant`` (None: rows without one)."""
+    return audit_events.c.tenant.is_(None) if tenant is None else audit_events.c.tenant == tenant
+
+
+def _chain_lock_key(tenant: str | None) -> int:
+    """The PostgreSQL advisory lock that serialises one tenant's audit writes (a signed 64-bit int)."""
+    digest = hashlib.sha256(
+        b"seawall-audit-chain\0" + (tenant or "").encode() + (b"\1" if tenant is None else b"")
+    ).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _unclaimed(now: datetime) -> Any:
@@ -752,9 +768,18 @@ class SqlStore:
     # ------------------------------------------------------------------ audit
 
     def write_audit(self, record: dict[str, Any]) -> None:
-        """Keep one audit record. A record whose ``request_id`` is stored already replaces the
-        stored one (the latest record of a request wins). ``time`` is an ISO 8601 string or a
-        datetime; the store's clock when absent."""
+        """Keep one audit record, linked into its tenant's hash chain (:mod:`seawall.store.chain`):
+        the stored record gets ``prev_hash`` (the tenant's last stored ``hash``) and ``hash``.
+
+        Writes for one tenant are serialised so the chain stays linear across threads, processes
+        and replicas: SQLite's write transactions take the database's write lock first
+        (``BEGIN IMMEDIATE``); on PostgreSQL the transaction takes an advisory lock per tenant
+        (``pg_advisory_xact_lock``) before it reads the last hash, and holds it until it commits.
+
+        A record whose ``request_id`` is stored already replaces the stored one in searches (the
+        latest record of a request wins); the earlier one stays in the chain, marked
+        ``superseded``. ``time`` is an ISO 8601 string or a datetime; the store's clock when absent.
+        """
         request_id = record.get("request_id")
         if not request_id:
             raise ValueError("an audit record needs a request_id")
@@ -765,17 +790,69 @@ class SqlStore:
             time = as_utc(datetime.fromisoformat(raw_time))
         else:
             time = self._clock()
-        values = {
-            "time": time,
-            "tenant": record.get("tenant"),
-            "safety_identifier": record.get("safety_identifier"),
-            "outcome": record.get("outcome"),
-            "record": record,
-        }
-        statement = self._insert(audit_events).values(request_id=str(request_id), **values)
-        statement = statement.on_conflict_do_update(index_elements=[audit_events.c.request_id], set_=values)
+        tenant = record.get("tenant")
+        tenant = None if tenant is None else str(tenant)
+        record = {key: value for key, value in record.items() if key not in ("prev_hash", "hash")}
+        columns = audit_events.c
         with self._transaction("writing an audit record", write=True) as connection:
-            connection.execute(statement)
+            if self._postgres:
+                connection.execute(select(func.pg_advisory_xact_lock(_chain_lock_key(tenant))))
+            previous = connection.execute(
+                select(columns.hash).where(_same_tenant(tenant)).order_by(columns.id.desc()).limit(1)
+            ).scalar()
+            digest = link(record, previous)
+            stored = connection.execute(
+                select(columns.id).where(columns.request_id == str(request_id))
+            ).scalar()
+            if stored is not None:
+                renamed = f"{str(request_id)[:60]}~superseded~{stored}"
+                connection.execute(
+                    update(audit_events)
+                    .where(columns.id == stored)
+                    .values(request_id=renamed, superseded=True)
+                )
+            connection.execute(
+                insert(audit_events).values(
+                    request_id=str(request_id),
+                    time=time,
+                    tenant=tenant,
+                    safety_identifier=record.get("safety_identifier"),
+                    outcome=record.get("outcome"),
+                    record=record,
+                    prev_hash=previous,
+                    hash=digest,
+                )
+            )
+
+    def audit_chain(
+        self, tenant: str | None = None, *, page: int = 1000
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every stored audit record (superseded ones included) in the order written, as
+        ``("id N", record)`` with the chain's columns as ``prev_hash`` and ``hash``: what
+        :func:`seawall.store.chain.verify` walks. Read ``page`` rows per short transaction;
+        ``tenant`` limits it to one tenant's chain."""
+        columns = audit_events.c
+        after = 0
+        while True:
+            query = (
+                select(columns.id, columns.record, columns.prev_hash, columns.hash)
+                .where(columns.id > after)
+                .order_by(columns.id)
+                .limit(page)
+            )
+            if tenant is not None:
+                query = query.where(columns.tenant == tenant)
+            with self._transaction("reading the audit chain") as connection:
+                rows = connection.execute(query).all()
+            for row in rows:
+                record = dict(row.record)
+                if row.hash is not None or "hash" in record:
+                    record["prev_hash"] = row.prev_hash
+                    record["hash"] = row.hash
+                yield f"id {row.id}", record
+            if len(rows) < page:
+                return
+            after = rows[-1].id
 
     def search_audit(
         self,
@@ -788,7 +865,12 @@ class SqlStore:
     ) -> list[dict[str, Any]]:
         """Audit records matching every filter given, newest first."""
         columns = audit_events.c
-        query = select(columns.record).order_by(columns.time.desc(), columns.id.desc()).limit(limit)
+        query = (
+            select(columns.record)
+            .where(columns.superseded == false())
+            .order_by(columns.time.desc(), columns.id.desc())
+            .limit(limit)
+        )
         if tenant is not None:
             query = query.where(columns.tenant == tenant)
         if safety_id is not None:

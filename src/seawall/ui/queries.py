@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Select, and_, func, select, text
+from sqlalchemy import ColumnElement, Engine, Select, and_, false, func, select, text
 from sqlalchemy.sql.expression import literal_column
 
 from seawall.store.base import REPORT_STATUSES, RISK_LEVELS, AuditOutcome
@@ -89,7 +89,7 @@ def _bucket_starts(range_name: str, now: datetime) -> tuple[int, list[int]]:
 
 
 def _window(since: datetime, until: datetime, tenant: str | None) -> list[ColumnElement[bool]]:
-    where = [audit_events.c.time >= since, audit_events.c.time < until]
+    where = [audit_events.c.time >= since, audit_events.c.time < until, audit_events.c.superseded == false()]
     if tenant is not None:
         where.append(audit_events.c.tenant == tenant)
     return where
@@ -105,13 +105,13 @@ def _flags_sql(dialect: str, bucket_s: int, tenant: str | None) -> str:
             "count(DISTINCT a.id) AS n FROM audit_events a "
             "CROSS JOIN LATERAL json_array_elements(a.record -> 'decisions') AS d(decision) "
             "CROSS JOIN LATERAL json_array_elements_text(d.decision -> 'categories') AS c(category) "
-            f"WHERE a.time >= :since AND a.time < :until{tenant_sql} GROUP BY 1, 2"
+            f"WHERE a.time >= :since AND a.time < :until AND NOT a.superseded{tenant_sql} GROUP BY 1, 2"
         )
     # The LIKE skips, without parsing its JSON, every record that names no category at all.
     return (
         f"SELECT {bucket} AS bucket, c.value AS category, count(DISTINCT a.id) AS n FROM audit_events a, "
         "json_each(a.record, '$.decisions') d, json_each(d.value, '$.categories') c "
-        f"WHERE a.time >= :since AND a.time < :until{tenant_sql} "
+        f"WHERE a.time >= :since AND a.time < :until AND NOT a.superseded{tenant_sql} "
         'AND a.record LIKE \'%"categories":["%\' GROUP BY 1, 2'
     )
 
@@ -455,7 +455,7 @@ def _safety_filter(value: str) -> ColumnElement[bool]:
 def search_audit(engine: Engine, query: AuditQuery) -> AuditPage:
     """One page of audit records matching every filter, newest first, and how many match."""
     columns = audit_events.c
-    where: list[ColumnElement[bool]] = []
+    where: list[ColumnElement[bool]] = [columns.superseded == false()]
     if query.outcome:
         where.append(columns.outcome == query.outcome)
     if query.safety_id:
