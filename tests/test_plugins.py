@@ -18,7 +18,9 @@ from fastapi.testclient import TestClient
 import seawall
 from seawall.backends.base import available_backends, create_backend
 from seawall.errors import ConfigurationError, ModelNotFoundError, PluginError
-from seawall.plugins import BACKENDS, STEPS, load_group
+from seawall.plugins import BACKENDS, DETECTORS, STEPS, STRATEGIES, load_group
+from seawall.redteam.detectors import available_detectors
+from seawall.redteam.strategies import available_strategies, resolve_chain
 from seawall.server.app import create_app
 from seawall.settings import Settings, describe_settings, load_settings
 
@@ -222,3 +224,31 @@ def test_seawall_config_shows_a_plugin_section_and_refuses_a_bad_one(site: Path,
     refused = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
     assert refused.returncode != 0
     assert "plugins.keyword.score" in refused.stderr and DISTRIBUTION in refused.stderr
+
+
+def test_red_team_plugins_follow_the_same_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken strategy or detector that a suite does not use is never imported; one it asks
+    for names its distribution; a strategy must carry its entry point's name."""
+    info = tmp_path / "seawall_red_fixture-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: seawall-red-fixture\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        f"[{STRATEGIES}]\nbroken = seawall_red_missing:make\nmisnamed = seawall_red_fixture:misnamed\n\n"
+        f"[{DETECTORS}]\nbroken = seawall_red_missing:detect\n"
+    )
+    (tmp_path / "seawall_red_fixture.py").write_text(
+        "from seawall.redteam import Strategy\n\n"
+        "def misnamed():\n    return Strategy('other', 'x', lambda turns, rng: turns)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "seawall_red_fixture", raising=False)
+    strategies, detectors = available_strategies(), available_detectors()
+    assert {"broken", "misnamed", "base64"} <= set(strategies) and {"broken", "harm"} <= set(detectors)
+    assert [s.name for s in resolve_chain("base64+rot13")] == ["base64", "rot13"]
+    assert callable(detectors["harm"])
+    with pytest.raises(PluginError, match=r"from distribution 'seawall-red-fixture'.* ModuleNotFound"):
+        resolve_chain("broken")
+    with pytest.raises(PluginError, match=r"'broken' .*seawall.redteam.detectors.*seawall-red-fixture"):
+        detectors["broken"]
+    with pytest.raises(PluginError, match="gave a strategy named 'other', not 'misnamed'"):
+        strategies["misnamed"]
