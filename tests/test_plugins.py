@@ -18,11 +18,12 @@ from fastapi.testclient import TestClient
 import seawall
 from seawall.backends.base import available_backends, create_backend
 from seawall.errors import ConfigurationError, ModelNotFoundError, PluginError
+from seawall.gateway.runner import load_extra_steps
 from seawall.plugins import BACKENDS, DETECTORS, STEPS, STRATEGIES, load_group
 from seawall.redteam.detectors import available_detectors
 from seawall.redteam.strategies import available_strategies, resolve_chain
 from seawall.server.app import create_app
-from seawall.settings import Settings, describe_settings, load_settings
+from seawall.settings import ExtraStep, Settings, describe_settings, load_settings
 
 MODULE = "seawall_keyword_backend"
 DISTRIBUTION = "seawall-keyword-backend"
@@ -252,3 +253,46 @@ def test_red_team_plugins_follow_the_same_rule(tmp_path: Path, monkeypatch: pyte
         detectors["broken"]
     with pytest.raises(PluginError, match="gave a strategy named 'other', not 'misnamed'"):
         strategies["misnamed"]
+
+
+def test_a_gateway_step_gets_its_settings_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    info = tmp_path / "seawall_step_fixture-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: seawall-step-fixture\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[{STEPS}]\nbanner = seawall_step_fixture:Banner\n")
+    (tmp_path / "seawall_step_fixture.py").write_text(
+        textwrap.dedent(
+            """\
+            from pydantic import BaseModel
+
+            class BannerSettings(BaseModel):
+                text: str
+
+            class Banner:
+                name = "banner"
+                settings_model = BannerSettings
+
+                def __init__(self, gateway, config):
+                    self.gateway, self.text = gateway, config.text
+
+                async def run(self, ctx):
+                    return None
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "seawall_step_fixture", raising=False)
+
+    class First:
+        name = "identity"
+
+        async def run(self, ctx: object) -> None:
+            return None
+
+    settings = load_settings(plugins={"banner": {"text": "hello"}})
+    gateway = object()
+    path = load_extra_steps([First()], [ExtraStep(name="banner", after="identity")], gateway, settings)
+    assert [step.name for step in path] == ["identity", "banner"]
+    assert path[1].text == "hello" and path[1].gateway is gateway  # type: ignore[attr-defined]
+    with pytest.raises(PluginError, match=r"plugins.banner.text: Input should be a valid string"):
+        load_settings(plugins={"banner": {"text": 3}})
