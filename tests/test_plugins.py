@@ -296,3 +296,13 @@ def test_a_gateway_step_gets_its_settings_section(tmp_path: Path, monkeypatch: p
     assert path[1].text == "hello" and path[1].gateway is gateway  # type: ignore[attr-defined]
     with pytest.raises(PluginError, match=r"plugins.banner.text: Input should be a valid string"):
         load_settings(plugins={"banner": {"text": 3}})
+
+
+def test_plugin_settings_from_the_environment(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEAWALL_PLUGINS__KEYWORD__WORDS", '["idiot", "fool"]')
+    monkeypatch.setenv("SEAWALL_PLUGINS__KEYWORD__SCORE", "0.6")
+    [result] = seawall.moderate("what a fool", model="keyword", settings=load_settings())
+    assert result.flagged and result.category_scores["harassment"] == 0.6
+    monkeypatch.setenv("SEAWALL_PLUGINS__KEYWORD__SCORE", "high")
+    with pytest.raises(PluginError, match=r"plugins.keyword.score: Input should be a valid number"):
+        load_settings()

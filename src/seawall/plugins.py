@@ -19,6 +19,7 @@ seawall finds moderation backends, gateway steps and red-team probes, strategies
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -108,7 +109,7 @@ class Plugin(Generic[T]):
                 raise self.error("takes no settings (it declares no settings_model), yet plugins sets some")
             return None
         try:
-            return model.model_validate(dict(values or {}))
+            return model.model_validate(_decoded(dict(values or {})))
         except ValidationError as exc:
             problems = "; ".join(
                 f"plugins.{self.name}.{'.'.join(str(p) for p in e['loc']) or '(section)'}: {e['msg']}"
@@ -144,6 +145,23 @@ class Plugin(Generic[T]):
             return loaded(*args)
         config = self.config(settings.plugins.get(self.name) if settings is not None else None)
         return loaded(*args, config=config)
+
+
+def _decoded(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with JSON lists and objects given as text (``SEAWALL_PLUGINS__X__WORDS='["a"]'``:
+    the environment holds only strings) decoded; scalars the settings model converts itself."""
+    decoded = dict(values)
+    for key, value in values.items():
+        if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                continue
+            if isinstance(parsed, list | dict):
+                decoded[key] = parsed
+        elif isinstance(value, dict):
+            decoded[key] = _decoded(value)
+    return decoded
 
 
 class PluginGroup(Mapping[str, Plugin[T]]):
