@@ -26,6 +26,7 @@ from seawall.errors import (
     ModelNotFoundError,
     OverloadedError,
     PayloadTooLargeError,
+    PluginError,
     SeawallError,
 )
 from seawall.inputs import ImagePart, ModerationInput
@@ -53,6 +54,7 @@ __all__ = [
     "ModerationService",
     "OverloadedError",
     "PayloadTooLargeError",
+    "PluginError",
     "SeawallError",
     "Settings",
     "__version__",

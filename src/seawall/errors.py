@@ -127,6 +127,18 @@ class ConfigurationError(SeawallError):
     error_type = "configuration_error"
 
 
+class PluginError(ConfigurationError):
+    """A plugin (an entry point in one of seawall's groups) could not be loaded, is not what its
+    group expects, or its ``plugins.<name>`` settings are invalid; the message names the
+    distribution that declares it, the group and the entry point, and says why."""
+
+    def __init__(self, message: str, *, group: str | None, name: str, distribution: str | None) -> None:
+        super().__init__(message)
+        self.group = group
+        self.name = name
+        self.distribution = distribution
+
+
 class ModelArtefactError(ConfigurationError):
     """The embedded model's files are missing or inconsistent."""
 

@@ -613,6 +613,20 @@ class Settings(BaseSettings):
     )
     ui: UISettings = Field(default_factory=UISettings, description="The review desk web UI at /ui/.")
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings, description="Traces.")
+    plugins: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Settings of plugins (backends, gateway steps, red-team probes, strategies and "
+        "detectors from entry points), one section per plugin by its entry-point name, each checked "
+        "at start-up by the settings_model the plugin declares, e.g. {my_backend: {threshold: 0.4}}.",
+    )
+
+    @model_validator(mode="after")
+    def _plugin_sections_are_valid(self) -> Settings:
+        if self.plugins:
+            from seawall.plugins import check_plugin_settings  # imports the plugins named, only
+
+            check_plugin_settings(self.plugins)
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -2,22 +2,22 @@
 
 A backend scores a *batch* of inputs in one call. Backends register under the
 ``seawall.backends`` entry-point group (the built-in ones too), each entry
-pointing at a factory ``(settings) -> ModerationBackend``.
+pointing at a factory ``(settings) -> ModerationBackend`` (or ``(settings, config=...)`` for a
+plugin with a ``settings_model``: see :mod:`seawall.plugins`), or at a backend itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import cache
-from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol, runtime_checkable
 
-from seawall.errors import ConfigurationError, ModelNotFoundError
+from seawall.errors import ModelNotFoundError
 from seawall.inputs import ModerationInput
+from seawall.plugins import BACKENDS, PluginGroup, load_group
 from seawall.results import ModerationResult
 from seawall.settings import Settings
 
-ENTRY_POINT_GROUP = "seawall.backends"
+ENTRY_POINT_GROUP = BACKENDS
 
 
 @runtime_checkable
@@ -39,26 +39,16 @@ class ModerationBackend(Protocol):
 BackendFactory = Callable[[Settings], ModerationBackend]
 
 
-@cache
-def available_backends() -> dict[str, EntryPoint]:
-    """Every registered backend by name (not yet imported: a broken plugin only fails when used).
-
-    Read once per process: scanning installed packages' metadata costs milliseconds.
-    """
-    return {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
+def available_backends() -> PluginGroup[ModerationBackend]:
+    """Every registered backend by name (not yet imported: a broken plugin only fails when used)."""
+    return load_group(ENTRY_POINT_GROUP, ModerationBackend)
 
 
 def create_backend(name: str, settings: Settings) -> ModerationBackend:
-    """Build the backend registered as ``name``."""
+    """Build the backend registered as ``name``: its factory is called with the settings (and
+    ``config=``, its ``plugins.<name>`` section, when the plugin declares a ``settings_model``)."""
     registered = available_backends()
     if name not in registered:
         known = ", ".join(sorted(registered)) or "none (is seawall installed?)"
         raise ModelNotFoundError(f"unknown moderation backend {name!r}; known: {known}.", param="model")
-    try:
-        factory: BackendFactory = registered[name].load()
-    except (ImportError, AttributeError) as exc:
-        raise ConfigurationError(f"backend plugin {name!r} could not be loaded: {exc}") from exc
-    backend = factory(settings)
-    if not isinstance(backend, ModerationBackend):
-        raise ConfigurationError(f"backend factory {name!r} did not return a ModerationBackend")
-    return backend
+    return registered[name].create(settings, settings=settings)

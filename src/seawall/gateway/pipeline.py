@@ -247,7 +247,7 @@ class Gateway:
         )
         self.runner = Runner(self.guards)
         #: The request path of a plain request, in order (``gateway.extra_steps`` included).
-        self.steps: list[Step] = load_extra_steps(self._path(), self.settings.extra_steps, self)
+        self.steps: list[Step] = load_extra_steps(self._path(), self.settings.extra_steps, self, settings)
         upstream_at = [step.name for step in self.steps].index("upstream")
         #: A stream's steps before its upstream call: the path's, and the review's question.
         holds: list[Step] = [ReviewRoute(review)] if review is not None and review.enabled else []

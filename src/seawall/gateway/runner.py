@@ -20,7 +20,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -35,8 +34,9 @@ from seawall.errors import (
 from seawall.gateway.access import Caller
 from seawall.gateway.audit import AuditRecord
 from seawall.gateway.stream_guard import GuardVerdict
+from seawall.plugins import STEPS, PluginGroup, load_group
 from seawall.service import ModerationService
-from seawall.settings import ExtraStep, FailMode
+from seawall.settings import ExtraStep, FailMode, Settings
 from seawall.store.base import UserState
 
 log = logging.getLogger("seawall.gateway")
@@ -44,7 +44,7 @@ log = logging.getLogger("seawall.gateway")
 T = TypeVar("T")
 
 #: The entry-point group of steps of your own (``gateway.extra_steps`` places them).
-STEP_ENTRY_POINTS = "seawall.steps"
+STEP_ENTRY_POINTS = STEPS
 
 
 @dataclass
@@ -272,14 +272,18 @@ class RequestScope:
 # ---------------------------------------------------------------------------------- your own steps
 
 
-def available_steps() -> dict[str, EntryPoint]:
+def available_steps() -> PluginGroup[Step]:
     """Every step registered in the ``seawall.steps`` entry-point group, by name (not yet imported)."""
-    return {entry.name: entry for entry in entry_points(group=STEP_ENTRY_POINTS)}
+    return load_group(STEP_ENTRY_POINTS, Step)
 
 
-def load_extra_steps(path: list[Step], extra: Sequence[ExtraStep], gateway: Any) -> list[Step]:
+def load_extra_steps(
+    path: list[Step], extra: Sequence[ExtraStep], gateway: Any, settings: Settings | None = None
+) -> list[Step]:
     """``path`` with the steps ``extra`` names, each built by its entry point's factory (called with
-    the gateway) and placed before or after a step of the path (or an extra step placed earlier)."""
+    the gateway, and ``config=`` its ``plugins.<name>`` section of ``settings`` when it declares a
+    ``settings_model``) and placed before or after a step of the path (or an extra step placed
+    earlier)."""
     if not extra:
         return path
     registered = available_steps()
@@ -290,15 +294,7 @@ def load_extra_steps(path: list[Step], extra: Sequence[ExtraStep], gateway: Any)
             raise ConfigurationError(
                 f"gateway.extra_steps: no step {wanted.name!r} is registered; known: {known}"
             )
-        try:
-            factory = registered[wanted.name].load()
-        except (ImportError, AttributeError) as exc:
-            raise ConfigurationError(f"step plugin {wanted.name!r} could not be loaded: {exc}") from exc
-        step = factory(gateway)
-        if not isinstance(step, Step):
-            raise ConfigurationError(
-                f"step plugin {wanted.name!r} did not return a Step (name and async run)"
-            )
+        step = registered[wanted.name].create(gateway, settings=settings)
         anchor = wanted.before or wanted.after
         names = [s.name for s in steps]
         if anchor not in names:

@@ -12,9 +12,9 @@ import csv
 import hashlib
 import json
 import string
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,10 +22,11 @@ import yaml
 
 from seawall.categories import CATEGORIES
 from seawall.errors import ConfigurationError
+from seawall.plugins import PROBES, load_group
 from seawall.redteam.cases import AttackCase, Check, Document
 from seawall.redteam.detectors import luhn_valid
 
-PROBE_ENTRY_POINTS = "seawall.redteam.probes"
+PROBE_ENTRY_POINTS = PROBES
 
 #: Families and what they test, for `seawall redteam list` and reports.
 FAMILIES: dict[str, str] = {
@@ -383,16 +384,5 @@ def plugin_probes() -> list[Probe]:
     them. A class is always instantiated: a class that defines the protocol's attributes would
     itself pass the runtime ``isinstance(..., Probe)`` check.
     """
-    found: list[Probe] = []
-    for entry in metadata.entry_points(group=PROBE_ENTRY_POINTS):
-        loaded = entry.load()
-        if isinstance(loaded, type) or (callable(loaded) and not isinstance(loaded, Probe)):
-            made = loaded()
-        else:
-            made = loaded
-        items: Sequence[Any] = made if isinstance(made, list | tuple) else [made]
-        for item in items:
-            if not isinstance(item, Probe):
-                raise ConfigurationError(f"entry point {entry.name!r} in {PROBE_ENTRY_POINTS} is not a probe")
-            found.append(item)
-    return found
+    plugins = load_group(PROBE_ENTRY_POINTS, Probe)
+    return [probe for plugin in plugins.values() for probe in plugin.create_many()]

@@ -22,17 +22,16 @@ import binascii
 import codecs
 import re
 import unicodedata
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
 from seawall.categories import with_parents
-from seawall.errors import ConfigurationError
+from seawall.plugins import DETECTORS, Overlay, load_group
 from seawall.redteam.cases import AttackCase, Verdict
 from seawall.redteam.strategies import HOMOGLYPHS
 
-DETECTOR_ENTRY_POINTS = "seawall.redteam.detectors"
+DETECTOR_ENTRY_POINTS = DETECTORS
 
 
 @dataclass
@@ -559,15 +558,11 @@ BUILTIN: dict[str, DetectorFn] = {
 }
 
 
-def available_detectors() -> dict[str, DetectorFn]:
-    """Built-in detectors plus those from ``seawall.redteam.detectors`` entry points."""
-    found = dict(BUILTIN)
-    for entry in metadata.entry_points(group=DETECTOR_ENTRY_POINTS):
-        loaded = entry.load()
-        if not callable(loaded):
-            raise ConfigurationError(f"entry point {entry.name!r} in {DETECTOR_ENTRY_POINTS} is not callable")
-        found[entry.name] = loaded
-    return found
+def available_detectors() -> Mapping[str, DetectorFn]:
+    """Built-in detectors plus those from ``seawall.redteam.detectors`` entry points (a plugin of
+    the same name wins), each plugin imported when first looked up."""
+    # A detector is any callable: the entry point's function is the detector itself.
+    return Overlay(load_group(DETECTOR_ENTRY_POINTS, Callable).built(), BUILTIN)
 
 
 def local_moderation(backend: str = "local") -> Moderate:

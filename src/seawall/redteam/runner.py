@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,7 +52,7 @@ def _tool_exchange(output: str) -> list[dict[str, Any]]:
 async def run_case(
     case: AttackCase,
     target: Target,
-    detectors: dict[str, DetectorFn],
+    detectors: Mapping[str, DetectorFn],
     context: DetectorContext,
     judge: Judge | None = None,
 ) -> CaseResult:

@@ -13,13 +13,13 @@ import base64
 import codecs
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 
 from seawall.errors import ConfigurationError
+from seawall.plugins import STRATEGIES, Overlay, PluginGroup, load_group
 
-STRATEGY_ENTRY_POINTS = "seawall.redteam.strategies"
+STRATEGY_ENTRY_POINTS = STRATEGIES
 
 Transform = Callable[[list[str], random.Random], list[str]]
 
@@ -222,21 +222,34 @@ BUILTIN: dict[str, Strategy] = {
 DEFAULT_STRATEGIES: tuple[str, ...] = tuple(BUILTIN)
 
 
-def available_strategies() -> dict[str, Strategy]:
-    """Built-in strategies plus those from ``seawall.redteam.strategies`` entry points."""
-    found = dict(BUILTIN)
-    for entry in metadata.entry_points(group=STRATEGY_ENTRY_POINTS):
-        loaded = entry.load()
-        strategy = loaded() if callable(loaded) and not isinstance(loaded, Strategy) else loaded
-        if not isinstance(strategy, Strategy):
-            raise ConfigurationError(
-                f"entry point {entry.name!r} in {STRATEGY_ENTRY_POINTS} is not a Strategy"
-            )
-        found[strategy.name] = strategy
-    return found
+def available_strategies() -> Mapping[str, Strategy]:
+    """Built-in strategies plus those from ``seawall.redteam.strategies`` entry points (a plugin of
+    the same name wins), each plugin imported when first looked up; an entry point names a
+    :class:`Strategy` or a function returning one, of the entry point's name."""
+    return Overlay(_NamedStrategies(load_group(STRATEGY_ENTRY_POINTS, Strategy)), BUILTIN)
 
 
-def resolve_chain(chain: str | Sequence[str], known: dict[str, Strategy] | None = None) -> list[Strategy]:
+class _NamedStrategies(Mapping[str, Strategy]):
+    """A group's strategies, each checked to carry its entry point's name."""
+
+    def __init__(self, plugins: PluginGroup[Strategy]) -> None:
+        self._plugins = plugins
+        self._built = plugins.built()
+
+    def __getitem__(self, name: str) -> Strategy:
+        strategy = self._built[name]
+        if strategy.name != name:
+            raise self._plugins[name].error(f"gave a strategy named {strategy.name!r}, not {name!r}")
+        return strategy
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._plugins)
+
+    def __len__(self) -> int:
+        return len(self._plugins)
+
+
+def resolve_chain(chain: str | Sequence[str], known: Mapping[str, Strategy] | None = None) -> list[Strategy]:
     """``"base64"``, ``"leetspeak+roleplay"`` or ``["leetspeak", "roleplay"]`` as strategies."""
     known = known if known is not None else available_strategies()
     names = chain.split("+") if isinstance(chain, str) else list(chain)
