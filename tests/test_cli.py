@@ -372,7 +372,8 @@ def test_serve_answers_and_stops(tmp_path: Path) -> None:
         [SEAWALL, "serve", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=clean_env(),
+        # Its own home: the default store, secret and model cache are never the user's.
+        env=clean_env(HOME=str(tmp_path)),
         cwd=tmp_path,
     )
     try:
