@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint train eval bench clean
+.PHONY: serve test lint train eval bench bench-slow clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,9 +48,15 @@ train: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BIN)/python bench/moderation_api.py
 	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/multilingual.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/topics.py
 	$(BIN)/python bench/redteam.py
+
+## Slow benchmarks: leave-one-source-out retraining (hours on 2 cores) and a 10-minute soak.
+bench-slow: $(VENV)/.dev
+	$(BIN)/python bench/loso.py --data ../shared/data
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
