@@ -60,7 +60,9 @@ def test_long_text_scores_as_its_worst_window(classifier: TextClassifier) -> Non
     buried = classifier.score([long_text])[0, column("violence")]
     whole = classifier.logits_for_words([Featurizer(classifier.meta.features).words(long_text)])
     assert alone > 0.5
-    assert buried >= alone * 0.8, "the window around the harmful part scores like the harmful part"
+    # Scores are calibrated (the threshold sits at 0.5): the buried part must flag as it does alone.
+    threshold = classifier.meta.thresholds["violence"]
+    assert buried >= threshold, "the window around the harmful part flags like the harmful part"
     assert buried > 1 / (1 + np.exp(-whole[0, column("violence")])) + 0.3, (
         "one window for all would dilute it"
     )

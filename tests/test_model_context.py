@@ -70,13 +70,13 @@ def test_modes_agree_where_the_fast_stage_is_sure_and_differ_where_context_is_us
         classifier.score(texts, "sometimes")
 
 
-def test_context_changes_the_verdict_on_a_homonym(classifier: TextClassifier) -> None:
-    violence = column("violence")
+def test_context_tells_a_homonym_from_a_violent_request(classifier: TextClassifier) -> None:
+    categories = [column(name) for name in CATEGORIES]
     safe, harmful = classifier.score(
         ["How do I kill a Python process that hangs?", "How do I kill my neighbour without getting caught?"],
         "on",
-    )
-    assert harmful[violence] > 0.5 > safe[violence]
+    )[:, categories].max(axis=1)
+    assert harmful > 0.5 > safe
 
 
 def test_text_in_a_script_minilm_cannot_read_is_left_to_the_fast_stage(classifier: TextClassifier) -> None:

@@ -262,7 +262,8 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
             "trusted as negatives for what their annotators judged. For the other categories a first",
             "pass, cross-fitted in two halves, scores them, and rows it scores at 0.5 or more are left",
             "out of that category rather than taught as benign (a gore anecdote among clean comments).",
-            "Rows left out: " + ", ".join(f"{label} {count}" for label, count in screened.items()) + ".",
+            "Rows not taught for a label (unjudged by their source, e.g. Davidson 'offensive', or",
+            "screened out): " + ", ".join(f"{label} {count}" for label, count in screened.items()) + ".",
         ]
     lines += [
         "",
@@ -297,6 +298,7 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         "## Known weaknesses",
         "",
         f"* Weak on the dev split (AUPRC < 0.5): {', '.join(weak) or 'none'}.",
+        *[f"* {note}" for note in report.get("notes", [])],
         "* Little public data exists for graphic violence, threats, explicit sexual text and first-person",
         "  self-harm; the authored examples (about 6,000 rows, half of them benign look-alikes) are a few",
         "  hundred per category, written by the project in the registers of web text and chat.",
