@@ -21,6 +21,7 @@ from seawall.backends.openai import MAX_PARALLEL_REQUESTS, OpenAIBackend, create
 from seawall.categories import CATEGORIES, IMAGE_CATEGORIES
 from seawall.errors import BackendError, BackendTimeoutError, ConfigurationError
 from seawall.inputs import ImagePart, ModerationInput
+from seawall.results import with_parent_flags
 from seawall.server.app import create_app
 from seawall.settings import Settings
 
@@ -34,8 +35,11 @@ def scripted_scores(text: str) -> dict[str, float]:
 
 
 def scripted_flags(text: str) -> dict[str, bool]:
-    """Flags that deliberately do not follow score >= 0.5: the backend must take OpenAI's booleans."""
-    return {name: index % 3 == 0 for index, name in enumerate(CATEGORIES)}
+    """Flags that deliberately do not follow score >= 0.5: the backend must take OpenAI's booleans.
+
+    They follow the taxonomy (a flagged sub-category flags its parent), as seawall's answers always do.
+    """
+    return with_parent_flags({name: index % 3 == 0 for index, name in enumerate(CATEGORIES)})
 
 
 def openai_result(text: str, *, image: bool = False, applied: bool = True) -> dict[str, Any]:
