@@ -151,7 +151,7 @@ def test_small_training_run_writes_working_artefacts(tmp_path: Path) -> None:
     messages: list[str] = []
     report = train(config, progress=messages.append)
     assert any("train rows" in message for message in messages)
-    for name in ("model.json", "weights.npz", "context.npz", "MODEL_CARD.md"):
+    for name in ("model.json", "weights.npz", "context.npz", "tokenizer.json", "MODEL_CARD.md"):
         assert (tmp_path / name).is_file()
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["labels"] == list(ALL_LABELS)

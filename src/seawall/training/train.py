@@ -430,6 +430,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         if encoder is not None and vectors is not None and token_weights is not None:
             write_semantic_artefacts(config.out_dir, vectors, token_weights, dense_weights)
         if context_fit is not None:
+            copy_tokenizer(config.out_dir)
             np.savez_compressed(
                 config.out_dir / CONTEXT_FILE,
                 weights=context_fit.weights.astype(np.float32),
@@ -443,6 +444,13 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
     return report
 
 
+def copy_tokenizer(out_dir: Path) -> None:
+    """MiniLM's tokenizer next to the artefacts: the semantic block and the contextual stage read it."""
+    tokenizer = default_model_dir() / TOKENIZER_FILE
+    if (out_dir / TOKENIZER_FILE).resolve() != tokenizer.resolve():
+        shutil.copyfile(tokenizer, out_dir / TOKENIZER_FILE)
+
+
 def write_semantic_artefacts(
     out_dir: Path,
     vectors: NDArray[np.float16],
@@ -450,9 +458,7 @@ def write_semantic_artefacts(
     dense_weights: NDArray[np.float32],
 ) -> None:
     np.save(out_dir / VECTORS_FILE, vectors.astype(np.float16))
-    tokenizer = default_model_dir() / TOKENIZER_FILE
-    if (out_dir / TOKENIZER_FILE).resolve() != tokenizer.resolve():
-        shutil.copyfile(tokenizer, out_dir / TOKENIZER_FILE)
+    copy_tokenizer(out_dir)
     arrays = dict(np.load(out_dir / WEIGHTS_FILE))
     arrays["dense_weights"] = dense_weights.astype(np.float32)
     arrays["token_weights"] = token_weights.astype(np.float16)
