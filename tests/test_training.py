@@ -60,8 +60,11 @@ def test_authored_training_data_shares_no_text_with_the_evaluation_sets() -> Non
 
     bench = Path(__file__).resolve().parents[1] / "bench" / "data"
     evaluation: set[tuple[str, ...]] = set()
-    for name in ("functional_tests.jsonl", "web_register_eval.jsonl"):
-        for line in (bench / name).read_text(encoding="utf-8").splitlines():
+    suites = [bench / "functional_tests.jsonl", bench / "web_register_eval.jsonl"]
+    suites += sorted((bench / "multilingual").glob("functional_*.jsonl"))
+    assert len(suites) == 8, "the six translated functional suites are evaluation sets too"
+    for path in suites:
+        for line in path.read_text(encoding="utf-8").splitlines():
             evaluation |= shingles(json.loads(line)["text"])
     folder = default_authored_dir()
     assert folder is not None
