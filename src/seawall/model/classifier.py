@@ -89,7 +89,7 @@ def anchor(probabilities: NDArray[np.float32], thresholds: NDArray[np.float32]) 
     return np.asarray(np.where(probabilities <= t, low, high), dtype=np.float32)
 
 
-def _sigmoid(x: NDArray[np.float32]) -> NDArray[np.float32]:
+def sigmoid(x: NDArray[np.float32]) -> NDArray[np.float32]:
     return np.asarray(1.0 / (1.0 + np.exp(-np.clip(x, -40.0, 40.0))), dtype=np.float32)
 
 
@@ -230,18 +230,19 @@ class TextClassifier:
         if mode not in CONTEXTUAL_MODES:
             raise ValueError(f"contextual mode must be one of {CONTEXTUAL_MODES}, not {mode!r}")
         fast = self.logits_for_words(windows)
-        scores = self._calibrated(_sigmoid(fast), "fast")
+        scores = self._calibrated(sigmoid(fast), "fast")
         if self.context is None or mode == "off" or not len(windows):
             return scores
-        readable = np.array([latin_share("".join(words)) >= MIN_LATIN_SHARE for words in windows])
+        candidates: Sequence[int] | NDArray[np.intp] = range(len(windows))
         if mode == "auto":
             low, high = self.context.band
-            readable &= ((scores >= low) & (scores <= high)).any(axis=1)
-        chosen = np.flatnonzero(readable)
+            candidates = np.flatnonzero(((scores >= low) & (scores <= high)).any(axis=1))
+        # Only windows MiniLM's vocabulary can read (checked after the band: it is the dearer test).
+        chosen = [int(i) for i in candidates if latin_share("".join(windows[i])) >= MIN_LATIN_SHARE]
         if len(chosen):
-            picked = [windows[int(i)] for i in chosen]
+            picked = [windows[i] for i in chosen]
             blended = self.blend(fast[chosen], self.context_logits(picked))
-            scores[chosen] = self._calibrated(_sigmoid(blended), "blended")
+            scores[chosen] = self._calibrated(sigmoid(blended), "blended")
         return scores
 
     def score(self, texts: Sequence[str], mode: str = "auto") -> NDArray[np.float32]:

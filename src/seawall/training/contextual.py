@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from seawall.categories import ALL_LABELS, CATEGORIES
 from seawall.metrics import average_precision
-from seawall.model.classifier import MIN_LATIN_SHARE, TextClassifier, anchor
+from seawall.model.classifier import MIN_LATIN_SHARE, TextClassifier, anchor, sigmoid
 from seawall.model.context import latin_share
 from seawall.model.features import Featurizer
 from seawall.training.datasets import Example
@@ -136,14 +136,14 @@ def fit_context_stage(
         stacker = LogisticRegression(C=10.0, max_iter=500)
         stacker.fit(np.stack([fast_dev[known, index], context_dev[known, index]], axis=1), positives)
         blend[index] = [stacker.coef_[0][0], stacker.coef_[0][1], stacker.intercept_[0]]
-    blended = 1.0 / (1.0 + np.exp(-(blend[:, 0] * fast_dev + blend[:, 1] * context_dev + blend[:, 2])))
+    blended = sigmoid(blend[:, 0] * fast_dev + blend[:, 1] * context_dev + blend[:, 2])
     thresholds = {
         label: threshold(y_dev[~unknown_dev[:, i], i], blended[~unknown_dev[:, i], i].astype(np.float32))
         for i, label in enumerate(ALL_LABELS)
     }
 
     # The band for "auto": how many dev windows it sends to the encoder, and what that buys.
-    fast_calibrated = anchor((1.0 / (1.0 + np.exp(-fast_dev))).astype(np.float32), fast_thresholds)
+    fast_calibrated = anchor(sigmoid(fast_dev), fast_thresholds)
     blended_calibrated = anchor(
         blended.astype(np.float32), np.array([thresholds[label] for label in ALL_LABELS], dtype=np.float32)
     )
