@@ -202,6 +202,13 @@ def image_host() -> Iterator[ImageHost]:
         "169.254.169.254",
         "0.0.0.0",
         "2130706433",
+        "0x7f.1",
+        "127.1",
+        "100.64.0.1",
+        "224.0.0.1",
+        "[fd00::1]",
+        "[fe80::1]",
+        "[ff02::1]",
         # IPv6 addresses that carry a private IPv4 one: mapped, compatible, 6to4, Teredo, NAT64.
         "[::ffff:127.0.0.1]",
         "[::127.0.0.1]",

@@ -97,7 +97,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
                 "uncertain_low": None,  # these tests hold on domains; the band has its own tests
                 "reviewer_tokens": {"rita": REVIEWER},
                 "admin_tokens": {"root": ADMIN},
-                "notify": {"allowed_webhook_hosts": ["127.0.0.1"], "allow_http_webhooks": True},
+                "notify": {
+                    "allowed_webhook_hosts": ["127.0.0.1"],
+                    "allow_http_webhooks": True,
+                    "allow_private_webhooks": True,  # the receiver is on loopback
+                },
                 "notices": {"disclosure": DISCLOSURE},
             },
         )

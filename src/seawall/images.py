@@ -15,7 +15,8 @@ Formats. PNG, JPEG, GIF and WebP only, as Pillow detects them from the bytes
 other decoders (TIFF, BMP, ICO, PSD, ...), which keeps the rarer and more fragile
 parsers out of reach of anyone who can send a request.
 
-Fetching without becoming a proxy into the local network (SSRF). The host is
+Fetching without becoming a proxy into the local network (SSRF; the rules are
+:mod:`seawall.netguard`'s, shared with review webhooks). The host is
 resolved once, inside the fetch's time limit, and every address it resolves to
 must be public; for IPv6 addresses that embed an IPv4 one (IPv4-mapped,
 IPv4-compatible, 6to4, Teredo, NAT64) the embedded address must be public too.
@@ -45,16 +46,24 @@ import asyncio
 import base64
 import binascii
 import io
-import ipaddress
 import logging
-import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import httpx
 from PIL import GifImagePlugin, Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
 from seawall.errors import ImageError, PayloadTooLargeError
 from seawall.inputs import ImagePart, check_image_count, parse_image_url
+from seawall.netguard import (
+    IPAddress,
+    NonPublicAddress,
+    Resolver,
+    check_addresses,
+    embedded_ipv4,
+    is_public,
+    literal_address,
+    resolve_host,
+)
 from seawall.settings import ImageSettings
 
 logger = logging.getLogger(__name__)
@@ -66,46 +75,6 @@ _ACCEPTED_PLUGINS = (GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImageP
 #: as Pillow's "MPO" format, and are accepted as JPEG.
 ACCEPTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "WEBP")
 ACCEPTED_FORMATS_TEXT = "PNG, JPEG, GIF and WebP"
-
-#: ``resolver(host, port)`` answers the addresses to try, best first.
-Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-#: IPv6 prefixes whose last 32 bits are an IPv4 address: NAT64 (well-known and local-use),
-#: IPv4-translated (SIIT) and the deprecated IPv4-compatible form.
-_IPV4_IN_LAST_32_BITS = tuple(
-    ipaddress.IPv6Network(prefix) for prefix in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96", "::/96")
-)
-
-
-async def resolve_host(host: str, port: int) -> list[str]:
-    """The addresses ``host`` resolves to, in the system's order of preference."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    """The IPv4 addresses an IPv6 address carries, and so could route to."""
-    found: list[ipaddress.IPv4Address] = []
-    if address.ipv4_mapped is not None:
-        found.append(address.ipv4_mapped)
-    if address.sixtofour is not None:
-        found.append(address.sixtofour)
-    if address.teredo is not None:
-        found.extend(address.teredo)  # (server, client)
-    if any(address in prefix for prefix in _IPV4_IN_LAST_32_BITS):
-        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-    return found
-
-
-def is_public(address: IPAddress) -> bool:
-    """Globally routable, and so is any IPv4 address embedded in it."""
-    if not address.is_global:
-        return False
-    if isinstance(address, ipaddress.IPv6Address):
-        return all(inner.is_global for inner in embedded_ipv4(address))
-    return True
 
 
 class _ByteBudget:
@@ -229,20 +198,25 @@ class ImageLoader:
         return False
 
     async def _checked_addresses(self, host: str, port: int) -> list[str]:
-        """``host``'s addresses, resolved once; all of them public unless private hosts are allowed."""
-        try:
-            addresses = list(await self._resolve(host, port))
-        except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
-            logger.debug("image host %s could not be resolved: %r", host, exc)
-            raise ImageError(f"image host {host!r} could not be resolved.") from exc
+        """``host``'s addresses, resolved once; all of them public unless private hosts are allowed.
+
+        A host that is an address (``2130706433``, ``0x7f.1``, ``[::ffff:127.0.0.1]``) is read as
+        the operating system reads it, without asking the resolver."""
+        literal = literal_address(host)
+        if literal is not None:
+            addresses = [str(literal)]
+        else:
+            try:
+                addresses = list(await self._resolve(host, port))
+            except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+                logger.debug("image host %s could not be resolved: %r", host, exc)
+                raise ImageError(f"image host {host!r} could not be resolved.") from exc
         if not addresses:
             raise ImageError(f"image host {host!r} could not be resolved.")
-        if not self.settings.allow_private_hosts:
-            # All of them, not only the one used: a host that answers with any private address is refused.
-            for address in addresses:
-                if not is_public(ipaddress.ip_address(address)):
-                    raise ImageError(f"image host {host!r} resolves to a non-public address; refused.")
-        return addresses
+        try:
+            return check_addresses(addresses, allow_private=self.settings.allow_private_hosts)
+        except NonPublicAddress:
+            raise ImageError(f"image host {host!r} resolves to a non-public address; refused.") from None
 
     async def _download(self, url: httpx.URL, addresses: Sequence[str], budget: _ByteBudget) -> bytes:
         """GET ``url`` from the first of ``addresses`` that takes the connection."""
@@ -310,3 +284,15 @@ class ImageLoader:
             raise ImageError(
                 f"image could not be decoded; the accepted formats are {ACCEPTED_FORMATS_TEXT}."
             ) from exc
+
+
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "ACCEPTED_FORMATS_TEXT",
+    "IPAddress",
+    "ImageLoader",
+    "Resolver",
+    "embedded_ipv4",
+    "is_public",
+    "resolve_host",
+]

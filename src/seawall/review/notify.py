@@ -9,7 +9,14 @@ decisions themselves are in the store; reviewers and pollers see them).
 Webhook requests are ``POST`` with a JSON body ``{"type", "created", "data"}``, never follow
 redirects, and carry ``x-seawall-event`` and, with ``signing_secret``, ``x-seawall-signature:
 sha256=<HMAC-SHA256 hex of the body>``. Per-request webhooks must name an allowed host
-(:func:`check_webhook_url`). E-mail goes through the standard library's :mod:`smtplib`.
+(:func:`check_webhook_url`) and follow :mod:`seawall.netguard`'s rules: the host (an address in
+any form, or a name resolved once at each delivery) must be public (unless
+``allow_private_webhooks``), and the connection goes to the checked address, so neither a redirect
+nor a DNS answer that changes after the check (rebinding) can point a delivery at the local
+network. Such a refusal is final (no retries). The operator's own ``webhook_url`` is configuration,
+not a caller's choice, and is posted to as configured. Logs name a webhook by its origin only
+(scheme, host, port): its path and query often carry a token. E-mail goes through the standard
+library's :mod:`smtplib`.
 """
 
 from __future__ import annotations
@@ -31,6 +38,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from seawall.errors import InvalidRequestError
+from seawall.netguard import (
+    NonPublicAddress,
+    SyncResolver,
+    check_addresses,
+    is_public,
+    literal_address,
+    resolve_host_sync,
+)
 from seawall.review.settings import NotifySettings, SmtpSettings
 
 log = logging.getLogger("seawall.review.notify")
@@ -59,6 +74,11 @@ def check_webhook_url(url: str, settings: NotifySettings, *, param: str) -> str:
         raise InvalidRequestError(
             "the webhook URL needs a host and no credentials", param=param, code="webhook_not_allowed"
         )
+    literal = literal_address(host)
+    if literal is not None and not settings.allow_private_webhooks and not is_public(literal):
+        raise InvalidRequestError(
+            "the webhook URL names a non-public address", param=param, code="webhook_not_allowed"
+        )
     for pattern in settings.allowed_webhook_hosts:
         pattern = pattern.lower()
         if host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
@@ -70,12 +90,31 @@ def check_webhook_url(url: str, settings: NotifySettings, *, param: str) -> str:
     )
 
 
+def webhook_origin(url: str) -> str:
+    """``scheme://host[:port]`` of a webhook URL: what logs may say of it (its path and query
+    often hold a token)."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+        host = parts.hostname or "?"
+    except ValueError:
+        return "<invalid webhook URL>"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{port}"
+
+
+class WebhookRefused(Exception):
+    """A per-request webhook's host is, or resolves to, a non-public address: never retried."""
+
+
 @dataclass
 class _Delivery:
     kind: str  # "webhook" or "email"
     event: str
     payload: dict[str, Any]
     target: str | None = None  # the webhook URL
+    #: A caller chose the URL (a per-request webhook): netguard's rules apply.
+    guarded: bool = False
     attempts: int = 0
     created: float = field(default_factory=time.time)
 
@@ -83,12 +122,21 @@ class _Delivery:
 class Notifier:
     """Queues notifications and delivers them on a background thread; :meth:`close` when done."""
 
-    def __init__(self, settings: NotifySettings) -> None:
+    def __init__(self, settings: NotifySettings, *, resolver: SyncResolver = resolve_host_sync) -> None:
         self.settings = settings
+        self._resolve = resolver
         self._queue: queue.Queue[_Delivery | None] = queue.Queue()
         self._pending = 0
         self._idle = threading.Condition()
         self._client = httpx.Client(timeout=settings.timeout_s, follow_redirects=False)
+        # Per-request webhooks: connections go to pinned addresses, so none is reused (a connection
+        # made for one host name must not carry another's request) and no proxy is used.
+        self._guarded_client = httpx.Client(
+            timeout=settings.timeout_s,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
         self._thread = threading.Thread(target=self._run, name="seawall-notify", daemon=True)
         self._thread.start()
         self._closed = False
@@ -105,7 +153,7 @@ class Notifier:
             return
         deliveries: list[_Delivery] = []
         if webhook:
-            deliveries.append(_Delivery("webhook", event, payload, webhook))
+            deliveries.append(_Delivery("webhook", event, payload, webhook, guarded=True))
         if event in self.settings.on:
             if self.settings.webhook_url:
                 deliveries.append(_Delivery("webhook", event, payload, self.settings.webhook_url))
@@ -136,6 +184,7 @@ class Notifier:
         self._queue.put(None)
         self._thread.join(timeout=timeout_s)
         self._client.close()
+        self._guarded_client.close()
 
     # ------------------------------------------------------------------ delivery
 
@@ -157,8 +206,8 @@ class Notifier:
                 self._mail(self.settings.smtp, delivery)
         except Exception as exc:  # every failure is logged and retried; none may kill the thread
             reason = f"{type(exc).__name__}: {exc}"
-            where = delivery.target or "smtp"
-            if delivery.attempts <= self.settings.retries:
+            where = webhook_origin(delivery.target) if delivery.target else "smtp"
+            if delivery.attempts <= self.settings.retries and not isinstance(exc, WebhookRefused):
                 delay = self.settings.backoff_s * 2 ** (delivery.attempts - 1)
                 log.warning(
                     "%s delivery of %s to %s failed (attempt %d), retrying in %.1f s: %s",
@@ -196,9 +245,41 @@ class Notifier:
             digest = hmac.new(secret.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
             headers[SIGNATURE_HEADER] = f"sha256={digest}"
         assert delivery.target is not None
-        response = self._client.post(delivery.target, content=body, headers=headers)
+        if delivery.guarded:
+            response = self._post_pinned(delivery.target, body, headers)
+        else:
+            response = self._client.post(delivery.target, content=body, headers=headers)
         if response.status_code >= 300:
             raise RuntimeError(f"the webhook answered {response.status_code}")
+
+    def _post_pinned(self, target: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """POST to a public address of ``target``'s host, resolved and checked now (see the module)."""
+        url = httpx.URL(target)
+        host = url.host
+        port = url.port or (443 if url.scheme == "https" else 80)
+        literal = literal_address(host)
+        try:
+            addresses = [str(literal)] if literal is not None else list(self._resolve(host, port))
+            if not addresses:
+                raise OSError("no address")
+            checked = check_addresses(addresses, allow_private=self.settings.allow_private_webhooks)
+        except NonPublicAddress:
+            raise WebhookRefused(f"{host} is or resolves to a non-public address") from None
+        except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+            raise RuntimeError(f"{host} could not be resolved") from exc
+        refused: httpx.ConnectError | None = None
+        for address in checked:
+            try:
+                return self._guarded_client.post(
+                    url.copy_with(host=address),
+                    content=body,
+                    headers={**headers, "host": url.netloc.decode("ascii")},
+                    extensions={"sni_hostname": host},
+                )
+            except httpx.ConnectError as exc:  # the next address, as browsers do
+                refused = exc
+        assert refused is not None
+        raise refused
 
     def _mail(self, smtp: SmtpSettings, delivery: _Delivery) -> None:
         message = EmailMessage()
@@ -239,4 +320,11 @@ def _mail_text(event: str, payload: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["EVENT_HEADER", "SIGNATURE_HEADER", "Notifier", "check_webhook_url"]
+__all__ = [
+    "EVENT_HEADER",
+    "SIGNATURE_HEADER",
+    "Notifier",
+    "WebhookRefused",
+    "check_webhook_url",
+    "webhook_origin",
+]

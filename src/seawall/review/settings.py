@@ -109,6 +109,12 @@ class NotifySettings(BaseModel):
     allow_http_webhooks: bool = Field(
         False, description="Accept http:// per-request webhooks (https only by default)."
     )
+    allow_private_webhooks: bool = Field(
+        False,
+        description="Let per-request webhooks reach loopback, private, link-local and other non-public "
+        "addresses (a receiver inside your own network). Off: every address the webhook's host is or "
+        "resolves to must be public, checked at each delivery and pinned for its connection.",
+    )
     signing_secret: SecretStr | None = Field(
         None,
         description="Sign webhook bodies: header x-seawall-signature = 'sha256=' + HMAC-SHA256 hex of "
