@@ -438,17 +438,17 @@ class Upstream:
         except ValueError as exc:
             raise self._fail(
                 MALFORMED,
-                f"{where} sent a stream event that is not JSON: {event[:300]!r}",
+                f"{where} sent a stream event that is not JSON ({len(event)} characters)",
                 "upstream_malformed",
             ) from exc
         if not isinstance(chunk, dict):
             raise self._fail(
                 MALFORMED,
-                f"{where} sent a stream event that is not an object: {event[:300]!r}",
+                f"{where} sent a stream event that is not an object: {describe_body(event)}",
                 "upstream_malformed",
             )
         if chunk.get("error") or chunk.get("object") == "error":
-            raise self._fail(STREAM_ERROR, f"{where} sent an error event: {event[:500]!r}")
+            raise self._fail(STREAM_ERROR, f"{where} sent an error event: {describe_body(event)}")
         return chunk
 
     # ------------------------------------------------------------------ retries
@@ -484,7 +484,7 @@ class Upstream:
         self, response: httpx.Response, content: bytes, where: str, attempt: int
     ) -> UpstreamError:
         status = response.status_code
-        detail = f"{where} answered HTTP {status} ({attempt} retries): {content[:500]!r}"
+        detail = f"{where} answered HTTP {status} ({attempt} retries): {describe_body(content)}"
         upstream = openai_error(content)
         wait = retry_after(response.headers)
         if status == 429:
@@ -514,11 +514,11 @@ class Upstream:
 
     def _unexpected_json(self, content: bytes, where: str) -> UpstreamError:
         if openai_error(content) is not None:
-            return self._fail(
-                ERROR_BODY, f"{where} answered a success status with an error: {content[:500]!r}"
-            )
+            return self._fail(ERROR_BODY, f"{where} answered a success status with {describe_body(content)}")
         return self._fail(
-            MALFORMED, f"{where} sent a reply of the wrong shape: {content[:300]!r}", "upstream_malformed"
+            MALFORMED,
+            f"{where} sent a reply of the wrong shape: {describe_body(content)}",
+            "upstream_malformed",
         )
 
     def _interrupted(self, where: str, detail: str) -> UpstreamError:
@@ -585,6 +585,24 @@ class Upstream:
 
     def _where(self, method: str, path: str) -> str:
         return f"upstream {method} {self.base_url}/{path}"
+
+
+def describe_body(content: bytes | str) -> str:
+    """What the logs say of an upstream body: its shape, never its text, which may quote the
+    request or the answer (an error's type, code and param are kept; its message is not)."""
+    raw = content.encode("utf-8", "replace") if isinstance(content, str) else content
+    error = openai_error(raw)
+    if error is not None:
+        fields = ", ".join(f"{name}={error[name]!r}" for name in ("type", "code", "param") if error[name])
+        withheld = f"its message of {len(error['message'])} characters withheld"
+        return f"an error ({fields or 'no type or code'}; {withheld})"
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        return f"{len(raw)} bytes that are not JSON"
+    if isinstance(payload, dict):
+        return f"a JSON object of {len(raw)} bytes with keys {sorted(payload)[:12]}"
+    return f"a JSON {type(payload).__name__} of {len(raw)} bytes"
 
 
 def openai_error(content: bytes) -> dict[str, Any] | None:

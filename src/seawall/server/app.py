@@ -66,9 +66,21 @@ def gateway_enabled(settings: Settings) -> bool:
     return gateway.upstream.base_url is not None or local_llm_available()
 
 
+def keep_sql_out_of_logs() -> None:
+    """Stop SQLAlchemy from logging statements with their parameters (INFO) and result rows (DEBUG).
+
+    It does so on ``sqlalchemy.engine`` whenever that logger is enabled, which a root logger at
+    INFO or DEBUG is enough for; the parameters and rows hold held answers, report comments and
+    contacts, and webhook URLs. An operator who set a level on ``sqlalchemy.engine`` keeps it."""
+    engine_log = logging.getLogger("sqlalchemy.engine")
+    if engine_log.level == logging.NOTSET:
+        engine_log.setLevel(logging.WARNING)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; ``settings`` default to :func:`load_settings` (file + environment)."""
     settings = settings or load_settings()
+    keep_sql_out_of_logs()
     service = ModerationService(settings)
     gateway_on = gateway_enabled(settings)
 
