@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint train eval bench bench-slow clean
+.PHONY: serve test audit lint train eval bench bench-slow clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ test: $(VENV)/.dev tests/oidc/node_modules
 	$(BIN)/mypy
 	$(BIN)/python -m pytest; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
+
+## Audit the installed pins (runtime, dev, train, local-llm and what they pull in) for known
+## vulnerabilities with pip-audit and PyPI's advisories; fails on any that a newer release fixes.
+## Needs PyPI: under CI (CI set) pins it cannot check fail the audit, elsewhere they only warn.
+audit: $(VENV)/.dev
+	$(BIN)/python .ci/audit_deps.py
 
 ## Retrain the embedded model from ../shared/data and the authored data.
 train: $(VENV)/.dev
