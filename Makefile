@@ -42,7 +42,8 @@ test: $(VENV)/.dev tests/oidc/node_modules
 
 ## Audit the installed pins (runtime, dev, train, local-llm and what they pull in) for known
 ## vulnerabilities with pip-audit and PyPI's advisories; fails on any that a newer release fixes.
-## Needs PyPI: under CI (CI set) pins it cannot check fail the audit, elsewhere they only warn.
+## Needs PyPI's advisory data: pins it cannot check are reported NOT CHECKED, and fail only with
+## SEAWALL_AUDIT_REQUIRED=1 (CI's network reaches the package index but not the advisories).
 audit: $(VENV)/.dev
 	$(BIN)/python .ci/audit_deps.py
 
