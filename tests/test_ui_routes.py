@@ -161,7 +161,7 @@ def test_sign_in_never_redirects_off_the_ui(server: UIServer) -> None:
 
 
 def test_repeated_failures_are_throttled(server: UIServer, tmp_path: Path) -> None:
-    AccountStore(server.store.engine).create("erin", "reviewer", "erin-password-12")
+    AccountStore(server.store).create("erin", "reviewer", "erin-password-12")
     strict = ui_settings(tmp_path, login_attempts=3)
     with ui_server(server.settings, strict, server.store) as other, other.http() as http:
         codes = [sign_in(http, "erin", f"guess-{n}").status_code for n in range(4)]
@@ -184,7 +184,7 @@ def test_sign_out_ends_the_session_on_the_server(server: UIServer) -> None:
 
 
 def test_disabling_an_account_ends_its_open_session(server: UIServer) -> None:
-    accounts = AccountStore(server.store.engine)
+    accounts = AccountStore(server.store)
     accounts.create("dave", "admin", "dave-password-12")
     http = signed_in(server, ("dave", "dave-password-12"))
     assert http.get("/ui/accounts").status_code == 200

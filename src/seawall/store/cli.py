@@ -104,11 +104,11 @@ def verify_command(
             except OSError as exc:
                 raise fail(f"cannot read the audit file {path}: {exc.strerror or exc}") from exc
         else:
-            from seawall.store import open_store
+            from seawall.store import describe_url, open_store
 
             store = open_store(settings.store)
             try:
-                where = store.engine.url.render_as_string(hide_password=True)
+                where = describe_url(settings.store.url.get_secret_value())
                 result = verify(store.audit_chain(tenant), continued=continued)
             finally:
                 store.close()
