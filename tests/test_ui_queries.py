@@ -1,16 +1,13 @@
-"""The dashboard's SQL aggregates and the audit search, on SQLite and PostgreSQL, against
+"""The dashboard's aggregates and the audit search, on every store (memory, SQLite, PostgreSQL), against
 figures counted by hand from records the gateway's own AuditRecord built."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from seawall.settings import StoreSettings
-from seawall.store import SqlStore, open_store
+from seawall.store import Store
 from seawall.store.base import AuditQuery
 from seawall.ui import queries
 from test_ui_support import audit_record, safety_id, seed
@@ -19,18 +16,13 @@ NOW = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'seawall.db'}"
-    else:
-        url = str(request.getfixturevalue("postgres_schema_url"))
-    opened = open_store(StoreSettings(url=url))
-    yield opened
-    opened.close()
+@pytest.fixture
+def store(any_store: Store) -> Store:
+    """Each store implementation: in memory, SQLite, PostgreSQL (tests/postgres_server.py)."""
+    return any_store
 
 
-def _seed_day(store: SqlStore) -> None:
+def _seed_day(store: Store) -> None:
     current = NOW.replace(minute=0)  # the 12:00 bucket
     earlier = current - 2 * HOUR  # the 10:00 bucket
     records = [
@@ -84,7 +76,7 @@ def _seed_day(store: SqlStore) -> None:
     seed(store, records)
 
 
-def test_dashboard_counts_requests_risk_blocks_and_flag_rates_per_bucket(store: SqlStore) -> None:
+def test_dashboard_counts_requests_risk_blocks_and_flag_rates_per_bucket(store: Store) -> None:
     _seed_day(store)
     data = queries.dashboard(store, "24h", tenant="default", now=NOW)
     assert data.bucket_s == 3600 and len(data.buckets) == 24
@@ -104,7 +96,7 @@ def test_dashboard_counts_requests_risk_blocks_and_flag_rates_per_bucket(store: 
     assert data.totals == {"requests": 10, "high": 2, "medium": 1, "blocked": 4, "flagged_categories": 4}
 
 
-def test_dashboard_over_all_tenants_and_other_ranges(store: SqlStore) -> None:
+def test_dashboard_over_all_tenants_and_other_ranges(store: Store) -> None:
     _seed_day(store)
     everyone = queries.dashboard(store, "24h", now=NOW)
     assert sum(everyone.requests) == 11 and everyone.flag_totals["hate"] == 1
@@ -117,7 +109,7 @@ def test_dashboard_over_all_tenants_and_other_ranges(store: SqlStore) -> None:
     assert sum(empty.requests) == 0 and empty.flag_rate == {}
 
 
-def test_audit_search_pages_and_filters(store: SqlStore) -> None:
+def test_audit_search_pages_and_filters(store: Store) -> None:
     start = NOW - 5 * HOUR
     records = [
         audit_record(
@@ -151,7 +143,7 @@ def test_audit_search_pages_and_filters(store: SqlStore) -> None:
     assert store.audit_tenants() == ["default"]
 
 
-def test_tenants_are_listed_once_each_in_order_up_to_the_limit(store: SqlStore) -> None:
+def test_tenants_are_listed_once_each_in_order_up_to_the_limit(store: Store) -> None:
     assert store.audit_tenants() == []
     names = ["zeta", "acme", "beta", "acme", "zeta", "mu"]
     records = [audit_record(at=NOW - timedelta(minutes=n), tenant=name) for n, name in enumerate(names)]
@@ -162,7 +154,7 @@ def test_tenants_are_listed_once_each_in_order_up_to_the_limit(store: SqlStore) 
     assert store.audit_tenants(limit=0) == []
 
 
-def test_the_cache_reuses_settled_buckets_and_reads_new_records(store: SqlStore) -> None:
+def test_the_cache_reuses_settled_buckets_and_reads_new_records(store: Store) -> None:
     _seed_day(store)
     ticks = [0.0]
     cache = queries.DashboardCache(settle_s=600, ttl_s=3600, clock=lambda: ticks[0])
