@@ -309,3 +309,35 @@ async def test_cookies_are_secure_over_https(tmp_path: Path) -> None:
             cookie = (await http.get("/ui/")).headers["set-cookie"]
         assert ("; Secure" in cookie) is expect, (secure, url)
         assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_the_ui_works_on_the_apps_store_and_opens_none_of_its_own(tmp_path: Path) -> None:
+    """Mounted on an app that has a store (the gateway's, ``app.state.store``), the UI uses that
+    one object; it neither opens a second store nor closes the app's."""
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from starlette.testclient import TestClient
+
+    from seawall.store import MemoryStore
+    from seawall.ui.routes import add_ui_routes
+
+    shared = MemoryStore()
+    closed: list[bool] = []
+    shared.close = lambda: closed.append(True)  # type: ignore[method-assign]
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.store = shared
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    settings = make_settings(tmp_path, url="postgresql+psycopg://nobody@127.0.0.1:1/never-opened")
+    add_ui_routes(app, settings, ui=ui_settings(tmp_path))
+    with TestClient(app) as client:
+        [mount] = [route for route in app.routes if getattr(route, "path", "") == "/ui"][-1:]
+        view = mount.app.state.ui  # type: ignore[attr-defined]
+        assert view.store is shared
+        assert client.get("/ui/login").status_code == 200
+    assert closed == []
