@@ -753,3 +753,8 @@ def test_memory_urls_open_the_in_memory_store(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli_app, ["audit", "verify", "store", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "memory://: intact (0 records" in result.output
+    from seawall.store.cli import app as db_app
+
+    for command in ("upgrade", "current"):
+        done = CliRunner().invoke(db_app, [command, "--config", str(config)])
+        assert done.exit_code == 0 and "no schema" in done.output, done.output
