@@ -181,7 +181,7 @@ def uncached_sql(store: SqlStore, range_name: str, runs: int) -> float:
     samples = []
     for _ in range(runs):
         began = time.perf_counter()
-        queries.dashboard(store.engine, range_name)
+        queries.dashboard(store, range_name)
         samples.append((time.perf_counter() - began) * 1000)
     return statistics.median(samples)
 
@@ -285,7 +285,7 @@ def main() -> int:
         )
         store = open_store(settings.store)
         ui_metadata.create_all(store.engine)
-        AccountStore(store.engine).create("bench", "admin", PASSWORD)
+        AccountStore(store).create("bench", "admin", PASSWORD)
         seconds = seed(store, args.rows)
         print(f"seeded {args.rows:,} audit records in {seconds:.1f} s", file=sys.stderr)
         app = create_app(settings)

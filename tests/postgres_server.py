@@ -11,6 +11,10 @@ except under CI (``$CI`` set), where that is a failure.
 
 ``store_url`` (function, run once per database): an empty SQLite file, then such a PostgreSQL
 schema; ``store``: the store opened (and migrated) on it, closed after the test.
+
+``any_store_url`` and ``any_store``: the same, run once per store implementation: ``memory://``
+(:class:`~seawall.store.memory.MemoryStore`), then SQLite, then PostgreSQL. The contract tests
+(tests/test_store_contract.py) use them, so every implementation passes the same tests.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from sqlalchemy import create_engine, make_url, text
 
 from conftest import free_port
 from seawall.settings import StoreSettings
-from seawall.store import SqlStore, open_store
+from seawall.store import SqlStore, Store, open_store
 from seawall.store.sql import normalise_url
 
 #: Read at import: conftest's autouse fixture clears SEAWALL_* variables before any test runs.
@@ -163,5 +167,23 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def store(store_url: str) -> Iterator[SqlStore]:
     """The store on ``store_url``, migrated to head; closed after the test."""
     opened = open_store(StoreSettings(url=store_url))
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def any_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL for each implementation: the in-memory store, a SQLite file, a PostgreSQL schema."""
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'seawall.db'}"
+    return str(request.getfixturevalue("postgres_schema_url"))
+
+
+@pytest.fixture
+def any_store(any_store_url: str) -> Iterator[Store]:
+    """The store on ``any_store_url``, ready (migrated); closed after the test."""
+    opened = open_store(StoreSettings(url=any_store_url))
     yield opened
     opened.close()

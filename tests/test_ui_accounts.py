@@ -57,7 +57,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def accounts(store: SqlStore, clock: Clock) -> AccountStore:
-    return AccountStore(store.engine, clock=clock)
+    return AccountStore(store, clock=clock)
 
 
 # ---------------------------------------------------------------------------------- accounts
@@ -154,7 +154,7 @@ def test_missing_tables_say_how_to_fix_it(tmp_path: Path) -> None:
     engine = make_engine(url)
     try:
         with pytest.raises(StoreError, match="seawall db upgrade"):
-            AccountStore(engine).get("alice")
+            AccountStore(SqlStore(engine)).get("alice")
     finally:
         engine.dispose()
 
@@ -203,7 +203,7 @@ def config(tmp_path: Path) -> Path:
 
 def _accounts_of(config: Path) -> AccountStore:
     url = config.read_text(encoding="utf-8").split("url: ", 1)[1].strip()
-    return AccountStore(create_engine(url))
+    return AccountStore(SqlStore(create_engine(url)))
 
 
 def test_cli_creates_lists_changes_and_disables_accounts(config: Path) -> None:
@@ -242,7 +242,7 @@ def test_cli_creates_lists_changes_and_disables_accounts(config: Path) -> None:
     )
     assert changed.exit_code == 0, changed.output
     assert store.verify("rob", "a-new-password-9") is not None
-    store.engine.dispose()
+    store.records.close()
 
 
 def test_cli_refuses_short_passwords_unknown_roles_and_taken_names(config: Path) -> None:
@@ -277,7 +277,7 @@ def test_cli_refuses_short_passwords_unknown_roles_and_taken_names(config: Path)
     store = _accounts_of(config)
     assert [a.name for a in store.list_accounts()] == ["alice"]
     assert store.verify("alice", "alice-password-1") is not None
-    store.engine.dispose()
+    store.records.close()
 
 
 def test_cli_without_the_ui_tables_says_to_upgrade(tmp_path: Path) -> None:

@@ -319,7 +319,7 @@ def test_a_report_of_an_unknown_response_says_so(server: UIServer, service: Revi
 
 
 def test_dashboard_shows_the_review_desk_figures(server: UIServer, service: ReviewService) -> None:
-    figures = queries.desk_figures(server.store.engine, "24h")
+    figures = queries.desk_figures(server.store, "24h")
     with signed_in(server, REVIEWER) as http:
         page = http.get("/ui/").text
     assert f'id="queue-depth"><a href="/ui/review">{figures.pending_now}</a>' in page
@@ -362,7 +362,7 @@ def test_desk_figures_count_held_decided_depth_and_reports(tmp_path: Any) -> Non
         service.decide(second, "rob", "edit", text="better")
         for category in ("wrong", "harmful"):
             service.report("default", response_id=old, category=category, reporter=category)
-        figures = queries.desk_figures(store.engine, "24h", now=now)
+        figures = queries.desk_figures(store, "24h", now=now)
         service.close()
     finally:
         store.close()

@@ -135,7 +135,7 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
                 ui={"secret_file": str(tmp / "ui-secret"), "login_attempts": 1000},
             )
             store = open_store(settings.store)  # migrated: the UI's account tables too
-            accounts = AccountStore(store.engine)
+            accounts = AccountStore(store)
             accounts.create(ADMIN[0], "admin", ADMIN[1])
             accounts.create(REVIEWER[0], "reviewer", REVIEWER[1])
             with running_server(settings) as server:

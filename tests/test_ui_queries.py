@@ -1,16 +1,14 @@
-"""The dashboard's SQL aggregates and the audit search, on SQLite and PostgreSQL, against
+"""The dashboard's aggregates and the audit search, on every store (memory, SQLite, PostgreSQL), against
 figures counted by hand from records the gateway's own AuditRecord built."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from seawall.settings import StoreSettings
-from seawall.store import SqlStore, open_store
+from seawall.store import Store
+from seawall.store.base import AuditQuery
 from seawall.ui import queries
 from test_ui_support import audit_record, safety_id, seed
 
@@ -18,18 +16,13 @@ NOW = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'seawall.db'}"
-    else:
-        url = str(request.getfixturevalue("postgres_schema_url"))
-    opened = open_store(StoreSettings(url=url))
-    yield opened
-    opened.close()
+@pytest.fixture
+def store(any_store: Store) -> Store:
+    """Each store implementation: in memory, SQLite, PostgreSQL (tests/postgres_server.py)."""
+    return any_store
 
 
-def _seed_day(store: SqlStore) -> None:
+def _seed_day(store: Store) -> None:
     current = NOW.replace(minute=0)  # the 12:00 bucket
     earlier = current - 2 * HOUR  # the 10:00 bucket
     records = [
@@ -83,9 +76,9 @@ def _seed_day(store: SqlStore) -> None:
     seed(store, records)
 
 
-def test_dashboard_counts_requests_risk_blocks_and_flag_rates_per_bucket(store: SqlStore) -> None:
+def test_dashboard_counts_requests_risk_blocks_and_flag_rates_per_bucket(store: Store) -> None:
     _seed_day(store)
-    data = queries.dashboard(store.engine, "24h", tenant="default", now=NOW)
+    data = queries.dashboard(store, "24h", tenant="default", now=NOW)
     assert data.bucket_s == 3600 and len(data.buckets) == 24
     assert data.buckets[-1] == int(NOW.replace(minute=0).timestamp())
     last, earlier = 23, 21
@@ -103,20 +96,20 @@ def test_dashboard_counts_requests_risk_blocks_and_flag_rates_per_bucket(store: 
     assert data.totals == {"requests": 10, "high": 2, "medium": 1, "blocked": 4, "flagged_categories": 4}
 
 
-def test_dashboard_over_all_tenants_and_other_ranges(store: SqlStore) -> None:
+def test_dashboard_over_all_tenants_and_other_ranges(store: Store) -> None:
     _seed_day(store)
-    everyone = queries.dashboard(store.engine, "24h", now=NOW)
+    everyone = queries.dashboard(store, "24h", now=NOW)
     assert sum(everyone.requests) == 11 and everyone.flag_totals["hate"] == 1
-    week = queries.dashboard(store.engine, "7d", tenant="default", now=NOW)
+    week = queries.dashboard(store, "7d", tenant="default", now=NOW)
     assert week.bucket_s == 6 * 3600 and sum(week.requests) == 11  # the 25-hour-old record too
     assert week.flag_totals["violence"] == 2
-    hour = queries.dashboard(store.engine, "1h", tenant="default", now=NOW)
+    hour = queries.dashboard(store, "1h", tenant="default", now=NOW)
     assert hour.bucket_s == 120 and sum(hour.requests) == 5
-    empty = queries.dashboard(store.engine, "24h", tenant="nobody", now=NOW)
+    empty = queries.dashboard(store, "24h", tenant="nobody", now=NOW)
     assert sum(empty.requests) == 0 and empty.flag_rate == {}
 
 
-def test_audit_search_pages_and_filters(store: SqlStore) -> None:
+def test_audit_search_pages_and_filters(store: Store) -> None:
     start = NOW - 5 * HOUR
     records = [
         audit_record(
@@ -128,45 +121,45 @@ def test_audit_search_pages_and_filters(store: SqlStore) -> None:
         for i in range(120)
     ]
     seed(store, records)
-    first = queries.search_audit(store.engine, queries.AuditQuery(page_size=50))
+    first = store.audit_page(AuditQuery(page_size=50))
     assert (first.total, first.pages, len(first.rows)) == (120, 3, 50)
     assert [r["request_id"] for r in first.rows[:2]] == ["req_119", "req_118"]  # newest first
-    third = queries.search_audit(store.engine, queries.AuditQuery(page=3, page_size=50))
+    third = store.audit_page(AuditQuery(page=3, page_size=50))
     assert len(third.rows) == 20 and third.rows[-1]["request_id"] == "req_000"
 
-    refused = queries.search_audit(store.engine, queries.AuditQuery(outcome="refused_input"))
+    refused = store.audit_page(AuditQuery(outcome="refused_input"))
     assert refused.total == 12 and {r["outcome"] for r in refused.rows} == {"refused_input"}
     user = safety_id(1)
-    by_prefix = queries.search_audit(store.engine, queries.AuditQuery(safety_id=user[:10]))
+    by_prefix = store.audit_page(AuditQuery(safety_id=user[:10]))
     assert by_prefix.total == 40 and {r["safety_identifier"] for r in by_prefix.rows} == {user}
-    exact = queries.search_audit(store.engine, queries.AuditQuery(safety_id=user))
+    exact = store.audit_page(AuditQuery(safety_id=user))
     assert exact.total == 40
-    window = queries.AuditQuery(since=start + timedelta(minutes=10), until=start + timedelta(minutes=20))
-    assert queries.search_audit(store.engine, window).total == 10  # [10, 20)
-    both = queries.AuditQuery(outcome="refused_input", safety_id=safety_id(0), until=start + HOUR)
-    assert [r["request_id"] for r in queries.search_audit(store.engine, both).rows] == ["req_030", "req_000"]
-    assert queries.audit_record(store.engine, "req_007")["request_id"] == "req_007"  # type: ignore[index]
-    assert queries.audit_record(store.engine, "req_nope") is None
-    assert queries.tenants(store.engine) == ["default"]
+    window = AuditQuery(since=start + timedelta(minutes=10), until=start + timedelta(minutes=20))
+    assert store.audit_page(window).total == 10  # [10, 20)
+    both = AuditQuery(outcome="refused_input", safety_id=safety_id(0), until=start + HOUR)
+    assert [r["request_id"] for r in store.audit_page(both).rows] == ["req_030", "req_000"]
+    assert store.get_audit("req_007")["request_id"] == "req_007"  # type: ignore[index]
+    assert store.get_audit("req_nope") is None
+    assert store.audit_tenants() == ["default"]
 
 
-def test_tenants_are_listed_once_each_in_order_up_to_the_limit(store: SqlStore) -> None:
-    assert queries.tenants(store.engine) == []
+def test_tenants_are_listed_once_each_in_order_up_to_the_limit(store: Store) -> None:
+    assert store.audit_tenants() == []
     names = ["zeta", "acme", "beta", "acme", "zeta", "mu"]
     records = [audit_record(at=NOW - timedelta(minutes=n), tenant=name) for n, name in enumerate(names)]
     records.append({**audit_record(at=NOW), "tenant": None})  # a request refused before its key was read
     seed(store, records)
-    assert queries.tenants(store.engine) == ["acme", "beta", "mu", "zeta"]
-    assert queries.tenants(store.engine, limit=2) == ["acme", "beta"]
-    assert queries.tenants(store.engine, limit=0) == []
+    assert store.audit_tenants() == ["acme", "beta", "mu", "zeta"]
+    assert store.audit_tenants(limit=2) == ["acme", "beta"]
+    assert store.audit_tenants(limit=0) == []
 
 
-def test_the_cache_reuses_settled_buckets_and_reads_new_records(store: SqlStore) -> None:
+def test_the_cache_reuses_settled_buckets_and_reads_new_records(store: Store) -> None:
     _seed_day(store)
     ticks = [0.0]
     cache = queries.DashboardCache(settle_s=600, ttl_s=3600, clock=lambda: ticks[0])
-    first = queries.dashboard(store.engine, "24h", tenant="default", now=NOW, cache=cache)
-    plain = queries.dashboard(store.engine, "24h", tenant="default", now=NOW)
+    first = queries.dashboard(store, "24h", tenant="default", now=NOW, cache=cache)
+    plain = queries.dashboard(store, "24h", tenant="default", now=NOW)
     assert first.to_json() == plain.to_json()
 
     # A new record in the current (unsettled) hour shows at once; one written late into a
@@ -174,10 +167,10 @@ def test_the_cache_reuses_settled_buckets_and_reads_new_records(store: SqlStore)
     current, settled = NOW.replace(minute=0), NOW.replace(minute=0) - 2 * HOUR
     seed(store, [audit_record(at=current + timedelta(minutes=20), user=safety_id(5))])
     seed(store, [audit_record(at=settled + timedelta(minutes=1), user=safety_id(5))])
-    again = queries.dashboard(store.engine, "24h", tenant="default", now=NOW, cache=cache)
+    again = queries.dashboard(store, "24h", tenant="default", now=NOW, cache=cache)
     assert again.requests[23] == first.requests[23] + 1
     assert again.requests[21] == first.requests[21]
     ticks[0] = 3601.0
-    later = queries.dashboard(store.engine, "24h", tenant="default", now=NOW, cache=cache)
+    later = queries.dashboard(store, "24h", tenant="default", now=NOW, cache=cache)
     assert later.requests[21] == first.requests[21] + 1
-    assert later.to_json() == queries.dashboard(store.engine, "24h", tenant="default", now=NOW).to_json()
+    assert later.to_json() == queries.dashboard(store, "24h", tenant="default", now=NOW).to_json()

@@ -161,7 +161,7 @@ def test_sign_in_never_redirects_off_the_ui(server: UIServer) -> None:
 
 
 def test_repeated_failures_are_throttled(server: UIServer, tmp_path: Path) -> None:
-    AccountStore(server.store.engine).create("erin", "reviewer", "erin-password-12")
+    AccountStore(server.store).create("erin", "reviewer", "erin-password-12")
     strict = ui_settings(tmp_path, login_attempts=3)
     with ui_server(server.settings, strict, server.store) as other, other.http() as http:
         codes = [sign_in(http, "erin", f"guess-{n}").status_code for n in range(4)]
@@ -184,7 +184,7 @@ def test_sign_out_ends_the_session_on_the_server(server: UIServer) -> None:
 
 
 def test_disabling_an_account_ends_its_open_session(server: UIServer) -> None:
-    accounts = AccountStore(server.store.engine)
+    accounts = AccountStore(server.store)
     accounts.create("dave", "admin", "dave-password-12")
     http = signed_in(server, ("dave", "dave-password-12"))
     assert http.get("/ui/accounts").status_code == 200
@@ -309,3 +309,35 @@ async def test_cookies_are_secure_over_https(tmp_path: Path) -> None:
             cookie = (await http.get("/ui/")).headers["set-cookie"]
         assert ("; Secure" in cookie) is expect, (secure, url)
         assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_the_ui_works_on_the_apps_store_and_opens_none_of_its_own(tmp_path: Path) -> None:
+    """Mounted on an app that has a store (the gateway's, ``app.state.store``), the UI uses that
+    one object; it neither opens a second store nor closes the app's."""
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from starlette.testclient import TestClient
+
+    from seawall.store import MemoryStore
+    from seawall.ui.routes import add_ui_routes
+
+    shared = MemoryStore()
+    closed: list[bool] = []
+    shared.close = lambda: closed.append(True)  # type: ignore[method-assign]
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.store = shared
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    settings = make_settings(tmp_path, url="postgresql+psycopg://nobody@127.0.0.1:1/never-opened")
+    add_ui_routes(app, settings, ui=ui_settings(tmp_path))
+    with TestClient(app) as client:
+        [mount] = [route for route in app.routes if getattr(route, "path", "") == "/ui"][-1:]
+        view = mount.app.state.ui  # type: ignore[attr-defined]
+        assert view.store is shared
+        assert client.get("/ui/login").status_code == 200
+    assert closed == []

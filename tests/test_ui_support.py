@@ -94,7 +94,7 @@ def open_ui_store(settings: Settings) -> SqlStore:
 
 
 def add_accounts(store: SqlStore) -> AccountStore:
-    accounts = AccountStore(store.engine)
+    accounts = AccountStore(store)
     accounts.create(ADMIN[0], "admin", ADMIN[1])
     accounts.create(REVIEWER[0], "reviewer", REVIEWER[1])
     return accounts

@@ -17,7 +17,7 @@ from seawall.errors import SeawallError
 from seawall.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from seawall.store.sql import SqlStore
+    from seawall.store.base import Store
 
 #: Diagnostics go to stderr, so stdout stays for results.
 console = Console(stderr=True)
@@ -34,7 +34,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 @contextmanager
-def configured_store(config: Path | None) -> Iterator[tuple[Settings, SqlStore]]:
+def configured_store(config: Path | None) -> Iterator[tuple[Settings, Store]]:
     """The settings and their store, closed at the end; seawall's errors become a clean exit."""
     from seawall.store import open_store  # SQLAlchemy loads only for the commands that use it
 

@@ -14,4 +14,9 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-__all__ = ["Clock", "utc_now"]
+def as_utc(value: datetime) -> datetime:
+    """``value`` as timezone-aware UTC; a naive value is taken to be UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+__all__ = ["Clock", "as_utc", "utc_now"]

@@ -10,11 +10,11 @@ import math
 from datetime import datetime
 
 from seawall.errors import RateLimitError
-from seawall.store.base import Store
+from seawall.store.base import CounterStore
 
 
 def enforce(
-    store: Store,
+    store: CounterStore,
     bucket: str,
     requests: int,
     window_s: int,

@@ -91,17 +91,21 @@ class CascadeSettings(BaseModel):
 
 
 class StoreSettings(BaseModel):
-    """Where seawall keeps API keys, rate-limit counters, the risk ledger and audit records.
+    """Where seawall keeps API keys, rate-limit counters, the risk ledger, audit records, review
+    items and reports, and the web UI's accounts.
 
     SQLite (the default) serves one process; point every replica at one PostgreSQL
-    database (``postgresql+psycopg://user:password@host/db``) to run several.
+    database (``postgresql+psycopg://user:password@host/db``) to run several. ``memory://`` keeps
+    everything in the process's memory (tests and trials: nothing survives a restart).
     """
 
     url: SecretStr = Field(
         SecretStr("sqlite:///~/.local/share/seawall/seawall.db"),
         description=(
             "SQLAlchemy database URL: sqlite:///PATH (~ is expanded; the folder is created) or "
-            "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB. Secret because it may hold a password."
+            "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB; or memory:// for the in-memory store "
+            "(one process, nothing kept after it stops; migrate does not apply). Secret because it "
+            "may hold a password."
         ),
     )
     migrate: Literal["auto", "check"] = Field(

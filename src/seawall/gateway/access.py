@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from seawall.errors import AuthenticationError
 from seawall.gateway.identity import hash_api_key
-from seawall.store.base import ApiKey, Store
+from seawall.store.base import ApiKey, KeyStore
 
 #: Seconds a key lookup (and whether any key exists) is reused before the store is asked again.
 CACHE_TTL_S = 5.0
@@ -49,7 +49,7 @@ class KeyAuthenticator:
     def __init__(
         self,
         static_keys: Sequence[SecretStr],
-        store: Store | None,
+        store: KeyStore | None,
         *,
         default_tenant: str,
         require: bool | None = None,

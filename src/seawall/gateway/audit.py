@@ -10,7 +10,7 @@ Records are hash-chained per tenant (:mod:`seawall.store.chain`): each line of t
 because one lock serialises this process's writes, and it continues from the last line per
 tenant already in the file when seawall starts; one file belongs to one process (replicas
 writing one file would interleave two chains). The store keeps its own chain per tenant across
-every replica (:meth:`seawall.store.sql.SqlStore.write_audit`). ``seawall audit verify`` checks both.
+every replica (:meth:`seawall.store.base.AuditWriter.write_audit`). ``seawall audit verify`` checks both.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from opentelemetry.trace import Span
 
 from seawall.errors import ContentPolicyError, GuardFailedError, SeawallError, UpstreamError
-from seawall.store.base import AuditOutcome, Store
+from seawall.store.base import AuditOutcome, AuditWriter
 from seawall.store.chain import last_hashes, link
 from seawall.telemetry import Tracer, finish_request_span
 
@@ -146,7 +146,7 @@ class AuditLog:
     def __init__(
         self,
         path: Path | None,
-        store: Store | None = None,
+        store: AuditWriter | None = None,
         *,
         observer: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from seawall.clock import Clock, utc_now
 from seawall.ratelimit import enforce
 from seawall.settings import RateLimit, RateLimitSettings
-from seawall.store.base import Store
+from seawall.store.base import CounterStore
 
 
 class RateLimiter:
@@ -15,7 +15,7 @@ class RateLimiter:
     used one of the user's requests (limits are ceilings, not quotas).
     """
 
-    def __init__(self, store: Store, settings: RateLimitSettings, *, clock: Clock = utc_now) -> None:
+    def __init__(self, store: CounterStore, settings: RateLimitSettings, *, clock: Clock = utc_now) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from seawall.clock import Clock, utc_now
 from seawall.errors import PermissionDeniedError
 from seawall.ratelimit import enforce
 from seawall.settings import RiskSettings
-from seawall.store.base import RiskEvent, RiskLevel, Store, UserState, UserStatus
+from seawall.store.base import CounterStore, LedgerStore, RiskEvent, RiskLevel, UserState, UserStatus
 
 #: The ladder, lowest first.
 LADDER: tuple[UserStatus, ...] = ("ok", "warned", "throttled", "blocked", "review")
@@ -61,10 +62,14 @@ def _span(seconds: int) -> str:
     return f"{seconds} s"
 
 
+class RiskStore(LedgerStore, CounterStore, Protocol):
+    """The roles the escalation ladder needs: the ledger, and counters for throttled users."""
+
+
 class RiskLedger:
     """Reads and moves users along the escalation ladder; all methods are synchronous (store calls)."""
 
-    def __init__(self, store: Store, settings: RiskSettings, *, clock: Clock = utc_now) -> None:
+    def __init__(self, store: RiskStore, settings: RiskSettings, *, clock: Clock = utc_now) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock

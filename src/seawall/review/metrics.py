@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from seawall.store.base import AuditOutcome, Store
+from seawall.store.base import AuditOutcome, ReviewStore
 
 log = logging.getLogger("seawall.review.metrics")
 
@@ -45,7 +45,7 @@ DECISION_BUCKETS = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 8
 class _StoreCounts(Collector):
     """Review items and reports per status, read from the store at each scrape."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: ReviewStore) -> None:
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
@@ -68,7 +68,7 @@ class _StoreCounts(Collector):
 class ReviewMetrics:
     """The metrics of one app; ``observe_request`` takes each gateway audit record."""
 
-    def __init__(self, store: Store | None = None, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, store: ReviewStore | None = None, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "seawall_gateway_requests", "Gateway requests by outcome.", ["outcome"], registry=self.registry

@@ -30,7 +30,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from seawall.clock import Clock, utc_now
 from seawall.errors import (
@@ -48,13 +48,14 @@ from seawall.review.settings import DOMAINS, ReviewSettings
 from seawall.store.base import (
     REPORT_CATEGORIES,
     REPORT_STATUSES,
+    CounterStore,
     Report,
     ReportCategory,
     ReportStatus,
     ReviewDecision,
     ReviewItem,
     ReviewStatus,
-    Store,
+    ReviewStore,
 )
 
 #: The field of the ``seawall`` extension that carries review options.
@@ -145,12 +146,16 @@ def parse_review_request(extension: Any, settings: ReviewSettings) -> ReviewRequ
     return ReviewRequest(domain, tuple(sources), notes, webhook)
 
 
+class ReviewServiceStore(ReviewStore, CounterStore, Protocol):
+    """The roles the review service needs: review items and reports, and counters for report limits."""
+
+
 class ReviewService:
     """Hold, poll, claim, decide; report and triage. Create once per app; :meth:`close` at the end."""
 
     def __init__(
         self,
-        store: Store,
+        store: ReviewServiceStore,
         settings: ReviewSettings,
         *,
         notifier: Notifier | None = None,

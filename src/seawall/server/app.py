@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if gateway_on:
                 store = open_store(settings.store)
                 stack.callback(store.close)
+                app.state.store = store  # the UI (mounted below) works on this store too
                 upstream = settings.gateway.upstream
                 if upstream.base_url is None:
                     local = LocalModelServer(settings.gateway.local_llm)
@@ -178,7 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if gateway_on:
         _add_gateway_routes(app, settings)
         add_review_routes(app, settings.review)
-        add_ui_routes(app, settings)  # the review desk works on the gateway's store
+        add_ui_routes(app, settings)  # on the gateway's store (app.state.store)
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -1,8 +1,24 @@
-"""The store protocol: what the gateway keeps between requests and across replicas.
+"""The store's role protocols: what the gateway keeps between requests and across replicas.
 
-One small protocol (:class:`Store`) with plain dataclasses in and out, so the gateway,
-the CLI and tests never see SQL. :mod:`seawall.store.sql` implements it with SQLAlchemy 2
-on SQLite (the embedded default) or PostgreSQL (several replicas sharing one database).
+The store is a handful of small roles, each a protocol with plain dataclasses in and out, so
+the gateway, the review desk, the UI, the CLI and tests never see SQL:
+
+* :class:`KeyStore`: app API keys (hashed);
+* :class:`CounterStore`: rate-limit counters (sliding window, atomic across replicas);
+* :class:`LedgerStore`: the risk ledger (risk events, user states, filtered answers, the roll-up);
+* :class:`AuditWriter`: keeping audit records, hash-chained per tenant (:mod:`seawall.store.chain`);
+* :class:`AuditSearch`: reading them back (search, pages, the chain, the dashboard's counts);
+  :class:`AuditStore` is both;
+* :class:`ReviewStore`: held answers, their trail, user reports, the review desk's counts;
+* :class:`UIAccountStore`: the web UI's local accounts and sessions.
+
+:class:`Store` is all of them at once (plus ``ping`` and ``close``): what
+:func:`seawall.store.open_store` hands back and what one deployment shares. Code that needs one
+role types against that role only (the rate limiter takes a :class:`CounterStore`), so a test can
+hand it anything that plays the role. Two implementations: :mod:`seawall.store.sql` (SQLAlchemy 2
+on SQLite, the embedded default, or PostgreSQL, for several replicas sharing one database), one
+module per role over one database helper; :mod:`seawall.store.memory` (plain Python, one
+process, for unit tests and demos). tests/test_store_contract.py runs the same tests on all three.
 
 Every method is synchronous and safe to call from several threads; the gateway calls
 them through ``asyncio.to_thread``. Times are timezone-aware UTC ``datetime`` values.
@@ -13,6 +29,7 @@ the draft) and user reports (the user's comment and contact).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -222,15 +239,93 @@ class Report:
     updated_by: str | None = None
 
 
-class Store(Protocol):
-    """Persistent state shared by every replica of one seawall deployment."""
+@dataclass(frozen=True)
+class AuditQuery:
+    """The audit search's filters (all optional) and page."""
 
-    # ---------------------------------------------------------------- app API keys
+    outcome: str | None = None
+    safety_id: str | None = None  # a safety identifier, or its first hex characters
+    tenant: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    page: int = 1
+    page_size: int = 50
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """One page of audit records, newest first, and how many records match in all."""
+
+    rows: list[dict[str, Any]]
+    total: int
+    page: int
+    page_size: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.total / self.page_size))
+
+
+#: (bucket start in epoch seconds, outcome, the record's ``risk``, requests): the dashboard's counts.
+OutcomeRow = tuple[int, str | None, str | None, int]
+#: (bucket start in epoch seconds, category, requests a decision flagged with it).
+FlagRow = tuple[int, str, int]
+
+
+@dataclass(frozen=True)
+class DeskCounts:
+    """The review desk's counts over ``[since, until)``, per time bucket (epoch seconds)."""
+
+    held: dict[int, int]  # bucket -> items created
+    decided: dict[int, tuple[int, float]]  # bucket -> (items decided, their seconds to decision summed)
+    durations: list[float]  # seconds to decision of the latest (up to 20,000) decisions in range
+    waiting_before: int  # items created before ``since`` and not decided by then
+    pending: int  # pending items now
+    claimed: int  # pending items with a live claim now
+    oldest_pending: datetime | None
+    reports: list[tuple[int, str, int]]  # (bucket, current status, reports created)
+    report_totals: dict[str, int]  # status -> reports, all time
+
+
+@dataclass(frozen=True)
+class AccountRow:
+    """A web UI account as stored (the password's argon2 hash included)."""
+
+    name: str
+    role: str
+    password_hash: str
+    created_at: datetime
+    updated_at: datetime
+    disabled_at: datetime | None = None
+    last_login_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    """A web UI session as stored: the SHA-256 of its token, never the token."""
+
+    token_hash: str
+    subject: str  # the account name, or the OIDC e-mail
+    source: str  # "local" or "oidc"
+    role: str  # the role at sign-in (OIDC); local sessions re-read the account's
+    display_name: str
+    csrf_token: str
+    created_at: datetime
+    expires_at: datetime
+    last_seen_at: datetime
+
+
+class KeyStore(Protocol):
+    """App API keys, stored hashed."""
+
     def create_key(self, name: str, tenant: str, key_hash: str, prefix: str) -> ApiKey:
-        """Store a new key's hash; the caller generated the key and shows it once."""
+        """Store a new key's hash; the caller generated the key and shows it once.
+        InvalidRequestError (``duplicate_key``) when the hash is stored already."""
         ...
 
-    def list_keys(self, tenant: str | None = None, *, include_revoked: bool = False) -> list[ApiKey]: ...
+    def list_keys(self, tenant: str | None = None, *, include_revoked: bool = False) -> list[ApiKey]:
+        """Keys, oldest first; active ones only unless ``include_revoked``."""
+        ...
 
     def revoke_key(self, key_id: str) -> ApiKey:
         """Mark a key revoked (idempotent); raises seawall.errors.NotFoundError if unknown."""
@@ -240,16 +335,28 @@ class Store(Protocol):
         """The key with this hash (revoked ones too: the caller decides), touching last_used_at."""
         ...
 
-    # ---------------------------------------------------------------- rate limits
+
+class CounterStore(Protocol):
+    """Rate-limit counters, shared by every replica."""
+
     def hit(self, bucket: str, limit: int, window_s: int, now: datetime) -> RateLimitResult:
         """Count one request against ``bucket`` (sliding window over two fixed windows),
         atomically across replicas. A refused hit is not counted."""
         ...
 
-    # ---------------------------------------------------------------- risk ledger
+    def prune(self, now: datetime) -> int:
+        """Forget windows that no hit at ``now`` or later reads; how many (``hit`` calls it now and then)."""
+        ...
+
+
+class LedgerStore(Protocol):
+    """The risk ledger: users' risk events and escalation states, filtered answers, the roll-up."""
+
     def record_event(self, event: RiskEvent) -> None: ...
 
-    def count_events(self, tenant: str, safety_id: str, level: RiskLevel, since: datetime) -> int: ...
+    def count_events(self, tenant: str, safety_id: str, level: RiskLevel, since: datetime) -> int:
+        """How many events of ``level`` the user had at or after ``since``."""
+        ...
 
     def get_user(self, tenant: str, safety_id: str) -> UserState | None: ...
 
@@ -260,19 +367,35 @@ class Store(Protocol):
     def list_users(
         self, tenant: str, *, since: datetime, status: UserStatus | None = None, limit: int = 100
     ) -> list[UserSummary]:
-        """Users with a non-ok state or any event since ``since``, most high-risk events first."""
+        """Users with a non-ok state or any event since ``since``, most high-risk events first
+        (then most medium-risk events, then the latest event, then the id); ``status`` keeps only
+        users in that state (``"ok"`` includes users with events and no stored state)."""
         ...
 
     def record_filtered_answer(self, answer: FilteredAnswer) -> None:
         """Count one answer that output moderation filtered (per tenant and model, not per user)."""
         ...
 
-    def org_summary(self, tenant: str, since: datetime) -> OrgSummary: ...
-
-    # ---------------------------------------------------------------- audit
-    def write_audit(self, record: dict[str, Any]) -> None:
-        """Keep one audit record (the JSON the gateway writes; request_id is unique)."""
+    def org_summary(self, tenant: str, since: datetime) -> OrgSummary:
+        """Events per risk level (``medium`` and ``high`` always present), users with a high-risk
+        event and filtered answers per model since ``since``; users per non-ok status now."""
         ...
+
+
+class AuditWriter(Protocol):
+    """Keeping the gateway's audit records."""
+
+    def write_audit(self, record: dict[str, Any]) -> None:
+        """Keep one audit record (the JSON the gateway writes), linked into its tenant's hash chain
+        (:mod:`seawall.store.chain`): the stored copy gets ``prev_hash`` and ``hash``. A record
+        whose ``request_id`` is stored already replaces it in searches; the earlier one stays in
+        the chain, superseded. ``time``: ISO 8601 text or a datetime; the store's clock when absent.
+        ValueError without a ``request_id``."""
+        ...
+
+
+class AuditSearch(Protocol):
+    """Reading audit records back: the API's search, the UI's pages and dashboard, the chain."""
 
     def search_audit(
         self,
@@ -283,16 +406,50 @@ class Store(Protocol):
         since: datetime | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Audit records, newest first."""
+        """Audit records matching every filter given, newest first (superseded ones left out)."""
+        ...
+
+    def audit_page(self, query: AuditQuery) -> AuditPage:
+        """One page of the records matching ``query``, newest first, and how many match. A
+        ``safety_id`` shorter than 64 hex characters matches as a prefix."""
+        ...
+
+    def get_audit(self, request_id: str) -> dict[str, Any] | None:
+        """The current audit record of one request."""
+        ...
+
+    def audit_exists(self, request_id: str) -> bool:
+        """Whether the store holds an audit record of ``request_id``."""
+        ...
+
+    def audit_tenants(self, limit: int = 100) -> list[str]:
+        """Tenants that have audit records, in order, at most ``limit``."""
+        ...
+
+    def audit_counts(
+        self, since: datetime, until: datetime, bucket_s: int, tenant: str | None = None
+    ) -> tuple[list[OutcomeRow], list[FlagRow]]:
+        """The dashboard's counts over records in ``[since, until)`` per bucket of ``bucket_s``
+        seconds: requests per (bucket, outcome, risk), and per (bucket, category) the records
+        any of whose decisions named the category."""
         ...
 
     def audit_chain(self, tenant: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Every stored audit record in the order written, with its hash-chain links."""
+        """Every stored audit record (superseded ones too) in the order written, as
+        ``(position, record)`` with its hash-chain links: what :func:`.chain.verify` walks."""
         ...
 
-    # ---------------------------------------------------------------- human review
+
+class AuditStore(AuditWriter, AuditSearch, Protocol):
+    """Audit records, written and read."""
+
+
+class ReviewStore(Protocol):
+    """Answers held for human review, their trail, user reports, and the review desk's counts."""
+
     def create_review(self, item: ReviewItem) -> ReviewItem:
-        """Store a new pending item and its ``held`` event in one transaction."""
+        """Store a new pending item and its ``held`` event in one transaction
+        (InvalidRequestError ``duplicate_review`` when the id is taken)."""
         ...
 
     def get_review(self, review_id: str) -> ReviewItem | None: ...
@@ -344,7 +501,6 @@ class Store(Protocol):
         """The trail of a review item or a report, oldest first."""
         ...
 
-    # ---------------------------------------------------------------- user reports
     def create_report(self, report: Report) -> Report:
         """Store a new report and its ``reported`` event in one transaction."""
         ...
@@ -374,4 +530,110 @@ class Store(Protocol):
         """Reports per status (every status present, 0 when none)."""
         ...
 
+    def desk_counts(
+        self, since: datetime, until: datetime, bucket_s: int, now: datetime, tenant: str | None = None
+    ) -> DeskCounts:
+        """Held answers, decisions, the queue and reports over ``[since, until)`` (the desk's figures)."""
+        ...
+
+
+class UIAccountStore(Protocol):
+    """The web UI's local accounts and sessions (the rules, argon2 included, are
+    :class:`seawall.ui.accounts.AccountStore`'s; this role only keeps rows)."""
+
+    def create_account(self, name: str, role: str, password_hash: str, now: datetime) -> AccountRow:
+        """A new enabled account; InvalidRequestError (param ``name``) when the name is taken."""
+        ...
+
+    def get_account(self, name: str) -> AccountRow | None: ...
+
+    def list_accounts(self) -> list[AccountRow]:
+        """Every account, by name."""
+        ...
+
+    def update_account(
+        self,
+        name: str,
+        now: datetime,
+        *,
+        role: str | None = None,
+        password_hash: str | None = None,
+        disabled: bool | None = None,
+    ) -> AccountRow:
+        """Change what is given (``disabled``: True disables as of ``now``, False enables) and set
+        ``updated_at``; the account as stored. NotFoundError when there is no such account."""
+        ...
+
+    def record_sign_in(self, name: str, now: datetime, password_hash: str | None = None) -> None:
+        """Set ``last_login_at`` (and a re-hashed password, when given); ``updated_at`` stays."""
+        ...
+
+    def start_session(self, session: SessionRow) -> None:
+        """Store a new session, forgetting the sessions that expired by its ``created_at``."""
+        ...
+
+    def find_session(self, token_hash: str) -> tuple[SessionRow, AccountRow | None] | None:
+        """The session and, for a local one, its account (None when the account is gone)."""
+        ...
+
+    def touch_session(self, token_hash: str, now: datetime) -> None:
+        """Set the session's ``last_seen_at``."""
+        ...
+
+    def end_session(self, token_hash: str) -> None: ...
+
+    def end_sessions(self, subject: str, source: str) -> int:
+        """End every session of one person; how many."""
+        ...
+
+
+class Store(KeyStore, CounterStore, LedgerStore, AuditStore, ReviewStore, UIAccountStore, Protocol):
+    """Every role at once: persistent state shared by every replica of one seawall deployment."""
+
+    def ping(self) -> None:
+        """Raise :class:`seawall.errors.StoreError` unless the store answers (health checks)."""
+        ...
+
     def close(self) -> None: ...
+
+
+__all__ = [
+    "AUDIT_OUTCOMES",
+    "REPORT_CATEGORIES",
+    "REPORT_STATUSES",
+    "REVIEW_STATUSES",
+    "RISK_LEVELS",
+    "AccountRow",
+    "ApiKey",
+    "AuditOutcome",
+    "AuditPage",
+    "AuditQuery",
+    "AuditSearch",
+    "AuditStore",
+    "AuditWriter",
+    "CounterStore",
+    "DeskCounts",
+    "FilteredAnswer",
+    "FlagRow",
+    "KeyStore",
+    "LedgerStore",
+    "OrgSummary",
+    "OutcomeRow",
+    "RateLimitResult",
+    "Report",
+    "ReportCategory",
+    "ReportStatus",
+    "ReviewDecision",
+    "ReviewEvent",
+    "ReviewItem",
+    "ReviewStatus",
+    "ReviewStore",
+    "RiskEvent",
+    "RiskLevel",
+    "SessionRow",
+    "Store",
+    "UIAccountStore",
+    "UserState",
+    "UserStatus",
+    "UserSummary",
+]

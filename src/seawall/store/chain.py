@@ -8,7 +8,7 @@ cannot show alone is records cut from the *end* (keep the last hash somewhere el
 
 The gateway keeps two chains: one in the audit file (per file, the order the process wrote
 it) and one in the store (per tenant, across every replica writing to it; see
-:meth:`seawall.store.sql.SqlStore.write_audit`). :func:`verify` checks either.
+:meth:`seawall.store.base.AuditWriter.write_audit`, on every store). :func:`verify` checks either.
 """
 
 from __future__ import annotations

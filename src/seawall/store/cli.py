@@ -20,11 +20,23 @@ app = typer.Typer(help="The store's database schema (Alembic migrations).", no_a
 audit_app = typer.Typer(help="The audit trail (hash-chained per tenant).", no_args_is_help=True)
 
 
+def _in_memory(url: str) -> bool:
+    """Whether ``url`` is the in-memory store, which has no schema (said on the console)."""
+    from seawall.store import is_memory_url
+
+    if is_memory_url(url):
+        console.print("memory://: the in-memory store has no schema to migrate", soft_wrap=True)
+        return True
+    return False
+
+
 @app.command("upgrade")
 def upgrade_command(config: ConfigOption = None) -> None:
     """Apply pending migrations to the configured store (store.url), creating its tables if needed."""
     try:
         settings = load_settings(config).store
+        if _in_memory(settings.url.get_secret_value()):
+            return
         url = normalise_url(settings.url.get_secret_value())
         create_folder(url)
         engine = make_engine(url, pool_size=1)
@@ -47,6 +59,8 @@ def current_command(config: ConfigOption = None) -> None:
     """Print the store's schema revision and the one this seawall needs; exit 1 if they differ."""
     try:
         settings = load_settings(config).store
+        if _in_memory(settings.url.get_secret_value()):
+            return
         url = normalise_url(settings.url.get_secret_value())
         database = url.database if url.get_backend_name() == "sqlite" else None
         if database and database != ":memory:" and not Path(database).exists():
@@ -104,11 +118,11 @@ def verify_command(
             except OSError as exc:
                 raise fail(f"cannot read the audit file {path}: {exc.strerror or exc}") from exc
         else:
-            from seawall.store import open_store
+            from seawall.store import describe_url, open_store
 
             store = open_store(settings.store)
             try:
-                where = store.engine.url.render_as_string(hide_password=True)
+                where = describe_url(settings.store.url.get_secret_value())
                 result = verify(store.audit_chain(tenant), continued=continued)
             finally:
                 store.close()

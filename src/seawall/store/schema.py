@@ -6,7 +6,7 @@ naive UTC text, PostgreSQL ``timestamptz``). Rate-limit windows are whole epoch 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -27,6 +27,8 @@ from sqlalchemy import (
     false,
 )
 
+from seawall.clock import as_utc
+
 #: Constraint names that stay the same on every database, so migrations can name them.
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -38,11 +40,6 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 #: An auto-incrementing 64-bit id; SQLite only auto-increments a column typed INTEGER.
 Id = BigInteger().with_variant(Integer(), "sqlite")
-
-
-def as_utc(value: datetime) -> datetime:
-    """``value`` as timezone-aware UTC; a naive value is taken to be UTC already."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -219,6 +216,39 @@ reports = Table(
     Index(None, "response_id"),
 )
 
+#: The web UI's accounts and sessions: tables of the store's database (created by migration
+#: 0003), kept in a MetaData of their own, as the UI's (:mod:`seawall.ui.accounts` names them).
+ui_metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+ui_accounts = Table(
+    "ui_accounts",
+    ui_metadata,
+    Column("name", String(100), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("password_hash", String(255), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("disabled_at", UTCDateTime(), nullable=True),
+    Column("last_login_at", UTCDateTime(), nullable=True),
+)
+
+ui_sessions = Table(
+    "ui_sessions",
+    ui_metadata,
+    Column("token_hash", String(64), primary_key=True),  # SHA-256 hex of the cookie's token
+    Column("subject", String(320), nullable=False),  # the account name, or the OIDC e-mail
+    Column("source", String(16), nullable=False),  # "local" or "oidc"
+    Column("role", String(16), nullable=False),  # the role at sign-in (OIDC); local re-reads it
+    Column("display_name", String(200), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("last_seen_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("csrf_token"),
+    Index(None, "subject"),
+    Index(None, "expires_at"),
+)
+
 __all__ = [
     "NAMING_CONVENTION",
     "UTCDateTime",
@@ -231,5 +261,8 @@ __all__ = [
     "review_events",
     "review_items",
     "risk_events",
+    "ui_accounts",
+    "ui_metadata",
+    "ui_sessions",
     "user_states",
 ]

@@ -1,10 +1,11 @@
-"""The UI's people and sessions: local accounts (argon2 password hashes) and server-side sessions.
+"""Local accounts of the web UI (argon2id password hashes) and server-side sessions.
 
-Two tables beside the store's own, on the same database (``ui_accounts``, ``ui_sessions``;
-created by the store's migration 0003). A session is a random
-token: the browser holds it in a signed cookie, the database only its SHA-256, so a copy of the
-database cannot be replayed as a sign-in. Every request re-reads the session and, for local
-accounts, the account: disabling an account or changing its role takes effect at once.
+The rules live here; the rows live in the store (its :class:`~seawall.store.base.UIAccountStore`
+role: the ``ui_accounts`` and ``ui_sessions`` tables, created by the store's migration 0003, or
+the in-memory store's dicts). A session is a random token: the browser holds it in a signed
+cookie, the store only its SHA-256, so a copy of the database cannot be replayed as a sign-in.
+Every request re-reads the session and, for local accounts, the account: disabling an account or
+changing its role takes effect at once.
 """
 
 from __future__ import annotations
@@ -12,68 +13,19 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import (
-    Column,
-    Connection,
-    Engine,
-    Index,
-    MetaData,
-    String,
-    Table,
-    UniqueConstraint,
-    delete,
-    insert,
-    inspect,
-    select,
-    update,
-)
 
 from seawall.clock import Clock, utc_now
-from seawall.errors import InvalidRequestError, NotFoundError, StoreError
-from seawall.store.schema import NAMING_CONVENTION, UTCDateTime
-from seawall.store.sql import store_errors
+from seawall.errors import InvalidRequestError, NotFoundError
+from seawall.store.base import AccountRow, SessionRow, UIAccountStore
+from seawall.store.schema import ui_accounts, ui_sessions
+from seawall.store.schema import ui_metadata as metadata
 from seawall.ui.settings import ROLES, Role
-
-#: The UI's own tables (same naming convention as the store's, so the migration can name them).
-metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-ui_accounts = Table(
-    "ui_accounts",
-    metadata,
-    Column("name", String(100), primary_key=True),
-    Column("role", String(16), nullable=False),
-    Column("password_hash", String(255), nullable=False),
-    Column("created_at", UTCDateTime(), nullable=False),
-    Column("updated_at", UTCDateTime(), nullable=False),
-    Column("disabled_at", UTCDateTime(), nullable=True),
-    Column("last_login_at", UTCDateTime(), nullable=True),
-)
-
-ui_sessions = Table(
-    "ui_sessions",
-    metadata,
-    Column("token_hash", String(64), primary_key=True),  # SHA-256 hex of the cookie's token
-    Column("subject", String(320), nullable=False),  # the account name, or the OIDC e-mail
-    Column("source", String(16), nullable=False),  # "local" or "oidc"
-    Column("role", String(16), nullable=False),  # the role at sign-in (OIDC); local re-reads it
-    Column("display_name", String(200), nullable=False),
-    Column("csrf_token", String(64), nullable=False),
-    Column("created_at", UTCDateTime(), nullable=False),
-    Column("expires_at", UTCDateTime(), nullable=False),
-    Column("last_seen_at", UTCDateTime(), nullable=False),
-    UniqueConstraint("csrf_token"),
-    Index(None, "subject"),
-    Index(None, "expires_at"),
-)
 
 Source = Literal["local", "oidc"]
 #: Account names: what people type at the sign-in form and the CLI.
@@ -120,7 +72,7 @@ class Session:
         return self.role == "admin"
 
 
-def _account(row: Any) -> Account:
+def _account(row: AccountRow) -> Account:
     return Account(
         name=row.name,
         role=cast(Role, row.role),
@@ -138,43 +90,16 @@ def check_role(role: str) -> Role:
 
 
 class AccountStore:
-    """Local accounts and UI sessions on the store's database; synchronous and thread-safe."""
+    """Local accounts and UI sessions, kept by the store's UI account role; thread-safe."""
 
     def __init__(
-        self, engine: Engine, *, clock: Clock = utc_now, hasher: PasswordHasher | None = None
+        self, records: UIAccountStore, *, clock: Clock = utc_now, hasher: PasswordHasher | None = None
     ) -> None:
-        self.engine = engine
+        self.records = records
         self.clock = clock
         self.hasher = hasher or PasswordHasher()
         # Verified when nobody has the name, so that a wrong name costs as long as a wrong password.
         self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
-        self._checked = False
-        self._check_lock = threading.Lock()
-
-    # ------------------------------------------------------------------ plumbing
-
-    def check_tables(self) -> None:
-        """Raise :class:`StoreError` with the fix when the UI's tables are missing."""
-        if self._checked:
-            return
-        with self._check_lock, store_errors(self.engine, "looking for the UI's tables"):
-            present = set(inspect(self.engine).get_table_names())
-            missing = sorted({ui_accounts.name, ui_sessions.name} - present)
-            if missing:
-                raise StoreError(
-                    f"the store has no {' or '.join(missing)} table: run `seawall db upgrade` "
-                    "(the web UI's accounts and sessions live in the store)"
-                )
-            self._checked = True
-
-    @contextmanager
-    def _connect(self, doing: str, *, write: bool = False) -> Iterator[Connection]:
-        self.check_tables()
-        with store_errors(self.engine, doing), self.engine.connect() as connection:
-            if write:
-                connection.execution_options(seawall_write=True)  # BEGIN IMMEDIATE on SQLite
-            with connection.begin():
-                yield connection
 
     # ------------------------------------------------------------------ accounts
 
@@ -189,51 +114,22 @@ class AccountStore:
         role = check_role(role)
         now = self.clock()
         password_hash = self.hasher.hash(password)
-        taken = InvalidRequestError(f"an account named {name!r} exists already", param="name")
-        try:
-            with self._connect("creating an account", write=True) as connection:
-                if connection.execute(select(ui_accounts.c.name).where(ui_accounts.c.name == name)).first():
-                    raise taken
-                connection.execute(
-                    insert(ui_accounts).values(
-                        name=name, role=role, password_hash=password_hash, created_at=now, updated_at=now
-                    )
-                )
-        except StoreError:
-            if self.get(name) is not None:  # another process created it between the check and the insert
-                raise taken from None
-            raise
-        return Account(name, role, now, now)
+        return _account(self.records.create_account(name, role, password_hash, now))
 
     def get(self, name: str) -> Account | None:
-        with self._connect("reading an account") as connection:
-            row = connection.execute(select(ui_accounts).where(ui_accounts.c.name == name)).first()
+        row = self.records.get_account(name)
         return _account(row) if row is not None else None
 
     def list_accounts(self) -> list[Account]:
-        with self._connect("listing accounts") as connection:
-            rows = connection.execute(select(ui_accounts).order_by(ui_accounts.c.name)).all()
-        return [_account(row) for row in rows]
-
-    def _update(self, name: str, doing: str, **values: Any) -> Account:
-        with self._connect(doing, write=True) as connection:
-            done = connection.execute(
-                update(ui_accounts)
-                .where(ui_accounts.c.name == name)
-                .values(updated_at=self.clock(), **values)
-            )
-            if done.rowcount == 0:
-                raise NotFoundError(f"no account named {name!r}")
-            row = connection.execute(select(ui_accounts).where(ui_accounts.c.name == name)).one()
-        return _account(row)
+        return [_account(row) for row in self.records.list_accounts()]
 
     def set_role(self, name: str, role: str) -> Account:
-        return self._update(name, "changing an account's role", role=check_role(role))
+        return _account(self.records.update_account(name, self.clock(), role=check_role(role)))
 
     def set_password(self, name: str, password: str) -> Account:
-        account = self._update(name, "changing a password", password_hash=self.hasher.hash(password))
+        row = self.records.update_account(name, self.clock(), password_hash=self.hasher.hash(password))
         self.end_sessions(name, "local")
-        return account
+        return _account(row)
 
     def disable(self, name: str) -> Account:
         """Disable the account and end its sessions (idempotent)."""
@@ -241,20 +137,19 @@ class AccountStore:
         if account is None:
             raise NotFoundError(f"no account named {name!r}")
         if account.active:
-            account = self._update(name, "disabling an account", disabled_at=self.clock())
+            account = _account(self.records.update_account(name, self.clock(), disabled=True))
         self.end_sessions(name, "local")
         return account
 
     def enable(self, name: str) -> Account:
-        return self._update(name, "enabling an account", disabled_at=None)
+        return _account(self.records.update_account(name, self.clock(), disabled=False))
 
     def verify(self, name: str, password: str) -> Account | None:
         """The account if ``password`` is its password and it is enabled, else None.
 
         Takes as long for an unknown name as for a wrong password (one argon2 verification),
         and re-hashes a password whose hash uses weaker parameters than the current ones."""
-        with self._connect("checking a password") as connection:
-            row = connection.execute(select(ui_accounts).where(ui_accounts.c.name == name)).first()
+        row = self.records.get_account(name)
         stored = row.password_hash if row is not None else self._dummy_hash
         try:
             self.hasher.verify(stored, password)
@@ -262,11 +157,8 @@ class AccountStore:
             return None
         if row is None or row.disabled_at is not None:
             return None
-        values: dict[str, Any] = {"last_login_at": self.clock()}
-        if self.hasher.check_needs_rehash(stored):
-            values["password_hash"] = self.hasher.hash(password)
-        with self._connect("recording a sign-in", write=True) as connection:
-            connection.execute(update(ui_accounts).where(ui_accounts.c.name == name).values(**values))
+        rehashed = self.hasher.hash(password) if self.hasher.check_needs_rehash(stored) else None
+        self.records.record_sign_in(name, self.clock(), rehashed)
         return _account(row)
 
     # ------------------------------------------------------------------ sessions
@@ -287,21 +179,19 @@ class AccountStore:
             expires_at=now + timedelta(seconds=max_age_s),
             last_seen_at=now,
         )
-        with self._connect("starting a session", write=True) as connection:
-            connection.execute(delete(ui_sessions).where(ui_sessions.c.expires_at <= now))
-            connection.execute(
-                insert(ui_sessions).values(
-                    token_hash=_hash_token(token),
-                    subject=session.subject,
-                    source=session.source,
-                    role=session.role,
-                    display_name=session.display_name,
-                    csrf_token=session.csrf_token,
-                    created_at=now,
-                    expires_at=session.expires_at,
-                    last_seen_at=now,
-                )
+        self.records.start_session(
+            SessionRow(
+                token_hash=_hash_token(token),
+                subject=session.subject,
+                source=session.source,
+                role=session.role,
+                display_name=session.display_name,
+                csrf_token=session.csrf_token,
+                created_at=now,
+                expires_at=session.expires_at,
+                last_seen_at=now,
             )
+        )
         return token, session
 
     def session(self, token: str, *, idle_s: int) -> Session | None:
@@ -311,33 +201,20 @@ class AccountStore:
             return None
         now = self.clock()
         key = _hash_token(token)
-        query = (
-            select(ui_sessions, ui_accounts.c.role.label("account_role"), ui_accounts.c.disabled_at)
-            .select_from(
-                ui_sessions.outerjoin(
-                    ui_accounts,
-                    (ui_sessions.c.source == "local") & (ui_accounts.c.name == ui_sessions.c.subject),
-                )
-            )
-            .where(ui_sessions.c.token_hash == key)
-        )
-        with self._connect("reading a session") as connection:
-            row = connection.execute(query).first()
-        if row is None:
+        found = self.records.find_session(key)
+        if found is None:
             return None
+        row, account = found
         idle_since = now - timedelta(seconds=idle_s)
         dead = row.expires_at <= now or row.last_seen_at <= idle_since
-        if row.source == "local" and (row.account_role is None or row.disabled_at is not None):
+        if row.source == "local" and (account is None or account.disabled_at is not None):
             dead = True
         if dead:
-            self._delete_session(key)
+            self.records.end_session(key)
             return None
         if now - row.last_seen_at >= TOUCH_EVERY:
-            with self._connect("touching a session", write=True) as connection:
-                connection.execute(
-                    update(ui_sessions).where(ui_sessions.c.token_hash == key).values(last_seen_at=now)
-                )
-        role = row.account_role if row.source == "local" else row.role
+            self.records.touch_session(key, now)
+        role = account.role if row.source == "local" and account is not None else row.role
         return Session(
             subject=row.subject,
             source=cast(Source, row.source),
@@ -349,20 +226,12 @@ class AccountStore:
             last_seen_at=now,
         )
 
-    def _delete_session(self, key: str) -> None:
-        with self._connect("ending a session", write=True) as connection:
-            connection.execute(delete(ui_sessions).where(ui_sessions.c.token_hash == key))
-
     def end_session(self, token: str) -> None:
-        self._delete_session(_hash_token(token))
+        self.records.end_session(_hash_token(token))
 
     def end_sessions(self, subject: str, source: Source) -> int:
         """End every session of one person (a disabled account, a new password); how many."""
-        with self._connect("ending sessions", write=True) as connection:
-            done = connection.execute(
-                delete(ui_sessions).where(ui_sessions.c.subject == subject, ui_sessions.c.source == source)
-            )
-        return int(done.rowcount)
+        return self.records.end_sessions(subject, source)
 
 
 __all__ = [

@@ -34,7 +34,7 @@ StdinOption = Annotated[
 @contextmanager
 def _open(config: Path | None) -> Iterator[tuple[UISettings, AccountStore]]:
     with configured_store(config) as (settings, store):
-        yield settings.ui, AccountStore(store.engine)
+        yield settings.ui, AccountStore(store)
 
 
 def _read_password(from_stdin: bool, minimum: int) -> str:

@@ -43,13 +43,12 @@ from seawall.store.base import (
     Report,
     ReportStatus,
     ReviewItem,
+    Store,
 )
-from seawall.ui import queries
 from seawall.ui.pages import Denied, form_field
 
 if TYPE_CHECKING:
     from seawall.settings import Settings
-    from seawall.store.sql import SqlStore
     from seawall.ui.accounts import Session
     from seawall.ui.settings import Role
 
@@ -108,7 +107,7 @@ class Pages(Protocol):
     settings: Settings
 
     @property
-    def store(self) -> SqlStore: ...
+    def store(self) -> Store: ...
 
     def render(
         self,
@@ -220,7 +219,7 @@ class Desk:
             for message in (item.request.get("messages") or [])
             if isinstance(message, dict)
         ]
-        has_audit = await run_in_threadpool(queries.audit_exists, self.ui.store.engine, item.request_id)
+        has_audit = await run_in_threadpool(self.ui.store.audit_exists, item.request_id)
         return self.ui.render(
             request,
             "review_item.html",
@@ -335,7 +334,7 @@ class Desk:
         service = self.service
         events = await run_in_threadpool(service.events, report.id)
         has_audit = report.request_id is not None and await run_in_threadpool(
-            queries.audit_exists, self.ui.store.engine, report.request_id
+            self.ui.store.audit_exists, report.request_id
         )
         if session.is_admin:
             choices = list(REPORT_STATUSES)

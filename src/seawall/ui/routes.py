@@ -53,8 +53,15 @@ from seawall.gateway.risk import LADDER, RiskLedger
 from seawall.review.service import ReviewService
 from seawall.secret import load_or_create_secret
 from seawall.settings import Settings
-from seawall.store.base import AUDIT_OUTCOMES, REPORT_STATUSES, RISK_LEVELS, UserState, UserSummary
-from seawall.store.sql import SqlStore
+from seawall.store.base import (
+    AUDIT_OUTCOMES,
+    REPORT_STATUSES,
+    RISK_LEVELS,
+    AuditQuery,
+    Store,
+    UserState,
+    UserSummary,
+)
 from seawall.ui import queries
 from seawall.ui.accounts import AccountStore, Session
 from seawall.ui.auth import (
@@ -124,19 +131,29 @@ class SecurityHeaders:
 
 
 class _StoreHolder:
-    """The store the UI reads: the caller's, or one the UI opens at start-up (and closes)."""
+    """The store the UI reads: the caller's; else the app's (the gateway's, ``shared``); else one
+    the UI opens at start-up (and closes)."""
 
-    def __init__(self, settings: Settings, store: SqlStore | None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store | None, shared: Callable[[], Store | None] | None = None
+    ) -> None:
         self.settings = settings
+        self.given = store
         self.store = store
-        self.owned = store is None
+        self.shared = shared
+        self.owned = False
         self.on_close: list[Callable[[], None]] = []
 
-    def get(self) -> SqlStore:
+    def get(self) -> Store:
         if self.store is None:
-            from seawall.store import open_store
+            found = self.shared() if self.shared is not None else None
+            if found is not None:
+                self.store = found
+            else:
+                from seawall.store import open_store
 
-            self.store = open_store(self.settings.store)
+                self.store = open_store(self.settings.store)
+                self.owned = True
         return self.store
 
     def close(self) -> None:
@@ -144,7 +161,8 @@ class _StoreHolder:
             callback()
         if self.owned and self.store is not None:
             self.store.close()
-            self.store = None
+        self.store = self.given  # a shared store is looked up again at the next start
+        self.owned = False
 
 
 def _when(value: Any, seconds: bool = False) -> str:
@@ -223,13 +241,13 @@ class UI:
     # ------------------------------------------------------------------ plumbing
 
     @property
-    def store(self) -> SqlStore:
+    def store(self) -> Store:
         return self.holder.get()
 
     @property
     def accounts(self) -> AccountStore:
-        if self._accounts is None or self._accounts.engine is not self.store.engine:
-            self._accounts = AccountStore(self.store.engine)
+        if self._accounts is None or self._accounts.records is not self.store:
+            self._accounts = AccountStore(self.store)
         return self._accounts
 
     def ledger(self) -> RiskLedger:
@@ -420,10 +438,10 @@ class UI:
             raise Denied(f"range must be one of {', '.join(queries.RANGES)}", 400)
         tenant = request.query_params.get("tenant") or None
         data = await run_in_threadpool(
-            queries.dashboard, self.store.engine, range_name, tenant=tenant, cache=self.dashboard_cache
+            queries.dashboard, self.store, range_name, tenant=tenant, cache=self.dashboard_cache
         )
-        tenants = await run_in_threadpool(queries.tenants, self.store.engine)
-        desk = await run_in_threadpool(queries.desk_figures, self.store.engine, range_name, tenant=tenant)
+        tenants = await run_in_threadpool(self.store.audit_tenants)
+        desk = await run_in_threadpool(queries.desk_figures, self.store, range_name, tenant=tenant)
         return self.render(
             request,
             "dashboard.html",
@@ -523,7 +541,7 @@ class UI:
             page = max(1, int(params.get("page") or 1))
         except ValueError:
             raise Denied("page must be a whole number", 400) from None
-        query = queries.AuditQuery(
+        query = AuditQuery(
             outcome=outcome,
             safety_id=(params.get("safety_id") or "").strip()[:200] or None,
             tenant=params.get("tenant") or None,
@@ -532,7 +550,7 @@ class UI:
             page=page,
             page_size=self.ui.page_size,
         )
-        result = await run_in_threadpool(queries.search_audit, self.store.engine, query)
+        result = await run_in_threadpool(self.store.audit_page, query)
         filters = {
             "outcome": outcome or "",
             "safety_id": query.safety_id or "",
@@ -559,7 +577,7 @@ class UI:
     async def audit_detail(self, request: Request) -> Response:
         await self.require(request)
         request_id = request.path_params["request_id"]
-        record = await run_in_threadpool(queries.audit_record, self.store.engine, request_id)
+        record = await run_in_threadpool(self.store.get_audit, request_id)
         if record is None:
             raise Denied(f"There is no audit record {request_id[:100]!r}.", 404)
         return self.render(
@@ -599,15 +617,18 @@ async def widget(request: Request) -> Response:
 def build_ui_app(
     settings: Settings,
     ui: UISettings,
-    store: SqlStore | None = None,
+    store: Store | None = None,
     *,
     review: Callable[[], ReviewService | None] | None = None,
+    shared_store: Callable[[], Store | None] | None = None,
 ) -> tuple[Starlette, UI]:
     """The UI as its own ASGI app (mounted at /ui by :func:`add_ui_routes`).
 
+    ``store`` is the store to use; without one, ``shared_store`` finds the running app's (the
+    gateway's), and when it gives None the UI opens the store of ``settings.store`` itself.
     ``review`` finds the running :class:`ReviewService` (the gateway's); when it gives None the
     review desk makes one of its own over the UI's store."""
-    holder = _StoreHolder(settings, store)
+    holder = _StoreHolder(settings, store, shared_store)
     view = UI(settings, ui, holder)
     desk = Desk(view, review or (lambda: None))
     view.desk = desk
@@ -656,17 +677,24 @@ def build_ui_app(
 
 
 def add_ui_routes(
-    app: FastAPI, settings: Settings, store: SqlStore | None = None, *, ui: UISettings | None = None
+    app: FastAPI, settings: Settings, store: Store | None = None, *, ui: UISettings | None = None
 ) -> None:
     """Mount the web UI at ``/ui`` on ``app``.
 
-    ``store`` is the store to read and act on (the caller closes it); None: the UI opens the
-    store of ``settings.store`` when the app starts and closes it when the app stops.
-    ``ui`` defaults to ``settings.ui``."""
+    ``store`` is the store to read and act on (the caller closes it); None: the app's store
+    (``app.state.store``, the gateway's, once the app started), else one the UI opens from
+    ``settings.store`` when the app starts and closes when it stops. ``ui`` defaults to
+    ``settings.ui``."""
     ui = ui or settings.ui
     if not ui.enabled:
         return
-    ui_app, view = build_ui_app(settings, ui, store, review=lambda: getattr(app.state, "review", None))
+    ui_app, view = build_ui_app(
+        settings,
+        ui,
+        store,
+        review=lambda: getattr(app.state, "review", None),
+        shared_store=lambda: getattr(app.state, "store", None),
+    )
 
     async def to_ui(request: Request) -> Response:
         return RedirectResponse(request.url.path + "/", status_code=307)

@@ -1,6 +1,7 @@
 """Web UI accounts and sessions (ui_accounts, ui_sessions).
 
-Written by hand to match :mod:`seawall.ui.accounts` (tests/test_ui_accounts.py compares the two).
+Written by hand to match ``ui_accounts`` and ``ui_sessions`` in :mod:`seawall.store.schema`
+(tests/test_ui_accounts.py compares the two).
 
 Revision ID: 0003
 Revises: 0002

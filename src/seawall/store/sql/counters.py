@@ -1,0 +1,80 @@
+"""The counter store role (:class:`seawall.store.base.CounterStore`) on SQL: rate-limit windows
+in ``rate_counters``, counted by one conditional upsert per hit (the arithmetic is
+:mod:`seawall.store.windows`, shared with the in-memory store)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, select
+
+from seawall.store.base import RateLimitResult
+from seawall.store.schema import as_utc, rate_counters
+from seawall.store.sql.database import SqlRole
+from seawall.store.windows import PruneClock, result, room, windows
+
+
+class SqlCounters(SqlRole):
+    """Rate-limit counters, atomic across threads, processes and replicas."""
+
+    def _setup(self) -> None:
+        super()._setup()
+        self._prunes = PruneClock()
+
+    def hit(self, bucket: str, limit: int, window_s: int, now: datetime) -> RateLimitResult:
+        """Count one request against ``bucket`` (sliding window over two fixed windows),
+        atomically across threads, processes and replicas. A refused hit is not counted.
+
+        The current window's row is incremented by one conditional upsert
+        (``INSERT ... ON CONFLICT DO UPDATE ... WHERE count < room RETURNING count``), which
+        the database applies under the row's lock; ``room`` is what the previous window's
+        weighted count leaves of ``limit``.
+        """
+        stamp, start, weight = windows(now, limit, window_s)
+        table = rate_counters
+        with self.db.transaction("counting a rate-limit hit", write=True) as connection:
+            previous = int(
+                connection.execute(
+                    select(table.c.count).where(
+                        table.c.bucket == bucket, table.c.window_start == start - window_s
+                    )
+                ).scalar()
+                or 0
+            )
+            most = room(limit, previous, weight)
+            counted: int | None = None
+            if most >= 1:
+                upsert = (
+                    self.db.insert(table)
+                    .values(bucket=bucket, window_start=start, count=1, expires_at=start + 2 * window_s)
+                    .on_conflict_do_update(
+                        index_elements=[table.c.bucket, table.c.window_start],
+                        set_={"count": table.c.count + 1},
+                        where=table.c.count < most,
+                    )
+                    .returning(table.c.count)
+                )
+                counted = connection.execute(upsert).scalar()
+            if counted is None:
+                current = int(
+                    connection.execute(
+                        select(table.c.count).where(table.c.bucket == bucket, table.c.window_start == start)
+                    ).scalar()
+                    or 0
+                )
+            else:
+                current = int(counted)
+        if self._prunes.due(stamp):
+            self.prune(datetime.fromtimestamp(stamp, UTC))
+        return result(counted is not None, limit, current, previous, weight, start, window_s)
+
+    def prune(self, now: datetime) -> int:
+        """Delete rate-limit windows that no hit at ``now`` or later reads; returns how many."""
+        stamp = as_utc(now).timestamp()
+        with self.db.transaction("pruning rate-limit windows", write=True) as connection:
+            done = connection.execute(delete(rate_counters).where(rate_counters.c.expires_at <= stamp))
+        self._prunes.pruned(stamp)
+        return int(done.rowcount)
+
+
+__all__ = ["SqlCounters"]

@@ -1,0 +1,201 @@
+"""The one database helper every SQL role shares: engine, transactions, upserts, error mapping.
+
+:func:`make_engine` configures SQLAlchemy 2 for the store (SQLite in WAL mode with a busy timeout,
+``BEGIN IMMEDIATE`` for write transactions; PostgreSQL with a pre-pinged pool).
+:class:`SqlDatabase` is what the role modules (:mod:`seawall.store.sql.keys` and its siblings)
+run on: one short transaction per call from the engine's pool (:meth:`SqlDatabase.transaction`),
+the dialect's ``INSERT ... ON CONFLICT`` (:meth:`SqlDatabase.insert`), the store's clock, and
+:func:`store_errors`, which turns database failures into :class:`StoreError` with the URL's
+password hidden.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import URL, Connection, Engine, Table, create_engine, event, literal, make_url, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from seawall.clock import Clock, utc_now
+from seawall.errors import StoreError
+
+log = logging.getLogger("seawall.store")
+
+#: SQLite waits this long for another writer's lock before failing.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalise_url(url: str | URL) -> URL:
+    """``url`` with ``~`` expanded in SQLite paths and a psycopg 3 driver for bare ``postgresql``."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            parsed = parsed.set(database=str(Path(database).expanduser()))
+    elif backend == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
+        # Only psycopg 3 is a dependency; plain postgresql:// would otherwise ask for psycopg2.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif backend != "postgresql":
+        raise StoreError(
+            f"unsupported store URL scheme {parsed.drivername!r}: use sqlite, postgresql or memory"
+        )
+    return parsed
+
+
+def is_memory(url: URL) -> bool:
+    """Whether ``url`` is an in-memory SQLite database (one connection, shared by all threads)."""
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def create_folder(url: URL) -> None:
+    """Create the folder of a SQLite database file (``url`` as :func:`normalise_url` returns it)."""
+    if url.get_backend_name() == "sqlite" and not is_memory(url) and url.database:
+        try:
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the store's folder for {url.database}: {exc}") from None
+
+
+def to_json(value: Any) -> str:
+    """The store's JSON: compact, UTF-8 kept, anything else (datetimes) as ``str``."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def make_engine(url: str | URL, *, pool_size: int = 5) -> Engine:
+    """A sync engine configured for the store: WAL/busy timeout/foreign keys on SQLite,
+    a pre-pinged pool of ``pool_size`` connections on PostgreSQL."""
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(
+            parsed,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            json_serializer=to_json,
+            connect_args={"connect_timeout": 10, "application_name": "seawall"},
+        )
+    memory = is_memory(parsed)
+    engine = create_engine(
+        parsed,
+        json_serializer=to_json,
+        connect_args={"check_same_thread": False},
+        **({"poolclass": StaticPool} if memory else {"pool_size": pool_size, "max_overflow": pool_size}),
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # SQLAlchemy, not the sqlite3 module, decides when transactions begin (see _on_begin).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        if not memory:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        immediate = connection.get_execution_options().get("seawall_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    original = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = [line.strip() for line in str(original).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(original).__name__
+
+
+@contextmanager
+def store_errors(engine: Engine, doing: str) -> Iterator[None]:
+    """Turn SQLAlchemy and driver errors into :class:`StoreError`, with the password hidden."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        message = f"store failed while {doing} ({where}): {_reason(exc)}"
+        password = engine.url.password
+        if password:
+            message = message.replace(str(password), "***")
+        # The driver's exception stays out of the chain (its text can echo connection details);
+        # the log keeps it for debugging.
+        log.debug("store error while %s", doing, exc_info=True)
+        raise StoreError(message) from None
+
+
+class SqlDatabase:
+    """One engine and what every role needs on it; thread-safe, shared by the roles of one store."""
+
+    def __init__(self, engine: Engine, *, clock: Clock | None = None) -> None:
+        self.engine = engine
+        self.clock: Clock = clock or utc_now
+        self.dialect = engine.dialect.name
+        self.postgres = self.dialect == "postgresql"
+        # An in-memory SQLite database is one shared connection: one transaction at a time.
+        self._serial: AbstractContextManager[Any] = (
+            threading.RLock() if is_memory(engine.url) else nullcontext()
+        )
+
+    @contextmanager
+    def transaction(self, doing: str, *, write: bool = False) -> Iterator[Connection]:
+        """One transaction on a pooled connection, committed at the end; ``write`` takes SQLite's
+        write lock first (``BEGIN IMMEDIATE``). Failures become :class:`StoreError` naming ``doing``."""
+        with self._serial, store_errors(self.engine, doing), self.engine.connect() as connection:
+            if write:
+                connection.execution_options(seawall_write=True)
+            with connection.begin():
+                yield connection
+
+    def insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
+        """The dialect's INSERT, which has ``on_conflict_do_update`` (an upsert) on both."""
+        return postgresql.insert(table) if self.postgres else sqlite.insert(table)
+
+    def ping(self) -> None:
+        """Raise :class:`StoreError` unless the database answers (for health checks)."""
+        with self.transaction("checking the connection") as connection:
+            connection.execute(select(literal(1)))
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+class SqlRole:
+    """Base of the role classes: they keep their :class:`SqlDatabase` as ``db``.
+
+    :class:`seawall.store.sql.SqlStore` inherits every role and calls this ``__init__`` once, so
+    all roles share one database; a role class also works alone (``SqlKeys(SqlDatabase(engine))``).
+    A role with state of its own sets it up in ``_setup`` (calling ``super()._setup()``).
+    """
+
+    def __init__(self, db: SqlDatabase) -> None:
+        self.db = db
+        self._setup()
+
+    def _setup(self) -> None:
+        """Set up the role's own state (none here)."""
+
+
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "SqlDatabase",
+    "SqlRole",
+    "create_folder",
+    "is_memory",
+    "make_engine",
+    "normalise_url",
+    "store_errors",
+    "to_json",
+]
