@@ -72,7 +72,8 @@ def to_json(value: Any) -> str:
 
 def make_engine(url: str | URL, *, pool_size: int = 5) -> Engine:
     """A sync engine configured for the store: WAL/busy timeout/foreign keys on SQLite,
-    a pre-pinged pool of ``pool_size`` connections on PostgreSQL."""
+    a pre-pinged pool of ``pool_size`` connections on PostgreSQL. Statement parameters (message
+    text, report contacts) are kept out of SQLAlchemy's logs and error messages."""
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "postgresql":
         return create_engine(
@@ -82,12 +83,14 @@ def make_engine(url: str | URL, *, pool_size: int = 5) -> Engine:
             pool_pre_ping=True,
             pool_recycle=1800,
             json_serializer=to_json,
+            hide_parameters=True,
             connect_args={"connect_timeout": 10, "application_name": "seawall"},
         )
     memory = is_memory(parsed)
     engine = create_engine(
         parsed,
         json_serializer=to_json,
+        hide_parameters=True,
         connect_args={"check_same_thread": False},
         **({"poolclass": StaticPool} if memory else {"pool_size": pool_size, "max_overflow": pool_size}),
     )
