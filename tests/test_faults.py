@@ -16,20 +16,31 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from starlette.responses import Response, StreamingResponse
 
-from backend_standins import Recorded, StandIn, json_reply, stand_in
+from backend_standins import Recorded, StandIn, stand_in
 from conftest import RunningServer, assert_openai_error, free_port, running_server
+from postgres_server import _bin_dir, _run
 from seawall.gateway.pipeline import REQUEST_ID_HEADER
+from seawall.settings import StoreSettings
+from seawall.store import open_store
 from test_gateway_pipeline import MODEL, gateway_settings
 
 #: Fault -> tests that already hold it elsewhere (the matrix below runs each through the gateway).
@@ -350,3 +361,212 @@ def test_a_slow_client_that_never_reads_is_cut_off_and_audited(setup: Setup) -> 
     assert record["error"] == {"status": None, "code": "client_too_slow"}
     [moderation] = [d for d in record["decisions"] if d["step"] == "output_moderation"]
     assert moderation["released_chars"] <= moderation["received_chars"]
+
+
+# ----------------------------------------------------------------- the store
+
+
+class PostgresCluster:
+    """A private PostgreSQL server (initdb + pg_ctl) that a test may stop and start again on the
+    same port and data: the session's shared server must stay up for every other test."""
+
+    def __init__(self) -> None:
+        bin_dir = _bin_dir()
+        if bin_dir is None:
+            pytest.skip("PostgreSQL is not installed (no initdb/pg_ctl)")
+        self.bin = bin_dir
+        self.root = Path(tempfile.mkdtemp(prefix="seawall-pg-faults-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.root, user="postgres", group="postgres")
+        self.data, self.log, self.port = self.root / "data", self.root / "server.log", free_port()
+        _run([str(bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync"])
+        self.running = False
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        pg_ctl = [str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options]
+        _run([*pg_ctl, "-w", "-t", "60", "start"], self.log)
+        self.running = True
+
+    def stop(self) -> None:
+        """Stop as an operator's fast shutdown would: open connections are cut."""
+        _run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"], self.log)
+        self.running = False
+
+    def remove(self) -> None:
+        if self.running:
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@dataclass
+class StoreSetup:
+    server: RunningServer
+    buffer: Path
+    config: Path
+    ids: list[str] = field(default_factory=list)
+
+    def ask(self, *, stream: bool = False) -> httpx.Response:
+        body = {
+            "model": MODEL,
+            "stream": stream,
+            "messages": [{"role": "user", "content": "Tell me about Paris."}],
+        }
+        with self.server.http(timeout=60) as http:
+            response = http.post("/v1/chat/completions", json=body)
+        self.ids.append(response.headers[REQUEST_ID_HEADER])
+        return response
+
+
+def buffered(path: Path) -> int:
+    """Records waiting in the audit buffer (its first line is the generation header)."""
+    if not path.exists():
+        return 0
+    return sum(
+        1 for line in path.read_text().splitlines() if line.strip() and "seawall_audit_buffer" not in line
+    )
+
+
+def wait_for(condition: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def stored_records(store_url: str) -> list[dict[str, Any]]:
+    """Every record in the store's audit chain, superseded ones included, in the chain's order."""
+    store = open_store(StoreSettings(url=store_url))
+    try:
+        return [record for _, record in store.audit_chain()]
+    finally:
+        store.close()
+
+
+def stored_request_ids(store_url: str) -> list[str]:
+    return [str(record["request_id"]) for record in stored_records(store_url)]
+
+
+def verify_store(config: Path) -> subprocess.CompletedProcess[str]:
+    """``seawall audit verify store`` (the real CLI) on the store named in ``config``."""
+    return subprocess.run(
+        [sys.executable, "-m", "seawall.cli", "audit", "verify", "store", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SEAWALL_")},
+    )
+
+
+@contextmanager
+def store_gateway(tmp: Path, store_url: str) -> Iterator[StoreSetup]:
+    """A gateway whose request path uses the store (a per-user rate limit), buffering its audit
+    records in ``tmp/audit-buffer.jsonl`` and trying the store again every 0.3 s."""
+    with stand_in(make_reply(Fault())) as upstream:
+        settings = fault_settings(
+            tmp, upstream.url, rate_limits={"per_user": {"requests": 1000, "window_s": 60}}
+        )
+        store = {"url": store_url, "audit_buffer_path": str(tmp / "audit-buffer.jsonl"), "audit_retry_s": 0.3}
+        settings = settings.model_copy(update={"store": StoreSettings(**store)})
+        config = tmp / "seawall.yaml"
+        config.write_text(yaml.safe_dump({"store": {"url": store_url}}))
+        with running_server(settings) as server:
+            yield StoreSetup(server, tmp / "audit-buffer.jsonl", config)
+
+
+def assert_store_unavailable(response: httpx.Response) -> None:
+    error = assert_openai_error(response, 503, "store_unavailable")
+    assert "password" not in error["message"]
+
+
+def test_postgres_stopped_and_restarted_mid_run(tmp_path: Path) -> None:
+    """While PostgreSQL is down the gateway answers 503 ``store_unavailable`` at once and buffers
+    the audit records; when it is back, requests succeed again without restarting seawall, and
+    the buffer is written through: every request once in the store, and the chain verifies."""
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        with store_gateway(tmp_path, cluster.url) as gw:
+            for _ in range(3):
+                assert gw.ask().status_code == 200
+            assert gw.ask(stream=True).status_code == 200
+            wait_for(lambda: len(stored_request_ids(cluster.url)) == 4, 10, "the first records in the store")
+
+            cluster.stop()
+            down = len(gw.ids)
+            for stream in (False, True, False, False):
+                began = time.monotonic()
+                assert_store_unavailable(gw.ask(stream=stream))
+                assert time.monotonic() - began < 5
+            wait_for(lambda: buffered(gw.buffer) == 4, 10, "four records in the audit buffer")
+
+            cluster.start()
+            wait_for(lambda: gw.ask().status_code == 200, 30, "the gateway to answer again")
+            assert gw.ask(stream=True).status_code == 200
+            wait_for(lambda: buffered(gw.buffer) == 0, 10, "the buffer to be written through")
+            wait_for(
+                lambda: len(stored_request_ids(cluster.url)) == len(gw.ids), 10, "every record in the store"
+            )
+        records = stored_records(cluster.url)
+        assert sorted(r["request_id"] for r in records) == sorted(gw.ids)  # none lost, none doubled
+        by_id = {r["request_id"]: r for r in records}
+        for request_id in gw.ids[down : down + 4]:  # what happened while the database was down
+            assert by_id[request_id]["outcome"] == "error"
+            assert by_id[request_id]["error"] == {"status": 503, "code": "store_unavailable"}
+        verified = verify_store(gw.config)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "intact" in verified.stdout + verified.stderr
+    finally:
+        cluster.remove()
+
+
+LOCKER = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+connection.execute("ROLLBACK")
+print("released", flush=True)
+"""
+
+
+def test_sqlite_file_locked_by_another_process(tmp_path: Path) -> None:
+    """Another process holds the SQLite file's exclusive lock: requests that need the store wait
+    out the busy timeout and get 503 ``store_unavailable``; the audit records wait in the buffer
+    and reach the store once the lock is gone; the chain verifies."""
+    database = tmp_path / "seawall.db"
+    url = f"sqlite:///{database}"
+    with store_gateway(tmp_path, url) as gw:
+        assert gw.ask().status_code == 200
+        wait_for(lambda: len(stored_request_ids(url)) == 1, 10, "the first record in the store")
+        locker = subprocess.Popen(
+            [sys.executable, "-c", LOCKER, str(database)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+            with ThreadPoolExecutor(3) as pool:
+                answers = list(pool.map(lambda _: gw.ask(), range(3)))
+            for answer in answers:
+                assert_store_unavailable(answer)
+            # The writer waited out the busy timeout once, then buffers without waiting.
+            wait_for(lambda: buffered(gw.buffer) == 3, 90, "three records in the audit buffer")
+        finally:
+            assert locker.stdin is not None
+            locker.stdin.write("go\n")
+            locker.stdin.flush()
+            locker.wait(timeout=30)
+        assert gw.ask().status_code == 200
+        wait_for(lambda: buffered(gw.buffer) == 0, 60, "the buffer to be written through")
+        wait_for(lambda: len(stored_request_ids(url)) == len(gw.ids), 10, "every record in the store")
+    assert sorted(stored_request_ids(url)) == sorted(gw.ids)
+    verified = verify_store(gw.config)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
