@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,10 +39,14 @@ from starlette.responses import Response, StreamingResponse
 from backend_standins import Recorded, StandIn, stand_in
 from conftest import RunningServer, assert_openai_error, free_port, running_server
 from postgres_server import _bin_dir, _run
+from seawall.errors import StoreError
+from seawall.gateway.audit_buffer import AuditBuffer, BufferedAuditWriter
 from seawall.gateway.pipeline import REQUEST_ID_HEADER
 from seawall.settings import StoreSettings
 from seawall.store import open_store
+from seawall.store.chain import verify
 from test_gateway_pipeline import MODEL, gateway_settings
+from test_gateway_replicas import Replica
 
 #: Fault -> tests that already hold it elsewhere (the matrix below runs each through the gateway).
 COVERED_ELSEWHERE = {
@@ -570,3 +575,302 @@ def test_sqlite_file_locked_by_another_process(tmp_path: Path) -> None:
     assert sorted(stored_request_ids(url)) == sorted(gw.ids)
     verified = verify_store(gw.config)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+# ----------------------------------------------------------------- kill -9 of seawall serve
+
+APP_KEY = "sw-faults-app-key-0123456789"
+REVIEWER = "reviewer-token-faults-0123456789"
+ANSWER = "Paris is the capital of France. " * 12
+
+
+def _slow_stream_reply() -> Any:
+    """Plain answers at once; streams of ANSWER in 4-character pieces, 50 ms apart (~5 s)."""
+
+    async def reply(request: Recorded) -> Response:
+        if request.path == "/v1/models":
+            return Response(json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]}))
+        if not (request.body and request.body.get("stream")):
+            return Response(_completion(ANSWER), media_type="application/json")
+
+        async def events() -> AsyncIterator[bytes]:
+            yield _chunk({"role": "assistant", "content": ""})
+            for start in range(0, len(ANSWER), 4):
+                yield _chunk({"content": ANSWER[start : start + 4]})
+                await asyncio.sleep(0.05)
+            yield _chunk({}, "stop")
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return reply
+
+
+def _serve_config(tmp: Path, upstream_url: str, **extra: Any) -> Path:
+    config = tmp / "seawall.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"log_level": "warning", "api_keys": [APP_KEY]},
+                "gateway": {
+                    "enabled": True,
+                    "upstream": {"base_url": f"{upstream_url}/v1", "max_retries": 0},
+                    "secret_file": str(tmp / "secret"),
+                    "audit_file": str(tmp / "audit.jsonl"),
+                    "tenant": "acme",
+                    "risk": {"enabled": False},
+                    "rate_limits": {"per_user": None},
+                    "stream_guard": {"hold_back_chars": 60, "scan_every_chars": 40},
+                },
+                "store": {
+                    "url": f"sqlite:///{tmp / 'seawall.db'}",
+                    "audit_buffer_path": str(tmp / "audit-buffer.jsonl"),
+                    "audit_retry_s": 0.5,
+                },
+                **extra,
+            }
+        )
+    )
+    return config
+
+
+def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "seawall.cli", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SEAWALL_")},
+    )
+
+
+def _read_stream(url: str, into: list[str], started: threading.Event) -> BaseException | None:
+    """Read one stream into ``into`` (content deltas, and "[DONE]" at a clean end); the error that
+    ended it, if one did."""
+    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "Tell me about Paris."}]}
+    headers = {"authorization": f"Bearer {APP_KEY}"}
+    try:
+        with httpx.stream(
+            "POST", f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30
+        ) as response:
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line.removeprefix("data: ")
+                if data == "[DONE]":
+                    into.append(data)
+                    continue
+                for choice in json.loads(data).get("choices", []):
+                    if choice["delta"].get("content"):
+                        into.append(choice["delta"]["content"])
+                        started.set()
+    except httpx.HTTPError as exc:
+        return exc
+    return None
+
+
+def test_kill_9_during_streams_then_a_restarted_server_carries_on(tmp_path: Path) -> None:
+    """SIGKILL while three streams are half sent: each client's connection breaks (no [DONE], only
+    text the guard cleared); a restarted ``seawall serve`` answers plain and streamed requests, and
+    the audit file's and the store's chains verify, every finished request stored once."""
+    with stand_in(_slow_stream_reply()) as upstream:
+        config = _serve_config(tmp_path, upstream.url)
+        first = Replica(config, tmp_path / "serve-1.log")
+        try:
+            first.wait_ready()
+            finished = [_ask_serve(first) for _ in range(3)]
+            wait_for(
+                lambda: len(stored_request_ids(f"sqlite:///{tmp_path / 'seawall.db'}")) == 3, 10, "the store"
+            )
+            received: list[list[str]] = [[], [], []]
+            started = [threading.Event() for _ in received]
+            with ThreadPoolExecutor(3) as pool:
+                ends = [
+                    pool.submit(_read_stream, first.url, into, event)
+                    for into, event in zip(received, started, strict=True)
+                ]
+                for event in started:
+                    assert event.wait(30), "a stream never started"
+                first.process.kill()  # SIGKILL: no shutdown, no flush, no goodbye
+                first.process.wait(timeout=10)
+                errors = [end.result(timeout=30) for end in ends]
+        finally:
+            first.stop()
+        for into, error in zip(received, errors, strict=True):
+            assert isinstance(error, httpx.HTTPError), "a stream ended cleanly although its server was killed"
+            assert "[DONE]" not in into
+            assert ANSWER.startswith("".join(into))
+
+        second = Replica(config, tmp_path / "serve-2.log")
+        try:
+            second.wait_ready()
+            finished += [_ask_serve(second) for _ in range(2)]
+            into: list[str] = []
+            assert _read_stream(second.url, into, threading.Event()) is None
+            assert into[-1] == "[DONE]" and "".join(into[:-1]) == ANSWER
+        finally:
+            second.stop()
+    url = f"sqlite:///{tmp_path / 'seawall.db'}"
+    stored = stored_request_ids(url)
+    assert all(stored.count(request_id) == 1 for request_id in finished)
+    assert len(stored) == len(set(stored))
+    for source in ("store", str(tmp_path / "audit.jsonl")):
+        verified = _cli(config, "audit", "verify", source)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def _ask_serve(replica: Replica, **extra: Any) -> str:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about Paris."}], **extra}
+    response = httpx.post(
+        f"{replica.url}/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {APP_KEY}"},
+        timeout=30,
+    )
+    assert response.status_code in (200, 202), response.text
+    if response.status_code == 202:
+        return str(response.json()["review_id"])
+    return response.headers[REQUEST_ID_HEADER]
+
+
+def test_kill_9_during_review_decisions_leaves_no_partial_decision(tmp_path: Path) -> None:
+    """SIGKILL while a reviewer claims and approves held answers as fast as the server takes them:
+    afterwards every held item is there once, each either pending with no decision at all or
+    decided with exactly one decision event and its completion; a restarted server decides the rest."""
+    review = {
+        "review": {
+            "enabled": True,
+            "uncertain_low": None,
+            "reviewer_tokens": {"rita": REVIEWER},
+        }
+    }
+    url = f"sqlite:///{tmp_path / 'seawall.db'}"
+    held_body = {"seawall": {"review": {"domain": "law"}}}
+    with stand_in(_slow_stream_reply()) as upstream:
+        config = _serve_config(tmp_path, upstream.url, **review)
+        first = Replica(config, tmp_path / "serve-1.log")
+        try:
+            first.wait_ready()
+            items = [_ask_serve(first, **held_body) for _ in range(12)]
+            assert len(set(items)) == 12 and all(item.startswith("rev_") for item in items)
+            decided: list[str] = []
+
+            def decide(item: str) -> None:
+                with httpx.Client(
+                    base_url=first.url, headers={"authorization": f"Bearer {REVIEWER}"}
+                ) as http:
+                    try:
+                        http.post(f"/v1/seawall/reviews/{item}/claim", timeout=10).raise_for_status()
+                        http.post(f"/v1/seawall/reviews/{item}/approve", timeout=10).raise_for_status()
+                        decided.append(item)
+                    except httpx.HTTPError:
+                        pass  # the server died under it
+
+            with ThreadPoolExecutor(4) as pool:
+                futures = [pool.submit(decide, item) for item in items]
+                wait_for(lambda: len(decided) >= 3, 30, "the first decisions")
+                first.process.kill()
+                first.process.wait(timeout=10)
+                for future in futures:
+                    future.result(timeout=30)
+        finally:
+            first.stop()
+        assert len(decided) < len(items), "every decision finished before the kill: nothing was tested"
+
+        store = open_store(StoreSettings(url=url))
+        try:
+            assert sum(store.review_counts().values()) == len(items)  # none lost, none doubled
+            pending: list[str] = []
+            for item_id in items:
+                item = store.get_review(item_id)
+                assert item is not None
+                actions = [event.action for event in store.list_review_events(item_id)]
+                assert actions.count("held") == 1
+                if item.status == "pending":
+                    assert item.decision is None and item.decided_at is None and item.decided_by is None
+                    assert "approved" not in actions
+                    pending.append(item_id)
+                else:
+                    assert (item.status, item.decision, item.decided_by) == ("approved", "approve", "rita")
+                    assert item.decided_at is not None and actions.count("approved") == 1
+            assert set(decided) <= set(items) - set(pending)  # every acknowledged decision was kept
+        finally:
+            store.close()
+
+        second = Replica(config, tmp_path / "serve-2.log")
+        try:
+            second.wait_ready()
+            with httpx.Client(base_url=second.url, headers={"authorization": f"Bearer {REVIEWER}"}) as http:
+                for item_id in pending:  # the same reviewer's claim (if any) is theirs to extend
+                    http.post(f"/v1/seawall/reviews/{item_id}/claim", timeout=10).raise_for_status()
+                    http.post(f"/v1/seawall/reviews/{item_id}/approve", timeout=10).raise_for_status()
+            with httpx.Client(base_url=second.url, headers={"authorization": f"Bearer {APP_KEY}"}) as app:
+                for item_id in items:
+                    final = app.get(f"/v1/seawall/reviews/{item_id}", timeout=10).json()
+                    assert final["status"] == "approved"
+                    assert final["completion"]["choices"][0]["message"]["content"] == ANSWER
+        finally:
+            second.stop()
+
+
+APPENDER = """
+import sys
+from pathlib import Path
+from seawall.gateway.audit_buffer import AuditBuffer
+
+buffer = AuditBuffer(Path(sys.argv[1]))
+number = 0
+while True:
+    buffer.append([{"request_id": f"req-{number}", "tenant": "acme", "outcome": "error", "time": None}])
+    print(number, flush=True)  # after the fsync: this record is durable
+    number += 1
+"""
+
+
+def test_the_audit_buffer_survives_kill_9_and_a_write_through_cut_short(tmp_path: Path) -> None:
+    """A process appending to the buffer is killed with SIGKILL: every record it acknowledged is
+    written through. A write-through that the store cuts short resumes at its cursor: each record
+    reaches the store once, and the store's chain verifies."""
+    path = tmp_path / "audit-buffer.jsonl"
+    appender = subprocess.Popen(
+        [sys.executable, "-c", APPENDER, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    acknowledged: list[str] = []
+    assert appender.stdout is not None
+    for line in appender.stdout:
+        acknowledged.append(f"req-{line.strip()}")
+        if len(acknowledged) == 60:
+            appender.kill()
+            break
+    appender.wait(timeout=10)
+    acknowledged += [f"req-{line.strip()}" for line in appender.stdout if line.strip()]
+
+    buffer = AuditBuffer(path)
+    store = open_store(StoreSettings(url=f"sqlite:///{tmp_path / 'seawall.db'}"))
+    try:
+        calls = 0
+
+        def drops_after_twenty(record: dict[str, Any]) -> None:
+            nonlocal calls
+            calls += 1
+            if calls > 20:
+                raise StoreError("the database went away")
+            store.write_audit(record)
+
+        with pytest.raises(StoreError):
+            buffer.write_through(drops_after_twenty)
+        assert buffer.pending() >= len(acknowledged) - 20
+        writer = BufferedAuditWriter(store, buffer)  # as a restarted seawall finds it
+        assert writer.buffering
+        writer.tick(force=True)
+        assert not writer.buffering and buffer.pending() == 0 and not buffer.cursor_path.exists()
+        stored = [str(record["request_id"]) for _, record in store.audit_chain()]
+        assert len(stored) == len(set(stored))  # none doubled
+        assert set(acknowledged) <= set(stored)  # none lost
+        assert len(stored) <= len(acknowledged) + 1  # at most the one appended as the kill came
+        assert verify(store.audit_chain()).intact
+    finally:
+        store.close()
