@@ -205,7 +205,7 @@ class Setup:
         deadline = time.monotonic() + timeout_s
         while True:
             lines = self.audit_file.read_text().splitlines() if self.audit_file.exists() else []
-            found = [r for r in map(json.loads, lines) if r["request_id"] == request_id]
+            found: list[dict[str, Any]] = [r for r in map(json.loads, lines) if r["request_id"] == request_id]
             if found or time.monotonic() > deadline:
                 assert len(found) == 1, found
                 return found[0]
@@ -324,6 +324,22 @@ def test_upstream_fault(case: Case, request: pytest.FixtureRequest) -> None:
     assert record["outcome"] == "upstream_error" and record["stream"] is case.stream
     assert record["error"] == {"status": case.status, "code": case.code}
     assert record["upstream"] == {"status": "error", "code": case.code}
+
+
+def test_a_client_that_hangs_up_mid_stream_stops_the_upstream_and_is_audited(setup: Setup) -> None:
+    setup.fault.name = "endless"
+    setup.fault.upstream_closed.clear()
+    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "Tell me about Paris."}]}
+    with setup.server.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as response:
+        request_id = response.headers[REQUEST_ID_HEADER]
+        lines = response.iter_lines()
+        while "and on." not in next(lines):  # read until text is flowing, then hang up
+            pass
+    wait_for(lambda: bool(setup.fault.upstream_closed), 10, "the gateway to close the upstream")
+    record = setup.audit(request_id)
+    assert record["outcome"] == "client_disconnected" and record["error"] is None
+    [moderation] = [d for d in record["decisions"] if d["step"] == "output_moderation"]
+    assert moderation["released_chars"] > 0
 
 
 def test_a_slow_client_that_never_reads_is_cut_off_and_audited(setup: Setup) -> None:
@@ -705,9 +721,9 @@ def test_kill_9_during_streams_then_a_restarted_server_carries_on(tmp_path: Path
         try:
             second.wait_ready()
             finished += [_ask_serve(second) for _ in range(2)]
-            into: list[str] = []
-            assert _read_stream(second.url, into, threading.Event()) is None
-            assert into[-1] == "[DONE]" and "".join(into[:-1]) == ANSWER
+            whole: list[str] = []
+            assert _read_stream(second.url, whole, threading.Event()) is None
+            assert whole[-1] == "[DONE]" and "".join(whole[:-1]) == ANSWER
         finally:
             second.stop()
     url = f"sqlite:///{tmp_path / 'seawall.db'}"

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
+import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
@@ -146,7 +147,10 @@ class GuardedStreamingResponse(StreamingResponse):
                     return  # no final chunk: the server closes the connection
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            await self.events.aclose()
+            # Shielded: when the client hung up, this task is being cancelled, and the generator's
+            # cleanup (closing the upstream, the audit record) must still run to its end.
+            with anyio.CancelScope(shield=True):
+                await self.events.aclose()
 
 
 __all__ = [
