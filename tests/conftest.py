@@ -102,11 +102,18 @@ class RunningServer:
 
 
 @contextmanager
-def running_server(settings: Settings | None = None) -> Iterator[RunningServer]:
-    """Serve ``create_app(settings)`` with uvicorn on a free loopback port until the block ends."""
+def running_server(
+    settings: Settings | None = None, *, send_buffer: int | None = None
+) -> Iterator[RunningServer]:
+    """Serve ``create_app(settings)`` with uvicorn on a free loopback port until the block ends.
+
+    ``send_buffer``: the kernel send buffer (``SO_SNDBUF``) of every connection the server accepts,
+    so that a client that stops reading fills it quickly (tests of slow clients)."""
     settings = settings or load_settings()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # Nagle off (see standins)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if send_buffer is not None:  # accepted sockets inherit it from the listening one
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(create_app(settings), log_level="warning", access_log=False, lifespan="on")

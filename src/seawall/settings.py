@@ -9,8 +9,10 @@ below. Every field is documented here; ``seawall config`` prints the result.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import UnionType
@@ -119,6 +121,32 @@ class StoreSettings(BaseModel):
     audit: bool = Field(
         True, description="Keep each gateway audit record in the store too (searchable; the review desk)."
     )
+    audit_buffer_path: Path | None = Field(
+        None,
+        description=(
+            "Where audit records wait while the store cannot take them (the database is down or "
+            "locked): an append-only JSON-lines file, fsync'd per write, written through to the store "
+            "in order once it answers again (also at the next start). None: one file per database "
+            "under the data directory, ~/.local/share/seawall/audit-buffer-<hash of the store URL>.jsonl."
+        ),
+    )
+    audit_retry_s: float = Field(
+        5.0,
+        gt=0,
+        description="While audit records are buffered, how often the store is tried again (seconds).",
+    )
+
+    def audit_buffer_file(self) -> Path:
+        """``audit_buffer_path``, or the default file of this store's database (see its description)."""
+        if self.audit_buffer_path is not None:
+            return self.audit_buffer_path.expanduser()
+        url = self.url.get_secret_value()
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            url = "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).expanduser())
+        # The password stays out of the hash's input: it does not name the database.
+        name = re.sub(r"(://[^:/@]*):[^@/]*@", r"\1@", url)
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        return Path(f"~/.local/share/seawall/audit-buffer-{digest}.jsonl").expanduser()
 
 
 class LocalLLMSettings(BaseModel):
@@ -450,6 +478,15 @@ class GatewaySettings(BaseModel):
         description=(
             "Also keep the request's messages and the answer the client received in each audit record "
             "(file and store). Off by default: records hold decisions and scores, never content."
+        ),
+    )
+    client_send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "A stream whose client takes no bytes for this long (it stopped reading and the socket's "
+            "buffers are full) is ended: the upstream is closed and the request audited as "
+            "client_disconnected (error code client_too_slow)."
         ),
     )
     audit_file: Path | None = Field(

@@ -3,7 +3,9 @@
 A record holds decisions, categories, scores, the risk level, latencies and outcomes —
 never message text or the raw user id. Writing to the store happens on a background
 thread (records are queued and written in batches), so a slow database never delays
-an answer; :meth:`AuditLog.close` drains the queue.
+an answer; :meth:`AuditLog.close` drains the queue. While the store cannot take records (down,
+restarting, locked), they wait in an fsync'd append-only file and are written through, in
+order, when it answers again (:mod:`seawall.gateway.audit_buffer`, ``store.audit_buffer_path``).
 
 Records are hash-chained per tenant (:mod:`seawall.store.chain`): each line of the file carries
 ``prev_hash`` (the tenant's previous line's ``hash``) and ``hash``. The file's chain is linear
@@ -30,6 +32,7 @@ from typing import Any, TextIO
 from opentelemetry.trace import Span
 
 from seawall.errors import ContentPolicyError, GuardFailedError, SeawallError, UpstreamError
+from seawall.gateway.audit_buffer import AuditBuffer, BufferedAuditWriter
 from seawall.store.base import AuditOutcome, AuditWriter
 from seawall.store.chain import last_hashes, link
 from seawall.telemetry import Tracer, finish_request_span
@@ -149,6 +152,8 @@ class AuditLog:
         store: AuditWriter | None = None,
         *,
         observer: Callable[[dict[str, Any]], None] | None = None,
+        buffer_path: Path | None = None,
+        retry_s: float = 5.0,
     ) -> None:
         self._observer = observer
         self.path = path.expanduser() if path is not None else None
@@ -159,6 +164,13 @@ class AuditLog:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._store = store
+        #: Stores records, buffering them in ``buffer_path`` while the store fails (None: no buffer).
+        self._stored: BufferedAuditWriter | None = (
+            BufferedAuditWriter(store, AuditBuffer(buffer_path), retry_s=retry_s)
+            if store is not None and buffer_path is not None
+            else None
+        )
+        self._retry_s = retry_s
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(STORE_QUEUE_SIZE)
         self._writer: threading.Thread | None = None
         if store is not None:
@@ -180,7 +192,11 @@ class AuditLog:
                 # without the file's links.
                 self._queue.put_nowait(dict(data))
             except queue.Full:
-                log.error("audit queue full: %s not stored (the file and log have it)", record.request_id)
+                if self._stored is not None:
+                    log.warning("audit queue full: %s goes to the audit buffer", record.request_id)
+                    self._stored.spill(dict(data))
+                else:
+                    log.error("audit queue full: %s not stored (the file and log have it)", record.request_id)
         with self._lock:
             if self.path is not None:
                 chain = self._file_chain()
@@ -236,17 +252,35 @@ class AuditLog:
 
     def _drain(self) -> None:
         assert self._store is not None
+        stored = self._stored
+        if stored is not None:
+            stored.tick(force=True)  # what a previous run buffered goes first
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=self._retry_s / 2 if stored is not None else None)
+            except queue.Empty:
+                if stored is not None:
+                    stored.tick()
+                continue
             if item is None:
+                if stored is not None:
+                    stored.close()
                 self._queue.task_done()
                 return
             try:
-                self._store.write_audit(item)
+                if stored is not None:
+                    stored.write(item)
+                else:
+                    self._store.write_audit(item)
             except Exception as exc:  # the file and log still have it; never kill the writer
                 log.error("cannot store the audit record of %s: %s", item.get("request_id"), exc)
             finally:
                 self._queue.task_done()
+
+    @property
+    def buffering(self) -> bool:
+        """Whether records are waiting in the audit buffer for the store to come back."""
+        return self._stored is not None and self._stored.buffering
 
 
 __all__ = ["AUDIT_TOP_SCORES", "AuditLog", "AuditRecord"]

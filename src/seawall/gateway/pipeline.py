@@ -72,7 +72,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,7 +95,7 @@ from seawall.gateway.runner import (
     Step,
     load_extra_steps,
 )
-from seawall.gateway.sse import DONE, StreamState, aclose, as_chunks, event
+from seawall.gateway.sse import DONE, ClientTooSlowError, StreamState, aclose, as_chunks, event
 from seawall.gateway.steps import (
     ANSWER_SOURCE_HEADER,
     DROPPED_NOTICE,
@@ -168,7 +168,7 @@ class GatewayResponse:
 
     request_id: str
     body: dict[str, Any] | None = None
-    stream: AsyncIterator[bytes] | None = None
+    stream: AsyncGenerator[bytes, None] | None = None
     #: Extra response headers: a warning for an escalated user, the answer's source.
     extra_headers: dict[str, str] = field(default_factory=dict)
     #: A session id minted for an anonymous client, to hand back (header and cookie).
@@ -220,6 +220,8 @@ class Gateway:
             self.settings.audit_file,
             store if settings.store.audit else None,
             observer=review.observe if review is not None else None,
+            buffer_path=settings.store.audit_buffer_file() if store is not None else None,
+            retry_s=settings.store.audit_retry_s,
         )
         self.knowledge = (
             KnowledgeBase.load(self.settings.knowledge_file, threshold=self.settings.knowledge_threshold)
@@ -403,7 +405,7 @@ class Gateway:
         *,
         model: str,
         guarded: bool,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The client's event stream: released text only, then the end (or an error event).
         Every chunk has the same ``id`` and names the ``model``, the role chunk first."""
         audit = scope.ctx.audit
@@ -452,6 +454,10 @@ class Gateway:
                 if state.usage is not None:
                     yield event({**state.chunk({}), "choices": [], "usage": state.usage})
                 audit.outcome = outcome if outcome in LOCAL_OUTCOMES else "ok"
+        except ClientTooSlowError:  # the client stopped reading (GuardedStreamingResponse)
+            audit.outcome = "client_disconnected"
+            audit.error = {"status": None, "code": "client_too_slow"}
+            raise
         except SeawallError as exc:  # the upstream broke off, or sent an error event
             audit.failed(exc)
             yield event(exc.to_body())

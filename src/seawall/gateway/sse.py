@@ -7,11 +7,17 @@ into a stream. The stream's guard and its audit stay in :mod:`seawall.gateway.pi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
+
+import anyio
+from starlette.responses import StreamingResponse
+from starlette.types import Send
 
 log = logging.getLogger("seawall.gateway")
 
@@ -106,4 +112,53 @@ async def aclose(iterator: AsyncIterator[Any]) -> None:
             log.debug("closing the upstream stream failed", exc_info=True)
 
 
-__all__ = ["DONE", "StreamState", "aclose", "as_chunks", "event"]
+class ClientTooSlowError(Exception):
+    """Thrown into the gateway's event stream when its client took no bytes for too long."""
+
+
+class GuardedStreamingResponse(StreamingResponse):
+    """A stream whose client must keep reading: a send that waits longer than ``send_timeout_s``
+    (the client stopped reading and the socket's buffers are full) ends the stream.
+
+    :class:`ClientTooSlowError` is thrown into the event generator (it stops the upstream and
+    audits the request), the generator is closed, and the response ends without its last
+    chunk, so the server closes the connection. Without this a client that never reads would
+    hold the upstream generation, and the request's audit record, for as long as it stays connected.
+    """
+
+    def __init__(self, content: AsyncGenerator[bytes, None], *, send_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.events = content
+        self.send_timeout_s = send_timeout_s
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            async for chunk in self.events:
+                try:
+                    async with asyncio.timeout(self.send_timeout_s):
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except TimeoutError:
+                    log.warning(
+                        "a stream's client took nothing for %.1f s: stream ended", self.send_timeout_s
+                    )
+                    with contextlib.suppress(ClientTooSlowError, StopAsyncIteration):
+                        await self.events.athrow(ClientTooSlowError())
+                    return  # no final chunk: the server closes the connection
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            # Shielded: when the client hung up, this task is being cancelled, and the generator's
+            # cleanup (closing the upstream, the audit record) must still run to its end.
+            with anyio.CancelScope(shield=True):
+                await self.events.aclose()
+
+
+__all__ = [
+    "DONE",
+    "ClientTooSlowError",
+    "GuardedStreamingResponse",
+    "StreamState",
+    "aclose",
+    "as_chunks",
+    "event",
+]

@@ -24,7 +24,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from seawall.bodies import error_response, json_response, read_json
@@ -36,6 +36,7 @@ from seawall.gateway.access import KeyAuthenticator
 from seawall.gateway.identity import SESSION_COOKIE, SESSION_HEADER
 from seawall.gateway.local_llm import LocalModelServer, local_llm_available
 from seawall.gateway.pipeline import REQUEST_ID_HEADER, Gateway, new_request_id
+from seawall.gateway.sse import GuardedStreamingResponse
 from seawall.gateway.upstream import Upstream
 from seawall.review.gateway_hook import ReviewHook
 from seawall.review.routes import add_review_routes
@@ -222,7 +223,12 @@ def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
             result = await handle(body, request.headers, request_id=request_id, client_address=client)
             if result.stream is not None:
                 headers = {**result.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
-                response = StreamingResponse(result.stream, media_type="text/event-stream", headers=headers)
+                response = GuardedStreamingResponse(
+                    result.stream,
+                    send_timeout_s=settings.gateway.client_send_timeout_s,
+                    media_type="text/event-stream",
+                    headers=headers,
+                )
             else:  # a completion, or 202 with the pending-review body (for streams too)
                 response = json_response(result.body, result.status_code)
                 response.headers.update(result.headers)
