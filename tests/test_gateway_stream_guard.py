@@ -25,10 +25,10 @@ from seawall.gateway.stream_guard import (
     ScanEvent,
     StreamGuard,
     StreamGuardSettings,
-    focus_segments,
     guard_stream,
     moderation_check,
 )
+from seawall.passages import focus_segments
 from seawall.service import ModerationService, text_slices
 
 KEYWORD = "FORBIDDEN"

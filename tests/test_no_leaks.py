@@ -129,7 +129,7 @@ def _prepare_store(config: dict[str, Any]) -> None:
     store = open_store(load_settings(store=config["store"]).store)
     try:
         ui_metadata.create_all(store.engine)
-        AccountStore(store.engine).create("alice", "admin", MARKERS["UI password"])
+        AccountStore(store).create("alice", "admin", MARKERS["UI password"])
     finally:
         store.close()
 

@@ -127,7 +127,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         from seawall.ui.accounts import metadata as ui_metadata
 
         ui_metadata.create_all(store.engine)
-        accounts = AccountStore(store.engine)
+        accounts = AccountStore(store)
         for role, (name, password) in ACCOUNTS.items():
             accounts.create(name, role, password)
         accounts.create(PROBE_ACCOUNT[0], "reviewer", PROBE_ACCOUNT[1])

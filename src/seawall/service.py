@@ -1,7 +1,8 @@
 """The moderation service: from a request's ``input`` and ``model`` to results.
 
-Readable top to bottom: parse the input, fetch images, pick the backend, score,
-route image categories the backend cannot judge, apply configured thresholds.
+Readable top to bottom: parse the input, fetch images, pick the backend, score (long texts
+also passage by passage), route image categories the backend cannot judge, apply configured
+thresholds.
 Both the HTTP server and the Python API (:func:`seawall.moderate`) use it.
 """
 
@@ -16,6 +17,7 @@ from seawall.backends.base import ModerationBackend, available_backends, create_
 from seawall.errors import ConfigurationError, ModelNotFoundError
 from seawall.images import ImageLoader
 from seawall.inputs import ModerationInput, parse_input
+from seawall.passages import focus_segments
 from seawall.results import ModerationResult
 from seawall.settings import Settings
 
@@ -88,11 +90,37 @@ class ModerationService:
             raise ModelNotFoundError(
                 f"The model {model!r} is not available on this server: {exc.message}", param="model"
             ) from exc
-        results = await backend.moderate(inputs)
+        results = await self._judge(backend, inputs)
         results = await self._route_unassessed_images(inputs, results)
         if limits.thresholds:
             results = [result.with_thresholds(limits.thresholds) for result in results]
         return Moderation(model=model or backend_name, results=results)
+
+    async def _judge(
+        self, backend: ModerationBackend, inputs: list[ModerationInput]
+    ) -> list[ModerationResult]:
+        """The backend's results for ``inputs``; a text longer than ``moderation.passages_over_chars``
+        is also judged passage by passage (:func:`seawall.passages.focus_segments`) and keeps, per
+        category, the highest score and any flag of the whole and its passages."""
+        limits = self.settings.moderation
+        items = list(inputs)
+        owners: list[int] = []
+        if limits.passages_over_chars:
+            for owner, item in enumerate(inputs):
+                if len(item.text) > limits.passages_over_chars:
+                    for passage in focus_segments(item.text, limits.passage_chars):
+                        items.append(ModerationInput.of_text(passage))
+                        owners.append(owner)
+        scored: list[ModerationResult] = []
+        for start in range(0, len(items), limits.max_items):
+            scored.extend(await backend.moderate(items[start : start + limits.max_items]))
+        results = scored[: len(inputs)]
+        by_owner: dict[int, list[ModerationResult]] = {}
+        for owner, result in zip(owners, scored[len(inputs) :], strict=True):
+            by_owner.setdefault(owner, []).append(result)
+        for owner, found in by_owner.items():
+            results[owner] = _worst([results[owner], *found])
+        return results
 
     async def moderate_texts(self, texts: Sequence[str], model: str | None = None) -> list[ModerationResult]:
         """One result per text, for any number of texts of any length: seawall's own checks

@@ -574,6 +574,19 @@ class ModerationSettings(BaseModel):
     )
     max_items: int = Field(2048, ge=1, description="Most inputs in one request.")
     max_chars: int = Field(200_000, ge=1, description="Longest text part, in characters.")
+    passages_over_chars: int = Field(
+        5000,
+        ge=0,
+        description=(
+            "A text longer than this many characters is also judged passage by passage (each sentence "
+            "and each pair of neighbouring sentences, at most passage_chars long), and each category "
+            "scores the highest of the whole and its passages, so a threat buried in a long text is not "
+            "diluted. Shorter texts are judged in windows of about 96 words. 0: never."
+        ),
+    )
+    passage_chars: int = Field(
+        200, ge=50, description="Longest passage a long text is cut into (see passages_over_chars)."
+    )
     batch_window_ms: float = Field(
         0.0,
         ge=0,

@@ -63,16 +63,15 @@ Departures from the first design, and why:
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from itertools import pairwise
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ConfigDict, ValidationError
 
 from seawall.errors import ConfigurationError, GuardUnavailableError
+from seawall.passages import SENTENCE_END, focus_segments
 from seawall.settings import FailMode, StreamGuardConfig
 
 if TYPE_CHECKING:
@@ -298,7 +297,7 @@ class StreamGuard:
         """
         text = self._buffer[start - self._base : self._total - self._base]
         boundary = start
-        for match in _SENTENCE_END.finditer(text):
+        for match in SENTENCE_END.finditer(text):
             boundary = start + match.start()
         return self._total if self._total - boundary > self.settings.hold_back_chars else boundary
 
@@ -379,42 +378,6 @@ async def guard_stream(deltas: AsyncIterable[str], guard: StreamGuard) -> AsyncI
 
 
 # ---------------------------------------------------------------------- seawall's moderation as a check
-
-_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\n+")
-
-
-def focus_segments(text: str, max_chars: int) -> list[str]:
-    """The sentences of ``text`` and pairs of neighbouring ones, each at most ``max_chars`` long.
-
-    A sentence longer than that is cut at spaces into pieces that overlap by half.
-    """
-    sentences = [part.strip() for part in _SENTENCE_END.split(text) if part.strip()]
-    pieces: list[str] = []
-    for sentence in sentences:
-        pieces.extend(_cut(sentence, max_chars))
-    segments = list(pieces)
-    for first, second in pairwise(pieces):
-        if len(first) + 1 + len(second) <= max_chars:
-            segments.append(f"{first} {second}")
-    return list(dict.fromkeys(segment for segment in segments if segment != text.strip()))
-
-
-def _cut(sentence: str, max_chars: int) -> list[str]:
-    if len(sentence) <= max_chars:
-        return [sentence]
-    words = sentence.split()
-    pieces: list[str] = []
-    start = 0
-    while start < len(words):
-        end, length = start, 0
-        while end < len(words) and (end == start or length + 1 + len(words[end]) <= max_chars):
-            length += len(words[end]) + (1 if end > start else 0)
-            end += 1
-        pieces.append(" ".join(words[start:end]))
-        if end >= len(words):
-            break
-        start = max(start + 1, (start + end) // 2)
-    return pieces
 
 
 def moderation_check(
