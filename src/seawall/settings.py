@@ -320,6 +320,65 @@ class StreamGuardConfig(BaseModel):
     )
 
 
+#: How a control acts on what it decides: ``enforce`` acts; ``shadow`` decides and audits what it
+#: would have done (the record's ``shadow`` list, the ``seawall_gateway_shadow`` metric) and lets
+#: the request through as if it had passed, without charging the user's risk ledger.
+ControlMode = Literal["enforce", "shadow"]
+
+
+class ControlModes(BaseModel):
+    """Enforce or shadow, per control of the request path (named as its step).
+
+    In shadow mode the control still decides, on a copy of the request: what it would have done
+    (refused, filtered, dropped, held, answered itself) is recorded in the audit record's
+    ``shadow`` list and counted in ``seawall_gateway_shadow_total{step,would}``, and the request
+    goes on unchanged. A shadow decision never charges the user's risk ledger, never escalates
+    anyone and never holds an answer for review. The other steps (identity, limits, rate limits,
+    prompt, upstream) are always enforced.
+    """
+
+    standing: ControlMode = Field(
+        "enforce",
+        description=(
+            "The escalation ladder: blocked users, users under review and throttled users over their "
+            "rate (403/429), warnings for warned users. Shadow: they are let through and the audit "
+            "says what would have happened. Rate limits (rate_limits) are always enforced."
+        ),
+    )
+    input_moderation: ControlMode = Field(
+        "enforce",
+        description="Input moderation (user messages and images). Shadow: flagged input goes upstream.",
+    )
+    untrusted_content: ControlMode = Field(
+        "enforce",
+        description=(
+            "Prompt injection / jailbreak in documents and tool messages. Shadow: nothing is dropped "
+            "or refused."
+        ),
+    )
+    routing: ControlMode = Field(
+        "enforce",
+        description=(
+            "The knowledge base's answers and the topic guard's off-topic replies. Shadow: the model "
+            "answers; the audit says which entry or off-topic reply would have answered instead."
+        ),
+    )
+    output_moderation: ControlMode = Field(
+        "enforce",
+        description=(
+            "Output moderation: plain answers, the stream guard and tool-call arguments. Shadow: the "
+            "answer is released unchanged (streams without hold-back); the would-be filter or cut is audited."
+        ),
+    )
+    review: ControlMode = Field(
+        "enforce",
+        description=(
+            "Human review holds (review.enabled). Shadow: the answer is released and nothing is "
+            "stored for review; the audit says it would have been held."
+        ),
+    )
+
+
 class ExtraStep(BaseModel):
     """A step of your own on the request path: registered in the ``seawall.steps`` entry-point
     group under ``name``, placed just before or just after a step of the path."""
@@ -327,6 +386,10 @@ class ExtraStep(BaseModel):
     name: str = Field(description="The step's entry-point name in the 'seawall.steps' group.")
     before: str | None = Field(None, description="Run just before this step (e.g. 'prompt').")
     after: str | None = Field(None, description="Run just after this step (e.g. 'identity').")
+    mode: ControlMode = Field(
+        "enforce",
+        description="'enforce' (default) or 'shadow': decide and audit only (see gateway.modes).",
+    )
 
     @model_validator(mode="after")
     def _one_place(self) -> ExtraStep:
@@ -464,6 +527,13 @@ class GatewaySettings(BaseModel):
     )
     stream_guard: StreamGuardConfig = Field(
         default_factory=StreamGuardConfig, description="How streamed answers are scanned."
+    )
+    modes: ControlModes = Field(
+        default_factory=ControlModes,
+        description=(
+            "Per control, 'enforce' (default) or 'shadow': decide and audit what it would have done, "
+            "but let the request through (to watch a policy's false positives before enforcing it)."
+        ),
     )
     model_list_ttl_s: float = Field(
         60.0,
