@@ -19,7 +19,15 @@ from types import UnionType
 from typing import Any, Final, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -334,8 +342,10 @@ class ControlModes(BaseModel):
     ``shadow`` list and counted in ``seawall_gateway_shadow_total{step,would}``, and the request
     goes on unchanged. A shadow decision never charges the user's risk ledger, never escalates
     anyone and never holds an answer for review. The other steps (identity, limits, rate limits,
-    prompt, upstream) are always enforced.
+    prompt, upstream) are always enforced: a name that is not a control here is refused.
     """
+
+    model_config = ConfigDict(extra="forbid")
 
     standing: ControlMode = Field(
         "enforce",
