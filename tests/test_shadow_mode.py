@@ -45,6 +45,8 @@ from test_gateway_pipeline import (
     make_reply,
 )
 from test_gateway_routing import METADATA, OFF_TOPIC, RETURN_QUESTION
+from test_gateway_steps import CANNED, plugin  # noqa: F401  (plugin: a fixture, a real distribution)
+from test_gateway_steps import settings_for as steps_settings
 
 TENANT = "acme"
 ADMIN = "admin-token-shadow-0123456789"
@@ -412,6 +414,37 @@ def test_routing_in_shadow_asks_the_model_instead_of_answering_itself(tmp_path: 
     assert known_entry["would"] == "answer" and known_entry["outcome"] == "knowledge_base"
     assert known_entry["decisions"][0]["entry"] == "return-window"
     assert counted == (1.0, 1.0)
+
+
+# ----------------------------------------------------------------- steps of one's own
+
+
+@pytest.mark.usefixtures("plugin")
+def test_an_extra_step_in_shadow_mode_only_says_what_it_would_have_done(tmp_path: Path, gw: Sides) -> None:
+    """The runner applies the mode to any step: the plugin's own answer (and header) in enforce
+    mode, the model's answer and a shadow entry in shadow mode."""
+    answers = {}
+    for mode in ("enforce", "shadow"):
+        side_tmp = tmp_path / mode
+        side_tmp.mkdir()
+        extra = [{"name": "tag", "before": "prompt", "mode": mode}]
+        settings = steps_settings(side_tmp, gw.upstream.url, extra_steps=extra)
+        with running_server(settings) as server, server.http() as http:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": CANNED}], "user": "xena"}
+            response = http.post("/v1/chat/completions", json=body)
+        lines = (side_tmp / "audit.jsonl").read_text().splitlines()
+        answers[mode] = response, json.loads(lines[-1])
+    enforced, enforced_record = answers["enforce"]
+    assert enforced.json()["choices"][0]["message"]["content"] == "Nine to five."
+    assert enforced.headers["x-test-tag"] == "acme" and "shadow" not in enforced_record
+    shadowed, shadowed_record = answers["shadow"]
+    assert shadowed.json()["choices"][0]["message"]["content"] == CLEAN_ANSWER
+    assert "x-test-tag" not in shadowed.headers  # what the step changed stayed in its copy
+    entry = entry_of(shadowed_record, "tag")
+    assert entry["would"] == "answer" and entry["decisions"] == [
+        {"step": "tag", "action": "allow", "categories": [], "scores": {}}
+    ]
+    assert all(d["step"] != "tag" for d in shadowed_record["decisions"])
 
 
 # ----------------------------------------------------------------- the audit search
