@@ -579,10 +579,11 @@ class GatewaySettings(BaseModel):
     extra_steps: list[ExtraStep] = Field(
         default_factory=list,
         description=(
-            "Steps of your own on the request path, in order: each {name, before | after}, name an "
-            "entry point of the 'seawall.steps' group, before/after a step's name (identity, standing, "
-            "limits, input_moderation, untrusted_content, routing, prompt, upstream, output_moderation, "
-            "review). Steps after 'upstream' see plain answers only; streams go through the stream guard."
+            "Steps of your own on the request path, in order: each {name, before | after, mode}, name "
+            "an entry point of the 'seawall.steps' group, before/after a step's name (identity, "
+            "standing, rate_limits, limits, input_moderation, untrusted_content, routing, prompt, "
+            "upstream, output_moderation, review), mode enforce | shadow. Steps after 'upstream' see "
+            "plain answers only; streams go through the stream guard."
         ),
     )
 
