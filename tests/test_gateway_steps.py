@@ -209,6 +209,7 @@ def test_the_readme_and_the_module_docstring_list_the_steps_in_the_order_the_run
     assert names == [
         "identity",
         "standing",
+        "rate_limits",
         "limits",
         "input_moderation",
         "untrusted_content",
@@ -234,8 +235,8 @@ def test_a_control_that_is_off_is_a_step_left_out(tmp_path: Path, upstream: Stan
     async def use(gateway: Gateway) -> list[str]:
         return [step.name for step in gateway.steps]
 
-    # No store (so no ledger and no rate limits): no standing step; no knowledge base or topic
-    # guard: no routing; no review hook: no review.
+    # No store (so no ledger and no rate limits): no standing or rate_limits step; no knowledge
+    # base or topic guard: no routing; no review hook: no review.
     assert with_gateway(settings, use) == ["identity", "limits", "prompt", "upstream"]
 
 
@@ -391,4 +392,4 @@ def test_review_off_leaves_the_review_steps_out(tmp_path: Path, upstream: StandI
         names = [step.name for step in gateway.steps]
         stream_names = [step.name for step in gateway.stream_steps]
     assert names[-2:] == ["upstream", "output_moderation"]
-    assert "review_route" not in stream_names and "standing" in names
+    assert "review_route" not in stream_names and "rate_limits" in names

@@ -109,7 +109,7 @@ def test_each_request_is_a_trace_with_a_span_per_step(tmp_path: Path, collector:
     children = {span.name for _, span in collector.spans if span.parent_span_id == ok_root.span_id}
     assert {
         "seawall.identity",
-        "seawall.standing",
+        "seawall.rate_limits",  # standing: only with the risk ledger on
         "seawall.limits",
         "seawall.input_moderation",
         "seawall.upstream",

@@ -7,6 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from seawall.errors import ContentPolicyError
+from seawall.gateway.audit import decision
+from seawall.gateway.runner import shadow_entry
 from seawall.store import Store
 from seawall.store.base import AuditQuery
 from seawall.ui import queries
@@ -141,6 +144,24 @@ def test_audit_search_pages_and_filters(store: Store) -> None:
     assert store.get_audit("req_007")["request_id"] == "req_007"  # type: ignore[index]
     assert store.get_audit("req_nope") is None
     assert store.audit_tenants() == ["default"]
+
+
+def test_audit_search_finds_what_shadow_controls_would_have_done(store: Store) -> None:
+    """``AuditQuery(shadow=True)``: only records with a ``shadow`` entry (gateway.modes)."""
+    start = NOW - 5 * HOUR
+    records = [audit_record(at=start + timedelta(minutes=i), request_id=f"req_{i:03d}") for i in range(6)]
+    for index in (1, 4):
+        would = [decision("input_moderation", "refuse", ["violence"], {"violence": 0.93})]
+        entry = shadow_entry("input_moderation", would, error=ContentPolicyError("refused"))
+        records[index]["shadow"] = [entry]
+    seed(store, records)
+    found = store.audit_page(AuditQuery(shadow=True))
+    assert found.total == 2 and [r["request_id"] for r in found.rows] == ["req_004", "req_001"]
+    assert found.rows[0]["shadow"][0]["would"] == "refuse"
+    assert queries.shadow_decisions(found.rows[0]) == ["input_moderation: refuse"]
+    narrowed = AuditQuery(shadow=True, since=start + timedelta(minutes=2))
+    assert [r["request_id"] for r in store.audit_page(narrowed).rows] == ["req_004"]
+    assert store.audit_page(AuditQuery()).total == 6
 
 
 def test_tenants_are_listed_once_each_in_order_up_to_the_limit(store: Store) -> None:

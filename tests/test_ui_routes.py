@@ -9,7 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from seawall.gateway.audit import decision
 from seawall.gateway.risk import RiskLedger
+from seawall.gateway.runner import shadow_entry
 from seawall.store.base import AUDIT_OUTCOMES
 from seawall.ui.accounts import AccountStore
 from seawall.ui.auth import COOKIE, CookieSessions
@@ -276,6 +278,25 @@ def test_audit_search_finds_answers_held_for_review(server: UIServer) -> None:
     assert "req_held" in found.text and "req_1" not in found.text
     for outcome in AUDIT_OUTCOMES:  # every outcome the gateway writes is one the search accepts
         assert http.get("/ui/audit", params={"outcome": outcome}).status_code == 200, outcome
+    http.close()
+
+
+def test_audit_search_filters_on_shadow_decisions(server: UIServer) -> None:
+    shadowed = audit_record(at=datetime.now(UTC) - timedelta(hours=3), request_id="req_shadowed")
+    would = [decision("output_moderation", "filter", ["violence"], {"violence": 0.9})]
+    shadowed["shadow"] = [shadow_entry("output_moderation", would)]
+    seed(server.store, [shadowed])
+    http = signed_in(server, REVIEWER)
+    found = http.get("/ui/audit", params={"shadow": "1"})
+    assert found.status_code == 200, found.text
+    assert "req_shadowed" in found.text and "req_1" not in found.text
+    assert (
+        "output_moderation: filter" in found.text
+        and 'name="shadow" type="checkbox" value="1" checked' in found.text
+    )
+    assert "req_1" in http.get("/ui/audit").text  # without the filter, the others are back
+    detail = http.get("/ui/audit/req_shadowed")
+    assert detail.status_code == 200 and "output_moderation: filter" in detail.text
     http.close()
 
 

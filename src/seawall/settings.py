@@ -19,7 +19,15 @@ from types import UnionType
 from typing import Any, Final, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -320,6 +328,67 @@ class StreamGuardConfig(BaseModel):
     )
 
 
+#: How a control acts on what it decides: ``enforce`` acts; ``shadow`` decides and audits what it
+#: would have done (the record's ``shadow`` list, the ``seawall_gateway_shadow`` metric) and lets
+#: the request through as if it had passed, without charging the user's risk ledger.
+ControlMode = Literal["enforce", "shadow"]
+
+
+class ControlModes(BaseModel):
+    """Enforce or shadow, per control of the request path (named as its step).
+
+    In shadow mode the control still decides, on a copy of the request: what it would have done
+    (refused, filtered, dropped, held, answered itself) is recorded in the audit record's
+    ``shadow`` list and counted in ``seawall_gateway_shadow_total{step,would}``, and the request
+    goes on unchanged. A shadow decision never charges the user's risk ledger, never escalates
+    anyone and never holds an answer for review. The other steps (identity, limits, rate limits,
+    prompt, upstream) are always enforced: a name that is not a control here is refused.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    standing: ControlMode = Field(
+        "enforce",
+        description=(
+            "The escalation ladder: blocked users, users under review and throttled users over their "
+            "rate (403/429), warnings for warned users. Shadow: they are let through and the audit "
+            "says what would have happened. Rate limits (rate_limits) are always enforced."
+        ),
+    )
+    input_moderation: ControlMode = Field(
+        "enforce",
+        description="Input moderation (user messages and images). Shadow: flagged input goes upstream.",
+    )
+    untrusted_content: ControlMode = Field(
+        "enforce",
+        description=(
+            "Prompt injection / jailbreak in documents and tool messages. Shadow: nothing is dropped "
+            "or refused."
+        ),
+    )
+    routing: ControlMode = Field(
+        "enforce",
+        description=(
+            "The knowledge base's answers and the topic guard's off-topic replies. Shadow: the model "
+            "answers; the audit says which entry or off-topic reply would have answered instead."
+        ),
+    )
+    output_moderation: ControlMode = Field(
+        "enforce",
+        description=(
+            "Output moderation: plain answers, the stream guard and tool-call arguments. Shadow: the "
+            "answer is released unchanged (streams without hold-back); the would-be filter or cut is audited."
+        ),
+    )
+    review: ControlMode = Field(
+        "enforce",
+        description=(
+            "Human review holds (review.enabled). Shadow: the answer is released and nothing is "
+            "stored for review; the audit says it would have been held."
+        ),
+    )
+
+
 class ExtraStep(BaseModel):
     """A step of your own on the request path: registered in the ``seawall.steps`` entry-point
     group under ``name``, placed just before or just after a step of the path."""
@@ -327,6 +396,10 @@ class ExtraStep(BaseModel):
     name: str = Field(description="The step's entry-point name in the 'seawall.steps' group.")
     before: str | None = Field(None, description="Run just before this step (e.g. 'prompt').")
     after: str | None = Field(None, description="Run just after this step (e.g. 'identity').")
+    mode: ControlMode = Field(
+        "enforce",
+        description="'enforce' (default) or 'shadow': decide and audit only (see gateway.modes).",
+    )
 
     @model_validator(mode="after")
     def _one_place(self) -> ExtraStep:
@@ -465,6 +538,13 @@ class GatewaySettings(BaseModel):
     stream_guard: StreamGuardConfig = Field(
         default_factory=StreamGuardConfig, description="How streamed answers are scanned."
     )
+    modes: ControlModes = Field(
+        default_factory=ControlModes,
+        description=(
+            "Per control, 'enforce' (default) or 'shadow': decide and audit what it would have done, "
+            "but let the request through (to watch a policy's false positives before enforcing it)."
+        ),
+    )
     model_list_ttl_s: float = Field(
         60.0,
         gt=0,
@@ -499,10 +579,11 @@ class GatewaySettings(BaseModel):
     extra_steps: list[ExtraStep] = Field(
         default_factory=list,
         description=(
-            "Steps of your own on the request path, in order: each {name, before | after}, name an "
-            "entry point of the 'seawall.steps' group, before/after a step's name (identity, standing, "
-            "limits, input_moderation, untrusted_content, routing, prompt, upstream, output_moderation, "
-            "review). Steps after 'upstream' see plain answers only; streams go through the stream guard."
+            "Steps of your own on the request path, in order: each {name, before | after, mode}, name "
+            "an entry point of the 'seawall.steps' group, before/after a step's name (identity, "
+            "standing, rate_limits, limits, input_moderation, untrusted_content, routing, prompt, "
+            "upstream, output_moderation, review), mode enforce | shadow. Steps after 'upstream' see "
+            "plain answers only; streams go through the stream guard."
         ),
     )
 

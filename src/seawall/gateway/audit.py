@@ -46,6 +46,21 @@ AUDIT_TOP_SCORES = 3
 STORE_QUEUE_SIZE = 10_000
 
 
+def decision(
+    step: str,
+    action: str,
+    categories: list[str] | None = None,
+    scores: Mapping[str, float] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One decision as the audit record keeps it: the step, its action, the categories, the top
+    scores (and every flagged category's), and anything else the step says."""
+    top = sorted((scores or {}).items(), key=lambda item: item[1], reverse=True)[:AUDIT_TOP_SCORES]
+    flagged = {name: scores[name] for name in categories or () if scores and name in scores}
+    kept = {name: round(float(score), 4) for name, score in [*top, *flagged.items()]}
+    return {"step": step, "action": action, "categories": list(categories or []), "scores": kept, **extra}
+
+
 @dataclass
 class AuditRecord:
     """What the audit log keeps about one request; message text only when the settings say so
@@ -60,6 +75,10 @@ class AuditRecord:
     user_source: str | None = None
     model: str | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    #: What controls in shadow mode would have done (``gateway.modes``): one entry per step that
+    #: would have acted (step, would, code, categories, its decisions). Never counted in ``risk``,
+    #: the ledger or review; in the written record only when not empty.
+    shadow: list[dict[str, Any]] = field(default_factory=list)
     #: ``low``, ``medium`` or ``high`` (None until judged: the request ended before moderation).
     risk: str | None = None
     #: The user's escalation state when it changed because of this request.
@@ -93,12 +112,7 @@ class AuditRecord:
         scores: Mapping[str, float] | None = None,
         **extra: Any,
     ) -> None:
-        top = sorted((scores or {}).items(), key=lambda item: item[1], reverse=True)[:AUDIT_TOP_SCORES]
-        flagged = {name: scores[name] for name in categories or () if scores and name in scores}
-        kept = {name: round(float(score), 4) for name, score in [*top, *flagged.items()]}
-        self.decisions.append(
-            {"step": step, "action": action, "categories": list(categories or []), "scores": kept, **extra}
-        )
+        self.decisions.append(decision(step, action, categories, scores, **extra))
 
     def failed(self, exc: SeawallError) -> None:
         self.error = {"status": exc.status_code, "code": exc.code}
@@ -136,6 +150,7 @@ class AuditRecord:
             "escalation": self.escalation,
             "error": self.error,
             "decisions": self.decisions,
+            **({"shadow": self.shadow} if self.shadow else {}),
             "upstream": self.upstream,
             "latency_ms": self.latency_ms,
             **({"content": self.content} if self.content is not None else {}),
@@ -283,4 +298,4 @@ class AuditLog:
         return self._stored is not None and self._stored.buffering
 
 
-__all__ = ["AUDIT_TOP_SCORES", "AuditLog", "AuditRecord"]
+__all__ = ["AUDIT_TOP_SCORES", "AuditLog", "AuditRecord", "decision"]

@@ -9,41 +9,51 @@ step left out, run in order by one :class:`~seawall.gateway.runner.Runner`. For 
    ``safety_identifier`` or ``user``, else an anonymous session;
    :func:`~seawall.gateway.identity.resolve_end_user`) becomes a *safety identifier*,
    ``HMAC(secret, tenant, user)``. The raw id is never sent upstream, logged or audited.
-2. **Standing.** With a store: the user's standing (403 blocked, 429 throttled, a warning
-   header when warned) and the rate limits.
-3. **Limits.** :func:`~seawall.gateway.limits.check_request` with the policy's
+2. **Standing.** With a store and the risk ledger: the user's standing (403 blocked, 429
+   throttled, a warning header when warned).
+3. **Rate limits.** With a store: per user, per key, per address without a session (429).
+4. **Limits.** :func:`~seawall.gateway.limits.check_request` with the policy's
    limits (4xx with OpenAI's error body: 413 for too many messages or too much input),
    :func:`~seawall.gateway.parameters.check_parameters` (400 naming a standard parameter of the
    wrong type or out of range), the model (404 ``model_not_found`` unless the policy's
    ``allowed_models`` or, without them, the upstream's model list names it:
    :class:`~seawall.gateway.catalogue.ModelCatalogue`), plus the ``seawall`` extension field (below).
-4. **Input moderation.** The text and images of every ``user`` message are moderated; any
+5. **Input moderation.** The text and images of every ``user`` message are moderated; any
    flagged category (set to ``block``) refuses the request with 400 ``content_policy_violation``
    naming the categories, before the upstream is called.
-5. **Untrusted content.** The documents of the extension field and the content of
+6. **Untrusted content.** The documents of the extension field and the content of
    ``tool``/``function`` messages are checked for prompt injection and jailbreak (the model's
    flags, or ``injection_threshold`` on the prompt_injection score). The rule
    (``untrusted_action``): ``drop`` (default) leaves a flagged document out and replaces a flagged
    tool message's content with :data:`DROPPED_NOTICE`; ``refuse`` answers 400
    ``untrusted_content_rejected``. Injection scores are not used on user messages: the user is
    not untrusted content, and the embedded model's injection head fires on plain questions.
-6. **Routing.** With a knowledge base or the topic guard: a curated answer, or the policy's
+7. **Routing.** With a knowledge base or the topic guard: a curated answer, or the policy's
    off-topic reply, without the model.
-7. **Prompt.** :func:`~seawall.gateway.prompt.build_prompt` with the policy: the
+8. **Prompt.** :func:`~seawall.gateway.prompt.build_prompt` with the policy: the
    gateway's system prompt first, the client's system/developer messages demoted,
    documents and tool output fenced. The ``seawall`` field and the client's ``user``
    and ``safety_identifier`` are removed; the hashed safety identifier is attached;
    ``max_tokens``/``max_completion_tokens`` are capped at the policy's ``max_output_tokens``.
-8. **Upstream.** (:class:`~seawall.gateway.upstream.Upstream`): its errors are
+9. **Upstream.** (:class:`~seawall.gateway.upstream.Upstream`): its errors are
    OpenAI-shaped :class:`~seawall.errors.UpstreamError` (an upstream 500 is a 502).
-9. **Output moderation.** Plain answers: each choice's content is moderated; a
-   flagged one is replaced by ``refusal_text`` with ``finish_reason: "content_filter"``.
-   Streams: the deltas go through a :class:`~seawall.gateway.stream_guard.StreamGuard`,
-   so only text a scan cleared reaches the client; on a violation (or a stream that
-   breaks off) the client gets an OpenAI-style error event ``data: {"error": {...}}``
-   and ``data: [DONE]``, never the withheld text; tool-call arguments are judged at the end.
-10. **Review.** With ``review.enabled``: an answer the review rules pick is held for a person (202
+10. **Output moderation.** Plain answers: each choice's content is moderated; a
+    flagged one is replaced by ``refusal_text`` with ``finish_reason: "content_filter"``.
+    Streams: the deltas go through a :class:`~seawall.gateway.stream_guard.StreamGuard`,
+    so only text a scan cleared reaches the client; on a violation (or a stream that
+    breaks off) the client gets an OpenAI-style error event ``data: {"error": {...}}``
+    and ``data: [DONE]``, never the withheld text; tool-call arguments are judged at the end.
+11. **Review.** With ``review.enabled``: an answer the review rules pick is held for a person (202
     pending). A stream that qualifies is asked after the prompt step and answered the plain way.
+
+**Shadow mode** (``gateway.modes``; an extra step's ``mode``): a control in shadow decides on a
+copy of the request, and what it would have done (refused, filtered, cut the stream, dropped,
+held, answered itself, ...) goes to the audit record's ``shadow`` list and the
+``seawall_gateway_shadow_total`` metric; the request goes on as if it had passed. Shadow decisions
+never count towards the risk level, the user's ledger or review. Streams: with output moderation in
+shadow the text goes out as it comes (no hold-back) and the guard only says where it would have
+cut; tool calls are released, their would-be block audited. Identity, limits, rate limits, prompt
+and upstream are always enforced.
 
 Then, on every exit (:class:`~seawall.gateway.runner.RequestScope`), exactly once: the risk
 level and the user's ledger, and one audit record (:class:`AuditRecord`): time, request id,
@@ -79,7 +89,7 @@ from typing import Any
 from seawall.clock import utc_now
 from seawall.errors import ContentPolicyError, GuardFailedError, SeawallError
 from seawall.gateway.access import KeyAuthenticator
-from seawall.gateway.audit import AuditLog, AuditRecord
+from seawall.gateway.audit import AuditLog, AuditRecord, decision
 from seawall.gateway.catalogue import ModelCatalogue
 from seawall.gateway.identity import header_value, load_or_create_secret
 from seawall.gateway.knowledge import KnowledgeBase
@@ -94,6 +104,7 @@ from seawall.gateway.runner import (
     Runner,
     Step,
     load_extra_steps,
+    shadow_entry,
 )
 from seawall.gateway.sse import DONE, ClientTooSlowError, StreamState, aclose, as_chunks, event
 from seawall.gateway.steps import (
@@ -106,6 +117,7 @@ from seawall.gateway.steps import (
     InputModeration,
     OutputModeration,
     Prompt,
+    RateLimits,
     ReviewHold,
     ReviewRoute,
     Routing,
@@ -123,13 +135,14 @@ from seawall.gateway.stream_guard import (
     StreamGuardSettings,
     guard_stream,
     moderation_check,
+    watch_stream,
 )
 from seawall.gateway.topics import TopicGuard
 from seawall.gateway.upstream import Upstream
 from seawall.review.gateway_hook import ReviewHook
 from seawall.review.metrics import GUARD_STEPS
 from seawall.service import ModerationService
-from seawall.settings import GatewaySettings, Settings
+from seawall.settings import ControlMode, GatewaySettings, Settings
 from seawall.store.base import FilteredAnswer, RiskLevel, Store
 from seawall.telemetry import Tracer
 
@@ -247,7 +260,12 @@ class Gateway:
             fail_mode=self.settings.fail_mode,
             check_timeout_s=guard.check_timeout_s,
         )
-        self.runner = Runner(self.guards)
+        #: enforce | shadow per control: the built-in controls', then each extra step's own.
+        self.modes: dict[str, ControlMode] = {
+            **self.settings.modes.model_dump(),
+            **{extra.name: extra.mode for extra in self.settings.extra_steps},
+        }
+        self.runner = Runner(self.guards, self.modes)
         #: The request path of a plain request, in order (``gateway.extra_steps`` included).
         self.steps: list[Step] = load_extra_steps(self._path(), self.settings.extra_steps, self, settings)
         upstream_at = [step.name for step in self.steps].index("upstream")
@@ -261,8 +279,10 @@ class Gateway:
         """The built-in steps, in order; a control that is off is a step left out."""
         s = self.settings
         path: list[Step] = [Identity(self.access, self.secret, s.trusted_user_header)]
-        if self.ledger is not None or self.limiter is not None:
-            path.append(Standing(self.ledger, self.limiter))
+        if self.ledger is not None:
+            path.append(Standing(self.ledger))
+        if self.limiter is not None:
+            path.append(RateLimits(self.limiter))
         path.append(InputLimits(self.policy, self.catalogue, self.review))
         if s.input_moderation:
             path.append(InputModeration(self.guards, s.category_actions))
@@ -424,11 +444,18 @@ class Gateway:
                     yield text
 
         guard = StreamGuard(self.check, self.guard_settings) if guarded else None
+        shadow = self.modes["output_moderation"] == "shadow"
         released: list[str] = []  # what the client received
         began = time.perf_counter()
         try:
             yield event(state.chunk({"role": "assistant", "content": ""}))
-            pieces: AsyncIterator[str | Blocked] = guard_stream(deltas(), guard) if guard else deltas()
+            pieces: AsyncIterator[str | Blocked]
+            if guard is None:
+                pieces = deltas()
+            elif shadow:  # everything goes out as it comes; the guard only says where it would cut
+                pieces = watch_stream(deltas(), guard)
+            else:
+                pieces = guard_stream(deltas(), guard)
             blocked: Blocked | None = None
             try:
                 async for piece in pieces:
@@ -469,7 +496,7 @@ class Gateway:
             await aclose(chunks)
             audit.latency_ms["stream"] = round((time.perf_counter() - began) * 1000, 3)
             if guard is not None:
-                self._audit_guard(guard, audit)
+                self._audit_guard(guard, audit, shadow=shadow)
             if audit.content is not None:
                 audit.content["answer"] = ["".join(released)]
             await scope.finish()
@@ -478,7 +505,9 @@ class Gateway:
     async def _refuse_tool_calls(
         self, tool_calls: list[Any], guarded: bool, audit: AuditRecord
     ) -> SeawallError | None:
-        """Moderate a stream's tool-call arguments (held until the end); the error to send, or None."""
+        """Moderate a stream's tool-call arguments (held until the end); the error to send, or None.
+        With output moderation in shadow mode the verdict goes to the record's ``shadow`` list and
+        the calls are released whatever it says."""
         arguments = "\n".join(
             str(call.get("function", {}).get("arguments") or "")
             for call in tool_calls
@@ -486,6 +515,19 @@ class Gateway:
         ).strip()
         if not guarded or not arguments:
             return None
+        if self.modes["output_moderation"] != "shadow":
+            return await self._judge_tool_calls(arguments, audit)
+        scratch = AuditRecord(audit.request_id, audit.tenant, stream=True)
+        try:
+            refused = await self._judge_tool_calls(arguments, scratch)
+        except SeawallError as exc:  # a bug in the guard (guard_error): audited, stops nothing
+            refused = exc
+        entry = shadow_entry("tool_call_moderation", scratch.decisions, error=refused)
+        if entry is not None:
+            audit.shadow.append(entry)
+        return None
+
+    async def _judge_tool_calls(self, arguments: str, audit: AuditRecord) -> SeawallError | None:
         try:
             verdict = await self.guards.guard("tool_call_moderation", audit, self.guards.judge(arguments))
         except GuardFailedError as failed:
@@ -508,7 +550,8 @@ class Gateway:
             "The answer was stopped by the content policy; flagged: " + ", ".join(verdict.categories)
         )
 
-    def _audit_guard(self, guard: StreamGuard, audit: AuditRecord) -> None:
+    def _audit_guard(self, guard: StreamGuard, audit: AuditRecord, *, shadow: bool = False) -> None:
+        """The stream guard's decision; in shadow mode, what it would have done (a ``shadow`` entry)."""
         events = guard.events
         scores = max_scores(e.verdict.scores for e in events)
         audit.latency_ms["output_moderation"] = round(sum(e.latency_s for e in events) * 1000, 3)
@@ -522,7 +565,7 @@ class Gateway:
         else:
             action = "failed_open" if guard.failed_open else "allow"
             categories = []
-        audit.decide(
+        judged = decision(
             "output_moderation",
             action,
             categories,
@@ -532,6 +575,14 @@ class Gateway:
             received_chars=guard.received_chars,
             **extra,
         )
+        if not shadow:
+            audit.decisions.append(judged)
+            return
+        # released_chars: what the guard would have let out before it cut the stream.
+        error = self._blocked_error(verdict) if verdict is not None else None
+        entry = shadow_entry("output_moderation", [judged], error=error)
+        if entry is not None:
+            audit.shadow.append(entry)
 
     # ------------------------------------------------------------------ after the answer
 

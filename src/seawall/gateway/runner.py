@@ -10,6 +10,14 @@ stop it there (a reply seawall gives itself, an answer held for review); a refus
 anything else a guard raises is a 500, never an open door. :class:`RequestScope` settles the
 user's ledger and writes the audit record exactly once, however the request ends.
 
+**Shadow mode** (``gateway.modes``, an extra step's ``mode``): the runner runs a step whose control
+is in shadow on a copy of the context (:meth:`RequestContext.shadow_copy`, ``ctx.shadow`` true) and
+keeps nothing of it but what it would have done: a refusal it raised, an answer it gave, a change it
+made, or a decision that is not a pass become one entry of the audit record's ``shadow`` list
+(:func:`shadow_entry`); its decisions never reach ``decisions``, so they never count towards the
+request's risk, the user's ledger or review. The request goes on as if the step had passed. A
+shadowed step that cannot judge, or fails, does not fail the request either: that too is an entry.
+
 Steps of your own come from the ``seawall.steps`` entry-point group (:func:`load_extra_steps`),
 placed by ``gateway.extra_steps``.
 """
@@ -17,9 +25,10 @@ placed by ``gateway.extra_steps``.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -36,7 +45,7 @@ from seawall.gateway.audit import AuditRecord
 from seawall.gateway.stream_guard import GuardVerdict
 from seawall.plugins import STEPS, PluginGroup, load_group
 from seawall.service import ModerationService
-from seawall.settings import ExtraStep, FailMode, Settings
+from seawall.settings import ControlMode, ExtraStep, FailMode, Settings
 from seawall.store.base import UserState
 
 log = logging.getLogger("seawall.gateway")
@@ -45,6 +54,9 @@ T = TypeVar("T")
 
 #: The entry-point group of steps of your own (``gateway.extra_steps`` places them).
 STEP_ENTRY_POINTS = STEPS
+#: Decision actions that let the request through as it was: a shadowed step that took only
+#: these leaves no ``shadow`` entry.
+PASSED = frozenset({"allow", "no_match"})
 
 
 @dataclass
@@ -82,10 +94,45 @@ class RequestContext:
     hold: Any = None
     #: Response headers the steps add (warnings, the answer's source, the review id).
     response_headers: dict[str, str] = field(default_factory=dict)
+    #: True in the copy a step in shadow mode runs on: whatever it changes is dropped, and it must
+    #: not act outside the context (store writes: a review hold) but only say what it would do.
+    shadow: bool = False
 
     @property
     def decisions(self) -> list[dict[str, Any]]:
         return self.audit.decisions
+
+    def shadow_copy(self) -> RequestContext:
+        """A copy for a step in shadow mode: the request's parts copied deep, a scratch audit record
+        that starts with the decisions so far, and ``shadow`` set."""
+        audit = self.audit
+        scratch = AuditRecord(
+            audit.request_id,
+            audit.tenant,
+            audit.stream,
+            time=audit.time,
+            key_id=audit.key_id,
+            safety_identifier=audit.safety_identifier,
+            user_source=audit.user_source,
+            model=audit.model,
+            decisions=list(audit.decisions),
+            outcome=audit.outcome,
+        )
+        # One deepcopy call, so parts that are the same object (body["messages"]) stay shared.
+        body, messages, documents, upstream_body, completion = copy.deepcopy(
+            (self.body, self.messages, self.documents, self.upstream_body, self.completion)
+        )
+        return replace(
+            self,
+            body=body,
+            audit=scratch,
+            messages=messages,
+            documents=documents,
+            upstream_body=upstream_body,
+            completion=completion,
+            response_headers=dict(self.response_headers),
+            shadow=True,
+        )
 
 
 @runtime_checkable
@@ -97,6 +144,9 @@ class Step(Protocol):
     that judge nothing do): a :class:`~seawall.errors.GuardUnavailableError` it raises follows
     ``fail_mode``, and anything it raises that is not a :class:`~seawall.errors.SeawallError` is a
     500 (``guard_error``), never an open door.
+
+    A step may set ``control`` (default: its ``name``): the control whose mode (enforce or
+    shadow) applies to it. In shadow mode it runs on :meth:`RequestContext.shadow_copy`.
     """
 
     name: str
@@ -180,20 +230,102 @@ class Guards:
         )
 
 
+def control_of(step: Step) -> str:
+    """The control a step belongs to (its ``control``, else its ``name``): the key of its mode."""
+    return str(getattr(step, "control", step.name))
+
+
+def shadow_entry(
+    step: str,
+    decisions: list[dict[str, Any]],
+    *,
+    error: SeawallError | None = None,
+    status: int | None = None,
+    changed: bool = False,
+    outcome: str | None = None,
+) -> dict[str, Any] | None:
+    """What a control in shadow mode would have done, for the audit record's ``shadow`` list; None
+    when it would have let the request through unchanged.
+
+    ``would`` is the last of its decisions that is not a pass (refuse, filter, block, drop, flag,
+    hold, answer, warn, failed_closed, ...), else ``refuse`` for an ``error`` it raised, ``hold`` for
+    a 202 answer, ``answer`` for another answer (``status``), ``change`` for a changed context.
+    """
+    acted = [d for d in decisions if d.get("action") not in PASSED]
+    if acted:
+        would = str(acted[-1]["action"])
+    elif error is not None:
+        would = "refuse"
+    elif status is not None:
+        would = "hold" if status == 202 else "answer"
+    elif changed:
+        would = "change"
+    else:
+        return None
+    entry: dict[str, Any] = {"step": step, "would": would}
+    if error is not None:
+        entry.update(code=error.code, status=error.status_code)
+    if outcome is not None:
+        entry["outcome"] = outcome
+    entry["categories"] = sorted({str(name) for d in acted for name in d.get("categories") or []})
+    entry["decisions"] = decisions
+    return entry
+
+
 class Runner:
     """Takes a request through steps, in order: each one timed under its name, guards under the
-    guard-failure policy; the first :class:`Answer` ends the walk."""
+    guard-failure policy; the first :class:`Answer` ends the walk. A step whose control ``modes``
+    puts in shadow only says what it would have done (:meth:`_shadow`)."""
 
-    def __init__(self, guards: Guards) -> None:
+    def __init__(self, guards: Guards, modes: Mapping[str, ControlMode] | None = None) -> None:
         self.guards = guards
+        #: Control (step name, or its ``control``) -> enforce | shadow; enforce when absent.
+        self.modes: dict[str, ControlMode] = dict(modes or {})
+
+    def shadowed(self, step: Step) -> bool:
+        return self.modes.get(control_of(step), "enforce") == "shadow"
 
     async def run(self, steps: Sequence[Step], ctx: RequestContext) -> Answer | None:
         for step in steps:
             with ctx.audit.step(step.name):
+                if self.shadowed(step):
+                    await self._shadow(step, ctx)
+                    continue
                 answer = await self._run(step, ctx)
             if answer is not None:
                 return answer
         return None
+
+    async def _shadow(self, step: Step, ctx: RequestContext) -> None:
+        """Run ``step`` on a copy of ``ctx``; record what it would have done, change nothing else."""
+        trial = ctx.shadow_copy()
+        seen = len(trial.audit.decisions)
+        answer: Answer | None = None
+        error: SeawallError | None = None
+        try:
+            answer = await self._run(step, trial)
+        except SeawallError as exc:
+            error = exc
+        except Exception as exc:  # a bug in a step that is not a guard: audited, and it stops nothing
+            error = self.guards.error(step.name, exc, trial.audit)
+        if error is not None:
+            trial.audit.failed(error)
+        changed = (trial.messages, trial.documents, trial.completion, trial.response_headers) != (
+            ctx.messages,
+            ctx.documents,
+            ctx.completion,
+            ctx.response_headers,
+        )
+        entry = shadow_entry(
+            control_of(step),
+            trial.audit.decisions[seen:],
+            error=error,
+            status=answer.status_code if answer is not None else None,
+            changed=changed,
+            outcome=trial.audit.outcome if trial.audit.outcome != ctx.audit.outcome else None,
+        )
+        if entry is not None:
+            ctx.audit.shadow.append(entry)
 
     async def _run(self, step: Step, ctx: RequestContext) -> Answer | None:
         if not getattr(step, "guard", True):
@@ -308,6 +440,7 @@ def load_extra_steps(
 
 
 __all__ = [
+    "PASSED",
     "STEP_ENTRY_POINTS",
     "Answer",
     "Guards",
@@ -316,5 +449,7 @@ __all__ = [
     "Runner",
     "Step",
     "available_steps",
+    "control_of",
     "load_extra_steps",
+    "shadow_entry",
 ]

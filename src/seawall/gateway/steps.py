@@ -12,8 +12,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from seawall.errors import ContentPolicyError, InvalidRequestError, PayloadTooLargeError
-from seawall.gateway.access import Caller, KeyAuthenticator
+from seawall.errors import (
+    ContentPolicyError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+)
+from seawall.gateway.access import KeyAuthenticator
 from seawall.gateway.catalogue import ModelCatalogue
 from seawall.gateway.identity import header_value, resolve_end_user, safety_identifier, upstream_body
 from seawall.gateway.knowledge import KnowledgeBase
@@ -68,31 +74,50 @@ class Identity:
 
 
 class Standing:
-    """The user's standing (403/429 when blocked or throttled, a warning header when warned),
-    then the rate limits: one thread hop for both store calls."""
+    """The user's standing on the escalation ladder: 403 when blocked or under review, 429 when
+    throttled and over the throttle's rate, a warning header when warned (or throttled)."""
 
     name = "standing"
     guard = False
 
-    def __init__(self, ledger: RiskLedger | None, limiter: RateLimiter | None) -> None:
+    def __init__(self, ledger: RiskLedger) -> None:
         self.ledger = ledger
-        self.limiter = limiter
 
     async def run(self, ctx: RequestContext) -> Answer | None:
         assert ctx.caller is not None
-        sessionless = ctx.client_address if ctx.new_session else None
-        ctx.standing = await asyncio.to_thread(self._admit, ctx.caller, ctx.safety_id, sessionless)
+        try:
+            ctx.standing = await asyncio.to_thread(self.ledger.admit, ctx.caller.tenant, ctx.safety_id)
+        except (PermissionDeniedError, RateLimitError) as exc:
+            ctx.audit.decide(self.name, "refuse", code=exc.code)
+            raise
         if ctx.standing is not None:
+            ctx.audit.decide(self.name, "warn", status=ctx.standing.status)
             ctx.response_headers[WARNING_HEADER] = warning(ctx.standing)
         return None
 
-    def _admit(self, caller: Caller, safety_id: str, sessionless_address: str | None) -> UserState | None:
-        standing = self.ledger.admit(caller.tenant, safety_id) if self.ledger is not None else None
-        if self.limiter is not None:
-            self.limiter.check(
-                caller.key_id, caller.tenant, safety_id, address_without_session=sessionless_address
-            )
-        return standing
+
+class RateLimits:
+    """The rate limits per user, per key and per address without a session (429). Capacity, not a
+    judgement: always enforced, never in shadow mode."""
+
+    name = "rate_limits"
+    guard = False
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+
+    async def run(self, ctx: RequestContext) -> Answer | None:
+        caller = ctx.caller
+        assert caller is not None
+        sessionless = ctx.client_address if ctx.new_session else None
+        await asyncio.to_thread(
+            self.limiter.check,
+            caller.key_id,
+            caller.tenant,
+            ctx.safety_id,
+            address_without_session=sessionless,
+        )
+        return None
 
 
 class InputLimits:
@@ -379,6 +404,7 @@ class ReviewRoute:
     streamed (the pipeline then takes it down the plain path, where :class:`ReviewHold` holds it)."""
 
     name = "review_route"
+    control = "review"
     guard = False
 
     def __init__(self, review: ReviewHook) -> None:
@@ -386,6 +412,8 @@ class ReviewRoute:
 
     async def run(self, ctx: RequestContext) -> Answer | None:
         ctx.hold = await self.review.check(ctx.body, ctx.decisions)
+        if ctx.shadow and ctx.hold is not None:  # in enforce mode ReviewHold records the hold
+            ctx.audit.decide("review", "hold", reasons=list(ctx.hold.reasons))
         return None
 
 
@@ -404,6 +432,9 @@ class ReviewHold:
         decision = ctx.hold or await self.review.check(ctx.body, ctx.decisions)
         if decision is None:
             return None
+        if ctx.shadow:  # would hold: say so, store nothing (the answer is released)
+            audit.decide("review", "hold", reasons=list(decision.reasons))
+            return Answer({}, status_code=PENDING_STATUS)
         pending = await self.review.hold(
             decision,
             ctx.body,
@@ -465,6 +496,7 @@ __all__ = [
     "InputModeration",
     "OutputModeration",
     "Prompt",
+    "RateLimits",
     "ReviewHold",
     "ReviewRoute",
     "Routing",

@@ -63,6 +63,7 @@ Departures from the first design, and why:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -76,6 +77,8 @@ from seawall.settings import FailMode, StreamGuardConfig
 
 if TYPE_CHECKING:
     from seawall.service import ModerationService
+
+log = logging.getLogger("seawall.gateway")
 
 #: The reason of a verdict that a guard failure (not the check) decided.
 GUARD_FAILED = "guard_failed"
@@ -371,6 +374,35 @@ async def guard_stream(deltas: AsyncIterable[str], guard: StreamGuard) -> AsyncI
                 yield piece
         if guard.verdict is not None:
             yield Blocked(guard.verdict, replaced=guard.settings.replacement is not None)
+    finally:
+        aclose = getattr(deltas, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def watch_stream(deltas: AsyncIterable[str], guard: StreamGuard) -> AsyncIterator[str]:
+    """Shadow mode: yield every delta of ``deltas`` as it comes, unchanged and without hold-back,
+    and feed it to ``guard`` beside, which decides what it would have released and where it would
+    have stopped the stream (:attr:`StreamGuard.verdict`, :attr:`StreamGuard.released_text`) and
+    stops nothing. After a violation, a guard failure or a bug in the check (:attr:`StreamGuard.crashed`)
+    the guard is fed no more; the stream goes on."""
+    watching = True
+    try:
+        async for delta in deltas:
+            yield delta
+            if not watching:
+                continue
+            try:
+                await guard.feed(delta)
+            except Exception:  # a bug in the check: guard.crashed says what; the stream goes on
+                log.exception("the stream guard failed while watching a stream in shadow mode")
+                watching = False
+            watching = watching and not guard.blocked
+        if watching:
+            try:
+                await guard.finish()
+            except Exception:
+                log.exception("the stream guard failed while watching a stream in shadow mode")
     finally:
         aclose = getattr(deltas, "aclose", None)
         if aclose is not None:

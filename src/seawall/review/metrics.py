@@ -7,6 +7,8 @@ Counted in this process (each replica exports its own; sum them in Prometheus):
 * ``seawall_gateway_risk_total{level}`` — requests by risk level;
 * ``seawall_gateway_blocks_total{reason}`` — requests refused or stopped (refused_input,
   filtered_output, blocked_stream, user_blocked, rate_limited, guard_failed);
+* ``seawall_gateway_shadow_total{step,would}`` — what controls in shadow mode (``gateway.modes``)
+  would have done: refuse, filter, block, drop, hold, ... (the audit record's ``shadow`` list);
 * ``seawall_review_held_total{reason}`` — answers held, by the first reason (domain / uncertain / ...);
 * ``seawall_review_decisions_total{decision}`` and ``seawall_review_time_to_decision_seconds``
   (histogram: from hold to decision);
@@ -88,6 +90,12 @@ class ReviewMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.shadow = Counter(
+            "seawall_gateway_shadow",
+            "What controls in shadow mode would have done, by step and would-be action.",
+            ["step", "would"],
+            registry=self.registry,
+        )
         self.held = Counter(
             "seawall_review_held", "Answers held for review, by reason.", ["reason"], registry=self.registry
         )
@@ -122,6 +130,8 @@ class ReviewMetrics:
             if decision.get("step") in GUARD_STEPS:
                 for category in decision.get("categories") or []:
                     self.flags.labels(decision["step"], str(category)).inc()
+        for entry in record.get("shadow") or []:
+            self.shadow.labels(str(entry.get("step")), str(entry.get("would"))).inc()
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

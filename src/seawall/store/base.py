@@ -248,6 +248,8 @@ class AuditQuery:
     tenant: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    #: Only records with a ``shadow`` entry: what a control in shadow mode would have done.
+    shadow: bool = False
     page: int = 1
     page_size: int = 50
 

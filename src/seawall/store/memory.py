@@ -406,6 +406,7 @@ class MemoryAudit(MemoryRole):
             and (not query.tenant or row.tenant == query.tenant)
             and (query.since is None or row.time >= query.since)
             and (query.until is None or row.time < query.until)
+            and (not query.shadow or bool(row.record.get("shadow")))
         ]
         page = max(1, query.page)
         first = (page - 1) * query.page_size

@@ -307,6 +307,16 @@ def flagged_categories(record: dict[str, Any]) -> list[str]:
     return list(seen)
 
 
+def shadow_decisions(record: dict[str, Any]) -> list[str]:
+    """What controls in shadow mode would have done to a request, as ``step: would`` (the audit
+    record's ``shadow`` list)."""
+    return [
+        f"{entry.get('step')}: {entry.get('would')}"
+        for entry in record.get("shadow") or ()
+        if isinstance(entry, dict)
+    ]
+
+
 __all__ = [
     "BLOCK_GROUPS",
     "RANGES",
@@ -316,4 +326,5 @@ __all__ = [
     "dashboard",
     "desk_figures",
     "flagged_categories",
+    "shadow_decisions",
 ]

@@ -11,7 +11,7 @@ route                              role       what
 ``GET /ui/``                       reviewer   dashboard: requests, risk, blocks, flag rate
 ``GET /ui/users``                  reviewer   users by safety identifier, state, risk counts
 ``POST /ui/users/block|clear``     admin      block or unblock (RiskLedger), CSRF-checked
-``GET /ui/audit``                  reviewer   audit search (outcome, safety id, time), paged
+``GET /ui/audit``                  reviewer   audit search (outcome, shadow, safety id, time), paged
 ``GET /ui/audit/{request_id}``     reviewer   one audit record
 ``GET /ui/accounts``               admin      local accounts and the OIDC allow-list
 ``/ui/review…``, ``/ui/reports…``  reviewer   the review desk (:mod:`seawall.ui.desk`)
@@ -230,6 +230,7 @@ class UI:
         self.env.filters["when"] = _when
         self.env.filters["when_epoch"] = lambda seconds: _when(datetime.fromtimestamp(seconds, UTC))
         self.env.filters["categories"] = queries.flagged_categories
+        self.env.filters["shadow"] = queries.shadow_decisions
         self.env.filters["age"] = age
         self.env.filters["duration"] = duration
         self.env.filters["question"] = question
@@ -547,12 +548,14 @@ class UI:
             tenant=params.get("tenant") or None,
             since=_parse_time(params.get("since"), "from"),
             until=_parse_time(params.get("until"), "until"),
+            shadow=params.get("shadow") == "1",
             page=page,
             page_size=self.ui.page_size,
         )
         result = await run_in_threadpool(self.store.audit_page, query)
         filters = {
             "outcome": outcome or "",
+            "shadow": "1" if query.shadow else "",
             "safety_id": query.safety_id or "",
             "tenant": query.tenant or "",
             "since": params.get("since") or "",

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, false, func, insert, select, text, update
+from sqlalchemy import Boolean, ColumnElement, Select, and_, false, func, insert, select, text, update
 from sqlalchemy.sql.expression import literal_column
 
 from seawall.store.base import AuditPage, AuditQuery, FlagRow, OutcomeRow
@@ -232,6 +232,9 @@ class SqlAudit(SqlRole):
             where.append(columns.time >= query.since)
         if query.until is not None:
             where.append(columns.time < query.until)
+        if query.shadow:  # records without a shadow list give NULL: left out
+            shadow = "record -> 'shadow'" if self.db.postgres else "record, '$.shadow'"
+            where.append(literal_column(f"json_array_length(audit_events.{shadow}) > 0", Boolean))
         page = max(1, query.page)
         rows_query = (
             select(columns.record)
