@@ -743,9 +743,9 @@ def _ask_serve(replica: Replica, **extra: Any) -> str:
         headers={"authorization": f"Bearer {APP_KEY}"},
         timeout=30,
     )
-    assert response.status_code in (200, 202), response.text
-    if response.status_code == 202:
-        return str(response.json()["review_id"])
+    assert response.status_code == 200, response.text
+    if "x-seawall-review-id" in response.headers:  # held: the placeholder completion (the default)
+        return str(response.headers["x-seawall-review-id"])
     return response.headers[REQUEST_ID_HEADER]
 
 

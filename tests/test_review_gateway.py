@@ -1,9 +1,9 @@
 """Human review through the gateway, end to end: the OpenAI SDK -> seawall on loopback -> a loopback
 upstream stand-in; reviewers over HTTP; a loopback webhook receiver.
 
-NEEDS THE PIPELINE WIRING (settings.review, Gateway(review=ReviewHook(...)), the 202 pending body in
-server/app.py; see the review package's report). Until it is in, the fixture fails at start-up
-(``review`` is not a known setting) and every test here errors: that is expected, not a skip.
+These tests ask for the 202 pending-review protocol (``x-seawall-review: accepted``) where they test
+its body; the default hold response (a placeholder completion) and the wait mode are in
+tests/test_review_sdk.py.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ DRAFT = "Adults can usually take 200 to 400 mg of ibuprofen every 4 to 6 hours."
 HEALTH = "What is the maximum daily dose of ibuprofen for an adult?"
 PLAIN = "What is the capital of France?"
 DISCLOSURE = "You are chatting with an AI model."
+#: The request header that asks for the 202 pending-review protocol.
+ACCEPTED = {"x-seawall-review": "accepted"}
 
 
 @dataclass
@@ -140,6 +142,7 @@ def test_a_health_answer_is_held_polled_approved_and_delivered(gw: Setup) -> Non
                     }
                 }
             },
+            extra_headers=ACCEPTED,
         )
     received = time.perf_counter()
     assert raw.status_code == 202
@@ -175,7 +178,7 @@ def test_a_health_answer_is_held_polled_approved_and_delivered(gw: Setup) -> Non
 
 
 def test_a_qualifying_stream_gets_202_pending_not_a_stream(gw: Setup) -> None:
-    with gw.server.http(headers={"authorization": f"Bearer {APP_KEY}"}) as http:
+    with gw.server.http(headers={"authorization": f"Bearer {APP_KEY}", **ACCEPTED}) as http:
         response = http.post(
             "/v1/chat/completions",
             json={"model": MODEL, "stream": True, "messages": [{"role": "user", "content": HEALTH}]},
@@ -193,6 +196,7 @@ def test_a_declared_domain_is_held_and_a_rejection_reaches_the_poller(gw: Setup)
             model=MODEL,
             messages=[{"role": "user", "content": PLAIN}],
             extra_body={"seawall": {"review": {"domain": "law", "notes": "tenancy app"}}},
+            extra_headers=ACCEPTED,
         )
     assert raw.status_code == 202
     review_id = json.loads(raw.text)["review_id"]

@@ -346,8 +346,9 @@ def test_tool_call_moderation_in_shadow_releases_the_streamed_tool_call(gw: Side
 
 def test_review_in_shadow_releases_the_answer_and_stores_nothing(gw: Sides) -> None:
     declared = {"seawall": {"review": {"domain": "health"}}}
-    held = ask(gw.enforce, QUESTION, "hana", **declared)
-    assert held.status_code == 202 and held.json()["status"] == "pending_review"
+    held = ask(gw.enforce, QUESTION, "hana", **declared)  # the placeholder, the draft held back
+    assert held.status_code == 200 and held.json()["seawall"]["review"]["status"] == "pending"
+    assert CLEAN_ANSWER not in held.text
 
     before = gw.shadow.shadow_count("review", "hold")
     passed = ask(gw.shadow, QUESTION, "hana", **declared)

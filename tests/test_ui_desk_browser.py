@@ -97,8 +97,8 @@ class Desk:
         body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": question}]}
         if review is not None:
             body["seawall"] = {"review": review}
-        with self.app_http() as http:
-            return http.post("/v1/chat/completions", json=body)
+        with self.app_http() as http:  # an app that polls: it asks for the 202 pending-review protocol
+            return http.post("/v1/chat/completions", json=body, headers={"x-seawall-review": "accepted"})
 
 
 @pytest.fixture(scope="module")

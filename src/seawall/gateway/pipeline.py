@@ -43,8 +43,13 @@ step left out, run in order by one :class:`~seawall.gateway.runner.Runner`. For 
     so only text a scan cleared reaches the client; on a violation (or a stream that
     breaks off) the client gets an OpenAI-style error event ``data: {"error": {...}}``
     and ``data: [DONE]``, never the withheld text; tool-call arguments are judged at the end.
-11. **Review.** With ``review.enabled``: an answer the review rules pick is held for a person (202
-    pending). A stream that qualifies is asked after the prompt step and answered the plain way.
+11. **Review.** With ``review.enabled``: an answer the review rules pick is held for a person. The
+    client gets (``review.hold_response``, or the request's ``x-seawall-review`` header) an ordinary
+    completion saying a person is checking the answer (``placeholder``, the default), the 202
+    pending body (``accepted``), or the reviewer's decision if it comes within ``review.wait_s``
+    (``wait``); :mod:`seawall.review.responses`. A stream that qualifies is asked after the prompt
+    step, its answer fetched the plain way and held, and what the client gets sent as a stream
+    (one id and model in every chunk, the review in each chunk's ``seawall`` field), the 202 as JSON.
 
 **Shadow mode** (``gateway.modes``; an extra step's ``mode``): a control in shadow decides on a
 copy of the request, and what it would have done (refused, filtered, cut the stream, dropped,
@@ -152,6 +157,8 @@ log = logging.getLogger("seawall.gateway")
 REQUEST_ID_HEADER = "x-seawall-request-id"
 #: Audit outcomes of answers seawall gives itself, without the upstream.
 LOCAL_OUTCOMES = frozenset({"knowledge_base", "off_topic"})
+#: Audit outcomes a stream that reaches its end keeps (else it is ``ok``).
+KEPT_OUTCOMES = LOCAL_OUTCOMES | {"held_for_review"}
 #: Audit outcomes of requests turned away before they were judged (no risk level).
 TURNED_AWAY = frozenset({"unauthorized", "user_blocked", "rate_limited"})
 #: Audit steps that judge what the user sent: the only ones the user's risk ledger charges for.
@@ -394,10 +401,12 @@ class Gateway:
             answer = await self.runner.run(self.stream_steps, ctx)
             if answer is None and ctx.hold is not None:
                 # Held for review: answered as a plain completion (Upstream.chat turns streaming
-                # off), then held, also when output moderation filtered the draft: the reviewer sees it.
-                held = await self.runner.run(self.held_steps, ctx)
-                assert held is not None
-                return self._response(ctx, body=held.body, status_code=held.status_code)
+                # off), then held, also when output moderation filtered the draft: the reviewer sees
+                # it. The client gets the hold response as a stream, or the 202 body as JSON.
+                answer = await self.runner.run(self.held_steps, ctx)
+                assert answer is not None
+                if answer.status_code != 200:
+                    return self._response(ctx, body=answer.body, status_code=answer.status_code)
             if answer is None:
                 assert ctx.upstream_body is not None
                 chunks = self.upstream.stream(ctx.upstream_body)
@@ -412,10 +421,13 @@ class Gateway:
             if answer is None:
                 ctx.audit.upstream = {"status": 200}
             scope.hand_off()
-        # A local answer (knowledge base, off-topic reply) was judged when it was written.
+        # A local answer (knowledge base, off-topic reply) was judged when it was written; a held
+        # answer's draft when it was held (and a person wrote or released what goes out now).
         guarded = self.settings.output_moderation and answer is None
         model = str(body.get("model") or "")
-        return self._response(ctx, stream=self._sse(first, chunks, scope, model=model, guarded=guarded))
+        extension = answer.body.get(EXTENSION_FIELD) if answer is not None else None
+        sse = self._sse(first, chunks, scope, model=model, guarded=guarded, extension=extension)
+        return self._response(ctx, stream=sse)
 
     async def _sse(
         self,
@@ -425,11 +437,13 @@ class Gateway:
         *,
         model: str,
         guarded: bool,
+        extension: Mapping[str, Any] | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """The client's event stream: released text only, then the end (or an error event).
-        Every chunk has the same ``id`` and names the ``model``, the role chunk first."""
+        Every chunk has the same ``id`` and names the ``model``, the role chunk first; with
+        ``extension`` (a held answer's), every chunk carries it as its ``seawall`` field."""
         audit = scope.ctx.audit
-        state = StreamState(audit.request_id, model)
+        state = StreamState(audit.request_id, model, extension)
         first_text = state.observe(first) if first is not None else ""  # the header comes from it
         outcome = audit.outcome
         audit.outcome = "client_disconnected"  # until the stream reaches its end
@@ -480,7 +494,7 @@ class Gateway:
                 yield event(state.chunk({}, finish_reason=state.finish_reason or "stop"))
                 if state.usage is not None:
                     yield event({**state.chunk({}), "choices": [], "usage": state.usage})
-                audit.outcome = outcome if outcome in LOCAL_OUTCOMES else "ok"
+                audit.outcome = outcome if outcome in KEPT_OUTCOMES else "ok"
         except ClientTooSlowError:  # the client stopped reading (GuardedStreamingResponse)
             audit.outcome = "client_disconnected"
             audit.error = {"status": None, "code": "client_too_slow"}

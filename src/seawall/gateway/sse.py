@@ -31,10 +31,14 @@ class StreamState:
     The header (``id``, ``created``, ``model``, ``system_fingerprint``) is the first upstream
     chunk's, where it has them, else the gateway's own (the request's id and model), and it
     stays the same for every chunk the client gets, whatever later upstream chunks say.
+    ``extension`` is seawall's ``seawall`` field for every chunk; it is the gateway's to give (a
+    held answer's review), never taken from the upstream's chunks.
     """
 
-    def __init__(self, request_id: str, model: str) -> None:
+    def __init__(self, request_id: str, model: str, extension: Mapping[str, Any] | None = None) -> None:
         self.id = f"chatcmpl-{request_id}"
+        #: seawall's own ``seawall`` field, added to every chunk (a held answer's review), or None.
+        self.extension = dict(extension) if extension else None
         self.created = int(time.time())
         self.model = model
         self.system_fingerprint: str | None = None
@@ -80,6 +84,8 @@ class StreamState:
         }
         if self.system_fingerprint:
             chunk["system_fingerprint"] = self.system_fingerprint
+        if self.extension is not None:
+            chunk["seawall"] = self.extension
         return chunk
 
 
@@ -89,16 +95,23 @@ def event(payload: Mapping[str, Any]) -> bytes:
 
 
 async def as_chunks(completion: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    """A local completion as one stream chunk (the stream's end follows in the gateway's stream)."""
+    """A completion seawall gives itself (a local answer, a held answer's placeholder or released
+    draft) as one stream chunk: the first choice's content, its tool calls (indexed, as stream
+    deltas carry them) and its finish reason. The stream's end follows in the gateway's stream."""
     choice = completion["choices"][0]
+    message = choice.get("message") or {}
+    delta: dict[str, Any] = {"content": message.get("content") or ""}
+    tool_calls = message.get("tool_calls")
+    if isinstance(tool_calls, list) and tool_calls:
+        delta["tool_calls"] = [
+            {"index": index, **call} for index, call in enumerate(tool_calls) if isinstance(call, dict)
+        ]
     yield {
         "id": completion["id"],
         "object": "chat.completion.chunk",
         "created": completion["created"],
         "model": completion["model"],
-        "choices": [
-            {"index": 0, "delta": {"content": choice["message"]["content"]}, "finish_reason": "stop"}
-        ],
+        "choices": [{"index": 0, "delta": delta, "finish_reason": choice.get("finish_reason") or "stop"}],
     }
 
 

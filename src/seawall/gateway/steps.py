@@ -33,7 +33,8 @@ from seawall.gateway.risk import RiskLedger
 from seawall.gateway.runner import Answer, Guards, RequestContext
 from seawall.gateway.topics import TopicGuard
 from seawall.gateway.upstream import Upstream
-from seawall.review.gateway_hook import PENDING_STATUS, REVIEW_HEADER, ReviewHook
+from seawall.review.gateway_hook import PENDING_STATUS, ReviewHook
+from seawall.review.responses import STATUS_HEADER
 from seawall.store.base import UserState
 
 #: The request field that carries seawall's extensions (documents); never sent upstream.
@@ -136,6 +137,8 @@ class InputLimits:
         body = ctx.body
         check_request(body, self.policy.limits)
         check_parameters(body)
+        if self.review is not None:
+            self.review.mode(ctx.headers)  # a bad x-seawall-review header: 400 before the model
         if self.catalogue is not None:
             await self.catalogue.check(body["model"])
         ctx.documents = self._documents(body)
@@ -418,7 +421,9 @@ class ReviewRoute:
 
 
 class ReviewHold:
-    """Hold the answer for human review when the review rules (or a stream's earlier decision) say so."""
+    """Hold the answer for human review when the review rules (or a stream's earlier decision) say
+    so; the client gets what the hold response asks for (a placeholder completion, the 202
+    pending body, or the reviewer's decision if it comes in time: ``review.hold_response``)."""
 
     name = "review"
     guard = False
@@ -435,6 +440,7 @@ class ReviewHold:
         if ctx.shadow:  # would hold: say so, store nothing (the answer is released)
             audit.decide("review", "hold", reasons=list(decision.reasons))
             return Answer({}, status_code=PENDING_STATUS)
+        mode = self.review.mode(ctx.headers)
         pending = await self.review.hold(
             decision,
             ctx.body,
@@ -443,10 +449,17 @@ class ReviewHold:
             tenant=audit.tenant,
             safety_id=audit.safety_identifier,
         )
-        audit.decide("review", "hold", reasons=list(decision.reasons), review_id=pending["review_id"])
+        review_id = pending["review_id"]
+        audit.decide("review", "hold", reasons=list(decision.reasons), review_id=review_id, response=mode)
         audit.outcome = "held_for_review"
-        ctx.response_headers[REVIEW_HEADER] = pending["review_id"]
-        return Answer(pending, status_code=PENDING_STATUS)
+        began = time.perf_counter()
+        held = await self.review.respond(pending, mode)
+        if mode == "wait":
+            status = held.headers.get(STATUS_HEADER, "pending")
+            waited_ms = round((time.perf_counter() - began) * 1000, 3)
+            audit.decide("review_wait", "timeout" if status == "pending" else status, waited_ms=waited_ms)
+        ctx.response_headers.update(held.headers)
+        return Answer(held.body, status_code=held.status_code)
 
 
 # ---------------------------------------------------------------------------------- helpers

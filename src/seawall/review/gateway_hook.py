@@ -7,12 +7,17 @@ The pipeline (:mod:`seawall.gateway.pipeline`) owns the request path; it calls a
    webhook) so a bad field is a 400 before the model is called;
 2. **after output moderation** (plain requests) — ``decision = await hook.check(body, audit.decisions)``;
    when it is not None, ``pending = await hook.hold(decision, body, completion, ...)`` stores the
-   draft and gives the body to send with HTTP :data:`PENDING_STATUS` (202) instead of the completion;
+   draft, and ``await hook.respond(pending, hook.mode(headers))`` gives what the client gets
+   instead of the completion (:mod:`seawall.review.responses`): a placeholder completion (default),
+   the pending body with HTTP :data:`PENDING_STATUS` (202, ``accepted``), or the reviewer's decision
+   when it comes within ``review.wait_s`` (``wait``). :meth:`ReviewHook.mode` is checked in the
+   limits step too, so a bad ``x-seawall-review`` header is a 400 before the model is called;
 3. **streams, after input moderation and before the upstream** — the same ``check`` sees only the
    input decisions (the domain and the input's uncertain band). A stream that qualifies is not
-   streamed: the gateway asks the upstream for a plain completion, moderates it, holds it and
-   answers 202 with the pending body (JSON, not ``text/event-stream``). The answer's own
-   uncertain band cannot hold a stream (its text is already on its way to the client);
+   streamed from the upstream: the gateway asks it for a plain completion, moderates it, holds it
+   and sends what ``respond`` gave as a stream (placeholder, wait) or as the 202 JSON body
+   (accepted). The answer's own uncertain band cannot hold a stream (its text is already on its
+   way to the client);
 4. **every response** — :meth:`headers` (the AI disclosure, the limitations); **every audit
    record** — :meth:`observe` (``/metrics``).
 """
@@ -20,13 +25,24 @@ The pipeline (:mod:`seawall.gateway.pipeline`) owns the request path; it calls a
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from seawall.review.service import HoldDecision, ReviewService
+from seawall.review.responses import (
+    PENDING_STATUS,
+    REVIEW_HEADER,
+    HeldResponse,
+    accepted_response,
+    decided_response,
+    placeholder_response,
+    requested_mode,
+)
+from seawall.review.service import HoldDecision, ReviewService, final_completion
+from seawall.review.settings import HoldResponse
+from seawall.store.base import ReviewItem
 
-#: HTTP status of the pending-review response.
-PENDING_STATUS = 202
+log = logging.getLogger("seawall.review")
 #: Response header with the AI disclosure.
 DISCLOSURE_HEADER = "x-seawall-disclosure"
 #: Response header listing the ids of the stated limitations (details at NOTICES_PATH).
@@ -35,8 +51,6 @@ LIMITATIONS_HEADER = "x-seawall-limitations"
 NOTICES_HEADER = "x-seawall-notices"
 #: Where the notices are served.
 NOTICES_PATH = "/v1/seawall/notices"
-#: Response header with the id of the held answer (on a pending-review response).
-REVIEW_HEADER = "x-seawall-review-id"
 
 
 class ReviewHook:
@@ -62,6 +76,40 @@ class ReviewHook:
     def validate(self, body: Mapping[str, Any]) -> None:
         """400 for a malformed ``seawall.review`` field (cheap; no store, no model)."""
         self.service.review_request(body)
+
+    def mode(self, headers: Mapping[str, str]) -> HoldResponse:
+        """The hold response the request asks for (``x-seawall-review``), else ``review.hold_response``;
+        400 ``invalid_review_mode`` for an unknown value."""
+        return requested_mode(headers, self.service.settings.hold_response)
+
+    async def respond(self, pending: Mapping[str, Any], mode: HoldResponse) -> HeldResponse:
+        """What the client gets for the held answer ``pending`` (the body :meth:`hold` returned):
+        the 202 body (accepted), the placeholder completion, or in wait mode the decision if one
+        comes within ``review.wait_s``."""
+        settings = self.service.settings
+        if mode == "accepted":
+            return accepted_response(pending)
+        if mode == "wait":
+            item = await self.wait(pending["review_id"])
+            if item is not None:
+                return decided_response(item, final_completion(item), pending, settings)
+        return placeholder_response(pending, settings)
+
+    async def wait(self, review_id: str) -> ReviewItem | None:
+        """The decided item, or None when no decision came within ``review.wait_s`` (or the store
+        cannot be read: the answer stays held and the client gets the placeholder)."""
+        settings = self.service.settings
+
+        async def load() -> ReviewItem | None:
+            return await asyncio.to_thread(self.service.store.get_review, review_id)
+
+        try:
+            return await self.service.waiters.wait(
+                review_id, load, timeout_s=settings.wait_s, poll_s=settings.wait_poll_s
+            )
+        except Exception as exc:  # the answer is held either way; the client gets the placeholder
+            log.warning("cannot wait for the decision on %s: %s", review_id, exc)
+            return None
 
     async def check(
         self, body: Mapping[str, Any], decisions: Iterable[Mapping[str, Any]]
@@ -108,5 +156,6 @@ __all__ = [
     "NOTICES_PATH",
     "PENDING_STATUS",
     "REVIEW_HEADER",
+    "HeldResponse",
     "ReviewHook",
 ]

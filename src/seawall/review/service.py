@@ -10,13 +10,15 @@ or detected by :class:`~seawall.review.domains.DomainDetector`), a moderation ca
 flagged with the ``flag`` action (let through, for a person to see), or any category score is in
 the uncertain band ``[uncertain_low, flag threshold)``. An answer the gateway already refused or
 filtered is never held. :meth:`hold` stores the item (one transaction with its ``held`` event),
-notifies, and returns the client's pending-review body.
+notifies, and returns the pending-review body (what the client then gets, a placeholder
+completion, that body with 202, or the decision: :mod:`seawall.review.responses`).
 
 **Deciding.** A reviewer claims an item (:meth:`claim`; a conditional UPDATE, so two reviewers
 never hold one item; claims expire after ``claim_ttl_s`` and the item is claimable again), then
 approves, edits or rejects it (:meth:`decide`; only the claimer, only while the claim lives; the
 decision and its event are one transaction). The client polls (:meth:`poll`); the request's own
-webhook, if it gave one, hears ``review.decided``.
+webhook, if it gave one, hears ``review.decided``; a request waiting for the decision
+(``hold_response: wait``) is woken at once (:class:`~seawall.review.responses.DecisionWaiters`).
 
 **Reports.** :meth:`report` stores a user's report about a response (rate-limited per user with
 the store's ``hit``); :meth:`triage` moves it through new -> investigating -> resolved/dismissed
@@ -44,6 +46,7 @@ from seawall.ratelimit import enforce
 from seawall.review.domains import DomainDetector
 from seawall.review.metrics import GUARD_STEPS, ReviewMetrics
 from seawall.review.notify import Notifier, check_webhook_url
+from seawall.review.responses import POLL_PATH, DecisionWaiters
 from seawall.review.settings import DOMAINS, ReviewSettings
 from seawall.store.base import (
     REPORT_CATEGORIES,
@@ -62,8 +65,6 @@ from seawall.store.base import (
 REVIEW_FIELD = "review"
 #: The ``object`` of the pending-review body.
 PENDING_OBJECT = "chat.completion.pending"
-#: Where clients poll a held answer (``{id}`` replaced).
-POLL_PATH = "/v1/seawall/reviews/{id}"
 #: Output decisions that mean the answer was already refused or stopped: nothing to hold.
 _REFUSED = frozenset({"filter", "block", "refuse", "failed_closed"})
 _EXTENSION_KEYS = frozenset({"domain", "sources", "notes", "webhook"})
@@ -169,6 +170,8 @@ class ReviewService:
         self.metrics = metrics if metrics is not None else ReviewMetrics(store)
         self._detector = detector
         self.clock = clock
+        #: Requests waiting for a decision (hold_response wait), woken by :meth:`decide`.
+        self.waiters = DecisionWaiters()
 
     def close(self) -> None:
         self.notifier.close()
@@ -391,6 +394,7 @@ class ReviewService:
                 f"claim review {review_id} before deciding it (your claim may have expired)",
                 code="review_not_claimed",
             )
+        self.waiters.notify(decided.id)
         self.metrics.decisions.labels(decision).inc()
         if decided.decided_at is not None:
             self.metrics.time_to_decision.observe((decided.decided_at - decided.created_at).total_seconds())

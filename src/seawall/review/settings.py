@@ -81,6 +81,12 @@ class SmtpSettings(BaseModel):
     timeout_s: float = Field(10.0, gt=0, description="Connection and command timeout.")
 
 
+#: What a client gets for a held answer: an ordinary completion whose message says a person is
+#: checking the answer (placeholder), the 202 pending-review protocol (accepted), or the reviewer's
+#: decision if one comes within ``wait_s`` (wait; else the placeholder).
+HoldResponse = Literal["placeholder", "accepted", "wait"]
+HOLD_RESPONSES: tuple[HoldResponse, ...] = ("placeholder", "accepted", "wait")
+
 #: Events seawall notifies about.
 Event = Literal["review.held", "review.decided", "report.created"]
 _DEFAULT_EVENTS: tuple[Event, ...] = ("review.held", "report.created")
@@ -135,8 +141,43 @@ class ReviewSettings(BaseModel):
     enabled: bool = Field(
         False,
         description="Hold qualifying answers for human review (off by default: holding changes what "
-        "clients get, 202 pending_review, and needs reviewers). Reports, notices and metrics work "
+        "clients get, see hold_response, and needs reviewers). Reports, notices and metrics work "
         "either way.",
+    )
+    hold_response: HoldResponse = Field(
+        "placeholder",
+        description="What the client gets for a held answer. placeholder: an ordinary chat completion "
+        "(or stream) whose message is placeholder_message, finish_reason 'stop', with the review's id, "
+        "status and poll_url in its 'seawall' field and the x-seawall-review-* headers, so an app using "
+        "the OpenAI SDK unchanged keeps working. accepted: HTTP 202 with the pending-review body "
+        "(choices: [], review_id, poll_url; JSON for streams too). wait: the request waits up to wait_s "
+        "for a reviewer's decision and gets the approved (or edited) answer, the rejection, or else the "
+        "placeholder. A request may choose with the x-seawall-review header.",
+    )
+    wait_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="In wait mode, how long a held request waits for a reviewer's decision before it "
+        "gets the placeholder. Keep it below the client's and any proxy's timeouts.",
+    )
+    wait_poll_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="In wait mode, how often the store is asked for a decision made by another replica "
+        "(a decision made in this process ends the wait at once).",
+    )
+    placeholder_message: str = Field(
+        "A person is checking this answer before it is shared. Please check back in a little while.",
+        min_length=1,
+        description="The message of the placeholder completion of a held answer, shown to end users.",
+    )
+    rejected_message: str = Field(
+        "This answer was withheld after a review by a person.",
+        min_length=1,
+        description="In wait mode, the message a rejected answer is replaced with (finish_reason "
+        "'content_filter'; the reviewer's reason is in the 'seawall' field, for the app).",
     )
     domains: list[Domain] = Field(
         default_factory=lambda: list(DOMAINS),
@@ -178,7 +219,7 @@ class ReviewSettings(BaseModel):
     )
     pending_message: str = Field(
         "This answer is being checked by a person before it is shared. Poll poll_url for the result.",
-        description="The message of the pending-review response.",
+        description="The message of the pending-review (202) body (hold_response accepted).",
     )
     feedback_limit: FeedbackLimit = Field(
         default_factory=FeedbackLimit, description="User reports allowed per user."
@@ -211,8 +252,10 @@ class ReviewSettings(BaseModel):
 
 __all__ = [
     "DOMAINS",
+    "HOLD_RESPONSES",
     "Domain",
     "FeedbackLimit",
+    "HoldResponse",
     "Notice",
     "NoticeSettings",
     "NotifySettings",
