@@ -1,8 +1,9 @@
 """Human review of held answers, user reports, notifications, AI notices and metrics.
 
 The gateway holds answers in high-risk domains (health, finance, law, code; declared by the app
-or detected offline by :class:`DomainDetector`) or with uncertain moderation scores, and answers
-the client 202 ``pending_review``; reviewers claim, approve, edit or reject them
+or detected offline by :class:`DomainDetector`) or with uncertain moderation scores; the client
+gets a placeholder completion, the 202 ``pending_review`` body, or the decision if it comes in time
+(``review.hold_response``; :mod:`seawall.review.responses`); reviewers claim, approve, edit or reject them
 (:class:`ReviewService`, routes in :func:`add_review_routes`). Users report answers
 (``POST /v1/feedback``) into a triage queue. Webhooks and e-mail tell people (:class:`Notifier`);
 ``/metrics`` counts it all (:class:`ReviewMetrics`). The pipeline calls :class:`ReviewHook`.
