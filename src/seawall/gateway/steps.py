@@ -403,8 +403,9 @@ class OutputModeration:
 
 
 class ReviewRoute:
-    """Streams only: a request that qualifies for review is answered 202 pending, as JSON, not
-    streamed (the pipeline then takes it down the plain path, where :class:`ReviewHold` holds it)."""
+    """Streams only: a request that qualifies for review is not streamed from the upstream (the
+    pipeline takes it down the plain path, where :class:`ReviewHold` holds it, and streams what the
+    client gets for it, or sends the 202 body as JSON)."""
 
     name = "review_route"
     control = "review"
