@@ -7,9 +7,10 @@ Artefacts (written by ``seawall train``) in one directory:
   with the semantic block also ``dense_weights`` (dims x n_labels) and ``token_weights``;
 * ``static_embeddings.npy`` and ``tokenizer.json`` — the semantic block's token vectors
   (see :mod:`seawall.model.embeddings`); optional;
-* ``context.npz`` — the contextual stage (see :mod:`seawall.model.context`): a linear head
-  over MiniLM sentence vectors and, per label, the blend ``a·fast + b·context + c`` of the
-  two stages' logits; optional.
+* ``context.npz`` — the contextual stage (see :mod:`seawall.model.context`): a head over MiniLM
+  sentence vectors (one hidden ReLU layer, ``hidden_weights``/``hidden_bias``, then
+  ``weights``/``bias``; older artefacts have the linear head alone) and, per label, the blend
+  ``a·fast + b·context + c`` of the two stages' logits; optional.
 
 Scores are calibrated per label so that each label's tuned threshold sits at 0.5 (a
 piecewise-linear map of the probability): a score means the same across categories, so
@@ -72,13 +73,23 @@ class ContextStage:
     """The contextual stage's trained parts (the encoder itself ships in a package)."""
 
     encoder: SentenceEncoder
-    #: (384, n_labels) head weights and (n_labels,) bias over MiniLM vectors.
+    #: (hidden, n_labels) output weights and (n_labels,) bias of the head; over MiniLM's 384
+    #: dimensions directly when there is no hidden layer.
     weights: NDArray[np.float32]
     bias: NDArray[np.float32]
     #: (n_labels, 3): per label a, b, c of ``a·fast_logit + b·context_logit + c``.
     blend: NDArray[np.float32]
     #: Calibrated fast scores inside [low, high] for some label send a window to this stage (auto).
     band: tuple[float, float]
+    #: (384, hidden) and (hidden,): the head's hidden ReLU layer, shared by every label.
+    hidden_weights: NDArray[np.float32] | None = None
+    hidden_bias: NDArray[np.float32] | None = None
+
+    def logits(self, vectors: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The head's logits for MiniLM vectors."""
+        if self.hidden_weights is not None and self.hidden_bias is not None:
+            vectors = np.maximum(vectors @ self.hidden_weights + self.hidden_bias, np.float32(0))
+        return np.asarray(vectors @ self.weights + self.bias, dtype=np.float32)
 
 
 def anchor(probabilities: NDArray[np.float32], thresholds: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -165,6 +176,8 @@ class TextClassifier:
                     parts["bias"].astype(np.float32),
                     parts["blend"].astype(np.float32),
                     (float(band[0]), float(band[1])),
+                    parts["hidden_weights"].astype(np.float32) if "hidden_weights" in parts else None,
+                    parts["hidden_bias"].astype(np.float32) if "hidden_bias" in parts else None,
                 )
         except FileNotFoundError as exc:
             raise ModelArtefactError(
@@ -213,8 +226,7 @@ class TextClassifier:
     def context_logits(self, windows: Sequence[Sequence[str]]) -> NDArray[np.float32]:
         """The contextual head's logits for word windows (the stage must be loaded)."""
         assert self.context is not None
-        vectors = self.context.encoder.encode([" ".join(words) for words in windows])
-        return vectors @ self.context.weights + self.context.bias
+        return self.context.logits(self.context.encoder.encode([" ".join(words) for words in windows]))
 
     def blend(self, fast: NDArray[np.float32], context: NDArray[np.float32]) -> NDArray[np.float32]:
         assert self.context is not None

@@ -44,7 +44,7 @@ from seawall.model.embeddings import TOKENIZER_FILE, VECTORS_FILE, StaticEncoder
 from seawall.model.features import FeatureConfig, Featurizer, SparseRows, split_words
 from seawall.model.gloss import shared_glossary
 from seawall.model.normalize import normalize
-from seawall.training.contextual import CONTEXT_ROWS_PER_SOURCE, fit_context_stage
+from seawall.training.contextual import CONTEXT_HIDDEN, CONTEXT_ROWS_PER_SOURCE, fit_context_stage
 from seawall.training.datasets import (
     ANNOTATED_LABELS,
     HELD_OUT_SOURCES,
@@ -86,6 +86,8 @@ class TrainConfig:
     contextual: bool = True
     #: Rows per source the contextual head learns from (embedding is the slow part on a CPU).
     context_rows_per_source: int = CONTEXT_ROWS_PER_SOURCE
+    #: Units of the contextual head's hidden ReLU layer (0: one linear head per label).
+    context_hidden: int = CONTEXT_HIDDEN
     #: Where MiniLM vectors of training texts are cached between runs.
     embedding_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "seawall" / "embeddings")
     #: Sources held out of training and dev and scored at the end (leave-one-source-out).
@@ -384,12 +386,19 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             progress,
             config.workers,
             config.context_rows_per_source,
+            config.context_hidden,
         )
         calibration["blended"] = context_fit.thresholds
         # Evaluation reads vectors through the cache: the held-out and left-out texts are
         # embedded once, not once per mode and run.
         context = ContextStage(
-            cache, context_fit.weights, context_fit.bias, context_fit.blend, context_fit.band
+            cache,
+            context_fit.weights,
+            context_fit.bias,
+            context_fit.blend,
+            context_fit.band,
+            context_fit.hidden_weights,
+            context_fit.hidden_bias,
         )
         progress(f"contextual stage ready {elapsed()}")
 
@@ -435,12 +444,15 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             write_semantic_artefacts(config.out_dir, vectors, token_weights, dense_weights)
         if context_fit is not None:
             copy_tokenizer(config.out_dir)
-            np.savez_compressed(
-                config.out_dir / CONTEXT_FILE,
-                weights=context_fit.weights.astype(np.float32),
-                bias=context_fit.bias.astype(np.float32),
-                blend=context_fit.blend.astype(np.float32),
-            )
+            arrays = {
+                "weights": context_fit.weights,
+                "bias": context_fit.bias,
+                "blend": context_fit.blend,
+                "hidden_weights": context_fit.hidden_weights,
+                "hidden_bias": context_fit.hidden_bias,
+            }
+            present = {name: array.astype(np.float32) for name, array in arrays.items() if array is not None}
+            np.savez_compressed(config.out_dir / CONTEXT_FILE, **present)  # type: ignore[arg-type]
         else:
             (config.out_dir / CONTEXT_FILE).unlink(missing_ok=True)
         write_model_card(config.out_dir / "MODEL_CARD.md", report, thresholds, meta.version)
