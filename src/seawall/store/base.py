@@ -218,6 +218,24 @@ class ReviewEvent:
     detail: dict[str, Any] = field(default_factory=dict)
     id: int | None = None
 
+    @classmethod
+    def decision(
+        cls,
+        review_id: str,
+        status: str,
+        reviewer: str,
+        at: datetime,
+        edited_text: str | None,
+        reason: str | None,
+    ) -> ReviewEvent:
+        """The trail entry of a decision: the edit's length (never its text) and the reason."""
+        detail: dict[str, Any] = {}
+        if edited_text is not None:
+            detail["edited_chars"] = len(edited_text)
+        if reason:
+            detail["reason"] = reason
+        return cls(review_id, status, reviewer, at, detail)
+
 
 @dataclass(frozen=True)
 class Report:

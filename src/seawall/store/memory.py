@@ -617,12 +617,7 @@ class MemoryReview(MemoryRole):
             )
             if decided is None:
                 return None
-            detail: dict[str, Any] = {}
-            if edited_text is not None:
-                detail["edited_chars"] = len(edited_text)
-            if reason:
-                detail["reason"] = reason
-            self._add_event(ReviewEvent(review_id, status, reviewer, now, detail))
+            self._add_event(ReviewEvent.decision(review_id, status, reviewer, now, edited_text, reason))
         return decided
 
     def review_counts(self, tenant: str | None = None) -> dict[str, int]:

@@ -298,12 +298,8 @@ class SqlReview(SqlRole):
             )
             if decided is None:
                 return None
-            detail: dict[str, Any] = {}
-            if edited_text is not None:
-                detail["edited_chars"] = len(edited_text)
-            if reason:
-                detail["reason"] = reason
-            _add_event(connection, ReviewEvent(review_id, status, reviewer, now, detail))
+            event = ReviewEvent.decision(review_id, status, reviewer, now, edited_text, reason)
+            _add_event(connection, event)
         return decided
 
     def review_counts(self, tenant: str | None = None) -> dict[str, int]:
