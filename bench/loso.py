@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,9 @@ def main() -> None:
 
     if args.write_card:
         record_evaluation(default_model_dir(), "loso", results)
+        # The folds retrain with today's recipe; say so, in case the shipped model changes later.
+        recipe = f"folds trained {date.today().isoformat()} with the recipe then current"
+        record_evaluation(default_model_dir(), "loso_recipe", recipe)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,7 @@ def _evaluation_sections(evaluation: dict[str, Any] | None) -> list[str]:
             "note that a source's clean rows were judged only for its own labels: an EDOS post that is",
             "not sexist but harasses someone counts as a false positive there.",
             "",
+            *([f"Measured on: {evaluation['loso_recipe']}", ""] if evaluation.get("loso_recipe") else []),
             "| left-out source | mode | rows | positives | any-category AUPRC | FPR | mean label AUPRC |",
             "|---|---|---|---|---|---|---|",
         ]
