@@ -6,9 +6,10 @@ the fast stage scores: one hidden ReLU layer shared by every label
 (``CONTEXT_HIDDEN`` units, scikit-learn's MLP, multi-label), or, with 0 units, a
 logistic regression per label. Measured on the held-out sources with the head
 alone (no blend; ``python bench/context_head.py``): any-category AUPRC 0.735
-linear, 0.787 with 256 hidden units; mean per-label AUPRC 0.718 and 0.791. The two stages are then stacked per label
-on the dev split — ``logit = a·fast + b·context + c`` — so the blend learns how
-much each stage is worth for each category.
+linear, 0.787 with 256 hidden units; mean per-label AUPRC 0.718 and 0.791. The
+two stages are then stacked per label on the dev split —
+``logit = a·fast + b·context + c`` — so the blend learns how much each stage is
+worth for each category.
 
 Embedding is the slow part on a CPU, so the rows the head learns from are a
 per-source sample (``CONTEXT_ROWS_PER_SOURCE``), and rows in scripts MiniLM's
