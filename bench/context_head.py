@@ -6,8 +6,8 @@ fast stage or the blend, on the held-out sources never trained on (embedded here
 measurement behind ``CONTEXT_HIDDEN`` in ``seawall/training/contextual.py``.
 
 Needs ``../shared/data`` (or ``--data``) and a filled cache (run ``seawall train
---embedding-cache DIR`` once). Rows with a label the network must not learn from are left out of
-the hidden-layer fit whole, as in training; the linear heads skip them per label.
+--embedding-cache DIR`` once). The hidden layer is fitted by training's own function; the linear
+heads skip a row's unjudged labels per label.
 
 Usage: python bench/context_head.py [--data ../shared/data] [--cache DIR] [--hidden 256]
 """
@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
-from sklearn.neural_network import MLPClassifier
 
 from seawall.categories import ALL_LABELS, CATEGORIES
 from seawall.model.classifier import shared_classifier
-from seawall.training.contextual import context_sample, context_text
+from seawall.training.contextual import context_sample, context_text, fit_hidden_head
 from seawall.training.datasets import HELD_OUT_SOURCES, load_sources
 from seawall.training.embedding_cache import EmbeddingCache
 from seawall.training.train import (
@@ -88,17 +87,12 @@ def main() -> None:
         head = LogisticRegression(C=1.0, max_iter=300).fit(x[known], y[known, j])
         linear[:, j] = head.predict_proba(x_held)[:, 1]
     report("linear head per label", linear)
-    keep = ~unknown.any(axis=1)
-    network = MLPClassifier(
-        hidden_layer_sizes=(args.hidden,),
-        alpha=1e-3,
-        batch_size=512,
-        max_iter=40,
-        early_stopping=True,
-        n_iter_no_change=4,
-        random_state=0,
-    ).fit(x[keep], y[keep])
-    report(f"{args.hidden} hidden units", network.predict_proba(x_held))
+    # The head exactly as training fits it (rows with an unjudged label left out whole).
+    hidden_weights, hidden_bias, weights, bias = fit_hidden_head(
+        x, y, np.ones(len(x)), unknown, range(n), args.hidden
+    )
+    hidden_layer = np.maximum(x_held @ hidden_weights + hidden_bias, 0)
+    report(f"{args.hidden} hidden units", hidden_layer @ weights + bias)
 
 
 if __name__ == "__main__":

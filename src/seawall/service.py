@@ -70,8 +70,11 @@ class ModerationService:
                     self._backends[name] = await asyncio.to_thread(create_backend, name, self.settings)
         return self._backends[name]
 
-    async def moderate(self, raw_input: Any, model: str | None = None) -> Moderation:
-        """Moderate a request's ``input`` (any of OpenAI's shapes) with ``model``."""
+    async def moderate(
+        self, raw_input: Any, model: str | None = None, *, passages: bool = True
+    ) -> Moderation:
+        """Moderate a request's ``input`` (any of OpenAI's shapes) with ``model``; ``passages``:
+        judge long texts passage by passage too (off for callers that cut texts themselves)."""
         limits = self.settings.moderation
         backend_name = self.backend_name(model)
         inputs = parse_input(
@@ -90,14 +93,14 @@ class ModerationService:
             raise ModelNotFoundError(
                 f"The model {model!r} is not available on this server: {exc.message}", param="model"
             ) from exc
-        results = await self._judge(backend, inputs)
+        results = await self._judge(backend, inputs, passages)
         results = await self._route_unassessed_images(inputs, results)
         if limits.thresholds:
             results = [result.with_thresholds(limits.thresholds) for result in results]
         return Moderation(model=model or backend_name, results=results)
 
     async def _judge(
-        self, backend: ModerationBackend, inputs: list[ModerationInput]
+        self, backend: ModerationBackend, inputs: list[ModerationInput], passages: bool
     ) -> list[ModerationResult]:
         """The backend's results for ``inputs``; a text longer than ``moderation.passages_over_chars``
         is also judged passage by passage (:func:`seawall.passages.focus_segments`) and keeps, per
@@ -105,7 +108,7 @@ class ModerationService:
         limits = self.settings.moderation
         items = list(inputs)
         owners: list[int] = []
-        if limits.passages_over_chars:
+        if passages and limits.passages_over_chars:
             for owner, item in enumerate(inputs):
                 if len(item.text) > limits.passages_over_chars:
                     for passage in focus_segments(item.text, limits.passage_chars):
@@ -122,7 +125,9 @@ class ModerationService:
             results[owner] = _worst([results[owner], *found])
         return results
 
-    async def moderate_texts(self, texts: Sequence[str], model: str | None = None) -> list[ModerationResult]:
+    async def moderate_texts(
+        self, texts: Sequence[str], model: str | None = None, *, passages: bool = True
+    ) -> list[ModerationResult]:
         """One result per text, for any number of texts of any length: seawall's own checks
         (the gateway's guards), which the API's per-request limits do not bind.
 
@@ -135,7 +140,8 @@ class ModerationService:
         flat = [piece for pieces in slices for piece in pieces]
         scored: list[ModerationResult] = []
         for start in range(0, len(flat), limits.max_items):
-            scored.extend((await self.moderate(flat[start : start + limits.max_items], model)).results)
+            chunk = flat[start : start + limits.max_items]
+            scored.extend((await self.moderate(chunk, model, passages=passages)).results)
         results: list[ModerationResult] = []
         offset = 0
         for pieces in slices:

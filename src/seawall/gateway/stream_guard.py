@@ -431,7 +431,8 @@ def moderation_check(
             texts.extend(focus_segments(text, focus_chars))
         scores: dict[str, float] = {}
         flagged: set[str] = set()
-        for result in await service.moderate_texts(texts, model):
+        # The pieces are cut here at any length, so the service does not cut long spans again.
+        for result in await service.moderate_texts(texts, model, passages=focus_chars is None):
             for name, score in result.category_scores.items():
                 scores[name] = max(scores.get(name, 0.0), float(score))
             flagged.update(name for name, hit in result.categories.items() if hit)

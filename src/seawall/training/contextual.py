@@ -124,7 +124,7 @@ def fit_context_stage(
     hidden_weights: NDArray[np.float32] | None = None
     hidden_bias: NDArray[np.float32] | None = None
     if hidden:
-        hidden_weights, hidden_bias, weights, bias = _fit_hidden_head(
+        hidden_weights, hidden_bias, weights, bias = fit_hidden_head(
             x_train, y_train, sample_weight, ignored[train_at], labels_fitted, hidden
         )
     else:
@@ -203,7 +203,7 @@ def fit_context_stage(
     )
 
 
-def _fit_hidden_head(
+def fit_hidden_head(
     x: NDArray[np.float32],
     y: NDArray[np.bool_],
     sample_weight: NDArray[np.float64],
