@@ -90,7 +90,7 @@ def _sse(payload: dict[str, Any]) -> bytes:
     return _http_chunk(b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n")
 
 
-def _stand_in_replies() -> tuple[bytes, bytes, list[bytes], bytes, bytes]:
+def _stand_in_replies(stream_chunks: int) -> tuple[bytes, bytes, list[bytes], bytes, bytes]:
     """Prebuilt bytes: the plain reply, the stream's head, its chunks, its end, the model list."""
     created = int(time.time())
     completion = {
@@ -124,16 +124,16 @@ def _stand_in_replies() -> tuple[bytes, bytes, list[bytes], bytes, bytes]:
             }
         )
 
-    texts = _pieces(ANSWER, STREAM_CHUNKS)
+    texts = _pieces(ANSWER, stream_chunks)
     chunks = [chunk({"role": "assistant", "content": texts[0]})]
     chunks += [chunk({"content": text}) for text in texts[1:]]
     end = chunk({}, "stop") + _http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
     return plain, head, chunks, end, models
 
 
-async def _stand_in(port: int, gap_s: float) -> None:
+async def _stand_in(port: int, gap_s: float, stream_chunks: int) -> None:
     """A minimal HTTP/1.1 keep-alive server: cheap enough that it is never the bottleneck."""
-    plain, head, chunks, end, models = _stand_in_replies()
+    plain, head, chunks, end, models = _stand_in_replies(stream_chunks)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -326,10 +326,12 @@ async def plain_request(client: httpx.AsyncClient, target: Target, check: bool =
     return elapsed
 
 
-async def stream_request(client: httpx.AsyncClient, target: Target) -> tuple[float, float]:
-    """One streamed request: (time to the first non-empty content delta, time to the end) in ms."""
+async def stream_request(client: httpx.AsyncClient, target: Target) -> tuple[float, float, list[float]]:
+    """One streamed request: time to the first non-empty content delta and to the end, and the gaps
+    between consecutive content deltas, in ms."""
     began = time.perf_counter()
     first: float | None = None
+    arrivals: list[float] = []
     parts: list[str] = []
     async with client.stream("POST", target.url, content=next(STREAM_BODIES), headers=HEADERS) as response:
         if response.status_code != 200:
@@ -347,14 +349,16 @@ async def stream_request(client: httpx.AsyncClient, target: Target) -> tuple[flo
             for choice in chunk.get("choices") or []:
                 content = (choice.get("delta") or {}).get("content")
                 if content:
+                    arrivals.append(time.perf_counter())
                     if first is None:
-                        first = time.perf_counter()
+                        first = arrivals[-1]
                     parts.append(content)
     ended = time.perf_counter()
     if "".join(parts) != ANSWER:
         raise SystemExit(f"{target.name} streamed a different answer: {''.join(parts)[:200]!r}")
     assert first is not None
-    return (first - began) * 1000, (ended - began) * 1000
+    gaps = [(later - earlier) * 1000 for earlier, later in itertools.pairwise(arrivals)]
+    return (first - began) * 1000, (ended - began) * 1000, gaps
 
 
 def new_client(connections: int) -> httpx.AsyncClient:
@@ -368,6 +372,8 @@ async def sequential(targets: list[Target], rounds: int, warmup: int, streams: i
     plain: dict[str, list[float]] = {t.name: [] for t in targets}
     ttft: dict[str, list[float]] = {t.name: [] for t in targets}
     total: dict[str, list[float]] = {t.name: [] for t in targets}
+    gaps: dict[str, list[float]] = {t.name: [] for t in targets}
+    longest: dict[str, list[float]] = {t.name: [] for t in targets}
     try:
         for target in targets:  # warm-up: connections open, model and code paths hot; answers checked
             await plain_request(clients[target.name], target, check=True)
@@ -381,13 +387,15 @@ async def sequential(targets: list[Target], rounds: int, warmup: int, streams: i
         for index in range(streams):
             shift = index % len(targets)
             for target in targets[shift:] + targets[:shift]:
-                first, end = await stream_request(clients[target.name], target)
+                first, end, between = await stream_request(clients[target.name], target)
                 ttft[target.name].append(first)
                 total[target.name].append(end)
+                gaps[target.name].extend(between)
+                longest[target.name].append(max(between, default=0.0))
     finally:
         for client in clients.values():
             await client.aclose()
-    return {"plain": plain, "ttft": ttft, "stream_total": total}
+    return {"plain": plain, "ttft": ttft, "stream_total": total, "gaps": gaps, "longest_gap": longest}
 
 
 async def under_load(target: Target, concurrency: int, seconds: float) -> dict[str, Any]:
@@ -482,9 +490,16 @@ def report(figures: dict[str, Any], names: list[str]) -> None:
             f"{row['ttft_overhead_ms']:+8.2f} ms{row['total_p50_ms']:11.2f}"
             f"{row['total_overhead_ms']:+8.2f} ms"
         )
+    print(f"  {'':28}{'gap p50':>9}{'gap p95':>9}{'longest p50':>13}{'deltas':>8}   (between content deltas)")
+    for name in names:
+        row = stream[name]
+        print(
+            f"  {name:28}{row['gap_p50_ms']:9.2f}{row['gap_p95_ms']:9.2f}{row['longest_gap_p50_ms']:13.2f}"
+            f"{row['deltas_per_stream']:8.1f}"
+        )
     print(
-        "  (with moderation on, text is released only once gateway.stream_guard.hold_back_chars (200) newer "
-        "characters exist or the answer ended, so TTFT there includes waiting for about 4 more chunks)"
+        "  (with moderation on, each sentence goes out once a scan cleared it whole "
+        "(gateway.stream_guard.release: sentence), so TTFT there includes the first sentence and one scan)"
     )
     load = figures["load"]
     print(
@@ -539,6 +554,10 @@ def summarise(raw: dict[str, Any], load: dict[str, dict[str, Any]], names: list[
             "ttft_overhead_ms": ttft - base_ttft,
             "total_p50_ms": total,
             "total_overhead_ms": total - base_total,
+            "gap_p50_ms": pct(raw["gaps"][name], 50) if raw["gaps"][name] else 0.0,
+            "gap_p95_ms": pct(raw["gaps"][name], 95) if raw["gaps"][name] else 0.0,
+            "longest_gap_p50_ms": pct(raw["longest_gap"][name], 50),
+            "deltas_per_stream": len(raw["gaps"][name]) / len(raw["ttft"][name]) + 1,
         }
         figures["load"][name] = {**load[name], "p50_ratio": load[name]["p50_ms"] / base_load}
     return figures
@@ -595,17 +614,33 @@ def main() -> None:
         "--chunk-gap-ms",
         type=float,
         default=CHUNK_GAP_S * 1000,
-        help="time between the stand-in's stream chunks after the first (about 51 characters each)",
+        help="time between the stand-in's stream chunks after the first",
+    )
+    parser.add_argument(
+        "--stream-chunks",
+        type=int,
+        default=STREAM_CHUNKS,
+        help=(
+            f"chunks the stand-in cuts its {len(ANSWER)}-character answer into (at word boundaries); "
+            "one per word with a 30-60 ms gap is a small model's real generation speed"
+        ),
+    )
+    parser.add_argument(
+        "--realistic",
+        action="store_true",
+        help="stream one word per chunk, 40 ms apart (about 25 tokens/s), instead of 9 chunks 5 ms apart",
     )
     parser.add_argument("--stand-in", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.stand_in is not None:  # the child that plays the model server
         with contextlib.suppress(KeyboardInterrupt):
-            _run(_stand_in(args.stand_in, args.chunk_gap_ms / 1000))
+            _run(_stand_in(args.stand_in, args.chunk_gap_ms / 1000, args.stream_chunks))
         return
     if args.quick:
         args.requests, args.load_seconds, args.warmup = 30, 3.0, 5
+    if args.realistic:
+        args.stream_chunks, args.chunk_gap_ms = len(ANSWER.split(" ")), 40.0
     streams = args.streams if args.streams is not None else max(10, args.requests // 2)
 
     gateway_cpus, stand_in_cpus, client_cpus, pinning = plan_cpus()
@@ -628,6 +663,8 @@ def main() -> None:
                     str(stand_in_port),
                     "--chunk-gap-ms",
                     str(args.chunk_gap_ms),
+                    "--stream-chunks",
+                    str(args.stream_chunks),
                 ],
                 stand_in_cpus,
             )
@@ -649,7 +686,7 @@ def main() -> None:
             print(f"cores: {os.cpu_count()} ({pinning})")
             print(
                 f"stand-in upstream: answers after {UPSTREAM_DELAY_S * 1000:.0f} ms; plain answer "
-                f"{len(ANSWER)} chars; streams: {STREAM_CHUNKS} chunks, the first at "
+                f"{len(ANSWER)} chars; streams: {args.stream_chunks} chunks, the first at "
                 f"{UPSTREAM_DELAY_S * 1000:.0f} ms, then {args.chunk_gap_ms:g} ms apart"
             )
             for target in targets[1:]:
@@ -669,7 +706,7 @@ def main() -> None:
                 load_seconds=args.load_seconds,
                 upstream={
                     "delay_ms": UPSTREAM_DELAY_S * 1000,
-                    "chunks": STREAM_CHUNKS,
+                    "chunks": args.stream_chunks,
                     "chunk_gap_ms": args.chunk_gap_ms,
                     "answer_chars": len(ANSWER),
                 },

@@ -84,8 +84,9 @@ SENT = (
     "every year to see the Louvre and to walk along the river in the evening. The last "
     "sentence of this answer never reaches its"
 )
-#: The tail that sat in the guard's hold-back when the fault struck: it must never reach a client.
-UNSCANNED_TAIL = SENT[-HOLD_BACK:]
+#: The unfinished sentence the guard held back when the fault struck: it must never reach a client.
+UNSCANNED_TAIL = "The last sentence of this answer never reaches its"
+assert SENT.endswith(UNSCANNED_TAIL) and len(UNSCANNED_TAIL) < HOLD_BACK
 PIECE = 7
 
 
@@ -313,7 +314,7 @@ def test_upstream_fault(case: Case, request: pytest.FixtureRequest) -> None:
             for choice in chunk["choices"]
         )
         assert SENT.startswith(released)
-        assert UNSCANNED_TAIL[:40] not in released and len(released) <= len(SENT) - HOLD_BACK
+        assert UNSCANNED_TAIL[:8] not in released
     else:
         error = assert_openai_error(response, case.status, case.code)
     for secret in ("127.0.0.1", "10.0.0.5", "meltdown", "gpu-7"):

@@ -29,6 +29,7 @@ from seawall.gateway.identity import safety_identifier
 from seawall.gateway.pipeline import DROPPED_NOTICE, REQUEST_ID_HEADER, Gateway
 from seawall.gateway.stream_guard import GuardVerdict
 from seawall.gateway.upstream import Upstream
+from seawall.passages import SENTENCE_END
 from seawall.server.app import create_app
 from seawall.service import ModerationService
 from seawall.settings import UpstreamSettings, load_settings
@@ -564,26 +565,27 @@ def test_upstream_500_is_an_openai_502(gw: Setup) -> None:
         assert "127.0.0.1" not in caught.value.message
 
 
-def test_cut_stream_ends_with_an_error_and_nothing_unscanned(gw: Setup) -> None:
-    gw.behaviour.answer = LONG_BENIGN
-    gw.behaviour.cut_after = 150  # less than the hold-back: nothing may go out
-    with gw.server.client() as client:
-        received, error, _ = collect(
-            client.chat.completions.create(model=MODEL, messages=question(), stream=True)
-        )
-    assert received == ""
-    assert error is not None and isinstance(error.body, dict)
-    assert error.body["code"] == "upstream_stream_interrupted"
+def finished_sentences(text: str) -> str:
+    """The part of ``text`` that a stream guard knows to be finished sentences: up to the last
+    sentence end followed by more text."""
+    ends = [match.start() for match in SENTENCE_END.finditer(text)]
+    return text[: ends[-1]] if ends else ""
 
-    gw.behaviour.cut_after = len(LONG_BENIGN) - 10  # a longer stream: only text well before the cut
-    with gw.server.client() as client:
-        received, error, _ = collect(
-            client.chat.completions.create(model=MODEL, messages=question(), stream=True)
-        )
-    assert error is not None and isinstance(error.body, dict)
-    assert error.body["code"] == "upstream_stream_interrupted"
-    assert LONG_BENIGN.startswith(received)
-    assert len(received) <= gw.behaviour.cut_after - HOLD_BACK + 50  # the held-back tail never went out
+
+def test_cut_stream_ends_with_an_error_and_only_scanned_sentences(gw: Setup) -> None:
+    for cut_after in (20, 150, len(LONG_BENIGN) - 10):
+        gw.behaviour.answer = LONG_BENIGN
+        gw.behaviour.cut_after = cut_after
+        with gw.server.client() as client:
+            received, error, _ = collect(
+                client.chat.completions.create(model=MODEL, messages=question(), stream=True)
+            )
+        assert error is not None and isinstance(error.body, dict)
+        assert error.body["code"] == "upstream_stream_interrupted"
+        # The finished sentences went out as scans cleared them; the sentence the cut broke off
+        # never did (20 characters: not even one sentence).
+        assert received == finished_sentences(LONG_BENIGN[:cut_after]), cut_after
+    assert finished_sentences(LONG_BENIGN[:20]) == ""
 
 
 # ----------------------------------------------------------------- audit

@@ -206,6 +206,7 @@ def test_the_readme_and_the_module_docstring_list_the_steps_in_the_order_the_run
         names = [step.name for step in gateway.steps]
         stream_names = [step.name for step in gateway.stream_steps]
         held_names = [step.name for step in gateway.held_steps]
+        answer_names = [step.name for step in gateway.answer_steps]
     assert names == [
         "identity",
         "standing",
@@ -225,6 +226,9 @@ def test_the_readme_and_the_module_docstring_list_the_steps_in_the_order_the_run
     upstream_at = names.index("upstream")
     assert stream_names == [*names[:upstream_at], "review_route"]
     assert held_names == names[upstream_at:]
+    # A stream's answer: the stream guard, then the tool calls held to its end (README, item 10).
+    assert answer_names == ["output_moderation", "tool_call_moderation"]
+    assert "`Gateway.answer_steps`" in readme_pipeline_list()
 
 
 def test_a_control_that_is_off_is_a_step_left_out(tmp_path: Path, upstream: StandIn) -> None:
@@ -238,6 +242,11 @@ def test_a_control_that_is_off_is_a_step_left_out(tmp_path: Path, upstream: Stan
     # No store (so no ledger and no rate limits): no standing or rate_limits step; no knowledge
     # base or topic guard: no routing; no review hook: no review.
     assert with_gateway(settings, use) == ["identity", "limits", "prompt", "upstream"]
+
+    async def answer_steps(gateway: Gateway) -> list[str]:
+        return [step.name for step in gateway.answer_steps]
+
+    assert with_gateway(settings, answer_steps) == []
 
 
 # ----------------------------------------------------------------- steps of one's own

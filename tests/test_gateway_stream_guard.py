@@ -187,6 +187,33 @@ async def test_finish_does_not_rescan_what_the_last_scan_covered() -> None:
     assert len(check.seen) == 1
 
 
+async def test_a_finished_sentence_goes_out_once_a_scan_cleared_it() -> None:
+    """Sentence release: the first sentence leaves as soon as its end is known, long before
+    ``hold_back_chars`` of newer text exist; the unfinished one stays until it is complete."""
+    check = KeywordCheck()
+    guard = StreamGuard(check, settings(hold_back_chars=200, scan_every_chars=100, window_chars=500))
+    assert await guard.feed("The capital of France") == []
+    assert await guard.feed(" is Paris.") == []  # its end is not known yet ("Paris.com")
+    assert await guard.feed(" It lies") == ["The capital of France is Paris."]
+    assert check.seen == ["The capital of France is Paris."]
+    assert await guard.feed(" on the Seine.\nIts") == [" It lies on the Seine."]
+    assert await guard.finish() == ["\nIts"]
+    assert guard.released_text == "The capital of France is Paris. It lies on the Seine.\nIts"
+
+
+async def test_a_violation_later_in_its_sentence_is_caught_before_the_sentence_goes_out() -> None:
+    guard = StreamGuard(KeywordCheck(), settings(hold_back_chars=200, scan_every_chars=100))
+    released = await run(guard, ["Fine. ", "Then the ", "FORB", "IDDEN", " part. More."])
+    assert guard.blocked and "".join(released) == "Fine."
+
+
+async def test_hold_back_release_keeps_the_last_characters_back() -> None:
+    guard = StreamGuard(KeywordCheck(), settings(hold_back_chars=200, release="hold_back"))
+    assert await guard.feed("The capital of France is Paris.") == []
+    assert await guard.feed(" It lies on the Seine.") == []  # fewer than 200 newer characters
+    assert await guard.finish() == ["The capital of France is Paris. It lies on the Seine."]
+
+
 # ----------------------------------------------------------------- the invariant
 
 
@@ -202,6 +229,7 @@ async def test_released_text_was_always_cleared_by_an_earlier_scan_over_random_c
             hold_back_chars=rng.choice([0, 3, 8, 20, 200]),
             scan_every_chars=rng.choice([1, 7, 50, 100]),
             window_chars=rng.choice([0, 5, 60, 2000]),
+            release=rng.choice(["sentence", "hold_back"]),
         )
         check = KeywordCheck()
         guard = StreamGuard(check, config)

@@ -310,14 +310,36 @@ class StreamGuardConfig(BaseModel):
     """How the gateway scans a streamed answer (see :mod:`seawall.gateway.stream_guard`, whose
     :class:`~seawall.gateway.stream_guard.StreamGuardSettings` adds what the gateway decides).
 
-    Text is sent to the client only after a moderation scan cleared it; the last
-    ``hold_back_chars`` characters wait until newer text (or the end of the answer) exists.
+    Text is sent to the client only after a moderation scan cleared it. With ``release: sentence``
+    (the default) each sentence goes out as soon as a scan cleared it whole; text of an unfinished
+    sentence goes out only while it is longer than ``hold_back_chars``, and then all but its last
+    ``hold_back_chars``. With ``release: hold_back`` the last ``hold_back_chars`` characters always
+    wait until newer text (or the end of the answer) exists.
     """
 
-    hold_back_chars: int = Field(
-        200, ge=0, description="Characters held back until newer text (or the end of the answer) exists."
+    release: Literal["sentence", "hold_back"] = Field(
+        "sentence",
+        description=(
+            "When cleared text goes out: 'sentence' releases each finished sentence once a scan cleared "
+            "it (the first token waits about one sentence); 'hold_back' always keeps the last "
+            "hold_back_chars back until newer text exists."
+        ),
     )
-    scan_every_chars: int = Field(100, ge=1, description="New characters that trigger the next scan.")
+    hold_back_chars: int = Field(
+        200,
+        ge=0,
+        description=(
+            "Characters held back until newer text (or the end of the answer) exists: all of an "
+            "unfinished sentence up to this length with release 'sentence', always with 'hold_back'."
+        ),
+    )
+    scan_every_chars: int = Field(
+        100,
+        ge=1,
+        description=(
+            "New characters that trigger the next scan (with release 'sentence', a sentence's end does too)."
+        ),
+    )
     window_chars: int = Field(
         2000, ge=0, description="Characters of already released answer each scan sees as context."
     )

@@ -39,10 +39,13 @@ step left out, run in order by one :class:`~seawall.gateway.runner.Runner`. For 
    OpenAI-shaped :class:`~seawall.errors.UpstreamError` (an upstream 500 is a 502).
 10. **Output moderation.** Plain answers: each choice's content is moderated; a
     flagged one is replaced by ``refusal_text`` with ``finish_reason: "content_filter"``.
-    Streams: the deltas go through a :class:`~seawall.gateway.stream_guard.StreamGuard`,
-    so only text a scan cleared reaches the client; on a violation (or a stream that
+    Streams: the answer passes through its own steps (:attr:`Gateway.answer_steps`,
+    :mod:`seawall.gateway.answer_stream`): the stream guard
+    (:class:`~seawall.gateway.stream_guard.StreamGuard`) releases each sentence once a scan
+    cleared it, so only text a scan cleared reaches the client; on a violation (or a stream that
     breaks off) the client gets an OpenAI-style error event ``data: {"error": {...}}``
-    and ``data: [DONE]``, never the withheld text; tool-call arguments are judged at the end.
+    and ``data: [DONE]``, never the withheld text; then tool-call moderation judges the tool
+    calls, held to the end.
 11. **Review.** With ``review.enabled``: an answer the review rules pick is held for a person. The
     client gets (``review.hold_response``, or the request's ``x-seawall-review`` header) an ordinary
     completion saying a person is checking the answer (``placeholder``, the default), the 202
@@ -92,9 +95,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seawall.clock import utc_now
-from seawall.errors import ContentPolicyError, GuardFailedError, SeawallError
+from seawall.errors import SeawallError
 from seawall.gateway.access import KeyAuthenticator
-from seawall.gateway.audit import AuditLog, AuditRecord, decision
+from seawall.gateway.answer_stream import (
+    StreamOutputModeration,
+    StreamStep,
+    StreamToolCallModeration,
+    StreamWatch,
+    blocked_error,
+)
+from seawall.gateway.audit import AuditLog, AuditRecord
 from seawall.gateway.catalogue import ModelCatalogue
 from seawall.gateway.identity import header_value, load_or_create_secret
 from seawall.gateway.knowledge import KnowledgeBase
@@ -109,7 +119,6 @@ from seawall.gateway.runner import (
     Runner,
     Step,
     load_extra_steps,
-    shadow_entry,
 )
 from seawall.gateway.sse import DONE, ClientTooSlowError, StreamState, aclose, as_chunks, event
 from seawall.gateway.steps import (
@@ -129,18 +138,14 @@ from seawall.gateway.steps import (
     Standing,
     UntrustedContent,
     UpstreamCall,
-    max_scores,
     warning,
 )
 from seawall.gateway.stream_guard import (
     GUARD_FAILED,
     Blocked,
     GuardVerdict,
-    StreamGuard,
     StreamGuardSettings,
-    guard_stream,
     moderation_check,
-    watch_stream,
 )
 from seawall.gateway.topics import TopicGuard
 from seawall.gateway.upstream import Upstream
@@ -260,13 +265,7 @@ class Gateway:
             fail_mode=self.settings.fail_mode,
             timeout_s=guard.check_timeout_s,
         )
-        self.guard_settings = StreamGuardSettings(
-            hold_back_chars=guard.hold_back_chars,
-            scan_every_chars=guard.scan_every_chars,
-            window_chars=guard.window_chars,
-            fail_mode=self.settings.fail_mode,
-            check_timeout_s=guard.check_timeout_s,
-        )
+        self.guard_settings = StreamGuardSettings(**guard.model_dump(), fail_mode=self.settings.fail_mode)
         #: enforce | shadow per control: the built-in controls', then each extra step's own.
         self.modes: dict[str, ControlMode] = {
             **self.settings.modes.model_dump(),
@@ -281,6 +280,12 @@ class Gateway:
         self.stream_steps: list[Step] = self.steps[:upstream_at] + holds
         #: The rest of the plain path, for a stream answered 202 pending instead.
         self.held_steps: list[Step] = self.steps[upstream_at:]
+        #: What a stream's answer passes through after the upstream, in order (with output moderation).
+        self.answer_steps: list[StreamStep] = (
+            [StreamOutputModeration(self.guards, self.guard_settings), StreamToolCallModeration(self.guards)]
+            if self.settings.output_moderation
+            else []
+        )
 
     def _path(self) -> list[Step]:
         """The built-in steps, in order; a control that is off is a step left out."""
@@ -457,20 +462,17 @@ class Gateway:
                 if text := state.observe(chunk):
                     yield text
 
-        guard = StreamGuard(self.check, self.guard_settings) if guarded else None
-        shadow = self.modes["output_moderation"] == "shadow"
+        watches = (
+            [step.watch(scope.ctx, shadow=self.modes[step.control] == "shadow") for step in self.answer_steps]
+            if guarded
+            else []
+        )
         released: list[str] = []  # what the client received
         began = time.perf_counter()
         try:
             yield event(state.chunk({"role": "assistant", "content": ""}))
-            pieces: AsyncIterator[str | Blocked]
-            if guard is None:
-                pieces = deltas()
-            elif shadow:  # everything goes out as it comes; the guard only says where it would cut
-                pieces = watch_stream(deltas(), guard)
-            else:
-                pieces = guard_stream(deltas(), guard)
             blocked: Blocked | None = None
+            pieces = _watched(deltas(), watches)
             try:
                 async for piece in pieces:
                     if isinstance(piece, Blocked):
@@ -480,13 +482,17 @@ class Gateway:
                     yield event(state.chunk({"content": piece}))
             finally:
                 await aclose(pieces)
+            refused = None
             if blocked is not None:
-                error = self._blocked_error(blocked.verdict)
-                audit.failed(error)
-                audit.outcome = "guard_failed" if blocked.verdict.reason == GUARD_FAILED else "blocked_stream"
-                yield event(error.to_body())
-            elif (refused := await self._refuse_tool_calls(state.tool_calls, guarded, audit)) is not None:
+                refused = blocked_error(blocked.verdict)
                 audit.failed(refused)
+                audit.outcome = "guard_failed" if blocked.verdict.reason == GUARD_FAILED else "blocked_stream"
+            else:
+                for watch in watches:
+                    if (refused := await watch.at_end(state.tool_calls)) is not None:
+                        audit.failed(refused)
+                        break
+            if refused is not None:
                 yield event(refused.to_body())
             else:
                 for tool_call in state.tool_calls:  # released at the end, once their arguments passed
@@ -509,94 +515,12 @@ class Gateway:
         finally:
             await aclose(chunks)
             audit.latency_ms["stream"] = round((time.perf_counter() - began) * 1000, 3)
-            if guard is not None:
-                self._audit_guard(guard, audit, shadow=shadow)
+            for watch in watches:
+                watch.close()
             if audit.content is not None:
                 audit.content["answer"] = ["".join(released)]
             await scope.finish()
         yield DONE
-
-    async def _refuse_tool_calls(
-        self, tool_calls: list[Any], guarded: bool, audit: AuditRecord
-    ) -> SeawallError | None:
-        """Moderate a stream's tool-call arguments (held until the end); the error to send, or None.
-        With output moderation in shadow mode the verdict goes to the record's ``shadow`` list and
-        the calls are released whatever it says."""
-        arguments = "\n".join(
-            str(call.get("function", {}).get("arguments") or "")
-            for call in tool_calls
-            if isinstance(call, dict) and isinstance(call.get("function"), dict)
-        ).strip()
-        if not guarded or not arguments:
-            return None
-        if self.modes["output_moderation"] != "shadow":
-            return await self._judge_tool_calls(arguments, audit)
-        scratch = AuditRecord(audit.request_id, audit.tenant, stream=True)
-        try:
-            refused = await self._judge_tool_calls(arguments, scratch)
-        except SeawallError as exc:  # a bug in the guard (guard_error): audited, stops nothing
-            refused = exc
-        entry = shadow_entry("tool_call_moderation", scratch.decisions, error=refused)
-        if entry is not None:
-            audit.shadow.append(entry)
-        return None
-
-    async def _judge_tool_calls(self, arguments: str, audit: AuditRecord) -> SeawallError | None:
-        try:
-            verdict = await self.guards.guard("tool_call_moderation", audit, self.guards.judge(arguments))
-        except GuardFailedError as failed:
-            return failed
-        if verdict is None:
-            return None
-        if verdict.allowed:
-            audit.decide("tool_call_moderation", "allow", [], verdict.scores)
-            return None
-        audit.decide("tool_call_moderation", "block", verdict.categories, verdict.scores)
-        return ContentPolicyError(
-            "The answer's tool call was stopped by the content policy; flagged: "
-            + ", ".join(verdict.categories)
-        )
-
-    def _blocked_error(self, verdict: GuardVerdict) -> SeawallError:
-        if verdict.reason == GUARD_FAILED:
-            return GuardFailedError("the output moderation guard failed; the answer was stopped")
-        return ContentPolicyError(
-            "The answer was stopped by the content policy; flagged: " + ", ".join(verdict.categories)
-        )
-
-    def _audit_guard(self, guard: StreamGuard, audit: AuditRecord, *, shadow: bool = False) -> None:
-        """The stream guard's decision; in shadow mode, what it would have done (a ``shadow`` entry)."""
-        events = guard.events
-        scores = max_scores(e.verdict.scores for e in events)
-        audit.latency_ms["output_moderation"] = round(sum(e.latency_s for e in events) * 1000, 3)
-        verdict = guard.verdict
-        extra: dict[str, Any] = {}
-        if guard.crashed is not None:
-            action, categories, extra = "error", [], {"error": guard.crashed}
-        elif verdict is not None:
-            action = "failed_closed" if verdict.reason == GUARD_FAILED else "block"
-            categories = verdict.categories
-        else:
-            action = "failed_open" if guard.failed_open else "allow"
-            categories = []
-        judged = decision(
-            "output_moderation",
-            action,
-            categories,
-            scores,
-            scans=len(events),
-            released_chars=len(guard.released_text),
-            received_chars=guard.received_chars,
-            **extra,
-        )
-        if not shadow:
-            audit.decisions.append(judged)
-            return
-        # released_chars: what the guard would have let out before it cut the stream.
-        error = self._blocked_error(verdict) if verdict is not None else None
-        entry = shadow_entry("output_moderation", [judged], error=error)
-        if entry is not None:
-            audit.shadow.append(entry)
 
     # ------------------------------------------------------------------ after the answer
 
@@ -650,6 +574,42 @@ class Gateway:
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+class _Stopped(Exception):
+    """A watch stopped the stream: raised through the later watches, so none of them releases
+    what it still holds (as it would at an ordinary end of the text)."""
+
+    def __init__(self, marker: Blocked) -> None:
+        super().__init__("stream stopped")
+        self.marker = marker
+
+
+async def _watched(deltas: AsyncIterator[str], watches: list[StreamWatch]) -> AsyncIterator[str | Blocked]:
+    """``deltas`` through each watch's :meth:`~StreamWatch.text` in turn; the first
+    :class:`Blocked` marker, from any of them, ends the stream."""
+
+    async def texts(pieces: AsyncIterator[str | Blocked]) -> AsyncIterator[str]:
+        try:
+            async for piece in pieces:
+                if isinstance(piece, Blocked):
+                    raise _Stopped(piece)
+                yield piece
+        finally:
+            await aclose(pieces)
+
+    pieces: AsyncIterator[str | Blocked] = deltas
+    for watch in watches:
+        pieces = watch.text(texts(pieces))
+    try:
+        async for piece in pieces:
+            yield piece
+            if isinstance(piece, Blocked):
+                return
+    except _Stopped as stopped:
+        yield stopped.marker
+    finally:
+        await aclose(pieces)
 
 
 def _risk_signals(decisions: list[dict[str, Any]], steps: frozenset[str]) -> tuple[bool, list[float], bool]:

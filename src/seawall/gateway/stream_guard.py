@@ -4,10 +4,18 @@ A :class:`StreamGuard` sits between an upstream stream and the client. It knows 
 HTTP, SSE or OpenAI's chunk format: the gateway feeds it text deltas and sends on what it
 returns.
 
-* **Hold-back.** Text is released only once ``hold_back_chars`` of newer text exist after it
-  (or at the end of the stream), so a violation that starts in one delta and becomes apparent
-  a few deltas later is caught before its beginning has gone out.
-* **Scans.** Every ``scan_every_chars`` of new text the guard calls the check on one span: the
+* **Release.** With ``release="sentence"`` (the default) a finished sentence goes out as soon as
+  a scan cleared it whole (a scan is due whenever a sentence finishes), so the first token waits
+  about one sentence plus one scan, not ``hold_back_chars`` of newer text. An unfinished sentence
+  waits until it is complete, or, once it is longer than ``hold_back_chars`` (code, run-on
+  text), all but its last ``hold_back_chars`` go out after a scan. A violation that starts in one
+  delta and becomes apparent a few deltas later within its sentence is caught before its
+  beginning has gone out; one that becomes apparent only a sentence later is not withheld
+  (the earlier sentence was judged whole, with the window before it as context, and cleared).
+  With ``release="hold_back"`` text is always released only once ``hold_back_chars`` of newer
+  text exist after it (or at the end of the stream).
+* **Scans.** Every ``scan_every_chars`` of new text (and, with sentence release, at the end of
+  every sentence) the guard calls the check on one span: the
   last ``window_chars`` of the answer *plus* everything not yet released (the span always
   starts at or before the first unreleased character), so text split across deltas
   ("FORB" + "IDDEN") is seen whole and the check gets some preceding context.
@@ -250,7 +258,10 @@ class StreamGuard:
                 return []
             self._pending.append(delta)
             self._total += len(delta)
-            if self._total - self._last_scan_at < self.settings.scan_every_chars:
+            due = self._total - self._last_scan_at >= self.settings.scan_every_chars
+            if not due and self.settings.release == "sentence":
+                due = self._sentence_finished()
+            if not due:
                 return []
             return await self._scan_and_release(final=False)
 
@@ -287,7 +298,17 @@ class StreamGuard:
             replacement = self.settings.replacement
             return [replacement] if replacement is not None else []
         self._cleared = end
-        return self._release(end if final else self._total - self.settings.hold_back_chars)
+        if final or (self.settings.release == "sentence" and end < self._total):
+            return self._release(end)  # the scan stopped after a finished sentence: all of it goes out
+        return self._release(self._total - self.settings.hold_back_chars)
+
+    def _sentence_finished(self) -> bool:
+        """Whether a sentence has finished after the end of the last scan (a scan is then due)."""
+        self._take_pending()
+        for match in SENTENCE_END.finditer(self._buffer, max(0, self._last_scan_end - self._base)):
+            if match.start() + self._base > self._last_scan_end:
+                return True
+        return False
 
     def _scan_end(self, start: int) -> int:
         """Where a mid-stream scan stops: after the last finished sentence, when the unfinished
