@@ -566,7 +566,7 @@ def summarise(raw: dict[str, Any], load: dict[str, dict[str, Any]], names: list[
 # ---------------------------------------------------------------------------------- main
 
 
-def gateway_config(folder: Path, name: str, port: int, upstream: str, guards: bool) -> Path:
+def gateway_config(folder: Path, name: str, port: int, upstream: str, guards: bool, release: str) -> Path:
     config = {
         "server": {"host": "127.0.0.1", "port": port, "log_level": "warning"},
         "store": {"url": f"sqlite:///{folder / f'{name}.db'}"},
@@ -577,6 +577,7 @@ def gateway_config(folder: Path, name: str, port: int, upstream: str, guards: bo
             "audit_file": str(folder / f"{name}.audit.jsonl"),
             "input_moderation": guards,
             "output_moderation": guards,
+            "stream_guard": {"release": release},
         },
     }
     path = folder / f"{name}.yaml"
@@ -630,6 +631,12 @@ def main() -> None:
         action="store_true",
         help="stream one word per chunk, 40 ms apart (about 25 tokens/s), instead of 9 chunks 5 ms apart",
     )
+    parser.add_argument(
+        "--release",
+        choices=["sentence", "hold_back"],
+        default="sentence",
+        help="the stream guard's release rule (gateway.stream_guard.release) for the moderation-on gateway",
+    )
     parser.add_argument("--stand-in", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -673,7 +680,7 @@ def main() -> None:
             targets = [Target("direct (stand-in)", upstream, stand_in.pid)]
             for name, guards in (("guards-off", False), ("moderation-on", True)):
                 port = free_port()
-                config = gateway_config(folder, name, port, upstream, guards)
+                config = gateway_config(folder, name, port, upstream, guards, args.release)
                 # What `seawall serve --config` runs: uvicorn (uvloop, httptools) on create_app().
                 command = [sys.executable, "-m", "uvicorn", "seawall.server.app:create_app", "--factory"]
                 command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
@@ -683,7 +690,7 @@ def main() -> None:
                 label = "gateway, guards off" if not guards else "gateway, moderation on"
                 targets.append(Target(label, f"http://127.0.0.1:{port}/v1", process.pid))
             names = [t.name for t in targets]
-            print(f"cores: {os.cpu_count()} ({pinning})")
+            print(f"cores: {os.cpu_count()} ({pinning}); stream guard release: {args.release}")
             print(
                 f"stand-in upstream: answers after {UPSTREAM_DELAY_S * 1000:.0f} ms; plain answer "
                 f"{len(ANSWER)} chars; streams: {args.stream_chunks} chunks, the first at "

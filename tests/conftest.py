@@ -274,4 +274,5 @@ def assert_result_shape(result: dict[str, Any]) -> None:
     assert result["flagged"] is any(result["categories"].values())
 
 
-pytest_plugins = ["postgres_server"]  # the store tests' PostgreSQL server (tests/postgres_server.py)
+# The store tests' PostgreSQL and Redis servers (tests/postgres_server.py, tests/redis_server.py).
+pytest_plugins = ["postgres_server", "redis_server"]

@@ -12,8 +12,9 @@ except under CI (``$CI`` set), where that is a failure.
 ``store_url`` (function, run once per database): an empty SQLite file, then such a PostgreSQL
 schema; ``store``: the store opened (and migrated) on it, closed after the test.
 
-``any_store_url`` and ``any_store``: the same, run once per store implementation: ``memory://``
-(:class:`~seawall.store.memory.MemoryStore`), then SQLite, then PostgreSQL. The contract tests
+``any_store_settings``, ``any_store_url`` and ``any_store``: the same, run once per store
+implementation: ``memory://`` (:class:`~seawall.store.memory.MemoryStore`), then SQLite, then
+PostgreSQL, then PostgreSQL with the hot state on Redis. The contract tests
 (tests/test_store_contract.py) use them, so every implementation passes the same tests.
 """
 
@@ -26,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -75,12 +77,22 @@ def postgres_url() -> Iterator[str]:
     if given:
         yield normalise_url(given).render_as_string(hide_password=False)
         return
-    bin_dir = _bin_dir()
-    if bin_dir is None:
+    if _bin_dir() is None:
         reason = "PostgreSQL is not installed (no initdb/pg_ctl); set SEAWALL_TEST_POSTGRES_URL or install it"
         if os.environ.get("CI"):
             pytest.fail(f"CI needs PostgreSQL for the store tests: {reason}")
         pytest.skip(reason)
+    with private_cluster() as url:
+        yield url
+
+
+@contextmanager
+def private_cluster() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster (initdb + pg_ctl, fsync off) on a free loopback port, with an
+    empty database ``seawall_test``: its URL while the block runs (the benchmarks use it too)."""
+    bin_dir = _bin_dir()
+    if bin_dir is None:
+        raise RuntimeError("PostgreSQL is not installed (no initdb/pg_ctl)")
     # Not under pytest's tmp_path: its folders are private to root, and the server runs as postgres.
     root = Path(tempfile.mkdtemp(prefix="seawall-pg-"))
     if os.geteuid() == 0:
@@ -171,19 +183,28 @@ def store(store_url: str) -> Iterator[SqlStore]:
     opened.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
-def any_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A store URL for each implementation: the in-memory store, a SQLite file, a PostgreSQL schema."""
+@pytest.fixture(params=["memory", "sqlite", "postgresql", "postgresql+redis"])
+def any_store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSettings:
+    """Store settings for each implementation: the in-memory store, a SQLite file, a PostgreSQL
+    schema, and that schema with the hot state on Redis (tests/redis_server.py)."""
     if request.param == "memory":
-        return "memory://"
+        return StoreSettings(url="memory://")
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'seawall.db'}"
-    return str(request.getfixturevalue("postgres_schema_url"))
+        return StoreSettings(url=f"sqlite:///{tmp_path / 'seawall.db'}")
+    url = str(request.getfixturevalue("postgres_schema_url"))
+    if request.param == "postgresql":
+        return StoreSettings(url=url)
+    return StoreSettings(url=url, cache_url=request.getfixturevalue("fresh_redis_url"))
 
 
 @pytest.fixture
-def any_store(any_store_url: str) -> Iterator[Store]:
-    """The store on ``any_store_url``, ready (migrated); closed after the test."""
-    opened = open_store(StoreSettings(url=any_store_url))
+def any_store_url(any_store_settings: StoreSettings) -> str:
+    return any_store_settings.url.get_secret_value()
+
+
+@pytest.fixture
+def any_store(any_store_settings: StoreSettings) -> Iterator[Store]:
+    """The store on ``any_store_settings``, ready (migrated); closed after the test."""
+    opened = open_store(any_store_settings)
     yield opened
     opened.close()

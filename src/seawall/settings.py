@@ -144,6 +144,32 @@ class StoreSettings(BaseModel):
         description="While audit records are buffered, how often the store is tried again (seconds).",
     )
 
+    cache_url: SecretStr | None = Field(
+        None,
+        description=(
+            "redis://[:PASSWORD@]HOST:PORT/DB (or rediss://): keep the hot path of many replicas, rate-limit "
+            "counters and users' standing, in Redis (pip install 'seawall[redis]'); the database stays the "
+            "record and is used while Redis fails. SQL stores only. None: everything in the database. "
+            "Secret because it may hold a password."
+        ),
+    )
+    cache_timeout_s: float = Field(
+        0.25, gt=0, description="Longest wait for one Redis call; longer counts as Redis failing (seconds)."
+    )
+    cache_retry_s: float = Field(
+        5.0,
+        gt=0,
+        description="After Redis failed, how long this process uses the database before trying Redis again.",
+    )
+    cache_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "How long a user's cached standing lives in Redis: the longest a change written while Redis "
+            "could not be told goes unseen by replicas reading Redis (seconds)."
+        ),
+    )
+
     def audit_buffer_file(self) -> Path:
         """``audit_buffer_path``, or the default file of this store's database (see its description)."""
         if self.audit_buffer_path is not None:

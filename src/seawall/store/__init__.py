@@ -4,8 +4,9 @@ reports and the web UI's accounts, on SQLite, PostgreSQL or (for tests) in memor
 The store is a set of role protocols (:mod:`seawall.store.base`: :class:`KeyStore`,
 :class:`CounterStore`, :class:`LedgerStore`, :class:`AuditStore`, :class:`ReviewStore`,
 :class:`UIAccountStore`; :class:`Store` is all of them). :func:`open_store` opens the one the
-settings name: :class:`~seawall.store.sql.SqlStore` for ``sqlite://`` and ``postgresql://`` URLs,
-:class:`~seawall.store.memory.MemoryStore` for ``memory://``. The protocols and dataclasses import
+settings name: :class:`~seawall.store.sql.SqlStore` for ``sqlite://`` and ``postgresql://`` URLs
+(with ``cache_url``, :class:`~seawall.store.hot_state.HotStateSqlStore`: rate limits and standing
+on Redis), :class:`~seawall.store.memory.MemoryStore` for ``memory://``. The protocols and dataclasses import
 nothing heavy; SQLAlchemy and Alembic load on first use of :func:`open_store` or the SQL names
 re-exported here, so modules that only type against a role stay cheap to import.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from seawall.errors import StoreError
+from seawall.errors import ConfigurationError, StoreError
 from seawall.store.base import (
     AUDIT_OUTCOMES,
     REPORT_CATEGORIES,
@@ -109,6 +110,8 @@ def open_store(settings: StoreSettings) -> Store:
     ``seawall db upgrade``). Unreachable databases raise StoreError too.
     """
     if is_memory_url(settings.url.get_secret_value()):
+        if settings.cache_url is not None:
+            raise ConfigurationError("store.cache_url (Redis) needs a SQL store, not memory://")
         from seawall.store.memory import MemoryStore
 
         return MemoryStore()
@@ -133,10 +136,19 @@ def open_sql_store(settings: StoreSettings) -> SqlStore:
                     f"the store's schema is at revision {current or 'none (empty database)'} but this "
                     f"seawall needs {head}: run `seawall db upgrade` (or set store.migrate: auto)"
                 )
+        if settings.cache_url is None:
+            return SqlStore(engine)
+        from seawall.store.hot_state import HotStateSqlStore, RedisHotState
+
+        hot = RedisHotState(
+            settings.cache_url.get_secret_value(),
+            timeout_s=settings.cache_timeout_s,
+            ttl_s=settings.cache_ttl_s,
+        )
+        return HotStateSqlStore(engine, hot, retry_s=settings.cache_retry_s)
     except BaseException:
         engine.dispose()
         raise
-    return SqlStore(engine)
 
 
 __all__ = [
