@@ -429,6 +429,7 @@ async def under_load(target: Target, concurrency: int, seconds: float) -> dict[s
         "requests_per_s": len(timings) / elapsed,
         "p50_ms": pct(timings, 50),
         "p95_ms": pct(timings, 95),
+        "p99_ms": pct(timings, 99),
         "server_cpu_ms_per_request": server_cpu * 1000 / len(timings),
         "server_cpu_share": server_cpu / elapsed,
         "client_cpu_share": own_cpu / elapsed,
@@ -497,10 +498,16 @@ def report(figures: dict[str, Any], names: list[str]) -> None:
             f"  {name:28}{row['gap_p50_ms']:9.2f}{row['gap_p95_ms']:9.2f}{row['longest_gap_p50_ms']:13.2f}"
             f"{row['deltas_per_stream']:8.1f}"
         )
-    print(
-        "  (with moderation on, each sentence goes out once a scan cleared it whole "
-        "(gateway.stream_guard.release: sentence), so TTFT there includes the first sentence and one scan)"
-    )
+    if figures["release"] == "sentence":
+        print(
+            "  (with moderation on, each sentence goes out once a scan cleared it whole "
+            "(stream_guard.release: sentence), so TTFT there includes the first sentence and one scan)"
+        )
+    else:
+        print(
+            "  (with moderation on and release: hold_back, text goes out once 200 newer characters exist "
+            "or the answer ended)"
+        )
     load = figures["load"]
     print(
         f"\n{figures['concurrency']} concurrent clients, plain requests, {figures['load_seconds']:g} s each"
@@ -709,6 +716,7 @@ def main() -> None:
             figures.update(
                 cores=os.cpu_count(),
                 pinning=pinning,
+                release=args.release,
                 concurrency=args.concurrency,
                 load_seconds=args.load_seconds,
                 upstream={
