@@ -57,6 +57,8 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/quality.py
 	$(BIN)/python bench/multilingual.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/gateway.py --quick --realistic --streams 10
+	$(BIN)/python bench/replicas.py
 	$(BIN)/python bench/topics.py
 	$(BIN)/python bench/redteam.py
 
