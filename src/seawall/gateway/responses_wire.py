@@ -12,7 +12,7 @@ the Responses API's typed stream events. This module is the translation alone, n
   become a ``developer`` message first, input items become messages (``function_call`` items an
   assistant message's ``tool_calls``, ``function_call_output`` items ``tool`` messages, which the
   gateway treats as untrusted content), ``input_image`` parts ``image_url`` parts, function tools
-  chat tools, ``max_output_tokens`` ``max_tokens``, ``text.format`` ``response_format``;
+  chat tools, ``max_output_tokens`` ``max_completion_tokens`` (capped by the policy as on chat), ``text.format`` ``response_format``;
 * :func:`response_object` turns a chat completion into a Response object;
 * :class:`EventWriter` turns a chat completions stream's chunks into the typed events
   (``response.created``, ``response.output_text.delta``, ``response.completed``, ...).
@@ -333,7 +333,7 @@ def chat_body(
     if body.get(EXTENSION_FIELD) is not None:
         chat[EXTENSION_FIELD] = body[EXTENSION_FIELD]
     if body.get("max_output_tokens") is not None:
-        chat["max_tokens"] = body["max_output_tokens"]
+        chat["max_completion_tokens"] = body["max_output_tokens"]
     if body.get("tools"):
         chat["tools"] = _tools(body["tools"])
     if body.get("tool_choice") is not None:
