@@ -12,7 +12,8 @@ the Responses API's typed stream events. This module is the translation alone, n
   become a ``developer`` message first, input items become messages (``function_call`` items an
   assistant message's ``tool_calls``, ``function_call_output`` items ``tool`` messages, which the
   gateway treats as untrusted content), ``input_image`` parts ``image_url`` parts, function tools
-  chat tools, ``max_output_tokens`` ``max_completion_tokens`` (capped by the policy as on chat), ``text.format`` ``response_format``;
+  chat tools, ``max_output_tokens`` ``max_completion_tokens`` (capped by the policy as on chat),
+  ``text.format`` ``response_format``;
 * :func:`response_object` turns a chat completion into a Response object;
 * :class:`EventWriter` turns a chat completions stream's chunks into the typed events
   (``response.created``, ``response.output_text.delta``, ``response.completed``, ...).
