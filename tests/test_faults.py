@@ -327,11 +327,52 @@ def test_upstream_fault(case: Case, request: pytest.FixtureRequest) -> None:
     assert record["upstream"] == {"status": "error", "code": case.code}
 
 
-def test_a_client_that_hangs_up_mid_stream_stops_the_upstream_and_is_audited(setup: Setup) -> None:
+@pytest.mark.parametrize(
+    "case", [c for c in MATRIX if c.stream and c.fault != "connection_refused"], ids=lambda case: case.id
+)
+def test_upstream_fault_on_the_responses_api(case: Case, setup: Setup) -> None:
+    """The same faults under ``POST /v1/responses``: an HTTP error before the stream, or a stream
+    that ends with ``response.failed`` and an ``error`` event naming the code, with only text the
+    guard cleared before it."""
+    setup.fault.name = case.fault
+    body = {"model": MODEL, "input": "Tell me about Paris.", "stream": True}
+    with setup.server.http() as http, http.stream("POST", "/v1/responses", json=body) as response:
+        request_id = response.headers[REQUEST_ID_HEADER]
+        if case.in_stream:
+            assert response.status_code == 200
+            payloads = [json.loads(event) for event in _events_of(response)]
+        else:
+            response.read()
+    if case.in_stream:
+        assert [p["type"] for p in payloads[-2:]] == ["response.failed", "error"]
+        assert payloads[-2]["response"]["error"]["code"] == case.code
+        assert payloads[-1]["code"] == case.code and payloads[-1]["error"]["code"] == case.code
+        released = "".join(p["delta"] for p in payloads if p["type"] == "response.output_text.delta")
+        assert SENT.startswith(released)
+        assert UNSCANNED_TAIL[:40] not in released and len(released) <= len(SENT) - HOLD_BACK
+    else:
+        assert_openai_error(response, case.status, case.code)
+    record = setup.audit(request_id)
+    assert record["outcome"] == "upstream_error" and record["error"] == {
+        "status": case.status,
+        "code": case.code,
+    }
+
+
+#: A streamed request on each API the gateway serves: its path and body.
+STREAMED = {
+    "chat": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Tell me about Paris."}]}),
+    "responses": ("/v1/responses", {"input": "Tell me about Paris."}),
+}
+
+
+@pytest.mark.parametrize("api", list(STREAMED))
+def test_a_client_that_hangs_up_mid_stream_stops_the_upstream_and_is_audited(setup: Setup, api: str) -> None:
     setup.fault.name = "endless"
     setup.fault.upstream_closed.clear()
-    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "Tell me about Paris."}]}
-    with setup.server.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as response:
+    path, request = STREAMED[api]
+    body = {"model": MODEL, "stream": True, **request}
+    with setup.server.http() as http, http.stream("POST", path, json=body) as response:
         request_id = response.headers[REQUEST_ID_HEADER]
         lines = response.iter_lines()
         while "and on." not in next(lines):  # read until text is flowing, then hang up
@@ -343,23 +384,23 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_upstream_and_is_audited(set
     assert moderation["released_chars"] > 0
 
 
-def test_a_slow_client_that_never_reads_is_cut_off_and_audited(setup: Setup) -> None:
+@pytest.mark.parametrize("api", list(STREAMED))
+def test_a_slow_client_that_never_reads_is_cut_off_and_audited(setup: Setup, api: str) -> None:
     """A client that sends a stream request and never reads: once the socket's buffers are full
     and nothing moves for ``client_send_timeout_s``, the gateway closes the upstream, audits the
     request, and stops sending."""
     setup.fault.name = "endless"
     setup.fault.streamed_chars = 0
     setup.fault.upstream_closed.clear()
-    body = json.dumps(
-        {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "Tell me about Paris."}]}
-    ).encode()
+    path, request = STREAMED[api]
+    body = json.dumps({"model": MODEL, "stream": True, **request}).encode()
     port = int(setup.server.root.rsplit(":", 1)[1])
     client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills fast
     client.connect(("127.0.0.1", port))
     try:
         client.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n".encode()
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )

@@ -230,6 +230,15 @@ def ui_claim_fresh_item(world: World, http: httpx.Client, csrf: str) -> httpx.Re
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": PLAIN}]}
 
+
+def fresh_response(world: World) -> str:
+    """A new kept Responses API response of the own tenant's key."""
+    with world.server.http(headers={"authorization": f"Bearer {OWN_KEY}"}) as http:
+        response = http.post("/v1/responses", json={"model": MODEL, "input": PLAIN})
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
+
+
 #: One probe per route of :data:`ROUTE_RULES` (sign-out last).
 PROBES: dict[tuple[str, str], Probe] = {
     ("GET", "/openapi.json"): get("/openapi.json"),
@@ -241,6 +250,11 @@ PROBES: dict[tuple[str, str], Probe] = {
     ("POST", "/v1/seawall/moderations"): post_json("/v1/seawall/moderations", {"input": "hello there"}),
     ("POST", "/v1/chat/completions"): post_json("/v1/chat/completions", CHAT),
     ("GET", "/v1/models"): get("/v1/models"),
+    ("POST", "/v1/responses"): post_json("/v1/responses", {"model": MODEL, "input": PLAIN}),
+    ("GET", "/v1/responses/{response_id}"): get(lambda w: f"/v1/responses/{fresh_response(w)}"),
+    ("DELETE", "/v1/responses/{response_id}"): Probe(
+        200, lambda world, http, csrf: http.delete(f"/v1/responses/{fresh_response(world)}")
+    ),
     ("GET", "/v1/seawall/notices"): get("/v1/seawall/notices"),
     ("OPTIONS", "/v1/seawall/notices"): options("/v1/seawall/notices"),
     ("OPTIONS", "/v1/feedback"): options("/v1/feedback"),

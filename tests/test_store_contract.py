@@ -31,6 +31,7 @@ from seawall.store import (
     SessionRow,
     SqlStore,
     Store,
+    StoredResponse,
     UserState,
 )
 from seawall.store.chain import verify
@@ -735,6 +736,63 @@ def test_the_ui_account_rules_work_on_every_store(store: Store) -> None:
     assert accounts.session(token, idle_s=600) is not None
     accounts.disable("alice")
     assert accounts.session(token, idle_s=600) is None
+
+
+# ----------------------------------------------------------------------------- Responses API responses
+
+
+def _response(
+    response_id: str, *, created: datetime, days: int = 30, key_id: str | None = "key_a"
+) -> StoredResponse:
+    return StoredResponse(
+        id=response_id,
+        tenant="acme",
+        key_id=key_id,
+        created_at=created,
+        expires_at=created + timedelta(days=days),
+        input_items=[{"role": "user", "content": [{"type": "input_text", "text": "Grüße, 世界"}]}],
+        response={"id": response_id, "object": "response", "output": [{"type": "message", "n": 1.5}]},
+    )
+
+
+def test_responses_are_kept_read_back_replaced_and_deleted(store: Store) -> None:
+    first = _response("resp_1", created=T0)
+    store.save_response(first)
+    store.save_response(_response("resp_2", created=T0, key_id=None))
+    found = store.get_response("resp_1", T0 + timedelta(days=1))
+    assert found == first
+    assert found.created_at.tzinfo is not None and found.expires_at == T0 + timedelta(days=30)
+    other = store.get_response("resp_2", T0)
+    assert other is not None and other.key_id is None
+    assert store.get_response("resp_missing", T0) is None
+
+    # Saving an id again replaces it (the whole row).
+    changed = StoredResponse(**{**first.__dict__, "response": {"id": "resp_1", "status": "completed"}})
+    store.save_response(changed)
+    again = store.get_response("resp_1", T0)
+    assert again is not None and again.response == {"id": "resp_1", "status": "completed"}
+
+    # What is read back is a copy: changing it changes nothing stored.
+    again.input_items.append({"role": "user", "content": "more"})
+    kept = store.get_response("resp_1", T0)
+    assert kept is not None and len(kept.input_items) == 1
+
+    assert store.delete_response("resp_1") is True
+    assert store.delete_response("resp_1") is False
+    assert store.get_response("resp_1", T0) is None
+    assert store.get_response("resp_2", T0) is not None
+
+
+def test_responses_expire_and_are_pruned(store: Store) -> None:
+    store.save_response(_response("resp_short", created=T0, days=1))
+    store.save_response(_response("resp_long", created=T0, days=60))
+    # Expired: no longer read back, even before any prune.
+    assert store.get_response("resp_short", T0 + timedelta(hours=23)) is not None
+    assert store.get_response("resp_short", T0 + timedelta(days=1)) is None
+    assert store.prune_responses(T0 + timedelta(days=2)) == 1
+    assert store.prune_responses(T0 + timedelta(days=2)) == 0
+    assert store.get_response("resp_long", T0 + timedelta(days=2)) is not None
+    assert store.delete_response("resp_short") is False
 
 
 # ----------------------------------------------------------------------------- selection and the CLI

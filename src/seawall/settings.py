@@ -376,6 +376,29 @@ class StreamGuardConfig(BaseModel):
     )
 
 
+class ResponsesSettings(BaseModel):
+    """The Responses API (``POST /v1/responses``, :mod:`seawall.gateway.responses_api`): which
+    responses the store keeps so that a later request can continue them with ``previous_response_id``.
+
+    A kept response holds the conversation's text (the input items and the answer the client got,
+    never a withheld draft), in the store, until it expires; audit records never hold it unless
+    ``gateway.audit_content`` is on. A request with ``store: false`` is never kept.
+    """
+
+    store: bool = Field(
+        True,
+        description=(
+            "Keep responses whose request did not say store: false, for previous_response_id and "
+            "GET/DELETE /v1/responses/{id}. Off: nothing is kept (every request acts as store: false)."
+        ),
+    )
+    retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="How long a kept response can be read or continued (days); then it is deleted.",
+    )
+
+
 #: How a control acts on what it decides: ``enforce`` acts; ``shadow`` decides and audits what it
 #: would have done (the record's ``shadow`` list, the ``seawall_gateway_shadow`` metric) and lets
 #: the request through as if it had passed, without charging the user's risk ledger.
@@ -585,6 +608,10 @@ class GatewaySettings(BaseModel):
     )
     stream_guard: StreamGuardConfig = Field(
         default_factory=StreamGuardConfig, description="How streamed answers are scanned."
+    )
+    responses: ResponsesSettings = Field(
+        default_factory=ResponsesSettings,
+        description="The Responses API: which responses are kept for previous_response_id, how long.",
     )
     modes: ControlModes = Field(
         default_factory=ControlModes,

@@ -10,6 +10,8 @@ Routes:
 * ``POST /v1/chat/completions`` (plain and ``stream: true``) and ``GET /v1/models`` — the
   guarding gateway (:mod:`seawall.gateway.pipeline`), when ``gateway.enabled`` (by default:
   when an upstream is configured or the local-llm extra can start the bundled model).
+* ``POST /v1/responses`` (plain and ``stream: true``), ``GET`` and ``DELETE /v1/responses/{id}`` —
+  the Responses API on the same request path (:mod:`seawall.gateway.responses_api`).
 
 Every error is OpenAI's error body with a fitting status, never a bare 500.
 """
@@ -35,7 +37,8 @@ from seawall.errors import (
 from seawall.gateway.access import KeyAuthenticator
 from seawall.gateway.identity import SESSION_COOKIE, SESSION_HEADER
 from seawall.gateway.local_llm import LocalModelServer, local_llm_available
-from seawall.gateway.pipeline import REQUEST_ID_HEADER, Gateway, new_request_id
+from seawall.gateway.pipeline import REQUEST_ID_HEADER, Gateway, GatewayResponse, new_request_id
+from seawall.gateway.responses_api import ResponsesAPI
 from seawall.gateway.sse import GuardedStreamingResponse
 from seawall.gateway.upstream import Upstream
 from seawall.review.gateway_hook import ReviewHook
@@ -118,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
                 stack.push_async_callback(gateway.aclose)
                 app.state.access = gateway.access
+                app.state.responses = ResponsesAPI(gateway, settings.gateway.responses, store)
             app.state.gateway = gateway
             try:
                 yield
@@ -208,6 +212,37 @@ def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
             raise SeawallError("the gateway is not running")
         return found
 
+    def responses_api() -> ResponsesAPI:
+        found: ResponsesAPI | None = getattr(app.state, "responses", None)
+        if found is None:
+            raise SeawallError("the gateway is not running")
+        return found
+
+    def reply(request: Request, result: GatewayResponse) -> Response:
+        """The gateway's result as the HTTP response: an event stream, or a JSON body."""
+        response: Response
+        if result.stream is not None:
+            headers = {**result.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
+            response = GuardedStreamingResponse(
+                result.stream,
+                send_timeout_s=settings.gateway.client_send_timeout_s,
+                media_type="text/event-stream",
+                headers=headers,
+            )
+        else:  # a completion or Response, or 202 with the pending-review body (for streams too)
+            response = json_response(result.body, result.status_code)
+            response.headers.update(result.headers)
+        if result.new_session is not None:
+            _hand_back_session(response, result.new_session, secure=request.url.scheme == "https")
+        return response
+
+    def finish(response: Response, request_id: str) -> Response:
+        response.headers[REQUEST_ID_HEADER] = request_id
+        running: Gateway | None = getattr(app.state, "gateway", None)
+        if running is not None and running.review is not None:
+            response.headers.update(running.review.headers())  # the AI disclosure, on every answer
+        return response
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         request_id = new_request_id()
@@ -221,28 +256,41 @@ def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
             client = request.client.host if request.client else None
             handle = gateway().stream if body.get("stream") else gateway().chat
             result = await handle(body, request.headers, request_id=request_id, client_address=client)
-            if result.stream is not None:
-                headers = {**result.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
-                response = GuardedStreamingResponse(
-                    result.stream,
-                    send_timeout_s=settings.gateway.client_send_timeout_s,
-                    media_type="text/event-stream",
-                    headers=headers,
-                )
-            else:  # a completion, or 202 with the pending-review body (for streams too)
-                response = json_response(result.body, result.status_code)
-                response.headers.update(result.headers)
-            if result.new_session is not None:
-                _hand_back_session(response, result.new_session, secure=request.url.scheme == "https")
+            response = reply(request, result)
         except SeawallError as exc:
             if exc.status_code >= 500:
                 log.warning("POST /v1/chat/completions %s failed: %s", request_id, exc.message)
             response = error_response(exc)
-        response.headers[REQUEST_ID_HEADER] = request_id
-        running: Gateway | None = getattr(app.state, "gateway", None)
-        if running is not None and running.review is not None:
-            response.headers.update(running.review.headers())  # the AI disclosure, on every answer
-        return response
+        return finish(response, request_id)
+
+    @app.post("/v1/responses")
+    async def responses_create(request: Request) -> Response:
+        request_id = new_request_id()
+        response: Response
+        try:
+            try:
+                body = await read_json(request, settings.server.max_body_bytes)
+            except SeawallError as exc:
+                gateway().reject(request_id, exc)  # audited like every other request
+                raise
+            client = request.client.host if request.client else None
+            result = await responses_api().create(
+                body, request.headers, request_id=request_id, client_address=client
+            )
+            response = reply(request, result)
+        except SeawallError as exc:
+            if exc.status_code >= 500:
+                log.warning("POST /v1/responses %s failed: %s", request_id, exc.message)
+            response = error_response(exc)
+        return finish(response, request_id)
+
+    @app.get("/v1/responses/{response_id}")
+    async def responses_retrieve(request: Request, response_id: str) -> Response:
+        return json_response(await responses_api().retrieve(response_id, request.headers))
+
+    @app.delete("/v1/responses/{response_id}")
+    async def responses_delete(request: Request, response_id: str) -> Response:
+        return json_response(await responses_api().delete(response_id, request.headers))
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:

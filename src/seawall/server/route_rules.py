@@ -23,6 +23,8 @@ Rules (what :data:`ANSWERS` spells out per caller):
 ``app``            an app API key of any tenant, which then names the tenant of the request (401
                    without one when keys are required: ``gateway.require_api_key``, or as soon
                    as any key exists). Staff tokens are not app keys (401).
+``app_own``        an app API key reads only what it made itself (a kept Responses API response):
+                   another key's or tenant's is 404, as if it did not exist; staff tokens 401
 ``app_or_staff``   an app key sees its own tenant's items only (another tenant's are 404, as if
                    they did not exist); reviewers and admins see every tenant's
 ``staff``          reviewers and admins (bearer token); anyone else 401
@@ -41,7 +43,7 @@ from typing import Any, Literal
 
 from starlette.routing import BaseRoute, Mount, Route
 
-Rule = Literal["public", "app", "app_or_staff", "staff", "admin", "ui_staff", "ui_admin"]
+Rule = Literal["public", "app", "app_own", "app_or_staff", "staff", "admin", "ui_staff", "ui_admin"]
 Caller = Literal["anonymous", "other_tenant", "own_tenant", "reviewer", "admin"]
 #: "ok": the route's own answer (the request is let through); "sign_in": 303 to /ui/login;
 #: a number: the status of the refusal.
@@ -53,6 +55,7 @@ CALLERS: tuple[Caller, ...] = ("anonymous", "other_tenant", "own_tenant", "revie
 ANSWERS: dict[Rule, dict[Caller, Answer]] = {
     "public": {"anonymous": "ok", "other_tenant": "ok", "own_tenant": "ok", "reviewer": "ok", "admin": "ok"},
     "app": {"anonymous": 401, "other_tenant": "ok", "own_tenant": "ok", "reviewer": 401, "admin": 401},
+    "app_own": {"anonymous": 401, "other_tenant": 404, "own_tenant": "ok", "reviewer": 401, "admin": 401},
     "app_or_staff": {
         "anonymous": 401,
         "other_tenant": 404,
@@ -92,6 +95,9 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/seawall/moderations"): "app",
     ("POST", "/v1/chat/completions"): "app",
     ("GET", "/v1/models"): "app",
+    ("POST", "/v1/responses"): "app",
+    ("GET", "/v1/responses/{response_id}"): "app_own",
+    ("DELETE", "/v1/responses/{response_id}"): "app_own",
     # notices, user reports and the widget's CORS preflights
     ("GET", "/v1/seawall/notices"): "public",
     ("OPTIONS", "/v1/seawall/notices"): "public",

@@ -10,7 +10,8 @@ the gateway, the review desk, the UI, the CLI and tests never see SQL:
 * :class:`AuditSearch`: reading them back (search, pages, the chain, the dashboard's counts);
   :class:`AuditStore` is both;
 * :class:`ReviewStore`: held answers, their trail, user reports, the review desk's counts;
-* :class:`UIAccountStore`: the web UI's local accounts and sessions.
+* :class:`UIAccountStore`: the web UI's local accounts and sessions;
+* :class:`ResponseStore`: Responses API responses kept for ``previous_response_id``.
 
 :class:`Store` is all of them at once (plus ``ping`` and ``close``): what
 :func:`seawall.store.open_store` hands back and what one deployment shares. Code that needs one
@@ -24,7 +25,8 @@ Every method is synchronous and safe to call from several threads; the gateway c
 them through ``asyncio.to_thread``. Times are timezone-aware UTC ``datetime`` values.
 No raw user ids: users are known by their safety identifier, keys by their hash. Message
 text is kept only where a person must read it: review items (the held request, its sources and
-the draft) and user reports (the user's comment and contact).
+the draft) and user reports (the user's comment and contact), and where the app asked for it:
+Responses API conversations stored to be continued (``store: true``; ``gateway.responses``).
 """
 
 from __future__ import annotations
@@ -335,6 +337,25 @@ class SessionRow:
     last_seen_at: datetime
 
 
+@dataclass(frozen=True)
+class StoredResponse:
+    """A Responses API response kept so that a later request can continue it (``previous_response_id``).
+
+    ``input_items`` is the whole conversation the response answered, in the Responses API's item
+    format (the previous responses' items first, then the request's own; never ``instructions``,
+    which a continuation does not inherit); ``response`` is the Response object the client got,
+    whose ``output`` continues the conversation. ``tenant`` and ``key_id`` say whose it is: only
+    the same app key reads it back."""
+
+    id: str  # "resp_" + hex
+    tenant: str
+    key_id: str | None
+    created_at: datetime
+    expires_at: datetime
+    input_items: list[dict[str, Any]]
+    response: dict[str, Any]
+
+
 class KeyStore(Protocol):
     """App API keys, stored hashed."""
 
@@ -607,7 +628,29 @@ class UIAccountStore(Protocol):
         ...
 
 
-class Store(KeyStore, CounterStore, LedgerStore, AuditStore, ReviewStore, UIAccountStore, Protocol):
+class ResponseStore(Protocol):
+    """Responses API responses kept to be continued, until they expire."""
+
+    def save_response(self, stored: StoredResponse) -> None:
+        """Keep ``stored`` (a response id is written once; saving it again replaces it)."""
+        ...
+
+    def get_response(self, response_id: str, now: datetime) -> StoredResponse | None:
+        """The response, or None when there is none or it expired before ``now``."""
+        ...
+
+    def delete_response(self, response_id: str) -> bool:
+        """Forget the response; whether there was one."""
+        ...
+
+    def prune_responses(self, now: datetime) -> int:
+        """Delete the responses that expired before ``now``; how many."""
+        ...
+
+
+class Store(
+    KeyStore, CounterStore, LedgerStore, AuditStore, ReviewStore, UIAccountStore, ResponseStore, Protocol
+):
     """Every role at once: persistent state shared by every replica of one seawall deployment."""
 
     def ping(self) -> None:
@@ -643,6 +686,7 @@ __all__ = [
     "Report",
     "ReportCategory",
     "ReportStatus",
+    "ResponseStore",
     "ReviewDecision",
     "ReviewEvent",
     "ReviewItem",
@@ -652,6 +696,7 @@ __all__ = [
     "RiskLevel",
     "SessionRow",
     "Store",
+    "StoredResponse",
     "UIAccountStore",
     "UserState",
     "UserStatus",

@@ -48,6 +48,7 @@ from seawall.store.base import (
     RiskEvent,
     RiskLevel,
     SessionRow,
+    StoredResponse,
     UserState,
     UserStatus,
     UserSummary,
@@ -103,6 +104,7 @@ class MemoryData:
         self.reports: dict[str, Report] = {}
         self.accounts: dict[str, AccountRow] = {}
         self.sessions: dict[str, SessionRow] = {}
+        self.responses: dict[str, StoredResponse] = {}
 
 
 class MemoryRole:
@@ -839,7 +841,54 @@ class MemoryUIAccounts(MemoryRole):
 # ---------------------------------------------------------------------------------- the store
 
 
-class MemoryStore(MemoryKeys, MemoryCounters, MemoryLedger, MemoryAudit, MemoryReview, MemoryUIAccounts):
+# ---------------------------------------------------------------------------------- responses
+
+
+class MemoryResponses(MemoryRole):
+    """Responses API responses kept for ``previous_response_id``, until they expire."""
+
+    def _setup(self) -> None:
+        super()._setup()
+        self._response_prunes = PruneClock()
+
+    def save_response(self, stored: StoredResponse) -> None:
+        kept = replace(
+            stored,
+            created_at=as_utc(stored.created_at),
+            expires_at=as_utc(stored.expires_at),
+            input_items=_json(stored.input_items),
+            response=_json(stored.response),
+        )
+        with self.data.lock:
+            self.data.responses[stored.id] = kept
+        now = as_utc(stored.created_at)  # the saver's now: prune what expired by then
+        if self._response_prunes.due(now.timestamp()):
+            self.prune_responses(now)
+
+    def get_response(self, response_id: str, now: datetime) -> StoredResponse | None:
+        with self.data.lock:
+            found = self.data.responses.get(response_id)
+        if found is None or found.expires_at <= as_utc(now):
+            return None
+        return replace(found, input_items=_json(found.input_items), response=_json(found.response))
+
+    def delete_response(self, response_id: str) -> bool:
+        with self.data.lock:
+            return self.data.responses.pop(response_id, None) is not None
+
+    def prune_responses(self, now: datetime) -> int:
+        moment = as_utc(now)
+        with self.data.lock:
+            expired = [key for key, kept in self.data.responses.items() if kept.expires_at <= moment]
+            for key in expired:
+                del self.data.responses[key]
+        self._response_prunes.pruned(moment.timestamp())
+        return len(expired)
+
+
+class MemoryStore(
+    MemoryKeys, MemoryCounters, MemoryLedger, MemoryAudit, MemoryReview, MemoryUIAccounts, MemoryResponses
+):
     """:class:`seawall.store.base.Store` in one process's memory (``store.url: memory://``)."""
 
     def __init__(self, *, clock: Clock | None = None) -> None:
@@ -859,6 +908,7 @@ __all__ = [
     "MemoryData",
     "MemoryKeys",
     "MemoryLedger",
+    "MemoryResponses",
     "MemoryReview",
     "MemoryRole",
     "MemoryStore",

@@ -249,6 +249,20 @@ ui_sessions = Table(
     Index(None, "expires_at"),
 )
 
+responses = Table(
+    "responses",
+    metadata,
+    Column("id", String(100), primary_key=True),
+    Column("tenant", String(200), nullable=False),
+    Column("key_id", String(32), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    # The conversation the response answered (Responses API items) and the Response object.
+    Column("input_items", JSON(), nullable=False),
+    Column("response", JSON(), nullable=False),
+    Index(None, "expires_at"),
+)
+
 __all__ = [
     "NAMING_CONVENTION",
     "UTCDateTime",
@@ -258,6 +272,7 @@ __all__ = [
     "metadata",
     "rate_counters",
     "reports",
+    "responses",
     "review_events",
     "review_items",
     "risk_events",

@@ -11,7 +11,9 @@ One module per role of :mod:`seawall.store.base`, all over one database helper
   chain, the dashboard's counts);
 * :mod:`~seawall.store.sql.review`: :class:`SqlReview` (``review_items``, ``review_events``,
   ``reports``, the review desk's counts);
-* :mod:`~seawall.store.sql.accounts`: :class:`SqlUIAccounts` (``ui_accounts``, ``ui_sessions``).
+* :mod:`~seawall.store.sql.accounts`: :class:`SqlUIAccounts` (``ui_accounts``, ``ui_sessions``);
+* :mod:`~seawall.store.sql.responses`: :class:`SqlResponses` (``responses``: Responses API
+  responses kept for ``previous_response_id``).
 
 :class:`SqlStore` is all of them on one shared :class:`SqlDatabase`. Every method runs one short
 transaction on a connection from the engine's pool, so one store serves many threads. SQLite
@@ -38,11 +40,12 @@ from seawall.store.sql.database import (
 )
 from seawall.store.sql.keys import TOUCH_EVERY, SqlKeys
 from seawall.store.sql.ledger import SqlLedger
+from seawall.store.sql.responses import SqlResponses
 from seawall.store.sql.review import SqlReview
 from seawall.store.windows import PRUNE_EVERY_S
 
 
-class SqlStore(SqlKeys, SqlCounters, SqlLedger, SqlAudit, SqlReview, SqlUIAccounts):
+class SqlStore(SqlKeys, SqlCounters, SqlLedger, SqlAudit, SqlReview, SqlUIAccounts, SqlResponses):
     """:class:`seawall.store.base.Store` on SQLAlchemy: every role on one engine.
     Build it with :func:`seawall.store.open_store` (which migrates the schema first)."""
 
@@ -71,6 +74,7 @@ __all__ = [
     "SqlDatabase",
     "SqlKeys",
     "SqlLedger",
+    "SqlResponses",
     "SqlReview",
     "SqlStore",
     "SqlUIAccounts",

@@ -1,0 +1,240 @@
+"""The Responses API (``POST /v1/responses``, ``GET`` and ``DELETE /v1/responses/{id}``) on the
+gateway's one request path.
+
+A Responses request is not a second pipeline: :class:`ResponsesAPI` translates it into a chat
+completions body (:mod:`seawall.gateway.responses_wire`) and hands that to
+:meth:`Gateway.chat <seawall.gateway.pipeline.Gateway.chat>` or
+:meth:`Gateway.stream <seawall.gateway.pipeline.Gateway.stream>`, so identity, standing, rate
+limits, input limits, input moderation, untrusted content, routing (knowledge base, topics), the
+prompt policy, the output token cap, the upstream call, output moderation (the stream guard on
+streamed text), review and the audit record are the chat path's, step for step. Two differences:
+
+* **Input moderation** judges every input item that is not the assistant's: user messages as on
+  chat completions, and also the request's ``instructions`` and system/developer items (on chat
+  completions those are the app's own prompt; here any caller sends them). ``function_call_output``
+  items become ``tool`` messages, judged as untrusted content (prompt injection, jailbreak) and
+  fenced in the prompt, as tool messages are.
+* **What comes back** is a Response object (plain), or the typed events of a streamed response
+  (:class:`~seawall.gateway.responses_wire.EventWriter`) made from the chunks the stream guard
+  released: no text reaches the client before the guard cleared it. A refusal before the answer is
+  the usual HTTP error with OpenAI's error body (the SDK raises its typed error: 400
+  ``BadRequestError``, 403 ``PermissionDeniedError``, ...); a stream the guard cuts ends with
+  ``response.failed`` and an ``error`` event the SDK raises as ``APIError``. An answer held for
+  review is a Response whose message is the placeholder (``review.hold_response: placeholder``), or
+  the 202 pending body (``accepted``), as on chat completions.
+
+**Kept responses.** Unless the request says ``store: false`` (or ``gateway.responses.store`` is
+off), a completed or incomplete response is kept in the store (:class:`~seawall.store.base.
+ResponseStore`) with the conversation it answered, for ``gateway.responses.retention_days``; a
+later request continues it with ``previous_response_id`` (its input items and output come before
+the new input; its ``instructions`` do not carry over, as on OpenAI's API). Only the same tenant and
+app key read a kept response back: any other caller gets 404, as for an id that was never kept.
+A failed response (cut by the guard, an upstream error) is not kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from datetime import timedelta
+from typing import Any
+
+from seawall.clock import utc_now
+from seawall.errors import NotFoundError, SeawallError
+from seawall.gateway.access import Caller
+from seawall.gateway.identity import header_value
+from seawall.gateway.pipeline import Gateway, GatewayResponse
+from seawall.gateway.responses_wire import (
+    EventWriter,
+    ResponsesRequest,
+    chat_body,
+    parse_request,
+    response_id,
+    response_object,
+    skeleton,
+)
+from seawall.gateway.sse import ClientTooSlowError, aclose
+from seawall.gateway.steps import JUDGED_ROLES
+from seawall.settings import ResponsesSettings
+from seawall.store.base import ResponseStore, StoredResponse
+
+log = logging.getLogger("seawall.gateway")
+
+#: The roles input moderation judges on a Responses request: every input item but the assistant's.
+RESPONSES_JUDGED_ROLES = frozenset({"user", "system", "developer"})
+#: Response statuses that are kept (a failed response is not continued).
+KEPT_STATUSES = frozenset({"completed", "incomplete"})
+
+
+class ResponsesAPI:
+    """The Responses API over one :class:`~seawall.gateway.pipeline.Gateway` and its store."""
+
+    def __init__(self, gateway: Gateway, settings: ResponsesSettings, store: ResponseStore | None) -> None:
+        self.gateway = gateway
+        self.settings = settings
+        self.store = store
+
+    # ------------------------------------------------------------------ create
+
+    async def create(
+        self,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        *,
+        request_id: str,
+        client_address: str | None = None,
+    ) -> GatewayResponse:
+        """One ``POST /v1/responses``: a Response object, its event stream, or a 202 pending body.
+        A request refused before the gateway's path (a bad field, an unknown previous response) is
+        audited here; everything after is the gateway's."""
+        try:
+            request = parse_request(body)
+            keep = request.store and self.settings.store and self.store is not None
+            caller = await self._caller(headers) if keep or request.previous_response_id else None
+            conversation: list[dict[str, Any]] = []
+            if request.previous_response_id is not None:
+                assert caller is not None
+                previous = await self._find(
+                    request.previous_response_id, caller, param="previous_response_id"
+                )
+                conversation = previous.input_items + _as_input(previous.response.get("output"))
+            first = len(conversation)
+            conversation += request.items
+            chat = chat_body(request, conversation, first)
+        except SeawallError as exc:
+            self.gateway.reject(request_id, exc, stream=bool(body.get("stream")))
+            raise
+        base = skeleton(request, response_id(request_id))
+        kept = (caller, conversation) if keep and caller is not None else None
+        judged = JUDGED_ROLES.set(RESPONSES_JUDGED_ROLES)
+        try:
+            handle = self.gateway.stream if request.stream else self.gateway.chat
+            result = await handle(chat, headers, request_id=request_id, client_address=client_address)
+        finally:
+            JUDGED_ROLES.reset(judged)
+        if result.stream is not None:
+            result.stream = self._events(result.stream, request, base, kept)
+        elif result.status_code == 200 and result.body is not None:
+            result.body = response_object(result.body, base)
+            if kept is not None:
+                await self._keep(result.body, *kept)
+        return result
+
+    async def _events(
+        self,
+        chat_events: AsyncGenerator[bytes, None],
+        request: ResponsesRequest,
+        base: dict[str, Any],
+        kept: tuple[Caller, list[dict[str, Any]]] | None,
+    ) -> AsyncGenerator[bytes, None]:
+        """The guarded chat stream as the Responses API's typed events."""
+        writer = EventWriter(base)
+        chunks = _chat_chunks(chat_events)
+        try:
+            for event in writer.start():
+                yield event
+            failed = False
+            async for data in chunks:
+                if failed:
+                    continue  # the chat stream's end, after its error
+                if isinstance(data.get("error"), dict):
+                    failed = True
+                    for event in writer.fail(data["error"]):
+                        yield event
+                    continue
+                for event in writer.chunk(data):
+                    yield event
+            if not failed:
+                ending = writer.finish()
+                if kept is not None:  # before response.completed: a client may continue it at once
+                    await self._keep(writer.response, *kept)
+                for event in ending:
+                    yield event
+        except ClientTooSlowError as exc:  # the client stopped reading: the gateway's stream audits it
+            with contextlib.suppress(ClientTooSlowError, StopAsyncIteration):
+                await chat_events.athrow(exc)
+            raise
+        finally:
+            await aclose(chunks)
+            await aclose(chat_events)
+
+    # ------------------------------------------------------------------ kept responses
+
+    async def retrieve(self, response_id: str, headers: Mapping[str, str]) -> dict[str, Any]:
+        """``GET /v1/responses/{id}``: the kept Response object (404 unless this caller's)."""
+        stored = await self._find(response_id, await self._caller(headers))
+        return stored.response
+
+    async def delete(self, response_id: str, headers: Mapping[str, str]) -> dict[str, Any]:
+        """``DELETE /v1/responses/{id}``: forget a kept response (404 unless this caller's)."""
+        stored = await self._find(response_id, await self._caller(headers))
+        assert self.store is not None
+        await asyncio.to_thread(self.store.delete_response, stored.id)
+        return {"id": stored.id, "object": "response.deleted", "deleted": True}
+
+    async def _caller(self, headers: Mapping[str, str]) -> Caller:
+        access = self.gateway.access
+        return await asyncio.to_thread(access.authenticate, header_value(headers, "authorization"))
+
+    async def _find(self, wanted: str, caller: Caller, *, param: str | None = None) -> StoredResponse:
+        """The kept response ``wanted`` of ``caller`` (its tenant and key); 404 otherwise."""
+        stored = None
+        if self.store is not None and self.settings.store:
+            stored = await asyncio.to_thread(self.store.get_response, wanted, utc_now())
+        if stored is None or (stored.tenant, stored.key_id) != (caller.tenant, caller.key_id):
+            code = "previous_response_not_found" if param else "not_found"
+            raise NotFoundError(f"Response with id '{wanted[:100]}' not found.", param=param, code=code)
+        return stored
+
+    async def _keep(
+        self, response: dict[str, Any], caller: Caller, conversation: list[dict[str, Any]]
+    ) -> None:
+        """Keep a finished response and the conversation it answered (never a failed one). A store
+        that fails does not turn the answer the client is getting into an error: it is logged."""
+        if response.get("status") not in KEPT_STATUSES or self.store is None:
+            return
+        now = utc_now()
+        stored = StoredResponse(
+            id=str(response["id"]),
+            tenant=caller.tenant,
+            key_id=caller.key_id,
+            created_at=now,
+            expires_at=now + timedelta(days=self.settings.retention_days),
+            input_items=conversation,
+            response=response,
+        )
+        try:
+            await asyncio.to_thread(self.store.save_response, stored)
+        except Exception as exc:
+            log.error("cannot keep response %s: %s", stored.id, exc)
+
+
+def _as_input(output: Any) -> list[dict[str, Any]]:
+    """A kept response's output items, as input items of the conversation that continues it."""
+    return [item for item in output or [] if isinstance(item, dict) and item.get("type") != "reasoning"]
+
+
+async def _chat_chunks(events: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON payloads of a chat completions event stream (``data: ...`` events) up to
+    ``data: [DONE]``, whatever the byte pieces it comes in."""
+    pending = b""
+    async for piece in events:
+        pending += piece
+        while b"\n\n" in pending:
+            raw, pending = pending.split(b"\n\n", 1)
+            data = b"\n".join(
+                line.removeprefix(b"data:").lstrip() for line in raw.split(b"\n") if line.startswith(b"data:")
+            )
+            if not data:
+                continue
+            if data == b"[DONE]":
+                return
+            payload = json.loads(data)
+            if isinstance(payload, dict):
+                yield payload
+
+
+__all__ = ["KEPT_STATUSES", "RESPONSES_JUDGED_ROLES", "ResponsesAPI"]
