@@ -349,7 +349,7 @@ def test_upstream_fault_on_the_responses_api(case: Case, setup: Setup) -> None:
         assert payloads[-1]["code"] == case.code and payloads[-1]["error"]["code"] == case.code
         released = "".join(p["delta"] for p in payloads if p["type"] == "response.output_text.delta")
         assert SENT.startswith(released)
-        assert UNSCANNED_TAIL[:40] not in released and len(released) <= len(SENT) - HOLD_BACK
+        assert UNSCANNED_TAIL[:8] not in released
     else:
         assert_openai_error(response, case.status, case.code)
     record = setup.audit(request_id)
