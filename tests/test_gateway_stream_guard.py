@@ -191,7 +191,7 @@ async def test_a_finished_sentence_goes_out_once_a_scan_cleared_it() -> None:
     """Sentence release: the first sentence leaves as soon as its end is known, long before
     ``hold_back_chars`` of newer text exist; the unfinished one stays until it is complete."""
     check = KeywordCheck()
-    guard = StreamGuard(check, settings(hold_back_chars=200, scan_every_chars=100, window_chars=500))
+    guard = StreamGuard(check, settings(hold_back_chars=200, scan_every_chars=30, window_chars=500))
     assert await guard.feed("The capital of France") == []
     assert await guard.feed(" is Paris.") == []  # its end is not known yet ("Paris.com")
     assert await guard.feed(" It lies") == ["The capital of France is Paris."]
@@ -205,6 +205,16 @@ async def test_a_violation_later_in_its_sentence_is_caught_before_the_sentence_g
     guard = StreamGuard(KeywordCheck(), settings(hold_back_chars=200, scan_every_chars=100))
     released = await run(guard, ["Fine. ", "Then the ", "FORB", "IDDEN", " part. More."])
     assert guard.blocked and "".join(released) == "Fine."
+
+
+async def test_tiny_sentences_are_scanned_together() -> None:
+    """After the first sentence, a sentence's end calls a scan only once half of
+    ``scan_every_chars`` arrived: "and on. " over and over costs few scans."""
+    check = KeywordCheck()
+    guard = StreamGuard(check, settings(hold_back_chars=200, scan_every_chars=100, window_chars=500))
+    released = await run(guard, ["and on. "] * 100)
+    assert "".join(released) == "and on. " * 100
+    assert len(check.seen) <= 2 * 800 // 100 + 2
 
 
 async def test_hold_back_release_keeps_the_last_characters_back() -> None:

@@ -5,8 +5,10 @@ HTTP, SSE or OpenAI's chunk format: the gateway feeds it text deltas and sends o
 returns.
 
 * **Release.** With ``release="sentence"`` (the default) a finished sentence goes out as soon as
-  a scan cleared it whole (a scan is due whenever a sentence finishes), so the first token waits
-  about one sentence plus one scan, not ``hold_back_chars`` of newer text. An unfinished sentence
+  a scan cleared it whole (a scan is due when the first sentence finishes, and later whenever a
+  sentence finishes at least half of ``scan_every_chars`` after the last scan: a run of tiny
+  sentences costs at most twice the scans), so the first token waits about one sentence plus
+  one scan, not ``hold_back_chars`` of newer text. An unfinished sentence
   waits until it is complete, or, once it is longer than ``hold_back_chars`` (code, run-on
   text), all but its last ``hold_back_chars`` go out after a scan. A violation that starts in one
   delta and becomes apparent a few deltas later within its sentence is caught before its
@@ -258,9 +260,14 @@ class StreamGuard:
                 return []
             self._pending.append(delta)
             self._total += len(delta)
-            due = self._total - self._last_scan_at >= self.settings.scan_every_chars
+            new_chars = self._total - self._last_scan_at
+            due = new_chars >= self.settings.scan_every_chars
             if not due and self.settings.release == "sentence":
-                due = self._sentence_finished()
+                # A finished sentence is due for a scan, the first one at once; later ones once
+                # half of scan_every_chars arrived, so a run of tiny sentences ("and on. and on.")
+                # costs at most twice the scans of the interval alone.
+                soon = self._released == 0 or new_chars * 2 >= self.settings.scan_every_chars
+                due = soon and self._sentence_finished()
             if not due:
                 return []
             return await self._scan_and_release(final=False)
@@ -450,10 +457,11 @@ def moderation_check(
         texts = [text]
         if focus_chars is not None:
             texts.extend(focus_segments(text, focus_chars))
+        pieces = list(dict.fromkeys(texts))  # a piece repeated in the span is scored once
         scores: dict[str, float] = {}
         flagged: set[str] = set()
         # The pieces are cut here at any length, so the service does not cut long spans again.
-        for result in await service.moderate_texts(texts, model, passages=focus_chars is None):
+        for result in await service.moderate_texts(pieces, model, passages=focus_chars is None):
             for name, score in result.category_scores.items():
                 scores[name] = max(scores.get(name, 0.0), float(score))
             flagged.update(name for name, hit in result.categories.items() if hit)
