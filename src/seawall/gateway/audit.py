@@ -127,7 +127,7 @@ class AuditRecord:
             self.outcome = "refused_input"
         elif exc.status_code == 401:
             self.outcome = "unauthorized"
-        elif exc.status_code == 403:
+        elif exc.status_code == 403 and exc.code != "model_not_allowed_for_tier":
             self.outcome = "user_blocked"
         elif exc.status_code == 429:
             self.outcome = "rate_limited"
