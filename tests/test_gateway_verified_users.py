@@ -695,3 +695,26 @@ def test_tiers_match_claims_by_json_type_and_list_membership() -> None:
     assert tiers.for_claims({"https://example.com/plan": "pro", "email_verified": "true"}).name == "signed_in"
     assert tiers.for_claims({}).name == "signed_in"
     assert tiers.for_claims(None).name == "anonymous"
+
+
+def test_policy_tiers_that_cannot_hold_are_refused_at_start_up(tmp_path: Path) -> None:
+    base = {"name": "a", "purpose": "b", "allowed_topics": ["x"], "off_topic_reply": "no"}
+    with pytest.raises(ConfigurationError, match=r"the last tier .* must match every request"):
+        policy_from_dict({**base, "tiers": [{"name": "signed_in"}]})
+    with pytest.raises(ConfigurationError, match="claims can only be checked on a verified token"):
+        policy_from_dict({**base, "tiers": [{"name": "x", "verified": False, "claims": {"plan": "pro"}}]})
+    with pytest.raises(ConfigurationError, match="given twice"):
+        policy_from_dict({**base, "tiers": [{"name": "x"}, {"name": "x", "verified": False}]})
+    # The tier's own rungs must rise with the ones it keeps from gateway.risk (block_at 5 there).
+    policy = tmp_path / "policy.yaml"
+    tiers = [{"name": "anonymous", "verified": False, "risk": {"warn_at": 8}}]
+    policy.write_text(json.dumps({**base, "tiers": tiers}))
+    upstream = {"base_url": "http://127.0.0.1:9/v1"}  # never called: the gateway does not start
+    settings = load_settings(
+        gateway={"policy_file": str(policy), "secret_file": str(tmp_path / "s"), "upstream": upstream}
+    )
+    from seawall.gateway.pipeline import Gateway as Pipeline
+    from seawall.service import ModerationService
+
+    with pytest.raises(ConfigurationError, match="tier 'anonymous': risk: warn_at <= throttle_at"):
+        Pipeline(settings, ModerationService(settings))
