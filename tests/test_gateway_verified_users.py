@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -718,3 +719,45 @@ def test_policy_tiers_that_cannot_hold_are_refused_at_start_up(tmp_path: Path) -
 
     with pytest.raises(ConfigurationError, match="tier 'anonymous': risk: warn_at <= throttle_at"):
         Pipeline(settings, ModerationService(settings))
+
+
+def test_the_users_page_shows_each_user_s_tier(tmp_path: Path) -> None:
+    from test_ui_support import (
+        ADMIN,
+        add_accounts,
+        audit_record,
+        make_settings,
+        open_ui_store,
+        safety_id,
+        seed,
+        sign_in,
+        ui_server,
+        ui_settings,
+    )
+
+    settings = make_settings(tmp_path)
+    store = open_ui_store(settings)
+    add_accounts(store)
+    now = datetime.now(UTC)
+    paid, guest = safety_id(21), safety_id(22)
+    records = [
+        audit_record(at=now - timedelta(minutes=4), user=paid, risk="high", categories=["violence"]),
+        audit_record(at=now - timedelta(minutes=3), user=guest, risk="high", categories=["violence"]),
+        audit_record(at=now - timedelta(minutes=2), user=paid),
+    ]
+    for record, tier in zip(records, ["signed_in", "anonymous", "payment_verified"], strict=True):
+        record["tier"] = tier
+    seed(store, records)
+    ledger = RiskLedger(store, settings.gateway.risk)
+    for who in (paid, guest):  # the users list shows users with risk events
+        ledger.record("default", who, "high", f"event-{who[:6]}")
+    try:
+        with ui_server(settings, ui_settings(tmp_path), store) as running, running.http() as http:
+            assert sign_in(http, *ADMIN).status_code == 303
+            page = http.get("/ui/users").text
+    finally:
+        store.close()
+    assert '<th scope="col">Tier</th>' in page
+    rows = {sid: page.split(f'id="user-{sid}"', 1)[1].split("</tr>", 1)[0] for sid in (paid, guest)}
+    assert '<td class="tier">payment_verified</td>' in rows[paid]  # the latest record's tier
+    assert '<td class="tier">anonymous</td>' in rows[guest]
