@@ -761,3 +761,15 @@ def test_the_users_page_shows_each_user_s_tier(tmp_path: Path) -> None:
     rows = {sid: page.split(f'id="user-{sid}"', 1)[1].split("</tr>", 1)[0] for sid in (paid, guest)}
     assert '<td class="tier">payment_verified</td>' in rows[paid]  # the latest record's tier
     assert '<td class="tier">anonymous</td>' in rows[guest]
+
+
+def test_the_model_list_is_the_user_s_tier_s(gateway: Gateway, fresh: Provider) -> None:
+    with gateway.server.client() as client:
+        anonymous = [model.id for model in client.models.list()]
+        token = {"x-seawall-user-token": fresh.id_token("ada")}
+        verified = [model.id for model in client.models.list(extra_headers=token)]
+        with pytest.raises(openai.AuthenticationError) as caught:
+            client.models.list(extra_headers={"x-seawall-user-token": fresh.mint({"exp": 1})})
+    assert anonymous == [MODEL]
+    assert verified == [MODEL, BIG_MODEL]
+    assert "expired at" in caught.value.message

@@ -251,6 +251,13 @@ class Gateway:
         self.tiers = policy_tiers(self.policy, self.settings)
         tokens = self.settings.user_tokens
         self.verifier = UserTokenVerifier(tokens) if tokens.enabled else None
+        self.identity = Identity(
+            self.access,
+            self.secret,
+            self.settings.trusted_user_header,
+            verifier=self.verifier,
+            tiers=self.tiers,
+        )
         self.limiter = RateLimiter(store, self.settings.rate_limits) if store else None
         self.audit = AuditLog(
             self.settings.audit_file,
@@ -301,11 +308,7 @@ class Gateway:
     def _path(self) -> list[Step]:
         """The built-in steps, in order; a control that is off is a step left out."""
         s = self.settings
-        path: list[Step] = [
-            Identity(
-                self.access, self.secret, s.trusted_user_header, verifier=self.verifier, tiers=self.tiers
-            )
-        ]
+        path: list[Step] = [self.identity]
         if self.ledger is not None:
             path.append(Standing(self.ledger))
         if self.limiter is not None:
@@ -339,10 +342,12 @@ class Gateway:
         self.audit.close()
 
     async def models(self, headers: Mapping[str, str]) -> dict[str, Any]:
-        """The upstream's model list, narrowed to the policy's ``allowed_models`` when it has some."""
+        """The upstream's model list, narrowed to the policy's ``allowed_models`` (the user's tier's,
+        with tiers) when it has some."""
         await asyncio.to_thread(self.access.authenticate, header_value(headers, "authorization"))
+        tier = await self.identity.tier(headers)
         listing = await self.upstream.models()
-        allowed = self.policy.limits.allowed_models
+        allowed = (tier.limits if tier is not None else self.policy.limits).allowed_models
         if allowed:
             listing = {**listing, "data": [m for m in listing["data"] if m.get("id") in allowed]}
         return listing

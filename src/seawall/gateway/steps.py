@@ -37,7 +37,7 @@ from seawall.gateway.prompt import build_prompt
 from seawall.gateway.ratelimit import RateLimiter
 from seawall.gateway.risk import RiskLedger
 from seawall.gateway.runner import Answer, Guards, RequestContext
-from seawall.gateway.tiers import Tiers
+from seawall.gateway.tiers import ResolvedTier, Tiers
 from seawall.gateway.topics import TopicGuard
 from seawall.gateway.upstream import Upstream
 from seawall.gateway.user_tokens import UserTokenVerifier, VerifiedUser
@@ -98,6 +98,14 @@ class Identity:
             ctx.tier = self.tiers.for_claims(verified.claims if verified is not None else None)
             audit.tier = ctx.tier.name
         return None
+
+    async def tier(self, headers: Mapping[str, str]) -> ResolvedTier | None:
+        """The trust tier of a request with these headers (None: the policy has no tiers); a bad
+        token is the same 401 as on a chat request."""
+        if self.tiers is None:
+            return None
+        verified = await self._verified(headers)
+        return self.tiers.for_claims(verified.claims if verified is not None else None)
 
     async def _verified(self, headers: Mapping[str, str]) -> VerifiedUser | None:
         """The user of a verified token; None without a token (where unverified users are
