@@ -472,6 +472,14 @@ async def _reply(request: Recorded) -> Response:
     if request.path == "/v1/models":
         models = [{"id": name, "object": "model", "owned_by": "t"} for name in (MODEL, BIG_MODEL)]
         return json_reply({"object": "list", "data": models})
+    if request.body.get("stream"):
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": request.body["model"]}
+        events = [
+            {**chunk, "choices": [{"index": 0, "delta": {"content": ANSWER}, "finish_reason": None}]},
+            {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        ]
+        body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+        return Response(body, media_type="text/event-stream")
     message = {"role": "assistant", "content": ANSWER}
     return json_reply(
         {
@@ -773,3 +781,29 @@ def test_the_model_list_is_the_user_s_tier_s(gateway: Gateway, fresh: Provider) 
     assert anonymous == [MODEL]
     assert verified == [MODEL, BIG_MODEL]
     assert "expired at" in caught.value.message
+
+
+def test_streams_get_the_tier_s_limits_too(gateway: Gateway, fresh: Provider) -> None:
+    with gateway.server.client() as client:
+        stream = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            stream=True,
+            max_tokens=5000,
+            extra_headers={"x-seawall-user-token": fresh.id_token("ida")},
+        )
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        with pytest.raises(openai.PermissionDeniedError):
+            client.chat.completions.create(
+                model=BIG_MODEL,
+                messages=[{"role": "user", "content": "Hi"}],
+                stream=True,
+                extra_headers={"x-seawall-session": secrets.token_hex(8)},
+            )
+    assert text == ANSWER
+    assert gateway.sent()["max_tokens"] == 1000  # the id_verified tier's cap, not the 5000 asked for
+    records = gateway.audit()[-2:]
+    assert [(r["tier"], r["stream"], r["outcome"]) for r in records] == [
+        ("id_verified", True, "ok"),
+        ("anonymous", True, "invalid_request"),
+    ]
