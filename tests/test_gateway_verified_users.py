@@ -32,8 +32,11 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import openai
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
+from joserfc.jws import JWSRegistry
 from starlette.responses import Response
 
 from backend_standins import Recorded, StandIn, json_reply, stand_in
@@ -198,12 +201,21 @@ class Provider:
             tokens.raise_for_status()
             return str(tokens.json()["access_token"])
 
-    def mint(self, claims: dict[str, Any], *, key: Any = None, alg: str = "RS256", **header: Any) -> str:
+    def mint(
+        self,
+        claims: dict[str, Any],
+        *,
+        key: Any = None,
+        alg: str = "RS256",
+        strict: bool = True,
+        **header: Any,
+    ) -> str:
         """A token signed with the provider's current key (or ``key``): what the provider would
-        sign, with the claims the test wants."""
+        sign, with the claims the test wants (``strict=False``: header members of one's own)."""
         key = key if key is not None else self.keys[0]
         base = {"iss": self.issuer, "aud": APP, "sub": "minted", "iat": int(time.time())}
-        return jwt.encode({"alg": alg, "kid": key.kid, **header}, {**base, **claims}, key, algorithms=[alg])
+        registry = JWSRegistry(strict_check_header=strict, algorithms=[alg])
+        return jwt.encode({"alg": alg, "kid": key.kid, **header}, {**base, **claims}, key, registry=registry)
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +255,10 @@ def token_settings(provider: Provider, tmp: Path, **extra: Any) -> UserTokenSett
         **extra,
     }
     return UserTokenSettings.model_validate(values)
+
+
+def b64(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
 def verify(verifier: UserTokenVerifier, token: str) -> Any:
@@ -311,16 +327,24 @@ def test_a_token_not_yet_valid_or_from_another_issuer_is_refused(fresh: Provider
     error = refused(verifier, fresh.mint({}))  # no exp: a token that never expires is not accepted
     assert "no 'exp' claim" in error.message
     assert verify(verifier, fresh.mint({"exp": later})).id == "minted"  # the same key, good claims
+    # A header member the library does not know (providers add their own) is no reason to refuse.
+    assert verify(verifier, fresh.mint({"exp": later}, x_provider_hint="eu-1", strict=False)).id == "minted"
+    # But one marked critical must be understood (signed by hand: joserfc will not sign it).
+    header = {"alg": "RS256", "kid": "key-1", "crit": ["x_provider_hint"], "x_provider_hint": "eu"}
+    claims = {"iss": fresh.issuer, "aud": APP, "sub": "minted", "exp": later}
+    signing_input = f"{b64(header)}.{b64(claims)}".encode()
+    private = fresh.keys[0].private_key
+    assert private is not None
+    signature = private.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    critical = signing_input.decode() + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+    assert "cannot be verified" in refused(verifier, critical).message
 
 
 def test_unsigned_and_hmac_tokens_are_refused(fresh: Provider, tmp_path: Path) -> None:
     verifier = UserTokenVerifier(token_settings(fresh, tmp_path))
 
-    def part(data: dict[str, Any]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
-
     claims = {"iss": fresh.issuer, "aud": APP, "sub": "mallory", "exp": int(time.time()) + 600}
-    unsigned = f"{part({'alg': 'none', 'kid': 'key-1'})}.{part(claims)}."
+    unsigned = f"{b64({'alg': 'none', 'kid': 'key-1'})}.{b64(claims)}."
     assert "not signed (alg 'none')" in refused(verifier, unsigned).message
     # HS256 keyed with the provider's public key: the classic confusion attack.
     public = json.dumps(fresh.keys[0].as_dict(private=False)).encode()

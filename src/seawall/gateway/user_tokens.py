@@ -61,6 +61,7 @@ from joserfc.errors import (
     MissingClaimError,
 )
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
+from joserfc.jws import JWSRegistry
 from joserfc.jwt import JWTClaimsRegistry
 
 from seawall.errors import IdentityProviderError, UserTokenError
@@ -465,9 +466,12 @@ class UserTokenVerifier:
         return dict(header)
 
     def _verified_claims(self, token: str, keys: Sequence[Key], alg: str, kid: str | None) -> dict[str, Any]:
+        # Header members joserfc does not know (some providers add their own) are let through; a
+        # member the token marks critical ('crit') must still be understood.
+        registry = JWSRegistry(strict_check_header=False, algorithms=[alg])
         for key in keys:
             try:
-                return dict(jwt.decode(token, key, algorithms=[alg]).claims)
+                return dict(jwt.decode(token, key, registry=registry).claims)
             except BadSignatureError:
                 continue
             except JoseError as exc:
