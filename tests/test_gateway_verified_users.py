@@ -40,7 +40,7 @@ from joserfc.jws import JWSRegistry
 from starlette.responses import Response
 
 from backend_standins import Recorded, StandIn, json_reply, stand_in
-from conftest import RunningServer, free_port, running_server
+from conftest import ImageHost, RunningServer, free_port, running_server, send_bytes
 from seawall.errors import ConfigurationError, IdentityProviderError, UserTokenError
 from seawall.gateway.access import KeyAuthenticator
 from seawall.gateway.audit import AuditRecord
@@ -49,7 +49,7 @@ from seawall.gateway.risk import RiskLedger
 from seawall.gateway.runner import RequestContext
 from seawall.gateway.steps import Identity
 from seawall.gateway.tiers import Tiers
-from seawall.gateway.user_tokens import ProviderKeys, UserTokenVerifier
+from seawall.gateway.user_tokens import MAX_DOCUMENT_BYTES, ProviderKeys, UserTokenVerifier
 from seawall.settings import RiskSettings, StoreSettings, UserTokenSettings, load_settings
 from seawall.store import open_store
 from seawall.store.memory import MemoryStore
@@ -831,3 +831,64 @@ def test_streams_get_the_tier_s_limits_too(gateway: Gateway, fresh: Provider) ->
         ("id_verified", True, "ok"),
         ("anonymous", True, "invalid_request"),
     ]
+
+
+def _slow(request: Any) -> None:
+    time.sleep(3)  # longer than the fetch may take
+
+
+def _redirect(request: Any) -> None:
+    request.send_response(302)
+    request.send_header("Location", "http://127.0.0.1:9/jwks")
+    request.send_header("Content-Length", "0")
+    request.end_headers()
+
+
+@pytest.mark.parametrize(
+    ("route", "fragment"),
+    [
+        (send_bytes(b"<html>nope</html>", "text/html"), "is not JSON"),
+        (
+            send_bytes(json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}).encode(), "application/json"),
+            "holds no usable signing key",
+        ),
+        (send_bytes(b"x" * (MAX_DOCUMENT_BYTES + 1), "application/json"), "larger than"),
+        (_redirect, "answered HTTP 302"),  # redirects are not followed
+        (_slow, "within 0.5 s"),
+    ],
+)
+def test_a_jwks_that_cannot_be_used_is_a_503_that_says_why(tmp_path: Path, route: Any, fragment: str) -> None:
+    with ImageHost() as host:
+        host.routes["/jwks"] = route
+        settings = UserTokenSettings(
+            issuer="https://id.example",
+            audiences=["app"],
+            jwks_url=host.url("/jwks"),
+            allow_private_hosts=True,
+            timeout_s=0.5,
+            cache_file=tmp_path / "jwks.json",
+        )
+        keys = ProviderKeys(settings)
+        with pytest.raises(IdentityProviderError) as caught:
+            asyncio.run(keys.candidates("key-1"))
+    assert fragment in caught.value.message and caught.value.status_code == 503
+    assert not (tmp_path / "jwks.json").exists()  # nothing unusable is cached
+
+
+def test_a_discovery_document_for_another_issuer_is_not_trusted(tmp_path: Path) -> None:
+    with ImageHost() as host:
+        issuer = host.url("")
+        document = {"issuer": "https://evil.example", "jwks_uri": host.url("/jwks")}
+        host.routes["/.well-known/openid-configuration"] = send_bytes(
+            json.dumps(document).encode(), "application/json"
+        )
+        settings = token_settings_for(issuer, tmp_path)
+        with pytest.raises(IdentityProviderError, match=r"names the issuer 'https://evil\.example'"):
+            asyncio.run(ProviderKeys(settings).candidates(None))
+        assert host.hits == ["/.well-known/openid-configuration"]  # its jwks_uri was never fetched
+
+
+def token_settings_for(issuer: str, tmp: Path) -> UserTokenSettings:
+    return UserTokenSettings(
+        issuer=issuer, audiences=["app"], allow_private_hosts=True, cache_file=tmp / "jwks.json"
+    )

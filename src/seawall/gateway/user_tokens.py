@@ -136,7 +136,6 @@ class ProviderKeys:
         *,
         resolver: Resolver = resolve_host,
         clock: Callable[[], float] = time.time,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if settings.issuer is None:
             raise ValueError("ProviderKeys needs user_tokens.issuer")
@@ -151,7 +150,6 @@ class ProviderKeys:
             trust_env=False,
             # No reuse: each connection goes to an address checked for this fetch (netguard).
             limits=httpx.Limits(max_keepalive_connections=0),
-            transport=transport,
         )
         self._lock = asyncio.Lock()
         self.keys: list[Key] = []
@@ -243,7 +241,17 @@ class ProviderKeys:
             raise IdentityProviderError(str(exc)) from None
 
     async def _get_json(self, url: str, what: str) -> dict[str, Any]:
-        """GET ``url`` from a checked address of its host (see the module) and parse the JSON object."""
+        """GET ``url`` from a checked address of its host (see the module) and parse the JSON
+        object, all within ``timeout_s``."""
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                return await self._fetch_json(url, what)
+        except TimeoutError:
+            raise IdentityProviderError(
+                f"{what} at {url} could not be fetched within {self.settings.timeout_s:g} s"
+            ) from None
+
+    async def _fetch_json(self, url: str, what: str) -> dict[str, Any]:
         parsed = httpx.URL(url)
         host = parsed.host
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
