@@ -61,6 +61,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/replicas.py
 	$(BIN)/python bench/topics.py
 	$(BIN)/python bench/redteam.py
+	$(BIN)/python bench/user_tokens.py
 
 ## Slow benchmarks: leave-one-source-out retraining (hours on 2 cores) and a 10-minute soak.
 bench-slow: $(VENV)/.dev

@@ -349,6 +349,19 @@ def test_audit_write_and_search(store: Store) -> None:
     assert store.search_audit(outcome="filtered_output")[0]["time"] == _record("r1", 5)["time"]
 
 
+def test_user_tiers_are_each_user_s_latest_tier(store: Store) -> None:
+    store.write_audit(_record("t1", 1, tier="anonymous"))
+    store.write_audit(_record("t2", 3, tier="email_verified"))
+    store.write_audit(_record("t3", 2, tier="signed_in"))  # written later, but older
+    store.write_audit(_record("t4", 4))  # no tiers in the policy then: does not hide the last tier
+    store.write_audit(_record("t5", 1, safety_identifier="u2", tier="anonymous"))
+    store.write_audit(_record("t6", 9, safety_identifier="u2", tier="id_verified", tenant="globex"))
+    store.write_audit(_record("t5", 5, safety_identifier="u2", tier="signed_in"))  # replaces t5
+    assert store.user_tiers("acme", ["u1", "u2", "u3"]) == {"u1": "email_verified", "u2": "signed_in"}
+    assert store.user_tiers("globex", ["u1", "u2"]) == {"u2": "id_verified"}
+    assert store.user_tiers("acme", []) == {}
+
+
 def test_audit_record_needs_a_request_id(store: Store) -> None:
     with pytest.raises(ValueError):
         store.write_audit({"tenant": "acme"})

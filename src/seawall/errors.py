@@ -64,6 +64,22 @@ class AuthenticationError(SeawallError):
     default_code = "invalid_api_key"
 
 
+class UserTokenError(AuthenticationError):
+    """An end user's token is missing where one is required, or fails verification (the message
+    says which check: signature, key, issuer, audience, expiry, algorithm)."""
+
+    default_code = "invalid_user_token"
+
+
+class IdentityProviderError(SeawallError):
+    """The identity provider's keys are needed to verify a user token and cannot be fetched (no
+    copy is cached yet, or the provider is unreachable). Not the client's fault: 503."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "identity_provider_unavailable"
+
+
 class PermissionDeniedError(SeawallError):
     """The caller is known but may not do this (a blocked user, a revoked key, a missing role)."""
 

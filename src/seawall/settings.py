@@ -10,6 +10,7 @@ below. Every field is documented here; ``seawall config`` prints the result.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import UnionType
 from typing import Any, Final, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -460,6 +462,197 @@ class ControlModes(BaseModel):
     )
 
 
+#: Signature algorithms a user token may use: asymmetric only. ``none`` and the HMAC family (HS256, ...)
+#: are never accepted: with HMAC, anyone holding the provider's *public* key could sign tokens.
+USER_TOKEN_ALGORITHMS: Final = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+    "Ed25519",
+)
+
+#: Where the gateway looks for an end user's token by default (the API key has Authorization).
+USER_TOKEN_HEADER: Final = "x-seawall-user-token"
+
+
+def secure_url(value: str, what: str) -> str:
+    """``value`` if it is https, or http on a loopback address (a provider on the same machine)."""
+    parts = urlsplit(value)
+    host = parts.hostname
+    loopback = host == "localhost" or (host is not None and _loopback_literal(host))
+    if parts.scheme == "https" or (parts.scheme == "http" and loopback):
+        if not host:
+            raise ValueError(f"{what} needs a host")
+        return value
+    raise ValueError(f"{what} must be an https:// URL (http only on a loopback address)")
+
+
+def _loopback_literal(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class UserTokenSettings(BaseModel):
+    """Verified end users: tokens (OIDC ID tokens or JWT access tokens) issued by the app's identity
+    provider, checked against the provider's published keys (JWKS) before the gateway trusts them.
+
+    A request that carries a token in ``header`` gets it verified: the signature (one of
+    ``algorithms``, by a key of the provider's JWKS picked by ``kid``), ``iss`` (``issuer``), ``aud``
+    (one of ``audiences``), ``exp`` (required), ``nbf`` and ``iat`` with ``leeway_s`` of clock skew.
+    A token that fails any check is a 401 saying why. The user behind a verified token is the value
+    of ``user_claim``; its claims pick the user's trust tier (the policy's ``tiers``). Requests
+    without a token are accepted as unverified users (``unverified: accept``: the policy's tier for
+    unverified users) or refused (``unverified: refuse``, 401).
+
+    The keys come from ``jwks_url``, or from the ``jwks_uri`` of the issuer's discovery document
+    (``<issuer>/.well-known/openid-configuration``). They are kept in memory and in ``cache_file``,
+    so a restarted gateway verifies tokens without reaching the provider. A token signed by a key
+    the cache does not hold (a ``kid`` it does not know: the provider rotated its keys) makes the
+    gateway fetch the keys again, at most once every ``min_refresh_interval_s`` however many such
+    tokens arrive; the keys are also fetched again once they are ``refresh_s`` old (if the provider
+    cannot be reached, the cached keys stay in use). Fetches follow the gateway's rules for outgoing
+    requests (:mod:`seawall.netguard`): https (http only to a loopback address), no redirects, the
+    host resolved once and connected to by address, and that address public unless
+    ``allow_private_hosts``.
+    """
+
+    issuer: str | None = Field(
+        None,
+        description=(
+            "The identity provider's issuer URL, exactly as its tokens' 'iss' claim says it (e.g. "
+            "https://accounts.example.com). None: user tokens are not verified (and not accepted)."
+        ),
+    )
+    audiences: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Accepted 'aud' values: your app's client id (ID tokens) or your API's identifier (JWT "
+            "access tokens). A token must name at least one. Required with an issuer."
+        ),
+    )
+    jwks_url: str | None = Field(
+        None,
+        description="The provider's JWKS (its public keys). None: the jwks_uri of the issuer's discovery "
+        "document.",
+    )
+    header: str = Field(
+        USER_TOKEN_HEADER,
+        min_length=1,
+        description=(
+            "Request header that carries the user's token, as the bare token or 'Bearer <token>'. "
+            "'authorization' only when no app API key is used (require_api_key: false): the "
+            "Authorization header then carries the user's token instead of a key."
+        ),
+    )
+    user_claim: str = Field(
+        "sub",
+        min_length=1,
+        description="The verified claim that identifies the user (its value becomes the safety identifier).",
+    )
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA", "Ed25519"],
+        min_length=1,
+        description=(
+            "Signature algorithms accepted, from " + ", ".join(USER_TOKEN_ALGORITHMS) + ". 'none' and "
+            "HMAC (HS256, ...) are refused: a token must be signed with the provider's private key."
+        ),
+    )
+    leeway_s: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp, nbf and iat (seconds).")
+    unverified: Literal["accept", "refuse"] = Field(
+        "accept",
+        description=(
+            "Requests without a user token: 'accept' them as unverified users (session, 'user' field "
+            "or trusted header; the policy's tier for unverified users), or 'refuse' them (401). "
+            "A token that is present but fails verification is always refused."
+        ),
+    )
+    cache_file: Path | None = Field(
+        None,
+        description=(
+            "Where the fetched keys are kept between runs (JSON; public keys only). None: "
+            "~/.local/share/seawall/jwks-<hash of the issuer and JWKS URL>.json."
+        ),
+    )
+    refresh_s: float = Field(
+        3_600.0,
+        ge=60,
+        description="Fetch the keys again once they are this old, so keys the provider retired stop working.",
+    )
+    min_refresh_interval_s: float = Field(
+        30.0,
+        ge=0,
+        description=(
+            "Fewest seconds between two fetches of the keys: a flood of tokens naming unknown keys "
+            "costs the provider one request per interval."
+        ),
+    )
+    timeout_s: float = Field(5.0, gt=0, description="Time allowed to fetch the discovery document or JWKS.")
+    allow_private_hosts: bool = Field(
+        False,
+        description=(
+            "Allow the issuer and JWKS hosts to be (or resolve to) loopback or private addresses (a "
+            "provider inside your network). Off: only public addresses are fetched from."
+        ),
+    )
+
+    @field_validator("issuer")
+    @classmethod
+    def _secure_issuer(cls, value: str | None) -> str | None:
+        return None if value is None else secure_url(value, "user_tokens.issuer")
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _secure_jwks(cls, value: str | None) -> str | None:
+        return None if value is None else secure_url(value, "user_tokens.jwks_url")
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        refused = [name for name in value if name not in USER_TOKEN_ALGORITHMS]
+        if refused:
+            raise ValueError(
+                f"algorithm(s) {', '.join(refused)} not accepted for user tokens (allowed: "
+                f"{', '.join(USER_TOKEN_ALGORITHMS)}; never 'none' or HMAC)"
+            )
+        return list(dict.fromkeys(value))
+
+    @field_validator("header")
+    @classmethod
+    def _lower_header(cls, value: str) -> str:
+        return value.strip().lower()
+
+    @model_validator(mode="after")
+    def _complete(self) -> UserTokenSettings:
+        if self.issuer is not None and not self.audiences:
+            raise ValueError("user_tokens.audiences must name at least one audience when an issuer is set")
+        if self.issuer is None and self.unverified == "refuse":
+            raise ValueError(
+                "user_tokens.unverified 'refuse' needs user_tokens.issuer (nothing could verify)"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.issuer is not None
+
+    def cache_path(self) -> Path:
+        """``cache_file``, or the default file for this issuer and JWKS URL (see its description)."""
+        if self.cache_file is not None:
+            return self.cache_file.expanduser()
+        source = f"{self.issuer}\n{self.jwks_url or ''}"
+        digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+        return Path(f"~/.local/share/seawall/jwks-{digest}.json").expanduser()
+
+
 class ExtraStep(BaseModel):
     """A step of your own on the request path: registered in the ``seawall.steps`` entry-point
     group under ``name``, placed just before or just after a step of the path."""
@@ -554,6 +747,10 @@ class GatewaySettings(BaseModel):
             "clients cannot reach seawall directly. None: the user comes from the request's "
             "safety_identifier or user field, else an anonymous session."
         ),
+    )
+    user_tokens: UserTokenSettings = Field(
+        default_factory=UserTokenSettings,
+        description="Verified end users: tokens from the app's identity provider, checked against its keys.",
     )
     input_moderation: bool = Field(
         True,
@@ -669,6 +866,19 @@ class GatewaySettings(BaseModel):
         if unknown:
             raise ValueError(f"unknown categor(ies) {', '.join(unknown)}; known: {', '.join(CATEGORIES)}")
         return value
+
+    @model_validator(mode="after")
+    def _user_token_header_is_free(self) -> GatewaySettings:
+        if (
+            self.user_tokens.enabled
+            and self.user_tokens.header == "authorization"
+            and self.require_api_key is not False
+        ):
+            raise ValueError(
+                "gateway.user_tokens.header 'authorization' carries the app's API key too: use another "
+                "header (the default x-seawall-user-token), or set gateway.require_api_key: false"
+            )
+        return self
 
 
 class ImageSettings(BaseModel):

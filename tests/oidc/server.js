@@ -4,6 +4,12 @@
 // in `login_hint` (default: the first test user) without a form, then grants the requested
 // scopes. Started by tests/test_ui_oidc.py with:
 //   PORT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI  (environment)
+// and by tests/test_gateway_verified_users.py with these too (all optional):
+//   JWKS           the provider's signing keys, a private JWKS as JSON (the first key signs);
+//                  restarting with another JWKS is how the tests rotate keys
+//   EXTRA_CLIENTS  more clients, a JSON array of client metadata (e.g. another app: another audience)
+//   ID_TOKEN_CLAIMS=all   put the granted scopes' claims in ID tokens too (not only userinfo)
+//   RESOURCE       an API identifier: client-credentials grants for it get JWT access tokens
 // It prints one line, "ready <issuer>", once it listens.
 import http from 'node:http';
 import Provider from 'oidc-provider';
@@ -17,7 +23,22 @@ const USERS = {
   'rex': { email: 'rex@example.org', email_verified: true, name: 'Rex Reviewer' },
   'eve': { email: 'eve@example.org', email_verified: true, name: 'Eve Outsider' },
   'una': { email: 'ada@example.org', email_verified: false, name: 'Una Unverified' },
+  // Trust tiers (the gateway's tests): payment and ID verification as an app's provider states them.
+  'pia': { email: 'pia@example.org', email_verified: true, name: 'Pia Paid', payment_verified: true },
+  'ida': { email: 'ida@example.org', email_verified: true, name: 'Ida Identified', id_verified: true },
 };
+
+const extraClients = process.env.EXTRA_CLIENTS ? JSON.parse(process.env.EXTRA_CLIENTS) : [];
+const resource = process.env.RESOURCE;
+const resourceIndicators = resource ? {
+  enabled: true,
+  defaultResource: () => resource,
+  useGrantedResource: () => true,
+  getResourceServerInfo: (ctx, indicator) => {
+    if (indicator !== resource) throw new Error(`unknown resource ${indicator}`);
+    return { scope: 'api', audience: resource, accessTokenFormat: 'jwt', accessTokenTTL: 300 };
+  },
+} : { enabled: false };
 
 const provider = new Provider(issuer, {
   clients: [{
@@ -27,10 +48,22 @@ const provider = new Provider(issuer, {
     response_types: ['code'],
     grant_types: ['authorization_code'],
     token_endpoint_auth_method: 'client_secret_basic',
-  }],
-  claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
+  }, ...extraClients],
+  ...(process.env.JWKS ? { jwks: JSON.parse(process.env.JWKS) } : {}),
+  conformIdTokenClaims: process.env.ID_TOKEN_CLAIMS !== 'all',
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['name'],
+    verification: ['payment_verified', 'id_verified'],
+  },
+  scopes: ['openid', 'offline_access', 'email', 'profile', 'verification', 'api'],
   cookies: { keys: ['seawall-test-only-cookie-key'] },
-  features: { devInteractions: { enabled: false } },
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: Boolean(resource) },
+    resourceIndicators,
+  },
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
   async findAccount(ctx, id) {
     const user = USERS[id];

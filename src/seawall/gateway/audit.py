@@ -73,6 +73,8 @@ class AuditRecord:
     key_id: str | None = None
     safety_identifier: str | None = None
     user_source: str | None = None
+    #: The user's trust tier (the policy's ``tiers``); in the written record only when the policy has tiers.
+    tier: str | None = None
     model: str | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
     #: What controls in shadow mode would have done (``gateway.modes``): one entry per step that
@@ -125,7 +127,7 @@ class AuditRecord:
             self.outcome = "refused_input"
         elif exc.status_code == 401:
             self.outcome = "unauthorized"
-        elif exc.status_code == 403:
+        elif exc.status_code == 403 and exc.code != "model_not_allowed_for_tier":
             self.outcome = "user_blocked"
         elif exc.status_code == 429:
             self.outcome = "rate_limited"
@@ -143,6 +145,7 @@ class AuditRecord:
             "key_id": self.key_id,
             "safety_identifier": self.safety_identifier,
             "user_source": self.user_source,
+            **({"tier": self.tier} if self.tier is not None else {}),
             "model": self.model,
             "stream": self.stream,
             "outcome": self.outcome,

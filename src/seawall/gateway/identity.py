@@ -19,13 +19,15 @@ never sent upstream and never logged**: :func:`upstream_body` replaces whatever 
 ``user`` or ``safety_identifier`` with the digest, and :class:`EndUser` keeps its ``repr`` free of
 the id. Use the raw id only as an internal key (the risk ledger, rate limits).
 
-**End user.** :func:`resolve_end_user` takes, in order: the trusted header the app sets after
-its own login (only when one is configured; a client talking to seawall directly could set any
-header, so an unconfigured header is ignored), the request's ``safety_identifier``, its
-``user``; otherwise the caller is anonymous and gets a session id, the one it presented in the
-session header or cookie, or a fresh random one (``new_session=True``: the gateway should set
-the cookie). Every value must be a non-empty string of at most :data:`MAX_ID_LENGTH` characters
-without control characters; anything else is a 400 that names the field.
+**End user.** A user whose token the gateway verified (:mod:`seawall.gateway.user_tokens`) comes
+first: :func:`verified_end_user`. Otherwise :func:`resolve_end_user` takes, in order: the trusted
+header the app sets after its own login (only when one is configured; a client talking to seawall
+directly could set any header, so an unconfigured header is ignored), the request's
+``safety_identifier``, its ``user``; otherwise the caller is anonymous and gets a session id, the
+one it presented in the session header or cookie, or a fresh random one (``new_session=True``: the
+gateway should set the cookie). Every value must be a non-empty string of at most
+:data:`MAX_ID_LENGTH` characters without control characters; anything else is a 400 that names the
+field.
 
 **Server secret.** :func:`load_or_create_secret` (also from :mod:`seawall.secret`) keeps the HMAC
 key in a file of exactly :data:`SECRET_BYTES` bytes, mode 0600, created atomically on first use.
@@ -63,7 +65,13 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 # C0 and C1 control characters, DEL, and the Unicode line/paragraph separators.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
-Source = Literal["header", "safety_identifier", "user", "session"]
+Source = Literal["token", "header", "safety_identifier", "user", "session"]
+
+#: Put before a verified user's id (from a token the gateway verified) to make the id it hashes
+#: into the safety identifier. Ids from a request (header, ``user``, session) cannot contain its
+#: control character, so an unverified request cannot take a verified user's safety identifier
+#: by sending the same id in ``user``.
+VERIFIED_PREFIX = "\x1fverified\x1f"
 
 
 # ----------------------------------------------------------------- API keys
@@ -187,6 +195,12 @@ def resolve_end_user(
     return EndUser(secrets.token_urlsafe(16), anonymous=True, source="session", new_session=True)
 
 
+def verified_end_user(user_id: str) -> EndUser:
+    """The end user of a request whose user token the gateway verified (``user_id``: the token's
+    user claim); see :data:`VERIFIED_PREFIX`."""
+    return EndUser(VERIFIED_PREFIX + user_id, anonymous=False, source="token")
+
+
 def upstream_body(body: Mapping[str, Any], safety_id: str) -> dict[str, Any]:
     """A copy of ``body`` for the upstream: ``safety_identifier`` is ``safety_id``, ``user`` is gone.
 
@@ -206,6 +220,7 @@ __all__ = [
     "SECRET_BYTES",
     "SESSION_COOKIE",
     "SESSION_HEADER",
+    "VERIFIED_PREFIX",
     "EndUser",
     "generate_api_key",
     "hash_api_key",
@@ -214,5 +229,6 @@ __all__ = [
     "resolve_end_user",
     "safety_identifier",
     "upstream_body",
+    "verified_end_user",
     "verify_api_key",
 ]

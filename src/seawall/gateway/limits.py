@@ -264,8 +264,8 @@ def _check_output_tokens(body: Mapping[str, Any]) -> None:
             )
 
 
-def _same_value(a: Any, b: Any) -> bool:
-    # JSON types must match: true is not 1, "1" is not 1; 1 and 1.0 are the same number.
+def same_json_value(a: Any, b: Any) -> bool:
+    """Equal as JSON values: the types must match (true is not 1, "1" is not 1); 1 and 1.0 are one number."""
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     if isinstance(a, int | float) and isinstance(b, int | float):
@@ -283,7 +283,7 @@ def _check_enumerated(body: Mapping[str, Any], fields: Mapping[str, list[EnumVal
                     f"'{path}' is required and must be one of: {allowed_text}", path, "invalid_enum_value"
                 )
             node = node[segment]
-        if not any(_same_value(node, value) for value in allowed):
+        if not any(same_json_value(node, value) for value in allowed):
             shown = json.dumps(node) if isinstance(node, EnumValue | None) else json_type_name(node)
             raise _invalid(
                 f"'{path}' must be one of: {allowed_text} (got {shown})", path, "invalid_enum_value"
@@ -413,6 +413,7 @@ def cap_output_tokens(
 
 __all__ = [
     "ROLES",
+    "EnumValue",
     "InputLimits",
     "TokenCounter",
     "cap_output_tokens",
@@ -420,4 +421,5 @@ __all__ = [
     "default_token_counter",
     "input_texts",
     "json_type_name",
+    "same_json_value",
 ]

@@ -5,10 +5,13 @@ steps (:mod:`seawall.gateway.steps`) built once from the settings, a control tha
 step left out, run in order by one :class:`~seawall.gateway.runner.Runner`. For each
 ``/v1/chat/completions`` request, in this order:
 
-1. **Identity.** The app's key, then the end user (trusted header, the request's
+1. **Identity.** The app's key, then the end user (a verified user token,
+   :mod:`~seawall.gateway.user_tokens`; else the trusted header, the request's
    ``safety_identifier`` or ``user``, else an anonymous session;
    :func:`~seawall.gateway.identity.resolve_end_user`) becomes a *safety identifier*,
-   ``HMAC(secret, tenant, user)``. The raw id is never sent upstream, logged or audited.
+   ``HMAC(secret, tenant, user)``. The raw id is never sent upstream, logged or audited. With the
+   policy's ``tiers`` (:mod:`~seawall.gateway.tiers`) the user gets a trust tier, whose rate limit,
+   limits and escalation thresholds the later steps apply.
 2. **Standing.** With a store and the risk ledger: the user's standing (403 blocked, 429
    throttled, a warning header when warned).
 3. **Rate limits.** With a store: per user, per key, per address without a session (429).
@@ -95,7 +98,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seawall.clock import utc_now
-from seawall.errors import SeawallError
+from seawall.errors import ConfigurationError, SeawallError
 from seawall.gateway.access import KeyAuthenticator
 from seawall.gateway.answer_stream import (
     StreamOutputModeration,
@@ -147,8 +150,10 @@ from seawall.gateway.stream_guard import (
     StreamGuardSettings,
     moderation_check,
 )
+from seawall.gateway.tiers import Tiers
 from seawall.gateway.topics import TopicGuard
 from seawall.gateway.upstream import Upstream
+from seawall.gateway.user_tokens import UserTokenVerifier
 from seawall.review.gateway_hook import ReviewHook
 from seawall.review.metrics import GUARD_STEPS
 from seawall.service import ModerationService
@@ -181,6 +186,14 @@ DEFAULT_POLICY = Policy(
     allowed_topics=["any question a general-purpose assistant can answer safely"],
     off_topic_reply="Sorry, I can't help with that.",
 )
+
+
+def policy_tiers(policy: Policy, settings: GatewaySettings) -> Tiers:
+    """The policy's trust tiers resolved against the gateway's rate limit and risk settings."""
+    try:
+        return Tiers(policy.tiers, policy.limits, settings.rate_limits.per_user, settings.risk)
+    except ValueError as exc:
+        raise ConfigurationError(f"policy file {settings.policy_file}: {exc}", param="tiers") from None
 
 
 def new_request_id() -> str:
@@ -240,6 +253,16 @@ class Gateway:
             require=self.settings.require_api_key,
         )
         self.ledger = RiskLedger(store, self.settings.risk) if store and self.settings.risk.enabled else None
+        self.tiers = policy_tiers(self.policy, self.settings)
+        tokens = self.settings.user_tokens
+        self.verifier = UserTokenVerifier(tokens) if tokens.enabled else None
+        self.identity = Identity(
+            self.access,
+            self.secret,
+            self.settings.trusted_user_header,
+            verifier=self.verifier,
+            tiers=self.tiers,
+        )
         self.limiter = RateLimiter(store, self.settings.rate_limits) if store else None
         self.audit = AuditLog(
             self.settings.audit_file,
@@ -290,7 +313,7 @@ class Gateway:
     def _path(self) -> list[Step]:
         """The built-in steps, in order; a control that is off is a step left out."""
         s = self.settings
-        path: list[Step] = [Identity(self.access, self.secret, s.trusted_user_header)]
+        path: list[Step] = [self.identity]
         if self.ledger is not None:
             path.append(Standing(self.ledger))
         if self.limiter is not None:
@@ -319,13 +342,17 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
+        if self.verifier is not None:
+            await self.verifier.aclose()
         self.audit.close()
 
     async def models(self, headers: Mapping[str, str]) -> dict[str, Any]:
-        """The upstream's model list, narrowed to the policy's ``allowed_models`` when it has some."""
+        """The upstream's model list, narrowed to the policy's ``allowed_models`` (the user's tier's,
+        with tiers) when it has some."""
         await asyncio.to_thread(self.access.authenticate, header_value(headers, "authorization"))
+        tier = await self.identity.tier(headers)
         listing = await self.upstream.models()
-        allowed = self.policy.limits.allowed_models
+        allowed = (tier.limits if tier is not None else self.policy.limits).allowed_models
         if allowed:
             listing = {**listing, "data": [m for m in listing["data"] if m.get("id") in allowed]}
         return listing
@@ -553,6 +580,7 @@ class Gateway:
                 level,
                 audit.request_id,
                 categories,
+                thresholds=ctx.tier.risk if ctx.tier is not None else None,
             )
         except Exception as exc:  # the answer is settled; a ledger failure must not turn it into an error
             log.error("cannot record the risk event of %s: %s", audit.request_id, exc)

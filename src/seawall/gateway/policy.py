@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from seawall.errors import ConfigurationError
 from seawall.gateway.limits import InputLimits
+from seawall.gateway.tiers import Tier, check_tiers
 
 #: Placeholders ``system_prompt_template`` may use, and what each becomes.
 PLACEHOLDERS: Mapping[str, str] = types.MappingProxyType(
@@ -253,6 +254,15 @@ class Policy(_Strict):
     untrusted: UntrustedContentPolicy = Field(
         default_factory=UntrustedContentPolicy, description="How untrusted text is fenced."
     )
+    tiers: list[Tier] = Field(
+        default_factory=list,
+        description=(
+            "Trust tiers (see seawall.gateway.tiers), checked top to bottom: each names who is in it "
+            "(a verified user token and its claims, or every request) and its own rate limit, limits "
+            "and escalation thresholds. The last must match every request (verified: false). Empty: "
+            "one set of limits for everyone."
+        ),
+    )
 
     @field_validator("system_prompt_template")
     @classmethod
@@ -261,6 +271,12 @@ class Policy(_Strict):
         missing = sorted(REQUIRED_PLACEHOLDERS - used)
         if missing:
             raise ValueError("the template must contain " + ", ".join("{{" + name + "}}" for name in missing))
+        return value
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_cover_everyone(cls, value: list[Tier]) -> list[Tier]:
+        check_tiers(value)
         return value
 
     def placeholder_values(self) -> dict[str, str]:

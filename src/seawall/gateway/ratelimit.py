@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from seawall.clock import Clock, utc_now
+from seawall.gateway.tiers import ResolvedTier
 from seawall.ratelimit import enforce
 from seawall.settings import RateLimit, RateLimitSettings
 from seawall.store.base import CounterStore
@@ -21,11 +22,23 @@ class RateLimiter:
         self.clock = clock
 
     def check(
-        self, key_id: str | None, tenant: str, safety_id: str, *, address_without_session: str | None = None
+        self,
+        key_id: str | None,
+        tenant: str,
+        safety_id: str,
+        *,
+        address_without_session: str | None = None,
+        tier: ResolvedTier | None = None,
     ) -> None:
         """``address_without_session``: the client address of an anonymous request that presented
-        no session (its fresh session id would start a new per-user count every time)."""
-        if self.settings.per_user is not None:
+        no session (its fresh session id would start a new per-user count every time). ``tier``:
+        the user's trust tier, whose per-user limit replaces ``per_user`` (counted in a bucket of
+        the tier's own, so tiers with different windows never share a count)."""
+        if tier is not None:
+            if tier.rate_limit is not None:
+                whose = f"this user (tier {tier.name})"
+                self._hit(f"user:{tenant}:{safety_id}:{tier.name}", tier.rate_limit, whose)
+        elif self.settings.per_user is not None:
             self._hit(f"user:{tenant}:{safety_id}", self.settings.per_user, "this user")
         if self.settings.per_address_without_session is not None and address_without_session:
             limit = self.settings.per_address_without_session

@@ -62,6 +62,17 @@ def _span(seconds: int) -> str:
     return f"{seconds} s"
 
 
+def _rungs(settings: RiskSettings) -> list[tuple[UserStatus, float]]:
+    """The ladder's rungs that are set, with the points each starts at."""
+    rungs: tuple[tuple[UserStatus, float | None], ...] = (
+        ("warned", settings.warn_at),
+        ("throttled", settings.throttle_at),
+        ("blocked", settings.block_at),
+        ("review", settings.review_at),
+    )
+    return [(status, at) for status, at in rungs if at is not None]
+
+
 class RiskStore(LedgerStore, CounterStore, Protocol):
     """The roles the escalation ladder needs: the ledger, and counters for throttled users."""
 
@@ -73,13 +84,7 @@ class RiskLedger:
         self.store = store
         self.settings = settings
         self.clock = clock
-        rungs: tuple[tuple[UserStatus, float | None], ...] = (
-            ("warned", settings.warn_at),
-            ("throttled", settings.throttle_at),
-            ("blocked", settings.block_at),
-            ("review", settings.review_at),
-        )
-        self._rungs: list[tuple[UserStatus, float]] = [(s, at) for s, at in rungs if at is not None]
+        self._rungs = _rungs(settings)
 
     # ------------------------------------------------------------------ before a request
 
@@ -130,17 +135,27 @@ class RiskLedger:
         return high + medium / self.settings.medium_per_high, high, medium
 
     def record(
-        self, tenant: str, safety_id: str, level: RiskLevel, request_id: str, categories: Iterable[str] = ()
+        self,
+        tenant: str,
+        safety_id: str,
+        level: RiskLevel,
+        request_id: str,
+        categories: Iterable[str] = (),
+        *,
+        thresholds: RiskSettings | None = None,
     ) -> UserState | None:
-        """Log a medium/high event and escalate if the user reached a higher rung; the new state or None."""
+        """Log a medium/high event and escalate if the user reached a higher rung; the new state or None.
+
+        ``thresholds``: the user's trust tier's rungs (warn_at ... review_at), instead of the settings'."""
         if level == "low":
             return None
+        rungs = self._rungs if thresholds is None else _rungs(thresholds)
         now = self.clock()
         event = RiskEvent(tenant, safety_id, level, now, request_id, tuple(sorted(categories)))
         self.store.record_event(event)
         state = self.store.get_user(tenant, safety_id)  # read once: for the points and the rung
         points, high, medium = self._points(tenant, safety_id, state, now)
-        reached = [status for status, at in self._rungs if points >= at]
+        reached = [status for status, at in rungs if points >= at]
         if not reached:
             return None
         target = reached[-1]

@@ -43,6 +43,7 @@ from seawall.errors import (
 from seawall.gateway.access import Caller
 from seawall.gateway.audit import AuditRecord
 from seawall.gateway.stream_guard import GuardVerdict
+from seawall.gateway.tiers import ResolvedTier
 from seawall.plugins import STEPS, PluginGroup, load_group
 from seawall.service import ModerationService
 from seawall.settings import ControlMode, ExtraStep, FailMode, Settings
@@ -82,6 +83,8 @@ class RequestContext:
     new_session: str | None = None
     #: ``HMAC(secret, tenant, user)``: the only form of the user's id past the identity step.
     safety_id: str = ""
+    #: The user's trust tier, when the policy has tiers: its limits, rate limit and thresholds.
+    tier: ResolvedTier | None = None
     #: The user's escalation state, when warned or throttled.
     standing: UserState | None = None
     #: The messages and untrusted documents as the guards left them (dropped ones replaced).
@@ -114,6 +117,7 @@ class RequestContext:
             key_id=audit.key_id,
             safety_identifier=audit.safety_identifier,
             user_source=audit.user_source,
+            tier=audit.tier,
             model=audit.model,
             decisions=list(audit.decisions),
             outcome=audit.outcome,

@@ -22,7 +22,13 @@ from seawall.errors import (
 )
 from seawall.gateway.access import KeyAuthenticator
 from seawall.gateway.catalogue import ModelCatalogue
-from seawall.gateway.identity import header_value, resolve_end_user, safety_identifier, upstream_body
+from seawall.gateway.identity import (
+    header_value,
+    resolve_end_user,
+    safety_identifier,
+    upstream_body,
+    verified_end_user,
+)
 from seawall.gateway.knowledge import KnowledgeBase
 from seawall.gateway.limits import cap_output_tokens, check_request
 from seawall.gateway.messages import image_parts, last_user_text, text_of
@@ -32,8 +38,10 @@ from seawall.gateway.prompt import build_prompt
 from seawall.gateway.ratelimit import RateLimiter
 from seawall.gateway.risk import RiskLedger
 from seawall.gateway.runner import Answer, Guards, RequestContext
+from seawall.gateway.tiers import ResolvedTier, Tiers
 from seawall.gateway.topics import TopicGuard
 from seawall.gateway.upstream import Upstream
+from seawall.gateway.user_tokens import UserTokenVerifier, VerifiedUser
 from seawall.review.gateway_hook import PENDING_STATUS, ReviewHook
 from seawall.review.responses import STATUS_HEADER
 from seawall.store.base import UserState
@@ -56,28 +64,66 @@ JUDGED_ROLES: ContextVar[frozenset[str]] = ContextVar("seawall_judged_roles", de
 
 
 class Identity:
-    """The app's key, the end user, and the user's safety identifier (the raw id goes no further)."""
+    """The app's key, the end user (a verified user token first), the user's safety identifier (the
+    raw id goes no further) and, when the policy has tiers, the user's trust tier."""
 
     name = "identity"
     guard = False
 
-    def __init__(self, access: KeyAuthenticator, secret: bytes, trusted_user_header: str | None) -> None:
+    def __init__(
+        self,
+        access: KeyAuthenticator,
+        secret: bytes,
+        trusted_user_header: str | None,
+        *,
+        verifier: UserTokenVerifier | None = None,
+        tiers: Tiers | None = None,
+    ) -> None:
         self.access = access
         self.secret = secret
         self.trusted_user_header = trusted_user_header
+        self.verifier = verifier
+        self.tiers = tiers if tiers else None
 
     async def run(self, ctx: RequestContext) -> Answer | None:
         audit, body = ctx.audit, ctx.body
         caller = await asyncio.to_thread(self.access.authenticate, header_value(ctx.headers, "authorization"))
         ctx.caller = caller
         audit.key_id, audit.tenant = caller.key_id, caller.tenant
-        user = resolve_end_user(body, ctx.headers, self.trusted_user_header)
+        audit.model = body.get("model") if isinstance(body.get("model"), str) else None
+        verified = await self._verified(ctx.headers)
+        if verified is not None:
+            user = verified_end_user(verified.id)
+        else:
+            user = resolve_end_user(body, ctx.headers, self.trusted_user_header)
         if user.new_session:
             ctx.new_session = user.id
         ctx.safety_id = safety_identifier(self.secret, caller.tenant, user.id)
         audit.safety_identifier, audit.user_source = ctx.safety_id, user.source
-        audit.model = body.get("model") if isinstance(body.get("model"), str) else None
+        if self.tiers is not None:
+            ctx.tier = self.tiers.for_claims(verified.claims if verified is not None else None)
+            audit.tier = ctx.tier.name
         return None
+
+    async def tier(self, headers: Mapping[str, str]) -> ResolvedTier | None:
+        """The trust tier of a request with these headers (None: the policy has no tiers); a bad
+        token is the same 401 as on a chat request."""
+        if self.tiers is None:
+            return None
+        verified = await self._verified(headers)
+        return self.tiers.for_claims(verified.claims if verified is not None else None)
+
+    async def _verified(self, headers: Mapping[str, str]) -> VerifiedUser | None:
+        """The user of a verified token; None without a token (where unverified users are
+        accepted); 401 for a token that fails, or a missing one where they are refused."""
+        if self.verifier is None:
+            return None
+        token = self.verifier.token_of(headers)
+        if token is None:
+            if self.verifier.settings.unverified == "refuse":
+                raise self.verifier.missing()
+            return None
+        return await self.verifier.verify(token)
 
 
 class Standing:
@@ -123,6 +169,7 @@ class RateLimits:
             caller.tenant,
             ctx.safety_id,
             address_without_session=sessionless,
+            tier=ctx.tier,
         )
         return None
 
@@ -141,13 +188,28 @@ class InputLimits:
 
     async def run(self, ctx: RequestContext) -> Answer | None:
         body = ctx.body
-        check_request(body, self.policy.limits)
+        tier = ctx.tier
+        limits = self.policy.limits
+        if tier is not None:  # the tier's limits; a model no one is served is still a 404 first
+            limits = tier.limits.model_copy(update={"allowed_models": limits.allowed_models})
+        check_request(body, limits)
         check_parameters(body)
         if self.review is not None:
             self.review.mode(ctx.headers)  # a bad x-seawall-review header: 400 before the model
         if self.catalogue is not None:
             await self.catalogue.check(body["model"])
-        ctx.documents = self._documents(body)
+        if (
+            tier is not None
+            and tier.limits.allowed_models
+            and body["model"] not in tier.limits.allowed_models
+        ):
+            raise PermissionDeniedError(
+                f"The model '{body['model']}' is not available to users of the tier '{tier.name}'; "
+                f"their models: {', '.join(tier.limits.allowed_models)}",
+                param="model",
+                code="model_not_allowed_for_tier",
+            )
+        ctx.documents = self._documents(body, ctx)
         if body.get("stream") and body.get("n") not in (None, 1):
             raise InvalidRequestError(
                 "the gateway streams one choice only; n must be 1 with stream", param="n"
@@ -155,7 +217,7 @@ class InputLimits:
         ctx.messages = body["messages"]
         return None
 
-    def _documents(self, body: Mapping[str, Any]) -> list[dict[str, str]]:
+    def _documents(self, body: Mapping[str, Any], ctx: RequestContext) -> list[dict[str, str]]:
         """The untrusted documents of the ``seawall`` extension field, checked."""
         extension = body.get(EXTENSION_FIELD)
         if extension is None:
@@ -186,7 +248,7 @@ class InputLimits:
                     f"{where} may hold only 'text' and an optional string 'source'", param=where
                 )
             documents.append({"source": source, "text": document["text"]})
-        limit = self.policy.limits.max_input_chars
+        limit = (tier.limits if (tier := ctx.tier) is not None else self.policy.limits).max_input_chars
         total = sum(len(document["text"]) for document in documents)
         if limit is not None and total > limit:
             raise PayloadTooLargeError(
@@ -354,7 +416,8 @@ class Prompt:
         dropped = {EXTENSION_FIELD, "user", "safety_identifier", "messages"}
         outgoing = {key: value for key, value in ctx.body.items() if key not in dropped}
         outgoing["messages"] = built.messages
-        outgoing = cap_output_tokens(outgoing, self.policy.limits.max_output_tokens)
+        limits = ctx.tier.limits if ctx.tier is not None else self.policy.limits
+        outgoing = cap_output_tokens(outgoing, limits.max_output_tokens)
         ctx.upstream_body = upstream_body(outgoing, ctx.safety_id)
         return None
 

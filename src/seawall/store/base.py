@@ -32,7 +32,7 @@ Responses API conversations stored to be continued (``store: true``; ``gateway.r
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, get_args
@@ -465,6 +465,11 @@ class AuditSearch(Protocol):
 
     def audit_tenants(self, limit: int = 100) -> list[str]:
         """Tenants that have audit records, in order, at most ``limit``."""
+        ...
+
+    def user_tiers(self, tenant: str, safety_ids: Sequence[str]) -> dict[str, str]:
+        """The trust tier of each user's latest audit record that names one (superseded records
+        left out), by safety identifier; users without such a record are absent."""
         ...
 
     def audit_counts(

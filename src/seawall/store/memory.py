@@ -18,7 +18,7 @@ import json
 import math
 import secrets
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -428,6 +428,16 @@ class MemoryAudit(MemoryRole):
         with self.data.lock:
             tenants = {row.tenant for row in self.data.audit if row.tenant is not None}
         return sorted(tenants)[: max(0, limit)]
+
+    def user_tiers(self, tenant: str, safety_ids: Sequence[str]) -> dict[str, str]:
+        wanted = set(safety_ids)
+        tiers: dict[str, str] = {}
+        for row in self._current():  # newest first: the first tier seen per user is the latest
+            tier = row.record.get("tier")
+            sid = row.safety_identifier
+            if row.tenant == tenant and sid in wanted and sid not in tiers and isinstance(tier, str):
+                tiers[sid] = tier
+        return tiers
 
     def audit_counts(
         self, since: datetime, until: datetime, bucket_s: int, tenant: str | None = None

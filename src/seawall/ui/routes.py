@@ -484,11 +484,14 @@ class UI:
             rows = await run_in_threadpool(
                 lambda: self.store.list_users(tenant, since=since, status=cast(Any, status), limit=200)
             )
+        ids = [row.safety_id for row in rows]
+        tiers = await run_in_threadpool(self.store.user_tiers, tenant, ids)  # each one's latest tier
         return self.render(
             request,
             "users.html",
             page="users",
             rows=rows,
+            tiers=tiers,
             tenant=tenant,
             status=status or "",
             statuses=LADDER,
@@ -527,7 +530,10 @@ class UI:
         log.info("UI: %s %s user %s/%s (%s)", session.subject, done, tenant, safety_id, state.status)
         if request.headers.get("hx-request"):
             row = await run_in_threadpool(self._user_row, tenant, safety_id, 24)
-            return self.render(request, "_user_row.html", row=row, tenant=tenant, is_admin=True, notice=done)
+            tiers = await run_in_threadpool(self.store.user_tiers, tenant, [safety_id])
+            return self.render(
+                request, "_user_row.html", row=row, tiers=tiers, tenant=tenant, is_admin=True, notice=done
+            )
         base = request.scope.get("root_path", "")
         query = urlencode({"tenant": tenant, "q": safety_id, "done": done})
         return RedirectResponse(f"{base}/users?{query}", status_code=303)

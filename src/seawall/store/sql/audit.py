@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -261,6 +261,30 @@ class SqlAudit(SqlRole):
         query = select(audit_events.c.id).where(audit_events.c.request_id == request_id).limit(1)
         with self.db.transaction("looking up an audit record") as connection:
             return connection.execute(query).first() is not None
+
+    def user_tiers(self, tenant: str, safety_ids: Sequence[str]) -> dict[str, str]:
+        """The trust tier of each user's latest audit record that names one (superseded records
+        left out), by safety identifier: one query, on the (safety_identifier, time) index."""
+        if not safety_ids:
+            return {}
+        columns = audit_events.c
+        tier = columns.record["tier"].as_string()
+        latest = func.row_number().over(
+            partition_by=columns.safety_identifier, order_by=(columns.time.desc(), columns.id.desc())
+        )
+        ranked = (
+            select(columns.safety_identifier, tier.label("tier"), latest.label("rank"))
+            .where(
+                columns.tenant == tenant,
+                columns.safety_identifier.in_(list(dict.fromkeys(safety_ids))),
+                columns.superseded == false(),
+                tier.is_not(None),
+            )
+            .subquery("ranked")
+        )
+        query = select(ranked.c.safety_identifier, ranked.c.tier).where(ranked.c.rank == 1)
+        with self.db.transaction("reading users' tiers") as connection:
+            return {str(sid): str(name) for sid, name in connection.execute(query).all()}
 
     def audit_tenants(self, limit: int = 100) -> list[str]:
         """Tenants that have audit records, in order, at most ``limit`` (for the UI's filters)."""
