@@ -1,0 +1,224 @@
+"""A resumable batch run: plan the blocks, skip the finished ones, moderate the rest on an engine
+(``single``: this process; ``ray``: an actor pool on a Ray cluster), record each finished block.
+
+Both engines run :class:`BlockWorker`, which loads the model once and moderates block after
+block through :func:`seawall.batch.rows.moderate_records`, the function ``seawall moderate``
+uses too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from seawall.batch.files import (
+    MANIFEST,
+    MANIFEST_VERSION,
+    Format,
+    input_files,
+    input_format,
+    load_manifest,
+    part_name,
+    plan_blocks,
+    read_block,
+    save_manifest,
+    write_part,
+)
+from seawall.batch.rows import DEFAULT_CHUNK, moderate_records
+from seawall.errors import DataError
+from seawall.service import ModerationService
+from seawall.settings import Settings, load_settings
+
+Engine = Literal["single", "ray"]
+#: Input lines (or Parquet rows) per block: the unit of work, of progress and of resumption.
+DEFAULT_BLOCK_ROWS = 2000
+
+
+@dataclass
+class BatchReport:
+    """What a run did."""
+
+    output: Path
+    blocks: int
+    skipped: int
+    computed: int
+    rows: int
+    flagged: int
+    seconds: float
+    #: Blocks still to do (a run stopped by ``max_blocks``); 0 when the output is complete.
+    remaining: int = 0
+
+
+class BlockWorker:
+    """Moderates blocks into part files; one model load per instance (a Ray actor, or this process)."""
+
+    def __init__(
+        self, settings: Settings, model: str | None, chunk: int, output: str, output_format: Format
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._service = ModerationService(settings)
+        self._model = model
+        self._chunk = chunk
+        self._output = Path(output)
+        self._format: Format = output_format
+        # Load the model now, once, rather than inside the first block.
+        self._loop.run_until_complete(self._service.backend(self._service.backend_name(model)))
+
+    def rows(self, records: Sequence[Any], where: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Output rows for ``records`` (what :func:`seawall.batch.moderate_dataset` uses)."""
+        return self._loop.run_until_complete(
+            moderate_records(self._service, records, self._model, chunk=self._chunk, where=where)
+        )
+
+    def __call__(self, block: dict[str, Any]) -> dict[str, Any]:
+        records, where = read_block(block)
+        rows = self.rows(records, where)
+        name = part_name(block["id"], self._format) if rows else ""
+        if rows:
+            write_part(rows, self._output / name, self._format)
+        flagged = sum(any(result["flagged"] for result in row["results"]) for row in rows)
+        return {"id": block["id"], "rows": len(rows), "flagged": flagged, "file": name}
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._service.aclose())
+        self._loop.close()
+
+
+def moderate_files(
+    inputs: Path | str | Sequence[Path | str],
+    output: Path | str,
+    *,
+    engine: Engine = "single",
+    output_format: Format | None = None,
+    model: str | None = None,
+    settings: Settings | None = None,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
+    chunk: int = DEFAULT_CHUNK,
+    workers: int | None = None,
+    address: str | None = None,
+    restart: bool = False,
+    max_blocks: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> BatchReport:
+    """Moderate JSONL/Parquet ``inputs`` (files or folders) into part files in the ``output`` folder.
+
+    Resumable: a rerun with the same inputs and options skips the blocks already finished (see
+    :mod:`seawall.batch.files`); ``restart`` discards them first. ``engine="ray"`` runs the blocks
+    on an actor pool of ``workers`` (default: the cluster's CPUs) of the Ray cluster at
+    ``address`` (default: ``$RAY_ADDRESS``, else a local instance). ``max_blocks`` stops after that
+    many blocks (the rest wait for the next run). ``progress(rows_done, rows_total)`` is called
+    as blocks finish. Bad input raises :class:`seawall.errors.DataError` naming the line; the
+    blocks finished before it stay recorded.
+    """
+    if block_rows < 1 or chunk < 1:
+        raise DataError("block_rows and chunk must be at least 1")
+    if engine not in ("single", "ray"):
+        raise DataError(f"unknown engine {engine!r}: use 'single' or 'ray'")
+    started = time.perf_counter()
+    paths = [Path(inputs)] if isinstance(inputs, str | Path) else [Path(p) for p in inputs]
+    files = input_files(paths)
+    fmt: Format = output_format or input_format(files[0])
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} exists and is not a folder: the batch output is a folder of part files")
+    out.mkdir(parents=True, exist_ok=True)
+    blocks = plan_blocks(files, block_rows)
+    header = {
+        "version": MANIFEST_VERSION,
+        "inputs": [str(path.resolve()) for path in files],
+        "block_rows": block_rows,
+        "format": fmt,
+        "model": model,
+    }
+    manifest = None if restart else load_manifest(out)
+    if restart:
+        _clear(out)
+    if manifest is not None:
+        differs = [key for key, value in header.items() if manifest.get(key) != value]
+        if differs:
+            raise DataError(
+                f"{out} holds a run with other {', '.join(differs)}; use another output folder or --restart"
+            )
+    else:
+        manifest = {**header, "blocks": {}}
+    done: dict[str, Any] = manifest["blocks"]
+    by_id = {block["id"]: block for block in blocks}
+    for block_id in list(done):
+        entry, block = done[block_id], by_id.get(block_id)
+        if (
+            block is None
+            or entry["digest"] != block["digest"]
+            or (entry["file"] and not (out / entry["file"]).is_file())
+        ):
+            del done[block_id]  # its input changed or its part file is gone: compute it again
+    pending = [block for block in blocks if block["id"] not in done]
+    skipped = len(blocks) - len(pending)
+    if max_blocks is not None:
+        pending = pending[:max_blocks]
+    save_manifest(out, manifest)
+    total = sum(block["count"] for block in blocks)
+    finished = sum(by_id[block_id]["count"] for block_id in done)
+    if progress is not None:
+        progress(finished, total)
+
+    settings = settings or load_settings()
+    counts = {block["id"]: block["count"] for block in pending}
+    computed = 0
+    results = _run_single if engine == "single" else _run_ray
+    for summary in results(pending, (settings, model, chunk, str(out), fmt), workers, address):
+        block_id = summary["id"]
+        done[block_id] = {
+            "digest": by_id[block_id]["digest"],
+            "rows": int(summary["rows"]),
+            "flagged": int(summary["flagged"]),
+            "file": str(summary["file"]),
+        }
+        save_manifest(out, manifest)
+        computed += 1
+        finished += counts[block_id]
+        if progress is not None:
+            progress(finished, total)
+    remaining = len(blocks) - len(done)
+    return BatchReport(
+        output=out,
+        blocks=len(blocks),
+        skipped=skipped,
+        computed=computed,
+        rows=sum(entry["rows"] for entry in done.values()),
+        flagged=sum(entry["flagged"] for entry in done.values()),
+        seconds=time.perf_counter() - started,
+        remaining=remaining,
+    )
+
+
+def _clear(out: Path) -> None:
+    """Remove a previous run's manifest, part files and leftover temporary files."""
+    for path in out.iterdir():
+        ours = path.name.startswith("part-") or (path.name.startswith(".") and path.name.endswith(".tmp"))
+        if path.is_file() and (ours or path.name == MANIFEST):
+            path.unlink()
+
+
+def _run_single(
+    pending: list[dict[str, Any]], args: tuple[Any, ...], workers: int | None, address: str | None
+) -> Iterator[dict[str, Any]]:
+    if not pending:
+        return
+    worker = BlockWorker(*args)
+    try:
+        for block in pending:
+            yield worker(block)
+    finally:
+        worker.close()
+
+
+def _run_ray(
+    pending: list[dict[str, Any]], args: tuple[Any, ...], workers: int | None, address: str | None
+) -> Iterator[dict[str, Any]]:
+    from seawall.batch.ray_engine import run_blocks
+
+    yield from run_blocks(pending, args, workers, address)
