@@ -274,7 +274,7 @@ def evaluate(
     config: ConfigOption = None,
 ) -> None:
     """Per-category AUPRC, precision/recall/F1 at the configured thresholds, and any-category AUPRC."""
-    from seawall.evaluation import evaluate_scores, read_labeled_jsonl, scores_matrix
+    from seawall.evaluation import evaluate_scores, read_labeled_jsonl, score_texts, scores_matrix
     from seawall.service import ModerationService
 
     try:
@@ -287,16 +287,14 @@ def evaluate(
 
     async def run() -> tuple[list[Any], dict[str, float]]:
         service = ModerationService(settings)
-        results: list[Any] = []
         try:
             with Progress(
                 TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), console=console
             ) as progress:
                 task = progress.add_task("eval", total=len(labeled.texts))
-                for start in range(0, len(labeled.texts), 256):
-                    chunk = labeled.texts[start : start + 256]
-                    results.extend((await service.moderate(chunk, model)).results)
-                    progress.advance(task, len(chunk))
+                results = await score_texts(
+                    service, labeled.texts, model, progress=lambda n: progress.advance(task, n)
+                )
             backend = await service.backend(service.backend_name(model))
             thresholds = dict(getattr(backend, "thresholds", {}))
         finally:

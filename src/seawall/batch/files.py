@@ -198,19 +198,28 @@ def rows_table(rows: list[dict[str, Any]]) -> Any:
 
     results = pa.array([row["results"] for row in rows], type=pa.list_(result_arrow_type()))
     fields = [{key: value for key, value in row.items() if key != "results"} for row in rows]
-    table = pa.Table.from_pylist(fields) if any(fields) else pa.table({})
+    try:
+        table = pa.Table.from_pylist(fields) if any(fields) else pa.table({})
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+        raise DataError(
+            f"the records' fields do not fit one Parquet type per column ({exc}); "
+            "a field that is a string in some records and a list in others needs JSONL output"
+        ) from exc
     if table.num_columns == 0:
         return pa.table({"results": results})
     return table.append_column("results", results)
 
 
 def table_rows(table: Any) -> list[dict[str, Any]]:
-    """Rows of an output table, shaped as the JSONL output holds them (maps back to objects)."""
-    rows: list[dict[str, Any]] = table.to_pylist()
-    for row in rows:
-        for result in row.get("results") or []:
-            result["not_assessed"] = dict(result["not_assessed"] or [])
-    return rows
+    """Rows of an output table, shaped as the JSONL output holds them."""
+    return [plain_row(row) for row in table.to_pylist()]
+
+
+def plain_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An output row read from Arrow, shaped as the JSONL output holds it (maps back to objects)."""
+    for result in row.get("results") or []:
+        result["not_assessed"] = dict(result["not_assessed"] or [])
+    return row
 
 
 def read_output(output: Path) -> Iterator[dict[str, Any]]:

@@ -10,7 +10,8 @@ input and output paths must be on storage every node sees (a shared file system)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Generator
 from typing import Any
 
 from seawall.errors import ConfigurationError, SeawallError
@@ -34,18 +35,18 @@ def connect(address: str | None, workers: int | None) -> bool:
     ray = require_ray()
     if ray.is_initialized():
         return False
+    target = address or os.environ.get("RAY_ADDRESS")
     try:
         ray.init(
             address=address,
-            num_cpus=workers if address is None else None,
+            num_cpus=None if target else workers,  # a cluster's CPUs are the cluster's business
             include_dashboard=False,
             configure_logging=False,
             log_to_driver=True,
         )
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise ConfigurationError(
-            f"cannot reach the Ray cluster at {address or '$RAY_ADDRESS'}: {exc}"
-        ) from exc
+        where = f"reach the Ray cluster at {target}" if target else "start a local Ray instance"
+        raise ConfigurationError(f"cannot {where}: {exc}") from exc
     return True
 
 
@@ -66,7 +67,7 @@ def seawall_cause(exc: BaseException) -> SeawallError | None:
 
 def run_blocks(
     pending: list[dict[str, Any]], args: tuple[Any, ...], workers: int | None, address: str | None
-) -> Iterator[dict[str, Any]]:
+) -> Generator[dict[str, Any]]:
     """Each pending block's summary, as the actor pool finishes it."""
     ray = require_ray()
     if not pending:

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from seawall import errors
 from seawall.batch.files import (
     MANIFEST,
     MANIFEST_VERSION,
     Format,
     input_files,
     input_format,
+    jsonl_records,
     load_manifest,
     part_name,
     plan_blocks,
@@ -29,7 +32,7 @@ from seawall.batch.files import (
     write_part,
 )
 from seawall.batch.rows import DEFAULT_CHUNK, moderate_records
-from seawall.errors import DataError
+from seawall.errors import DataError, SeawallError
 from seawall.service import ModerationService
 from seawall.settings import Settings, load_settings
 
@@ -75,11 +78,34 @@ class BlockWorker:
         )
 
     def __call__(self, block: dict[str, Any]) -> dict[str, Any]:
+        """The block's summary; a seawall error (bad input) comes back in it rather than raised, so
+        that the driver gets its message intact from any engine (Ray keeps only a traceback's text)."""
+        try:
+            summary = self._block(block)
+        except SeawallError as exc:
+            return {
+                "id": block["id"],
+                "rows": 0,
+                "flagged": 0,
+                "file": "",
+                "error": exc.message,
+                "error_type": type(exc).__name__,
+            }
+        return {**summary, "error": "", "error_type": ""}
+
+    def _block(self, block: dict[str, Any]) -> dict[str, Any]:
         records, where = read_block(block)
         rows = self.rows(records, where)
         name = part_name(block["id"], self._format) if rows else ""
         if rows:
-            write_part(rows, self._output / name, self._format)
+            try:
+                write_part(rows, self._output / name, self._format)
+            except DataError as exc:
+                unit, first = (
+                    ("lines", block["first"]) if block["format"] == "jsonl" else ("rows", block["first"] + 1)
+                )
+                place = f"{block['file']} {unit} {first}-{first + block['count'] - 1}"
+                raise DataError(f"{place}: {exc.message}") from exc
         flagged = sum(any(result["flagged"] for result in row["results"]) for row in rows)
         return {"id": block["id"], "rows": len(rows), "flagged": flagged, "file": name}
 
@@ -166,22 +192,43 @@ def moderate_files(
         progress(finished, total)
 
     settings = settings or load_settings()
-    counts = {block["id"]: block["count"] for block in pending}
+    for block in pending:  # a part file left by an older run for a block that is computed again
+        (out / part_name(block["id"], fmt)).unlink(missing_ok=True)
     computed = 0
     results = _run_single if engine == "single" else _run_ray
-    for summary in results(pending, (settings, model, chunk, str(out), fmt), workers, address):
-        block_id = summary["id"]
-        done[block_id] = {
-            "digest": by_id[block_id]["digest"],
-            "rows": int(summary["rows"]),
-            "flagged": int(summary["flagged"]),
-            "file": str(summary["file"]),
-        }
-        save_manifest(out, manifest)
-        computed += 1
-        finished += counts[block_id]
-        if progress is not None:
-            progress(finished, total)
+    try:
+        with closing(
+            results(pending, (settings, model, chunk, str(out), fmt), workers, address)
+        ) as summaries:
+            for summary in summaries:
+                if summary["error"]:
+                    kind = getattr(errors, str(summary["error_type"]), None)
+                    if not (isinstance(kind, type) and issubclass(kind, SeawallError)):
+                        kind = SeawallError
+                    try:
+                        error = kind(str(summary["error"]))
+                    except TypeError:  # a class that wants more than a message
+                        error = SeawallError(str(summary["error"]))
+                    raise error
+                _record(done, by_id[summary["id"]], summary)
+                save_manifest(out, manifest)
+                computed += 1
+                finished += by_id[summary["id"]]["count"]
+                if progress is not None:
+                    progress(finished, total)
+    finally:
+        # A failure (bad input, a lost worker, Ctrl-C) may come before the driver heard of every
+        # finished block: adopt the part files this run's workers wrote, so that none is lost.
+        adopted = [
+            block
+            for block in pending
+            if block["id"] not in done and (out / part_name(block["id"], fmt)).is_file()
+        ]
+        for block in adopted:
+            _record(done, block, _summary(out / part_name(block["id"], fmt), fmt, block["id"]))
+            computed += 1
+        if adopted:
+            save_manifest(out, manifest)
     remaining = len(blocks) - len(done)
     return BatchReport(
         output=out,
@@ -195,6 +242,28 @@ def moderate_files(
     )
 
 
+def _record(done: dict[str, Any], block: dict[str, Any], summary: dict[str, Any]) -> None:
+    done[block["id"]] = {
+        "digest": block["digest"],
+        "rows": int(summary["rows"]),
+        "flagged": int(summary["flagged"]),
+        "file": str(summary["file"]),
+    }
+
+
+def _summary(path: Path, fmt: Format, block_id: str) -> dict[str, Any]:
+    """A finished part file's summary, from the file itself."""
+    if fmt == "jsonl":
+        with path.open("rb") as stream:
+            rows = [row for _, row in jsonl_records(stream, str(path))]
+    else:
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path, columns=["results"]).to_pylist()
+    flagged = sum(any(result["flagged"] for result in row["results"]) for row in rows)
+    return {"id": block_id, "rows": len(rows), "flagged": flagged, "file": path.name}
+
+
 def _clear(out: Path) -> None:
     """Remove a previous run's manifest, part files and leftover temporary files."""
     for path in out.iterdir():
@@ -205,7 +274,7 @@ def _clear(out: Path) -> None:
 
 def _run_single(
     pending: list[dict[str, Any]], args: tuple[Any, ...], workers: int | None, address: str | None
-) -> Iterator[dict[str, Any]]:
+) -> Generator[dict[str, Any]]:
     if not pending:
         return
     worker = BlockWorker(*args)
@@ -218,7 +287,7 @@ def _run_single(
 
 def _run_ray(
     pending: list[dict[str, Any]], args: tuple[Any, ...], workers: int | None, address: str | None
-) -> Iterator[dict[str, Any]]:
+) -> Generator[dict[str, Any]]:
     from seawall.batch.ray_engine import run_blocks
 
     yield from run_blocks(pending, args, workers, address)
