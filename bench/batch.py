@@ -5,6 +5,7 @@ injection attempts; no data set is read) as JSONL and prints, in one run:
 
 * single process: the model's load time, then texts/s of ``seawall.batch.rows.moderate_items``
   (what ``seawall moderate -f`` does) over the whole corpus;
+* the single-process rate again at the end, since on a shared machine the load drifts;
 * for each worker count: Ray's start-up (``ray.init`` of a local instance with that many CPUs),
   the fixed cost of one run (a one-block file: actor pool start, one model load per actor,
   Ray Data's planning), and texts/s of ``moderate_files(..., engine="ray")`` over the corpus, end
@@ -114,6 +115,7 @@ def main() -> None:
         print(f"{args.rows} texts, {os.cpu_count()} CPU cores on this machine (shared with other work)")
         load, rate = single_process(texts)
         print(f"single process: model load {load:.1f} s, {rate:.0f} texts/s")
+        rates = [rate]
         for workers in args.workers:
             found = on_ray(
                 folder / "corpus.jsonl", folder / "tiny.jsonl", workers, args.block_rows, args.rows, folder
@@ -125,6 +127,12 @@ def main() -> None:
                 f"{found['steady']:.0f} texts/s without the fixed cost "
                 f"({found['steady'] / rate:.2f}x the single process)"
             )
+        # Again at the end: on a machine shared with other work the rate drifts during the run.
+        load, rate = single_process(texts)
+        rates.append(rate)
+        print(
+            f"single process again: {rate:.0f} texts/s (drift over the run: {min(rates):.0f}-{max(rates):.0f})"
+        )
 
 
 if __name__ == "__main__":

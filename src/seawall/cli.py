@@ -112,7 +112,7 @@ def moderate(
     batch_size: Annotated[int, typer.Option(min=1, help="Inputs per backend call.")] = 256,
     engine: Annotated[
         Literal["single", "ray"],
-        typer.Option(help="single: this process; ray: an actor pool on Ray Data (seawall[ray]), resumable."),
+        typer.Option(help="single: this process; ray: an actor pool on Ray Data (the ray extra), resumable."),
     ] = "single",
     output_format: Annotated[
         Literal["jsonl", "parquet"] | None,
