@@ -5,11 +5,11 @@ injection attempts; no data set is read) as JSONL and prints, in one run:
 
 * single process: the model's load time, then texts/s of ``seawall.batch.rows.moderate_items``
   (what ``seawall moderate -f`` does) over the whole corpus;
-* the single-process rate again at the end, since on a shared machine the load drifts;
 * for each worker count: Ray's start-up (``ray.init`` of a local instance with that many CPUs),
   the fixed cost of one run (a one-block file: actor pool start, one model load per actor,
   Ray Data's planning), and texts/s of ``moderate_files(..., engine="ray")`` over the corpus, end
-  to end and with that fixed cost taken off (the rate a long run approaches).
+  to end and with that fixed cost taken off (the rate a long run approaches);
+* the single-process rate again at the end, since on a shared machine the load drifts.
 
 Usage: nice -n 10 python bench/batch.py [--rows 4000] [--workers 1 2] [--block-rows 500]
 The machine's cores are shared with whatever else runs on it: say so with the figures.
@@ -131,7 +131,8 @@ def main() -> None:
         load, rate = single_process(texts)
         rates.append(rate)
         print(
-            f"single process again: {rate:.0f} texts/s (drift over the run: {min(rates):.0f}-{max(rates):.0f})"
+            f"single process again: {rate:.0f} texts/s "
+            f"(drift over the run: {min(rates):.0f}-{max(rates):.0f})"
         )
 
 
