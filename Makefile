@@ -51,7 +51,8 @@ audit: $(VENV)/.dev
 train: $(VENV)/.dev
 	$(BIN)/seawall train --data ../shared/data
 
-## Benchmarks: moderation speed and quality, gateway overhead, routing quality, red-team speed.
+## Benchmarks: moderation speed and quality, gateway overhead, routing quality, red-team speed,
+## batch moderation (single process and Ray).
 bench: $(VENV)/.dev
 	$(BIN)/python bench/moderation_api.py
 	$(BIN)/python bench/quality.py
@@ -59,6 +60,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/topics.py
 	$(BIN)/python bench/redteam.py
+	$(BIN)/python bench/batch.py
 
 ## Slow benchmarks: leave-one-source-out retraining (hours on 2 cores) and a 10-minute soak.
 bench-slow: $(VENV)/.dev

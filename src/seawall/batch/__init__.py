@@ -20,7 +20,8 @@ from typing import Any
 
 from seawall.batch.files import read_output
 from seawall.batch.rows import DEFAULT_CHUNK, moderate_items, moderate_records, output_row, record_input
-from seawall.batch.runner import DEFAULT_BLOCK_ROWS, BatchReport, BlockWorker, moderate_files
+from seawall.batch.runner import DEFAULT_BLOCK_ROWS, BatchReport, moderate_files
+from seawall.batch.worker import BlockWorker
 from seawall.settings import Settings, load_settings
 
 

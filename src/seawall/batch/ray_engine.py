@@ -1,6 +1,6 @@
 """The Ray engine: blocks moderated by an actor pool on Ray Data (``pip install 'seawall[ray]'``).
 
-Each actor is a :class:`seawall.batch.runner.BlockWorker`: it loads the model once and then
+Each actor is a :class:`seawall.batch.worker.BlockWorker`: it loads the model once and then
 takes block after block. The blocks are a Ray dataset of one small descriptor per block (its
 file, line or row range, digest), so Ray Data schedules them across the pool and streams each
 block's summary back to the driver as soon as it is finished, in whatever order they finish.
@@ -14,6 +14,7 @@ import os
 from collections.abc import Generator
 from typing import Any
 
+from seawall.batch.worker import BlockWorker
 from seawall.errors import ConfigurationError, SeawallError
 
 
@@ -74,8 +75,6 @@ def run_blocks(
         return
     started = connect(address, workers)
     try:
-        from seawall.batch.runner import BlockWorker
-
         size = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         size = min(size, len(pending))
         context = ray.data.DataContext.get_current()

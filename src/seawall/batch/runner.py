@@ -1,14 +1,13 @@
 """A resumable batch run: plan the blocks, skip the finished ones, moderate the rest on an engine
 (``single``: this process; ``ray``: an actor pool on a Ray cluster), record each finished block.
 
-Both engines run :class:`BlockWorker`, which loads the model once and moderates block after
-block through :func:`seawall.batch.rows.moderate_records`, the function ``seawall moderate``
-uses too.
+Both engines run :class:`seawall.batch.worker.BlockWorker`, which loads the model once and
+moderates block after block through :func:`seawall.batch.rows.moderate_records`, the function
+``seawall moderate`` uses too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Generator, Sequence
 from contextlib import closing
@@ -27,13 +26,11 @@ from seawall.batch.files import (
     load_manifest,
     part_name,
     plan_blocks,
-    read_block,
     save_manifest,
-    write_part,
 )
-from seawall.batch.rows import DEFAULT_CHUNK, moderate_records
+from seawall.batch.rows import DEFAULT_CHUNK
+from seawall.batch.worker import BlockWorker
 from seawall.errors import DataError, SeawallError
-from seawall.service import ModerationService
 from seawall.settings import Settings, load_settings
 
 Engine = Literal["single", "ray"]
@@ -54,64 +51,6 @@ class BatchReport:
     seconds: float
     #: Blocks still to do (a run stopped by ``max_blocks``); 0 when the output is complete.
     remaining: int = 0
-
-
-class BlockWorker:
-    """Moderates blocks into part files; one model load per instance (a Ray actor, or this process)."""
-
-    def __init__(
-        self, settings: Settings, model: str | None, chunk: int, output: str, output_format: Format
-    ) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._service = ModerationService(settings)
-        self._model = model
-        self._chunk = chunk
-        self._output = Path(output)
-        self._format: Format = output_format
-        # Load the model now, once, rather than inside the first block.
-        self._loop.run_until_complete(self._service.backend(self._service.backend_name(model)))
-
-    def rows(self, records: Sequence[Any], where: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """Output rows for ``records`` (what :func:`seawall.batch.moderate_dataset` uses)."""
-        return self._loop.run_until_complete(
-            moderate_records(self._service, records, self._model, chunk=self._chunk, where=where)
-        )
-
-    def __call__(self, block: dict[str, Any]) -> dict[str, Any]:
-        """The block's summary; a seawall error (bad input) comes back in it rather than raised, so
-        that the driver gets its message intact from any engine (Ray keeps only a traceback's text)."""
-        try:
-            summary = self._block(block)
-        except SeawallError as exc:
-            return {
-                "id": block["id"],
-                "rows": 0,
-                "flagged": 0,
-                "file": "",
-                "error": exc.message,
-                "error_type": type(exc).__name__,
-            }
-        return {**summary, "error": "", "error_type": ""}
-
-    def _block(self, block: dict[str, Any]) -> dict[str, Any]:
-        records, where = read_block(block)
-        rows = self.rows(records, where)
-        name = part_name(block["id"], self._format) if rows else ""
-        if rows:
-            try:
-                write_part(rows, self._output / name, self._format)
-            except DataError as exc:
-                unit, first = (
-                    ("lines", block["first"]) if block["format"] == "jsonl" else ("rows", block["first"] + 1)
-                )
-                place = f"{block['file']} {unit} {first}-{first + block['count'] - 1}"
-                raise DataError(f"{place}: {exc.message}") from exc
-        flagged = sum(any(result["flagged"] for result in row["results"]) for row in rows)
-        return {"id": block["id"], "rows": len(rows), "flagged": flagged, "file": name}
-
-    def close(self) -> None:
-        self._loop.run_until_complete(self._service.aclose())
-        self._loop.close()
 
 
 def moderate_files(
