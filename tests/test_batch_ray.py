@@ -335,3 +335,14 @@ def test_without_ray_the_engine_names_the_extra(tmp_path: Path) -> None:
     assert completed.returncode == 2
     assert "pip install 'seawall[ray]'" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_inputs_that_are_not_what_their_names_say_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "texts.parquet").write_text('{"text": "this is JSONL"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"texts\.parquet: not a readable Parquet file"):
+        moderate_files(tmp_path / "texts.parquet", tmp_path / "out")
+    (tmp_path / "texts.csv").write_text("text\nhello\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"texts\.csv: unknown input format"):
+        moderate_files(tmp_path / "texts.csv", tmp_path / "out")
+    with pytest.raises(DataError, match="no such file"):
+        moderate_files(tmp_path / "missing.jsonl", tmp_path / "out")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from seawall.categories import CATEGORIES, EXTRA_LABELS
-from seawall.errors import DataError
+from seawall.errors import ConfigurationError, DataError
 
 Format = Literal["jsonl", "parquet"]
 MANIFEST = "_seawall_batch.json"
@@ -32,6 +32,18 @@ _SUFFIXES: dict[str, Format] = {
     ".ndjson": "jsonl",
     ".parquet": "parquet",
 }
+
+
+def arrow() -> tuple[Any, Any]:
+    """``(pyarrow, pyarrow.parquet)``, or a :class:`ConfigurationError` naming the extra to install."""
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError as exc:
+        raise ConfigurationError(
+            "Parquet needs pyarrow, which is not installed: pip install 'seawall[ray]'"
+        ) from exc
+    return pyarrow, pyarrow.parquet
 
 
 def input_format(path: Path) -> Format:
@@ -98,7 +110,7 @@ def _scan_jsonl(path: Path, block_rows: int) -> Iterator[dict[str, Any]]:
 
 def _scan_parquet(path: Path, block_rows: int) -> Iterator[dict[str, Any]]:
     """Row ranges of ``block_rows`` rows; the digest stands for the file's size, time and row count."""
-    import pyarrow.parquet as pq
+    _, pq = arrow()
 
     try:
         rows = pq.ParquetFile(path).metadata.num_rows
@@ -137,7 +149,7 @@ def read_block(block: dict[str, Any]) -> tuple[list[Any], list[str]]:
             data = stream.read(block["end"] - block["start"])
         pairs = list(jsonl_records(io.BytesIO(data), str(path), block["first"]))
         return [record for _, record in pairs], [f"{path}:{number}" for number, _ in pairs]
-    import pyarrow.parquet as pq
+    _, pq = arrow()
 
     first, count = block["first"], block["count"]
     parquet = pq.ParquetFile(path)
@@ -164,7 +176,7 @@ def write_part(rows: list[dict[str, Any]], path: Path, fmt: Format) -> None:
             for row in rows:
                 out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     else:
-        import pyarrow.parquet as pq
+        _, pq = arrow()
 
         pq.write_table(rows_table(rows), temporary)
     os.replace(temporary, path)
@@ -172,7 +184,7 @@ def write_part(rows: list[dict[str, Any]], path: Path, fmt: Format) -> None:
 
 def result_arrow_type() -> Any:
     """The Arrow type of one result, as :meth:`seawall.results.ModerationResult.to_seawall` shapes it."""
-    import pyarrow as pa
+    pa, _ = arrow()
 
     def struct(names: Sequence[str], kind: Any) -> Any:
         return pa.struct([(name, kind) for name in names])
@@ -194,7 +206,7 @@ def result_arrow_type() -> Any:
 
 def rows_table(rows: list[dict[str, Any]]) -> Any:
     """Output rows as an Arrow table: the record's own columns plus a typed ``results`` column."""
-    import pyarrow as pa
+    pa, _ = arrow()
 
     results = pa.array([row["results"] for row in rows], type=pa.list_(result_arrow_type()))
     fields = [{key: value for key, value in row.items() if key != "results"} for row in rows]
@@ -237,7 +249,7 @@ def read_output(output: Path) -> Iterator[dict[str, Any]]:
                 for _, row in jsonl_records(stream, str(path)):
                     yield row
         else:
-            import pyarrow.parquet as pq
+            _, pq = arrow()
 
             yield from table_rows(pq.read_table(path))
 

@@ -20,6 +20,7 @@ from seawall.batch.files import (
     MANIFEST,
     MANIFEST_VERSION,
     Format,
+    arrow,
     input_files,
     input_format,
     jsonl_records,
@@ -196,8 +197,7 @@ def _summary(path: Path, fmt: Format, block_id: str) -> dict[str, Any]:
         with path.open("rb") as stream:
             rows = [row for _, row in jsonl_records(stream, str(path))]
     else:
-        import pyarrow.parquet as pq
-
+        _, pq = arrow()
         rows = pq.read_table(path, columns=["results"]).to_pylist()
     flagged = sum(any(result["flagged"] for result in row["results"]) for row in rows)
     return {"id": block_id, "rows": len(rows), "flagged": flagged, "file": path.name}
