@@ -20,7 +20,7 @@ $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,train,local-llm]'
+	$(BIN)/pip install --quiet -e '.[dev,train,local-llm,ray]'
 	touch $@ $(VENV)/.runtime
 
 ## Run the service on embedded defaults (no API key, no network): http://127.0.0.1:8080/v1
@@ -40,7 +40,7 @@ test: $(VENV)/.dev tests/oidc/node_modules
 	$(BIN)/python -m pytest; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
-## Audit the installed pins (runtime, dev, train, local-llm and what they pull in) for known
+## Audit the installed pins (runtime, dev, train, local-llm, ray and what they pull in) for known
 ## vulnerabilities with pip-audit and PyPI's advisories; fails on any that a newer release fixes.
 ## Needs PyPI's advisory data: pins it cannot check are reported NOT CHECKED, and fail only with
 ## SEAWALL_AUDIT_REQUIRED=1 (CI's network reaches the package index but not the advisories).
@@ -51,7 +51,8 @@ audit: $(VENV)/.dev
 train: $(VENV)/.dev
 	$(BIN)/seawall train --data ../shared/data
 
-## Benchmarks: moderation speed and quality, gateway overhead, routing quality, red-team speed.
+## Benchmarks: moderation speed and quality, gateway overhead, routing quality, red-team speed,
+## batch moderation (single process and Ray).
 bench: $(VENV)/.dev
 	$(BIN)/python bench/moderation_api.py
 	$(BIN)/python bench/quality.py
@@ -62,6 +63,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/topics.py
 	$(BIN)/python bench/redteam.py
 	$(BIN)/python bench/user_tokens.py
+	$(BIN)/python bench/batch.py
 
 ## Slow benchmarks: leave-one-source-out retraining (hours on 2 cores) and a 10-minute soak.
 bench-slow: $(VENV)/.dev

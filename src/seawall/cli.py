@@ -71,24 +71,21 @@ def _utf8_lines(stream: BinaryIO, source: str) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
-def _read_jsonl_texts(stream: BinaryIO, source: str) -> list[tuple[Any, Any]]:
-    """(record, input) pairs from JSONL: each line a string or an object with 'input' or 'text'."""
-    pairs: list[tuple[Any, Any]] = []
-    for number, line in _utf8_lines(stream, source):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise fail(f"{source}:{number}: not valid JSON: {exc.msg}") from exc
-        if isinstance(record, str):
-            pairs.append((record, record))
-        elif isinstance(record, dict) and ("input" in record or "text" in record):
-            item = record.get("input", record.get("text"))
-            if not isinstance(item, str | list):
-                raise fail(f"{source}:{number}: 'input'/'text' must be a string or a list of content parts")
-            pairs.append((record, item))
-        else:
-            raise fail(f"{source}:{number}: expected a string or an object with 'input' or 'text'")
-    return pairs
+def _read_jsonl_records(stream: BinaryIO, source: str) -> tuple[list[Any], list[Any]]:
+    """Records of a JSONL file (each a string or an object with 'input' or 'text') and their inputs;
+    the first bad line stops the command with its number, before anything is moderated."""
+    from seawall.batch.files import jsonl_records
+    from seawall.batch.rows import record_input
+
+    records: list[Any] = []
+    items: list[Any] = []
+    try:
+        for number, record in jsonl_records(stream, source):
+            items.append(record_input(record, f"{source}:{number}"))
+            records.append(record)
+    except SeawallError as exc:
+        raise fail(exc.message) from exc
+    return records, items
 
 
 @app.command()
@@ -96,32 +93,79 @@ def moderate(
     text: Annotated[str | None, typer.Argument(help="Text to moderate; '-' reads lines from stdin.")] = None,
     file: Annotated[
         Path | None,
-        typer.Option("--file", "-f", help="JSONL input ('-' for stdin): strings or {'input'|'text': ...}."),
+        typer.Option(
+            "--file",
+            "-f",
+            help="JSONL input ('-' for stdin): strings or {'input'|'text': ...}. With --engine ray: "
+            "JSONL or Parquet files, or a folder of them.",
+        ),
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="JSONL output (default stdout).")
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="JSONL output (default stdout). With --engine ray: a folder of part files and a manifest.",
+        ),
     ] = None,
     model: Annotated[str | None, typer.Option(help="Backend or OpenAI model name.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Inputs per backend call.")] = 256,
+    engine: Annotated[
+        Literal["single", "ray"],
+        typer.Option(help="single: this process; ray: an actor pool on Ray Data (the ray extra), resumable."),
+    ] = "single",
+    output_format: Annotated[
+        Literal["jsonl", "parquet"] | None,
+        typer.Option("--output-format", help="Ray engine: part files' format (default: the input's)."),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray engine: the cluster to join, as ray.init(address=...) takes it "
+            "(default $RAY_ADDRESS, else a local instance)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Ray engine: actors, one model each (default: the cluster's CPUs)."),
+    ] = None,
+    block_rows: Annotated[
+        int, typer.Option(min=1, help="Ray engine: input lines (or rows) per block, the unit of resumption.")
+    ] = 2000,
+    restart: Annotated[
+        bool, typer.Option(help="Ray engine: discard the blocks a previous run finished in --output.")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Moderate a text, or a JSONL file with a progress bar; prints JSON results."""
+    """Moderate a text, or a JSONL file with a progress bar; prints JSON results.
+
+    With --engine ray: a corpus of JSONL/Parquet on a Ray cluster, resumable (a rerun skips finished blocks).
+    """
+    if engine == "ray":
+        _moderate_on_ray(
+            file, output, model, batch_size, output_format, address, workers, block_rows, restart, config
+        )
+        return
+    from seawall.batch.rows import moderate_items, output_row
     from seawall.service import ModerationService
 
     if (text is None) == (file is None):
         raise fail("give either TEXT or --file")
     if text == "-":
-        pairs = [(line, line) for _, line in _utf8_lines(sys.stdin.buffer, "<stdin>")]
+        records: list[Any] = [line for _, line in _utf8_lines(sys.stdin.buffer, "<stdin>")]
+        items = list(records)
     elif text is not None:
-        pairs = [(text, text)]
+        records, items = [text], [text]
     elif str(file) == "-":
-        pairs = _read_jsonl_texts(sys.stdin.buffer, "<stdin>")
+        records, items = _read_jsonl_records(sys.stdin.buffer, "<stdin>")
     else:
         assert file is not None
         if not file.is_file():
             raise fail(f"no such file: {file}")
+        if file.suffix.lower() == ".parquet":
+            raise fail(f"{file}: Parquet input is read by the batch engine: add --engine ray")
         with file.open("rb") as stream:
-            pairs = _read_jsonl_texts(stream, str(file))
+            records, items = _read_jsonl_records(stream, str(file))
 
     try:
         settings = load_settings(config)
@@ -130,7 +174,6 @@ def moderate(
 
     async def run() -> list[dict[str, Any]]:
         service = ModerationService(settings)
-        rows: list[dict[str, Any]] = []
         try:
             with Progress(
                 TextColumn("moderating"),
@@ -138,16 +181,15 @@ def moderate(
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
                 console=console,
-                disable=len(pairs) < 2 * batch_size,
+                disable=len(items) < 2 * batch_size,
             ) as progress:
-                task = progress.add_task("moderate", total=len(pairs))
-                for start in range(0, len(pairs), batch_size):
-                    chunk = pairs[start : start + batch_size]
-                    rows.extend(await _moderate_chunk(service, chunk, model))
-                    progress.advance(task, len(chunk))
+                task = progress.add_task("moderate", total=len(items))
+                results = await moderate_items(
+                    service, items, model, chunk=batch_size, progress=lambda n: progress.advance(task, n)
+                )
         finally:
             await service.aclose()
-        return rows
+        return [output_row(record, found) for record, found in zip(records, results, strict=True)]
 
     try:
         rows = asyncio.run(run())
@@ -167,25 +209,61 @@ def moderate(
     console.print(f"{len(rows)} input(s), {flagged} flagged")
 
 
-async def _moderate_chunk(
-    service: Any, chunk: list[tuple[Any, Any]], model: str | None
-) -> list[dict[str, Any]]:
-    """Moderate a chunk, plain strings in one batched call, other inputs one by one."""
-    results: dict[int, list[Any]] = {}
-    strings = [i for i, (_, item) in enumerate(chunk) if isinstance(item, str)]
-    if strings:
-        batched = (await service.moderate([chunk[i][1] for i in strings], model)).results
-        results.update({i: [result] for i, result in zip(strings, batched, strict=True)})
-    for i, (_, item) in enumerate(chunk):
-        if i not in results:
-            results[i] = (await service.moderate(item, model)).results
-    rows = []
-    for i, (record, _) in enumerate(chunk):
-        body = [result.to_seawall() for result in results[i]]
-        rows.append(
-            {**record, "results": body} if isinstance(record, dict) else {"input": record, "results": body}
-        )
-    return rows
+def _moderate_on_ray(
+    file: Path | None,
+    output: Path | None,
+    model: str | None,
+    batch_size: int,
+    output_format: Literal["jsonl", "parquet"] | None,
+    address: str | None,
+    workers: int | None,
+    block_rows: int,
+    restart: bool,
+    config: Path | None,
+) -> None:
+    """``seawall moderate --engine ray``: a resumable batch run into an output folder."""
+    from seawall.batch.ray_engine import require_ray
+    from seawall.batch.runner import moderate_files
+
+    if file is None or str(file) == "-":
+        raise fail("--engine ray reads files: give --file PATH (JSONL or Parquet, or a folder of them)")
+    if output is None:
+        raise fail("--engine ray writes a folder of part files: give --output FOLDER")
+    try:
+        require_ray()
+        settings = load_settings(config)
+        with Progress(
+            TextColumn("moderating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("moderate", total=None)
+
+            def advance(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            report = moderate_files(
+                file,
+                output,
+                engine="ray",
+                output_format=output_format,
+                model=model,
+                settings=settings,
+                block_rows=block_rows,
+                chunk=batch_size,
+                workers=workers,
+                address=address,
+                restart=restart,
+                progress=advance,
+            )
+    except SeawallError as exc:
+        raise fail(exc.message) from exc
+    console.print(
+        f"{report.rows} input(s), {report.flagged} flagged; {report.computed} block(s) computed, "
+        f"{report.skipped} already done; output in {report.output}"
+    )
 
 
 @app.command("eval")
@@ -196,7 +274,7 @@ def evaluate(
     config: ConfigOption = None,
 ) -> None:
     """Per-category AUPRC, precision/recall/F1 at the configured thresholds, and any-category AUPRC."""
-    from seawall.evaluation import evaluate_scores, read_labeled_jsonl, scores_matrix
+    from seawall.evaluation import evaluate_scores, read_labeled_jsonl, score_texts, scores_matrix
     from seawall.service import ModerationService
 
     try:
@@ -209,16 +287,14 @@ def evaluate(
 
     async def run() -> tuple[list[Any], dict[str, float]]:
         service = ModerationService(settings)
-        results: list[Any] = []
         try:
             with Progress(
                 TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), console=console
             ) as progress:
                 task = progress.add_task("eval", total=len(labeled.texts))
-                for start in range(0, len(labeled.texts), 256):
-                    chunk = labeled.texts[start : start + 256]
-                    results.extend((await service.moderate(chunk, model)).results)
-                    progress.advance(task, len(chunk))
+                results = await score_texts(
+                    service, labeled.texts, model, progress=lambda n: progress.advance(task, n)
+                )
             backend = await service.backend(service.backend_name(model))
             thresholds = dict(getattr(backend, "thresholds", {}))
         finally:

@@ -8,9 +8,10 @@ category. Categories that appear in no row's labels are reported as absent.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,6 +19,10 @@ from numpy.typing import NDArray
 from seawall.categories import ALL_LABELS, CATEGORIES, with_parents
 from seawall.errors import DataError
 from seawall.metrics import average_precision, f1_at
+
+if TYPE_CHECKING:
+    from seawall.results import ModerationResult
+    from seawall.service import ModerationService
 
 
 @dataclass
@@ -56,6 +61,19 @@ def read_labeled_jsonl(path: Path) -> LabeledSet:
     if not texts:
         raise DataError(f"{path} holds no rows")
     return LabeledSet(texts, np.array(rows, dtype=bool))
+
+
+async def score_texts(
+    service: ModerationService,
+    texts: Sequence[str],
+    model: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[ModerationResult]:
+    """One result per text, through the batch path ``seawall moderate`` uses
+    (:func:`seawall.batch.rows.moderate_items`); ``progress`` hears how many texts each batch finished."""
+    from seawall.batch.rows import moderate_items
+
+    return [found for (found,) in await moderate_items(service, texts, model, progress=progress)]
 
 
 def scores_matrix(results: list[Any]) -> np.ndarray:
