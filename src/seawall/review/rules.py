@@ -1,7 +1,7 @@
 """The hold rules at work: which rules an answer matches, and why, from what the gateway saw.
 
-:class:`HoldRules` evaluates ``review.rules`` (:class:`~seawall.review.settings.HoldRule`; the
-rules ``review.domains`` and ``review.uncertain_low`` stand for when none are given) against
+:class:`HoldRules` evaluates ``review.rules`` (:class:`~seawall.review.settings.HoldRule`;
+:meth:`~seawall.review.settings.ReviewSettings.hold_rules` says which are in force) against
 
 * the request's domain: declared by the app (``seawall.review.domain``) or detected
   (:class:`~seawall.review.domains.DomainDetector`, only when a rule asks about domains);
@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from seawall.review.settings import DOMAINS, Domain, HoldRule, ReviewSettings, legacy_rules
+from seawall.review.settings import DOMAINS, Domain, HoldRule, ReviewSettings
 
 #: The decision steps whose scores are the request's, and the draft answer's.
 REQUEST_STEPS: Final = frozenset({"input_moderation"})
@@ -119,11 +119,7 @@ class HoldRules:
 
     def __init__(self, settings: ReviewSettings) -> None:
         self.settings = settings
-        self.rules: tuple[HoldRule, ...] = tuple(
-            settings.rules
-            if settings.rules is not None
-            else legacy_rules(settings.domains, settings.uncertain_low)
-        )
+        self.rules: tuple[HoldRule, ...] = tuple(settings.hold_rules())
         wanted = {domain for rule in self.rules for domain in rule.domains or ()}
         #: The domains some rule asks about, in the detector's order (detection only covers these).
         self.domains: tuple[Domain, ...] = tuple(domain for domain in DOMAINS if domain in wanted)

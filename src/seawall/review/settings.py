@@ -95,6 +95,20 @@ class HoldRule(BaseModel):
         return self
 
 
+def default_rules() -> list[HoldRule]:
+    """The hold rules when neither ``review.rules`` nor the older ``review.domains`` and
+    ``review.uncertain_low`` are set: health, finance and law questions (not code: coding questions
+    are most of an ordinary app's traffic and rarely need a person), anything flagged with the 'flag'
+    action, a request scored in [0.3, flag) and a draft answer in [0.5, flag) (benign answers about
+    books, history and processes often score 0.3-0.5; ``bench/hold_rate.py`` measures both)."""
+    return [
+        HoldRule(name="high-risk domain", domains=["health", "finance", "law"]),
+        HoldRule(name="flagged for a person", flagged=True),
+        HoldRule(name="uncertain request", band=(0.3, None), scores="request"),
+        HoldRule(name="uncertain answer", band=(0.5, None), scores="draft"),
+    ]
+
+
 def legacy_rules(
     domains: list[Domain], uncertain_low: float | None, *, flagged: bool = True
 ) -> list[HoldRule]:
@@ -275,7 +289,8 @@ class ReviewSettings(BaseModel):
     )
     domains: list[Domain] = Field(
         default_factory=lambda: list(DOMAINS),
-        description="High-risk domains whose answers are held (health, finance, law, code).",
+        description="High-risk domains whose answers are held (health, finance, law, code). Older form of "
+        "'rules': used only when 'rules' is not set and this or 'uncertain_low' is.",
     )
     detect_domains: bool = Field(
         True,
@@ -290,14 +305,16 @@ class ReviewSettings(BaseModel):
         ge=0,
         le=1,
         description="Hold answers whose request or answer has any moderation score at or above this "
-        "but below the flag threshold (the uncertain band). None: no band.",
+        "but below the flag threshold (the uncertain band). None: no band. Older form of 'rules': used "
+        "only when 'rules' is not set and this or 'domains' is.",
     )
     rules: list[HoldRule] | None = Field(
         None,
         description="The hold rules, in order (see HoldRule: domains, a score band or a flag, whose "
-        "scores, which categories, which user tiers). None: the rules that 'domains' and 'uncertain_low' "
-        "stand for (the domains; anything flagged with the 'flag' action; the uncertain band). []: nothing "
-        "is held.",
+        "scores, which categories, which user tiers). None: when 'domains' or 'uncertain_low' is set, the "
+        "rules they stand for (those domains; anything flagged with the 'flag' action; the band "
+        "[uncertain_low, flag) on request and answer alike); else the default rules (health, finance and "
+        "law; anything flagged; a request in [0.3, flag); an answer in [0.5, flag)). []: nothing is held.",
     )
     scan_keys: list[str] = Field(
         default_factory=list,
@@ -335,6 +352,15 @@ class ReviewSettings(BaseModel):
     notify: NotifySettings = Field(default_factory=NotifySettings, description="Notifications.")
     notices: NoticeSettings = Field(default_factory=NoticeSettings, description="AI disclosure and limits.")
 
+    def hold_rules(self) -> list[HoldRule]:
+        """The rules in force: ``rules``; else those ``domains``/``uncertain_low`` stand for when either
+        is set; else :func:`default_rules`."""
+        if self.rules is not None:
+            return list(self.rules)
+        if {"domains", "uncertain_low"} & self.model_fields_set:
+            return legacy_rules(self.domains, self.uncertain_low)
+        return default_rules()
+
     @field_validator("widget_origins")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
@@ -370,5 +396,6 @@ __all__ = [
     "ReviewSettings",
     "ScoreSource",
     "SmtpSettings",
+    "default_rules",
     "legacy_rules",
 ]
