@@ -18,7 +18,8 @@ recognise both shapes seawall answers a held request with: the 202 pending-revie
 (``object: chat.completion.pending``, ``review_id``) and the placeholder completion (the
 ``x-seawall-review-status: pending`` header, or ``seawall.review.status`` in the body). A
 reviewer's decision that came in time (``hold_response: wait``) is an ordinary answer when it
-released the draft (approved or edited) and a block when it rejected it.
+released the draft (approved or edited) and a block when it rejected it. An answer whose
+``finish_reason`` is ``content_filter`` (seawall's and Azure's output filters) is a block too.
 """
 
 from __future__ import annotations
@@ -287,6 +288,16 @@ class OpenAITarget(_HTTPBase):
             return TargetReply(error="the reply is not a chat completion", status=200)
         if isinstance(content, list):
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        if choice.get("finish_reason") == "content_filter":
+            # the target's output guard replaced or cut the answer: its verdict, like a block
+            return TargetReply(
+                text=str(content),
+                blocked=True,
+                status=200,
+                finish_reason="content_filter",
+                error="content_filter: the answer was filtered by the target",
+                usage=payload.get("usage") or {},
+            )
         return TargetReply(
             text=str(content),
             status=200,
