@@ -124,10 +124,21 @@ class HoldRules:
         #: The domains some rule asks about, in the detector's order (detection only covers these).
         self.domains: tuple[Domain, ...] = tuple(domain for domain in DOMAINS if domain in wanted)
 
-    def band(self) -> dict[str, Any]:
-        """The score bands of the rules, for colouring scores: the lowest band start (None: no band)."""
-        lows = [rule.band[0] for rule in self.rules if rule.band is not None]
-        return {"low": min(lows) if lows else None}
+    def band(self, applicable: list[HoldRule] | None = None) -> dict[str, Any]:
+        """The score bands of the rules that apply to a request (all when not given), for marking
+        scores: per source (request, draft), the lowest band start of each category a band rule looks
+        at (``"*"``: every category), and ``low``, the lowest of all (None: no band)."""
+        rules = self.rules if applicable is None else applicable
+        lows: dict[str, dict[str, float]] = {"request": {}, "draft": {}}
+        for rule in rules:
+            if rule.band is None:
+                continue
+            for whose in ("request", "draft") if rule.scores == "either" else (rule.scores,):
+                for category in rule.categories or ["*"]:
+                    mine = lows[whose]
+                    mine[category] = min(mine.get(category, 1.0), rule.band[0])
+        every = [low for mine in lows.values() for low in mine.values()]
+        return {"low": min(every) if every else None, **lows}
 
     def match(
         self,
@@ -152,6 +163,7 @@ class HoldRules:
         kind = "domain"
         looked = False
         fired: list[Fired] = []
+        applicable: list[HoldRule] = []
         for rule in self.rules:
             if rule.tiers is not None and context.tier not in rule.tiers:
                 continue
@@ -169,6 +181,7 @@ class HoldRules:
                             domain_why = f"detected {found} (score {score:.2f} >= {threshold:.2f})"
                 if domain is None or domain not in rule.domains:
                     continue
+            applicable.append(rule)
             score_reason = self._score_condition(rule, seen)
             if score_reason is None:
                 continue
@@ -179,7 +192,7 @@ class HoldRules:
             else:
                 reason, why = f"{kind}:{domain}", domain_why
             fired.append(Fired(rule.name, reason, why))
-        return RuleMatch(tuple(fired), domain, seen, self.band())
+        return RuleMatch(tuple(fired), domain, seen, self.band(applicable))
 
     @staticmethod
     def _score_condition(rule: HoldRule, seen: Seen) -> tuple[str, str] | tuple[()] | None:

@@ -361,6 +361,20 @@ class ReviewService:
             raise ConflictError(f"you hold no claim on review {review_id}", code="review_not_claimed")
         return released
 
+    def break_claim(self, review_id: str, admin: str) -> ReviewItem:
+        """An admin ends someone's live claim (they left with it): the item is claimable again and
+        the trail says who broke whose claim. 409 ``review_not_claimed`` when nobody holds one."""
+        item = self.get(review_id)
+        now = self.clock()
+        if item.status != "pending":
+            raise ConflictError(f"review {review_id} is {item.status} already", code="review_decided")
+        if item.claimable(now) or item.claimed_by is None:
+            raise ConflictError(f"nobody holds a claim on review {review_id}", code="review_not_claimed")
+        broken = self.store.release_review(review_id, item.claimed_by, now, by=admin)
+        if broken is None:  # the claimer released it or decided in the meantime
+            raise ConflictError(f"the claim on review {review_id} ended meanwhile", code="review_not_claimed")
+        return broken
+
     def decide(
         self,
         review_id: str,
