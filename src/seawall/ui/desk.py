@@ -186,11 +186,7 @@ def score_tables(item: ReviewItem) -> list[dict[str, Any]]:
     return [table]
 
 
-_MARKS = {
-    "flagged": "flagged: over the threshold",
-    "band": "in the hold band",
-    "below": "below the hold band",
-}
+_MARKS = {"flagged": "flagged", "band": "in the hold band", "below": "below"}
 
 
 def _table(
