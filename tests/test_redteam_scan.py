@@ -64,6 +64,8 @@ def reports(bots: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> d
             "upstream": {"base_url": bots["vulnerable"], "max_retries": 0},
             "secret_file": str(tmp / "secret"),
             "audit_file": None,
+            # a loaded machine must not turn guard timeouts into errored cases
+            "stream_guard": {"check_timeout_s": 120},
         },
         store={"url": f"sqlite:///{tmp}/store.db"},
     )

@@ -228,6 +228,11 @@ def ui_claim_fresh_item(world: World, http: httpx.Client, csrf: str) -> httpx.Re
     return http.post(f"/ui/review/{world.hold()}/claim", data={"csrf_token": csrf})
 
 
+def ui_bulk_reject_fresh_item(world: World, http: httpx.Client, csrf: str) -> httpx.Response:
+    form = {"csrf_token": csrf, "bulk_action": "reject", "reason": "route table", "review_id": world.hold()}
+    return http.post("/ui/review", data=form)
+
+
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": PLAIN}]}
 
 
@@ -294,6 +299,7 @@ PROBES: dict[tuple[str, str], Probe] = {
     ("GET", "/ui/audit/{request_id:str}"): get(lambda w: f"/ui/audit/{w.request_id}"),
     ("GET", "/ui/accounts"): get("/ui/accounts"),
     ("GET", "/ui/review"): get("/ui/review"),
+    ("POST", "/ui/review"): Probe(303, ui_bulk_reject_fresh_item),
     ("GET", "/ui/review/{review_id:str}"): get(lambda w: f"/ui/review/{w.review_id}"),
     ("POST", "/ui/review/{review_id:str}/{action:str}"): Probe(303, ui_claim_fresh_item),
     ("GET", "/ui/reports"): get("/ui/reports"),

@@ -829,3 +829,15 @@ def test_memory_urls_open_the_in_memory_store(tmp_path: Path) -> None:
     for command in ("upgrade", "current"):
         done = CliRunner().invoke(db_app, [command, "--config", str(config)])
         assert done.exit_code == 0 and "no schema" in done.output, done.output
+
+
+def test_an_admin_breaks_a_live_claim_and_the_trail_says_who(store: Store) -> None:
+    store.create_review(review_item())
+    store.claim_review("rev_1", "ann", T1, ttl_s=600)
+    # only a live claim of the named claimer can be broken
+    assert store.release_review("rev_1", "bob", T1 + timedelta(seconds=5), by="admin") is None
+    broken = store.release_review("rev_1", "ann", T1 + timedelta(seconds=5), by="admin")
+    assert broken is not None and broken.claimed_by is None and broken.status == "pending"
+    last = store.list_review_events("rev_1")[-1]
+    assert (last.action, last.actor, last.detail) == ("claim_broken", "admin", {"claimed_by": "ann"})
+    assert [i.id for i in store.list_reviews(claimable_at=T1 + timedelta(seconds=6))] == ["rev_1"]

@@ -195,7 +195,7 @@ def test_a_held_answer_is_claimed_edited_and_approved_and_the_client_gets_it(
     sync_api.expect(row).to_be_visible()
     assert "health" in row.inner_text() and HEALTH in row.inner_text()
     shoot(page, tmp_path, "review-queue")
-    row.get_by_role("link").click()
+    row.get_by_role("link", name=HEALTH).click()  # the question is the link
     page.wait_for_url(f"**/ui/review/{review_id}")
     for text in (HEALTH, DRAFT, "Ibuprofen leaflet", "Do not take more than 1200 mg", "pharmacy chatbot"):
         sync_api.expect(page.get_by_text(text, exact=False).first).to_be_visible()

@@ -44,6 +44,7 @@ from seawall.gateway.upstream import Upstream
 from seawall.gateway.user_tokens import UserTokenVerifier, VerifiedUser
 from seawall.review.gateway_hook import PENDING_STATUS, ReviewHook
 from seawall.review.responses import STATUS_HEADER
+from seawall.review.rules import HoldContext
 from seawall.store.base import UserState
 
 #: The request field that carries seawall's extensions (documents); never sent upstream.
@@ -486,7 +487,7 @@ class ReviewRoute:
         self.review = review
 
     async def run(self, ctx: RequestContext) -> Answer | None:
-        ctx.hold = await self.review.check(ctx.body, ctx.decisions)
+        ctx.hold = await self.review.check(ctx.body, ctx.decisions, hold_context(self.review, ctx))
         if ctx.shadow and ctx.hold is not None:  # in enforce mode ReviewHold records the hold
             ctx.audit.decide("review", "hold", reasons=list(ctx.hold.reasons))
         return None
@@ -506,7 +507,9 @@ class ReviewHold:
     async def run(self, ctx: RequestContext) -> Answer | None:
         assert ctx.completion is not None
         audit = ctx.audit
-        decision = ctx.hold or await self.review.check(ctx.body, ctx.decisions)
+        decision = ctx.hold or await self.review.check(
+            ctx.body, ctx.decisions, hold_context(self.review, ctx)
+        )
         if decision is None:
             return None
         if ctx.shadow:  # would hold: say so, store nothing (the answer is released)
@@ -535,6 +538,12 @@ class ReviewHold:
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+def hold_context(review: ReviewHook, ctx: RequestContext) -> HoldContext:
+    """The request's context for the hold rules: its API key (scan traffic) and the user's tier."""
+    key_id = ctx.caller.key_id if ctx.caller is not None else None
+    return review.context(ctx.headers, key_id=key_id, tier=getattr(ctx, "tier", None))
 
 
 def warning(state: UserState) -> str:

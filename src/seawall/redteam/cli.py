@@ -20,8 +20,8 @@ from seawall.errors import SeawallError
 from seawall.redteam.cases import CaseResult, Suite
 from seawall.redteam.catalogue import FAMILIES
 from seawall.redteam.config import OpenAITargetConfig, RedTeamConfig, load_config
-from seawall.redteam.gate import apply_suppressions, evaluate, load_suppressions
-from seawall.redteam.report import Report, load_report, percent, write_reports
+from seawall.redteam.gate import apply_suppressions, evaluate, load_suppressions, parse_rules, read_baseline
+from seawall.redteam.report import Report, guard_line, percent, write_reports
 from seawall.redteam.scan import ascan
 from seawall.redteam.strategies import available_strategies
 from seawall.redteam.suite import all_probes, build_suite, freeze, load_suite
@@ -72,6 +72,8 @@ def _summary_table(report: Report) -> Table:
         "error",
         "ASR",
         "95% CI",
+        "blocked %",
+        "95% CI ",
     ):
         table.add_column(column, justify="left" if column == "family" else "right")
     for name, s in report.summary.by_family.items():
@@ -85,6 +87,8 @@ def _summary_table(report: Report) -> Table:
             str(s.error),
             percent(s.asr),
             f"{percent(s.ci_low)}–{percent(s.ci_high)}",
+            percent(s.block_rate),
+            f"{percent(s.block_ci_low)}–{percent(s.block_ci_high)}",
         )
     return table
 
@@ -101,6 +105,13 @@ def _execute(
     quiet: bool,
 ) -> int:
     assert cfg.target is not None
+    # The gate's arguments are checked before the scan: a typo must not cost the whole scan.
+    rules = list(fail_on if fail_on else cfg.gate.fail_on)
+    baseline_file = baseline or cfg.gate.baseline
+    previous = read_baseline(baseline_file) if baseline_file else None
+    parse_rules(rules, has_baseline=previous is not None, families=FAMILIES)
+    suppression_file = suppressions or cfg.gate.suppressions
+    accepted = load_suppressions(suppression_file) if suppression_file is not None else []
     with Progress(
         TextColumn("[bold]scanning"),
         BarColumn(),
@@ -118,20 +129,21 @@ def _execute(
             bar.update(task, completed=done, description=f"{counts['vulnerable']} vulnerable")
 
         report = asyncio.run(ascan(cfg.target, suite, config=cfg, progress=progress))
-    suppression_file = suppressions or cfg.gate.suppressions
-    if suppression_file is not None:
-        apply_suppressions(report, load_suppressions(suppression_file))
-    baseline_file = baseline or cfg.gate.baseline
+    if accepted:
+        apply_suppressions(report, accepted)
     gate = evaluate(
         report,
-        fail_on if fail_on else cfg.gate.fail_on,
-        baseline=load_report(baseline_file) if baseline_file else None,
+        rules,
+        baseline=previous,
         max_error_rate=cfg.gate.max_error_rate,
         alpha=cfg.gate.alpha,
     )
     written = write_reports(report, out or cfg.report.dir, formats or cfg.report.formats)
     if not quiet:
         console.print(_summary_table(report))
+        for name, stats in report.summary.by_family.items():
+            console.print(f"{name}: {guard_line(stats)}", highlight=False)
+        console.print(f"overall: {guard_line(report.summary.overall)}", highlight=False)
         for name, path in written.items():
             console.print(f"{name}: {path}")
     for reason in gate.reasons:

@@ -16,6 +16,7 @@ rules ignore them, the ``asr`` and ``regression`` rules measure all cases.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from seawall.errors import ConfigurationError
 from seawall.redteam.cases import SEVERITY_ORDER, Verdict
-from seawall.redteam.report import Report
+from seawall.redteam.report import Report, load_report, summarise
 from seawall.redteam.stats import GroupStats, regression_p_value
 
 
@@ -92,18 +93,30 @@ class Comparison:
     new_findings: list[str] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
     same_suite: bool = True
+    #: Cases both runs have (the only ones compared), and each run's number of cases.
+    shared_cases: int = 0
+    baseline_cases: int = 0
+    current_cases: int = 0
 
 
 def compare(report: Report, baseline: Report, alpha: float = 0.05) -> Comparison:
     """Per group (overall, family, strategy): a one-sided two-proportion test at ``alpha``;
-    per case id: which findings are new and which are fixed."""
+    per case id: which findings are new and which are fixed.
+
+    Only the cases both runs have are compared: a run of a subset of the suite (``--case``, a
+    smaller catalogue) is measured against the baseline's results for the same cases, not against
+    the baseline's whole suite (whose other cases would make a false regression or improvement)."""
     result = Comparison(same_suite=report.suite_fingerprint == baseline.suite_fingerprint)
-    pairs: list[tuple[str, GroupStats, GroupStats]] = [
-        ("overall", baseline.summary.overall, report.summary.overall)
-    ]
+    shared = {r.id for r in report.results} & {r.id for r in baseline.results}
+    result.shared_cases = len(shared)
+    result.baseline_cases = len(baseline.results)
+    result.current_cases = len(report.results)
+    new_summary = summarise([r for r in report.results if r.id in shared])
+    old_summary = summarise([r for r in baseline.results if r.id in shared])
+    pairs: list[tuple[str, GroupStats, GroupStats]] = [("overall", old_summary.overall, new_summary.overall)]
     for label, new_groups, old_groups in (
-        ("family", report.summary.by_family, baseline.summary.by_family),
-        ("strategy", report.summary.by_strategy, baseline.summary.by_strategy),
+        ("family", new_summary.by_family, old_summary.by_family),
+        ("strategy", new_summary.by_strategy, old_summary.by_strategy),
     ):
         pairs += [
             (f"{label}:{name}", old_groups[name], stats)
@@ -150,6 +163,9 @@ class GateResult:
                 "new_findings": c.new_findings,
                 "fixed": c.fixed,
                 "same_suite": c.same_suite,
+                "shared_cases": c.shared_cases,
+                "baseline_cases": c.baseline_cases,
+                "current_cases": c.current_cases,
             }
         return body
 
@@ -164,6 +180,64 @@ def _rate(text: str, rule: str) -> float:
     return value
 
 
+@dataclass(frozen=True)
+class Rule:
+    """One ``--fail-on`` rule, checked: ``kind`` severity | any | asr | regression."""
+
+    text: str
+    kind: str
+    severity: str = ""
+    family: str | None = None
+    limit: float = 0.0
+
+
+RULE_FORMS = "severity:LEVEL, asr:RATE, asr:FAMILY=RATE, regression, any"
+
+
+def parse_rules(
+    fail_on: list[str], *, has_baseline: bool, families: Iterable[str] | None = None
+) -> list[Rule]:
+    """The ``--fail-on`` rules, checked before a scan starts (a typo must not cost the scan):
+    ConfigurationError for an unknown rule, a bad level or rate, ``regression`` without a
+    baseline, and (when ``families`` is given) an ``asr:FAMILY=RATE`` naming no known family."""
+    rules: list[Rule] = []
+    known = set(families) if families is not None else None
+    for text in fail_on:
+        kind, _, arg = text.partition(":")
+        if kind == "severity":
+            if arg not in SEVERITY_ORDER:
+                raise ConfigurationError(
+                    f"--fail-on {text!r}: severity must be one of {list(SEVERITY_ORDER)}"
+                )
+            rules.append(Rule(text, kind, severity=arg))
+        elif kind == "any" and not arg:
+            rules.append(Rule(text, kind))
+        elif kind == "asr":
+            family, eq, value = arg.rpartition("=")
+            if eq and known is not None and family not in known:
+                raise ConfigurationError(
+                    f"--fail-on {text!r}: no family {family!r} (families: {', '.join(sorted(known))})"
+                )
+            rules.append(Rule(text, kind, family=family if eq else None, limit=_rate(value, text)))
+        elif kind == "regression" and not arg:
+            if not has_baseline:
+                raise ConfigurationError("--fail-on regression needs --baseline")
+            rules.append(Rule(text, kind))
+        else:
+            raise ConfigurationError(f"unknown --fail-on rule {text!r} ({RULE_FORMS})")
+    return rules
+
+
+def read_baseline(path: Path) -> Report:
+    """A baseline report, read and checked before a scan starts."""
+    if not path.is_file():
+        raise ConfigurationError(f"--baseline {path}: no such file (give a report.json of an earlier run)")
+    try:
+        return load_report(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"--baseline {path}: not a seawall red-team report.json ({exc})") from exc
+
+
 def evaluate(
     report: Report,
     fail_on: list[str],
@@ -175,36 +249,31 @@ def evaluate(
     """Apply the rules; the report's ``gate`` field is set to the outcome."""
     reasons: list[str] = []
     failed = False
+    rules = parse_rules(fail_on, has_baseline=baseline is not None)
     comparison = compare(report, baseline, alpha) if baseline is not None else None
     overall = report.summary.overall
-    for rule in fail_on:
-        kind, _, arg = rule.partition(":")
+    for rule in rules:
+        kind = rule.kind
         if kind == "severity":
-            if arg not in SEVERITY_ORDER:
-                raise ConfigurationError(
-                    f"--fail-on {rule!r}: severity must be one of {list(SEVERITY_ORDER)}"
-                )
-            found = report.findings(min_severity=arg)
+            found = report.findings(min_severity=rule.severity)
             if found:
                 failed = True
                 reasons.append(
-                    f"{len(found)} unsuppressed finding(s) of severity {arg} or worse (first: {found[0].id})"
+                    f"{len(found)} unsuppressed finding(s) of severity {rule.severity} or worse "
+                    f"(first: {found[0].id})"
                 )
         elif kind == "any":
             if found := report.findings():
                 failed = True
                 reasons.append(f"{len(found)} unsuppressed finding(s)")
         elif kind == "asr":
-            family, eq, value = arg.rpartition("=")
-            limit = _rate(value, rule)
-            stats = report.family(family) if eq else overall
-            label = f"family {family}" if eq else "overall"
-            if stats.asr is not None and stats.asr > limit:
+            stats = report.family(rule.family) if rule.family is not None else overall
+            label = f"family {rule.family}" if rule.family is not None else "overall"
+            if stats.asr is not None and stats.asr > rule.limit:
                 failed = True
-                reasons.append(f"{label} attack success rate {stats.asr:.3f} > {limit}")
+                reasons.append(f"{label} attack success rate {stats.asr:.3f} > {rule.limit}")
         elif kind == "regression":
-            if comparison is None:
-                raise ConfigurationError("--fail-on regression needs --baseline")
+            assert comparison is not None  # parse_rules refuses regression without a baseline
             if comparison.regressions:
                 failed = True
                 groups = ", ".join(
@@ -212,11 +281,6 @@ def evaluate(
                     for r in comparison.regressions
                 )
                 reasons.append(f"significant regression against the baseline: {groups}")
-        else:
-            raise ConfigurationError(
-                f"unknown --fail-on rule {rule!r} (severity:LEVEL, asr:RATE, "
-                "asr:FAMILY=RATE, regression, any)"
-            )
     code = 1 if failed else 0
     if overall.cases == 0:
         code, reasons = 2, [*reasons, "the suite has no cases"]
@@ -226,8 +290,13 @@ def evaluate(
             f"{overall.error} of {overall.cases} cases errored (> {max_error_rate:.0%}): "
             "the scan cannot be trusted"
         )
-    if comparison is not None and not comparison.same_suite:
-        reasons.append("note: the baseline was made with a different suite; only shared cases are compared")
+    if comparison is not None and (
+        not comparison.same_suite or comparison.shared_cases < comparison.baseline_cases
+    ):
+        reasons.append(
+            f"note: compared on the {comparison.shared_cases} cases both runs have "
+            f"(this run {comparison.current_cases}, the baseline {comparison.baseline_cases})"
+        )
     result = GateResult(code, reasons, comparison)
     report.gate = result.to_dict()
     return result

@@ -264,6 +264,25 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
+def guard_line(stats: GroupStats) -> str:
+    """ASR and block rate side by side: ``0/2 judged vulnerable (ASR 0.0%, 95% CI 0.0%-65.8%);
+    19 of 23 blocked (82.6%, 95% CI 62.9%-93.0%)``. Blocked cases (refused, filtered or held for
+    review by the target's guard) are neither safe nor vulnerable; their share is the guard's value."""
+    asr = (
+        f"{stats.vulnerable}/{stats.judged} judged vulnerable (ASR {percent(stats.asr)}, "
+        f"95% CI {percent(stats.ci_low)}–{percent(stats.ci_high)})"
+        if stats.judged
+        else "none judged (no ASR)"
+    )
+    blocked = (
+        f"{stats.blocked} of {stats.answered} blocked ({percent(stats.block_rate)}, "
+        f"95% CI {percent(stats.block_ci_low)}–{percent(stats.block_ci_high)})"
+        if stats.answered
+        else "no answers"
+    )
+    return f"{asr}; {blocked}"
+
+
 def _bars(groups: dict[str, GroupStats], title: str) -> str:
     """A horizontal bar chart of ASR with its Wilson interval, as inline SVG."""
     rows = sorted(((k, v) for k, v in groups.items() if v.judged), key=lambda kv: (-(kv[1].asr or 0), kv[0]))
@@ -304,12 +323,13 @@ def _bars(groups: dict[str, GroupStats], title: str) -> str:
 def _table(groups: dict[str, GroupStats], label: str) -> str:
     head = (
         f"<tr><th>{label}</th><th>cases</th><th>vulnerable</th><th>safe</th><th>inconclusive</th>"
-        "<th>blocked</th><th>error</th><th>ASR</th><th>95% CI</th></tr>"
+        "<th>blocked</th><th>error</th><th>ASR</th><th>95% CI</th><th>block rate</th><th>95% CI</th></tr>"
     )
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{s.cases}</td><td>{s.vulnerable}</td><td>{s.safe}</td>"
         f"<td>{s.inconclusive}</td><td>{s.blocked}</td><td>{s.error}</td><td>{percent(s.asr)}</td>"
-        f"<td>{percent(s.ci_low)}–{percent(s.ci_high)}</td></tr>"
+        f"<td>{percent(s.ci_low)}–{percent(s.ci_high)}</td><td>{percent(s.block_rate)}</td>"
+        f"<td>{percent(s.block_ci_low)}–{percent(s.block_ci_high)}</td></tr>"
         for name, s in groups.items()
     )
     return f"<table>{head}{rows}</table>"
@@ -355,6 +375,9 @@ def render_html(report: Report) -> str:
         f"<li><code>{html.escape(k['probe'])}</code>: {html.escape(k['reason'])}</li>" for k in report.skipped
     )
     o = s.overall
+    guard = "".join(
+        f"<li>{html.escape(n)}: {html.escape(guard_line(g))}</li>" for n, g in s.by_family.items()
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>seawall red-team report</title>
 <style>
@@ -377,7 +400,11 @@ details.safe{{border-color:#27ae60}}details.error{{border-color:#7f8c8d}}details
 <p class="big">Attack success rate: <b>{percent(o.asr)}</b> ({o.vulnerable} of {o.judged} judged cases;
 95% CI {percent(o.ci_low)}–{percent(o.ci_high)})
  · {o.inconclusive} inconclusive ({o.blocked} blocked by the target) · {o.error} errors</p>
-<p>Errors, blocked requests and inconclusive cases never count as safe or as attack successes.</p>
+<p class="big">Blocked by the target's guard: <b>{percent(o.block_rate)}</b> ({o.blocked} of {o.answered}
+answered cases; 95% CI {percent(o.block_ci_low)}–{percent(o.block_ci_high)})</p>
+<p>Errors, blocked requests and inconclusive cases never count as safe or as attack successes; a
+block (a refusal, a filtered answer or an answer held for human review) is the guard's verdict.</p>
+<ul class="guard">{guard}</ul>
 {gate}
 {_bars(s.by_family, "Attack success by category")}
 {_bars(s.by_strategy, "Attack success by strategy")}

@@ -54,15 +54,28 @@ class GroupStats(BaseModel):
     asr: float | None = None
     ci_low: float | None = None
     ci_high: float | None = None
+    #: Blocked (refused, filtered or held for review by the target's guard) / cases that got an
+    #: answer (all but errors), with its Wilson interval: the guard's share of the verdicts.
+    block_rate: float | None = None
+    block_ci_low: float | None = None
+    block_ci_high: float | None = None
 
     @property
     def judged(self) -> int:
         return self.vulnerable + self.safe
 
+    @property
+    def answered(self) -> int:
+        """Cases the target answered or blocked (every case but the errors)."""
+        return self.cases - self.error
+
     def finish(self) -> GroupStats:
         if self.judged:
             self.asr = self.vulnerable / self.judged
             self.ci_low, self.ci_high = wilson(self.vulnerable, self.judged)
+        if self.answered:
+            self.block_rate = self.blocked / self.answered
+            self.block_ci_low, self.block_ci_high = wilson(self.blocked, self.answered)
         return self
 
 

@@ -11,6 +11,15 @@
 A target returns a :class:`TargetReply`; it never raises for what the far end did (an HTTP
 error, a timeout, a block): those are data, so a scan can tell ``error`` and ``blocked``
 apart from ``safe``.
+
+An answer a gateway holds for human review (seawall with ``review.enabled``) is the guard's
+verdict, like a block: the model's draft did not reach the user. The OpenAI-compatible targets
+recognise both shapes seawall answers a held request with: the 202 pending-review body
+(``object: chat.completion.pending``, ``review_id``) and the placeholder completion (the
+``x-seawall-review-status: pending`` header, or ``seawall.review.status`` in the body). A
+reviewer's decision that came in time (``hold_response: wait``) is an ordinary answer when it
+released the draft (approved or edited) and a block when it rejected it. An answer whose
+``finish_reason`` is ``content_filter`` (seawall's and Azure's output filters) is a block too.
 """
 
 from __future__ import annotations
@@ -88,6 +97,8 @@ class TargetReply:
     status: int | None = None
     finish_reason: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    #: The review id when a gateway held the answer for human review (then ``blocked`` too).
+    held: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -120,6 +131,37 @@ def _env(value: str) -> str:
         return os.environ[name]
 
     return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", sub, value)
+
+
+#: Headers and fields with which seawall marks an answer held for human review.
+REVIEW_ID_HEADER = "x-seawall-review-id"
+REVIEW_STATUS_HEADER = "x-seawall-review-status"
+PENDING_OBJECT = "chat.completion.pending"
+
+
+def held_reply(response: httpx.Response, payload: Any) -> TargetReply | None:
+    """The reply for an answer a seawall gateway held for review (or a reviewer rejected in time):
+    a block carrying the review id; None when the answer was not held (or was released)."""
+    extension = payload.get("seawall") if isinstance(payload, dict) else None
+    review = extension.get("review") if isinstance(extension, dict) else None
+    review = review if isinstance(review, dict) else {}
+    review_id = response.headers.get(REVIEW_ID_HEADER) or review.get("id")
+    if isinstance(payload, dict) and (response.status_code == 202 or payload.get("object") == PENDING_OBJECT):
+        review_id = review_id or payload.get("review_id")
+        if review_id or payload.get("status") == "pending_review":
+            return TargetReply(
+                blocked=True,
+                status=response.status_code,
+                held=str(review_id or "?"),
+                error=f"held for human review ({review_id or 'no id'})",
+            )
+    status = response.headers.get(REVIEW_STATUS_HEADER) or review.get("status")
+    if review_id and status in ("pending", "rejected"):
+        what = "held for human review" if status == "pending" else "rejected by a reviewer"
+        return TargetReply(
+            blocked=True, status=response.status_code, held=str(review_id), error=f"{what} ({review_id})"
+        )
+    return None
 
 
 def _error_body(response: httpx.Response) -> tuple[str | None, str]:
@@ -224,6 +266,13 @@ class OpenAITarget(_HTTPBase):
         )
         if isinstance(result, str):
             return TargetReply(error=result)
+        if result.status_code in (200, 202):
+            try:
+                payload = result.json()
+            except ValueError:
+                payload = None
+            if (held := held_reply(result, payload)) is not None:
+                return held
         if result.status_code != 200:
             code, message = _error_body(result)
             if code in BLOCK_CODES:
@@ -239,6 +288,16 @@ class OpenAITarget(_HTTPBase):
             return TargetReply(error="the reply is not a chat completion", status=200)
         if isinstance(content, list):
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        if choice.get("finish_reason") == "content_filter":
+            # the target's output guard replaced or cut the answer: its verdict, like a block
+            return TargetReply(
+                text=str(content),
+                blocked=True,
+                status=200,
+                finish_reason="content_filter",
+                error="content_filter: the answer was filtered by the target",
+                usage=payload.get("usage") or {},
+            )
         return TargetReply(
             text=str(content),
             status=200,

@@ -5,7 +5,8 @@ The pipeline (:mod:`seawall.gateway.pipeline`) owns the request path; it calls a
 
 1. **limits step** — :meth:`ReviewHook.validate` checks ``seawall.review`` (domain, sources, notes,
    webhook) so a bad field is a 400 before the model is called;
-2. **after output moderation** (plain requests) — ``decision = await hook.check(body, audit.decisions)``;
+2. **after output moderation** (plain requests) — ``decision = await hook.check(body, audit.decisions,
+   hook.context(headers, key_id=..., tier=...))`` (the hold rules, :mod:`seawall.review.rules`);
    when it is not None, ``pending = await hook.hold(decision, body, completion, ...)`` stores the
    draft, and ``await hook.respond(pending, hook.mode(headers))`` gives what the client gets
    instead of the completion (:mod:`seawall.review.responses`): a placeholder completion (default),
@@ -29,6 +30,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from seawall.errors import InvalidRequestError
 from seawall.review.responses import (
     PENDING_STATUS,
     REVIEW_HEADER,
@@ -38,6 +40,7 @@ from seawall.review.responses import (
     placeholder_response,
     requested_mode,
 )
+from seawall.review.rules import SCAN_HEADER, HoldContext
 from seawall.review.service import HoldDecision, ReviewService, final_completion
 from seawall.review.settings import HoldResponse
 from seawall.store.base import ReviewItem
@@ -51,6 +54,23 @@ LIMITATIONS_HEADER = "x-seawall-limitations"
 NOTICES_HEADER = "x-seawall-notices"
 #: Where the notices are served.
 NOTICES_PATH = "/v1/seawall/notices"
+
+
+def scan_asks_hold(headers: Mapping[str, str]) -> bool:
+    """Whether the request asks for holds with :data:`SCAN_HEADER` (``hold``; ``skip`` or no header:
+    no); 400 ``invalid_scan_review`` for any other value. Only scan traffic (``review.scan_keys``)
+    reads it: other requests are held by the rules alone."""
+    raw = next((value for key, value in headers.items() if key.lower() == SCAN_HEADER), None)
+    if raw is None:
+        return False
+    wanted = raw.strip().lower()
+    if wanted not in ("hold", "skip"):
+        raise InvalidRequestError(
+            f"the {SCAN_HEADER} header must be hold or skip; got {raw[:40]!r}",
+            param=SCAN_HEADER,
+            code="invalid_scan_review",
+        )
+    return wanted == "hold"
 
 
 class ReviewHook:
@@ -79,8 +99,17 @@ class ReviewHook:
 
     def mode(self, headers: Mapping[str, str]) -> HoldResponse:
         """The hold response the request asks for (``x-seawall-review``), else ``review.hold_response``;
-        400 ``invalid_review_mode`` for an unknown value."""
+        400 ``invalid_review_mode`` for an unknown value (and for a bad :data:`SCAN_HEADER`)."""
+        scan_asks_hold(headers)
         return requested_mode(headers, self.service.settings.hold_response)
+
+    def context(
+        self, headers: Mapping[str, str], *, key_id: str | None = None, tier: str | None = None
+    ) -> HoldContext:
+        """What the hold rules need to know of the request beyond its body: the user's tier, and
+        whether it is scan traffic (an API key in ``review.scan_keys``) that asked for holds."""
+        scan = key_id is not None and key_id in self.service.settings.scan_keys
+        return HoldContext(tier=tier, scan=scan, scan_asks_hold=scan and scan_asks_hold(headers))
 
     async def respond(self, pending: Mapping[str, Any], mode: HoldResponse) -> HeldResponse:
         """What the client gets for the held answer ``pending`` (the body :meth:`hold` returned):
@@ -112,12 +141,16 @@ class ReviewHook:
             return None
 
     async def check(
-        self, body: Mapping[str, Any], decisions: Iterable[Mapping[str, Any]]
+        self,
+        body: Mapping[str, Any],
+        decisions: Iterable[Mapping[str, Any]],
+        context: HoldContext | None = None,
     ) -> HoldDecision | None:
-        """Whether to hold the answer, from the request and the moderation decisions so far."""
+        """Whether to hold the answer, from the request, the moderation decisions so far and the
+        request's :meth:`context`."""
         if not self.service.settings.enabled:
             return None
-        return await asyncio.to_thread(self.service.should_hold, body, list(decisions))
+        return await asyncio.to_thread(self.service.should_hold, body, list(decisions), context)
 
     async def hold(
         self,
@@ -156,6 +189,8 @@ __all__ = [
     "NOTICES_PATH",
     "PENDING_STATUS",
     "REVIEW_HEADER",
+    "SCAN_HEADER",
     "HeldResponse",
     "ReviewHook",
+    "scan_asks_hold",
 ]

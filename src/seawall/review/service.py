@@ -3,12 +3,14 @@
 Every method is synchronous (store calls; the routes and the gateway hook run them with
 ``asyncio.to_thread``), like :class:`seawall.gateway.risk.RiskLedger`.
 
-**Holding.** :meth:`ReviewService.should_hold` decides from the request and the moderation
-decisions the gateway made (its audit record's ``decisions``) whether an answer waits for a
-person: its domain is one of ``settings.domains`` (declared by the app in ``seawall.review.domain``
-or detected by :class:`~seawall.review.domains.DomainDetector`), a moderation category was
-flagged with the ``flag`` action (let through, for a person to see), or any category score is in
-the uncertain band ``[uncertain_low, flag threshold)``. An answer the gateway already refused or
+**Holding.** :meth:`ReviewService.should_hold` decides from the request, the moderation
+decisions the gateway made (its audit record's ``decisions``) and the request's context (tier,
+scan traffic) whether an answer waits for a person, by the hold rules (``review.rules``,
+:mod:`seawall.review.rules`): by default its domain is one of ``settings.domains`` (declared by
+the app in ``seawall.review.domain`` or detected by :class:`~seawall.review.domains.DomainDetector`),
+a moderation category was flagged with the ``flag`` action (let through, for a person to see), or
+a category score is in the uncertain band ``[uncertain_low, flag threshold)``. The item keeps
+which rules matched and why (``request["hold"]``). An answer the gateway already refused or
 filtered is never held. :meth:`hold` stores the item (one transaction with its ``held`` event),
 notifies, and returns the pending-review body (what the client then gets, a placeholder
 completion, that body with 202, or the decision: :mod:`seawall.review.responses`).
@@ -30,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -44,9 +46,10 @@ from seawall.errors import (
 from seawall.messages import last_user_text, text_of
 from seawall.ratelimit import enforce
 from seawall.review.domains import DomainDetector
-from seawall.review.metrics import GUARD_STEPS, ReviewMetrics
+from seawall.review.metrics import ReviewMetrics
 from seawall.review.notify import Notifier, check_webhook_url
 from seawall.review.responses import POLL_PATH, DecisionWaiters
+from seawall.review.rules import HoldContext, HoldRules
 from seawall.review.settings import DOMAINS, ReviewSettings
 from seawall.store.base import (
     REPORT_CATEGORIES,
@@ -65,8 +68,6 @@ from seawall.store.base import (
 REVIEW_FIELD = "review"
 #: The ``object`` of the pending-review body.
 PENDING_OBJECT = "chat.completion.pending"
-#: Output decisions that mean the answer was already refused or stopped: nothing to hold.
-_REFUSED = frozenset({"filter", "block", "refuse", "failed_closed"})
 _EXTENSION_KEYS = frozenset({"domain", "sources", "notes", "webhook"})
 
 
@@ -89,6 +90,8 @@ class HoldDecision:
     domain: str | None
     scores: dict[str, float]
     request: ReviewRequest
+    #: The matched rules and why, the scores by whose they are (:meth:`RuleMatch.record`).
+    explanation: dict[str, Any] = field(default_factory=dict)
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -169,6 +172,7 @@ class ReviewService:
         self.notifier = notifier if notifier is not None else Notifier(settings.notify)
         self.metrics = metrics if metrics is not None else ReviewMetrics(store)
         self._detector = detector
+        self.rules = HoldRules(settings)
         self.clock = clock
         #: Requests waiting for a decision (hold_response wait), woken by :meth:`decide`.
         self.waiters = DecisionWaiters()
@@ -179,7 +183,9 @@ class ReviewService:
     @property
     def detector(self) -> DomainDetector:
         if self._detector is None:
-            self._detector = DomainDetector(self.settings.domains, threshold=self.settings.domain_threshold)
+            self._detector = DomainDetector(
+                self.rules.domains or self.settings.domains, threshold=self.settings.domain_threshold
+            )
         return self._detector
 
     # ------------------------------------------------------------------ the gateway side
@@ -192,48 +198,38 @@ class ReviewService:
         return parse_review_request(extension.get(REVIEW_FIELD), self.settings)
 
     def should_hold(
-        self, body: Mapping[str, Any], decisions: Iterable[Mapping[str, Any]]
+        self,
+        body: Mapping[str, Any],
+        decisions: Iterable[Mapping[str, Any]],
+        context: HoldContext | None = None,
     ) -> HoldDecision | None:
         """Whether the answer to ``body`` waits for a reviewer, given the gateway's moderation
-        ``decisions`` (audit record ``decisions``: step, action, categories, scores)."""
+        ``decisions`` (audit record ``decisions``: step, action, categories, scores) and the request's
+        ``context`` (the user's tier, scan traffic): the hold rules (:mod:`seawall.review.rules`)."""
         if not self.settings.enabled:
             return None
         request = self.review_request(body)
-        reasons: list[str] = []
-        scores: dict[str, float] = {}
-        for decision in decisions:
-            if decision.get("step") not in GUARD_STEPS:  # the steps with moderation scores
-                continue
-            if decision.get("action") in _REFUSED:
-                return None  # refused or filtered already: there is no answer to hold
-            flagged = set(decision.get("categories") or [])
-            for name in sorted(flagged):
-                reasons.append(f"flagged:{name}")
-            for name, score in (decision.get("scores") or {}).items():
-                scores[name] = max(scores.get(name, 0.0), float(score))
-                low = self.settings.uncertain_low
-                if low is not None and name not in flagged and float(score) >= low:
-                    reasons.append(f"uncertain:{name}")
-        domain: str | None = None
-        if request.domain == "none":
-            pass  # the app says this request is in no high-risk domain
-        elif request.domain is not None:
-            if request.domain in self.settings.domains:
-                domain = request.domain
-                reasons.insert(0, f"declared:{domain}")
-        elif self.settings.detect_domains and self.settings.domains:
+
+        def detect() -> tuple[str | None, float, float]:
             question = last_user_text(body.get("messages"))
-            if question:
-                verdict = self.detector.detect(question)
-                wanted = self.settings.domains
-                held = {name: score for name, score in verdict.scores.items() if name in wanted}
-                best = max(held, key=lambda name: held[name], default=None)
-                if best is not None and held[best] >= self.detector.threshold:
-                    domain = best
-                    reasons.insert(0, f"domain:{domain}")
-        if not reasons:
+            if not question:
+                return None, 0.0, self.detector.threshold
+            verdict = self.detector.detect(question)
+            held: dict[str, float] = {
+                name: score for name, score in verdict.scores.items() if name in self.rules.domains
+            }
+            best = max(held, key=lambda name: held[name], default=None)
+            threshold = self.detector.threshold
+            if best is None or held[best] < threshold:
+                return None, max(held.values(), default=0.0), threshold
+            return best, held[best], threshold
+
+        match = self.rules.match(
+            decisions, declared=request.domain, detect=detect, context=context or HoldContext()
+        )
+        if match is None or not match.fired:
             return None
-        return HoldDecision(tuple(dict.fromkeys(reasons)), domain, scores, request)
+        return HoldDecision(match.reasons, match.domain, match.seen.merged(), request, match.record())
 
     def hold(
         self,
@@ -248,7 +244,12 @@ class ReviewService:
         """Store the draft ``completion`` for review and return the client's pending body (HTTP 202)."""
         now = self.clock()
         review_id = f"rev_{secrets.token_hex(16)}"
-        request = {"model": body.get("model"), "messages": body.get("messages") or []}
+        request: dict[str, Any] = {"model": body.get("model"), "messages": body.get("messages") or []}
+        for cap in ("max_tokens", "max_completion_tokens"):
+            if isinstance(body.get(cap), int):
+                request[cap] = body[cap]
+        if decision.explanation:
+            request["hold"] = decision.explanation
         item = ReviewItem(
             id=review_id,
             tenant=tenant,
@@ -359,6 +360,20 @@ class ReviewService:
             self.get(review_id)
             raise ConflictError(f"you hold no claim on review {review_id}", code="review_not_claimed")
         return released
+
+    def break_claim(self, review_id: str, admin: str) -> ReviewItem:
+        """An admin ends someone's live claim (they left with it): the item is claimable again and
+        the trail says who broke whose claim. 409 ``review_not_claimed`` when nobody holds one."""
+        item = self.get(review_id)
+        now = self.clock()
+        if item.status != "pending":
+            raise ConflictError(f"review {review_id} is {item.status} already", code="review_decided")
+        if item.claimable(now) or item.claimed_by is None:
+            raise ConflictError(f"nobody holds a claim on review {review_id}", code="review_not_claimed")
+        broken = self.store.release_review(review_id, item.claimed_by, now, by=admin)
+        if broken is None:  # the claimer released it or decided in the meantime
+            raise ConflictError(f"the claim on review {review_id} ended meanwhile", code="review_not_claimed")
+        return broken
 
     def decide(
         self,

@@ -9,11 +9,119 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from seawall.categories import ALL_LABELS
 
 #: The high-risk domains seawall knows how to detect.
 Domain = Literal["health", "finance", "law", "code"]
 DOMAINS: tuple[Domain, ...] = ("health", "finance", "law", "code")
+#: Whose moderation scores a hold rule looks at: the user's request, the model's draft, or either.
+ScoreSource = Literal["request", "draft", "either"]
+
+
+class HoldRule(BaseModel):
+    """One reason to hold an answer for a person. Every condition the rule states must hold (an
+    unstated one matches anything); the answer is held when any rule matches, and the review item
+    records which rules matched and why.
+
+    A rule states a domain condition (``domains``), a score condition (``band`` or ``flagged``), or
+    both (then both must hold: "uncertain harassment in health questions"); ``tiers`` and
+    ``categories`` narrow it further.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1, max_length=80, description="Shown to reviewers as why the answer was held."
+    )
+    domains: list[Domain] | None = Field(
+        None,
+        description="The request's domain (declared by the app in seawall.review.domain, or detected) must "
+        "be one of these. None: any request, in a domain or not.",
+    )
+    band: tuple[float, float | None] | None = Field(
+        None,
+        description="[low, high): a score of one of 'categories' (from 'scores') at or above low and below "
+        "high, in a category that was not flagged; high null: up to the flag threshold. None: no band.",
+    )
+    flagged: bool = Field(
+        False,
+        description="A category of 'categories' was flagged with the 'flag' action (let through for a "
+        "person to see).",
+    )
+    categories: list[str] | None = Field(
+        None, description="The categories whose scores the band or flag looks at. None: every category."
+    )
+    scores: ScoreSource = Field(
+        "either", description="Whose scores count: the request's, the draft answer's, or either."
+    )
+    tiers: list[str] | None = Field(
+        None,
+        description="User tiers (the names of the policy's tiers) the rule applies to. None: every "
+        "request, with a tier or without.",
+    )
+
+    @field_validator("categories")
+    @classmethod
+    def _known_categories(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            unknown = sorted(set(value) - set(ALL_LABELS))
+            if unknown:
+                raise ValueError(f"unknown categories {unknown}; known: {', '.join(ALL_LABELS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _meaningful(self) -> HoldRule:
+        if self.domains is None and self.band is None and not self.flagged:
+            raise ValueError(
+                f"hold rule {self.name!r} states no condition: give 'domains', 'band' or 'flagged' "
+                "(it would hold every answer)"
+            )
+        if self.band is not None and self.flagged:
+            raise ValueError(f"hold rule {self.name!r}: 'band' and 'flagged' are separate rules")
+        if self.band is not None:
+            low, high = self.band
+            if not 0 <= low <= 1 or (high is not None and not low < high <= 1):
+                raise ValueError(
+                    f"hold rule {self.name!r}: band must be [low, high) with 0 <= low < high <= 1"
+                )
+        if self.categories is not None and self.band is None and not self.flagged:
+            raise ValueError(f"hold rule {self.name!r}: 'categories' goes with 'band' or 'flagged'")
+        if self.domains == [] or self.tiers == [] or self.categories == []:
+            raise ValueError(
+                f"hold rule {self.name!r}: an empty list matches nothing; leave it out for 'any'"
+            )
+        return self
+
+
+def default_rules() -> list[HoldRule]:
+    """The hold rules when neither ``review.rules`` nor the older ``review.domains`` and
+    ``review.uncertain_low`` are set: health, finance and law questions (not code: coding questions
+    are most of an ordinary app's traffic and rarely need a person), anything flagged with the 'flag'
+    action, a request scored in [0.3, flag) and a draft answer in [0.5, flag) (benign answers about
+    books, history and processes often score 0.3-0.5; ``bench/hold_rate.py`` measures both)."""
+    return [
+        HoldRule(name="high-risk domain", domains=["health", "finance", "law"]),
+        HoldRule(name="flagged for a person", flagged=True),
+        HoldRule(name="uncertain request", band=(0.3, None), scores="request"),
+        HoldRule(name="uncertain answer", band=(0.5, None), scores="draft"),
+    ]
+
+
+def legacy_rules(
+    domains: list[Domain], uncertain_low: float | None, *, flagged: bool = True
+) -> list[HoldRule]:
+    """The rules ``review.domains`` and ``review.uncertain_low`` stand for when ``review.rules`` is
+    not given: the listed domains, anything flagged with the 'flag' action, and the uncertain band."""
+    rules: list[HoldRule] = []
+    if domains:
+        rules.append(HoldRule(name="high-risk domain", domains=list(domains)))
+    if flagged:
+        rules.append(HoldRule(name="flagged for a person", flagged=True))
+    if uncertain_low is not None:
+        rules.append(HoldRule(name="uncertain score", band=(uncertain_low, None)))
+    return rules
 
 
 class Notice(BaseModel):
@@ -181,7 +289,8 @@ class ReviewSettings(BaseModel):
     )
     domains: list[Domain] = Field(
         default_factory=lambda: list(DOMAINS),
-        description="High-risk domains whose answers are held (health, finance, law, code).",
+        description="High-risk domains whose answers are held (health, finance, law, code). Older form of "
+        "'rules': used only when 'rules' is not set and this or 'uncertain_low' is.",
     )
     detect_domains: bool = Field(
         True,
@@ -196,7 +305,22 @@ class ReviewSettings(BaseModel):
         ge=0,
         le=1,
         description="Hold answers whose request or answer has any moderation score at or above this "
-        "but below the flag threshold (the uncertain band). None: no band.",
+        "but below the flag threshold (the uncertain band). None: no band. Older form of 'rules': used "
+        "only when 'rules' is not set and this or 'domains' is.",
+    )
+    rules: list[HoldRule] | None = Field(
+        None,
+        description="The hold rules, in order (see HoldRule: domains, a score band or a flag, whose "
+        "scores, which categories, which user tiers). None: when 'domains' or 'uncertain_low' is set, the "
+        "rules they stand for (those domains; anything flagged with the 'flag' action; the band "
+        "[uncertain_low, flag) on request and answer alike); else the default rules (health, finance and "
+        "law; anything flagged; a request in [0.3, flag); an answer in [0.5, flag)). []: nothing is held.",
+    )
+    scan_keys: list[str] = Field(
+        default_factory=list,
+        description="API key ids (key_..., as 'seawall keys list' shows) whose traffic is a red-team "
+        "scan: its answers are held only when the request asks with the header "
+        "'x-seawall-scan-review: hold', so a scan does not flood the queue.",
     )
     claim_ttl_s: int = Field(900, ge=10, le=86_400, description="How long a reviewer's claim lasts.")
     reviewer_tokens: dict[str, SecretStr] = Field(
@@ -228,6 +352,15 @@ class ReviewSettings(BaseModel):
     notify: NotifySettings = Field(default_factory=NotifySettings, description="Notifications.")
     notices: NoticeSettings = Field(default_factory=NoticeSettings, description="AI disclosure and limits.")
 
+    def hold_rules(self) -> list[HoldRule]:
+        """The rules in force: ``rules``; else those ``domains``/``uncertain_low`` stand for when either
+        is set; else :func:`default_rules`."""
+        if self.rules is not None:
+            return list(self.rules)
+        if {"domains", "uncertain_low"} & self.model_fields_set:
+            return legacy_rules(self.domains, self.uncertain_low)
+        return default_rules()
+
     @field_validator("widget_origins")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
@@ -256,9 +389,13 @@ __all__ = [
     "Domain",
     "FeedbackLimit",
     "HoldResponse",
+    "HoldRule",
     "Notice",
     "NoticeSettings",
     "NotifySettings",
     "ReviewSettings",
+    "ScoreSource",
     "SmtpSettings",
+    "default_rules",
+    "legacy_rules",
 ]

@@ -128,6 +128,7 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/ui/audit/{request_id:str}"): "ui_staff",
     ("GET", "/ui/accounts"): "ui_admin",
     ("GET", "/ui/review"): "ui_staff",
+    ("POST", "/ui/review"): "ui_staff",
     ("GET", "/ui/review/{review_id:str}"): "ui_staff",
     ("POST", "/ui/review/{review_id:str}/{action:str}"): "ui_staff",
     ("GET", "/ui/reports"): "ui_staff",

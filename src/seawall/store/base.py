@@ -521,8 +521,11 @@ class ReviewStore(Protocol):
         or None when the claim was lost (unknown, decided, or claimed by someone else)."""
         ...
 
-    def release_review(self, review_id: str, reviewer: str, now: datetime) -> ReviewItem | None:
-        """Give up ``reviewer``'s live claim; None if they held none."""
+    def release_review(
+        self, review_id: str, reviewer: str, now: datetime, *, by: str | None = None
+    ) -> ReviewItem | None:
+        """Give up ``reviewer``'s live claim; None if they held none. ``by``: an admin breaks the
+        claim for them (the event is ``claim_broken`` by ``by``, naming the claimer)."""
         ...
 
     def decide_review(

@@ -73,6 +73,12 @@ def _bucket(moment: datetime, bucket_s: int) -> int:
     return math.floor(moment.timestamp() / bucket_s) * bucket_s
 
 
+def _release_event(review_id: str, reviewer: str, now: datetime, by: str | None) -> ReviewEvent:
+    if by is None:
+        return ReviewEvent(review_id, "released", reviewer, now)
+    return ReviewEvent(review_id, "claim_broken", by, now, {"claimed_by": reviewer})
+
+
 @dataclass
 class _AuditRow:
     id: int
@@ -591,7 +597,9 @@ class MemoryReview(MemoryRole):
                 self._add_event(ReviewEvent(review_id, "claimed", reviewer, now, {"expires_at": expires}))
         return claimed
 
-    def release_review(self, review_id: str, reviewer: str, now: datetime) -> ReviewItem | None:
+    def release_review(
+        self, review_id: str, reviewer: str, now: datetime, *, by: str | None = None
+    ) -> ReviewItem | None:
         with self.data.lock:
             item = self.data.reviews.get(review_id)
             allowed = item is not None and _held_by(item, reviewer, now)
@@ -599,7 +607,7 @@ class MemoryReview(MemoryRole):
                 review_id, allowed, claimed_by=None, claimed_at=None, claim_expires_at=None
             )
             if released is not None:
-                self._add_event(ReviewEvent(review_id, "released", reviewer, now))
+                self._add_event(_release_event(review_id, reviewer, now, by))
         return released
 
     def decide_review(

@@ -5,11 +5,15 @@ directly (which audits it as an event), as the signed-in person (their account n
 =====================================  =========  ==========================================
 route                                  role       what
 =====================================  =========  ==========================================
-``GET /ui/review``                     reviewer   held answers: status, domain, claimable/mine
+``GET /ui/review``                     reviewer   held answers: sort by risk, age or domain; filter by
+                                                  status, tenant, user, domain, reason, claim
 ``GET /ui/review/{id}``                reviewer   request, sources, notes, draft, scores, trail
 ``POST /ui/review/{id}/claim|release`` reviewer   take or hand back the claim (CSRF-checked)
 ``POST /ui/review/{id}/approve|edit``  reviewer   decide (edit: ``text``; reject: ``reason``)
 ``POST /ui/review/{id}/reject``        reviewer
+``POST /ui/review/{id}/break``         admin      end someone else's live claim (they left with it)
+``POST /ui/review``                    reviewer   bulk: reject or release (approve) the ticked items
+                                                  with one reason
 ``GET /ui/reports``                    reviewer   user reports by status and category
 ``GET /ui/reports/{id}``               reviewer   one report, its notes and trail (contact: admins)
 ``POST /ui/reports/{id}``              reviewer   add a note, move to investigating; closing
@@ -58,14 +62,64 @@ MAX_TEXT = 20_000
 CLOSED: frozenset[ReportStatus] = frozenset({"resolved", "dismissed"})
 #: Items per queue page.
 QUEUE_LIMIT = 200
-REVIEW_ACTIONS = ("claim", "release", "approve", "edit", "reject")
+#: Most items read to filter by user or reason and to sort by risk (the queue says when it was cut).
+SCAN_LIMIT = 2000
+#: Queue orders: highest risk first, oldest first, by domain (then oldest first).
+SORTS = ("risk", "age", "domain")
+#: The kinds of hold reasons (``domain:health`` is of kind ``domain``).
+REASON_KINDS = ("domain", "declared", "flagged", "uncertain")
+REVIEW_ACTIONS = ("claim", "release", "approve", "edit", "reject", "break")
 DONE = {
     "claim": "claimed",
     "release": "released",
     "approve": "approved",
     "edit": "edited and approved",
     "reject": "rejected",
+    "break": "claim broken",
 }
+#: How much a hold reason's kind adds to an item's risk (a flag outranks any score).
+_REASON_WEIGHT = {"flagged": 2.0, "declared": 0.5, "domain": 0.5, "uncertain": 0.0}
+
+
+def risk(item: ReviewItem) -> float:
+    """An item's priority: its highest moderation score, plus the weight of its strongest reason
+    (flagged 2, a high-risk domain 0.5): flagged first, then domains by score, then the rest."""
+    top = max(item.scores.values(), default=0.0)
+    weight = max((_REASON_WEIGHT.get(reason.partition(":")[0], 0.0) for reason in item.reasons), default=0.0)
+    return round(top + weight, 4)
+
+
+def sort_queue(items: list[ReviewItem], sort: str) -> list[ReviewItem]:
+    """``items`` (oldest first, as the store lists them) in the queue's ``sort`` order."""
+    if sort == "risk":
+        return sorted(items, key=lambda item: (-risk(item), item.created_at))
+    if sort == "domain":
+        return sorted(items, key=lambda item: (item.domain is None, item.domain or "", item.created_at))
+    return list(items)
+
+
+def _has_reason(item: ReviewItem, wanted: str) -> bool:
+    """Whether ``item`` was held for ``wanted``: a kind (``uncertain``) or a whole reason."""
+    return any(reason == wanted or reason.partition(":")[0] == wanted for reason in item.reasons)
+
+
+def _reason_choices(items: list[ReviewItem]) -> list[str]:
+    """The reason filter's choices: the kinds, then every reason the listed items have."""
+    return [*REASON_KINDS, *sorted({reason for item in items for reason in item.reasons})]
+
+
+def _bulk_notice(params: Any) -> str | None:
+    what = params.get("bulk")
+    if what not in ("rejected", "released"):
+        return None
+    try:
+        done, skipped = int(params.get("done", "0")), int(params.get("skipped", "0"))
+    except ValueError:
+        return None
+    text = f"{done} answer{'' if done == 1 else 's'} {what}"
+    if skipped:
+        text += f"; {skipped} skipped (claimed by someone else or decided already)"
+    return text + "."
 
 
 def age(moment: datetime | None, now: datetime | None = None) -> str:
@@ -99,6 +153,70 @@ IMAGE = "[image]"
 def question(item: ReviewItem) -> str:
     """The last user message of a held answer's request (what was asked)."""
     return last_user_text(item.request.get("messages"), image=IMAGE) or "—"
+
+
+#: Scores below this are left out of the item's score tables (counted instead).
+SCORE_FLOOR = 0.01
+
+
+def score_tables(item: ReviewItem) -> list[dict[str, Any]]:
+    """The item's moderation scores as the reviewer sees them: one table for the request's and one
+    for the draft's (when the hold recorded them apart; else one for both together), each score
+    marked ``flagged`` (over the flag threshold, let through to a person), ``band`` (at or above the
+    lowest hold band: an uncertain score) or ``below``."""
+    hold = item.request.get("hold")
+    tables: list[dict[str, Any]] = []
+    if isinstance(hold, dict) and isinstance(hold.get("scores"), dict):
+        band = hold.get("band") or {}
+        flagged = hold.get("flagged") or {}
+        sources = [("request", "The user's request"), ("draft", "The model's draft")]
+        for whose, label in sources:
+            scores = hold["scores"].get(whose) or {}
+            lows = band.get(whose)
+            if not isinstance(lows, dict):  # recorded before bands were kept per source
+                lows = {"*": band["low"]} if band.get("low") is not None else {}
+            tables.append(_table(whose, label, scores, set(flagged.get(whose) or []), lows))
+        return tables
+    kinds = {reason.partition(":")[2]: reason.partition(":")[0] for reason in item.reasons}
+    marked = {name for name, kind in kinds.items() if kind == "flagged"}
+    table = _table("both", "Request and draft together (not recorded apart)", item.scores, marked, {})
+    for row in table["rows"]:
+        if row["mark"] == "below" and kinds.get(row["name"]) == "uncertain":
+            row["mark"] = "band"
+    return [table]
+
+
+_MARKS = {"flagged": "flagged", "band": "in the hold band", "below": "below"}
+
+
+def _table(
+    whose: str, label: str, scores: dict[str, Any], flagged: set[str], lows: dict[str, float]
+) -> dict[str, Any]:
+    """One score table; ``lows``: the hold band's start per category (``"*"``: any category)."""
+    rows = []
+    hidden = 0
+    for name, value in sorted(scores.items(), key=lambda pair: -float(pair[1])):
+        score = float(value)
+        low = lows.get(name, lows.get("*"))
+        mark = "flagged" if name in flagged else "band" if low is not None and score >= low else "below"
+        if score < SCORE_FLOOR and mark == "below":
+            hidden += 1
+            continue
+        rows.append({"name": name, "score": score, "mark": mark, "says": _MARKS[mark]})
+    band_low = min(lows.values()) if lows else None
+    return {"whose": whose, "label": label, "rows": rows, "hidden": hidden, "band_low": band_low}
+
+
+def cut_off(item: ReviewItem) -> dict[str, Any] | None:
+    """When the draft stopped at the token cap (``finish_reason: length``): the cap, if known."""
+    choices = item.draft.get("choices") or []
+    first = choices[0] if choices and isinstance(choices[0], dict) else {}
+    if first.get("finish_reason") != "length":
+        return None
+    cap = item.request.get("max_tokens") or item.request.get("max_completion_tokens")
+    usage = item.draft.get("usage")
+    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    return {"cap": cap, "tokens": tokens}
 
 
 class Pages(Protocol):
@@ -160,16 +278,33 @@ class Desk:
         show = params.get("show") or "all"
         if show not in ("all", "claimable", "mine"):
             raise Denied("show must be all, claimable or mine", 400)
+        sort = params.get("sort") or "risk"
+        if sort not in SORTS:
+            raise Denied(f"sort must be one of {', '.join(SORTS)}", 400)
+        reason = (params.get("reason") or "")[:100] or None
+        if reason is not None and reason.partition(":")[0] not in REASON_KINDS:
+            raise Denied(f"reason must start with one of {', '.join(REASON_KINDS)}", 400)
+        tenant = (params.get("tenant") or "")[:200] or None
+        user = (params.get("user") or "")[:200] or None
         service = self.service
-        items = await run_in_threadpool(
+        found = await run_in_threadpool(
             service.queue,
             status=None if status == "all" else cast(Any, status),
             domain=domain,
+            tenant=tenant,
             claimable=show == "claimable",
             claimed_by=session.subject if show == "mine" else None,
-            limit=QUEUE_LIMIT,
+            limit=SCAN_LIMIT,
         )
+        scanned_all = len(found) < SCAN_LIMIT
         now = service.clock()
+        items = [
+            item
+            for item in found
+            if (user is None or item.safety_id == user) and (reason is None or _has_reason(item, reason))
+        ]
+        items = sort_queue(items, sort)[:QUEUE_LIMIT]
+        tenants = sorted({item.tenant for item in found} | ({tenant} if tenant else set()))
         return self.ui.render(
             request,
             "review_queue.html",
@@ -181,9 +316,55 @@ class Desk:
             domain=domain or "",
             domains=DOMAINS,
             show=show,
+            sort=sort,
+            sorts=SORTS,
+            reason=reason or "",
+            reasons=_reason_choices(found),
+            tenant=tenant or "",
+            tenants=tenants,
+            user=user or "",
             me=session.subject,
             limit=QUEUE_LIMIT,
+            scanned_all=scanned_all,
+            risk=risk,
+            notice=_bulk_notice(params),
         )
+
+    async def bulk(self, request: Request) -> Response:
+        """Reject or release (approve) the ticked items with one reason: each is claimed for the
+        person and decided; items someone else holds, or decided already, are skipped and counted."""
+        session = await self.ui.require(request)
+        await self.ui.check_csrf(request, session)
+        form = await request.form()
+        action = form_field(form, "bulk_action", required=True, limit=20)
+        if action not in ("reject", "release"):
+            raise Denied("bulk_action must be reject or release", 400)
+        reason = form_field(form, "reason", required=True, limit=MAX_TEXT)
+        ids = [str(value)[:100] for value in form.getlist("review_id") if str(value).strip()]
+        if not ids:
+            raise Denied("Tick at least one held answer.", 400)
+        if len(ids) > QUEUE_LIMIT:
+            raise Denied(f"At most {QUEUE_LIMIT} answers at once.", 400)
+        service = self.service
+        done = skipped = 0
+        for review_id in dict.fromkeys(ids):
+            try:
+                await run_in_threadpool(service.claim, review_id, session.subject)
+                await run_in_threadpool(
+                    service.decide,
+                    review_id,
+                    session.subject,
+                    "reject" if action == "reject" else "approve",
+                    reason=reason,
+                )
+                done += 1
+            except (ConflictError, NotFoundError):
+                skipped += 1
+        base = request.scope.get("root_path", "")
+        query = urlencode(
+            {"bulk": "rejected" if action == "reject" else "released", "done": done, "skipped": skipped}
+        )
+        return RedirectResponse(f"{base}/review?{query}", status_code=303)
 
     # ------------------------------------------------------------------ one item
 
@@ -220,6 +401,8 @@ class Desk:
             if isinstance(message, dict)
         ]
         has_audit = await run_in_threadpool(self.ui.store.audit_exists, item.request_id)
+        recorded = item.request.get("hold")
+        hold: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
         return self.ui.render(
             request,
             "review_item.html",
@@ -229,6 +412,10 @@ class Desk:
             view=view,
             messages=messages,
             scores=sorted(item.scores.items(), key=lambda pair: -pair[1]),
+            score_tables=score_tables(item),
+            fired=[rule for rule in hold.get("rules") or [] if isinstance(rule, dict)],
+            cut_off=cut_off(item),
+            is_admin=session.is_admin,
             events=events,
             mine=mine,
             now=now,
@@ -249,8 +436,12 @@ class Desk:
         service = self.service
         text = form_field(form, "text", required=True, limit=MAX_TEXT) if action == "edit" else None
         reason = form_field(form, "reason", required=True, limit=MAX_TEXT) if action == "reject" else None
+        if action == "break" and not session.is_admin:
+            raise Denied("Only administrators break someone else's claim.")
         try:
-            if action == "claim":
+            if action == "break":
+                await run_in_threadpool(service.break_claim, review_id, session.subject)
+            elif action == "claim":
                 await run_in_threadpool(service.claim, review_id, session.subject)
             elif action == "release":
                 await run_in_threadpool(service.release, review_id, session.subject)
@@ -378,4 +569,15 @@ class Desk:
         return RedirectResponse(f"{base}/reports/{report.id}?done=updated", status_code=303)
 
 
-__all__ = ["CLOSED", "Desk", "Pages", "age", "duration", "question"]
+__all__ = [
+    "CLOSED",
+    "Desk",
+    "Pages",
+    "age",
+    "cut_off",
+    "duration",
+    "question",
+    "risk",
+    "score_tables",
+    "sort_queue",
+]

@@ -657,6 +657,7 @@ def build_ui_app(
         Route("/audit/{request_id:str}", view.audit_detail, methods=["GET"], name="audit_detail"),
         Route("/accounts", view.accounts_page, methods=["GET"], name="accounts"),
         Route("/review", desk.queue, methods=["GET"], name="review_queue"),
+        Route("/review", desk.bulk, methods=["POST"], name="review_bulk"),
         Route("/review/{review_id:str}", desk.item, methods=["GET"], name="review_item"),
         Route("/review/{review_id:str}/{action:str}", desk.act, methods=["POST"], name="review_action"),
         Route("/reports", desk.reports, methods=["GET"], name="reports"),

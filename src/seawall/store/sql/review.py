@@ -256,8 +256,11 @@ class SqlReview(SqlRole):
                 )
         return claimed
 
-    def release_review(self, review_id: str, reviewer: str, now: datetime) -> ReviewItem | None:
-        """Give up ``reviewer``'s live claim on a pending item; None if they held none."""
+    def release_review(
+        self, review_id: str, reviewer: str, now: datetime, *, by: str | None = None
+    ) -> ReviewItem | None:
+        """Give up ``reviewer``'s live claim on a pending item; None if they held none. ``by``: an
+        admin breaks the claim for them (event ``claim_broken`` by ``by``, naming the claimer)."""
         with self.db.transaction("releasing a review item", write=True) as connection:
             released = _update_pending(
                 connection,
@@ -268,7 +271,12 @@ class SqlReview(SqlRole):
                 claim_expires_at=None,
             )
             if released is not None:
-                _add_event(connection, ReviewEvent(review_id, "released", reviewer, now))
+                event = (
+                    ReviewEvent(review_id, "released", reviewer, now)
+                    if by is None
+                    else ReviewEvent(review_id, "claim_broken", by, now, {"claimed_by": reviewer})
+                )
+                _add_event(connection, event)
         return released
 
     def decide_review(
