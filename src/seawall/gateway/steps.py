@@ -543,7 +543,8 @@ class ReviewHold:
 def hold_context(review: ReviewHook, ctx: RequestContext) -> HoldContext:
     """The request's context for the hold rules: its API key (scan traffic) and the user's tier."""
     key_id = ctx.caller.key_id if ctx.caller is not None else None
-    return review.context(ctx.headers, key_id=key_id, tier=getattr(ctx, "tier", None))
+    tier = ctx.tier.name if ctx.tier is not None else None
+    return review.context(ctx.headers, key_id=key_id, tier=tier)
 
 
 def warning(state: UserState) -> str:
