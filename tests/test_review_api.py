@@ -405,7 +405,7 @@ def test_held_answer_is_in_the_queue_as_soon_as_the_client_has_its_pending_body(
 # ----------------------------------------------------------------- reports
 
 
-def test_feedback_is_stored_rate_limited_per_user_notified_and_triaged(e: Env) -> None:
+def test_feedback_is_stored_rate_limited_per_source_notified_and_triaged(e: Env) -> None:
     user = f"user-{time.monotonic_ns()}"
     with e.http(APP_KEY) as client:
         assert_openai_error(
@@ -434,13 +434,17 @@ def test_feedback_is_stored_rate_limited_per_user_notified_and_triaged(e: Env) -
         limited = client.post("/v1/feedback", json={"response_id": "x", "category": "other", "user": user})
         assert_openai_error(limited, 429, "rate_limit_exceeded")
         assert int(limited.headers["retry-after"]) >= 1
-        # another user is not limited by this one
-        assert (
-            client.post(
-                "/v1/feedback", json={"response_id": "x", "category": "biased", "user": user + "2"}
-            ).status_code
-            == 201
+        # The limit counts what the client cannot choose (its key and address): a new ``user``
+        # or session id does not get around it.
+        for dodge in ({"user": user + "2"}, {"user": f"user-{time.monotonic_ns()}"}):
+            again = client.post("/v1/feedback", json={"response_id": "x", "category": "biased", **dodge})
+            assert_openai_error(again, 429, "rate_limit_exceeded")
+        session = client.post(
+            "/v1/feedback",
+            json={"response_id": "x", "category": "biased"},
+            headers={"x-seawall-session": f"s-{time.monotonic_ns()}"},
         )
+        assert_openai_error(session, 429, "rate_limit_exceeded")
     with e.http() as anonymous:
         assert_openai_error(
             anonymous.post("/v1/feedback", json={"response_id": "x", "category": "other"}), 401

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -597,6 +598,24 @@ def user_report(report_id: str, *, created: datetime = T1, category: str = "wron
         reporter="hash1",
         request_id="swreq-abc",
     )
+
+
+def test_reports_are_found_by_reporter(store: Store) -> None:
+    store.create_report(user_report("rpt_a"))
+    store.create_report(replace(user_report("rpt_b", created=T1 + timedelta(minutes=1)), reporter="hash2"))
+    store.create_report(user_report("rpt_c", created=T1 + timedelta(minutes=2)))
+    assert [r.id for r in store.list_reports(reporter="hash1")] == ["rpt_c", "rpt_a"]
+    assert [r.id for r in store.list_reports(reporter="hash2")] == ["rpt_b"]
+    assert store.list_reports(reporter="nobody") == []
+
+
+def test_a_key_keeps_its_scope(store: Store) -> None:
+    widget = store.create_key("widget", "acme", "hash-fb", "sw-fffff", scope="feedback")
+    app = store.create_key("app", "acme", "hash-all", "sw-aaaaa")
+    assert (widget.scope, app.scope) == ("feedback", "all")
+    found = store.find_key("hash-fb")
+    assert found is not None and found.scope == "feedback"
+    assert {k.id: k.scope for k in store.list_keys("acme")} == {widget.id: "feedback", app.id: "all"}
 
 
 def test_reports_triage_with_notes_and_trail(store: Store) -> None:

@@ -123,7 +123,7 @@ class AuditRecord:
             self.outcome = "guard_failed"
         elif isinstance(exc, ContentPolicyError) or exc.code == "untrusted_content_rejected":
             self.outcome = "refused_input"
-        elif exc.status_code == 401:
+        elif exc.status_code == 401 or exc.code == "api_key_scope":  # a feedback-only key
             self.outcome = "unauthorized"
         elif exc.status_code == 403:
             self.outcome = "user_blocked"

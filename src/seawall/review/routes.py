@@ -13,8 +13,12 @@ Public, or with the app's API key (``app.state.access``, a
 * ``OPTIONS`` of those two: the CORS preflight of the report widget (``/ui/widget.js``); both
   answer pages of ``review.widget_origins`` with ``Access-Control-Allow-Origin`` (never credentials).
 * ``POST /v1/feedback`` — a user's report: ``{"response_id", "category": harmful|wrong|biased|
-  privacy|other, "comment"?, "contact"?, "user"?}`` -> 201; 429 past ``feedback_limit`` per user
-  (the ``user`` field, else the ``x-seawall-session`` header or cookie, else the client address).
+  privacy|other, "comment"?, "contact"?, "user"?}`` -> 201; an app key of any scope (``all`` or
+  ``feedback``). 429 past ``feedback_limit`` per source: what the client cannot choose (the
+  gateway's trusted user header when it is configured and sent, else the API key and the client
+  address), never the ``user`` field or a session id, which a client can change at will. The
+  ``user`` field (else the session header or cookie, else the address) names the reporter in the
+  report's history, kept as a digest of the user's safety identifier.
 
 Reviewers and admins (``Authorization: Bearer <token>`` from ``review.reviewer_tokens`` or
 ``review.admin_tokens``; 401 without a known token):
@@ -50,11 +54,12 @@ from seawall.errors import (
     PermissionDeniedError,
     SeawallError,
 )
+from seawall.gateway.access import Caller
 from seawall.review.gateway_hook import NOTICES_PATH
 from seawall.review.service import ReviewService
 from seawall.review.settings import ReviewSettings
 from seawall.secret import safety_identifier
-from seawall.store.base import REPORT_CATEGORIES, REPORT_STATUSES, REVIEW_STATUSES
+from seawall.store.base import REPORT_CATEGORIES, REPORT_STATUSES, REVIEW_STATUSES, KeyScope
 
 #: Largest JSON body the review routes read.
 MAX_BODY_BYTES = 1024 * 1024
@@ -186,13 +191,20 @@ def add_review_routes(
             raise SeawallError("human review is not running")
         return found
 
-    async def app_tenant(request: Request) -> str | None:
-        """The calling app's tenant (its API key), or None when the app has no key check."""
+    async def app_caller(request: Request, purpose: KeyScope = "all") -> Caller | None:
+        """The calling app (its API key), or None when the app has no key check."""
         access = getattr(request.app.state, "access", None)
         if access is None:
             return None
-        caller = await asyncio.to_thread(access.authenticate, request.headers.get("authorization"))
-        return str(caller.tenant)
+        found: Caller = await asyncio.to_thread(
+            functools.partial(access.authenticate, purpose=purpose), request.headers.get("authorization")
+        )
+        return found
+
+    async def app_tenant(request: Request) -> str | None:
+        """The calling app's tenant (its API key), or None when the app has no key check."""
+        caller = await app_caller(request)
+        return None if caller is None else str(caller.tenant)
 
     # ------------------------------------------------------------------ public
 
@@ -232,7 +244,8 @@ def add_review_routes(
     @with_cors
     @_guarded
     async def feedback(request: Request) -> Response:
-        tenant = await app_tenant(request) or _default_tenant(request)
+        caller = await app_caller(request, "feedback")
+        tenant = str(caller.tenant) if caller is not None else _default_tenant(request)
         body = await read_json(request, MAX_BODY_BYTES, empty_ok=True)
         unknown = sorted(set(body) - {"response_id", "category", "comment", "contact", "user"})
         if unknown:
@@ -253,6 +266,7 @@ def add_review_routes(
             comment=_string(body, "comment") or "",
             contact=_string(body, "contact"),
             reporter=reporter,
+            source=_feedback_source(request, caller),
         )
         return json_response(
             {
@@ -370,6 +384,20 @@ def add_review_routes(
             review().triage, report_id, name, status=_string(body, "status"), note=_string(body, "note")
         )
         return json_response(review().report_view(report))
+
+
+def _feedback_source(request: Request, caller: Caller | None) -> str:
+    """What the feedback limit counts by: what the client cannot choose. The gateway's trusted
+    user header (set by the app's own server) when configured and sent, else the API key and the
+    client address."""
+    settings = getattr(request.app.state, "settings", None)
+    header = getattr(getattr(settings, "gateway", None), "trusted_user_header", None)
+    trusted = request.headers.get(header) if header else None
+    if trusted:
+        return f"user:{trusted}"
+    key = caller.key_id if caller is not None and caller.key_id else "-"
+    address = request.client.host if request.client is not None else "-"
+    return f"key:{key}|ip:{address}"
 
 
 def _default_tenant(request: Request) -> str:

@@ -449,9 +449,12 @@ class ReviewService:
         comment: str = "",
         contact: str | None = None,
         reporter: str | None = None,
+        source: str | None = None,
     ) -> Report:
-        """Store a user's report, rate-limited per ``reporter``: the user's safety identifier (the
-        gateway's HMAC of the user id; the routes compute it), digested again before it is kept."""
+        """Store a user's report, rate-limited per ``source`` (what the client cannot choose: the
+        routes pass the API key and address, or a trusted user header), else per ``reporter``.
+        ``reporter``: the user's safety identifier (the gateway's HMAC of the user id; the routes
+        compute it), digested again before it is kept; it names the reporter's history."""
         if not response_id or len(response_id) > 200:
             raise InvalidRequestError(
                 "'response_id' is required (at most 200 characters)", param="response_id"
@@ -469,7 +472,8 @@ class ReviewService:
             raise InvalidRequestError("'contact' is at most 320 characters", param="contact")
         reporter_hash = _digest(tenant, reporter) if reporter else None
         limit = self.settings.feedback_limit
-        bucket = f"feedback:{tenant}:{reporter_hash or 'anonymous'}"
+        counted = _digest(tenant, source) if source else reporter_hash
+        bucket = f"feedback:{tenant}:{counted or 'anonymous'}"
         refusal = f"Too many reports: {limit.requests} per {limit.window_s} s."
         enforce(self.store, bucket, limit.requests, limit.window_s, self.clock(), refusal)
         request_id, review_id = self._resolve(response_id, tenant)

@@ -47,6 +47,8 @@ ReviewDecision = Literal["approve", "edit", "reject"]
 ReportCategory = Literal["harmful", "wrong", "biased", "privacy", "other"]
 #: Where a user report is in the triage queue.
 ReportStatus = Literal["new", "investigating", "resolved", "dismissed"]
+#: What an app API key may do: every app route, or user reports only (``seawall keys create --scope``).
+KeyScope = Literal["all", "feedback"]
 #: What became of a gateway request, as its audit record says (the gateway writes it; the
 #: dashboard, the audit search and the metrics read it).
 AuditOutcome = Literal[
@@ -72,6 +74,7 @@ RISK_LEVELS: tuple[RiskLevel, ...] = get_args(RiskLevel)
 REVIEW_STATUSES: tuple[ReviewStatus, ...] = get_args(ReviewStatus)
 REPORT_CATEGORIES: tuple[ReportCategory, ...] = get_args(ReportCategory)
 REPORT_STATUSES: tuple[ReportStatus, ...] = get_args(ReportStatus)
+KEY_SCOPES: tuple[KeyScope, ...] = get_args(KeyScope)
 AUDIT_OUTCOMES: tuple[AuditOutcome, ...] = get_args(AuditOutcome)
 
 
@@ -87,6 +90,8 @@ class ApiKey:
     created_at: datetime
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
+    #: What the key may do: ``all`` (every app route) or ``feedback`` (user reports only).
+    scope: KeyScope = "all"
 
     @property
     def active(self) -> bool:
@@ -338,7 +343,9 @@ class SessionRow:
 class KeyStore(Protocol):
     """App API keys, stored hashed."""
 
-    def create_key(self, name: str, tenant: str, key_hash: str, prefix: str) -> ApiKey:
+    def create_key(
+        self, name: str, tenant: str, key_hash: str, prefix: str, *, scope: KeyScope = "all"
+    ) -> ApiKey:
         """Store a new key's hash; the caller generated the key and shows it once.
         InvalidRequestError (``duplicate_key``) when the hash is stored already."""
         ...
@@ -533,10 +540,11 @@ class ReviewStore(Protocol):
         tenant: str | None = None,
         status: ReportStatus | None = None,
         category: ReportCategory | None = None,
+        reporter: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[Report]:
-        """Reports matching every filter, newest first."""
+        """Reports matching every filter (``reporter``: the stored reporter hash), newest first."""
         ...
 
     def triage_report(
@@ -619,6 +627,7 @@ class Store(KeyStore, CounterStore, LedgerStore, AuditStore, ReviewStore, UIAcco
 
 __all__ = [
     "AUDIT_OUTCOMES",
+    "KEY_SCOPES",
     "REPORT_CATEGORIES",
     "REPORT_STATUSES",
     "REVIEW_STATUSES",
@@ -635,6 +644,7 @@ __all__ = [
     "DeskCounts",
     "FilteredAnswer",
     "FlagRow",
+    "KeyScope",
     "KeyStore",
     "LedgerStore",
     "OrgSummary",

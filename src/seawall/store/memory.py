@@ -35,6 +35,7 @@ from seawall.store.base import (
     DeskCounts,
     FilteredAnswer,
     FlagRow,
+    KeyScope,
     OrgSummary,
     OutcomeRow,
     RateLimitResult,
@@ -122,7 +123,9 @@ class MemoryRole:
 class MemoryKeys(MemoryRole):
     """App API keys, stored hashed."""
 
-    def create_key(self, name: str, tenant: str, key_hash: str, prefix: str) -> ApiKey:
+    def create_key(
+        self, name: str, tenant: str, key_hash: str, prefix: str, *, scope: KeyScope = "all"
+    ) -> ApiKey:
         key = ApiKey(
             id=f"key_{secrets.token_hex(6)}",
             name=name,
@@ -130,6 +133,7 @@ class MemoryKeys(MemoryRole):
             key_hash=key_hash,
             prefix=prefix,
             created_at=as_utc(self.data.clock()),
+            scope=scope,
         )
         with self.data.lock:
             if any(stored.key_hash == key_hash for stored in self.data.keys.values()):
@@ -652,6 +656,7 @@ class MemoryReview(MemoryRole):
         tenant: str | None = None,
         status: ReportStatus | None = None,
         category: ReportCategory | None = None,
+        reporter: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[Report]:
@@ -662,6 +667,7 @@ class MemoryReview(MemoryRole):
                 if (tenant is None or r.tenant == tenant)
                 and (status is None or r.status == status)
                 and (category is None or r.category == category)
+                and (reporter is None or r.reporter == reporter)
             ]
         # Newest first, ties by id (as SQL's ORDER BY created_at DESC, id).
         found.sort(key=lambda r: r.id)

@@ -73,6 +73,7 @@ api_keys = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime(), nullable=True),
     Column("last_used_at", UTCDateTime(), nullable=True),
+    Column("scope", String(16), nullable=False, server_default="all"),
     UniqueConstraint("key_hash"),
     Index(None, "tenant", "created_at"),
 )
@@ -214,6 +215,7 @@ reports = Table(
     Index(None, "status", "created_at"),
     Index(None, "tenant", "status", "created_at"),
     Index(None, "response_id"),
+    Index(None, "reporter", "created_at"),
 )
 
 #: The web UI's accounts and sessions: tables of the store's database (created by migration
