@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from seawall.gateway.runner import shadow_entry
 from seawall.store.base import AUDIT_OUTCOMES
 from seawall.ui.accounts import AccountStore
 from seawall.ui.auth import COOKIE, CookieSessions
+from seawall.ui.routes import login_delay
 from test_ui_support import (
     ADMIN,
     REVIEWER,
@@ -170,6 +172,36 @@ def test_repeated_failures_are_throttled(server: UIServer, tmp_path: Path) -> No
         locked = sign_in(http, "erin", "erin-password-12")  # even the right one, until the window passes
     assert codes == [401, 401, 401, 429]
     assert locked.status_code == 429 and int(locked.headers["retry-after"]) > 0
+
+
+def test_a_stranger_cannot_lock_the_owner_out_and_waits_longer_each_time(
+    server: UIServer, tmp_path: Path
+) -> None:
+    """Wrong passwords count per account and source address, with progressive delays: the owner,
+    signing in from another address, still gets in with the right password."""
+    AccountStore(server.store).create("owen", "reviewer", "owen-password-12")
+    strict = ui_settings(tmp_path, login_attempts=5, login_max_delay_s=1.0)
+    with ui_server(server.settings, strict, server.store) as other:
+        with other.http() as attacker:  # from 127.0.0.1
+            timings = []
+            for n in range(6):
+                began = time.monotonic()
+                timings.append(
+                    (sign_in(attacker, "owen", f"guess-{n}").status_code, time.monotonic() - began)
+                )
+        assert [code for code, _ in timings] == [401, 401, 401, 401, 401, 429]
+        assert timings[3][1] >= 1.0 and timings[4][1] >= 1.0  # past the first three: a delay first
+        owner = httpx.Client(
+            base_url=other.root, transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30
+        )
+        with owner:
+            assert sign_in(owner, "owen", "owen-password-12").status_code == 303
+            assert owner.get("/ui/").status_code == 200
+
+
+def test_sign_in_delays_grow_after_the_first_attempts_up_to_the_limit() -> None:
+    assert [login_delay(n, 8.0) for n in range(9)] == [0, 0, 0, 1, 2, 4, 8, 8, 8]
+    assert login_delay(7, 0.0) == 0
 
 
 def test_sign_out_ends_the_session_on_the_server(server: UIServer) -> None:

@@ -25,6 +25,7 @@ Anonymous requests are sent to the sign-in page; a reviewer asking for an admin 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -203,6 +204,18 @@ def _hours(value: str) -> float:
     return hours
 
 
+#: Sign-in attempts of an account from one address (in the window) checked without a delay.
+FREE_ATTEMPTS = 3
+
+
+def login_delay(earlier: float, most: float) -> float:
+    """Seconds to wait before checking a sign-in attempt, after ``earlier`` attempts of the same
+    account from the same address in the window: none for the first :data:`FREE_ATTEMPTS`, then
+    1, 2, 4 ... seconds, at most ``most``."""
+    extra = math.floor(earlier + 1e-9) - FREE_ATTEMPTS
+    return 0.0 if extra < 0 else float(min(most, 2.0**extra))
+
+
 def _safe_next(value: str | None, base: str) -> str:
     """Where to go after signing in: only a path inside the UI (no open redirect)."""
     if value and value.startswith(base + "/") and not value.startswith("//") and "\\" not in value:
@@ -354,9 +367,12 @@ class UI:
             return again("The sign-in form expired. Please try again.", 403)
         if not name or not password:
             return again("Enter your account name and password.", 400)
+        # Counted per account name and source address: a stranger's guesses never lock the owner
+        # out from another address. Each attempt past the first few waits longer before it is checked.
+        address = request.client.host if request.client is not None else "-"
         hit = await run_in_threadpool(
             self.store.hit,
-            f"ui-login:{name.lower()}",
+            f"ui-login:{name.lower()}:{address}",
             self.ui.login_attempts,
             self.ui.login_window_s,
             datetime.now(UTC),
@@ -364,10 +380,13 @@ class UI:
         if not hit.allowed:
             retry = max(1, math.ceil(hit.retry_after_s))
             return again(
-                f"Too many sign-in attempts for this account. Try again in {retry} s.",
+                f"Too many sign-in attempts for this account from your address. Try again in {retry} s.",
                 429,
                 {"retry-after": str(retry)},
             )
+        delay = login_delay(hit.count - 1, self.ui.login_max_delay_s)
+        if delay > 0:
+            await asyncio.sleep(delay)
         account = await run_in_threadpool(self.accounts.verify, name, password[:1024])
         if account is None:
             log.info("UI sign-in refused for %r", name)
