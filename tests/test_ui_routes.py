@@ -394,3 +394,16 @@ def test_the_ui_works_on_the_apps_store_and_opens_none_of_its_own(tmp_path: Path
         assert view.store is shared
         assert client.get("/ui/login").status_code == 200
     assert closed == []
+
+
+def test_a_fresh_server_says_how_to_make_the_first_account(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    store = open_ui_store(settings)
+    try:
+        with ui_server(settings, ui_settings(tmp_path), store) as fresh, fresh.http() as http:
+            page = http.get("/ui/login").text
+            assert "seawall accounts create alice --role admin" in page
+            AccountStore(store).create("alice", "admin", "alice-password-1")
+            assert "seawall accounts create" not in http.get("/ui/login").text
+    finally:
+        store.close()

@@ -44,7 +44,9 @@ def serve(
     if gateway_enabled(settings):
         upstream = settings.gateway.upstream.base_url
         upstream = upstream or "the bundled local model (started as a child process)"
-        chat = f"; chat gateway in front of {upstream}; review desk at /ui/"
+        chat = f"; chat gateway in front of {upstream}"
+        if settings.ui.enabled:
+            chat += "; review desk at /ui/ (first account: seawall accounts create alice --role admin)"
     else:
         chat = "; chat gateway off (set gateway.upstream.base_url, or install seawall[local-llm])"
     console.print(

@@ -333,6 +333,8 @@ class UI:
 
     async def login_page(self, request: Request) -> Response:
         base = request.scope.get("root_path", "")
+        # A fresh server has no account yet: say how to make the first one.
+        first_run = self.ui.oidc is None and not await run_in_threadpool(self.accounts.list_accounts)
         return self.render(
             request,
             "login.html",
@@ -340,6 +342,7 @@ class UI:
             next=_safe_next(request.query_params.get(NEXT_URL), base),
             error=request.query_params.get("error"),
             name="",
+            first_run=first_run,
         )
 
     async def login(self, request: Request) -> Response:
@@ -360,6 +363,7 @@ class UI:
                 next=next_url,
                 error=error,
                 name=name,
+                first_run=False,
             )
 
         offered = form_field(form, CSRF_FIELD, limit=MAX_FIELD)
