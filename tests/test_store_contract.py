@@ -34,6 +34,7 @@ from seawall.store import (
     Store,
     UserState,
 )
+from seawall.store.base import OperatorToken
 from seawall.store.chain import verify
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -777,3 +778,30 @@ def test_memory_urls_open_the_in_memory_store(tmp_path: Path) -> None:
     for command in ("upgrade", "current"):
         done = CliRunner().invoke(db_app, [command, "--config", str(config)])
         assert done.exit_code == 0 and "no schema" in done.output, done.output
+
+
+# ----------------------------------------------------------------------------- operator tokens
+
+
+def test_operator_tokens_are_kept_hashed_listed_found_and_revoked(store: Store) -> None:
+    first = OperatorToken("tok_000000000001", "prometheus", "admin", "h" * 64, "swop-abc", T0, "alice")
+    second = OperatorToken(
+        "tok_000000000002", "triage bot", "reviewer", "g" * 64, "swop-def", T0 + timedelta(seconds=1), "cli"
+    )
+    assert store.create_token(first) == first
+    store.create_token(second)
+    with pytest.raises(InvalidRequestError):
+        store.create_token(OperatorToken("tok_000000000003", "dup", "admin", "h" * 64, "x", T0, "alice"))
+    assert [t.id for t in store.list_tokens()] == [first.id, second.id]
+    found = store.find_token("h" * 64, T1)
+    assert found is not None and found.role == "admin" and found.last_used_at == T1
+    assert store.find_token("n" * 64, T1) is None
+    revoked = store.revoke_token(first.id, T1)
+    assert revoked.revoked_at == T1 and not revoked.active
+    assert store.revoke_token(first.id, T1 + timedelta(hours=1)).revoked_at == T1  # idempotent
+    assert [t.id for t in store.list_tokens()] == [second.id]
+    assert [t.id for t in store.list_tokens(include_revoked=True)] == [first.id, second.id]
+    again = store.find_token("h" * 64, T1)
+    assert again is not None and not again.active  # found, and the caller refuses it
+    with pytest.raises(NotFoundError):
+        store.revoke_token("tok_missing", T1)

@@ -340,6 +340,26 @@ class SessionRow:
     last_seen_at: datetime
 
 
+@dataclass(frozen=True)
+class OperatorToken:
+    """An operator's bearer token for the API and ``/metrics`` (made in the UI or with
+    ``seawall tokens create``), as stored: its SHA-256, never the token."""
+
+    id: str  # "tok_" + 12 hex characters; public
+    name: str  # what it is for, e.g. "prometheus"
+    role: str  # "reviewer" or "admin"
+    token_hash: str
+    prefix: str  # the token's first 8 characters, to recognise it in a list
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
 class KeyStore(Protocol):
     """App API keys, stored hashed."""
 
@@ -614,6 +634,23 @@ class UIAccountStore(Protocol):
         """End every session of one person; how many."""
         ...
 
+    def create_token(self, token: OperatorToken) -> OperatorToken:
+        """Store a new operator token (its hash); InvalidRequestError when the hash is taken."""
+        ...
+
+    def list_tokens(self, *, include_revoked: bool = False) -> list[OperatorToken]:
+        """Operator tokens, oldest first; active ones only unless ``include_revoked``."""
+        ...
+
+    def revoke_token(self, token_id: str, now: datetime) -> OperatorToken:
+        """Revoke a token (idempotent: the first time stays); NotFoundError when unknown."""
+        ...
+
+    def find_token(self, token_hash: str, now: datetime) -> OperatorToken | None:
+        """The token with this hash (revoked ones too: the caller decides), touching
+        ``last_used_at`` at most once a minute."""
+        ...
+
 
 class Store(KeyStore, CounterStore, LedgerStore, AuditStore, ReviewStore, UIAccountStore, Protocol):
     """Every role at once: persistent state shared by every replica of one seawall deployment."""
@@ -647,6 +684,7 @@ __all__ = [
     "KeyScope",
     "KeyStore",
     "LedgerStore",
+    "OperatorToken",
     "OrgSummary",
     "OutcomeRow",
     "RateLimitResult",

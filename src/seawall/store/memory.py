@@ -36,6 +36,7 @@ from seawall.store.base import (
     FilteredAnswer,
     FlagRow,
     KeyScope,
+    OperatorToken,
     OrgSummary,
     OutcomeRow,
     RateLimitResult,
@@ -104,6 +105,7 @@ class MemoryData:
         self.reports: dict[str, Report] = {}
         self.accounts: dict[str, AccountRow] = {}
         self.sessions: dict[str, SessionRow] = {}
+        self.tokens: dict[str, OperatorToken] = {}  # id -> operator token
 
 
 class MemoryRole:
@@ -840,6 +842,38 @@ class MemoryUIAccounts(MemoryRole):
             for token_hash in ended:
                 del self.data.sessions[token_hash]
         return len(ended)
+
+    def create_token(self, token: OperatorToken) -> OperatorToken:
+        stored = replace(token, created_at=as_utc(token.created_at))
+        with self.data.lock:
+            if any(t.token_hash == token.token_hash for t in self.data.tokens.values()):
+                raise InvalidRequestError("an operator token with this hash exists already")
+            self.data.tokens[stored.id] = stored
+        return stored
+
+    def list_tokens(self, *, include_revoked: bool = False) -> list[OperatorToken]:
+        with self.data.lock:
+            tokens = [t for t in self.data.tokens.values() if include_revoked or t.revoked_at is None]
+        return sorted(tokens, key=lambda t: (t.created_at, t.id))
+
+    def revoke_token(self, token_id: str, now: datetime) -> OperatorToken:
+        with self.data.lock:
+            token = self.data.tokens.get(token_id)
+            if token is None:
+                raise NotFoundError(f"no operator token with id {token_id!r}")
+            if token.revoked_at is None:
+                token = self.data.tokens[token_id] = replace(token, revoked_at=as_utc(now))
+        return token
+
+    def find_token(self, token_hash: str, now: datetime) -> OperatorToken | None:
+        now = as_utc(now)
+        with self.data.lock:
+            token = next((t for t in self.data.tokens.values() if t.token_hash == token_hash), None)
+            if token is None:
+                return None
+            if token.last_used_at is None or now - token.last_used_at >= TOUCH_EVERY:
+                token = self.data.tokens[token.id] = replace(token, last_used_at=now)
+        return token
 
 
 # ---------------------------------------------------------------------------------- the store

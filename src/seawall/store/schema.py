@@ -251,6 +251,21 @@ ui_sessions = Table(
     Index(None, "expires_at"),
 )
 
+ui_tokens = Table(
+    "ui_tokens",
+    ui_metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("token_hash", String(64), nullable=False),  # SHA-256 hex of the token
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("created_by", String(320), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    Column("last_used_at", UTCDateTime(), nullable=True),
+    UniqueConstraint("token_hash"),
+)
+
 __all__ = [
     "NAMING_CONVENTION",
     "UTCDateTime",
@@ -266,5 +281,6 @@ __all__ = [
     "ui_accounts",
     "ui_metadata",
     "ui_sessions",
+    "ui_tokens",
     "user_states",
 ]
