@@ -97,6 +97,7 @@ class World:
     review_id: str = ""
     report_id: str = ""
     request_id: str = ""
+    token_id: str = ""
     closing: list[httpx.Client] = field(default_factory=list)
 
     def hold(self) -> str:
@@ -133,6 +134,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for role, (name, password) in ACCOUNTS.items():
             accounts.create(name, role, password)
         accounts.create(PROBE_ACCOUNT[0], "reviewer", PROBE_ACCOUNT[1])
+        _, probe_token = accounts.create_token("revoked by the probes", "reviewer", "test")
         store.create_key("own app", OWN_TENANT, hash_api_key(OWN_KEY), OWN_KEY[:8])
         store.create_key("other app", OTHER_TENANT, hash_api_key(OTHER_KEY), OTHER_KEY[:8])
         store.create_key(
@@ -157,7 +159,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 if caller in ACCOUNTS:
                     assert sign_in(clients[caller], *ACCOUNTS[caller]).status_code == 303
                     csrf[caller] = csrf_from(clients[caller].get("/ui/users").text)
-            world = World(server, clients, csrf)
+            world = World(server, clients, csrf, token_id=probe_token.id)
             world.review_id = world.hold()
             with server.http(headers={"authorization": f"Bearer {OWN_KEY}"}) as http:
                 answered = http.post(
@@ -285,6 +287,8 @@ PROBES: dict[tuple[str, str], Probe] = {
     ("GET", "/ui/audit"): get("/ui/audit"),
     ("GET", "/ui/audit/{request_id:str}"): get(lambda w: f"/ui/audit/{w.request_id}"),
     ("GET", "/ui/accounts"): get("/ui/accounts"),
+    ("POST", "/ui/tokens"): post_form("/ui/tokens", {"name": "route table probe", "role": "reviewer"}, 201),
+    ("POST", "/ui/tokens/{token_id:str}/revoke"): post_form(lambda w: f"/ui/tokens/{w.token_id}/revoke", {}),
     ("GET", "/ui/review"): get("/ui/review"),
     ("GET", "/ui/review/{review_id:str}"): get(lambda w: f"/ui/review/{w.review_id}"),
     ("POST", "/ui/review/{review_id:str}/{action:str}"): Probe(303, ui_claim_fresh_item),

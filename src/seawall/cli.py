@@ -343,7 +343,7 @@ def _register_subcommands() -> None:
     from seawall.redteam.cli import app as redteam_app
     from seawall.store.cli import app as db_app
     from seawall.store.cli import audit_app
-    from seawall.ui.cli import accounts_app
+    from seawall.ui.cli import accounts_app, tokens_app
 
     app.add_typer(keys_app, name="keys")
     app.add_typer(users_app, name="users")
@@ -352,6 +352,7 @@ def _register_subcommands() -> None:
     app.add_typer(audit_app, name="audit")
     app.add_typer(redteam_app, name="redteam")
     app.add_typer(accounts_app, name="accounts")
+    app.add_typer(tokens_app, name="tokens")
 
 
 _register_subcommands()

@@ -21,7 +21,9 @@ Public, or with the app's API key (``app.state.access``, a
   report's history, kept as a digest of the user's safety identifier.
 
 Reviewers and admins (``Authorization: Bearer <token>`` from ``review.reviewer_tokens`` or
-``review.admin_tokens``; 401 without a known token):
+``review.admin_tokens``, or an operator token made in the web UI or with ``seawall tokens
+create``; or a signed-in web UI session, whose requests that change something carry its CSRF
+token in ``X-CSRF-Token``; 401 without any):
 
 * ``GET /v1/seawall/reviews?status=pending|approved|edited|rejected|all&domain=&tenant=&claimable=true
   &mine=true&limit=&offset=`` — the queue, oldest first.
@@ -41,25 +43,37 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import logging
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from seawall.bodies import error_response, json_response, read_json
+from seawall.clock import utc_now
 from seawall.errors import (
     AuthenticationError,
     InvalidRequestError,
     PermissionDeniedError,
     SeawallError,
 )
-from seawall.gateway.access import Caller
 from seawall.review.gateway_hook import NOTICES_PATH
 from seawall.review.service import ReviewService
 from seawall.review.settings import ReviewSettings
 from seawall.secret import safety_identifier
-from seawall.store.base import REPORT_CATEGORIES, REPORT_STATUSES, REVIEW_STATUSES, KeyScope
+from seawall.store.base import (
+    REPORT_CATEGORIES,
+    REPORT_STATUSES,
+    REVIEW_STATUSES,
+    KeyScope,
+    operator_token_hash,
+)
+
+log = logging.getLogger("seawall.review")
 
 #: Largest JSON body the review routes read.
 MAX_BODY_BYTES = 1024 * 1024
@@ -67,6 +81,22 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_LIMIT = 200
 
 Role = Literal["reviewer", "admin"]
+
+
+class Caller(Protocol):
+    """The authenticated app, as the app's key check (``app.state.access``) answers it."""
+
+    key_id: str | None
+    tenant: str
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 Handler = Callable[..., Awaitable[Response]]
 
 
@@ -140,8 +170,24 @@ def _choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None
     return value
 
 
+#: Seconds an operator token lookup is reused (a revoked token stops working within this time).
+TOKEN_CACHE_TTL_S = 5.0
+#: Most operator token lookups kept in the cache.
+TOKEN_CACHE_SIZE = 256
+#: Methods that change nothing: a UI session may call them without the CSRF header.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+#: Finds the staff member a request's browser session belongs to (the web UI installs one as
+#: ``app.state.staff_sessions``): (name, role), or None. Called in a worker thread.
+SessionLookup = Callable[[Request], "tuple[str, Role] | None"]
+
+
 class StaffAuth:
-    """Reviewer and admin bearer tokens, compared in constant time."""
+    """Who a staff request is: a reviewer or admin bearer token (``review.reviewer_tokens`` and
+    ``review.admin_tokens`` in the settings, compared in constant time; or an operator token made
+    in the UI or with ``seawall tokens create``, stored hashed), else a signed-in UI session (the
+    web UI's ``app.state.staff_sessions``; a request that changes something must carry the
+    session's CSRF token in ``X-CSRF-Token``)."""
 
     def __init__(self, settings: ReviewSettings) -> None:
         self._tokens: list[tuple[bytes, str, Role]] = [
@@ -151,24 +197,63 @@ class StaffAuth:
             (token.get_secret_value().encode(), name, "admin")
             for name, token in settings.admin_tokens.items()
         ]
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, tuple[float, tuple[str, Role] | None]] = OrderedDict()
 
-    def identify(self, authorization: str | None) -> tuple[str, Role] | None:
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        offered = token.strip().encode()
+    def _configured(self, token: str) -> tuple[str, Role] | None:
+        offered = token.encode()
         found: tuple[str, Role] | None = None
         for secret, name, role in self._tokens:
             if hmac.compare_digest(offered, secret):  # no early exit: timing says nothing
                 found = (name, role)
         return found
 
-    def require(self, request: Request, role: Role = "reviewer") -> str:
-        """The reviewer's or admin's name; 401 without a known token, 403 when an admin is needed."""
-        who = self.identify(request.headers.get("authorization"))
+    def _stored(self, store: Any, token: str) -> tuple[str, Role] | None:
+        """An operator token from the store (cached for TOKEN_CACHE_TTL_S)."""
+        key = operator_token_hash(token)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None and cached[0] > now:
+                return cached[1]
+        row = store.find_token(key, utc_now())
+        found: tuple[str, Role] | None = None
+        if row is not None and row.active and row.role in ("reviewer", "admin"):
+            found = (f"token:{row.name}", row.role)
+        with self._lock:
+            self._cache[key] = (now + TOKEN_CACHE_TTL_S, found)
+            self._cache.move_to_end(key)
+            while len(self._cache) > TOKEN_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return found
+
+    def _lookup(self, request: Request) -> tuple[str, Role] | None:
+        """The staff member of ``request`` (blocking: store lookups), or None."""
+        token = bearer_token(request.headers.get("authorization"))
+        if token is not None:
+            found = self._configured(token)
+            store = getattr(request.app.state, "store", None)
+            if found is None and store is not None and hasattr(store, "find_token"):
+                try:
+                    found = self._stored(store, token)
+                except SeawallError as exc:  # a store without the tokens table: settings tokens only
+                    log.warning("cannot look up an operator token: %s", exc)
+            return found
+        sessions: SessionLookup | None = getattr(request.app.state, "staff_sessions", None)
+        return sessions(request) if sessions is not None else None
+
+    async def identify(self, request: Request) -> tuple[str, Role] | None:
+        """(name, role) of the request's staff member, or None."""
+        return await asyncio.to_thread(self._lookup, request)
+
+    async def require(self, request: Request, role: Role = "reviewer") -> str:
+        """The reviewer's or admin's name; 401 without a known token or session, 403 when an
+        admin is needed."""
+        who = await self.identify(request)
         if who is None:
             raise AuthenticationError(
-                "This route needs a reviewer or admin token: 'Authorization: Bearer <token>'.",
+                "This route needs a reviewer or admin token ('Authorization: Bearer <token>') or a "
+                "signed-in web UI session (changes also need its X-CSRF-Token header).",
                 code="invalid_reviewer_token",
             )
         name, has = who
@@ -284,7 +369,7 @@ def add_review_routes(
     @_guarded
     async def metrics(request: Request) -> Response:
         if not settings.metrics_public:
-            staff.require(request, "admin")
+            await staff.require(request, "admin")
         exposition = await asyncio.to_thread(review().metrics.exposition)
         return Response(exposition, media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -293,7 +378,7 @@ def add_review_routes(
     @app.get("/v1/seawall/reviews")
     @_guarded
     async def list_reviews(request: Request) -> Response:
-        name = staff.require(request)
+        name = await staff.require(request)
         limit, offset = _limit(request)
         status = _choice(request, "status", (*REVIEW_STATUSES, "all")) or "pending"
         items = await asyncio.to_thread(
@@ -311,7 +396,7 @@ def add_review_routes(
     @app.get("/v1/seawall/reviews/{review_id}")
     @_guarded
     async def get_review(review_id: str, request: Request) -> Response:
-        if staff.identify(request.headers.get("authorization")) is not None:
+        if await staff.identify(request) is not None:
             item = await asyncio.to_thread(review().get, review_id)
             return json_response(review().reviewer_view(item))
         tenant = await app_tenant(request)
@@ -320,14 +405,14 @@ def add_review_routes(
     @app.get("/v1/seawall/reviews/{review_id}/events")
     @_guarded
     async def review_events(review_id: str, request: Request) -> Response:
-        staff.require(request)
+        await staff.require(request)
         await asyncio.to_thread(review().get, review_id)
         return json_response({"object": "list", "data": await asyncio.to_thread(review().events, review_id)})
 
     @app.post("/v1/seawall/reviews/{review_id}/{action}")
     @_guarded
     async def act(review_id: str, action: str, request: Request) -> Response:
-        name = staff.require(request)
+        name = await staff.require(request)
         body = await read_json(request, MAX_BODY_BYTES, empty_ok=True)
         service = review()
         if action == "claim":
@@ -354,7 +439,7 @@ def add_review_routes(
     @app.get("/v1/seawall/reports")
     @_guarded
     async def list_reports(request: Request) -> Response:
-        staff.require(request)
+        await staff.require(request)
         limit, offset = _limit(request)
         found = await asyncio.to_thread(
             review().reports,
@@ -369,7 +454,7 @@ def add_review_routes(
     @app.get("/v1/seawall/reports/{report_id}")
     @_guarded
     async def get_report(report_id: str, request: Request) -> Response:
-        staff.require(request)
+        await staff.require(request)
         report = await asyncio.to_thread(review().get_report, report_id)
         view = review().report_view(report)
         view["events"] = await asyncio.to_thread(review().events, report_id)
@@ -378,7 +463,7 @@ def add_review_routes(
     @app.post("/v1/seawall/reports/{report_id}")
     @_guarded
     async def triage(report_id: str, request: Request) -> Response:
-        name = staff.require(request)
+        name = await staff.require(request)
         body = await read_json(request, MAX_BODY_BYTES, empty_ok=True)
         report = await asyncio.to_thread(
             review().triage, report_id, name, status=_string(body, "status"), note=_string(body, "note")

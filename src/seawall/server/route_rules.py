@@ -17,6 +17,11 @@ Callers:
   session (a local account or OIDC identity with the ``reviewer`` role);
 * ``admin`` — an admin's bearer token (``review.admin_tokens``) and an admin's UI session.
 
+Reviewers and admins reach the ``staff`` and ``admin`` routes with a UI session too (the session
+cookie is sent to the whole server; a request that changes something also needs the session's
+``X-CSRF-Token`` header), and with operator tokens made in the UI or with ``seawall tokens
+create`` (tests/test_ui_one_sign_in.py).
+
 Rules (what :data:`ANSWERS` spells out per caller):
 
 =================  =============================================================================
@@ -164,6 +169,8 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/ui/audit"): "ui_staff",
     ("GET", "/ui/audit/{request_id:str}"): "ui_staff",
     ("GET", "/ui/accounts"): "ui_admin",
+    ("POST", "/ui/tokens"): "ui_admin",
+    ("POST", "/ui/tokens/{token_id:str}/revoke"): "ui_admin",
     ("GET", "/ui/review"): "ui_staff",
     ("GET", "/ui/review/{review_id:str}"): "ui_staff",
     ("POST", "/ui/review/{review_id:str}/{action:str}"): "ui_staff",

@@ -29,6 +29,7 @@ the draft) and user reports (the user's comment and contact).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -338,6 +339,11 @@ class SessionRow:
     created_at: datetime
     expires_at: datetime
     last_seen_at: datetime
+
+
+def operator_token_hash(token: str) -> str:
+    """What the store keeps of an operator token (or a UI session token): its SHA-256, hex."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -704,4 +710,5 @@ __all__ = [
     "UserState",
     "UserStatus",
     "UserSummary",
+    "operator_token_hash",
 ]

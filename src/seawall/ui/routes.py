@@ -49,7 +49,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from seawall.errors import SeawallError
+from seawall.errors import InvalidRequestError, NotFoundError, SeawallError
 from seawall.gateway.risk import LADDER, RiskLedger
 from seawall.review.service import ReviewService
 from seawall.secret import load_or_create_secret
@@ -59,6 +59,7 @@ from seawall.store.base import (
     REPORT_STATUSES,
     RISK_LEVELS,
     AuditQuery,
+    OperatorToken,
     Store,
     UserState,
     UserSummary,
@@ -73,6 +74,7 @@ from seawall.ui.auth import (
     CookieSessions,
     OIDCRefused,
     OIDCSignIn,
+    StaffSessions,
     current_session,
     login_csrf,
     sign_in,
@@ -81,7 +83,7 @@ from seawall.ui.auth import (
 )
 from seawall.ui.desk import Desk, age, duration, question
 from seawall.ui.pages import Denied, SignInNeeded, form_field
-from seawall.ui.settings import Role, UISettings
+from seawall.ui.settings import ROLES, Role, UISettings
 
 log = logging.getLogger("seawall.ui")
 
@@ -248,6 +250,8 @@ class UI:
         self.env.filters["duration"] = duration
         self.env.filters["question"] = question
         self.desk: Desk | None = None
+        #: The signed-in session of the server's API routes (set by :func:`build_ui_app`).
+        self.staff_sessions: StaffSessions | None = None
         from seawall import __version__
 
         self.env.globals["version"] = __version__
@@ -614,16 +618,57 @@ class UI:
             pretty=json.dumps(record, indent=2, ensure_ascii=False, sort_keys=True),
         )
 
-    async def accounts_page(self, request: Request) -> Response:
+    async def accounts_page(
+        self,
+        request: Request,
+        *,
+        status_code: int = 200,
+        new_token: tuple[str, OperatorToken] | None = None,
+        error: str | None = None,
+    ) -> Response:
         await self.require(request, "admin")
         accounts = await run_in_threadpool(self.accounts.list_accounts)
+        tokens = await run_in_threadpool(lambda: self.accounts.list_tokens(include_revoked=True))
+        done = request.query_params.get("done")
         return self.render(
             request,
             "accounts.html",
+            status_code,
             page="accounts",
             accounts=accounts,
+            tokens=tokens,
+            new_token=new_token,
+            notice="Token revoked." if done == "revoked" else None,
+            error=error,
+            roles=ROLES,
             oidc=self.ui.oidc,
         )
+
+    async def token_create(self, request: Request) -> Response:
+        """Make an operator token (shown once, on the page this answers)."""
+        session = await self.require(request, "admin")
+        await self.check_csrf(request, session)
+        form = await request.form()
+        name = form_field(form, "name", limit=MAX_FIELD)
+        role = form_field(form, "role", limit=20)
+        try:
+            made = await run_in_threadpool(self.accounts.create_token, name, role, session.subject)
+        except InvalidRequestError as exc:
+            return await self.accounts_page(request, status_code=400, error=exc.message)
+        log.info("UI: %s made operator token %s (%s, %s)", session.subject, made[1].id, made[1].name, role)
+        return await self.accounts_page(request, status_code=201, new_token=made)
+
+    async def token_revoke(self, request: Request) -> Response:
+        session = await self.require(request, "admin")
+        await self.check_csrf(request, session)
+        token_id = request.path_params["token_id"][:40]
+        try:
+            await run_in_threadpool(self.accounts.revoke_token, token_id)
+        except NotFoundError:
+            raise Denied(f"There is no operator token {token_id!r}.", 404) from None
+        log.info("UI: %s revoked operator token %s", session.subject, token_id)
+        base = request.scope.get("root_path", "")
+        return RedirectResponse(f"{base}/accounts?done=revoked", status_code=303)
 
 
 async def widget(request: Request) -> Response:
@@ -673,6 +718,8 @@ def build_ui_app(
         Route("/audit", view.audit, methods=["GET"], name="audit"),
         Route("/audit/{request_id:str}", view.audit_detail, methods=["GET"], name="audit_detail"),
         Route("/accounts", view.accounts_page, methods=["GET"], name="accounts"),
+        Route("/tokens", view.token_create, methods=["POST"], name="token_create"),
+        Route("/tokens/{token_id:str}/revoke", view.token_revoke, methods=["POST"], name="token_revoke"),
         Route("/review", desk.queue, methods=["GET"], name="review_queue"),
         Route("/review/{review_id:str}", desk.item, methods=["GET"], name="review_item"),
         Route("/review/{review_id:str}/{action:str}", desk.act, methods=["POST"], name="review_action"),
@@ -699,6 +746,7 @@ def build_ui_app(
         },
     )
     app.state.ui = view
+    view.staff_sessions = StaffSessions(secret, ui.session_max_age_s, lambda: view.accounts, ui)
     return app, view
 
 
@@ -727,6 +775,8 @@ def add_ui_routes(
 
     app.add_route("/ui", to_ui, include_in_schema=False)
     app.mount("/ui", ui_app, name="ui")
+    # A signed-in reviewer or admin may use the review API and /metrics as their token could.
+    app.state.staff_sessions = view.staff_sessions
     original = app.router.lifespan_context
 
     @asynccontextmanager
