@@ -407,3 +407,25 @@ def test_a_fresh_server_says_how_to_make_the_first_account(tmp_path: Path) -> No
             assert "seawall accounts create" not in http.get("/ui/login").text
     finally:
         store.close()
+
+
+def test_users_page_dates_the_reason_and_offers_the_action_that_fits_the_state(server: UIServer) -> None:
+    ledger = RiskLedger(server.store, server.settings.gateway.risk)
+    warned, blocked = safety_id(931), safety_id(932)
+    ledger.record("default", warned, "medium", "req_w1")  # 1 point: warned, the reason says so
+    for n in range(2, 4):  # later events (still under the throttle rung) raise the counts, not the reason
+        ledger.record("default", warned, "medium", f"req_w{n}")
+    state = server.store.get_user("default", warned)
+    assert state is not None and state.status == "warned"
+    ledger.block("default", blocked, "ops", "abuse report 9", None)
+    http = signed_in(server, ADMIN)
+    page = http.get("/ui/users", params={"hours": "24"}).text
+    warned_row = page.split(f'id="user-{warned}"')[1].split("</tr>")[0]
+    blocked_row = page.split(f'id="user-{blocked}"')[1].split("</tr>")[0]
+    assert "<td>3</td>" in warned_row  # three medium-risk events in the window ...
+    assert "warned since" in warned_row and "when the count was" in warned_row  # ... the reason is dated
+    assert state.reason in warned_row
+    assert "Clear warning" in warned_row and "Unblock" not in warned_row
+    assert "Unblock" in blocked_row and "by ops: abuse report 9" in blocked_row
+    assert "Why (as it was when the state changed)" in page
+    http.close()
