@@ -28,7 +28,9 @@ with notes. Every change leaves an event (:meth:`events`).
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -95,6 +97,20 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z") if moment else None
 
 
+log = logging.getLogger("seawall.review")
+
+_TITLE_WARNED = threading.Event()
+
+
+def _warn_title_once() -> None:
+    if not _TITLE_WARNED.is_set():
+        _TITLE_WARNED.set()
+        log.warning(
+            "seawall.review.sources[].title is deprecated: send {'source', 'text'}, the shape of "
+            "seawall.documents (title is still read for now)"
+        )
+
+
 def parse_review_request(extension: Any, settings: ReviewSettings) -> ReviewRequest:
     """The ``seawall.review`` field, checked; 400 naming the field for every mistake."""
     where = f"seawall.{REVIEW_FIELD}"
@@ -120,16 +136,25 @@ def parse_review_request(extension: Any, settings: ReviewSettings) -> ReviewRequ
     sources: list[dict[str, str]] = []
     for index, source in enumerate(raw_sources):
         at = f"{where}.sources[{index}]"
+        # One shape with the documents of the extension field: {"source", "text"}. The older
+        # {"title", "text"} is still read (deprecated: logged once per process).
         if (
             not isinstance(source, dict)
             or not isinstance(source.get("text"), str)
+            or not isinstance(source.get("source", ""), str)
             or not isinstance(source.get("title", ""), str)
-            or set(source) - {"title", "text"}
+            or set(source) - {"source", "title", "text"}
+            or ("source" in source and "title" in source)
         ):
             raise InvalidRequestError(
-                f"{at} must be an object with a string 'text' and optional 'title'", param=at
+                f"{at} must be an object with a string 'text' and an optional string 'source' "
+                "(as the extension field's documents)",
+                param=at,
             )
-        sources.append({"title": source.get("title") or f"source {index + 1}", "text": source["text"]})
+        if "title" in source:
+            _warn_title_once()
+        label = source.get("source") or source.get("title") or f"source {index + 1}"
+        sources.append({"title": label, "text": source["text"]})
     notes = extension.get("notes")
     if notes is not None and not isinstance(notes, str):
         raise InvalidRequestError(f"'{where}.notes' must be a string", param=f"{where}.notes")
