@@ -192,7 +192,10 @@ def project_url() -> str | None:
         urls = importlib.metadata.metadata("seawall").get_all("Project-URL") or []
     except importlib.metadata.PackageNotFoundError:
         return None
-    found = dict(entry.split(", ", 1) for entry in urls if ", " in entry)
+    found: dict[str, str] = {}
+    for entry in urls:
+        label, _, address = str(entry).partition(", ")
+        found[label] = address
     for label in ("Homepage", "Repository", "Documentation"):
         if found.get(label, "").startswith("https://"):
             return found[label]
