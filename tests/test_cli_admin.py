@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from seawall.cli import app
 from seawall.clock import utc_now
+from seawall.errors import PermissionDeniedError
 from seawall.gateway.access import KeyAuthenticator
 from seawall.gateway.identity import load_or_create_secret, safety_identifier
 from seawall.gateway.risk import RiskLedger
@@ -109,3 +110,23 @@ def test_db_current_and_upgrade(config: Path) -> None:
     assert upgraded.exit_code == 0, upgraded.output
     current = runner.invoke(app, ["db", "current", "--config", str(config)])
     assert current.exit_code == 0, current.output
+
+
+def test_a_feedback_key_is_good_only_for_feedback(config: Path) -> None:
+    created = runner.invoke(app, ["keys", "create", "widget", "--scope", "feedback", "--config", str(config)])
+    assert created.exit_code == 0, created.output
+    assert "scope feedback" in created.output
+    key = created.stdout.strip().splitlines()[-1]
+    store = open_store(StoreSettings(url=yaml.safe_load(config.read_text())["store"]["url"]))
+    try:
+        access = KeyAuthenticator([], store, default_tenant="acme")
+        assert access.authenticate(f"Bearer {key}", purpose="feedback").tenant == "acme"
+        with pytest.raises(PermissionDeniedError) as refused:
+            access.authenticate(f"Bearer {key}")
+        assert refused.value.code == "api_key_scope"
+        listed = runner.invoke(app, ["keys", "list", "--config", str(config)])
+        assert "\tfeedback\t" in listed.stdout
+    finally:
+        store.close()
+    wrong = runner.invoke(app, ["keys", "create", "widget", "--scope", "feedbak", "--config", str(config)])
+    assert wrong.exit_code == 2 and "--scope must be one of all, feedback" in wrong.output

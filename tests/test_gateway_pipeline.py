@@ -249,6 +249,8 @@ def test_clean_request_round_trips_with_policy_prompt_and_hashed_user(gw: Setup)
     assert completion.choices[0].message.content == CLEAN_ANSWER
     assert completion.choices[0].finish_reason == "stop"
     assert raw.headers[REQUEST_ID_HEADER].startswith("swreq-")
+    # seawall's id, never the upstream's: a report made with completion.id finds the request
+    assert completion.id == f"chatcmpl-{raw.headers[REQUEST_ID_HEADER]}"
 
     [sent] = gw.chat_requests()
     body = sent.body
@@ -301,8 +303,10 @@ def test_every_stream_chunk_has_one_id_and_names_the_model(gw: Setup, unsteady: 
     body = {"model": MODEL, "messages": question(), "stream": True}
     with gw.server.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as response:
         events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+        request_id = response.headers[REQUEST_ID_HEADER]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(event) for event in events[:-1]]
+    assert {chunk["id"] for chunk in chunks} == {f"chatcmpl-{request_id}"}  # seawall's, not the upstream's
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"  # the role chunk
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"  # the final chunk
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == LONG_BENIGN
@@ -611,7 +615,8 @@ def test_audit_has_one_record_per_request_and_no_raw_content(gw: Setup) -> None:
     ok, refused, streamed, too_many = (by_id[i] for i in ids)
     expected_id = safety_identifier(gw.secret_file.read_bytes(), TENANT, USER_ID)
     assert {r["safety_identifier"] for r in mine} == {expected_id}
-    assert ok["outcome"] == "ok" and ok["upstream"] == {"status": 200} and ok["tenant"] == TENANT
+    assert ok["outcome"] == "ok" and ok["tenant"] == TENANT
+    assert ok["upstream"] == {"status": 200, "id": "chatcmpl-upstream"}  # the upstream's own id, kept here
     assert {"limits", "input_moderation", "upstream", "output_moderation", "total"} <= set(ok["latency_ms"])
     assert refused["outcome"] == "refused_input" and refused["upstream"] is None
     [decision] = [d for d in refused["decisions"] if d["step"] == "input_moderation"]

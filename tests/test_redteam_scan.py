@@ -33,6 +33,7 @@ from seawall.redteam import (
 from seawall.redteam.cli import app as redteam_cli
 from seawall.redteam.config import OpenAITargetConfig
 from seawall.redteam.gate import Suppression
+from seawall.redteam.report import project_url
 from seawall.settings import load_settings
 
 sys.path.insert(0, str(Path(__file__).parent / "data" / "redteam"))
@@ -148,6 +149,8 @@ def test_reports_in_every_format(reports: dict[str, Report], tmp_path: Path) -> 
     assert len(results) == report.summary.overall.vulnerable
     rule_ids = [rule["id"] for rule in sarif["runs"][0]["tool"]["driver"]["rules"]]
     assert all(rule_ids[r["ruleIndex"]] == r["ruleId"] for r in results)
+    # the project's own address from its metadata, or none: never a made-up one
+    assert sarif["runs"][0]["tool"]["driver"].get("informationUri") == project_url()
     page = written["html"].read_text()
     assert (
         page.count("<svg") == 2

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from backend_standins import Recorded, StandIn, json_reply, serving, stand_in
 from conftest import assert_openai_error, free_port
 from seawall.gateway.access import KeyAuthenticator
 from seawall.review import ReviewHook, ReviewService, ReviewSettings, add_review_routes
+from seawall.review.metrics import ReviewMetrics
 from seawall.review.notify import SIGNATURE_HEADER
 from seawall.settings import StoreSettings
 from seawall.store import SqlStore, open_store
@@ -405,7 +407,7 @@ def test_held_answer_is_in_the_queue_as_soon_as_the_client_has_its_pending_body(
 # ----------------------------------------------------------------- reports
 
 
-def test_feedback_is_stored_rate_limited_per_user_notified_and_triaged(e: Env) -> None:
+def test_feedback_is_stored_rate_limited_per_source_notified_and_triaged(e: Env) -> None:
     user = f"user-{time.monotonic_ns()}"
     with e.http(APP_KEY) as client:
         assert_openai_error(
@@ -434,13 +436,17 @@ def test_feedback_is_stored_rate_limited_per_user_notified_and_triaged(e: Env) -
         limited = client.post("/v1/feedback", json={"response_id": "x", "category": "other", "user": user})
         assert_openai_error(limited, 429, "rate_limit_exceeded")
         assert int(limited.headers["retry-after"]) >= 1
-        # another user is not limited by this one
-        assert (
-            client.post(
-                "/v1/feedback", json={"response_id": "x", "category": "biased", "user": user + "2"}
-            ).status_code
-            == 201
+        # The limit counts what the client cannot choose (its key and address): a new ``user``
+        # or session id does not get around it.
+        for dodge in ({"user": user + "2"}, {"user": f"user-{time.monotonic_ns()}"}):
+            again = client.post("/v1/feedback", json={"response_id": "x", "category": "biased", **dodge})
+            assert_openai_error(again, 429, "rate_limit_exceeded")
+        session = client.post(
+            "/v1/feedback",
+            json={"response_id": "x", "category": "biased"},
+            headers={"x-seawall-session": f"s-{time.monotonic_ns()}"},
         )
+        assert_openai_error(session, 429, "rate_limit_exceeded")
     with e.http() as anonymous:
         assert_openai_error(
             anonymous.post("/v1/feedback", json={"response_id": "x", "category": "other"}), 401
@@ -547,3 +553,47 @@ def test_metrics_count_reviews_decisions_and_reports(e: Env) -> None:
     assert 'seawall_review_decisions_total{decision="approve"}' in text
     assert 'seawall_review_time_to_decision_seconds_bucket{le="60.0"}' in text
     assert 'seawall_reports{status="new"}' in text
+
+
+def test_metrics_have_step_latency_upstream_errors_guard_failures_and_process_figures(e: Env) -> None:
+    e.hook.observe(
+        {
+            "outcome": "upstream_error",
+            "error": {"status": 504, "code": "upstream_timeout"},
+            "decisions": [
+                {"step": "input_moderation", "action": "failed_open", "categories": [], "scores": {}},
+            ],
+            "latency_ms": {"input_moderation": 12.5, "upstream": 30000.0, "total": 30013.0},
+        }
+    )
+    with e.http(ADMIN) as admin:
+        text = admin.get("/metrics").text
+    assert 'seawall_gateway_step_seconds_bucket{le="0.025",step="input_moderation"}' in text
+    assert 'seawall_gateway_step_seconds_count{step="upstream"}' in text
+    assert 'seawall_gateway_upstream_errors_total{code="upstream_timeout",status="504"} 1.0' in text
+    assert 'seawall_gateway_guard_failures_total{action="failed_open",step="input_moderation"}' in text
+    assert "process_resident_memory_bytes" in text and "process_cpu_seconds_total" in text
+
+
+def test_figures_read_from_the_store_are_right_after_a_restart(e: Env) -> None:
+    """A new process (a fresh ReviewMetrics on the same store) reports the queue, the reports and
+    the last day's requests at once, before it has counted anything itself."""
+    e.hold()
+    e.store.write_audit(
+        {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "request_id": f"swreq-restart-{time.monotonic_ns()}",
+            "tenant": "acme",
+            "stream": False,
+            "outcome": "filtered_output",
+            "risk": "medium",
+            "decisions": [],
+            "latency_ms": {"total": 5.0},
+        }
+    )
+    fresh = ReviewMetrics(e.store).exposition().decode()
+    counts = e.store.review_counts()
+    assert f'seawall_review_items{{status="pending"}} {float(counts["pending"])}' in fresh
+    assert 'seawall_reports{status="new"}' in fresh
+    assert re.search(r'seawall_gateway_requests_24h\{outcome="filtered_output"\} [1-9]', fresh), fresh
+    assert "seawall_gateway_requests_total{" not in fresh  # the process's own counters start empty

@@ -245,6 +245,25 @@ def test_feedback_on_a_gateway_response_and_metrics(gw: Setup) -> None:
     assert 'seawall_reports{status="new"}' in metrics
 
 
+def test_a_report_made_with_the_sdks_completion_id_finds_its_request(gw: Setup) -> None:
+    """The id an app naturally has (``completion.id``) links the report to the audit record."""
+    with gw.server.client(APP_KEY) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": PLAIN}]
+        )
+    completion = raw.parse()
+    request_id = raw.headers["x-seawall-request-id"]
+    assert completion.id != "chatcmpl-upstream"  # the upstream's id is not what the app gets
+    with gw.http(APP_KEY) as app:
+        created = app.post(
+            "/v1/feedback", json={"response_id": completion.id, "category": "wrong", "user": "u-sdk"}
+        )
+    assert created.status_code == 201, created.text
+    with gw.http(REVIEWER) as reviewer:
+        report = reviewer.get(f"/v1/seawall/reports/{created.json()['id']}").json()
+    assert report["request_id"] == request_id
+
+
 def test_reviewer_routes_refuse_the_app_key(gw: Setup, tmp_path: Path) -> None:
     with gw.http(APP_KEY) as app:
         assert_openai_error(app.get("/v1/seawall/reviews"), 401, "invalid_reviewer_token")

@@ -4,8 +4,9 @@ The list of routes comes from the app itself (``create_app`` with the gateway, h
 the web UI on), so a new route without a rule fails :func:`test_every_route_has_a_rule_and_a_probe`.
 Then every route is called, over HTTP on a real server on loopback, by each caller: nobody, an app
 key of another tenant, an app key of the tenant that owns the data, a reviewer and an admin (bearer
-tokens for the API, a signed-in UI session for /ui). Data (held answers, a report, an audit record)
-is made through the API first, the way clients make it; the upstream is a loopback stand-in.
+tokens for the API, a signed-in UI session for /ui), and an own-tenant key scoped to feedback only.
+Data (held answers, a report, an audit record) is made
+through the API first, the way clients make it; the upstream is a loopback stand-in.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ OWN_TENANT = "acme"
 OTHER_TENANT = "globex"
 OWN_KEY = "sw-own-tenant-key-0123456789abcdef"
 OTHER_KEY = "sw-other-tenant-key-0123456789abcd"
+FEEDBACK_KEY = "sw-feedback-only-key-0123456789ab"
 REVIEWER_TOKEN = "reviewer-token-route-table-0123"
 ADMIN_TOKEN = "admin-token-route-table-012345"
 ACCOUNTS = {"reviewer": ("rita", "rita-password-123"), "admin": ("adam", "adam-password-123")}
@@ -95,6 +97,7 @@ class World:
     review_id: str = ""
     report_id: str = ""
     request_id: str = ""
+    token_id: str = ""
     closing: list[httpx.Client] = field(default_factory=list)
 
     def hold(self) -> str:
@@ -131,14 +134,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for role, (name, password) in ACCOUNTS.items():
             accounts.create(name, role, password)
         accounts.create(PROBE_ACCOUNT[0], "reviewer", PROBE_ACCOUNT[1])
+        _, probe_token = accounts.create_token("revoked by the probes", "reviewer", "test")
         store.create_key("own app", OWN_TENANT, hash_api_key(OWN_KEY), OWN_KEY[:8])
         store.create_key("other app", OTHER_TENANT, hash_api_key(OTHER_KEY), OTHER_KEY[:8])
+        store.create_key(
+            "report widget", OWN_TENANT, hash_api_key(FEEDBACK_KEY), FEEDBACK_KEY[:8], scope="feedback"
+        )
         store.close()
         with running_server(settings) as server:
             bearer = {
                 "anonymous": None,
                 "other_tenant": OTHER_KEY,
                 "own_tenant": OWN_KEY,
+                "feedback_key": FEEDBACK_KEY,
                 "reviewer": REVIEWER_TOKEN,
                 "admin": ADMIN_TOKEN,
             }
@@ -151,7 +159,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 if caller in ACCOUNTS:
                     assert sign_in(clients[caller], *ACCOUNTS[caller]).status_code == 303
                     csrf[caller] = csrf_from(clients[caller].get("/ui/users").text)
-            world = World(server, clients, csrf)
+            world = World(server, clients, csrf, token_id=probe_token.id)
             world.review_id = world.hold()
             with server.http(headers={"authorization": f"Bearer {OWN_KEY}"}) as http:
                 answered = http.post(
@@ -298,6 +306,8 @@ PROBES: dict[tuple[str, str], Probe] = {
     ("GET", "/ui/audit"): get("/ui/audit"),
     ("GET", "/ui/audit/{request_id:str}"): get(lambda w: f"/ui/audit/{w.request_id}"),
     ("GET", "/ui/accounts"): get("/ui/accounts"),
+    ("POST", "/ui/tokens"): post_form("/ui/tokens", {"name": "route table probe", "role": "reviewer"}, 201),
+    ("POST", "/ui/tokens/{token_id:str}/revoke"): post_form(lambda w: f"/ui/tokens/{w.token_id}/revoke", {}),
     ("GET", "/ui/review"): get("/ui/review"),
     ("POST", "/ui/review"): Probe(303, ui_bulk_reject_fresh_item),
     ("GET", "/ui/review/{review_id:str}"): get(lambda w: f"/ui/review/{w.review_id}"),

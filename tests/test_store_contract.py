@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from seawall.store import (
     StoredResponse,
     UserState,
 )
+from seawall.store.base import OperatorToken
 from seawall.store.chain import verify
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -613,6 +615,24 @@ def user_report(report_id: str, *, created: datetime = T1, category: str = "wron
     )
 
 
+def test_reports_are_found_by_reporter(store: Store) -> None:
+    store.create_report(user_report("rpt_a"))
+    store.create_report(replace(user_report("rpt_b", created=T1 + timedelta(minutes=1)), reporter="hash2"))
+    store.create_report(user_report("rpt_c", created=T1 + timedelta(minutes=2)))
+    assert [r.id for r in store.list_reports(reporter="hash1")] == ["rpt_c", "rpt_a"]
+    assert [r.id for r in store.list_reports(reporter="hash2")] == ["rpt_b"]
+    assert store.list_reports(reporter="nobody") == []
+
+
+def test_a_key_keeps_its_scope(store: Store) -> None:
+    widget = store.create_key("widget", "acme", "hash-fb", "sw-fffff", scope="feedback")
+    app = store.create_key("app", "acme", "hash-all", "sw-aaaaa")
+    assert (widget.scope, app.scope) == ("feedback", "all")
+    found = store.find_key("hash-fb")
+    assert found is not None and found.scope == "feedback"
+    assert {k.id: k.scope for k in store.list_keys("acme")} == {widget.id: "feedback", app.id: "all"}
+
+
 def test_reports_triage_with_notes_and_trail(store: Store) -> None:
     store.create_report(user_report("rpt_1"))
     store.create_report(user_report("rpt_2", created=T1 + timedelta(minutes=1), category="harmful"))
@@ -841,3 +861,30 @@ def test_an_admin_breaks_a_live_claim_and_the_trail_says_who(store: Store) -> No
     last = store.list_review_events("rev_1")[-1]
     assert (last.action, last.actor, last.detail) == ("claim_broken", "admin", {"claimed_by": "ann"})
     assert [i.id for i in store.list_reviews(claimable_at=T1 + timedelta(seconds=6))] == ["rev_1"]
+
+
+# ----------------------------------------------------------------------------- operator tokens
+
+
+def test_operator_tokens_are_kept_hashed_listed_found_and_revoked(store: Store) -> None:
+    first = OperatorToken("tok_000000000001", "prometheus", "admin", "h" * 64, "swop-abc", T0, "alice")
+    second = OperatorToken(
+        "tok_000000000002", "triage bot", "reviewer", "g" * 64, "swop-def", T0 + timedelta(seconds=1), "cli"
+    )
+    assert store.create_token(first) == first
+    store.create_token(second)
+    with pytest.raises(InvalidRequestError):
+        store.create_token(OperatorToken("tok_000000000003", "dup", "admin", "h" * 64, "x", T0, "alice"))
+    assert [t.id for t in store.list_tokens()] == [first.id, second.id]
+    found = store.find_token("h" * 64, T1)
+    assert found is not None and found.role == "admin" and found.last_used_at == T1
+    assert store.find_token("n" * 64, T1) is None
+    revoked = store.revoke_token(first.id, T1)
+    assert revoked.revoked_at == T1 and not revoked.active
+    assert store.revoke_token(first.id, T1 + timedelta(hours=1)).revoked_at == T1  # idempotent
+    assert [t.id for t in store.list_tokens()] == [second.id]
+    assert [t.id for t in store.list_tokens(include_revoked=True)] == [first.id, second.id]
+    again = store.find_token("h" * 64, T1)
+    assert again is not None and not again.active  # found, and the caller refuses it
+    with pytest.raises(NotFoundError):
+        store.revoke_token("tok_missing", T1)

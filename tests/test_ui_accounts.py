@@ -162,10 +162,11 @@ def test_missing_tables_say_how_to_fix_it(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------- migration
 
 
-def _ui_migration() -> Any:
-    """The store's migration 0003 (the UI tables), loaded from its file."""
-    path = _MIGRATIONS_DIR / "versions" / "0003_ui_accounts.py"
-    spec = importlib.util.spec_from_file_location("seawall_migration_0003", path)
+def _ui_migration(file: str = "0003_ui_accounts.py") -> Any:
+    """One of the store's migrations of the UI tables (0003: accounts and sessions; 0008: operator
+    tokens), loaded from its file."""
+    path = _MIGRATIONS_DIR / "versions" / file
+    spec = importlib.util.spec_from_file_location(f"seawall_migration_{file[:4]}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -173,16 +174,18 @@ def _ui_migration() -> Any:
 
 
 def test_the_migration_builds_exactly_the_tables_of_the_code_and_drops_them(store_url: str) -> None:
-    migration = _ui_migration()
+    migrations = [_ui_migration(), _ui_migration("0008_operator_tokens.py")]
     engine = create_engine(store_url.replace("postgresql://", "postgresql+psycopg://"))
     try:
         with engine.begin() as connection, Operations.context(MigrationContext.configure(connection)):
-            migration.upgrade()
+            for migration in migrations:
+                migration.upgrade()
         with engine.connect() as connection:
             assert compare_metadata(MigrationContext.configure(connection), metadata) == []
         with engine.begin() as connection, Operations.context(MigrationContext.configure(connection)):
-            migration.downgrade()
-        assert not {"ui_accounts", "ui_sessions"} & set(inspect(engine).get_table_names())
+            for migration in reversed(migrations):
+                migration.downgrade()
+        assert not {"ui_accounts", "ui_sessions", "ui_tokens"} & set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
 

@@ -233,6 +233,30 @@ def test_reviewer_is_denied_an_admin_page(page: Any, server: UIServer, tmp_path:
     assert page.get_by_role("button", name="Unblock").count() == 0
 
 
+def test_admin_makes_and_revokes_an_operator_token(page: Any, server: UIServer, tmp_path: Path) -> None:
+    sign_in_page(page, server.ui_root, ADMIN)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Accounts").click()
+    page.get_by_label("What the token is for").fill("prometheus scraper")
+    page.get_by_label("Rights").select_option("admin")
+    page.get_by_role("button", name="Make a token").click()
+    shown = page.locator("#new-token-value")
+    sync_api.expect(shown).to_be_visible()
+    token = shown.inner_text()
+    assert token.startswith("swop-") and len(token) > 40
+    row = page.locator("#tokens tbody tr", has_text="prometheus scraper")
+    sync_api.expect(row).to_contain_text("admin")
+    assert token not in row.inner_text()  # only its first characters are listed
+    shoot(page, tmp_path, "token-made")
+    row.get_by_role("button", name="Revoke").click()
+    sync_api.expect(page.locator("#done")).to_have_text("Token revoked.")
+    sync_api.expect(page.locator("#tokens tbody tr", has_text="prometheus scraper")).to_contain_text(
+        "revoked"
+    )
+    assert page.locator("#new-token-value").count() == 0  # never shown again
+    shoot(page, tmp_path, "token-revoked")
+    assert page.errors == []
+
+
 def test_keyboard_landmarks_labels_and_a_small_screen(browser: Any, server: UIServer, tmp_path: Path) -> None:
     context = browser.new_context(viewport={"width": 390, "height": 844})
     page = context.new_page()

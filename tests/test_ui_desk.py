@@ -306,6 +306,46 @@ def test_report_triage_roles_contact_notes_and_audit_link(server: UIServer, serv
     assert [note["by"] for note in final.notes] == [REVIEWER[0], ADMIN[0], REVIEWER[0]]
 
 
+def test_a_report_page_shows_the_answer_decisions_scores_and_the_reporters_history(
+    server: UIServer, service: ReviewService
+) -> None:
+    kept, bare = "swreq-desk-reported-kept", "swreq-desk-reported-bare"
+    record = audit_record(at=datetime.now(UTC), request_id=kept, categories=["self-harm"])
+    record["content"] = {
+        "messages": [{"role": "user", "content": "How many pills is too many?"}],
+        "answer": ["Take as many as you like."],
+    }
+    seed(server.store, [record, audit_record(at=datetime.now(UTC), request_id=bare)])
+    reporter = f"pat-{datetime.now(UTC).timestamp()}"
+    earlier = service.report("default", response_id="not-ours-1", category="other", reporter=reporter)
+    service.triage(earlier.id, "rob", status="dismissed", note="spam")
+    kept_report = service.report(
+        "default",
+        response_id=f"chatcmpl-{kept}",
+        category="harmful",
+        comment="This is dangerous advice.",
+        reporter=reporter,
+    )
+    bare_report = service.report("default", response_id=f"chatcmpl-{bare}", category="wrong")
+    with signed_in(server, REVIEWER) as rob:
+        page = rob.get(f"/ui/reports/{kept_report.id}").text
+        assert '<div class="text" id="reported-answer">Take as many as you like.</div>' in page
+        assert "How many pills is too many?" in page
+        assert "This is dangerous advice." in page
+        decisions = page.split('<table id="decisions">')[1].split("</table>")[0]
+        assert "input_moderation" in decisions and "flag" in decisions and "self-harm 0.930" in decisions
+        assert "risk <strong>low</strong>" in page
+        history = page.split('id="reporter-history">')[1].split("</ul>")[0]
+        assert "1 other report from this reporter: 1 dismissed." in history
+        assert f'href="/ui/reports/{earlier.id}"' in history
+        bare_page = rob.get(f"/ui/reports/{bare_report.id}").text
+        assert 'id="reported-answer-missing">The audit record keeps no message text' in bare_page
+        assert "gateway.audit_content is off" in bare_page
+        assert "input_moderation" in bare_page.split('<table id="decisions">')[1]
+        unknown_page = rob.get(f"/ui/reports/{earlier.id}").text
+        assert "is not one seawall gave out" in unknown_page
+
+
 def test_a_report_of_an_unknown_response_says_so(server: UIServer, service: ReviewService) -> None:
     report = service.report("default", response_id="something-else", category="other")
     with signed_in(server, ADMIN) as alice:

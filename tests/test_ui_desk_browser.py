@@ -245,7 +245,12 @@ def test_a_user_reports_an_answer_with_the_widget_and_an_admin_triages_it(
     answer = answered.json()["choices"][0]["message"]["content"]
     (desk.demo_dir / "chat.html").write_text(
         DEMO_PAGE.format(
-            question=PLAIN, response_id=request_id, answer=answer, seawall=desk.server.root, key=APP_KEY
+            # the id the app has from the SDK (completion.id): seawall's own, so it finds the request
+            question=PLAIN,
+            response_id=answered.json()["id"],
+            answer=answer,
+            seawall=desk.server.root,
+            key=APP_KEY,
         )
     )
 
@@ -290,6 +295,13 @@ def test_a_user_reports_an_answer_with_the_widget_and_an_admin_triages_it(
         row.get_by_role("link").click()
         sync_api.expect(admin.locator("#contact")).to_have_text("sam@example.org")
         sync_api.expect(admin.locator("#audit-link").get_by_role("link", name=request_id)).to_be_visible()
+        # what a reviewer judges by: the answer (or why it is not kept), the decisions, the history
+        sync_api.expect(admin.locator("#reported-answer-missing")).to_contain_text(
+            "gateway.audit_content is off"
+        )
+        sync_api.expect(admin.locator("#decisions")).to_contain_text("input_moderation")
+        sync_api.expect(admin.locator("#reporter-history")).to_contain_text("first report from this reporter")
+        shoot(admin, tmp_path, "report-page")
         admin.get_by_label("Status").select_option("investigating")
         admin.get_by_label("Add a note").fill("Checking the Friday hours with the shop.")
         admin.get_by_role("button", name="Save").click()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from seawall.gateway.runner import shadow_entry
 from seawall.store.base import AUDIT_OUTCOMES
 from seawall.ui.accounts import AccountStore
 from seawall.ui.auth import COOKIE, CookieSessions
+from seawall.ui.routes import login_delay
 from test_ui_support import (
     ADMIN,
     REVIEWER,
@@ -124,7 +126,7 @@ def test_sign_in_sets_a_signed_http_only_lax_cookie_and_goes_where_asked(server:
         assert cookie.startswith(f"{COOKIE}=")
         attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
         assert {"httponly", "path", "samesite", "max-age"} <= attributes
-        assert "SameSite=Lax" in cookie and "Path=/ui" in cookie
+        assert "SameSite=Lax" in cookie and "Path=/;" in cookie
         assert "secure" not in attributes  # plain http on loopback
         assert http.get("/ui/").status_code == 200
 
@@ -170,6 +172,36 @@ def test_repeated_failures_are_throttled(server: UIServer, tmp_path: Path) -> No
         locked = sign_in(http, "erin", "erin-password-12")  # even the right one, until the window passes
     assert codes == [401, 401, 401, 429]
     assert locked.status_code == 429 and int(locked.headers["retry-after"]) > 0
+
+
+def test_a_stranger_cannot_lock_the_owner_out_and_waits_longer_each_time(
+    server: UIServer, tmp_path: Path
+) -> None:
+    """Wrong passwords count per account and source address, with progressive delays: the owner,
+    signing in from another address, still gets in with the right password."""
+    AccountStore(server.store).create("owen", "reviewer", "owen-password-12")
+    strict = ui_settings(tmp_path, login_attempts=5, login_max_delay_s=1.0)
+    with ui_server(server.settings, strict, server.store) as other:
+        with other.http() as attacker:  # from 127.0.0.1
+            timings = []
+            for n in range(6):
+                began = time.monotonic()
+                timings.append(
+                    (sign_in(attacker, "owen", f"guess-{n}").status_code, time.monotonic() - began)
+                )
+        assert [code for code, _ in timings] == [401, 401, 401, 401, 401, 429]
+        assert timings[3][1] >= 1.0 and timings[4][1] >= 1.0  # past the first three: a delay first
+        owner = httpx.Client(
+            base_url=other.root, transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30
+        )
+        with owner:
+            assert sign_in(owner, "owen", "owen-password-12").status_code == 303
+            assert owner.get("/ui/").status_code == 200
+
+
+def test_sign_in_delays_grow_after_the_first_attempts_up_to_the_limit() -> None:
+    assert [login_delay(n, 8.0) for n in range(9)] == [0, 0, 0, 1, 2, 4, 8, 8, 8]
+    assert login_delay(7, 0.0) == 0
 
 
 def test_sign_out_ends_the_session_on_the_server(server: UIServer) -> None:
@@ -362,3 +394,38 @@ def test_the_ui_works_on_the_apps_store_and_opens_none_of_its_own(tmp_path: Path
         assert view.store is shared
         assert client.get("/ui/login").status_code == 200
     assert closed == []
+
+
+def test_a_fresh_server_says_how_to_make_the_first_account(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    store = open_ui_store(settings)
+    try:
+        with ui_server(settings, ui_settings(tmp_path), store) as fresh, fresh.http() as http:
+            page = http.get("/ui/login").text
+            assert "seawall accounts create alice --role admin" in page
+            AccountStore(store).create("alice", "admin", "alice-password-1")
+            assert "seawall accounts create" not in http.get("/ui/login").text
+    finally:
+        store.close()
+
+
+def test_users_page_dates_the_reason_and_offers_the_action_that_fits_the_state(server: UIServer) -> None:
+    ledger = RiskLedger(server.store, server.settings.gateway.risk)
+    warned, blocked = safety_id(931), safety_id(932)
+    ledger.record("default", warned, "medium", "req_w1")  # 1 point: warned, the reason says so
+    for n in range(2, 4):  # later events (still under the throttle rung) raise the counts, not the reason
+        ledger.record("default", warned, "medium", f"req_w{n}")
+    state = server.store.get_user("default", warned)
+    assert state is not None and state.status == "warned"
+    ledger.block("default", blocked, "ops", "abuse report 9", None)
+    http = signed_in(server, ADMIN)
+    page = http.get("/ui/users", params={"hours": "24"}).text
+    warned_row = page.split(f'id="user-{warned}"')[1].split("</tr>")[0]
+    blocked_row = page.split(f'id="user-{blocked}"')[1].split("</tr>")[0]
+    assert "<td>3</td>" in warned_row  # three medium-risk events in the window ...
+    assert "warned since" in warned_row and "when the count was" in warned_row  # ... the reason is dated
+    assert state.reason in warned_row
+    assert "Clear warning" in warned_row and "Unblock" not in warned_row
+    assert "Unblock" in blocked_row and "by ops: abuse report 9" in blocked_row
+    assert "Why (as it was when the state changed)" in page
+    http.close()

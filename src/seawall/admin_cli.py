@@ -21,7 +21,7 @@ from seawall.clock import utc_now
 from seawall.gateway.identity import generate_api_key, hash_api_key, load_or_create_secret, safety_identifier
 from seawall.gateway.risk import LADDER, RiskLedger
 from seawall.settings import Settings
-from seawall.store.base import UserState
+from seawall.store.base import KEY_SCOPES, UserState
 
 out = Console()
 
@@ -59,13 +59,31 @@ def _when(moment: datetime | None) -> str:
 def create_key(
     name: Annotated[str, typer.Argument(help="What the key is for, e.g. 'support-bot prod'.")],
     tenant: TenantOption = None,
+    scope: Annotated[
+        str,
+        typer.Option(
+            help="all: every app route; feedback: user reports only (POST /v1/feedback), a key "
+            "meant for a web page's report widget."
+        ),
+    ] = "all",
     config: ConfigOption = None,
 ) -> None:
     """Make a key. It is printed once, on stdout; only its hash is stored."""
+    if scope not in KEY_SCOPES:
+        raise fail(f"--scope must be one of {', '.join(KEY_SCOPES)}, not {scope!r}")
     with configured_store(config) as (settings, store):
         key = generate_api_key()
-        stored = store.create_key(name, tenant or settings.gateway.tenant, hash_api_key(key), key[:8])
-        console.print(f"created {stored.id} ({stored.name}, tenant {stored.tenant}); the key (shown once):")
+        stored = store.create_key(
+            name,
+            tenant or settings.gateway.tenant,
+            hash_api_key(key),
+            key[:8],
+            scope=scope,  # type: ignore[arg-type]  # checked against KEY_SCOPES above
+        )
+        console.print(
+            f"created {stored.id} ({stored.name}, tenant {stored.tenant}, scope {stored.scope}); "
+            "the key (shown once):"
+        )
         out.print(key, markup=False, highlight=False)
 
 
@@ -82,6 +100,7 @@ def list_keys(
                 key.id,
                 key.name,
                 key.tenant,
+                key.scope,
                 key.prefix + "…",
                 _when(key.created_at),
                 _when(key.last_used_at),
@@ -89,7 +108,7 @@ def list_keys(
             ]
             for key in store.list_keys(tenant, include_revoked=all_keys)
         ]
-        _print_rows(["id", "name", "tenant", "starts with", "created", "last used", "revoked"], rows)
+        _print_rows(["id", "name", "tenant", "scope", "starts with", "created", "last used", "revoked"], rows)
 
 
 @keys_app.command("revoke")

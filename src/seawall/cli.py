@@ -44,7 +44,9 @@ def serve(
     if gateway_enabled(settings):
         upstream = settings.gateway.upstream.base_url
         upstream = upstream or "the bundled local model (started as a child process)"
-        chat = f"; chat gateway in front of {upstream}; review desk at /ui/"
+        chat = f"; chat gateway in front of {upstream}"
+        if settings.ui.enabled:
+            chat += "; review desk at /ui/ (first account: seawall accounts create alice --role admin)"
     else:
         chat = "; chat gateway off (set gateway.upstream.base_url, or install seawall[local-llm])"
     console.print(
@@ -417,7 +419,7 @@ def _register_subcommands() -> None:
     from seawall.redteam.cli import app as redteam_app
     from seawall.store.cli import app as db_app
     from seawall.store.cli import audit_app
-    from seawall.ui.cli import accounts_app
+    from seawall.ui.cli import accounts_app, tokens_app
 
     app.add_typer(keys_app, name="keys")
     app.add_typer(users_app, name="users")
@@ -426,6 +428,7 @@ def _register_subcommands() -> None:
     app.add_typer(audit_app, name="audit")
     app.add_typer(redteam_app, name="redteam")
     app.add_typer(accounts_app, name="accounts")
+    app.add_typer(tokens_app, name="tokens")
 
 
 _register_subcommands()

@@ -2,8 +2,10 @@
 
 Keys made with the CLI are stored hashed (:func:`~seawall.gateway.identity.hash_api_key`);
 each belongs to a tenant, which then names the app in safety identifiers, limits and the
-audit. A key is required when ``gateway.require_api_key`` says so, or (None) as soon as
-any key exists. Lookups are cached for :data:`CACHE_TTL_S`, so a revoked key stops working
+audit, and has a scope: ``all`` (every app route) or ``feedback`` (a key meant only for user
+reports, safe to put in a web page: every other app route answers it 403 ``api_key_scope``).
+A key is required when ``gateway.require_api_key`` says so, or (None) as soon as any key exists.
+Lookups are cached for :data:`CACHE_TTL_S`, so a revoked key stops working
 on every replica within that time.
 """
 
@@ -18,9 +20,9 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from seawall.errors import AuthenticationError
+from seawall.errors import AuthenticationError, PermissionDeniedError
 from seawall.gateway.identity import hash_api_key
-from seawall.store.base import ApiKey, KeyStore
+from seawall.store.base import ApiKey, KeyScope, KeyStore
 
 #: Seconds a key lookup (and whether any key exists) is reused before the store is asked again.
 CACHE_TTL_S = 5.0
@@ -62,8 +64,10 @@ class KeyAuthenticator:
         self._cache: OrderedDict[str, tuple[float, ApiKey | None]] = OrderedDict()
         self._any_key: tuple[float, bool] | None = None
 
-    def authenticate(self, authorization: str | None) -> Caller:
-        """The caller, or 401 when a key is required and this one is missing, unknown or revoked."""
+    def authenticate(self, authorization: str | None, *, purpose: KeyScope = "all") -> Caller:
+        """The caller, or 401 when a key is required and this one is missing, unknown or revoked;
+        403 for a key whose scope does not cover ``purpose`` (a feedback key anywhere but
+        ``POST /v1/feedback``, which passes ``purpose="feedback"``)."""
         token = bearer_token(authorization)
         if token is not None:
             offered = token.encode()
@@ -74,6 +78,10 @@ class KeyAuthenticator:
             if stored is not None:
                 if not stored.active:
                     raise AuthenticationError("This API key was revoked.", code="api_key_revoked")
+                if stored.scope != "all" and stored.scope != purpose:
+                    raise PermissionDeniedError(
+                        f"This API key is for {stored.scope} only (POST /v1/feedback).", code="api_key_scope"
+                    )
                 return Caller(stored.id, stored.tenant)
         if not self._required():
             return Caller(None, self.default_tenant)

@@ -125,7 +125,7 @@ class AuditRecord:
             self.outcome = "guard_failed"
         elif isinstance(exc, ContentPolicyError) or exc.code == "untrusted_content_rejected":
             self.outcome = "refused_input"
-        elif exc.status_code == 401:
+        elif exc.status_code == 401 or exc.code == "api_key_scope":  # a feedback-only key
             self.outcome = "unauthorized"
         elif exc.status_code == 403 and exc.code != "model_not_allowed_for_tier":
             self.outcome = "user_blocked"

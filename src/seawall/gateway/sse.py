@@ -28,8 +28,9 @@ DONE = b"data: [DONE]\n\n"
 class StreamState:
     """What the gateway keeps of an upstream stream: the chunk header, finish reason, usage, tool calls.
 
-    The header (``id``, ``created``, ``model``, ``system_fingerprint``) is the first upstream
-    chunk's, where it has them, else the gateway's own (the request's id and model), and it
+    The ``id`` is always seawall's (``chatcmpl-<request id>``, so a report made with it finds the
+    request); ``created``, ``model`` and ``system_fingerprint`` are the first upstream
+    chunk's, where it has them, else the gateway's own (the request's model), and the header
     stays the same for every chunk the client gets, whatever later upstream chunks say.
     ``extension`` is seawall's ``seawall`` field for every chunk; it is the gateway's to give (a
     held answer's review), never taken from the upstream's chunks.
@@ -37,6 +38,8 @@ class StreamState:
 
     def __init__(self, request_id: str, model: str, extension: Mapping[str, Any] | None = None) -> None:
         self.id = f"chatcmpl-{request_id}"
+        #: The upstream's own id for the stream (the client never sees it).
+        self.upstream_id: str | None = None
         #: seawall's own ``seawall`` field, added to every chunk (a held answer's review), or None.
         self.extension = dict(extension) if extension else None
         self.created = int(time.time())
@@ -51,7 +54,7 @@ class StreamState:
         """Note what ``chunk`` says about the stream; its text (the first choice's content delta)."""
         if not self._header_taken:
             self._header_taken = True
-            self.id = str(chunk.get("id") or self.id)
+            self.upstream_id = str(chunk.get("id") or "") or None  # the client gets seawall's id
             created = chunk.get("created")
             if isinstance(created, int):
                 self.created = created

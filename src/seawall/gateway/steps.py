@@ -435,7 +435,11 @@ class UpstreamCall:
     async def run(self, ctx: RequestContext) -> Answer | None:
         assert ctx.upstream_body is not None
         ctx.completion = await self.upstream.chat(ctx.upstream_body)
-        ctx.audit.upstream = {"status": 200}
+        # Every answer seawall serves carries seawall's id (a report made with it finds the audit
+        # record); the upstream's own id is kept in the audit record.
+        upstream_id = ctx.completion.get("id")
+        ctx.completion["id"] = f"chatcmpl-{ctx.audit.request_id}"
+        ctx.audit.upstream = {"status": 200, **({"id": str(upstream_id)} if upstream_id else {})}
         ctx.audit.outcome = "ok"
         return None
 

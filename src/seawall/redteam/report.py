@@ -8,6 +8,7 @@ so any line can be replayed (``seawall redteam replay``).
 from __future__ import annotations
 
 import html
+import importlib.metadata
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
@@ -183,6 +184,24 @@ _SARIF_LEVEL = {"critical": "error", "high": "error", "medium": "warning", "low"
 _SARIF_SCORE = {"critical": "9.5", "high": "8.0", "medium": "5.0", "low": "2.0"}
 
 
+def project_url() -> str | None:
+    """The project's own address from the installed package's metadata (``[project.urls]`` in
+    pyproject.toml: Homepage, Repository, Documentation), or None: SARIF's ``informationUri`` is
+    optional, and a made-up address would be worse than none."""
+    try:
+        urls = importlib.metadata.metadata("seawall").get_all("Project-URL") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    found: dict[str, str] = {}
+    for entry in urls:
+        label, _, address = str(entry).partition(", ")
+        found[label] = address
+    for label in ("Homepage", "Repository", "Documentation"):
+        if found.get(label, "").startswith("https://"):
+            return found[label]
+    return None
+
+
 def sarif(report: Report) -> dict[str, Any]:
     """SARIF 2.1.0: one rule per probe, one result per finding (suppressed ones marked so)."""
     probes: dict[str, CaseResult] = {}
@@ -241,7 +260,7 @@ def sarif(report: Report) -> dict[str, Any]:
                     "driver": {
                         "name": "seawall-redteam",
                         "version": report.seawall_version,
-                        "informationUri": "https://github.com/seawall",
+                        **({"informationUri": url} if (url := project_url()) else {}),
                         "rules": rules,
                     }
                 },

@@ -12,24 +12,37 @@ Counted in this process (each replica exports its own; sum them in Prometheus):
 * ``seawall_review_held_total{reason}`` — answers held, by the first reason (domain / uncertain / ...);
 * ``seawall_review_decisions_total{decision}`` and ``seawall_review_time_to_decision_seconds``
   (histogram: from hold to decision);
-* ``seawall_reports_total{category}`` — user reports received.
+* ``seawall_reports_total{category}`` — user reports received;
+* ``seawall_gateway_step_seconds{step}`` — latency of each step of the request path (histogram,
+  from the audit record's ``latency_ms``: identity, moderation, upstream, ... and ``total``);
+* ``seawall_gateway_upstream_errors_total{status,code}`` — upstream failures by the HTTP status
+  the client got and the error code (upstream_timeout, upstream_unreachable, ...);
+* ``seawall_gateway_guard_failures_total{step,action}`` — guards that could not judge
+  (``failed_closed``, ``failed_open``) or crashed (``error``);
+* the standard ``process_*`` metrics (CPU, memory, open files; prometheus-client's collector).
 
 Read from the store at scrape time (shared by every replica, so every replica says the same):
 
 * ``seawall_review_items{status}`` — review items by status (``pending`` is the queue depth);
-* ``seawall_reports{status}`` — user reports by status.
+* ``seawall_reports{status}`` — user reports by status;
+* ``seawall_gateway_requests_24h{outcome}`` — gateway requests of the last 24 hours by outcome,
+  from the audit records (right after a restart too; read at most once a minute).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator, Mapping
+from datetime import timedelta
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from seawall.clock import utc_now
 from seawall.store.base import AuditOutcome, ReviewStore
 
 log = logging.getLogger("seawall.review.metrics")
@@ -42,6 +55,12 @@ BLOCK_OUTCOMES: frozenset[AuditOutcome] = frozenset(
 GUARD_STEPS = frozenset({"input_moderation", "output_moderation", "tool_call_moderation"})
 #: Time-to-decision buckets (seconds): a minute to a day.
 DECISION_BUCKETS = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
+#: Step latency buckets (seconds): a millisecond to two minutes.
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+#: Decision actions of a guard that could not judge, or crashed.
+GUARD_FAILURES = frozenset({"failed_closed", "failed_open", "error"})
+#: Seconds the last-24-hours request counts are reused between scrapes.
+AUDIT_COUNTS_TTL_S = 60.0
 
 
 class _StoreCounts(Collector):
@@ -49,14 +68,43 @@ class _StoreCounts(Collector):
 
     def __init__(self, store: ReviewStore) -> None:
         self.store = store
+        self._lock = threading.Lock()
+        self._audit: tuple[float, dict[str, int]] | None = None
+
+    def _requests_24h(self) -> dict[str, int] | None:
+        """Requests of the last 24 hours by outcome (cached), or None for a store without audit."""
+        counts = getattr(self.store, "audit_counts", None)
+        if counts is None:
+            return None
+        with self._lock:
+            if self._audit is not None and self._audit[0] > time.monotonic():
+                return self._audit[1]
+        now = utc_now()
+        rows, _ = counts(now - timedelta(days=1), now, 86_400 * 2)
+        found: dict[str, int] = {}
+        for _, outcome, _, count in rows:
+            found[str(outcome)] = found.get(str(outcome), 0) + int(count)
+        with self._lock:
+            self._audit = (time.monotonic() + AUDIT_COUNTS_TTL_S, found)
+        return found
 
     def collect(self) -> Iterator[Metric]:
         try:
             items = self.store.review_counts()
             reports = self.store.report_counts()
+            requests = self._requests_24h()
         except Exception as exc:  # a scrape must not fail because the store is down
             log.warning("cannot read review counts for /metrics: %s", exc)
             return
+        if requests is not None:
+            gauge = GaugeMetricFamily(
+                "seawall_gateway_requests_24h",
+                "Gateway requests of the last 24 hours by outcome (from the audit records).",
+                labels=["outcome"],
+            )
+            for outcome, count in sorted(requests.items()):
+                gauge.add_metric([outcome], count)
+            yield gauge
         gauge = GaugeMetricFamily("seawall_review_items", "Review items by status.", labels=["status"])
         for status, count in items.items():
             gauge.add_metric([status], count)
@@ -114,6 +162,26 @@ class ReviewMetrics:
             ["category"],
             registry=self.registry,
         )
+        self.step_seconds = Histogram(
+            "seawall_gateway_step_seconds",
+            "Latency of each step of the gateway's request path.",
+            ["step"],
+            buckets=STEP_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "seawall_gateway_upstream_errors",
+            "Upstream failures by the status the client got and the error code.",
+            ["status", "code"],
+            registry=self.registry,
+        )
+        self.guard_failures = Counter(
+            "seawall_gateway_guard_failures",
+            "Guards that could not judge (failed_closed, failed_open) or crashed (error), by step.",
+            ["step", "action"],
+            registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)
         if store is not None:
             self.registry.register(_StoreCounts(store))
 
@@ -132,6 +200,15 @@ class ReviewMetrics:
                     self.flags.labels(decision["step"], str(category)).inc()
         for entry in record.get("shadow") or []:
             self.shadow.labels(str(entry.get("step")), str(entry.get("would"))).inc()
+        for step, milliseconds in (record.get("latency_ms") or {}).items():
+            if isinstance(milliseconds, int | float):
+                self.step_seconds.labels(str(step)).observe(float(milliseconds) / 1000)
+        if outcome == "upstream_error":
+            error = record.get("error") or {}
+            self.upstream_errors.labels(str(error.get("status")), str(error.get("code"))).inc()
+        for decision in record.get("decisions") or []:
+            if decision.get("action") in GUARD_FAILURES:
+                self.guard_failures.labels(str(decision.get("step")), str(decision["action"])).inc()
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

@@ -13,11 +13,17 @@ Public, or with the app's API key (``app.state.access``, a
 * ``OPTIONS`` of those two: the CORS preflight of the report widget (``/ui/widget.js``); both
   answer pages of ``review.widget_origins`` with ``Access-Control-Allow-Origin`` (never credentials).
 * ``POST /v1/feedback`` — a user's report: ``{"response_id", "category": harmful|wrong|biased|
-  privacy|other, "comment"?, "contact"?, "user"?}`` -> 201; 429 past ``feedback_limit`` per user
-  (the ``user`` field, else the ``x-seawall-session`` header or cookie, else the client address).
+  privacy|other, "comment"?, "contact"?, "user"?}`` -> 201; an app key of any scope (``all`` or
+  ``feedback``). 429 past ``feedback_limit`` per source: what the client cannot choose (the
+  gateway's trusted user header when it is configured and sent, else the API key and the client
+  address), never the ``user`` field or a session id, which a client can change at will. The
+  ``user`` field (else the session header or cookie, else the address) names the reporter in the
+  report's history, kept as a digest of the user's safety identifier.
 
 Reviewers and admins (``Authorization: Bearer <token>`` from ``review.reviewer_tokens`` or
-``review.admin_tokens``; 401 without a known token):
+``review.admin_tokens``, or an operator token made in the web UI or with ``seawall tokens
+create``; or a signed-in web UI session, whose requests that change something carry its CSRF
+token in ``X-CSRF-Token``; 401 without any):
 
 * ``GET /v1/seawall/reviews?status=pending|approved|edited|rejected|all&domain=&tenant=&claimable=true
   &mine=true&limit=&offset=`` — the queue, oldest first.
@@ -37,13 +43,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import logging
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from seawall.bodies import error_response, json_response, read_json
+from seawall.clock import utc_now
 from seawall.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -54,7 +65,15 @@ from seawall.review.gateway_hook import NOTICES_PATH
 from seawall.review.service import ReviewService
 from seawall.review.settings import ReviewSettings
 from seawall.secret import safety_identifier
-from seawall.store.base import REPORT_CATEGORIES, REPORT_STATUSES, REVIEW_STATUSES
+from seawall.store.base import (
+    REPORT_CATEGORIES,
+    REPORT_STATUSES,
+    REVIEW_STATUSES,
+    KeyScope,
+    operator_token_hash,
+)
+
+log = logging.getLogger("seawall.review")
 
 #: Largest JSON body the review routes read.
 MAX_BODY_BYTES = 1024 * 1024
@@ -62,6 +81,22 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_LIMIT = 200
 
 Role = Literal["reviewer", "admin"]
+
+
+class Caller(Protocol):
+    """The authenticated app, as the app's key check (``app.state.access``) answers it."""
+
+    key_id: str | None
+    tenant: str
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 Handler = Callable[..., Awaitable[Response]]
 
 
@@ -135,8 +170,24 @@ def _choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None
     return value
 
 
+#: Seconds an operator token lookup is reused (a revoked token stops working within this time).
+TOKEN_CACHE_TTL_S = 5.0
+#: Most operator token lookups kept in the cache.
+TOKEN_CACHE_SIZE = 256
+#: Methods that change nothing: a UI session may call them without the CSRF header.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+#: Finds the staff member a request's browser session belongs to (the web UI installs one as
+#: ``app.state.staff_sessions``): (name, role), or None. Called in a worker thread.
+SessionLookup = Callable[[Request], "tuple[str, Role] | None"]
+
+
 class StaffAuth:
-    """Reviewer and admin bearer tokens, compared in constant time."""
+    """Who a staff request is: a reviewer or admin bearer token (``review.reviewer_tokens`` and
+    ``review.admin_tokens`` in the settings, compared in constant time; or an operator token made
+    in the UI or with ``seawall tokens create``, stored hashed), else a signed-in UI session (the
+    web UI's ``app.state.staff_sessions``; a request that changes something must carry the
+    session's CSRF token in ``X-CSRF-Token``)."""
 
     def __init__(self, settings: ReviewSettings) -> None:
         self._tokens: list[tuple[bytes, str, Role]] = [
@@ -146,24 +197,63 @@ class StaffAuth:
             (token.get_secret_value().encode(), name, "admin")
             for name, token in settings.admin_tokens.items()
         ]
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, tuple[float, tuple[str, Role] | None]] = OrderedDict()
 
-    def identify(self, authorization: str | None) -> tuple[str, Role] | None:
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        offered = token.strip().encode()
+    def _configured(self, token: str) -> tuple[str, Role] | None:
+        offered = token.encode()
         found: tuple[str, Role] | None = None
         for secret, name, role in self._tokens:
             if hmac.compare_digest(offered, secret):  # no early exit: timing says nothing
                 found = (name, role)
         return found
 
-    def require(self, request: Request, role: Role = "reviewer") -> str:
-        """The reviewer's or admin's name; 401 without a known token, 403 when an admin is needed."""
-        who = self.identify(request.headers.get("authorization"))
+    def _stored(self, store: Any, token: str) -> tuple[str, Role] | None:
+        """An operator token from the store (cached for TOKEN_CACHE_TTL_S)."""
+        key = operator_token_hash(token)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None and cached[0] > now:
+                return cached[1]
+        row = store.find_token(key, utc_now())
+        found: tuple[str, Role] | None = None
+        if row is not None and row.active and row.role in ("reviewer", "admin"):
+            found = (f"token:{row.name}", row.role)
+        with self._lock:
+            self._cache[key] = (now + TOKEN_CACHE_TTL_S, found)
+            self._cache.move_to_end(key)
+            while len(self._cache) > TOKEN_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return found
+
+    def _lookup(self, request: Request) -> tuple[str, Role] | None:
+        """The staff member of ``request`` (blocking: store lookups), or None."""
+        token = bearer_token(request.headers.get("authorization"))
+        if token is not None:
+            found = self._configured(token)
+            store = getattr(request.app.state, "store", None)
+            if found is None and store is not None and hasattr(store, "find_token"):
+                try:
+                    found = self._stored(store, token)
+                except SeawallError as exc:  # a store without the tokens table: settings tokens only
+                    log.warning("cannot look up an operator token: %s", exc)
+            return found
+        sessions: SessionLookup | None = getattr(request.app.state, "staff_sessions", None)
+        return sessions(request) if sessions is not None else None
+
+    async def identify(self, request: Request) -> tuple[str, Role] | None:
+        """(name, role) of the request's staff member, or None."""
+        return await asyncio.to_thread(self._lookup, request)
+
+    async def require(self, request: Request, role: Role = "reviewer") -> str:
+        """The reviewer's or admin's name; 401 without a known token or session, 403 when an
+        admin is needed."""
+        who = await self.identify(request)
         if who is None:
             raise AuthenticationError(
-                "This route needs a reviewer or admin token: 'Authorization: Bearer <token>'.",
+                "This route needs a reviewer or admin token ('Authorization: Bearer <token>') or a "
+                "signed-in web UI session (changes also need its X-CSRF-Token header).",
                 code="invalid_reviewer_token",
             )
         name, has = who
@@ -186,13 +276,20 @@ def add_review_routes(
             raise SeawallError("human review is not running")
         return found
 
-    async def app_tenant(request: Request) -> str | None:
-        """The calling app's tenant (its API key), or None when the app has no key check."""
+    async def app_caller(request: Request, purpose: KeyScope = "all") -> Caller | None:
+        """The calling app (its API key), or None when the app has no key check."""
         access = getattr(request.app.state, "access", None)
         if access is None:
             return None
-        caller = await asyncio.to_thread(access.authenticate, request.headers.get("authorization"))
-        return str(caller.tenant)
+        found: Caller = await asyncio.to_thread(
+            functools.partial(access.authenticate, purpose=purpose), request.headers.get("authorization")
+        )
+        return found
+
+    async def app_tenant(request: Request) -> str | None:
+        """The calling app's tenant (its API key), or None when the app has no key check."""
+        caller = await app_caller(request)
+        return None if caller is None else str(caller.tenant)
 
     # ------------------------------------------------------------------ public
 
@@ -232,7 +329,8 @@ def add_review_routes(
     @with_cors
     @_guarded
     async def feedback(request: Request) -> Response:
-        tenant = await app_tenant(request) or _default_tenant(request)
+        caller = await app_caller(request, "feedback")
+        tenant = str(caller.tenant) if caller is not None else _default_tenant(request)
         body = await read_json(request, MAX_BODY_BYTES, empty_ok=True)
         unknown = sorted(set(body) - {"response_id", "category", "comment", "contact", "user"})
         if unknown:
@@ -253,6 +351,7 @@ def add_review_routes(
             comment=_string(body, "comment") or "",
             contact=_string(body, "contact"),
             reporter=reporter,
+            source=_feedback_source(request, caller),
         )
         return json_response(
             {
@@ -270,7 +369,7 @@ def add_review_routes(
     @_guarded
     async def metrics(request: Request) -> Response:
         if not settings.metrics_public:
-            staff.require(request, "admin")
+            await staff.require(request, "admin")
         exposition = await asyncio.to_thread(review().metrics.exposition)
         return Response(exposition, media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -279,7 +378,7 @@ def add_review_routes(
     @app.get("/v1/seawall/reviews")
     @_guarded
     async def list_reviews(request: Request) -> Response:
-        name = staff.require(request)
+        name = await staff.require(request)
         limit, offset = _limit(request)
         status = _choice(request, "status", (*REVIEW_STATUSES, "all")) or "pending"
         items = await asyncio.to_thread(
@@ -297,7 +396,7 @@ def add_review_routes(
     @app.get("/v1/seawall/reviews/{review_id}")
     @_guarded
     async def get_review(review_id: str, request: Request) -> Response:
-        if staff.identify(request.headers.get("authorization")) is not None:
+        if await staff.identify(request) is not None:
             item = await asyncio.to_thread(review().get, review_id)
             return json_response(review().reviewer_view(item))
         tenant = await app_tenant(request)
@@ -306,14 +405,14 @@ def add_review_routes(
     @app.get("/v1/seawall/reviews/{review_id}/events")
     @_guarded
     async def review_events(review_id: str, request: Request) -> Response:
-        staff.require(request)
+        await staff.require(request)
         await asyncio.to_thread(review().get, review_id)
         return json_response({"object": "list", "data": await asyncio.to_thread(review().events, review_id)})
 
     @app.post("/v1/seawall/reviews/{review_id}/{action}")
     @_guarded
     async def act(review_id: str, action: str, request: Request) -> Response:
-        name = staff.require(request)
+        name = await staff.require(request)
         body = await read_json(request, MAX_BODY_BYTES, empty_ok=True)
         service = review()
         if action == "claim":
@@ -340,7 +439,7 @@ def add_review_routes(
     @app.get("/v1/seawall/reports")
     @_guarded
     async def list_reports(request: Request) -> Response:
-        staff.require(request)
+        await staff.require(request)
         limit, offset = _limit(request)
         found = await asyncio.to_thread(
             review().reports,
@@ -355,7 +454,7 @@ def add_review_routes(
     @app.get("/v1/seawall/reports/{report_id}")
     @_guarded
     async def get_report(report_id: str, request: Request) -> Response:
-        staff.require(request)
+        await staff.require(request)
         report = await asyncio.to_thread(review().get_report, report_id)
         view = review().report_view(report)
         view["events"] = await asyncio.to_thread(review().events, report_id)
@@ -364,12 +463,26 @@ def add_review_routes(
     @app.post("/v1/seawall/reports/{report_id}")
     @_guarded
     async def triage(report_id: str, request: Request) -> Response:
-        name = staff.require(request)
+        name = await staff.require(request)
         body = await read_json(request, MAX_BODY_BYTES, empty_ok=True)
         report = await asyncio.to_thread(
             review().triage, report_id, name, status=_string(body, "status"), note=_string(body, "note")
         )
         return json_response(review().report_view(report))
+
+
+def _feedback_source(request: Request, caller: Caller | None) -> str:
+    """What the feedback limit counts by: what the client cannot choose. The gateway's trusted
+    user header (set by the app's own server) when configured and sent, else the API key and the
+    client address."""
+    settings = getattr(request.app.state, "settings", None)
+    header = getattr(getattr(settings, "gateway", None), "trusted_user_header", None)
+    trusted = request.headers.get(header) if header else None
+    if trusted:
+        return f"user:{trusted}"
+    key = caller.key_id if caller is not None and caller.key_id else "-"
+    address = request.client.host if request.client is not None else "-"
+    return f"key:{key}|ip:{address}"
 
 
 def _default_tenant(request: Request) -> str:

@@ -30,7 +30,9 @@ with notes. Every change leaves an event (:meth:`events`).
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -98,6 +100,20 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z") if moment else None
 
 
+log = logging.getLogger("seawall.review")
+
+_TITLE_WARNED = threading.Event()
+
+
+def _warn_title_once() -> None:
+    if not _TITLE_WARNED.is_set():
+        _TITLE_WARNED.set()
+        log.warning(
+            "seawall.review.sources[].title is deprecated: send {'source', 'text'}, the shape of "
+            "seawall.documents (title is still read for now)"
+        )
+
+
 def parse_review_request(extension: Any, settings: ReviewSettings) -> ReviewRequest:
     """The ``seawall.review`` field, checked; 400 naming the field for every mistake."""
     where = f"seawall.{REVIEW_FIELD}"
@@ -123,16 +139,25 @@ def parse_review_request(extension: Any, settings: ReviewSettings) -> ReviewRequ
     sources: list[dict[str, str]] = []
     for index, source in enumerate(raw_sources):
         at = f"{where}.sources[{index}]"
+        # One shape with the documents of the extension field: {"source", "text"}. The older
+        # {"title", "text"} is still read (deprecated: logged once per process).
         if (
             not isinstance(source, dict)
             or not isinstance(source.get("text"), str)
+            or not isinstance(source.get("source", ""), str)
             or not isinstance(source.get("title", ""), str)
-            or set(source) - {"title", "text"}
+            or set(source) - {"source", "title", "text"}
+            or ("source" in source and "title" in source)
         ):
             raise InvalidRequestError(
-                f"{at} must be an object with a string 'text' and optional 'title'", param=at
+                f"{at} must be an object with a string 'text' and an optional string 'source' "
+                "(as the extension field's documents)",
+                param=at,
             )
-        sources.append({"title": source.get("title") or f"source {index + 1}", "text": source["text"]})
+        if "title" in source:
+            _warn_title_once()
+        label = source.get("source") or source.get("title") or f"source {index + 1}"
+        sources.append({"title": label, "text": source["text"]})
     notes = extension.get("notes")
     if notes is not None and not isinstance(notes, str):
         raise InvalidRequestError(f"'{where}.notes' must be a string", param=f"{where}.notes")
@@ -464,9 +489,12 @@ class ReviewService:
         comment: str = "",
         contact: str | None = None,
         reporter: str | None = None,
+        source: str | None = None,
     ) -> Report:
-        """Store a user's report, rate-limited per ``reporter``: the user's safety identifier (the
-        gateway's HMAC of the user id; the routes compute it), digested again before it is kept."""
+        """Store a user's report, rate-limited per ``source`` (what the client cannot choose: the
+        routes pass the API key and address, or a trusted user header), else per ``reporter``.
+        ``reporter``: the user's safety identifier (the gateway's HMAC of the user id; the routes
+        compute it), digested again before it is kept; it names the reporter's history."""
         if not response_id or len(response_id) > 200:
             raise InvalidRequestError(
                 "'response_id' is required (at most 200 characters)", param="response_id"
@@ -484,7 +512,8 @@ class ReviewService:
             raise InvalidRequestError("'contact' is at most 320 characters", param="contact")
         reporter_hash = _digest(tenant, reporter) if reporter else None
         limit = self.settings.feedback_limit
-        bucket = f"feedback:{tenant}:{reporter_hash or 'anonymous'}"
+        counted = _digest(tenant, source) if source else reporter_hash
+        bucket = f"feedback:{tenant}:{counted or 'anonymous'}"
         refusal = f"Too many reports: {limit.requests} per {limit.window_s} s."
         enforce(self.store, bucket, limit.requests, limit.window_s, self.clock(), refusal)
         request_id, review_id = self._resolve(response_id, tenant)

@@ -11,9 +11,16 @@ Callers:
 * ``anonymous`` — no credentials;
 * ``other_tenant`` — an app API key of another tenant than the data the request names;
 * ``own_tenant`` — an app API key of the tenant whose data the request names;
+* ``feedback_key`` — an app API key of the own tenant made with ``seawall keys create --scope
+  feedback``: a key meant only for user reports (a web page's report widget);
 * ``reviewer`` — a reviewer's bearer token (``review.reviewer_tokens``) and a reviewer's UI
   session (a local account or OIDC identity with the ``reviewer`` role);
 * ``admin`` — an admin's bearer token (``review.admin_tokens``) and an admin's UI session.
+
+Reviewers and admins reach the ``staff`` and ``admin`` routes with a UI session too (the session
+cookie is sent to the whole server; a request that changes something also needs the session's
+``X-CSRF-Token`` header), and with operator tokens made in the UI or with ``seawall tokens
+create`` (tests/test_ui_one_sign_in.py).
 
 Rules (what :data:`ANSWERS` spells out per caller):
 
@@ -22,11 +29,14 @@ Rules (what :data:`ANSWERS` spells out per caller):
                    OpenAPI schema and its docs page, static files
 ``app``            an app API key of any tenant, which then names the tenant of the request (401
                    without one when keys are required: ``gateway.require_api_key``, or as soon
-                   as any key exists). Staff tokens are not app keys (401).
+                   as any key exists). Staff tokens are not app keys (401). A feedback key: 403.
 ``app_own``        an app API key reads only what it made itself (a kept Responses API response):
-                   another key's or tenant's is 404, as if it did not exist; staff tokens 401
+                   another key's or tenant's is 404, as if it did not exist; staff tokens 401; a
+                   feedback key 403
+``feedback``       as ``app``, and a feedback key too (user reports)
 ``app_or_staff``   an app key sees its own tenant's items only (another tenant's are 404, as if
-                   they did not exist); reviewers and admins see every tenant's
+                   they did not exist); reviewers and admins see every tenant's; a feedback
+                   key 403
 ``staff``          reviewers and admins (bearer token); anyone else 401
 ``admin``          admins (bearer token); reviewers 403, anyone else 401
 ``ui_staff``       a reviewer's or admin's UI session; anyone else is sent to sign in (303)
@@ -43,32 +53,79 @@ from typing import Any, Literal
 
 from starlette.routing import BaseRoute, Mount, Route
 
-Rule = Literal["public", "app", "app_own", "app_or_staff", "staff", "admin", "ui_staff", "ui_admin"]
-Caller = Literal["anonymous", "other_tenant", "own_tenant", "reviewer", "admin"]
+Rule = Literal[
+    "public", "app", "app_own", "feedback", "app_or_staff", "staff", "admin", "ui_staff", "ui_admin"
+]
+Caller = Literal["anonymous", "other_tenant", "own_tenant", "feedback_key", "reviewer", "admin"]
 #: "ok": the route's own answer (the request is let through); "sign_in": 303 to /ui/login;
 #: a number: the status of the refusal.
 Answer = Literal["ok", "sign_in", 401, 403, 404]
 
-CALLERS: tuple[Caller, ...] = ("anonymous", "other_tenant", "own_tenant", "reviewer", "admin")
+CALLERS: tuple[Caller, ...] = ("anonymous", "other_tenant", "own_tenant", "feedback_key", "reviewer", "admin")
 
 #: The answer each caller gets from a route of each rule.
 ANSWERS: dict[Rule, dict[Caller, Answer]] = {
-    "public": {"anonymous": "ok", "other_tenant": "ok", "own_tenant": "ok", "reviewer": "ok", "admin": "ok"},
-    "app": {"anonymous": 401, "other_tenant": "ok", "own_tenant": "ok", "reviewer": 401, "admin": 401},
-    "app_own": {"anonymous": 401, "other_tenant": 404, "own_tenant": "ok", "reviewer": 401, "admin": 401},
+    "public": {
+        "anonymous": "ok",
+        "other_tenant": "ok",
+        "own_tenant": "ok",
+        "feedback_key": "ok",
+        "reviewer": "ok",
+        "admin": "ok",
+    },
+    "app": {
+        "anonymous": 401,
+        "other_tenant": "ok",
+        "own_tenant": "ok",
+        "feedback_key": 403,
+        "reviewer": 401,
+        "admin": 401,
+    },
+    "app_own": {
+        "anonymous": 401,
+        "other_tenant": 404,
+        "own_tenant": "ok",
+        "feedback_key": 403,
+        "reviewer": 401,
+        "admin": 401,
+    },
+    "feedback": {
+        "anonymous": 401,
+        "other_tenant": "ok",
+        "own_tenant": "ok",
+        "feedback_key": "ok",
+        "reviewer": 401,
+        "admin": 401,
+    },
     "app_or_staff": {
         "anonymous": 401,
         "other_tenant": 404,
         "own_tenant": "ok",
+        "feedback_key": 403,
         "reviewer": "ok",
         "admin": "ok",
     },
-    "staff": {"anonymous": 401, "other_tenant": 401, "own_tenant": 401, "reviewer": "ok", "admin": "ok"},
-    "admin": {"anonymous": 401, "other_tenant": 401, "own_tenant": 401, "reviewer": 403, "admin": "ok"},
+    "staff": {
+        "anonymous": 401,
+        "other_tenant": 401,
+        "own_tenant": 401,
+        "feedback_key": 401,
+        "reviewer": "ok",
+        "admin": "ok",
+    },
+    "admin": {
+        "anonymous": 401,
+        "other_tenant": 401,
+        "own_tenant": 401,
+        "feedback_key": 401,
+        "reviewer": 403,
+        "admin": "ok",
+    },
     "ui_staff": {
         "anonymous": "sign_in",
         "other_tenant": "sign_in",
         "own_tenant": "sign_in",
+        "feedback_key": "sign_in",
         "reviewer": "ok",
         "admin": "ok",
     },
@@ -76,6 +133,7 @@ ANSWERS: dict[Rule, dict[Caller, Answer]] = {
         "anonymous": "sign_in",
         "other_tenant": "sign_in",
         "own_tenant": "sign_in",
+        "feedback_key": "sign_in",
         "reviewer": 403,
         "admin": "ok",
     },
@@ -102,7 +160,7 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/seawall/notices"): "public",
     ("OPTIONS", "/v1/seawall/notices"): "public",
     ("OPTIONS", "/v1/feedback"): "public",
-    ("POST", "/v1/feedback"): "app",
+    ("POST", "/v1/feedback"): "feedback",
     # human review over the API
     ("GET", "/v1/seawall/reviews/{review_id}"): "app_or_staff",
     ("GET", "/v1/seawall/reviews"): "staff",
@@ -127,6 +185,8 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/ui/audit"): "ui_staff",
     ("GET", "/ui/audit/{request_id:str}"): "ui_staff",
     ("GET", "/ui/accounts"): "ui_admin",
+    ("POST", "/ui/tokens"): "ui_admin",
+    ("POST", "/ui/tokens/{token_id:str}/revoke"): "ui_admin",
     ("GET", "/ui/review"): "ui_staff",
     ("POST", "/ui/review"): "ui_staff",
     ("GET", "/ui/review/{review_id:str}"): "ui_staff",

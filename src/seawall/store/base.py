@@ -31,6 +31,7 @@ Responses API conversations stored to be continued (``store: true``; ``gateway.r
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ ReviewDecision = Literal["approve", "edit", "reject"]
 ReportCategory = Literal["harmful", "wrong", "biased", "privacy", "other"]
 #: Where a user report is in the triage queue.
 ReportStatus = Literal["new", "investigating", "resolved", "dismissed"]
+#: What an app API key may do: every app route, or user reports only (``seawall keys create --scope``).
+KeyScope = Literal["all", "feedback"]
 #: What became of a gateway request, as its audit record says (the gateway writes it; the
 #: dashboard, the audit search and the metrics read it).
 AuditOutcome = Literal[
@@ -74,6 +77,7 @@ RISK_LEVELS: tuple[RiskLevel, ...] = get_args(RiskLevel)
 REVIEW_STATUSES: tuple[ReviewStatus, ...] = get_args(ReviewStatus)
 REPORT_CATEGORIES: tuple[ReportCategory, ...] = get_args(ReportCategory)
 REPORT_STATUSES: tuple[ReportStatus, ...] = get_args(ReportStatus)
+KEY_SCOPES: tuple[KeyScope, ...] = get_args(KeyScope)
 AUDIT_OUTCOMES: tuple[AuditOutcome, ...] = get_args(AuditOutcome)
 
 
@@ -89,6 +93,8 @@ class ApiKey:
     created_at: datetime
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
+    #: What the key may do: ``all`` (every app route) or ``feedback`` (user reports only).
+    scope: KeyScope = "all"
 
     @property
     def active(self) -> bool:
@@ -356,10 +362,37 @@ class StoredResponse:
     response: dict[str, Any]
 
 
+def operator_token_hash(token: str) -> str:
+    """What the store keeps of an operator token (or a UI session token): its SHA-256, hex."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class OperatorToken:
+    """An operator's bearer token for the API and ``/metrics`` (made in the UI or with
+    ``seawall tokens create``), as stored: its SHA-256, never the token."""
+
+    id: str  # "tok_" + 12 hex characters; public
+    name: str  # what it is for, e.g. "prometheus"
+    role: str  # "reviewer" or "admin"
+    token_hash: str
+    prefix: str  # the token's first 8 characters, to recognise it in a list
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
 class KeyStore(Protocol):
     """App API keys, stored hashed."""
 
-    def create_key(self, name: str, tenant: str, key_hash: str, prefix: str) -> ApiKey:
+    def create_key(
+        self, name: str, tenant: str, key_hash: str, prefix: str, *, scope: KeyScope = "all"
+    ) -> ApiKey:
         """Store a new key's hash; the caller generated the key and shows it once.
         InvalidRequestError (``duplicate_key``) when the hash is stored already."""
         ...
@@ -562,10 +595,11 @@ class ReviewStore(Protocol):
         tenant: str | None = None,
         status: ReportStatus | None = None,
         category: ReportCategory | None = None,
+        reporter: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[Report]:
-        """Reports matching every filter, newest first."""
+        """Reports matching every filter (``reporter``: the stored reporter hash), newest first."""
         ...
 
     def triage_report(
@@ -635,6 +669,23 @@ class UIAccountStore(Protocol):
         """End every session of one person; how many."""
         ...
 
+    def create_token(self, token: OperatorToken) -> OperatorToken:
+        """Store a new operator token (its hash); InvalidRequestError when the hash is taken."""
+        ...
+
+    def list_tokens(self, *, include_revoked: bool = False) -> list[OperatorToken]:
+        """Operator tokens, oldest first; active ones only unless ``include_revoked``."""
+        ...
+
+    def revoke_token(self, token_id: str, now: datetime) -> OperatorToken:
+        """Revoke a token (idempotent: the first time stays); NotFoundError when unknown."""
+        ...
+
+    def find_token(self, token_hash: str, now: datetime) -> OperatorToken | None:
+        """The token with this hash (revoked ones too: the caller decides), touching
+        ``last_used_at`` at most once a minute."""
+        ...
+
 
 class ResponseStore(Protocol):
     """Responses API responses kept to be continued, until they expire."""
@@ -670,6 +721,7 @@ class Store(
 
 __all__ = [
     "AUDIT_OUTCOMES",
+    "KEY_SCOPES",
     "REPORT_CATEGORIES",
     "REPORT_STATUSES",
     "REVIEW_STATUSES",
@@ -686,8 +738,10 @@ __all__ = [
     "DeskCounts",
     "FilteredAnswer",
     "FlagRow",
+    "KeyScope",
     "KeyStore",
     "LedgerStore",
+    "OperatorToken",
     "OrgSummary",
     "OutcomeRow",
     "RateLimitResult",
@@ -709,4 +763,5 @@ __all__ = [
     "UserState",
     "UserStatus",
     "UserSummary",
+    "operator_token_hash",
 ]

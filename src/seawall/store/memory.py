@@ -35,6 +35,8 @@ from seawall.store.base import (
     DeskCounts,
     FilteredAnswer,
     FlagRow,
+    KeyScope,
+    OperatorToken,
     OrgSummary,
     OutcomeRow,
     RateLimitResult,
@@ -111,6 +113,7 @@ class MemoryData:
         self.accounts: dict[str, AccountRow] = {}
         self.sessions: dict[str, SessionRow] = {}
         self.responses: dict[str, StoredResponse] = {}
+        self.tokens: dict[str, OperatorToken] = {}  # id -> operator token
 
 
 class MemoryRole:
@@ -130,7 +133,9 @@ class MemoryRole:
 class MemoryKeys(MemoryRole):
     """App API keys, stored hashed."""
 
-    def create_key(self, name: str, tenant: str, key_hash: str, prefix: str) -> ApiKey:
+    def create_key(
+        self, name: str, tenant: str, key_hash: str, prefix: str, *, scope: KeyScope = "all"
+    ) -> ApiKey:
         key = ApiKey(
             id=f"key_{secrets.token_hex(6)}",
             name=name,
@@ -138,6 +143,7 @@ class MemoryKeys(MemoryRole):
             key_hash=key_hash,
             prefix=prefix,
             created_at=as_utc(self.data.clock()),
+            scope=scope,
         )
         with self.data.lock:
             if any(stored.key_hash == key_hash for stored in self.data.keys.values()):
@@ -672,6 +678,7 @@ class MemoryReview(MemoryRole):
         tenant: str | None = None,
         status: ReportStatus | None = None,
         category: ReportCategory | None = None,
+        reporter: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[Report]:
@@ -682,6 +689,7 @@ class MemoryReview(MemoryRole):
                 if (tenant is None or r.tenant == tenant)
                 and (status is None or r.status == status)
                 and (category is None or r.category == category)
+                and (reporter is None or r.reporter == reporter)
             ]
         # Newest first, ties by id (as SQL's ORDER BY created_at DESC, id).
         found.sort(key=lambda r: r.id)
@@ -854,6 +862,38 @@ class MemoryUIAccounts(MemoryRole):
             for token_hash in ended:
                 del self.data.sessions[token_hash]
         return len(ended)
+
+    def create_token(self, token: OperatorToken) -> OperatorToken:
+        stored = replace(token, created_at=as_utc(token.created_at))
+        with self.data.lock:
+            if any(t.token_hash == token.token_hash for t in self.data.tokens.values()):
+                raise InvalidRequestError("an operator token with this hash exists already")
+            self.data.tokens[stored.id] = stored
+        return stored
+
+    def list_tokens(self, *, include_revoked: bool = False) -> list[OperatorToken]:
+        with self.data.lock:
+            tokens = [t for t in self.data.tokens.values() if include_revoked or t.revoked_at is None]
+        return sorted(tokens, key=lambda t: (t.created_at, t.id))
+
+    def revoke_token(self, token_id: str, now: datetime) -> OperatorToken:
+        with self.data.lock:
+            token = self.data.tokens.get(token_id)
+            if token is None:
+                raise NotFoundError(f"no operator token with id {token_id!r}")
+            if token.revoked_at is None:
+                token = self.data.tokens[token_id] = replace(token, revoked_at=as_utc(now))
+        return token
+
+    def find_token(self, token_hash: str, now: datetime) -> OperatorToken | None:
+        now = as_utc(now)
+        with self.data.lock:
+            token = next((t for t in self.data.tokens.values() if t.token_hash == token_hash), None)
+            if token is None:
+                return None
+            if token.last_used_at is None or now - token.last_used_at >= TOUCH_EVERY:
+                token = self.data.tokens[token.id] = replace(token, last_used_at=now)
+        return token
 
 
 # ---------------------------------------------------------------------------------- the store

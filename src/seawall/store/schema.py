@@ -73,6 +73,7 @@ api_keys = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime(), nullable=True),
     Column("last_used_at", UTCDateTime(), nullable=True),
+    Column("scope", String(16), nullable=False, server_default="all"),
     UniqueConstraint("key_hash"),
     Index(None, "tenant", "created_at"),
 )
@@ -214,6 +215,7 @@ reports = Table(
     Index(None, "status", "created_at"),
     Index(None, "tenant", "status", "created_at"),
     Index(None, "response_id"),
+    Index(None, "reporter", "created_at"),
 )
 
 #: The web UI's accounts and sessions: tables of the store's database (created by migration
@@ -263,6 +265,22 @@ responses = Table(
     Index(None, "expires_at"),
 )
 
+
+ui_tokens = Table(
+    "ui_tokens",
+    ui_metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("token_hash", String(64), nullable=False),  # SHA-256 hex of the token
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("created_by", String(320), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    Column("last_used_at", UTCDateTime(), nullable=True),
+    UniqueConstraint("token_hash"),
+)
+
 __all__ = [
     "NAMING_CONVENTION",
     "UTCDateTime",
@@ -279,5 +297,6 @@ __all__ = [
     "ui_accounts",
     "ui_metadata",
     "ui_sessions",
+    "ui_tokens",
     "user_states",
 ]

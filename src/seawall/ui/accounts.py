@@ -10,7 +10,6 @@ changing its role takes effect at once.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from seawall.clock import Clock, utc_now
 from seawall.errors import InvalidRequestError, NotFoundError
-from seawall.store.base import AccountRow, SessionRow, UIAccountStore
+from seawall.store.base import AccountRow, OperatorToken, SessionRow, UIAccountStore, operator_token_hash
 from seawall.store.schema import ui_accounts, ui_sessions
 from seawall.store.schema import ui_metadata as metadata
 from seawall.ui.settings import ROLES, Role
@@ -30,12 +29,14 @@ from seawall.ui.settings import ROLES, Role
 Source = Literal["local", "oidc"]
 #: Account names: what people type at the sign-in form and the CLI.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
+#: How every operator token starts (to recognise one in a config file or a leak scanner).
+TOKEN_PREFIX = "swop-"
 #: ``last_seen_at`` is written at most this often per session.
 TOUCH_EVERY = timedelta(minutes=1)
 
 
 def _hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    return operator_token_hash(token)
 
 
 @dataclass(frozen=True)
@@ -233,9 +234,38 @@ class AccountStore:
         """End every session of one person (a disabled account, a new password); how many."""
         return self.records.end_sessions(subject, source)
 
+    # ------------------------------------------------------------------ operator tokens
+
+    def create_token(self, name: str, role: str, created_by: str) -> tuple[str, OperatorToken]:
+        """A new operator token (a bearer token for the API and /metrics with ``role``'s rights);
+        returns the token (shown once, never stored) and what the store keeps."""
+        name = name.strip()
+        if not 1 <= len(name) <= 200 or not name.isprintable():
+            raise InvalidRequestError("a token's name is 1-200 printable characters", param="name")
+        role = check_role(role)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        row = OperatorToken(
+            id=f"tok_{secrets.token_hex(6)}",
+            name=name,
+            role=role,
+            token_hash=operator_token_hash(token),
+            prefix=token[:8],
+            created_at=self.clock(),
+            created_by=created_by[:320],
+        )
+        return token, self.records.create_token(row)
+
+    def list_tokens(self, *, include_revoked: bool = False) -> list[OperatorToken]:
+        return self.records.list_tokens(include_revoked=include_revoked)
+
+    def revoke_token(self, token_id: str) -> OperatorToken:
+        """Revoke a token: every replica refuses it within seconds (NotFoundError when unknown)."""
+        return self.records.revoke_token(token_id, self.clock())
+
 
 __all__ = [
     "NAME_PATTERN",
+    "TOKEN_PREFIX",
     "Account",
     "AccountStore",
     "Session",

@@ -1,10 +1,14 @@
 """Who is signed in to the UI: the signed session cookie, CSRF tokens, and OIDC sign-in.
 
 * :class:`CookieSessions` — ASGI middleware keeping a small dict in one signed cookie
-  (itsdangerous; HttpOnly, SameSite=Lax, Secure over https, ``Path=/ui``). It carries the
+  (itsdangerous; HttpOnly, SameSite=Lax, Secure over https, ``Path=/``, so a signed-in admin
+  reaches ``/metrics`` and the review API with it too). It carries the
   session token (the session itself is a row in ``ui_sessions``), the CSRF token of the
   sign-in form and Authlib's OIDC state; it is the ``request.session`` Authlib expects.
 * :func:`current_session` — the live :class:`~seawall.ui.accounts.Session` of a request.
+* :class:`StaffSessions` — the same for the server's API routes (outside the UI's middleware):
+  a signed-in reviewer or admin may use what their bearer token could; a request that changes
+  something must carry the session's CSRF token in ``X-CSRF-Token``.
 * :func:`submitted_csrf` — the CSRF token a POST carries (header or form field; every POST must).
 * :class:`OIDCSignIn` — the authorization-code flow with PKCE through Authlib's Starlette
   client, and the e-mail → role allow-list.
@@ -16,6 +20,7 @@ import hmac
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -53,7 +58,7 @@ class CookieSessions:
     """
 
     def __init__(
-        self, app: ASGIApp, *, secret: bytes, max_age_s: int, secure: str = "auto", path: str = "/ui"
+        self, app: ASGIApp, *, secret: bytes, max_age_s: int, secure: str = "auto", path: str = "/"
     ) -> None:
         self.app = app
         self.serializer = URLSafeTimedSerializer(secret, salt="seawall.ui.session")
@@ -148,6 +153,43 @@ def current_session(request: Request, accounts: AccountStore, settings: UISettin
     return session
 
 
+class StaffSessions:
+    """The signed-in UI session of an API request (``app.state.staff_sessions`` of the review
+    routes): (name, role), or None. Blocking (store lookups): call it in a worker thread."""
+
+    def __init__(
+        self, secret: bytes, max_age_s: int, accounts: Callable[[], AccountStore], settings: UISettings
+    ) -> None:
+        self.serializer = URLSafeTimedSerializer(secret, salt="seawall.ui.session")
+        self.max_age_s = max_age_s
+        self.accounts = accounts
+        self.settings = settings
+
+    def __call__(self, request: Request) -> tuple[str, Role] | None:
+        raw = request.cookies.get(COOKIE)
+        if not raw:
+            return None
+        try:
+            data = self.serializer.loads(raw, max_age=self.max_age_s)
+        except BadSignature:
+            return None
+        token = data.get(SESSION_TOKEN) if isinstance(data, dict) else None
+        if not isinstance(token, str):
+            return None
+        session = self.accounts().session(token, idle_s=self.settings.session_idle_s)
+        if session is not None and session.source == "oidc":
+            oidc = self.settings.oidc
+            role = oidc.role_for(session.subject) if oidc is not None else None
+            session = replace(session, role=role) if role is not None else None
+        if session is None:
+            return None
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not tokens_match(
+            session.csrf_token, request.headers.get(CSRF_HEADER)
+        ):
+            return None  # a cookie alone never changes anything: a cross-site form cannot set the header
+        return session.subject, session.role
+
+
 def sign_in(request: Request, token: str) -> None:
     """Put a new session's token in the cookie: a fresh cookie (no fixation), no login CSRF."""
     request.session.clear()
@@ -235,6 +277,7 @@ __all__ = [
     "CookieSessions",
     "OIDCRefused",
     "OIDCSignIn",
+    "StaffSessions",
     "current_session",
     "login_csrf",
     "sign_in",

@@ -1,8 +1,11 @@
 """``seawall accounts``: the web UI's local accounts (create, list, disable, enable, set-role,
-set-password). They live in the store named in the settings, so every replica sees them."""
+set-password), and ``seawall tokens``: operator tokens for the review API and ``/metrics``
+(create, list, revoke; stored hashed). They live in the store named in the settings, so every
+replica sees them."""
 
 from __future__ import annotations
 
+import getpass
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -138,4 +141,73 @@ def set_password(
         console.print(f"password of {name} changed; its sessions are ended")
 
 
-__all__ = ["accounts_app"]
+# ---------------------------------------------------------------------------------- operator tokens
+
+tokens_app = typer.Typer(
+    help="Operator tokens (bearer tokens for the review API and /metrics): create, list, revoke.",
+    no_args_is_help=True,
+)
+
+
+def _print(headers: list[str], rows: list[list[str]]) -> None:
+    if out.is_terminal:
+        table = Table(*headers)
+        table.columns[0].no_wrap = True
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+        return
+    for line in [headers, *rows]:
+        print("\t".join(cell.replace("\t", " ") for cell in line))
+
+
+@tokens_app.command("create")
+def create_token(
+    name: Annotated[str, typer.Argument(help="What the token is for, e.g. 'prometheus'.")],
+    role: Annotated[str, typer.Option("--role", help="reviewer (the review API) or admin (also /metrics).")],
+    by: Annotated[str | None, typer.Option("--by", help="Who makes it (kept); default: your login.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Make a token. It is printed once, on stdout; only its hash is stored."""
+    _role(role)
+    with _open(config) as (_, accounts):
+        token, stored = accounts.create_token(name, role, by or getpass.getuser())
+        console.print(f"created {stored.id} ({stored.name}, {stored.role}); the token (shown once):")
+        out.print(token, markup=False, highlight=False)
+
+
+@tokens_app.command("list")
+def list_tokens(
+    all_tokens: Annotated[bool, typer.Option("--all", help="Include revoked tokens.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """List tokens (never the tokens themselves: their first characters)."""
+    with _open(config) as (_, accounts):
+        rows = [
+            [
+                t.id,
+                t.name,
+                t.role,
+                t.prefix + "…",
+                t.created_by,
+                _when(t.created_at),
+                _when(t.last_used_at),
+                _when(t.revoked_at),
+            ]
+            for t in accounts.list_tokens(include_revoked=all_tokens)
+        ]
+    _print(["id", "name", "role", "starts with", "made by", "created", "last used", "revoked"], rows)
+
+
+@tokens_app.command("revoke")
+def revoke_token(
+    token_id: Annotated[str, typer.Argument(help="The token's id (tok_…), from `seawall tokens list`.")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a token; every replica refuses it within seconds."""
+    with _open(config) as (_, accounts):
+        token = accounts.revoke_token(token_id)
+        console.print(f"revoked {token.id} ({token.name})")
+
+
+__all__ = ["accounts_app", "tokens_app"]

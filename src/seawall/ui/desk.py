@@ -15,7 +15,10 @@ route                                  role       what
 ``POST /ui/review``                    reviewer   bulk: reject or release (approve) the ticked items
                                                   with one reason
 ``GET /ui/reports``                    reviewer   user reports by status and category
-``GET /ui/reports/{id}``               reviewer   one report, its notes and trail (contact: admins)
+``GET /ui/reports/{id}``               reviewer   one report: the reported answer (or why it
+                                                  cannot be shown), the comment, the request's
+                                                  decisions and scores, the reporter's other
+                                                  reports, notes and trail (contact: admins)
 ``POST /ui/reports/{id}``              reviewer   add a note, move to investigating; closing
                                                   (resolved, dismissed) or reopening: admins
 =====================================  =========  ==========================================
@@ -69,6 +72,51 @@ SORTS = ("risk", "age", "domain")
 #: The kinds of hold reasons (``domain:health`` is of kind ``domain``).
 REASON_KINDS = ("domain", "declared", "flagged", "uncertain")
 REVIEW_ACTIONS = ("claim", "release", "approve", "edit", "reject", "break")
+#: The reporter's other reports shown on a report's page (newest first).
+HISTORY_LIMIT = 20
+
+
+def service_draft_text(item: ReviewItem) -> str:
+    """The text of a held answer's draft (its first choice)."""
+    for choice in item.draft.get("choices") or []:
+        if isinstance(choice, dict):
+            return text_of((choice.get("message") or {}).get("content"))
+    return ""
+
+
+def _conversation(record: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The messages an audit record kept (``gateway.audit_content``), as role and text."""
+    content = (record or {}).get("content")
+    messages = content.get("messages") if isinstance(content, dict) else None
+    return [
+        {"role": str(message.get("role", "?")), "text": text_of(message.get("content"), image=IMAGE)}
+        for message in messages or []
+        if isinstance(message, dict)
+    ]
+
+
+def reported_decisions(record: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """An audit record's decisions for the report page: step, action, categories and the top
+    scores, highest first."""
+    rows: list[dict[str, Any]] = []
+    for entry in (record or {}).get("decisions") or []:
+        if not isinstance(entry, dict):
+            continue
+        scores = sorted(
+            ((str(name), float(value)) for name, value in (entry.get("scores") or {}).items()),
+            key=lambda pair: -pair[1],
+        )
+        rows.append(
+            {
+                "step": str(entry.get("step", "?")),
+                "action": str(entry.get("action", "?")),
+                "categories": [str(c) for c in entry.get("categories") or []],
+                "scores": scores[:5],
+            }
+        )
+    return rows
+
+
 DONE = {
     "claim": "claimed",
     "release": "released",
@@ -524,9 +572,24 @@ class Desk:
     ) -> Response:
         service = self.service
         events = await run_in_threadpool(service.events, report.id)
-        has_audit = report.request_id is not None and await run_in_threadpool(
-            self.ui.store.audit_exists, report.request_id
+        record = (
+            await run_in_threadpool(self.ui.store.get_audit, report.request_id)
+            if report.request_id is not None
+            else None
         )
+        item = (
+            await run_in_threadpool(service.store.get_review, report.review_id) if report.review_id else None
+        )
+        answer, why_not = self._reported_answer(report, record, item)
+        history: list[Report] = []
+        if report.reporter is not None:
+            history = [
+                other
+                for other in await run_in_threadpool(
+                    lambda: service.store.list_reports(reporter=report.reporter, limit=HISTORY_LIMIT + 1)
+                )
+                if other.id != report.id
+            ][:HISTORY_LIMIT]
         if session.is_admin:
             choices = list(REPORT_STATUSES)
         elif report.status in CLOSED:
@@ -540,12 +603,46 @@ class Desk:
             page="reports",
             report=report,
             events=events,
-            has_audit=has_audit,
+            has_audit=record is not None,
+            record=record,
+            decisions=reported_decisions(record),
+            answer=answer,
+            why_not=why_not,
+            conversation=_conversation(record),
+            history=history,
+            history_counts={s: sum(1 for r in history if r.status == s) for s in REPORT_STATUSES},
             choices=choices,
             now=service.clock(),
             notice="Report updated." if notice == "updated" else None,
             error=error,
         )
+
+    def _reported_answer(
+        self, report: Report, record: dict[str, Any] | None, item: ReviewItem | None
+    ) -> tuple[str | None, str | None]:
+        """The answer the user reported, or None and the plain reason it cannot be shown."""
+        if item is not None:  # a held answer: the store keeps its draft (and any edit) for review
+            return item.edited_text or service_draft_text(item), None
+        if record is None:
+            if report.request_id is None:
+                return None, (
+                    f"The response id {report.response_id!r} is not one seawall gave out (seawall's ids "
+                    "start with chatcmpl-swreq-, swreq- or rev_), so no request is linked to it."
+                )
+            return None, (
+                f"There is no audit record of {report.request_id} in the store (it was not kept, "
+                "or it was removed)."
+            )
+        content = record.get("content")
+        if not isinstance(content, dict):
+            return None, (
+                "The audit record keeps no message text: gateway.audit_content is off, so only "
+                "the decisions and scores below are known."
+            )
+        answers = [text_of(a) for a in content.get("answer") or [] if a is not None]
+        if not answers:
+            return None, f"The request ended without an answer (outcome {record.get('outcome')})."
+        return "\n\n".join(answers), None
 
     async def triage(self, request: Request) -> Response:
         session = await self.ui.require(request)
@@ -577,6 +674,7 @@ __all__ = [
     "cut_off",
     "duration",
     "question",
+    "reported_decisions",
     "risk",
     "score_tables",
     "sort_queue",

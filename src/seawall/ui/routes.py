@@ -25,6 +25,7 @@ Anonymous requests are sent to the sign-in page; a reviewer asking for an admin 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -48,7 +49,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from seawall.errors import SeawallError
+from seawall.errors import InvalidRequestError, NotFoundError, SeawallError
 from seawall.gateway.risk import LADDER, RiskLedger
 from seawall.review.service import ReviewService
 from seawall.secret import load_or_create_secret
@@ -58,6 +59,7 @@ from seawall.store.base import (
     REPORT_STATUSES,
     RISK_LEVELS,
     AuditQuery,
+    OperatorToken,
     Store,
     UserState,
     UserSummary,
@@ -72,6 +74,7 @@ from seawall.ui.auth import (
     CookieSessions,
     OIDCRefused,
     OIDCSignIn,
+    StaffSessions,
     current_session,
     login_csrf,
     sign_in,
@@ -80,7 +83,7 @@ from seawall.ui.auth import (
 )
 from seawall.ui.desk import Desk, age, duration, question
 from seawall.ui.pages import Denied, SignInNeeded, form_field
-from seawall.ui.settings import Role, UISettings
+from seawall.ui.settings import ROLES, Role, UISettings
 
 log = logging.getLogger("seawall.ui")
 
@@ -203,6 +206,18 @@ def _hours(value: str) -> float:
     return hours
 
 
+#: Sign-in attempts of an account from one address (in the window) checked without a delay.
+FREE_ATTEMPTS = 3
+
+
+def login_delay(earlier: float, most: float) -> float:
+    """Seconds to wait before checking a sign-in attempt, after ``earlier`` attempts of the same
+    account from the same address in the window: none for the first :data:`FREE_ATTEMPTS`, then
+    1, 2, 4 ... seconds, at most ``most``."""
+    extra = math.floor(earlier + 1e-9) - FREE_ATTEMPTS
+    return 0.0 if extra < 0 else float(min(most, 2.0**extra))
+
+
 def _safe_next(value: str | None, base: str) -> str:
     """Where to go after signing in: only a path inside the UI (no open redirect)."""
     if value and value.startswith(base + "/") and not value.startswith("//") and "\\" not in value:
@@ -235,6 +250,8 @@ class UI:
         self.env.filters["duration"] = duration
         self.env.filters["question"] = question
         self.desk: Desk | None = None
+        #: The signed-in session of the server's API routes (set by :func:`build_ui_app`).
+        self.staff_sessions: StaffSessions | None = None
         from seawall import __version__
 
         self.env.globals["version"] = __version__
@@ -320,6 +337,8 @@ class UI:
 
     async def login_page(self, request: Request) -> Response:
         base = request.scope.get("root_path", "")
+        # A fresh server has no account yet: say how to make the first one.
+        first_run = self.ui.oidc is None and not await run_in_threadpool(self.accounts.list_accounts)
         return self.render(
             request,
             "login.html",
@@ -327,6 +346,7 @@ class UI:
             next=_safe_next(request.query_params.get(NEXT_URL), base),
             error=request.query_params.get("error"),
             name="",
+            first_run=first_run,
         )
 
     async def login(self, request: Request) -> Response:
@@ -347,6 +367,7 @@ class UI:
                 next=next_url,
                 error=error,
                 name=name,
+                first_run=False,
             )
 
         offered = form_field(form, CSRF_FIELD, limit=MAX_FIELD)
@@ -354,9 +375,12 @@ class UI:
             return again("The sign-in form expired. Please try again.", 403)
         if not name or not password:
             return again("Enter your account name and password.", 400)
+        # Counted per account name and source address: a stranger's guesses never lock the owner
+        # out from another address. Each attempt past the first few waits longer before it is checked.
+        address = request.client.host if request.client is not None else "-"
         hit = await run_in_threadpool(
             self.store.hit,
-            f"ui-login:{name.lower()}",
+            f"ui-login:{name.lower()}:{address}",
             self.ui.login_attempts,
             self.ui.login_window_s,
             datetime.now(UTC),
@@ -364,10 +388,13 @@ class UI:
         if not hit.allowed:
             retry = max(1, math.ceil(hit.retry_after_s))
             return again(
-                f"Too many sign-in attempts for this account. Try again in {retry} s.",
+                f"Too many sign-in attempts for this account from your address. Try again in {retry} s.",
                 429,
                 {"retry-after": str(retry)},
             )
+        delay = login_delay(hit.count - 1, self.ui.login_max_delay_s)
+        if delay > 0:
+            await asyncio.sleep(delay)
         account = await run_in_threadpool(self.accounts.verify, name, password[:1024])
         if account is None:
             log.info("UI sign-in refused for %r", name)
@@ -597,16 +624,57 @@ class UI:
             pretty=json.dumps(record, indent=2, ensure_ascii=False, sort_keys=True),
         )
 
-    async def accounts_page(self, request: Request) -> Response:
+    async def accounts_page(
+        self,
+        request: Request,
+        *,
+        status_code: int = 200,
+        new_token: tuple[str, OperatorToken] | None = None,
+        error: str | None = None,
+    ) -> Response:
         await self.require(request, "admin")
         accounts = await run_in_threadpool(self.accounts.list_accounts)
+        tokens = await run_in_threadpool(lambda: self.accounts.list_tokens(include_revoked=True))
+        done = request.query_params.get("done")
         return self.render(
             request,
             "accounts.html",
+            status_code,
             page="accounts",
             accounts=accounts,
+            tokens=tokens,
+            new_token=new_token,
+            notice="Token revoked." if done == "revoked" else None,
+            error=error,
+            roles=ROLES,
             oidc=self.ui.oidc,
         )
+
+    async def token_create(self, request: Request) -> Response:
+        """Make an operator token (shown once, on the page this answers)."""
+        session = await self.require(request, "admin")
+        await self.check_csrf(request, session)
+        form = await request.form()
+        name = form_field(form, "name", limit=MAX_FIELD)
+        role = form_field(form, "role", limit=20)
+        try:
+            made = await run_in_threadpool(self.accounts.create_token, name, role, session.subject)
+        except InvalidRequestError as exc:
+            return await self.accounts_page(request, status_code=400, error=exc.message)
+        log.info("UI: %s made operator token %s (%s, %s)", session.subject, made[1].id, made[1].name, role)
+        return await self.accounts_page(request, status_code=201, new_token=made)
+
+    async def token_revoke(self, request: Request) -> Response:
+        session = await self.require(request, "admin")
+        await self.check_csrf(request, session)
+        token_id = request.path_params["token_id"][:40]
+        try:
+            await run_in_threadpool(self.accounts.revoke_token, token_id)
+        except NotFoundError:
+            raise Denied(f"There is no operator token {token_id!r}.", 404) from None
+        log.info("UI: %s revoked operator token %s", session.subject, token_id)
+        base = request.scope.get("root_path", "")
+        return RedirectResponse(f"{base}/accounts?done=revoked", status_code=303)
 
 
 async def widget(request: Request) -> Response:
@@ -656,6 +724,8 @@ def build_ui_app(
         Route("/audit", view.audit, methods=["GET"], name="audit"),
         Route("/audit/{request_id:str}", view.audit_detail, methods=["GET"], name="audit_detail"),
         Route("/accounts", view.accounts_page, methods=["GET"], name="accounts"),
+        Route("/tokens", view.token_create, methods=["POST"], name="token_create"),
+        Route("/tokens/{token_id:str}/revoke", view.token_revoke, methods=["POST"], name="token_revoke"),
         Route("/review", desk.queue, methods=["GET"], name="review_queue"),
         Route("/review", desk.bulk, methods=["POST"], name="review_bulk"),
         Route("/review/{review_id:str}", desk.item, methods=["GET"], name="review_item"),
@@ -683,6 +753,7 @@ def build_ui_app(
         },
     )
     app.state.ui = view
+    view.staff_sessions = StaffSessions(secret, ui.session_max_age_s, lambda: view.accounts, ui)
     return app, view
 
 
@@ -711,6 +782,8 @@ def add_ui_routes(
 
     app.add_route("/ui", to_ui, include_in_schema=False)
     app.mount("/ui", ui_app, name="ui")
+    # A signed-in reviewer or admin may use the review API and /metrics as their token could.
+    app.state.staff_sessions = view.staff_sessions
     original = app.router.lifespan_context
 
     @asynccontextmanager

@@ -108,9 +108,20 @@ class UISettings(BaseModel):
         ),
     )
     login_attempts: int = Field(
-        10, ge=1, description="Password sign-in attempts allowed per account name in login_window_s."
+        10,
+        ge=1,
+        description="Password sign-in attempts allowed per account name and source address in "
+        "login_window_s (so an attacker elsewhere cannot lock the owner out).",
     )
     login_window_s: int = Field(900, ge=1, description="The window of login_attempts, in seconds.")
+    login_max_delay_s: float = Field(
+        8.0,
+        ge=0,
+        le=60,
+        description="Longest progressive delay before a sign-in attempt is checked: none for the first "
+        "3 attempts of an account from an address in login_window_s, then 1, 2, 4 ... s up to this "
+        "(0: no delays).",
+    )
     min_password_length: int = Field(12, ge=8, description="Shortest password `seawall accounts` accepts.")
     page_size: int = Field(50, ge=5, le=500, description="Rows per page of the audit search.")
     oidc: OIDCSettings | None = Field(None, description="OIDC sign-in; None: local accounts only.")

@@ -6,14 +6,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from dataclasses import asdict, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Row, delete, insert, inspect, select, update
 
 from seawall.errors import InvalidRequestError, NotFoundError, StoreError
-from seawall.store.base import AccountRow, SessionRow
-from seawall.store.schema import ui_accounts, ui_sessions
+from seawall.store.base import AccountRow, OperatorToken, SessionRow
+from seawall.store.schema import ui_accounts, ui_sessions, ui_tokens
 from seawall.store.sql.database import SqlRole, store_errors
 
 
@@ -27,6 +28,14 @@ def _account(row: Row[Any]) -> AccountRow:
         disabled_at=row.disabled_at,
         last_login_at=row.last_login_at,
     )
+
+
+#: ``find_token`` writes last_used_at only when the stored value is older than this.
+TOKEN_TOUCH_EVERY = timedelta(minutes=1)
+
+
+def _token(row: Row[Any]) -> OperatorToken:
+    return OperatorToken(**{column.name: row._mapping[column.name] for column in ui_tokens.columns})
 
 
 def _session_values(session: SessionRow) -> dict[str, Any]:
@@ -58,7 +67,7 @@ class SqlUIAccounts(SqlRole):
         engine = self.db.engine
         with self._check_lock, store_errors(engine, "looking for the UI's tables"):
             present = set(inspect(engine).get_table_names())
-            missing = sorted({ui_accounts.name, ui_sessions.name} - present)
+            missing = sorted({ui_accounts.name, ui_sessions.name, ui_tokens.name} - present)
             if missing:
                 raise StoreError(
                     f"the store has no {' or '.join(missing)} table: run `seawall db upgrade` "
@@ -177,6 +186,55 @@ class SqlUIAccounts(SqlRole):
                 delete(ui_sessions).where(ui_sessions.c.subject == subject, ui_sessions.c.source == source)
             )
         return int(done.rowcount)
+
+    # ------------------------------------------------------------------ operator tokens
+
+    def create_token(self, token: OperatorToken) -> OperatorToken:
+        try:
+            with self._ui("creating an operator token", write=True) as connection:
+                taken = connection.execute(
+                    select(ui_tokens.c.id).where(ui_tokens.c.token_hash == token.token_hash)
+                ).first()
+                if taken:
+                    raise InvalidRequestError("an operator token with this hash exists already")
+                connection.execute(insert(ui_tokens).values(**asdict(token)))
+        except StoreError:
+            if self.find_token(token.token_hash, token.created_at) is not None:
+                raise InvalidRequestError("an operator token with this hash exists already") from None
+            raise
+        return token
+
+    def list_tokens(self, *, include_revoked: bool = False) -> list[OperatorToken]:
+        query = select(ui_tokens).order_by(ui_tokens.c.created_at, ui_tokens.c.id)
+        if not include_revoked:
+            query = query.where(ui_tokens.c.revoked_at.is_(None))
+        with self._ui("listing operator tokens") as connection:
+            return [_token(row) for row in connection.execute(query)]
+
+    def revoke_token(self, token_id: str, now: datetime) -> OperatorToken:
+        with self._ui("revoking an operator token", write=True) as connection:
+            row = connection.execute(select(ui_tokens).where(ui_tokens.c.id == token_id)).first()
+            if row is None:
+                raise NotFoundError(f"no operator token with id {token_id!r}")
+            token = _token(row)
+            if token.revoked_at is None:
+                connection.execute(update(ui_tokens).where(ui_tokens.c.id == token_id).values(revoked_at=now))
+                token = replace(token, revoked_at=now)
+        return token
+
+    def find_token(self, token_hash: str, now: datetime) -> OperatorToken | None:
+        with self._ui("looking up an operator token") as connection:
+            row = connection.execute(select(ui_tokens).where(ui_tokens.c.token_hash == token_hash)).first()
+        if row is None:
+            return None
+        token = _token(row)
+        if token.last_used_at is None or now - token.last_used_at >= TOKEN_TOUCH_EVERY:
+            with self._ui("touching an operator token", write=True) as connection:
+                connection.execute(
+                    update(ui_tokens).where(ui_tokens.c.id == token.id).values(last_used_at=now)
+                )
+            token = replace(token, last_used_at=now)
+        return token
 
 
 __all__ = ["SqlUIAccounts"]

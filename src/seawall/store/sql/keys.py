@@ -11,7 +11,7 @@ from sqlalchemy import Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from seawall.errors import InvalidRequestError, NotFoundError
-from seawall.store.base import ApiKey
+from seawall.store.base import ApiKey, KeyScope
 from seawall.store.schema import api_keys
 from seawall.store.sql.database import SqlRole
 
@@ -29,13 +29,16 @@ def _key(row: Row[Any]) -> ApiKey:
         created_at=row.created_at,
         revoked_at=row.revoked_at,
         last_used_at=row.last_used_at,
+        scope=row.scope,
     )
 
 
 class SqlKeys(SqlRole):
     """App API keys, stored hashed."""
 
-    def create_key(self, name: str, tenant: str, key_hash: str, prefix: str) -> ApiKey:
+    def create_key(
+        self, name: str, tenant: str, key_hash: str, prefix: str, *, scope: KeyScope = "all"
+    ) -> ApiKey:
         """Store a new key's hash; the caller generated the key and shows it once."""
         key = ApiKey(
             id=f"key_{secrets.token_hex(6)}",
@@ -44,6 +47,7 @@ class SqlKeys(SqlRole):
             key_hash=key_hash,
             prefix=prefix,
             created_at=self.db.clock(),
+            scope=scope,
         )
         with self.db.transaction("creating an API key", write=True) as connection:
             try:
@@ -55,6 +59,7 @@ class SqlKeys(SqlRole):
                         key_hash=key_hash,
                         prefix=prefix,
                         created_at=key.created_at,
+                        scope=scope,
                     )
                 )
             except IntegrityError:

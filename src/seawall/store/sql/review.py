@@ -348,6 +348,7 @@ class SqlReview(SqlRole):
         tenant: str | None = None,
         status: ReportStatus | None = None,
         category: ReportCategory | None = None,
+        reporter: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[Report]:
@@ -360,6 +361,8 @@ class SqlReview(SqlRole):
             query = query.where(columns.status == status)
         if category is not None:
             query = query.where(columns.category == category)
+        if reporter is not None:
+            query = query.where(columns.reporter == reporter)
         with self.db.transaction("listing user reports") as connection:
             return [_report(row) for row in connection.execute(query)]
 
