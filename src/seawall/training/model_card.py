@@ -204,6 +204,13 @@ def _language_weaknesses(evaluation: dict[str, Any] | None) -> list[str]:
                 f"  the translated suites more than 0.05 below English's {english}): {', '.join(weak)}.",
                 "  Read a low score in these languages as weaker evidence of safety than in English.",
             ]
+    if (evaluation or {}).get("multilingual_holdout"):
+        lines += [
+            "* The multilingual stage was measured mostly on authored text. On real comment text it",
+            "  transferred poorly (the hold-out table in 'Multilingual stage': near chance on French",
+            "  tweets, weak on Portuguese ones, and joining it to the shipped stages lowered their AUPRC",
+            "  there); turn it off (`moderation.multilingual: off`) where such text dominates.",
+        ]
     lines += [
         "* Other languages — Arabic, Chinese, Korean, Hindi, Russian and the rest — are judged only",
         "  through character n-grams learned from a few hate/toxicity sets (the multilingual stage's",
