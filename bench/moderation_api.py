@@ -8,10 +8,12 @@ Starts ``seawall serve`` as a subprocess on a free loopback port and prints:
 * the server's resident memory (RSS) after the runs;
 
 once per ``moderation.contextual`` mode asked for (default: ``auto``, the default, then ``off``,
-the fast stage alone). Sequential latency is given for one fixed short text and for a mix of
-eight ordinary texts, since in ``auto`` only texts the fast stage is unsure of pay for the encoder.
+the fast stage alone). Sequential latency is given for one fixed short text, for one short
+Spanish text (the multilingual stage reads it, when the ``multilingual`` extra is installed),
+and for a mix of eight ordinary texts, since in ``auto`` only texts the fast stage is unsure of
+pay for the encoder. ``--multilingual`` sets ``moderation.multilingual`` for the server.
 
-Usage: python bench/moderation_api.py [--seconds N] [--contextual auto off on]
+Usage: python bench/moderation_api.py [--seconds N] [--contextual auto off on] [--multilingual auto off]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 import httpx
 
 SHORT = "I swear I'll find you after school and make you regret it"
+SHORT_ES = "Te juro que te encuentro a la salida del colegio y te vas a arrepentir"
 TEXTS = [
     "Can you help me write a birthday message for my grandmother?",
     "You are a worthless idiot and everyone hates you",
@@ -136,25 +139,40 @@ def main() -> None:
         choices=["auto", "on", "off"],
         help="modes to measure",
     )
+    parser.add_argument(
+        "--multilingual",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="moderation.multilingual for the server (default auto: on when the extra is installed)",
+    )
     args = parser.parse_args()
 
     for mode in args.contextual:
-        measure(mode, args.seconds)
+        measure(mode, args.seconds, args.multilingual)
 
 
-def measure(mode: str, seconds: float) -> None:
+def measure(mode: str, seconds: float, multilingual: str = "auto") -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "SEAWALL_SERVER__LOG_LEVEL": "warning", "SEAWALL_MODERATION__CONTEXTUAL": mode}
+    env = {
+        **os.environ,
+        "SEAWALL_SERVER__LOG_LEVEL": "warning",
+        "SEAWALL_MODERATION__CONTEXTUAL": mode,
+        "SEAWALL_MODERATION__MULTILINGUAL": multilingual,
+    }
     command = [sys.executable, "-m", "seawall", "serve", "--port", str(port)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_ready(base, process)
         print(
             f"[contextual {mode}] server pid {process.pid}, cores {os.cpu_count()}, "
-            f"RSS after start {rss_mb(process.pid):.0f} MB"
+            f"multilingual {multilingual}, RSS after start {rss_mb(process.pid):.0f} MB"
         )
-        for name, texts in (("one short text", [SHORT]), ("a mix of 8 ordinary texts", TEXTS)):
+        for name, texts in (
+            ("one short text", [SHORT]),
+            ("one short Spanish text", [SHORT_ES]),
+            ("a mix of 8 ordinary texts", TEXTS),
+        ):
             timings = sequential_latency(base, seconds, texts)
             quantiles = statistics.quantiles(timings, n=100)
             print(

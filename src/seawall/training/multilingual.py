@@ -1,0 +1,352 @@
+"""Training the multilingual stage: a head over multilingual-e5 vectors (see ``seawall.model.multilingual``).
+
+Rows: the Spanish, German, French, Portuguese and Italian rows of the public sets
+(``mhc``, the French ``mlma`` tweets, ``told_br``), the project's authored multilingual rows,
+and a per-source sample of the English training rows (so categories that only English data
+teaches — self-harm, sexual, violence requests — carry over through e5's shared space).
+Each row is embedded as the fast stage's first window (the words the stage reads at run
+time), with the vectors cached on disk (e5 runs at about 20–30 texts/s on 2 cores).
+
+The head is one hidden ReLU layer shared by every label (the contextual stage's
+``fit_hidden_head``); each label's threshold is tuned on a grouped dev split and mapped to
+0.5 at run time. ``holdout`` leaves whole sources out and scores them (the honest figure
+for real, non-authored text in these languages).
+
+Usage: python -m seawall.training.multilingual [--data ../shared/data] [--out DIR] [--cache DIR]
+[--holdout SOURCE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from seawall.categories import ALL_LABELS, CATEGORIES
+from seawall.errors import DataError
+from seawall.metrics import average_precision
+from seawall.model.classifier import anchor, sigmoid
+from seawall.model.features import FeatureConfig, Featurizer
+from seawall.model.multilingual import LANGUAGES, MULTILINGUAL_FILE, E5Encoder, detect_language
+from seawall.training.contextual import context_sample, context_text, fit_hidden_head
+from seawall.training.datasets import TRAINING_SOURCES, Example, authored, load_sources
+from seawall.training.embedding_cache import EmbeddingCache
+from seawall.training.model_card import record_evaluation
+
+Progress = Callable[[str], None]
+
+#: English rows per source (a deterministic sample) learned next to the multilingual rows.
+ENGLISH_ROWS_PER_SOURCE = 40
+#: Rows per public multilingual source (a deterministic sample; embedding is the slow part).
+MULTILINGUAL_ROWS_PER_SOURCE = 1200
+#: Public sources with rows in the stage's languages.
+MULTILINGUAL_SOURCES = ("mhc", "mlma", "told_br")
+_MHC_LANGUAGES = {"spanish": "es", "german": "de", "french": "fr", "portuguese": "pt", "italian": "it"}
+HIDDEN = 256
+#: Texts per cache shard (and progress line): e5 is slow on a CPU, so progress is kept often.
+E5_SHARD = 256
+DEV_FRACTION = 0.15
+#: A label needs this many training positives to be fitted (the others never score here).
+MIN_POSITIVES = 20
+SEED = 0
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "seawall" / "e5"
+
+
+def row_language(row: Example, featurizer: Featurizer) -> str | None:
+    """The row's language among ``LANGUAGES`` (mhc says it in its file name; others by the gate)."""
+    if row.source == "mhc":
+        for name, code in _MHC_LANGUAGES.items():
+            if f"_{name}." in row.group:
+                return code
+        return None
+    return detect_language(featurizer.words(row.text)[: featurizer.config.window_words])
+
+
+def _rank(row: Example) -> str:
+    return hashlib.sha1(f"{SEED}|{row.source}|{row.text}".encode()).hexdigest()
+
+
+def stage_rows(
+    data_dir: Path,
+    authored_dir: Path | None,
+    featurizer: Featurizer,
+    progress: Progress,
+    limit_per_source: int | None = None,
+) -> tuple[list[Example], list[str]]:
+    """The rows the stage learns from and each row's language ("en" for the English sample).
+
+    ``limit_per_source`` (quick runs and tests) caps every source and scales the samples down.
+    """
+    from seawall.training.train import merge_duplicates
+
+    rows = load_sources(
+        data_dir, TRAINING_SOURCES, lambda name, count: progress(f"loaded {name}: {count} rows")
+    )
+    if authored_dir is not None:
+        rows.extend(authored(authored_dir))
+    multilingual_cap, english_cap = MULTILINGUAL_ROWS_PER_SOURCE, ENGLISH_ROWS_PER_SOURCE
+    if limit_per_source:
+        per_source: dict[str, list[Example]] = {}
+        for row in rows:
+            per_source.setdefault(row.source, []).append(row)
+        rows = [row for group in per_source.values() for row in sorted(group, key=_rank)[:limit_per_source]]
+        multilingual_cap = min(multilingual_cap, max(1, limit_per_source // 2))
+        english_cap = min(english_cap, max(1, limit_per_source // 20))
+    rows = merge_duplicates(rows)
+    languages = [
+        row_language(row, featurizer) if row.source in MULTILINGUAL_SOURCES else None for row in rows
+    ]
+    chosen: list[Example] = []
+    chosen_languages: list[str] = []
+    by_source: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        lang = languages[index]
+        if row.source == "authored/multilingual":
+            chosen.append(row)
+            chosen_languages.append(detect_language(featurizer.words(row.text)) or "xx")
+        elif row.source in MULTILINGUAL_SOURCES and lang is not None:
+            by_source.setdefault(row.source, []).append(index)
+    for indices in by_source.values():
+        indices.sort(key=lambda i: _rank(rows[i]))
+        for i in indices[:multilingual_cap]:
+            chosen.append(rows[i])
+            chosen_languages.append(str(languages[i]))
+    english = [
+        row
+        for row in rows
+        if row.source not in MULTILINGUAL_SOURCES
+        and row.source != "authored/multilingual"
+        and detect_language(featurizer.words(row.text)[: featurizer.config.window_words]) is None
+    ]
+    for i in context_sample(english, english_cap):
+        chosen.append(english[i])
+        chosen_languages.append("en")
+    counts: dict[str, int] = {}
+    for lang in chosen_languages:
+        counts[lang] = counts.get(lang, 0) + 1
+    progress(f"multilingual stage rows: {len(chosen)} ({counts})")
+    return chosen, chosen_languages
+
+
+@dataclass
+class MultilingualFit:
+    hidden_weights: NDArray[np.float32]
+    hidden_bias: NDArray[np.float32]
+    weights: NDArray[np.float32]
+    bias: NDArray[np.float32]
+    thresholds: NDArray[np.float32]
+    fitted: NDArray[np.bool_]
+    report: dict[str, Any]
+    #: The rows of the held-out sources (scored in the report).
+    held_out: list[Example] = field(default_factory=list)
+
+    def scores(self, vectors: NDArray[np.float32]) -> NDArray[np.float32]:
+        hidden = np.maximum(vectors @ self.hidden_weights + self.hidden_bias, np.float32(0))
+        raw = sigmoid(np.asarray(hidden @ self.weights + self.bias, dtype=np.float32))
+        return np.where(self.fitted, anchor(raw, self.thresholds), np.float32(0)).astype(np.float32)
+
+
+def _labels(rows: Sequence[Example]) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    truth = np.array([[label in row.labels for label in ALL_LABELS] for row in rows], dtype=bool)
+    unknown = np.array([[label in row.unknown for label in ALL_LABELS] for row in rows], dtype=bool)
+    return truth, unknown
+
+
+def figures(truth: NDArray[np.bool_], scores: NDArray[np.float32]) -> dict[str, float]:
+    """Any-category AUPRC, recall and false-positive rate at 0.5 (the calibrated flag)."""
+    categories = slice(0, len(CATEGORIES))
+    harmful: NDArray[np.bool_] = np.asarray(truth[:, categories].any(axis=1), dtype=bool)
+    worst = scores[:, categories].max(axis=1)
+    flagged = worst >= 0.5
+    return {
+        "rows": len(truth),
+        "positives": int(harmful.sum()),
+        "any_auprc": round(average_precision(harmful, worst), 4) if harmful.any() else float("nan"),
+        "recall": round(float(flagged[harmful].mean()), 4) if harmful.any() else float("nan"),
+        "false_positive_rate": round(float(flagged[~harmful].mean()), 4)
+        if (~harmful).any()
+        else float("nan"),
+    }
+
+
+def fit_stage(
+    rows: Sequence[Example],
+    languages: Sequence[str],
+    vectors: NDArray[np.float32],
+    progress: Progress,
+    holdout: Sequence[str] = (),
+) -> MultilingualFit:
+    """Head on the train split, thresholds on the dev split; ``holdout`` sources are left out and scored."""
+    from seawall.training.train import calibrated_threshold, is_dev, source_balanced_weights
+
+    truth, unknown = _labels(rows)
+    held = np.array([row.source in holdout for row in rows], dtype=bool)
+    dev = np.array([is_dev(row.group, DEV_FRACTION) for row in rows], dtype=bool) & ~held
+    train = ~dev & ~held
+    train_rows = [row for row, keep in zip(rows, train, strict=True) if keep]
+    weight = source_balanced_weights(train_rows, MULTILINGUAL_ROWS_PER_SOURCE)
+    fitted_labels = [i for i in range(len(ALL_LABELS)) if truth[train, i].sum() >= MIN_POSITIVES]
+    # e5's vectors crowd into a narrow cone (cosines of unrelated texts sit near 0.8): the head
+    # learns from standardised vectors, and the standardisation is folded into its first layer.
+    mean = vectors[train].mean(axis=0)
+    scale = vectors[train].std(axis=0) + np.float32(1e-6)
+    hidden_weights, hidden_bias, weights, bias = fit_hidden_head(
+        (vectors[train] - mean) / scale, truth[train], weight, unknown[train], fitted_labels, HIDDEN
+    )
+    hidden_weights = np.asarray(hidden_weights / scale[:, None], dtype=np.float32)
+    hidden_bias = np.asarray(hidden_bias - mean @ hidden_weights, dtype=np.float32)
+    hidden_dev = np.maximum(vectors[dev] @ hidden_weights + hidden_bias, np.float32(0))
+    raw_dev = sigmoid(np.asarray(hidden_dev @ weights + bias, dtype=np.float32))
+    thresholds = np.full(len(ALL_LABELS), 0.5, dtype=np.float32)
+    for i in fitted_labels:
+        known = ~unknown[dev, i]
+        if truth[dev][known, i].any():
+            thresholds[i] = calibrated_threshold(truth[dev][known, i], raw_dev[known, i])
+    fitted = np.zeros(len(ALL_LABELS), dtype=bool)
+    fitted[fitted_labels] = True
+    fit = MultilingualFit(hidden_weights, hidden_bias, weights, bias, thresholds, fitted, {})
+    dev_scores = fit.scores(vectors[dev])
+    lang_array = np.asarray(languages)
+    report: dict[str, Any] = {
+        "rows": {"train": int(train.sum()), "dev": int(dev.sum()), "held_out": int(held.sum())},
+        "fitted_labels": [ALL_LABELS[i] for i in fitted_labels],
+        "dev": {
+            lang: figures(truth[dev][lang_array[dev] == lang], dev_scores[lang_array[dev] == lang])
+            for lang in ("en", *LANGUAGES)
+            if (lang_array[dev] == lang).any()
+        },
+    }
+    if held.any():
+        report["held_out"] = {
+            "sources": list(holdout),
+            "head_alone": figures(truth[held], fit.scores(vectors[held])),
+        }
+    progress(f"multilingual head: {json.dumps(report)}")
+    fit.report = report
+    fit.held_out = [row for row, keep in zip(rows, held, strict=True) if keep]
+    return fit
+
+
+def write_stage(fit: MultilingualFit, out_dir: Path) -> Path:
+    path = out_dir / MULTILINGUAL_FILE
+    np.savez_compressed(
+        path,
+        labels=np.array(json.dumps(list(ALL_LABELS))),
+        hidden_weights=fit.hidden_weights.astype(np.float16),
+        hidden_bias=fit.hidden_bias.astype(np.float32),
+        weights=fit.weights.astype(np.float32),
+        bias=fit.bias.astype(np.float32),
+        thresholds=fit.thresholds.astype(np.float32),
+        fitted=fit.fitted,
+        report=np.array(json.dumps(fit.report)),
+    )
+    return path
+
+
+def train_stage(
+    data_dir: Path,
+    authored_dir: Path | None,
+    out_dir: Path | None,
+    cache_dir: Path,
+    features: FeatureConfig,
+    progress: Progress = print,
+    holdout: Sequence[str] = (),
+    limit_per_source: int | None = None,
+) -> MultilingualFit:
+    """Load the rows, embed them (cached), fit the head; write ``multilingual.npz`` when ``out_dir`` is given
+    (its training figures go to the artefacts' ``evaluation.json`` and model card)."""
+    started = time.time()
+    unknown = set(holdout) - {*TRAINING_SOURCES, "authored/multilingual"}
+    if unknown:
+        raise DataError(f"unknown sources to hold out: {sorted(unknown)}")
+    featurizer = Featurizer(features)
+    rows, languages = stage_rows(data_dir, authored_dir, featurizer, progress, limit_per_source)
+    texts = [context_text(featurizer, row.text) for row in rows]
+    cache = EmbeddingCache(cache_dir, E5Encoder(), E5_SHARD)
+    todo = len(cache.missing(texts))
+    progress(f"embedding {todo} new texts with multilingual-e5 (cached: {len(cache)}) into {cache_dir}")
+    cache.fill(texts, lambda message: progress(f"{message} ({time.time() - started:.0f}s)"))
+    fit = fit_stage(rows, languages, cache.get(texts), progress, holdout)
+    if out_dir is not None:
+        progress(f"wrote {write_stage(fit, out_dir)} ({time.time() - started:.0f}s)")
+        if (out_dir / "model.json").exists():
+            record_evaluation(out_dir, "multilingual_stage", fit.report)
+    return fit
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from seawall.model.classifier import default_model_dir
+    from seawall.training.train import default_authored_dir
+
+    parser = argparse.ArgumentParser(description="Train seawall's multilingual stage.")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--authored", type=Path, default=default_authored_dir())
+    parser.add_argument("--out", type=Path, default=default_model_dir(), help="artefact directory")
+    parser.add_argument("--cache", type=Path, default=default_cache_dir(), help="e5 vector cache")
+    parser.add_argument(
+        "--holdout", nargs="*", default=[], help="sources left out and scored (writes nothing)"
+    )
+    parser.add_argument("--embed-only", action="store_true", help="fill the vector cache and stop")
+    parser.add_argument(
+        "--record", action="store_true", help="keep the held-out figures in the artefacts' evaluation.json"
+    )
+    args = parser.parse_args(argv)
+    model = json.loads((default_model_dir() / "model.json").read_text(encoding="utf-8"))
+    features = FeatureConfig(**model["features"])
+    if args.embed_only:
+        featurizer = Featurizer(features)
+        rows, _ = stage_rows(args.data, args.authored, featurizer, print)
+        EmbeddingCache(args.cache, E5Encoder(), E5_SHARD).fill(
+            [context_text(featurizer, row.text) for row in rows]
+        )
+        return
+    fit = train_stage(
+        args.data,
+        args.authored,
+        None if args.holdout else args.out,
+        args.cache,
+        features,
+        print,
+        args.holdout,
+    )
+    if args.holdout:
+        from seawall.model.classifier import TextClassifier
+
+        shipped = TextClassifier.load(args.out, multilingual="off")
+        truth, _ = _labels(fit.held_out)
+        english = shipped.score([row.text for row in fit.held_out])
+        # The stage as it runs: its reading (trained without the source) joins the shipped one.
+        featurizer = shipped.featurizer
+        head = fit.scores(
+            EmbeddingCache(args.cache, E5Encoder(), E5_SHARD).encode(
+                [context_text(featurizer, row.text) for row in fit.held_out]
+            )
+        )
+        routed = np.array([detect_language(featurizer.words(row.text)) is not None for row in fit.held_out])
+        joined = np.where(routed[:, None], np.maximum(english, head), english)
+        results = {
+            "head alone": fit.report["held_out"]["head_alone"],
+            "shipped, no stage": figures(truth, english),
+            "shipped + stage": figures(truth, joined),
+        }
+        print(json.dumps(results))
+        if args.record:
+            path = args.out / "evaluation.json"
+            evaluation = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+            held = {**evaluation.get("multilingual_holdout", {}), "+".join(args.holdout): results}
+            record_evaluation(args.out, "multilingual_holdout", held)
+
+
+if __name__ == "__main__":
+    main()
