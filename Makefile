@@ -20,7 +20,7 @@ $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,train,local-llm]'
+	$(BIN)/pip install --quiet -e '.[dev,train,local-llm,ecosystem]'
 	touch $@ $(VENV)/.runtime
 
 ## Run the service on embedded defaults (no API key, no network): http://127.0.0.1:8080/v1
