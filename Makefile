@@ -40,7 +40,7 @@ test: $(VENV)/.dev tests/oidc/node_modules
 	$(BIN)/python -m pytest; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
-## Audit the installed pins (runtime, dev, train, local-llm and what they pull in) for known
+## Audit the installed pins (runtime, dev, train, local-llm, ecosystem and what they pull in) for known
 ## vulnerabilities with pip-audit and PyPI's advisories; fails on any that a newer release fixes.
 ## Needs PyPI's advisory data: pins it cannot check are reported NOT CHECKED, and fail only with
 ## SEAWALL_AUDIT_REQUIRED=1 (CI's network reaches the package index but not the advisories).
