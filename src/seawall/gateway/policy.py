@@ -341,34 +341,48 @@ class Policy(_Strict):
         lines.append("Rules: " + " ".join(rules))
         return "\n".join(lines)
 
-    @functools.cached_property
+    @property
     def _system_prompt(self) -> tuple[str, bool]:
+        """The prompt to send and whether it is the compact one (token counts are cached by text)."""
         full = self.render_full_system_prompt()
         budget = self.prompt_budget_tokens
-        if budget is None:
-            return full, False
-        count = default_token_counter()
-        if count(full) <= budget:
+        if budget is None or _token_count(full) <= budget:
             return full, False
         if "system_prompt_template" not in self.model_fields_set:
             compact = self.render_compact_system_prompt()
-            if count(compact) > budget:
-                log.warning(
-                    "policy %r: even the compact system prompt is %d tokens, over prompt_budget_tokens "
-                    "(%d); shorten the purpose, topics or rules, or raise the budget",
-                    self.name,
-                    count(compact),
-                    budget,
-                )
+            _warn_over_budget(self.name, compact, budget, compact=True)
             return compact, True
+        _warn_over_budget(self.name, full, budget, compact=False)
+        return full, False
+
+
+@functools.lru_cache(maxsize=256)
+def _token_count(text: str) -> int:
+    return default_token_counter()(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _warn_over_budget(name: str, prompt: str, budget: int, *, compact: bool) -> None:
+    """Say once per policy and prompt that it is over the budget (nothing is cut)."""
+    count = _token_count(prompt)
+    if count <= budget:
+        return
+    if compact:
+        log.warning(
+            "policy %r: even the compact system prompt is %d tokens, over prompt_budget_tokens (%d); "
+            "shorten the purpose, topics or rules, or raise the budget",
+            name,
+            count,
+            budget,
+        )
+    else:
         log.warning(
             "policy %r: its system prompt template renders to %d tokens, over prompt_budget_tokens (%d); "
             "it is used as written (small models answer worse behind long prompts)",
-            self.name,
-            count(full),
+            name,
+            count,
             budget,
         )
-        return full, False
 
 
 # --- loading -------------------------------------------------------------------------------------
