@@ -20,7 +20,7 @@ $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,train,local-llm,ray,multilingual]'
+	$(BIN)/pip install --quiet -e '.[dev,train,local-llm,ray,multilingual,ecosystem]'
 	touch $@ $(VENV)/.runtime
 
 ## Run the service on embedded defaults (no API key, no network): http://127.0.0.1:8080/v1
@@ -40,8 +40,8 @@ test: $(VENV)/.dev tests/oidc/node_modules
 	$(BIN)/python -m pytest; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
-## Audit the installed pins (runtime, dev, train, local-llm, ray and what they pull in) for known
-## vulnerabilities with pip-audit and PyPI's advisories; fails on any that a newer release fixes.
+## Audit the installed pins (runtime, dev, train, local-llm, ray, multilingual, ecosystem and what
+## they pull in) for known vulnerabilities with pip-audit and PyPI's advisories; fails on any that a newer release fixes.
 ## Needs PyPI's advisory data: pins it cannot check are reported NOT CHECKED, and fail only with
 ## SEAWALL_AUDIT_REQUIRED=1 (CI's network reaches the package index but not the advisories).
 audit: $(VENV)/.dev

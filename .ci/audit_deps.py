@@ -1,10 +1,10 @@
 """Audit the exact set of installed dependencies for known vulnerabilities (``make audit``).
 
 What is audited: ``pip freeze --all --exclude-editable`` of the virtual environment that runs
-this script (the one ``make test`` built from pyproject.toml's pins: runtime, dev, train and
-local-llm extras, their transitive dependencies at the versions installed, and pip/setuptools
-themselves). seawall itself (editable) is left out. pip-audit (pinned in the dev extra) looks each
-pin up in PyPI's vulnerability data (``--vulnerability-service pypi``) without installing
+this script (the one ``make test`` built from pyproject.toml's pins: runtime, dev, train,
+local-llm and ecosystem extras, their transitive dependencies at the versions installed, and
+pip/setuptools themselves). seawall itself (editable) is left out. pip-audit (pinned in the dev
+extra) looks each pin up in PyPI's vulnerability data (``--vulnerability-service pypi``) without installing
 anything (``--no-deps --disable-pip``: every line of a freeze is already pinned).
 
 Fails (exit 1) when a pinned version has a known vulnerability that a released version fixes:

@@ -3,8 +3,10 @@
 Data (authored by hand for this benchmark, copied from no dataset; evaluation only, never training):
 
 * ``bench/data/topic_cases.jsonl``: five app policies (a bike shop, a cooking assistant, a bank, an
-  IT helpdesk, a general assistant) and requests labelled ``on_topic``, ``off_topic`` or
-  ``small_talk`` (small talk must count as on-topic);
+  IT helpdesk, a general assistant), each with example requests it answers (``examples``) and
+  example requests it refuses (``off_topic_examples``: in a policy file, the examples whose answer
+  is the off-topic reply), and requests labelled ``on_topic``, ``off_topic`` or ``small_talk``
+  (small talk must count as on-topic);
 * ``bench/data/knowledge_cases.jsonl``: two knowledge bases (the bike shop's is
   ``examples/knowledge.yaml``; the bank's entries are inline and loaded as JSON Lines) and requests
   labelled with the entry that answers them, or null (near misses, negations, unrelated requests).
@@ -14,7 +16,10 @@ cooking; the shop knowledge base) and the ``test`` figures are the ones to quote
 ``off_topic`` for the topic guard (what it refuses), "answered from the knowledge base" for
 matching (a match counts as correct only when it is the expected entry).
 
-Usage: python bench/topics.py [--threshold-sweep]
+``--refusals-as-anchors`` measures the guard as it was before off-topic examples counted against
+the topic: every example's user turn, the refused ones too, as an on-topic anchor.
+
+Usage: python bench/topics.py [--threshold-sweep] [--refusals-as-anchors]
 """
 
 from __future__ import annotations
@@ -65,11 +70,19 @@ def split_figures(counts: dict[str, dict[str, int]], groups: tuple[str, ...]) ->
     return report
 
 
-def topic_bench(threshold: float | None, verbose: bool) -> dict[str, dict[str, float]]:
+def topic_bench(
+    threshold: float | None, verbose: bool, refusals_as_anchors: bool = False
+) -> dict[str, dict[str, float]]:
     rows = read_jsonl(TOPIC_CASES)
     policies = {row["id"]: row for row in rows if row["kind"] == "policy"}
     guards = {
-        pid: TopicGuard.from_policy(p["purpose"], p["allowed_topics"], p["examples"], threshold=threshold)
+        pid: TopicGuard.from_policy(
+            p["purpose"],
+            p["allowed_topics"],
+            p["examples"] + p["off_topic_examples"] if refusals_as_anchors else p["examples"],
+            off_topic_examples=[] if refusals_as_anchors else p["off_topic_examples"],
+            threshold=threshold,
+        )
         for pid, p in policies.items()
     }
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -190,9 +203,18 @@ def main() -> None:
     parser.add_argument(
         "--threshold-sweep", action="store_true", help="accuracy per threshold (dev and test)"
     )
+    parser.add_argument(
+        "--refusals-as-anchors",
+        action="store_true",
+        help="use the off-topic examples as on-topic anchors (the guard before they counted against)",
+    )
     args = parser.parse_args()
     print(f"topic guard: threshold={topics.DEFAULT_THRESHOLD} (tuned on dev: shop, cooking)")
-    show("off-topic detection (positive = off-topic)", topic_bench(None, args.verbose))
+    anchors = " (off-topic examples used as on-topic anchors)" if args.refusals_as_anchors else ""
+    show(
+        f"off-topic detection (positive = off-topic){anchors}",
+        topic_bench(None, args.verbose, args.refusals_as_anchors),
+    )
     print(f"\nknowledge base: threshold={knowledge.DEFAULT_THRESHOLD} (tuned on dev: shop)")
     show(
         "knowledge-base matching (positive = answered, with the right entry)",

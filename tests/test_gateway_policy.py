@@ -19,7 +19,7 @@ from seawall.gateway.policy import (
     template_placeholders,
 )
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "policy.yaml"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "policy-strict.yaml"
 
 MINIMAL = """\
 name: Velo Help
@@ -295,7 +295,7 @@ def test_substitution_is_one_pass_so_values_are_never_expanded_again(tmp_path: P
 
 
 def test_default_template_renders_every_field(tmp_path: Path) -> None:
-    policy = load_policy(write(tmp_path, MINIMAL + "tone: Warm and brief.\n"))
+    policy = load_policy(write(tmp_path, MINIMAL + "tone: Warm and brief.\nprompt_budget_tokens: null\n"))
     prompt = policy.render_system_prompt()
     assert prompt.startswith("You are Velo Help. You answer questions from customers of a bicycle shop.")
     assert "- orders and deliveries\n- bike maintenance" in prompt

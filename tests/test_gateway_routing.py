@@ -1,5 +1,5 @@
 """Answers the gateway gives without the model: the curated knowledge base and the off-topic
-reply, end to end with the shipped examples (examples/policy.yaml, examples/knowledge.yaml)."""
+reply, end to end with the shipped examples (examples/policy-strict.yaml and knowledge.yaml)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routed]:
             gateway={
                 "enabled": True,
                 "upstream": {"base_url": f"{upstream.url}/v1", "max_retries": 0},
-                "policy_file": str(EXAMPLES / "policy.yaml"),
+                "policy_file": str(EXAMPLES / "policy-strict.yaml"),
                 "knowledge_file": str(EXAMPLES / "knowledge.yaml"),
                 "secret_file": str(tmp / "secret"),
                 "audit_file": str(tmp / "audit.jsonl"),
@@ -89,10 +89,12 @@ def test_a_knowledge_base_answer_streams_too(routed: Routed) -> None:
     assert "30 days" in text
 
 
-def test_an_off_topic_request_gets_the_policy_reply_without_the_model(routed: Routed) -> None:
+# The second is the policy's own off-topic example: its user turn counts against the topic.
+@pytest.mark.parametrize("text", [OFF_TOPIC, "Can you write my history essay?"])
+def test_an_off_topic_request_gets_the_policy_reply_without_the_model(routed: Routed, text: str) -> None:
     before = routed.chat_calls()
     with routed.server.http() as http:
-        response = ask(http, OFF_TOPIC)
+        response = ask(http, text)
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"].startswith("Sorry, I can only help with Velo")
     assert response.headers[ANSWER_SOURCE_HEADER] == "off_topic"

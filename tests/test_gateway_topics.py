@@ -140,7 +140,7 @@ def test_check_many_equals_check(shop: TopicGuard) -> None:
 
 
 def test_for_policy_uses_the_policy_file() -> None:
-    policy = load_policy(Path(__file__).resolve().parent.parent / "examples" / "policy.yaml")
+    policy = load_policy(Path(__file__).resolve().parent.parent / "examples" / "policy-strict.yaml")
     guard = TopicGuard.for_policy(policy)
     assert guard.allowed_topics == tuple(policy.allowed_topics)
     assert guard.check("My chain keeps slipping, what should I do?").on_topic

@@ -386,7 +386,7 @@ def test_review_in_shadow_releases_the_answer_and_stores_nothing(gw: Sides) -> N
 def test_routing_in_shadow_asks_the_model_instead_of_answering_itself(tmp_path: Path, gw: Sides) -> None:
     """The example policy and knowledge base: an off-topic question and a curated one."""
     routed = {
-        "policy_file": str(EXAMPLES / "policy.yaml"),
+        "policy_file": str(EXAMPLES / "policy-strict.yaml"),
         "knowledge_file": str(EXAMPLES / "knowledge.yaml"),
     }
     results: dict[str, tuple[httpx.Response, httpx.Response, dict[str, Any], dict[str, Any]]] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -21,16 +22,41 @@ from seawall.settings import load_settings
 
 app = typer.Typer(help="seawall: a self-hosted safety layer for LLM applications.", no_args_is_help=True)
 
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help=(
+            "Folder for everything this instance keeps: store, secrets, audit buffer (data_dir; "
+            "else $SEAWALL_DATA_DIR, else ~/.local/share/seawall)."
+        ),
+    ),
+]
+
+
+def _use_data_dir(data_dir: Path | None) -> None:
+    """Point every setting of this process at ``data_dir`` (as ``SEAWALL_DATA_DIR`` would)."""
+    if data_dir is not None:
+        os.environ["SEAWALL_DATA_DIR"] = str(data_dir.expanduser())
+
+
+@app.callback()
+def main_options(data_dir: DataDirOption = None) -> None:
+    """seawall: a self-hosted safety layer for LLM applications."""
+    _use_data_dir(data_dir)
+
 
 @app.command()
 def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Interface to bind (server.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (server.port).")] = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Run the HTTP service (OpenAI-compatible /v1/moderations) on embedded defaults."""
     import uvicorn
 
+    _use_data_dir(data_dir)
     from seawall.server.app import create_app, gateway_enabled
 
     overrides: dict[str, Any] = {}

@@ -25,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -37,6 +38,9 @@ from seawall.categories import CATEGORIES
 from seawall.errors import ConfigurationError
 from seawall.review.settings import ReviewSettings
 from seawall.ui.settings import UISettings
+
+#: Where an instance keeps its files unless ``data_dir`` (``--data-dir``, ``SEAWALL_DATA_DIR``) says.
+DEFAULT_DATA_DIR: Final = Path("~/.local/share/seawall")
 
 
 class ServerSettings(BaseModel):
@@ -114,7 +118,8 @@ class StoreSettings(BaseModel):
     url: SecretStr = Field(
         SecretStr("sqlite:///~/.local/share/seawall/seawall.db"),
         description=(
-            "SQLAlchemy database URL: sqlite:///PATH (~ is expanded; the folder is created) or "
+            "SQLAlchemy database URL (default: seawall.db under data_dir): sqlite:///PATH (~ is expanded; "
+            "the folder is created) or "
             "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB; or memory:// for the in-memory store "
             "(one process, nothing kept after it stops; migrate does not apply). Secret because it "
             "may hold a password."
@@ -137,9 +142,11 @@ class StoreSettings(BaseModel):
             "Where audit records wait while the store cannot take them (the database is down or "
             "locked): an append-only JSON-lines file, fsync'd per write, written through to the store "
             "in order once it answers again (also at the next start). None: one file per database "
-            "under the data directory, ~/.local/share/seawall/audit-buffer-<hash of the store URL>.jsonl."
+            "under data_dir, audit-buffer-<hash of the store URL>.jsonl."
         ),
     )
+    #: The instance's data folder (``Settings.data_dir``), set when the settings are loaded.
+    _data_dir: Path = PrivateAttr(default=DEFAULT_DATA_DIR)
     audit_retry_s: float = Field(
         5.0,
         gt=0,
@@ -182,7 +189,7 @@ class StoreSettings(BaseModel):
         # The password stays out of the hash's input: it does not name the database.
         name = re.sub(r"(://[^:/@]*):[^@/]*@", r"\1@", url)
         digest = hashlib.sha256(name.encode()).hexdigest()[:12]
-        return Path(f"~/.local/share/seawall/audit-buffer-{digest}.jsonl").expanduser()
+        return (self._data_dir / f"audit-buffer-{digest}.jsonl").expanduser()
 
 
 class LocalLLMSettings(BaseModel):
@@ -733,8 +740,8 @@ class GatewaySettings(BaseModel):
     secret_file: Path = Field(
         Path("~/.local/share/seawall/secret"),
         description=(
-            "The HMAC key behind safety identifiers; created (32 random bytes, mode 0600) on first use. "
-            "Losing it changes every user's safety identifier."
+            "The HMAC key behind safety identifiers (default: 'secret' under data_dir); created (32 "
+            "random bytes, mode 0600) on first use. Losing it changes every user's safety identifier."
         ),
     )
     tenant: str = Field(
@@ -1014,6 +1021,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SEAWALL_", env_nested_delimiter="__", extra="forbid")
 
+    data_dir: Path = Field(
+        DEFAULT_DATA_DIR,
+        description=(
+            "The folder for everything this instance keeps: the SQLite store (store.url), the "
+            "safety-identifier secret (gateway.secret_file), the UI's cookie key (ui.secret_file) "
+            "and the audit buffer (store.audit_buffer_path), each unless set on its own. Give every "
+            "instance on one machine its own: `seawall --data-dir DIR ...` or SEAWALL_DATA_DIR."
+        ),
+    )
     server: ServerSettings = Field(default_factory=ServerSettings, description="How `seawall serve` listens.")
     moderation: ModerationSettings = Field(
         default_factory=ModerationSettings, description="The moderation service (/v1/moderations)."
@@ -1049,6 +1065,21 @@ class Settings(BaseSettings):
         "detectors from entry points), one section per plugin by its entry-point name, each checked "
         "at start-up by the settings_model the plugin declares, e.g. {my_backend: {threshold: 0.4}}.",
     )
+
+    @model_validator(mode="after")
+    def _files_under_data_dir(self) -> Settings:
+        """Every file the instance keeps and no setting names on its own goes under ``data_dir``."""
+        root = self.data_dir
+        # Written past __setattr__ so the fields stay unset: a value derived from data_dir is not a
+        # value someone gave, and load_settings (which merges only what was set) derives it again.
+        if "url" not in self.store.model_fields_set:
+            self.store.__dict__["url"] = SecretStr(f"sqlite:///{root / 'seawall.db'}")
+        self.store._data_dir = root
+        if "secret_file" not in self.gateway.model_fields_set:
+            self.gateway.__dict__["secret_file"] = root / "secret"
+        if "secret_file" not in self.ui.model_fields_set:
+            self.ui.__dict__["secret_file"] = root / "ui-secret"
+        return self
 
     @model_validator(mode="after")
     def _plugin_sections_are_valid(self) -> Settings:

@@ -4,8 +4,9 @@
 model, keeping the instruction hierarchy (gateway > app developer > user > data):
 
 1. **One system message, always first**, built from the policy
-   (:meth:`~seawall.gateway.policy.Policy.render_system_prompt`), followed by the
-   gateway's own sections, in this order: the examples (when
+   (:meth:`~seawall.gateway.policy.Policy.render_system_prompt`: the compact built-in prompt
+   when the full one would exceed the policy's ``prompt_budget_tokens``), followed by the
+   gateway's own sections (in a few words each with the compact prompt), in this order: the examples (when
    ``examples_placement`` is ``system``; otherwise a note that the first turns are
    examples), the fence rule with this request's boundary token (only when there
    is something fenced), the client's demoted instructions, and the fenced
@@ -250,6 +251,12 @@ def _examples_section(policy: Policy) -> str | None:
         return None
     if policy.examples_placement == "messages":
         count = len(policy.examples)
+        if policy.compact:
+            plural = count != 1
+            return (
+                f"The first {count} exchange{'s are examples' if plural else ' is an example'} "
+                "from the operator, not part of this conversation."
+            )
         return (
             "## Examples\n"
             f"The conversation opens with {count} example exchange{'s' if count != 1 else ''} written by "
@@ -257,6 +264,8 @@ def _examples_section(policy: Policy) -> str | None:
             "this user's conversation."
         )
     pairs = "\n\n".join(f"User: {ex.user}\nAssistant: {ex.assistant}" for ex in policy.examples)
+    if policy.compact:
+        return f"Examples (not this conversation):\n{pairs}"
     return (
         "## Examples\n"
         "Example exchanges that show the answers expected of you (illustrations, not part of this "
@@ -264,8 +273,10 @@ def _examples_section(policy: Policy) -> str | None:
     )
 
 
-def _developer_section(instructions: list[str]) -> str:
+def _developer_section(instructions: list[str], compact: bool) -> str:
     body = "\n\n".join(instructions)
+    if compact:
+        return f"App instructions (they rank below the rules above):\n{body}"
     return (
         "## Developer instructions\n"
         "The application that sends this conversation gave the instructions below. Follow them where "
@@ -338,7 +349,7 @@ def build_prompt(
     if fencer.count:
         sections.append(fence_rule(policy, boundary))
     if instructions:
-        sections.append(_developer_section(instructions))
+        sections.append(_developer_section(instructions, policy.compact))
     if documents:
         sections.append(
             "## Reference documents\n"

@@ -12,11 +12,17 @@ The decision, in order:
 2. small talk, greetings, thanks and questions about the assistant itself ("hello", "thanks!",
    "what can you do?", "are you a bot?") are on-topic, and so is a request with no content word;
 3. otherwise the request is compared with the policy's *anchors* (the purpose, each topic, each
-   comma- or "and"-separated part of a topic, each example) and with a built-in list of requests
-   typical of other domains (poems, sport, homework, travel, ...; the ones that resemble the
-   policy's own anchors are left out). ``score`` is the best anchor similarity minus the best
-   other-domain similarity; the request is on-topic when ``score >= threshold`` or when its best
-   anchor similarity alone reaches :data:`CLEARLY_ON_TOPIC`.
+   comma- or "and"-separated part of a topic, each on-topic example) and with the *other
+   domains*: a built-in list of requests typical of other domains (poems, sport, homework,
+   travel, ...; the ones that resemble the policy's own anchors are left out) plus the policy's
+   own off-topic examples, always kept. ``score`` is the best anchor similarity minus the best
+   other-domain similarity; the request is on-topic when ``score >= threshold``, or when its best
+   anchor similarity alone reaches :data:`CLEARLY_ON_TOPIC` and no off-topic example of the
+   policy is as close.
+
+An example is *off-topic* when its answer is the policy's ``off_topic_reply`` (compared with
+case and whitespace folded, :func:`is_refusal_example`): the operator wrote it to show what the
+app refuses, so its user turn counts against the topic, never for it.
 
 The threshold was chosen on two policies of ``bench/data/topic_cases.jsonl`` and measured on the
 others (``python bench/topics.py``); it leans towards letting requests through, because refusing
@@ -157,6 +163,16 @@ def _topic_parts(topic: str) -> list[str]:
     return [part.strip() for part in parts if len(part.strip()) > 2 and part.strip() != topic.strip()]
 
 
+def _fold(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def is_refusal_example(answer: str, off_topic_reply: str) -> bool:
+    """Whether an example's ``answer`` is the policy's ``off_topic_reply`` (case and spacing aside)."""
+    reply = _fold(off_topic_reply)
+    return bool(reply) and reply in _fold(answer)
+
+
 def is_general_policy(purpose: str, allowed_topics: Sequence[str]) -> bool:
     """Whether the policy allows anything (see :data:`_GENERAL`)."""
     return any(_GENERAL.search(text) for text in (purpose, *allowed_topics))
@@ -186,16 +202,23 @@ class TopicGuard:
         allowed_topics: Sequence[str],
         examples: Sequence[str] = (),
         *,
+        off_topic_examples: Sequence[str] = (),
         threshold: float = DEFAULT_THRESHOLD,
         space: TextSpace | None = None,
     ) -> None:
-        """Prefer :meth:`from_policy`; raises ConfigurationError for an empty purpose or topic list."""
+        """Prefer :meth:`from_policy`; raises ConfigurationError for an empty purpose or topic list.
+
+        ``examples`` are requests the app answers (anchors); ``off_topic_examples`` are requests the
+        app refuses (counted with the other domains, whatever they resemble)."""
         topics = [topic.strip() for topic in allowed_topics if topic.strip()]
         if not purpose.strip() or not topics:
             raise ConfigurationError("a topic guard needs a purpose and at least one allowed topic")
         self.purpose = purpose.strip()
         self.allowed_topics: tuple[str, ...] = tuple(topics)
         self.examples: tuple[str, ...] = tuple(example.strip() for example in examples if example.strip())
+        self.off_topic_examples: tuple[str, ...] = tuple(
+            example.strip() for example in off_topic_examples if example.strip()
+        )
         self.threshold = float(threshold)
         self.general = is_general_policy(self.purpose, self.allowed_topics)
         self._space = space or text_space()
@@ -218,7 +241,12 @@ class TopicGuard:
         # push the policy's own requests away; leave such references out.
         overlap = (reference_matrix @ self._anchors.T).max(axis=1) if len(self._anchors) else None
         keep = np.ones(len(references), dtype=bool) if overlap is None else overlap < REFERENCE_OVERLAP
-        self._references = reference_matrix[keep]
+        # The policy's own off-topic examples stay whatever they resemble: the operator said so.
+        refused = [
+            feature for feature in self._space.features(list(self.off_topic_examples)) if not feature.empty
+        ]
+        self._refused = self._matrix(refused)
+        self._references = np.concatenate([reference_matrix[keep], self._refused])
 
     def _matrix(self, features: Sequence[TextFeatures]) -> NDArray[np.float32]:
         if not features:
@@ -232,25 +260,31 @@ class TopicGuard:
         allowed_topics: Sequence[str],
         examples: Sequence[str] = (),
         *,
+        off_topic_examples: Sequence[str] = (),
         threshold: float | None = None,
         space: TextSpace | None = None,
     ) -> TopicGuard:
-        """A guard for an app with this purpose, these topics and these example (on-topic) requests."""
+        """A guard for an app with this purpose, these topics, these example (on-topic) requests and
+        these example requests it refuses."""
         return cls(
             purpose,
             allowed_topics,
             examples,
+            off_topic_examples=off_topic_examples,
             threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
             space=space,
         )
 
     @classmethod
     def for_policy(cls, policy: Policy, *, threshold: float | None = None) -> TopicGuard:
-        """A guard for a loaded :class:`~seawall.gateway.policy.Policy` (its examples' user turns)."""
+        """A guard for a loaded :class:`~seawall.gateway.policy.Policy`: the user turns of its examples,
+        on-topic ones as anchors and those answered with the ``off_topic_reply`` against the topic."""
+        refused = [is_refusal_example(ex.assistant, policy.off_topic_reply) for ex in policy.examples]
         return cls.from_policy(
             policy.purpose,
             policy.allowed_topics,
-            [example.user for example in policy.examples],
+            [ex.user for ex, off in zip(policy.examples, refused, strict=True) if not off],
+            off_topic_examples=[ex.user for ex, off in zip(policy.examples, refused, strict=True) if off],
             threshold=threshold,
         )
 
@@ -281,5 +315,6 @@ class TopicGuard:
         score = best_anchor - best_other
         topical = np.where(self._topical, anchor_similarity, -np.inf)
         nearest = self._anchor_topics[int(np.argmax(topical))] if self._topical.any() else None
-        on_topic = score >= self.threshold or best_anchor >= CLEARLY_ON_TOPIC
+        best_refused = float((self._refused @ feature.sentence).max()) if len(self._refused) else -1.0
+        on_topic = score >= self.threshold or (best_anchor >= CLEARLY_ON_TOPIC and best_anchor > best_refused)
         return TopicVerdict(on_topic, round(score, 4), nearest, "on_topic" if on_topic else "off_topic")
