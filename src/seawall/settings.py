@@ -586,9 +586,11 @@ class UserTokenSettings(BaseModel):
         None,
         description=(
             "Where the fetched keys are kept between runs (JSON; public keys only). None: "
-            "~/.local/share/seawall/jwks-<hash of the issuer and JWKS URL>.json."
+            "jwks-<hash of the issuer and JWKS URL>.json under data_dir."
         ),
     )
+    #: The instance's data folder (``Settings.data_dir``), set when the settings are loaded.
+    _data_dir: Path = PrivateAttr(default=DEFAULT_DATA_DIR)
     refresh_s: float = Field(
         3_600.0,
         ge=60,
@@ -657,7 +659,7 @@ class UserTokenSettings(BaseModel):
             return self.cache_file.expanduser()
         source = f"{self.issuer}\n{self.jwks_url or ''}"
         digest = hashlib.sha256(source.encode()).hexdigest()[:12]
-        return Path(f"~/.local/share/seawall/jwks-{digest}.json").expanduser()
+        return (self._data_dir / f"jwks-{digest}.json").expanduser()
 
 
 class ExtraStep(BaseModel):
@@ -1075,6 +1077,7 @@ class Settings(BaseSettings):
         if "url" not in self.store.model_fields_set:
             self.store.__dict__["url"] = SecretStr(f"sqlite:///{root / 'seawall.db'}")
         self.store._data_dir = root
+        self.gateway.user_tokens._data_dir = root
         if "secret_file" not in self.gateway.model_fields_set:
             self.gateway.__dict__["secret_file"] = root / "secret"
         if "secret_file" not in self.ui.model_fields_set:
