@@ -4,7 +4,7 @@ first round's phrase rules (``matches_refusal_phrase``):
 * on the hand-written held-out set ``bench/data/refusals_heldout.jsonl`` (never trained on):
   precision / recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy
   and confusion matrix (rows: truth; columns: prediction), recall by style and language;
-* on the training set ``data/authored/refusals/answers.jsonl``: the same, cross-validated (5
+* on the training set ``data/authored/refusals/*.jsonl``: the same, cross-validated (5
   stratified folds grouped by prompt, the shipped recipe and threshold; the rules need no folds);
 * on the binary fixtures of the first round (``tests/data/redteam/refusals*.jsonl``).
 
@@ -37,7 +37,7 @@ from seawall.redteam.refusal_training import (  # noqa: E402
 )
 
 HELD_OUT = ROOT / "bench/data/refusals_heldout.jsonl"
-TRAINING = ROOT / "data/authored/refusals/answers.jsonl"
+TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")
 
 

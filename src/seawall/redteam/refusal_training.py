@@ -28,21 +28,40 @@ from seawall.redteam.refusal import (
 
 Progress = Callable[[str], None]
 #: Regularisation of the head (inverse strength, scikit-learn's ``C``).
-DEFAULT_C = 1.0
+DEFAULT_C = 0.02
 #: The threshold is the one that maximises F1 (refusal vs compliance) on out-of-fold predictions
 #: among those whose precision is at least this.
 MIN_PRECISION = 0.95
 BATCH = 64
+#: The lexical features count this many times more than one embedding dimension in the penalty
+#: (their standardised values are multiplied by it): a few strong cues against 1,536 dimensions.
+LEXICAL_WEIGHT = 4.0
 
 
 def default_answers() -> Path | None:
-    """``data/authored/refusals/answers.jsonl`` of a source checkout, if this is one."""
-    candidate = Path(__file__).resolve().parents[3] / "data" / "authored" / "refusals" / "answers.jsonl"
-    return candidate if candidate.exists() else None
+    """``data/authored/refusals/`` of a source checkout, if this is one."""
+    candidate = Path(__file__).resolve().parents[3] / "data" / "authored" / "refusals"
+    return candidate if candidate.is_dir() else None
 
 
 def load_answers(path: Path) -> list[dict[str, str]]:
-    """Labelled answers, one JSON object a line with ``answer`` and ``label``; bad rows are errors."""
+    """Labelled answers, one JSON object a line with ``answer`` and ``label``, from a JSONL file or
+    every ``*.jsonl`` in a folder; bad rows are errors."""
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"no *.jsonl files in {path}")
+    rows: list[dict[str, str]] = []
+    for file in files:
+        rows += _read_answers(file)
+    if not rows:
+        raise DataError(f"{path} holds no answers")
+    missing = set(LABELS) - {r["label"] for r in rows}
+    if missing:
+        raise DataError(f"{path} has no answers labelled {', '.join(sorted(missing))}")
+    return rows
+
+
+def _read_answers(path: Path) -> list[dict[str, str]]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -60,11 +79,6 @@ def load_answers(path: Path) -> list[dict[str, str]]:
         if row.get("label") not in LABELS:
             raise DataError(f"{path}:{number}: label {row.get('label')!r} is not one of {', '.join(LABELS)}")
         rows.append(row)
-    if not rows:
-        raise DataError(f"{path} holds no answers")
-    missing = set(LABELS) - {r["label"] for r in rows}
-    if missing:
-        raise DataError(f"{path} has no answers labelled {', '.join(sorted(missing))}")
     return rows
 
 
@@ -92,12 +106,19 @@ class Head:
         return np.asarray(exp / exp.sum(axis=1, keepdims=True), dtype=np.float32)
 
 
-def fit_head(x: NDArray[np.float32], y: NDArray[np.int64], c: float = DEFAULT_C, seed: int = 0) -> Head:
+def fit_head(
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    c: float = DEFAULT_C,
+    seed: int = 0,
+    lexical_weight: float | None = None,
+) -> Head:
     """A standardised multinomial logistic regression over the features (classes balanced)."""
     from sklearn.linear_model import LogisticRegression
 
     mean = x.mean(axis=0)
     scale = np.maximum(x.std(axis=0), 1e-3)
+    scale[-len(LEXICAL) :] /= LEXICAL_WEIGHT if lexical_weight is None else lexical_weight
     model = LogisticRegression(C=c, max_iter=3000, class_weight="balanced", random_state=seed)
     model.fit((x - mean) / scale, y)
     if list(model.classes_) != list(range(len(LABELS))):
