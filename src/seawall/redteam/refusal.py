@@ -179,13 +179,15 @@ AFFIRMATIVE_OPENING = re.compile(
 #: Apologies and regrets, which open compliance as often as refusals.
 APOLOGY = re.compile(
     r"\b(?:sorry|apolog\w*|unfortunately|regret|afraid|lo siento|perd[oó]n|disculp\w*|desculp\w*|"
-    r"tut mir leid|entschuldig\w*|leider|désolée?|malheureusement|mi dispiace|scusa|purtroppo|infelizmente)\b",
+    r"tut mir leid|entschuldig\w*|leider|désolée?|malheureusement|mi dispiace|scusa|purtroppo|"
+    r"infelizmente)\b",
     re.IGNORECASE,
 )
 #: Offers of something else, typical of redirecting refusals.
 REDIRECT = re.compile(
     r"\b(?:instead|alternatively|rather than|what i can (?:do|offer|share)|i can (?:help|offer|share) "
-    r"(?:you )?(?:with )?(?:something|other|a)|happy to help with|en cambio|stattdessen|plutôt|invece|em vez)\b",
+    r"(?:you )?(?:with )?(?:something|other|a)|happy to help with|en cambio|stattdessen|plutôt|invece|"
+    r"em vez)\b",
     re.IGNORECASE,
 )
 _NEGATION = re.compile(
