@@ -12,8 +12,9 @@ from __future__ import annotations
 from seawall.redteam.cases import AttackCase, CaseResult, Check, Document, Suite, Verdict
 from seawall.redteam.catalogue import FAMILIES, AuthoredProbe, FileProbe, Probe, ProbeContext, builtin_probes
 from seawall.redteam.config import AppConfig, RedTeamConfig, SuiteConfig, load_config
-from seawall.redteam.detectors import DetectorContext, Finding, is_refusal
+from seawall.redteam.detectors import DetectorContext, Finding
 from seawall.redteam.gate import GateResult, apply_suppressions, compare, evaluate, load_suppressions
+from seawall.redteam.refusal import RefusalClassifier, RefusalJudgement, classify_refusal, is_refusal
 from seawall.redteam.report import Report, load_report, write_reports
 from seawall.redteam.scan import ascan, make_target, scan
 from seawall.redteam.stats import GroupStats, wilson
@@ -49,6 +50,8 @@ __all__ = [
     "Probe",
     "ProbeContext",
     "RedTeamConfig",
+    "RefusalClassifier",
+    "RefusalJudgement",
     "Report",
     "SeawallTarget",
     "Strategy",
@@ -62,6 +65,7 @@ __all__ = [
     "available_strategies",
     "build_suite",
     "builtin_probes",
+    "classify_refusal",
     "compare",
     "evaluate",
     "freeze",

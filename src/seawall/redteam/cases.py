@@ -106,6 +106,8 @@ class CaseResult(BaseModel):
     blocked: bool = False
     error: str | None = None
     refused: bool | None = None
+    #: The refusal classifier's label of the final reply: refusal, partial or compliance.
+    refusal: str | None = None
     scores: dict[str, float] = Field(default_factory=dict)
     judged_by: str = "rules"
     latency_ms: float = 0.0

@@ -296,3 +296,33 @@ def list_command(
             raise fail("list what? probes, strategies or families")
     except SeawallError as exc:
         raise fail(exc.message) from exc
+
+
+@app.command(name="train-refusal")
+def train_refusal_command(
+    answers: Annotated[
+        Path | None,
+        typer.Option(
+            "--answers", help="Labelled answers (JSONL); default data/authored/refusals/answers.jsonl."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Where to write the head; default: the shipped one.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the folds and the solver.")] = 0,
+) -> None:
+    """Retrain the three-way refusal classifier (needs the 'train' extra: scikit-learn)."""
+    try:
+        from seawall.redteam.refusal import ARTEFACT
+        from seawall.redteam.refusal_training import default_answers, train_refusal
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        raise fail(f"training needs the 'train' extra (pip install 'seawall[train]'): {exc}") from exc
+    source = answers or default_answers()
+    if source is None:
+        raise fail("no answers: pass --answers FILE (the authored set lives in a source checkout)")
+    try:
+        train_refusal(source, output or ARTEFACT, seed=seed, progress=lambda line: console.print(line))
+    except ImportError as exc:
+        raise fail(f"training needs the 'train' extra (pip install 'seawall[train]'): {exc}") from exc
+    except SeawallError as exc:
+        raise fail(exc.message) from exc

@@ -123,6 +123,7 @@ async def run_case(
         reason=reason,
         evidence=finding.evidence,
         refused=finding.refused,
+        refusal=finding.refusal,
         scores=finding.scores,
         judged_by=judged_by,
     )

@@ -1,0 +1,128 @@
+"""The refusal classifier's figures, measured in one run, for the shipped classifier and the
+first round's phrase rules (``matches_refusal_phrase``):
+
+* on the hand-written held-out set ``bench/data/refusals_heldout.jsonl`` (never trained on):
+  precision / recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy
+  and confusion matrix (rows: truth; columns: prediction), recall by style and language;
+* on the training set ``data/authored/refusals/*.jsonl``: the same, cross-validated (5
+  stratified folds grouped by prompt, the shipped recipe and threshold; the rules need no folds);
+* on the binary fixtures of the first round (``tests/data/redteam/refusals*.jsonl``).
+
+Needs the ``train`` extra (scikit-learn) for the cross-validation.
+
+    python bench/refusal.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from seawall.redteam.refusal import LABELS, matches_refusal_phrase, shared_refusal_classifier  # noqa: E402
+from seawall.redteam.refusal_training import (  # noqa: E402
+    DEFAULT_C,
+    binary_figures,
+    embed,
+    load_answers,
+    out_of_fold,
+)
+
+HELD_OUT = ROOT / "bench/data/refusals_heldout.jsonl"
+TRAINING = ROOT / "data/authored/refusals"
+FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")
+
+
+def line(name: str, truth: list[bool], predicted: list[bool]) -> str:
+    f = binary_figures(truth, predicted)
+    return f"  {name:22s} precision {f['precision']:.3f}  recall {f['recall']:.3f}  F1 {f['f1']:.3f}"
+
+
+def confusion(truth: list[str], predicted: list[str]) -> str:
+    counts = Counter(zip(truth, predicted, strict=True))
+    accuracy = sum(counts[(k, k)] for k in LABELS) / len(truth)
+    rows = [f"  three-way accuracy {accuracy:.3f}; confusion (truth \\ predicted):"]
+    rows.append("    " + " " * 11 + "".join(f"{k:>12s}" for k in LABELS))
+    for k in LABELS:
+        rows.append(f"    {k:11s}" + "".join(f"{counts[(k, p)]:12d}" for p in LABELS))
+    return "\n".join(rows)
+
+
+def held_out() -> None:
+    rows = load_answers(HELD_OUT)
+    classifier = shared_refusal_classifier()
+    began = time.perf_counter()
+    judgements = classifier.classify([r["answer"] for r in rows])
+    took = time.perf_counter() - began
+    truth = [r["label"] != "compliance" for r in rows]
+    counts = Counter(r["label"] for r in rows)
+    print(f"held-out set {HELD_OUT.relative_to(ROOT)}: {len(rows)} answers {dict(counts)}")
+    print(line("classifier", truth, [j.refused for j in judgements]))
+    print(line("phrase rules (old)", truth, [matches_refusal_phrase(r["answer"]) for r in rows]))
+    print(confusion([r["label"] for r in rows], [j.label for j in judgements]))
+    by: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    for row, judgement in zip(rows, judgements, strict=True):
+        for key in (f"style={row.get('style')}", f"lang={row.get('lang')}"):
+            by[key].append((row["label"] != "compliance", judgement.refused))
+    print("  by group (refusals caught / refusals; compliance flagged / compliance):")
+    for key in sorted(by):
+        pairs = by[key]
+        caught = sum(1 for t, p in pairs if t and p)
+        flagged = sum(1 for t, p in pairs if not t and p)
+        print(f"    {key:32s} {caught}/{sum(t for t, _ in pairs)}  {flagged}/{sum(not t for t, _ in pairs)}")
+    print(f"  classified in {took:.1f} s ({1000 * took / len(rows):.0f} ms an answer, 2 shared cores)")
+
+
+def cross_validated(folds: int) -> None:
+    rows = load_answers(TRAINING)
+    classifier = shared_refusal_classifier()
+    x = embed([r["answer"] for r in rows], classifier.encoder)
+    y = np.array([LABELS.index(r["label"]) for r in rows], dtype=np.int64)  # type: ignore[arg-type]
+    groups = [r.get("prompt") or r["answer"] for r in rows]
+    oof = out_of_fold(x, y, groups, DEFAULT_C, folds, seed=0)
+    score = oof[:, 1] + oof[:, 2]
+    predicted_labels = []
+    for p, s in zip(oof, score, strict=True):
+        if s < classifier.threshold:
+            predicted_labels.append("compliance")
+        else:
+            predicted_labels.append("refusal" if p[2] >= p[1] else "partial")
+    truth = [r["label"] != "compliance" for r in rows]
+    print(f"training set {TRAINING.relative_to(ROOT)}: {len(rows)} answers, {folds}-fold cross-validation")
+    print(line("classifier (CV)", truth, [label != "compliance" for label in predicted_labels]))
+    print(line("phrase rules (old)", truth, [matches_refusal_phrase(r["answer"]) for r in rows]))
+    print(confusion([r["label"] for r in rows], predicted_labels))
+
+
+def fixtures() -> None:
+    classifier = shared_refusal_classifier()
+    for name in FIXTURES:
+        path = ROOT / "tests/data/redteam" / name
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        truth = [bool(r["refusal"]) for r in rows]
+        judged = classifier.classify([r["text"] for r in rows])
+        print(f"first-round fixture {name}: {len(rows)} texts")
+        print(line("classifier", truth, [j.refused for j in judged]))
+        print(line("phrase rules (old)", truth, [matches_refusal_phrase(r["text"]) for r in rows]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folds", type=int, default=5)
+    args = parser.parse_args()
+    print(f"threshold {shared_refusal_classifier().threshold} (refuses if P(partial)+P(refusal) >= it)")
+    held_out()
+    cross_validated(args.folds)
+    fixtures()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Training the refusal classifier (:mod:`seawall.redteam.refusal`): authored answers to weights.
+
+``seawall redteam train-refusal`` (or :func:`train_refusal`) reads labelled answers
+(``data/authored/refusals/answers.jsonl`` in a source checkout), embeds them with the contextual
+encoder, fits a multinomial logistic head with scikit-learn (the ``train`` extra) at a fixed seed,
+picks the refusal threshold from out-of-fold probabilities, and writes ``refusal_head.npz``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from seawall.errors import DataError
+from seawall.redteam.refusal import (
+    ARTEFACT,
+    FEATURE_VERSION,
+    LABELS,
+    LEXICAL,
+    features,
+)
+
+Progress = Callable[[str], None]
+#: Regularisation of the head (inverse strength, scikit-learn's ``C``).
+DEFAULT_C = 0.02
+#: The threshold is the one that maximises F1 (refusal vs compliance) on out-of-fold predictions
+#: among those whose precision is at least this.
+MIN_PRECISION = 0.95
+BATCH = 64
+#: The lexical features count this many times more than one embedding dimension in the penalty
+#: (their standardised values are multiplied by it): a few strong cues against 1,536 dimensions.
+LEXICAL_WEIGHT = 4.0
+
+
+def default_answers() -> Path | None:
+    """``data/authored/refusals/`` of a source checkout, if this is one."""
+    candidate = Path(__file__).resolve().parents[3] / "data" / "authored" / "refusals"
+    return candidate if candidate.is_dir() else None
+
+
+def load_answers(path: Path) -> list[dict[str, str]]:
+    """Labelled answers, one JSON object a line with ``answer`` and ``label``, from a JSONL file or
+    every ``*.jsonl`` in a folder; bad rows are errors."""
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"no *.jsonl files in {path}")
+    rows: list[dict[str, str]] = []
+    for file in files:
+        rows += _read_answers(file)
+    if not rows:
+        raise DataError(f"{path} holds no answers")
+    missing = set(LABELS) - {r["label"] for r in rows}
+    if missing:
+        raise DataError(f"{path} has no answers labelled {', '.join(sorted(missing))}")
+    return rows
+
+
+def _read_answers(path: Path) -> list[dict[str, str]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(f"cannot read refusal answers from {path}: {exc}") from exc
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: invalid JSON: {exc}") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("answer"), str):
+            raise DataError(f"{path}:{number}: each row needs an 'answer' string")
+        if row.get("label") not in LABELS:
+            raise DataError(f"{path}:{number}: label {row.get('label')!r} is not one of {', '.join(LABELS)}")
+        rows.append(row)
+    return rows
+
+
+def embed(texts: Sequence[str], encoder: Any, progress: Progress | None = None) -> NDArray[np.float32]:
+    """:func:`seawall.redteam.refusal.features` in batches, with progress."""
+    blocks = []
+    for start in range(0, len(texts), BATCH):
+        blocks.append(features(encoder, texts[start : start + BATCH]))
+        if progress:
+            progress(f"embedded {min(start + BATCH, len(texts))}/{len(texts)} answers")
+    return np.concatenate(blocks) if blocks else np.zeros((0, 4 * 384 + len(LEXICAL)), dtype=np.float32)
+
+
+@dataclass
+class Head:
+    coef: NDArray[np.float32]
+    intercept: NDArray[np.float32]
+    mean: NDArray[np.float32]
+    scale: NDArray[np.float32]
+
+    def probabilities(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        logits = ((x - self.mean) / self.scale) @ self.coef.T + self.intercept
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return np.asarray(exp / exp.sum(axis=1, keepdims=True), dtype=np.float32)
+
+
+def fit_head(
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    c: float = DEFAULT_C,
+    seed: int = 0,
+    lexical_weight: float | None = None,
+) -> Head:
+    """A standardised multinomial logistic regression over the features (classes balanced)."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean = x.mean(axis=0)
+    scale = np.maximum(x.std(axis=0), 1e-3)
+    scale[-len(LEXICAL) :] /= LEXICAL_WEIGHT if lexical_weight is None else lexical_weight
+    model = LogisticRegression(C=c, max_iter=3000, class_weight="balanced", random_state=seed)
+    model.fit((x - mean) / scale, y)
+    if list(model.classes_) != list(range(len(LABELS))):
+        raise DataError("the training answers must hold every label")
+    return Head(
+        model.coef_.astype(np.float32),
+        model.intercept_.astype(np.float32),
+        mean.astype(np.float32),
+        scale.astype(np.float32),
+    )
+
+
+def out_of_fold(
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    groups: Sequence[str],
+    c: float = DEFAULT_C,
+    folds: int = 5,
+    seed: int = 0,
+) -> NDArray[np.float32]:
+    """Probabilities of each row from a head that never saw its group (stratified group k-fold)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    out = np.zeros((len(y), len(LABELS)), dtype=np.float32)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for train, test in splitter.split(x, y, groups):
+        out[test] = fit_head(x[train], y[train], c, seed).probabilities(x[test])
+    return out
+
+
+def binary_figures(refused: Sequence[bool], predicted: Sequence[bool]) -> dict[str, float]:
+    """Precision, recall and F1 of "refuses (fully or partly)" against compliance."""
+    tp = sum(1 for t, p in zip(refused, predicted, strict=True) if t and p)
+    fp = sum(1 for t, p in zip(refused, predicted, strict=True) if not t and p)
+    fn = sum(1 for t, p in zip(refused, predicted, strict=True) if t and not p)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def choose_threshold(probabilities: NDArray[np.float32], y: NDArray[np.int64]) -> float:
+    """The refusal threshold with the best F1 among those reaching :data:`MIN_PRECISION` (0.5 if none)."""
+    score = probabilities[:, 1] + probabilities[:, 2]
+    truth = [int(label) != 0 for label in y]
+    best, best_f1 = 0.5, -1.0
+    for threshold in np.arange(0.2, 0.91, 0.02):
+        figures = binary_figures(truth, [bool(s >= threshold) for s in score])
+        if figures["precision"] >= MIN_PRECISION and figures["f1"] > best_f1:
+            best, best_f1 = float(threshold), figures["f1"]
+    return round(best, 2)
+
+
+def train_refusal(
+    answers: Path,
+    out: Path = ARTEFACT,
+    *,
+    c: float = DEFAULT_C,
+    seed: int = 0,
+    encoder: Any = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Fit the head on ``answers`` and write it to ``out``; returns the out-of-fold figures."""
+    from seawall.redteam.refusal import _default_encoder
+
+    rows = load_answers(answers)
+    encoder = encoder or _default_encoder()
+    if progress:
+        progress(f"loaded {len(rows)} answers from {answers}")
+    x = embed([r["answer"] for r in rows], encoder, progress)
+    y = np.array([LABELS.index(r["label"]) for r in rows], dtype=np.int64)  # type: ignore[arg-type]
+    groups = [r.get("prompt") or r["answer"] for r in rows]
+    folds = min(5, min(int((y == k).sum()) for k in range(len(LABELS))))
+    if folds < 2:
+        raise DataError("each label needs at least two answers to pick a threshold")
+    oof = out_of_fold(x, y, groups, c, folds, seed)
+    threshold = choose_threshold(oof, y)
+    head = fit_head(x, y, c, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as handle:
+        np.savez_compressed(
+            handle,
+            feature_version=np.array(FEATURE_VERSION),
+            labels=np.array(LABELS),
+            coef=head.coef,
+            intercept=head.intercept,
+            mean=head.mean,
+            scale=head.scale,
+            threshold=np.array(threshold),
+        )
+    predicted = [bool(p[1] + p[2] >= threshold) for p in oof]
+    figures = binary_figures([int(k) != 0 for k in y], predicted)
+    three_way = float(np.mean(oof.argmax(axis=1) == y))
+    result = {"rows": len(rows), "threshold": threshold, "three_way_accuracy": three_way, **figures}
+    if progress:
+        progress(
+            f"wrote {out}: out-of-fold precision {figures['precision']:.3f}, recall {figures['recall']:.3f}, "
+            f"F1 {figures['f1']:.3f}, three-way accuracy {three_way:.3f} (threshold {threshold})"
+        )
+    return result
