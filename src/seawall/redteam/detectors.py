@@ -495,13 +495,15 @@ def available_detectors() -> Mapping[str, DetectorFn]:
 
 def local_moderation(backend: str = "local") -> Moderate:
     """A :data:`Moderate` backed by seawall's own moderation service (in process, no network
-    for the ``local`` backend)."""
+    for the ``local`` backend), through the batch path every many-text scorer shares
+    (:func:`seawall.batch.rows.moderate_items`: any number of replies, in batches the service takes)."""
+    from seawall.batch.rows import moderate_items
     from seawall.service import ModerationService
     from seawall.settings import load_settings
 
     service = ModerationService(load_settings(moderation={"backend": backend}))
 
     async def moderate(texts: list[str]) -> list[Any]:
-        return (await service.moderate(texts)).results
+        return [results[0] for results in await moderate_items(service, texts)]
 
     return moderate
