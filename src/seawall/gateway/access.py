@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
+from seawall.bearer import bearer_token
 from seawall.errors import AuthenticationError, PermissionDeniedError
 from seawall.gateway.identity import hash_api_key
 from seawall.store.base import ApiKey, KeyScope, KeyStore
@@ -36,13 +37,6 @@ class Caller:
 
     key_id: str | None
     tenant: str
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, or None."""
-    scheme, _, token = (authorization or "").partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
 
 
 class KeyAuthenticator:

@@ -53,6 +53,7 @@ from typing import Any, Literal, Protocol
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from seawall.bearer import bearer_token
 from seawall.bodies import error_response, json_response, read_json
 from seawall.clock import utc_now
 from seawall.errors import (
@@ -88,13 +89,6 @@ class Caller(Protocol):
 
     key_id: str | None
     tenant: str
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, or None."""
-    scheme, _, token = (authorization or "").partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
 
 
 Handler = Callable[..., Awaitable[Response]]

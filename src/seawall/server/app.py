@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -203,6 +203,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+#: A gateway entry point: the body, the headers, then ``request_id`` and ``client_address``.
+GatewayCall = Callable[..., Awaitable[GatewayResponse]]
+
+
 def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
     """The gateway's OpenAI-compatible routes; the :class:`Gateway` itself lives in the lifespan."""
 
@@ -243,8 +247,9 @@ def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
             response.headers.update(running.review.headers())  # the AI disclosure, on every answer
         return response
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
+    async def guarded(request: Request, route: str, handle: GatewayCall) -> Response:
+        """One request through the gateway: the body read (a bad one audited too), ``handle`` called
+        with it, and the result or the error as the HTTP response, with the request's id."""
         request_id = new_request_id()
         response: Response
         try:
@@ -254,35 +259,28 @@ def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
                 gateway().reject(request_id, exc)  # audited like every other request
                 raise
             client = request.client.host if request.client else None
-            handle = gateway().stream if body.get("stream") else gateway().chat
             result = await handle(body, request.headers, request_id=request_id, client_address=client)
             response = reply(request, result)
         except SeawallError as exc:
             if exc.status_code >= 500:
-                log.warning("POST /v1/chat/completions %s failed: %s", request_id, exc.message)
+                log.warning("POST %s %s failed: %s", route, request_id, exc.message)
             response = error_response(exc)
         return finish(response, request_id)
 
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        async def handle(body: dict[str, Any], headers: Any, **where: Any) -> GatewayResponse:
+            running = gateway()
+            return await (running.stream if body.get("stream") else running.chat)(body, headers, **where)
+
+        return await guarded(request, "/v1/chat/completions", handle)
+
     @app.post("/v1/responses")
     async def responses_create(request: Request) -> Response:
-        request_id = new_request_id()
-        response: Response
-        try:
-            try:
-                body = await read_json(request, settings.server.max_body_bytes)
-            except SeawallError as exc:
-                gateway().reject(request_id, exc)  # audited like every other request
-                raise
-            client = request.client.host if request.client else None
-            result = await responses_api().create(
-                body, request.headers, request_id=request_id, client_address=client
-            )
-            response = reply(request, result)
-        except SeawallError as exc:
-            if exc.status_code >= 500:
-                log.warning("POST /v1/responses %s failed: %s", request_id, exc.message)
-            response = error_response(exc)
-        return finish(response, request_id)
+        async def handle(body: dict[str, Any], headers: Any, **where: Any) -> GatewayResponse:
+            return await responses_api().create(body, headers, **where)
+
+        return await guarded(request, "/v1/responses", handle)
 
     @app.get("/v1/responses/{response_id}")
     async def responses_retrieve(request: Request, response_id: str) -> Response:
