@@ -235,6 +235,15 @@ def everything_logged() -> Iterator[_Everything]:
     handler = _Everything()
     root = logging.getLogger()
     level = root.level
+    # Libraries imported by earlier tests may have quietened loggers (LiteLLM sets httpx to
+    # WARNING): every logger speaks while this runs, as it would in an app configured to log all.
+    others = [
+        logger for logger in logging.root.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
+    saved = [(logger, logger.level, logger.disabled) for logger in others]
+    for logger in others:
+        logger.setLevel(logging.NOTSET)
+        logger.disabled = False
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     try:
@@ -242,6 +251,9 @@ def everything_logged() -> Iterator[_Everything]:
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
+        for logger, old_level, disabled in saved:
+            logger.setLevel(old_level)
+            logger.disabled = disabled
 
 
 def test_nothing_secret_reaches_the_logs_of_the_app_in_process(tmp_path: Path) -> None:

@@ -146,7 +146,8 @@ def test_a_direct_scan_finds_smollm2_out(direct: Report, suite: Suite) -> None:
     findings = direct.findings(include_suppressed=True)
     assert findings and len(findings) == overall.vulnerable
     for result in findings:
-        assert result.evidence and result.refused is not True, result.id
+        # a finding never rests on a full refusal; a partial one that delivered the harm counts
+        assert result.evidence and result.refusal != "refusal", (result.id, result.refusal)
         detector = result.case.check.detector
         if detector == "harm":
             assert result.evidence[0].startswith("moderation flags"), result.id
