@@ -115,6 +115,7 @@ from seawall.gateway.policy import Policy, load_policy
 from seawall.gateway.ratelimit import RateLimiter
 from seawall.gateway.risk import RiskLedger, risk_level
 from seawall.gateway.runner import (
+    USER_ROLES,
     Answer,
     Guards,
     RequestContext,
@@ -380,12 +381,13 @@ class Gateway:
         client_address: str | None,
         *,
         stream: bool,
+        judged_roles: frozenset[str],
     ) -> RequestScope:
         """A new request's context, in the scope that settles and audits it once, however it ends."""
         audit = self._new_audit(request_id, stream=stream)
         if self.settings.audit_content:
             audit.content = {"messages": body.get("messages")}
-        ctx = RequestContext(body, headers, audit, client_address=client_address)
+        ctx = RequestContext(body, headers, audit, client_address=client_address, judged_roles=judged_roles)
         return RequestScope(ctx, self._settle, self.audit.write)
 
     def _response(self, ctx: RequestContext, **content: Any) -> GatewayResponse:
@@ -402,9 +404,12 @@ class Gateway:
         *,
         request_id: str | None = None,
         client_address: str | None = None,
+        judged_roles: frozenset[str] = USER_ROLES,
     ) -> GatewayResponse:
         """One non-streaming request, from the client's body to the (moderated) completion."""
-        async with self._scope(body, headers, request_id, client_address, stream=False) as ctx:
+        async with self._scope(
+            body, headers, request_id, client_address, stream=False, judged_roles=judged_roles
+        ) as ctx:
             answer = await self.runner.run(self.steps, ctx)
             if answer is None:
                 assert ctx.completion is not None
@@ -425,10 +430,11 @@ class Gateway:
         *,
         request_id: str | None = None,
         client_address: str | None = None,
+        judged_roles: frozenset[str] = USER_ROLES,
     ) -> GatewayResponse:
         """One streaming request. Everything up to the upstream's first chunk happens here, so a
         refusal or an upstream failure is still an HTTP error; the rest is the returned SSE stream."""
-        scope = self._scope(body, headers, request_id, client_address, stream=True)
+        scope = self._scope(body, headers, request_id, client_address, stream=True, judged_roles=judged_roles)
         async with scope as ctx:
             answer = await self.runner.run(self.stream_steps, ctx)
             if answer is None and ctx.hold is not None:

@@ -57,7 +57,6 @@ from seawall.gateway.responses_wire import (
     skeleton,
 )
 from seawall.gateway.sse import ClientTooSlowError, aclose
-from seawall.gateway.steps import JUDGED_ROLES
 from seawall.settings import ResponsesSettings
 from seawall.store.base import ResponseStore, StoredResponse
 
@@ -109,12 +108,14 @@ class ResponsesAPI:
             raise
         base = skeleton(request, response_id(request_id))
         kept = (caller, conversation) if keep and caller is not None else None
-        judged = JUDGED_ROLES.set(RESPONSES_JUDGED_ROLES)
-        try:
-            handle = self.gateway.stream if request.stream else self.gateway.chat
-            result = await handle(chat, headers, request_id=request_id, client_address=client_address)
-        finally:
-            JUDGED_ROLES.reset(judged)
+        handle = self.gateway.stream if request.stream else self.gateway.chat
+        result = await handle(
+            chat,
+            headers,
+            request_id=request_id,
+            client_address=client_address,
+            judged_roles=RESPONSES_JUDGED_ROLES,
+        )
         if result.stream is not None:
             result.stream = self._events(result.stream, request, base, kept)
         elif result.status_code == 200 and result.body is not None:

@@ -55,6 +55,8 @@ T = TypeVar("T")
 
 #: The entry-point group of steps of your own (``gateway.extra_steps`` places them).
 STEP_ENTRY_POINTS = STEPS
+#: The roles input moderation judges on a chat completions request.
+USER_ROLES = frozenset({"user"})
 #: Decision actions that let the request through as it was: a shadowed step that took only
 #: these leaves no ``shadow`` entry.
 PASSED = frozenset({"allow", "no_match"})
@@ -78,6 +80,10 @@ class RequestContext:
     audit: AuditRecord
     #: The client's address (for anonymous requests without a session), when the server knows it.
     client_address: str | None = None
+    #: The roles of the messages input moderation judges: the user's (chat completions, where
+    #: system and developer messages are the app's own), or every input item's but the
+    #: assistant's (the Responses API, its ``instructions`` included).
+    judged_roles: frozenset[str] = USER_ROLES
     caller: Caller | None = None
     #: A session id minted for an anonymous client, to hand back (header and cookie).
     new_session: str | None = None

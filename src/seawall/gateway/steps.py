@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from contextvars import ContextVar
 from typing import Any
 
 from seawall.errors import (
@@ -57,11 +56,6 @@ WARNING_HEADER = "x-seawall-warning"
 ANSWER_SOURCE_HEADER = "x-seawall-answer-source"
 #: Roles whose content is untrusted output of tools.
 UNTRUSTED_ROLES = frozenset({"tool", "function"})
-#: The roles of the messages input moderation judges in the current request: the user's messages
-#: (chat completions, where system and developer messages are the app's own); the Responses API
-#: (:mod:`seawall.gateway.responses_api`) sets it to every input item's role that is not the
-#: assistant's, its ``instructions`` included.
-JUDGED_ROLES: ContextVar[frozenset[str]] = ContextVar("seawall_judged_roles", default=frozenset({"user"}))
 
 
 class Identity:
@@ -262,7 +256,7 @@ class InputLimits:
 
 class InputModeration:
     """Refuse the request if any user message's text or image is flagged in a blocking category
-    (and any system or developer message's, where the request's :data:`JUDGED_ROLES` say so)."""
+    (and any system or developer message's, where the context's ``judged_roles`` say so)."""
 
     name = "input_moderation"
     guard = True
@@ -273,7 +267,7 @@ class InputModeration:
 
     async def run(self, ctx: RequestContext) -> Answer | None:
         audit = ctx.audit
-        roles = JUDGED_ROLES.get()
+        roles = ctx.judged_roles
         user = [m.get("content") for m in ctx.messages if m.get("role") in roles]
         texts = [text for content in user if (text := text_of(content))]
         images = [part for content in user for part in image_parts(content)]
@@ -589,7 +583,6 @@ __all__ = [
     "ANSWER_SOURCE_HEADER",
     "DROPPED_NOTICE",
     "EXTENSION_FIELD",
-    "JUDGED_ROLES",
     "WARNING_HEADER",
     "Identity",
     "InputLimits",

@@ -90,6 +90,8 @@ class RedisHotState:
         except ValueError as exc:
             raise ConfigurationError(f"store.cache_url is not a Redis URL: {exc}") from exc
         self.ttl_s = ttl_s
+        #: What a failing Redis raises (kept here so the hot path never imports anything).
+        self.errors: type[Exception] = redis.RedisError
         self._hit = self.client.register_script(_HIT)
         self._read = self.client.register_script(_READ)
 
@@ -182,36 +184,30 @@ class HotStateSqlStore(SqlStore):
     # ------------------------------------------------------------------ counters
 
     def hit(self, bucket: str, limit: int, window_s: int, now: datetime) -> RateLimitResult:
-        import redis
-
         if self._redis_usable():
             try:
                 return self.hot.hit(bucket, limit, window_s, now)
-            except redis.RedisError as exc:
+            except self.hot.errors as exc:
                 self._redis_failed("counting a rate-limit hit", exc)
         return super().hit(bucket, limit, window_s, now)
 
     def prune(self, now: datetime) -> int:
-        import redis
-
         gone = super().prune(now)  # windows counted in the database while Redis failed
         if self._redis_usable():
             try:
                 gone += self.hot.prune(now)
-            except redis.RedisError as exc:
+            except self.hot.errors as exc:
                 self._redis_failed("pruning rate-limit windows", exc)
         return gone
 
     # ------------------------------------------------------------------ standing
 
     def get_user(self, tenant: str, safety_id: str) -> UserState | None:
-        import redis
-
         if not self._redis_usable():
             return super().get_user(tenant, safety_id)
         try:
             cached = self.hot.get_user(tenant, safety_id)
-        except redis.RedisError as exc:
+        except self.hot.errors as exc:
             self._redis_failed("reading a user's standing", exc)
             return super().get_user(tenant, safety_id)
         if isinstance(cached, tuple):
@@ -219,17 +215,15 @@ class HotStateSqlStore(SqlStore):
         state = super().get_user(tenant, safety_id)
         try:
             self.hot.put_user(tenant, safety_id, cached, state)
-        except redis.RedisError as exc:
+        except self.hot.errors as exc:
             self._redis_failed("caching a user's standing", exc)
         return state
 
     def set_user(self, state: UserState) -> None:
-        import redis
-
         super().set_user(state)  # the database first: it is the record
         try:
             self.hot.changed(state.tenant, state.safety_id)
-        except redis.RedisError as exc:
+        except self.hot.errors as exc:
             # Replicas still reading Redis see the change once their entry expires (cache_ttl_s).
             self._redis_failed("announcing a change of a user's standing", exc)
 
