@@ -15,7 +15,19 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ColumnElement, Select, and_, false, func, insert, select, text, update
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    false,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.sql.expression import literal_column
 
 from seawall.store.base import AuditPage, AuditQuery, FlagRow, OutcomeRow
@@ -27,9 +39,23 @@ from seawall.store.sql.database import SqlRole
 HEX_PREFIX = re.compile(r"[0-9a-f]{1,64}")
 
 
-def _same_tenant(tenant: str | None) -> Any:
-    """Audit rows of ``tenant`` (None: rows without one)."""
-    return audit_events.c.tenant.is_(None) if tenant is None else audit_events.c.tenant == tenant
+# The statements every audit write runs, built once (building them per record cost SQLAlchemy more
+# than the database took to run them): a tenant's last hash (the other for rows without a tenant),
+# the row a request id already has, and the new row.
+_LAST_HASH = (
+    select(audit_events.c.hash)
+    .where(audit_events.c.tenant == bindparam("tenant"))
+    .order_by(audit_events.c.id.desc())
+    .limit(1)
+)
+_LAST_HASH_NO_TENANT = (
+    select(audit_events.c.hash)
+    .where(audit_events.c.tenant.is_(None))
+    .order_by(audit_events.c.id.desc())
+    .limit(1)
+)
+_STORED_ID = select(audit_events.c.id).where(audit_events.c.request_id == bindparam("request_id"))
+_NEW_ROW = insert(audit_events)
 
 
 def _chain_lock_key(tenant: str | None) -> int:
@@ -133,13 +159,10 @@ class SqlAudit(SqlRole):
         with self.db.transaction("writing an audit record", write=True) as connection:
             if self.db.postgres:
                 connection.execute(select(func.pg_advisory_xact_lock(_chain_lock_key(tenant))))
-            previous = connection.execute(
-                select(columns.hash).where(_same_tenant(tenant)).order_by(columns.id.desc()).limit(1)
-            ).scalar()
+            last = _LAST_HASH_NO_TENANT if tenant is None else _LAST_HASH
+            previous = connection.execute(last, {"tenant": tenant} if tenant is not None else {}).scalar()
             digest = link(record, previous)
-            stored = connection.execute(
-                select(columns.id).where(columns.request_id == str(request_id))
-            ).scalar()
+            stored = connection.execute(_STORED_ID, {"request_id": str(request_id)}).scalar()
             if stored is not None:
                 renamed = f"{str(request_id)[:60]}~superseded~{stored}"
                 connection.execute(
@@ -148,16 +171,17 @@ class SqlAudit(SqlRole):
                     .values(request_id=renamed, superseded=True)
                 )
             connection.execute(
-                insert(audit_events).values(
-                    request_id=str(request_id),
-                    time=time,
-                    tenant=tenant,
-                    safety_identifier=record.get("safety_identifier"),
-                    outcome=record.get("outcome"),
-                    record=record,
-                    prev_hash=previous,
-                    hash=digest,
-                )
+                _NEW_ROW,
+                {
+                    "request_id": str(request_id),
+                    "time": time,
+                    "tenant": tenant,
+                    "safety_identifier": record.get("safety_identifier"),
+                    "outcome": record.get("outcome"),
+                    "record": record,
+                    "prev_hash": previous,
+                    "hash": digest,
+                },
             )
 
     def audit_chain(

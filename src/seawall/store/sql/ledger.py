@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, case, func, insert, select, union
+from sqlalchemy import Row, and_, bindparam, case, func, insert, select, union
 
 from seawall.store.base import (
     FilteredAnswer,
@@ -31,6 +31,12 @@ def _state(row: Row[Any]) -> UserState:
         updated_at=row.updated_at,
         updated_by=row.updated_by,
     )
+
+
+#: A user's stored state (run on every gateway request with the risk ledger): built once.
+_USER_STATE = select(user_states).where(
+    user_states.c.tenant == bindparam("tenant"), user_states.c.safety_id == bindparam("safety_id")
+)
 
 
 class SqlLedger(SqlRole):
@@ -76,11 +82,8 @@ class SqlLedger(SqlRole):
 
     def get_user(self, tenant: str, safety_id: str) -> UserState | None:
         """The user's stored state; None if it was never set."""
-        query = select(user_states).where(
-            user_states.c.tenant == tenant, user_states.c.safety_id == safety_id
-        )
         with self.db.transaction("reading a user state") as connection:
-            row = connection.execute(query).first()
+            row = connection.execute(_USER_STATE, {"tenant": tenant, "safety_id": safety_id}).first()
         return None if row is None else _state(row)
 
     def set_user(self, state: UserState) -> None:
