@@ -58,7 +58,9 @@ SESSION_MAX_AGE_S = 30 * 86_400
 
 async def _check_key(request: Request) -> None:
     access: KeyAuthenticator = request.app.state.access
-    await asyncio.to_thread(access.authenticate, request.headers.get("authorization"))
+    authorization = request.headers.get("authorization")
+    if access.authenticate_cached(authorization) is None:  # the store must be asked: off the loop
+        await asyncio.to_thread(access.authenticate, authorization)
 
 
 def gateway_enabled(settings: Settings) -> bool:
