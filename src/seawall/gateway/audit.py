@@ -17,11 +17,12 @@ every replica (:meth:`seawall.store.base.AuditWriter.write_audit`). ``seawall au
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +45,16 @@ audit_log = logging.getLogger("seawall.audit")
 AUDIT_TOP_SCORES = 3
 #: Records queued for the store before new ones are dropped (and the drop logged).
 STORE_QUEUE_SIZE = 10_000
+#: How long after a record is queued on an event loop the store writer is woken, from that loop.
+#: A record is queued just before its answer is sent; waking the writer thread at once would have
+#: it compete with sending that answer (for the CPU and the GIL) and with the next request's first
+#: steps (for SQLite's write lock). Records queued meanwhile are written in the same turn. Queued
+#: from a thread without a loop, a record wakes the writer at once.
+STORE_DELAY_S = 0.01
+#: The end marker in the store writer's queue.
+_STOP = object()
+#: Longest the store writer sleeps without being woken (a wake-up that never came is then caught).
+STORE_POLL_S = 1.0
 
 
 def decision(
@@ -189,7 +200,13 @@ class AuditLog:
             else None
         )
         self._retry_s = retry_s
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(STORE_QUEUE_SIZE)
+        #: Records for the store, in order; :data:`_STOP` ends the writer.
+        self._queue: deque[dict[str, Any] | object] = deque()
+        #: Records queued or being stored (what :meth:`flush` waits for).
+        self._unstored = 0
+        self._count_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._wake_scheduled = False
         self._writer: threading.Thread | None = None
         if store is not None:
             self._writer = threading.Thread(target=self._drain, name="seawall-audit", daemon=True)
@@ -204,17 +221,45 @@ class AuditLog:
                 self._observer(data)
             except Exception:  # metrics must never cost a request its audit record
                 log.exception("the audit observer failed for %s", record.request_id)
-        if self._writer is not None:
-            try:
-                # The store chains the record itself (its chain spans replicas), so it gets a copy
-                # without the file's links.
-                self._queue.put_nowait(dict(data))
-            except queue.Full:
-                if self._stored is not None:
-                    log.warning("audit queue full: %s goes to the audit buffer", record.request_id)
-                    self._stored.spill(dict(data))
-                else:
-                    log.error("audit queue full: %s not stored (the file and log have it)", record.request_id)
+        # The store chains the record itself (its chain spans replicas), so it gets a copy without
+        # the file's links; it is queued after the file is written, so the writer thread it wakes
+        # does not compete with that write.
+        for_store = dict(data) if self._writer is not None else None
+        self._write_file(record, data)
+        if for_store is None:
+            return
+        with self._count_lock:
+            full = self._unstored >= STORE_QUEUE_SIZE
+            if not full:
+                self._unstored += 1
+                self._queue.append(for_store)
+        if not full:
+            self._kick()
+        elif self._stored is not None:
+            log.warning("audit queue full: %s goes to the audit buffer", record.request_id)
+            self._stored.spill(for_store)
+        else:
+            log.error("audit queue full: %s not stored (the file and log have it)", record.request_id)
+
+    def _kick(self) -> None:
+        """Have the writer store what is queued: :data:`STORE_DELAY_S` later when called on an event
+        loop (the loop wakes it, once per delay however many records came), else at once."""
+        if self._wake_scheduled or self._wake.is_set():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._wake.set()
+            return
+        self._wake_scheduled = True
+        loop.call_later(STORE_DELAY_S, self._wake_now)
+
+    def _wake_now(self) -> None:
+        self._wake_scheduled = False
+        self._wake.set()
+
+    def _write_file(self, record: AuditRecord, data: dict[str, Any]) -> None:
+        """The record as a line of the file (linked into its tenant's chain) and of the log."""
         with self._lock:
             if self.path is not None:
                 chain = self._file_chain()
@@ -253,7 +298,8 @@ class AuditLog:
     def flush(self, timeout_s: float = 10.0) -> None:
         """Wait until every queued record reached the store (or ``timeout_s`` passed)."""
         deadline = time.monotonic() + timeout_s
-        while self._writer is not None and self._queue.unfinished_tasks and time.monotonic() < deadline:
+        self._wake.set()
+        while self._writer is not None and self._unstored and time.monotonic() < deadline:
             time.sleep(0.005)
 
     def close(self) -> None:
@@ -264,7 +310,8 @@ class AuditLog:
                 self._file = None
         if self._writer is None:
             return
-        self._queue.put(None)
+        self._queue.append(_STOP)
+        self._wake.set()
         self._writer.join(timeout=30)
         self._writer = None
 
@@ -273,27 +320,36 @@ class AuditLog:
         stored = self._stored
         if stored is not None:
             stored.tick(force=True)  # what a previous run buffered goes first
+        wait_s = min(self._retry_s / 2, STORE_POLL_S) if stored is not None else STORE_POLL_S
         while True:
-            try:
-                item = self._queue.get(timeout=self._retry_s / 2 if stored is not None else None)
-            except queue.Empty:
+            woken = self._wake.wait(wait_s)
+            self._wake.clear()
+            if not woken:
+                self._wake_scheduled = False  # a loop that closed before its wake-up came
                 if stored is not None:
                     stored.tick()
-                continue
-            if item is None:
-                if stored is not None:
-                    stored.close()
-                self._queue.task_done()
-                return
-            try:
-                if stored is not None:
-                    stored.write(item)
-                else:
-                    self._store.write_audit(item)
-            except Exception as exc:  # the file and log still have it; never kill the writer
-                log.error("cannot store the audit record of %s: %s", item.get("request_id"), exc)
-            finally:
-                self._queue.task_done()
+            while self._queue:
+                item = self._queue.popleft()
+                if item is _STOP:
+                    if stored is not None:
+                        stored.close()
+                    return
+                assert isinstance(item, dict)
+                self._store_one(item)
+
+    def _store_one(self, item: dict[str, Any]) -> None:
+        stored = self._stored
+        try:
+            if stored is not None:
+                stored.write(item)
+            else:
+                assert self._store is not None
+                self._store.write_audit(item)
+        except Exception as exc:  # the file and log still have it; never kill the writer
+            log.error("cannot store the audit record of %s: %s", item.get("request_id"), exc)
+        finally:
+            with self._count_lock:
+                self._unstored -= 1
 
     @property
     def buffering(self) -> bool:
