@@ -90,6 +90,7 @@ Steps of your own: the ``seawall.steps`` entry points, placed by ``gateway.extra
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -298,6 +299,9 @@ class Gateway:
         self.runner = Runner(self.guards, self.modes)
         #: The request path of a plain request, in order (``gateway.extra_steps`` included).
         self.steps: list[Step] = load_extra_steps(self._path(), self.settings.extra_steps, self, settings)
+        for step, after in itertools.pairwise(self.steps):
+            if isinstance(step, Standing) and isinstance(after, RateLimits):
+                step.then = after  # both store calls in one thread-pool hop
         upstream_at = [step.name for step in self.steps].index("upstream")
         #: A stream's steps before its upstream call: the path's, and the review's question.
         holds: list[Step] = [ReviewRoute(review)] if review is not None and review.enabled else []

@@ -93,6 +93,9 @@ class RequestContext:
     tier: ResolvedTier | None = None
     #: The user's escalation state, when warned or throttled.
     standing: UserState | None = None
+    #: The rate limits' count when the standing step made it (:class:`~seawall.gateway.steps.Standing`
+    #: with ``then``): None (counted, within the limits) or what the count raised; False: not counted.
+    rate_limits_counted: Exception | bool | None = False
     #: The messages and untrusted documents as the guards left them (dropped ones replaced).
     messages: list[dict[str, Any]] = field(default_factory=list)
     documents: list[dict[str, str]] = field(default_factory=list)

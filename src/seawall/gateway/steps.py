@@ -127,25 +127,49 @@ class Identity:
 
 class Standing:
     """The user's standing on the escalation ladder: 403 when blocked or under review, 429 when
-    throttled and over the throttle's rate, a warning header when warned (or throttled)."""
+    throttled and over the throttle's rate, a warning header when warned (or throttled).
+
+    With ``then`` (the rate-limit step, when it comes right after this one) an enforced standing
+    step that lets the request on also counts it against the rate limits, in the same thread-pool
+    call: one hop off the event loop instead of two. The rate-limit step then only hands on what
+    that count decided, and this step's latency includes the count."""
 
     name = "standing"
     guard = False
 
-    def __init__(self, ledger: RiskLedger) -> None:
+    def __init__(self, ledger: RiskLedger, then: RateLimits | None = None) -> None:
         self.ledger = ledger
+        self.then = then
 
     async def run(self, ctx: RequestContext) -> Answer | None:
-        assert ctx.caller is not None
+        caller = ctx.caller
+        assert caller is not None
+        count = self.then if not ctx.shadow else None  # a shadowed step acts on nothing
         try:
-            ctx.standing = await asyncio.to_thread(self.ledger.admit, ctx.caller.tenant, ctx.safety_id)
+            ctx.standing, counted = await asyncio.to_thread(self._admit, caller.tenant, ctx, count)
         except (PermissionDeniedError, RateLimitError) as exc:
             ctx.audit.decide(self.name, "refuse", code=exc.code)
             raise
+        if count is not None:
+            ctx.rate_limits_counted = counted
         if ctx.standing is not None:
             ctx.audit.decide(self.name, "warn", status=ctx.standing.status)
             ctx.response_headers[WARNING_HEADER] = warning(ctx.standing)
         return None
+
+    def _admit(
+        self, tenant: str, ctx: RequestContext, count: RateLimits | None
+    ) -> tuple[UserState | None, Exception | None]:
+        """The standing in force (or its refusal, raised); then, with ``count``, the request
+        counted against the rate limits: None, or what that raised, for the rate-limit step."""
+        state = self.ledger.admit(tenant, ctx.safety_id)
+        if count is None:
+            return state, None
+        try:
+            count.count(ctx)
+        except Exception as exc:  # raised by the rate-limit step, as if it had counted itself
+            return state, exc
+        return state, None
 
 
 class RateLimits:
@@ -159,18 +183,25 @@ class RateLimits:
         self.limiter = limiter
 
     async def run(self, ctx: RequestContext) -> Answer | None:
+        counted, ctx.rate_limits_counted = ctx.rate_limits_counted, False
+        if counted is False:  # not counted yet (the standing step did not do it)
+            await asyncio.to_thread(self.count, ctx)
+        elif isinstance(counted, Exception):
+            raise counted
+        return None
+
+    def count(self, ctx: RequestContext) -> None:
+        """Count the request against its buckets (blocking: a store call); 429 when one is full."""
         caller = ctx.caller
         assert caller is not None
         sessionless = ctx.client_address if ctx.new_session else None
-        await asyncio.to_thread(
-            self.limiter.check,
+        self.limiter.check(
             caller.key_id,
             caller.tenant,
             ctx.safety_id,
             address_without_session=sessionless,
             tier=ctx.tier,
         )
-        return None
 
 
 class InputLimits:
