@@ -45,12 +45,6 @@ audit_log = logging.getLogger("seawall.audit")
 AUDIT_TOP_SCORES = 3
 #: Records queued for the store before new ones are dropped (and the drop logged).
 STORE_QUEUE_SIZE = 10_000
-#: How long after a record is queued on an event loop the store writer is woken, from that loop.
-#: A record is queued just before its answer is sent; waking the writer thread at once would have
-#: it compete with sending that answer (for the CPU and the GIL) and with the next request's first
-#: steps (for SQLite's write lock). Records queued meanwhile are written in the same turn. Queued
-#: from a thread without a loop, a record wakes the writer at once.
-STORE_DELAY_S = 0.01
 #: The end marker in the store writer's queue.
 _STOP = object()
 #: Longest the store writer sleeps without being woken (a wake-up that never came is then caught).
@@ -242,8 +236,12 @@ class AuditLog:
             log.error("audit queue full: %s not stored (the file and log have it)", record.request_id)
 
     def _kick(self) -> None:
-        """Have the writer store what is queued: :data:`STORE_DELAY_S` later when called on an event
-        loop (the loop wakes it, once per delay however many records came), else at once."""
+        """Have the writer store what is queued: at the event loop's next turn when called on one
+        (the loop wakes it, once per turn however many records came), else at once.
+
+        A record is queued just before its answer is sent; for a plain answer the loop's next turn
+        comes once the answer's bytes went to the socket. Woken at once, the writer thread took the
+        CPU and the GIL from the answer being sent."""
         if self._wake_scheduled or self._wake.is_set():
             return
         try:
@@ -252,7 +250,7 @@ class AuditLog:
             self._wake.set()
             return
         self._wake_scheduled = True
-        loop.call_later(STORE_DELAY_S, self._wake_now)
+        loop.call_soon(self._wake_now)
 
     def _wake_now(self) -> None:
         self._wake_scheduled = False
