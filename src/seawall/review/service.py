@@ -201,6 +201,7 @@ class ReviewService:
         self.clock = clock
         #: Requests waiting for a decision (hold_response wait), woken by :meth:`decide`.
         self.waiters = DecisionWaiters()
+        self.metrics.count_waiting(self.waiters.total)
 
     def close(self) -> None:
         self.notifier.close()
