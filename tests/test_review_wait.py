@@ -158,6 +158,9 @@ def test_a_client_that_hangs_up_ends_its_wait_and_the_item_stays_in_the_queue(
             assert piece, "the server closed the stream"
             begun += piece
         assert begun.startswith(b"HTTP/1.1 200")
+    waiting_by = time.monotonic() + 5  # (the wait begins just after the item is stored)
+    while metric(setup.metrics(), "seawall_review_waiting") != 1 and time.monotonic() < waiting_by:
+        time.sleep(0.05)
     assert metric(setup.metrics(), "seawall_review_waiting") == 1
     sock.close()
     hung_up = time.monotonic()
