@@ -515,6 +515,40 @@ def test_create_get_and_list_the_queue_in_order(store: Store) -> None:
     assert (held.action, held.actor, held.detail) == ("held", "gateway", {"reasons": ["domain:health"]})
 
 
+def test_the_queue_filters_by_user_and_reason_in_the_store_before_its_limit(store: Store) -> None:
+    # Thirty older items that match neither filter, then the ones that do: the limit counts matches
+    # only, so no cap on what is read can hide them.
+    for n in range(30):
+        older = review_item(f"rev_o{n:02d}", created=T1 + timedelta(seconds=n))
+        store.create_review(replace(older, safety_id="sid-bob", reasons=("domain:health",)))
+    later = T1 + timedelta(minutes=5)
+    held = {
+        "rev_m1": ("sid-ann", ("uncertain:harassment",)),
+        "rev_m2": ("sid-ann", ("declared", "uncertain:violence")),
+        "rev_m3": ("sid-bob", ("uncertain:harassment", "domain:law")),
+        "rev_m4": ("sid-cy", ('rule:50%_off \\ "quoted" é',)),
+    }
+    for n, (review_id, (safety_id, reasons)) in enumerate(held.items()):
+        item = review_item(review_id, created=later + timedelta(seconds=n))
+        store.create_review(replace(item, safety_id=safety_id, reasons=reasons))
+
+    def ids(**filters: Any) -> list[str]:
+        return [item.id for item in store.list_reviews(limit=5, **filters)]
+
+    assert ids(safety_id="sid-ann") == ["rev_m1", "rev_m2"]
+    assert ids(reason="uncertain") == ["rev_m1", "rev_m2", "rev_m3"]  # a kind
+    assert ids(reason="uncertain:harassment") == ["rev_m1", "rev_m3"]  # a whole reason
+    assert ids(reason="uncertain:harass") == [] and ids(reason="uncertain:") == []  # never a part
+    assert ids(reason="declared", safety_id="sid-ann") == ["rev_m2"]
+    assert ids(reason="domain:law", safety_id="sid-bob") == ["rev_m3"]
+    assert ids(reason="domain") == ["rev_o00", "rev_o01", "rev_o02", "rev_o03", "rev_o04"]
+    assert ids(reason="uncertain", status="approved") == []
+    # LIKE's wildcards, backslashes, quotes and other letters are the reason's own characters
+    assert ids(reason='rule:50%_off \\ "quoted" é') == ["rev_m4"]
+    assert ids(reason="rule:50%") == [] and ids(reason="uncertain:_arassment") == []
+    assert ids(reason="r%") == [] and ids(safety_id="sid-%") == []
+
+
 def test_claim_is_exclusive_until_it_expires_then_the_item_is_claimable_again(store: Store) -> None:
     store.create_review(review_item())
     claimed = store.claim_review("rev_1", "ann", T1, ttl_s=60)

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from seawall.cli_support import ConfigOption, console, fail
 from seawall.errors import SeawallError
-from seawall.settings import load_settings
+from seawall.settings import Settings, load_settings
 
 app = typer.Typer(help="seawall: a self-hosted safety layer for LLM applications.", no_args_is_help=True)
 
@@ -44,6 +44,25 @@ def _use_data_dir(data_dir: Path | None) -> None:
 def main_options(data_dir: DataDirOption = None) -> None:
     """seawall: a self-hosted safety layer for LLM applications."""
     _use_data_dir(data_dir)
+
+
+def _needs_first_account(settings: Settings) -> bool:
+    """Whether nobody can sign in to the review desk yet: no OIDC, and no UI account in the store
+    (read once before serving; a store that cannot be read says so when the server starts)."""
+    if settings.ui.oidc is not None:
+        return False
+    from seawall.store import open_store  # SQLAlchemy loads only for the commands that use it
+
+    try:
+        store = open_store(settings.store)
+    except SeawallError:
+        return True
+    try:
+        return not store.list_accounts()
+    except SeawallError:
+        return True
+    finally:
+        store.close()
 
 
 @app.command()
@@ -72,7 +91,9 @@ def serve(
         upstream = upstream or "the bundled local model (started as a child process)"
         chat = f"; chat gateway in front of {upstream}"
         if settings.ui.enabled:
-            chat += "; review desk at /ui/ (first account: seawall accounts create alice --role admin)"
+            chat += "; review desk at /ui/"
+            if _needs_first_account(settings):
+                chat += " (first account: seawall accounts create alice --role admin)"
     else:
         chat = "; chat gateway off (set gateway.upstream.base_url, or install seawall[local-llm])"
     console.print(

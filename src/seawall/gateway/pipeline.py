@@ -142,6 +142,7 @@ from seawall.gateway.steps import (
     Standing,
     UntrustedContent,
     UpstreamCall,
+    record_wait,
     warning,
 )
 from seawall.gateway.stream_guard import (
@@ -155,7 +156,7 @@ from seawall.gateway.tiers import Tiers
 from seawall.gateway.topics import TopicGuard
 from seawall.gateway.upstream import Upstream
 from seawall.gateway.user_tokens import UserTokenVerifier
-from seawall.review.gateway_hook import ReviewHook
+from seawall.review.gateway_hook import Disconnected, ReviewHook, StreamWait
 from seawall.review.metrics import GUARD_STEPS
 from seawall.service import ModerationService
 from seawall.settings import ControlMode, GatewaySettings, Settings
@@ -382,12 +383,20 @@ class Gateway:
         *,
         stream: bool,
         judged_roles: frozenset[str],
+        disconnected: Disconnected | None,
     ) -> RequestScope:
         """A new request's context, in the scope that settles and audits it once, however it ends."""
         audit = self._new_audit(request_id, stream=stream)
         if self.settings.audit_content:
             audit.content = {"messages": body.get("messages")}
-        ctx = RequestContext(body, headers, audit, client_address=client_address, judged_roles=judged_roles)
+        ctx = RequestContext(
+            body,
+            headers,
+            audit,
+            client_address=client_address,
+            judged_roles=judged_roles,
+            disconnected=disconnected,
+        )
         return RequestScope(ctx, self._settle, self.audit.write)
 
     def _response(self, ctx: RequestContext, **content: Any) -> GatewayResponse:
@@ -405,10 +414,19 @@ class Gateway:
         request_id: str | None = None,
         client_address: str | None = None,
         judged_roles: frozenset[str] = USER_ROLES,
+        disconnected: Disconnected | None = None,
     ) -> GatewayResponse:
-        """One non-streaming request, from the client's body to the (moderated) completion."""
+        """One non-streaming request, from the client's body to the (moderated) completion.
+        ``disconnected`` (the route's ``request.is_disconnected``) ends a review wait whose client
+        hung up."""
         async with self._scope(
-            body, headers, request_id, client_address, stream=False, judged_roles=judged_roles
+            body,
+            headers,
+            request_id,
+            client_address,
+            stream=False,
+            judged_roles=judged_roles,
+            disconnected=disconnected,
         ) as ctx:
             answer = await self.runner.run(self.steps, ctx)
             if answer is None:
@@ -431,10 +449,20 @@ class Gateway:
         request_id: str | None = None,
         client_address: str | None = None,
         judged_roles: frozenset[str] = USER_ROLES,
+        disconnected: Disconnected | None = None,
     ) -> GatewayResponse:
         """One streaming request. Everything up to the upstream's first chunk happens here, so a
-        refusal or an upstream failure is still an HTTP error; the rest is the returned SSE stream."""
-        scope = self._scope(body, headers, request_id, client_address, stream=True, judged_roles=judged_roles)
+        refusal or an upstream failure is still an HTTP error; the rest is the returned SSE stream
+        (whose server notices a client that hangs up: ``disconnected`` is for the plain path)."""
+        scope = self._scope(
+            body,
+            headers,
+            request_id,
+            client_address,
+            stream=True,
+            judged_roles=judged_roles,
+            disconnected=disconnected,
+        )
         async with scope as ctx:
             answer = await self.runner.run(self.stream_steps, ctx)
             if answer is None and ctx.hold is not None:
@@ -464,7 +492,9 @@ class Gateway:
         guarded = self.settings.output_moderation and answer is None
         model = str(body.get("model") or "")
         extension = answer.body.get(EXTENSION_FIELD) if answer is not None else None
-        sse = self._sse(first, chunks, scope, model=model, guarded=guarded, extension=extension)
+        sse = self._sse(
+            first, chunks, scope, model=model, guarded=guarded, extension=extension, wait=ctx.stream_wait
+        )
         return self._response(ctx, stream=sse)
 
     async def _sse(
@@ -476,10 +506,14 @@ class Gateway:
         model: str,
         guarded: bool,
         extension: Mapping[str, Any] | None = None,
+        wait: StreamWait | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """The client's event stream: released text only, then the end (or an error event).
         Every chunk has the same ``id`` and names the ``model``, the role chunk first; with
-        ``extension`` (a held answer's), every chunk carries it as its ``seawall`` field."""
+        ``extension`` (a held answer's), every chunk carries it as its ``seawall`` field.
+        With ``wait`` (a held answer in wait mode; ``first`` is its placeholder's chunk) the role
+        chunk goes out at once, then a keepalive comment every ``review.wait_keepalive_s`` until
+        the decision, which replaces the placeholder (and its ``seawall`` field) if it came in time."""
         audit = scope.ctx.audit
         state = StreamState(audit.request_id, model, extension)
         first_text = state.observe(first) if first is not None else ""  # the header comes from it
@@ -504,6 +538,17 @@ class Gateway:
         began = time.perf_counter()
         try:
             yield event(state.chunk({"role": "assistant", "content": ""}))
+            if wait is not None:
+                async for keepalive in wait.keepalives():
+                    yield keepalive
+                assert wait.end is not None
+                record_wait(audit, wait.end)
+                held = wait.end.response.body
+                state.extension = held.get(EXTENSION_FIELD)
+                await aclose(chunks)  # the placeholder's, not yet read past its first chunk
+                chunks = as_chunks(held)
+                first = await anext(chunks, None)  # read by deltas(), which has not started yet
+                first_text = state.observe(first) if first is not None else ""
             blocked: Blocked | None = None
             pieces = _watched(deltas(), watches)
             try:
@@ -546,6 +591,8 @@ class Gateway:
             audit.outcome = "error"
             yield event(SeawallError("The server had an error while processing the stream.").to_body())
         finally:
+            if wait is not None and (abandoned := wait.abandon()) is not None:
+                record_wait(audit, abandoned)  # before any await: this generator may be cancelled
             await aclose(chunks)
             audit.latency_ms["stream"] = round((time.perf_counter() - began) * 1000, 3)
             for watch in watches:

@@ -57,6 +57,7 @@ from seawall.gateway.responses_wire import (
     skeleton,
 )
 from seawall.gateway.sse import ClientTooSlowError, aclose
+from seawall.review.gateway_hook import Disconnected
 from seawall.settings import ResponsesSettings
 from seawall.store.base import ResponseStore, StoredResponse
 
@@ -85,6 +86,7 @@ class ResponsesAPI:
         *,
         request_id: str,
         client_address: str | None = None,
+        disconnected: Disconnected | None = None,
     ) -> GatewayResponse:
         """One ``POST /v1/responses``: a Response object, its event stream, or a 202 pending body.
         A request refused before the gateway's path (a bad field, an unknown previous response) is
@@ -115,6 +117,7 @@ class ResponsesAPI:
             request_id=request_id,
             client_address=client_address,
             judged_roles=RESPONSES_JUDGED_ROLES,
+            disconnected=disconnected,
         )
         if result.stream is not None:
             result.stream = self._events(result.stream, request, base, kept)

@@ -103,6 +103,11 @@ class RequestContext:
     hold: Any = None
     #: Response headers the steps add (warnings, the answer's source, the review id).
     response_headers: dict[str, str] = field(default_factory=dict)
+    #: Whether the client has hung up (the route's ``request.is_disconnected``), for a wait that
+    #: could outlast it (``review.hold_response: wait``); None where nobody can tell.
+    disconnected: Callable[[], Awaitable[bool]] | None = None
+    #: A held stream's wait for the reviewer's decision (wait mode), run by the stream itself.
+    stream_wait: Any = None
     #: True in the copy a step in shadow mode runs on: whatever it changes is dropped, and it must
     #: not act outside the context (store writes: a review hold) but only say what it would do.
     shadow: bool = False

@@ -203,7 +203,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-#: A gateway entry point: the body, the headers, then ``request_id`` and ``client_address``.
+#: A gateway entry point: the body, the headers, then ``request_id``, ``client_address`` and
+#: ``disconnected``.
 GatewayCall = Callable[..., Awaitable[GatewayResponse]]
 
 
@@ -259,7 +260,13 @@ def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
                 gateway().reject(request_id, exc)  # audited like every other request
                 raise
             client = request.client.host if request.client else None
-            result = await handle(body, request.headers, request_id=request_id, client_address=client)
+            result = await handle(
+                body,
+                request.headers,
+                request_id=request_id,
+                client_address=client,
+                disconnected=request.is_disconnected,  # ends a review wait whose client hung up
+            )
             response = reply(request, result)
         except SeawallError as exc:
             if exc.status_code >= 500:

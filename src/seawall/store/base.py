@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, get_args
@@ -213,6 +213,15 @@ class ReviewItem:
         return self.status == "pending" and (
             self.claimed_by is None or self.claim_expires_at is None or self.claim_expires_at <= now
         )
+
+
+def has_reason(reasons: Iterable[str], wanted: str) -> bool:
+    """Whether an item held for ``reasons`` was held for ``wanted``: one of them whole
+    (``uncertain:harassment``), or, for a ``wanted`` without a colon, one of that kind
+    (``uncertain`` matches ``uncertain:harassment``)."""
+    return any(
+        reason == wanted or (":" not in wanted and reason.partition(":")[0] == wanted) for reason in reasons
+    )
 
 
 @dataclass(frozen=True)
@@ -541,11 +550,15 @@ class ReviewStore(Protocol):
         domain: str | None = None,
         claimable_at: datetime | None = None,
         claimed_by: str | None = None,
+        safety_id: str | None = None,
+        reason: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[ReviewItem]:
         """Items matching every filter, oldest first (the queue's order). ``claimable_at``: only
-        pending items nobody holds a live claim on at that time."""
+        pending items nobody holds a live claim on at that time; ``safety_id``: one end user's;
+        ``reason``: held for it (:func:`has_reason`: a whole reason, or a kind such as ``uncertain``).
+        ``limit`` counts matching items only."""
         ...
 
     def claim_review(self, review_id: str, reviewer: str, now: datetime, ttl_s: int) -> ReviewItem | None:
@@ -763,5 +776,6 @@ __all__ = [
     "UserState",
     "UserStatus",
     "UserSummary",
+    "has_reason",
     "operator_token_hash",
 ]

@@ -54,6 +54,7 @@ from seawall.store.base import (
     UserState,
     UserStatus,
     UserSummary,
+    has_reason,
 )
 from seawall.store.chain import link
 from seawall.store.windows import PruneClock, result, room, windows
@@ -564,6 +565,8 @@ class MemoryReview(MemoryRole):
         domain: str | None = None,
         claimable_at: datetime | None = None,
         claimed_by: str | None = None,
+        safety_id: str | None = None,
+        reason: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[ReviewItem]:
@@ -578,6 +581,8 @@ class MemoryReview(MemoryRole):
                 and (domain is None or item.domain == domain)
                 and (claimable_at is None or (item.status == "pending" and _unclaimed(item, claimable_at)))
                 and (claimed_by is None or item.claimed_by == claimed_by)
+                and (safety_id is None or item.safety_id == safety_id)
+                and (reason is None or has_reason(item.reasons, reason))
             ),
             key=lambda item: (item.created_at, item.id),
         )
