@@ -983,6 +983,16 @@ class ModerationSettings(BaseModel):
             "(the fast n-gram stage alone: thousands of texts/s, weaker where context decides)."
         ),
     )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "CPU threads the local model's encoders use (onnxruntime's intra-op threads for the contextual "
+            "encoder, the multilingual encoder's threads). None: the runtime's default, every core of the "
+            "machine, right for one process per machine; set it when several share one (replicas, batch "
+            "workers: `seawall moderate --engine ray` sets it per worker, see --threads-per-worker)."
+        ),
+    )
     multilingual: Literal["auto", "on", "off"] = Field(
         "auto",
         description=(
