@@ -139,10 +139,22 @@ class StoreSettings(BaseModel):
     audit_buffer_path: Path | None = Field(
         None,
         description=(
-            "Where audit records wait while the store cannot take them (the database is down or "
-            "locked): an append-only JSON-lines file, fsync'd per write, written through to the store "
-            "in order once it answers again (also at the next start). None: one file per database "
-            "under data_dir, audit-buffer-<hash of the store URL>.jsonl."
+            "Where the gateway's audit records wait for the store: an append-only JSON-lines file that "
+            "every record reaches before its answer leaves (see audit_sync), written through to the "
+            "store in order by a background thread, and kept while the store cannot take them (the "
+            "database is down or locked) until it answers again; a restarted seawall on the same file "
+            "writes through what is left. None: one file per database under data_dir, "
+            "audit-buffer-<hash of the store URL>.jsonl. Give each replica its own (its own data_dir)."
+        ),
+    )
+    audit_sync: Literal["fsync", "write"] = Field(
+        "fsync",
+        description=(
+            "How durable a request's audit record is before its answer leaves (the gateway writes it to "
+            "the audit buffer first, then to the store). fsync: flushed to disk, so it survives a killed "
+            "process and a machine crash; concurrent requests share one fsync (about one disk flush of "
+            "latency per request). write: handed to the operating system, so it survives a killed "
+            "process but not a power loss, at next to no cost."
         ),
     )
     #: The instance's data folder (``Settings.data_dir``), set when the settings are loaded.

@@ -271,6 +271,7 @@ class Gateway:
             observer=review.observe if review is not None else None,
             buffer_path=settings.store.audit_buffer_file() if store is not None else None,
             retry_s=settings.store.audit_retry_s,
+            sync=settings.store.audit_sync == "fsync",
         )
         self.knowledge = (
             KnowledgeBase.load(self.settings.knowledge_file, threshold=self.settings.knowledge_threshold)
@@ -388,7 +389,7 @@ class Gateway:
         if self.settings.audit_content:
             audit.content = {"messages": body.get("messages")}
         ctx = RequestContext(body, headers, audit, client_address=client_address, judged_roles=judged_roles)
-        return RequestScope(ctx, self._settle, self.audit.write)
+        return RequestScope(ctx, self._settle, self.audit.commit)
 
     def _response(self, ctx: RequestContext, **content: Any) -> GatewayResponse:
         return GatewayResponse(
