@@ -5,7 +5,9 @@ audit record in the audit buffer (``store.audit_buffer_path``) and, with ``store
 fsync``, waits for the disk flush, which concurrent requests share (group commit); a background
 thread writes the buffer through to the store. This bench times ``commit`` itself, the part of a
 request's latency the audit trail adds, in this process, against a real SQLite store in a
-temporary folder (``--dir``, on the disk the buffer would be on), for:
+temporary folder (``--dir``, on the disk the buffer would be on, so the store's own disk writes
+compete with the buffer's flushes; ``--store memory`` leaves them out, as a store on another
+machine would), for:
 
 * ``queue``: no buffer (what the gateway did before: the store written from an in-memory queue
   after the answer; a killed process loses what the queue held);
@@ -18,7 +20,8 @@ shape of a real one (decisions, scores, latencies; about 1 KB). It prints p50/p9
 milliseconds, commits/s, how many flushes the run needed, and checks that every record reached
 the store. Also a bare ``fsync`` of one appended line on the same disk, for scale.
 
-Usage: python bench/audit_durability.py [--records 300] [--concurrency 16] [--dir /tmp] [--json out.json]
+Usage: python bench/audit_durability.py [--records 300] [--concurrency 16] [--dir /tmp]
+       [--store sqlite|memory] [--json out.json]
 """
 
 from __future__ import annotations
@@ -119,9 +122,10 @@ async def timed_commits(log: AuditLog, start: int, count: int, concurrency: int)
     return took
 
 
-def run_mode(mode: str, folder: Path, records: int, concurrency: int) -> dict[str, Any]:
+def run_mode(mode: str, folder: Path, records: int, concurrency: int, kind: str) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"audit-{mode}-", dir=folder))
-    store = open_store(StoreSettings(url=f"sqlite:///{work / 'seawall.db'}"))
+    url = f"sqlite:///{work / 'seawall.db'}" if kind == "sqlite" else "memory://"
+    store = open_store(StoreSettings(url=url))
     log = AuditLog(
         None,
         store,
@@ -163,6 +167,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight in the second run")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where the files go")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite", help="the store written")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if args.records < 1 or args.concurrency < 1:
@@ -170,12 +175,13 @@ def main() -> None:
     args.dir.mkdir(parents=True, exist_ok=True)
 
     probe = sorted(flush_probe(args.dir))
-    print(f"cores: {os.cpu_count()}; files in {args.dir}")
+    load = os.getloadavg()[0]
+    print(f"cores: {os.cpu_count()}; load average {load:.1f}; files in {args.dir}; store {args.store}")
     print(f"bare append + fsync of 1 KB: p50 {statistics.median(probe):.2f} ms, p99 {probe[98]:.2f} ms")
     results = []
     for mode in args.modes:
         print(f"{mode}: {args.records} commits at concurrency 1 and {args.concurrency} ...", flush=True)
-        results.append(run_mode(mode, args.dir, args.records, args.concurrency))
+        results.append(run_mode(mode, args.dir, args.records, args.concurrency, args.store))
     print()
     print(f"{'mode':<7} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'commits/s':>10} {'appends':>8}  stored")
     for result in results:

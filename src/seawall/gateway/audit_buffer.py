@@ -125,7 +125,7 @@ class AuditBuffer:
         with self._locked() as file:
             _, at = self._start(file)
             while True:
-                records, at = self._records(file, at)
+                records, at = self._records(self._chunk(file, at), at)
                 if not records:
                     return count
                 count += sum(record is not None for _, record in records)
@@ -178,7 +178,8 @@ class AuditBuffer:
             generation, at = self._start(file)
         while True:
             with self._locked() as file:
-                records, _ = self._records(file, at)
+                data = self._chunk(file, at)
+            records, _ = self._records(data, at)
             if not records:
                 self._checked = True  # caught up: nothing a killed writer may have half stored
                 break
@@ -234,14 +235,19 @@ class AuditBuffer:
                 position = len(first)
         return generation, max(position, self._cursor(generation))
 
-    def _records(self, file: IO[bytes], start: int) -> tuple[list[tuple[int, dict[str, Any] | None]], int]:
-        """Up to :data:`GROUP_RECORDS` whole records from ``start``, each with the offset after it
-        (None for a line that is not a JSON object: a write torn by a crash), and the offset after
-        the last."""
+    @staticmethod
+    def _chunk(file: IO[bytes], start: int) -> bytes:
+        """The bytes from ``start``: about :data:`READ_BYTES`, ending with a whole line if any."""
         file.seek(start)
         data = file.read(READ_BYTES)
         if data and not data.endswith(b"\n"):
             data += file.readline()  # finish a long record cut by the read
+        return data
+
+    def _records(self, data: bytes, start: int) -> tuple[list[tuple[int, dict[str, Any] | None]], int]:
+        """Up to :data:`GROUP_RECORDS` whole records of ``data`` (read from ``start``), each with the
+        offset after it (None for a line that is not a JSON object: a write torn by a crash), and the
+        offset after the last. Parsed outside the file's lock, so appends never wait for it."""
         records: list[tuple[int, dict[str, Any] | None]] = []
         at = start
         for line in data.splitlines(keepends=True):
