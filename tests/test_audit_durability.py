@@ -282,3 +282,13 @@ def test_group_commit_appends_what_was_submitted_before_it_closes(tmp_path: Path
     assert buffer.pending() == 50
     with pytest.raises(RuntimeError, match="closed"):
         commit.submit({"request_id": "late"})
+
+
+def test_an_in_memory_store_has_no_buffer_unless_one_is_named(tmp_path: Path) -> None:
+    """``memory://`` ends with its process, and one default file would be shared by every process's
+    in-memory store: no default buffer for it."""
+    assert StoreSettings(url="memory://").audit_buffer_file() is None
+    named = StoreSettings(url="memory://", audit_buffer_path=tmp_path / "b.jsonl")
+    assert named.audit_buffer_file() == tmp_path / "b.jsonl"
+    sqlite = StoreSettings(url=f"sqlite:///{tmp_path / 'seawall.db'}").audit_buffer_file()
+    assert sqlite is not None and sqlite.name.startswith("audit-buffer-")

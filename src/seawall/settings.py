@@ -144,7 +144,8 @@ class StoreSettings(BaseModel):
             "store in order by a background thread, and kept while the store cannot take them (the "
             "database is down or locked) until it answers again; a restarted seawall on the same file "
             "writes through what is left. None: one file per database under data_dir, "
-            "audit-buffer-<hash of the store URL>.jsonl. Give each replica its own (its own data_dir)."
+            "audit-buffer-<hash of the store URL>.jsonl (none for memory://: records go from memory "
+            "to that store, which ends with the process). Give each replica its own (its own data_dir)."
         ),
     )
     audit_sync: Literal["fsync", "write"] = Field(
@@ -191,11 +192,17 @@ class StoreSettings(BaseModel):
         ),
     )
 
-    def audit_buffer_file(self) -> Path:
-        """``audit_buffer_path``, or the default file of this store's database (see its description)."""
+    def audit_buffer_file(self) -> Path | None:
+        """``audit_buffer_path``, or the default file of this store's database (see its description);
+        None for ``memory://`` without an ``audit_buffer_path``: that store ends with its process,
+        and one default file would be shared by every process's in-memory store."""
+        from seawall.store import is_memory_url
+
         if self.audit_buffer_path is not None:
             return self.audit_buffer_path.expanduser()
         url = self.url.get_secret_value()
+        if is_memory_url(url):
+            return None
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
             url = "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).expanduser())
         # The password stays out of the hash's input: it does not name the database.
