@@ -178,6 +178,14 @@ def moderate(
         int | None,
         typer.Option(min=1, help="Ray engine: actors, one model each (default: the cluster's CPUs)."),
     ] = None,
+    threads_per_worker: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Ray engine: CPU threads each actor's model uses, also reserved from Ray as its CPUs "
+            "(default: moderation.threads, else a node's cores divided among the workers).",
+        ),
+    ] = None,
     block_rows: Annotated[
         int, typer.Option(min=1, help="Ray engine: input lines (or rows) per block, the unit of resumption.")
     ] = 2000,
@@ -192,7 +200,17 @@ def moderate(
     """
     if engine == "ray":
         _moderate_on_ray(
-            file, output, model, batch_size, output_format, address, workers, block_rows, restart, config
+            file,
+            output,
+            model,
+            batch_size,
+            output_format,
+            address,
+            workers,
+            threads_per_worker,
+            block_rows,
+            restart,
+            config,
         )
         return
     from seawall.batch.rows import moderate_items, output_row
@@ -266,6 +284,7 @@ def _moderate_on_ray(
     output_format: Literal["jsonl", "parquet"] | None,
     address: str | None,
     workers: int | None,
+    threads_per_worker: int | None,
     block_rows: int,
     restart: bool,
     config: Path | None,
@@ -303,6 +322,7 @@ def _moderate_on_ray(
                 block_rows=block_rows,
                 chunk=batch_size,
                 workers=workers,
+                threads_per_worker=threads_per_worker,
                 address=address,
                 restart=restart,
                 progress=advance,

@@ -1,11 +1,14 @@
 """The gateway's audit trail: one record per request, in a JSONL file, a log and the store.
 
 A record holds decisions, categories, scores, the risk level, latencies and outcomes —
-never message text or the raw user id. Writing to the store happens on a background
-thread (records are queued and written in batches), so a slow database never delays
-an answer; :meth:`AuditLog.close` drains the queue. While the store cannot take records (down,
-restarting, locked), they wait in an fsync'd append-only file and are written through, in
-order, when it answers again (:mod:`seawall.gateway.audit_buffer`, ``store.audit_buffer_path``).
+never message text or the raw user id. Before a request's answer leaves, its record is in the
+audit buffer, an append-only file flushed to disk (``store.audit_buffer_path``; concurrent
+requests share one ``fsync``): a replica killed right after answering loses no record, and when
+restarted on the same buffer it writes them to the store. The store itself is written from the
+buffer by a background thread, so a slow or failing database never delays an answer; while it
+cannot take records (down, restarting, locked) they wait in the buffer and go through, in order,
+when it answers again (:mod:`seawall.gateway.audit_buffer`). :meth:`AuditLog.close` writes
+through what is left.
 
 Records are hash-chained per tenant (:mod:`seawall.store.chain`): each line of the file carries
 ``prev_hash`` (the tenant's previous line's ``hash``) and ``hash``. The file's chain is linear
@@ -17,6 +20,7 @@ every replica (:meth:`seawall.store.base.AuditWriter.write_audit`). ``seawall au
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import queue
@@ -32,7 +36,7 @@ from typing import Any, TextIO
 from opentelemetry.trace import Span
 
 from seawall.errors import ContentPolicyError, GuardFailedError, SeawallError, UpstreamError
-from seawall.gateway.audit_buffer import AuditBuffer, BufferedAuditWriter
+from seawall.gateway.audit_buffer import AuditBuffer, BufferedAuditWriter, GroupCommit
 from seawall.store.base import AuditOutcome, AuditWriter
 from seawall.store.chain import last_hashes, link
 from seawall.telemetry import Tracer, finish_request_span
@@ -42,7 +46,7 @@ audit_log = logging.getLogger("seawall.audit")
 
 #: Scores kept per decision in the audit record (the highest ones).
 AUDIT_TOP_SCORES = 3
-#: Records queued for the store before new ones are dropped (and the drop logged).
+#: Records queued for the store (without an audit buffer) before new ones are dropped (and logged).
 STORE_QUEUE_SIZE = 10_000
 
 
@@ -162,7 +166,9 @@ class AuditRecord:
 
 class AuditLog:
     """Writes each record as one JSON line to a file (if configured), the ``seawall.audit`` log,
-    and the store (if given; on a background thread)."""
+    and the store (if given): through the audit buffer at ``buffer_path`` (:meth:`commit` waits
+    until the record is in it; ``sync``: ``fsync``'d), or, without a buffer, from an in-memory
+    queue (a killed process loses what the queue held)."""
 
     def __init__(
         self,
@@ -172,6 +178,7 @@ class AuditLog:
         observer: Callable[[dict[str, Any]], None] | None = None,
         buffer_path: Path | None = None,
         retry_s: float = 5.0,
+        sync: bool = True,
     ) -> None:
         self._observer = observer
         self.path = path.expanduser() if path is not None else None
@@ -182,20 +189,49 @@ class AuditLog:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._store = store
-        #: Stores records, buffering them in ``buffer_path`` while the store fails (None: no buffer).
-        self._stored: BufferedAuditWriter | None = (
-            BufferedAuditWriter(store, AuditBuffer(buffer_path), retry_s=retry_s)
-            if store is not None and buffer_path is not None
-            else None
-        )
         self._retry_s = retry_s
+        #: With a buffer: writes it through to the store (None: no buffer).
+        self._stored: BufferedAuditWriter | None = None
+        #: With a buffer: appends records to it, in groups (one fsync each).
+        self._commit: GroupCommit | None = None
+        #: Set when records were appended (the writer thread takes them to the store).
+        self._appended = threading.Event()
+        self._closing = False
+        #: Records the buffer could not take (a full disk): stored from memory.
+        self._unbuffered: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        #: Without a buffer: the records on their way to the store.
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(STORE_QUEUE_SIZE)
         self._writer: threading.Thread | None = None
-        if store is not None:
+        if store is not None and buffer_path is not None:
+            buffer = AuditBuffer(buffer_path)
+            self._stored = BufferedAuditWriter(store, buffer, retry_s=retry_s)
+            self._commit = GroupCommit(buffer, sync=sync, committed=self._appended.set, failed=self._spill)
+            self._writer = threading.Thread(target=self._write_through, name="seawall-audit", daemon=True)
+            self._writer.start()
+        elif store is not None:
             self._writer = threading.Thread(target=self._drain, name="seawall-audit", daemon=True)
             self._writer.start()
 
     def write(self, record: AuditRecord) -> None:
+        """Write ``record`` everywhere; with a buffer, it is in the buffer soon after (see :meth:`commit`)."""
+        self._write(record, None)
+
+    async def commit(self, record: AuditRecord) -> None:
+        """Write ``record`` everywhere, and return once it is in the audit buffer (with a buffer):
+        what a request awaits before its answer leaves. Concurrent requests share one ``fsync``."""
+        if self._commit is None or not self._commit.sync:
+            self._write(record, None)  # without a flush to wait for, the record is in the buffer now
+            return
+        loop = asyncio.get_running_loop()
+        durable = loop.create_future()
+
+        def done() -> None:  # on the commit thread
+            loop.call_soon_threadsafe(_resolve, durable)
+
+        self._write(record, done)
+        await durable
+
+    def _write(self, record: AuditRecord, done: Callable[[], None] | None) -> None:
         data = record.to_dict()
         finish_request_span(record.span, data)
         record.span = None
@@ -204,17 +240,15 @@ class AuditLog:
                 self._observer(data)
             except Exception:  # metrics must never cost a request its audit record
                 log.exception("the audit observer failed for %s", record.request_id)
-        if self._writer is not None:
+        # The store chains the record itself (its chain spans replicas), so it gets a copy without
+        # the file's links.
+        if self._commit is not None:
+            self._commit.submit(dict(data), done)
+        elif self._writer is not None:
             try:
-                # The store chains the record itself (its chain spans replicas), so it gets a copy
-                # without the file's links.
                 self._queue.put_nowait(dict(data))
             except queue.Full:
-                if self._stored is not None:
-                    log.warning("audit queue full: %s goes to the audit buffer", record.request_id)
-                    self._stored.spill(dict(data))
-                else:
-                    log.error("audit queue full: %s not stored (the file and log have it)", record.request_id)
+                log.error("audit queue full: %s not stored (the file and log have it)", record.request_id)
         with self._lock:
             if self.path is not None:
                 chain = self._file_chain()
@@ -251,45 +285,76 @@ class AuditLog:
         return self._chain
 
     def flush(self, timeout_s: float = 10.0) -> None:
-        """Wait until every queued record reached the store (or ``timeout_s`` passed)."""
+        """Wait until every record written so far reached the store (or ``timeout_s`` passed; with a
+        buffer, or until the store failed: the records then wait in the buffer)."""
         deadline = time.monotonic() + timeout_s
+        if self._commit is not None and self._stored is not None:
+            self._commit.wait(timeout_s)
+            self._appended.set()
+            while (
+                self._stored.buffer.pending() and not self._stored.buffering and time.monotonic() < deadline
+            ):
+                time.sleep(0.005)
+            return
         while self._writer is not None and self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.005)
 
     def close(self) -> None:
-        """Store what is queued, then stop the writer thread and close the file."""
+        """Store what is written (what the store does not take stays in the buffer for the next
+        start), then stop the writer thread and close the file."""
         with self._lock:
             if self._file is not None:
                 self._file.close()
                 self._file = None
         if self._writer is None:
             return
-        self._queue.put(None)
+        if self._commit is not None:
+            self._commit.close()
+            self._closing = True
+            self._appended.set()
+        else:
+            self._queue.put(None)
         self._writer.join(timeout=30)
         self._writer = None
 
-    def _drain(self) -> None:
-        assert self._store is not None
+    def _spill(self, records: list[dict[str, Any]]) -> None:
+        """Records the buffer could not take: the writer thread stores them from memory."""
+        for record in records:
+            self._unbuffered.put(record)
+
+    def _write_through(self) -> None:
+        """The writer thread with a buffer: what a previous run left first, then each group of
+        appended records as it comes, and every ``retry_s / 2`` s (emptying the file when idle)."""
         stored = self._stored
-        if stored is not None:
-            stored.tick(force=True)  # what a previous run buffered goes first
+        assert stored is not None and self._store is not None
+        stored.tick(force=True)
         while True:
+            appended = self._appended.wait(timeout=self._retry_s / 2)
+            self._appended.clear()
+            while not self._unbuffered.empty():
+                record = self._unbuffered.get()
+                try:
+                    self._store.write_audit(record)
+                except Exception as exc:  # the file and log still have it; never kill the writer
+                    log.error("cannot store the audit record of %s: %s", record.get("request_id"), exc)
+            if self._closing:
+                stored.close()
+                return
             try:
-                item = self._queue.get(timeout=self._retry_s / 2 if stored is not None else None)
-            except queue.Empty:
-                if stored is not None:
-                    stored.tick()
-                continue
+                stored.tick(tidy=not appended)
+            except Exception:  # never kill the writer: the records stay in the buffer
+                log.exception("writing the audit buffer %s through failed", stored.buffer.path)
+
+    def _drain(self) -> None:
+        """The writer thread without a buffer: each queued record to the store."""
+        assert self._store is not None
+        while True:
+            item = self._queue.get()
             if item is None:
-                if stored is not None:
-                    stored.close()
                 self._queue.task_done()
                 return
             try:
-                if stored is not None:
-                    stored.write(item)
-                else:
-                    self._store.write_audit(item)
+                self._store.write_audit(item)
             except Exception as exc:  # the file and log still have it; never kill the writer
                 log.error("cannot store the audit record of %s: %s", item.get("request_id"), exc)
             finally:
@@ -299,6 +364,11 @@ class AuditLog:
     def buffering(self) -> bool:
         """Whether records are waiting in the audit buffer for the store to come back."""
         return self._stored is not None and self._stored.buffering
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # the request may have been cancelled meanwhile
+        future.set_result(None)
 
 
 __all__ = ["AUDIT_TOP_SCORES", "AuditLog", "AuditRecord", "decision"]

@@ -272,6 +272,7 @@ class Gateway:
             observer=review.observe if review is not None else None,
             buffer_path=settings.store.audit_buffer_file() if store is not None else None,
             retry_s=settings.store.audit_retry_s,
+            sync=settings.store.audit_sync == "fsync",
         )
         self.knowledge = (
             KnowledgeBase.load(self.settings.knowledge_file, threshold=self.settings.knowledge_threshold)
@@ -397,7 +398,7 @@ class Gateway:
             judged_roles=judged_roles,
             disconnected=disconnected,
         )
-        return RequestScope(ctx, self._settle, self.audit.write)
+        return RequestScope(ctx, self._settle, self.audit.commit)
 
     def _response(self, ctx: RequestContext, **content: Any) -> GatewayResponse:
         return GatewayResponse(

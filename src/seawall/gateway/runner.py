@@ -369,7 +369,7 @@ class RequestScope:
         self,
         ctx: RequestContext,
         settle: Callable[[RequestContext], Awaitable[None]],
-        write: Callable[[AuditRecord], None],
+        write: Callable[[AuditRecord], Awaitable[None] | None],
     ) -> None:
         self.ctx = ctx
         self._settle = settle
@@ -392,7 +392,7 @@ class RequestScope:
             if exc is None or isinstance(exc, SeawallError):
                 await self.settle()
         finally:
-            self.write()
+            await self.write()
 
     def hand_off(self) -> None:
         """The request goes on past this block (a stream): :meth:`finish` ends it."""
@@ -403,17 +403,21 @@ class RequestScope:
             self._settled = True
             await self._settle(self.ctx)
 
-    def write(self) -> None:
+    async def write(self) -> None:
+        """Write the record (once); an awaitable writer (the audit buffer's commit) is awaited, so
+        the answer leaves only after the record is durable."""
         if not self._written:
             self._written = True
-            self._write(self.ctx.audit)
+            durable = self._write(self.ctx.audit)
+            if durable is not None:
+                await durable
 
     async def finish(self) -> None:
         """Settle and write (each once)."""
         try:
             await self.settle()
         finally:
-            self.write()
+            await self.write()
 
 
 # ---------------------------------------------------------------------------------- your own steps
