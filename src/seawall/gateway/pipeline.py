@@ -108,7 +108,7 @@ from seawall.gateway.answer_stream import (
     blocked_error,
 )
 from seawall.gateway.audit import AuditLog, AuditRecord
-from seawall.gateway.catalogue import ModelCatalogue
+from seawall.gateway.catalogue import ModelCatalogue, served_models
 from seawall.gateway.identity import header_value, load_or_create_secret
 from seawall.gateway.knowledge import KnowledgeBase
 from seawall.gateway.policy import Policy, load_policy
@@ -244,7 +244,9 @@ class Gateway:
         self.catalogue = (
             None
             if self.policy.limits.allowed_models
-            else ModelCatalogue(self.upstream, ttl_s=self.settings.model_list_ttl_s)
+            else ModelCatalogue(
+                self.upstream, ttl_s=self.settings.model_list_ttl_s, mapped=self.policy.models
+            )
         )
         self.store = store
         self.access = KeyAuthenticator(
@@ -348,15 +350,13 @@ class Gateway:
         self.audit.close()
 
     async def models(self, headers: Mapping[str, str]) -> dict[str, Any]:
-        """The upstream's model list, narrowed to the policy's ``allowed_models`` (the user's tier's,
-        with tiers) when it has some."""
+        """The upstream's model list with the policy's mapped names, narrowed to the policy's
+        ``allowed_models`` (the user's tier's, with tiers) when it has some."""
         await asyncio.to_thread(self.access.authenticate, header_value(headers, "authorization"))
         tier = await self.identity.tier(headers)
-        listing = await self.upstream.models()
         allowed = (tier.limits if tier is not None else self.policy.limits).allowed_models
-        if allowed:
-            listing = {**listing, "data": [m for m in listing["data"] if m.get("id") in allowed]}
-        return listing
+        mapped = {name: route.upstream for name, route in self.policy.models.items()}
+        return served_models(await self.upstream.models(), mapped, allowed)
 
     def _new_audit(self, request_id: str | None, *, stream: bool) -> AuditRecord:
         """The record of a new request, with its trace span (ended when the record is written)."""
@@ -481,7 +481,8 @@ class Gateway:
         Every chunk has the same ``id`` and names the ``model``, the role chunk first; with
         ``extension`` (a held answer's), every chunk carries it as its ``seawall`` field."""
         audit = scope.ctx.audit
-        state = StreamState(audit.request_id, model, extension)
+        mapped = self.policy.upstream_model(model) != model  # chunks keep the client's name for it
+        state = StreamState(audit.request_id, model, extension, keep_model=mapped)
         first_text = state.observe(first) if first is not None else ""  # the header comes from it
         outcome = audit.outcome
         audit.outcome = "client_disconnected"  # until the stream reaches its end
