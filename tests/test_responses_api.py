@@ -23,8 +23,10 @@ from starlette.responses import Response, StreamingResponse
 
 from backend_standins import Recorded, StandIn, json_reply, stand_in
 from conftest import RunningServer, assert_openai_error, running_server
+from seawall.errors import InvalidRequestError
 from seawall.gateway.identity import hash_api_key
 from seawall.gateway.pipeline import DROPPED_NOTICE, REQUEST_ID_HEADER
+from seawall.gateway.responses_wire import chat_body, parse_request
 from seawall.settings import Settings, load_settings
 from seawall.store import open_store
 
@@ -47,6 +49,7 @@ LONG_BENIGN = (
     "every year to see the Louvre and to walk along the river in the evening. "
 ) * 2
 MAX_OUTPUT_TOKENS = 64
+MAX_INPUT_CHARS = 3000
 WEATHER_TOOL = {
     "type": "function",
     "name": "get_weather",
@@ -62,6 +65,7 @@ allowed_topics: [geography, general knowledge]
 off_topic_reply: Sorry, I can only help with general knowledge.
 limits:
   max_output_tokens: {MAX_OUTPUT_TOKENS}
+  max_input_chars: {MAX_INPUT_CHARS}
   allowed_models: [{MODEL}]
 """
 
@@ -364,6 +368,13 @@ def test_bad_requests_are_400s_in_openais_error_shape(gw: Setup) -> None:
         with pytest.raises(openai.NotFoundError) as model:
             client.responses.create(model="gpt-9-ultra", input=QUESTION)
         assert model.value.code == "model_not_found"
+        # Checked on the chat path, named as the Responses request names them.
+        with pytest.raises(openai.BadRequestError) as hot:
+            client.responses.create(model=MODEL, input=QUESTION, temperature="hot")  # type: ignore[arg-type]
+        assert hot.value.param == "temperature"
+        with pytest.raises(openai.APIStatusError) as long:
+            client.responses.create(model=MODEL, instructions="Be brief.", input="x" * (MAX_INPUT_CHARS + 1))
+        assert long.value.status_code == 413 and long.value.param == "input"
     assert gw.chat_requests() == []
     with gw.server.http(headers={"authorization": f"Bearer {KEY}"}) as http:
         assert_openai_error(
@@ -378,6 +389,67 @@ def test_bad_requests_are_400s_in_openais_error_shape(gw: Setup) -> None:
         )
 
 
+def test_chat_params_are_named_as_the_responses_request_names_them() -> None:
+    """Where each part of the chat body came from: the instructions, input items (a function call
+    merged into the assistant message before it), a previous response's items, renamed fields."""
+    request = parse_request(
+        {
+            "model": MODEL,
+            "instructions": "Be brief.",
+            "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+                {"role": "assistant", "content": "Let me look."},
+                {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+                {"type": "reasoning", "summary": []},
+                {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+            ],
+            "tools": [WEATHER_TOOL],
+        }
+    )
+    earlier = [{"role": "user", "content": "before"}]
+    chat, params = chat_body(request, earlier + request.items, len(earlier))
+    assert [m["role"] for m in chat["messages"]] == ["developer", "user", "user", "assistant", "tool"]
+    expected = {
+        "messages[0].content": "instructions",
+        "messages[1].content": "previous_response_id",
+        "messages[2].content[0].text": "input[0].content[0].text",
+        "messages[3].content": "input[1].content",
+        "messages[3].tool_calls[0].function.arguments": "input[2].arguments",
+        "messages[3].tool_calls[0]": "input[2]",
+        "messages[4].content": "input[4].output",
+        "messages[4].tool_call_id": "input[4]",
+        "messages[4]": "input[4]",
+        "messages": "input",
+        "messages[9]": "input",
+        "max_completion_tokens": "max_output_tokens",
+        "response_format.json_schema.schema": "text.format.schema",
+        "tools[0].function.parameters": "tools[0].parameters",
+        "tool_choice.function.name": "tool_choice.name",
+        "reasoning_effort": "reasoning.effort",
+        "temperature": "temperature",
+        "seawall.documents[0]": "seawall.documents[0]",
+        "messagesx": "messagesx",
+    }
+    assert {chat_param: params.param(chat_param) for chat_param in expected} == expected
+    error = InvalidRequestError(
+        "messages[3].content must be a string, not number", param="messages[3].content"
+    )
+    params.rewrite(error)
+    assert (error.param, error.message) == (
+        "input[1].content",
+        "input[1].content must be a string, not number",
+    )
+    assert params.error({"message": "bad 'messages'", "param": "messages", "code": "x"}) == {
+        "message": "bad 'input'",
+        "param": "input",
+        "code": "x",
+    }
+    # A string input is one item: its message is the input itself.
+    plain_request = parse_request({"model": MODEL, "input": "hi"})
+    plain, string_params = chat_body(plain_request, plain_request.items, 0)
+    assert string_params.param("messages[0].content") == "input" and len(plain["messages"]) == 1
+
+
 # ----------------------------------------------------------------- input moderation
 
 
@@ -385,7 +457,7 @@ def test_a_harmful_input_item_is_refused_before_the_upstream(gw: Setup) -> None:
     with gw.client() as client:
         with pytest.raises(openai.BadRequestError) as refused:
             client.responses.create(model=MODEL, input=[{"role": "user", "content": THREAT}])
-        assert refused.value.code == "content_policy_violation"
+        assert refused.value.code == "content_policy_violation" and refused.value.param == "input"
         # instructions and developer items are judged too: on the Responses API any caller sends them
         with pytest.raises(openai.BadRequestError) as instructed:
             client.responses.create(model=MODEL, instructions=THREAT, input=QUESTION)
@@ -447,6 +519,7 @@ def test_an_injected_function_call_output_is_refused_when_configured(tmp_path: P
     ):
         client.responses.create(
             model=MODEL,
+            instructions="Answer briefly.",
             input=[
                 {"role": "user", "content": "What is the weather in Paris?"},
                 {"type": "function_call", "call_id": "c", "name": "get_weather", "arguments": "{}"},
@@ -454,6 +527,9 @@ def test_an_injected_function_call_output_is_refused_when_configured(tmp_path: P
             ],
         )
     assert refused.value.code == "untrusted_content_rejected"
+    # The chat path judged messages[3] (after the instructions' message): the client hears input[2].
+    assert refused.value.param == "input[2]"
+    assert "input[2] was refused" in refused.value.message and "messages[" not in refused.value.message
     assert gw.chat_requests() == []
 
 

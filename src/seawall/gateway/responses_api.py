@@ -22,6 +22,10 @@ streamed text), review and the audit record are the chat path's, step for step. 
   ``response.failed`` and an ``error`` event the SDK raises as ``APIError``. An answer held for
   review is a Response whose message is the placeholder (``review.hold_response: placeholder``), or
   the 202 pending body (``accepted``), as on chat completions.
+* **Errors name the Responses request's fields.** The chat path names what it checks in chat
+  terms (``messages[3]``, ``max_completion_tokens``); the translation keeps where each part of the
+  chat body came from (:class:`~seawall.gateway.responses_wire.ParamMap`), so the error's
+  ``param`` and message say ``input[2]``, ``instructions``, ``max_output_tokens`` instead.
 
 **Kept responses.** Unless the request says ``store: false`` (or ``gateway.responses.store`` is
 off), a completed or incomplete response is kept in the store (:class:`~seawall.store.base.
@@ -49,7 +53,7 @@ from seawall.gateway.identity import header_value
 from seawall.gateway.pipeline import Gateway, GatewayResponse
 from seawall.gateway.responses_wire import (
     EventWriter,
-    ResponsesRequest,
+    ParamMap,
     chat_body,
     parse_request,
     response_id,
@@ -102,22 +106,26 @@ class ResponsesAPI:
                 conversation = previous.input_items + _as_input(previous.response.get("output"))
             first = len(conversation)
             conversation += request.items
-            chat = chat_body(request, conversation, first)
+            chat, params = chat_body(request, conversation, first)
         except SeawallError as exc:
             self.gateway.reject(request_id, exc, stream=bool(body.get("stream")))
             raise
         base = skeleton(request, response_id(request_id))
         kept = (caller, conversation) if keep and caller is not None else None
         handle = self.gateway.stream if request.stream else self.gateway.chat
-        result = await handle(
-            chat,
-            headers,
-            request_id=request_id,
-            client_address=client_address,
-            judged_roles=RESPONSES_JUDGED_ROLES,
-        )
+        try:
+            result = await handle(
+                chat,
+                headers,
+                request_id=request_id,
+                client_address=client_address,
+                judged_roles=RESPONSES_JUDGED_ROLES,
+            )
+        except SeawallError as exc:  # it names the chat body's fields: say the request's
+            params.rewrite(exc)
+            raise
         if result.stream is not None:
-            result.stream = self._events(result.stream, request, base, kept)
+            result.stream = self._events(result.stream, params, base, kept)
         elif result.status_code == 200 and result.body is not None:
             result.body = response_object(result.body, base)
             if kept is not None:
@@ -127,7 +135,7 @@ class ResponsesAPI:
     async def _events(
         self,
         chat_events: AsyncGenerator[bytes, None],
-        request: ResponsesRequest,
+        params: ParamMap,
         base: dict[str, Any],
         kept: tuple[Caller, list[dict[str, Any]]] | None,
     ) -> AsyncGenerator[bytes, None]:
@@ -143,7 +151,7 @@ class ResponsesAPI:
                     continue  # the chat stream's end, after its error
                 if isinstance(data.get("error"), dict):
                     failed = True
-                    for event in writer.fail(data["error"]):
+                    for event in writer.fail(params.error(data["error"])):
                         yield event
                     continue
                 for event in writer.chunk(data):
