@@ -380,7 +380,9 @@ def test_bad_requests_are_400s_in_openais_error_shape(gw: Setup) -> None:
         assert_openai_error(
             http.post("/v1/responses", json={"model": MODEL, "input": 5}), 400, "invalid_type"
         )
-        assert_openai_error(http.post("/v1/responses", content=b"{nope"), 400)
+        not_json = http.post("/v1/responses", content=b"{nope")
+        assert_openai_error(not_json, 400)
+        assert gw.audit(not_json.headers[REQUEST_ID_HEADER])["api"] == "responses"
         assert_openai_error(
             http.post(
                 "/v1/responses", json={"model": MODEL, "input": "x"}, headers={"authorization": "Bearer nope"}
@@ -469,18 +471,19 @@ def test_a_harmful_input_item_is_refused_before_the_upstream(gw: Setup) -> None:
         request_id = refused.value.response.headers[REQUEST_ID_HEADER]
     assert gw.chat_requests() == []
     record = gw.audit(request_id)
-    assert record["outcome"] == "refused_input"
+    assert record["outcome"] == "refused_input" and record["api"] == "responses"
     assert [d["action"] for d in record["decisions"] if d["step"] == "input_moderation"] == ["refuse"]
 
 
 def test_chat_completions_still_leave_the_apps_system_message_unjudged(gw: Setup) -> None:
     """The judged roles are the Responses request's own: chat completions are as they were."""
     with gw.client() as client:
-        completion = client.chat.completions.create(
+        raw = client.chat.completions.with_raw_response.create(
             model=MODEL,
             messages=[{"role": "system", "content": THREAT}, {"role": "user", "content": QUESTION}],
         )
-    assert completion.choices[0].message.content == CLEAN_ANSWER
+    assert raw.parse().choices[0].message.content == CLEAN_ANSWER
+    assert gw.audit(raw.headers[REQUEST_ID_HEADER])["api"] == "chat.completions"
 
 
 def test_an_injected_function_call_output_is_untrusted_content(gw: Setup) -> None:

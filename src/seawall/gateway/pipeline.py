@@ -159,7 +159,7 @@ from seawall.review.gateway_hook import ReviewHook
 from seawall.review.metrics import GUARD_STEPS
 from seawall.service import ModerationService
 from seawall.settings import ControlMode, GatewaySettings, Settings
-from seawall.store.base import FilteredAnswer, RiskLevel, Store
+from seawall.store.base import DEFAULT_AUDIT_API, AuditAPI, FilteredAnswer, RiskLevel, Store
 from seawall.telemetry import Tracer
 
 log = logging.getLogger("seawall.gateway")
@@ -358,18 +358,21 @@ class Gateway:
         mapped = {name: route.upstream for name, route in self.policy.models.items()}
         return served_models(await self.upstream.models(), mapped, allowed)
 
-    def _new_audit(self, request_id: str | None, *, stream: bool) -> AuditRecord:
+    def _new_audit(self, request_id: str | None, *, stream: bool, api: AuditAPI) -> AuditRecord:
         """The record of a new request, with its trace span (ended when the record is written)."""
-        audit = AuditRecord(request_id or new_request_id(), self.settings.tenant, stream=stream)
+        audit = AuditRecord(request_id or new_request_id(), self.settings.tenant, stream=stream, api=api)
         audit.tracer = self.tracer
         audit.span = self.tracer.start_request(
-            "seawall.chat_completions", **{"seawall.request_id": audit.request_id, "seawall.stream": stream}
+            f"seawall.{api.replace('.', '_')}",
+            **{"seawall.request_id": audit.request_id, "seawall.stream": stream, "seawall.api": api},
         )
         return audit
 
-    def reject(self, request_id: str, exc: SeawallError, *, stream: bool = False) -> None:
+    def reject(
+        self, request_id: str, exc: SeawallError, *, stream: bool = False, api: AuditAPI = DEFAULT_AUDIT_API
+    ) -> None:
         """Audit a request refused before it reached the pipeline (a body that is not JSON)."""
-        audit = self._new_audit(request_id, stream=stream)
+        audit = self._new_audit(request_id, stream=stream, api=api)
         audit.failed(exc)
         self.audit.write(audit)
 
@@ -382,9 +385,10 @@ class Gateway:
         *,
         stream: bool,
         judged_roles: frozenset[str],
+        api: AuditAPI,
     ) -> RequestScope:
         """A new request's context, in the scope that settles and audits it once, however it ends."""
-        audit = self._new_audit(request_id, stream=stream)
+        audit = self._new_audit(request_id, stream=stream, api=api)
         if self.settings.audit_content:
             audit.content = {"messages": body.get("messages")}
         ctx = RequestContext(body, headers, audit, client_address=client_address, judged_roles=judged_roles)
@@ -405,10 +409,12 @@ class Gateway:
         request_id: str | None = None,
         client_address: str | None = None,
         judged_roles: frozenset[str] = USER_ROLES,
+        api: AuditAPI = DEFAULT_AUDIT_API,
     ) -> GatewayResponse:
-        """One non-streaming request, from the client's body to the (moderated) completion."""
+        """One non-streaming request, from the client's body to the (moderated) completion; ``api``
+        is the API it came through, for the audit record."""
         async with self._scope(
-            body, headers, request_id, client_address, stream=False, judged_roles=judged_roles
+            body, headers, request_id, client_address, stream=False, judged_roles=judged_roles, api=api
         ) as ctx:
             answer = await self.runner.run(self.steps, ctx)
             if answer is None:
@@ -431,10 +437,13 @@ class Gateway:
         request_id: str | None = None,
         client_address: str | None = None,
         judged_roles: frozenset[str] = USER_ROLES,
+        api: AuditAPI = DEFAULT_AUDIT_API,
     ) -> GatewayResponse:
         """One streaming request. Everything up to the upstream's first chunk happens here, so a
         refusal or an upstream failure is still an HTTP error; the rest is the returned SSE stream."""
-        scope = self._scope(body, headers, request_id, client_address, stream=True, judged_roles=judged_roles)
+        scope = self._scope(
+            body, headers, request_id, client_address, stream=True, judged_roles=judged_roles, api=api
+        )
         async with scope as ctx:
             answer = await self.runner.run(self.stream_steps, ctx)
             if answer is None and ctx.hold is not None:

@@ -108,7 +108,7 @@ class ResponsesAPI:
             conversation += request.items
             chat, params = chat_body(request, conversation, first)
         except SeawallError as exc:
-            self.gateway.reject(request_id, exc, stream=bool(body.get("stream")))
+            self.gateway.reject(request_id, exc, stream=bool(body.get("stream")), api="responses")
             raise
         base = skeleton(request, response_id(request_id))
         kept = (caller, conversation) if keep and caller is not None else None
@@ -120,6 +120,7 @@ class ResponsesAPI:
                 request_id=request_id,
                 client_address=client_address,
                 judged_roles=RESPONSES_JUDGED_ROLES,
+                api="responses",
             )
         except SeawallError as exc:  # it names the chat body's fields: say the request's
             params.rewrite(exc)
