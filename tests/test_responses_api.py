@@ -812,6 +812,37 @@ def test_an_answer_held_for_review_is_a_response_with_the_placeholder(tmp_path: 
     assert events[-1].type == "response.completed"
 
 
+def test_an_answer_held_for_review_with_accepted_is_a_queued_response(tmp_path: Path, gw: Setup) -> None:
+    draft = "Adults can usually take 200 to 400 mg of ibuprofen every 4 to 6 hours."
+    gw.script.answer = draft
+    settings = settings_for(tmp_path, gw.upstream.url)
+    review = settings.review.model_copy(
+        update={"enabled": True, "uncertain_low": None, "hold_response": "accepted"}
+    )
+    settings = settings.model_copy(update={"review": review})
+    health = "What is the maximum daily dose of ibuprofen for an adult?"
+    with running_server(settings) as server, server.client() as client:
+        raw = client.responses.with_raw_response.create(model=MODEL, input=health)
+        events, error = events_of(client.responses.create(model=MODEL, input=health, stream=True))
+        queued = raw.parse()
+        held = (queued.model_extra or {})["seawall"]["review"]
+        with server.http(headers={"authorization": f"Bearer {KEY}"}) as http:
+            polled = http.get(held["poll_url"])
+            kept = http.get(f"/v1/responses/{queued.id}")
+    assert raw.status_code == 202 and draft not in raw.text
+    assert queued.object == "response" and queued.status == "queued" and queued.output == []
+    assert queued.id.startswith("resp_") and queued.model == MODEL
+    assert held["status"] == "pending" and held["message"] == settings.review.pending_message
+    assert held["poll_url"] == f"/v1/seawall/reviews/{held['id']}" and held["reasons"]
+    assert raw.headers["location"] == held["poll_url"] and raw.headers["x-seawall-review-id"] == held["id"]
+    assert polled.status_code == 200 and polled.json()["status"] == "pending"
+    assert kept.status_code == 404  # a queued response is not kept: the app polls the review
+    assert error is None and [e.type for e in events] == ["response.created", "response.queued"]
+    assert events[-1].response.status == "queued" and events[-1].response.output == []
+    streamed = (events[-1].response.model_extra or {})["seawall"]["review"]
+    assert streamed["status"] == "pending" and streamed["id"] != held["id"]
+
+
 # ----------------------------------------------------------------- the bundled model
 
 

@@ -21,7 +21,11 @@ streamed text), review and the audit record are the chat path's, step for step. 
   ``BadRequestError``, 403 ``PermissionDeniedError``, ...); a stream the guard cuts ends with
   ``response.failed`` and an ``error`` event the SDK raises as ``APIError``. An answer held for
   review is a Response whose message is the placeholder (``review.hold_response: placeholder``), or
-  the 202 pending body (``accepted``), as on chat completions.
+  (``accepted``) a 202 whose body is a Response with ``status: queued``, no output, and the review
+  (``id``, ``poll_url``, ``reasons``, ``message``) in its ``seawall`` field, the review headers and
+  ``Location`` (a stream: ``response.created`` and ``response.queued``, then the end). The app
+  polls ``poll_url`` for the decision; a queued response is not kept (``GET /v1/responses/{id}``
+  is a 404).
 * **Errors name the Responses request's fields.** The chat path names what it checks in chat
   terms (``messages[3]``, ``max_completion_tokens``); the translation keeps where each part of the
   chat body came from (:class:`~seawall.gateway.responses_wire.ParamMap`), so the error's
@@ -56,11 +60,13 @@ from seawall.gateway.responses_wire import (
     ParamMap,
     chat_body,
     parse_request,
+    queued_response,
     response_id,
     response_object,
     skeleton,
 )
 from seawall.gateway.sse import ClientTooSlowError, aclose
+from seawall.review.responses import PENDING_STATUS
 from seawall.settings import ResponsesSettings
 from seawall.store.base import ResponseStore, StoredResponse
 
@@ -125,7 +131,14 @@ class ResponsesAPI:
         except SeawallError as exc:  # it names the chat body's fields: say the request's
             params.rewrite(exc)
             raise
-        if result.stream is not None:
+        if result.status_code == PENDING_STATUS and result.body is not None:  # held, hold_response: accepted
+            held = queued_response(result.body, base)
+            if request.stream:
+                result.body, result.status_code = None, 200
+                result.stream = _queued_events(held)
+            else:
+                result.body = held
+        elif result.stream is not None:
             result.stream = self._events(result.stream, params, base, kept)
         elif result.status_code == 200 and result.body is not None:
             result.body = response_object(result.body, base)
@@ -220,6 +233,12 @@ class ResponsesAPI:
             await asyncio.to_thread(self.store.save_response, stored)
         except Exception as exc:
             log.error("cannot keep response %s: %s", stored.id, exc)
+
+
+async def _queued_events(response: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+    """The events of a response held for review (``accepted``): created, then queued."""
+    for event in EventWriter(response).queued():
+        yield event
 
 
 def _as_input(output: Any) -> list[dict[str, Any]]:

@@ -604,6 +604,20 @@ def response_object(completion: Mapping[str, Any], base: dict[str, Any]) -> dict
     return response
 
 
+def queued_response(pending: Mapping[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """An answer held for review under ``review.hold_response: accepted`` (the chat path's 202
+    pending body) as a Response: ``status: queued``, no output yet, and seawall's review (``id``,
+    ``status: pending``, ``poll_url``, ``reasons``, ``message``) in its ``seawall`` field."""
+    review = {
+        "id": pending.get("review_id"),
+        "status": "pending",
+        "poll_url": pending.get("poll_url"),
+        "reasons": list(pending.get("reasons") or []),
+        "message": pending.get("message"),
+    }
+    return {**base, "status": "queued", "output": [], EXTENSION_FIELD: {"review": review}}
+
+
 # ---------------------------------------------------------------------------------- stream events
 
 
@@ -654,6 +668,14 @@ class EventWriter:
         return [
             self._event("response.created", response=self._snapshot()),
             self._event("response.in_progress", response=self._snapshot()),
+        ]
+
+    def queued(self) -> list[bytes]:
+        """A response that waits (held for review): ``response.created`` and ``response.queued``,
+        each with the queued Response; the stream ends there."""
+        return [
+            self._event("response.created", response=self._snapshot()),
+            self._event("response.queued", response=self._snapshot()),
         ]
 
     def chunk(self, chunk: Mapping[str, Any]) -> list[bytes]:
@@ -786,6 +808,7 @@ __all__ = [
     "chat_messages",
     "ending",
     "parse_request",
+    "queued_response",
     "response_id",
     "response_object",
     "skeleton",
