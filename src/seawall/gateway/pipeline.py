@@ -574,7 +574,8 @@ class Gateway:
         audit = ctx.audit
         if audit.safety_identifier is None or audit.outcome in TURNED_AWAY:
             return
-        audit.risk = self._risk(audit.decisions, GUARD_STEPS | {"untrusted_content"})
+        medium_score = (ctx.tier.risk if ctx.tier is not None else self.settings.risk).medium_score
+        audit.risk = self._risk(audit.decisions, GUARD_STEPS | {"untrusted_content"}, medium_score)
         filtered = _categories(audit.decisions, ANSWER_STEPS, ANSWER_STOPPED)
         if filtered is not None and self.store is not None and ctx.caller is not None:
             answer = FilteredAnswer(
@@ -584,7 +585,7 @@ class Gateway:
                 await asyncio.to_thread(self.store.record_filtered_answer, answer)
             except Exception as exc:  # the answer is settled; counting it must not turn it into an error
                 log.error("cannot count the filtered answer of %s: %s", audit.request_id, exc)
-        level = self._risk(audit.decisions, USER_STEPS)
+        level = self._risk(audit.decisions, USER_STEPS, medium_score)
         if self.ledger is None or level == "low" or ctx.caller is None:
             return
         categories = {name for d in audit.decisions if d["step"] in USER_STEPS for name in d["categories"]}
@@ -609,12 +610,11 @@ class Gateway:
             }
             ctx.response_headers[WARNING_HEADER] = warning(escalated)
 
-    def _risk(self, decisions: list[dict[str, Any]], steps: frozenset[str]) -> RiskLevel:
-        """The risk level that the decisions of ``steps`` add up to."""
+    def _risk(self, decisions: list[dict[str, Any]], steps: frozenset[str], medium_score: float) -> RiskLevel:
+        """The risk level that the decisions of ``steps`` add up to (``medium_score``: the user's
+        tier's, else ``risk.medium_score``)."""
         flagged, scores, injection = _risk_signals(decisions, steps)
-        return risk_level(
-            flagged=flagged, scores=scores, injection=injection, medium_score=self.settings.risk.medium_score
-        )
+        return risk_level(flagged=flagged, scores=scores, injection=injection, medium_score=medium_score)
 
 
 # ---------------------------------------------------------------------------------- helpers

@@ -134,7 +134,10 @@ class Standing:
     async def run(self, ctx: RequestContext) -> Answer | None:
         assert ctx.caller is not None
         try:
-            ctx.standing = await asyncio.to_thread(self.ledger.admit, ctx.caller.tenant, ctx.safety_id)
+            throttle = ctx.tier.risk.throttle if ctx.tier is not None else None  # the tier's rate
+            ctx.standing = await asyncio.to_thread(
+                self.ledger.admit, ctx.caller.tenant, ctx.safety_id, throttle=throttle
+            )
         except (PermissionDeniedError, RateLimitError) as exc:
             ctx.audit.decide(self.name, "refuse", code=exc.code)
             raise
