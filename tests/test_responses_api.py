@@ -441,8 +441,9 @@ def test_chat_params_are_named_as_the_responses_request_names_them() -> None:
         "input[1].content",
         "input[1].content must be a string, not number",
     )
-    assert params.error({"message": "bad 'messages'", "param": "messages", "code": "x"}) == {
-        "message": "bad 'input'",
+    too_many = "'messages' holds 41 messages; the limit (max_messages) is 40"
+    assert params.error({"message": too_many, "param": "messages", "code": "x"}) == {
+        "message": "'input' holds 41 messages; the limit (max_messages) is 40",
         "param": "input",
         "code": "x",
     }

@@ -430,8 +430,13 @@ class ParamMap:
 
 
 def _renamed(message: str, before: str, after: str) -> str:
-    """``message`` with ``before`` (as a whole name, also quoted) said as ``after``."""
-    return re.sub(re.escape(before) + r"(?![\w\[])", lambda _: after, message)
+    """``message`` with the param ``before`` said as ``after``: a path (``messages[3].content``)
+    wherever it stands as a whole name, a plain field name (``messages``) only where it is quoted
+    (the word itself is also English, and part of other names: ``max_messages``)."""
+    if "[" in before or "." in before:
+        pattern = r"(?<![\w.\]])" + re.escape(before) + r"(?![\w\[])"
+        return re.sub(pattern, lambda _: after, message)
+    return message.replace(f"'{before}'", f"'{after}'")
 
 
 def chat_body(
