@@ -4,7 +4,8 @@ name, through the official OpenAI SDK -> seawall on loopback -> a recording chat
 What a client sees: ``/v1/models`` lists the mapped name (beside the upstream's own names, unless
 ``allowed_models`` narrows them), a request for it is sent upstream under the upstream's name, the
 answer's ``model`` is the name the client asked for (plain, streamed and on the Responses API), and
-a name nobody serves is still a 404 ``model_not_found``.
+a name nobody serves (or mapped onto a model the upstream does not list) is a 404
+``model_not_found``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ off_topic_reply: Sorry, I can only help with general knowledge.
 models:
   {CLIENT_NAME}:
     upstream: {MODEL}
+  gpt-ghost:
+    upstream: not-on-the-upstream
 """
 
 
@@ -95,6 +98,10 @@ def test_a_mapped_name_is_listed_sent_upstream_under_its_name_and_answered_under
         with pytest.raises(openai.NotFoundError) as unknown_responses:
             client.responses.create(model="gpt-9-ultra", input="hi")
         assert unknown_responses.value.code == "model_not_found"
+        # A name mapped onto a model the upstream does not list is neither listed nor served.
+        with pytest.raises(openai.NotFoundError) as ghost:
+            client.chat.completions.create(model="gpt-ghost", messages=[{"role": "user", "content": "hi"}])
+        assert ghost.value.code == "model_not_found" and "'not-on-the-upstream'" in ghost.value.message
         raw = client.chat.completions.with_raw_response.create(
             model=CLIENT_NAME, messages=[{"role": "user", "content": QUESTION}]
         )

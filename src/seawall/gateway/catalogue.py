@@ -11,8 +11,10 @@ the policy decides alone (:func:`~seawall.gateway.limits.check_request`), and th
 not asked.
 
 The policy's ``models`` map (:attr:`~seawall.gateway.policy.Policy.models`) adds names of its own:
-a mapped name is served whatever the upstream lists (the upstream is sent its own name for it), and
-:func:`served_models` lists it on ``/v1/models`` beside the upstream's names.
+a mapped name is served when the upstream lists the model it maps onto (the upstream is sent that
+name), and :func:`served_models` lists it on ``/v1/models`` beside the upstream's names; a name
+mapped onto a model the upstream does not list is a 404 like any unknown name (the message says
+which upstream model is missing).
 """
 
 from __future__ import annotations
@@ -35,11 +37,11 @@ class ModelCatalogue:
         *,
         ttl_s: float,
         clock: Callable[[], float] = time.monotonic,
-        mapped: Collection[str] = (),
+        mapped: Mapping[str, str] | None = None,
     ) -> None:
         self.upstream = upstream
-        #: The policy's mapped names: served without asking the upstream.
-        self.mapped = frozenset(mapped)
+        #: The policy's mapped names, each with the upstream model it is served by.
+        self.mapped = dict(mapped or {})
         self.ttl_s = ttl_s
         self.clock = clock
         self._ids: frozenset[str] | None = None
@@ -47,8 +49,18 @@ class ModelCatalogue:
         self._lock = asyncio.Lock()
 
     async def check(self, model: str) -> None:
-        """404 ``model_not_found`` unless the policy maps ``model`` or the upstream lists it."""
-        if model not in self.mapped and model not in await self.ids():
+        """404 ``model_not_found`` unless the upstream lists ``model``, or the model the policy
+        maps it onto."""
+        target = self.mapped.get(model)
+        if target is not None:
+            if target not in await self.ids():
+                raise ModelNotFoundError(
+                    f"The model '{model}' is served by the upstream model '{target}' (the policy's "
+                    "models), which the upstream does not list.",
+                    param="model",
+                )
+            return
+        if model not in await self.ids():
             raise ModelNotFoundError(
                 f"The model '{model}' does not exist here; GET /v1/models lists the models served.",
                 param="model",
@@ -70,14 +82,14 @@ def served_models(
     listing: Mapping[str, Any], mapped: Mapping[str, str], allowed: Collection[str] = ()
 ) -> dict[str, Any]:
     """The ``/v1/models`` list clients see: the upstream's ``listing`` plus one entry per name of
-    the policy's ``mapped`` (client name -> upstream name; the entry is the upstream model's, under
-    the client's name, replacing an upstream entry of the same name), narrowed to ``allowed`` when
-    it names any."""
+    the policy's ``mapped`` (client name -> upstream name) whose upstream model it lists (that
+    model's entry under the client's name, replacing an upstream entry of the same name), narrowed
+    to ``allowed`` when it names any."""
     entries = [entry for entry in listing.get("data") or [] if isinstance(entry, dict)]
     by_id = {str(entry.get("id")): entry for entry in entries}
     for name, target in mapped.items():
-        entry = {"object": "model", "created": 0, "owned_by": "seawall", **by_id.get(target, {}), "id": name}
-        entries = [*(e for e in entries if e.get("id") != name), entry]
+        if target in by_id:
+            entries = [*(e for e in entries if e.get("id") != name), {**by_id[target], "id": name}]
     if allowed:
         entries = [entry for entry in entries if entry.get("id") in allowed]
     return {**listing, "object": "list", "data": entries}

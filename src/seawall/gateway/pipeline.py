@@ -245,7 +245,7 @@ class Gateway:
             None
             if self.policy.limits.allowed_models
             else ModelCatalogue(
-                self.upstream, ttl_s=self.settings.model_list_ttl_s, mapped=self.policy.models
+                self.upstream, ttl_s=self.settings.model_list_ttl_s, mapped=self.policy.upstream_models
             )
         )
         self.store = store
@@ -355,8 +355,7 @@ class Gateway:
         await asyncio.to_thread(self.access.authenticate, header_value(headers, "authorization"))
         tier = await self.identity.tier(headers)
         allowed = (tier.limits if tier is not None else self.policy.limits).allowed_models
-        mapped = {name: route.upstream for name, route in self.policy.models.items()}
-        return served_models(await self.upstream.models(), mapped, allowed)
+        return served_models(await self.upstream.models(), self.policy.upstream_models, allowed)
 
     def _new_audit(self, request_id: str | None, *, stream: bool, api: AuditAPI) -> AuditRecord:
         """The record of a new request, with its trace span (ended when the record is written)."""

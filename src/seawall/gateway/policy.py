@@ -303,9 +303,10 @@ class Policy(_Strict):
         description=(
             "Model names clients may use for a model the upstream serves under another name, e.g. "
             "{gpt-4o-mini: {upstream: smollm2-135m-instruct}}: a request for the name goes upstream "
-            "as the upstream's name, /v1/models lists the name, and the answer's 'model' is the name "
-            "the client asked for. The upstream's own names stay served unless allowed_models (which "
-            "names client-facing names) leaves them out; any other name is a 404 model_not_found."
+            "as the upstream's name, /v1/models lists the name (when the upstream lists its model), "
+            "and the answer's 'model' is the name the client asked for. The upstream's own names stay "
+            "served unless allowed_models (which names client-facing names) leaves them out; any "
+            "other name is a 404 model_not_found."
         ),
     )
     prompt_budget_tokens: PositiveInt | None = Field(
@@ -332,6 +333,11 @@ class Policy(_Strict):
     def _tiers_cover_everyone(cls, value: list[Tier]) -> list[Tier]:
         check_tiers(value)
         return value
+
+    @property
+    def upstream_models(self) -> dict[str, str]:
+        """The ``models`` map as client name -> the upstream's name."""
+        return {name: route.upstream for name, route in self.models.items()}
 
     def upstream_model(self, model: str) -> str:
         """The upstream's name for the client's ``model``: its ``models`` entry, else the name itself."""
