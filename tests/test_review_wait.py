@@ -294,3 +294,14 @@ def test_metrics_count_holds_by_mode_and_waits_by_how_they_ended(setup: Setup) -
     assert added("seawall_review_waits_total", outcome="disconnected") == 0
     assert metric(after, "seawall_review_waiting") == 0
     assert "# TYPE seawall_review_waits_total counter" in after
+
+
+def test_a_waiting_responses_stream_passes_the_keepalives_on(setup: Setup) -> None:
+    """Through ``/v1/responses`` too, a stream waiting for a reviewer is not silent."""
+    body = chat_body(new_tag(), stream=True)
+    request = {"model": body["model"], "input": body["messages"][0]["content"], "stream": True}
+    request["seawall"] = body["seawall"]
+    with setup.server.http(headers={"authorization": f"Bearer {APP_KEY}", **WAIT}, timeout=60) as http:
+        text = http.post("/v1/responses", json=request).text
+    assert text.count(": waiting for review\n\n") >= int(WAIT_S / KEEPALIVE_S) // 2
+    assert "event: response.completed" in text and PLACEHOLDER in text and DRAFT not in text

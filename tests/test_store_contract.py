@@ -414,6 +414,25 @@ def test_the_audit_chain_links_each_tenant_and_verifies(store: Store) -> None:
     assert broken is not None and broken.number == 4
 
 
+def test_audit_pages_filter_by_api_and_tier(store: Store) -> None:
+    """``api`` (a record from before the field counts as chat completions) and ``tier``."""
+    kinds = [("responses", "pro"), ("chat.completions", "pro"), (None, None), ("responses", "anonymous")]
+    for n, (api, tier) in enumerate(kinds):
+        record: dict[str, Any] = {"request_id": f"api_{n}", "tenant": "acme", "outcome": "ok"}
+        record["time"] = (T0 + timedelta(minutes=n)).isoformat()
+        record.update({"api": api} if api else {}, **({"tier": tier} if tier else {}))
+        store.write_audit(record)
+
+    def ids(query: AuditQuery) -> list[str]:
+        return [r["request_id"] for r in store.audit_page(query).rows]
+
+    assert ids(AuditQuery(api="responses")) == ["api_3", "api_0"]
+    assert ids(AuditQuery(api="chat.completions")) == ["api_2", "api_1"]
+    assert ids(AuditQuery(tier="pro")) == ["api_1", "api_0"]
+    assert ids(AuditQuery(tier="pro", api="responses")) == ["api_0"]
+    assert store.audit_page(AuditQuery(tier="nobody")).total == 0
+
+
 def test_audit_pages_records_lookups_and_tenants(store: Store) -> None:
     users = ["ab12" + "0" * 60, "ab34" + "0" * 60, "cd56" + "0" * 60]
     for n in range(7):

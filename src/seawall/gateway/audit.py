@@ -37,7 +37,7 @@ from opentelemetry.trace import Span
 
 from seawall.errors import ContentPolicyError, GuardFailedError, SeawallError, UpstreamError
 from seawall.gateway.audit_buffer import AuditBuffer, BufferedAuditWriter, GroupCommit
-from seawall.store.base import AuditOutcome, AuditWriter
+from seawall.store.base import DEFAULT_AUDIT_API, AuditAPI, AuditOutcome, AuditWriter
 from seawall.store.chain import last_hashes, link
 from seawall.telemetry import Tracer, finish_request_span
 
@@ -79,6 +79,8 @@ class AuditRecord:
     user_source: str | None = None
     #: The user's trust tier (the policy's ``tiers``); in the written record only when the policy has tiers.
     tier: str | None = None
+    #: The API the request came through: ``chat.completions`` or ``responses``.
+    api: AuditAPI = DEFAULT_AUDIT_API
     model: str | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
     #: What controls in shadow mode would have done (``gateway.modes``): one entry per step that
@@ -150,6 +152,7 @@ class AuditRecord:
             "safety_identifier": self.safety_identifier,
             "user_source": self.user_source,
             **({"tier": self.tier} if self.tier is not None else {}),
+            "api": self.api,
             "model": self.model,
             "stream": self.stream,
             "outcome": self.outcome,

@@ -134,7 +134,10 @@ class Standing:
     async def run(self, ctx: RequestContext) -> Answer | None:
         assert ctx.caller is not None
         try:
-            ctx.standing = await asyncio.to_thread(self.ledger.admit, ctx.caller.tenant, ctx.safety_id)
+            throttle = ctx.tier.risk.throttle if ctx.tier is not None else None  # the tier's rate
+            ctx.standing = await asyncio.to_thread(
+                self.ledger.admit, ctx.caller.tenant, ctx.safety_id, throttle=throttle
+            )
         except (PermissionDeniedError, RateLimitError) as exc:
             ctx.audit.decide(self.name, "refuse", code=exc.code)
             raise
@@ -411,6 +414,7 @@ class Prompt:
         dropped = {EXTENSION_FIELD, "user", "safety_identifier", "messages"}
         outgoing = {key: value for key, value in ctx.body.items() if key not in dropped}
         outgoing["messages"] = built.messages
+        outgoing["model"] = self.policy.upstream_model(outgoing["model"])  # the policy's models map
         limits = ctx.tier.limits if ctx.tier is not None else self.policy.limits
         outgoing = cap_output_tokens(outgoing, limits.max_output_tokens)
         ctx.upstream_body = upstream_body(outgoing, ctx.safety_id)
@@ -434,6 +438,9 @@ class UpstreamCall:
         upstream_id = ctx.completion.get("id")
         ctx.completion["id"] = f"chatcmpl-{ctx.audit.request_id}"
         ctx.audit.upstream = {"status": 200, **({"id": str(upstream_id)} if upstream_id else {})}
+        if (model := ctx.upstream_body.get("model")) != ctx.body.get("model"):  # a mapped name
+            ctx.completion["model"] = ctx.body.get("model")  # the client's name, as a stream's chunks
+            ctx.audit.upstream["model"] = model
         ctx.audit.outcome = "ok"
         return None
 

@@ -47,6 +47,7 @@ from seawall.review.service import ReviewService
 from seawall.service import ModerationService
 from seawall.settings import Settings, load_settings
 from seawall.store import open_store
+from seawall.store.base import AuditAPI
 from seawall.telemetry import Tracer, start_tracing
 from seawall.ui import add_ui_routes
 
@@ -257,7 +258,8 @@ def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
             try:
                 body = await read_json(request, settings.server.max_body_bytes)
             except SeawallError as exc:
-                gateway().reject(request_id, exc)  # audited like every other request
+                api: AuditAPI = "responses" if route == "/v1/responses" else "chat.completions"
+                gateway().reject(request_id, exc, api=api)  # audited like every other request
                 raise
             client = request.client.host if request.client else None
             result = await handle(

@@ -79,6 +79,11 @@ REPORT_CATEGORIES: tuple[ReportCategory, ...] = get_args(ReportCategory)
 REPORT_STATUSES: tuple[ReportStatus, ...] = get_args(ReportStatus)
 KEY_SCOPES: tuple[KeyScope, ...] = get_args(KeyScope)
 AUDIT_OUTCOMES: tuple[AuditOutcome, ...] = get_args(AuditOutcome)
+#: The API a gateway request came through (the audit record's ``api``; records written before it
+#: was recorded count as chat completions).
+AuditAPI = Literal["chat.completions", "responses"]
+AUDIT_APIS: tuple[AuditAPI, ...] = get_args(AuditAPI)
+DEFAULT_AUDIT_API: AuditAPI = "chat.completions"
 
 
 @dataclass(frozen=True)
@@ -285,6 +290,10 @@ class AuditQuery:
     until: datetime | None = None
     #: Only records with a ``shadow`` entry: what a control in shadow mode would have done.
     shadow: bool = False
+    #: Only requests through this API (:data:`AUDIT_APIS`).
+    api: str | None = None
+    #: Only requests of users in this trust tier (the policy's ``tiers``).
+    tier: str | None = None
     page: int = 1
     page_size: int = 50
 

@@ -26,6 +26,7 @@ from typing import Any
 from seawall.clock import Clock, as_utc, utc_now
 from seawall.errors import InvalidRequestError, NotFoundError, StoreError
 from seawall.store.base import (
+    DEFAULT_AUDIT_API,
     REPORT_STATUSES,
     REVIEW_STATUSES,
     AccountRow,
@@ -422,6 +423,8 @@ class MemoryAudit(MemoryRole):
             and (query.since is None or row.time >= query.since)
             and (query.until is None or row.time < query.until)
             and (not query.shadow or bool(row.record.get("shadow")))
+            and (not query.api or row.record.get("api", DEFAULT_AUDIT_API) == query.api)
+            and (not query.tier or row.record.get("tier") == query.tier)
         ]
         page = max(1, query.page)
         first = (page - 1) * query.page_size
