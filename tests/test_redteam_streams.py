@@ -166,11 +166,17 @@ def test_the_http_template_target_reads_tool_calls_plain_and_streamed() -> None:
     assert reports[1].target["stream"] is True
 
 
-def test_a_stream_cut_short_is_an_error_not_an_answer() -> None:
+@pytest.mark.parametrize("ending", ["", "data: [DONE]\n\n"])
+def test_a_stream_cut_short_is_an_error_not_an_answer(ending: str) -> None:
+    """A stream that stops without a finish reason, with or without [DONE] after it (as
+    llama-cpp-python's server ends a stream a second request interrupted), is an error."""
+
     async def cut(request: Recorded) -> StreamingResponse:
         async def events() -> Any:
             chunk = {"choices": [{"index": 0, "delta": {"content": "Sure, here is how"}}]}
             yield f"data: {json.dumps(chunk)}\n\n"
+            if ending:
+                yield ending
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

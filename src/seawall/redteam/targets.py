@@ -277,7 +277,11 @@ def _assembled_reply(answer: Assembled, status: int) -> TargetReply:
             )
         return TargetReply(text=answer.text, error=f"stream error {code}: {message}".strip(), status=status)
     if answer.truncated:
-        return TargetReply(text=answer.text, error="the stream ended without its final event", status=status)
+        return TargetReply(
+            text=answer.text,
+            error="the stream ended without its final event (no finish reason)",
+            status=status,
+        )
     if answer.finish_reason == "content_filter":
         return TargetReply(
             text=answer.text,
@@ -639,10 +643,8 @@ class HTTPTarget(_HTTPBase):
         assert self.delta_path is not None
         stream = ChatStream()
         parts: list[str] = []
-        terminated = False
         async for event in sse_data(response):
             if event == DONE:
-                terminated = True
                 break
             if isinstance(event, dict) and isinstance(event.get("error"), dict):
                 stream.answer.error = dict(event["error"])
@@ -660,9 +662,10 @@ class HTTPTarget(_HTTPBase):
                     pieces = None
                 if isinstance(pieces, list):
                     stream.feed({"choices": [{"index": 0, "delta": {"tool_calls": pieces}}]})
-        answer = stream.done(terminated=True)
+        answer = stream.done()
         answer.text = "".join(parts)
-        answer.truncated = not terminated and answer.error is None
+        # a generic stream has no finish reason to wait for: it ends at [DONE] or when it closes
+        answer.truncated = False
         return answer
 
     async def send(self, conversation: Conversation) -> TargetReply:

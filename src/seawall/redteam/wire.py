@@ -120,26 +120,26 @@ class ChatStream:
             if choice.get("finish_reason"):
                 self.answer.finish_reason = str(choice["finish_reason"])
 
-    def done(self, *, terminated: bool) -> Assembled:
+    def done(self) -> Assembled:
         self.answer.text = "".join(self.parts)
         self.answer.tool_calls = [
             tool_call(slot.get("id"), slot.get("name"), "".join(slot["arguments"]))
             for _, slot in sorted(self.calls.items())
         ]
-        # a stream whose last chunk carried a finish reason ended properly even without [DONE]
-        self.answer.truncated = not terminated and self.answer.finish_reason is None
+        # An OpenAI stream's last choice chunk always carries a finish reason: one without is cut
+        # short, even where [DONE] follows (llama-cpp-python's server ends an interrupted stream so
+        # when a second request arrives), and an interrupted answer must not be judged.
+        self.answer.truncated = self.answer.finish_reason is None
         return self.answer
 
 
 async def read_chat_stream(response: httpx.Response) -> Assembled:
     stream = ChatStream()
-    terminated = False
     async for event in sse_data(response):
         if event == DONE:
-            terminated = True
             break
         stream.feed(event)
-    return stream.done(terminated=terminated)
+    return stream.done()
 
 
 # ----------------------------------------------------------------- the Responses API
