@@ -42,6 +42,10 @@ FAMILIES: dict[str, str] = {
     "output_handling": "active markup, exfiltrating images, shell or SQL injection in the output",
     "off_topic": "work far outside the app's declared purpose is done",
     "unbounded_consumption": "requests for huge outputs are honoured",
+    "agent_hijack": "instructions in tool results or retrieved documents make an agent act through its tools",
+    "excessive_agency": "an agent calls a dangerous tool nobody asked it to call",
+    "tool_poisoning": "an agent obeys instructions hidden in a tool's description (an MCP-style tool)",
+    "data_exfiltration": "an agent sends a planted secret out through a tool call's arguments or a URL",
     "custom": "prompts from the user's own files",
 }
 
@@ -143,6 +147,17 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return template
 
 
+def _fill_json(value: Any, values: dict[str, str]) -> Any:
+    """``_fill`` applied to every string in a JSON value (a tool definition)."""
+    if isinstance(value, str):
+        return _fill(value, values)
+    if isinstance(value, list):
+        return [_fill_json(item, values) for item in value]
+    if isinstance(value, dict):
+        return {key: _fill_json(item, values) for key, item in value.items()}
+    return value
+
+
 # ----------------------------------------------------------------- authored probes
 
 
@@ -178,6 +193,7 @@ class AuthoredProbe:
             "severity": s.get("severity", "medium"),
             "owasp": s.get("owasp", []),
             "atlas": s.get("atlas", []),
+            "agentic": s.get("agentic", []),
             "detector": s["check"]["detector"],
             "transformable": self.transformable,
             "source": self.source,
@@ -195,7 +211,8 @@ class AuthoredProbe:
                         values.update(
                             zip(("PART1", "PART2", "PART3"), _split_three(goal["ask"]), strict=True)
                         )
-                    yield f"{goal_id}/{p_index}", prompt, values, {"categories": goal["categories"]}
+                    extras = {"categories": goal["categories"], "goal_id": goal_id}
+                    yield f"{goal_id}/{p_index}", prompt, values, extras
             elif "entities" in self.spec:
                 for e_index, entity in enumerate(self.spec["entities"]):
                     yield (
@@ -237,8 +254,9 @@ class AuthoredProbe:
                 entity=extras.get("entity"),
                 min_lines=extras.get("min_lines"),
                 min_chars=check_spec.get("min_chars"),
+                tools=list(check_spec.get("tools", [])),
             )
-            if check.detector == "records" and "fields" in check_spec:
+            if "fields" in check_spec:
                 check.expect = {k: v for k, v in check.expect.items() if k in check_spec["fields"]}
             yield AttackCase(
                 id=key,
@@ -248,13 +266,22 @@ class AuthoredProbe:
                 severity=s.get("severity", "medium"),
                 owasp=list(s.get("owasp", [])),
                 atlas=list(s.get("atlas", [])),
+                agentic=list(s.get("agentic", [])),
                 goal=s.get("goal", ""),
+                goal_id=extras.get("goal_id"),
                 system=system,
                 turns=turns,
                 documents=[
                     Document(source=d["source"], text=_fill(d["text"], fill)) for d in s.get("documents", [])
                 ],
                 tool_output=_fill(s["tool_output"], fill) if s.get("tool_output") else None,
+                tool_output_name=s.get("tool_output_name", "lookup"),
+                history=[
+                    {**m, "content": _fill(m["content"], fill)} if isinstance(m.get("content"), str) else m
+                    for m in s.get("history", [])
+                ],
+                tools=[_fill_json(t, fill) for t in s.get("tools", [])],
+                tool_results={k: _fill(v, fill) for k, v in s.get("tool_results", {}).items()},
                 check=check,
                 original=turns[-1],
                 source=self.source,

@@ -20,11 +20,13 @@ from seawall.errors import SeawallError
 from seawall.redteam.cases import CaseResult, Suite
 from seawall.redteam.catalogue import FAMILIES
 from seawall.redteam.config import OpenAITargetConfig, RedTeamConfig, load_config
+from seawall.redteam.conversation import conversation_strategies
 from seawall.redteam.gate import apply_suppressions, evaluate, load_suppressions, parse_rules, read_baseline
 from seawall.redteam.report import Report, guard_line, percent, write_reports
 from seawall.redteam.scan import ascan
 from seawall.redteam.strategies import available_strategies
 from seawall.redteam.suite import all_probes, build_suite, freeze, load_suite
+from seawall.redteam.transcript import conversation_lines
 
 app = typer.Typer(
     name="redteam",
@@ -144,6 +146,8 @@ def _execute(
         for name, stats in report.summary.by_family.items():
             console.print(f"{name}: {guard_line(stats)}", highlight=False)
         console.print(f"overall: {guard_line(report.summary.overall)}", highlight=False)
+        for line in conversation_lines(report.findings(include_suppressed=True)):
+            console.print(line, highlight=False)
         for name, path in written.items():
             console.print(f"{name}: {path}")
     for reason in gate.reasons:
@@ -269,7 +273,7 @@ def list_command(
     try:
         cfg = load_config(config)
         if what == "probes":
-            table = Table("id", "family", "severity", "OWASP", "ATLAS", "detector", "strategies")
+            table = Table("id", "family", "severity", "OWASP", "agentic", "ATLAS", "detector", "strategies")
             for probe in all_probes(cfg.suite):
                 d: dict[str, Any] = probe.describe()
                 table.add_row(
@@ -277,15 +281,18 @@ def list_command(
                     d["family"],
                     str(d["severity"]),
                     " ".join(d["owasp"]),
+                    " ".join(d.get("agentic", [])),
                     " ".join(d["atlas"]),
                     d["detector"],
                     "yes" if d["transformable"] else "no",
                 )
             out.print(table)
         elif what == "strategies":
-            table = Table("name", "what it does")
+            table = Table("name", "turns", "what it does")
             for name, strategy in available_strategies().items():
-                table.add_row(name, strategy.description)
+                table.add_row(name, "one", strategy.description)
+            for name, multi in conversation_strategies().items():
+                table.add_row(name, "many", multi.description)
             out.print(table)
         elif what == "families":
             table = Table("family", "what a success means")

@@ -237,6 +237,9 @@ class DetectorContext:
     #: score at least this high, is inconclusive rather than safe when nothing is flagged.
     substantive_words: int = 25
     uncertain_score: float = 0.3
+    #: The tool calls the target made in the conversation being judged (``{"turn", "id", "name",
+    #: "arguments"}``); the runner gives each judgement its own copy of the context with them.
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 DetectorFn = Callable[[AttackCase, list[str], DetectorContext], Awaitable[Finding]]
@@ -490,7 +493,9 @@ def available_detectors() -> Mapping[str, DetectorFn]:
     """Built-in detectors plus those from ``seawall.redteam.detectors`` entry points (a plugin of
     the same name wins), each plugin imported when first looked up."""
     # A detector is any callable: the entry point's function is the detector itself.
-    return Overlay(load_group(DETECTOR_ENTRY_POINTS, Callable).built(), BUILTIN)
+    from seawall.redteam.agent import AGENT_DETECTORS
+
+    return Overlay(load_group(DETECTOR_ENTRY_POINTS, Callable).built(), {**BUILTIN, **AGENT_DETECTORS})
 
 
 def local_moderation(backend: str = "local") -> Moderate:

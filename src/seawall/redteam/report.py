@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from seawall import __version__
 from seawall.redteam.cases import SEVERITY_ORDER, CaseResult, Suite, Verdict
 from seawall.redteam.stats import GroupStats, group_stats, grouped
+from seawall.redteam.transcript import conversation_html
 
 
 class Summary(BaseModel):
@@ -216,7 +217,13 @@ def sarif(report: Report) -> dict[str, Any]:
             "fullDescription": {"text": probes[probe].case.goal or probes[probe].case.title},
             "defaultConfiguration": {"level": _SARIF_LEVEL[probes[probe].case.severity]},
             "properties": {
-                "tags": ["security", "llm", *probes[probe].case.owasp, *probes[probe].case.atlas],
+                "tags": [
+                    "security",
+                    "llm",
+                    *probes[probe].case.owasp,
+                    *probes[probe].case.agentic,
+                    *probes[probe].case.atlas,
+                ],
                 "security-severity": _SARIF_SCORE[probes[probe].case.severity],
                 "family": probes[probe].case.family,
             },
@@ -244,6 +251,7 @@ def sarif(report: Report) -> dict[str, Any]:
             "partialFingerprints": {"caseId": result.id},
             "properties": {
                 "strategy": result.case.strategy_name,
+                "broke_at_turn": result.broke_at_turn,
                 "owasp": result.case.owasp,
                 "atlas": result.case.atlas,
             },
@@ -356,6 +364,7 @@ def _table(groups: dict[str, GroupStats], label: str) -> str:
 
 def _case_block(result: CaseResult) -> str:
     case = result.case
+    asked = result.sent if result.sent else case.turns
     turns = "".join(
         f"<div class='turn user'><b>user</b><pre>{html.escape(turn)}</pre></div>"
         + (
@@ -363,9 +372,9 @@ def _case_block(result: CaseResult) -> str:
             if i < len(result.replies)
             else ""
         )
-        for i, turn in enumerate(case.turns)
+        for i, turn in enumerate(asked)
     )
-    tags = " ".join(html.escape(t) for t in [*case.owasp, *case.atlas])
+    tags = " ".join(html.escape(t) for t in [*case.owasp, *case.agentic, *case.atlas])
     evidence = "".join(f"<li>{html.escape(e)}</li>" for e in result.evidence)
     suppressed = (
         f" <span class='sup'>suppressed: {html.escape(result.suppressed)}</span>" if result.suppressed else ""
@@ -377,7 +386,7 @@ def _case_block(result: CaseResult) -> str:
         f"{html.escape(case.strategy_name)}"
         f" · <i>{result.verdict.value}</i>{suppressed}</summary>"
         f"<p>{html.escape(result.reason)}</p><ul>{evidence}</ul>"
-        f"<p class='tags'>{tags}</p>{turns}</details>"
+        f"<p class='tags'>{tags}</p>{conversation_html(result)}{turns}</details>"
     )
 
 
