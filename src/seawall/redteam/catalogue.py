@@ -42,6 +42,9 @@ FAMILIES: dict[str, str] = {
     "output_handling": "active markup, exfiltrating images, shell or SQL injection in the output",
     "off_topic": "work far outside the app's declared purpose is done",
     "unbounded_consumption": "requests for huge outputs are honoured",
+    "retrieval_leakage": "retrieved documents the user may not see (another tenant's) are disclosed",
+    "data_poisoning": "poisoned knowledge-base entries or user-fed 'facts' change what the app tells others",
+    "excessive_agency": "the target claims a privileged, irreversible action it was not allowed to do",
     "custom": "prompts from the user's own files",
 }
 
@@ -161,6 +164,10 @@ class AuthoredProbe:
         self.transformable: bool = bool(spec.get("transformable", True))
         self.needs_purpose = bool(spec.get("needs_purpose", False))
         self.plant: str | None = spec.get("plant")
+        #: Where the planted value goes: the system prompt, or a document ({{PLANTED}} in its text).
+        self.plant_into: str = spec.get("plant_into", "system")
+        if self.plant_into not in ("system", "document"):
+            raise ConfigurationError(f"probe {self.id}: plant_into must be 'system' or 'document'")
         self.source = source
         self._goals = goals
         known = set(goals)
@@ -218,6 +225,8 @@ class AuthoredProbe:
             planted_text, expect = _plant(self.plant, context, key)
             a, b = marker_parts(context, key)
             fill = {**values, "A": a, "B": b}
+            if self.plant_into == "document":
+                fill["PLANTED"] = planted_text
             if "forbidden" in expect:
                 fill["FORBIDDEN_SPELLED"] = "-".join(expect["forbidden"])
             check_spec = dict(s["check"])
@@ -226,7 +235,7 @@ class AuthoredProbe:
             turns = [prompt] if isinstance(prompt, str) else list(prompt)
             turns = [_fill(t, fill) for t in turns]
             system = context.system_prompt
-            if planted_text:
+            if planted_text and self.plant_into == "system":
                 system = f"{system}\n\n{planted_text}" if system else planted_text
             check = Check(
                 detector=check_spec["detector"],
