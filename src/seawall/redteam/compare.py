@@ -22,7 +22,20 @@ from seawall.redteam.report import Report, percent
 from seawall.redteam.stats import GroupStats, group_stats
 
 REPORT_FORMAT = "seawall.redteam.report/1"
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+PALETTE = [
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#9467bd",
+    "#ff7f0e",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+    "#393b79",
+    "#637939",
+]
 
 
 @dataclass
@@ -189,7 +202,14 @@ def _chart(data: Trend) -> str:
         )
     for k, (name, stats) in enumerate(series):
         colour = "#222" if name == "overall" else PALETTE[(k - 1) % len(PALETTE)]
-        dash = ' stroke-dasharray="5,3"' if name == "overall" else ""
+        # past the palette, lines repeat a colour with a dotted stroke
+        dash = (
+            ' stroke-dasharray="5,3"'
+            if name == "overall"
+            else ' stroke-dasharray="2,2"'
+            if k > len(PALETTE)
+            else ""
+        )
         points = [(i, s) for i, s in enumerate(stats) if s.judged and s.asr is not None]
         if len(points) > 1:
             path = " ".join(f"{x(i):.1f},{y(s.asr or 0):.1f}" for i, s in points)

@@ -379,9 +379,9 @@ def coverage_outcome(row: CoverageRow) -> str:
 
 def _coverage_table(rows: list[CoverageRow]) -> str:
     head = (
-        "<tr><th>OWASP LLM 2025 risk</th><th>probes in this scan</th><th>cases</th><th>vulnerable</th>"
-        "<th>safe</th><th>inconclusive</th><th>blocked</th><th>error</th><th>ASR</th><th>95% CI</th>"
-        "<th class='l'>what is probed · what a chat endpoint cannot show</th></tr>"
+        "<tr><th>OWASP LLM 2025 risk</th><th class='l'>probes in this scan (cases)</th><th>cases</th>"
+        "<th>vulnerable</th><th>safe</th><th>inconclusive</th><th>blocked</th><th>error</th><th>ASR</th>"
+        "<th>95% CI</th></tr>"
     )
     body = []
     for row in rows:
@@ -394,15 +394,17 @@ def _coverage_table(rows: list[CoverageRow]) -> str:
             )
         else:
             probes = "<i>no probe</i>"
-        notes = html.escape(row.probed) + (
-            f"<br><b>Not covered:</b> {html.escape(row.limits)}" if row.limits else ""
+        notes = (
+            "<b>Probed:</b> "
+            + html.escape(row.probed)
+            + (f"<br><b>Not covered:</b> {html.escape(row.limits)}" if row.limits else "")
         )
         ci = f"{percent(s.ci_low)}–{percent(s.ci_high)}" if s.judged else "–"
         body.append(
             f"<tr class='{row.status.split()[0]}'><td><b>{row.risk}</b> {html.escape(row.name)}</td>"
             f"<td class='l'>{probes}</td><td>{s.cases}</td><td>{s.vulnerable}</td><td>{s.safe}</td>"
             f"<td>{s.inconclusive}</td><td>{s.blocked}</td><td>{s.error}</td><td>{percent(s.asr)}</td>"
-            f"<td>{ci}</td><td class='l notes'>{notes}</td></tr>"
+            f"<td>{ci}</td></tr><tr class='notes'><td colspan='10'>{notes}</td></tr>"
         )
     tested = sum(row.status == "tested" for row in rows)
     return (
@@ -468,7 +470,7 @@ details.safe{{border-color:#27ae60}}details.error{{border-color:#7f8c8d}}details
 .sev.high{{background:#c0392b}}.sev.medium{{background:#e67e22}}.sev.low{{background:#95a5a6}}
 .turn.bot pre{{background:#eef5ff}}.tags{{color:#555;font-size:90%}}.sup{{color:#555}}
 .big{{font-size:160%}}
-td.l,th.l{{text-align:left}}td.notes{{font-size:85%;color:#444;max-width:420px}}
+td.l,th.l{{text-align:left}}tr.notes td{{text-align:left;font-size:85%;color:#444;border-top:none}}
 tr.not td{{background:#fbf3e0}}tr.no td{{background:#f9e0e0}}
 </style></head><body>
 <h1>seawall red-team report</h1>
