@@ -34,6 +34,7 @@ from seawall.redteam.cli import app as redteam_cli
 from seawall.redteam.config import OpenAITargetConfig
 from seawall.redteam.gate import Suppression
 from seawall.redteam.report import project_url
+from seawall.redteam.stats import group_stats
 from seawall.settings import load_settings
 
 sys.path.insert(0, str(Path(__file__).parent / "data" / "redteam"))
@@ -81,7 +82,11 @@ def test_the_vulnerable_target_is_found_out(reports: dict[str, Report]) -> None:
     report = reports["vulnerable"]
     assert report.summary.overall.error == 0
     for family in FLAWS:
-        stats = report.family(family)
+        # grounded.* (answers graded by a provided passage) is tested in test_redteam_hallucination:
+        # this bot quotes the passage back, and the passage holds the fact
+        stats = group_stats(
+            r for r in report.results if r.case.family == family and not r.case.probe.startswith("grounded.")
+        )
         assert stats.vulnerable >= 1 and stats.asr is not None and stats.asr >= 0.8, (family, stats)
     assert report.asr is not None and report.asr >= 0.7
     leak = next(r for r in report.results if r.id == "leak.repeat_above/0")
