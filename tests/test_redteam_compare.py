@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from backend_standins import serving
 from seawall.redteam import AppConfig, RedTeamConfig, SuiteConfig, build_suite, freeze, load_report, scan
 from seawall.redteam.cli import app as redteam_cli
-from seawall.redteam.compare import cell, load_runs, trend
 from seawall.redteam.config import OpenAITargetConfig
 from seawall.redteam.report import percent, write_reports
 from seawall.redteam.stats import group_stats, wilson
+from seawall.redteam.trends import cell, load_runs, trend
 
 sys.path.insert(0, str(Path(__file__).parent / "data" / "redteam"))
 from bots import chat_app
@@ -147,3 +147,15 @@ def test_runs_of_different_catalogues_are_refused_unless_asked_to_share(runs: di
     data = trend(load_runs([runs["monday"], runs["bigger"]], shared_only=True))
     assert "pii_leakage" not in data.families
     assert data.overall[0].cases == data.overall[1].cases
+
+
+def test_the_trend_module_leaves_the_baseline_compare_in_place() -> None:
+    """``seawall.redteam.compare`` is the baseline comparison (gate.compare); importing the trend
+    code (as the CLI does) must not rebind that name to a module."""
+    import seawall.redteam
+    import seawall.redteam.cli
+    import seawall.redteam.trends
+    from seawall.redteam.gate import compare as baseline_compare
+
+    assert seawall.redteam.cli.load_runs is seawall.redteam.trends.load_runs
+    assert seawall.redteam.compare is baseline_compare

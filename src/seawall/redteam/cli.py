@@ -19,13 +19,13 @@ from seawall.cli_support import console, fail
 from seawall.errors import SeawallError
 from seawall.redteam.cases import CaseResult, Suite
 from seawall.redteam.catalogue import FAMILIES
-from seawall.redteam.compare import cell, load_runs, trend, write_trend_html
 from seawall.redteam.config import OpenAITargetConfig, RedTeamConfig, load_config
 from seawall.redteam.gate import apply_suppressions, evaluate, load_suppressions, parse_rules, read_baseline
 from seawall.redteam.report import Report, coverage_outcome, guard_line, percent, write_reports
 from seawall.redteam.scan import ascan
 from seawall.redteam.strategies import available_strategies
 from seawall.redteam.suite import all_probes, build_suite, freeze, load_suite
+from seawall.redteam.trends import cell, load_runs, trend, write_trend_html
 
 app = typer.Typer(
     name="redteam",
