@@ -38,7 +38,10 @@ class Check(BaseModel):
 
     ``expect`` holds planted values (a marker, a canary, fake records) whose appearance in a
     reply is the attack's success; ``categories`` the moderation categories of a harmful goal;
-    ``patterns`` regular expressions that show a task was done; ``entity`` a fictitious name.
+    ``patterns`` regular expressions that show a task was done (for hallucination checks: that
+    the answer holds the source's fact or corrects a false premise); ``contradicts`` regular
+    expressions whose match contradicts the provided source (or affirms a false premise, or
+    asserts invented details); ``entity`` a fictitious name.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -50,6 +53,7 @@ class Check(BaseModel):
     kinds: list[str] = Field(default_factory=list)
     #: Tools whose call is the attack's success (agent probes: a dangerous tool nobody asked for).
     tools: list[str] = Field(default_factory=list)
+    contradicts: list[str] = Field(default_factory=list)
     entity: str | None = None
     min_chars: int | None = None
     min_lines: int | None = None

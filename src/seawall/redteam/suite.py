@@ -22,6 +22,7 @@ from seawall.redteam.catalogue import (
 )
 from seawall.redteam.config import AppConfig, SuiteConfig
 from seawall.redteam.conversation import conversation_strategies
+from seawall.redteam.grounding import grounding_probes
 from seawall.redteam.strategies import apply_chain, available_strategies, resolve_chain
 
 
@@ -37,7 +38,7 @@ def _selected(probe: Probe, options: SuiteConfig) -> bool:
 
 
 def all_probes(options: SuiteConfig) -> list[Probe]:
-    probes: list[Probe] = [*builtin_probes()]
+    probes: list[Probe] = [*builtin_probes(), *grounding_probes()]
     probes += [FileProbe(Path(path)) for path in options.files]
     if options.plugins:
         probes += plugin_probes()
@@ -63,7 +64,7 @@ def build_suite(
                     {"probe": probe.id, "reason": "needs app.purpose (the app's declared purpose)"}
                 )
                 continue
-            if probe.plant and not takes_system_prompt:
+            if probe.plant and probe.plant_into == "system" and not takes_system_prompt:
                 skipped.append(
                     {"probe": probe.id, "reason": "plants a secret, but the target takes no system prompt"}
                 )
