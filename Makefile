@@ -60,6 +60,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/gateway.py --quick --realistic --streams 10
 	$(BIN)/python bench/replicas.py
+	$(BIN)/python bench/audit_durability.py
 	$(BIN)/python bench/topics.py
 	$(BIN)/python bench/redteam.py
 	$(BIN)/python bench/user_tokens.py

@@ -8,7 +8,10 @@ their blocked / inconclusive / error counts, cases per second and total time. Ev
 capped at ``--max-tokens`` at temperature 0; expect minutes (20-55 generated tokens/s).
 
     python bench/redteam.py
-    python bench/redteam.py --smollm2 [--max-tokens 48] [--max-cases N] [--out DIR]
+    python bench/redteam.py --smollm2 [--max-tokens 48] [--max-cases N] [--out DIR] [--probes ID ...]
+
+``--probes`` keeps the probes named (ids, id prefixes or families), with no strategy applied; the
+OWASP LLM Top 10 (2025) coverage table of each scan is printed after its families.
 """
 
 from __future__ import annotations
@@ -91,9 +94,17 @@ def print_report(name: str, report: Report, took: float) -> None:
             f"  {family:22s} {s.cases:5d} {s.vulnerable:5d} {s.safe:5d} {s.inconclusive:5d} {s.blocked:5d} "
             f"{_pct(s.asr)} {_pct(s.ci_low)}–{_pct(s.ci_high)}"
         )
+    print(f"  {'OWASP LLM 2025 risk':40s} {columns}   ASR    95% CI   probes")
+    for row in report.coverage_of():
+        s = row.stats
+        print(
+            f"  {row.risk + ' ' + row.name:40s} {s.cases:5d} {s.vulnerable:5d} {s.safe:5d} "
+            f"{s.inconclusive:5d} {s.blocked:5d} {_pct(s.asr)} {_pct(s.ci_low)}–{_pct(s.ci_high)}   "
+            + (", ".join(row.probes) if row.probes else row.status)
+        )
 
 
-def smollm2(max_tokens: int, max_cases: int | None, out: Path | None) -> None:
+def smollm2(max_tokens: int, max_cases: int | None, out: Path | None, probes: list[str] | None) -> None:
     from conftest import running_server
     from seawall.gateway.local_llm import INSTALL_HINT, LocalModelServer, local_llm_available
     from seawall.redteam import write_reports
@@ -105,7 +116,8 @@ def smollm2(max_tokens: int, max_cases: int | None, out: Path | None) -> None:
         system_prompt=APP.system_prompt, purpose="customer support for Velo Bikes, an online bicycle shop"
     )
     config = RedTeamConfig(app=app, run={"concurrency": 2, "timeout_s": 180, "retries": 0})
-    suite: Suite = build_suite(config.suite.model_copy(update={"max_cases": max_cases}), app)
+    chosen = {"max_cases": max_cases} | ({"probes": probes, "strategies": []} if probes else {})
+    suite: Suite = build_suite(config.suite.model_copy(update=chosen), app)
     print(
         f"suite: {len(suite.cases)} cases (seed 0, fingerprint {suite.fingerprint}); "
         f"max_tokens {max_tokens}, temperature 0, concurrency {config.run.concurrency}"
@@ -159,10 +171,13 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=48, help="--smollm2: max_tokens per reply")
     parser.add_argument("--max-cases", type=int, default=None, help="--smollm2: a seeded sample of the suite")
     parser.add_argument("--out", type=Path, default=None, help="--smollm2: write JSON and HTML reports here")
+    parser.add_argument(
+        "--probes", nargs="+", default=None, help="--smollm2: only these probes (ids, prefixes, families)"
+    )
     args = parser.parse_args()
     print(f"CPU cores available: {len(os.sched_getaffinity(0))}")
     if args.smollm2:
-        smollm2(args.max_tokens, args.max_cases, args.out)
+        smollm2(args.max_tokens, args.max_cases, args.out, args.probes)
         return
     bots()
     for fixture in REFUSAL_FIXTURES:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
+import logging
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -353,7 +355,9 @@ async def test_replies_that_are_neither_safe_nor_unsafe_are_errors(
     with pytest.raises(BackendError) as caught:
         await moderate_with(settings_for(guard), [ModerationInput.of_text("anything")])
     assert caught.value.message == "the llamaguard backend failed: upstream sent a malformed reply"
-    assert f"neither 'safe' nor 'unsafe\\nS<n>,...': {content!r}" in backend_warnings(caplog)
+    digest = hashlib.sha256(content.encode()).hexdigest()[:12]
+    logged = backend_warnings(caplog)
+    assert f"neither 'safe' nor 'unsafe\\nS<n>,...': <{len(content)} chars, sha256 {digest}>" in logged
 
 
 @pytest.mark.parametrize(
@@ -397,8 +401,46 @@ async def test_server_errors_name_the_status_and_hide_the_details(
     # The log has the details, with the key redacted.
     logged = backend_warnings(caplog)
     assert f"Llama Guard at {guard.url}/v1 answered HTTP 503" in logged
-    assert "bad token Bearer [redacted]" in logged
+    assert "bad token" not in caplog.text  # the body is logged as its length and hash only
     assert "lg-secret-key" not in caplog.text
+
+
+MARKER = "zq-moderated-marker-7731"
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        pytest.param(lambda text: json_reply({"error": f"cannot judge {text}"}, 400), id="error-body"),
+        pytest.param(lambda text: Response(f"<pre>{text}</pre>", status_code=500), id="non-json-error"),
+        pytest.param(
+            lambda text: json_reply(chat_completion(f"I would rather not: {text}")), id="odd-verdict"
+        ),
+        pytest.param(lambda text: json_reply({"choices": [f"{text}"]}), id="malformed-choice"),
+        pytest.param(lambda text: json_reply({"choices": [{"message": {"text": text}}]}), id="no-content"),
+        pytest.param(lambda text: Response(f"{text} is not json", media_type="text/plain"), id="not-json"),
+    ],
+)
+async def test_text_the_server_echoes_never_reaches_the_logs(
+    guard: StandIn, caplog: pytest.LogCaptureFixture, echo: Any
+):
+    """A server that quotes the moderated text back, in an error or in an unexpected reply: no logger,
+    at any level, writes it; the warning still names the server and what went wrong."""
+
+    async def echoes(request: Recorded) -> Response:
+        reply: Response = echo(request.body["messages"][0]["content"])
+        return reply
+
+    guard.reply = echoes
+    caplog.set_level(logging.DEBUG)  # every logger, httpx's included
+    with pytest.raises(BackendError) as caught:
+        await moderate_with(settings_for(guard), [ModerationInput.of_text(f"please judge {MARKER}")])
+    assert MARKER in str(guard.requests[0].body)  # the text was sent, and echoed back
+    assert MARKER not in caplog.text
+    assert MARKER not in str(caught.value.to_body())
+    logged = backend_warnings(caplog)
+    assert f"Llama Guard at {guard.url}/v1 " in logged
+    assert "chars, sha256 " in logged
 
 
 async def test_an_unreachable_server_is_a_backend_error(caplog: pytest.LogCaptureFixture):

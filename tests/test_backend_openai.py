@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -255,9 +257,11 @@ async def test_server_errors_name_the_status_and_log_the_details(
     body = str(caught.value.to_body())
     assert "The server had an error" not in body
     assert upstream.url not in body and "127.0.0.1" not in body
-    # Operators find the details in the log.
+    # Operators find the address, the status and the error's type in the log; the upstream's message
+    # only as its length and hash (it can quote the moderated text).
     logged = backend_warnings(caplog)
-    assert "HTTP 500: The server had an error" in logged
+    assert f"HTTP 500: type server_error, message {fingerprint_of('The server had an error')}" in logged
+    assert "The server had an error" not in caplog.text
     assert upstream.url in logged
 
 
@@ -359,7 +363,8 @@ async def test_a_non_json_reply_is_a_backend_error(upstream: StandIn, caplog: py
         await backend.aclose()
     assert "<html>" not in caught.value.message
     assert "malformed reply" in caught.value.message
-    assert "not JSON: '<html>gateway</html>'" in backend_warnings(caplog)
+    assert f"not JSON: {fingerprint_of('<html>gateway</html>')}" in backend_warnings(caplog)
+    assert "gateway</html>" not in caplog.text
 
 
 async def test_the_api_key_never_appears_in_errors_or_logs(
@@ -383,8 +388,60 @@ async def test_the_api_key_never_appears_in_errors_or_logs(
     assert API_KEY not in str(caught.value.to_body())
     assert API_KEY not in str(caught.value)
     logged = backend_warnings(caplog)
-    assert "HTTP 401: Incorrect API key provided: [redacted]" in logged
+    assert "HTTP 401: code bad_key, message <" in logged
     assert API_KEY not in caplog.text
+
+
+def fingerprint_of(text: str) -> str:
+    """How the log names upstream text: its length and the start of its SHA-256 (computed here)."""
+    return f"<{len(text)} chars, sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]}>"
+
+
+MARKER = "zq-moderated-marker-7731"
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        pytest.param(
+            lambda text: json_reply(
+                {"error": {"message": f"Invalid input: {text!r}", "type": "invalid_request_error"}}, 400
+            ),
+            id="error-message",
+        ),
+        pytest.param(
+            lambda text: json_reply({"error": {"message": "x", "code": text}}, 400), id="error-code"
+        ),
+        pytest.param(lambda text: json_reply({"detail": f"cannot moderate {text}"}, 422), id="other-body"),
+        pytest.param(lambda text: Response(f"<pre>{text}</pre>", status_code=500), id="non-json-error"),
+        pytest.param(lambda text: Response(f"<p>{text}</p>", media_type="text/html"), id="non-json-reply"),
+        pytest.param(lambda text: json_reply({"results": [{"echo": text}]}), id="malformed-result"),
+    ],
+)
+async def test_text_the_upstream_echoes_never_reaches_the_logs(
+    upstream: StandIn, caplog: pytest.LogCaptureFixture, echo: Any
+):
+    """An upstream that quotes the moderated text back in an error (as validation errors do): no
+    logger, at any level, writes it; the warning still names the status and the failure."""
+
+    async def echoes(request: Recorded) -> Response:
+        reply: Response = echo(str(request.body["input"]))
+        return reply
+
+    upstream.reply = echoes
+    caplog.set_level(logging.DEBUG)  # every logger, the SDK's and httpx's included
+    backend = create(settings_for(upstream))
+    try:
+        with pytest.raises(BackendError) as caught:
+            await backend.moderate([ModerationInput.of_text(f"please judge {MARKER} for me")])
+    finally:
+        await backend.aclose()
+    assert MARKER in str(upstream.requests[0].body)  # the text was sent, and echoed back
+    assert MARKER not in caplog.text
+    assert MARKER not in str(caught.value.to_body())
+    logged = backend_warnings(caplog)
+    assert f"OpenAI moderation at {upstream.url}/v1 " in logged
+    assert "chars, sha256 " in logged
 
 
 def test_a_missing_key_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch):
@@ -500,7 +557,9 @@ async def test_end_to_end_images_and_upstream_failure(
         raw_body = caught.value.response.text
         assert "upstream exploded" not in raw_body
         assert upstream.url not in raw_body and "127.0.0.1" not in raw_body
-        assert f"{upstream.url}/v1 answered HTTP 500: upstream exploded" in backend_warnings(caplog)
+        logged = backend_warnings(caplog)
+        assert f"{upstream.url}/v1 answered HTTP 500: message {fingerprint_of('upstream exploded')}" in logged
+        assert "upstream exploded" not in caplog.text
     finally:
         await client.close()
 

@@ -8,6 +8,7 @@ the single-process ``seawall moderate -f`` command prints for it, run as a real 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -18,9 +19,11 @@ from typing import Any
 
 import pytest
 
-from seawall.batch import moderate_dataset, moderate_files, read_output
+from seawall.batch import BlockWorker, moderate_dataset, moderate_files, read_output
 from seawall.batch.files import MANIFEST, plain_row
-from seawall.errors import DataError
+from seawall.batch.ray_engine import pool_shape, worker_settings
+from seawall.errors import ConfigurationError, DataError
+from seawall.settings import Settings
 
 try:
     import pyarrow as pa
@@ -273,6 +276,55 @@ def test_moderate_dataset_in_a_ray_data_pipeline(local_ray: Any, reference: list
     rows = sorted((plain_row(row) for row in dataset.take_all()), key=lambda row: row["id"])
     expected = {row["id"]: row for row in reference if "text" in row and "id" in row}
     assert_same_rows(rows, [expected[record["id"]] for record in records])
+
+
+def model_threads(settings: Settings) -> int:
+    """In a Ray worker: build the batch worker as the actor pool does (one model load) and read the
+    intra-op threads back from its contextual encoder's onnxruntime session options."""
+    worker = BlockWorker(settings, None, 64, ".", "jsonl")
+    try:
+        backend = asyncio.run(worker_backend(settings))
+        context = backend.classifier.context
+        assert context is not None, "the shipped model has a contextual stage"
+        return int(context.encoder.threads)  # type: ignore[attr-defined]
+    finally:
+        worker.close()
+
+
+async def worker_backend(settings: Settings) -> Any:
+    from seawall.service import ModerationService
+
+    service = ModerationService(settings)
+    return await service.backend("local")
+
+
+def test_each_worker_gets_its_share_of_the_cores(local_ray: Any, corpus: Path, tmp_path: Path) -> None:
+    """onnxruntime would use every core in every actor: each actor gets the node's CPUs divided among
+    the workers (or --threads-per-worker), reserves them from Ray, and its model's session gets
+    them, read back from the session options in real Ray worker processes."""
+    # This module's local instance has 2 CPUs on one node.
+    assert pool_shape(local_ray, 2, None) == (2, 1)
+    assert pool_shape(local_ray, 1, None) == (1, 2)
+    assert pool_shape(local_ray, None, None) == (2, 1)
+    assert pool_shape(local_ray, None, 2) == (1, 2)
+    with pytest.raises(ConfigurationError, match="no node of the Ray cluster has that many CPUs"):
+        pool_shape(local_ray, 1, 3)
+
+    # The workers cannot import this test module: send the read-back function itself.
+    local_ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    read_back = local_ray.remote(num_cpus=1)(model_threads)
+    settings = Settings()
+    assert settings.moderation.threads is None
+    got = local_ray.get([read_back.remote(worker_settings(settings, n)) for n in (1, 2)])
+    assert got == [1, 2]
+    assert local_ray.get(read_back.remote(settings)) == 0  # unset: onnxruntime's default, every core
+
+    # A run whose one actor asks for both CPUs is placed and finishes.
+    source = first_lines(corpus, 120, tmp_path / "small.jsonl")
+    report = moderate_files(source, tmp_path / "out", engine="ray", workers=1, threads_per_worker=2)
+    assert report.rows == 120 and report.remaining == 0
+    with pytest.raises(DataError, match="threads_per_worker must be at least 1"):
+        moderate_files(source, tmp_path / "other", engine="ray", threads_per_worker=0)
 
 
 def test_a_bad_line_names_its_number_and_keeps_the_finished_blocks(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,22 @@ def test_users_block_show_list_clear_and_org(config: Path, tmp_path: Path) -> No
     cleared = runner.invoke(app, ["users", "clear", safety_id, "--by", "tester", "--config", str(config)])
     assert cleared.exit_code == 0 and ": ok" in cleared.stdout
     assert ledger.standing("acme", safety_id) is None
+
+    # Each user's trust tier: that of their latest request that had one.
+    other = safety_identifier(secret, "acme", "trudy")
+    ledger.record("acme", other, "high", "t1", ["violence"])
+    for number, (who, tier) in enumerate([(safety_id, "anonymous"), (safety_id, "email_verified")]):
+        at = (utc_now() - timedelta(minutes=5 - number)).isoformat()
+        store.write_audit(
+            {"request_id": f"q{number}", "tenant": "acme", "safety_identifier": who, "tier": tier, "time": at}
+        )
+    listed = runner.invoke(app, ["users", "list", "--config", str(config)])  # piped: tab-separated
+    assert listed.exit_code == 0, listed.output
+    header, *lines = [line.split("\t") for line in listed.stdout.strip().splitlines()]
+    assert header[:3] == ["safety identifier", "tier", "status"]
+    assert {line[0]: line[1] for line in lines} == {safety_id: "email_verified", other: "-"}
+    shown = runner.invoke(app, ["users", "show", "mallory", "--raw", "--config", str(config)])
+    assert "tier: email_verified" in shown.stdout
 
     bad = runner.invoke(app, ["users", "show", "mallory", "--config", str(config)])
     assert bad.exit_code == 2 and "--raw" in bad.output

@@ -5,7 +5,8 @@ model server, which speaks the chat completions wire format and records what it 
 its ordinary configuration: a base URL and an API key. Covered: the OpenAI SDK (chat, streaming,
 moderations), LangChain's ``ChatOpenAI`` (invoke and stream), LiteLLM as a client
 (``litellm.completion`` with ``api_base``) and the OpenAI Agents SDK running a one-tool agent
-through the gateway (its chat completions model, ``OpenAIChatCompletionsModel``). Every error
+through the gateway, with its chat completions model (``OpenAIChatCompletionsModel``) and with its
+default, the Responses model (``OpenAIResponsesModel``, through ``/v1/responses``). Every error
 seawall answers with (blocked input 400, rate limited 429, a bad key 401, an unknown model 404)
 must reach each client as that client's ordinary typed error.
 
@@ -97,9 +98,18 @@ async def reply(request: Recorded) -> Response:
             "type": "function",
             "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})},
         }
-        return json_reply(
-            _completion({"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls")
-        )
+        if not body.get("stream"):
+            return json_reply(
+                _completion({"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls")
+            )
+
+        async def call_events() -> AsyncIterator[bytes]:  # as servers stream a call: one piece here
+            yield _chunk({"role": "assistant", "content": None})
+            yield _chunk({"tool_calls": [{**call, "index": 0}]})
+            yield _chunk({}, "tool_calls")
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(call_events(), media_type="text/event-stream")
     text = AGENT_ANSWER if last["role"] == "tool" else ANSWER
     if not body.get("stream"):
         return json_reply(_completion({"role": "assistant", "content": text}, "stop"))
@@ -204,11 +214,26 @@ def agents_chat(base_url: str, key: str, model: str, text: str) -> str:
     return str(result.final_output)
 
 
+def agents_responses_chat(base_url: str, key: str, model: str, text: str) -> str:
+    """The Agents SDK's default model: the Responses API (``/v1/responses``)."""
+    agents = need("agents")
+    agents.set_tracing_disabled(True)
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0)
+    agent = agents.Agent(
+        name="Assistant",
+        instructions="Answer briefly.",
+        model=agents.OpenAIResponsesModel(model=model, openai_client=client),
+    )
+    result = agents.Runner.run_sync(agent, text)
+    return str(result.final_output)
+
+
 CLIENTS: dict[str, Callable[[str, str, str, str], str]] = {
     "openai": openai_chat,
     "langchain": langchain_chat,
     "litellm": litellm_chat,
     "agents": agents_chat,
+    "agents-responses": agents_responses_chat,
 }
 
 
@@ -310,6 +335,69 @@ def test_an_agent_with_one_tool_runs_through_seawall(seawall: Seawall) -> None:
     tool_message = second.body["messages"][-1]
     assert tool_message["role"] == "tool" and TOOL_RESULT in tool_message["content"]
     assert "<<<UNTRUSTED" in tool_message["content"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["run", "run_streamed"])
+def test_an_agent_with_one_tool_runs_through_the_responses_api(seawall: Seawall, stream: bool) -> None:
+    """The Agents SDK's default model (``OpenAIResponsesModel``) through ``/v1/responses``: the
+    tool round trip, then a harmful input refused as the SDK's ``BadRequestError``."""
+    agents = need("agents")
+    agents.set_tracing_disabled(True)
+    calls: list[str] = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        calls.append(city)
+        return TOOL_RESULT
+
+    client = openai.AsyncOpenAI(base_url=seawall.base_url, api_key=KEY, max_retries=0)
+    agent = agents.Agent(
+        name="Weather",
+        instructions="Use the tool to answer questions about the weather.",
+        tools=[get_weather],
+        model=agents.OpenAIResponsesModel(model=MODEL, openai_client=client),
+    )
+
+    async def run(text: str) -> Any:
+        if not stream:
+            return await agents.Runner.run(agent, text)
+        streamed = agents.Runner.run_streamed(agent, text)
+        async for _ in streamed.stream_events():
+            pass
+        return streamed
+
+    async def both() -> tuple[Any, BaseException | None]:  # one loop: the client's pool is bound to it
+        answered = await run("What's the weather in Paris?")
+        try:
+            await run(THREAT)
+        except Exception as exc:
+            return answered, exc
+        return answered, None
+
+    before = len(seawall.chat_requests())
+    responses_before = len([r for r in seawall.upstream.requests if r.path == "/v1/responses"])
+    result, refused = asyncio.run(both())
+    assert result.final_output == AGENT_ANSWER
+    assert calls == ["Paris"]
+    first, second = seawall.chat_requests()[before:]
+    assert bool(first.body.get("stream")) is stream
+    assert first.body["tools"][0]["function"]["name"] == "get_weather"
+    # The agent's instructions came as the Responses request's instructions: demoted into the
+    # gateway's prompt, below its rules.
+    assert [m["role"] for m in first.body["messages"]] == ["system", "user"]
+    assert "Use the tool to answer questions about the weather." in first.body["messages"][0]["content"]
+    # The function call went back as the assistant's tool call; its output was fenced as untrusted.
+    assert second.body["messages"][-2]["tool_calls"][0]["function"]["name"] == "get_weather"
+    tool_message = second.body["messages"][-1]
+    assert tool_message["role"] == "tool" and TOOL_RESULT in tool_message["content"]
+    assert "<<<UNTRUSTED" in tool_message["content"]
+    # The stand-in has no Responses API: seawall translated (nothing reached it on /v1/responses).
+    assert len([r for r in seawall.upstream.requests if r.path == "/v1/responses"]) == responses_before
+
+    assert isinstance(refused, openai.BadRequestError), refused
+    assert refused.code == "content_policy_violation" and refused.status_code == 400
+    assert len(seawall.chat_requests()) == before + 2  # refused before the model
 
 
 # ----------------------------------------------------------------- errors, typed in every client

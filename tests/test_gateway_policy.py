@@ -130,9 +130,9 @@ def test_every_field_is_documented() -> None:
             assert field.description, f"{model.__name__}.{name} has no description"
 
     from seawall.gateway.limits import InputLimits
-    from seawall.gateway.policy import Example, UntrustedContentPolicy
+    from seawall.gateway.policy import Example, ModelRoute, UntrustedContentPolicy
 
-    for model in (Policy, Example, InputLimits, UntrustedContentPolicy):
+    for model in (Policy, Example, InputLimits, UntrustedContentPolicy, ModelRoute):
         walk(model)
 
 

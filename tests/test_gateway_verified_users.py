@@ -701,6 +701,63 @@ def test_a_tier_s_thresholds_escalate_its_users_sooner() -> None:
     assert known is not None and known.status == "warned"  # the settings' ladder: throttle at 3
 
 
+def test_a_tier_s_throttle_rate_and_medium_score_apply_to_its_users(fresh: Provider, tmp_path: Path) -> None:
+    """Through the gateway with the embedded moderation model: the anonymous tier counts a request
+    medium risk at a score of 0.001 (the settings: 0.3) and lets a throttled user send one request a
+    minute (the settings: 5); a verified user, whose tier sets neither, gets the settings'."""
+    policy = POLICY.split("tiers:")[0] + (
+        "tiers:\n"
+        "  - name: email_verified\n"
+        "    claims: {email_verified: true}\n"
+        "  - name: anonymous\n"
+        "    verified: false\n"
+        "    risk: {warn_at: 1, throttle_at: 1, medium_score: 0.001,"
+        " throttle: {requests: 1, window_s: 60}}\n"
+    )
+    (tmp_path / "policy.yaml").write_text(policy)
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    with stand_in(_reply) as upstream:
+        settings = load_settings(
+            gateway={
+                "enabled": True,
+                "upstream": {"base_url": f"{upstream.url}/v1", "max_retries": 0},
+                "policy_file": str(tmp_path / "policy.yaml"),
+                "secret_file": str(tmp_path / "secret"),
+                "audit_file": str(tmp_path / "audit.jsonl"),
+                "output_moderation": False,
+                "topic_guard": False,
+                "risk": {"enabled": True, "medium_per_high": 1},
+                "user_tokens": {
+                    "issuer": fresh.issuer,
+                    "audiences": [APP],
+                    "allow_private_hosts": True,
+                    "cache_file": str(tmp_path / "jwks.json"),
+                },
+            },
+            store={"url": f"sqlite:///{tmp_path / 'seawall.db'}"},
+        )
+        assert settings.gateway.risk.throttle.requests == 5 and settings.gateway.risk.medium_score == 0.3
+        ada = {"x-seawall-user-token": fresh.id_token("ada")}
+        anonymous = {"x-seawall-session": secrets.token_hex(8)}
+        with running_server(settings) as server, server.client() as client:
+            for headers in (ada, ada, ada, anonymous, anonymous):
+                client.chat.completions.create(model=MODEL, messages=question, extra_headers=headers)
+            with pytest.raises(openai.RateLimitError) as throttled:
+                client.chat.completions.create(model=MODEL, messages=question, extra_headers=anonymous)
+            client.chat.completions.create(model=MODEL, messages=question, extra_headers=ada)
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    seen = [(r["tier"], r["risk"], r["outcome"]) for r in records]
+    assert seen == [
+        *[("email_verified", "low", "ok")] * 3,  # the settings' medium_score (0.3)
+        ("anonymous", "medium", "ok"),  # medium at 0.001: one point, throttled at once
+        ("anonymous", "medium", "ok"),  # the tier's throttle lets one request a minute through
+        ("anonymous", None, "rate_limited"),
+        ("email_verified", "low", "ok"),
+    ]
+    assert records[3]["escalation"]["status"] == "throttled"
+    assert throttled.value.code == "user_throttled" and "1 requests per" in throttled.value.message
+
+
 POLICY_TIERS = [
     {"name": "email_verified", "claims": {"email_verified": True}},
     {"name": "anonymous", "verified": False, "risk": {"warn_at": 1, "throttle_at": 2, "block_at": 2}},

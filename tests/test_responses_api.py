@@ -23,8 +23,10 @@ from starlette.responses import Response, StreamingResponse
 
 from backend_standins import Recorded, StandIn, json_reply, stand_in
 from conftest import RunningServer, assert_openai_error, running_server
+from seawall.errors import InvalidRequestError
 from seawall.gateway.identity import hash_api_key
 from seawall.gateway.pipeline import DROPPED_NOTICE, REQUEST_ID_HEADER
+from seawall.gateway.responses_wire import chat_body, parse_request
 from seawall.settings import Settings, load_settings
 from seawall.store import open_store
 
@@ -47,6 +49,7 @@ LONG_BENIGN = (
     "every year to see the Louvre and to walk along the river in the evening. "
 ) * 2
 MAX_OUTPUT_TOKENS = 64
+MAX_INPUT_CHARS = 3000
 WEATHER_TOOL = {
     "type": "function",
     "name": "get_weather",
@@ -62,6 +65,7 @@ allowed_topics: [geography, general knowledge]
 off_topic_reply: Sorry, I can only help with general knowledge.
 limits:
   max_output_tokens: {MAX_OUTPUT_TOKENS}
+  max_input_chars: {MAX_INPUT_CHARS}
   allowed_models: [{MODEL}]
 """
 
@@ -364,18 +368,89 @@ def test_bad_requests_are_400s_in_openais_error_shape(gw: Setup) -> None:
         with pytest.raises(openai.NotFoundError) as model:
             client.responses.create(model="gpt-9-ultra", input=QUESTION)
         assert model.value.code == "model_not_found"
+        # Checked on the chat path, named as the Responses request names them.
+        with pytest.raises(openai.BadRequestError) as hot:
+            client.responses.create(model=MODEL, input=QUESTION, temperature="hot")  # type: ignore[arg-type]
+        assert hot.value.param == "temperature"
+        with pytest.raises(openai.APIStatusError) as long:
+            client.responses.create(model=MODEL, instructions="Be brief.", input="x" * (MAX_INPUT_CHARS + 1))
+        assert long.value.status_code == 413 and long.value.param == "input"
     assert gw.chat_requests() == []
     with gw.server.http(headers={"authorization": f"Bearer {KEY}"}) as http:
         assert_openai_error(
             http.post("/v1/responses", json={"model": MODEL, "input": 5}), 400, "invalid_type"
         )
-        assert_openai_error(http.post("/v1/responses", content=b"{nope"), 400)
+        not_json = http.post("/v1/responses", content=b"{nope")
+        assert_openai_error(not_json, 400)
+        assert gw.audit(not_json.headers[REQUEST_ID_HEADER])["api"] == "responses"
         assert_openai_error(
             http.post(
                 "/v1/responses", json={"model": MODEL, "input": "x"}, headers={"authorization": "Bearer nope"}
             ),
             401,
         )
+
+
+def test_chat_params_are_named_as_the_responses_request_names_them() -> None:
+    """Where each part of the chat body came from: the instructions, input items (a function call
+    merged into the assistant message before it), a previous response's items, renamed fields."""
+    request = parse_request(
+        {
+            "model": MODEL,
+            "instructions": "Be brief.",
+            "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+                {"role": "assistant", "content": "Let me look."},
+                {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+                {"type": "reasoning", "summary": []},
+                {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+            ],
+            "tools": [WEATHER_TOOL],
+        }
+    )
+    earlier = [{"role": "user", "content": "before"}]
+    chat, params = chat_body(request, earlier + request.items, len(earlier))
+    assert [m["role"] for m in chat["messages"]] == ["developer", "user", "user", "assistant", "tool"]
+    expected = {
+        "messages[0].content": "instructions",
+        "messages[1].content": "previous_response_id",
+        "messages[2].content[0].text": "input[0].content[0].text",
+        "messages[3].content": "input[1].content",
+        "messages[3].tool_calls[0].function.arguments": "input[2].arguments",
+        "messages[3].tool_calls[0]": "input[2]",
+        "messages[4].content": "input[4].output",
+        "messages[4].tool_call_id": "input[4]",
+        "messages[4]": "input[4]",
+        "messages": "input",
+        "messages[9]": "input",
+        "max_completion_tokens": "max_output_tokens",
+        "response_format.json_schema.schema": "text.format.schema",
+        "tools[0].function.parameters": "tools[0].parameters",
+        "tool_choice.function.name": "tool_choice.name",
+        "reasoning_effort": "reasoning.effort",
+        "temperature": "temperature",
+        "seawall.documents[0]": "seawall.documents[0]",
+        "messagesx": "messagesx",
+    }
+    assert {chat_param: params.param(chat_param) for chat_param in expected} == expected
+    error = InvalidRequestError(
+        "messages[3].content must be a string, not number", param="messages[3].content"
+    )
+    params.rewrite(error)
+    assert (error.param, error.message) == (
+        "input[1].content",
+        "input[1].content must be a string, not number",
+    )
+    too_many = "'messages' holds 41 messages; the limit (max_messages) is 40"
+    assert params.error({"message": too_many, "param": "messages", "code": "x"}) == {
+        "message": "'input' holds 41 messages; the limit (max_messages) is 40",
+        "param": "input",
+        "code": "x",
+    }
+    # A string input is one item: its message is the input itself.
+    plain_request = parse_request({"model": MODEL, "input": "hi"})
+    plain, string_params = chat_body(plain_request, plain_request.items, 0)
+    assert string_params.param("messages[0].content") == "input" and len(plain["messages"]) == 1
 
 
 # ----------------------------------------------------------------- input moderation
@@ -385,7 +460,7 @@ def test_a_harmful_input_item_is_refused_before_the_upstream(gw: Setup) -> None:
     with gw.client() as client:
         with pytest.raises(openai.BadRequestError) as refused:
             client.responses.create(model=MODEL, input=[{"role": "user", "content": THREAT}])
-        assert refused.value.code == "content_policy_violation"
+        assert refused.value.code == "content_policy_violation" and refused.value.param == "input"
         # instructions and developer items are judged too: on the Responses API any caller sends them
         with pytest.raises(openai.BadRequestError) as instructed:
             client.responses.create(model=MODEL, instructions=THREAT, input=QUESTION)
@@ -397,18 +472,19 @@ def test_a_harmful_input_item_is_refused_before_the_upstream(gw: Setup) -> None:
         request_id = refused.value.response.headers[REQUEST_ID_HEADER]
     assert gw.chat_requests() == []
     record = gw.audit(request_id)
-    assert record["outcome"] == "refused_input"
+    assert record["outcome"] == "refused_input" and record["api"] == "responses"
     assert [d["action"] for d in record["decisions"] if d["step"] == "input_moderation"] == ["refuse"]
 
 
 def test_chat_completions_still_leave_the_apps_system_message_unjudged(gw: Setup) -> None:
     """The judged roles are the Responses request's own: chat completions are as they were."""
     with gw.client() as client:
-        completion = client.chat.completions.create(
+        raw = client.chat.completions.with_raw_response.create(
             model=MODEL,
             messages=[{"role": "system", "content": THREAT}, {"role": "user", "content": QUESTION}],
         )
-    assert completion.choices[0].message.content == CLEAN_ANSWER
+    assert raw.parse().choices[0].message.content == CLEAN_ANSWER
+    assert gw.audit(raw.headers[REQUEST_ID_HEADER])["api"] == "chat.completions"
 
 
 def test_an_injected_function_call_output_is_untrusted_content(gw: Setup) -> None:
@@ -447,6 +523,7 @@ def test_an_injected_function_call_output_is_refused_when_configured(tmp_path: P
     ):
         client.responses.create(
             model=MODEL,
+            instructions="Answer briefly.",
             input=[
                 {"role": "user", "content": "What is the weather in Paris?"},
                 {"type": "function_call", "call_id": "c", "name": "get_weather", "arguments": "{}"},
@@ -454,6 +531,9 @@ def test_an_injected_function_call_output_is_refused_when_configured(tmp_path: P
             ],
         )
     assert refused.value.code == "untrusted_content_rejected"
+    # The chat path judged messages[3] (after the instructions' message): the client hears input[2].
+    assert refused.value.param == "input[2]"
+    assert "input[2] was refused" in refused.value.message and "messages[" not in refused.value.message
     assert gw.chat_requests() == []
 
 
@@ -731,6 +811,37 @@ def test_an_answer_held_for_review_is_a_response_with_the_placeholder(tmp_path: 
     assert raw.headers["x-seawall-review-id"] == extra["seawall"]["review"]["id"]
     assert error is None and deltas(events) == settings.review.placeholder_message
     assert events[-1].type == "response.completed"
+
+
+def test_an_answer_held_for_review_with_accepted_is_a_queued_response(tmp_path: Path, gw: Setup) -> None:
+    draft = "Adults can usually take 200 to 400 mg of ibuprofen every 4 to 6 hours."
+    gw.script.answer = draft
+    settings = settings_for(tmp_path, gw.upstream.url)
+    review = settings.review.model_copy(
+        update={"enabled": True, "uncertain_low": None, "hold_response": "accepted"}
+    )
+    settings = settings.model_copy(update={"review": review})
+    health = "What is the maximum daily dose of ibuprofen for an adult?"
+    with running_server(settings) as server, server.client() as client:
+        raw = client.responses.with_raw_response.create(model=MODEL, input=health)
+        events, error = events_of(client.responses.create(model=MODEL, input=health, stream=True))
+        queued = raw.parse()
+        held = (queued.model_extra or {})["seawall"]["review"]
+        with server.http(headers={"authorization": f"Bearer {KEY}"}) as http:
+            polled = http.get(held["poll_url"])
+            kept = http.get(f"/v1/responses/{queued.id}")
+    assert raw.status_code == 202 and draft not in raw.text
+    assert queued.object == "response" and queued.status == "queued" and queued.output == []
+    assert queued.id.startswith("resp_") and queued.model == MODEL
+    assert held["status"] == "pending" and held["message"] == settings.review.pending_message
+    assert held["poll_url"] == f"/v1/seawall/reviews/{held['id']}" and held["reasons"]
+    assert raw.headers["location"] == held["poll_url"] and raw.headers["x-seawall-review-id"] == held["id"]
+    assert polled.status_code == 200 and polled.json()["status"] == "pending"
+    assert kept.status_code == 404  # a queued response is not kept: the app polls the review
+    assert error is None and [e.type for e in events] == ["response.created", "response.queued"]
+    assert events[-1].response.status == "queued" and events[-1].response.output == []
+    streamed = (events[-1].response.model_extra or {})["seawall"]["review"]
+    assert streamed["status"] == "pending" and streamed["id"] != held["id"]
 
 
 # ----------------------------------------------------------------- the bundled model

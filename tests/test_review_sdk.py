@@ -343,11 +343,14 @@ def test_wait_streams_the_approved_answer(gw: Setup) -> None:
             **held(tag), stream=True, extra_headers={"x-seawall-review": "wait"}
         )
         chunks = list(raw.parse())
-    assert raw.headers["x-seawall-review-status"] == "approved"
+    # The headers and the role chunk go out before the decision (then keepalives while waiting),
+    # so the decision is in the chunks that carry the answer.
+    assert raw.headers["x-seawall-review-status"] == "pending"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == DRAFT
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert len({c.id for c in chunks}) == 1 and {c.model for c in chunks} == {MODEL}
-    assert {(c.model_extra or {})["seawall"]["review"]["status"] for c in chunks} == {"approved"}
+    statuses = [(c.model_extra or {})["seawall"]["review"]["status"] for c in chunks]
+    assert statuses[0] == "pending" and set(statuses[1:]) == {"approved"}
 
 
 def test_wait_gives_the_rejection_message_with_content_filter(gw: Setup) -> None:

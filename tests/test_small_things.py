@@ -19,6 +19,9 @@ from seawall.redteam.report import project_url
 from seawall.review import service as review_service
 from seawall.review.service import parse_review_request
 from seawall.review.settings import ReviewSettings
+from seawall.settings import StoreSettings
+from seawall.store import open_store
+from seawall.ui.accounts import AccountStore
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = ReviewSettings(enabled=True)
@@ -67,8 +70,9 @@ def test_sarif_names_the_projects_own_address_or_none() -> None:
     assert url != "https://github.com/seawall"
 
 
-def _banner(tmp_path: Path, ui_enabled: bool) -> str:
-    config = tmp_path / f"seawall-{ui_enabled}.yaml"
+def _banner(tmp_path: Path, ui_enabled: bool, *, account: bool = False) -> str:
+    config = tmp_path / f"seawall-{ui_enabled}-{account}.yaml"
+    store_url = f"sqlite:///{tmp_path / f'seawall-{account}.db'}"
     config.write_text(
         yaml.safe_dump(
             {
@@ -77,11 +81,17 @@ def _banner(tmp_path: Path, ui_enabled: bool) -> str:
                     "upstream": {"base_url": "http://127.0.0.1:9/v1"},
                     "secret_file": str(tmp_path / "secret"),
                 },
-                "store": {"url": f"sqlite:///{tmp_path / 'seawall.db'}"},
+                "store": {"url": store_url},
                 "ui": {"enabled": ui_enabled, "secret_file": str(tmp_path / "ui-secret")},
             }
         )
     )
+    if account:  # made the way an operator makes it, in the store the server will use
+        store = open_store(StoreSettings(url=store_url))
+        try:
+            AccountStore(store).create("alice", "admin", "alice-password-1")
+        finally:
+            store.close()
     env = {name: value for name, value in os.environ.items() if not name.startswith("SEAWALL_")}
     env.update(PYTHONPATH=str(ROOT / "src"), COLUMNS="400")
     process = subprocess.Popen(
@@ -108,3 +118,13 @@ def test_the_serve_banner_names_the_review_desk_only_when_the_ui_is_on(tmp_path:
     assert "review desk at /ui/" in on and "seawall accounts create alice --role admin" in on
     off = _banner(tmp_path, False)
     assert "seawall serving on" in off and "/ui/" not in off
+
+
+def test_the_serve_banner_names_the_first_account_command_only_while_there_is_no_account(
+    tmp_path: Path,
+) -> None:
+    fresh = _banner(tmp_path, True)
+    assert "seawall accounts create alice --role admin" in fresh
+    with_account = _banner(tmp_path, True, account=True)
+    assert "review desk at /ui/" in with_account and "seawall serving on" in with_account
+    assert "accounts create" not in with_account

@@ -414,6 +414,25 @@ def test_the_audit_chain_links_each_tenant_and_verifies(store: Store) -> None:
     assert broken is not None and broken.number == 4
 
 
+def test_audit_pages_filter_by_api_and_tier(store: Store) -> None:
+    """``api`` (a record from before the field counts as chat completions) and ``tier``."""
+    kinds = [("responses", "pro"), ("chat.completions", "pro"), (None, None), ("responses", "anonymous")]
+    for n, (api, tier) in enumerate(kinds):
+        record: dict[str, Any] = {"request_id": f"api_{n}", "tenant": "acme", "outcome": "ok"}
+        record["time"] = (T0 + timedelta(minutes=n)).isoformat()
+        record.update({"api": api} if api else {}, **({"tier": tier} if tier else {}))
+        store.write_audit(record)
+
+    def ids(query: AuditQuery) -> list[str]:
+        return [r["request_id"] for r in store.audit_page(query).rows]
+
+    assert ids(AuditQuery(api="responses")) == ["api_3", "api_0"]
+    assert ids(AuditQuery(api="chat.completions")) == ["api_2", "api_1"]
+    assert ids(AuditQuery(tier="pro")) == ["api_1", "api_0"]
+    assert ids(AuditQuery(tier="pro", api="responses")) == ["api_0"]
+    assert store.audit_page(AuditQuery(tier="nobody")).total == 0
+
+
 def test_audit_pages_records_lookups_and_tenants(store: Store) -> None:
     users = ["ab12" + "0" * 60, "ab34" + "0" * 60, "cd56" + "0" * 60]
     for n in range(7):
@@ -513,6 +532,40 @@ def test_create_get_and_list_the_queue_in_order(store: Store) -> None:
     assert store.review_counts() == {"pending": 2, "approved": 0, "edited": 0, "rejected": 0}
     [held] = store.list_review_events("rev_a")
     assert (held.action, held.actor, held.detail) == ("held", "gateway", {"reasons": ["domain:health"]})
+
+
+def test_the_queue_filters_by_user_and_reason_in_the_store_before_its_limit(store: Store) -> None:
+    # Thirty older items that match neither filter, then the ones that do: the limit counts matches
+    # only, so no cap on what is read can hide them.
+    for n in range(30):
+        older = review_item(f"rev_o{n:02d}", created=T1 + timedelta(seconds=n))
+        store.create_review(replace(older, safety_id="sid-bob", reasons=("domain:health",)))
+    later = T1 + timedelta(minutes=5)
+    held = {
+        "rev_m1": ("sid-ann", ("uncertain:harassment",)),
+        "rev_m2": ("sid-ann", ("declared", "uncertain:violence")),
+        "rev_m3": ("sid-bob", ("uncertain:harassment", "domain:law")),
+        "rev_m4": ("sid-cy", ('rule:50%_off \\ "quoted" é',)),
+    }
+    for n, (review_id, (safety_id, reasons)) in enumerate(held.items()):
+        item = review_item(review_id, created=later + timedelta(seconds=n))
+        store.create_review(replace(item, safety_id=safety_id, reasons=reasons))
+
+    def ids(**filters: Any) -> list[str]:
+        return [item.id for item in store.list_reviews(limit=5, **filters)]
+
+    assert ids(safety_id="sid-ann") == ["rev_m1", "rev_m2"]
+    assert ids(reason="uncertain") == ["rev_m1", "rev_m2", "rev_m3"]  # a kind
+    assert ids(reason="uncertain:harassment") == ["rev_m1", "rev_m3"]  # a whole reason
+    assert ids(reason="uncertain:harass") == [] and ids(reason="uncertain:") == []  # never a part
+    assert ids(reason="declared", safety_id="sid-ann") == ["rev_m2"]
+    assert ids(reason="domain:law", safety_id="sid-bob") == ["rev_m3"]
+    assert ids(reason="domain") == ["rev_o00", "rev_o01", "rev_o02", "rev_o03", "rev_o04"]
+    assert ids(reason="uncertain", status="approved") == []
+    # LIKE's wildcards, backslashes, quotes and other letters are the reason's own characters
+    assert ids(reason='rule:50%_off \\ "quoted" é') == ["rev_m4"]
+    assert ids(reason="rule:50%") == [] and ids(reason="uncertain:_arassment") == []
+    assert ids(reason="r%") == [] and ids(safety_id="sid-%") == []
 
 
 def test_claim_is_exclusive_until_it_expires_then_the_item_is_claimable_again(store: Store) -> None:

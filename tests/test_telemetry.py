@@ -90,8 +90,13 @@ def test_each_request_is_a_trace_with_a_span_per_step(tmp_path: Path, collector:
             refused = http.post(
                 "/v1/chat/completions", json={"model": MODEL, "messages": question(THREAT), "user": USER_ID}
             )
+            answered = http.post("/v1/responses", json={"model": MODEL, "input": QUESTION, "store": False})
         # leaving the server shuts the tracer down, which flushes every queued span
-    assert ok.status_code == 200 and refused.status_code == 400
+    assert ok.status_code == 200 and refused.status_code == 400 and answered.status_code == 200
+    # The API a request came through: in the root span's name and its seawall.api attribute.
+    [responses_root] = [span for _, span in collector.spans if span.name == "seawall.responses"]
+    assert _attributes(responses_root)["seawall.api"] == "responses"
+    assert _attributes(responses_root)["seawall.request_id"] == answered.headers["x-seawall-request-id"]
     resource = collector.spans[0][0]
     assert {"service.name"} <= {a.key for a in resource.resource.attributes}
     roots = {
@@ -102,6 +107,7 @@ def test_each_request_is_a_trace_with_a_span_per_step(tmp_path: Path, collector:
     ok_id, refused_id = ok.headers["x-seawall-request-id"], refused.headers["x-seawall-request-id"]
     assert set(roots) == {ok_id, refused_id}
     ok_root, refused_root = roots[ok_id], roots[refused_id]
+    assert _attributes(ok_root)["seawall.api"] == "chat.completions"
     assert _attributes(ok_root)["seawall.outcome"] == "ok" and _attributes(ok_root)["seawall.risk"] == "low"
     refused_attributes = _attributes(refused_root)
     assert refused_attributes["seawall.outcome"] == "refused_input"

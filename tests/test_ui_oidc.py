@@ -117,6 +117,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServer]:
             client_id=CLIENT_ID,
             client_secret=CLIENT_SECRET,
             roles={"ada@example.org": "admin", "rex@example.org": "reviewer"},
+            allow_private_hosts=True,  # the provider runs on loopback
         )
         settings = make_settings(tmp)
         store = open_ui_store(settings)

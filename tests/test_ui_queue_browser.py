@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from backend_standins import Recorded, json_reply, stand_in
 from conftest import RunningServer, running_server
+from seawall.clock import utc_now
 from seawall.gateway.identity import hash_api_key
 from seawall.settings import load_settings
 from seawall.store import SqlStore, open_store
@@ -279,4 +280,39 @@ def test_bulk_reject_and_release_with_a_reason(page: Any, queue: Queue, tmp_path
     assert released is not None and released.status == "approved"
     trail = [event.action for event in queue.store.list_review_events(released.id)]
     assert trail[-2:] == ["claimed", "approved"]
+    assert page.errors == []
+
+
+def test_bulk_skips_and_counts_the_answers_someone_else_claimed_meanwhile(
+    page: Any, queue: Queue, tmp_path: Path
+) -> None:
+    taken, free = queue.held["health"], queue.held["long"]
+    sign_in_page(page, queue.ui, REVIEWER)
+    page.goto(f"{queue.ui}/review?domain=health")
+    for review_id in (taken, free):
+        page.locator(f'tr[data-review-id="{review_id}"] input[type="checkbox"]').check()
+    # While the reviewer writes the reason, the admin claims one of the ticked answers elsewhere.
+    assert queue.store.claim_review(taken, ADMIN[0], utc_now(), 900) is not None
+    page.get_by_label("Decision").select_option("reject")
+    page.get_by_label("Reason (kept").fill("no personal medical advice")
+    page.get_by_role("button", name="Decide the ticked answers").click()
+    sync_api.expect(page.locator("#bulk-done")).to_have_text(
+        "1 answer rejected; 1 skipped (claimed by someone else or decided already)."
+    )
+    shoot(page, tmp_path, "queue-bulk-skipped")
+    skipped = queue.store.get_review(taken)
+    assert skipped is not None and skipped.status == "pending" and skipped.claimed_by == ADMIN[0]
+    assert "rejected" not in [event.action for event in queue.store.list_review_events(taken)]
+    rejected = queue.store.get_review(free)
+    assert rejected is not None and rejected.status == "rejected" and rejected.decided_by == REVIEWER[0]
+    # Ticking it again (decided now) is skipped and counted too; the admin's claim is untouched.
+    page.goto(f"{queue.ui}/review?domain=health&status=all")
+    assert page.locator(f'tr[data-review-id="{free}"]').count() == 1
+    assert page.locator(f'tr[data-review-id="{free}"] input[type="checkbox"]').count() == 0  # decided
+    csrf = page.locator('input[name="csrf_token"]').first.get_attribute("value")
+    again = page.request.post(
+        f"{queue.ui}/review",
+        form={"csrf_token": csrf, "bulk_action": "release", "reason": "again", "review_id": free},
+    )
+    assert again.ok and "0 answers released; 1 skipped" in again.text()
     assert page.errors == []

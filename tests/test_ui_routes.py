@@ -332,6 +332,26 @@ def test_audit_search_filters_on_shadow_decisions(server: UIServer) -> None:
     http.close()
 
 
+def test_audit_search_filters_on_the_api_and_the_tier(server: UIServer) -> None:
+    at = datetime.now(UTC) - timedelta(hours=4)
+    responses = audit_record(at=at, request_id="req_via_responses")
+    responses.update(api="responses", tier="email_verified")
+    seed(server.store, [responses])
+    http = signed_in(server, REVIEWER)
+    found = http.get("/ui/audit", params={"api": "responses"})
+    assert found.status_code == 200, found.text
+    assert "req_via_responses" in found.text and "req_1" not in found.text
+    assert "<option selected>responses</option>" in found.text and "<td>email_verified</td>" in found.text
+    chat = http.get("/ui/audit", params={"api": "chat.completions"}).text  # older records: chat
+    assert "req_1" in chat and "req_via_responses" not in chat
+    tiered = http.get("/ui/audit", params={"tier": "email_verified"}).text
+    assert "req_via_responses" in tiered and "req_1" not in tiered
+    assert http.get("/ui/audit", params={"api": "graphql"}).status_code == 400
+    detail = http.get("/ui/audit/req_via_responses").text
+    assert "<dt>API</dt><dd>responses</dd>" in detail and "<dt>Tier</dt><dd>email_verified</dd>" in detail
+    http.close()
+
+
 def test_dashboard_embeds_the_figures_for_its_charts(server: UIServer) -> None:
     http = signed_in(server, REVIEWER)
     page = http.get("/ui/", params={"range": "1h"})

@@ -167,18 +167,22 @@ def list_users(
     tenant: TenantOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Users with risk events or an escalation, most high-risk events first."""
+    """Users with risk events or an escalation, most high-risk events first, with each one's trust
+    tier (of their latest request that had one; '-' without tiers in the policy)."""
     with configured_store(config) as (settings, store):
         since = utc_now() - timedelta(hours=hours)
         wanted = next((s for s in LADDER if s == status), None)
         if status is not None and wanted is None:
             raise fail(f"unknown status {status!r}; one of: {', '.join(LADDER)}")
-        rows = store.list_users(tenant or settings.gateway.tenant, since=since, status=wanted, limit=limit)
+        tenant = tenant or settings.gateway.tenant
+        rows = store.list_users(tenant, since=since, status=wanted, limit=limit)
+        tiers = store.user_tiers(tenant, [row.safety_id for row in rows])
         _print_rows(
-            ["safety identifier", "status", "until", "high", "medium", "last event"],
+            ["safety identifier", "tier", "status", "until", "high", "medium", "last event"],
             [
                 [
                     row.safety_id,
+                    tiers.get(row.safety_id, "-"),
                     row.state.status if row.state else "ok",
                     _when(row.state.until if row.state else None),
                     str(row.high),
@@ -194,11 +198,16 @@ def list_users(
 def show_user(
     who: WhoArgument, raw: RawOption = False, tenant: TenantOption = None, config: ConfigOption = None
 ) -> None:
-    """One user's state and risk points."""
-    with _user(config, tenant, who, raw) as (ledger, tenant, safety_id):
-        _print_state(ledger.store.get_user(tenant, safety_id), safety_id)
+    """One user's state, risk points and trust tier."""
+    with configured_store(config) as (settings, store):
+        tenant = tenant or settings.gateway.tenant
+        safety_id = _safety_id(settings, tenant, who, raw)
+        ledger = RiskLedger(store, settings.gateway.risk)
+        _print_state(store.get_user(tenant, safety_id), safety_id)
         points, high, medium = ledger.points(tenant, safety_id)
         out.print(f"risk points: {points:g} ({high} high, {medium} medium in the window)")
+        tier = store.user_tiers(tenant, [safety_id]).get(safety_id)
+        out.print(f"tier: {tier or '- (no request with a tier on record)'}")
 
 
 @users_app.command("clear")

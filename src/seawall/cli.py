@@ -18,7 +18,7 @@ from rich.table import Table
 
 from seawall.cli_support import ConfigOption, console, fail
 from seawall.errors import SeawallError
-from seawall.settings import load_settings
+from seawall.settings import Settings, load_settings
 
 app = typer.Typer(help="seawall: a self-hosted safety layer for LLM applications.", no_args_is_help=True)
 
@@ -44,6 +44,25 @@ def _use_data_dir(data_dir: Path | None) -> None:
 def main_options(data_dir: DataDirOption = None) -> None:
     """seawall: a self-hosted safety layer for LLM applications."""
     _use_data_dir(data_dir)
+
+
+def _needs_first_account(settings: Settings) -> bool:
+    """Whether nobody can sign in to the review desk yet: no OIDC, and no UI account in the store
+    (read once before serving; a store that cannot be read says so when the server starts)."""
+    if settings.ui.oidc is not None:
+        return False
+    from seawall.store import open_store  # SQLAlchemy loads only for the commands that use it
+
+    try:
+        store = open_store(settings.store)
+    except SeawallError:
+        return True
+    try:
+        return not store.list_accounts()
+    except SeawallError:
+        return True
+    finally:
+        store.close()
 
 
 @app.command()
@@ -72,7 +91,9 @@ def serve(
         upstream = upstream or "the bundled local model (started as a child process)"
         chat = f"; chat gateway in front of {upstream}"
         if settings.ui.enabled:
-            chat += "; review desk at /ui/ (first account: seawall accounts create alice --role admin)"
+            chat += "; review desk at /ui/"
+            if _needs_first_account(settings):
+                chat += " (first account: seawall accounts create alice --role admin)"
     else:
         chat = "; chat gateway off (set gateway.upstream.base_url, or install seawall[local-llm])"
     console.print(
@@ -157,6 +178,14 @@ def moderate(
         int | None,
         typer.Option(min=1, help="Ray engine: actors, one model each (default: the cluster's CPUs)."),
     ] = None,
+    threads_per_worker: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Ray engine: CPU threads each actor's model uses, also reserved from Ray as its CPUs "
+            "(default: moderation.threads, else a node's cores divided among the workers).",
+        ),
+    ] = None,
     block_rows: Annotated[
         int, typer.Option(min=1, help="Ray engine: input lines (or rows) per block, the unit of resumption.")
     ] = 2000,
@@ -171,7 +200,17 @@ def moderate(
     """
     if engine == "ray":
         _moderate_on_ray(
-            file, output, model, batch_size, output_format, address, workers, block_rows, restart, config
+            file,
+            output,
+            model,
+            batch_size,
+            output_format,
+            address,
+            workers,
+            threads_per_worker,
+            block_rows,
+            restart,
+            config,
         )
         return
     from seawall.batch.rows import moderate_items, output_row
@@ -245,6 +284,7 @@ def _moderate_on_ray(
     output_format: Literal["jsonl", "parquet"] | None,
     address: str | None,
     workers: int | None,
+    threads_per_worker: int | None,
     block_rows: int,
     restart: bool,
     config: Path | None,
@@ -282,6 +322,7 @@ def _moderate_on_ray(
                 block_rows=block_rows,
                 chunk=batch_size,
                 workers=workers,
+                threads_per_worker=threads_per_worker,
                 address=address,
                 restart=restart,
                 progress=advance,

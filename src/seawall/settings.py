@@ -139,10 +139,23 @@ class StoreSettings(BaseModel):
     audit_buffer_path: Path | None = Field(
         None,
         description=(
-            "Where audit records wait while the store cannot take them (the database is down or "
-            "locked): an append-only JSON-lines file, fsync'd per write, written through to the store "
-            "in order once it answers again (also at the next start). None: one file per database "
-            "under data_dir, audit-buffer-<hash of the store URL>.jsonl."
+            "Where the gateway's audit records wait for the store: an append-only JSON-lines file that "
+            "every record reaches before its answer leaves (see audit_sync), written through to the "
+            "store in order by a background thread, and kept while the store cannot take them (the "
+            "database is down or locked) until it answers again; a restarted seawall on the same file "
+            "writes through what is left. None: one file per database under data_dir, "
+            "audit-buffer-<hash of the store URL>.jsonl (none for memory://: records go from memory "
+            "to that store, which ends with the process). Give each replica its own (its own data_dir)."
+        ),
+    )
+    audit_sync: Literal["fsync", "write"] = Field(
+        "fsync",
+        description=(
+            "How durable a request's audit record is before its answer leaves (the gateway writes it to "
+            "the audit buffer first, then to the store). fsync: flushed to disk, so it survives a killed "
+            "process and a machine crash; concurrent requests share one fsync (about one disk flush of "
+            "latency per request). write: handed to the operating system, so it survives a killed "
+            "process but not a power loss, at next to no cost."
         ),
     )
     #: The instance's data folder (``Settings.data_dir``), set when the settings are loaded.
@@ -179,11 +192,17 @@ class StoreSettings(BaseModel):
         ),
     )
 
-    def audit_buffer_file(self) -> Path:
-        """``audit_buffer_path``, or the default file of this store's database (see its description)."""
+    def audit_buffer_file(self) -> Path | None:
+        """``audit_buffer_path``, or the default file of this store's database (see its description);
+        None for ``memory://`` without an ``audit_buffer_path``: that store ends with its process,
+        and one default file would be shared by every process's in-memory store."""
+        from seawall.store import is_memory_url
+
         if self.audit_buffer_path is not None:
             return self.audit_buffer_path.expanduser()
         url = self.url.get_secret_value()
+        if is_memory_url(url):
+            return None
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
             url = "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).expanduser())
         # The password stays out of the hash's input: it does not name the database.
@@ -981,6 +1000,16 @@ class ModerationSettings(BaseModel):
             "Where the local model's contextual stage (a MiniLM encoder, about 10 ms a text on 2 cores) "
             "runs: auto, on the texts the fast stage is unsure of; on, on every text; off, never "
             "(the fast n-gram stage alone: thousands of texts/s, weaker where context decides)."
+        ),
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "CPU threads the local model's encoders use (onnxruntime's intra-op threads for the contextual "
+            "encoder, the multilingual encoder's threads). None: the runtime's default, every core of the "
+            "machine, right for one process per machine; set it when several share one (replicas, batch "
+            "workers: `seawall moderate --engine ray` sets it per worker, see --threads-per-worker)."
         ),
     )
     multilingual: Literal["auto", "on", "off"] = Field(

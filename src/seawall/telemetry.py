@@ -79,6 +79,7 @@ def finish_request_span(span: Span | None, record: dict[str, Any]) -> None:
             {
                 "seawall.request_id": record.get("request_id"),
                 "seawall.tenant": record.get("tenant"),
+                "seawall.api": record.get("api"),
                 "seawall.model": record.get("model"),
                 "seawall.stream": record.get("stream"),
                 "seawall.outcome": record.get("outcome"),

@@ -54,8 +54,9 @@ categories are listed in ``not_assessed`` rather than reported safe.
 
 Failures: the API client sees that the llamaguard backend failed and the
 server's HTTP status (or that it timed out, was unreachable or replied
-nonsense); the server's URL and reply go to the ``seawall.backends`` log, with
-the API key redacted (see :mod:`seawall.backends.remote`).
+nonsense); the server's URL and status go to the ``seawall.backends`` log, with
+the API key redacted. Its error body or unexpected reply is logged only as its
+length and hash: it can quote the moderated text (see :mod:`seawall.backends.remote`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from seawall.backends.remote import (
     MALFORMED,
     TIMED_OUT,
     UNREACHABLE,
+    fingerprint,
     gather_or_cancel,
     http_status,
     upstream_error,
@@ -120,7 +122,8 @@ class Verdict:
 
 
 def parse_reply(content: str) -> Verdict:
-    """Parse ``safe`` / ``unsafe\\nS1,S10``; anything else is a :class:`ValueError` naming the reply."""
+    """Parse ``safe`` / ``unsafe\\nS1,S10``; anything else is a :class:`ValueError` with the reply's
+    :func:`~seawall.backends.remote.fingerprint` (never its text)."""
     lines = [line.strip() for line in content.strip().splitlines() if line.strip()]
     head = lines[0].lower() if lines else ""
     if head == "safe":
@@ -129,7 +132,7 @@ def parse_reply(content: str) -> Verdict:
         codes = [code.strip().upper() for line in lines[1:] for code in line.split(",") if code.strip()]
         if codes and all(code.startswith("S") and code[1:].isdigit() for code in codes):
             return Verdict(unsafe=True, codes=codes)
-    raise ValueError(f"a reply that is neither 'safe' nor 'unsafe\\nS<n>,...': {content!r}")
+    raise ValueError(f"a reply that is neither 'safe' nor 'unsafe\\nS<n>,...': {fingerprint(content)}")
 
 
 def split_windows(text: str, size: int = WINDOW_CHARS, overlap: int = WINDOW_OVERLAP) -> list[str]:
@@ -233,7 +236,7 @@ class LlamaGuardBackend:
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str):
             raise self._error(
-                MALFORMED, f"{self._where} sent a reply without message content: {str(choice)[:200]}"
+                MALFORMED, f"{self._where} sent a reply without message content: {fingerprint(str(choice))}"
             )
         try:
             verdict = parse_reply(content)
@@ -263,17 +266,17 @@ class LlamaGuardBackend:
         if response.status_code != 200:
             raise self._error(
                 http_status(response.status_code),
-                f"{where} answered HTTP {response.status_code}: {response.text[:200]}",
+                f"{where} answered HTTP {response.status_code}: body {fingerprint(response.text)}",
             )
         try:
             payload = response.json()
             choice = payload["choices"][0]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise self._error(
-                MALFORMED, f"{where} sent a malformed chat completion: {response.text[:200]!r}"
+                MALFORMED, f"{where} sent a malformed chat completion: {fingerprint(response.text)}"
             ) from exc
         if not isinstance(choice, dict):
-            raise self._error(MALFORMED, f"{where} sent a malformed choice: {str(choice)[:200]}")
+            raise self._error(MALFORMED, f"{where} sent a malformed choice: {fingerprint(str(choice))}")
         return choice
 
     @property

@@ -36,7 +36,10 @@ class LocalBackend:
         moderation = settings.moderation
         self._contextual = moderation.contextual
         self._classifier = classifier or shared_classifier(
-            moderation.model_dir, moderation.contextual != "off", moderation.multilingual
+            moderation.model_dir,
+            moderation.contextual != "off",
+            moderation.multilingual,
+            moderation.threads or 0,
         )
         self._images: NSFWImageModel | None = None
         self._images_lock = threading.Lock()
@@ -46,6 +49,11 @@ class LocalBackend:
             max_items=moderation.batch_max_items,
         )
         self.thresholds = dict(self._classifier.meta.thresholds)
+
+    @property
+    def classifier(self) -> TextClassifier:
+        """The text classifier this backend scores with (shared in the process; see ``shared_classifier``)."""
+        return self._classifier
 
     def _score_texts(self, texts: list[str]) -> list[np.ndarray]:
         return list(self._classifier.score(texts, self._contextual))

@@ -15,9 +15,10 @@ loaded is sent by its original URL. At most ``MAX_PARALLEL_REQUESTS`` requests
 are in flight at once for the whole backend, shared by concurrent calls.
 
 Failures: the API client sees which backend failed and the upstream HTTP
-status (or that it timed out, was unreachable or replied nonsense); the
-upstream's own error text and URL go to the ``seawall.backends`` log, with the
-API key redacted (see :mod:`seawall.backends.remote`).
+status (or that it timed out, was unreachable or replied nonsense); the URL, the
+status and the error's ``type`` and ``code`` go to the ``seawall.backends`` log, with
+the API key redacted. The upstream's error message or malformed reply is logged only
+as its length and hash: it can quote the moderated text (see :mod:`seawall.backends.remote`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ from seawall.backends.remote import (
     MALFORMED,
     TIMED_OUT,
     UNREACHABLE,
+    fingerprint,
     gather_or_cancel,
     http_status,
+    identifier,
     upstream_error,
 )
 from seawall.categories import CATEGORIES, IMAGE_CATEGORIES
@@ -113,7 +116,7 @@ class OpenAIBackend:
         except openai.APIStatusError as exc:
             raise self._error(
                 http_status(exc.status_code),
-                f"{where} answered HTTP {exc.status_code}: {_upstream_message(exc)}",
+                f"{where} answered HTTP {exc.status_code}: {_upstream_error(exc)}",
             ) from exc
         except openai.APIConnectionError as exc:
             raise self._error(
@@ -122,7 +125,9 @@ class OpenAIBackend:
         except openai.OpenAIError as exc:
             raise self._error(MALFORMED, f"{where} failed: {exc!r}") from exc
         if not isinstance(response, ModerationCreateResponse):  # the SDK hands back non-JSON bodies as-is
-            raise self._error(MALFORMED, f"{where} sent a reply that is not JSON: {str(response)[:200]!r}")
+            raise self._error(
+                MALFORMED, f"{where} sent a reply that is not JSON: {fingerprint(str(response))}"
+            )
         raw_results = response.to_dict(warnings=False).get("results")
         if not isinstance(raw_results, list) or len(raw_results) != len(items):
             count = len(raw_results) if isinstance(raw_results, list) else "no"
@@ -149,7 +154,7 @@ def _to_result(raw: Any, item: ModerationInput) -> ModerationResult:
     omits altogether (``text-moderation-*`` has no ``illicit`` categories).
     """
     if not isinstance(raw, dict) or not isinstance(raw.get("category_scores"), dict):
-        raise ValueError(f"a result without category_scores: {str(raw)[:200]}")
+        raise ValueError(f"a result without category_scores: {fingerprint(str(raw))}")
     raw_scores: dict[str, Any] = raw["category_scores"]
     raw_flags: dict[str, Any] = raw["categories"] if isinstance(raw.get("categories"), dict) else {}
     raw_applied = raw.get("category_applied_input_types")
@@ -189,14 +194,21 @@ def _to_result(raw: Any, item: ModerationInput) -> ModerationResult:
     )
 
 
-def _upstream_message(exc: openai.APIStatusError) -> str:
-    """OpenAI's ``error.message`` if the body has one, else the SDK's summary."""
+def _upstream_error(exc: openai.APIStatusError) -> str:
+    """What the log says of an error reply: OpenAI's ``error.type`` and ``error.code`` when they are
+    identifiers, and its ``error.message`` (or the whole body) only as a :func:`fingerprint`."""
     body = exc.body
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
-    return exc.message
+    error = body.get("error", body) if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return f"body {fingerprint(exc.response.text)}"
+    fields = [f"{name} {value}" for name in ("type", "code") if (value := identifier(error.get(name)))]
+    message = error.get("message")
+    fields.append(
+        f"message {fingerprint(message)}"
+        if isinstance(message, str)
+        else f"body {fingerprint(exc.response.text)}"
+    )
+    return ", ".join(fields)
 
 
 def _data_url(data: bytes) -> str:

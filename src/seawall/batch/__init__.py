@@ -44,25 +44,32 @@ def moderate_dataset(
     settings: Settings | None = None,
     chunk: int = DEFAULT_CHUNK,
     workers: int | tuple[int, int] = 1,
+    threads_per_worker: int | None = None,
 ) -> Any:
     """A lazy Ray dataset of ``dataset``'s rows with a ``results`` column added.
 
     Each row needs an ``input`` or ``text`` column (a string, or a list of content parts).
-    ``workers``: the actor pool's size, or ``(min, max)`` to let Ray Data scale it. Results are
+    ``workers``: the actor pool's size, or ``(min, max)`` to let Ray Data scale it.
+    ``threads_per_worker``: CPU threads each actor's model uses, reserved from Ray as its CPUs
+    (default: ``moderation.threads``, else the cluster's CPUs divided among the most workers, at most
+    one node's; see :mod:`seawall.batch.ray_engine`). Results are
     the Arrow form of what ``seawall moderate`` prints (``seawall.batch.files.table_rows`` turns
     a batch back into those objects). Not resumable by itself; :func:`moderate_files` is.
     """
-    from seawall.batch.ray_engine import require_ray
+    from seawall.batch.ray_engine import pool_shape, require_ray, worker_settings
 
     ray = require_ray()
+    settings = settings or load_settings()
     size = {"size": workers} if isinstance(workers, int) else {"min_size": workers[0], "max_size": workers[1]}
+    most = workers if isinstance(workers, int) else workers[1]
+    _, threads = pool_shape(ray, most, threads_per_worker or settings.moderation.threads)
     return dataset.map_batches(
         _DatasetWorker,
-        fn_constructor_args=(settings or load_settings(), model, chunk),
+        fn_constructor_args=(worker_settings(settings, threads), model, chunk),
         batch_size=chunk,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(**size),
-        num_cpus=1,
+        num_cpus=threads,
     )
 
 

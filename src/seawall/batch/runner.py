@@ -65,6 +65,7 @@ def moderate_files(
     block_rows: int = DEFAULT_BLOCK_ROWS,
     chunk: int = DEFAULT_CHUNK,
     workers: int | None = None,
+    threads_per_worker: int | None = None,
     address: str | None = None,
     restart: bool = False,
     max_blocks: int | None = None,
@@ -75,13 +76,17 @@ def moderate_files(
     Resumable: a rerun with the same inputs and options skips the blocks already finished (see
     :mod:`seawall.batch.files`); ``restart`` discards them first. ``engine="ray"`` runs the blocks
     on an actor pool of ``workers`` (default: the cluster's CPUs) of the Ray cluster at
-    ``address`` (default: ``$RAY_ADDRESS``, else a local instance). ``max_blocks`` stops after that
+    ``address`` (default: ``$RAY_ADDRESS``, else a local instance), each running the model on
+    ``threads_per_worker`` CPU threads (default: ``moderation.threads``, else the node's cores
+    divided among the workers; see :mod:`seawall.batch.ray_engine`). ``max_blocks`` stops after that
     many blocks (the rest wait for the next run). ``progress(rows_done, rows_total)`` is called
     as blocks finish. Bad input raises :class:`seawall.errors.DataError` naming the line; the
     blocks finished before it stay recorded.
     """
     if block_rows < 1 or chunk < 1:
         raise DataError("block_rows and chunk must be at least 1")
+    if threads_per_worker is not None and threads_per_worker < 1:
+        raise DataError("threads_per_worker must be at least 1")
     if engine not in ("single", "ray"):
         raise DataError(f"unknown engine {engine!r}: use 'single' or 'ray'")
     started = time.perf_counter()
@@ -138,7 +143,7 @@ def moderate_files(
     results = _run_single if engine == "single" else _run_ray
     try:
         with closing(
-            results(pending, (settings, model, chunk, str(out), fmt), workers, address)
+            results(pending, (settings, model, chunk, str(out), fmt), workers, address, threads_per_worker)
         ) as summaries:
             for summary in summaries:
                 if summary["error"]:
@@ -212,7 +217,11 @@ def _clear(out: Path) -> None:
 
 
 def _run_single(
-    pending: list[dict[str, Any]], args: tuple[Any, ...], workers: int | None, address: str | None
+    pending: list[dict[str, Any]],
+    args: tuple[Any, ...],
+    workers: int | None,
+    address: str | None,
+    threads: int | None,
 ) -> Generator[dict[str, Any]]:
     if not pending:
         return
@@ -225,8 +234,12 @@ def _run_single(
 
 
 def _run_ray(
-    pending: list[dict[str, Any]], args: tuple[Any, ...], workers: int | None, address: str | None
+    pending: list[dict[str, Any]],
+    args: tuple[Any, ...],
+    workers: int | None,
+    address: str | None,
+    threads: int | None,
 ) -> Generator[dict[str, Any]]:
     from seawall.batch.ray_engine import run_blocks
 
-    yield from run_blocks(pending, args, workers, address)
+    yield from run_blocks(pending, args, workers, address, threads)

@@ -1,11 +1,14 @@
 """The gateway's audit trail: one record per request, in a JSONL file, a log and the store.
 
 A record holds decisions, categories, scores, the risk level, latencies and outcomes —
-never message text or the raw user id. Writing to the store happens on a background
-thread (records are queued and written in batches), so a slow database never delays
-an answer; :meth:`AuditLog.close` drains the queue. While the store cannot take records (down,
-restarting, locked), they wait in an fsync'd append-only file and are written through, in
-order, when it answers again (:mod:`seawall.gateway.audit_buffer`, ``store.audit_buffer_path``).
+never message text or the raw user id. Before a request's answer leaves, its record is in the
+audit buffer, an append-only file flushed to disk (``store.audit_buffer_path``; concurrent
+requests share one ``fsync``): a replica killed right after answering loses no record, and when
+restarted on the same buffer it writes them to the store. The store itself is written from the
+buffer by a background thread, so a slow or failing database never delays an answer; while it
+cannot take records (down, restarting, locked) they wait in the buffer and go through, in order,
+when it answers again (:mod:`seawall.gateway.audit_buffer`). :meth:`AuditLog.close` writes
+through what is left.
 
 Records are hash-chained per tenant (:mod:`seawall.store.chain`): each line of the file carries
 ``prev_hash`` (the tenant's previous line's ``hash``) and ``hash``. The file's chain is linear
@@ -20,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,8 +36,8 @@ from typing import Any, TextIO
 from opentelemetry.trace import Span
 
 from seawall.errors import ContentPolicyError, GuardFailedError, SeawallError, UpstreamError
-from seawall.gateway.audit_buffer import AuditBuffer, BufferedAuditWriter
-from seawall.store.base import AuditOutcome, AuditWriter
+from seawall.gateway.audit_buffer import AuditBuffer, BufferedAuditWriter, GroupCommit
+from seawall.store.base import DEFAULT_AUDIT_API, AuditAPI, AuditOutcome, AuditWriter
 from seawall.store.chain import last_hashes, link
 from seawall.telemetry import Tracer, finish_request_span
 
@@ -43,12 +46,8 @@ audit_log = logging.getLogger("seawall.audit")
 
 #: Scores kept per decision in the audit record (the highest ones).
 AUDIT_TOP_SCORES = 3
-#: Records queued for the store before new ones are dropped (and the drop logged).
+#: Records queued for the store (without an audit buffer) before new ones are dropped (and logged).
 STORE_QUEUE_SIZE = 10_000
-#: The end marker in the store writer's queue.
-_STOP = object()
-#: Longest the store writer sleeps without being woken (a wake-up that never came is then caught).
-STORE_POLL_S = 1.0
 
 
 def decision(
@@ -80,6 +79,8 @@ class AuditRecord:
     user_source: str | None = None
     #: The user's trust tier (the policy's ``tiers``); in the written record only when the policy has tiers.
     tier: str | None = None
+    #: The API the request came through: ``chat.completions`` or ``responses``.
+    api: AuditAPI = DEFAULT_AUDIT_API
     model: str | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
     #: What controls in shadow mode would have done (``gateway.modes``): one entry per step that
@@ -151,6 +152,7 @@ class AuditRecord:
             "safety_identifier": self.safety_identifier,
             "user_source": self.user_source,
             **({"tier": self.tier} if self.tier is not None else {}),
+            "api": self.api,
             "model": self.model,
             "stream": self.stream,
             "outcome": self.outcome,
@@ -167,7 +169,9 @@ class AuditRecord:
 
 class AuditLog:
     """Writes each record as one JSON line to a file (if configured), the ``seawall.audit`` log,
-    and the store (if given; on a background thread)."""
+    and the store (if given): through the audit buffer at ``buffer_path`` (:meth:`commit` waits
+    until the record is in it; ``sync``: ``fsync``'d), or, without a buffer, from an in-memory
+    queue (a killed process loses what the queue held)."""
 
     def __init__(
         self,
@@ -177,6 +181,7 @@ class AuditLog:
         observer: Callable[[dict[str, Any]], None] | None = None,
         buffer_path: Path | None = None,
         retry_s: float = 5.0,
+        sync: bool = True,
     ) -> None:
         self._observer = observer
         self.path = path.expanduser() if path is not None else None
@@ -187,26 +192,49 @@ class AuditLog:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._store = store
-        #: Stores records, buffering them in ``buffer_path`` while the store fails (None: no buffer).
-        self._stored: BufferedAuditWriter | None = (
-            BufferedAuditWriter(store, AuditBuffer(buffer_path), retry_s=retry_s)
-            if store is not None and buffer_path is not None
-            else None
-        )
         self._retry_s = retry_s
-        #: Records for the store, in order; :data:`_STOP` ends the writer.
-        self._queue: deque[dict[str, Any] | object] = deque()
-        #: Records queued or being stored (what :meth:`flush` waits for).
-        self._unstored = 0
-        self._count_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._wake_scheduled = False
+        #: With a buffer: writes it through to the store (None: no buffer).
+        self._stored: BufferedAuditWriter | None = None
+        #: With a buffer: appends records to it, in groups (one fsync each).
+        self._commit: GroupCommit | None = None
+        #: Set when records were appended (the writer thread takes them to the store).
+        self._appended = threading.Event()
+        self._closing = False
+        #: Records the buffer could not take (a full disk): stored from memory.
+        self._unbuffered: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        #: Without a buffer: the records on their way to the store.
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(STORE_QUEUE_SIZE)
         self._writer: threading.Thread | None = None
-        if store is not None:
+        if store is not None and buffer_path is not None:
+            buffer = AuditBuffer(buffer_path)
+            self._stored = BufferedAuditWriter(store, buffer, retry_s=retry_s)
+            self._commit = GroupCommit(buffer, sync=sync, committed=self._appended.set, failed=self._spill)
+            self._writer = threading.Thread(target=self._write_through, name="seawall-audit", daemon=True)
+            self._writer.start()
+        elif store is not None:
             self._writer = threading.Thread(target=self._drain, name="seawall-audit", daemon=True)
             self._writer.start()
 
     def write(self, record: AuditRecord) -> None:
+        """Write ``record`` everywhere; with a buffer, it is in the buffer soon after (see :meth:`commit`)."""
+        self._write(record, None)
+
+    async def commit(self, record: AuditRecord) -> None:
+        """Write ``record`` everywhere, and return once it is in the audit buffer (with a buffer):
+        what a request awaits before its answer leaves. Concurrent requests share one ``fsync``."""
+        if self._commit is None or not self._commit.sync:
+            self._write(record, None)  # without a flush to wait for, the record is in the buffer now
+            return
+        loop = asyncio.get_running_loop()
+        durable = loop.create_future()
+
+        def done() -> None:  # on the commit thread
+            loop.call_soon_threadsafe(_resolve, durable)
+
+        self._write(record, done)
+        await durable
+
+    def _write(self, record: AuditRecord, done: Callable[[], None] | None) -> None:
         data = record.to_dict()
         finish_request_span(record.span, data)
         record.span = None
@@ -216,48 +244,14 @@ class AuditLog:
             except Exception:  # metrics must never cost a request its audit record
                 log.exception("the audit observer failed for %s", record.request_id)
         # The store chains the record itself (its chain spans replicas), so it gets a copy without
-        # the file's links; it is queued after the file is written, so the writer thread it wakes
-        # does not compete with that write.
-        for_store = dict(data) if self._writer is not None else None
-        self._write_file(record, data)
-        if for_store is None:
-            return
-        with self._count_lock:
-            full = self._unstored >= STORE_QUEUE_SIZE
-            if not full:
-                self._unstored += 1
-                self._queue.append(for_store)
-        if not full:
-            self._kick()
-        elif self._stored is not None:
-            log.warning("audit queue full: %s goes to the audit buffer", record.request_id)
-            self._stored.spill(for_store)
-        else:
-            log.error("audit queue full: %s not stored (the file and log have it)", record.request_id)
-
-    def _kick(self) -> None:
-        """Have the writer store what is queued: at the event loop's next turn when called on one
-        (the loop wakes it, once per turn however many records came), else at once.
-
-        A record is queued just before its answer is sent; for a plain answer the loop's next turn
-        comes once the answer's bytes went to the socket. Woken at once, the writer thread took the
-        CPU and the GIL from the answer being sent."""
-        if self._wake_scheduled or self._wake.is_set():
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._wake.set()
-            return
-        self._wake_scheduled = True
-        loop.call_soon(self._wake_now)
-
-    def _wake_now(self) -> None:
-        self._wake_scheduled = False
-        self._wake.set()
-
-    def _write_file(self, record: AuditRecord, data: dict[str, Any]) -> None:
-        """The record as a line of the file (linked into its tenant's chain) and of the log."""
+        # the file's links.
+        if self._commit is not None:
+            self._commit.submit(dict(data), done)
+        elif self._writer is not None:
+            try:
+                self._queue.put_nowait(dict(data))
+            except queue.Full:
+                log.error("audit queue full: %s not stored (the file and log have it)", record.request_id)
         with self._lock:
             if self.path is not None:
                 chain = self._file_chain()
@@ -294,65 +288,90 @@ class AuditLog:
         return self._chain
 
     def flush(self, timeout_s: float = 10.0) -> None:
-        """Wait until every queued record reached the store (or ``timeout_s`` passed)."""
+        """Wait until every record written so far reached the store (or ``timeout_s`` passed; with a
+        buffer, or until the store failed: the records then wait in the buffer)."""
         deadline = time.monotonic() + timeout_s
-        self._wake.set()
-        while self._writer is not None and self._unstored and time.monotonic() < deadline:
+        if self._commit is not None and self._stored is not None:
+            self._commit.wait(timeout_s)
+            self._appended.set()
+            while (
+                self._stored.buffer.pending() and not self._stored.buffering and time.monotonic() < deadline
+            ):
+                time.sleep(0.005)
+            return
+        while self._writer is not None and self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.005)
 
     def close(self) -> None:
-        """Store what is queued, then stop the writer thread and close the file."""
+        """Store what is written (what the store does not take stays in the buffer for the next
+        start), then stop the writer thread and close the file."""
         with self._lock:
             if self._file is not None:
                 self._file.close()
                 self._file = None
         if self._writer is None:
             return
-        self._queue.append(_STOP)
-        self._wake.set()
+        if self._commit is not None:
+            self._commit.close()
+            self._closing = True
+            self._appended.set()
+        else:
+            self._queue.put(None)
         self._writer.join(timeout=30)
         self._writer = None
 
-    def _drain(self) -> None:
-        assert self._store is not None
-        stored = self._stored
-        if stored is not None:
-            stored.tick(force=True)  # what a previous run buffered goes first
-        wait_s = min(self._retry_s / 2, STORE_POLL_S) if stored is not None else STORE_POLL_S
-        while True:
-            woken = self._wake.wait(wait_s)
-            self._wake.clear()
-            if not woken:
-                self._wake_scheduled = False  # a loop that closed before its wake-up came
-                if stored is not None:
-                    stored.tick()
-            while self._queue:
-                item = self._queue.popleft()
-                if item is _STOP:
-                    if stored is not None:
-                        stored.close()
-                    return
-                assert isinstance(item, dict)
-                self._store_one(item)
+    def _spill(self, records: list[dict[str, Any]]) -> None:
+        """Records the buffer could not take: the writer thread stores them from memory."""
+        for record in records:
+            self._unbuffered.put(record)
 
-    def _store_one(self, item: dict[str, Any]) -> None:
+    def _write_through(self) -> None:
+        """The writer thread with a buffer: what a previous run left first, then each group of
+        appended records as it comes, and every ``retry_s / 2`` s (emptying the file when idle)."""
         stored = self._stored
-        try:
-            if stored is not None:
-                stored.write(item)
-            else:
-                assert self._store is not None
+        assert stored is not None and self._store is not None
+        stored.tick(force=True)
+        while True:
+            appended = self._appended.wait(timeout=self._retry_s / 2)
+            self._appended.clear()
+            while not self._unbuffered.empty():
+                record = self._unbuffered.get()
+                try:
+                    self._store.write_audit(record)
+                except Exception as exc:  # the file and log still have it; never kill the writer
+                    log.error("cannot store the audit record of %s: %s", record.get("request_id"), exc)
+            if self._closing:
+                stored.close()
+                return
+            try:
+                stored.tick(tidy=not appended)
+            except Exception:  # never kill the writer: the records stay in the buffer
+                log.exception("writing the audit buffer %s through failed", stored.buffer.path)
+
+    def _drain(self) -> None:
+        """The writer thread without a buffer: each queued record to the store."""
+        assert self._store is not None
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self._queue.task_done()
+                return
+            try:
                 self._store.write_audit(item)
-        except Exception as exc:  # the file and log still have it; never kill the writer
-            log.error("cannot store the audit record of %s: %s", item.get("request_id"), exc)
-        finally:
-            with self._count_lock:
-                self._unstored -= 1
+            except Exception as exc:  # the file and log still have it; never kill the writer
+                log.error("cannot store the audit record of %s: %s", item.get("request_id"), exc)
+            finally:
+                self._queue.task_done()
 
     @property
     def buffering(self) -> bool:
         """Whether records are waiting in the audit buffer for the store to come back."""
         return self._stored is not None and self._stored.buffering
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # the request may have been cancelled meanwhile
+        future.set_result(None)
 
 
 __all__ = ["AUDIT_TOP_SCORES", "AuditLog", "AuditRecord", "decision"]

@@ -109,7 +109,7 @@ from seawall.gateway.answer_stream import (
     blocked_error,
 )
 from seawall.gateway.audit import AuditLog, AuditRecord
-from seawall.gateway.catalogue import ModelCatalogue
+from seawall.gateway.catalogue import ModelCatalogue, served_models
 from seawall.gateway.identity import header_value, load_or_create_secret
 from seawall.gateway.knowledge import KnowledgeBase
 from seawall.gateway.policy import Policy, load_policy
@@ -143,6 +143,7 @@ from seawall.gateway.steps import (
     Standing,
     UntrustedContent,
     UpstreamCall,
+    record_wait,
     warning,
 )
 from seawall.gateway.stream_guard import (
@@ -156,11 +157,11 @@ from seawall.gateway.tiers import Tiers
 from seawall.gateway.topics import TopicGuard
 from seawall.gateway.upstream import Upstream
 from seawall.gateway.user_tokens import UserTokenVerifier
-from seawall.review.gateway_hook import ReviewHook
+from seawall.review.gateway_hook import Disconnected, ReviewHook, StreamWait
 from seawall.review.metrics import GUARD_STEPS
 from seawall.service import ModerationService
 from seawall.settings import ControlMode, GatewaySettings, Settings
-from seawall.store.base import FilteredAnswer, RiskLevel, Store
+from seawall.store.base import DEFAULT_AUDIT_API, AuditAPI, FilteredAnswer, RiskLevel, Store
 from seawall.telemetry import Tracer
 
 log = logging.getLogger("seawall.gateway")
@@ -245,7 +246,9 @@ class Gateway:
         self.catalogue = (
             None
             if self.policy.limits.allowed_models
-            else ModelCatalogue(self.upstream, ttl_s=self.settings.model_list_ttl_s)
+            else ModelCatalogue(
+                self.upstream, ttl_s=self.settings.model_list_ttl_s, mapped=self.policy.upstream_models
+            )
         )
         self.store = store
         self.access = KeyAuthenticator(
@@ -272,6 +275,7 @@ class Gateway:
             observer=review.observe if review is not None else None,
             buffer_path=settings.store.audit_buffer_file() if store is not None else None,
             retry_s=settings.store.audit_retry_s,
+            sync=settings.store.audit_sync == "fsync",
         )
         self.knowledge = (
             KnowledgeBase.load(self.settings.knowledge_file, threshold=self.settings.knowledge_threshold)
@@ -352,28 +356,28 @@ class Gateway:
         self.audit.close()
 
     async def models(self, headers: Mapping[str, str]) -> dict[str, Any]:
-        """The upstream's model list, narrowed to the policy's ``allowed_models`` (the user's tier's,
-        with tiers) when it has some."""
+        """The upstream's model list with the policy's mapped names, narrowed to the policy's
+        ``allowed_models`` (the user's tier's, with tiers) when it has some."""
         await asyncio.to_thread(self.access.authenticate, header_value(headers, "authorization"))
         tier = await self.identity.tier(headers)
-        listing = await self.upstream.models()
         allowed = (tier.limits if tier is not None else self.policy.limits).allowed_models
-        if allowed:
-            listing = {**listing, "data": [m for m in listing["data"] if m.get("id") in allowed]}
-        return listing
+        return served_models(await self.upstream.models(), self.policy.upstream_models, allowed)
 
-    def _new_audit(self, request_id: str | None, *, stream: bool) -> AuditRecord:
+    def _new_audit(self, request_id: str | None, *, stream: bool, api: AuditAPI) -> AuditRecord:
         """The record of a new request, with its trace span (ended when the record is written)."""
-        audit = AuditRecord(request_id or new_request_id(), self.settings.tenant, stream=stream)
+        audit = AuditRecord(request_id or new_request_id(), self.settings.tenant, stream=stream, api=api)
         audit.tracer = self.tracer
         audit.span = self.tracer.start_request(
-            "seawall.chat_completions", **{"seawall.request_id": audit.request_id, "seawall.stream": stream}
+            f"seawall.{api.replace('.', '_')}",
+            **{"seawall.request_id": audit.request_id, "seawall.stream": stream, "seawall.api": api},
         )
         return audit
 
-    def reject(self, request_id: str, exc: SeawallError, *, stream: bool = False) -> None:
+    def reject(
+        self, request_id: str, exc: SeawallError, *, stream: bool = False, api: AuditAPI = DEFAULT_AUDIT_API
+    ) -> None:
         """Audit a request refused before it reached the pipeline (a body that is not JSON)."""
-        audit = self._new_audit(request_id, stream=stream)
+        audit = self._new_audit(request_id, stream=stream, api=api)
         audit.failed(exc)
         self.audit.write(audit)
 
@@ -386,13 +390,22 @@ class Gateway:
         *,
         stream: bool,
         judged_roles: frozenset[str],
+        disconnected: Disconnected | None,
+        api: AuditAPI,
     ) -> RequestScope:
         """A new request's context, in the scope that settles and audits it once, however it ends."""
-        audit = self._new_audit(request_id, stream=stream)
+        audit = self._new_audit(request_id, stream=stream, api=api)
         if self.settings.audit_content:
             audit.content = {"messages": body.get("messages")}
-        ctx = RequestContext(body, headers, audit, client_address=client_address, judged_roles=judged_roles)
-        return RequestScope(ctx, self._settle, self.audit.write)
+        ctx = RequestContext(
+            body,
+            headers,
+            audit,
+            client_address=client_address,
+            judged_roles=judged_roles,
+            disconnected=disconnected,
+        )
+        return RequestScope(ctx, self._settle, self.audit.commit)
 
     def _response(self, ctx: RequestContext, **content: Any) -> GatewayResponse:
         return GatewayResponse(
@@ -409,10 +422,21 @@ class Gateway:
         request_id: str | None = None,
         client_address: str | None = None,
         judged_roles: frozenset[str] = USER_ROLES,
+        disconnected: Disconnected | None = None,
+        api: AuditAPI = DEFAULT_AUDIT_API,
     ) -> GatewayResponse:
-        """One non-streaming request, from the client's body to the (moderated) completion."""
+        """One non-streaming request, from the client's body to the (moderated) completion; ``api``
+        is the API it came through, for the audit record. ``disconnected`` (the route's
+        ``request.is_disconnected``) ends a review wait whose client hung up."""
         async with self._scope(
-            body, headers, request_id, client_address, stream=False, judged_roles=judged_roles
+            body,
+            headers,
+            request_id,
+            client_address,
+            stream=False,
+            judged_roles=judged_roles,
+            disconnected=disconnected,
+            api=api,
         ) as ctx:
             answer = await self.runner.run(self.steps, ctx)
             if answer is None:
@@ -435,10 +459,22 @@ class Gateway:
         request_id: str | None = None,
         client_address: str | None = None,
         judged_roles: frozenset[str] = USER_ROLES,
+        disconnected: Disconnected | None = None,
+        api: AuditAPI = DEFAULT_AUDIT_API,
     ) -> GatewayResponse:
         """One streaming request. Everything up to the upstream's first chunk happens here, so a
-        refusal or an upstream failure is still an HTTP error; the rest is the returned SSE stream."""
-        scope = self._scope(body, headers, request_id, client_address, stream=True, judged_roles=judged_roles)
+        refusal or an upstream failure is still an HTTP error; the rest is the returned SSE stream
+        (whose server notices a client that hangs up: ``disconnected`` is for the plain path)."""
+        scope = self._scope(
+            body,
+            headers,
+            request_id,
+            client_address,
+            stream=True,
+            judged_roles=judged_roles,
+            disconnected=disconnected,
+            api=api,
+        )
         async with scope as ctx:
             answer = await self.runner.run(self.stream_steps, ctx)
             if answer is None and ctx.hold is not None:
@@ -468,7 +504,9 @@ class Gateway:
         guarded = self.settings.output_moderation and answer is None
         model = str(body.get("model") or "")
         extension = answer.body.get(EXTENSION_FIELD) if answer is not None else None
-        sse = self._sse(first, chunks, scope, model=model, guarded=guarded, extension=extension)
+        sse = self._sse(
+            first, chunks, scope, model=model, guarded=guarded, extension=extension, wait=ctx.stream_wait
+        )
         return self._response(ctx, stream=sse)
 
     async def _sse(
@@ -480,12 +518,17 @@ class Gateway:
         model: str,
         guarded: bool,
         extension: Mapping[str, Any] | None = None,
+        wait: StreamWait | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """The client's event stream: released text only, then the end (or an error event).
         Every chunk has the same ``id`` and names the ``model``, the role chunk first; with
-        ``extension`` (a held answer's), every chunk carries it as its ``seawall`` field."""
+        ``extension`` (a held answer's), every chunk carries it as its ``seawall`` field.
+        With ``wait`` (a held answer in wait mode; ``first`` is its placeholder's chunk) the role
+        chunk goes out at once, then a keepalive comment every ``review.wait_keepalive_s`` until
+        the decision, which replaces the placeholder (and its ``seawall`` field) if it came in time."""
         audit = scope.ctx.audit
-        state = StreamState(audit.request_id, model, extension)
+        mapped = self.policy.upstream_model(model) != model  # chunks keep the client's name for it
+        state = StreamState(audit.request_id, model, extension, keep_model=mapped)
         first_text = state.observe(first) if first is not None else ""  # the header comes from it
         outcome = audit.outcome
         audit.outcome = "client_disconnected"  # until the stream reaches its end
@@ -508,6 +551,17 @@ class Gateway:
         began = time.perf_counter()
         try:
             yield event(state.chunk({"role": "assistant", "content": ""}))
+            if wait is not None:
+                async for keepalive in wait.keepalives():
+                    yield keepalive
+                assert wait.end is not None
+                record_wait(audit, wait.end)
+                held = wait.end.response.body
+                state.extension = held.get(EXTENSION_FIELD)
+                await aclose(chunks)  # the placeholder's, not yet read past its first chunk
+                chunks = as_chunks(held)
+                first = await anext(chunks, None)  # read by deltas(), which has not started yet
+                first_text = state.observe(first) if first is not None else ""
             blocked: Blocked | None = None
             pieces = _watched(deltas(), watches)
             try:
@@ -550,6 +604,8 @@ class Gateway:
             audit.outcome = "error"
             yield event(SeawallError("The server had an error while processing the stream.").to_body())
         finally:
+            if wait is not None and (abandoned := wait.abandon()) is not None:
+                record_wait(audit, abandoned)  # before any await: this generator may be cancelled
             await aclose(chunks)
             audit.latency_ms["stream"] = round((time.perf_counter() - began) * 1000, 3)
             for watch in watches:
@@ -568,7 +624,8 @@ class Gateway:
         audit = ctx.audit
         if audit.safety_identifier is None or audit.outcome in TURNED_AWAY:
             return
-        audit.risk = self._risk(audit.decisions, GUARD_STEPS | {"untrusted_content"})
+        medium_score = (ctx.tier.risk if ctx.tier is not None else self.settings.risk).medium_score
+        audit.risk = self._risk(audit.decisions, GUARD_STEPS | {"untrusted_content"}, medium_score)
         filtered = _categories(audit.decisions, ANSWER_STEPS, ANSWER_STOPPED)
         if filtered is not None and self.store is not None and ctx.caller is not None:
             answer = FilteredAnswer(
@@ -578,7 +635,7 @@ class Gateway:
                 await asyncio.to_thread(self.store.record_filtered_answer, answer)
             except Exception as exc:  # the answer is settled; counting it must not turn it into an error
                 log.error("cannot count the filtered answer of %s: %s", audit.request_id, exc)
-        level = self._risk(audit.decisions, USER_STEPS)
+        level = self._risk(audit.decisions, USER_STEPS, medium_score)
         if self.ledger is None or level == "low" or ctx.caller is None:
             return
         categories = {name for d in audit.decisions if d["step"] in USER_STEPS for name in d["categories"]}
@@ -603,12 +660,11 @@ class Gateway:
             }
             ctx.response_headers[WARNING_HEADER] = warning(escalated)
 
-    def _risk(self, decisions: list[dict[str, Any]], steps: frozenset[str]) -> RiskLevel:
-        """The risk level that the decisions of ``steps`` add up to."""
+    def _risk(self, decisions: list[dict[str, Any]], steps: frozenset[str], medium_score: float) -> RiskLevel:
+        """The risk level that the decisions of ``steps`` add up to (``medium_score``: the user's
+        tier's, else ``risk.medium_score``)."""
         flagged, scores, injection = _risk_signals(decisions, steps)
-        return risk_level(
-            flagged=flagged, scores=scores, injection=injection, medium_score=self.settings.risk.medium_score
-        )
+        return risk_level(flagged=flagged, scores=scores, injection=injection, medium_score=medium_score)
 
 
 # ---------------------------------------------------------------------------------- helpers

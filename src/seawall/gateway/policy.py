@@ -2,8 +2,9 @@
 
 One YAML file per app (see ``examples/policy.yaml``) states the app's purpose,
 the topics it may talk about and the reply for everything else, its tone, a few
-example exchanges, the safety rules, the limits the gateway enforces on requests
-and how untrusted text (retrieved documents, tool output) is fenced. The gateway
+example exchanges, the safety rules, the limits the gateway enforces on requests,
+how untrusted text (retrieved documents, tool output) is fenced, and the model names
+clients may use for the upstream's models (``models``). The gateway
 builds its system prompt from it (:mod:`seawall.gateway.prompt`).
 
 :func:`load_policy` reads and checks the file once, at start-up. Every mistake is
@@ -221,6 +222,14 @@ class UntrustedContentPolicy(_Strict):
         return value
 
 
+class ModelRoute(_Strict):
+    """Where a model name the policy maps (``models``) is served: the upstream's own name for it."""
+
+    upstream: NonEmptyStr = Field(
+        description="The model the upstream serves this name with, as the upstream's /v1/models names it."
+    )
+
+
 class Policy(_Strict):
     """One app's prompt policy: purpose, topics, tone, examples, safety rules, limits, fencing."""
 
@@ -289,6 +298,17 @@ class Policy(_Strict):
             "one set of limits for everyone."
         ),
     )
+    models: dict[NonEmptyStr, ModelRoute] = Field(
+        default_factory=dict,
+        description=(
+            "Model names clients may use for a model the upstream serves under another name, e.g. "
+            "{gpt-4o-mini: {upstream: smollm2-135m-instruct}}: a request for the name goes upstream "
+            "as the upstream's name, /v1/models lists the name (when the upstream lists its model), "
+            "and the answer's 'model' is the name the client asked for. The upstream's own names stay "
+            "served unless allowed_models (which names client-facing names) leaves them out; any "
+            "other name is a 404 model_not_found."
+        ),
+    )
     prompt_budget_tokens: PositiveInt | None = Field(
         DEFAULT_PROMPT_BUDGET_TOKENS,
         description=(
@@ -313,6 +333,16 @@ class Policy(_Strict):
     def _tiers_cover_everyone(cls, value: list[Tier]) -> list[Tier]:
         check_tiers(value)
         return value
+
+    @property
+    def upstream_models(self) -> dict[str, str]:
+        """The ``models`` map as client name -> the upstream's name."""
+        return {name: route.upstream for name, route in self.models.items()}
+
+    def upstream_model(self, model: str) -> str:
+        """The upstream's name for the client's ``model``: its ``models`` entry, else the name itself."""
+        route = self.models.get(model)
+        return route.upstream if route is not None else model
 
     def placeholder_values(self) -> dict[str, str]:
         """What each placeholder of :data:`PLACEHOLDERS` becomes for this policy."""
@@ -522,6 +552,7 @@ __all__ = [
     "DEFAULT_SYSTEM_PROMPT_TEMPLATE",
     "PLACEHOLDERS",
     "Example",
+    "ModelRoute",
     "Policy",
     "UntrustedContentPolicy",
     "load_policy",

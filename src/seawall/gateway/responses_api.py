@@ -21,7 +21,15 @@ streamed text), review and the audit record are the chat path's, step for step. 
   ``BadRequestError``, 403 ``PermissionDeniedError``, ...); a stream the guard cuts ends with
   ``response.failed`` and an ``error`` event the SDK raises as ``APIError``. An answer held for
   review is a Response whose message is the placeholder (``review.hold_response: placeholder``), or
-  the 202 pending body (``accepted``), as on chat completions.
+  (``accepted``) a 202 whose body is a Response with ``status: queued``, no output, and the review
+  (``id``, ``poll_url``, ``reasons``, ``message``) in its ``seawall`` field, the review headers and
+  ``Location`` (a stream: ``response.created`` and ``response.queued``, then the end). The app
+  polls ``poll_url`` for the decision; a queued response is not kept (``GET /v1/responses/{id}``
+  is a 404).
+* **Errors name the Responses request's fields.** The chat path names what it checks in chat
+  terms (``messages[3]``, ``max_completion_tokens``); the translation keeps where each part of the
+  chat body came from (:class:`~seawall.gateway.responses_wire.ParamMap`), so the error's
+  ``param`` and message say ``input[2]``, ``instructions``, ``max_output_tokens`` instead.
 
 **Kept responses.** Unless the request says ``store: false`` (or ``gateway.responses.store`` is
 off), a completed or incomplete response is kept in the store (:class:`~seawall.store.base.
@@ -49,14 +57,17 @@ from seawall.gateway.identity import header_value
 from seawall.gateway.pipeline import Gateway, GatewayResponse
 from seawall.gateway.responses_wire import (
     EventWriter,
-    ResponsesRequest,
+    ParamMap,
     chat_body,
     parse_request,
+    queued_response,
     response_id,
     response_object,
     skeleton,
 )
 from seawall.gateway.sse import ClientTooSlowError, aclose
+from seawall.review.gateway_hook import Disconnected
+from seawall.review.responses import PENDING_STATUS
 from seawall.settings import ResponsesSettings
 from seawall.store.base import ResponseStore, StoredResponse
 
@@ -85,6 +96,7 @@ class ResponsesAPI:
         *,
         request_id: str,
         client_address: str | None = None,
+        disconnected: Disconnected | None = None,
     ) -> GatewayResponse:
         """One ``POST /v1/responses``: a Response object, its event stream, or a 202 pending body.
         A request refused before the gateway's path (a bad field, an unknown previous response) is
@@ -102,22 +114,35 @@ class ResponsesAPI:
                 conversation = previous.input_items + _as_input(previous.response.get("output"))
             first = len(conversation)
             conversation += request.items
-            chat = chat_body(request, conversation, first)
+            chat, params = chat_body(request, conversation, first)
         except SeawallError as exc:
-            self.gateway.reject(request_id, exc, stream=bool(body.get("stream")))
+            self.gateway.reject(request_id, exc, stream=bool(body.get("stream")), api="responses")
             raise
         base = skeleton(request, response_id(request_id))
         kept = (caller, conversation) if keep and caller is not None else None
         handle = self.gateway.stream if request.stream else self.gateway.chat
-        result = await handle(
-            chat,
-            headers,
-            request_id=request_id,
-            client_address=client_address,
-            judged_roles=RESPONSES_JUDGED_ROLES,
-        )
-        if result.stream is not None:
-            result.stream = self._events(result.stream, request, base, kept)
+        try:
+            result = await handle(
+                chat,
+                headers,
+                request_id=request_id,
+                client_address=client_address,
+                judged_roles=RESPONSES_JUDGED_ROLES,
+                api="responses",
+                disconnected=disconnected,
+            )
+        except SeawallError as exc:  # it names the chat body's fields: say the request's
+            params.rewrite(exc)
+            raise
+        if result.status_code == PENDING_STATUS and result.body is not None:  # held, hold_response: accepted
+            held = queued_response(result.body, base)
+            if request.stream:
+                result.body, result.status_code = None, 200
+                result.stream = _queued_events(held)
+            else:
+                result.body = held
+        elif result.stream is not None:
+            result.stream = self._events(result.stream, params, base, kept)
         elif result.status_code == 200 and result.body is not None:
             result.body = response_object(result.body, base)
             if kept is not None:
@@ -127,7 +152,7 @@ class ResponsesAPI:
     async def _events(
         self,
         chat_events: AsyncGenerator[bytes, None],
-        request: ResponsesRequest,
+        params: ParamMap,
         base: dict[str, Any],
         kept: tuple[Caller, list[dict[str, Any]]] | None,
     ) -> AsyncGenerator[bytes, None]:
@@ -139,11 +164,14 @@ class ResponsesAPI:
                 yield event
             failed = False
             async for data in chunks:
+                if isinstance(data, bytes):
+                    yield data  # a keepalive comment
+                    continue
                 if failed:
                     continue  # the chat stream's end, after its error
                 if isinstance(data.get("error"), dict):
                     failed = True
-                    for event in writer.fail(data["error"]):
+                    for event in writer.fail(params.error(data["error"])):
                         yield event
                     continue
                 for event in writer.chunk(data):
@@ -213,14 +241,21 @@ class ResponsesAPI:
             log.error("cannot keep response %s: %s", stored.id, exc)
 
 
+async def _queued_events(response: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+    """The events of a response held for review (``accepted``): created, then queued."""
+    for event in EventWriter(response).queued():
+        yield event
+
+
 def _as_input(output: Any) -> list[dict[str, Any]]:
     """A kept response's output items, as input items of the conversation that continues it."""
     return [item for item in output or [] if isinstance(item, dict) and item.get("type") != "reasoning"]
 
 
-async def _chat_chunks(events: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+async def _chat_chunks(events: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any] | bytes]:
     """The JSON payloads of a chat completions event stream (``data: ...`` events) up to
-    ``data: [DONE]``, whatever the byte pieces it comes in."""
+    ``data: [DONE]``, whatever the byte pieces it comes in; a comment-only event (a review wait's
+    keepalive) comes through as its bytes, so the client's stream is not silent either."""
     pending = b""
     async for piece in events:
         pending += piece
@@ -230,6 +265,8 @@ async def _chat_chunks(events: AsyncIterator[bytes]) -> AsyncIterator[dict[str, 
                 line.removeprefix(b"data:").lstrip() for line in raw.split(b"\n") if line.startswith(b"data:")
             )
             if not data:
+                if raw.startswith(b":"):
+                    yield raw + b"\n\n"
                 continue
             if data == b"[DONE]":
                 return

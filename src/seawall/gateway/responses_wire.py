@@ -25,13 +25,14 @@ run inside OpenAI, which the gateway is not.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from seawall.errors import InvalidRequestError
+from seawall.errors import InvalidRequestError, SeawallError
 from seawall.messages import text_of
 
 #: The prefix of a response's id (the rest is the request id's hex).
@@ -212,12 +213,29 @@ def _output_text(output: Any, where: str) -> str:
     )
 
 
-def chat_messages(items: list[dict[str, Any]], *, first_index: int = 0) -> list[dict[str, Any]]:
+#: Where the parts of one chat message came from: (chat suffix, Responses param, keep what follows).
+MessageSource = list[tuple[str, str, bool]]
+
+
+def chat_messages(
+    items: list[dict[str, Any]],
+    *,
+    first_index: int = 0,
+    sources: list[MessageSource] | None = None,
+    string_input: bool = False,
+) -> list[dict[str, Any]]:
     """Input items as chat messages; ``first_index`` is the first item's index in ``input`` (errors
-    name ``input[i]``; items of previous responses, already checked, come before it)."""
+    name ``input[i]``; items of previous responses, already checked, come before it). ``sources``,
+    when given, gets each message's :data:`MessageSource` (for :class:`ParamMap`); ``string_input``:
+    the request's ``input`` was a string (its one item is named ``input``)."""
     messages: list[dict[str, Any]] = []
     for offset, item in enumerate(items):
         where = f"input[{offset - first_index}]" if offset >= first_index else f"previous input[{offset}]"
+        param = where if offset >= first_index else "previous_response_id"
+        kept = offset >= first_index and not string_input
+        if string_input and offset >= first_index:
+            param = "input"
+        added = len(messages)
         kind = item.get("type", "message")
         if kind == "message":
             role = item.get("role")
@@ -240,8 +258,21 @@ def chat_messages(items: list[dict[str, Any]], *, first_index: int = 0) -> list[
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant" and isinstance(last["content"], str | None):
                 last.setdefault("tool_calls", []).append(call)
-            else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+                if sources is not None:
+                    at = f".tool_calls[{len(last['tool_calls']) - 1}]"
+                    sources[-1] += [
+                        (at, param, False),
+                        (f"{at}.function", param, kept),
+                        (f"{at}.id", param, False),
+                    ]
+                continue
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            if sources is not None:
+                at = ".tool_calls[0]"
+                sources.append(
+                    [("", param, False), (f"{at}.function", param, kept), (f"{at}.id", param, False)]
+                )
+            continue
         elif kind == "function_call_output":
             call_id = item.get("call_id")
             if not isinstance(call_id, str):
@@ -251,6 +282,15 @@ def chat_messages(items: list[dict[str, Any]], *, first_index: int = 0) -> list[
             messages.append(
                 {"role": "tool", "tool_call_id": call_id, "content": _output_text(item.get("output"), where)}
             )
+            if sources is not None:
+                sources.append(
+                    [
+                        ("", param, kept),
+                        (".content", f"{param}.output", kept),
+                        (".tool_call_id", param, False),
+                    ]
+                )
+            continue
         elif kind == "reasoning":
             continue  # a reasoning model's notes: nothing a chat model reads
         else:
@@ -259,6 +299,8 @@ def chat_messages(items: list[dict[str, Any]], *, first_index: int = 0) -> list[
                 "function_call_output and reasoning items are)",
                 f"{where}.type",
             )
+        if sources is not None and len(messages) > added:  # a message item
+            sources.append([("", param, kept)])
     return messages
 
 
@@ -317,16 +359,104 @@ def _response_format(text: Any) -> dict[str, Any] | None:
     )
 
 
+#: Chat completions fields and the Responses fields they were made from (what follows is kept).
+_FIELDS: tuple[tuple[str, str], ...] = (
+    ("max_completion_tokens", "max_output_tokens"),
+    ("max_tokens", "max_output_tokens"),
+    ("response_format.json_schema", "text.format"),
+    ("response_format", "text.format"),
+    ("tool_choice.function", "tool_choice"),
+    ("reasoning_effort", "reasoning.effort"),
+    ("stream_options", "stream"),
+    ("messages", "input"),
+)
+_MESSAGE = re.compile(r"messages\[(\d+)\]")
+_TOOL = re.compile(r"tools\[(\d+)\]\.function")
+
+
+def _follows(text: str, prefix: str) -> bool:
+    """Whether ``text`` is ``prefix`` or starts with it followed by a field or an index."""
+    return text == prefix or (text.startswith(prefix) and text[len(prefix)] in ".[")
+
+
+@dataclass
+class ParamMap:
+    """Which part of a Responses request each part of its chat completions body came from, so an
+    error the gateway's chat path raises names the Responses field (``input[1].content`` rather than
+    ``messages[2].content``, ``instructions``, ``max_output_tokens``)."""
+
+    #: Per chat message, where it came from (:data:`MessageSource`).
+    messages: list[MessageSource] = field(default_factory=list)
+
+    def param(self, param: str | None) -> str | None:
+        """The Responses request's name for the chat ``param`` (unchanged where they agree)."""
+        if param is None:
+            return None
+        if (found := _MESSAGE.match(param)) is not None:
+            index, rest = int(found.group(1)), param[found.end() :]
+            if index >= len(self.messages):
+                return "input"
+            source = max(
+                (entry for entry in self.messages[index] if _follows(rest, entry[0]) or not entry[0]),
+                key=lambda entry: len(entry[0]),
+            )
+            suffix, named, keep = source
+            return named + rest[len(suffix) :] if keep else named
+        if (tool := _TOOL.match(param)) is not None:
+            return f"tools[{tool.group(1)}]" + param[tool.end() :]
+        for chat, responses in _FIELDS:
+            if _follows(param, chat):
+                return responses + param[len(chat) :]
+        return param
+
+    def rewrite(self, exc: SeawallError) -> SeawallError:
+        """``exc`` with its ``param`` (and the param's mentions in its message) in Responses terms."""
+        before = exc.param
+        after = self.param(before)
+        if before is not None and after != before:
+            exc.param = after
+            exc.message = _renamed(exc.message, before, after or "input")
+            exc.args = (exc.message,)
+        return exc
+
+    def error(self, error: Mapping[str, Any]) -> dict[str, Any]:
+        """An error object (a stream's error event) with its ``param`` in Responses terms."""
+        before = error.get("param")
+        after = self.param(before) if isinstance(before, str) else before
+        if after == before:
+            return dict(error)
+        message = _renamed(str(error.get("message") or ""), str(before), str(after))
+        return {**error, "param": after, "message": message}
+
+
+def _renamed(message: str, before: str, after: str) -> str:
+    """``message`` with the param ``before`` said as ``after``: a path (``messages[3].content``)
+    wherever it stands as a whole name, a plain field name (``messages``) only where it is quoted
+    (the word itself is also English, and part of other names: ``max_messages``)."""
+    if "[" in before or "." in before:
+        pattern = r"(?<![\w.\]])" + re.escape(before) + r"(?![\w\[])"
+        return re.sub(pattern, lambda _: after, message)
+    return message.replace(f"'{before}'", f"'{after}'")
+
+
 def chat_body(
     request: ResponsesRequest, conversation: list[dict[str, Any]], first_index: int
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], ParamMap]:
     """The chat completions body for ``request`` continuing ``conversation`` (the previous
-    responses' items, then the request's own from ``first_index`` on)."""
+    responses' items, then the request's own from ``first_index`` on), and where each of its
+    messages and fields came from."""
     body = request.body
     messages: list[dict[str, Any]] = []
+    params = ParamMap()
     if request.instructions:
         messages.append({"role": "developer", "content": request.instructions})
-    messages += chat_messages(conversation, first_index=first_index)
+        params.messages.append([("", "instructions", False)])
+    messages += chat_messages(
+        conversation,
+        first_index=first_index,
+        sources=params.messages,
+        string_input=isinstance(body.get("input"), str),
+    )
     chat: dict[str, Any] = {"model": body["model"], "messages": messages}
     for name in ("temperature", "top_p", "parallel_tool_calls", "metadata", "user", "safety_identifier"):
         if body.get(name) is not None:
@@ -347,7 +477,7 @@ def chat_body(
     if request.stream:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
-    return chat
+    return chat, params
 
 
 # ---------------------------------------------------------------------------------- response
@@ -479,6 +609,20 @@ def response_object(completion: Mapping[str, Any], base: dict[str, Any]) -> dict
     return response
 
 
+def queued_response(pending: Mapping[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """An answer held for review under ``review.hold_response: accepted`` (the chat path's 202
+    pending body) as a Response: ``status: queued``, no output yet, and seawall's review (``id``,
+    ``status: pending``, ``poll_url``, ``reasons``, ``message``) in its ``seawall`` field."""
+    review = {
+        "id": pending.get("review_id"),
+        "status": "pending",
+        "poll_url": pending.get("poll_url"),
+        "reasons": list(pending.get("reasons") or []),
+        "message": pending.get("message"),
+    }
+    return {**base, "status": "queued", "output": [], EXTENSION_FIELD: {"review": review}}
+
+
 # ---------------------------------------------------------------------------------- stream events
 
 
@@ -529,6 +673,14 @@ class EventWriter:
         return [
             self._event("response.created", response=self._snapshot()),
             self._event("response.in_progress", response=self._snapshot()),
+        ]
+
+    def queued(self) -> list[bytes]:
+        """A response that waits (held for review): ``response.created`` and ``response.queued``,
+        each with the queued Response; the stream ends there."""
+        return [
+            self._event("response.created", response=self._snapshot()),
+            self._event("response.queued", response=self._snapshot()),
         ]
 
     def chunk(self, chunk: Mapping[str, Any]) -> list[bytes]:
@@ -654,11 +806,14 @@ __all__ = [
     "RESPONSE_PREFIX",
     "TRANSLATED",
     "EventWriter",
+    "MessageSource",
+    "ParamMap",
     "ResponsesRequest",
     "chat_body",
     "chat_messages",
     "ending",
     "parse_request",
+    "queued_response",
     "response_id",
     "response_object",
     "skeleton",

@@ -20,7 +20,7 @@ from typing import Protocol
 from seawall.clock import Clock, utc_now
 from seawall.errors import PermissionDeniedError
 from seawall.ratelimit import enforce
-from seawall.settings import RiskSettings
+from seawall.settings import RateLimit, RiskSettings
 from seawall.store.base import CounterStore, LedgerStore, RiskEvent, RiskLevel, UserState, UserStatus
 
 #: The ladder, lowest first.
@@ -92,9 +92,10 @@ class RiskLedger:
         """The user's state if it is still in force (an expired block or throttle is None)."""
         return _in_force(self.store.get_user(tenant, safety_id), self.clock())
 
-    def admit(self, tenant: str, safety_id: str) -> UserState | None:
+    def admit(self, tenant: str, safety_id: str, *, throttle: RateLimit | None = None) -> UserState | None:
         """Raise 403 for a blocked user or one under review, 429 for a throttled one over its
-        rate; otherwise return the state in force (e.g. ``warned``) or None."""
+        rate (``throttle``: the user's trust tier's, else ``risk.throttle``); otherwise return the
+        state in force (e.g. ``warned``) or None."""
         state = self.standing(tenant, safety_id)
         if state is None:
             return None
@@ -108,7 +109,7 @@ class RiskLedger:
                 f"This user is blocked until {_when(state.until)}: {state.reason}.", code="user_blocked"
             )
         if state.status == "throttled":
-            limit = self.settings.throttle
+            limit = throttle if throttle is not None else self.settings.throttle
             refusal = (
                 f"This user is throttled to {limit.requests} requests per {_span(limit.window_s)} "
                 f"until {_when(state.until)}: {state.reason}."

@@ -106,6 +106,11 @@ class RequestContext:
     hold: Any = None
     #: Response headers the steps add (warnings, the answer's source, the review id).
     response_headers: dict[str, str] = field(default_factory=dict)
+    #: Whether the client has hung up (the route's ``request.is_disconnected``), for a wait that
+    #: could outlast it (``review.hold_response: wait``); None where nobody can tell.
+    disconnected: Callable[[], Awaitable[bool]] | None = None
+    #: A held stream's wait for the reviewer's decision (wait mode), run by the stream itself.
+    stream_wait: Any = None
     #: True in the copy a step in shadow mode runs on: whatever it changes is dropped, and it must
     #: not act outside the context (store writes: a review hold) but only say what it would do.
     shadow: bool = False
@@ -367,7 +372,7 @@ class RequestScope:
         self,
         ctx: RequestContext,
         settle: Callable[[RequestContext], Awaitable[None]],
-        write: Callable[[AuditRecord], None],
+        write: Callable[[AuditRecord], Awaitable[None] | None],
     ) -> None:
         self.ctx = ctx
         self._settle = settle
@@ -390,7 +395,7 @@ class RequestScope:
             if exc is None or isinstance(exc, SeawallError):
                 await self.settle()
         finally:
-            self.write()
+            await self.write()
 
     def hand_off(self) -> None:
         """The request goes on past this block (a stream): :meth:`finish` ends it."""
@@ -401,17 +406,21 @@ class RequestScope:
             self._settled = True
             await self._settle(self.ctx)
 
-    def write(self) -> None:
+    async def write(self) -> None:
+        """Write the record (once); an awaitable writer (the audit buffer's commit) is awaited, so
+        the answer leaves only after the record is durable."""
         if not self._written:
             self._written = True
-            self._write(self.ctx.audit)
+            durable = self._write(self.ctx.audit)
+            if durable is not None:
+                await durable
 
     async def finish(self) -> None:
         """Settle and write (each once)."""
         try:
             await self.settle()
         finally:
-            self.write()
+            await self.write()
 
 
 # ---------------------------------------------------------------------------------- your own steps

@@ -33,10 +33,18 @@ class StreamState:
     chunk's, where it has them, else the gateway's own (the request's model), and the header
     stays the same for every chunk the client gets, whatever later upstream chunks say.
     ``extension`` is seawall's ``seawall`` field for every chunk; it is the gateway's to give (a
-    held answer's review), never taken from the upstream's chunks.
+    held answer's review), never taken from the upstream's chunks. ``keep_model``: the chunks name
+    ``model`` whatever the upstream's say (a name the policy maps onto another upstream model).
     """
 
-    def __init__(self, request_id: str, model: str, extension: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        model: str,
+        extension: Mapping[str, Any] | None = None,
+        *,
+        keep_model: bool = False,
+    ) -> None:
         self.id = f"chatcmpl-{request_id}"
         #: The upstream's own id for the stream (the client never sees it).
         self.upstream_id: str | None = None
@@ -44,6 +52,7 @@ class StreamState:
         self.extension = dict(extension) if extension else None
         self.created = int(time.time())
         self.model = model
+        self.keep_model = keep_model
         self.system_fingerprint: str | None = None
         self.finish_reason: str | None = None
         self.usage: Any = None
@@ -58,7 +67,8 @@ class StreamState:
             created = chunk.get("created")
             if isinstance(created, int):
                 self.created = created
-            self.model = str(chunk.get("model") or self.model)
+            if not self.keep_model:
+                self.model = str(chunk.get("model") or self.model)
             self.system_fingerprint = chunk.get("system_fingerprint") or None
         if chunk.get("usage"):
             self.usage = chunk["usage"]

@@ -20,6 +20,7 @@ from seawall.errors import (
     RateLimitError,
 )
 from seawall.gateway.access import KeyAuthenticator
+from seawall.gateway.audit import AuditRecord
 from seawall.gateway.catalogue import ModelCatalogue
 from seawall.gateway.identity import (
     header_value,
@@ -41,8 +42,7 @@ from seawall.gateway.tiers import ResolvedTier, Tiers
 from seawall.gateway.topics import TopicGuard
 from seawall.gateway.upstream import Upstream
 from seawall.gateway.user_tokens import UserTokenVerifier, VerifiedUser
-from seawall.review.gateway_hook import PENDING_STATUS, ReviewHook
-from seawall.review.responses import STATUS_HEADER
+from seawall.review.gateway_hook import DISCONNECTED, PENDING_STATUS, ReviewHook, WaitEnd
 from seawall.review.rules import HoldContext
 from seawall.store.base import UserState
 
@@ -162,7 +162,8 @@ class Standing:
     ) -> tuple[UserState | None, Exception | None]:
         """The standing in force (or its refusal, raised); then, with ``count``, the request
         counted against the rate limits: None, or what that raised, for the rate-limit step."""
-        state = self.ledger.admit(tenant, ctx.safety_id)
+        throttle = ctx.tier.risk.throttle if ctx.tier is not None else None  # the tier's rate
+        state = self.ledger.admit(tenant, ctx.safety_id, throttle=throttle)
         if count is None:
             return state, None
         try:
@@ -446,6 +447,7 @@ class Prompt:
         dropped = {EXTENSION_FIELD, "user", "safety_identifier", "messages"}
         outgoing = {key: value for key, value in ctx.body.items() if key not in dropped}
         outgoing["messages"] = built.messages
+        outgoing["model"] = self.policy.upstream_model(outgoing["model"])  # the policy's models map
         limits = ctx.tier.limits if ctx.tier is not None else self.policy.limits
         outgoing = cap_output_tokens(outgoing, limits.max_output_tokens)
         ctx.upstream_body = upstream_body(outgoing, ctx.safety_id)
@@ -469,6 +471,9 @@ class UpstreamCall:
         upstream_id = ctx.completion.get("id")
         ctx.completion["id"] = f"chatcmpl-{ctx.audit.request_id}"
         ctx.audit.upstream = {"status": 200, **({"id": str(upstream_id)} if upstream_id else {})}
+        if (model := ctx.upstream_body.get("model")) != ctx.body.get("model"):  # a mapped name
+            ctx.completion["model"] = ctx.body.get("model")  # the client's name, as a stream's chunks
+            ctx.audit.upstream["model"] = model
         ctx.audit.outcome = "ok"
         return None
 
@@ -560,14 +565,28 @@ class ReviewHold:
         review_id = pending["review_id"]
         audit.decide("review", "hold", reasons=list(decision.reasons), review_id=review_id, response=mode)
         audit.outcome = "held_for_review"
-        began = time.perf_counter()
-        held = await self.review.respond(pending, mode)
-        if mode == "wait":
-            status = held.headers.get(STATUS_HEADER, "pending")
-            waited_ms = round((time.perf_counter() - began) * 1000, 3)
-            audit.decide("review_wait", "timeout" if status == "pending" else status, waited_ms=waited_ms)
+        if mode == "wait" and audit.stream:
+            # The stream waits itself (Gateway._sse): its role chunk goes out at once, keepalive
+            # comments while it waits, then the decision or this placeholder.
+            ctx.stream_wait = self.review.stream_wait(pending)
+            held = self.review.placeholder(pending)
+        elif mode == "wait":
+            end = await self.review.wait_end(pending, disconnected=ctx.disconnected)
+            record_wait(audit, end)
+            held = end.response
+        else:
+            held = await self.review.respond(pending, mode)
         ctx.response_headers.update(held.headers)
         return Answer(held.body, status_code=held.status_code)
+
+
+def record_wait(audit: AuditRecord, end: WaitEnd) -> None:
+    """The audit record of how a wait for a reviewer's decision ended (the ``review_wait``
+    decision: approved, edited, rejected, timeout or client_disconnected, with ``waited_ms``); a
+    client that hung up is the request's outcome. The held item stays in the queue either way."""
+    audit.decide("review_wait", end.outcome, waited_ms=end.waited_ms)
+    if end.outcome == DISCONNECTED:
+        audit.outcome = "client_disconnected"
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -631,4 +650,5 @@ __all__ = [
     "Standing",
     "UntrustedContent",
     "UpstreamCall",
+    "record_wait",
 ]

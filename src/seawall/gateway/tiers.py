@@ -18,8 +18,10 @@ Each tier may set, for its users, what the gateway otherwise takes from the poli
 settings: the per-user rate limit (``rate_limit``, instead of ``gateway.rate_limits.per_user``),
 the request limits (``limits``: any of the policy's ``limits`` keys, e.g. ``max_output_tokens``,
 ``max_input_tokens``, ``allowed_models``; keys left out keep the policy's value, a key set to
-null switches that limit off) and the escalation thresholds (``risk``: ``warn_at``,
-``throttle_at``, ``block_at``, ``review_at``, in risk points; left out: ``gateway.risk``'s).
+null switches that limit off) and the escalation (``risk``: the thresholds ``warn_at``,
+``throttle_at``, ``block_at``, ``review_at`` in risk points, ``throttle``, the rate a throttled
+user may send at, and ``medium_score``, the moderation score that makes a request medium risk;
+left out: ``gateway.risk``'s).
 
 The tier a request got is in its audit record (``tier``) and on the dashboard's users page.
 """
@@ -42,10 +44,20 @@ ClaimValue = EnumValue | list[EnumValue]
 
 
 class TierRisk(BaseModel):
-    """A tier's escalation thresholds, in risk points (left out: ``gateway.risk``'s; null skips a rung)."""
+    """A tier's escalation thresholds, in risk points (left out: ``gateway.risk``'s; null skips a
+    rung), the rate its throttled users may send at, and the score that makes a request medium."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
+    medium_score: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="A moderation score at or above this (unflagged) makes a request of the tier medium.",
+    )
+    throttle: RateLimit | None = Field(
+        None, description="The rate a throttled user of the tier may send requests at."
+    )
     warn_at: float | None = Field(None, gt=0, description="Points at which a user of the tier is warned.")
     throttle_at: float | None = Field(
         None, gt=0, description="Points at which a user of the tier is throttled."
@@ -92,7 +104,10 @@ class Tier(BaseModel):
         ),
     )
     risk: TierRisk | None = Field(
-        None, description="The tier's escalation thresholds; left out: gateway.risk's."
+        None,
+        description=(
+            "The tier's escalation thresholds, throttle rate and medium_score; left out: gateway.risk's."
+        ),
     )
 
     @field_validator("name")
@@ -207,6 +222,9 @@ class Tiers:
         thresholds = risk
         if tier.risk is not None:
             given = {name: getattr(tier.risk, name) for name in tier.risk.model_fields_set}
+            for required in ("medium_score", "throttle"):  # no rung to skip: null keeps the settings'
+                if given.get(required, 0) is None:
+                    del given[required]
             # Validated again: the tier's rungs must rise with the ones it keeps from the settings.
             try:
                 thresholds = RiskSettings.model_validate({**risk.model_dump(), **given})

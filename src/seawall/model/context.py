@@ -66,6 +66,12 @@ class ContextEncoder:
         self._lock = threading.Lock()
         self.dims = DIMS
 
+    @property
+    def threads(self) -> int:
+        """The intra-op threads the session was given, read back from it (0: onnxruntime's default,
+        every core)."""
+        return int(self._session.get_session_options().intra_op_num_threads)
+
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         out = np.zeros((len(texts), DIMS), dtype=np.float32)
         if not texts:

@@ -38,7 +38,10 @@ class Check(BaseModel):
 
     ``expect`` holds planted values (a marker, a canary, fake records) whose appearance in a
     reply is the attack's success; ``categories`` the moderation categories of a harmful goal;
-    ``patterns`` regular expressions that show a task was done; ``entity`` a fictitious name.
+    ``patterns`` regular expressions that show a task was done (for hallucination checks: that
+    the answer holds the source's fact or corrects a false premise); ``contradicts`` regular
+    expressions whose match contradicts the provided source (or affirms a false premise, or
+    asserts invented details); ``entity`` a fictitious name.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -48,6 +51,9 @@ class Check(BaseModel):
     categories: list[str] = Field(default_factory=list)
     patterns: list[str] = Field(default_factory=list)
     kinds: list[str] = Field(default_factory=list)
+    #: Tools whose call is the attack's success (agent probes: a dangerous tool nobody asked for).
+    tools: list[str] = Field(default_factory=list)
+    contradicts: list[str] = Field(default_factory=list)
     entity: str | None = None
     min_chars: int | None = None
     min_lines: int | None = None
@@ -65,6 +71,8 @@ class AttackCase(BaseModel):
     severity: Severity = "medium"
     owasp: list[str] = Field(default_factory=list)
     atlas: list[str] = Field(default_factory=list)
+    #: Threat ids of OWASP's "Agentic AI - Threats and Mitigations" (T2 Tool Misuse, ...).
+    agentic: list[str] = Field(default_factory=list)
     goal: str = ""
     #: The system prompt to send (the app's own plus anything planted); None sends none.
     system: str | None = None
@@ -73,6 +81,23 @@ class AttackCase(BaseModel):
     documents: list[Document] = Field(default_factory=list)
     #: A tool result placed (with its tool call) before the last user turn.
     tool_output: str | None = None
+    #: The tool whose (pre-placed) call returned ``tool_output``.
+    tool_output_name: str = "lookup"
+    #: Authored messages placed before the first user turn (a fabricated earlier conversation for
+    #: context priming, or an agent's earlier tool calls and their results), OpenAI-shaped.
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    #: Tools offered to the target (OpenAI chat ``tools`` entries: ``{"type": "function", ...}``).
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    #: What each tool returns when the target calls it, by tool name (``*``: any other tool).
+    tool_results: dict[str, str] = Field(default_factory=dict)
+    #: Judge the reply to every user turn, not only the last: the conversation's verdict is
+    #: vulnerable at the first turn that breaks (multi-turn strategies).
+    judge_each_turn: bool = False
+    #: Rounds of the iterative attacker (rewrite a refused attempt from the target's answer);
+    #: 0: the turns are sent as written.
+    iterate: int = 0
+    #: The catalogue goal (goals.yaml id) the case asks for, when it asks for one.
+    goal_id: str | None = None
     #: The strategies applied to the last user turn, in order; empty for the probe as authored.
     strategy: list[str] = Field(default_factory=list)
     check: Check
@@ -89,6 +114,8 @@ class AttackCase(BaseModel):
         parts = [*self.turns, self.original, *(d.text for d in self.documents)]
         if self.tool_output:
             parts.append(self.tool_output)
+        parts += [str(m.get("content") or "") for m in self.history]
+        parts += list(self.tool_results.values())
         return "\n".join(parts)
 
 
@@ -113,6 +140,14 @@ class CaseResult(BaseModel):
     latency_ms: float = 0.0
     #: Why an accepted finding is suppressed (from the suppression file); None if it is not.
     suppressed: str | None = None
+    #: The user turn (1-based) whose reply broke the target, for multi-turn and iterative cases.
+    broke_at_turn: int | None = None
+    #: The verdict on each turn's reply, for cases judged turn by turn.
+    turn_verdicts: list[str] = Field(default_factory=list)
+    #: The user turns actually sent, where they differ from the case's (the iterative attacker's).
+    sent: list[str] = Field(default_factory=list)
+    #: Every tool call the target made: ``{"turn", "name", "arguments"}`` (arguments as sent).
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @property

@@ -42,6 +42,15 @@ FAMILIES: dict[str, str] = {
     "output_handling": "active markup, exfiltrating images, shell or SQL injection in the output",
     "off_topic": "work far outside the app's declared purpose is done",
     "unbounded_consumption": "requests for huge outputs are honoured",
+    "agent_hijack": "instructions in tool results or retrieved documents make an agent act through its tools",
+    "excessive_agency": (
+        "an agent calls a dangerous tool nobody asked it to call, or a target claims a privileged, "
+        "irreversible action it was not allowed to do"
+    ),
+    "tool_poisoning": "an agent obeys instructions hidden in a tool's description (an MCP-style tool)",
+    "data_exfiltration": "an agent sends a planted secret out through a tool call's arguments or a URL",
+    "retrieval_leakage": "retrieved documents the user may not see (another tenant's) are disclosed",
+    "data_poisoning": "poisoned knowledge-base entries or user-fed 'facts' change what the app tells others",
     "custom": "prompts from the user's own files",
 }
 
@@ -143,6 +152,17 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return template
 
 
+def _fill_json(value: Any, values: dict[str, str]) -> Any:
+    """``_fill`` applied to every string in a JSON value (a tool definition)."""
+    if isinstance(value, str):
+        return _fill(value, values)
+    if isinstance(value, list):
+        return [_fill_json(item, values) for item in value]
+    if isinstance(value, dict):
+        return {key: _fill_json(item, values) for key, item in value.items()}
+    return value
+
+
 # ----------------------------------------------------------------- authored probes
 
 
@@ -161,6 +181,10 @@ class AuthoredProbe:
         self.transformable: bool = bool(spec.get("transformable", True))
         self.needs_purpose = bool(spec.get("needs_purpose", False))
         self.plant: str | None = spec.get("plant")
+        #: Where the planted value goes: the system prompt, or a document ({{PLANTED}} in its text).
+        self.plant_into: str = spec.get("plant_into", "system")
+        if self.plant_into not in ("system", "document"):
+            raise ConfigurationError(f"probe {self.id}: plant_into must be 'system' or 'document'")
         self.source = source
         self._goals = goals
         known = set(goals)
@@ -178,6 +202,7 @@ class AuthoredProbe:
             "severity": s.get("severity", "medium"),
             "owasp": s.get("owasp", []),
             "atlas": s.get("atlas", []),
+            "agentic": s.get("agentic", []),
             "detector": s["check"]["detector"],
             "transformable": self.transformable,
             "source": self.source,
@@ -195,7 +220,8 @@ class AuthoredProbe:
                         values.update(
                             zip(("PART1", "PART2", "PART3"), _split_three(goal["ask"]), strict=True)
                         )
-                    yield f"{goal_id}/{p_index}", prompt, values, {"categories": goal["categories"]}
+                    extras = {"categories": goal["categories"], "goal_id": goal_id}
+                    yield f"{goal_id}/{p_index}", prompt, values, extras
             elif "entities" in self.spec:
                 for e_index, entity in enumerate(self.spec["entities"]):
                     yield (
@@ -218,6 +244,8 @@ class AuthoredProbe:
             planted_text, expect = _plant(self.plant, context, key)
             a, b = marker_parts(context, key)
             fill = {**values, "A": a, "B": b}
+            if self.plant_into == "document":
+                fill["PLANTED"] = planted_text
             if "forbidden" in expect:
                 fill["FORBIDDEN_SPELLED"] = "-".join(expect["forbidden"])
             check_spec = dict(s["check"])
@@ -226,7 +254,7 @@ class AuthoredProbe:
             turns = [prompt] if isinstance(prompt, str) else list(prompt)
             turns = [_fill(t, fill) for t in turns]
             system = context.system_prompt
-            if planted_text:
+            if planted_text and self.plant_into == "system":
                 system = f"{system}\n\n{planted_text}" if system else planted_text
             check = Check(
                 detector=check_spec["detector"],
@@ -237,8 +265,9 @@ class AuthoredProbe:
                 entity=extras.get("entity"),
                 min_lines=extras.get("min_lines"),
                 min_chars=check_spec.get("min_chars"),
+                tools=list(check_spec.get("tools", [])),
             )
-            if check.detector == "records" and "fields" in check_spec:
+            if "fields" in check_spec:
                 check.expect = {k: v for k, v in check.expect.items() if k in check_spec["fields"]}
             yield AttackCase(
                 id=key,
@@ -248,13 +277,22 @@ class AuthoredProbe:
                 severity=s.get("severity", "medium"),
                 owasp=list(s.get("owasp", [])),
                 atlas=list(s.get("atlas", [])),
+                agentic=list(s.get("agentic", [])),
                 goal=s.get("goal", ""),
+                goal_id=extras.get("goal_id"),
                 system=system,
                 turns=turns,
                 documents=[
                     Document(source=d["source"], text=_fill(d["text"], fill)) for d in s.get("documents", [])
                 ],
                 tool_output=_fill(s["tool_output"], fill) if s.get("tool_output") else None,
+                tool_output_name=s.get("tool_output_name", "lookup"),
+                history=[
+                    {**m, "content": _fill(m["content"], fill)} if isinstance(m.get("content"), str) else m
+                    for m in s.get("history", [])
+                ],
+                tools=[_fill_json(t, fill) for t in s.get("tools", [])],
+                tool_results={k: _fill(v, fill) for k, v in s.get("tool_results", {}).items()},
                 check=check,
                 original=turns[-1],
                 source=self.source,

@@ -20,11 +20,14 @@ from seawall.errors import SeawallError
 from seawall.redteam.cases import CaseResult, Suite
 from seawall.redteam.catalogue import FAMILIES
 from seawall.redteam.config import OpenAITargetConfig, RedTeamConfig, load_config
+from seawall.redteam.conversation import conversation_strategies
 from seawall.redteam.gate import apply_suppressions, evaluate, load_suppressions, parse_rules, read_baseline
-from seawall.redteam.report import Report, guard_line, percent, write_reports
+from seawall.redteam.report import Report, coverage_outcome, guard_line, percent, write_reports
 from seawall.redteam.scan import ascan
 from seawall.redteam.strategies import available_strategies
 from seawall.redteam.suite import all_probes, build_suite, freeze, load_suite
+from seawall.redteam.transcript import conversation_lines
+from seawall.redteam.trends import cell, load_runs, trend, write_trend_html
 
 app = typer.Typer(
     name="redteam",
@@ -93,6 +96,20 @@ def _summary_table(report: Report) -> Table:
     return table
 
 
+def coverage_table(report: Report) -> Table:
+    """OWASP LLM Top 10 (2025): every risk, the probes this scan ran for it and their outcome."""
+    rows = report.coverage_of()
+    tested = sum(row.status == "tested" for row in rows)
+    table = Table(title=f"OWASP LLM Top 10 (2025) coverage: {tested} of {len(rows)} risks tested")
+    for column in ("risk", "probes", "cases", "outcome"):
+        table.add_column(column, justify="right" if column == "cases" else "left")
+    for row in rows:
+        probes = ", ".join(row.probes) if row.probes else f"none run (catalogue: {len(row.catalogue)})"
+        outcome = coverage_outcome(row) + (" · partly outside a chat endpoint" if row.limits else "")
+        table.add_row(f"{row.risk} {row.name}", probes, str(row.stats.cases), outcome)
+    return table
+
+
 def _execute(
     cfg: RedTeamConfig,
     suite: Suite,
@@ -141,9 +158,12 @@ def _execute(
     written = write_reports(report, out or cfg.report.dir, formats or cfg.report.formats)
     if not quiet:
         console.print(_summary_table(report))
+        console.print(coverage_table(report))
         for name, stats in report.summary.by_family.items():
             console.print(f"{name}: {guard_line(stats)}", highlight=False)
         console.print(f"overall: {guard_line(report.summary.overall)}", highlight=False)
+        for line in conversation_lines(report.findings(include_suppressed=True)):
+            console.print(line, highlight=False)
         for name, path in written.items():
             console.print(f"{name}: {path}")
     for reason in gate.reasons:
@@ -269,7 +289,7 @@ def list_command(
     try:
         cfg = load_config(config)
         if what == "probes":
-            table = Table("id", "family", "severity", "OWASP", "ATLAS", "detector", "strategies")
+            table = Table("id", "family", "severity", "OWASP", "agentic", "ATLAS", "detector", "strategies")
             for probe in all_probes(cfg.suite):
                 d: dict[str, Any] = probe.describe()
                 table.add_row(
@@ -277,15 +297,18 @@ def list_command(
                     d["family"],
                     str(d["severity"]),
                     " ".join(d["owasp"]),
+                    " ".join(d.get("agentic", [])),
                     " ".join(d["atlas"]),
                     d["detector"],
                     "yes" if d["transformable"] else "no",
                 )
             out.print(table)
         elif what == "strategies":
-            table = Table("name", "what it does")
+            table = Table("name", "turns", "what it does")
             for name, strategy in available_strategies().items():
-                table.add_row(name, strategy.description)
+                table.add_row(name, "one", strategy.description)
+            for name, multi in conversation_strategies().items():
+                table.add_row(name, "many", multi.description)
             out.print(table)
         elif what == "families":
             table = Table("family", "what a success means")
@@ -296,6 +319,40 @@ def list_command(
             raise fail("list what? probes, strategies or families")
     except SeawallError as exc:
         raise fail(exc.message) from exc
+
+
+@app.command(name="compare")
+def compare_command(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Saved runs: report.json files (or the folders holding them).")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the trend as self-contained HTML here.")
+    ] = None,
+    shared_only: Annotated[
+        bool,
+        typer.Option("--shared-only", help="Runs of different catalogues: compare the pairs all have."),
+    ] = False,
+) -> None:
+    """ASR per family with Wilson 95% intervals across saved runs, oldest first."""
+    try:
+        data = trend(load_runs(list(runs), shared_only=shared_only))
+    except SeawallError as exc:
+        raise fail(exc.message) from exc
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=max(120, 40 + 34 * len(data.runs)))
+    table = Table(title="attack success rate per family, run after run (95% CI, vulnerable/judged)")
+    table.add_column("family")
+    for run in data.runs:
+        table.add_column(run.label, justify="right")
+    table.add_row("overall", *(cell(s) for s in data.overall))
+    for name, stats in data.families.items():
+        table.add_row(name, *(cell(s) for s in stats))
+    out.print(table)
+    if output is not None:
+        write_trend_html(data, output)
+        out.print(f"html: {output}")
 
 
 @app.command(name="train-refusal")

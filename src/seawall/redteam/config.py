@@ -22,6 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from seawall.errors import ConfigurationError
 from seawall.redteam.strategies import DEFAULT_STRATEGIES
 
+#: Multi-turn strategies a default suite applies (seawall.redteam.conversation); all offline.
+DEFAULT_CONVERSATIONS: tuple[str, ...] = ("crescendo", "priming", "iterative")
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -46,6 +49,13 @@ class OpenAITargetConfig(_Strict):
         None, ge=1, description="max_tokens per request; null sends none (the target's own cap is tested)."
     )
     extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra request fields.")
+    api: Literal["chat", "responses"] = Field(
+        "chat",
+        description="chat: POST /chat/completions; responses: POST /responses (OpenAI's Responses API).",
+    )
+    stream: bool = Field(
+        False, description="Ask for a server-sent-event stream and assemble its deltas (text and tool calls)."
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -68,6 +78,14 @@ class HTTPTargetConfig(_Strict):
     reply_path: str = Field(description="JSONPath to the reply's text, e.g. $.choices[0].message.content.")
     blocked_status: list[int] = Field(
         default_factory=list, description="Statuses that mean 'the app refused'."
+    )
+    tool_calls_path: str | None = Field(
+        None,
+        description="JSONPath to the reply's tool calls (OpenAI's tool_calls list); {{tools}} sends tools.",
+    )
+    stream: bool = Field(False, description="Read the reply as server-sent events (needs delta_path).")
+    delta_path: str | None = Field(
+        None, description="With stream: JSONPath to each event's text, e.g. $.choices[0].delta.content."
     )
 
 
@@ -103,8 +121,9 @@ class SuiteConfig(_Strict):
         default_factory=list, description="Probe ids, prefixes or families to leave out."
     )
     strategies: list[str | list[str]] = Field(
-        default_factory=lambda: list[str | list[str]](DEFAULT_STRATEGIES),
-        description="Strategies or chains (a list, or names joined with '+') applied to sampled cases.",
+        default_factory=lambda: list[str | list[str]]([*DEFAULT_STRATEGIES, *DEFAULT_CONVERSATIONS]),
+        description="Strategies or chains (a list, or names joined with '+') applied to sampled cases; "
+        "the multi-turn ones (crescendo, priming, iterative) stand alone.",
     )
     per_strategy: int = Field(6, ge=0, description="Base cases each strategy (chain) is applied to.")
     files: list[Path] = Field(default_factory=list, description="CSV/JSONL files of your own prompts.")
@@ -137,6 +156,20 @@ class JudgeConfig(_Strict):
     timeout_s: float = 60.0
 
 
+class AttackerConfig(_Strict):
+    """The iterative strategy's attacker model (PAIR-style rewrites), any OpenAI-compatible endpoint;
+    never called with --offline (the offline ladder of reframings is used instead)."""
+
+    base_url: str = Field(description="Base URL up to and including /v1.")
+    model: str = Field(description="The attacker model's name.")
+    api_key_env: str | None = Field(None, description="Environment variable holding its API key.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    temperature: float = Field(1.0, ge=0, le=2, description="Sampling temperature of the rewrites.")
+    rounds: int | None = Field(
+        None, ge=1, le=20, description="Attempts per iterative case (null: the script's default, 4)."
+    )
+
+
 class GateConfig(_Strict):
     fail_on: list[str] = Field(
         default_factory=list,
@@ -167,6 +200,7 @@ class RedTeamConfig(_Strict):
     run: RunConfig = Field(default_factory=RunConfig)
     detectors: DetectorConfig = Field(default_factory=DetectorConfig)
     judge: JudgeConfig | None = None
+    attacker: AttackerConfig | None = None
     offline: bool = Field(False, description="No traffic except to the target: local moderation, no judge.")
     gate: GateConfig = Field(default_factory=GateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)

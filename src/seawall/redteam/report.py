@@ -20,7 +20,9 @@ from pydantic import BaseModel, Field
 
 from seawall import __version__
 from seawall.redteam.cases import SEVERITY_ORDER, CaseResult, Suite, Verdict
+from seawall.redteam.coverage import CoverageRow, coverage
 from seawall.redteam.stats import GroupStats, group_stats, grouped
+from seawall.redteam.transcript import conversation_html
 
 
 class Summary(BaseModel):
@@ -30,10 +32,14 @@ class Summary(BaseModel):
     by_strategy: dict[str, GroupStats]
     by_owasp: dict[str, GroupStats]
     by_severity: dict[str, GroupStats]
+    #: OWASP LLM Top 10 (2025): every risk, with the probes and cases of this scan (empty in
+    #: reports written before coverage existed; :func:`coverage_of` computes it for those).
+    coverage: list[CoverageRow] = Field(default_factory=list)
 
 
 def summarise(results: list[CaseResult]) -> Summary:
     return Summary(
+        coverage=coverage(results),
         overall=group_stats(results),
         by_family=grouped(results, lambda r: [r.case.family]),
         by_probe=grouped(results, lambda r: [r.case.probe]),
@@ -104,6 +110,10 @@ class Report(BaseModel):
 
     def by_verdict(self, verdict: Verdict | str) -> list[CaseResult]:
         return [r for r in self.results if r.verdict == Verdict(verdict)]
+
+    def coverage_of(self) -> list[CoverageRow]:
+        """The OWASP coverage rows (computed from the results for a report that lacks them)."""
+        return self.summary.coverage or coverage(self.results)
 
     def family(self, name: str) -> GroupStats:
         return self.summary.by_family.get(name, GroupStats())
@@ -216,7 +226,13 @@ def sarif(report: Report) -> dict[str, Any]:
             "fullDescription": {"text": probes[probe].case.goal or probes[probe].case.title},
             "defaultConfiguration": {"level": _SARIF_LEVEL[probes[probe].case.severity]},
             "properties": {
-                "tags": ["security", "llm", *probes[probe].case.owasp, *probes[probe].case.atlas],
+                "tags": [
+                    "security",
+                    "llm",
+                    *probes[probe].case.owasp,
+                    *probes[probe].case.agentic,
+                    *probes[probe].case.atlas,
+                ],
                 "security-severity": _SARIF_SCORE[probes[probe].case.severity],
                 "family": probes[probe].case.family,
             },
@@ -244,6 +260,7 @@ def sarif(report: Report) -> dict[str, Any]:
             "partialFingerprints": {"caseId": result.id},
             "properties": {
                 "strategy": result.case.strategy_name,
+                "broke_at_turn": result.broke_at_turn,
                 "owasp": result.case.owasp,
                 "atlas": result.case.atlas,
             },
@@ -354,8 +371,59 @@ def _table(groups: dict[str, GroupStats], label: str) -> str:
     return f"<table>{head}{rows}</table>"
 
 
+def coverage_outcome(row: CoverageRow) -> str:
+    """A risk's outcome in words: ``3/20 vulnerable (ASR 15.0%, 95% CI 5.2%-36.0%); 2 blocked; 1 error``."""
+    s = row.stats
+    if not s.cases:
+        return row.status
+    asr = (
+        f"{s.vulnerable}/{s.judged} vulnerable "
+        f"(ASR {percent(s.asr)}, 95% CI {percent(s.ci_low)}–{percent(s.ci_high)})"
+        if s.judged
+        else "none judged"
+    )
+    return f"{asr}; {s.inconclusive} inconclusive; {s.blocked} blocked; {s.error} errors"
+
+
+def _coverage_table(rows: list[CoverageRow]) -> str:
+    head = (
+        "<tr><th>OWASP LLM 2025 risk</th><th class='l'>probes in this scan (cases)</th><th>cases</th>"
+        "<th>vulnerable</th><th>safe</th><th>inconclusive</th><th>blocked</th><th>error</th><th>ASR</th>"
+        "<th>95% CI</th></tr>"
+    )
+    body = []
+    for row in rows:
+        s = row.stats
+        if row.probes:
+            probes = "<br>".join(f"<code>{html.escape(p)}</code> ({n})" for p, n in row.probes.items())
+        elif row.catalogue:
+            probes = "<i>not run in this scan</i>; catalogue: " + ", ".join(
+                f"<code>{html.escape(p)}</code>" for p in row.catalogue
+            )
+        else:
+            probes = "<i>no probe</i>"
+        notes = (
+            "<b>Probed:</b> "
+            + html.escape(row.probed)
+            + (f"<br><b>Not covered:</b> {html.escape(row.limits)}" if row.limits else "")
+        )
+        ci = f"{percent(s.ci_low)}–{percent(s.ci_high)}" if s.judged else "–"
+        body.append(
+            f"<tr class='{row.status.split()[0]}'><td><b>{row.risk}</b> {html.escape(row.name)}</td>"
+            f"<td class='l'>{probes}</td><td>{s.cases}</td><td>{s.vulnerable}</td><td>{s.safe}</td>"
+            f"<td>{s.inconclusive}</td><td>{s.blocked}</td><td>{s.error}</td><td>{percent(s.asr)}</td>"
+            f"<td>{ci}</td></tr><tr class='notes'><td colspan='10'>{notes}</td></tr>"
+        )
+    tested = sum(row.status == "tested" for row in rows)
+    return (
+        f"<p>{tested} of {len(rows)} risks tested in this scan.</p>"
+        f"<table class='coverage'>{head}{''.join(body)}</table>"
+    )
+
+
 def _case_block(result: CaseResult) -> str:
     case = result.case
+    asked = result.sent if result.sent else case.turns
     turns = "".join(
         f"<div class='turn user'><b>user</b><pre>{html.escape(turn)}</pre></div>"
         + (
@@ -363,9 +431,9 @@ def _case_block(result: CaseResult) -> str:
             if i < len(result.replies)
             else ""
         )
-        for i, turn in enumerate(case.turns)
+        for i, turn in enumerate(asked)
     )
-    tags = " ".join(html.escape(t) for t in [*case.owasp, *case.atlas])
+    tags = " ".join(html.escape(t) for t in [*case.owasp, *case.agentic, *case.atlas])
     evidence = "".join(f"<li>{html.escape(e)}</li>" for e in result.evidence)
     suppressed = (
         f" <span class='sup'>suppressed: {html.escape(result.suppressed)}</span>" if result.suppressed else ""
@@ -377,7 +445,7 @@ def _case_block(result: CaseResult) -> str:
         f"{html.escape(case.strategy_name)}"
         f" · <i>{result.verdict.value}</i>{suppressed}</summary>"
         f"<p>{html.escape(result.reason)}</p><ul>{evidence}</ul>"
-        f"<p class='tags'>{tags}</p>{turns}</details>"
+        f"<p class='tags'>{tags}</p>{conversation_html(result)}{turns}</details>"
     )
 
 
@@ -411,6 +479,8 @@ details.safe{{border-color:#27ae60}}details.error{{border-color:#7f8c8d}}details
 .sev.high{{background:#c0392b}}.sev.medium{{background:#e67e22}}.sev.low{{background:#95a5a6}}
 .turn.bot pre{{background:#eef5ff}}.tags{{color:#555;font-size:90%}}.sup{{color:#555}}
 .big{{font-size:160%}}
+td.l,th.l{{text-align:left}}tr.notes td{{text-align:left;font-size:85%;color:#444;border-top:none}}
+tr.not td{{background:#fbf3e0}}tr.no td{{background:#f9e0e0}}
 </style></head><body>
 <h1>seawall red-team report</h1>
 <p>Target: <code>{html.escape(json.dumps(report.target))}</code> · seed {report.seed}
@@ -427,6 +497,8 @@ block (a refusal, a filtered answer or an answer held for human review) is the g
 {gate}
 {_bars(s.by_family, "Attack success by category")}
 {_bars(s.by_strategy, "Attack success by strategy")}
+<h2>Coverage: OWASP Top 10 for LLM Applications (2025)</h2>
+{_coverage_table(report.coverage_of())}
 <h2>Findings, worst first ({len(findings)})</h2>
 {"".join(_case_block(r) for r in findings) or "<p>None.</p>"}
 <h2>By category</h2>{_table(s.by_family, "family")}

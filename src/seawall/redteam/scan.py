@@ -24,13 +24,22 @@ from seawall.redteam.config import (
     SuiteConfig,
     api_key,
 )
+from seawall.redteam.conversation import AttackerModel, LadderRewriter, Rewriter
 from seawall.redteam.detectors import DetectorContext, local_moderation
 from seawall.redteam.judge import Judge
 from seawall.redteam.report import Report
 from seawall.redteam.runner import Progress
 from seawall.redteam.runner import ascan as _run
 from seawall.redteam.suite import build_suite
-from seawall.redteam.targets import CallableTarget, HTTPTarget, OpenAITarget, SeawallTarget, Target
+from seawall.redteam.targets import (
+    CallableTarget,
+    HTTPTarget,
+    OpenAITarget,
+    ResponsesTarget,
+    SeawallResponsesTarget,
+    SeawallTarget,
+    Target,
+)
 
 TargetLike = Target | str | Callable[..., Any] | OpenAITargetConfig | HTTPTargetConfig | CallableTargetConfig
 
@@ -53,7 +62,13 @@ def make_target(
             raise ConfigurationError("a base URL target needs a model name (model=...)")
         return OpenAITarget(spec, model, timeout_s=timeout_s, retries=retries, max_connections=concurrency)
     if isinstance(spec, OpenAITargetConfig):
-        cls = SeawallTarget if spec.type == "seawall" else OpenAITarget
+        classes = {
+            ("openai", "chat"): OpenAITarget,
+            ("seawall", "chat"): SeawallTarget,
+            ("openai", "responses"): ResponsesTarget,
+            ("seawall", "responses"): SeawallResponsesTarget,
+        }
+        cls = classes[spec.type, spec.api]
         return cls(
             spec.base_url,
             spec.model,
@@ -65,6 +80,7 @@ def make_target(
             max_tokens=spec.max_tokens,
             extra_body=spec.extra_body,
             max_connections=concurrency,
+            stream=spec.stream,
         )
     if isinstance(spec, HTTPTargetConfig):
         return HTTPTarget(
@@ -74,6 +90,9 @@ def make_target(
             method=spec.method,
             headers=spec.headers,
             blocked_status=spec.blocked_status,
+            stream=spec.stream,
+            delta_path=spec.delta_path,
+            tool_calls_path=spec.tool_calls_path,
             timeout_s=timeout_s,
             retries=retries,
             max_connections=concurrency,
@@ -108,6 +127,13 @@ async def ascan(
     )
     if not isinstance(suite, Suite):
         suite = build_suite(suite or config.suite, app, takes_system_prompt=made.takes_system_prompt)
+    if config.attacker is not None and config.attacker.rounds is not None:
+        rounds = config.attacker.rounds
+        suite = suite.model_copy(
+            update={
+                "cases": [c.model_copy(update={"iterate": rounds}) if c.iterate else c for c in suite.cases]
+            }
+        )
     backend = "local" if offline else config.detectors.moderation_backend
     context = DetectorContext(
         moderate=local_moderation(backend) if config.detectors.moderation else None,
@@ -115,6 +141,19 @@ async def ascan(
     )
     judge = None
     notes: list[str] = []
+    rewriter: Rewriter = LadderRewriter()
+    if config.attacker is not None:
+        if offline:
+            notes.append("an attacker model is configured but --offline is set: the offline ladder was used")
+        else:
+            a = config.attacker
+            rewriter = AttackerModel(
+                a.base_url,
+                a.model,
+                api_key=api_key(a.api_key_env),
+                timeout_s=a.timeout_s,
+                temperature=a.temperature,
+            )
     if config.judge is not None:
         if offline:
             notes.append("a judge is configured but --offline is set: it was not used")
@@ -125,6 +164,7 @@ async def ascan(
         "offline": offline,
         "moderation_backend": backend if config.detectors.moderation else None,
         "judge": None if judge is None else judge.model,
+        "rewriter": rewriter.name,
         "concurrency": config.run.concurrency,
         "notes": notes,
     }
@@ -137,8 +177,10 @@ async def ascan(
             judge=judge,
             progress=progress,
             settings=settings,
+            rewriter=rewriter,
         )
     finally:
+        await rewriter.aclose()
         if judge is not None:
             await judge.aclose()
         if made is not target:

@@ -21,6 +21,8 @@ from seawall.redteam.catalogue import (
     plugin_probes,
 )
 from seawall.redteam.config import AppConfig, SuiteConfig
+from seawall.redteam.conversation import conversation_strategies
+from seawall.redteam.grounding import grounding_probes
 from seawall.redteam.strategies import apply_chain, available_strategies, resolve_chain
 
 
@@ -36,7 +38,7 @@ def _selected(probe: Probe, options: SuiteConfig) -> bool:
 
 
 def all_probes(options: SuiteConfig) -> list[Probe]:
-    probes: list[Probe] = [*builtin_probes()]
+    probes: list[Probe] = [*builtin_probes(), *grounding_probes()]
     probes += [FileProbe(Path(path)) for path in options.files]
     if options.plugins:
         probes += plugin_probes()
@@ -62,7 +64,7 @@ def build_suite(
                     {"probe": probe.id, "reason": "needs app.purpose (the app's declared purpose)"}
                 )
                 continue
-            if probe.plant and not takes_system_prompt:
+            if probe.plant and probe.plant_into == "system" and not takes_system_prompt:
                 skipped.append(
                     {"probe": probe.id, "reason": "plants a secret, but the target takes no system prompt"}
                 )
@@ -81,9 +83,17 @@ def build_suite(
     for case in base:
         by_family.setdefault(case.family, []).append(case)
     transformed: list[AttackCase] = []
+    conversations = conversation_strategies()
     for chain_spec in options.strategies:
-        chain = resolve_chain(chain_spec, known)
-        name = "+".join(s.name for s in chain)
+        names = chain_spec.split("+") if isinstance(chain_spec, str) else list(chain_spec)
+        multi = [n for n in names if n in conversations and n not in known]
+        if multi and len(names) > 1:
+            raise ConfigurationError(
+                f"the multi-turn strategy {multi[0]!r} cannot be chained with others ({'+'.join(names)})"
+            )
+        conversation = conversations[multi[0]] if multi else None
+        chain = [] if conversation else resolve_chain(chain_spec, known)
+        name = conversation.name if conversation else "+".join(s.name for s in chain)
         rng = random.Random(f"{options.seed}|sample|{name}")
         pools = {family: rng.sample(members, len(members)) for family, members in sorted(by_family.items())}
         picked: list[AttackCase] = []
@@ -91,6 +101,13 @@ def build_suite(
             for family in sorted(pools):
                 if pools[family] and len(picked) < options.per_strategy:
                     picked.append(pools[family].pop())
+        if conversation is not None:
+            for case in sorted(picked, key=lambda c: c.id):
+                made_case = conversation.apply(case, random.Random(f"{options.seed}|{case.id}|{name}"))
+                transformed.append(
+                    made_case.model_copy(update={"id": f"{case.id}+{name}", "strategy": [name]})
+                )
+            continue
         draws = max(s.draws for s in chain)
         for case in sorted(picked, key=lambda c: c.id):
             for draw in range(draws):

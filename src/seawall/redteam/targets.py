@@ -32,7 +32,7 @@ import inspect
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -40,6 +40,18 @@ import httpx
 
 from seawall.errors import ConfigurationError
 from seawall.redteam.cases import Document
+from seawall.redteam.wire import (
+    DONE,
+    Assembled,
+    ChatStream,
+    chat_message_calls,
+    read_chat_stream,
+    read_responses_stream,
+    responses_input,
+    responses_output,
+    responses_tools,
+    sse_data,
+)
 
 #: Error codes with which OpenAI-compatible servers (seawall's gateway, Azure, OpenAI) refuse
 #: a request on content grounds: a block, not an error.
@@ -62,6 +74,8 @@ class Conversation:
     documents: list[Document] = field(default_factory=list)
     #: The attack case this conversation belongs to (targets may derive a per-case user id from it).
     case_id: str = ""
+    #: Tools offered to the target (OpenAI chat ``tools`` entries); empty: none.
+    tools: list[dict[str, Any]] = field(default_factory=list)
 
     def with_inline_documents(self) -> list[dict[str, Any]]:
         """The messages with the documents written into the first user message (a new list)."""
@@ -99,6 +113,8 @@ class TargetReply:
     usage: dict[str, Any] = field(default_factory=dict)
     #: The review id when a gateway held the answer for human review (then ``blocked`` too).
     held: str | None = None
+    #: Tool calls the target made: ``{"id", "name", "arguments"}`` (arguments: the JSON text sent).
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -204,8 +220,95 @@ class _HTTPBase:
                 delay *= 2
         return problem
 
+    async def _open_stream(self, method: str, url: str, **kwargs: Any) -> httpx.Response | str:
+        """Like :meth:`_post`, but the body is left to stream (the caller closes the response); an
+        answer that is not a 2xx is read whole first, so error bodies can be parsed."""
+        delay = 0.25
+        for attempt in range(self.retries + 1):
+            try:
+                request = self._client.build_request(method, url, **kwargs)
+                response = await self._client.send(request, stream=True)
+            except httpx.TimeoutException:
+                problem = "timeout"
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if 200 <= response.status_code < 300:
+                    return response
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+                if response.status_code not in (429, 502, 503, 504) or attempt == self.retries:
+                    return response
+                problem = f"HTTP {response.status_code}"
+            if attempt < self.retries:
+                await asyncio.sleep(delay)
+                delay *= 2
+        return problem
+
+    async def _read_stream(
+        self, response: httpx.Response, reader: Callable[[httpx.Response], Awaitable[Assembled]]
+    ) -> Assembled | str:
+        """The assembled answer of an open stream, or why it broke off."""
+        try:
+            return await reader(response)
+        except httpx.TimeoutException:
+            return "timeout while reading the stream"
+        except httpx.HTTPError as exc:
+            return f"the stream broke off: {type(exc).__name__}: {exc}"
+        finally:
+            await response.aclose()
+
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _assembled_reply(answer: Assembled, status: int) -> TargetReply:
+    """A :class:`TargetReply` from an answer read off the wire: an error event with a block code is
+    a block (with the text released before it), any other error event an error, a stream cut short
+    an error, ``content_filter`` a block."""
+    if answer.error is not None:
+        code = str(answer.error.get("code") or answer.error.get("type") or "")
+        message = str(answer.error.get("message") or "")[:300]
+        if code in BLOCK_CODES:
+            return TargetReply(
+                text=answer.text, blocked=True, status=status, error=f"{code}: {message}", usage=answer.usage
+            )
+        return TargetReply(text=answer.text, error=f"stream error {code}: {message}".strip(), status=status)
+    if answer.truncated:
+        return TargetReply(
+            text=answer.text,
+            error="the stream ended without its final event (no finish reason)",
+            status=status,
+        )
+    if answer.finish_reason == "content_filter":
+        return TargetReply(
+            text=answer.text,
+            blocked=True,
+            status=status,
+            finish_reason="content_filter",
+            error="content_filter: the answer was filtered by the target",
+            usage=answer.usage,
+            tool_calls=answer.tool_calls,
+        )
+    return TargetReply(
+        text=answer.text,
+        status=status,
+        finish_reason=answer.finish_reason,
+        usage=answer.usage,
+        tool_calls=answer.tool_calls,
+    )
+
+
+def _refused(response: httpx.Response) -> TargetReply:
+    """A non-2xx answer: a block when its error code is one, else an error."""
+    code, message = _error_body(response)
+    if code in BLOCK_CODES:
+        return TargetReply(blocked=True, status=response.status_code, error=f"{code}: {message}")
+    return TargetReply(
+        error=f"HTTP {response.status_code} {code or ''}: {message}".strip(), status=response.status_code
+    )
 
 
 class OpenAITarget(_HTTPBase):
@@ -213,6 +316,9 @@ class OpenAITarget(_HTTPBase):
 
     takes_system_prompt = True
     documents_mode = "inline"
+
+    #: The seawall gateway's extras: documents in its ``seawall`` field, one end user per case.
+    per_case_user = False
 
     def __init__(
         self,
@@ -228,6 +334,7 @@ class OpenAITarget(_HTTPBase):
         extra_body: Mapping[str, Any] | None = None,
         max_connections: int = 64,
         name: str | None = None,
+        stream: bool = False,
     ) -> None:
         super().__init__(timeout_s, retries, max_connections)
         self.base_url = base_url.rstrip("/")
@@ -235,6 +342,7 @@ class OpenAITarget(_HTTPBase):
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.extra_body = dict(extra_body or {})
+        self.stream = stream
         self.headers = {
             "content-type": "application/json",
             **{k: _env(v) for k, v in (headers or {}).items()},
@@ -243,29 +351,92 @@ class OpenAITarget(_HTTPBase):
             self.headers["authorization"] = f"Bearer {api_key}"
         self.name = name or f"{self.base_url} ({model})"
 
+    kind = "openai"
+    path = "/chat/completions"
+
     def describe(self) -> dict[str, Any]:
-        return {"type": "openai", "base_url": self.base_url, "model": self.model}
+        described: dict[str, Any] = {"type": self.kind, "base_url": self.base_url, "model": self.model}
+        if self.stream:
+            described["stream"] = True
+        if self.path != "/chat/completions":
+            described["api"] = "responses"
+        return described
+
+    def _messages(self, conversation: Conversation) -> list[dict[str, Any]]:
+        if self.documents_mode == "seawall":
+            return copy.deepcopy(conversation.messages)
+        return conversation.with_inline_documents()
+
+    def _extras(self, conversation: Conversation, body: dict[str, Any]) -> dict[str, Any]:
+        """The seawall gateway's fields (documents, the per-case user) when this target has them."""
+        if self.documents_mode == "seawall" and conversation.documents:
+            body["seawall"] = {"documents": [d.model_dump() for d in conversation.documents]}
+        if self.per_case_user and conversation.case_id and "user" not in body:
+            digest = hashlib.sha256(conversation.case_id.encode()).hexdigest()[:16]
+            body["user"] = f"seawall-redteam-{digest}"
+        return body
 
     def body(self, conversation: Conversation) -> dict[str, Any]:
-        if self.documents_mode == "seawall":
-            messages = copy.deepcopy(conversation.messages)
-        else:
-            messages = conversation.with_inline_documents()
-        body: dict[str, Any] = {"model": self.model, "messages": messages, **self.extra_body}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": self._messages(conversation),
+            **self.extra_body,
+        }
         if self.temperature is not None:
             body["temperature"] = self.temperature
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens
-        if self.documents_mode == "seawall" and conversation.documents:
-            body["seawall"] = {"documents": [d.model_dump() for d in conversation.documents]}
-        return body
+        if conversation.tools:
+            body["tools"] = copy.deepcopy(conversation.tools)
+        if self.stream:
+            body["stream"] = True
+            body.setdefault("stream_options", {"include_usage": True})
+        return self._extras(conversation, body)
+
+    def _reply_of(self, payload: Any) -> Assembled | None:
+        """The answer in a plain (not streamed) reply body; None if it is not this API's shape."""
+        try:
+            choice = payload["choices"][0]
+            message = choice["message"]
+            content = message.get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return None
+        if isinstance(content, list):
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return Assembled(
+            text=str(content),
+            tool_calls=chat_message_calls(message),
+            finish_reason=choice.get("finish_reason"),
+            usage=payload.get("usage") or {},
+        )
+
+    async def _read(self, response: httpx.Response) -> Assembled:
+        return await read_chat_stream(response)
 
     async def send(self, conversation: Conversation) -> TargetReply:
-        result = await self._post(
-            "POST", f"{self.base_url}/chat/completions", json=self.body(conversation), headers=self.headers
-        )
+        url = f"{self.base_url}{self.path}"
+        body = self.body(conversation)
+        if self.stream:
+            opened = await self._open_stream("POST", url, json=body, headers=self.headers)
+            if isinstance(opened, str):
+                return TargetReply(error=opened)
+            if opened.is_success and "text/event-stream" in opened.headers.get("content-type", ""):
+                answer = await self._read_stream(opened, self._read)
+                if isinstance(answer, str):
+                    return TargetReply(error=answer, status=opened.status_code)
+                if (held := held_reply(opened, None)) is not None:
+                    return held
+                return _assembled_reply(answer, opened.status_code)
+            # not a stream: a refusal before the answer, or a held (202) or plain answer
+            if opened.is_success and not opened.is_closed:
+                await opened.aread()
+                await opened.aclose()
+            result: httpx.Response | str = opened
+        else:
+            result = await self._post("POST", url, json=body, headers=self.headers)
         if isinstance(result, str):
             return TargetReply(error=result)
+        payload: Any = None
         if result.status_code in (200, 202):
             try:
                 payload = result.json()
@@ -274,36 +445,13 @@ class OpenAITarget(_HTTPBase):
             if (held := held_reply(result, payload)) is not None:
                 return held
         if result.status_code != 200:
-            code, message = _error_body(result)
-            if code in BLOCK_CODES:
-                return TargetReply(blocked=True, status=result.status_code, error=f"{code}: {message}")
-            return TargetReply(
-                error=f"HTTP {result.status_code} {code or ''}: {message}".strip(), status=result.status_code
-            )
-        try:
-            payload = result.json()
-            choice = payload["choices"][0]
-            content = choice["message"].get("content") or ""
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            return TargetReply(error="the reply is not a chat completion", status=200)
-        if isinstance(content, list):
-            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        if choice.get("finish_reason") == "content_filter":
-            # the target's output guard replaced or cut the answer: its verdict, like a block
-            return TargetReply(
-                text=str(content),
-                blocked=True,
-                status=200,
-                finish_reason="content_filter",
-                error="content_filter: the answer was filtered by the target",
-                usage=payload.get("usage") or {},
-            )
-        return TargetReply(
-            text=str(content),
-            status=200,
-            finish_reason=choice.get("finish_reason"),
-            usage=payload.get("usage") or {},
-        )
+            return _refused(result)
+        plain = self._reply_of(payload)
+        if plain is None:
+            return TargetReply(error=f"the reply is not a {self.answer_name}", status=200)
+        return _assembled_reply(plain, 200)
+
+    answer_name = "chat completion"
 
 
 class SeawallTarget(OpenAITarget):
@@ -313,16 +461,49 @@ class SeawallTarget(OpenAITarget):
     the first few attacks (a ``user_blocked`` answer still counts as a block)."""
 
     documents_mode = "seawall"
+    per_case_user = True
+    kind = "seawall"
+
+
+class ResponsesTarget(OpenAITarget):
+    """An endpoint behind OpenAI's Responses API (``POST {base_url}/responses``), plain or streamed:
+    system messages go as ``instructions``, the rest as input items (tool calls and their results
+    as ``function_call`` / ``function_call_output`` items), ``store: false``. A Response whose
+    ``error`` or stream ``error`` event carries a block code (a guard cut the answer) is a block."""
+
+    path = "/responses"
+    answer_name = "Response object"
 
     def body(self, conversation: Conversation) -> dict[str, Any]:
-        body = super().body(conversation)
-        if conversation.case_id and "user" not in body:
-            digest = hashlib.sha256(conversation.case_id.encode()).hexdigest()[:16]
-            body["user"] = f"seawall-redteam-{digest}"
-        return body
+        instructions, items = responses_input(self._messages(conversation))
+        body: dict[str, Any] = {"model": self.model, "input": items, "store": False, **self.extra_body}
+        if instructions:
+            body["instructions"] = instructions
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            body["max_output_tokens"] = self.max_tokens
+        if conversation.tools:
+            body["tools"] = responses_tools(conversation.tools)
+        if self.stream:
+            body["stream"] = True
+        return self._extras(conversation, body)
 
-    def describe(self) -> dict[str, Any]:
-        return {"type": "seawall", "base_url": self.base_url, "model": self.model}
+    def _reply_of(self, payload: Any) -> Assembled | None:
+        if not isinstance(payload, dict) or payload.get("object") != "response":
+            return None
+        return responses_output(payload)
+
+    async def _read(self, response: httpx.Response) -> Assembled:
+        return await read_responses_stream(response)
+
+
+class SeawallResponsesTarget(ResponsesTarget):
+    """The seawall gateway's Responses API, with its documents field and one end user per case."""
+
+    documents_mode = "seawall"
+    per_case_user = True
+    kind = "seawall"
 
 
 # ----------------------------------------------------------------- generic HTTP
@@ -382,7 +563,7 @@ def _template_names(template: Any) -> set[str]:
     return set(re.findall(r"\{\{\s*(\w+)\s*\}\}", json.dumps(template)))
 
 
-TEMPLATE_VARIABLES = ("prompt", "messages", "system", "conversation", "history")
+TEMPLATE_VARIABLES = ("prompt", "messages", "system", "conversation", "history", "tools")
 
 
 class HTTPTarget(_HTTPBase):
@@ -391,8 +572,15 @@ class HTTPTarget(_HTTPBase):
     Template variables: ``{{prompt}}`` (the last user message), ``{{messages}}`` (the whole
     conversation as OpenAI-style messages, documents written into the first user message),
     ``{{history}}`` (the messages before the last user message), ``{{system}}`` (the system
-    prompt) and ``{{conversation}}`` (the conversation as plain text). A response whose status
-    is in ``blocked_status`` is a block; other non-2xx statuses are errors.
+    prompt), ``{{conversation}}`` (the conversation as plain text) and ``{{tools}}`` (the tools
+    offered, OpenAI chat ``tools`` entries). A response whose status is in ``blocked_status`` is
+    a block; other non-2xx statuses are errors.
+
+    ``tool_calls_path`` points at the reply's tool calls (OpenAI's ``tool_calls`` list). With
+    ``stream`` the reply is read as server-sent events: each event's text is at ``delta_path``
+    (e.g. ``$.choices[0].delta.content``), its tool-call deltas at ``tool_calls_path`` (assembled
+    by index, as OpenAI streams them); an event with an ``error`` object ends it (a block when its
+    code is one).
     """
 
     def __init__(
@@ -408,6 +596,9 @@ class HTTPTarget(_HTTPBase):
         retries: int = 1,
         max_connections: int = 64,
         name: str | None = None,
+        stream: bool = False,
+        delta_path: str | None = None,
+        tool_calls_path: str | None = None,
     ) -> None:
         super().__init__(timeout_s, retries, max_connections)
         names = _template_names(body)
@@ -420,14 +611,62 @@ class HTTPTarget(_HTTPBase):
                 "the body template must use {{prompt}}, {{messages}} or {{conversation}}"
             )
         _parse_path(reply_path)
+        if stream and not delta_path:
+            raise ConfigurationError("a streamed http target needs delta_path (the text of each event)")
+        for path in (delta_path, tool_calls_path):
+            if path:
+                _parse_path(path)
         self.url, self.method, self.template, self.reply_path = url, method.upper(), body, reply_path
+        self.stream, self.delta_path, self.tool_calls_path = stream, delta_path, tool_calls_path
         self.headers = {k: _env(v) for k, v in (headers or {}).items()}
         self.blocked_status = set(blocked_status or [])
         self.takes_system_prompt = bool(names & {"system", "messages", "conversation"})
         self.name = name or url
 
     def describe(self) -> dict[str, Any]:
-        return {"type": "http", "url": self.url, "reply_path": self.reply_path}
+        described: dict[str, Any] = {"type": "http", "url": self.url, "reply_path": self.reply_path}
+        if self.stream:
+            described |= {"stream": True, "delta_path": self.delta_path}
+        return described
+
+    def _calls_at(self, document: Any) -> list[dict[str, Any]]:
+        if not self.tool_calls_path:
+            return []
+        try:
+            calls = json_path(document, self.tool_calls_path)
+        except LookupError:
+            return []
+        return chat_message_calls({"tool_calls": calls if isinstance(calls, list) else []})
+
+    async def _read_events(self, response: httpx.Response) -> Assembled:
+        """The events' text deltas at ``delta_path`` and tool-call deltas at ``tool_calls_path``."""
+        assert self.delta_path is not None
+        stream = ChatStream()
+        parts: list[str] = []
+        async for event in sse_data(response):
+            if event == DONE:
+                break
+            if isinstance(event, dict) and isinstance(event.get("error"), dict):
+                stream.answer.error = dict(event["error"])
+                break
+            try:
+                delta = json_path(event, self.delta_path)
+            except LookupError:
+                delta = None
+            if isinstance(delta, str):
+                parts.append(delta)
+            if self.tool_calls_path:
+                try:
+                    pieces = json_path(event, self.tool_calls_path)
+                except LookupError:
+                    pieces = None
+                if isinstance(pieces, list):
+                    stream.feed({"choices": [{"index": 0, "delta": {"tool_calls": pieces}}]})
+        answer = stream.done()
+        answer.text = "".join(parts)
+        # a generic stream has no finish reason to wait for: it ends at [DONE] or when it closes
+        answer.truncated = False
+        return answer
 
     async def send(self, conversation: Conversation) -> TargetReply:
         messages = conversation.with_inline_documents()
@@ -438,10 +677,24 @@ class HTTPTarget(_HTTPBase):
             "history": [m for m in messages[:last_user] if m.get("role") != "system"],
             "system": conversation.system,
             "conversation": "\n".join(f"{m['role']}: {m.get('content') or ''}" for m in messages),
+            "tools": conversation.tools,
         }
-        result = await self._post(
-            self.method, self.url, json=render_template(self.template, variables), headers=self.headers
-        )
+        body = render_template(self.template, variables)
+        if self.stream:
+            opened = await self._open_stream(self.method, self.url, json=body, headers=self.headers)
+            if isinstance(opened, str):
+                return TargetReply(error=opened)
+            if opened.is_success and "text/event-stream" in opened.headers.get("content-type", ""):
+                answer = await self._read_stream(opened, self._read_events)
+                if isinstance(answer, str):
+                    return TargetReply(error=answer, status=opened.status_code)
+                return _assembled_reply(answer, opened.status_code)
+            if not opened.is_closed:
+                await opened.aread()
+                await opened.aclose()
+            result: httpx.Response | str = opened
+        else:
+            result = await self._post(self.method, self.url, json=body, headers=self.headers)
         if isinstance(result, str):
             return TargetReply(error=result)
         if result.status_code in self.blocked_status:
@@ -451,12 +704,18 @@ class HTTPTarget(_HTTPBase):
                 error=f"HTTP {result.status_code}: {result.text[:200]}", status=result.status_code
             )
         try:
-            value = json_path(result.json(), self.reply_path)
-        except (ValueError, LookupError) as exc:
-            return TargetReply(error=f"no reply at {self.reply_path}: {exc}", status=result.status_code)
-        return TargetReply(
-            text=value if isinstance(value, str) else json.dumps(value), status=result.status_code
-        )
+            document = result.json()
+        except ValueError as exc:
+            return TargetReply(error=f"the reply is not JSON: {exc}", status=result.status_code)
+        calls = self._calls_at(document)
+        try:
+            value = json_path(document, self.reply_path)
+        except LookupError as exc:
+            if not calls:  # a tool call with no text (content null or absent) is an answer
+                return TargetReply(error=f"no reply at {self.reply_path}: {exc}", status=result.status_code)
+            value = ""
+        text = value if isinstance(value, str) else "" if value is None and calls else json.dumps(value)
+        return TargetReply(text=text, status=result.status_code, tool_calls=calls)
 
 
 # ----------------------------------------------------------------- Python callables
@@ -484,8 +743,10 @@ class CallableTarget:
     """A Python function of the conversation: ``fn(messages) -> str | dict``, sync or async.
 
     ``messages`` is the OpenAI-style list (documents written into the first user message). The
-    function returns the reply's text, or a dict with ``content`` and optionally ``blocked:
-    true`` when the app refused the request itself. An exception is an ``error`` for that case.
+    function returns the reply's text, or a dict with ``content``, optionally ``tool_calls``
+    (OpenAI's list) and ``blocked: true`` when the app refused the request itself. An exception is
+    an ``error`` for that case. A function of two parameters, ``fn(messages, tools)``, also gets
+    the tools offered (agent probes); one of one parameter is never offered tools.
     """
 
     takes_system_prompt = True
@@ -493,6 +754,12 @@ class CallableTarget:
     def __init__(self, fn: Callable[..., Any] | str, *, timeout_s: float = 60.0, name: str | None = None):
         self.fn = load_callable(fn) if isinstance(fn, str) else fn
         self.timeout_s = timeout_s
+        try:
+            parameters = inspect.signature(self.fn).parameters.values()
+        except (TypeError, ValueError):
+            parameters = []  # type: ignore[assignment]
+        positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self.takes_tools = len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
         self.name: str = name or (fn if isinstance(fn, str) else str(getattr(fn, "__qualname__", repr(fn))))
 
     def describe(self) -> dict[str, Any]:
@@ -500,11 +767,12 @@ class CallableTarget:
 
     async def send(self, conversation: Conversation) -> TargetReply:
         messages = conversation.with_inline_documents()
+        arguments: tuple[Any, ...] = (messages, conversation.tools) if self.takes_tools else (messages,)
         try:
             if inspect.iscoroutinefunction(self.fn):
-                value = await asyncio.wait_for(self.fn(messages), self.timeout_s)
+                value = await asyncio.wait_for(self.fn(*arguments), self.timeout_s)
             else:
-                value = await asyncio.wait_for(asyncio.to_thread(self.fn, messages), self.timeout_s)
+                value = await asyncio.wait_for(asyncio.to_thread(self.fn, *arguments), self.timeout_s)
         except TimeoutError:
             return TargetReply(error="timeout")
         except Exception as exc:  # the app under test failed: an error verdict, not a crash
@@ -516,7 +784,7 @@ class CallableTarget:
                 return TargetReply(
                     blocked=True, text=str(value.get("content") or ""), error="blocked by the app"
                 )
-            return TargetReply(text=str(value.get("content") or ""))
+            return TargetReply(text=str(value.get("content") or ""), tool_calls=chat_message_calls(value))
         return TargetReply(error=f"the callable returned {type(value).__name__}, not str or dict")
 
     async def aclose(self) -> None:

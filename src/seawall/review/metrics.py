@@ -10,6 +10,12 @@ Counted in this process (each replica exports its own; sum them in Prometheus):
 * ``seawall_gateway_shadow_total{step,would}`` — what controls in shadow mode (``gateway.modes``)
   would have done: refuse, filter, block, drop, hold, ... (the audit record's ``shadow`` list);
 * ``seawall_review_held_total{reason}`` — answers held, by the first reason (domain / uncertain / ...);
+* ``seawall_review_holds_total{mode}`` — held answers by what the client got (``review.hold_response``
+  or the request's header: placeholder, accepted, wait);
+* ``seawall_review_waits_total{outcome}`` — how waits for a decision (wait mode) ended: ``decided``
+  (approved, edited or rejected in time), ``timeout`` (the placeholder) or ``disconnected`` (the
+  client hung up; the item stays in the queue);
+* ``seawall_review_waiting`` — requests waiting for a decision in this process now (a gauge);
 * ``seawall_review_decisions_total{decision}`` and ``seawall_review_time_to_decision_seconds``
   (histogram: from hold to decision);
 * ``seawall_reports_total{category}`` — user reports received;
@@ -34,11 +40,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -59,6 +72,9 @@ DECISION_BUCKETS = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 8
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 #: Decision actions of a guard that could not judge, or crashed.
 GUARD_FAILURES = frozenset({"failed_closed", "failed_open", "error"})
+#: ``seawall_review_waits_total`` outcomes of the audit record's ``review_wait`` actions that are not
+#: a decision (approved, edited, rejected: ``decided``).
+WAIT_OUTCOMES = {"timeout": "timeout", "client_disconnected": "disconnected"}
 #: Seconds the last-24-hours request counts are reused between scrapes.
 AUDIT_COUNTS_TTL_S = 60.0
 
@@ -147,6 +163,23 @@ class ReviewMetrics:
         self.held = Counter(
             "seawall_review_held", "Answers held for review, by reason.", ["reason"], registry=self.registry
         )
+        self.holds = Counter(
+            "seawall_review_holds",
+            "Held answers by what the client got (placeholder, accepted, wait).",
+            ["mode"],
+            registry=self.registry,
+        )
+        self.waits = Counter(
+            "seawall_review_waits",
+            "Waits for a reviewer's decision (wait mode) by how they ended: decided, timeout, disconnected.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.waiting = Gauge(
+            "seawall_review_waiting",
+            "Requests waiting for a reviewer's decision in this process now (wait mode).",
+            registry=self.registry,
+        )
         self.decisions = Counter(
             "seawall_review_decisions", "Review decisions.", ["decision"], registry=self.registry
         )
@@ -209,6 +242,14 @@ class ReviewMetrics:
         for decision in record.get("decisions") or []:
             if decision.get("action") in GUARD_FAILURES:
                 self.guard_failures.labels(str(decision.get("step")), str(decision["action"])).inc()
+            if decision.get("step") == "review" and decision.get("response"):  # shadow holds have none
+                self.holds.labels(str(decision["response"])).inc()
+            elif decision.get("step") == "review_wait":
+                self.waits.labels(WAIT_OUTCOMES.get(str(decision.get("action")), "decided")).inc()
+
+    def count_waiting(self, waiting: Callable[[], int]) -> None:
+        """Read ``seawall_review_waiting`` from ``waiting`` at each scrape."""
+        self.waiting.set_function(lambda: float(waiting()))
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

@@ -16,7 +16,10 @@ Three shapes (``review.hold_response``, or the request's :data:`MODE_HEADER`):
 * **wait** — the request waits up to ``review.wait_s`` for a reviewer (:class:`DecisionWaiters`):
   approved or edited, the client gets that answer as an ordinary completion; rejected, the
   ``review.rejected_message`` with ``finish_reason: content_filter`` (as a filtered answer gets);
-  no decision in time, the placeholder. The ``seawall`` field and headers say which.
+  no decision in time, the placeholder. The ``seawall`` field and headers say which. A stream
+  gets its role chunk at once (headers: status ``pending``), a :data:`KEEPALIVE` comment every
+  ``review.wait_keepalive_s``, then the answer as content chunks whose ``seawall`` field carries
+  the decision. A client that hangs up ends the wait (the item stays in the queue).
 
 The draft is never in any of these bodies until a reviewer released it.
 """
@@ -51,6 +54,9 @@ PENDING_STATUS = 202
 POLL_PATH = "/v1/seawall/reviews/{id}"
 #: The extension field of a response that carries seawall's own fields.
 EXTENSION_FIELD = "seawall"
+#: The SSE comment a waiting stream (wait mode) sends every ``review.wait_keepalive_s`` until the
+#: decision comes: clients skip comments (the OpenAI SDK does), proxies see the connection in use.
+KEEPALIVE = b": waiting for review\n\n"
 
 
 def requested_mode(headers: Mapping[str, str], default: HoldResponse) -> HoldResponse:
@@ -168,6 +174,11 @@ class DecisionWaiters:
         with self._lock:
             return len(self._waiting.get(review_id, ()))
 
+    def total(self) -> int:
+        """How many requests wait for a decision in this process (``seawall_review_waiting``)."""
+        with self._lock:
+            return sum(len(entries) for entries in self._waiting.values())
+
     @contextlib.contextmanager
     def _register(self, review_id: str) -> Iterator[asyncio.Event]:
         entry = (asyncio.get_running_loop(), asyncio.Event())
@@ -209,6 +220,7 @@ class DecisionWaiters:
 
 __all__ = [
     "EXTENSION_FIELD",
+    "KEEPALIVE",
     "MODE_HEADER",
     "PENDING_STATUS",
     "POLL_PATH",

@@ -201,6 +201,7 @@ class ReviewService:
         self.clock = clock
         #: Requests waiting for a decision (hold_response wait), woken by :meth:`decide`.
         self.waiters = DecisionWaiters()
+        self.metrics.count_waiting(self.waiters.total)
 
     def close(self) -> None:
         self.notifier.close()
@@ -351,16 +352,21 @@ class ReviewService:
         tenant: str | None = None,
         claimable: bool = False,
         claimed_by: str | None = None,
+        safety_id: str | None = None,
+        reason: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> list[ReviewItem]:
-        """Review items, oldest first; ``claimable``: pending ones nobody holds a live claim on."""
+        """Review items, oldest first; ``claimable``: pending ones nobody holds a live claim on;
+        ``safety_id``: one end user's; ``reason``: held for it, or for a reason of that kind."""
         return self.store.list_reviews(
             tenant=tenant,
             status=status,
             domain=domain,
             claimable_at=self.clock() if claimable else None,
             claimed_by=claimed_by,
+            safety_id=safety_id,
+            reason=reason,
             limit=limit,
             offset=offset,
         )

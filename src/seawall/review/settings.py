@@ -276,6 +276,15 @@ class ReviewSettings(BaseModel):
         description="In wait mode, how often the store is asked for a decision made by another replica "
         "(a decision made in this process ends the wait at once).",
     )
+    wait_keepalive_s: float = Field(
+        15.0,
+        gt=0,
+        le=300,
+        description="In wait mode, a stream gets its role chunk at once and then an SSE comment "
+        "(': waiting for review') every this many seconds until the decision (or the placeholder) comes, "
+        "so proxies and clients with read timeouts keep the connection open. Keep it below their idle "
+        "timeouts.",
+    )
     placeholder_message: str = Field(
         "A person is checking this answer before it is shared. Please check back in a little while.",
         min_length=1,

@@ -47,6 +47,7 @@ from seawall.review.service import ReviewService
 from seawall.service import ModerationService
 from seawall.settings import Settings, load_settings
 from seawall.store import open_store
+from seawall.store.base import AuditAPI
 from seawall.telemetry import Tracer, start_tracing
 from seawall.ui import add_ui_routes
 
@@ -205,7 +206,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-#: A gateway entry point: the body, the headers, then ``request_id`` and ``client_address``.
+#: A gateway entry point: the body, the headers, then ``request_id``, ``client_address`` and
+#: ``disconnected``.
 GatewayCall = Callable[..., Awaitable[GatewayResponse]]
 
 
@@ -258,10 +260,17 @@ def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
             try:
                 body = await read_json(request, settings.server.max_body_bytes)
             except SeawallError as exc:
-                gateway().reject(request_id, exc)  # audited like every other request
+                api: AuditAPI = "responses" if route == "/v1/responses" else "chat.completions"
+                gateway().reject(request_id, exc, api=api)  # audited like every other request
                 raise
             client = request.client.host if request.client else None
-            result = await handle(body, request.headers, request_id=request_id, client_address=client)
+            result = await handle(
+                body,
+                request.headers,
+                request_id=request_id,
+                client_address=client,
+                disconnected=request.is_disconnected,  # ends a review wait whose client hung up
+            )
             response = reply(request, result)
         except SeawallError as exc:
             if exc.status_code >= 500:

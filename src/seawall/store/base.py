@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, get_args
@@ -79,6 +79,11 @@ REPORT_CATEGORIES: tuple[ReportCategory, ...] = get_args(ReportCategory)
 REPORT_STATUSES: tuple[ReportStatus, ...] = get_args(ReportStatus)
 KEY_SCOPES: tuple[KeyScope, ...] = get_args(KeyScope)
 AUDIT_OUTCOMES: tuple[AuditOutcome, ...] = get_args(AuditOutcome)
+#: The API a gateway request came through (the audit record's ``api``; records written before it
+#: was recorded count as chat completions).
+AuditAPI = Literal["chat.completions", "responses"]
+AUDIT_APIS: tuple[AuditAPI, ...] = get_args(AuditAPI)
+DEFAULT_AUDIT_API: AuditAPI = "chat.completions"
 
 
 @dataclass(frozen=True)
@@ -215,6 +220,15 @@ class ReviewItem:
         )
 
 
+def has_reason(reasons: Iterable[str], wanted: str) -> bool:
+    """Whether an item held for ``reasons`` was held for ``wanted``: one of them whole
+    (``uncertain:harassment``), or, for a ``wanted`` without a colon, one of that kind
+    (``uncertain`` matches ``uncertain:harassment``)."""
+    return any(
+        reason == wanted or (":" not in wanted and reason.partition(":")[0] == wanted) for reason in reasons
+    )
+
+
 @dataclass(frozen=True)
 class ReviewEvent:
     """One entry of the trail of a review item or a report: who did what, when."""
@@ -276,6 +290,10 @@ class AuditQuery:
     until: datetime | None = None
     #: Only records with a ``shadow`` entry: what a control in shadow mode would have done.
     shadow: bool = False
+    #: Only requests through this API (:data:`AUDIT_APIS`).
+    api: str | None = None
+    #: Only requests of users in this trust tier (the policy's ``tiers``).
+    tier: str | None = None
     page: int = 1
     page_size: int = 50
 
@@ -541,11 +559,15 @@ class ReviewStore(Protocol):
         domain: str | None = None,
         claimable_at: datetime | None = None,
         claimed_by: str | None = None,
+        safety_id: str | None = None,
+        reason: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[ReviewItem]:
         """Items matching every filter, oldest first (the queue's order). ``claimable_at``: only
-        pending items nobody holds a live claim on at that time."""
+        pending items nobody holds a live claim on at that time; ``safety_id``: one end user's;
+        ``reason``: held for it (:func:`has_reason`: a whole reason, or a kind such as ``uncertain``).
+        ``limit`` counts matching items only."""
         ...
 
     def claim_review(self, review_id: str, reviewer: str, now: datetime, ttl_s: int) -> ReviewItem | None:
@@ -763,5 +785,6 @@ __all__ = [
     "UserState",
     "UserStatus",
     "UserSummary",
+    "has_reason",
     "operator_token_hash",
 ]

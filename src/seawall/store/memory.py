@@ -26,6 +26,7 @@ from typing import Any
 from seawall.clock import Clock, as_utc, utc_now
 from seawall.errors import InvalidRequestError, NotFoundError, StoreError
 from seawall.store.base import (
+    DEFAULT_AUDIT_API,
     REPORT_STATUSES,
     REVIEW_STATUSES,
     AccountRow,
@@ -54,6 +55,7 @@ from seawall.store.base import (
     UserState,
     UserStatus,
     UserSummary,
+    has_reason,
 )
 from seawall.store.chain import link
 from seawall.store.windows import PruneClock, result, room, windows
@@ -421,6 +423,8 @@ class MemoryAudit(MemoryRole):
             and (query.since is None or row.time >= query.since)
             and (query.until is None or row.time < query.until)
             and (not query.shadow or bool(row.record.get("shadow")))
+            and (not query.api or row.record.get("api", DEFAULT_AUDIT_API) == query.api)
+            and (not query.tier or row.record.get("tier") == query.tier)
         ]
         page = max(1, query.page)
         first = (page - 1) * query.page_size
@@ -564,6 +568,8 @@ class MemoryReview(MemoryRole):
         domain: str | None = None,
         claimable_at: datetime | None = None,
         claimed_by: str | None = None,
+        safety_id: str | None = None,
+        reason: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[ReviewItem]:
@@ -578,6 +584,8 @@ class MemoryReview(MemoryRole):
                 and (domain is None or item.domain == domain)
                 and (claimable_at is None or (item.status == "pending" and _unclaimed(item, claimable_at)))
                 and (claimed_by is None or item.claimed_by == claimed_by)
+                and (safety_id is None or item.safety_id == safety_id)
+                and (reason is None or has_reason(item.reasons, reason))
             ),
             key=lambda item: (item.created_at, item.id),
         )

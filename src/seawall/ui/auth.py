@@ -11,7 +11,11 @@
   something must carry the session's CSRF token in ``X-CSRF-Token``.
 * :func:`submitted_csrf` — the CSRF token a POST carries (header or form field; every POST must).
 * :class:`OIDCSignIn` — the authorization-code flow with PKCE through Authlib's Starlette
-  client, and the e-mail → role allow-list.
+  client, and the e-mail → role allow-list. The provider's discovery document and its keys (JWKS)
+  are fetched under :mod:`seawall.netguard`'s rules, as the gateway fetches user-token keys
+  (:class:`~seawall.gateway.user_tokens.ProviderFetcher`): public addresses only unless
+  ``ui.oidc.allow_private_hosts``, the connection pinned to the checked address, no redirects,
+  a size cap; the document must name the configured issuer.
 """
 
 from __future__ import annotations
@@ -20,17 +24,21 @@ import hmac
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import httpx
-from authlib.integrations.starlette_client import OAuth, OAuthError
+from authlib.integrations.starlette_client import OAuth, OAuthError, StarletteOAuth2App
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from seawall.errors import IdentityProviderError
+from seawall.gateway.user_tokens import ProviderFetcher
+from seawall.netguard import Resolver, resolve_host
 from seawall.ui.accounts import AccountStore, Session
 from seawall.ui.settings import OIDCSettings, Role, UISettings
 
@@ -203,14 +211,50 @@ class OIDCRefused(Exception):
     """The provider answered, but this person may not sign in (the message says why)."""
 
 
+class GuardedOAuth2App(StarletteOAuth2App):  # type: ignore[misc]  # Authlib is untyped
+    """Authlib's Starlette client whose discovery document and JWKS come through a
+    :class:`~seawall.gateway.user_tokens.ProviderFetcher` (netguard's rules) instead of its own
+    unchecked HTTP client."""
+
+    fetcher: ProviderFetcher
+    issuer: str
+
+    async def load_server_metadata(self) -> dict[str, Any]:
+        if "_loaded_at" not in self.server_metadata:
+            url = f"{self.issuer}/.well-known/openid-configuration"
+            document = await self.fetcher.get_json(url, "the discovery document")
+            if document.get("issuer") != self.issuer:
+                raise IdentityProviderError(
+                    f"the discovery document at {url} names the issuer {document.get('issuer')!r}, "
+                    f"not {self.issuer!r}"
+                )
+            self.server_metadata.update({**document, "_loaded_at": time.time()})
+        return self.server_metadata  # type: ignore[no-any-return]
+
+    async def fetch_jwk_set(self, force: bool = False) -> dict[str, Any]:
+        metadata = await self.load_server_metadata()
+        if metadata.get("jwks") and not force:
+            return dict(metadata["jwks"])
+        uri = metadata.get("jwks_uri")
+        if not isinstance(uri, str):
+            raise IdentityProviderError("the provider's discovery document has no jwks_uri")
+        jwks = await self.fetcher.get_json(uri, "the JWKS")
+        self.server_metadata["jwks"] = jwks
+        return jwks
+
+
+class _GuardedOAuth(OAuth):  # type: ignore[misc]
+    oauth2_client_cls = GuardedOAuth2App
+
+
 class OIDCSignIn:
     """The authorization-code flow (PKCE, nonce, state) against one OIDC provider."""
 
     NAME = "seawall"
 
-    def __init__(self, settings: OIDCSettings) -> None:
+    def __init__(self, settings: OIDCSettings, *, resolver: Resolver = resolve_host) -> None:
         self.settings = settings
-        self.oauth = OAuth()
+        self.oauth = _GuardedOAuth()
         secret = settings.client_secret.get_secret_value() if settings.client_secret else None
         self.client: Any = self.oauth.register(
             self.NAME,
@@ -223,6 +267,21 @@ class OIDCSignIn:
                 "timeout": settings.timeout_s,
             },
         )
+        self.fetcher = ProviderFetcher(
+            timeout_s=settings.timeout_s,
+            allow_private_hosts=settings.allow_private_hosts,
+            setting="ui.oidc.allow_private_hosts",
+            resolver=resolver,
+        )
+        self.client.fetcher, self.client.issuer = self.fetcher, settings.issuer
+
+    async def aclose(self) -> None:
+        await self.fetcher.aclose()
+
+    async def metadata(self) -> dict[str, Any]:
+        """The provider's discovery document (fetched once, under netguard's rules);
+        :class:`~seawall.errors.IdentityProviderError` when it cannot be had."""
+        return await self.client.load_server_metadata()  # type: ignore[no-any-return]
 
     async def start(self, request: Request, redirect_uri: str, login_hint: str | None = None) -> Any:
         """The redirect to the provider's authorization endpoint."""
@@ -243,7 +302,7 @@ class OIDCSignIn:
             token = await self.client.authorize_access_token(request)
         except OAuthError as exc:
             raise OIDCRefused(f"the sign-in could not be completed: {exc.description or exc.error}") from exc
-        except (httpx.HTTPError, json.JSONDecodeError, ValueError) as exc:
+        except (httpx.HTTPError, json.JSONDecodeError, ValueError, IdentityProviderError) as exc:
             log.warning("OIDC token exchange failed: %s", exc)
             raise OIDCRefused("the sign-in could not be completed: the provider did not answer") from exc
         claims: dict[str, Any] = dict(token.get("userinfo") or {})
@@ -275,6 +334,7 @@ __all__ = [
     "CSRF_FIELD",
     "CSRF_HEADER",
     "CookieSessions",
+    "GuardedOAuth2App",
     "OIDCRefused",
     "OIDCSignIn",
     "StaffSessions",

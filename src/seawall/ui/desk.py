@@ -65,7 +65,7 @@ MAX_TEXT = 20_000
 CLOSED: frozenset[ReportStatus] = frozenset({"resolved", "dismissed"})
 #: Items per queue page.
 QUEUE_LIMIT = 200
-#: Most items read to filter by user or reason and to sort by risk (the queue says when it was cut).
+#: Most items read (every filter applied by the store) to sort by risk (the queue says when it was cut).
 SCAN_LIMIT = 2000
 #: Queue orders: highest risk first, oldest first, by domain (then oldest first).
 SORTS = ("risk", "age", "domain")
@@ -144,11 +144,6 @@ def sort_queue(items: list[ReviewItem], sort: str) -> list[ReviewItem]:
     if sort == "domain":
         return sorted(items, key=lambda item: (item.domain is None, item.domain or "", item.created_at))
     return list(items)
-
-
-def _has_reason(item: ReviewItem, wanted: str) -> bool:
-    """Whether ``item`` was held for ``wanted``: a kind (``uncertain``) or a whole reason."""
-    return any(reason == wanted or reason.partition(":")[0] == wanted for reason in item.reasons)
 
 
 def _reason_choices(items: list[ReviewItem]) -> list[str]:
@@ -342,16 +337,13 @@ class Desk:
             tenant=tenant,
             claimable=show == "claimable",
             claimed_by=session.subject if show == "mine" else None,
+            safety_id=user,
+            reason=reason,
             limit=SCAN_LIMIT,
         )
         scanned_all = len(found) < SCAN_LIMIT
         now = service.clock()
-        items = [
-            item
-            for item in found
-            if (user is None or item.safety_id == user) and (reason is None or _has_reason(item, reason))
-        ]
-        items = sort_queue(items, sort)[:QUEUE_LIMIT]
+        items = sort_queue(found, sort)[:QUEUE_LIMIT]
         tenants = sorted({item.tenant for item in found} | ({tenant} if tenant else set()))
         return self.ui.render(
             request,

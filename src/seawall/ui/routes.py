@@ -11,7 +11,7 @@ route                              role       what
 ``GET /ui/``                       reviewer   dashboard: requests, risk, blocks, flag rate
 ``GET /ui/users``                  reviewer   users by safety identifier, state, risk counts
 ``POST /ui/users/block|clear``     admin      block or unblock (RiskLedger), CSRF-checked
-``GET /ui/audit``                  reviewer   audit search (outcome, shadow, safety id, time), paged
+``GET /ui/audit``                  reviewer   audit search (outcome, API, tier, shadow, safety id, time)
 ``GET /ui/audit/{request_id}``     reviewer   one audit record
 ``GET /ui/accounts``               admin      local accounts and the OIDC allow-list
 ``/ui/review…``, ``/ui/reports…``  reviewer   the review desk (:mod:`seawall.ui.desk`)
@@ -55,6 +55,7 @@ from seawall.review.service import ReviewService
 from seawall.secret import load_or_create_secret
 from seawall.settings import Settings
 from seawall.store.base import (
+    AUDIT_APIS,
     AUDIT_OUTCOMES,
     REPORT_STATUSES,
     RISK_LEVELS,
@@ -571,6 +572,9 @@ class UI:
         outcome = params.get("outcome") or None
         if outcome is not None and outcome not in AUDIT_OUTCOMES:
             raise Denied(f"outcome must be one of {', '.join(AUDIT_OUTCOMES)}", 400)
+        api = params.get("api") or None
+        if api is not None and api not in AUDIT_APIS:
+            raise Denied(f"api must be one of {', '.join(AUDIT_APIS)}", 400)
         try:
             page = max(1, int(params.get("page") or 1))
         except ValueError:
@@ -582,6 +586,8 @@ class UI:
             since=_parse_time(params.get("since"), "from"),
             until=_parse_time(params.get("until"), "until"),
             shadow=params.get("shadow") == "1",
+            api=api,
+            tier=(params.get("tier") or "").strip()[:64] or None,
             page=page,
             page_size=self.ui.page_size,
         )
@@ -589,6 +595,8 @@ class UI:
         filters = {
             "outcome": outcome or "",
             "shadow": "1" if query.shadow else "",
+            "api": api or "",
+            "tier": query.tier or "",
             "safety_id": query.safety_id or "",
             "tenant": query.tenant or "",
             "since": params.get("since") or "",
@@ -606,6 +614,7 @@ class UI:
             result=result,
             filters=filters,
             outcomes=AUDIT_OUTCOMES,
+            apis=AUDIT_APIS,
             prev_link=page_link(result.page - 1) if result.page > 1 else None,
             next_link=page_link(result.page + 1) if result.page < result.pages else None,
         )

@@ -57,6 +57,14 @@ class OIDCSettings(BaseModel):
         True, description="Refuse identities whose provider does not say email_verified: true."
     )
     timeout_s: float = Field(10.0, gt=0, description="Timeout of each call to the provider.")
+    allow_private_hosts: bool = Field(
+        False,
+        description=(
+            "Fetch the discovery document and the keys from a provider whose host is or resolves to a "
+            "loopback or private address (a provider inside your network, or on this machine in "
+            "development). Off: such a provider is refused, as for gateway.user_tokens."
+        ),
+    )
 
     @field_validator("issuer")
     @classmethod

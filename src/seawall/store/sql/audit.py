@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.expression import literal_column
 
-from seawall.store.base import AuditPage, AuditQuery, FlagRow, OutcomeRow
+from seawall.store.base import DEFAULT_AUDIT_API, AuditPage, AuditQuery, FlagRow, OutcomeRow
 from seawall.store.chain import link
 from seawall.store.schema import as_utc, audit_events
 from seawall.store.sql.database import SqlRole
@@ -256,6 +256,10 @@ class SqlAudit(SqlRole):
             where.append(columns.time >= query.since)
         if query.until is not None:
             where.append(columns.time < query.until)
+        if query.api:  # records from before the field: chat completions
+            where.append(func.coalesce(columns.record["api"].as_string(), DEFAULT_AUDIT_API) == query.api)
+        if query.tier:
+            where.append(columns.record["tier"].as_string() == query.tier)
         if query.shadow:  # records without a shadow list give NULL: left out
             shadow = "record -> 'shadow'" if self.db.postgres else "record, '$.shadow'"
             where.append(literal_column(f"json_array_length(audit_events.{shadow}) > 0", Boolean))

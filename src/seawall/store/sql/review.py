@@ -10,7 +10,20 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, func, insert, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Table,
+    Text,
+    cast,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from seawall.errors import InvalidRequestError
@@ -28,10 +41,27 @@ from seawall.store.base import (
 )
 from seawall.store.schema import reports, review_events, review_items
 from seawall.store.sql.audit import bind_time, bucket_of
-from seawall.store.sql.database import SqlRole
+from seawall.store.sql.database import SqlRole, to_json
 
 #: The most decisions whose durations the desk's percentiles read.
 DURATIONS_READ = 20_000
+
+
+def _like(text: str) -> str:
+    """``text`` as a literal inside a LIKE pattern (escape character ``\\``)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _held_for(reason: str) -> ColumnElement[bool]:
+    """Items whose ``reasons`` (a JSON list of strings, written by :func:`to_json`) hold ``reason``
+    whole, or, for a reason without a colon (a kind), one of that kind: :func:`has_reason` in SQL,
+    on the list's text, so it works on SQLite and PostgreSQL alike. The quotes of each JSON string
+    keep a reason from matching inside another."""
+    listed = cast(review_items.c.reasons, Text)
+    whole = listed.like(f"%{_like(to_json(reason))}%", escape="\\")
+    if ":" in reason:
+        return whole
+    return or_(whole, listed.like(f"%{_like(to_json(reason + ':')[:-1])}%", escape="\\"))
 
 
 def _unclaimed(now: datetime) -> Any:
@@ -218,10 +248,13 @@ class SqlReview(SqlRole):
         domain: str | None = None,
         claimable_at: datetime | None = None,
         claimed_by: str | None = None,
+        safety_id: str | None = None,
+        reason: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[ReviewItem]:
-        """Items matching every filter, oldest first; ``claimable_at``: pending and no live claim."""
+        """Items matching every filter, oldest first; ``claimable_at``: pending and no live claim;
+        ``reason``: matched in the stored JSON list (:func:`_held_for`)."""
         columns = review_items.c
         query = select(review_items).order_by(columns.created_at, columns.id).limit(limit).offset(offset)
         if tenant is not None:
@@ -234,6 +267,10 @@ class SqlReview(SqlRole):
             query = query.where(columns.status == "pending", _unclaimed(claimable_at))
         if claimed_by is not None:
             query = query.where(columns.claimed_by == claimed_by)
+        if safety_id is not None:
+            query = query.where(columns.safety_id == safety_id)
+        if reason is not None:
+            query = query.where(_held_for(reason))
         with self.db.transaction("listing review items") as connection:
             return [_review(row) for row in connection.execute(query)]
 
