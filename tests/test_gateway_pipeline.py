@@ -516,6 +516,27 @@ def test_injected_document_is_refused_when_configured(tmp_path: Path, gw: Setup)
     assert gw.chat_requests() == []
 
 
+def test_an_injection_buried_in_a_long_document_is_not_diluted(gw: Setup) -> None:
+    """A document is judged whole and sentence by sentence: forty ordinary sentences around the
+    injected one do not hide it (scored whole, this document is not flagged)."""
+    ordinary = [
+        f"Order {n} ships from our warehouse in Leeds within {n % 5 + 1} working days of payment."
+        for n in range(40)
+    ]
+    text = " ".join([*ordinary[:20], INJECTION, *ordinary[20:]])
+    documents = [{"source": "kb/shipping.md", "text": text}]
+    with gw.server.client() as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=question(), extra_body={"seawall": {"documents": documents}}
+        )
+    assert raw.parse().choices[0].message.content == CLEAN_ANSWER
+    [sent] = gw.chat_requests()
+    assert INJECTION not in sent.raw.decode() and "kb/shipping.md" not in sent.raw.decode()
+    [record] = [r for r in gw.audit() if r["request_id"] == raw.headers[REQUEST_ID_HEADER]]
+    [drop] = [d for d in record["decisions"] if d["step"] == "untrusted_content"]
+    assert drop["action"] == "drop" and drop["source"] == "seawall.documents[0]"
+
+
 # ----------------------------------------------------------------- output controls
 
 
