@@ -203,42 +203,38 @@ class _HTTPBase:
 
     async def _post(self, method: str, url: str, **kwargs: Any) -> httpx.Response | str:
         """The response, or an error description after the retries (connection errors, 429, 5xx)."""
-        delay = 0.25
-        for attempt in range(self.retries + 1):
-            try:
-                response = await self._client.request(method, url, **kwargs)
-            except httpx.TimeoutException:
-                problem = "timeout"
-            except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code not in (429, 502, 503, 504) or attempt == self.retries:
-                    return response
-                problem = f"HTTP {response.status_code}"
-            if attempt < self.retries:
-                await asyncio.sleep(delay)
-                delay *= 2
-        return problem
+        return await self._retrying(lambda: self._client.request(method, url, **kwargs), stream=False)
 
     async def _open_stream(self, method: str, url: str, **kwargs: Any) -> httpx.Response | str:
         """Like :meth:`_post`, but the body is left to stream (the caller closes the response); an
         answer that is not a 2xx is read whole first, so error bodies can be parsed."""
+        return await self._retrying(
+            lambda: self._client.send(self._client.build_request(method, url, **kwargs), stream=True),
+            stream=True,
+        )
+
+    async def _retrying(
+        self, send: Callable[[], Awaitable[httpx.Response]], *, stream: bool
+    ) -> httpx.Response | str:
+        """``send`` until it answers other than 429/502/503/504 or the retries are spent (doubling
+        the pause from 0.25 s); an error description when no answer came. With ``stream``, an
+        answer that is not a 2xx is read whole and closed before it is returned or retried."""
         delay = 0.25
         for attempt in range(self.retries + 1):
             try:
-                request = self._client.build_request(method, url, **kwargs)
-                response = await self._client.send(request, stream=True)
+                response = await send()
             except httpx.TimeoutException:
                 problem = "timeout"
             except httpx.HTTPError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
-                if 200 <= response.status_code < 300:
+                if stream and 200 <= response.status_code < 300:
                     return response
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
+                if stream:
+                    try:
+                        await response.aread()
+                    finally:
+                        await response.aclose()
                 if response.status_code not in (429, 502, 503, 504) or attempt == self.retries:
                     return response
                 problem = f"HTTP {response.status_code}"
