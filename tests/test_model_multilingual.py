@@ -178,8 +178,11 @@ def test_threats_in_each_language_are_flagged_and_outrank_their_benign_twins(sta
     # Every threat ranks above every benign twin. (The twins are not all below 0.5: the stage
     # raises false alarms on the translated suites too, 6-14 % of benign cases; see the card.)
     assert threat_scores.min() > benign_scores.max(), (threat_scores, benign_scores)
-    violence = staged.score(threats)[:, ALL_LABELS.index("violence")]
-    assert violence.min() > benign_scores.max()
+    # ...and on a threat's own categories (data/LABELS.md: a threat to a person is violence and
+    # harassment/threatening), not only through some other category.
+    threat_columns = [ALL_LABELS.index("violence"), ALL_LABELS.index("harassment/threatening")]
+    own = staged.score(threats)[:, threat_columns].max(axis=1)
+    assert own.min() > benign_scores.max(), (own, benign_scores)
 
 
 def test_the_stage_raises_translated_suite_quality(

@@ -230,6 +230,11 @@ def _multilingual_stage_sections(evaluation: dict[str, Any]) -> list[str]:
         f"Trained on {stage['rows']['train']} rows, thresholds on {stage['rows']['dev']} dev rows "
         "(`python -m seawall.training.multilingual`, also run by `seawall train`); labels fitted: "
         f"{', '.join(stage['fitted_labels'])}.",
+        *(
+            [f"*Shipped file:* {evaluation['multilingual_stage_note']}"]
+            if "multilingual_stage_note" in evaluation
+            else []
+        ),
         "",
         "Its rows: the Spanish, German, French, Portuguese and Italian cases of `mhc` (CC-BY-4.0),",
         "the French tweets of `mlma` (MIT), `told_br` Portuguese tweets (CC-BY-SA-4.0), each sampled to",
@@ -411,7 +416,7 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         f"* Weak on the dev split (AUPRC < 0.5): {', '.join(weak) or 'none'}.",
         *[f"* {note}" for note in report.get("notes", [])],
         "* Little public data exists for graphic violence, threats, explicit sexual text and first-person",
-        "  self-harm; the authored examples (about 7,800 rows, half of them benign look-alikes) are a few",
+        "  self-harm; the authored examples (about 8,300 rows, half of them benign look-alikes) are a few",
         "  hundred per category, written by the project in the registers of web text and chat.",
         "* `sexual/minors` is learned only from request-style prompts; it will miss narrative content.",
         "* Images: only `sexual` is assessed locally; other image categories are reported as not assessed.",
