@@ -126,17 +126,36 @@ class ModerationService:
         return results
 
     async def moderate_texts(
-        self, texts: Sequence[str], model: str | None = None, *, passages: bool = True
+        self,
+        texts: Sequence[str],
+        model: str | None = None,
+        *,
+        passages: bool = True,
+        focus_chars: int | None = None,
     ) -> list[ModerationResult]:
         """One result per text, for any number of texts of any length: seawall's own checks
         (the gateway's guards), which the API's per-request limits do not bind.
 
         Texts go to :meth:`moderate` in batches of at most ``moderation.max_items``; a text longer
         than ``moderation.max_chars`` is judged as overlapping slices of that length, and its
-        result is the worst of theirs. The work grows linearly with the total length.
+        result is the worst of theirs. With ``focus_chars`` every text is also judged sentence by
+        sentence (:func:`~seawall.passages.focus_segments`, each piece once), so benign context
+        cannot dilute a violation; ``passages`` then adds nothing. The work grows linearly with
+        the total length (at most about three characters of pieces per character of text).
         """
         limits = self.settings.moderation
-        slices = [text_slices(text, limits.max_chars) for text in texts]
+        if focus_chars is not None:
+            passages = False  # the texts are cut here already; the service need not cut them again
+        slices = [
+            [
+                piece
+                for whole in text_slices(text, limits.max_chars)
+                for piece in dict.fromkeys(
+                    [whole, *(focus_segments(whole, focus_chars) if focus_chars is not None else [])]
+                )
+            ]
+            for text in texts
+        ]
         flat = [piece for pieces in slices for piece in pieces]
         scored: list[ModerationResult] = []
         for start in range(0, len(flat), limits.max_items):

@@ -42,7 +42,6 @@ from seawall.gateway.tiers import ResolvedTier, Tiers
 from seawall.gateway.topics import TopicGuard
 from seawall.gateway.upstream import Upstream
 from seawall.gateway.user_tokens import UserTokenVerifier, VerifiedUser
-from seawall.passages import focus_segments
 from seawall.review.gateway_hook import DISCONNECTED, PENDING_STATUS, ReviewHook, WaitEnd
 from seawall.review.rules import HoldContext
 from seawall.store.base import UserState
@@ -354,23 +353,18 @@ class UntrustedContent:
         ]
         if not pieces:
             return None
-        # Each piece is scored whole and sentence by sentence (as the moderation guards judge a
-        # span), so an instruction buried in a long, ordinary document is not diluted by it.
+        # Each piece is judged whole and sentence by sentence, as the moderation guards judge a
+        # span, so an instruction buried in a long, ordinary document is not diluted by it.
+        texts = [text for _, _, text in pieces]
         focus_chars = self.guards.service.settings.moderation.passage_chars
-        segments = [list(dict.fromkeys([text, *focus_segments(text, focus_chars)])) for _, _, text in pieces]
-        flat = [segment for piece in segments for segment in piece]
-        check = self.guards.in_time(self.guards.service.moderate_texts(flat, passages=False))
+        check = self.guards.in_time(self.guards.service.moderate_texts(texts, focus_chars=focus_chars))
         results = await self.guards.guard(self.name, audit, check)
         if results is None:
             return None
         drop_documents: set[int] = set()
         drop_messages: set[int] = set()
-        offset = 0
-        for (kind, index, _), piece in zip(pieces, segments, strict=True):
-            own = results[offset : offset + len(piece)]
-            offset += len(piece)
-            scores = {name: max(r.extra_scores.get(name, 0.0) for r in own) for name in own[0].extra_scores}
-            flags = {name: any(r.extra_flags.get(name, False) for r in own) for name in own[0].extra_flags}
+        for (kind, index, _), result in zip(pieces, results, strict=True):
+            scores, flags = result.extra_scores, result.extra_flags
             injection = scores.get("prompt_injection", 0.0)
             if self.threshold is None:
                 injected = flags.get("prompt_injection", False)

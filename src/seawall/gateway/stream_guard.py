@@ -82,7 +82,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ConfigDict, ValidationError
 
 from seawall.errors import ConfigurationError, GuardUnavailableError
-from seawall.passages import SENTENCE_END, focus_segments
+from seawall.passages import SENTENCE_END
 from seawall.settings import FailMode, StreamGuardConfig
 
 if TYPE_CHECKING:
@@ -454,18 +454,9 @@ def moderation_check(
     """
 
     async def check(text: str) -> GuardVerdict:
-        texts = [text]
-        if focus_chars is not None:
-            texts.extend(focus_segments(text, focus_chars))
-        pieces = list(dict.fromkeys(texts))  # a piece repeated in the span is scored once
-        scores: dict[str, float] = {}
-        flagged: set[str] = set()
-        # The pieces are cut here at any length, so the service does not cut long spans again.
-        for result in await service.moderate_texts(pieces, model, passages=focus_chars is None):
-            for name, score in result.category_scores.items():
-                scores[name] = max(scores.get(name, 0.0), float(score))
-            flagged.update(name for name, hit in result.categories.items() if hit)
-        categories = sorted(flagged)
+        [result] = await service.moderate_texts([text], model, focus_chars=focus_chars)
+        scores = {name: float(score) for name, score in result.category_scores.items()}
+        categories = sorted(name for name, hit in result.categories.items() if hit)
         reason = f"flagged: {', '.join(categories)}" if categories else ""
         return GuardVerdict(allowed=not categories, categories=categories, scores=scores, reason=reason)
 
