@@ -83,6 +83,7 @@ def stage_rows(
     featurizer: Featurizer,
     progress: Progress,
     limit_per_source: int | None = None,
+    english_per_source: int = ENGLISH_ROWS_PER_SOURCE,
 ) -> tuple[list[Example], list[str]]:
     """The rows the stage learns from and each row's language ("en" for the English sample).
 
@@ -95,7 +96,7 @@ def stage_rows(
     )
     if authored_dir is not None:
         rows.extend(authored(authored_dir))
-    multilingual_cap, english_cap = MULTILINGUAL_ROWS_PER_SOURCE, ENGLISH_ROWS_PER_SOURCE
+    multilingual_cap, english_cap = MULTILINGUAL_ROWS_PER_SOURCE, english_per_source
     if limit_per_source:
         per_source: dict[str, list[Example]] = {}
         for row in rows:
@@ -263,6 +264,7 @@ def train_stage(
     progress: Progress = print,
     holdout: Sequence[str] = (),
     limit_per_source: int | None = None,
+    english_per_source: int = ENGLISH_ROWS_PER_SOURCE,
 ) -> MultilingualFit:
     """Load the rows, embed them (cached), fit the head; write ``multilingual.npz`` when ``out_dir`` is given
     (its training figures go to the artefacts' ``evaluation.json`` and model card)."""
@@ -271,7 +273,9 @@ def train_stage(
     if unknown:
         raise DataError(f"unknown sources to hold out: {sorted(unknown)}")
     featurizer = Featurizer(features)
-    rows, languages = stage_rows(data_dir, authored_dir, featurizer, progress, limit_per_source)
+    rows, languages = stage_rows(
+        data_dir, authored_dir, featurizer, progress, limit_per_source, english_per_source
+    )
     texts = [context_text(featurizer, row.text) for row in rows]
     cache = EmbeddingCache(cache_dir, E5Encoder(), E5_SHARD)
     todo = len(cache.missing(texts))
@@ -297,6 +301,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--holdout", nargs="*", default=[], help="sources left out and scored (writes nothing)"
     )
+    parser.add_argument(
+        "--english-per-source",
+        type=int,
+        default=ENGLISH_ROWS_PER_SOURCE,
+        help="English rows per source learned next to the multilingual rows",
+    )
     parser.add_argument("--embed-only", action="store_true", help="fill the vector cache and stop")
     parser.add_argument(
         "--record", action="store_true", help="keep the held-out figures in the artefacts' evaluation.json"
@@ -306,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     features = FeatureConfig(**model["features"])
     if args.embed_only:
         featurizer = Featurizer(features)
-        rows, _ = stage_rows(args.data, args.authored, featurizer, print)
+        rows, _ = stage_rows(args.data, args.authored, featurizer, print, None, args.english_per_source)
         EmbeddingCache(args.cache, E5Encoder(), E5_SHARD).fill(
             [context_text(featurizer, row.text) for row in rows]
         )
@@ -319,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         features,
         print,
         args.holdout,
+        english_per_source=args.english_per_source,
     )
     if args.holdout:
         from seawall.model.classifier import TextClassifier
