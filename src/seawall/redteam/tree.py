@@ -134,6 +134,10 @@ def score(case: AttackCase, finding: Finding | None) -> float:
 # ----------------------------------------------------------------- the tree
 
 
+def _queries(count: int) -> str:
+    return f"{count} {'query' if count == 1 else 'queries'}"
+
+
 @dataclass
 class Node:
     """One attempt of the tree. ``node`` is its path ("root", "2", "2.1"); ``steps`` the ladder
@@ -328,7 +332,7 @@ async def search(
         broke(node)
         assert node.finding is not None
         finding = node.finding
-        reason = f"broke at depth {node.depth} (node {node.node}), {len(sent)} queries: {finding.reason}"
+        reason = f"broke at depth {node.depth} (node {node.node}), {_queries(len(sent))}: {finding.reason}"
         found = Finding(
             finding.verdict, reason, finding.evidence, finding.refused, finding.scores, finding.refusal
         )
@@ -401,8 +405,8 @@ async def _undecided(
     from seawall.redteam.runner import _decided, _with_judge
 
     judged = [n for n in nodes if n.finding is not None]
-    queries = sum(n.sent_index is not None for n in nodes)
-    summary = f"{queries} queries to depth {max((n.depth for n in judged), default=0)}"
+    sent = [n for n in nodes if n.sent_index is not None]
+    summary = f"{_queries(len(sent))} to depth {max((n.depth for n in sent), default=0)}"
     if pruned := sum(n.status == "pruned" for n in nodes):
         summary += f", {pruned} rewrites pruned off-topic"
     summary += f"; stopped: {stopped}"
