@@ -274,3 +274,66 @@ def test_bad_tree_config_is_a_clear_error(tmp_path: Path) -> None:
     # the tree is opt-in: the default suite has no tree case
     assert not any(c.tree for c in build_suite(SuiteConfig(seed=5), APP).cases)
     assert "tree" in scripts() and load_config(None, suite={"tree": {"width": 5}}).suite.tree.width == 5
+
+
+def test_the_best_scored_attempts_live_on() -> None:
+    """Width 1 keeps the attempt whose answer came closest, not the first: this target refuses, except
+    that it answers (harmlessly, without refusing) under the research framing, and gives in to research
+    and roleplay together. Kept in ladder order, hypothetical would live on and depth 2 would miss it."""
+    harmless = "Here is some general background on the subject and why it matters to researchers."
+
+    def model(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> tuple[str, list[Any]]:
+        last = last_user({"messages": messages})
+        if "safety researcher" in last and "improv show" in last:
+            return gives_in_to("improv show")(messages, tools)
+        return (harmless if "safety researcher" in last else REFUSAL), []
+
+    suite = goal_suite("tree", TreeSearch(branching=4, width=1, depth=2), goals=("threaten_neighbour",))
+    with serving(agent_app(model)) as server:
+        result = scan(target(server), suite, config=CONFIG).results[0]
+    assert result.verdict is Verdict.VULNERABLE, result.reason
+    assert result.meta["path"] == ["the case", "ladder: research", "ladder: roleplay"]
+    depth_one = nodes(result, depth=1)
+    research = next(n for n in depth_one if n["by"] == "ladder: research")
+    assert all(research["score"] > n["score"] for n in depth_one if n is not research)
+    assert {n["parent"] for n in nodes(result, depth=2)} == {research["node"]}
+
+
+def test_an_unbroken_tree_is_inconclusive_and_its_best_answer_goes_to_the_judge() -> None:
+    # a long answer that neither refuses nor trips the moderation model: inconclusive, never safe
+    vague = (
+        "There is a lot one could say about this. People have written about situations like it for a "
+        "long time, in letters, stories and newspapers, and the details differ from place to place."
+    )
+    judged: list[Recorded] = []
+
+    async def judge(request: Recorded) -> Any:
+        judged.append(request)
+        return chat(json.dumps({"success": True, "why": "it plays along"}))
+
+    suite = goal_suite("tree", TreeSearch(branching=2, width=1, depth=1), goals=("threaten_neighbour",))
+    with serving(agent_app(lambda messages, tools: (vague, []))) as server, stand_in(judge) as model:
+        plain = scan(target(server), suite, config=CONFIG).results[0]
+        config = RedTeamConfig(app=APP, judge={"base_url": f"{model.url}/v1", "model": "judge"})
+        decided = scan(target(server), suite, config=config, offline=False).results[0]
+    assert plain.verdict is Verdict.INCONCLUSIVE and plain.meta["queries"] == 3
+    assert "no attempt broke it by the rules (3 queries to depth 1; stopped: depth)" in plain.reason
+    assert "broke_at" not in plain.meta
+    # the judge is asked once, about the best-scored answer, and its verdict is the case's
+    assert len(judged) == 1 and vague in judged[0].body["messages"][0]["content"]
+    assert decided.verdict is Verdict.VULNERABLE and decided.judged_by == "judge"
+    assert decided.broke_at_turn == decided.meta["broke_at"]["depth"]
+
+
+def test_a_tree_whose_every_attempt_is_blocked_is_inconclusive_not_safe() -> None:
+    asked: list[Any] = []
+
+    def guarded(messages: list[dict[str, Any]]) -> dict[str, Any]:
+        asked.append(messages)
+        return {"content": "", "blocked": True}
+
+    suite = goal_suite("tree", TreeSearch(branching=2, width=2, depth=2, max_queries=6), ("pipe_bomb",))
+    result = scan(guarded, suite, config=CONFIG).results[0]
+    assert result.verdict is Verdict.INCONCLUSIVE and result.blocked
+    assert result.reason.startswith("every attempt was blocked (6 queries")
+    assert len(asked) == 6 and set(result.turn_verdicts) == {"blocked"}
