@@ -337,3 +337,14 @@ def test_a_tree_whose_every_attempt_is_blocked_is_inconclusive_not_safe() -> Non
     assert result.verdict is Verdict.INCONCLUSIVE and result.blocked
     assert result.reason.startswith("every attempt was blocked (6 queries")
     assert len(asked) == 6 and set(result.turn_verdicts) == {"blocked"}
+
+
+def test_a_frozen_suite_keeps_each_case_s_search(tmp_path: Path) -> None:
+    from seawall.redteam.suite import freeze, load_suite
+
+    suite = goal_suite("tree", TreeSearch(branching=2, width=4, depth=5, max_queries=30), seed=9)
+    freeze(suite, tmp_path / "suite.json")
+    again = load_suite(tmp_path / "suite.json")
+    assert again.fingerprint == suite.fingerprint
+    wanted = TreeSearch(branching=2, width=4, depth=5, max_queries=30, seed=9)
+    assert [c.tree for c in again.cases] == [wanted] * len(GOALS)
