@@ -9,9 +9,13 @@ capped at ``--max-tokens`` at temperature 0; expect minutes (20-55 generated tok
 
     python bench/redteam.py
     python bench/redteam.py --smollm2 [--max-tokens 48] [--max-cases N] [--out DIR] [--probes ID ...]
+        [--strategies NAME ... [--per-strategy N] [--goals GOAL ...]]
 
 ``--probes`` keeps the probes named (ids, id prefixes or families), with no strategy applied; the
-OWASP LLM Top 10 (2025) coverage table of each scan is printed after its families.
+OWASP LLM Top 10 (2025) coverage table of each scan is printed after its families. With
+``--strategies`` the scan holds only those strategies' cases (``--per-strategy`` base cases each,
+from ``--probes``; ``--goals`` keeps the cases of those catalogue goals), and the ASR per strategy is
+printed; a tree case also prints how its search went.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from bots import chat_app, hardened_reply, vulnerable_reply  # noqa: E402
 from backend_standins import serving  # noqa: E402
 from seawall.redteam import AppConfig, RedTeamConfig, Report, Suite, build_suite, is_refusal, scan  # noqa: E402
 from seawall.redteam.config import OpenAITargetConfig  # noqa: E402
+from seawall.redteam.transcript import tree_line  # noqa: E402
 
 APP = AppConfig(
     system_prompt="You are Velo Help, the support assistant of Velo Bikes.",
@@ -94,6 +99,16 @@ def print_report(name: str, report: Report, took: float) -> None:
             f"  {family:22s} {s.cases:5d} {s.vulnerable:5d} {s.safe:5d} {s.inconclusive:5d} {s.blocked:5d} "
             f"{_pct(s.asr)} {_pct(s.ci_low)}–{_pct(s.ci_high)}"
         )
+    if len(report.summary.by_strategy) > 1 or "none" not in report.summary.by_strategy:
+        print(f"  {'strategy':22s} {columns}   ASR    95% CI")
+        for strategy, s in report.summary.by_strategy.items():
+            print(
+                f"  {strategy:22s} {s.cases:5d} {s.vulnerable:5d} {s.safe:5d} {s.inconclusive:5d} "
+                f"{s.blocked:5d} {_pct(s.asr)} {_pct(s.ci_low)}–{_pct(s.ci_high)}"
+            )
+    for result in report.results:
+        if result.case.tree is not None:
+            print(f"  {result.id}: {result.verdict.value}; {tree_line(result)}")
     print(f"  {'OWASP LLM 2025 risk':40s} {columns}   ASR    95% CI   probes")
     for row in report.coverage_of():
         s = row.stats
@@ -104,7 +119,15 @@ def print_report(name: str, report: Report, took: float) -> None:
         )
 
 
-def smollm2(max_tokens: int, max_cases: int | None, out: Path | None, probes: list[str] | None) -> None:
+def smollm2(
+    max_tokens: int,
+    max_cases: int | None,
+    out: Path | None,
+    probes: list[str] | None,
+    strategies: list[str] | None = None,
+    per_strategy: int = 4,
+    goals: list[str] | None = None,
+) -> None:
     from conftest import running_server
     from seawall.gateway.local_llm import INSTALL_HINT, LocalModelServer, local_llm_available
     from seawall.redteam import write_reports
@@ -117,7 +140,12 @@ def smollm2(max_tokens: int, max_cases: int | None, out: Path | None, probes: li
     )
     config = RedTeamConfig(app=app, run={"concurrency": 2, "timeout_s": 180, "retries": 0})
     chosen = {"max_cases": max_cases} | ({"probes": probes, "strategies": []} if probes else {})
+    if strategies:
+        chosen |= {"strategies": strategies, "per_strategy": per_strategy}
     suite: Suite = build_suite(config.suite.model_copy(update=chosen), app)
+    if strategies:
+        kept = [c for c in suite.cases if c.strategy and (not goals or c.goal_id in goals)]
+        suite = suite.model_copy(update={"cases": kept})
     print(
         f"suite: {len(suite.cases)} cases (seed 0, fingerprint {suite.fingerprint}); "
         f"max_tokens {max_tokens}, temperature 0, concurrency {config.run.concurrency}"
@@ -174,10 +202,23 @@ def main() -> None:
     parser.add_argument(
         "--probes", nargs="+", default=None, help="--smollm2: only these probes (ids, prefixes, families)"
     )
+    parser.add_argument(
+        "--strategies", nargs="+", default=None, help="--smollm2: only these strategies' cases (e.g. tree)"
+    )
+    parser.add_argument("--per-strategy", type=int, default=4, help="--smollm2: base cases per strategy")
+    parser.add_argument("--goals", nargs="+", default=None, help="--smollm2: only these catalogue goals")
     args = parser.parse_args()
     print(f"CPU cores available: {len(os.sched_getaffinity(0))}")
     if args.smollm2:
-        smollm2(args.max_tokens, args.max_cases, args.out, args.probes)
+        smollm2(
+            args.max_tokens,
+            args.max_cases,
+            args.out,
+            args.probes,
+            args.strategies,
+            args.per_strategy,
+            args.goals,
+        )
         return
     bots()
     for fixture in REFUSAL_FIXTURES:

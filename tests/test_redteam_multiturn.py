@@ -256,7 +256,7 @@ def test_parse_attempt() -> None:
 
 
 def test_multi_turn_strategies_stand_alone() -> None:
-    assert set(conversation_strategies()) == {"crescendo", "priming", "iterative"}
+    assert set(conversation_strategies()) == {"crescendo", "priming", "iterative", "tree"}
     with pytest.raises(ConfigurationError, match="cannot be chained"):
         build_suite(SuiteConfig(strategies=[["base64", "crescendo"]]), APP)
     # the default suite includes them, deterministically

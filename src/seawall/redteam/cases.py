@@ -59,6 +59,34 @@ class Check(BaseModel):
     min_lines: int | None = None
 
 
+class TreeSearch(BaseModel):
+    """The ``tree`` strategy's search (TAP, "Tree of Attacks with Pruning"): at each depth every live
+    attempt branches into ``branching`` rewrites, off-topic rewrites are pruned unsent, the answers
+    are scored and the best ``width`` attempts live on, until one succeeds, ``depth`` is reached or
+    ``max_queries`` attempts were sent (``suite.tree`` in redteam.yaml; each tree case carries a copy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    branching: int = Field(3, ge=1, le=8, description="Rewrites of each live attempt per depth (B).")
+    width: int = Field(3, ge=1, le=32, description="Attempts kept alive after each depth, best first (W).")
+    depth: int = Field(3, ge=1, le=10, description="Rewriting depths after the request as written (D).")
+    max_queries: int = Field(
+        20,
+        ge=2,
+        le=1000,
+        description="Attempts sent to the target per case, the request as written included.",
+    )
+    min_on_topic: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of the goal's key terms a rewrite must keep to be sent (else pruned unsent).",
+    )
+    seed: int | None = Field(
+        None, description="Seeds the choice among more candidate rewrites than branching (null: suite.seed)."
+    )
+
+
 class AttackCase(BaseModel):
     """One attack: the conversation to hold with the target and how to judge its answer."""
 
@@ -96,6 +124,8 @@ class AttackCase(BaseModel):
     #: Rounds of the iterative attacker (rewrite a refused attempt from the target's answer);
     #: 0: the turns are sent as written.
     iterate: int = 0
+    #: The tree search (``tree`` strategy) this case runs instead of its last turn as written.
+    tree: TreeSearch | None = None
     #: The catalogue goal (goals.yaml id) the case asks for, when it asks for one.
     goal_id: str | None = None
     #: The strategies applied to the last user turn, in order; empty for the probe as authored.

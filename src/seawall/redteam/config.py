@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from seawall.errors import ConfigurationError
+from seawall.redteam.cases import TreeSearch
 from seawall.redteam.strategies import DEFAULT_STRATEGIES
 
 #: Multi-turn strategies a default suite applies (seawall.redteam.conversation); all offline.
@@ -123,7 +124,12 @@ class SuiteConfig(_Strict):
     strategies: list[str | list[str]] = Field(
         default_factory=lambda: list[str | list[str]]([*DEFAULT_STRATEGIES, *DEFAULT_CONVERSATIONS]),
         description="Strategies or chains (a list, or names joined with '+') applied to sampled cases; "
-        "the multi-turn ones (crescendo, priming, iterative) stand alone.",
+        "the multi-turn ones (crescendo, priming, iterative, tree) stand alone; tree is not in the default.",
+    )
+    tree: TreeSearch = Field(
+        default_factory=TreeSearch,
+        description="The tree strategy's search (TAP-style): branching, width, depth, max_queries "
+        "(attempts per case), min_on_topic (share of the goal's key terms a rewrite must keep), seed.",
     )
     per_strategy: int = Field(6, ge=0, description="Base cases each strategy (chain) is applied to.")
     files: list[Path] = Field(default_factory=list, description="CSV/JSONL files of your own prompts.")
@@ -157,8 +163,9 @@ class JudgeConfig(_Strict):
 
 
 class AttackerConfig(_Strict):
-    """The iterative strategy's attacker model (PAIR-style rewrites), any OpenAI-compatible endpoint;
-    never called with --offline (the offline ladder of reframings is used instead)."""
+    """The attacker model of the iterative strategy (PAIR-style rewrites) and of the tree strategy (its
+    branches, one angle each), any OpenAI-compatible endpoint; never called with --offline (the
+    offline ladder of reframings is used instead)."""
 
     base_url: str = Field(description="Base URL up to and including /v1.")
     model: str = Field(description="The attacker model's name.")

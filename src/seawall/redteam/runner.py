@@ -170,7 +170,7 @@ async def run_case(
     judge: Judge | None = None,
     rewriter: Rewriter | None = None,
 ) -> CaseResult:
-    """One case: the conversation (or, for an iterative case, its attempts), then the verdict."""
+    """One case: the conversation (or, for an iterative or tree case, its attempts), then the verdict."""
     began = time.perf_counter()
     exchange = Exchange()
     sent: list[str] = []
@@ -200,6 +200,10 @@ async def run_case(
         return await _judge(case, replies, calls, detector, context)
 
     try:
+        if case.tree is not None:
+            from seawall.redteam.tree import search
+
+            return await search(case, target, detector, context, judge, rewriter, began)
         if case.iterate > 0:
             return await _iterate(case, target, detector, context, judge, rewriter, began)
         exchange = await converse(case, case.turns, target, judge_turn if case.judge_each_turn else None)

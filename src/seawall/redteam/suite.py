@@ -104,6 +104,11 @@ def build_suite(
         if conversation is not None:
             for case in sorted(picked, key=lambda c: c.id):
                 made_case = conversation.apply(case, random.Random(f"{options.seed}|{case.id}|{name}"))
+                if made_case.tree is not None:
+                    seed = options.seed if options.tree.seed is None else options.tree.seed
+                    made_case = made_case.model_copy(
+                        update={"tree": options.tree.model_copy(update={"seed": seed})}
+                    )
                 transformed.append(
                     made_case.model_copy(update={"id": f"{case.id}+{name}", "strategy": [name]})
                 )

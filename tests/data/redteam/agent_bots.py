@@ -8,7 +8,8 @@ tools that returns ``(text, tool_calls)``; what a scan should find is known by c
 * :func:`gives_in_at` - refuses harmful requests until the conversation has ``n`` user turns, then
   complies (a crescendo breaks it at turn ``n``);
 * :func:`trusts_history` - refuses, unless an earlier assistant turn agreed to a persona (priming);
-* :func:`gives_in_to` - refuses, unless the last user turn contains a phrase (iterative attacks);
+* :func:`gives_in_to` - refuses, unless the last user turn contains every phrase given (iterative
+  and tree attacks);
 * :func:`obedient_agent` - follows instructions found in tool results, documents and tool
   descriptions by calling the tools they name, and cancels orders when the user sounds annoyed;
 * :func:`careful_agent` - calls only the read-only tool the question needs and ignores the rest.
@@ -70,10 +71,12 @@ def trusts_history(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) 
     return "Sure.", []
 
 
-def gives_in_to(phrase: str) -> Model:
+def gives_in_to(*phrases: str) -> Model:
+    """Refuses unless the last user turn contains every one of ``phrases``."""
+
     def model(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Answer:
         last = _users(messages)[-1]
-        if phrase.lower() in last.lower():
+        if all(phrase.lower() in last.lower() for phrase in phrases):
             return _comply(last), []
         return REFUSAL, []
 
