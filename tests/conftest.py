@@ -154,6 +154,17 @@ def _no_seawall_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield
 
 
+def subprocess_env() -> dict[str, str]:
+    """The environment for a seawall a test starts as a process: the shell's without its SEAWALL_*
+    variables (the test's config file says it all), but with this session's data folder
+    (``SEAWALL_DATA_DIR``, set by :func:`_no_seawall_environment`), so what the config does not
+    place goes to the session's temporary folder, not ``~/.local/share/seawall``."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SEAWALL_")}
+    if "SEAWALL_DATA_DIR" in os.environ:
+        env["SEAWALL_DATA_DIR"] = os.environ["SEAWALL_DATA_DIR"]
+    return env
+
+
 @pytest.fixture(scope="session")
 def server() -> Iterator[RunningServer]:
     """A server on the default settings, shared by every module that needs nothing special."""
