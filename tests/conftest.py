@@ -136,15 +136,33 @@ def running_server(
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _no_seawall_environment() -> Iterator[None]:
-    """Settings come from the tests alone, not from SEAWALL_* variables of the shell that runs them."""
+def _no_seawall_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Settings come from the tests alone, not from SEAWALL_* variables of the shell that runs them.
+
+    The data folder is this session's own (``SEAWALL_DATA_DIR``), not ``~/.local/share/seawall``:
+    what a test's settings do not place themselves (the audit buffer next to a store in
+    ``tmp_path``, one per store; the default store, secret and UI key) goes there and is removed
+    with the session's other temporary files, instead of piling up in the user's data folder and
+    being shared with every other test run on the machine."""
     with pytest.MonkeyPatch.context() as patch:
         for name in [name for name in os.environ if name.startswith("SEAWALL_")]:
             patch.delenv(name)
         # With the local-llm extra installed the gateway would start a model server for every
         # test server; tests that want the gateway say so in their settings.
         patch.setenv("SEAWALL_GATEWAY__ENABLED", "false")
+        patch.setenv("SEAWALL_DATA_DIR", str(tmp_path_factory.mktemp("data-dir")))
         yield
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for a seawall a test starts as a process: the shell's without its SEAWALL_*
+    variables (the test's config file says it all), but with this session's data folder
+    (``SEAWALL_DATA_DIR``, set by :func:`_no_seawall_environment`), so what the config does not
+    place goes to the session's temporary folder, not ``~/.local/share/seawall``."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SEAWALL_")}
+    if "SEAWALL_DATA_DIR" in os.environ:
+        env["SEAWALL_DATA_DIR"] = os.environ["SEAWALL_DATA_DIR"]
+    return env
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from conftest import subprocess_env
 from seawall.batch import BlockWorker, moderate_dataset, moderate_files, read_output
 from seawall.batch.files import MANIFEST, plain_row
 from seawall.batch.ray_engine import pool_shape, worker_settings
@@ -98,7 +99,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def seawall_moderate(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEAWALL_")}
+    env = subprocess_env()
     return subprocess.run(
         [sys.executable, "-m", "seawall", "moderate", *args],
         capture_output=True,

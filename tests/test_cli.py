@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import BENIGN_KILL, INJECTION, THREAT, assert_far_above, free_port, threat_score
+from conftest import BENIGN_KILL, INJECTION, THREAT, assert_far_above, free_port, subprocess_env, threat_score
 from seawall.categories import CATEGORIES, EXTRA_LABELS
 from seawall.settings import Settings, describe_settings, load_settings
 
@@ -34,7 +34,7 @@ SEAWALL = seawall_executable()
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEAWALL_")}
+    env = subprocess_env()
     env.pop("COLUMNS", None)
     env.update(extra)
     return env

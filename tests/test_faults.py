@@ -37,7 +37,7 @@ import yaml
 from starlette.responses import Response, StreamingResponse
 
 from backend_standins import Recorded, StandIn, stand_in
-from conftest import RunningServer, assert_openai_error, free_port, running_server
+from conftest import RunningServer, assert_openai_error, free_port, running_server, subprocess_env
 from postgres_server import _bin_dir, _run
 from seawall.errors import StoreError
 from seawall.gateway.audit_buffer import AuditBuffer, BufferedAuditWriter
@@ -520,7 +520,7 @@ def verify_store(config: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=120,
-        env={k: v for k, v in os.environ.items() if not k.startswith("SEAWALL_")},
+        env=subprocess_env(),
     )
 
 
@@ -696,7 +696,7 @@ def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=120,
-        env={k: v for k, v in os.environ.items() if not k.startswith("SEAWALL_")},
+        env=subprocess_env(),
     )
 
 

@@ -149,7 +149,10 @@ def test_a_refusal_example_is_recognised_whatever_its_spacing_and_case() -> None
 # ----------------------------------------------------------------- one data folder per instance
 
 
-def test_every_file_an_instance_keeps_goes_under_its_data_dir(tmp_path: Path) -> None:
+def test_every_file_an_instance_keeps_goes_under_its_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SEAWALL_DATA_DIR")  # the test session's own (tests/conftest.py)
     default = load_settings()
     assert default.data_dir == DEFAULT_DATA_DIR
     assert default.gateway.secret_file == DEFAULT_DATA_DIR / "secret"

@@ -7,7 +7,6 @@ deployment have)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -21,15 +20,15 @@ import pytest
 import yaml
 
 from backend_standins import stand_in
-from conftest import free_port
+from conftest import free_port, subprocess_env
 from test_gateway_pipeline import MODEL, QUESTION, THREAT, Behaviour, make_reply
 
 USER_LIMIT = 10
 
 
 def _clean_env() -> dict[str, str]:
-    """The environment without SEAWALL_* (the test session sets some for in-process servers)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("SEAWALL_")}
+    """The environment without SEAWALL_* but the session's data folder (conftest.subprocess_env)."""
+    return subprocess_env()
 
 
 class Replica:

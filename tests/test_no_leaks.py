@@ -32,7 +32,7 @@ import yaml
 from starlette.responses import Response, StreamingResponse
 
 from backend_standins import Recorded, StandIn, json_reply, stand_in
-from conftest import free_port, running_server
+from conftest import free_port, running_server, subprocess_env
 from seawall.settings import load_settings
 from seawall.store import open_store
 
@@ -277,7 +277,7 @@ def test_nothing_secret_reaches_the_output_of_seawall_serve(tmp_path: Path) -> N
         _prepare_store(config)
         (tmp_path / "seawall.yaml").write_text(yaml.safe_dump(config))
         port = free_port()
-        env = {name: value for name, value in os.environ.items() if not name.startswith("SEAWALL_")}
+        env = subprocess_env()
         env["PYTHONPATH"] = os.pathsep.join(
             [str(Path(__file__).parent.parent / "src"), env.get("PYTHONPATH", "")]
         )

@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import seawall
+from conftest import subprocess_env
 from seawall.backends.base import available_backends, create_backend
 from seawall.errors import ConfigurationError, ModelNotFoundError, PluginError
 from seawall.gateway.runner import load_extra_steps
@@ -215,7 +216,7 @@ def test_seawall_config_documents_the_plugins_section() -> None:
 def test_seawall_config_shows_a_plugin_section_and_refuses_a_bad_one(site: Path, tmp_path: Path) -> None:
     config = tmp_path / "seawall.yaml"
     config.write_text(textwrap.dedent("plugins:\n  keyword: {words: [idiot]}\n"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEAWALL_")}
+    env = subprocess_env()
     env["PYTHONPATH"] = os.pathsep.join([str(site), *sys.path])
     command = [sys.executable, "-m", "seawall", "config", "--config", str(config)]
     shown = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)

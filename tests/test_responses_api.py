@@ -837,7 +837,7 @@ def test_an_answer_held_for_review_with_accepted_is_a_queued_response(tmp_path: 
     assert held["poll_url"] == f"/v1/seawall/reviews/{held['id']}" and held["reasons"]
     assert raw.headers["location"] == held["poll_url"] and raw.headers["x-seawall-review-id"] == held["id"]
     assert polled.status_code == 200 and polled.json()["status"] == "pending"
-    assert kept.status_code == 404  # a queued response is not kept: the app polls the review
+    assert kept.status_code == 200 and kept.json()["status"] == "queued"  # tests/test_responses_queued.py
     assert error is None and [e.type for e in events] == ["response.created", "response.queued"]
     assert events[-1].response.status == "queued" and events[-1].response.output == []
     streamed = (events[-1].response.model_extra or {})["seawall"]["review"]

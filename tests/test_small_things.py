@@ -5,7 +5,6 @@ in SARIF reports (tests/test_redteam_scan.py checks a written report)."""
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import free_port
+from conftest import free_port, subprocess_env
 from seawall.errors import InvalidRequestError
 from seawall.redteam.report import project_url
 from seawall.review import service as review_service
@@ -92,7 +91,7 @@ def _banner(tmp_path: Path, ui_enabled: bool, *, account: bool = False) -> str:
             AccountStore(store).create("alice", "admin", "alice-password-1")
         finally:
             store.close()
-    env = {name: value for name, value in os.environ.items() if not name.startswith("SEAWALL_")}
+    env = subprocess_env()
     env.update(PYTHONPATH=str(ROOT / "src"), COLUMNS="400")
     process = subprocess.Popen(
         [sys.executable, "-m", "seawall", "serve", "--config", str(config)],

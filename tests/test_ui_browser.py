@@ -186,7 +186,7 @@ def test_audit_search(page: Any, server: UIServer, tmp_path: Path) -> None:
     assert "page 1 of" in caption
     page.get_by_role("link", name="Older →").click()
     assert "page 2 of" in page.locator("#audit-caption").inner_text()
-    page.locator("table.audit tbody tr a").first.click()
+    page.locator("table.audit tbody tr td.request a").first.click()  # the record, not the id search
     assert page.get_by_role("heading", name="Record", exact=True).is_visible()
     shoot(page, tmp_path, "audit-record")
     assert page.errors == []

@@ -24,8 +24,7 @@ streamed text), review and the audit record are the chat path's, step for step. 
   (``accepted``) a 202 whose body is a Response with ``status: queued``, no output, and the review
   (``id``, ``poll_url``, ``reasons``, ``message``) in its ``seawall`` field, the review headers and
   ``Location`` (a stream: ``response.created`` and ``response.queued``, then the end). The app
-  polls ``poll_url`` for the decision; a queued response is not kept (``GET /v1/responses/{id}``
-  is a 404).
+  polls ``poll_url`` or ``GET /v1/responses/{id}`` for the decision (see *Queued responses*).
 * **Errors name the Responses request's fields.** The chat path names what it checks in chat
   terms (``messages[3]``, ``max_completion_tokens``); the translation keeps where each part of the
   chat body came from (:class:`~seawall.gateway.responses_wire.ParamMap`), so the error's
@@ -38,6 +37,21 @@ later request continues it with ``previous_response_id`` (its input items and ou
 the new input; its ``instructions`` do not carry over, as on OpenAI's API). Only the same tenant and
 app key read a kept response back: any other caller gets 404, as for an id that was never kept.
 A failed response (cut by the guard, an upstream error) is not kept.
+
+**Queued responses.** A response held for review under ``hold_response: accepted`` is kept as it was
+answered (``status: queued``), unless ``store: false``. ``GET /v1/responses/{id}`` asks the review
+queue each time until a reviewer has decided: pending, it is the queued Response; approved or
+edited, the completed Response whose output is the released answer; rejected, an ``incomplete``
+Response (``incomplete_details.reason: content_filter``) whose message is
+``review.rejected_message``, as a rejected answer is in wait mode; and when its review is not in
+the queue (any more), a ``failed`` Response whose ``error`` (``review_not_found``) says so. The
+decided Response replaces the queued one in the store (one store read each time from then on) and
+``seawall.review`` gives the decision (``status``, and the rejection's ``reason``).
+``previous_response_id`` naming a queued response is a 409 ``previous_response_queued`` until its
+review is decided; then it continues the decided Response (a failed one cannot be continued: 400
+``previous_response_failed``). With ``store: false`` nothing is kept beyond the review item
+itself: ``GET /v1/responses/{id}`` is a 404, as for every response that was not stored, and the app
+polls ``seawall.review.poll_url``, which the review queue answers.
 """
 
 from __future__ import annotations
@@ -47,15 +61,17 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 from seawall.clock import utc_now
-from seawall.errors import NotFoundError, SeawallError
+from seawall.errors import ConflictError, InvalidRequestError, NotFoundError, SeawallError
 from seawall.gateway.access import Caller
 from seawall.gateway.identity import header_value
 from seawall.gateway.pipeline import Gateway, GatewayResponse
 from seawall.gateway.responses_wire import (
+    EXTENSION_FIELD,
     EventWriter,
     ParamMap,
     chat_body,
@@ -67,7 +83,8 @@ from seawall.gateway.responses_wire import (
 )
 from seawall.gateway.sse import ClientTooSlowError, aclose
 from seawall.review.gateway_hook import Disconnected
-from seawall.review.responses import PENDING_STATUS
+from seawall.review.responses import PENDING_STATUS, decided_response
+from seawall.review.service import final_completion
 from seawall.settings import ResponsesSettings
 from seawall.store.base import ResponseStore, StoredResponse
 
@@ -75,8 +92,13 @@ log = logging.getLogger("seawall.gateway")
 
 #: The roles input moderation judges on a Responses request: every input item but the assistant's.
 RESPONSES_JUDGED_ROLES = frozenset({"user", "system", "developer"})
-#: Response statuses that are kept (a failed response is not continued).
+#: Response statuses that are continued (a failed response is not; a queued one once decided).
 KEPT_STATUSES = frozenset({"completed", "incomplete"})
+#: Response statuses that are kept when they are answered: the continued ones, and a response
+#: queued for review (``hold_response: accepted``), which retrieval settles once it is decided.
+STORED_STATUSES = KEPT_STATUSES | {"queued"}
+#: The ``error.code`` of a queued response whose review is not in the review queue.
+REVIEW_NOT_FOUND = "review_not_found"
 
 
 class ResponsesAPI:
@@ -108,9 +130,7 @@ class ResponsesAPI:
             conversation: list[dict[str, Any]] = []
             if request.previous_response_id is not None:
                 assert caller is not None
-                previous = await self._find(
-                    request.previous_response_id, caller, param="previous_response_id"
-                )
+                previous = await self._continued(request.previous_response_id, caller)
                 conversation = previous.input_items + _as_input(previous.response.get("output"))
             first = len(conversation)
             conversation += request.items
@@ -136,6 +156,8 @@ class ResponsesAPI:
             raise
         if result.status_code == PENDING_STATUS and result.body is not None:  # held, hold_response: accepted
             held = queued_response(result.body, base)
+            if kept is not None:  # before the client hears of it: it may ask for it at once
+                await self._keep(held, *kept)
             if request.stream:
                 result.body, result.status_code = None, 200
                 result.stream = _queued_events(held)
@@ -193,8 +215,9 @@ class ResponsesAPI:
     # ------------------------------------------------------------------ kept responses
 
     async def retrieve(self, response_id: str, headers: Mapping[str, str]) -> dict[str, Any]:
-        """``GET /v1/responses/{id}``: the kept Response object (404 unless this caller's)."""
-        stored = await self._find(response_id, await self._caller(headers))
+        """``GET /v1/responses/{id}``: the kept Response object (404 unless this caller's); a
+        queued one as its review stands now (:meth:`_settled`)."""
+        stored = await self._settled(await self._find(response_id, await self._caller(headers)))
         return stored.response
 
     async def delete(self, response_id: str, headers: Mapping[str, str]) -> dict[str, Any]:
@@ -207,6 +230,77 @@ class ResponsesAPI:
     async def _caller(self, headers: Mapping[str, str]) -> Caller:
         access = self.gateway.access
         return await asyncio.to_thread(access.authenticate, header_value(headers, "authorization"))
+
+    async def _continued(self, wanted: str, caller: Caller) -> StoredResponse:
+        """The kept response a request continues (``previous_response_id``): 404 unless this
+        caller's, 409 while it is queued for review, 400 when it failed."""
+        param = "previous_response_id"
+        previous = await self._settled(await self._find(wanted, caller, param=param))
+        status = previous.response.get("status")
+        if status == "queued":
+            review = _review_of(previous.response)
+            raise ConflictError(
+                f"Response '{previous.id}' is queued for human review (review {review.get('id')}); it "
+                "can be continued once a reviewer has decided it. Poll "
+                f"{review.get('poll_url') or 'its review'} or GET /v1/responses/{previous.id}.",
+                param=param,
+                code="previous_response_queued",
+            )
+        if status not in KEPT_STATUSES:
+            error = previous.response.get("error") or {}
+            raise InvalidRequestError(
+                f"Response '{previous.id}' {status} ({error.get('message') or 'no answer'}); it cannot "
+                "be continued.",
+                param=param,
+                code="previous_response_failed",
+            )
+        return previous
+
+    async def _settled(self, stored: StoredResponse) -> StoredResponse:
+        """A kept response as it stands: a queued one (held for review) stays queued while its
+        review is pending; once decided it becomes the decided Response (completed with the
+        released answer, incomplete with the rejection message, failed when its review is not in
+        the queue), which is kept in its place."""
+        queued = stored.response
+        if queued.get("status") != "queued":
+            return stored
+        review = _review_of(queued)
+        hook = self.gateway.review
+        item = None
+        if hook is not None and isinstance(review.get("id"), str):
+            item = await asyncio.to_thread(hook.service.store.get_review, review["id"])
+            if item is not None and item.tenant != stored.tenant:
+                item = None
+        if item is not None and item.status == "pending":
+            return stored
+        base = {key: value for key, value in queued.items() if key != EXTENSION_FIELD}
+        if item is None or hook is None:
+            decided = {
+                **base,
+                "status": "failed",
+                "error": {
+                    "code": REVIEW_NOT_FOUND,
+                    "message": f"The review this response waited for ({review.get('id')}) is not in "
+                    "the review queue; its answer cannot be released.",
+                },
+                EXTENSION_FIELD: {"review": {**review, "status": "not_found"}},
+            }
+        else:
+            pending = {
+                "id": stored.id,
+                "created": queued.get("created_at"),
+                "model": queued.get("model"),
+                "poll_url": review.get("poll_url"),
+            }
+            held = decided_response(item, final_completion(item), pending, hook.service.settings)
+            decided = response_object(held.body, base)
+        settled = replace(stored, response=decided)
+        assert self.store is not None  # it was found there
+        try:
+            await asyncio.to_thread(self.store.save_response, settled)
+        except Exception as exc:  # asked again next time; the caller gets the decision all the same
+            log.error("cannot keep the decided response %s: %s", stored.id, exc)
+        return settled
 
     async def _find(self, wanted: str, caller: Caller, *, param: str | None = None) -> StoredResponse:
         """The kept response ``wanted`` of ``caller`` (its tenant and key); 404 otherwise."""
@@ -223,7 +317,7 @@ class ResponsesAPI:
     ) -> None:
         """Keep a finished response and the conversation it answered (never a failed one). A store
         that fails does not turn the answer the client is getting into an error: it is logged."""
-        if response.get("status") not in KEPT_STATUSES or self.store is None:
+        if response.get("status") not in STORED_STATUSES or self.store is None:
             return
         now = utc_now()
         stored = StoredResponse(
@@ -245,6 +339,13 @@ async def _queued_events(response: dict[str, Any]) -> AsyncGenerator[bytes, None
     """The events of a response held for review (``accepted``): created, then queued."""
     for event in EventWriter(response).queued():
         yield event
+
+
+def _review_of(response: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``seawall.review`` field of a Response held for review (empty when there is none)."""
+    extension = response.get(EXTENSION_FIELD)
+    review = extension.get("review") if isinstance(extension, dict) else None
+    return dict(review) if isinstance(review, dict) else {}
 
 
 def _as_input(output: Any) -> list[dict[str, Any]]:
@@ -275,4 +376,4 @@ async def _chat_chunks(events: AsyncIterator[bytes]) -> AsyncIterator[dict[str, 
                 yield payload
 
 
-__all__ = ["KEPT_STATUSES", "RESPONSES_JUDGED_ROLES", "ResponsesAPI"]
+__all__ = ["KEPT_STATUSES", "RESPONSES_JUDGED_ROLES", "REVIEW_NOT_FOUND", "STORED_STATUSES", "ResponsesAPI"]

@@ -45,7 +45,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,11 +128,12 @@ def _span(seconds: float) -> str:
 
 
 class ProviderFetcher:
-    """GETs an identity provider's JSON documents (discovery, JWKS) under :mod:`seawall.netguard`'s
-    rules: the host is resolved once and each address checked (public only unless
-    ``allow_private_hosts``; ``setting`` names the setting in the refusal), the connection goes to
-    a checked address (TLS still verifies the host name), no redirects, no proxies from the
-    environment, at most :data:`MAX_DOCUMENT_BYTES`, all within ``timeout_s``. Every failure is an
+    """Asks an identity provider for its JSON documents (discovery, JWKS; and for the web UI's
+    sign-in the token exchange and userinfo) under :mod:`seawall.netguard`'s rules: the host is
+    resolved once and each address checked (public only unless ``allow_private_hosts``;
+    ``setting`` names the setting in the refusal), the connection goes to a checked address (TLS
+    still verifies the host name), no redirects, no proxies from the environment, at most
+    :data:`MAX_DOCUMENT_BYTES`, all within ``timeout_s``. Every failure is an
     :class:`~seawall.errors.IdentityProviderError` that says what and why. Also used by the web
     UI's OIDC sign-in (:mod:`seawall.ui.auth`)."""
 
@@ -160,18 +161,51 @@ class ProviderFetcher:
         await self._client.aclose()
 
     async def get_json(self, url: str, what: str) -> dict[str, Any]:
-        """GET ``url`` from a checked address of its host (see the module) and parse the JSON
-        object, all within ``timeout_s``."""
+        """GET ``url`` from a checked address of its host (see the class) and parse the JSON
+        object, all within ``timeout_s``; any answer but HTTP 200 is an error."""
+        status, body = await self._fetch(url, what, lambda: self._fetch_body("GET", url, what, {}, None))
+        if status != 200:
+            raise IdentityProviderError(f"{what} at {url} answered HTTP {status}")
+        return _json_object(body, url, what, status)
+
+    async def request_json(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        form: Mapping[str, str] | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """Send ``method`` to ``url`` (with ``form`` as an urlencoded body) under the same rules,
+        and give the HTTP status with the JSON object that came back, whatever the status (an
+        OAuth token endpoint says what went wrong in a 400's JSON); a body that is no JSON object
+        is an error that names the status."""
+        status, body = await self._fetch(
+            url, what, lambda: self._fetch_body(method, url, what, dict(headers or {}), form)
+        )
+        return status, _json_object(body, url, what, status)
+
+    async def _fetch(
+        self, url: str, what: str, fetch: Callable[[], Awaitable[tuple[int, bytes]]]
+    ) -> tuple[int, bytes]:
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await self._fetch_json(url, what)
+                return await fetch()
         except TimeoutError:
             raise IdentityProviderError(
                 f"{what} at {url} could not be fetched within {self.timeout_s:g} s"
             ) from None
 
-    async def _fetch_json(self, url: str, what: str) -> dict[str, Any]:
-        parsed = httpx.URL(url)
+    async def _fetch_body(
+        self, method: str, url: str, what: str, headers: dict[str, str], form: Mapping[str, str] | None
+    ) -> tuple[int, bytes]:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise IdentityProviderError(f"{what}: {url!r} is not a URL ({exc})") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise IdentityProviderError(f"{what}: {url!r} is not an http(s) URL")
         host = parsed.host
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         literal = literal_address(host)
@@ -191,7 +225,7 @@ class ProviderFetcher:
         failure: Exception | None = None
         for address in checked:
             try:
-                body = await self._download(parsed, address, what)
+                status, body = await self._download(method, parsed, address, what, headers, form)
                 break
             except httpx.ConnectError as exc:  # the next address, as browsers do
                 failure = exc
@@ -199,24 +233,29 @@ class ProviderFetcher:
                 raise IdentityProviderError(f"{what} at {url} could not be fetched: {exc!r}") from exc
         else:
             raise IdentityProviderError(f"{what} at {url} could not be fetched: {failure!r}")
-        try:
-            document = json.loads(body)
-        except ValueError as exc:
-            raise IdentityProviderError(f"{what} at {url} is not JSON") from exc
-        if not isinstance(document, dict):
-            raise IdentityProviderError(f"{what} at {url} is not a JSON object")
-        return document
+        return status, body
 
-    async def _download(self, url: httpx.URL, address: str, what: str) -> bytes:
+    async def _download(
+        self,
+        method: str,
+        url: httpx.URL,
+        address: str,
+        what: str,
+        headers: dict[str, str],
+        form: Mapping[str, str] | None,
+    ) -> tuple[int, bytes]:
         host = url.host
         async with self._client.stream(
-            "GET",
+            method,
             url.copy_with(host=address),
-            headers={"Host": url.netloc.decode("ascii"), "Accept": "application/json"},
+            headers={"Accept": "application/json", **headers, "Host": url.netloc.decode("ascii")},
+            data=dict(form) if form is not None else None,
             extensions={"sni_hostname": host},
         ) as response:
-            if response.status_code != 200:
-                raise IdentityProviderError(f"{what} at {url} answered HTTP {response.status_code}")
+            if response.is_redirect:  # never followed: a redirect could name any address
+                raise IdentityProviderError(
+                    f"{what} at {url} answered HTTP {response.status_code} (a redirect, not followed)"
+                )
             chunks: list[bytes] = []
             received = 0
             async for chunk in response.aiter_bytes():
@@ -224,7 +263,19 @@ class ProviderFetcher:
                 if received > MAX_DOCUMENT_BYTES:
                     raise IdentityProviderError(f"{what} at {url} is larger than {MAX_DOCUMENT_BYTES} bytes")
                 chunks.append(chunk)
-        return b"".join(chunks)
+        return response.status_code, b"".join(chunks)
+
+
+def _json_object(body: bytes, url: str, what: str, status: int) -> dict[str, Any]:
+    """A provider's answer as a JSON object; an error naming the HTTP status when it is not one."""
+    answered = "" if status == 200 else f" (HTTP {status})"
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise IdentityProviderError(f"{what} at {url} is not JSON{answered}") from exc
+    if not isinstance(document, dict):
+        raise IdentityProviderError(f"{what} at {url} is not a JSON object{answered}")
+    return document
 
 
 class ProviderKeys:

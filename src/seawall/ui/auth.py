@@ -11,15 +11,18 @@
   something must carry the session's CSRF token in ``X-CSRF-Token``.
 * :func:`submitted_csrf` — the CSRF token a POST carries (header or form field; every POST must).
 * :class:`OIDCSignIn` — the authorization-code flow with PKCE through Authlib's Starlette
-  client, and the e-mail → role allow-list. The provider's discovery document and its keys (JWKS)
-  are fetched under :mod:`seawall.netguard`'s rules, as the gateway fetches user-token keys
+  client, and the e-mail → role allow-list. Every request to the provider — the discovery
+  document, its keys (JWKS), the token exchange and userinfo — goes under
+  :mod:`seawall.netguard`'s rules, as the gateway fetches user-token keys
   (:class:`~seawall.gateway.user_tokens.ProviderFetcher`): public addresses only unless
   ``ui.oidc.allow_private_hosts``, the connection pinned to the checked address, no redirects,
-  a size cap; the document must name the configured issuer.
+  a size cap; the document must name the configured issuer. Authlib builds the authorization
+  URL, keeps state, nonce and PKCE verifier, and validates the ID token; it sends nothing itself.
 """
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import logging
@@ -28,9 +31,12 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
+from urllib.parse import quote_plus
 
 import httpx
 from authlib.integrations.starlette_client import OAuth, OAuthError, StarletteOAuth2App
+from authlib.oauth2.rfc6749 import OAuth2Token
+from authlib.oidc.core import UserInfo
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection, Request
@@ -211,10 +217,16 @@ class OIDCRefused(Exception):
     """The provider answered, but this person may not sign in (the message says why)."""
 
 
+class OIDCUnavailable(OIDCRefused):
+    """The sign-in cannot be completed because the provider cannot be used: it did not answer,
+    answered nonsense, or an endpoint it names is refused by netguard's rules (the message says
+    which and why)."""
+
+
 class GuardedOAuth2App(StarletteOAuth2App):  # type: ignore[misc]  # Authlib is untyped
-    """Authlib's Starlette client whose discovery document and JWKS come through a
-    :class:`~seawall.gateway.user_tokens.ProviderFetcher` (netguard's rules) instead of its own
-    unchecked HTTP client."""
+    """Authlib's Starlette client whose requests to the provider — discovery document, JWKS, token
+    exchange, userinfo — go through a :class:`~seawall.gateway.user_tokens.ProviderFetcher`
+    (netguard's rules) instead of its own unchecked HTTP client."""
 
     fetcher: ProviderFetcher
     issuer: str
@@ -241,6 +253,57 @@ class GuardedOAuth2App(StarletteOAuth2App):  # type: ignore[misc]  # Authlib is 
         jwks = await self.fetcher.get_json(uri, "the JWKS")
         self.server_metadata["jwks"] = jwks
         return jwks
+
+    async def fetch_access_token(self, redirect_uri: str | None = None, **kwargs: Any) -> OAuth2Token:
+        """The authorization-code exchange (RFC 6749 §4.1.3 with PKCE's ``code_verifier``), the
+        client authenticated as Authlib does it (HTTP Basic with a secret, ``client_id`` in the
+        body without); an error answer (``{"error": ...}``) is Authlib's :class:`OAuthError`."""
+        metadata = await self.load_server_metadata()
+        endpoint = self.access_token_url or metadata.get("token_endpoint")
+        if not isinstance(endpoint, str):
+            raise IdentityProviderError("the provider's discovery document has no token_endpoint")
+        code = kwargs.get("code")
+        if not isinstance(code, str) or not code:
+            raise OAuthError(error="invalid_request", description="the callback has no authorization code")
+        form = {"grant_type": "authorization_code", "code": code}
+        redirect = redirect_uri or kwargs.get("redirect_uri")
+        if isinstance(redirect, str) and redirect:
+            form["redirect_uri"] = redirect
+        if isinstance(kwargs.get("code_verifier"), str):
+            form["code_verifier"] = kwargs["code_verifier"]
+        headers: dict[str, str] = {}
+        if self.client_secret:  # client_secret_basic (RFC 6749 §2.3.1: each part form-encoded)
+            pair = f"{quote_plus(self.client_id)}:{quote_plus(self.client_secret)}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+        else:  # a public client
+            form["client_id"] = self.client_id
+        status, token = await self.fetcher.request_json(
+            "POST", endpoint, "the token endpoint", headers=headers, form=form
+        )
+        if "error" in token:
+            raise OAuthError(error=str(token["error"]), description=token.get("error_description"))
+        if status != 200 or not isinstance(token.get("access_token"), str):
+            raise IdentityProviderError(
+                f"the token endpoint at {endpoint} answered HTTP {status} without an access token"
+            )
+        return OAuth2Token.from_dict(token)
+
+    async def userinfo(self, **kwargs: Any) -> UserInfo:
+        """The userinfo endpoint's claims (OIDC Core §5.3), asked with the access token."""
+        metadata = await self.load_server_metadata()
+        endpoint = metadata.get("userinfo_endpoint")
+        if not isinstance(endpoint, str):
+            raise IdentityProviderError("the provider's discovery document has no userinfo_endpoint")
+        token = kwargs.get("token") or {}
+        access = token.get("access_token") if isinstance(token, dict) else None
+        if not isinstance(access, str):
+            raise IdentityProviderError("there is no access token to ask the userinfo endpoint with")
+        status, claims = await self.fetcher.request_json(
+            "GET", endpoint, "the userinfo endpoint", headers={"Authorization": f"Bearer {access}"}
+        )
+        if status != 200:
+            raise IdentityProviderError(f"the userinfo endpoint at {endpoint} answered HTTP {status}")
+        return UserInfo(claims)
 
 
 class _GuardedOAuth(OAuth):  # type: ignore[misc]
@@ -302,18 +365,21 @@ class OIDCSignIn:
             token = await self.client.authorize_access_token(request)
         except OAuthError as exc:
             raise OIDCRefused(f"the sign-in could not be completed: {exc.description or exc.error}") from exc
-        except (httpx.HTTPError, json.JSONDecodeError, ValueError, IdentityProviderError) as exc:
+        except IdentityProviderError as exc:  # netguard refused an endpoint, or it did not answer
+            log.warning("OIDC token exchange failed: %s", exc.message)
+            raise OIDCUnavailable(f"the sign-in could not be completed: {exc.message}") from exc
+        except (httpx.HTTPError, json.JSONDecodeError, ValueError) as exc:
             log.warning("OIDC token exchange failed: %s", exc)
-            raise OIDCRefused("the sign-in could not be completed: the provider did not answer") from exc
+            raise OIDCUnavailable("the sign-in could not be completed: the provider did not answer") from exc
         claims: dict[str, Any] = dict(token.get("userinfo") or {})
         if not claims.get("sub"):
             raise OIDCRefused("the provider sent no ID token")
         if "email" not in claims or "email_verified" not in claims:
             try:
                 extra = dict(await self.client.userinfo(token=token))
-            except (OAuthError, httpx.HTTPError, ValueError) as exc:
-                log.warning("OIDC userinfo failed: %s", exc)
-                raise OIDCRefused("the sign-in could not be completed: no userinfo") from exc
+            except IdentityProviderError as exc:
+                log.warning("OIDC userinfo failed: %s", exc.message)
+                raise OIDCUnavailable(f"the sign-in could not be completed: {exc.message}") from exc
             if extra.get("sub") != claims["sub"]:
                 raise OIDCRefused("the provider's userinfo is about someone else")
             claims = {**extra, **{k: v for k, v in claims.items() if v is not None}}
@@ -337,6 +403,7 @@ __all__ = [
     "GuardedOAuth2App",
     "OIDCRefused",
     "OIDCSignIn",
+    "OIDCUnavailable",
     "StaffSessions",
     "current_session",
     "login_csrf",

@@ -75,6 +75,7 @@ from seawall.ui.auth import (
     CookieSessions,
     OIDCRefused,
     OIDCSignIn,
+    OIDCUnavailable,
     StaffSessions,
     current_session,
     login_csrf,
@@ -437,6 +438,9 @@ class UI:
         base = request.scope.get("root_path", "")
         try:
             email, name, role = await self.oidc.finish(request)
+        except OIDCUnavailable as exc:  # the provider cannot be used: not this person's fault
+            log.warning("UI OIDC sign-in failed: %s", exc)
+            raise Denied(f"You could not be signed in: {exc}.", 503) from exc
         except OIDCRefused as exc:
             log.info("UI OIDC sign-in refused: %s", exc)
             raise Denied(f"You could not be signed in: {exc}.", 403) from exc

@@ -60,9 +60,10 @@ class OIDCSettings(BaseModel):
     allow_private_hosts: bool = Field(
         False,
         description=(
-            "Fetch the discovery document and the keys from a provider whose host is or resolves to a "
-            "loopback or private address (a provider inside your network, or on this machine in "
-            "development). Off: such a provider is refused, as for gateway.user_tokens."
+            "Let the sign-in reach a provider whose hosts are or resolve to a loopback or private "
+            "address (a provider inside your network, or on this machine in development): the discovery "
+            "document, the keys, the token exchange and userinfo. Off: such an endpoint is refused, as "
+            "for gateway.user_tokens."
         ),
     )
 

@@ -1,4 +1,5 @@
-// seawall web UI: draws the dashboard's charts with uPlot from the JSON the server embedded.
+// seawall web UI: draws the dashboard's charts with uPlot from the JSON the server embedded, and
+// makes the copy buttons of long ids (audit table) work.
 //
 // Counts per bucket are bars, so an isolated busy hour is one bar (not a spike at the edge of a
 // line, nor nothing at all between gaps): parts of a whole (risk levels, kinds of stop, report
@@ -119,4 +120,21 @@
   }
 
   Array.prototype.forEach.call(document.querySelectorAll("[data-chart]"), draw);
+})();
+
+// Copy buttons (button.copy[data-copy]): shown only where the clipboard can be written (a secure
+// context: https, or loopback); a click copies the whole value and marks the button data-copied.
+(function () {
+  "use strict";
+  if (!navigator.clipboard || !window.isSecureContext) return;
+  Array.prototype.forEach.call(document.querySelectorAll("button.copy[data-copy]"), function (button) {
+    button.hidden = false;
+    button.addEventListener("click", function () {
+      navigator.clipboard.writeText(button.getAttribute("data-copy")).then(function () {
+        button.setAttribute("data-copied", "true");
+      }, function () {
+        button.setAttribute("data-copied", "false");
+      });
+    });
+  });
 })();
