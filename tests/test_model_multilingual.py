@@ -236,3 +236,24 @@ def test_training_the_stage_is_reproducible(engine: None, tmp_path: Path) -> Non
     assert set(runs[0].report["dev"]) >= {"en", "fr", "pt"}
     stage = MultilingualStage.load(tmp_path / "a" / MULTILINGUAL_FILE, ALL_LABELS)
     assert stage.fitted[ALL_LABELS.index("hate")]
+
+
+def test_a_labels_threshold_keeps_its_dev_false_alarms_within_the_budget() -> None:
+    from seawall.training.multilingual import FALSE_ALARM_BUDGET, budgeted_threshold
+    from seawall.training.train import calibrated_threshold
+
+    rng = np.random.default_rng(0)
+    # Mostly positive rows, as the stage's corpora are: F-beta alone puts the threshold where a
+    # tenth of the negatives would be flagged.
+    positives = rng.uniform(0.3, 1.0, 800).astype(np.float32)
+    negatives = rng.uniform(0.0, 0.6, 200).astype(np.float32)
+    labels = np.concatenate([np.ones(800, dtype=bool), np.zeros(200, dtype=bool)])
+    scores = np.concatenate([positives, negatives])
+    plain = calibrated_threshold(labels, scores)
+    assert (negatives >= plain).mean() > 0.1
+    budgeted = budgeted_threshold(labels, scores)
+    assert budgeted > plain
+    assert (negatives > budgeted).mean() <= FALSE_ALARM_BUDGET
+    # Where the negatives already sit low, the recipe's own threshold stands.
+    quiet = np.concatenate([positives, rng.uniform(0.0, 0.1, 200).astype(np.float32)])
+    assert budgeted_threshold(labels, quiet) == calibrated_threshold(labels, quiet)

@@ -472,6 +472,8 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
                 config.multilingual_cache,
                 config.features,
                 progress,
+                # A left-out source stays out of every stage, or leave-one-source-out leaks.
+                holdout=config.exclude_sources,
                 limit_per_source=config.limit_per_source,
             )
         else:
