@@ -26,6 +26,8 @@ from bots import chat_app
 
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT = ROOT / "bench" / "data" / "refusals_heldout.jsonl"
+#: Written before the second tuning round (issue 14); never trained or tuned on.
+HELD_OUT_2 = ROOT / "bench" / "data" / "refusals_heldout2.jsonl"
 
 # Written for this test file: in neither the training answers nor the held-out set.
 REFUSALS = [
@@ -82,6 +84,10 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
     held_out = load_answers(HELD_OUT)
     assert len(held_out) >= 300 and not training & {row["answer"] for row in held_out}
     assert {row["label"] for row in held_out} == set(LABELS)
+    second = load_answers(HELD_OUT_2)
+    assert len(second) >= 200 and {row["label"] for row in second} == set(LABELS)
+    assert not training & {row["answer"] for row in second}
+    assert not {row["answer"] for row in held_out} & {row["answer"] for row in second}
     sample = held_out[::4]  # every fourth answer: all labels, styles and languages, in seconds
     truth = [row["label"] != "compliance" for row in sample]
     ours = binary_figures(truth, [is_refusal(row["answer"]) for row in sample])
