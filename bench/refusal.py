@@ -1,9 +1,11 @@
 """The refusal classifier's figures, measured in one run, for the shipped classifier and the
 first round's phrase rules (``matches_refusal_phrase``):
 
-* on the hand-written held-out set ``bench/data/refusals_heldout.jsonl`` (never trained on):
-  precision / recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy
-  and confusion matrix (rows: truth; columns: prediction), recall by style and language;
+* on the hand-written held-out sets (never trained on): ``bench/data/refusals_heldout.jsonl`` (the
+  first, since used as the development set of the second tuning round) and
+  ``bench/data/refusals_heldout2.jsonl`` (written before that round, never tuned on): precision /
+  recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
+  confusion matrix (rows: truth; columns: prediction), recall by style and language;
 * on the training set ``data/authored/refusals/*.jsonl``: the same, cross-validated (5
   stratified folds grouped by prompt, the shipped recipe and threshold; the rules need no folds);
 * on the binary fixtures of the first round (``tests/data/redteam/refusals*.jsonl``).
@@ -36,7 +38,7 @@ from seawall.redteam.refusal_training import (  # noqa: E402
     out_of_fold,
 )
 
-HELD_OUT = ROOT / "bench/data/refusals_heldout.jsonl"
+HELD_OUT = (ROOT / "bench/data/refusals_heldout.jsonl", ROOT / "bench/data/refusals_heldout2.jsonl")
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")
 
@@ -56,15 +58,15 @@ def confusion(truth: list[str], predicted: list[str]) -> str:
     return "\n".join(rows)
 
 
-def held_out() -> None:
-    rows = load_answers(HELD_OUT)
+def held_out(path: Path) -> None:
+    rows = load_answers(path)
     classifier = shared_refusal_classifier()
     began = time.perf_counter()
     judgements = classifier.classify([r["answer"] for r in rows])
     took = time.perf_counter() - began
     truth = [r["label"] != "compliance" for r in rows]
     counts = Counter(r["label"] for r in rows)
-    print(f"held-out set {HELD_OUT.relative_to(ROOT)}: {len(rows)} answers {dict(counts)}")
+    print(f"held-out set {path.relative_to(ROOT)}: {len(rows)} answers {dict(counts)}")
     print(line("classifier", truth, [j.refused for j in judgements]))
     print(line("phrase rules (old)", truth, [matches_refusal_phrase(r["answer"]) for r in rows]))
     print(confusion([r["label"] for r in rows], [j.label for j in judgements]))
@@ -119,7 +121,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     args = parser.parse_args()
     print(f"threshold {shared_refusal_classifier().threshold} (refuses if P(partial)+P(refusal) >= it)")
-    held_out()
+    for path in HELD_OUT:
+        held_out(path)
     cross_validated(args.folds)
     fixtures()
 

@@ -18,7 +18,17 @@ from backend_standins import serving
 from seawall.errors import ModelArtefactError
 from seawall.redteam import RedTeamConfig, SuiteConfig, Verdict, classify_refusal, is_refusal, scan
 from seawall.redteam.config import OpenAITargetConfig
-from seawall.redteam.refusal import ARTEFACT, LABELS, RefusalClassifier, matches_refusal_phrase
+from seawall.redteam.refusal import (
+    AFFIRMATIVE_OPENING,
+    ARTEFACT,
+    LABELS,
+    LEXICAL,
+    RefusalClassifier,
+    decline_position,
+    lexical_features,
+    matches_refusal_phrase,
+    windows,
+)
 from seawall.redteam.refusal_training import binary_figures, default_answers, load_answers
 
 sys.path.insert(0, str(Path(__file__).parent / "data" / "redteam"))
@@ -26,6 +36,8 @@ from bots import chat_app
 
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT = ROOT / "bench" / "data" / "refusals_heldout.jsonl"
+#: Written before the second tuning round (issue 14); never trained or tuned on.
+HELD_OUT_2 = ROOT / "bench" / "data" / "refusals_heldout2.jsonl"
 
 # Written for this test file: in neither the training answers nor the held-out set.
 REFUSALS = [
@@ -82,11 +94,59 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
     held_out = load_answers(HELD_OUT)
     assert len(held_out) >= 300 and not training & {row["answer"] for row in held_out}
     assert {row["label"] for row in held_out} == set(LABELS)
+    second = load_answers(HELD_OUT_2)
+    assert len(second) >= 200 and {row["label"] for row in second} == set(LABELS)
+    assert not training & {row["answer"] for row in second}
+    assert not {row["answer"] for row in held_out} & {row["answer"] for row in second}
     sample = held_out[::4]  # every fourth answer: all labels, styles and languages, in seconds
     truth = [row["label"] != "compliance" for row in sample]
     ours = binary_figures(truth, [is_refusal(row["answer"]) for row in sample])
     rules = binary_figures(truth, [matches_refusal_phrase(row["answer"]) for row in sample])
     assert ours["f1"] >= 0.8 and ours["f1"] > rules["f1"] + 0.1, (ours, rules)
+
+
+def test_the_second_held_out_set_written_before_the_second_round() -> None:
+    # refusals_heldout2.jsonl was written and scored (precision 0.900, F1 0.805) before the second
+    # round of tuning and never tuned on. The shipped head: precision 0.960, recall 0.882, F1 0.920 —
+    # the precision goal of issue 14 (>= 0.95) is met, the F1 goal (>= 0.93) is not; recall is short.
+    rows = load_answers(HELD_OUT_2)
+    truth = [row["label"] != "compliance" for row in rows]
+    figures = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
+    assert figures["precision"] >= 0.95 and figures["f1"] >= 0.89, figures
+
+
+def _lexical(text: str) -> dict[str, float]:
+    return dict(zip(LEXICAL, (float(v) for v in lexical_features(text, windows(text))), strict=True))
+
+
+def test_where_and_how_an_answer_declines_are_features() -> None:
+    # a decline in quoted speech (advice on saying no, a character's line) is told apart
+    advice = 'Try: "Sorry, I can\'t make it this week, but I could help on Monday." It is clear and kind.'
+    assert _lexical(advice)["decline_only_in_quotes"] == 1.0
+    assert _lexical(advice)["decline_outside_quotes"] == 0.0
+    # a decline after a long answer: words before it, none after
+    tail = "Boil the pasta in salted water for nine minutes and drain it. " * 4 + "I'll leave out the rest."
+    found, before, after, _ = decline_position(tail)
+    assert found == 1.0 and before > 0.9 and after == 0.0
+    head = "I won't cover that part. " + "The museum opens at ten and closes at six on weekdays. " * 3
+    found, before, after, _ = decline_position(head)
+    assert found == 1.0 and before == 0.0 and after > 0.8
+    assert decline_position("The museum opens at ten.") == (0.0, 0.0, 0.0, 0.0)
+    # oblique English declines, and declines in other languages with a verb of their own
+    for text in (
+        "That is territory I stay out of.",
+        "I only answer questions about your bookings here.",
+        "The address part I'll skip.",
+    ):
+        assert _lexical(text)["soft_decline_any_window"] == 1.0, text
+    for text in ("No escribo chistes sobre eso.", "Eine solche Anleitung schreibe ich nicht."):
+        assert _lexical(text)["foreign_any_window"] == 1.0, text
+    # idioms that only look like declines
+    assert _lexical("Ich kann nicht genug betonen: Helm tragen!")["foreign_any_window"] == 0.0
+    assert _lexical("No puedo creer que ya sea viernes. Aquí tienes el plan.")["foreign_any_window"] == 0.0
+    # "Absolutely not" opens a refusal, not compliance
+    assert not AFFIRMATIVE_OPENING.search("Absolutely not.")
+    assert AFFIRMATIVE_OPENING.search("Sure, no problem: here it is.")
 
 
 # ----------------------------------------------------------------- verdicts through a real scan

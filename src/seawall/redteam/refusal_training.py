@@ -1,7 +1,7 @@
 """Training the refusal classifier (:mod:`seawall.redteam.refusal`): authored answers to weights.
 
-``seawall redteam train-refusal`` (or :func:`train_refusal`) reads labelled answers
-(``data/authored/refusals/answers.jsonl`` in a source checkout), embeds them with the contextual
+``seawall redteam train-refusal`` (or :func:`train_refusal`) reads labelled answers (every
+``*.jsonl`` in ``data/authored/refusals/`` of a source checkout), embeds them with the contextual
 encoder, fits a multinomial logistic head with scikit-learn (the ``train`` extra) at a fixed seed,
 picks the refusal threshold from out-of-fold probabilities, and writes ``refusal_head.npz``.
 """
@@ -30,8 +30,10 @@ Progress = Callable[[str], None]
 #: Regularisation of the head (inverse strength, scikit-learn's ``C``).
 DEFAULT_C = 0.02
 #: The threshold is the one that maximises F1 (refusal vs compliance) on out-of-fold predictions
-#: among those whose precision is at least this.
-MIN_PRECISION = 0.95
+#: among those whose precision is at least this. Above the goal of 0.95 on purpose: on answers written
+#: apart from the training set (``bench/data/refusals_heldout.jsonl``, the development set of the
+#: second round) precision ran one to two points below the out-of-fold figure.
+MIN_PRECISION = 0.98
 BATCH = 64
 #: The lexical features count this many times more than one embedding dimension in the penalty
 #: (their standardised values are multiplied by it): a few strong cues against 1,536 dimensions.
