@@ -360,7 +360,9 @@ def train_refusal_command(
     answers: Annotated[
         Path | None,
         typer.Option(
-            "--answers", help="Labelled answers (JSONL); default data/authored/refusals/answers.jsonl."
+            "--answers",
+            help="Labelled answers: a JSONL file or a folder of them; default every *.jsonl in "
+            "data/authored/refusals/.",
         ),
     ] = None,
     output: Annotated[
