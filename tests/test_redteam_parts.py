@@ -254,3 +254,38 @@ def test_the_pytest_fixture_scans(redteam_scan: Any) -> None:  # noqa: F811
         SuiteConfig(families=["prompt_injection"], strategies=["base64"], per_strategy=2),
     )
     assert report.summary.overall.cases == 9 and report.asr == 0.0
+
+
+def test_an_escalated_user_is_a_block_and_a_providers_rate_limit_an_error() -> None:
+    import asyncio
+
+    from seawall.redteam.targets import Conversation, OpenAITarget
+
+    answers = {
+        "throttled": (429, "rate_limit_error", "user_throttled"),
+        "review": (403, "permission_error", "user_under_review"),
+        "busy": (429, "rate_limit_error", "rate_limit_exceeded"),
+    }
+
+    async def chat(request: Request) -> JSONResponse:
+        body = await request.json()
+        status, kind, code = answers[body["messages"][-1]["content"]]
+        error = {"message": f"refused: {code}", "type": kind, "param": None, "code": code}
+        return JSONResponse({"error": error}, status_code=status)
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+    async def ask(url: str) -> dict[str, Any]:
+        target = OpenAITarget(f"{url}/v1", "m", retries=0)
+        try:
+            return {
+                what: await target.send(Conversation([{"role": "user", "content": what}])) for what in answers
+            }
+        finally:
+            await target.aclose()
+
+    with serving(app) as server:
+        replies = asyncio.run(ask(server.url))
+    assert replies["throttled"].blocked and replies["throttled"].status == 429
+    assert replies["review"].blocked and replies["review"].status == 403
+    assert not replies["busy"].blocked and "rate_limit_exceeded" in (replies["busy"].error or "")

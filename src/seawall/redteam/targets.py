@@ -54,7 +54,9 @@ from seawall.redteam.wire import (
 )
 
 #: Error codes with which OpenAI-compatible servers (seawall's gateway, Azure, OpenAI) refuse
-#: a request on content grounds: a block, not an error.
+#: a request on content grounds: a block, not an error. seawall's risk ledger answers a user it
+#: has escalated with ``user_throttled`` (429) or ``user_under_review`` (403): the guard stopping
+#: the attacker, unlike a provider's plain rate limit (``rate_limit_exceeded``), which stays an error.
 BLOCK_CODES = frozenset(
     {
         "content_policy_violation",
@@ -62,6 +64,8 @@ BLOCK_CODES = frozenset(
         "content_filter",
         "moderation_blocked",
         "user_blocked",
+        "user_throttled",
+        "user_under_review",
     }
 )
 
