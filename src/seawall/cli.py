@@ -137,6 +137,18 @@ def _read_jsonl_records(stream: BinaryIO, source: str) -> tuple[list[Any], list[
     return records, items
 
 
+def progress_bar(label: str, *, disable: bool = False) -> Progress:
+    """The CLI's progress bar for long runs over many texts: label, bar, done/total, time left."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
+    )
+
+
 @app.command()
 def moderate(
     text: Annotated[str | None, typer.Argument(help="Text to moderate; '-' reads lines from stdin.")] = None,
@@ -242,14 +254,7 @@ def moderate(
     async def run() -> list[dict[str, Any]]:
         service = ModerationService(settings)
         try:
-            with Progress(
-                TextColumn("moderating"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=console,
-                disable=len(items) < 2 * batch_size,
-            ) as progress:
+            with progress_bar("moderating", disable=len(items) < 2 * batch_size) as progress:
                 task = progress.add_task("moderate", total=len(items))
                 results = await moderate_items(
                     service, items, model, chunk=batch_size, progress=lambda n: progress.advance(task, n)
@@ -300,13 +305,7 @@ def _moderate_on_ray(
     try:
         require_ray()
         settings = load_settings(config)
-        with Progress(
-            TextColumn("moderating"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        ) as progress:
+        with progress_bar("moderating") as progress:
             task = progress.add_task("moderate", total=None)
 
             def advance(done: int, total: int) -> None:
@@ -357,9 +356,7 @@ def evaluate(
     async def run() -> tuple[list[Any], dict[str, float]]:
         service = ModerationService(settings)
         try:
-            with Progress(
-                TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), console=console
-            ) as progress:
+            with progress_bar("scoring") as progress:
                 task = progress.add_task("eval", total=len(labeled.texts))
                 results = await score_texts(
                     service, labeled.texts, model, progress=lambda n: progress.advance(task, n)
