@@ -63,6 +63,8 @@ class _Connection(asyncio.Protocol):
         self._error: Exception | None = None
         self._wake: asyncio.Future[None] | None = None
         self._delimited = True  # Content-Length or chunked: the end is in the bytes, not the close
+        self._keep_alive = False  # both sides allow another request (read with the head: the
+        # parser forgets it once the message is complete)
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -97,6 +99,7 @@ class _Connection(asyncio.Protocol):
         self.status = self._parser.get_status_code()
         names = {name.lower() for name, _ in self.headers}
         self._delimited = b"content-length" in names or b"transfer-encoding" in names
+        self._keep_alive = bool(self._parser.should_keep_alive())
         if not self.headers_done.done():
             self.headers_done.set_result(None)
 
@@ -161,7 +164,7 @@ class _Connection(asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         """Whether the reply was read to its end and both sides keep the connection open."""
-        return self.complete and self._error is None and self.usable and self._parser.should_keep_alive()
+        return self.complete and self._error is None and self.usable and self._keep_alive
 
     def close(self) -> None:
         self.closed = True
