@@ -238,3 +238,27 @@ async def test_tls_with_a_trusted_certificate_and_not_with_an_unknown_one(tmp_pa
         async with client(LeanTransport(ssl_context=ssl.create_default_context())) as http:
             with pytest.raises(httpx.ConnectError):
                 await http.get(url)
+
+
+async def test_an_informational_reply_is_skipped_and_a_head_reply_has_no_body() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        while (request := await server.read_request(reader)) is not None:
+            if request.startswith(b"HEAD"):  # a length, but no body: the reply to HEAD
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 42\r\n\r\n")
+            else:
+                writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n")
+                writer.write(reply(b"after the hints", extra=b"x-final: yes\r\n"))
+            await writer.drain()
+
+    async with serving(handler) as server, client(LeanTransport()) as http:
+        url = f"http://127.0.0.1:{server.port}/"
+        response = await http.get(url)
+        assert (response.status_code, response.text, response.headers["x-final"]) == (
+            200,
+            "after the hints",
+            "yes",
+        )
+        assert "link" not in response.headers
+        head = await http.head(url, timeout=1)
+        assert (head.status_code, head.content, head.headers["content-length"]) == (200, b"", "42")
+        assert (await http.get(url)).text == "after the hints"

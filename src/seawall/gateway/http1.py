@@ -63,6 +63,8 @@ class _Connection(asyncio.Protocol):
         self._error: Exception | None = None
         self._wake: asyncio.Future[None] | None = None
         self._delimited = True  # Content-Length or chunked: the end is in the bytes, not the close
+        self._informational = False
+        self._has_body = True
         self._keep_alive = False  # both sides allow another request (read with the head: the
         # parser forgets it once the message is complete)
 
@@ -96,10 +98,18 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:  # an informational reply (103 Early Hints): the real one follows
+            self.headers = []
+            self._informational = True
+            return
+        self.status = status
         names = {name.lower() for name, _ in self.headers}
         self._delimited = b"content-length" in names or b"transfer-encoding" in names
-        self._keep_alive = bool(self._parser.should_keep_alive())
+        self._keep_alive = bool(self._parser.should_keep_alive()) and self._has_body
+        if not self._has_body:  # the reply to HEAD: no body, whatever its headers say; the
+            self.complete = True  # parser would wait for one, so the connection is not used again
+            self._signal()
         if not self.headers_done.done():
             self.headers_done.set_result(None)
 
@@ -112,6 +122,9 @@ class _Connection(asyncio.Protocol):
         self._signal()
 
     def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
         self.complete = True
         self._signal()
 
@@ -134,8 +147,9 @@ class _Connection(asyncio.Protocol):
         """Whether this idle connection can take another request."""
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, *, has_body: bool = True) -> None:
         self._reset()
+        self._has_body = has_body
         assert self.transport is not None
         self.transport.write(data)
 
@@ -236,7 +250,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         head.append(b"\r\n")
         connection = await self._acquire(origin, timeouts)
         try:
-            connection.send(b"".join(head) + body)
+            connection.send(b"".join(head) + body, has_body=request.method != "HEAD")
             async with asyncio.timeout(timeouts.get("read")):
                 await connection.headers_done
         except TimeoutError:
