@@ -214,7 +214,7 @@ class AuditLog:
         if store is not None and buffer_path is not None:
             buffer = AuditBuffer(buffer_path)
             self._stored = BufferedAuditWriter(store, buffer, retry_s=retry_s)
-            self._commit = GroupCommit(buffer, sync=sync, committed=self._appended.set, failed=self._spill)
+            self._commit = GroupCommit(buffer, sync=sync, committed=self._wake_writer, failed=self._spill)
             self._writer = threading.Thread(target=self._write_through, name="seawall-audit", daemon=True)
             self._writer.start()
         elif store is not None:
@@ -325,6 +325,16 @@ class AuditLog:
             self._queue.put(None)
         self._writer.join(timeout=30)
         self._writer = None
+
+    def _wake_writer(self) -> None:
+        """Records were appended: wake the writer thread, at the loop's next turn when called on an
+        event loop (the request's answer goes out first, not a thread switch in the middle of it)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # the commit thread (audit_sync: fsync), or a caller without a loop
+            self._appended.set()
+            return
+        loop.call_soon(self._appended.set)
 
     def _spill(self, records: list[dict[str, Any]]) -> None:
         """Records the buffer could not take: the writer thread stores them from memory."""
