@@ -18,6 +18,7 @@ sequential plain requests (after ``--warmup``), and prints per request:
 Usage::
 
     python bench/gateway_profile.py [--guards off|on|both] [--requests 300] [--cprofile] [--top 25]
+                                     [--baseline-src OTHER_CHECKOUT/src]
 
 Every child process is stopped on exit, Ctrl-C and failures included.
 """
@@ -188,6 +189,16 @@ def main() -> None:
     parser.add_argument("--save", type=Path, default=None, help="copy the profiles into this folder")
     parser.add_argument("--top", type=int, default=25, help="functions listed per profile")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help=(
+            "also run a guards-off gateway from this source tree (a checkout's src/, e.g. of main), "
+            "interleaved with the others in the same run: a before/after comparison that other load "
+            "on the machine affects alike"
+        ),
+    )
     if len(sys.argv) > 3 and sys.argv[1] == SERVE:
         serve_measured(sys.argv[2], sys.argv[3] == "profile", sys.argv[4:])
         return
@@ -217,8 +228,14 @@ def main() -> None:
             wait_ready(f"{upstream}/models", processes, "stand-in", stand_in)
             targets = [Target("direct (stand-in)", upstream, stand_in.pid)]
             servers: dict[str, tuple[Any, Path, Path]] = {}
-            for guards in wanted:
+            runs: list[tuple[bool, Path | None]] = [(guards, None) for guards in wanted]
+            if args.baseline_src is not None:
+                if not (args.baseline_src / "seawall").is_dir():
+                    parser.error(f"--baseline-src {args.baseline_src}: no seawall package there")
+                runs.insert(0, (False, args.baseline_src.resolve()))
+            for guards, source in runs:
                 name = "moderation-on" if guards else "guards-off"
+                name += "-baseline" if source is not None else ""
                 port = free_port()
                 config = gateway_config(folder, name, port, upstream, guards, "sentence")
                 profile = folder / f"{name}.prof"
@@ -227,9 +244,13 @@ def main() -> None:
                 command += ["--factory"]
                 command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
                 command += ["--no-access-log"]
-                process = processes.start(name, command, gateway_cpus, {"SEAWALL_CONFIG": str(config)})
+                env = {"SEAWALL_CONFIG": str(config)}
+                if source is not None:
+                    env["PYTHONPATH"] = str(source)
+                process = processes.start(name, command, gateway_cpus, env)
                 wait_ready(f"http://127.0.0.1:{port}/readyz", processes, name, process)
                 label = "gateway, moderation on" if guards else "gateway, guards off"
+                label += " (baseline)" if source is not None else ""
                 targets.append(Target(label, f"http://127.0.0.1:{port}/v1", process.pid))
                 servers[label] = (process, folder / f"{name}.audit.jsonl", profile)
             load = Path("/proc/loadavg").read_text().split()[0]

@@ -280,6 +280,34 @@ async def test_chat_forces_no_stream_and_sends_key_and_extra_headers(
     assert request.headers["openai-organization"] == "org-123"
 
 
+async def test_the_body_goes_out_as_compact_utf8_json_and_odd_replies_parse_as_before(
+    server: StandIn, upstream: Upstream
+) -> None:
+    """The request body is encoded by orjson and replies parsed by it, falling back to the
+    standard library for what orjson refuses: the bytes sent are what ``json.dumps`` with
+    httpx's settings writes, and a reply with ``NaN`` (which some model servers write in logprobs)
+    or a lone surrogate escape is read as before, not taken for a malformed reply."""
+    body = {"model": "standin-model", "messages": [{"role": "user", "content": "Grüße, 日本 ✓"}], "n": 1}
+    await upstream.chat(body)
+    [request] = server.requests
+    expected = {**body, "stream": False}
+    assert request.raw == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["content-length"] == str(len(request.raw))
+    odd = json.dumps(completion_body("\ud83d half an emoji")).replace(
+        '"created": 1700000000', '"created": NaN'
+    )
+    assert "NaN" in odd
+
+    async def reply(_: Recorded) -> Response:
+        return Response(odd, media_type="application/json")
+
+    script(server, reply)
+    answer = await upstream.chat(body)
+    assert answer["choices"][0]["message"]["content"] == "\ud83d half an emoji"
+    assert answer["created"] != answer["created"]  # NaN, as json.loads reads it
+
+
 async def test_no_authorization_header_without_a_key(server: StandIn) -> None:
     async with Upstream(upstream_settings(server.url, api_key=None)) as client:
         await client.chat({"model": "m", "messages": []})

@@ -2,8 +2,9 @@
 
 A record holds decisions, categories, scores, the risk level, latencies and outcomes —
 never message text or the raw user id. Before a request's answer leaves, its record is in the
-audit buffer, an append-only file flushed to disk (``store.audit_buffer_path``; concurrent
-requests share one ``fsync``): a replica killed right after answering loses no record, and when
+audit buffer, an append-only file (``store.audit_buffer_path``; handed to the operating system, or
+with ``store.audit_sync: fsync`` flushed to disk, concurrent requests sharing one ``fsync``): a
+replica killed right after answering loses no record, and when
 restarted on the same buffer it writes them to the store. The store itself is written from the
 buffer by a background thread, so a slow or failing database never delays an answer; while it
 cannot take records (down, restarting, locked) they wait in the buffer and go through, in order,
@@ -48,6 +49,11 @@ audit_log = logging.getLogger("seawall.audit")
 AUDIT_TOP_SCORES = 3
 #: Records queued for the store (without an audit buffer) before new ones are dropped (and logged).
 STORE_QUEUE_SIZE = 10_000
+#: How long the writer thread lets records gather after it is woken before it writes them through
+#: to the store: the request that woke it sends its answer meanwhile instead of competing with the
+#: store write for the interpreter (the gateway's CPU is often one core), and under load one pass
+#: takes many records. The records are in the buffer already; only the store sees them this late.
+WRITE_THROUGH_DELAY_S = 0.01
 
 
 def decision(
@@ -208,7 +214,7 @@ class AuditLog:
         if store is not None and buffer_path is not None:
             buffer = AuditBuffer(buffer_path)
             self._stored = BufferedAuditWriter(store, buffer, retry_s=retry_s)
-            self._commit = GroupCommit(buffer, sync=sync, committed=self._appended.set, failed=self._spill)
+            self._commit = GroupCommit(buffer, sync=sync, committed=self._wake_writer, failed=self._spill)
             self._writer = threading.Thread(target=self._write_through, name="seawall-audit", daemon=True)
             self._writer.start()
         elif store is not None:
@@ -320,6 +326,16 @@ class AuditLog:
         self._writer.join(timeout=30)
         self._writer = None
 
+    def _wake_writer(self) -> None:
+        """Records were appended: wake the writer thread, at the loop's next turn when called on an
+        event loop (the request's answer goes out first, not a thread switch in the middle of it)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # the commit thread (audit_sync: fsync), or a caller without a loop
+            self._appended.set()
+            return
+        loop.call_soon(self._appended.set)
+
     def _spill(self, records: list[dict[str, Any]]) -> None:
         """Records the buffer could not take: the writer thread stores them from memory."""
         for record in records:
@@ -333,6 +349,8 @@ class AuditLog:
         stored.tick(force=True)
         while True:
             appended = self._appended.wait(timeout=self._retry_s / 2)
+            if appended and not self._closing:
+                time.sleep(WRITE_THROUGH_DELAY_S)
             self._appended.clear()
             while not self._unbuffered.empty():
                 record = self._unbuffered.get()

@@ -1,13 +1,13 @@
-"""The gateway's audit journal: every answered request's record is on disk before its answer leaves.
+"""The gateway's audit journal: every answered request's record is in the buffer before its answer leaves.
 
 :class:`seawall.gateway.audit.AuditLog` hands each audit record to a :class:`GroupCommit`, which
-appends it to an :class:`AuditBuffer` (one JSON line per record, ``store.audit_buffer_path``) and,
-with ``store.audit_sync: fsync`` (the default), flushes it to disk (``fsync``); the request's
-answer waits for that. Records that arrive while one append is on its way are written together
-by the next, with one ``fsync`` for all of them (group commit), so a busy gateway pays about one
-``fsync`` per group rather than per request. With ``audit_sync: write`` the record is appended on
-the request's own thread and the flush is left to the OS (it survives a killed process, not a
-power loss). A writer thread then takes the records
+appends it to an :class:`AuditBuffer` (one JSON line per record, ``store.audit_buffer_path``)
+before the request's answer leaves. With ``store.audit_sync: write`` (the default) the record is
+appended on the request's own thread and the flush is left to the OS: it survives a killed
+process, not a power loss. With ``audit_sync: fsync`` it is also flushed to disk (``fsync``) and
+the answer waits for that; records that arrive while one append is on its way are written
+together by the next, with one ``fsync`` for all of them (group commit), so a busy gateway pays
+about one ``fsync`` per group rather than per request. A writer thread then takes the records
 from the file to the store (:class:`BufferedAuditWriter`). So a replica killed the instant after an
 answer still has that answer's record in its buffer, and the same replica, restarted on the same
 buffer path, writes it through before anything newer.
