@@ -200,9 +200,10 @@ def script(server: StandIn, *steps: Step) -> Script:
     return replies
 
 
-@pytest.fixture
-async def upstream(server: StandIn) -> AsyncIterator[Upstream]:
-    async with Upstream(upstream_settings(server.url)) as client:
+@pytest.fixture(params=["lean", "httpx"])
+async def upstream(server: StandIn, request: pytest.FixtureRequest) -> AsyncIterator[Upstream]:
+    """The client on each HTTP transport (``upstream.http_transport``): they must behave alike."""
+    async with Upstream(upstream_settings(server.url, http_transport=request.param)) as client:
         yield client
 
 

@@ -273,6 +273,13 @@ class UpstreamSettings(BaseModel):
         description="Wait before the first retry, doubled for each further one (a longer Retry-After wins).",
     )
     max_connections: int = Field(100, ge=1, description="Most connections open to the upstream at once.")
+    http_transport: Literal["lean", "httpx"] = Field(
+        "lean",
+        description="How the gateway speaks HTTP/1.1 to the upstream: 'lean' (seawall's own transport "
+        "on asyncio and httptools, about half the CPU per call) or 'httpx' (httpx's standard "
+        "transport on httpcore), the same requests, replies and errors; switch to it if an upstream "
+        "or a proxy in between misbehaves with 'lean'.",
+    )
 
     @field_validator("base_url")
     @classmethod

@@ -213,7 +213,11 @@ class Upstream:
         # httpx on seawall's lean HTTP/1.1 transport (seawall.gateway.http1) instead of httpcore:
         # the same requests, replies and exceptions at a fraction of the CPU per call. A proxy from
         # the environment (HTTPS_PROXY, ...) is still httpx's own transport, with these limits.
-        transport = LeanTransport(ssl_context=tls, max_connections=settings.max_connections)
+        transport = (
+            LeanTransport(ssl_context=tls, max_connections=settings.max_connections)
+            if settings.http_transport == "lean"
+            else None  # httpx's own, built from ``limits`` and ``verify``
+        )
         self._client = httpx.AsyncClient(
             base_url=self.base_url + "/", timeout=timeout, limits=limits, verify=tls, transport=transport
         )
