@@ -157,7 +157,7 @@ from seawall.gateway.tiers import Tiers
 from seawall.gateway.topics import TopicGuard
 from seawall.gateway.upstream import Upstream
 from seawall.gateway.user_tokens import UserTokenVerifier
-from seawall.review.gateway_hook import Disconnected, ReviewHook, StreamWait
+from seawall.review.gateway_hook import Disconnected, ReviewHook, StreamWait, WaitEnd
 from seawall.review.metrics import GUARD_STEPS
 from seawall.service import ModerationService
 from seawall.settings import ControlMode, GatewaySettings, Settings
@@ -554,13 +554,9 @@ class Gateway:
             if wait is not None:
                 async for keepalive in wait.keepalives():
                     yield keepalive
-                assert wait.end is not None
-                record_wait(audit, wait.end)
-                held = wait.end.response.body
-                state.extension = held.get(EXTENSION_FIELD)
+                # The decided answer replaces the placeholder; deltas() has not started reading yet.
                 await aclose(chunks)  # the placeholder's, not yet read past its first chunk
-                chunks = as_chunks(held)
-                first = await anext(chunks, None)  # read by deltas(), which has not started yet
+                chunks, first = await _decided_answer(wait.decided(), state, audit)
                 first_text = state.observe(first) if first is not None else ""
             blocked: Blocked | None = None
             pieces = _watched(deltas(), watches)
@@ -677,6 +673,18 @@ class _Stopped(Exception):
     def __init__(self, marker: Blocked) -> None:
         super().__init__("stream stopped")
         self.marker = marker
+
+
+async def _decided_answer(
+    end: WaitEnd, state: StreamState, audit: AuditRecord
+) -> tuple[AsyncIterator[dict[str, Any]], dict[str, Any] | None]:
+    """A waiting stream's answer once its wait ended (the reviewer's, or the placeholder on a
+    timeout), recorded in the audit: its chunks and the first of them, already read."""
+    record_wait(audit, end)
+    held = end.response.body
+    state.extension = held.get(EXTENSION_FIELD)
+    chunks = as_chunks(held)
+    return chunks, await anext(chunks, None)
 
 
 async def _watched(deltas: AsyncIterator[str], watches: list[StreamWatch]) -> AsyncIterator[str | Blocked]:

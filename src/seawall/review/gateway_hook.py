@@ -280,6 +280,12 @@ class StreamWait:
                 return
             yield KEEPALIVE
 
+    def decided(self) -> WaitEnd:
+        """How the wait ended, once :meth:`keepalives` has returned."""
+        if self.end is None:
+            raise RuntimeError("StreamWait.decided() before keepalives() returned")
+        return self.end
+
     def abandon(self) -> WaitEnd | None:
         """The stream ended before the wait did (the client hung up, or stopped reading): stop
         waiting (the item stays in the queue) and say so; None when the wait had already ended or
