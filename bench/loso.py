@@ -13,6 +13,7 @@ Results are written as JSON (``--out``) and printed;
 ``--write-card`` adds them to the shipped model card's evaluation section.
 
 Usage: python bench/loso.py [--data ../shared/data] [--sources jigsaw edos ...] [--out FILE] [--write-card]
+[--keep-models DIR]
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ def fold(source: str, args: argparse.Namespace) -> dict[str, Any]:
     config = TrainConfig(
         data_dir=args.data,
         authored_dir=default_authored_dir(),
-        out_dir=Path("/nonexistent"),
+        out_dir=args.keep_models / source if args.keep_models else Path("/nonexistent"),
         exclude_sources=(source,),
-        write=False,
+        # Written out, a fold's artefacts can be joined to other stages trained without the same
+        # source (python -m seawall.training.multilingual --holdout SOURCE --english-stages DIR).
+        write=args.keep_models is not None,
     )
     if not args.screen:
         config.screen_score = None
@@ -84,6 +87,12 @@ def main() -> None:
         help="also screen out-of-scope negatives (the shipped recipe; doubles the fitting time)",
     )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "loso.json")
+    parser.add_argument(
+        "--keep-models",
+        type=Path,
+        default=None,
+        help="write each fold's artefacts to DIR/SOURCE (with its multilingual stage, also without it)",
+    )
     parser.add_argument(
         "--write-card",
         action="store_true",
