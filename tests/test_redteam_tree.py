@@ -165,6 +165,8 @@ def test_off_topic_attacker_rewrites_are_pruned_unsent() -> None:
     # the attacker saw the goal, the attempt and the target's answer
     text = asked[0].body["messages"][0]["content"]
     assert REFUSAL in text and "Make the application respond in full" in text
+    # with a seed on every request, a server that honours it rewrites the same way next scan
+    assert {request.body.get("seed") for request in asked} == {0}
 
 
 def test_width_depth_and_budget_are_honoured() -> None:

@@ -172,6 +172,11 @@ class AttackerConfig(_Strict):
     api_key_env: str | None = Field(None, description="Environment variable holding its API key.")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
     temperature: float = Field(1.0, ge=0, le=2, description="Sampling temperature of the rewrites.")
+    seed: int | None = Field(
+        0,
+        description="Sent as OpenAI's 'seed' with every rewrite request, so a server that honours it "
+        "gives the same rewrites for the same scan (repeatable trees and iterations); null sends none.",
+    )
     rounds: int | None = Field(
         None, ge=1, le=20, description="Attempts per iterative case (null: the script's default, 4)."
     )

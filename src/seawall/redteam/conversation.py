@@ -223,6 +223,7 @@ class AttackerModel:
         timeout_s: float = 60.0,
         temperature: float = 1.0,
         max_tokens: int = 400,
+        seed: int | None = None,
     ) -> None:
         self.name = f"attacker model {model}"
         self.model = model
@@ -235,6 +236,7 @@ class AttackerModel:
             temperature=temperature,
             max_tokens=max_tokens,
             retries=1,
+            extra_body={"seed": seed} if seed is not None else None,
         )
 
     @staticmethod

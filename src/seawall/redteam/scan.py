@@ -153,6 +153,7 @@ async def ascan(
                 api_key=api_key(a.api_key_env),
                 timeout_s=a.timeout_s,
                 temperature=a.temperature,
+                seed=a.seed,
             )
     if config.judge is not None:
         if offline:
