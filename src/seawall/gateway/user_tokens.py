@@ -45,7 +45,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -163,7 +163,7 @@ class ProviderFetcher:
     async def get_json(self, url: str, what: str) -> dict[str, Any]:
         """GET ``url`` from a checked address of its host (see the class) and parse the JSON
         object, all within ``timeout_s``; any answer but HTTP 200 is an error."""
-        status, body = await self._fetch(url, what, lambda: self._fetch_body("GET", url, what, {}, None))
+        status, body = await self._fetch("GET", url, what, {}, None)
         if status != 200:
             raise IdentityProviderError(f"{what} at {url} answered HTTP {status}")
         return _json_object(body, url, what, status)
@@ -181,17 +181,16 @@ class ProviderFetcher:
         and give the HTTP status with the JSON object that came back, whatever the status (an
         OAuth token endpoint says what went wrong in a 400's JSON); a body that is no JSON object
         is an error that names the status."""
-        status, body = await self._fetch(
-            url, what, lambda: self._fetch_body(method, url, what, dict(headers or {}), form)
-        )
+        status, body = await self._fetch(method, url, what, dict(headers or {}), form)
         return status, _json_object(body, url, what, status)
 
     async def _fetch(
-        self, url: str, what: str, fetch: Callable[[], Awaitable[tuple[int, bytes]]]
+        self, method: str, url: str, what: str, headers: dict[str, str], form: Mapping[str, str] | None
     ) -> tuple[int, bytes]:
+        """The status and body, all within ``timeout_s``."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await fetch()
+                return await self._fetch_body(method, url, what, headers, form)
         except TimeoutError:
             raise IdentityProviderError(
                 f"{what} at {url} could not be fetched within {self.timeout_s:g} s"
