@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
@@ -452,9 +453,15 @@ def test_an_extra_step_in_shadow_mode_only_says_what_it_would_have_done(tmp_path
 
 
 def test_the_audit_search_finds_the_records_with_shadow_decisions(gw: Sides) -> None:
-    ask(gw.shadow, THREAT, "abel")
+    answer = ask(gw.shadow, THREAT, "abel")
     store = gw.shadow.store
     try:
+        # A background thread writes records through to the store after the answer leaves: wait for
+        # this one, or a record arriving between the two searches below makes them disagree.
+        deadline = time.monotonic() + 30
+        while store.get_audit(answer.headers[REQUEST_ID_HEADER]) is None:
+            assert time.monotonic() < deadline, "the request's audit record never reached the store"
+            time.sleep(0.02)
         everything = store.audit_page(AuditQuery(page_size=500))
         shadowed = store.audit_page(AuditQuery(shadow=True, page_size=500))
     finally:
