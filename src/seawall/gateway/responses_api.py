@@ -24,7 +24,7 @@ streamed text), review and the audit record are the chat path's, step for step. 
   (``accepted``) a 202 whose body is a Response with ``status: queued``, no output, and the review
   (``id``, ``poll_url``, ``reasons``, ``message``) in its ``seawall`` field, the review headers and
   ``Location`` (a stream: ``response.created`` and ``response.queued``, then the end). The app
-  polls ``poll_url`` or ``GET /v1/responses/{id}`` for the decision (see *Queued responses*).
+  polls ``poll_url`` or ``GET /v1/responses/{id}`` for the decision (see *Responses held for review*).
 * **Errors name the Responses request's fields.** The chat path names what it checks in chat
   terms (``messages[3]``, ``max_completion_tokens``); the translation keeps where each part of the
   chat body came from (:class:`~seawall.gateway.responses_wire.ParamMap`), so the error's
@@ -38,18 +38,30 @@ the new input; its ``instructions`` do not carry over, as on OpenAI's API). Only
 app key read a kept response back: any other caller gets 404, as for an id that was never kept.
 A failed response (cut by the guard, an upstream error) is not kept.
 
-**Queued responses.** A response held for review under ``hold_response: accepted`` is kept as it was
-answered (``status: queued``), unless ``store: false``. ``GET /v1/responses/{id}`` asks the review
-queue each time until a reviewer has decided: pending, it is the queued Response; approved or
-edited, the completed Response whose output is the released answer; rejected, an ``incomplete``
-Response (``incomplete_details.reason: content_filter``) whose message is
-``review.rejected_message``, as a rejected answer is in wait mode; and when its review is not in
-the queue (any more), a ``failed`` Response whose ``error`` (``review_not_found``) says so. The
-decided Response replaces the queued one in the store (one store read each time from then on) and
-``seawall.review`` gives the decision (``status``, and the rejection's ``reason``).
+**Responses held for review.** A response held for review is kept as it was answered, unless
+``store: false``: under ``hold_response: accepted`` a queued Response (no output), under
+``placeholder`` (and ``wait`` when no decision came in time) a completed Response whose message is
+the placeholder and whose ``seawall.review.status`` is ``pending``. Either follows its review: ``GET
+/v1/responses/{id}`` asks the review queue each time until a reviewer has decided. Pending, it is
+the Response the client got; approved or edited, the completed Response whose output is the
+released answer; rejected, an ``incomplete`` Response (``incomplete_details.reason:
+content_filter``) whose message is ``review.rejected_message``, as a rejected answer is in wait
+mode. The decided Response keeps the id and ``created_at``, replaces the held one in the store (one
+store read each time from then on), and ``seawall.review`` gives the decision (``status``, and the
+rejection's ``reason``). When the review is not in the queue (any more), a queued Response has
+``failed`` (``error.code: review_not_found``: there is no answer to give) and a placeholder stays
+the placeholder with ``seawall.review.status: not_found``.
+
 ``previous_response_id`` naming a queued response is a 409 ``previous_response_queued`` until its
-review is decided; then it continues the decided Response (a failed one cannot be continued: 400
-``previous_response_failed``). With ``store: false`` nothing is kept beyond the review item
+review is decided (the app chose to wait for the answer; there is no assistant turn yet); then it
+continues the decided Response (a failed one cannot be continued: 400
+``previous_response_failed``). A placeholder response can be continued at once: placeholder mode
+is for apps that use the SDK unchanged, whose users reply to what they see, and what they saw is
+the placeholder, so it is the assistant's turn in the conversation the model gets (never the
+draft: it has not been released). Once the review is decided, continuations carry the decided
+answer instead, also those of a conversation continued while the review was pending (the kept
+conversation marks the placeholder with its review, :data:`HELD_ITEM`, and each continuation puts
+the decided answer in its place). With ``store: false`` nothing is kept beyond the review item
 itself: ``GET /v1/responses/{id}`` is a 404, as for every response that was not stored, and the app
 polls ``seawall.review.poll_url``, which the review queue answers.
 """
@@ -83,10 +95,10 @@ from seawall.gateway.responses_wire import (
 )
 from seawall.gateway.sse import ClientTooSlowError, aclose
 from seawall.review.gateway_hook import Disconnected
-from seawall.review.responses import PENDING_STATUS, decided_response
+from seawall.review.responses import PENDING_STATUS, POLL_PATH, decided_response
 from seawall.review.service import final_completion
 from seawall.settings import ResponsesSettings
-from seawall.store.base import ResponseStore, StoredResponse
+from seawall.store.base import ResponseStore, ReviewItem, StoredResponse
 
 log = logging.getLogger("seawall.gateway")
 
@@ -99,6 +111,10 @@ KEPT_STATUSES = frozenset({"completed", "incomplete"})
 STORED_STATUSES = KEPT_STATUSES | {"queued"}
 #: The ``error.code`` of a queued response whose review is not in the review queue.
 REVIEW_NOT_FOUND = "review_not_found"
+#: The key that marks a kept conversation item standing for an answer held for review (the
+#: placeholder the user saw) with its review's id, so that a later continuation puts the decided
+#: answer in its place. Only the gateway writes it: a request's own items lose it.
+HELD_ITEM = "seawall_review_id"
 
 
 class ResponsesAPI:
@@ -131,9 +147,9 @@ class ResponsesAPI:
             if request.previous_response_id is not None:
                 assert caller is not None
                 previous = await self._continued(request.previous_response_id, caller)
-                conversation = previous.input_items + _as_input(previous.response.get("output"))
+                conversation = await self._conversation(previous)
             first = len(conversation)
-            conversation += request.items
+            conversation += [_unmarked(item) for item in request.items]  # a mark is the gateway's own
             chat, params = chat_body(request, conversation, first)
         except SeawallError as exc:
             self.gateway.reject(request_id, exc, stream=bool(body.get("stream")), api="responses")
@@ -257,24 +273,23 @@ class ResponsesAPI:
         return previous
 
     async def _settled(self, stored: StoredResponse) -> StoredResponse:
-        """A kept response as it stands: a queued one (held for review) stays queued while its
-        review is pending; once decided it becomes the decided Response (completed with the
-        released answer, incomplete with the rejection message, failed when its review is not in
-        the queue), which is kept in its place."""
-        queued = stored.response
-        if queued.get("status") != "queued":
+        """A kept response as it stands. One that waits for a review (queued, or a placeholder:
+        :func:`_awaits_review`) stays as it is while its review is pending; once decided it becomes
+        the decided Response (completed with the released answer, incomplete with the rejection
+        message), which is kept in its place. When its review is not in the queue (any more) a
+        queued response has failed (it has no answer to give), and a placeholder stays what the
+        client got, its ``seawall.review.status`` saying ``not_found``."""
+        response = stored.response
+        if not _awaits_review(response):
             return stored
-        review = _review_of(queued)
-        hook = self.gateway.review
-        item = None
-        if hook is not None and isinstance(review.get("id"), str):
-            item = await asyncio.to_thread(hook.service.store.get_review, review["id"])
-            if item is not None and item.tenant != stored.tenant:
-                item = None
+        review = _review_of(response)
+        item = await self._review_item(review.get("id"), stored.tenant)
         if item is not None and item.status == "pending":
             return stored
-        base = {key: value for key, value in queued.items() if key != EXTENSION_FIELD}
-        if item is None or hook is None:
+        if item is not None:
+            decided = self._decided(item, response)
+        elif response.get("status") == "queued":
+            base = {key: value for key, value in response.items() if key != EXTENSION_FIELD}
             decided = {
                 **base,
                 "status": "failed",
@@ -286,14 +301,7 @@ class ResponsesAPI:
                 EXTENSION_FIELD: {"review": {**review, "status": "not_found"}},
             }
         else:
-            pending = {
-                "id": stored.id,
-                "created": queued.get("created_at"),
-                "model": queued.get("model"),
-                "poll_url": review.get("poll_url"),
-            }
-            held = decided_response(item, final_completion(item), pending, hook.service.settings)
-            decided = response_object(held.body, base)
+            decided = {**response, EXTENSION_FIELD: {"review": {**review, "status": "not_found"}}}
         settled = replace(stored, response=decided)
         assert self.store is not None  # it was found there
         try:
@@ -301,6 +309,64 @@ class ResponsesAPI:
         except Exception as exc:  # asked again next time; the caller gets the decision all the same
             log.error("cannot keep the decided response %s: %s", stored.id, exc)
         return settled
+
+    async def _review_item(self, review_id: Any, tenant: str) -> ReviewItem | None:
+        """The review item ``review_id`` of ``tenant`` (None: not in the queue, or another
+        tenant's, or no review queue in this process)."""
+        hook = self.gateway.review
+        if hook is None or not isinstance(review_id, str):
+            return None
+        item = await asyncio.to_thread(hook.service.store.get_review, review_id)
+        return item if item is not None and item.tenant == tenant else None
+
+    def _decided(self, item: ReviewItem, response: Mapping[str, Any]) -> dict[str, Any]:
+        """The Response ``response`` (queued, or a placeholder) becomes once its review ``item`` is
+        decided: the released answer (approved, edited), or the rejection message with
+        ``incomplete_details.reason: content_filter``; the decision in ``seawall.review``."""
+        hook = self.gateway.review
+        assert hook is not None  # the item came from its queue
+        base = {key: value for key, value in response.items() if key != EXTENSION_FIELD}
+        pending = {
+            "id": response.get("id"),
+            "created": response.get("created_at"),
+            "model": response.get("model"),
+            "poll_url": _review_of(response).get("poll_url") or POLL_PATH.format(id=item.id),
+        }
+        held = decided_response(item, final_completion(item), pending, hook.service.settings)
+        decided = response_object(held.body, base)
+        # Its items' ids come from the review's, so every reader (two settling it at once, a
+        # continuation) names the decided answer's items alike.
+        for index, output in enumerate(decided["output"]):
+            prefix = "msg" if output.get("type") == "message" else "fc"
+            output["id"] = f"{prefix}_{item.id.removeprefix('rev_')}" + (f"_{index}" if index else "")
+        return decided
+
+    async def _conversation(self, previous: StoredResponse) -> list[dict[str, Any]]:
+        """The conversation a request continuing ``previous`` (settled) builds on: its input items,
+        then its output. An answer still held for review goes in as the placeholder the user saw
+        (never the draft: it is not released), marked (:data:`HELD_ITEM`) with its review's id; a
+        marked item from an earlier turn is replaced by the decided answer once its review has been
+        decided, so a conversation continued while a review was pending carries the reviewer's
+        answer from then on. A marked item whose review is gone stays the placeholder, unmarked."""
+        items: list[dict[str, Any]] = []
+        for item in previous.input_items:
+            review_id = item.get(HELD_ITEM)
+            if review_id is None:
+                items.append(item)
+                continue
+            review = await self._review_item(review_id, previous.tenant)
+            if review is not None and review.status == "pending":
+                items.append(item)
+            elif review is not None:
+                held = {"id": previous.id, "created_at": 0, "model": None}
+                items += _as_input(self._decided(review, held).get("output"))
+            else:
+                items.append(_unmarked(item))
+        output = _as_input(previous.response.get("output"))
+        if _awaits_review(previous.response):  # settled and still pending: a placeholder
+            review_id = _review_of(previous.response).get("id")
+            output = [{**item, HELD_ITEM: review_id} for item in output]
+        return items + output
 
     async def _find(self, wanted: str, caller: Caller, *, param: str | None = None) -> StoredResponse:
         """The kept response ``wanted`` of ``caller`` (its tenant and key); 404 otherwise."""
@@ -348,6 +414,19 @@ def _review_of(response: Mapping[str, Any]) -> dict[str, Any]:
     return dict(review) if isinstance(review, dict) else {}
 
 
+def _awaits_review(response: Mapping[str, Any]) -> bool:
+    """Whether a kept Response waits for its review's decision: queued (``hold_response: accepted``),
+    or an answer the client got as the placeholder (``placeholder``, or ``wait`` when no decision
+    came in time), whose ``seawall.review.status`` is ``pending``."""
+    status = response.get("status")
+    return status == "queued" or (status in KEPT_STATUSES and _review_of(response).get("status") == "pending")
+
+
+def _unmarked(item: dict[str, Any]) -> dict[str, Any]:
+    """An input item without :data:`HELD_ITEM` (only the gateway marks the items it keeps)."""
+    return {key: value for key, value in item.items() if key != HELD_ITEM} if HELD_ITEM in item else item
+
+
 def _as_input(output: Any) -> list[dict[str, Any]]:
     """A kept response's output items, as input items of the conversation that continues it."""
     return [item for item in output or [] if isinstance(item, dict) and item.get("type") != "reasoning"]
@@ -376,4 +455,11 @@ async def _chat_chunks(events: AsyncIterator[bytes]) -> AsyncIterator[dict[str, 
                 yield payload
 
 
-__all__ = ["KEPT_STATUSES", "RESPONSES_JUDGED_ROLES", "REVIEW_NOT_FOUND", "STORED_STATUSES", "ResponsesAPI"]
+__all__ = [
+    "HELD_ITEM",
+    "KEPT_STATUSES",
+    "RESPONSES_JUDGED_ROLES",
+    "REVIEW_NOT_FOUND",
+    "STORED_STATUSES",
+    "ResponsesAPI",
+]
