@@ -293,8 +293,9 @@ class ReviewSettings(BaseModel):
     rejected_message: str = Field(
         "This answer was withheld after a review by a person.",
         min_length=1,
-        description="In wait mode, the message a rejected answer is replaced with (finish_reason "
-        "'content_filter'; the reviewer's reason is in the 'seawall' field, for the app).",
+        description="The message a rejected answer is replaced with in wait mode, and in a kept Responses "
+        "API response retrieved (or continued) after the rejection (finish_reason 'content_filter', an "
+        "incomplete Response; the reviewer's reason is in the 'seawall' field, for the app).",
     )
     domains: list[Domain] = Field(
         default_factory=lambda: list(DOMAINS),
