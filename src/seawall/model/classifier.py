@@ -40,6 +40,7 @@ from seawall.model.context import ContextEncoder, SentenceEncoder, latin_share
 from seawall.model.embeddings import TOKENIZER_FILE, VECTORS_FILE, StaticEncoder
 from seawall.model.features import FeatureConfig, Featurizer, sparse_dot
 from seawall.model.gloss import Glossary, shared_glossary
+from seawall.model.minors import names_minor
 from seawall.model.multilingual import MULTILINGUAL_FILE, MultilingualStage, detect_language
 
 MODEL_FILE = "model.json"
@@ -159,6 +160,12 @@ class TextClassifier:
             for child, parent in PARENT.items()
             if child in meta.labels and parent in meta.labels
         ]
+        # (sexual, sexual/minors): sexual content in a window that names a minor is sexual/minors.
+        self._minors_pair = (
+            (meta.labels.index("sexual"), meta.labels.index("sexual/minors"))
+            if {"sexual", "sexual/minors"} <= set(meta.labels)
+            else None
+        )
 
     @classmethod
     def load(
@@ -287,6 +294,10 @@ class TextClassifier:
                 # The stage only adds evidence: a routed window keeps its worse reading per label.
                 other = self.multilingual.scores([windows[i] for i in chosen])
                 scores[chosen] = np.maximum(scores[chosen], other)
+        if self._minors_pair is not None:
+            sexual, minors = self._minors_pair
+            naming = [i for i, words in enumerate(windows) if names_minor(words)]
+            scores[naming, minors] = np.maximum(scores[naming, minors], scores[naming, sexual])
         return scores
 
     def _english_scores(self, windows: Sequence[Sequence[str]], mode: str) -> NDArray[np.float32]:
