@@ -3,7 +3,8 @@ first round's phrase rules (``matches_refusal_phrase``):
 
 * on the hand-written held-out sets (never trained on): ``bench/data/refusals_heldout.jsonl`` (the
   first, since used as the development set of the second tuning round) and
-  ``bench/data/refusals_heldout2.jsonl`` (written before that round, never tuned on): precision /
+  ``bench/data/refusals_heldout2.jsonl`` (written before that round, never tuned on) and
+  ``bench/data/refusals_heldout3.jsonl`` (written before the third round, never tuned on): precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language;
 * on the training set ``data/authored/refusals/*.jsonl``: the same, cross-validated (5
@@ -12,7 +13,8 @@ first round's phrase rules (``matches_refusal_phrase``):
 
 Needs the ``train`` extra (scikit-learn) for the cross-validation.
 
-    python bench/refusal.py
+    python bench/refusal.py                 # everything
+    python bench/refusal.py --sets 1 --no-fixtures   # only the development set and the CV, for tuning
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ from seawall.redteam.refusal_training import (  # noqa: E402
     out_of_fold,
 )
 
-HELD_OUT = (ROOT / "bench/data/refusals_heldout.jsonl", ROOT / "bench/data/refusals_heldout2.jsonl")
+HELD_OUT = {
+    "1": ROOT / "bench/data/refusals_heldout.jsonl",
+    "2": ROOT / "bench/data/refusals_heldout2.jsonl",
+    "3": ROOT / "bench/data/refusals_heldout3.jsonl",
+}
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")
 
@@ -118,13 +124,27 @@ def fixtures() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (0: none)")
+    parser.add_argument(
+        "--sets",
+        default="123",
+        help="which held-out sets to score, e.g. '1' for the development set only (default: 123)",
+    )
+    parser.add_argument("--no-fixtures", action="store_true", help="skip the first round's fixtures")
     args = parser.parse_args()
+    unknown = set(args.sets) - set(HELD_OUT)
+    if unknown or not args.sets:
+        parser.error(f"--sets takes digits from {''.join(HELD_OUT)}, got {args.sets!r}")
+    if args.folds == 1 or args.folds < 0:
+        parser.error("--folds must be 0 (none) or at least 2")
     print(f"threshold {shared_refusal_classifier().threshold} (refuses if P(partial)+P(refusal) >= it)")
-    for path in HELD_OUT:
-        held_out(path)
-    cross_validated(args.folds)
-    fixtures()
+    for key, path in HELD_OUT.items():
+        if key in args.sets:
+            held_out(path)
+    if args.folds:
+        cross_validated(args.folds)
+    if not args.no_fixtures:
+        fixtures()
 
 
 if __name__ == "__main__":
