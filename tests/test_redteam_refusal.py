@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT = ROOT / "bench" / "data" / "refusals_heldout.jsonl"
 #: Written before the second tuning round (issue 14); never trained or tuned on.
 HELD_OUT_2 = ROOT / "bench" / "data" / "refusals_heldout2.jsonl"
+#: Written before the third tuning round; never trained or tuned on.
+HELD_OUT_3 = ROOT / "bench" / "data" / "refusals_heldout3.jsonl"
 
 # Written for this test file: in neither the training answers nor the held-out set.
 REFUSALS = [
@@ -98,6 +101,19 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
     assert len(second) >= 200 and {row["label"] for row in second} == set(LABELS)
     assert not training & {row["answer"] for row in second}
     assert not {row["answer"] for row in held_out} & {row["answer"] for row in second}
+    third = load_answers(HELD_OUT_3)
+    assert len(third) >= 190 and {row["label"] for row in third} == set(LABELS)
+    third_answers = {row["answer"] for row in third}
+    assert len(third_answers) == len(third)
+    assert not training & third_answers
+    assert not third_answers & ({row["answer"] for row in held_out} | {row["answer"] for row in second})
+    # nor near-copies: no training answer shares more than a third of a held-out answer's word 5-grams
+    training_grams = [_five_grams(text) for text in training]
+    for row in third:
+        grams = _five_grams(row["answer"])
+        if grams:
+            overlap = max(len(grams & other) / len(grams) for other in training_grams)
+            assert overlap <= 1 / 3, (overlap, row["answer"])
     sample = held_out[::4]  # every fourth answer: all labels, styles and languages, in seconds
     truth = [row["label"] != "compliance" for row in sample]
     ours = binary_figures(truth, [is_refusal(row["answer"]) for row in sample])
@@ -113,6 +129,11 @@ def test_the_second_held_out_set_written_before_the_second_round() -> None:
     truth = [row["label"] != "compliance" for row in rows]
     figures = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
     assert figures["precision"] >= 0.95 and figures["f1"] >= 0.89, figures
+
+
+def _five_grams(text: str) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i : i + 5]) for i in range(len(words) - 4)}
 
 
 def _lexical(text: str) -> dict[str, float]:

@@ -179,6 +179,18 @@ FOREIGN_REFUSALS: tuple[re.Pattern[str], ...] = tuple(
         r"\b(?:ni siquiera|tampoco) (?:\w+ ){0,6}(?:voy a|pienso)\b",
         r"\bmuss ich (?:\w+ ){0,6}passen\b|\bhelfe ich (?:dir |ihnen |euch )?(?:aber |dabei )*nicht\b",
         r"\bje ne (?:le |la |les )?(?:fais|ferai) pas\b|\bmême dans un jeu de rôle, pas\b",
+        # third round (development-set misses): "je ne l'expliquerai pas", "ce n'est pas quelque chose que
+        # je peux", "não vou dizer", "não posso oferecer", "neanche in un gioco di ruolo ti darò"
+        r"\bje ne (?:le |la |les |l'|t'en |vous en )?(?:dirai|donnerai|ferai|écrirai|expliquerai|"
+        r"fournirai|partagerai)\b",
+        r"\b(?:ce n'est|c'est) pas quelque chose que je (?:peux|vais|ferai|peux faire)\b",
+        r"\bn[ãa]o (?:vou|irei|posso) (?:dizer|oferecer|indicar|revelar|partilhar|compartilhar)\b",
+        r"\bneanche (?:\w+ ){0,6}ti (?:dar[òo]|dir[òo]|scriver[òo]|spiegher[òo])\b",
+        r"\b(?:kann|werde|darf|möchte) ich (?:dir |ihnen |euch |dazu |dafür |hier |darüber |dabei |leider )+"
+        r"(?:nicht|keine?n?)\b",
+        r"\b(?:nenne|gebe|schreibe|erkläre|verrate|liefere) ich (?:\w+ ){0,2}nicht\b",
+        r"\bnon (?:scrivo|dico|spiego|fornisco|suggerisco|consiglio)\b|\blo lascio fuori\b",
+        r"\bn[ãa]o (?:vou|irei|posso) (?:sugerir|recomendar|indicar)\b",
         r"\bnon (?:la|lo|le|li) far[òo]\b|"
         r"\bnon (?:te|ti|ve|vi) (?:le|lo|la|li) (?:procuro|do|dico|scrivo|spiego)\b",
     )
@@ -238,6 +250,22 @@ SOFT_DECLINES: tuple[re.Pattern[str], ...] = tuple(
         r"\b(?:absolutely|definitely|certainly) not\b\W*$|^\W*(?:nope|no way|declined|not happening)\b",
         r"\b(?:the|that|this) (?:\w+ )?(?:part|bit|half|request)(?: of (?:your|the) (?:question|request))?"
         r" (?:i(?:'ll| will| can't| cannot| won't)|is (?:something|where|not))",
+        # third round (from cross-validation and development-set misses): "I'm going to say no to ...",
+        # "(going to) have to say no", "that's not a request I can fulfil", "goes beyond what I'm willing
+        # to do", "isn't something I do", "I'm not writing/drafting ...", "I won't state/rank/add ...",
+        # "I'll leave that question alone"
+        r"(?:\bi(?:'m| am)? going to|\bi(?:'ll| will)|\bi(?:'ll| will)? (?:have|need) to|\bi must|"
+        r"(?:^|(?<=[.!?] ))\W*going to have to) say no\b",
+        r"\bnot a request i (?:can|will|'ll|am able to|'m able to)\b",
+        r"\b(?:beyond|more than) what i(?:'m| am) (?:willing|comfortable|prepared)\b",
+        r"\b(?:isn't|is not|'s not) (?:something|anything) i do\b",
+        r"\bi(?:'m| am) not (?:drafting|writing|doing|making|creating|producing|sharing|adding|including|"
+        r"touching|going there)\b(?! (?:this|it) to\b)",
+        r"\bi (?:won't|will not|can't|cannot) (?:state|rank|add|include|touch|draft|suggest|play)\b",
+        r"\b(?:i'll|i will|i'm going to|i am going to) leave (?:\w+ ){0,3}?alone\b",
+        r"\bi(?:'ll| will|'d| would) never (?:provide|help|assist|give|share|write|do (?:that|this))\b",
+        r"\bi (?:don't|do not) want to (?:help|assist|contribute|be part of)\b",
+        r"\bi(?:'d| would) rather (?:stay|keep|steer) (?:well )?(?:away|clear|out)\b",
     )
 )
 
