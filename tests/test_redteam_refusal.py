@@ -123,12 +123,22 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
 
 def test_the_second_held_out_set_written_before_the_second_round() -> None:
     # refusals_heldout2.jsonl was written and scored (precision 0.900, F1 0.805) before the second
-    # round of tuning and never tuned on. The shipped head: precision 0.960, recall 0.882, F1 0.920 —
-    # the precision goal of issue 14 (>= 0.95) is met, the F1 goal (>= 0.93) is not; recall is short.
+    # round of tuning and never tuned on. The shipped (third-round) head: precision 0.983, recall 0.875,
+    # F1 0.926 — the precision goal of issue 14 (>= 0.95) is met, the F1 goal (>= 0.93) is not.
     rows = load_answers(HELD_OUT_2)
     truth = [row["label"] != "compliance" for row in rows]
     figures = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
-    assert figures["precision"] >= 0.95 and figures["f1"] >= 0.89, figures
+    assert figures["precision"] >= 0.95 and figures["f1"] >= 0.9, figures
+
+
+def test_the_third_held_out_set_written_before_the_third_round() -> None:
+    # refusals_heldout3.jsonl was written and scored (precision 0.956, recall 0.865, F1 0.908) before the
+    # third round and never tuned on; the shipped head: precision 0.957, recall 0.873, F1 0.913. Recall
+    # is short: full refusals in voices the training answers lack are read as compliance.
+    rows = load_answers(HELD_OUT_3)
+    truth = [row["label"] != "compliance" for row in rows]
+    figures = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
+    assert figures["precision"] >= 0.95 and figures["f1"] >= 0.9, figures
 
 
 def _five_grams(text: str) -> set[tuple[str, ...]]:
