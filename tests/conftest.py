@@ -30,6 +30,7 @@ from PIL import Image
 from seawall.categories import CATEGORIES
 from seawall.server.app import create_app
 from seawall.settings import Settings, load_settings
+from seawall.store.base import AuditSearch
 
 #: OpenAI's moderation model names plus seawall's own backend name.
 MODEL_NAMES = (
@@ -66,6 +67,40 @@ def image_part(url: str) -> dict[str, Any]:
 
 def text_part(text: str) -> dict[str, Any]:
     return {"type": "text", "text": text}
+
+
+# ----------------------------------------------------------------- waiting
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Return once ``condition()`` is true; fail naming ``what`` after ``timeout_s`` seconds.
+
+    For what other threads or processes write after an answer left (the audit store, a buffer, a
+    stand-in's log): a test waits for the write itself, never a fixed sleep, so a loaded machine
+    only makes it slower, not red."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def wait_for_audit(store: AuditSearch, request_id: str, timeout_s: float = 30) -> dict[str, Any]:
+    """The stored audit record of ``request_id``, once it is in ``store``.
+
+    The gateway's writer thread takes each record from the audit buffer to the store after the
+    answer left (``store.audit_sync: write``, :mod:`seawall.gateway.audit_buffer`): a test that reads
+    the store (or a page drawn from it) right after a request waits for the record first."""
+    found: list[dict[str, Any]] = []
+
+    def stored() -> bool:
+        record = store.get_audit(request_id)
+        if record is not None:
+            found.append(record)
+        return record is not None
+
+    wait_for(stored, timeout_s, f"the audit record of {request_id} in the store")
+    return found[0]
 
 
 # ----------------------------------------------------------------- servers

@@ -37,7 +37,14 @@ import yaml
 from starlette.responses import Response, StreamingResponse
 
 from backend_standins import Recorded, StandIn, stand_in
-from conftest import RunningServer, assert_openai_error, free_port, running_server, subprocess_env
+from conftest import (
+    RunningServer,
+    assert_openai_error,
+    free_port,
+    running_server,
+    subprocess_env,
+    wait_for,
+)
 from postgres_server import _bin_dir, _run
 from seawall.errors import StoreError
 from seawall.gateway.audit_buffer import AuditBuffer, BufferedAuditWriter
@@ -490,14 +497,6 @@ def buffered(path: Path) -> int:
     if not path.exists():
         return 0
     return AuditBuffer(path).pending()
-
-
-def wait_for(condition: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def stored_records(store_url: str) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ import pytest
 from starlette.responses import Response
 
 from backend_standins import Recorded, json_reply, stand_in
-from conftest import RunningServer, running_server
+from conftest import RunningServer, running_server, wait_for_audit
 from seawall.gateway.identity import hash_api_key
 from seawall.server.app import create_app
 from seawall.server.route_rules import ANSWERS, CALLERS, ROUTE_RULES, Caller, app_routes
@@ -171,6 +171,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 report = http.post("/v1/feedback", json={"response_id": world.review_id, "category": "wrong"})
                 assert report.status_code == 201, report.text
                 world.report_id = report.json()["id"]
+            # The record reaches the store from the gateway's writer thread after the answer left:
+            # the probe of /ui/audit/{request_id} reads it from there.
+            store = open_store(settings.store)
+            try:
+                wait_for_audit(store, world.request_id)
+            finally:
+                store.close()
             try:
                 yield world
             finally:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,7 @@ import openai
 import pytest
 
 from backend_standins import Recorded, StandIn, stand_in
-from conftest import RunningServer, running_server
+from conftest import RunningServer, running_server, wait_for_audit
 from seawall.errors import ConfigurationError
 from seawall.gateway.identity import safety_identifier
 from seawall.gateway.pipeline import REQUEST_ID_HEADER, WARNING_HEADER
@@ -458,10 +457,7 @@ def test_the_audit_search_finds_the_records_with_shadow_decisions(gw: Sides) -> 
     try:
         # A background thread writes records through to the store after the answer leaves: wait for
         # this one, or a record arriving between the two searches below makes them disagree.
-        deadline = time.monotonic() + 30
-        while store.get_audit(answer.headers[REQUEST_ID_HEADER]) is None:
-            assert time.monotonic() < deadline, "the request's audit record never reached the store"
-            time.sleep(0.02)
+        wait_for_audit(store, answer.headers[REQUEST_ID_HEADER])
         everything = store.audit_page(AuditQuery(page_size=500))
         shadowed = store.audit_page(AuditQuery(shadow=True, page_size=500))
     finally:

@@ -39,13 +39,25 @@ BUSY = {5: 7, 15: 3}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServer]:
+def seeded_at() -> datetime:
+    """The half hour the busy hours count back from, fixed once: the test finds their buckets from
+    it, not from its own clock, so an hour that turns between seeding and drawing moves nothing."""
+    return datetime.now(UTC).replace(minute=30, second=0, microsecond=0)
+
+
+def bucket_of(seeded_at: datetime, ago: int) -> int:
+    """The start (epoch seconds) of the hourly bucket that holds the records of ``ago`` hours ago."""
+    return int((seeded_at - timedelta(hours=ago)).replace(minute=0).timestamp())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, seeded_at: datetime) -> Iterator[UIServer]:
     chromium_path()  # skip (or fail under CI) before building anything
     tmp = tmp_path_factory.mktemp("ui-drawing")
     settings = make_settings(tmp)
     store = open_ui_store(settings)
     add_accounts(store)
-    hour = datetime.now(UTC).replace(minute=30, second=0, microsecond=0)
+    hour = seeded_at
     records = []
     for ago, count in BUSY.items():
         at = hour - timedelta(hours=ago)
@@ -92,26 +104,25 @@ def _hits(page: Any, chart: str, index: int = 1) -> list[int]:
 
 
 def test_isolated_busy_hours_are_drawn_where_they_are_and_nothing_between(
-    page: Any, server: UIServer, tmp_path: Path
+    page: Any, server: UIServer, seeded_at: datetime, tmp_path: Path
 ) -> None:
     sign_in_page(page, server.ui_root, ADMIN)
     for chart in ("requests", "risk", "flag_rate"):
         sync_api.expect(page.locator(f'[data-chart="{chart}"]')).to_have_attribute("data-rendered", "true")
     x = page.evaluate("() => window.seawallCharts.requests.data[0]")
-    now_hour = int(datetime.now(UTC).replace(minute=0, second=0, microsecond=0).timestamp())
-    busy = {x.index(now_hour - ago * 3600): count for ago, count in BUSY.items()}
+    busy = {x.index(bucket_of(seeded_at, ago)): count for ago, count in BUSY.items()}
     assert page.locator('[data-chart="requests"]').get_attribute("data-kind") == "stacked-bars"
 
     requests = _hits(page, "requests")
     for i in busy:
         assert requests[i] > 10, (i, requests)  # a bar, in the series' colour
-    seven, three = (x.index(now_hour - ago * 3600) for ago in (5, 15))
+    seven, three = (x.index(bucket_of(seeded_at, ago)) for ago in (5, 15))
     assert requests[seven] > requests[three]  # 7 requests stand taller than 3
     quiet = [n for i, n in enumerate(requests) if all(abs(i - b) > 1 for b in busy)]
     assert quiet and max(quiet) == 0, requests  # no baseline, no spike: the empty hours are empty
 
     flag_rate = _hits(page, "flag_rate")
-    flagged = x.index(now_hour - 5 * 3600)
+    flagged = x.index(bucket_of(seeded_at, 5))
     assert flag_rate[flagged] > 0, flag_rate  # the isolated hour's flag rate is a visible point
     # Hours without requests have no rate at all (nothing drawn); the other busy hour's is 0 %.
     assert all(n == 0 for i, n in enumerate(flag_rate) if all(abs(i - b) > 1 for b in busy)), flag_rate

@@ -28,7 +28,7 @@ import pytest
 from starlette.responses import Response
 
 from backend_standins import Recorded, StandIn, json_reply, stand_in
-from conftest import RunningServer, running_server
+from conftest import RunningServer, running_server, wait_for_audit
 from seawall.settings import load_settings
 from seawall.store import SqlStore, open_store
 from seawall.ui.accounts import AccountStore
@@ -242,6 +242,9 @@ def test_a_user_reports_an_answer_with_the_widget_and_an_admin_triages_it(
     answered = desk.ask(PLAIN)
     assert answered.status_code == 200, answered.text
     request_id = answered.headers["x-seawall-request-id"]
+    # The report page links the request's audit record and shows its decisions, read from the
+    # store, which the gateway's writer thread fills after the answer left.
+    wait_for_audit(desk.store, request_id)
     answer = answered.json()["choices"][0]["message"]["content"]
     (desk.demo_dir / "chat.html").write_text(
         DEMO_PAGE.format(
