@@ -261,14 +261,12 @@ def big_batch_server() -> Iterator[RunningServer]:
 def test_ten_thousand_items_when_settings_allow(big_batch_server: RunningServer) -> None:
     texts = [f"message number {i}: see you at the park" for i in range(10_000)]
     texts[1234] = "I am going to kill you, I know where you live and I will hurt your family"
-    started = time.monotonic()
-    with big_batch_server.http(timeout=60) as http:
+    # How fast is bench/moderation_api.py's job; the client's timeout only bounds a hang here.
+    with big_batch_server.http(timeout=120) as http:
         response = http.post("/v1/moderations", json={"model": "omni-moderation-latest", "input": texts})
-    elapsed = time.monotonic() - started
     assert response.status_code == 200, response.text[:500]
     results = response.json()["results"]
     assert len(results) == 10_000
-    assert elapsed < 30, f"10,000 short texts took {elapsed:.1f} s"
     assert_far_above(threat_score(results[1234]), threat_score(results[1233]))
     assert sum(result["flagged"] for result in results) < 100
     assert_result_shape(results[0])

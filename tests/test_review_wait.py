@@ -10,7 +10,6 @@ sees the SSE keepalive comments) and the official OpenAI SDK (which skips them).
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import socket
@@ -225,8 +224,10 @@ def test_a_waiting_stream_sends_its_role_chunk_at_once_then_keepalives_then_the_
         line == ": waiting for review" for _, line in lines if line.startswith(":")
     )
     live = [at for at in comments if at < decided_at]  # (later ones were buffered while it decided)
-    gaps = [later - earlier for earlier, later in itertools.pairwise(live)]
-    assert min(gaps) >= KEEPALIVE_S * 0.5  # paced by review.wait_keepalive_s, not a flood
+    # Paced by review.wait_keepalive_s, not a flood: the n-th comment cannot arrive before n
+    # intervals have passed. (Gaps between arrivals are no measure: a client that stalls on a
+    # loaded machine reads two at once.)
+    assert live and live[-1] >= len(live) * KEEPALIVE_S * 0.9, (live, KEEPALIVE_S)
     content = [chunk for at, chunk in data if at >= decided_at]
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in content) == EDITED
     assert content[-1]["choices"][0]["finish_reason"] == "stop"
