@@ -21,10 +21,7 @@ from typing import Any
 
 import openai
 import pytest
-from pydantic import SecretStr
 
-from backend_standins import stand_in
-from conftest import running_server
 from seawall.gateway.responses_api import HELD_ITEM
 from seawall.store import open_store
 from test_responses_api import (
@@ -33,16 +30,12 @@ from test_responses_api import (
     MODEL,
     SAME_TENANT_KEY,
     SECOND_ANSWER,
-    Script,
     Setup,
     deltas,
     events_of,
-    make_reply,
     response_time,
-    settings_for,
-    with_keys,
 )
-from test_responses_queued import DRAFT, EDITED, HEALTH, HELD, REVIEWER, decide, review_of
+from test_responses_queued import DRAFT, EDITED, HEALTH, HELD, decide, fresh, review_gateway, review_of
 
 THIRD_QUESTION = "How long is that river?"
 THIRD_ANSWER = "The Seine is about 777 kilometres long."
@@ -54,33 +47,14 @@ WAIT_MODE = {"x-seawall-review": "wait"}
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     tmp = tmp_path_factory.mktemp("responses-placeholder")
-    script = Script(answer=DRAFT)
-    with stand_in(make_reply(script)) as upstream:
-        settings = settings_for(tmp, upstream.url)
-        review = settings.review.model_copy(
-            update={
-                "enabled": True,
-                "detect_domains": False,
-                "uncertain_low": None,
-                "wait_s": WAIT_S,
-                "wait_poll_s": 0.2,
-                "wait_keepalive_s": 0.3,
-                "reviewer_tokens": {"rita": SecretStr(REVIEWER)},
-            }
-        )
-        assert review.hold_response == "placeholder"  # the default: nothing set
-        settings = settings.model_copy(update={"review": review})
-        with_keys(settings)
-        with running_server(settings) as server:
-            yield Setup(server, upstream, script, tmp / "audit.jsonl")
+    with review_gateway(tmp, wait_s=WAIT_S, wait_poll_s=0.2, wait_keepalive_s=0.3) as setup:
+        assert setup.server.settings.review.hold_response == "placeholder"  # the default: nothing set
+        yield setup
 
 
 @pytest.fixture
 def gw(setup: Setup) -> Setup:
-    for name, value in vars(Script(answer=DRAFT)).items():
-        setattr(setup.script, name, value)
-    setup.upstream.requests.clear()
-    return setup
+    return fresh(setup)
 
 
 def placeholder_text(gw: Setup) -> str:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -46,33 +48,46 @@ HEALTH = "What is the maximum daily dose of ibuprofen for an adult?"
 HELD = {"seawall": {"review": {"domain": "health"}}}
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    tmp = tmp_path_factory.mktemp("responses-queued")
+@contextmanager
+def review_gateway(tmp: Path, **review: Any) -> Iterator[Setup]:
+    """seawall with the review queue on (a request is held when it declares its domain) and
+    Rita's reviewer token, in front of the recording stand-in whose answer is the draft; ``review``
+    sets further review settings."""
     script = Script(answer=DRAFT)
     with stand_in(make_reply(script)) as upstream:
         settings = settings_for(tmp, upstream.url)
-        review = settings.review.model_copy(
+        review_settings = settings.review.model_copy(
             update={
                 "enabled": True,
                 "detect_domains": False,
                 "uncertain_low": None,
-                "hold_response": "accepted",
                 "reviewer_tokens": {"rita": SecretStr(REVIEWER)},
+                **review,
             }
         )
-        settings = settings.model_copy(update={"review": review})
+        settings = settings.model_copy(update={"review": review_settings})
         with_keys(settings)
         with running_server(settings) as server:
             yield Setup(server, upstream, script, tmp / "audit.jsonl")
 
 
-@pytest.fixture
-def gw(setup: Setup) -> Setup:
+def fresh(setup: Setup) -> Setup:
+    """``setup`` with the stand-in's script back to the draft and its recorded requests cleared."""
     for name, value in vars(Script(answer=DRAFT)).items():
         setattr(setup.script, name, value)
     setup.upstream.requests.clear()
     return setup
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    with review_gateway(tmp_path_factory.mktemp("responses-queued"), hold_response="accepted") as setup:
+        yield setup
+
+
+@pytest.fixture
+def gw(setup: Setup) -> Setup:
+    return fresh(setup)
 
 
 @dataclass
