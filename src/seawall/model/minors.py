@@ -103,6 +103,8 @@ def _names_minor_at(words: Sequence[str], i: int) -> bool:
         return True
     if after is not None and (word, after) in CHILD_PAIRS:
         return True
+    if not word[:1].isdigit() and word not in _AGE_WORDS:
+        return False  # most words: neither a number nor a spelled age (no regex for them)
     compact = _COMPACT_AGE.fullmatch(word)
     if compact:  # "15yo"
         return _is_minor_age(int(compact.group(1)))
