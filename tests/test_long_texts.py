@@ -37,16 +37,21 @@ def buried(passage: str, position: int, count: int = 1100) -> str:
     return " ".join([*filler[:position], passage, *filler[position:]])
 
 
+#: The mode long texts and their passages are read in whatever moderation.contextual says (``on``
+#: reads them as ``auto``: tests/test_contextual_modes.py), so a passage alone is compared in it too.
+LONG_TEXT_MODE = {"contextual": "auto"}
+
+
 @pytest.fixture(scope="module")
 def undiluted() -> Iterator[RunningServer]:
-    with running_server(load_settings()) as running:
+    with running_server(load_settings(moderation=LONG_TEXT_MODE)) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def whole_only() -> Iterator[RunningServer]:
     """The same server with passage judging off: what the guarantee protects against."""
-    settings = load_settings()
+    settings = load_settings(moderation=LONG_TEXT_MODE)
     settings.moderation.passages_over_chars = 0
     with running_server(settings) as running:
         yield running
@@ -90,7 +95,7 @@ def test_texts_at_or_under_the_limit_are_judged_whole(undiluted: RunningServer) 
     """Below ``passages_over_chars`` nothing changes: the same scores with passages on or off."""
     text = buried(f"{THREAT}.", 40, count=80)
     assert len(text) <= undiluted.settings.moderation.passages_over_chars
-    settings = load_settings()
+    settings = load_settings(moderation=LONG_TEXT_MODE)
     settings.moderation.passages_over_chars = 0
     with undiluted.client() as on, running_server(settings) as off_server, off_server.client() as off:
         assert scores_of(on, text) == scores_of(off, text)

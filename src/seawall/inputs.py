@@ -42,6 +42,9 @@ class ModerationInput:
     images: tuple[ImagePart, ...] = ()
     #: Decoded image bytes, filled in by the image loader before scoring.
     image_bytes: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
+    #: A passage the service cut from a long text (its sweep against dilution): a backend may read
+    #: it as it reads the long text itself (the local model: contextual ``auto`` under ``on``).
+    passage: bool = False
 
     @property
     def text(self) -> str:

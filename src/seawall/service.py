@@ -112,7 +112,7 @@ class ModerationService:
             for owner, item in enumerate(inputs):
                 if len(item.text) > limits.passages_over_chars:
                     for passage in focus_segments(item.text, limits.passage_chars):
-                        items.append(ModerationInput.of_text(passage))
+                        items.append(ModerationInput(texts=(passage,), passage=True))
                         owners.append(owner)
         scored: list[ModerationResult] = []
         for start in range(0, len(items), limits.max_items):

@@ -833,6 +833,16 @@ class GatewaySettings(BaseModel):
         min_length=1,
         description="Replaces a non-streamed answer that output moderation refused.",
     )
+    guard_contextual: Literal["auto", "on", "off"] | None = Field(
+        "auto",
+        description=(
+            "Where the local model's contextual stage runs for the gateway's own guards (user input, "
+            "untrusted content, answers, stream scans), which sit on every chat request's path: auto "
+            "(the default), only on text the fast stage is unsure of, so an ordinary request pays a "
+            "millisecond or two a scan; on, every scan (every sentence of a streamed answer) through "
+            "MiniLM; off, never. None: as moderation.contextual."
+        ),
+    )
     fail_mode: FailMode = Field(
         "closed",
         description=(
@@ -1004,11 +1014,16 @@ class ModerationSettings(BaseModel):
         description="Directory of the local model's artefacts; None uses the ones shipped in the package.",
     )
     contextual: Literal["auto", "on", "off"] = Field(
-        "auto",
+        "on",
         description=(
-            "Where the local model's contextual stage (a MiniLM encoder, about 10 ms a text on 2 cores) "
-            "runs: auto, on the texts the fast stage is unsure of; on, on every text; off, never "
-            "(the fast n-gram stage alone: thousands of texts/s, weaker where context decides)."
+            "Where the local model's contextual stage (a MiniLM encoder, about 5-10 ms a short text on "
+            "2 cores) runs for the moderation API, the Python API, batch jobs and the red team: on (the "
+            "default), on every text, the most accurate reading (hundreds of texts/s); auto, on the "
+            "texts the fast stage is unsure of (a few thousand texts/s); off, never (the fast n-gram "
+            "stage alone: thousands of texts/s, weaker where context decides). With on, a text longer "
+            "than passages_over_chars and its passages are read as in auto (MiniLM on all of them "
+            "would cost seconds of CPU per long text). The gateway's guards have their own setting, "
+            "gateway.guard_contextual."
         ),
     )
     threads: int | None = Field(
@@ -1121,6 +1136,14 @@ class Settings(BaseSettings):
         if "secret_file" not in self.ui.model_fields_set:
             self.ui.__dict__["secret_file"] = root / "ui-secret"
         return self
+
+    def for_gateway_guards(self) -> Settings:
+        """These settings as the gateway's guards judge with them: ``moderation.contextual`` replaced by
+        ``gateway.guard_contextual`` (itself when that is None or already the same)."""
+        mode = self.gateway.guard_contextual
+        if mode is None or mode == self.moderation.contextual:
+            return self
+        return self.model_copy(update={"moderation": self.moderation.model_copy(update={"contextual": mode})})
 
     @model_validator(mode="after")
     def _plugin_sections_are_valid(self) -> Settings:

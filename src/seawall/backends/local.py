@@ -35,6 +35,7 @@ class LocalBackend:
     def __init__(self, settings: Settings, classifier: TextClassifier | None = None) -> None:
         moderation = settings.moderation
         self._contextual = moderation.contextual
+        self._long_chars = moderation.passages_over_chars
         self._classifier = classifier or shared_classifier(
             moderation.model_dir,
             moderation.contextual != "off",
@@ -43,7 +44,7 @@ class LocalBackend:
         )
         self._images: NSFWImageModel | None = None
         self._images_lock = threading.Lock()
-        self._batcher: MicroBatcher[str, np.ndarray] = MicroBatcher(
+        self._batcher: MicroBatcher[tuple[str, str], np.ndarray] = MicroBatcher(
             self._score_texts,
             window_s=moderation.batch_window_ms / 1000,
             max_items=moderation.batch_max_items,
@@ -55,8 +56,23 @@ class LocalBackend:
         """The text classifier this backend scores with (shared in the process; see ``shared_classifier``)."""
         return self._classifier
 
-    def _score_texts(self, texts: list[str]) -> list[np.ndarray]:
-        return list(self._classifier.score(texts, self._contextual))
+    def _mode(self, item: ModerationInput) -> str:
+        """The contextual mode for an item. With ``on``, a long text (over ``passages_over_chars``) and
+        the passages the service cut from one are read as ``auto``: MiniLM on every window, sentence
+        and sentence pair of a 60,000-character text costs seconds of CPU, against a fraction of a
+        second in ``auto``."""
+        long = item.passage or (self._long_chars > 0 and len(item.text) > self._long_chars)
+        return "auto" if long and self._contextual == "on" else self._contextual
+
+    def _score_texts(self, items: list[tuple[str, str]]) -> list[np.ndarray]:
+        """Scores for (text, mode) pairs, one classifier call per mode."""
+        out: list[np.ndarray] = [np.empty(0)] * len(items)
+        for mode in dict.fromkeys(mode for _, mode in items):
+            positions = [i for i, (_, wanted) in enumerate(items) if wanted == mode]
+            scores = self._classifier.score([items[i][0] for i in positions], mode)
+            for i, row in zip(positions, scores, strict=True):
+                out[i] = row
+        return out
 
     def _image_model(self) -> NSFWImageModel:
         with self._images_lock:  # one load, even when the first image requests arrive together
@@ -66,7 +82,9 @@ class LocalBackend:
 
     async def moderate(self, inputs: Sequence[ModerationInput]) -> list[ModerationResult]:
         text_positions = [i for i, item in enumerate(inputs) if item.texts]
-        text_scores = await self._batcher.submit([inputs[i].text for i in text_positions])
+        text_scores = await self._batcher.submit(
+            [(inputs[i].text, self._mode(inputs[i])) for i in text_positions]
+        )
         scores_by_position = dict(zip(text_positions, text_scores, strict=True))
         image_scores = await self._score_images(inputs)
         return [

@@ -90,6 +90,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     keep_sql_out_of_logs()
     service = ModerationService(settings)
     gateway_on = gateway_enabled(settings)
+    # The gateway's guards may read with another contextual mode (gateway.guard_contextual): they
+    # then get a service of their own, which shares the loaded model with the API's.
+    guard_settings = settings.for_gateway_guards()
+    guard_service = service if guard_settings is settings else ModerationService(guard_settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,6 +105,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with AsyncExitStack() as stack:
             gateway: Gateway | None = None
             if gateway_on:
+                if guard_service is not service:
+                    await guard_service.backend(settings.moderation.backend)
+                    stack.push_async_callback(guard_service.aclose)
                 store = open_store(settings.store)
                 stack.callback(store.close)
                 app.state.store = store  # the UI (mounted below) works on this store too
@@ -116,7 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 stack.callback(tracer.shutdown)  # flushes the spans still queued
                 gateway = Gateway(
                     settings,
-                    service,
+                    guard_service,
                     upstream=Upstream(upstream),
                     store=store,
                     review=ReviewHook(review),

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from seawall.settings import ModerationSettings
+
 #: Benchmark figures kept next to the artefacts (written by bench/loso.py and bench/multilingual.py).
 EVALUATION_FILE = "evaluation.json"
 
@@ -92,8 +94,10 @@ def _held_out_tables(held_out: dict[str, Any]) -> list[str]:
     """Per-label figures in the default mode, then the any-category line of each mode."""
     if "labels" in held_out:  # a report from before the contextual stage
         return _metrics_table(held_out)
-    default = "auto" if "auto" in held_out else "off"
-    lines = [f"Contextual stage `{default}` (the default):", "", *_metrics_table(held_out[default]), ""]
+    default = str(ModerationSettings.model_fields["contextual"].default)
+    shown = default if default in held_out else next(iter(held_out))
+    heading = "(the default)" if shown == default else f"(the default, `{default}`, was not measured)"
+    lines = [f"Contextual stage `{shown}` {heading}:", "", *_metrics_table(held_out[shown]), ""]
     for mode, figures in held_out.items():
         summary = figures["summary"]
         lines.append(
@@ -346,9 +350,10 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         "   (`a·fast + b·context + c`, fitted on the dev split). The encoder is frozen: fine-tuning it",
         "   needs a GPU this training run did not have.",
         "",
-        "`moderation.contextual` decides where stage 2 runs: `auto` (default) on the word windows",
-        "whose calibrated fast score lies inside the band below for some label, `on` everywhere,",
-        "`off` never (the fast stage alone, for bulk throughput). Windows that are mostly",
+        "`moderation.contextual` decides where stage 2 runs: `on` (the API's default) everywhere, `auto`",
+        "(the gateway guards' default, `gateway.guard_contextual`) on the word windows whose calibrated",
+        "fast score lies inside the band below for some label, `off` never (the fast stage alone, for",
+        "bulk throughput). Windows that are mostly",
         "non-Latin script are left to the fast stage (MiniLM's vocabulary is English).",
         "",
         "Scores are calibrated per label and path: each label's tuned threshold is mapped to 0.5 by",
