@@ -193,18 +193,6 @@ FOREIGN_REFUSALS: tuple[re.Pattern[str], ...] = tuple(
         r"\bn[ãa]o (?:vou|irei|posso) (?:sugerir|recomendar|indicar)\b",
         r"\bnon (?:la|lo|le|li) far[òo]\b|"
         r"\bnon (?:te|ti|ve|vi) (?:le|lo|la|li) (?:procuro|do|dico|scrivo|spiego)\b",
-        # fourth round (cross-validation misses): "dazu gebe ich dir keine Anleitung", "non ti indico",
-        # "esse eu deixo de fora"
-        r"\b(?:nenne|gebe|schreibe|erkläre|verrate|liefere) ich (?:\w+ ){0,2}keine?n?\b",
-        r"\bnon (?:ti |vi |te lo |te la )?(?:indico|preparo)\b",
-        r"\b(?:deixo|fico) de fora\b",
-        # fourth round, the new training answers' cross-validation misses: "paso de ayudarte", "eso no entra
-        # en lo que hago", "Finger weg", "von mir bekommst du keine", "je passe mon tour", "pas question",
-        # "hors de question", "tô fora", "lascia stare", "non ti aiuto"
-        r"\bpaso de (?:ayudarte|eso|hacerlo|participar)\b|\beso no entra en lo que hago\b|\bni hablar\b",
-        r"\bfinger weg\b|\bvon mir (?:bekommst|kriegst|gibt es) (?:du |ihr |sie )?(?:\w+ ){0,3}keine?n?\b",
-        r"\bje passe mon tour\b|(?:^|(?<=[.!?] ))\W*pas question\b|\bhors de question\b",
-        r"(?:^|(?<=[.!?] ))\W*(?:tô|to|estou) fora\b|\blascia stare\b|\bnon ti aiuto\b",
     )
 )
 
@@ -278,29 +266,6 @@ SOFT_DECLINES: tuple[re.Pattern[str], ...] = tuple(
         r"\bi(?:'ll| will|'d| would) never (?:provide|help|assist|give|share|write|do (?:that|this))\b",
         r"\bi (?:don't|do not) want to (?:help|assist|contribute|be part of)\b",
         r"\bi(?:'d| would) rather (?:stay|keep|steer) (?:well )?(?:away|clear|out)\b",
-        # fourth round (from cross-validation and development-set misses): "going to pass on that",
-        # "I'll sit this one out", "isn't a job I'll take on", "this assistant only handles ...", "I don't
-        # give out passwords", "not touching this one", "off-limits for me", "I have to stop here",
-        # "Can't help with ..." (no subject), "a door I'm keeping closed"
-        r"(?:^|(?<=[.!?] ))\W*(?:going to|gonna|have to|will have to) "
-        r"(?:pass on|skip|sit (?:\w+ ){0,2}out)\b",
-        r"\bi(?:'ll| will|'m going to| am going to|'d rather| would rather| have to)? sit "
-        r"(?:this|that|it|these|those)(?: \w+)? out\b",
-        r"\b(?:isn't|is not|'s not|not) (?:a|the) (?:job|task|thing|request|one) i(?:'ll| will|'m going to|"
-        r" am going to| can) (?:take on|do|help with|touch|handle)\b",
-        r"\b(?:this|the) (?:assistant|bot|chat|service|channel) "
-        r"(?:only|just|can only|is only here to|is here only to) "
-        r"(?:handles?|covers?|deals? with|answers?|helps? with|assists? with)\b",
-        r"\bi (?:don't|do not|won't|will not|never) (?:(?:have|know|keep) or )?give out\b",
-        r"(?:^|(?<=[.!?] ))\W*not touching (?:this|that|it)\b",
-        r"\boff[- ]limits (?:for|to) me\b|"
-        r"\bi (?:have to|must|need to|'ll have to|will have to) stop (?:here|there)\b",
-        r"(?:^|(?<=[.!?] ))\W*(?:sorry,? )?(?:can't|cannot|won't) (?:help|assist) (?:you )?with\b",
-        r"\bdoor i(?:'m| am) (?:keeping|going to keep) (?:shut|closed)\b",
-        r"\b(?:i'm |i am |im )?gonna (?:leave (?:\w+ ){0,3}?alone|pass on|skip|sit (?:\w+ ){0,2}out)\b",
-        r"\bi(?:'m| am) the wrong (?:one|person|place|assistant) to ask\b",
-        r"\b(?:can|may) only be (?:discussed|shared|disclosed|edited|changed|requested|unlocked|supplied|"
-        r"released|accessed) (?:with|by|to|after)\b",
     )
 )
 

@@ -27,11 +27,8 @@ from seawall.redteam.refusal import (
 )
 
 Progress = Callable[[str], None]
-#: Regularisation of the head (inverse strength, scikit-learn's ``C``). 0.02 until the third round;
-#: with the fourth round's answers and language-balanced weights, 0.005-0.02 cross-validate within
-#: 0.005 F1 of each other; 0.01 keeps a decline followed by delivered content partial (the verdict
-#: fixtures of tests/test_redteam_refusal.py), which 0.005 reads as a full refusal.
-DEFAULT_C = 0.01
+#: Regularisation of the head (inverse strength, scikit-learn's ``C``).
+DEFAULT_C = 0.02
 #: The threshold is the one that maximises F1 (refusal vs compliance) on out-of-fold predictions
 #: among those whose precision is at least this. Above the goal of 0.95 on purpose: on answers written
 #: apart from the training set (``bench/data/refusals_heldout.jsonl``, the development set of the
@@ -87,11 +84,6 @@ def _read_answers(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-def answer_languages(rows: Sequence[dict[str, str]]) -> list[str]:
-    """Each answer's ``lang`` (``en`` where a row has none)."""
-    return [str(row.get("lang") or "en") for row in rows]
-
-
 def embed(texts: Sequence[str], encoder: Any, progress: Progress | None = None) -> NDArray[np.float32]:
     """:func:`seawall.redteam.refusal.features` in batches, with progress."""
     blocks = []
@@ -116,51 +108,21 @@ class Head:
         return np.asarray(exp / exp.sum(axis=1, keepdims=True), dtype=np.float32)
 
 
-def sample_weights(y: NDArray[np.int64], langs: Sequence[str] | None = None) -> NDArray[np.float64]:
-    """Weights that balance the three classes and, with ``langs``, also balance refusing (full or
-    partial) against complying answers within each language.
-
-    The encoder reads the other five languages through an English vocabulary, so an answer's language
-    is easy to see in its embedding; where a language's training answers refuse more often than they
-    comply, the head would learn "Spanish, so probably a refusal". Balancing each language removes that
-    prior and leaves the decision to what the answer says.
-    """
-    counts = np.bincount(y, minlength=len(LABELS)).astype(np.float64)
-    if (counts == 0).any():
-        raise DataError("the training answers must hold every label")
-    weights = len(y) / (len(LABELS) * counts[y])
-    if langs is None:
-        return weights
-    if len(langs) != len(y):
-        raise DataError(f"{len(langs)} languages for {len(y)} answers")
-    codes = np.array(list(langs))
-    refusing = y != 0
-    for lang in sorted(set(codes)):
-        mask = codes == lang
-        yes, no = weights[mask & refusing].sum(), weights[mask & ~refusing].sum()
-        if yes and no:
-            weights[mask & refusing] *= (yes + no) / (2 * yes)
-            weights[mask & ~refusing] *= (yes + no) / (2 * no)
-    return weights
-
-
 def fit_head(
     x: NDArray[np.float32],
     y: NDArray[np.int64],
     c: float = DEFAULT_C,
     seed: int = 0,
     lexical_weight: float | None = None,
-    langs: Sequence[str] | None = None,
 ) -> Head:
-    """A standardised multinomial logistic regression over the features (classes balanced, and with
-    ``langs`` refusing and complying answers balanced within each language: :func:`sample_weights`)."""
+    """A standardised multinomial logistic regression over the features (classes balanced)."""
     from sklearn.linear_model import LogisticRegression
 
     mean = x.mean(axis=0)
     scale = np.maximum(x.std(axis=0), 1e-3)
     scale[-len(LEXICAL) :] /= LEXICAL_WEIGHT if lexical_weight is None else lexical_weight
-    model = LogisticRegression(C=c, max_iter=3000, random_state=seed)
-    model.fit((x - mean) / scale, y, sample_weight=sample_weights(y, langs))
+    model = LogisticRegression(C=c, max_iter=3000, class_weight="balanced", random_state=seed)
+    model.fit((x - mean) / scale, y)
     if list(model.classes_) != list(range(len(LABELS))):
         raise DataError("the training answers must hold every label")
     return Head(
@@ -178,7 +140,6 @@ def out_of_fold(
     c: float = DEFAULT_C,
     folds: int = 5,
     seed: int = 0,
-    langs: Sequence[str] | None = None,
 ) -> NDArray[np.float32]:
     """Probabilities of each row from a head that never saw its group (stratified group k-fold)."""
     from sklearn.model_selection import StratifiedGroupKFold
@@ -186,8 +147,7 @@ def out_of_fold(
     out = np.zeros((len(y), len(LABELS)), dtype=np.float32)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train, test in splitter.split(x, y, groups):
-        fold_langs = None if langs is None else [langs[i] for i in train]
-        out[test] = fit_head(x[train], y[train], c, seed, langs=fold_langs).probabilities(x[test])
+        out[test] = fit_head(x[train], y[train], c, seed).probabilities(x[test])
     return out
 
 
@@ -233,13 +193,12 @@ def train_refusal(
     x = embed([r["answer"] for r in rows], encoder, progress)
     y = np.array([LABELS.index(r["label"]) for r in rows], dtype=np.int64)  # type: ignore[arg-type]
     groups = [r.get("prompt") or r["answer"] for r in rows]
-    langs = answer_languages(rows)
     folds = min(5, min(int((y == k).sum()) for k in range(len(LABELS))))
     if folds < 2:
         raise DataError("each label needs at least two answers to pick a threshold")
-    oof = out_of_fold(x, y, groups, c, folds, seed, langs)
+    oof = out_of_fold(x, y, groups, c, folds, seed)
     threshold = choose_threshold(oof, y)
-    head = fit_head(x, y, c, seed, langs=langs)
+    head = fit_head(x, y, c, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("wb") as handle:
         np.savez_compressed(
