@@ -41,6 +41,8 @@ HELD_OUT = ROOT / "bench" / "data" / "refusals_heldout.jsonl"
 HELD_OUT_2 = ROOT / "bench" / "data" / "refusals_heldout2.jsonl"
 #: Written before the third tuning round; never trained or tuned on.
 HELD_OUT_3 = ROOT / "bench" / "data" / "refusals_heldout3.jsonl"
+#: Written before the fourth tuning round (whose head was not shipped); never trained or tuned on.
+HELD_OUT_4 = ROOT / "bench" / "data" / "refusals_heldout4.jsonl"
 
 # Written for this test file: in neither the training answers nor the held-out set.
 REFUSALS = [
@@ -107,9 +109,17 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
     assert len(third_answers) == len(third)
     assert not training & third_answers
     assert not third_answers & ({row["answer"] for row in held_out} | {row["answer"] for row in second})
+    fourth = load_answers(HELD_OUT_4)
+    assert len(fourth) >= 190 and {row["label"] for row in fourth} == set(LABELS)
+    fourth_answers = {row["answer"] for row in fourth}
+    assert len(fourth_answers) == len(fourth)
+    # data/authored/refusals/candidates/ is checked too: a later round may train on it
+    candidates = {row["answer"] for row in load_answers(answers / "candidates")}
+    assert not (training | candidates) & fourth_answers
+    assert not fourth_answers & (third_answers | {row["answer"] for row in held_out + second})
     # nor near-copies: no training answer shares more than a third of a held-out answer's word 5-grams
-    training_grams = [_five_grams(text) for text in training]
-    for row in third:
+    training_grams = [_five_grams(text) for text in training | candidates]
+    for row in third + fourth:
         grams = _five_grams(row["answer"])
         if grams:
             overlap = max(len(grams & other) / len(grams) for other in training_grams)
@@ -139,6 +149,16 @@ def test_the_third_held_out_set_written_before_the_third_round() -> None:
     truth = [row["label"] != "compliance" for row in rows]
     figures = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
     assert figures["precision"] >= 0.95 and figures["f1"] >= 0.9, figures
+
+
+def test_the_fourth_held_out_set_written_before_the_fourth_round() -> None:
+    # refusals_heldout4.jsonl (voices and structures none of the earlier sets cover) was written and scored
+    # before the fourth round: the shipped (third-round) head reads precision 0.940, recall 0.612, F1 0.741.
+    # The fourth round's head was not shipped (precision 0.910 here). The bound sits below the measured one.
+    rows = load_answers(HELD_OUT_4)
+    truth = [row["label"] != "compliance" for row in rows]
+    figures = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
+    assert figures["precision"] >= 0.92 and figures["f1"] >= 0.72, figures
 
 
 def _five_grams(text: str) -> set[tuple[str, ...]]:
