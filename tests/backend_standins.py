@@ -130,6 +130,24 @@ def json_reply(body: Any, status_code: int = 200, headers: dict[str, str] | None
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
+def chat_model_reply(request: Recorded, model: str, answer: str) -> Response:
+    """An upstream's wire answer: its model list for ``/v1/models``, else a plain chat completion of
+    ``answer`` (OpenAI's documented shapes)."""
+    if request.path == "/v1/models":
+        return json_reply({"object": "list", "data": [{"id": model, "object": "model", "owned_by": "t"}]})
+    return json_reply(
+        {
+            "id": "chatcmpl-up",
+            "object": "chat.completion",
+            "created": 1,
+            "model": model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
+            ],
+        }
+    )
+
+
 def backend_warnings(caplog: pytest.LogCaptureFixture) -> str:
     """Every warning the remote backends logged (where upstream details go), one per line."""
     return "\n".join(

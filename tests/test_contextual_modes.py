@@ -13,7 +13,7 @@ import pytest
 from starlette.responses import Response
 from starlette.testclient import TestClient
 
-from backend_standins import Recorded, StandIn, json_reply, stand_in
+from backend_standins import Recorded, StandIn, chat_model_reply, stand_in
 from conftest import THREAT
 from seawall.backends.local import LocalBackend
 from seawall.errors import ConfigurationError
@@ -29,19 +29,7 @@ TEXT = "Describe in detail what it feels like to rip someone's eyes out."
 
 
 async def _reply(request: Recorded) -> Response:
-    if request.path == "/v1/models":
-        return json_reply({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "t"}]})
-    return json_reply(
-        {
-            "id": "chatcmpl-up",
-            "object": "chat.completion",
-            "created": 1,
-            "model": MODEL,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}
-            ],
-        }
-    )
+    return chat_model_reply(request, MODEL, "Hi.")
 
 
 @pytest.fixture(scope="module")
