@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from starlette.responses import Response
 
-from backend_standins import Recorded, StandIn, json_reply, stand_in
+from backend_standins import Recorded, StandIn, chat_model_reply, stand_in
 from seawall.errors import AuthenticationError, PermissionDeniedError, RateLimitError
 from seawall.gateway.access import KeyAuthenticator
 from seawall.gateway.audit import AuditLog, AuditRecord
@@ -34,19 +34,7 @@ TENANT = "acme"
 
 
 async def _reply(request: Recorded) -> Response:
-    if request.path == "/v1/models":
-        return json_reply({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "t"}]})
-    return json_reply(
-        {
-            "id": "chatcmpl-up",
-            "object": "chat.completion",
-            "created": 1,
-            "model": MODEL,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "Hello."}, "finish_reason": "stop"}
-            ],
-        }
-    )
+    return chat_model_reply(request, MODEL, "Hello.")
 
 
 @pytest.fixture(scope="module")
