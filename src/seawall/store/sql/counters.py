@@ -1,16 +1,18 @@
 """The counter store role (:class:`seawall.store.base.CounterStore`) on SQL: rate-limit windows
 in ``rate_counters``, counted by one conditional upsert per hit (the arithmetic is
-:mod:`seawall.store.windows`, shared with the in-memory store)."""
+:mod:`seawall.store.windows`, shared with the in-memory store); and a request's admission
+(:meth:`SqlCounters.admit`: the user's standing read and its hits counted in one transaction)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import Connection, bindparam, delete, select
 
-from seawall.store.base import RateLimitResult
+from seawall.store.base import Admission, Hit, HitsFor, RateLimitResult
 from seawall.store.schema import as_utc, rate_counters
 from seawall.store.sql.database import SqlRole
+from seawall.store.sql.ledger import USER_STATE, user_state
 from seawall.store.windows import PruneClock, result, room, windows
 
 
@@ -51,26 +53,51 @@ class SqlCounters(SqlRole):
         the database applies under the row's lock; ``room`` is what the previous window's
         weighted count leaves of ``limit``.
         """
-        stamp, start, weight = windows(now, limit, window_s)
         with self.db.transaction("counting a rate-limit hit", write=True) as connection:
-            previous = int(
-                connection.execute(self._count_of, {"bucket": bucket, "start": start - window_s}).scalar()
-                or 0
+            counted = self._count(connection, Hit(bucket, limit, window_s), now)
+        self._prune_if_due(now)
+        return counted
+
+    def admit(self, tenant: str, safety_id: str, hits: HitsFor, now: datetime) -> Admission:
+        """The user's stored state and the hits ``hits`` picks for it, in one write transaction
+        (on SQLite the write lock is taken first, so nothing changes between the read and the
+        counts); stops at the first refused hit."""
+        results: list[RateLimitResult] = []
+        with self.db.transaction("admitting a request", write=True) as connection:
+            row = connection.execute(USER_STATE, {"tenant": tenant, "safety_id": safety_id}).first()
+            state = None if row is None else user_state(row)
+            for hit in hits(state):
+                results.append(self._count(connection, hit, now))
+                if not results[-1].allowed:
+                    break
+        if results:
+            self._prune_if_due(now)
+        return Admission(state, tuple(results))
+
+    def _count(self, connection: Connection, hit: Hit, now: datetime) -> RateLimitResult:
+        """Count ``hit`` in the open transaction (see :meth:`hit`)."""
+        bucket, limit, window_s = hit.bucket, hit.limit, hit.window_s
+        _, start, weight = windows(now, limit, window_s)
+        previous = int(
+            connection.execute(self._count_of, {"bucket": bucket, "start": start - window_s}).scalar() or 0
+        )
+        most = room(limit, previous, weight)
+        counted: int | None = None
+        if most >= 1:
+            parameters = {"bucket": bucket, "start": start, "expires": start + 2 * window_s, "most": most}
+            counted = connection.execute(self._upsert, parameters).scalar()
+        if counted is None:
+            current = int(
+                connection.execute(self._count_of, {"bucket": bucket, "start": start}).scalar() or 0
             )
-            most = room(limit, previous, weight)
-            counted: int | None = None
-            if most >= 1:
-                parameters = {"bucket": bucket, "start": start, "expires": start + 2 * window_s, "most": most}
-                counted = connection.execute(self._upsert, parameters).scalar()
-            if counted is None:
-                current = int(
-                    connection.execute(self._count_of, {"bucket": bucket, "start": start}).scalar() or 0
-                )
-            else:
-                current = int(counted)
+        else:
+            current = int(counted)
+        return result(counted is not None, limit, current, previous, weight, start, window_s)
+
+    def _prune_if_due(self, now: datetime) -> None:
+        stamp = as_utc(now).timestamp()
         if self._prunes.due(stamp):
             self.prune(datetime.fromtimestamp(stamp, UTC))
-        return result(counted is not None, limit, current, previous, weight, start, window_s)
 
     def prune(self, now: datetime) -> int:
         """Delete rate-limit windows that no hit at ``now`` or later reads; returns how many."""
