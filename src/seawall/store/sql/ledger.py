@@ -21,7 +21,7 @@ from seawall.store.schema import filtered_answers, risk_events, user_states
 from seawall.store.sql.database import SqlRole
 
 
-def user_state(row: Row[Any]) -> UserState:
+def _state(row: Row[Any]) -> UserState:
     return UserState(
         tenant=row.tenant,
         safety_id=row.safety_id,
@@ -34,7 +34,7 @@ def user_state(row: Row[Any]) -> UserState:
 
 
 #: A user's stored state (run on every gateway request with the risk ledger): built once.
-USER_STATE = select(user_states).where(
+_USER_STATE = select(user_states).where(
     user_states.c.tenant == bindparam("tenant"), user_states.c.safety_id == bindparam("safety_id")
 )
 
@@ -83,8 +83,8 @@ class SqlLedger(SqlRole):
     def get_user(self, tenant: str, safety_id: str) -> UserState | None:
         """The user's stored state; None if it was never set."""
         with self.db.transaction("reading a user state") as connection:
-            row = connection.execute(USER_STATE, {"tenant": tenant, "safety_id": safety_id}).first()
-        return None if row is None else user_state(row)
+            row = connection.execute(_USER_STATE, {"tenant": tenant, "safety_id": safety_id}).first()
+        return None if row is None else _state(row)
 
     def set_user(self, state: UserState) -> None:
         """Insert or replace the user's state."""
@@ -216,4 +216,4 @@ class SqlLedger(SqlRole):
         )
 
 
-__all__ = ["USER_STATE", "SqlLedger", "user_state"]
+__all__ = ["SqlLedger"]
