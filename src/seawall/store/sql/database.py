@@ -210,13 +210,10 @@ class DriverCursor:
     def __init__(self, cursor: Any, postgres: bool) -> None:
         self.cursor = cursor
         self.postgres = postgres
-        self._sql: dict[str, str] = {}
 
     def one(self, sql: str, parameters: tuple[Any, ...]) -> tuple[Any, ...] | None:
         """Run ``sql`` and return its first row (None when it has none)."""
-        if self.postgres:
-            sql = self._sql.get(sql) or self._sql.setdefault(sql, sql.replace("?", "%s"))
-        self.cursor.execute(sql, parameters)
+        self.cursor.execute(sql.replace("?", "%s") if self.postgres else sql, parameters)
         row: tuple[Any, ...] | None = self.cursor.fetchone()
         return row
 
