@@ -169,9 +169,13 @@ class SqlDatabase:
         SQL goes in with ``?`` placeholders (:class:`DriverCursor`). The pool, its pre-ping and
         SQLite's connection settings are the engine's; SQLite's write lock is taken first
         (``BEGIN IMMEDIATE``); failures become :class:`StoreError` naming ``doing``."""
-        dbapi = self.engine.dialect.loaded_dbapi
+        dialect = self.engine.dialect
+        dbapi = dialect.loaded_dbapi
         with self._serial, store_errors(self.engine, doing):
-            connection = self.engine.raw_connection()
+            try:  # the pool hands the driver's own errors through (a database that is down)
+                connection = self.engine.raw_connection()
+            except dbapi.Error as exc:
+                raise DBAPIError.instance(None, None, exc, dbapi.Error) from None
             try:
                 cursor = connection.cursor()
                 try:
@@ -185,9 +189,11 @@ class SqlDatabase:
                 finally:
                     cursor.close()
             except dbapi.Error as exc:
+                if dialect.is_disconnect(exc, connection.dbapi_connection, None):
+                    connection.invalidate(exc)  # as SQLAlchemy does: never back into the pool
                 raise DBAPIError.instance(None, None, exc, dbapi.Error) from None
             finally:
-                connection.close()  # back to the pool
+                connection.close()  # back to the pool (an invalidated one is discarded)
 
     def insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
         """The dialect's INSERT, which has ``on_conflict_do_update`` (an upsert) on both."""
