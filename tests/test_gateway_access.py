@@ -27,7 +27,7 @@ from seawall.gateway.ratelimit import RateLimiter
 from seawall.gateway.risk import RiskLedger, risk_level
 from seawall.settings import RateLimitSettings, RiskSettings, StoreSettings
 from seawall.store import open_store
-from seawall.store.base import Store
+from seawall.store.base import Store, UserState
 from test_gateway_pipeline import (
     CLEAN_ANSWER,
     MODEL,
@@ -176,6 +176,45 @@ def test_users_are_separate_per_tenant(store: Store) -> None:
     with pytest.raises(PermissionDeniedError):
         ledger.admit("tenant-a", SAFETY_ID)
     assert ledger.admit("tenant-b", SAFETY_ID) is None
+
+
+def test_admission_counts_the_rate_limits_only_for_a_user_it_lets_on(store: Store) -> None:
+    """The standing and the rate limits in one store call: a refused user uses none of its limits,
+    a throttled one counts against its throttle first, a full limit is handed back (not raised)."""
+    clock = Clock()
+    ledger = RiskLedger(store, RiskSettings(), clock=clock)
+    limiter = RateLimiter(store, RateLimitSettings(per_user={"requests": 2, "window_s": 60}), clock=clock)
+    counts = limiter.counts(None, TENANT, SAFETY_ID)
+    assert [count.hit.bucket for count in counts] == [f"user:{TENANT}:{SAFETY_ID}"]
+    assert ledger.admit_counting(TENANT, SAFETY_ID, counts) == (None, None)
+    ledger.block(TENANT, SAFETY_ID, by="admin", reason="abuse report 7", duration_s=60)
+    for _ in range(3):  # refused before the rate limit: none of these is counted
+        with pytest.raises(PermissionDeniedError, match="abuse report 7"):
+            ledger.admit_counting(TENANT, SAFETY_ID, counts)
+    clock.advance(seconds=61)  # the block ended; one of the two requests is left (of this window)
+    assert ledger.admit_counting(TENANT, SAFETY_ID, counts)[1] is None
+    state, refused = ledger.admit_counting(TENANT, SAFETY_ID, counts)
+    assert state is None and isinstance(refused, RateLimitError) and "this user" in refused.message
+    # Throttled: the throttle's own bucket first; over it, 429 user_throttled and nothing else counted.
+    other = "b" * 64
+    ledger.store.set_user(
+        UserState(TENANT, other, "throttled", clock.now + timedelta(hours=1), "3 points", clock.now)
+    )
+    mine = limiter.counts(None, TENANT, other)
+    statuses = []
+    for _ in range(2):
+        state, refused = ledger.admit_counting(TENANT, other, mine)
+        statuses.append((state.status if state else None, refused))
+    assert statuses == [("throttled", None), ("throttled", None)]
+    throttle = ledger.settings.throttle  # 5 requests per 60 s
+    bucket = f"throttle:{TENANT}:{other}"
+    assert store.hit(bucket, throttle.requests, throttle.window_s, clock.now).count == 3
+    while store.hit(bucket, throttle.requests, throttle.window_s, clock.now).allowed:
+        pass
+    with pytest.raises(RateLimitError) as throttled:
+        ledger.admit_counting(TENANT, other, mine)
+    assert throttled.value.code == "user_throttled"
+    assert store.hit(f"user:{TENANT}:{other}", 3, 60, clock.now).count == 3  # 2 counted, this one
 
 
 # ----------------------------------------------------------------- rate limits and keys

@@ -35,7 +35,7 @@ from seawall.store import (
     StoredResponse,
     UserState,
 )
-from seawall.store.base import OperatorToken
+from seawall.store.base import Hit, OperatorToken
 from seawall.store.chain import verify
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -197,6 +197,73 @@ def test_hit_is_atomic_across_threads(store: Store) -> None:
                 result = store.hit("threads", 40, 60, T0 + timedelta(seconds=10))
                 with lock:
                     allowed.append(result.allowed)
+        except BaseException as exc:  # surfaced below; a thread's exception is otherwise lost
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    assert len(allowed) == 90 and allowed.count(True) == 40
+
+
+# ----------------------------------------------------------------------------- admission
+
+
+def test_admit_reads_the_standing_and_counts_the_hits_it_picks(store: Store) -> None:
+    now = T0 + timedelta(seconds=15)
+    seen: list[UserState | None] = []
+
+    def hits(state: UserState | None) -> list[Hit]:
+        seen.append(state)
+        return [] if state is not None and state.status == "blocked" else [Hit("user:acme:u1", 2, 60)]
+
+    first = store.admit("acme", "u1", hits, now)
+    assert first.state is None and seen == [None]
+    assert [(r.allowed, r.count) for r in first.results] == [(True, 1)]
+    # A block written since (by any replica, the review desk or `seawall users`) is what the next
+    # admission reads: no cache stands between them.
+    blocked = UserState("acme", "u1", "blocked", T0 + timedelta(hours=1), "by hand", T0, "alice")
+    store.set_user(blocked)
+    second = store.admit("acme", "u1", hits, now)
+    assert second.state == blocked and second.results == ()
+    # Nothing was counted for the blocked request: the bucket still has one request in it.
+    assert store.hit("user:acme:u1", 2, 60, now).count == 2
+    cleared = UserState("acme", "u1", "ok", None, "cleared", T0 + timedelta(minutes=1), "alice")
+    store.set_user(cleared)
+    third = store.admit("acme", "u1", hits, now)
+    assert third.state == cleared and [r.allowed for r in third.results] == [False]
+
+
+def test_admit_stops_at_the_first_refused_hit(store: Store) -> None:
+    now = T0 + timedelta(seconds=15)
+    assert store.hit("full", 1, 60, now).allowed
+    picked = [Hit("first", 5, 60), Hit("full", 1, 60), Hit("after", 5, 60)]
+    admission = store.admit("acme", "u1", lambda state: picked, now)
+    assert [r.allowed for r in admission.results] == [True, False]
+    assert admission.results[1].retry_after_s > 0 and admission.results[1].limit == 1
+    # The refused hit and the one after it were not counted; the one before it was.
+    assert store.hit("first", 5, 60, now).count == 2
+    assert store.hit("after", 5, 60, now).count == 1
+    assert store.admit("acme", "u2", lambda state: [], now).results == ()
+    with pytest.raises(ValueError):
+        store.admit("acme", "u1", lambda state: [Hit("x", 0, 60)], now)
+
+
+def test_admit_is_atomic_across_threads(store: Store) -> None:
+    allowed: list[bool] = []
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+    picked = [Hit("admitted", 40, 60)]
+
+    def worker() -> None:
+        try:
+            for _ in range(15):
+                admission = store.admit("acme", "u1", lambda state: picked, T0 + timedelta(seconds=10))
+                with lock:
+                    allowed.extend(r.allowed for r in admission.results)
         except BaseException as exc:  # surfaced below; a thread's exception is otherwise lost
             failures.append(exc)
 

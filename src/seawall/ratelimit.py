@@ -10,7 +10,7 @@ import math
 from datetime import datetime
 
 from seawall.errors import RateLimitError
-from seawall.store.base import CounterStore
+from seawall.store.base import CounterStore, RateLimitResult
 
 
 def enforce(
@@ -25,10 +25,17 @@ def enforce(
 ) -> None:
     """Count one request in ``bucket`` (at most ``requests`` per ``window_s``); when it is full,
     429 with ``refusal`` and the time to wait (also the Retry-After header)."""
-    result = store.hit(bucket, requests, window_s, now)
-    if not result.allowed:
-        wait = math.ceil(result.retry_after_s)
-        raise RateLimitError(f"{refusal} Retry in {wait} s.", retry_after=result.retry_after_s, code=code)
+    error = refused(store.hit(bucket, requests, window_s, now), refusal, code=code)
+    if error is not None:
+        raise error
 
 
-__all__ = ["enforce"]
+def refused(result: RateLimitResult, refusal: str, *, code: str | None = None) -> RateLimitError | None:
+    """The 429 for a hit its bucket refused (``refusal`` and the time to wait); None if it was counted."""
+    if result.allowed:
+        return None
+    wait = math.ceil(result.retry_after_s)
+    return RateLimitError(f"{refusal} Retry in {wait} s.", retry_after=result.retry_after_s, code=code)
+
+
+__all__ = ["enforce", "refused"]

@@ -49,10 +49,12 @@ audit_log = logging.getLogger("seawall.audit")
 AUDIT_TOP_SCORES = 3
 #: Records queued for the store (without an audit buffer) before new ones are dropped (and logged).
 STORE_QUEUE_SIZE = 10_000
-#: How long the writer thread lets records gather after it is woken before it writes them through
-#: to the store: the request that woke it sends its answer meanwhile instead of competing with the
-#: store write for the interpreter (the gateway's CPU is often one core), and under load one pass
-#: takes many records. The records are in the buffer already; only the store sees them this late.
+#: How long records gather before the writer thread writes them through to the store: the request
+#: that appended one sends its answer meanwhile instead of competing with the store write (or with
+#: the thread's wake-up) for the interpreter (the gateway's CPU is often one core), and under load
+#: one pass takes many records. The records are in the buffer already; only the store sees them
+#: this late. On an event loop the wake-up itself waits this long (one timer per gathering, however
+#: many records join it); from another thread the writer wakes at once and waits itself.
 WRITE_THROUGH_DELAY_S = 0.01
 
 
@@ -205,6 +207,10 @@ class AuditLog:
         self._commit: GroupCommit | None = None
         #: Set when records were appended (the writer thread takes them to the store).
         self._appended = threading.Event()
+        #: The event loop whose timer will wake the writer (None: no wake-up is scheduled).
+        self._wake_loop: asyncio.AbstractEventLoop | None = None
+        #: Set by that timer: the records have gathered, the writer need not wait for more.
+        self._gathered = False
         self._closing = False
         #: Records the buffer could not take (a full disk): stored from memory.
         self._unbuffered: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
@@ -327,14 +333,26 @@ class AuditLog:
         self._writer = None
 
     def _wake_writer(self) -> None:
-        """Records were appended: wake the writer thread, at the loop's next turn when called on an
-        event loop (the request's answer goes out first, not a thread switch in the middle of it)."""
+        """Records were appended: wake the writer thread, :data:`WRITE_THROUGH_DELAY_S` later when
+        called on an event loop (the request's answer goes out first, and the next requests' steps
+        run, without a thread switch in the middle of them; records appended meanwhile share the
+        wake-up)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # the commit thread (audit_sync: fsync), or a caller without a loop
             self._appended.set()
             return
-        loop.call_soon(self._appended.set)
+        if self._wake_loop is loop:
+            return  # a wake-up is on its way
+        self._wake_loop = loop
+        loop.call_later(WRITE_THROUGH_DELAY_S, self._wake_gathered, loop)
+
+    def _wake_gathered(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The timer of :meth:`_wake_writer`: the records gathered; wake the writer."""
+        if self._wake_loop is loop:
+            self._wake_loop = None
+        self._gathered = True
+        self._appended.set()
 
     def _spill(self, records: list[dict[str, Any]]) -> None:
         """Records the buffer could not take: the writer thread stores them from memory."""
@@ -349,8 +367,9 @@ class AuditLog:
         stored.tick(force=True)
         while True:
             appended = self._appended.wait(timeout=self._retry_s / 2)
-            if appended and not self._closing:
-                time.sleep(WRITE_THROUGH_DELAY_S)
+            if appended and not self._closing and not self._gathered:
+                time.sleep(WRITE_THROUGH_DELAY_S)  # woken at once (not by the loop's timer)
+            self._gathered = False
             self._appended.clear()
             while not self._unbuffered.empty():
                 record = self._unbuffered.get()

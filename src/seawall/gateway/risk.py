@@ -13,15 +13,16 @@ user at once write the same state, so no lock is needed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from seawall.clock import Clock, utc_now
-from seawall.errors import PermissionDeniedError
-from seawall.ratelimit import enforce
+from seawall.errors import PermissionDeniedError, RateLimitError
+from seawall.gateway.ratelimit import Count
+from seawall.ratelimit import refused
 from seawall.settings import RateLimit, RiskSettings
-from seawall.store.base import CounterStore, LedgerStore, RiskEvent, RiskLevel, UserState, UserStatus
+from seawall.store.base import AdmissionStore, Hit, RiskEvent, RiskLevel, UserState, UserStatus
 
 #: The ladder, lowest first.
 LADDER: tuple[UserStatus, ...] = ("ok", "warned", "throttled", "blocked", "review")
@@ -73,8 +74,9 @@ def _rungs(settings: RiskSettings) -> list[tuple[UserStatus, float]]:
     return [(status, at) for status, at in rungs if at is not None]
 
 
-class RiskStore(LedgerStore, CounterStore, Protocol):
-    """The roles the escalation ladder needs: the ledger, and counters for throttled users."""
+class RiskStore(AdmissionStore, Protocol):
+    """The roles the escalation ladder needs: the ledger, counters for throttled users, and a
+    request's admission in one call."""
 
 
 class RiskLedger:
@@ -96,28 +98,62 @@ class RiskLedger:
         """Raise 403 for a blocked user or one under review, 429 for a throttled one over its
         rate (``throttle``: the user's trust tier's, else ``risk.throttle``); otherwise return the
         state in force (e.g. ``warned``) or None."""
-        state = self.standing(tenant, safety_id)
+        state, _ = self.admit_counting(tenant, safety_id, throttle=throttle)
+        return state
+
+    def admit_counting(
+        self,
+        tenant: str,
+        safety_id: str,
+        counts: Sequence[Count] = (),
+        *,
+        throttle: RateLimit | None = None,
+    ) -> tuple[UserState | None, RateLimitError | None]:
+        """:meth:`admit`, and the request counted against ``counts`` (the rate limits) if the user's
+        standing lets it on, all in one store call (:meth:`~seawall.store.base.AdmissionStore.admit`:
+        one transaction, the standing read fresh, never cached). Raises what :meth:`admit` raises
+        (then nothing is counted against ``counts``); returns the state in force and the first
+        count's refusal (429), or None, for the caller to raise where it reports rate limits."""
+        now = self.clock()
+        limit = throttle if throttle is not None else self.settings.throttle
+        throttled = Hit(f"throttle:{tenant}:{safety_id}", limit.requests, limit.window_s)
+        limits = [count.hit for count in counts]
+
+        def hits_for(stored: UserState | None) -> list[Hit]:
+            state = _in_force(stored, now)
+            if state is None or state.status == "warned":
+                return limits
+            if state.status == "throttled":
+                return [throttled, *limits]
+            return []  # blocked or under review: refused below, nothing counted
+
+        admission = self.store.admit(tenant, safety_id, hits_for, now)
+        state = _in_force(admission.state, now)
+        results = admission.results
         if state is None:
-            return None
-        if state.status == "review":
+            pass
+        elif state.status == "review":
             raise PermissionDeniedError(
                 f"This user is blocked until an administrator reviews the account: {state.reason}.",
                 code="user_under_review",
             )
-        if state.status == "blocked":
+        elif state.status == "blocked":
             raise PermissionDeniedError(
                 f"This user is blocked until {_when(state.until)}: {state.reason}.", code="user_blocked"
             )
-        if state.status == "throttled":
-            limit = throttle if throttle is not None else self.settings.throttle
+        elif state.status == "throttled":
             refusal = (
                 f"This user is throttled to {limit.requests} requests per {_span(limit.window_s)} "
                 f"until {_when(state.until)}: {state.reason}."
             )
-            bucket = f"throttle:{tenant}:{safety_id}"
-            now = self.clock()
-            enforce(self.store, bucket, limit.requests, limit.window_s, now, refusal, code="user_throttled")
-        return state
+            error = refused(results[0], refusal, code="user_throttled")
+            if error is not None:
+                raise error
+            results = results[1:]
+        for count, result in zip(counts, results, strict=False):
+            if (error := count.refused(result)) is not None:
+                return state, error
+        return state, None
 
     # ------------------------------------------------------------------ after a request
 

@@ -35,7 +35,7 @@ from seawall.gateway.messages import image_parts, last_user_text, text_of
 from seawall.gateway.parameters import check_parameters
 from seawall.gateway.policy import Policy
 from seawall.gateway.prompt import build_prompt
-from seawall.gateway.ratelimit import RateLimiter
+from seawall.gateway.ratelimit import Count, RateLimiter
 from seawall.gateway.risk import RiskLedger
 from seawall.gateway.runner import Answer, Guards, RequestContext
 from seawall.gateway.tiers import ResolvedTier, Tiers
@@ -131,8 +131,9 @@ class Standing:
 
     With ``then`` (the rate-limit step, when it comes right after this one) an enforced standing
     step that lets the request on also counts it against the rate limits, in the same thread-pool
-    call: one hop off the event loop instead of two. The rate-limit step then only hands on what
-    that count decided, and this step's latency includes the count."""
+    call and the same store transaction (:meth:`~seawall.gateway.risk.RiskLedger.admit_counting`):
+    one hop off the event loop instead of two, one transaction instead of two. The rate-limit step
+    then only hands on what that count decided, and this step's latency includes the count."""
 
     name = "standing"
     guard = False
@@ -161,16 +162,11 @@ class Standing:
         self, tenant: str, ctx: RequestContext, count: RateLimits | None
     ) -> tuple[UserState | None, Exception | None]:
         """The standing in force (or its refusal, raised); then, with ``count``, the request
-        counted against the rate limits: None, or what that raised, for the rate-limit step."""
+        counted against the rate limits in the same store call (one transaction): None, or the
+        refusal, for the rate-limit step to raise."""
         throttle = ctx.tier.risk.throttle if ctx.tier is not None else None  # the tier's rate
-        state = self.ledger.admit(tenant, ctx.safety_id, throttle=throttle)
-        if count is None:
-            return state, None
-        try:
-            count.count(ctx)
-        except Exception as exc:  # raised by the rate-limit step, as if it had counted itself
-            return state, exc
-        return state, None
+        counts = count.counts(ctx) if count is not None else ()
+        return self.ledger.admit_counting(tenant, ctx.safety_id, counts, throttle=throttle)
 
 
 class RateLimits:
@@ -197,6 +193,19 @@ class RateLimits:
         assert caller is not None
         sessionless = ctx.client_address if ctx.new_session else None
         self.limiter.check(
+            caller.key_id,
+            caller.tenant,
+            ctx.safety_id,
+            address_without_session=sessionless,
+            tier=ctx.tier,
+        )
+
+    def counts(self, ctx: RequestContext) -> list[Count]:
+        """The request's counts (buckets and refusals), for the standing step to make."""
+        caller = ctx.caller
+        assert caller is not None
+        sessionless = ctx.client_address if ctx.new_session else None
+        return self.limiter.counts(
             caller.key_id,
             caller.tenant,
             ctx.safety_id,

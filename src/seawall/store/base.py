@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, get_args
@@ -115,6 +115,29 @@ class RateLimitResult:
     limit: int
     reset_at: datetime  # when the current fixed window ends
     retry_after_s: float  # 0 when allowed
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One request to count against a rate limit: at most ``limit`` per ``window_s`` in ``bucket``."""
+
+    bucket: str
+    limit: int
+    window_s: int
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What :meth:`AdmissionStore.admit` read and counted in one transaction."""
+
+    #: The user's stored state as read (expired or not: the caller judges it); None if never set.
+    state: UserState | None
+    #: One result per hit counted, in order; the last is the first refused one, if any was.
+    results: tuple[RateLimitResult, ...]
+
+
+#: What :meth:`AdmissionStore.admit` asks, given the user's stored state: the hits to count.
+HitsFor = Callable[["UserState | None"], Sequence[Hit]]
 
 
 @dataclass(frozen=True)
@@ -474,6 +497,19 @@ class LedgerStore(Protocol):
         ...
 
 
+class AdmissionStore(LedgerStore, CounterStore, Protocol):
+    """A request's admission in one call: the user's standing read and its rate limits counted
+    together (one transaction, one round trip where the store allows), for the gateway's hot path."""
+
+    def admit(self, tenant: str, safety_id: str, hits: HitsFor, now: datetime) -> Admission:
+        """Read the user's stored state, then count the hits ``hits`` picks for that state (none for
+        a blocked user, say), in order, as :meth:`~CounterStore.hit` would at ``now``, stopping at
+        the first refused one; atomic like :meth:`~CounterStore.hit`, and the state is the stored one
+        at that moment (no cache): a block written by any replica before the call is seen.
+        ``hits`` runs inside the transaction: it must be quick and must not call the store."""
+        ...
+
+
 class AuditWriter(Protocol):
     """Keeping the gateway's audit records."""
 
@@ -729,9 +765,7 @@ class ResponseStore(Protocol):
         ...
 
 
-class Store(
-    KeyStore, CounterStore, LedgerStore, AuditStore, ReviewStore, UIAccountStore, ResponseStore, Protocol
-):
+class Store(KeyStore, AdmissionStore, AuditStore, ReviewStore, UIAccountStore, ResponseStore, Protocol):
     """Every role at once: persistent state shared by every replica of one seawall deployment."""
 
     def ping(self) -> None:
@@ -749,6 +783,8 @@ __all__ = [
     "REVIEW_STATUSES",
     "RISK_LEVELS",
     "AccountRow",
+    "Admission",
+    "AdmissionStore",
     "ApiKey",
     "AuditOutcome",
     "AuditPage",
@@ -760,6 +796,8 @@ __all__ = [
     "DeskCounts",
     "FilteredAnswer",
     "FlagRow",
+    "Hit",
+    "HitsFor",
     "KeyScope",
     "KeyStore",
     "LedgerStore",

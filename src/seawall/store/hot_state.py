@@ -40,7 +40,7 @@ from sqlalchemy import Engine
 
 from seawall.clock import Clock, as_utc
 from seawall.errors import ConfigurationError
-from seawall.store.base import RateLimitResult, UserState
+from seawall.store.base import Admission, HitsFor, RateLimitResult, UserState
 from seawall.store.sql import SqlStore
 from seawall.store.windows import result, windows
 
@@ -218,6 +218,21 @@ class HotStateSqlStore(SqlStore):
         except self.hot.errors as exc:
             self._redis_failed("caching a user's standing", exc)
         return state
+
+    def admit(self, tenant: str, safety_id: str, hits: HitsFor, now: datetime) -> Admission:
+        """The standing from Redis's versioned cache (the database on a miss), then each hit in
+        Redis: Redis has no transaction with the database, so these are the separate calls
+        :meth:`get_user` and :meth:`hit` make (each atomic, each a round trip). While Redis fails,
+        the database's one transaction (:meth:`SqlStore.admit`)."""
+        if not self._redis_usable():
+            return super().admit(tenant, safety_id, hits, now)
+        state = self.get_user(tenant, safety_id)
+        results: list[RateLimitResult] = []
+        for hit in hits(state):
+            results.append(self.hit(hit.bucket, hit.limit, hit.window_s, now))
+            if not results[-1].allowed:
+                break
+        return Admission(state, tuple(results))
 
     def set_user(self, state: UserState) -> None:
         super().set_user(state)  # the database first: it is the record

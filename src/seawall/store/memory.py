@@ -30,12 +30,15 @@ from seawall.store.base import (
     REPORT_STATUSES,
     REVIEW_STATUSES,
     AccountRow,
+    Admission,
     ApiKey,
     AuditPage,
     AuditQuery,
     DeskCounts,
     FilteredAnswer,
     FlagRow,
+    Hit,
+    HitsFor,
     KeyScope,
     OperatorToken,
     OrgSummary,
@@ -196,19 +199,41 @@ class MemoryCounters(MemoryRole):
         self._prunes = PruneClock()
 
     def hit(self, bucket: str, limit: int, window_s: int, now: datetime) -> RateLimitResult:
-        stamp, start, weight = windows(now, limit, window_s)
-        counters = self.data.counters
         with self.data.lock:
-            previous = counters.get((bucket, start - window_s), (0, 0))[0]
-            current = counters.get((bucket, start), (0, 0))[0]
-            most = room(limit, previous, weight)
-            allowed = most >= 1 and ((bucket, start) not in counters or current < most)
-            if allowed:
-                current += 1
-                counters[(bucket, start)] = (current, start + 2 * window_s)
+            counted = self._count(Hit(bucket, limit, window_s), now)
+        self._prune_if_due(now)
+        return counted
+
+    def admit(self, tenant: str, safety_id: str, hits: HitsFor, now: datetime) -> Admission:
+        results: list[RateLimitResult] = []
+        with self.data.lock:
+            state = self.data.user_states.get((tenant, safety_id))
+            for hit in hits(state):
+                results.append(self._count(hit, now))
+                if not results[-1].allowed:
+                    break
+        if results:
+            self._prune_if_due(now)
+        return Admission(state, tuple(results))
+
+    def _count(self, hit: Hit, now: datetime) -> RateLimitResult:
+        """Count ``hit`` (the caller holds the lock)."""
+        bucket, limit, window_s = hit.bucket, hit.limit, hit.window_s
+        _, start, weight = windows(now, limit, window_s)
+        counters = self.data.counters
+        previous = counters.get((bucket, start - window_s), (0, 0))[0]
+        current = counters.get((bucket, start), (0, 0))[0]
+        most = room(limit, previous, weight)
+        allowed = most >= 1 and ((bucket, start) not in counters or current < most)
+        if allowed:
+            current += 1
+            counters[(bucket, start)] = (current, start + 2 * window_s)
+        return result(allowed, limit, current, previous, weight, start, window_s)
+
+    def _prune_if_due(self, now: datetime) -> None:
+        stamp = as_utc(now).timestamp()
         if self._prunes.due(stamp):
             self.prune(datetime.fromtimestamp(stamp, UTC))
-        return result(allowed, limit, current, previous, weight, start, window_s)
 
     def prune(self, now: datetime) -> int:
         stamp = as_utc(now).timestamp()
