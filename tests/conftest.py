@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import openai
@@ -33,8 +33,6 @@ from seawall.categories import CATEGORIES
 from seawall.server.app import create_app
 from seawall.settings import Settings, load_settings
 from seawall.store.base import AuditSearch
-
-T = TypeVar("T")
 
 #: OpenAI's moderation model names plus seawall's own backend name.
 MODEL_NAMES = (
@@ -123,15 +121,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_on_free_port(start: Callable[[int], T], port_taken: Callable[[T], bool], what: str) -> T:
-    """``start(port)`` on a :func:`free_port`, again on another one while ``port_taken(started)``
-    says the port was taken in between (another process bound it first: the server could not
-    listen); for servers that cannot pick their own port and say which one they got."""
+def start_on_free_port(start: Callable[[int], bool], what: str) -> int:
+    """The port a server that takes nothing but a port number listens on, started on a
+    :func:`free_port`: ``start(port)`` returns True once it listens there, False when the port was
+    taken in between (another process bound it first, so the server could not: "Address already in
+    use"), and then it starts again on another free port."""
     for _ in range(5):
-        started = start(free_port())
-        if not port_taken(started):
-            return started
+        port = free_port()
+        if start(port):
+            return port
     raise RuntimeError(f"{what}: five free ports in a row were taken before it could bind them")
+
+
+#: What a server that could not bind its port says (EADDRINUSE's message).
+ADDRESS_IN_USE = "Address already in use"
 
 
 @contextmanager

@@ -40,12 +40,13 @@ from backend_standins import Recorded, StandIn, stand_in
 from conftest import (
     RunningServer,
     assert_openai_error,
-    free_port,
+    refusing_port,
     running_server,
+    start_on_free_port,
     subprocess_env,
     wait_for,
 )
-from postgres_server import _bin_dir, _run
+from postgres_server import _bin_dir, _run, pg_ctl_start
 from seawall.errors import StoreError
 from seawall.gateway.audit_buffer import AuditBuffer, BufferedAuditWriter
 from seawall.gateway.pipeline import REQUEST_ID_HEADER
@@ -244,9 +245,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 def refused(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     """A gateway whose upstream address refuses connections (nothing listens on the port)."""
     tmp = tmp_path_factory.mktemp("refused")
-    settings = fault_settings(tmp, f"http://127.0.0.1:{free_port()}")
-    with running_server(settings) as server:
-        yield Setup(server, StandIn(reply=make_reply(Fault())), Fault(), tmp / "audit.jsonl")
+    with refusing_port() as port:  # held for the module: nothing can start listening there
+        settings = fault_settings(tmp, f"http://127.0.0.1:{port}")
+        with running_server(settings) as server:
+            yield Setup(server, StandIn(reply=make_reply(Fault())), Fault(), tmp / "audit.jsonl")
 
 
 # ----------------------------------------------------------------- the matrix
@@ -448,18 +450,26 @@ class PostgresCluster:
         self.root = Path(tempfile.mkdtemp(prefix="seawall-pg-faults-"))
         if os.geteuid() == 0:
             shutil.chown(self.root, user="postgres", group="postgres")
-        self.data, self.log, self.port = self.root / "data", self.root / "server.log", free_port()
+        self.data, self.log = self.root / "data", self.root / "server.log"
+        self.port: int | None = None
         _run([str(bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync"])
         self.running = False
 
     @property
     def url(self) -> str:
+        assert self.port is not None, "the cluster's port is known once it was started"
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
+    def _start_on(self, port: int) -> bool:
+        options = f"-p {port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        return pg_ctl_start(self.bin, self.data, self.log, options)
+
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        pg_ctl = [str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options]
-        _run([*pg_ctl, "-w", "-t", "60", "start"], self.log)
+        """The first time on a free port; again on the same one (what the gateway was given)."""
+        if self.port is None:
+            self.port = start_on_free_port(self._start_on, "the private PostgreSQL server")
+        elif not self._start_on(self.port):
+            raise RuntimeError(f"another process took port {self.port} while PostgreSQL was stopped")
         self.running = True
 
     def stop(self) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,6 +24,7 @@ import pytest
 from starlette.responses import Response, StreamingResponse
 
 from backend_standins import LoopbackServer, Recorded, StandIn, json_reply, stand_in
+from conftest import refusing_port
 from seawall.errors import (
     BackendError,
     ConfigurationError,
@@ -158,13 +158,6 @@ def cut(data: bytes, sizes: list[int]) -> list[bytes]:
 
 
 # ----------------------------------------------------------------- fixtures
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def upstream_settings(server_url: str, **overrides: Any) -> UpstreamSettings:
@@ -496,12 +489,12 @@ async def test_read_timeout_is_504_and_not_retried(server: StandIn) -> None:
 
 
 async def test_connection_refused_is_502_unreachable_after_retries(caplog: pytest.LogCaptureFixture) -> None:
-    port = free_port()
-    settings = upstream_settings(f"http://127.0.0.1:{port}", retry_backoff_s=0.05)
-    async with Upstream(settings) as client:
-        started = time.monotonic()
-        with pytest.raises(UpstreamError) as caught:
-            await client.chat({"model": "m", "messages": []})
+    with refusing_port() as port:
+        settings = upstream_settings(f"http://127.0.0.1:{port}", retry_backoff_s=0.05)
+        async with Upstream(settings) as client:
+            started = time.monotonic()
+            with pytest.raises(UpstreamError) as caught:
+                await client.chat({"model": "m", "messages": []})
     assert time.monotonic() - started >= 0.15  # two retries: 0.05 s, then 0.1 s
     error = caught.value
     assert (error.status_code, error.code) == (502, "upstream_unreachable")

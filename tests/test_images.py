@@ -29,9 +29,9 @@ from conftest import (
     assert_openai_error,
     assert_result_shape,
     data_url,
-    free_port,
     image_part,
     png_bytes,
+    refusing_port,
     running_server,
     send_bytes,
     text_part,
@@ -396,10 +396,11 @@ def test_slow_image_hosts_time_out_within_the_limit(
 
 
 def test_unreachable_image_url_fails_fast(fetch_http: httpx.Client) -> None:
-    url = f"http://127.0.0.1:{free_port()}/nothing-listens-here.png"
-    started = time.monotonic()
-    error = assert_openai_error(moderate(fetch_http, image_part(url)), 400, "invalid_image")
-    assert time.monotonic() - started < FETCH_TIMEOUT_S + 1
+    with refusing_port() as port:
+        url = f"http://127.0.0.1:{port}/nothing-listens-here.png"
+        started = time.monotonic()
+        error = assert_openai_error(moderate(fetch_http, image_part(url)), 400, "invalid_image")
+        assert time.monotonic() - started < FETCH_TIMEOUT_S + 1
     assert "could not be fetched" in error["message"]
 
 
@@ -816,7 +817,8 @@ def test_fetch_errors_do_not_reveal_the_status(
 
 def test_refused_and_answered_look_the_same(fetch_http: httpx.Client, fetch_host: ImageHost) -> None:
     fetch_host.routes["/status-404.png"] = status(404)
-    refused = moderate(fetch_http, image_part(f"http://127.0.0.1:{free_port()}/a.png")).json()["error"]
+    with refusing_port() as port:
+        refused = moderate(fetch_http, image_part(f"http://127.0.0.1:{port}/a.png")).json()["error"]
     missing = moderate(fetch_http, image_part(fetch_host.url("/status-404.png"))).json()["error"]
     assert refused == missing
     assert "Error" not in refused["message"]

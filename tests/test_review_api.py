@@ -9,6 +9,7 @@ them (the gateway's own path is in tests/test_review_gateway.py).
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import hmac
 import json
@@ -29,7 +30,7 @@ from pydantic import SecretStr
 from starlette.responses import Response
 
 from backend_standins import Recorded, StandIn, json_reply, serving, stand_in
-from conftest import assert_openai_error, free_port
+from conftest import assert_openai_error, start_on_free_port
 from seawall.gateway.access import KeyAuthenticator
 from seawall.review import ReviewHook, ReviewService, ReviewSettings, add_review_routes
 from seawall.review.metrics import ReviewMetrics
@@ -130,12 +131,30 @@ class Env:
         return asyncio.run(run())
 
 
+def start_smtp(mailbox: Mailbox) -> Controller:
+    """aiosmtpd's SMTP server on loopback, listening (it needs its port before it binds)."""
+    started: list[Controller] = []
+
+    def start(port: int) -> bool:
+        smtp = Controller(mailbox, hostname="127.0.0.1", port=port)
+        try:
+            smtp.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False  # another process bound the port first
+            raise
+        started.append(smtp)
+        return True
+
+    start_on_free_port(start, "the SMTP server")
+    return started[0]
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("review")
     mailbox = Mailbox()
-    smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
-    smtp.start()
+    smtp = start_smtp(mailbox)
     hook_status = [200]
     hook_open = threading.Event()
     hook_open.set()
