@@ -386,7 +386,7 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_upstream_and_is_audited(set
         lines = response.iter_lines()
         while "and on." not in next(lines):  # read until text is flowing, then hang up
             pass
-    wait_for(lambda: bool(setup.fault.upstream_closed), 10, "the gateway to close the upstream")
+    wait_for(lambda: bool(setup.fault.upstream_closed), 30, "the gateway to close the upstream")
     record = setup.audit(request_id)
     assert record["outcome"] == "client_disconnected" and record["error"] is None
     [moderation] = [d for d in record["decisions"] if d["step"] == "output_moderation"]
@@ -565,7 +565,7 @@ def test_postgres_stopped_and_restarted_mid_run(tmp_path: Path) -> None:
             for _ in range(3):
                 assert gw.ask().status_code == 200
             assert gw.ask(stream=True).status_code == 200
-            wait_for(lambda: len(stored_request_ids(cluster.url)) == 4, 10, "the first records in the store")
+            wait_for(lambda: len(stored_request_ids(cluster.url)) == 4, 30, "the first records in the store")
 
             cluster.stop()
             down = len(gw.ids)
@@ -573,12 +573,12 @@ def test_postgres_stopped_and_restarted_mid_run(tmp_path: Path) -> None:
                 began = time.monotonic()
                 assert_store_unavailable(gw.ask(stream=stream))
                 assert time.monotonic() - began < 5
-            wait_for(lambda: buffered(gw.buffer) == 4, 10, "four records in the audit buffer")
+            wait_for(lambda: buffered(gw.buffer) == 4, 30, "four records in the audit buffer")
 
             cluster.start()
             wait_for(lambda: gw.ask().status_code == 200, 30, "the gateway to answer again")
             assert gw.ask(stream=True).status_code == 200
-            wait_for(lambda: buffered(gw.buffer) == 0, 10, "the buffer to be written through")
+            wait_for(lambda: buffered(gw.buffer) == 0, 30, "the buffer to be written through")
             wait_for(
                 lambda: len(stored_request_ids(cluster.url)) == len(gw.ids), 10, "every record in the store"
             )
@@ -614,7 +614,7 @@ def test_sqlite_file_locked_by_another_process(tmp_path: Path) -> None:
     url = f"sqlite:///{database}"
     with store_gateway(tmp_path, url) as gw:
         assert gw.ask().status_code == 200
-        wait_for(lambda: len(stored_request_ids(url)) == 1, 10, "the first record in the store")
+        wait_for(lambda: len(stored_request_ids(url)) == 1, 30, "the first record in the store")
         locker = subprocess.Popen(
             [sys.executable, "-c", LOCKER, str(database)],
             stdin=subprocess.PIPE,
@@ -636,7 +636,7 @@ def test_sqlite_file_locked_by_another_process(tmp_path: Path) -> None:
             locker.wait(timeout=30)
         assert gw.ask().status_code == 200
         wait_for(lambda: buffered(gw.buffer) == 0, 60, "the buffer to be written through")
-        wait_for(lambda: len(stored_request_ids(url)) == len(gw.ids), 10, "every record in the store")
+        wait_for(lambda: len(stored_request_ids(url)) == len(gw.ids), 30, "every record in the store")
     assert sorted(stored_request_ids(url)) == sorted(gw.ids)
     verified = verify_store(gw.config)
     assert verified.returncode == 0, verified.stdout + verified.stderr

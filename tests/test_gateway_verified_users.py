@@ -40,7 +40,7 @@ from joserfc.jws import JWSRegistry
 from starlette.responses import Response
 
 from backend_standins import Recorded, StandIn, json_reply, stand_in
-from conftest import ImageHost, RunningServer, running_server, send_bytes
+from conftest import ImageHost, RunningServer, running_server, send_bytes, wait_for
 from seawall.errors import ConfigurationError, IdentityProviderError, UserTokenError
 from seawall.gateway.access import KeyAuthenticator
 from seawall.gateway.audit import AuditRecord
@@ -655,10 +655,9 @@ def test_the_users_page_reads_each_user_s_latest_tier(gateway: Gateway, fresh: P
     wanted = gateway.audit()[-1]["safety_identifier"]
     store = open_store(StoreSettings(url=f"sqlite:///{gateway.db}"))
     try:
-        deadline = time.monotonic() + 10
-        while not (tiers := store.user_tiers("default", [wanted])) and time.monotonic() < deadline:
-            time.sleep(0.05)  # the store gets audit records from a background writer
-        assert tiers == {wanted: "email_verified"}
+        # The store gets audit records from a background writer.
+        wait_for(lambda: store.user_tiers("default", [wanted]), 30, "the user's tier in the store")
+        assert store.user_tiers("default", [wanted]) == {wanted: "email_verified"}
     finally:
         store.close()
 
