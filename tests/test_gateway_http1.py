@@ -267,6 +267,6 @@ async def test_an_informational_reply_is_skipped_and_a_head_reply_has_no_body() 
             "yes",
         )
         assert "link" not in response.headers
-        head = await http.head(url, timeout=1)
+        head = await http.head(url, timeout=10)  # waiting for 42 body bytes, it would time out
         assert (head.status_code, head.content, head.headers["content-length"]) == (200, b"", "42")
         assert (await http.get(url)).text == "after the hints"

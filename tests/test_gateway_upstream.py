@@ -635,9 +635,11 @@ async def test_stall_between_chunks_is_504(server: StandIn) -> None:
 
 
 async def test_total_timeout_bounds_a_stream_that_keeps_trickling(server: StandIn) -> None:
-    script(server, sse([event(chunk(i, "x")) for i in range(40)] + [done()], pause=0.05))
+    # 40 chunks 0.1 s apart take 4 s; each gap is well inside the read timeout, and the first two
+    # come well inside the total one even on a loaded machine.
+    script(server, sse([event(chunk(i, "x")) for i in range(40)] + [done()], pause=0.1))
     got: list[dict[str, Any]] = []
-    async with Upstream(upstream_settings(server.url, total_timeout_s=0.6, read_timeout_s=0.5)) as client:
+    async with Upstream(upstream_settings(server.url, total_timeout_s=1.5, read_timeout_s=1.0)) as client:
         with pytest.raises(UpstreamError) as caught:
             await collect(client.stream({"model": "m", "messages": []}), got)
     assert (caught.value.status_code, caught.value.code) == (504, "upstream_timeout")

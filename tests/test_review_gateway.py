@@ -224,6 +224,11 @@ def test_feedback_on_a_gateway_response_and_metrics(gw: Setup) -> None:
         raw = client.chat.completions.with_raw_response.create(
             model=MODEL, messages=[{"role": "user", "content": PLAIN}]
         )
+        # One held answer of its own, for the outcome counted below (other tests may not have run).
+        held = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": HEALTH}], extra_headers=ACCEPTED
+        )
+    assert held.status_code == 202
     request_id = raw.headers["x-seawall-request-id"]
     with gw.http(APP_KEY) as app:
         created = app.post(
