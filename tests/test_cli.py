@@ -388,6 +388,13 @@ def _serve(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
+def _said(process: subprocess.Popen[bytes]) -> str:
+    """What a ``_serve`` process wrote to stderr, once it has exited (read earlier, it would block)."""
+    if process.poll() is None or process.stderr is None:
+        return "(still running)"
+    return process.stderr.read().decode(errors="replace")
+
+
 def _stop(process: subprocess.Popen[bytes]) -> tuple[str, str]:
     """Ctrl+C, as a user stops it; its stdout and stderr."""
     process.send_signal(signal.SIGINT)
@@ -405,7 +412,7 @@ def test_serve_answers_and_stops(tmp_path: Path) -> None:
     process = _serve(tmp_path, "--port", "0", "--port-file", str(port_file))
     try:
         # The port file is written once the server accepts requests: the first request is answered.
-        port = served_port(port_file, process, lambda: "(stderr is read after it stops)")
+        port = served_port(port_file, process, lambda: _said(process))
         assert port_file.read_text() == f"{port}\n"
         health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30)
         assert health.status_code == 200
@@ -437,6 +444,7 @@ def test_serve_port_file_replaces_a_stale_one_and_refuses_a_missing_folder(tmp_p
         try:
 
             def replaced() -> bool:
+                assert process.poll() is None, _said(process)
                 try:
                     return port_file.read_text() != f"{stale}\n"
                 except FileNotFoundError:  # removed at start, not written yet
