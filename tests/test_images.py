@@ -602,7 +602,8 @@ def gradient_png(width: int = 6000, height: int = 6000) -> bytes:
 def test_decoding_does_not_block_the_server() -> None:
     """While large images decode, the same server still answers other requests at once."""
     parts = [image_part(data_url(gradient_png()))] * 3
-    with running_server(load_settings()) as server, server.http() as http:
+    # Three large decodes take seconds, and far longer on a loaded machine: the request may wait.
+    with running_server(load_settings()) as server, server.http(timeout=120) as http:
         latencies: list[float] = []
         done = threading.Event()
 
