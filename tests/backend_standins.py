@@ -70,6 +70,17 @@ class StandIn:
 
         return Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST"])])
 
+    async def until_peak(self, count: int, hold_s: float = 0.1, timeout_s: float = 5.0) -> None:
+        """For a reply to await first: hold until ``count`` requests were in flight at once (or
+        ``timeout_s`` passed), then ``hold_s`` more. A client allowed ``count`` at once reaches that
+        peak however slow the machine (a fixed sleep alone leaves it to timing); one allowed fewer
+        stays below it (each request waits out the timeout); one allowed more shows it in the
+        requests that arrive while these are held."""
+        deadline = time.monotonic() + timeout_s
+        while self.max_in_flight < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(hold_s)
+
 
 class LoopbackServer:
     """Serves an ASGI app with uvicorn on a free 127.0.0.1 port, in a background thread."""

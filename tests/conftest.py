@@ -12,6 +12,7 @@ import base64
 import io
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -107,10 +109,61 @@ def wait_for_audit(store: AuditSearch, request_id: str, timeout_s: float = 30) -
 
 
 def free_port() -> int:
-    """A loopback port nothing listens on (bound, read, released)."""
+    """A loopback port nothing listened on a moment ago (bound, read, released).
+
+    Released, so another process can bind it before whoever it is passed to does: only for servers
+    that take nothing but a port number, started with :func:`start_on_free_port` (which picks
+    another port when the one picked was taken). A seawall process binds its own (``seawall serve
+    --port 0 --port-file``, :func:`served_port`); a server in this process binds port 0 and reads
+    its port; a port that must refuse connections is :func:`refusing_port`."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def start_on_free_port(start: Callable[[int], bool], what: str) -> int:
+    """The port a server that takes nothing but a port number listens on, started on a
+    :func:`free_port`: ``start(port)`` returns True once it listens there, False when the port was
+    taken in between (another process bound it first, so the server could not: "Address already in
+    use"), and then it starts again on another free port."""
+    for _ in range(5):
+        port = free_port()
+        if start(port):
+            return port
+    raise RuntimeError(f"{what}: five free ports in a row were taken before it could bind them")
+
+
+#: What a server that could not bind its port says (EADDRINUSE's message).
+ADDRESS_IN_USE = "Address already in use"
+
+
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port that refuses connections while the block runs: bound by this process and
+    never listening, so no other process can start listening on it in the meantime."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+def served_port(
+    port_file: Path, process: subprocess.Popen[bytes], output: Callable[[], str], timeout_s: float = 120
+) -> int:
+    """The port of ``seawall serve --port 0 --port-file PORT_FILE`` (``process``), once it accepts
+    requests: the OS picked the port when the server bound it, so no other process can hold it.
+    ``port_file`` must not exist before the process starts (a fresh name in the test's folder).
+    Fails with the server's ``output()`` if it exits first or is not serving after ``timeout_s``."""
+
+    def written() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"seawall serve exited ({process.returncode}) before serving: {output()}")
+        return port_file.exists()
+
+    try:
+        wait_for(written, timeout_s, f"seawall serve to write {port_file}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{output()[-3000:]}") from None
+    return int(port_file.read_text(encoding="ascii"))
 
 
 @dataclass

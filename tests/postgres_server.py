@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
-from conftest import free_port
+from conftest import ADDRESS_IN_USE, start_on_free_port
 from seawall.settings import StoreSettings
 from seawall.store import SqlStore, Store, open_store
 from seawall.store.sql import normalise_url
@@ -70,6 +70,22 @@ def _run(command: list[str], log: Path | None = None) -> None:
         )
 
 
+def pg_ctl_start(bin_dir: Path, data: Path, log: Path, options: str) -> bool:
+    """``pg_ctl start`` with the server ``options`` (``-p PORT`` among them), waiting until it
+    accepts connections: True; False when its port was taken (it could not bind it and stopped)."""
+    before = log.stat().st_size if log.exists() else 0
+    command = [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60"]
+    try:
+        _run([*command, "start"], log)
+    except RuntimeError:
+        with log.open("rb") as written:
+            written.seek(before)
+            if ADDRESS_IN_USE in written.read().decode(errors="replace"):
+                return False
+        raise
+    return True
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A SQLAlchemy URL (postgresql+psycopg) of a database on a real PostgreSQL server."""
@@ -97,7 +113,7 @@ def private_cluster() -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="seawall-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, user="postgres", group="postgres")
-    data, log, port = root / "data", root / "server.log", free_port()
+    data, log = root / "data", root / "server.log"
     started = False
     try:
         _run(
@@ -114,24 +130,11 @@ def private_cluster() -> Iterator[str]:
             ]
         )
         options = (
-            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c listen_addresses=127.0.0.1 -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
-        _run(
-            [
-                str(bin_dir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(log),
-                "-o",
-                options,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-            log,
+        port = start_on_free_port(
+            lambda port: pg_ctl_start(bin_dir, data, log, f"-p {port} -k {root} {options}"), "PostgreSQL"
         )
         started = True
         admin = create_engine(

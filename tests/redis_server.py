@@ -18,27 +18,39 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import ADDRESS_IN_USE, start_on_free_port
 
 _GIVEN_URL = os.environ.get("SEAWALL_TEST_REDIS_URL")
 
 
 class RedisServer:
-    """One private ``redis-server`` process; :meth:`stop` and :meth:`start` again on the same port."""
+    """One private ``redis-server`` process: the first :meth:`start` on a free port, after a
+    :meth:`stop` again on the same port (the one the tests' settings name)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.port: int | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def url(self) -> str:
+        assert self.port is not None, "the Redis server's port is known once it was started"
+        return f"redis://127.0.0.1:{self.port}/0"
+
     def start(self) -> None:
+        if self.port is None:
+            self.port = start_on_free_port(self._start_on, "redis-server")
+        elif not self._start_on(self.port):
+            raise RuntimeError(f"another process took port {self.port} while redis-server was stopped")
+
+    def _start_on(self, port: int) -> bool:
+        """Start on ``port`` and wait until it answers: True; False when the port was taken."""
         binary = shutil.which("redis-server")
         assert binary is not None
         command = [
             binary,
             "--port",
-            str(self.port),
+            str(port),
             "--bind",
             "127.0.0.1",
             "--save",
@@ -47,23 +59,33 @@ class RedisServer:
             "no",
         ]
         command += ["--dir", str(self.folder)]
-        self.process = subprocess.Popen(
-            command, stdout=(self.folder / "redis.log").open("ab"), stderr=subprocess.STDOUT
-        )
+        log = self.folder / "redis.log"
+        before = log.stat().st_size if log.exists() else 0
+        self.process = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT)
         import redis
 
-        client = redis.Redis.from_url(self.url, socket_timeout=1)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.RedisError as exc:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    log = (self.folder / "redis.log").read_text()
-                    raise RuntimeError(f"redis-server did not start: {log}") from exc
+        client = redis.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=1)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    client.ping()
+                    answered = True
+                except redis.RedisError:
+                    answered = False
+                if self.process.poll() is None:
+                    if answered:
+                        return True
+                elif ADDRESS_IN_USE.encode() in log.read_bytes()[before:]:
+                    self.process = None
+                    return False  # it could not bind the port (what answered is another server)
+                else:
+                    raise RuntimeError(f"redis-server exited: {log.read_text(errors='replace')}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start: {log.read_text(errors='replace')}")
                 time.sleep(0.05)
-        client.close()
+        finally:
+            client.close()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from conftest import wait_for
 from seawall.gateway.audit import AuditLog, AuditRecord
 from seawall.gateway.audit_buffer import AuditBuffer, BufferedAuditWriter, GroupCommit
 from seawall.settings import StoreSettings
@@ -248,10 +249,7 @@ def test_a_buffer_that_cannot_be_written_never_holds_an_answer_back(
             await asyncio.wait_for(log.commit(AuditRecord("req-1", "acme", stream=False)), 5)
 
         asyncio.run(run())
-        deadline = time.monotonic() + 10
-        while store.get_audit("req-1") is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert store.get_audit("req-1") is not None
+        wait_for(lambda: store.get_audit("req-1") is not None, 30, "the record in the store, from memory")
         assert "cannot write 1 audit record(s) to the audit buffer" in caplog.text
     finally:
         log.close()
@@ -267,12 +265,12 @@ def test_the_buffer_is_emptied_once_written_through_and_idle(tmp_path: Path) -> 
             await asyncio.gather(*(log.commit(AuditRecord(f"r{n}", "acme", stream=False)) for n in range(20)))
 
         asyncio.run(run())
-        deadline = time.monotonic() + 10
         cursor = tmp_path / "audit-buffer.jsonl.offset"
-        while (
-            (tmp_path / "audit-buffer.jsonl").stat().st_size or cursor.exists()
-        ) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(
+            lambda: not ((tmp_path / "audit-buffer.jsonl").stat().st_size or cursor.exists()),
+            30,
+            "the buffer emptied and its cursor removed",
+        )
         assert (tmp_path / "audit-buffer.jsonl").stat().st_size == 0
         assert not cursor.exists()
         assert len(list(store.audit_chain())) == 20

@@ -241,7 +241,7 @@ async def test_images_are_not_assessed(backend: LlamaGuardBackend, guard: StandI
 
 async def test_concurrency_is_bounded(guard: StandIn):
     async def slow(request: Recorded) -> Response:
-        await asyncio.sleep(0.1)
+        await guard.until_peak(2)
         return await scripted_reply(request)
 
     guard.reply = slow
@@ -256,7 +256,7 @@ async def test_concurrency_is_bounded(guard: StandIn):
 
 async def test_concurrency_is_per_backend_not_per_call(guard: StandIn):
     async def slow(request: Recorded) -> Response:
-        await asyncio.sleep(0.1)
+        await guard.until_peak(2)
         return await scripted_reply(request)
 
     guard.reply = slow

@@ -467,7 +467,7 @@ async def test_empty_input_sends_nothing(backend: OpenAIBackend, upstream: Stand
 
 async def test_the_request_limit_holds_across_concurrent_calls(upstream: StandIn):
     async def slow(request: Recorded) -> Response:
-        await asyncio.sleep(0.1)
+        await upstream.until_peak(MAX_PARALLEL_REQUESTS)
         return await moderation_reply(request)
 
     upstream.reply = slow

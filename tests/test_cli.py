@@ -6,9 +6,9 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,17 @@ import httpx
 import openai
 import pytest
 
-from conftest import BENIGN_KILL, INJECTION, THREAT, assert_far_above, free_port, subprocess_env, threat_score
+from conftest import (
+    BENIGN_KILL,
+    INJECTION,
+    THREAT,
+    assert_far_above,
+    refusing_port,
+    served_port,
+    subprocess_env,
+    threat_score,
+    wait_for,
+)
 from seawall.categories import CATEGORIES, EXTRA_LABELS
 from seawall.settings import Settings, describe_settings, load_settings
 
@@ -366,27 +376,45 @@ def test_config_with_an_invalid_file(tmp_path: Path) -> None:
 # ----------------------------------------------------------------- serve
 
 
-def test_serve_answers_and_stops(tmp_path: Path) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [SEAWALL, "serve", "--port", str(port)],
+def _serve(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``seawall serve ARGS`` in ``tmp_path``, its home too: the default store, secret and model
+    cache are never the user's."""
+    return subprocess.Popen(
+        [SEAWALL, "serve", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        # Its own home: the default store, secret and model cache are never the user's.
         env=clean_env(HOME=str(tmp_path)),
         cwd=tmp_path,
     )
+
+
+def _said(process: subprocess.Popen[bytes]) -> str:
+    """What a ``_serve`` process wrote to stderr, once it has exited (read earlier, it would block)."""
+    if process.poll() is None or process.stderr is None:
+        return "(still running)"
+    return process.stderr.read().decode(errors="replace")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> tuple[str, str]:
+    """Ctrl+C, as a user stops it; its stdout and stderr."""
+    process.send_signal(signal.SIGINT)
     try:
-        deadline = time.monotonic() + 60
-        health = None
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        assert health is not None, "seawall serve did not answer within 60 s"
+        stdout, stderr = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    return stdout.decode(), stderr.decode()
+
+
+def test_serve_answers_and_stops(tmp_path: Path) -> None:
+    port_file = tmp_path / "port"
+    process = _serve(tmp_path, "--port", "0", "--port-file", str(port_file))
+    try:
+        # The port file is written once the server accepts requests: the first request is answered.
+        port = served_port(port_file, process, lambda: _said(process))
+        assert port_file.read_text() == f"{port}\n"
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30)
         assert health.status_code == 200
         assert health.json() == {"status": "ok"}
         with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0) as client:
@@ -395,22 +423,63 @@ def test_serve_answers_and_stops(tmp_path: Path) -> None:
         threat, hello = response.model_dump(by_alias=True)["results"]
         assert_far_above(threat_score(threat), threat_score(hello))
     finally:
-        process.send_signal(signal.SIGINT)
+        _, stderr = _stop(process)
+    assert process.returncode == 0, stderr
+    assert f"seawall serving on http://127.0.0.1:{port}/v1" in stderr  # the bound port, not 0
+    assert not port_file.exists()  # a stopped server's port is nobody's to use
+
+
+def test_serve_port_file_replaces_a_stale_one_and_refuses_a_missing_folder(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder" / "port"
+    completed = run("serve", "--port", "0", "--port-file", str(missing), env=clean_env(HOME=str(tmp_path)))
+    assert completed.returncode != 0
+    assert f"the folder {missing.parent} does not exist" in completed.stderr
+
+    # A file left by a killed run names a port nobody listens on: the server replaces it with the
+    # port it bound (a script removes the old file itself before it starts the server and waits).
+    port_file = tmp_path / "port"
+    with refusing_port() as stale:
+        port_file.write_text(f"{stale}\n")
+        process = _serve(tmp_path, "--port", "0", "--port-file", str(port_file))
         try:
-            _, stderr = process.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
-            raise
-    assert process.returncode == 0
-    assert f"http://127.0.0.1:{port}/v1" in stderr.decode()
+
+            def replaced() -> bool:
+                assert process.poll() is None, _said(process)
+                try:
+                    return port_file.read_text() != f"{stale}\n"
+                except FileNotFoundError:  # removed at start, not written yet
+                    return False
+
+            wait_for(replaced, 120, "the stale port file replaced")
+            port = int(port_file.read_text())
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code == 200
+        finally:
+            _stop(process)
+
+
+def test_serve_on_a_taken_port_fails_and_writes_no_port_file(tmp_path: Path) -> None:
+    port_file = tmp_path / "port"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        completed = run(
+            "serve",
+            "--port",
+            str(taken.getsockname()[1]),
+            "--port-file",
+            str(port_file),
+            env=clean_env(HOME=str(tmp_path)),
+        )
+    assert completed.returncode == 3, completed.stderr  # uvicorn's start-up failure
+    assert "address already in use" in completed.stderr.lower()
+    assert not port_file.exists()
 
 
 def test_serve_refuses_to_start_with_an_unknown_image_fallback(tmp_path: Path) -> None:
     config = tmp_path / "seawall.yaml"
     config.write_text("images:\n  fallback_backend: no-such-backend\n", encoding="utf-8")
     process = subprocess.run(
-        [SEAWALL, "serve", "--config", str(config), "--port", str(free_port())],
+        [SEAWALL, "serve", "--config", str(config), "--port", "0"],
         capture_output=True,
         env=clean_env(),
         timeout=60,

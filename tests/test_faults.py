@@ -40,12 +40,13 @@ from backend_standins import Recorded, StandIn, stand_in
 from conftest import (
     RunningServer,
     assert_openai_error,
-    free_port,
+    refusing_port,
     running_server,
+    start_on_free_port,
     subprocess_env,
     wait_for,
 )
-from postgres_server import _bin_dir, _run
+from postgres_server import _bin_dir, _run, pg_ctl_start
 from seawall.errors import StoreError
 from seawall.gateway.audit_buffer import AuditBuffer, BufferedAuditWriter
 from seawall.gateway.pipeline import REQUEST_ID_HEADER
@@ -244,9 +245,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 def refused(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     """A gateway whose upstream address refuses connections (nothing listens on the port)."""
     tmp = tmp_path_factory.mktemp("refused")
-    settings = fault_settings(tmp, f"http://127.0.0.1:{free_port()}")
-    with running_server(settings) as server:
-        yield Setup(server, StandIn(reply=make_reply(Fault())), Fault(), tmp / "audit.jsonl")
+    with refusing_port() as port:  # held for the module: nothing can start listening there
+        settings = fault_settings(tmp, f"http://127.0.0.1:{port}")
+        with running_server(settings) as server:
+            yield Setup(server, StandIn(reply=make_reply(Fault())), Fault(), tmp / "audit.jsonl")
 
 
 # ----------------------------------------------------------------- the matrix
@@ -384,7 +386,7 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_upstream_and_is_audited(set
         lines = response.iter_lines()
         while "and on." not in next(lines):  # read until text is flowing, then hang up
             pass
-    wait_for(lambda: bool(setup.fault.upstream_closed), 10, "the gateway to close the upstream")
+    wait_for(lambda: bool(setup.fault.upstream_closed), 30, "the gateway to close the upstream")
     record = setup.audit(request_id)
     assert record["outcome"] == "client_disconnected" and record["error"] is None
     [moderation] = [d for d in record["decisions"] if d["step"] == "output_moderation"]
@@ -448,18 +450,26 @@ class PostgresCluster:
         self.root = Path(tempfile.mkdtemp(prefix="seawall-pg-faults-"))
         if os.geteuid() == 0:
             shutil.chown(self.root, user="postgres", group="postgres")
-        self.data, self.log, self.port = self.root / "data", self.root / "server.log", free_port()
+        self.data, self.log = self.root / "data", self.root / "server.log"
+        self.port: int | None = None
         _run([str(bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync"])
         self.running = False
 
     @property
     def url(self) -> str:
+        assert self.port is not None, "the cluster's port is known once it was started"
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
+    def _start_on(self, port: int) -> bool:
+        options = f"-p {port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        return pg_ctl_start(self.bin, self.data, self.log, options)
+
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        pg_ctl = [str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options]
-        _run([*pg_ctl, "-w", "-t", "60", "start"], self.log)
+        """The first time on a free port; again on the same one (what the gateway was given)."""
+        if self.port is None:
+            self.port = start_on_free_port(self._start_on, "the private PostgreSQL server")
+        elif not self._start_on(self.port):
+            raise RuntimeError(f"another process took port {self.port} while PostgreSQL was stopped")
         self.running = True
 
     def stop(self) -> None:
@@ -555,7 +565,7 @@ def test_postgres_stopped_and_restarted_mid_run(tmp_path: Path) -> None:
             for _ in range(3):
                 assert gw.ask().status_code == 200
             assert gw.ask(stream=True).status_code == 200
-            wait_for(lambda: len(stored_request_ids(cluster.url)) == 4, 10, "the first records in the store")
+            wait_for(lambda: len(stored_request_ids(cluster.url)) == 4, 30, "the first records in the store")
 
             cluster.stop()
             down = len(gw.ids)
@@ -563,12 +573,12 @@ def test_postgres_stopped_and_restarted_mid_run(tmp_path: Path) -> None:
                 began = time.monotonic()
                 assert_store_unavailable(gw.ask(stream=stream))
                 assert time.monotonic() - began < 5
-            wait_for(lambda: buffered(gw.buffer) == 4, 10, "four records in the audit buffer")
+            wait_for(lambda: buffered(gw.buffer) == 4, 30, "four records in the audit buffer")
 
             cluster.start()
             wait_for(lambda: gw.ask().status_code == 200, 30, "the gateway to answer again")
             assert gw.ask(stream=True).status_code == 200
-            wait_for(lambda: buffered(gw.buffer) == 0, 10, "the buffer to be written through")
+            wait_for(lambda: buffered(gw.buffer) == 0, 30, "the buffer to be written through")
             wait_for(
                 lambda: len(stored_request_ids(cluster.url)) == len(gw.ids), 10, "every record in the store"
             )
@@ -604,7 +614,7 @@ def test_sqlite_file_locked_by_another_process(tmp_path: Path) -> None:
     url = f"sqlite:///{database}"
     with store_gateway(tmp_path, url) as gw:
         assert gw.ask().status_code == 200
-        wait_for(lambda: len(stored_request_ids(url)) == 1, 10, "the first record in the store")
+        wait_for(lambda: len(stored_request_ids(url)) == 1, 30, "the first record in the store")
         locker = subprocess.Popen(
             [sys.executable, "-c", LOCKER, str(database)],
             stdin=subprocess.PIPE,
@@ -626,7 +636,7 @@ def test_sqlite_file_locked_by_another_process(tmp_path: Path) -> None:
             locker.wait(timeout=30)
         assert gw.ask().status_code == 200
         wait_for(lambda: buffered(gw.buffer) == 0, 60, "the buffer to be written through")
-        wait_for(lambda: len(stored_request_ids(url)) == len(gw.ids), 10, "every record in the store")
+        wait_for(lambda: len(stored_request_ids(url)) == len(gw.ids), 30, "every record in the store")
     assert sorted(stored_request_ids(url)) == sorted(gw.ids)
     verified = verify_store(gw.config)
     assert verified.returncode == 0, verified.stdout + verified.stderr

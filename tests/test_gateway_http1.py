@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import refusing_port
 from seawall.gateway.http1 import LeanTransport
 from test_images import GOOD_TEST_CERT, GOOD_TEST_KEY
 
@@ -139,7 +140,13 @@ async def test_an_idle_connection_the_server_closed_is_replaced_not_failed() -> 
     async with serving(one_per_connection) as server, client(LeanTransport()) as http:
         for _ in range(3):
             assert (await http.get(f"http://127.0.0.1:{server.port}/")).text == "ok"
-            await asyncio.sleep(0.05)  # the close arrives while the connection is idle
+            # The close arrives while the connection is idle: the server's handler ended, then its
+            # close and the client's reading of it each take a turn of this loop (the one both run
+            # in; a fixed sleep could end first on a loaded machine).
+            await asyncio.wait_for(server.ended.wait(), 10)
+            server.ended.clear()
+            for _ in range(10):
+                await asyncio.sleep(0)
         assert server.connections == 3
 
 
@@ -159,11 +166,10 @@ async def test_a_reply_cut_short_or_not_http_is_a_protocol_error(cut: str) -> No
 
 
 async def test_refused_connections_and_silent_servers_time_out_as_httpx_says() -> None:
-    async with serving(keep_alive) as server:
-        port = server.port
-    async with client(LeanTransport()) as http:
-        with pytest.raises(httpx.ConnectError):
-            await http.get(f"http://127.0.0.1:{port}/")  # nobody listens there any more
+    with refusing_port() as port:  # bound, never listening: nobody else can listen there meanwhile
+        async with client(LeanTransport()) as http:
+            with pytest.raises(httpx.ConnectError):
+                await http.get(f"http://127.0.0.1:{port}/")
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
         await server.read_request(reader)
@@ -261,6 +267,6 @@ async def test_an_informational_reply_is_skipped_and_a_head_reply_has_no_body() 
             "yes",
         )
         assert "link" not in response.headers
-        head = await http.head(url, timeout=1)
+        head = await http.head(url, timeout=10)  # waiting for 42 body bytes, it would time out
         assert (head.status_code, head.content, head.headers["content-length"]) == (200, b"", "42")
         assert (await http.get(url)).text == "after the hints"

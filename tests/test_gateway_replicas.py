@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from backend_standins import stand_in
-from conftest import free_port, subprocess_env
+from conftest import served_port, subprocess_env, wait_for
 from test_gateway_pipeline import MODEL, QUESTION, THREAT, Behaviour, make_reply
 
 USER_LIMIT = 10
@@ -32,29 +32,58 @@ def _clean_env() -> dict[str, str]:
 
 
 class Replica:
+    """``seawall serve`` in its own process on a port the OS picks (``--port 0 --port-file``):
+    ``port`` and ``url`` once :meth:`wait_ready` has read it."""
+
     def __init__(self, config: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        self.port_file = log.with_suffix(".port")
+        self.port_file.unlink(missing_ok=True)
+        self._port: int | None = None
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "seawall.cli", "serve", "--config", str(config), "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "seawall.cli",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                "0",
+                "--port-file",
+                str(self.port_file),
+            ],
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             env=_clean_env(),
         )
 
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-2000:]
+
+    @property
+    def port(self) -> int:
+        assert self._port is not None, "the replica's port is known once wait_ready() returned"
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def wait_ready(self, timeout_s: float = 90) -> None:
+        """Until the replica listens (its port file) and its store is ready (``/readyz``)."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        self._port = served_port(self.port_file, self.process, self.output, timeout_s)
+
+        def ready() -> bool:
             if self.process.poll() is not None:
-                raise RuntimeError(f"replica exited: {self.log.read_text()[-2000:]}")
+                raise RuntimeError(f"replica exited: {self.output()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
+                return httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"replica not ready: {self.log.read_text()[-2000:]}")
+                return False
+
+        wait_for(ready, max(deadline - time.monotonic(), 1), f"replica {self.url} ready")
 
     def stop(self) -> None:
         self.process.terminate()

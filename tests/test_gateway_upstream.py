@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,6 +24,7 @@ import pytest
 from starlette.responses import Response, StreamingResponse
 
 from backend_standins import LoopbackServer, Recorded, StandIn, json_reply, stand_in
+from conftest import refusing_port
 from seawall.errors import (
     BackendError,
     ConfigurationError,
@@ -158,13 +158,6 @@ def cut(data: bytes, sizes: list[int]) -> list[bytes]:
 
 
 # ----------------------------------------------------------------- fixtures
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def upstream_settings(server_url: str, **overrides: Any) -> UpstreamSettings:
@@ -460,8 +453,10 @@ async def test_429_with_retry_after_beyond_the_cap_reaches_the_client(server: St
     async with Upstream(upstream_settings(server.url, total_timeout_s=3600)) as client:
         started = time.monotonic()
         with pytest.raises(UpstreamError) as caught:
-            await asyncio.wait_for(client.chat({"model": "m", "messages": []}), 3)
-    assert time.monotonic() - started < 1.0
+            await asyncio.wait_for(client.chat({"model": "m", "messages": []}), 10)
+    # Retried, it would wait the capped MAX_RETRY_AFTER_S (20 s) first: half that is room enough for
+    # one loopback request on a loaded machine.
+    assert time.monotonic() - started < MAX_RETRY_AFTER_S / 2
     assert len(server.requests) == 1
     error = caught.value
     assert (error.status_code, error.code, error.error_type) == (
@@ -475,12 +470,13 @@ async def test_429_with_retry_after_beyond_the_cap_reaches_the_client(server: St
 
 async def test_a_retry_that_would_cross_the_total_deadline_is_not_made(server: StandIn) -> None:
     script(server, status(503, {}))
-    settings = upstream_settings(server.url, total_timeout_s=0.5, retry_backoff_s=1.0)
+    # The deadline is far beyond one loopback request even on a loaded machine, the back-off further.
+    settings = upstream_settings(server.url, total_timeout_s=5.0, retry_backoff_s=10.0)
     async with Upstream(settings) as client:
         started = time.monotonic()
         with pytest.raises(UpstreamError) as caught:
             await client.chat({"model": "m", "messages": []})
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 5.0  # neither the back-off nor the deadline was waited out
     assert len(server.requests) == 1
     assert caught.value.code == "upstream_error"
 
@@ -496,12 +492,12 @@ async def test_read_timeout_is_504_and_not_retried(server: StandIn) -> None:
 
 
 async def test_connection_refused_is_502_unreachable_after_retries(caplog: pytest.LogCaptureFixture) -> None:
-    port = free_port()
-    settings = upstream_settings(f"http://127.0.0.1:{port}", retry_backoff_s=0.05)
-    async with Upstream(settings) as client:
-        started = time.monotonic()
-        with pytest.raises(UpstreamError) as caught:
-            await client.chat({"model": "m", "messages": []})
+    with refusing_port() as port:
+        settings = upstream_settings(f"http://127.0.0.1:{port}", retry_backoff_s=0.05)
+        async with Upstream(settings) as client:
+            started = time.monotonic()
+            with pytest.raises(UpstreamError) as caught:
+                await client.chat({"model": "m", "messages": []})
     assert time.monotonic() - started >= 0.15  # two retries: 0.05 s, then 0.1 s
     error = caught.value
     assert (error.status_code, error.code) == (502, "upstream_unreachable")
@@ -627,21 +623,23 @@ async def test_connection_broken_mid_stream_is_interrupted(server: StandIn, upst
 
 
 async def test_stall_between_chunks_is_504(server: StandIn) -> None:
-    script(server, sse([event(CHUNKS[0]), event(CHUNKS[1]), done()], stall_before=1, stall=1.0))
+    script(server, sse([event(CHUNKS[0]), event(CHUNKS[1]), done()], stall_before=1, stall=3.0))
     got: list[dict[str, Any]] = []
     async with Upstream(upstream_settings(server.url, read_timeout_s=0.3)) as client:
         started = time.monotonic()
         with pytest.raises(UpstreamError) as caught:
             await collect(client.stream({"model": "m", "messages": []}), got)
-    assert time.monotonic() - started < 0.9
+    assert time.monotonic() - started < 2.0  # the 0.3 s read timeout, not the 3 s stall
     assert got == CHUNKS[:1]
     assert (caught.value.status_code, caught.value.code) == (504, "upstream_timeout")
 
 
 async def test_total_timeout_bounds_a_stream_that_keeps_trickling(server: StandIn) -> None:
-    script(server, sse([event(chunk(i, "x")) for i in range(40)] + [done()], pause=0.05))
+    # 40 chunks 0.1 s apart take 4 s; each gap is well inside the read timeout, and the first two
+    # come well inside the total one even on a loaded machine.
+    script(server, sse([event(chunk(i, "x")) for i in range(40)] + [done()], pause=0.1))
     got: list[dict[str, Any]] = []
-    async with Upstream(upstream_settings(server.url, total_timeout_s=0.6, read_timeout_s=0.5)) as client:
+    async with Upstream(upstream_settings(server.url, total_timeout_s=1.5, read_timeout_s=1.0)) as client:
         with pytest.raises(UpstreamError) as caught:
             await collect(client.stream({"model": "m", "messages": []}), got)
     assert (caught.value.status_code, caught.value.code) == (504, "upstream_timeout")

@@ -40,7 +40,7 @@ from joserfc.jws import JWSRegistry
 from starlette.responses import Response
 
 from backend_standins import Recorded, StandIn, json_reply, stand_in
-from conftest import ImageHost, RunningServer, free_port, running_server, send_bytes
+from conftest import ImageHost, RunningServer, running_server, send_bytes, wait_for
 from seawall.errors import ConfigurationError, IdentityProviderError, UserTokenError
 from seawall.gateway.access import KeyAuthenticator
 from seawall.gateway.audit import AuditRecord
@@ -85,8 +85,8 @@ class Provider:
 
     def __init__(self, node: str, keys: list[RSAKey]) -> None:
         self.node = node
-        self.port = free_port()
-        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.port = 0  # the first start: a port the OS picks when node binds (its "ready" line)
+        self.issuer = ""
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self.start(keys)
@@ -134,11 +134,15 @@ class Provider:
         threading.Thread(target=read, daemon=True).start()
         self.process = process
         try:
-            while not lines.get(timeout=30).startswith("ready "):
+            while not (line := lines.get(timeout=30)).startswith("ready "):
                 pass
         except queue.Empty:
             self.stop()
             raise RuntimeError("the OIDC provider did not start: " + "".join(self.output)) from None
+        issuer = line.split(" ", 1)[1].strip()
+        # A restart is on the port of the first start, so the issuer stays what the gateway was given.
+        assert not self.issuer or issuer == self.issuer, (issuer, self.issuer)
+        self.issuer, self.port = issuer, int(issuer.rsplit(":", 1)[1])
 
     def stop(self) -> None:
         if self.process is None:
@@ -651,10 +655,9 @@ def test_the_users_page_reads_each_user_s_latest_tier(gateway: Gateway, fresh: P
     wanted = gateway.audit()[-1]["safety_identifier"]
     store = open_store(StoreSettings(url=f"sqlite:///{gateway.db}"))
     try:
-        deadline = time.monotonic() + 10
-        while not (tiers := store.user_tiers("default", [wanted])) and time.monotonic() < deadline:
-            time.sleep(0.05)  # the store gets audit records from a background writer
-        assert tiers == {wanted: "email_verified"}
+        # The store gets audit records from a background writer.
+        wait_for(lambda: store.user_tiers("default", [wanted]), 30, "the user's tier in the store")
+        assert store.user_tiers("default", [wanted]) == {wanted: "email_verified"}
     finally:
         store.close()
 

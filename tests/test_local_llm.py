@@ -113,7 +113,7 @@ def chat_posts(local: LocalModelServer) -> int:
 
 
 def wait_for_posts(local: LocalModelServer, at_least: int) -> int:
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while (count := chat_posts(local)) < at_least and time.monotonic() < deadline:
         time.sleep(0.05)
     return count

@@ -32,7 +32,7 @@ import yaml
 from starlette.responses import Response, StreamingResponse
 
 from backend_standins import Recorded, StandIn, json_reply, stand_in
-from conftest import free_port, running_server, subprocess_env
+from conftest import running_server, served_port, subprocess_env
 from seawall.settings import load_settings
 from seawall.store import open_store
 
@@ -276,7 +276,7 @@ def test_nothing_secret_reaches_the_output_of_seawall_serve(tmp_path: Path) -> N
         config = _config(tmp_path, upstream)
         _prepare_store(config)
         (tmp_path / "seawall.yaml").write_text(yaml.safe_dump(config))
-        port = free_port()
+        port_file = tmp_path / "port"
         env = subprocess_env()
         env["PYTHONPATH"] = os.pathsep.join(
             [str(Path(__file__).parent.parent / "src"), env.get("PYTHONPATH", "")]
@@ -292,13 +292,16 @@ def test_nothing_secret_reaches_the_output_of_seawall_serve(tmp_path: Path) -> N
                     "--config",
                     str(tmp_path / "seawall.yaml"),
                     "--port",
-                    str(port),
+                    "0",
+                    "--port-file",
+                    str(port_file),
                 ],
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 env=env,
             )
             try:
+                port = served_port(port_file, process, lambda: output.read_text(errors="replace"))
                 root = f"http://127.0.0.1:{port}"
                 _wait_ready(root, process)
                 metrics = exercise(root)

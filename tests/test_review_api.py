@@ -9,6 +9,7 @@ them (the gateway's own path is in tests/test_review_gateway.py).
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import hmac
 import json
@@ -29,7 +30,7 @@ from pydantic import SecretStr
 from starlette.responses import Response
 
 from backend_standins import Recorded, StandIn, json_reply, serving, stand_in
-from conftest import assert_openai_error, free_port
+from conftest import assert_openai_error, start_on_free_port, wait_for
 from seawall.gateway.access import KeyAuthenticator
 from seawall.review import ReviewHook, ReviewService, ReviewSettings, add_review_routes
 from seawall.review.metrics import ReviewMetrics
@@ -130,12 +131,30 @@ class Env:
         return asyncio.run(run())
 
 
+def start_smtp(mailbox: Mailbox) -> Controller:
+    """aiosmtpd's SMTP server on loopback, listening (it needs its port before it binds)."""
+    started: list[Controller] = []
+
+    def start(port: int) -> bool:
+        smtp = Controller(mailbox, hostname="127.0.0.1", port=port)
+        try:
+            smtp.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False  # another process bound the port first
+            raise
+        started.append(smtp)
+        return True
+
+    start_on_free_port(start, "the SMTP server")
+    return started[0]
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("review")
     mailbox = Mailbox()
-    smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
-    smtp.start()
+    smtp = start_smtp(mailbox)
     hook_status = [200]
     hook_open = threading.Event()
     hook_open.set()
@@ -348,7 +367,7 @@ def test_held_answer_edited_by_its_claimer_reaches_the_poller_and_the_webhook(e:
     # the operator hears about held answers, not (by default) about decisions
     operator = deliveries(e, "/operator")
     assert [d["type"] for d in operator] == ["review.held"]
-    assert e.mailbox.arrived.wait(10)
+    assert e.mailbox.arrived.wait(30)
     assert any(review_id in str(m["Subject"]) for m in e.mailbox.messages)
 
 
@@ -475,10 +494,8 @@ def test_feedback_is_stored_rate_limited_per_source_notified_and_triaged(e: Env)
 
     operator = deliveries(e, "/operator")
     assert report_id in [d["data"]["id"] for d in operator if d["type"] == "report.created"]
-    assert e.mailbox.arrived.wait(10)
-    deadline = time.monotonic() + 10
-    while not any(report_id in str(m["Subject"]) for m in e.mailbox.messages) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert e.mailbox.arrived.wait(30)
+    wait_for(lambda: any(report_id in str(m["Subject"]) for m in e.mailbox.messages), 30, "the report's mail")
     [mail] = [m for m in e.mailbox.messages if report_id in str(m["Subject"])]
     assert mail["To"] == "safety@test.invalid" and "new user report (wrong)" in mail["Subject"]
     assert "The dose is for adults." in mail.get_payload()

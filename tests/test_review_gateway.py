@@ -21,7 +21,7 @@ import pytest
 from starlette.responses import Response
 
 from backend_standins import Recorded, StandIn, json_reply, stand_in
-from conftest import RunningServer, assert_openai_error, running_server
+from conftest import RunningServer, assert_openai_error, running_server, wait_for
 from seawall.settings import load_settings
 
 MODEL = "gpt-test"
@@ -170,9 +170,7 @@ def test_a_health_answer_is_held_polled_approved_and_delivered(gw: Setup) -> Non
         final = app.get(body["poll_url"]).json()
     assert final["status"] == "approved"
     assert final["completion"]["choices"][0]["message"]["content"] == DRAFT
-    deadline = time.monotonic() + 10
-    while not gw.hooks() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(gw.hooks, 30, "the review.decided hook")
     [hook] = gw.hooks()
     assert json.loads(hook.raw)["type"] == "review.decided"
 
@@ -226,6 +224,11 @@ def test_feedback_on_a_gateway_response_and_metrics(gw: Setup) -> None:
         raw = client.chat.completions.with_raw_response.create(
             model=MODEL, messages=[{"role": "user", "content": PLAIN}]
         )
+        # One held answer of its own, for the outcome counted below (other tests may not have run).
+        held = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": HEALTH}], extra_headers=ACCEPTED
+        )
+    assert held.status_code == 202
     request_id = raw.headers["x-seawall-request-id"]
     with gw.http(APP_KEY) as app:
         created = app.post(

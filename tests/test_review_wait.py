@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from backend_standins import StandIn, stand_in
-from conftest import RunningServer, running_server
+from conftest import RunningServer, running_server, wait_for
 from seawall.gateway.pipeline import REQUEST_ID_HEADER
 from test_review_sdk import (
     APP_KEY,
@@ -157,10 +157,9 @@ def test_a_client_that_hangs_up_ends_its_wait_and_the_item_stays_in_the_queue(
             assert piece, "the server closed the stream"
             begun += piece
         assert begun.startswith(b"HTTP/1.1 200")
-    waiting_by = time.monotonic() + 5  # (the wait begins just after the item is stored)
-    while metric(setup.metrics(), "seawall_review_waiting") != 1 and time.monotonic() < waiting_by:
-        time.sleep(0.05)
-    assert metric(setup.metrics(), "seawall_review_waiting") == 1
+    wait_for(  # the wait begins just after the item is stored
+        lambda: metric(setup.metrics(), "seawall_review_waiting") == 1, 30, "the request's wait to begin"
+    )
     sock.close()
     hung_up = time.monotonic()
 

@@ -453,11 +453,13 @@ def test_an_extra_step_in_shadow_mode_only_says_what_it_would_have_done(tmp_path
 
 def test_the_audit_search_finds_the_records_with_shadow_decisions(gw: Sides) -> None:
     answer = ask(gw.shadow, THREAT, "abel")
+    plain = ask(gw.shadow, QUESTION, "abel")  # nothing would act on it: a record with no shadow list
     store = gw.shadow.store
     try:
         # A background thread writes records through to the store after the answer leaves: wait for
-        # this one, or a record arriving between the two searches below makes them disagree.
+        # these, or a record arriving between the two searches below makes them disagree.
         wait_for_audit(store, answer.headers[REQUEST_ID_HEADER])
+        assert not wait_for_audit(store, plain.headers[REQUEST_ID_HEADER]).get("shadow")
         everything = store.audit_page(AuditQuery(page_size=500))
         shadowed = store.audit_page(AuditQuery(shadow=True, page_size=500))
     finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import free_port, subprocess_env
+from conftest import subprocess_env
 from seawall.errors import InvalidRequestError
 from seawall.redteam.report import project_url
 from seawall.review import service as review_service
@@ -75,7 +75,7 @@ def _banner(tmp_path: Path, ui_enabled: bool, *, account: bool = False) -> str:
     config.write_text(
         yaml.safe_dump(
             {
-                "server": {"port": free_port()},
+                "server": {"port": 0},
                 "gateway": {
                     "upstream": {"base_url": "http://127.0.0.1:9/v1"},
                     "secret_file": str(tmp_path / "secret"),

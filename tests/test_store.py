@@ -13,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData, inspect, select
 from typer.testing import CliRunner
 
-from conftest import free_port
+from conftest import refusing_port
 from seawall.errors import StoreError
 from seawall.settings import StoreSettings
 from seawall.store import (
@@ -117,10 +117,10 @@ def test_in_memory_sqlite_works_across_threads() -> None:
 
 
 def test_unreachable_postgres_is_a_store_error_without_the_password() -> None:
-    port = free_port()
-    url = f"postgresql+psycopg://seawall:Very-Secret-Pw9@127.0.0.1:{port}/seawall"
-    with pytest.raises(StoreError) as failed:
-        open_store(StoreSettings(url=url))
+    with refusing_port() as port, pytest.raises(StoreError) as failed:
+        open_store(
+            StoreSettings(url=f"postgresql+psycopg://seawall:Very-Secret-Pw9@127.0.0.1:{port}/seawall")
+        )
     message = failed.value.message
     assert "Very-Secret-Pw9" not in message and "Very-Secret-Pw9" not in str(failed.value)
     assert f"127.0.0.1:{port}" in message and "***" in message

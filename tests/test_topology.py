@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, make_url, text
 from starlette.responses import Response, StreamingResponse
 
 from backend_standins import Recorded, json_reply, stand_in
-from conftest import free_port
+from conftest import ADDRESS_IN_USE, start_on_free_port
 from redis_server import RedisServer
 from seawall.gateway.audit_buffer import AuditBuffer
 from test_faults import stored_request_ids
@@ -98,6 +98,40 @@ def _nginx_conf(prefix: Path, port: int, replicas: list[Replica]) -> Path:
     return path
 
 
+def _start_nginx(
+    nginx: str, folder: Path, port: int, replicas: list[Replica], started: list[subprocess.Popen[bytes]]
+) -> bool:
+    """nginx in front of ``replicas`` on ``port`` (appended to ``started``), once it answers
+    ``/healthz`` from a replica: True; False when the port was taken (nginx could not bind it)."""
+    out = folder / "nginx.out"
+    (folder / "error.log").unlink(missing_ok=True)  # what it says, this time only
+    process = subprocess.Popen(
+        [nginx, "-c", str(_nginx_conf(folder, port, replicas)), "-g", "daemon off;"],
+        stdout=out.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            said = out.read_text(errors="replace")
+            if (folder / "error.log").exists():  # the config's error_log
+                said += (folder / "error.log").read_text(errors="replace")
+            if ADDRESS_IN_USE in said:
+                return False
+            raise RuntimeError(f"nginx exited: {said}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                started.append(process)
+                return True
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"nginx did not start: {out.read_text(errors='replace')}")
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Topology]:
     nginx = _require("nginx", "nginx")
@@ -153,23 +187,12 @@ def topology(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Ite
             replicas = [Replica(folder / f"replica-{n}.yaml", folder / f"replica-{n}.log") for n in (1, 2, 3)]
             for replica in replicas:
                 replica.wait_ready()
-            port = free_port()
-            nginx_process = subprocess.Popen(
-                [nginx, "-c", str(_nginx_conf(folder, port, replicas)), "-g", "daemon off;"],
-                stdout=(folder / "nginx.out").open("wb"),
-                stderr=subprocess.STDOUT,
+            started: list[subprocess.Popen[bytes]] = []
+            port = start_on_free_port(
+                lambda port: _start_nginx(nginx, folder, port, replicas, started), "nginx"
             )
+            nginx_process = started[-1]
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if nginx_process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"nginx did not start: {(folder / 'nginx.out').read_text()}")
-                time.sleep(0.1)
             yield Topology(url, replicas, redis, store_url, config)
     finally:
         if nginx_process is not None:

@@ -53,15 +53,13 @@ def _node() -> str:
 
 
 class Provider:
-    """tests/oidc/server.js in a node process, until ``stop``."""
+    """tests/oidc/server.js in a node process, until ``stop``; on a port the OS picks when it binds
+    (``PORT=0``), which its "ready" line names in ``issuer``."""
 
     def __init__(self, node: str, redirect_uri: str) -> None:
-        sock = bound_socket()  # a free port, released for node to take
-        self.port = sock.getsockname()[1]
-        sock.close()
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PORT": str(self.port),
+            "PORT": "0",
             "CLIENT_ID": CLIENT_ID,
             "CLIENT_SECRET": CLIENT_SECRET,
             "REDIRECT_URI": redirect_uri,

@@ -93,25 +93,32 @@ class Queue:
 
 
 @pytest.fixture(scope="module")
-def queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Queue]:
+def upstream_url() -> Iterator[str]:
     chromium_path()  # skip (or fail under CI) before building anything
-    tmp = tmp_path_factory.mktemp("ui-queue-browser")
-    url = f"sqlite:///{tmp / 'seawall.db'}"
     with stand_in(_reply) as upstream:
-        settings = load_settings(
-            gateway={
-                "enabled": True,
-                "upstream": {"base_url": f"{upstream.url}/v1", "max_retries": 0, "total_timeout_s": 20},
-                "secret_file": str(tmp / "secret"),
-                "risk": {"enabled": False},
-                "rate_limits": {"per_user": None},
-                "stream_guard": {"check_timeout_s": 120},
-            },
-            store={"url": url},
-            review={"enabled": True, "detect_domains": False, "rules": RULES},
-            ui={"secret_file": str(tmp / "ui-secret"), "login_attempts": 1000},
-        )
-        store = open_store(settings.store)
+        yield upstream.url
+
+
+@pytest.fixture
+def queue(tmp_path: Path, upstream_url: str) -> Iterator[Queue]:
+    """A queue of each test's own: its own store and server, the five answers held and nothing
+    decided or claimed, whichever tests ran before (they claim, reject and release)."""
+    url = f"sqlite:///{tmp_path / 'seawall.db'}"
+    settings = load_settings(
+        gateway={
+            "enabled": True,
+            "upstream": {"base_url": f"{upstream_url}/v1", "max_retries": 0, "total_timeout_s": 20},
+            "secret_file": str(tmp_path / "secret"),
+            "risk": {"enabled": False},
+            "rate_limits": {"per_user": None},
+            "stream_guard": {"check_timeout_s": 120},
+        },
+        store={"url": url},
+        review={"enabled": True, "detect_domains": False, "rules": RULES},
+        ui={"secret_file": str(tmp_path / "ui-secret"), "login_attempts": 1000},
+    )
+    store = open_store(settings.store)
+    try:
         accounts = AccountStore(store)
         accounts.create(ADMIN[0], "admin", ADMIN[1])
         accounts.create(REVIEWER[0], "reviewer", REVIEWER[1])
@@ -133,6 +140,7 @@ def queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Queue]:
                 assert answer.status_code == 200, (name, answer.text)
                 held[name] = answer.json()["seawall"]["review"]["id"]
             yield Queue(server, store, held)
+    finally:
         store.close()
 
 

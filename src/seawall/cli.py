@@ -69,20 +69,33 @@ def _needs_first_account(settings: Settings) -> bool:
 def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Interface to bind (server.host).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (server.port).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (server.port); 0: a free one the OS picks (see --port-file).")
+    ] = None,
+    port_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--port-file",
+            help=(
+                "Write the port the server listens on to this file (the number and a newline) once it "
+                "accepts requests; removed when it stops. With --port 0: how a script learns the port."
+            ),
+        ),
+    ] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Run the HTTP service (OpenAI-compatible /v1/moderations) on embedded defaults."""
-    import uvicorn
-
     _use_data_dir(data_dir)
     from seawall.server.app import create_app, gateway_enabled
+    from seawall.server.serving import check_port_file, serve_app
 
     overrides: dict[str, Any] = {}
-    if host or port:
+    if host or port is not None:
         overrides["server"] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     try:
         settings = load_settings(config, **overrides)
+        if port_file is not None:
+            check_port_file(port_file)
         application = create_app(settings)
     except SeawallError as exc:
         raise fail(exc.message) from exc
@@ -96,17 +109,16 @@ def serve(
                 chat += " (first account: seawall accounts create alice --role admin)"
     else:
         chat = "; chat gateway off (set gateway.upstream.base_url, or install seawall[local-llm])"
-    console.print(
-        f"seawall serving on http://{settings.server.host}:{settings.server.port}/v1 "
-        f"(moderation backend: {settings.moderation.backend}{chat})"
-    )
-    uvicorn.run(
-        application,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=settings.server.log_level,
-        access_log=settings.server.log_level == "debug",
-    )
+
+    def announce(bound: int) -> None:
+        console.print(
+            f"seawall serving on http://{settings.server.host}:{bound}/v1 "
+            f"(moderation backend: {settings.moderation.backend}{chat})"
+        )
+
+    status = serve_app(application, settings, on_listening=announce, port_file=port_file)
+    if status != 0:
+        raise typer.Exit(status)
 
 
 def _utf8_lines(stream: BinaryIO, source: str) -> Iterator[tuple[int, str]]:

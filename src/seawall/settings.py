@@ -47,7 +47,12 @@ class ServerSettings(BaseModel):
     """How ``seawall serve`` listens."""
 
     host: str = Field("127.0.0.1", description="Interface to bind; 127.0.0.1 keeps the service local.")
-    port: int = Field(8080, ge=1, le=65535, description="TCP port.")
+    port: int = Field(
+        8080,
+        ge=0,
+        le=65535,
+        description="TCP port; 0: a free one the OS picks (the serving line and --port-file name it).",
+    )
     api_keys: list[SecretStr] = Field(
         default_factory=list,
         description="Bearer keys accepted on /v1/*. Empty: no key is required (any key is accepted).",

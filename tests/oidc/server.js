@@ -10,12 +10,13 @@
 //   EXTRA_CLIENTS  more clients, a JSON array of client metadata (e.g. another app: another audience)
 //   ID_TOKEN_CLAIMS=all   put the granted scopes' claims in ID tokens too (not only userinfo)
 //   RESOURCE       an API identifier: client-credentials grants for it get JWT access tokens
-// It prints one line, "ready <issuer>", once it listens.
+// It prints one line, "ready <issuer>", once it listens. PORT=0 (or none): a port the OS picks when
+// the server binds, named in that line (the issuer is made from the bound port): nobody else can
+// take it in between, as they could a port picked beforehand and released for this process.
 import http from 'node:http';
 import Provider from 'oidc-provider';
 
 const port = Number(process.env.PORT || 0);
-const issuer = `http://127.0.0.1:${port}`;
 
 // The test users: accountId -> claims. Emails decide the seawall role (its allow-list).
 const USERS = {
@@ -40,38 +41,44 @@ const resourceIndicators = resource ? {
   },
 } : { enabled: false };
 
-const provider = new Provider(issuer, {
-  clients: [{
-    client_id: process.env.CLIENT_ID,
-    client_secret: process.env.CLIENT_SECRET,
-    redirect_uris: [process.env.REDIRECT_URI],
-    response_types: ['code'],
-    grant_types: ['authorization_code'],
-    token_endpoint_auth_method: 'client_secret_basic',
-  }, ...extraClients],
-  ...(process.env.JWKS ? { jwks: JSON.parse(process.env.JWKS) } : {}),
-  conformIdTokenClaims: process.env.ID_TOKEN_CLAIMS !== 'all',
-  claims: {
-    openid: ['sub'],
-    email: ['email', 'email_verified'],
-    profile: ['name'],
-    verification: ['payment_verified', 'id_verified'],
-  },
-  scopes: ['openid', 'offline_access', 'email', 'profile', 'verification', 'api'],
-  cookies: { keys: ['seawall-test-only-cookie-key'] },
-  features: {
-    devInteractions: { enabled: false },
-    clientCredentials: { enabled: Boolean(resource) },
-    resourceIndicators,
-  },
-  interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
-  async findAccount(ctx, id) {
-    const user = USERS[id];
-    if (!user) return undefined;
-    return { accountId: id, claims: async () => ({ sub: id, ...user }) };
-  },
-});
-provider.proxy = false;
+function makeProvider(issuer) {
+  const made = new Provider(issuer, {
+    clients: [{
+      client_id: process.env.CLIENT_ID,
+      client_secret: process.env.CLIENT_SECRET,
+      redirect_uris: [process.env.REDIRECT_URI],
+      response_types: ['code'],
+      grant_types: ['authorization_code'],
+      token_endpoint_auth_method: 'client_secret_basic',
+    }, ...extraClients],
+    ...(process.env.JWKS ? { jwks: JSON.parse(process.env.JWKS) } : {}),
+    conformIdTokenClaims: process.env.ID_TOKEN_CLAIMS !== 'all',
+    claims: {
+      openid: ['sub'],
+      email: ['email', 'email_verified'],
+      profile: ['name'],
+      verification: ['payment_verified', 'id_verified'],
+    },
+    scopes: ['openid', 'offline_access', 'email', 'profile', 'verification', 'api'],
+    cookies: { keys: ['seawall-test-only-cookie-key'] },
+    features: {
+      devInteractions: { enabled: false },
+      clientCredentials: { enabled: Boolean(resource) },
+      resourceIndicators,
+    },
+    interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+    async findAccount(ctx, id) {
+      const user = USERS[id];
+      if (!user) return undefined;
+      return { accountId: id, claims: async () => ({ sub: id, ...user }) };
+    },
+  });
+  made.proxy = false;
+  return made;
+}
+// Made once the server listens (the issuer names the bound port); no request arrives before.
+let provider;
+let callback;
 
 // Sign in at once: login_hint picks the user; the grant covers the requested scopes.
 async function interact(req, res) {
@@ -86,7 +93,6 @@ async function interact(req, res) {
   });
 }
 
-const callback = provider.callback();
 const server = http.createServer((req, res) => {
   if (req.method === 'GET' && req.url.startsWith('/interaction/')) {
     interact(req, res).catch((err) => {
@@ -98,6 +104,9 @@ const server = http.createServer((req, res) => {
   callback(req, res);
 });
 server.listen(port, '127.0.0.1', () => {
+  const issuer = `http://127.0.0.1:${server.address().port}`;
+  provider = makeProvider(issuer);
+  callback = provider.callback();
   console.log(`ready ${issuer}`);
 });
 process.on('SIGTERM', () => server.close(() => process.exit(0)));
