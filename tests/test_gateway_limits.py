@@ -217,6 +217,9 @@ def test_a_message_needs_a_valid_role(role: Any) -> None:
         ),
         ({"role": "user", "content": [{"type": "text", "text": 3}]}, "messages[0].content[0].text", "string"),
         ({"role": "user", "content": [{"text": "untyped"}]}, "messages[0].content[0].type", "None"),
+        # Found by tests/test_fuzz_routes.py: an unhashable type was a 500.
+        ({"role": "user", "content": [{"type": []}]}, "messages[0].content[0].type", "not array"),
+        ({"role": "user", "content": [{"type": {"a": 1}}]}, "messages[0].content[0].type", "not object"),
         ({"role": "tool", "content": "result"}, "messages[0].tool_call_id", "tool_call_id"),
         ({"role": "assistant", "content": "x", "tool_calls": "call"}, "messages[0].tool_calls", "array"),
     ],

@@ -380,6 +380,14 @@ def test_bad_requests_are_400s_in_openais_error_shape(gw: Setup) -> None:
         assert_openai_error(
             http.post("/v1/responses", json={"model": MODEL, "input": 5}), 400, "invalid_type"
         )
+        # A content part whose type is a list was a 500 (unhashable); it is a part the gateway
+        # cannot read, like any other unknown part.
+        odd_part = {"role": "user", "content": [{"type": [], "text": "hi"}]}
+        odd = http.post("/v1/responses", json={"model": MODEL, "input": [odd_part]})
+        assert 400 <= odd.status_code < 500, odd.text
+        assert_openai_error(odd, odd.status_code)
+        odd_role = http.post("/v1/responses", json={"model": MODEL, "input": [{"role": [], "content": "hi"}]})
+        assert_openai_error(odd_role, 400)
         not_json = http.post("/v1/responses", content=b"{nope")
         assert_openai_error(not_json, 400)
         assert gw.audit(not_json.headers[REQUEST_ID_HEADER])["api"] == "responses"

@@ -212,9 +212,10 @@ def _check_content(message: Mapping[str, Any], role: str, where: str) -> None:
                 f"{part_param} must be an object, not {json_type_name(part)}", part_param, "invalid_content"
             )
         kind = part.get("type")
-        if kind not in allowed:
+        if not isinstance(kind, str) or kind not in allowed:  # a list or object is unhashable
+            shown = json_type_name(kind) if isinstance(kind, (list, dict)) else repr(kind)
             raise _invalid(
-                f"{part_param}.type must be one of {kinds} for a '{role}' message, not {kind!r}",
+                f"{part_param}.type must be one of {kinds} for a '{role}' message, not {shown}",
                 f"{part_param}.type",
                 "invalid_content",
             )

@@ -175,6 +175,8 @@ def _text_content(content: Any, where: str, *, images: bool, refusals: bool = Fa
     for index, part in enumerate(content):
         at = f"{where}.content[{index}]"
         kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str):
+            kind = None  # a list or an object would break the set lookups below (unhashable)
         if kind in TEXT_PARTS and isinstance(part.get("text"), str):
             parts.append({"type": "text", "text": part["text"]})
         elif kind == "refusal" and refusals and isinstance(part.get("refusal"), str):
@@ -239,7 +241,7 @@ def chat_messages(
         kind = item.get("type", "message")
         if kind == "message":
             role = item.get("role")
-            if role not in MESSAGE_ROLES:
+            if not isinstance(role, str) or role not in MESSAGE_ROLES:
                 raise _invalid(
                     f"{where}.role must be one of user, assistant, system, developer.", f"{where}.role"
                 )
