@@ -6,6 +6,8 @@ default), while the gateway's guards, which sit on every chat request's path, ke
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,3 +148,25 @@ def test_under_on_a_long_text_and_its_passages_are_read_as_in_auto_and_short_tex
     assert on[0] == pytest.approx(auto[0], abs=1e-6), "the long text is read as in auto"
     assert on[0]["harassment/threatening"] >= 0.5, "and its buried threat is still flagged"
     assert abs(on[1]["violence/graphic"] - auto[1]["violence/graphic"]) > 0.05, "the short one is not"
+
+
+@pytest.mark.parametrize(("api", "guard"), [("off", "auto"), ("auto", "off")])
+def test_an_api_and_guards_in_different_modes_share_one_classifier(api: str, guard: str) -> None:
+    settings = load_settings(moderation={"contextual": api}, gateway={"guard_contextual": guard})
+    api_backend = LocalBackend(settings)
+    guard_backend = LocalBackend(settings.for_gateway_guards())
+    assert api_backend.classifier is guard_backend.classifier, "one model in memory, not two"
+    assert api_backend.classifier.context is not None, "with the contextual stage either side reads with"
+
+
+def test_off_on_both_sides_loads_no_contextual_stage() -> None:
+    """In a fresh process (this one already holds a classifier with the stage, which serves all)."""
+    script = (
+        "from seawall.backends.local import LocalBackend\n"
+        "from seawall.settings import load_settings\n"
+        "s = load_settings(moderation={'contextual': 'off'}, gateway={'guard_contextual': 'off'})\n"
+        "print(LocalBackend(s).classifier.context is None)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"

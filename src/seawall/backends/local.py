@@ -36,9 +36,12 @@ class LocalBackend:
         moderation = settings.moderation
         self._contextual = moderation.contextual
         self._long_chars = moderation.passages_over_chars
+        # The API and the gateway's guards (gateway.guard_contextual) share one classifier: it
+        # carries the contextual stage when either reads with it.
+        guard_mode = settings.gateway.guard_contextual or moderation.contextual
         self._classifier = classifier or shared_classifier(
             moderation.model_dir,
-            moderation.contextual != "off",
+            moderation.contextual != "off" or guard_mode != "off",
             moderation.multilingual,
             moderation.threads or 0,
         )

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -388,10 +388,21 @@ def load_multilingual(
     return MultilingualStage.load(path, labels, threads)
 
 
-@lru_cache(maxsize=4)
+_SHARED: dict[tuple[Path | None, bool, str, int], TextClassifier] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 def shared_classifier(
     directory: Path | None = None, contextual: bool = True, multilingual: str = "auto", threads: int = 0
 ) -> TextClassifier:
-    """One loaded classifier per artefact directory (and thread count), shared by every backend in the
-    process."""
-    return TextClassifier.load(directory, contextual, multilingual, threads)
+    """One loaded classifier per artefact directory (and multilingual mode and thread count), shared by
+    every backend in the process; one loaded with the contextual stage also serves a caller that
+    needs none (the moderation API and the gateway's guards may read in different modes)."""
+    with _SHARED_LOCK:
+        for with_context in (True,) if contextual else (True, False):
+            found = _SHARED.get((directory, with_context, multilingual, threads))
+            if found is not None:
+                return found
+        loaded = TextClassifier.load(directory, contextual, multilingual, threads)
+        _SHARED[(directory, contextual, multilingual, threads)] = loaded
+        return loaded
