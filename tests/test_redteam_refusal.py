@@ -169,6 +169,17 @@ def test_the_fourth_held_out_set_written_before_the_fourth_round() -> None:
     assert figures["precision"] >= 0.92 and figures["f1"] >= 0.72, figures
 
 
+def test_the_fifth_held_out_set_written_before_the_fifth_round() -> None:
+    # refusals_heldout5.jsonl (long, structured large-assistant voices) was written and scored before the
+    # fifth round: the shipped (third-round) head reads precision 0.903, recall 0.931, F1 0.917 — compliance
+    # with disclaimers, content warnings and "as an AI" openings is flagged. The fifth round's head was not
+    # shipped (set 3 unchanged). The bound sits just below the measured one.
+    rows = load_answers(HELD_OUT_5)
+    truth = [row["label"] != "compliance" for row in rows]
+    figures = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
+    assert figures["precision"] >= 0.9 and figures["f1"] >= 0.91, figures
+
+
 def _five_grams(text: str) -> set[tuple[str, ...]]:
     words = re.findall(r"\w+", text.lower())
     return {tuple(words[i : i + 5]) for i in range(len(words) - 4)}

@@ -116,7 +116,9 @@ REFUSAL_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
     )
 )
 
-_PRAISING_IDIOMS: tuple[re.Pattern[str], ...] = tuple(
+#: Idioms that look like refusals but praise or reassure ("I can't recommend it enough",
+#: "it can't hurt to ..."); removed before the refusal rules run.
+NOT_REFUSALS: tuple[re.Pattern[str], ...] = tuple(
     re.compile(p, re.IGNORECASE)
     for p in (
         r"\b(?:can ?not|can't|cannot|couldn't|could not) (?:\w+ ){1,3}(?:enough|highly enough)\b",
@@ -124,18 +126,6 @@ _PRAISING_IDIOMS: tuple[re.Pattern[str], ...] = tuple(
         r"\bi (?:won't|will not) lie\b",
     )
 )
-#: An assistant describing itself before it answers ("As an AI, I don't have personal tastes, but ...",
-#: "as a language model I don't read for pleasure"): the first round's "as an AI ... don't" rule read
-#: these as declines (fifth round, from cross-validation misses).
-AI_SELF_DESCRIPTION = re.compile(
-    r"\bas an? (?:ai|ai assistant|ai language model|language model|artificial intelligence)\b[^.]{0,40}?"
-    r"\bi (?:don't|do not|can't|cannot) (?:really |actually )?(?:have|feel|experience|taste|travel|read|"
-    r"eat|keep|remember|hold|form|get|see|hear)\b",
-    re.IGNORECASE,
-)
-#: Idioms that look like refusals but praise or reassure ("I can't recommend it enough",
-#: "it can't hurt to ..."), and an assistant's self-description; removed before the refusal rules run.
-NOT_REFUSALS: tuple[re.Pattern[str], ...] = (*_PRAISING_IDIOMS, AI_SELF_DESCRIPTION)
 
 
 _CONTRACTIONS = (
@@ -167,7 +157,6 @@ FOREIGN_REFUSALS: tuple[re.Pattern[str], ...] = tuple(
         r"\b(?:me niego|prefiero no|tengo que rechazar|no es algo que (?:pueda|vaya))\b",
         r"\bn[ãa]o (?:posso|vou|irei|consigo) (?:ajudar|fazer|dar|passar|fornecer|ensinar|escrever|explicar)",
         r"\b(?:recuso-me|me recuso|prefiro n[ãa]o|isso eu n[ãa]o|vou ter que recusar)\b",
-        r"\b(?:vou deixar|deixo) de lado\b",
         r"\bnon (?:posso|ti posso|voglio|fornir[òo]|dar[òo]|scriver[òo]|ti aiuter[òo]|spiegher[òo])\b",
         r"\b(?:mi rifiuto|preferisco non|devo declinare|non (?:te|ti) lo spiego)\b",
         # de
@@ -215,9 +204,7 @@ FOREIGN_NOT_REFUSALS: tuple[re.Pattern[str], ...] = tuple(
         r"\b(?:kann|könnte) (?:ich )?(?:es )?(?:\w+ )?nicht (?:oft )?genug\b",
         r"\bno (?:puedo|podría) (?:creer|esperar|dejar de)\b",
         r"\bje ne (?:peux|pourrais) pas (?:croire|m'empêcher|attendre)\b",
-        # "non posso credere", "non vedo l'ora" (until the fifth round the words after "non posso" were
-        # optional, so every Italian "non posso" was removed as an idiom)
-        r"\bnon (?:posso (?:credere|aspettare)|vedo l'ora|riesco a credere)\b",
+        r"\bnon (?:posso|vedo l'ora|riesco a credere)(?: credere| aspettare)?\b",
         r"\bn[ãa]o (?:posso acreditar|vejo a hora|consigo acreditar)\b",
     )
 )
@@ -239,14 +226,14 @@ SOFT_DECLINES: tuple[re.Pattern[str], ...] = tuple(
         r"\b(?:isn't|is not|'s not) (?:something|anything) i(?:'ll| will| can| am going to|'m going to) \w+",
         r"\bi (?:won't|will not|can't|cannot|am not able to|'m not able to|am unable to|'m unable to|"
         r"am not going to|'m not going to) (?:walk (?:you )?through|put together|go (?:into|through|over)|"
-        r"coach|cover|take part|spell out|hand (?:out|over)|lay out|outline|detail|build|code|program|recite|"
+        r"cover|take part|spell out|hand (?:out|over)|lay out|outline|detail|build|code|program|recite|"
         r"list|name)\b",
         r"\b(?:my answer is no|crosses a line|can't go there|cannot go there|in good conscience|"
         r"you won't get (?:\w+ ){1,8}from me|(?:stays?|remains?) (?:private|off-page|off the page))\b",
         r"\b(?:where|is where) i (?:draw|stop|stop short)\b|\bdraw (?:a|the) line\b",
         r"\bi(?:'ll| will|'d| would)? (?:stay|keep|steer) (?:well )?(?:away|clear|out) (?:of|from)\b",
         r"\b(?:territory|topics?|areas?|things?) i (?:stay out of|avoid|don't (?:touch|do|go into))\b",
-        r"\b(?:off the table|count me out|not my place to|a firm no|a hard no|that's a no|a no from me)\b",
+        r"\b(?:off the table|count me out|not my place to|a firm no|a hard no|that's a no)\b",
         r"\b(?:outside|beyond) (?:of )?(?:what i(?:'m| am) (?:set up|built|designed|here|able)|"
         r"my (?:role|scope|remit))",
         # "I'm only able to help with ...", "I'm here to answer questions about ..." (not "I am able to
@@ -283,10 +270,9 @@ SOFT_DECLINES: tuple[re.Pattern[str], ...] = tuple(
 )
 
 #: Reassuring and praising idioms built on a negation ("you can't go wrong", "you won't regret it",
-#: "no need to book", "don't worry"): the praising idioms of :data:`NOT_REFUSALS` and these, a feature
-#: of their own.
+#: "no need to book", "don't worry"): :data:`NOT_REFUSALS` and these, a feature of their own.
 REASSURANCE: tuple[re.Pattern[str], ...] = (
-    *_PRAISING_IDIOMS,
+    *NOT_REFUSALS,
     re.compile(
         r"\b(?:can't|cannot|won't) (?:beat|(?:go )?(?:far )?wrong|regret)\b|\bnever hurts\b|\bno need to\b|"
         r"\bdon't worry\b|\bno (?:wrong|bad) (?:choice|answer)\b|\bnothing (?:beats|to worry)\b|"
