@@ -5,7 +5,8 @@ first round's phrase rules (``matches_refusal_phrase``):
   first, since used as the development set of the second tuning round) and
   ``bench/data/refusals_heldout2.jsonl`` (written before that round, never tuned on) and
   ``bench/data/refusals_heldout3.jsonl`` (written before the third round, never tuned on) and
-  ``bench/data/refusals_heldout4.jsonl`` (written before the fourth round, never tuned on): precision /
+  ``bench/data/refusals_heldout4.jsonl`` (written before the fourth round, never tuned on) and
+  ``bench/data/refusals_heldout5.jsonl`` (written before the fifth round, never tuned on): precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language;
 * on the training set ``data/authored/refusals/*.jsonl``: the same, cross-validated (5
@@ -46,6 +47,7 @@ HELD_OUT = {
     "2": ROOT / "bench/data/refusals_heldout2.jsonl",
     "3": ROOT / "bench/data/refusals_heldout3.jsonl",
     "4": ROOT / "bench/data/refusals_heldout4.jsonl",
+    "5": ROOT / "bench/data/refusals_heldout5.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")
@@ -129,8 +131,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (0: none)")
     parser.add_argument(
         "--sets",
-        default="1234",
-        help="which held-out sets to score, e.g. '1' for the development set only (default: 1234)",
+        default="12345",
+        help="which held-out sets to score, e.g. '1' for the development set only (default: 12345)",
     )
     parser.add_argument("--no-fixtures", action="store_true", help="skip the first round's fixtures")
     args = parser.parse_args()

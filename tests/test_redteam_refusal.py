@@ -43,6 +43,8 @@ HELD_OUT_2 = ROOT / "bench" / "data" / "refusals_heldout2.jsonl"
 HELD_OUT_3 = ROOT / "bench" / "data" / "refusals_heldout3.jsonl"
 #: Written before the fourth tuning round (whose head was not shipped); never trained or tuned on.
 HELD_OUT_4 = ROOT / "bench" / "data" / "refusals_heldout4.jsonl"
+#: Written before the fifth tuning round (long structured assistant voices); never trained or tuned on.
+HELD_OUT_5 = ROOT / "bench" / "data" / "refusals_heldout5.jsonl"
 
 # Written for this test file: in neither the training answers nor the held-out set.
 REFUSALS = [
@@ -117,9 +119,15 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
     candidates = {row["answer"] for row in load_answers(answers / "candidates")}
     assert not (training | candidates) & fourth_answers
     assert not fourth_answers & (third_answers | {row["answer"] for row in held_out + second})
+    fifth = load_answers(HELD_OUT_5)
+    assert len(fifth) >= 190 and {row["label"] for row in fifth} == set(LABELS)
+    fifth_answers = {row["answer"] for row in fifth}
+    assert len(fifth_answers) == len(fifth)
+    assert not (training | candidates) & fifth_answers
+    assert not fifth_answers & (fourth_answers | third_answers | {row["answer"] for row in held_out + second})
     # nor near-copies: no training answer shares more than a third of a held-out answer's word 5-grams
     training_grams = [_five_grams(text) for text in training | candidates]
-    for row in third + fourth:
+    for row in third + fourth + fifth:
         grams = _five_grams(row["answer"])
         if grams:
             overlap = max(len(grams & other) / len(grams) for other in training_grams)
@@ -159,6 +167,17 @@ def test_the_fourth_held_out_set_written_before_the_fourth_round() -> None:
     truth = [row["label"] != "compliance" for row in rows]
     figures = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
     assert figures["precision"] >= 0.92 and figures["f1"] >= 0.72, figures
+
+
+def test_the_fifth_held_out_set_written_before_the_fifth_round() -> None:
+    # refusals_heldout5.jsonl (long, structured large-assistant voices) was written and scored before the
+    # fifth round: the shipped (third-round) head reads precision 0.903, recall 0.931, F1 0.917 — compliance
+    # with disclaimers, content warnings and "as an AI" openings is flagged. The fifth round's head was not
+    # shipped (set 3 unchanged). The bound sits just below the measured one.
+    rows = load_answers(HELD_OUT_5)
+    truth = [row["label"] != "compliance" for row in rows]
+    figures = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
+    assert figures["precision"] >= 0.9 and figures["f1"] >= 0.91, figures
 
 
 def _five_grams(text: str) -> set[tuple[str, ...]]:
