@@ -4,7 +4,9 @@ upstream model server. Bodies are generated valid-shaped and malformed (wrong ty
 numbers, unicode, nesting, missing and unknown fields, bodies that are not JSON at all).
 
 What must hold for every request: no 5xx, and every 4xx body in OpenAI's error shape
-``{"error": {"message", "type", "param", "code"}}`` (streams: every error event too).
+``{"error": {"message", "type", "param", "code"}}`` (streams: every error event too). The
+Responses API (``POST /v1/responses``, plain and streamed) also continues responses kept during
+the run, and its streams must be typed events numbered in order with a proper end.
 
 ``SEAWALL_FUZZ_EXAMPLES`` sets the examples per route (default 1,000; each example is one
 request, counted and checked at the end of each test); e.g. ``SEAWALL_FUZZ_EXAMPLES=20000``
@@ -16,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -402,11 +405,17 @@ def check(response: httpx.Response, what: str, counter: Counter[str]) -> None:
         return
     counter[str(status)] += 1
     if response.headers.get("content-type", "").startswith("text/event-stream"):
-        for line in response.text.splitlines():
+        for line in sse_lines(response.text):
             if line.startswith("data: ") and line != "data: [DONE]":
                 event = json.loads(line.removeprefix("data: "))
                 if "error" in event:
                     _assert_error(event, what, status)
+
+
+def sse_lines(text: str) -> list[str]:
+    """An event stream's lines: ended by CRLF, LF or CR only, as the SSE format says (not by the
+    other breaks str.splitlines knows, U+0085 and U+2028 among them, which JSON strings may hold)."""
+    return re.split(r"\r\n|\r|\n", text)
 
 
 def _assert_error(body: Any, what: str, status: int) -> None:
@@ -541,3 +550,259 @@ def test_fuzz_review_polling(app: TestClient) -> None:
         check(app.get(path, headers=sent_headers), f"GET {path} {sent_headers}", counter)
 
     run_counted("/v1/seawall/reviews/{id}", run, counter)
+
+
+# ----------------------------------------------------------------------------- the Responses API
+
+response_parts = st.lists(
+    st.one_of(
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["input_text", "output_text", "text"]), "text": texts}
+        ),
+        st.fixed_dictionaries(
+            {"type": st.just("input_image"), "image_url": _image_url()},
+            optional={"detail": st.one_of(st.sampled_from(["auto", "low", "high"]), json_values)},
+        ),
+        st.fixed_dictionaries({"type": st.just("refusal"), "refusal": texts}),
+        mutated(
+            st.fixed_dictionaries(
+                {
+                    "type": st.sampled_from(
+                        ["input_text", "input_image", "input_file", "input_audio", "refusal"]
+                    )
+                },
+                optional={"file_id": texts, "text": texts, "image_url": json_values},
+            )
+        ),
+        json_values,
+    ),
+    max_size=4,
+)
+response_roles = st.one_of(
+    st.just("user"),
+    st.just("user"),
+    st.sampled_from(["system", "developer", "assistant", "tool"]),
+    json_values,
+)
+input_items = st.lists(
+    st.one_of(
+        mutated(
+            st.fixed_dictionaries(
+                {
+                    "role": response_roles,
+                    "content": st.one_of(plain_texts, plain_texts, texts, response_parts, json_values),
+                },
+                optional={"type": st.one_of(st.just("message"), json_values)},
+            )
+        ),
+        mutated(
+            st.fixed_dictionaries(
+                {"type": st.just("function_call"), "call_id": texts, "name": texts, "arguments": texts},
+                optional={"id": texts, "status": texts},
+            )
+        ),
+        mutated(
+            st.fixed_dictionaries(
+                {
+                    "type": st.just("function_call_output"),
+                    "call_id": texts,
+                    "output": st.one_of(plain_texts, texts, response_parts, json_values),
+                }
+            )
+        ),
+        mutated(
+            st.fixed_dictionaries(
+                {
+                    "type": st.sampled_from(
+                        ["reasoning", "item_reference", "web_search_call", "computer_call"]
+                    )
+                },
+                optional={"id": texts, "summary": json_values},
+            )
+        ),
+        json_values,
+    ),
+    max_size=5,
+)
+response_parameters: dict[str, st.SearchStrategy[Any]] = {
+    "instructions": st.one_of(plain_texts, texts, json_values),
+    "store": sane_or(st.booleans(), json_values),
+    "max_output_tokens": sane_or(st.integers(1, 4096)),
+    "temperature": sane_or(st.floats(0, 2)),
+    "top_p": sane_or(st.floats(0, 1)),
+    "tools": st.one_of(
+        st.lists(
+            mutated(
+                st.fixed_dictionaries(
+                    {
+                        "type": st.sampled_from(["function", "function", "web_search", "file_search"]),
+                        "name": texts,
+                    },
+                    optional={"parameters": json_values, "description": texts, "strict": st.booleans()},
+                )
+            ),
+            max_size=2,
+        ),
+        json_values,
+    ),
+    "tool_choice": st.one_of(
+        st.sampled_from(["auto", "none", "required"]),
+        st.fixed_dictionaries({"type": st.just("function"), "name": texts}),
+        json_values,
+    ),
+    "parallel_tool_calls": sane_or(st.booleans(), json_values),
+    "text": st.one_of(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "format": st.one_of(
+                    st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object", "xml"])}),
+                    st.fixed_dictionaries(
+                        {"type": st.just("json_schema"), "name": texts, "schema": json_values},
+                        optional={"strict": st.booleans()},
+                    ),
+                    json_values,
+                ),
+                "verbosity": texts,
+            },
+        ),
+        json_values,
+    ),
+    "metadata": json_values,
+    "user": st.one_of(texts, json_values),
+    "safety_identifier": st.one_of(texts, json_values),
+    "reasoning": st.one_of(
+        st.fixed_dictionaries(
+            {}, optional={"effort": st.one_of(st.sampled_from(["low", "high"]), json_values)}
+        ),
+        json_values,
+    ),
+    "include": json_values,
+    "truncation": st.one_of(st.sampled_from(["auto", "disabled"]), json_values),
+    "background": st.one_of(st.booleans(), json_values),
+    "conversation": st.one_of(st.none(), texts, json_values),
+    "prompt": st.one_of(st.none(), json_values),
+    "seawall": chat_parameters["seawall"],
+}
+
+
+@st.composite
+def valid_response_request(draw: st.DrawFn, previous: str) -> dict[str, Any]:
+    """A request the gateway should answer: a string or a few message items, maybe instructions,
+    a tool round trip or the stored response continued, at most one field out of range or retyped."""
+    body: dict[str, Any] = {"model": MODEL}
+    if draw(st.booleans()):
+        body["input"] = draw(plain_texts)
+    else:
+        items: list[dict[str, Any]] = []
+        for number in range(draw(st.integers(1, 3))):
+            role = "user" if number % 2 == 0 else "assistant"
+            part = "input_text" if role == "user" else "output_text"
+            parts = st.lists(st.fixed_dictionaries({"type": st.just(part), "text": plain_texts}), max_size=2)
+            content = draw(st.one_of(plain_texts, parts))
+            items.append({"type": "message", "role": role, "content": content})
+        if draw(st.integers(0, 3)) == 0:
+            items += [
+                {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "call_1", "output": draw(plain_texts)},
+            ]
+        body["input"] = items
+    if draw(st.booleans()):
+        body["instructions"] = draw(plain_texts)
+    if draw(st.integers(0, 3)) == 0:
+        body["previous_response_id"] = previous
+    if draw(st.integers(0, 3)) == 0:
+        name = draw(st.sampled_from(sorted(response_parameters)))
+        body[name] = draw(response_parameters[name])
+    return body
+
+
+def response_bodies(previous: str) -> st.SearchStrategy[dict[str, Any]]:
+    fuzzy = mutated(
+        st.fixed_dictionaries(
+            {
+                "model": st.one_of(st.just(MODEL), st.just("other-model"), json_values),
+                "input": st.one_of(plain_texts, texts, input_items, json_values),
+            },
+            optional={
+                **response_parameters,
+                "previous_response_id": st.one_of(
+                    st.just(previous), st.just(previous + "x"), st.just("resp_nope"), texts, json_values
+                ),
+            },
+        )
+    )
+    return st.one_of(valid_response_request(previous), valid_response_request(previous), fuzzy)
+
+
+def check_response_events(response: httpx.Response, what: str) -> None:
+    """A Responses stream: typed events numbered from 0 in order, ended by response.completed,
+    response.incomplete, response.queued or response.failed followed by an error event."""
+    if response.status_code != 200 or not response.headers.get("content-type", "").startswith(
+        "text/event-stream"
+    ):
+        return
+    events = [
+        json.loads(line.removeprefix("data: "))
+        for line in sse_lines(response.text)
+        if line.startswith("data: ") and line != "data: [DONE]"
+    ]
+    assert events, f"{what}: an empty stream"
+    assert [event["sequence_number"] for event in events] == list(range(len(events))), what
+    assert all(isinstance(event.get("type"), str) for event in events), what
+    assert events[0]["type"] == "response.created", f"{what}: {events[0]}"
+    ends = [event["type"] for event in events[-2:]]
+    assert ends == ["response.failed", "error"] or ends[-1] in {
+        "response.completed",
+        "response.incomplete",
+        "response.queued",
+    }, f"{what}: ends with {ends}"
+
+
+def _response_id(response: httpx.Response) -> str | None:
+    """The id of the Response a plain reply or a stream's response.created event carries."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        for line in sse_lines(response.text):
+            if line.startswith("data: "):
+                return str(json.loads(line.removeprefix("data: "))["response"]["id"])
+        return None
+    return str(response.json()["id"])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_fuzz_responses(app: TestClient, stream: bool) -> None:
+    kept = app.post("/v1/responses", json={"model": MODEL, "input": "What is the capital of France?"})
+    assert kept.status_code == 200, kept.text
+    previous = kept.json()["id"]
+    #: Responses answered during the run: a request that continues ``previous`` continues one of
+    #: them instead, so conversations kept from fuzzed requests are read back too.
+    answered = [previous]
+    counter: Counter[str] = Counter()
+
+    @FUZZ
+    @given(
+        body=response_bodies(previous),
+        raw=raw_bodies,
+        shape=st.sampled_from(["object", "object", "object", "value", "raw"]),
+        sent_headers=headers,
+        pick=st.integers(0, 2**16),
+    )
+    def run(body: dict[str, Any], raw: bytes, shape: str, sent_headers: dict[str, str], pick: int) -> None:
+        if shape == "object":
+            body["stream"] = stream
+            if body.get("previous_response_id") == previous:
+                body["previous_response_id"] = answered[pick % len(answered)]
+            content = _encode(body)
+        elif shape == "value":
+            content = _encode([body]) if stream else _encode(body.get("input"))
+        else:
+            content = raw
+        sent_headers.pop("authorization", None)  # the stored response is the anonymous caller's
+        response = app.post("/v1/responses", content=content, headers=sent_headers)
+        what = f"POST /v1/responses {content[:300]!r}"
+        check(response, what, counter)
+        check_response_events(response, what)
+        if response.status_code == 200 and (answer := _response_id(response)) is not None:
+            answered.append(answer)
+
+    run_counted(f"/v1/responses stream={stream}", run, counter)

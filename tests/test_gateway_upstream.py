@@ -274,6 +274,21 @@ async def test_chat_forces_no_stream_and_sends_key_and_extra_headers(
     assert request.headers["openai-organization"] == "org-123"
 
 
+async def test_a_cookie_the_upstream_sets_is_sent_back(server: StandIn, upstream: Upstream) -> None:
+    """As httpx's client does (a load balancer's affinity cookie, say): a change that builds the
+    upstream request without the client's build_request must keep it."""
+
+    async def with_cookie(request: Recorded) -> Response:
+        return json_reply(completion_body(), headers={"set-cookie": "affinity=a1; Path=/"})
+
+    script(server, with_cookie, completion())
+    for _ in range(2):
+        await upstream.chat({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    first, second = server.requests
+    assert "cookie" not in first.headers
+    assert second.headers["cookie"] == "affinity=a1"
+
+
 async def test_the_body_goes_out_as_compact_utf8_json_and_odd_replies_parse_as_before(
     server: StandIn, upstream: Upstream
 ) -> None:

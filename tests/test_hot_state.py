@@ -3,18 +3,21 @@ database and one real Redis server play two replicas; Redis is stopped and start
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 
 from redis_server import RedisServer
 from seawall.errors import ConfigurationError
 from seawall.settings import StoreSettings
-from seawall.store import UserState, open_store
-from seawall.store.hot_state import HotStateSqlStore
+from seawall.store import SqlStore, UserState, open_store
+from seawall.store.base import Hit, HitsByStatus
+from seawall.store.hot_state import PREFIX, HotStateSqlStore
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
@@ -125,3 +128,171 @@ def test_redis_needs_a_sql_store() -> None:
 def test_a_malformed_cache_url_is_a_configuration_error(postgres_schema_url: str) -> None:
     with pytest.raises(ConfigurationError, match="Redis URL"):
         open_store(StoreSettings(url=postgres_schema_url, cache_url="http://not-redis"))
+
+
+# ----------------------------------------------------------------------------- admission in one script
+
+
+def table(now: datetime = T0) -> HitsByStatus:
+    """What the risk ledger passes: a user's limit, and the throttle first for a throttled user."""
+    user = Hit("user:acme:user-1", 100, 60)
+    return HitsByStatus(
+        now, (user,), {"warned": (user,), "throttled": (Hit("throttle:acme:user-1", 2, 60), user)}
+    )
+
+
+def counted(store: HotStateSqlStore, now: datetime = T0) -> list[tuple[int, bool]]:
+    """One admission of user-1: the limit and the verdict of each hit counted."""
+    return [(r.limit, r.allowed) for r in store.admit("acme", "user-1", table(now), now).results]
+
+
+class Sent:
+    """The commands clients send Redis while the block runs, as Redis's MONITOR reports them: the
+    round trips, not the commands scripts run inside (MONITOR marks those ``lua``)."""
+
+    END = "seawall-test-end"
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url, decode_responses=True)
+        self.names: list[str] = []
+
+    def __enter__(self) -> Sent:
+        self.monitor = self.client.monitor()
+        self.monitor.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.echo(self.END)  # through another connection of the pool
+        seen: list[tuple[str, str]] = []
+        try:
+            while (entry := self.monitor.next_command())["command"] != f"ECHO {self.END}":
+                if entry["client_type"] != "lua":
+                    seen.append((entry["client_port"], entry["command"].split(" ", 1)[0].lower()))
+        finally:
+            self.monitor.__exit__()
+            self.client.close()
+        mine = entry["client_port"]  # the connection the ending ECHO came through (and its HELLO)
+        self.names = [name for port, name in seen if port != mine]
+
+
+def test_an_admission_with_the_standing_cached_is_one_script_call(
+    postgres_schema_url: str, private_redis: RedisServer
+) -> None:
+    store = replica(postgres_schema_url, private_redis.url)
+    client = redis.Redis.from_url(private_redis.url)
+    try:
+        assert counted(store) == [(100, True)]  # connects, loads the scripts (NOSCRIPT)
+        with Sent(private_redis.url) as cached:
+            assert counted(store) == [(100, True)]
+        assert cached.names == ["evalsha"]
+        store.set_user(UserState("acme", "user-1", "throttled", T0 + timedelta(hours=1), "abuse", T0))
+        with Sent(private_redis.url) as missed:  # the version moved: the database read, then a count
+            assert counted(store) == [(2, True), (100, True)]
+        assert missed.names == ["evalsha", "evalsha"]
+        with Sent(private_redis.url) as cached:
+            assert counted(store) == [(2, True), (100, True)]
+            assert counted(store) == [(2, False)]
+        assert cached.names == ["evalsha", "evalsha"]
+        # Counted on Redis under the keys every replica's single hits use.
+        assert store.hit("user:acme:user-1", 100, 60, T0).count == 5
+        assert store.redis_in_use
+    finally:
+        client.close()
+        store.close()
+
+
+def test_admission_survives_a_script_flush_and_a_restart_of_redis(
+    postgres_schema_url: str, private_redis: RedisServer
+) -> None:
+    store = replica(postgres_schema_url, private_redis.url)
+    client = redis.Redis.from_url(private_redis.url)
+    try:
+        assert counted(store) == counted(store) == [(100, True)]
+        client.script_flush()  # NOSCRIPT on the next call: the script is loaded again
+        assert counted(store) == [(100, True)]
+        assert store.redis_in_use
+        assert store.hit("user:acme:user-1", 100, 60, T0).count == 4
+        private_redis.stop()  # refused: the database's transaction admits meanwhile
+        store.set_user(UserState("acme", "user-1", "blocked", None, "abuse", T0))
+        assert counted(store) == []
+        assert not store.redis_in_use
+        store.set_user(UserState("acme", "user-1", "ok", None, "cleared", T0, "alice"))
+        assert counted(store) == [(100, True)]  # counted in the database, which starts from zero
+        assert SqlStore.hit(store, "user:acme:user-1", 100, 60, T0).count == 2
+        private_redis.start()  # empty, and without the scripts
+        time.sleep(0.3)  # cache_retry_s: Redis is tried again
+        assert counted(store) == counted(store) == [(100, True)]
+        assert store.redis_in_use
+        assert store.hit("user:acme:user-1", 100, 60, T0).count == 3  # restarted empty
+    finally:
+        client.close()
+        store.close()
+
+
+def test_a_script_error_or_a_timeout_admits_from_the_database(
+    postgres_schema_url: str, private_redis: RedisServer
+) -> None:
+    store = replica(postgres_schema_url, private_redis.url)
+    client = redis.Redis.from_url(private_redis.url)
+    try:
+        store.set_user(UserState("acme", "user-1", "blocked", None, "abuse", T0))
+        # The version key holding a list: GET fails inside the script (WRONGTYPE).
+        client.delete(f"{PREFIX}user:acme:user-1:version")
+        client.rpush(f"{PREFIX}user:acme:user-1:version", "not a version")
+        assert counted(store) == []
+        assert not store.redis_in_use
+        client.delete(f"{PREFIX}user:acme:user-1:version")
+        time.sleep(0.3)
+        assert counted(store) == counted(store) == []
+        assert store.redis_in_use
+        client.client_pause(1500)  # every command waits: longer than cache_timeout_s (0.25 s)
+        started = time.monotonic()
+        assert counted(store) == []
+        assert time.monotonic() - started < 1.0
+        assert not store.redis_in_use
+    finally:
+        client.client_unpause()
+        client.close()
+        store.close()
+
+
+def test_an_entry_cached_by_an_earlier_version_is_judged_in_python(
+    postgres_schema_url: str, fresh_redis_url: str
+) -> None:
+    """Earlier versions cache the standing without ``until_us``: the script leaves an entry with an
+    end to Python, which picks and counts in a second call; one without an end it judges itself."""
+    store = replica(postgres_schema_url, fresh_redis_url)
+    client = redis.Redis.from_url(fresh_redis_url)
+    entry = f"{PREFIX}user:acme:user-1:state:0"
+
+    def cache_as_before(status: str, until: datetime | None) -> None:
+        old = {
+            "tenant": "acme",
+            "safety_id": "user-1",
+            "status": status,
+            "until": until.isoformat() if until else None,
+            "reason": "abuse",
+            "updated_at": T0.isoformat(),
+            "updated_by": "gateway",
+        }
+        client.set(entry, json.dumps(old), ex=30)
+
+    try:
+        assert counted(store) == [(100, True)]  # connects, loads the scripts
+        cache_as_before("blocked", T0 + timedelta(minutes=5))
+        with Sent(fresh_redis_url) as sent:
+            assert counted(store) == []  # the script's answer: Python picks no hits, counts nothing
+        assert sent.names == ["evalsha"]
+        cache_as_before("blocked", T0)  # ended at T0: no standing in force
+        assert counted(store) == [(100, True)]
+        with Sent(fresh_redis_url) as sent:
+            assert counted(store) == [(100, True)]
+        assert sent.names == ["evalsha", "evalsha"]  # the script's answer, then one count
+        cache_as_before("throttled", None)  # no end: the script judges it
+        with Sent(fresh_redis_url) as sent:
+            assert counted(store) == [(2, True), (100, True)]
+        assert sent.names == ["evalsha"]
+        assert store.redis_in_use
+    finally:
+        client.close()
+        store.close()

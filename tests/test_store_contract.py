@@ -35,7 +35,7 @@ from seawall.store import (
     StoredResponse,
     UserState,
 )
-from seawall.store.base import Hit, OperatorToken
+from seawall.store.base import Hit, HitsByStatus, OperatorToken
 from seawall.store.chain import verify
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -274,6 +274,49 @@ def test_admit_is_atomic_across_threads(store: Store) -> None:
         thread.join()
     assert not failures
     assert len(allowed) == 90 and allowed.count(True) == 40
+
+
+def test_admit_by_status_counts_the_hits_of_the_standing_in_force(store: Store) -> None:
+    """The table the risk ledger passes (HitsByStatus): a store may pick from it where the standing
+    is kept (the Redis script). Each admission runs twice: on Redis the first after a change reads
+    the database, the second is the script's own pick."""
+    now = T0 + timedelta(seconds=15)
+    user, throttle = Hit("user:acme:u1", 100, 60), Hit("throttle:acme:u1", 2, 60)
+    table = HitsByStatus(now, (user,), {"warned": (user,), "throttled": (throttle, user)})
+
+    def admitted() -> list[tuple[str, bool]]:
+        """Which limits the admission counted (by their limit), and whether each allowed it."""
+        results = store.admit("acme", "u1", table, now).results
+        return [({2: "throttle", 100: "user"}[r.limit], r.allowed) for r in results]
+
+    def standing(status: str, until: datetime | None) -> UserState:
+        state = UserState("acme", "u1", status, until, "test", T0, "alice")  # type: ignore[arg-type]
+        store.set_user(state)
+        return state
+
+    assert admitted() == admitted() == [("user", True)]  # no standing: the free hits
+    later = now + timedelta(hours=1)
+    warned = standing("warned", later)
+    assert store.admit("acme", "u1", table, now).state == warned
+    assert admitted() == [("user", True)]
+    standing("throttled", later)  # counted against the throttle first, then the user's limit
+    assert admitted() == admitted() == [("throttle", True), ("user", True)]
+    assert admitted() == [("throttle", False)]  # refused by the throttle: the user's limit untouched
+    for status in ("blocked", "review"):  # a blocked user uses none of their rate limit
+        standing(status, later)
+        assert admitted() == admitted() == []
+        standing(status, None)
+        assert admitted() == admitted() == []
+    standing("blocked", now + timedelta(microseconds=1))  # in force to the microsecond
+    assert admitted() == admitted() == []
+    ended = standing("blocked", now)  # ended at `now`: no standing in force
+    assert store.admit("acme", "u1", table, now).state == ended
+    assert admitted() == [("user", True)]
+    standing("ok", None)
+    assert admitted() == [("user", True)]
+    # The user's limit counted 9 requests (the throttle's refusal and the blocks counted none).
+    assert store.hit("user:acme:u1", 100, 60, now).count == 10
+    assert store.hit("throttle:acme:u1", 2, 60, now).count == 2  # full: refused, still 2
 
 
 # ----------------------------------------------------------------------------- risk ledger

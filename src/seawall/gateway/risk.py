@@ -22,7 +22,7 @@ from seawall.errors import PermissionDeniedError, RateLimitError
 from seawall.gateway.ratelimit import Count
 from seawall.ratelimit import refused
 from seawall.settings import RateLimit, RiskSettings
-from seawall.store.base import AdmissionStore, Hit, RiskEvent, RiskLevel, UserState, UserStatus
+from seawall.store.base import AdmissionStore, Hit, HitsByStatus, RiskEvent, RiskLevel, UserState, UserStatus
 
 #: The ladder, lowest first.
 LADDER: tuple[UserStatus, ...] = ("ok", "warned", "throttled", "blocked", "review")
@@ -43,12 +43,8 @@ def risk_level(
 
 
 def _in_force(state: UserState | None, now: datetime) -> UserState | None:
-    """``state`` unless it is ok or has run out."""
-    if state is None or state.status == "ok":
-        return None
-    if state.until is not None and state.until <= now:
-        return None
-    return state
+    """``state`` unless it is ok or has run out (:meth:`~seawall.store.base.UserState.in_force_at`)."""
+    return state if state is not None and state.in_force_at(now) else None
 
 
 def _when(moment: datetime | None) -> str:
@@ -117,16 +113,10 @@ class RiskLedger:
         now = self.clock()
         limit = throttle if throttle is not None else self.settings.throttle
         throttled = Hit(f"throttle:{tenant}:{safety_id}", limit.requests, limit.window_s)
-        limits = [count.hit for count in counts]
-
-        def hits_for(stored: UserState | None) -> list[Hit]:
-            state = _in_force(stored, now)
-            if state is None or state.status == "warned":
-                return limits
-            if state.status == "throttled":
-                return [throttled, *limits]
-            return []  # blocked or under review: refused below, nothing counted
-
+        limits = tuple(count.hit for count in counts)
+        # Blocked or under review: no hits (refused below, nothing counted). A table, not code, so
+        # a store can pick from it where the standing is kept (Redis: one round trip).
+        hits_for = HitsByStatus(now, limits, {"warned": limits, "throttled": (throttled, *limits)})
         admission = self.store.admit(tenant, safety_id, hits_for, now)
         state = _in_force(admission.state, now)
         results = admission.results
