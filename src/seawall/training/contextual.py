@@ -210,10 +210,12 @@ def fit_hidden_head(
     ignored: NDArray[np.bool_],
     labels_fitted: Sequence[int],
     hidden: int,
+    seed: int = 0,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
     """One hidden ReLU layer shared by all labels: (hidden weights, hidden bias, output weights,
     output bias). The network learns every label at once, so a row any of whose labels it must
-    not learn from (a source's unjudged label, a screened negative) is left out whole."""
+    not learn from (a source's unjudged label, a screened negative) is left out whole. ``seed``
+    drives the initial weights and the early-stopping split."""
     from sklearn.neural_network import MLPClassifier
 
     keep = ~ignored.any(axis=1)
@@ -224,7 +226,7 @@ def fit_hidden_head(
         max_iter=40,
         early_stopping=True,
         n_iter_no_change=4,
-        random_state=0,
+        random_state=seed,
     )
     network.fit(x[keep], y[keep], sample_weight=sample_weight[keep])
     weights = np.zeros((hidden, y.shape[1]), dtype=np.float32)
