@@ -315,6 +315,19 @@ def test_every_stream_chunk_has_one_id_and_names_the_model(gw: Setup, unsteady: 
     assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
 
 
+def test_stream_chunks_stay_one_line_for_unicode_line_splitters(gw: Setup) -> None:
+    """httpx's ``iter_lines`` breaks lines on U+2028, U+2029 and U+0085, which JSON may hold raw: the
+    gateway escapes them, so each chunk stays one parsable line."""
+    answer = "First line\u2028second\u2029third\u0085fourth. " + LONG_BENIGN
+    gw.behaviour.answer = answer
+    body = {"model": MODEL, "messages": question(), "stream": True}
+    with gw.server.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as response:
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == answer
+
+
 def test_models_are_proxied_and_narrowed_to_the_policy(gw: Setup) -> None:
     with gw.server.client() as client:
         models = client.models.list()

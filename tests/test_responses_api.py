@@ -709,6 +709,25 @@ def test_the_cut_stream_on_the_wire(gw: Setup) -> None:
     assert record["outcome"] == "blocked_stream" and record["stream"] is True
 
 
+def test_stream_events_stay_one_line_for_unicode_line_splitters(gw: Setup) -> None:
+    """U+2028, U+2029 and U+0085 may sit raw in a JSON string, but httpx's ``iter_lines`` (like
+    ``str.splitlines``) breaks lines on them: the gateway escapes them, so each event stays whole."""
+    answer = "First line\u2028second\u2029third\u0085fourth. " + LONG_BENIGN
+    gw.script.answer = answer
+    body = {"model": MODEL, "input": QUESTION, "stream": True}
+    headers = {"authorization": f"Bearer {KEY}"}
+    with gw.server.http(headers=headers) as http, http.stream("POST", "/v1/responses", json=body) as response:
+        assert response.status_code == 200
+        raw = response.read()
+        lines = raw.decode().splitlines()
+    for character in ("\u2028", "\u2029", "\u0085"):
+        assert character.encode() not in raw
+    assert all(line.startswith(("event: ", "data: ")) for line in lines if line)
+    payloads = [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: ")]
+    text = "".join(p["delta"] for p in payloads if p["type"] == "response.output_text.delta")
+    assert text == answer and payloads[-1]["type"] == "response.completed"
+
+
 # ----------------------------------------------------------------- kept responses
 
 

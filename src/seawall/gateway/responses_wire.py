@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seawall.errors import InvalidRequestError, SeawallError
+from seawall.gateway.sse import event_json
 from seawall.messages import text_of
 
 #: The prefix of a response's id (the rest is the request id's hex).
@@ -630,8 +631,7 @@ def queued_response(pending: Mapping[str, Any], base: dict[str, Any]) -> dict[st
 
 def sse(payload: Mapping[str, Any]) -> bytes:
     """One typed event: ``event: <type>`` and its JSON."""
-    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {payload['type']}\ndata: {data}\n\n".encode()
+    return f"event: {payload['type']}\ndata: {event_json(payload)}\n\n".encode()
 
 
 @dataclass

@@ -102,9 +102,19 @@ class StreamState:
         return chunk
 
 
+#: Characters a JSON string may hold raw that Unicode-aware line splitters (Python's
+#: ``str.splitlines``, httpx's ``iter_lines``) treat as line breaks: escaped, so an event stays one line.
+_LINE_BREAKS_IN_JSON = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def event_json(payload: Mapping[str, Any]) -> str:
+    """An event's compact JSON, on one line for every client's line splitter."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).translate(_LINE_BREAKS_IN_JSON)
+
+
 def event(payload: Mapping[str, Any]) -> bytes:
     """One ``data:`` event (compact JSON)."""
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + event_json(payload).encode() + b"\n\n"
 
 
 async def as_chunks(completion: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
