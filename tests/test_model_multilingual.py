@@ -11,8 +11,9 @@ import importlib.util
 import json
 import os
 import shutil
-import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -100,12 +101,27 @@ def test_gate_never_routes_the_english_suite_and_routes_nearly_all_translations(
         assert np.mean(routed) >= 0.9, f"{lang}: only {np.mean(routed):.2f} of the suite routed"
 
 
-def test_gate_is_cheap() -> None:
-    window = words("This is an ordinary English sentence about the weather and my weekend plans " * 6)[:96]
-    started = time.perf_counter()
-    for _ in range(2000):
-        detect_language(window)
-    assert (time.perf_counter() - started) / 2000 < 0.001  # well under a millisecond a window
+def test_english_text_never_reaches_the_encoder(engine: None) -> None:
+    """English pays only the gate: with the stage loaded, the English suite is scored without one e5
+    call, and a Spanish threat is read by e5 (the gate's cost is a benchmark figure, not a test)."""
+    import dataclasses
+
+    class CountingEncoder:
+        def __init__(self, inner: Any) -> None:
+            self.inner, self.texts = inner, 0
+
+        def encode(self, texts: Sequence[str]) -> Any:
+            self.texts += len(texts)
+            return self.inner.encode(texts)
+
+    classifier = TextClassifier.load(multilingual="on")
+    assert classifier.multilingual is not None
+    counting = CountingEncoder(classifier.multilingual.encoder)
+    classifier.multilingual = dataclasses.replace(classifier.multilingual, encoder=counting)
+    classifier.score([str(row["text"]) for row in suite("en")], "off")
+    assert counting.texts == 0
+    scores = classifier.score(["Sé dónde vives y esta noche te voy a matar, hijo de puta."], "off")
+    assert counting.texts == 1 and scores.shape == (1, len(ALL_LABELS))
 
 
 # --- loading -------------------------------------------------------------------------------------
