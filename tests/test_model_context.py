@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -152,3 +157,56 @@ def test_embedding_cache_survives_a_restart_and_ignores_a_half_written_shard(
     assert np.allclose(reloaded.get(["second text"]), encoder.encode(["second text"]), atol=2e-3)
     with pytest.raises(RuntimeError):
         reloaded.fill(["a new text"])
+
+
+def _run_fresh(script: str) -> dict[str, Any]:
+    """Runs ``script`` in a new interpreter (no *_NUM_THREADS in its environment) and returns the
+    JSON object its last line prints."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_loading_the_model_runs_blas_on_one_thread() -> None:
+    """The run-time loader puts numpy's BLAS on one thread: its threads fought the encoders' pools."""
+    found = _run_fresh(
+        """
+import json
+from threadpoolctl import threadpool_info
+from seawall.model.classifier import TextClassifier
+def blas_threads():
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+before = blas_threads()
+TextClassifier.load(multilingual="off")
+print(json.dumps({"before": before, "after": blas_threads()}))
+"""
+    )
+    assert found["after"] and set(found["after"]) == {1}, found
+    if (os.cpu_count() or 1) > 1:
+        assert max(found["before"]) > 1, "with several cores OpenBLAS starts with several threads"
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads resident memory from /proc")
+def test_release_freed_memory_hands_a_fragmented_heaps_free_pages_back() -> None:
+    """Freed blocks below a live one stay resident until the allocator is asked to trim; the loader
+    asks once its sessions are built (about 60 MB of their temporaries, measured)."""
+    found = _run_fresh(
+        """
+import json
+from seawall.model.process import release_freed_memory
+def rss_mb():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) // 1024
+blocks = [bytearray(b"x" * 4000) for _ in range(40_000)]  # about 160 MB on the C heap
+keep = bytearray(b"y" * 4000)  # a live block above them: the heap's top cannot shrink
+full = rss_mb()
+del blocks
+freed = rss_mb()
+release_freed_memory()
+print(json.dumps({"full": full, "freed": freed, "released": rss_mb()}))
+"""
+    )
+    assert found["freed"] > found["full"] - 40, f"glibc kept the freed blocks resident: {found}"
+    assert found["released"] < found["freed"] - 100, found

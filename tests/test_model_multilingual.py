@@ -299,22 +299,3 @@ def test_the_averaged_head_scores_as_the_mean_of_its_heads_logits() -> None:
     assert not np.allclose(logits(singles[0], x), logits(singles[1], x)), "the seeds give different heads"
     mean = np.mean([logits(head, x) for head in singles], axis=0)
     np.testing.assert_allclose(logits(joined, x), mean, rtol=1e-4, atol=1e-4)
-
-
-def test_the_blocked_head_gives_the_whole_products_logits() -> None:
-    """The stage multiplies its hidden layer in blocks (to keep OpenBLAS single-threaded): the same
-    logits as the one whole product, on the shipped artefact, which is wider than a block."""
-    from seawall.model.multilingual import HIDDEN_BLOCK
-
-    class NoEncoder:
-        def encode(self, texts: Sequence[str]) -> Any:
-            raise AssertionError("not used")
-
-    stage = MultilingualStage.load(default_model_dir() / MULTILINGUAL_FILE, ALL_LABELS)
-    stage = dataclasses.replace(stage, encoder=NoEncoder())
-    assert len(stage.hidden_bias) > HIDDEN_BLOCK
-    vectors = np.random.default_rng(0).normal(size=(7, 384)).astype(np.float32)
-    hidden = np.maximum(vectors @ stage.hidden_weights + stage.hidden_bias, 0)
-    np.testing.assert_allclose(
-        stage.logits(vectors), hidden @ stage.weights + stage.bias, rtol=1e-4, atol=1e-4
-    )

@@ -42,6 +42,7 @@ from seawall.model.features import FeatureConfig, Featurizer, sparse_dot
 from seawall.model.gloss import Glossary, shared_glossary
 from seawall.model.minors import names_minor
 from seawall.model.multilingual import MULTILINGUAL_FILE, MultilingualStage, detect_language
+from seawall.model.process import one_blas_thread, release_freed_memory
 
 MODEL_FILE = "model.json"
 #: Windows scored per numpy call: bounds memory whatever the length of the texts.
@@ -223,6 +224,10 @@ class TextClassifier:
             },
         )
         labels = tuple(raw["labels"])
+        multilingual_stage = load_multilingual(directory, labels, multilingual, threads)
+        if context is not None or multilingual_stage is not None:
+            one_blas_thread()
+            release_freed_memory()
         return cls(
             meta,
             weights,
@@ -232,7 +237,7 @@ class TextClassifier:
             dense_weights,
             context,
             shared_glossary(),
-            load_multilingual(directory, labels, multilingual, threads),
+            multilingual_stage,
         )
 
     def with_features(self, features: FeatureConfig) -> TextClassifier:

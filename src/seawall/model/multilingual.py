@@ -35,8 +35,6 @@ MULTILINGUAL_FILE = "multilingual.npz"
 LANGUAGES = ("es", "de", "fr", "pt", "it")
 #: e5's vector size.
 DIMS = 384
-#: Hidden units multiplied at a time (see :meth:`MultilingualStage.logits`).
-HIDDEN_BLOCK = 256
 #: Texts per engine call.
 BATCH = 32
 #: Words of a window embedded (e5 reads up to 512 tokens; a scoring window has at most 96 words).
@@ -185,18 +183,8 @@ class MultilingualStage:
         return stage
 
     def logits(self, vectors: NDArray[np.float32]) -> NDArray[np.float32]:
-        # In blocks of hidden units: one product with the averaged heads' 1,280 units is large enough
-        # for OpenBLAS to start its threads, which then fight the encoders' busy thread pools on a
-        # small machine (measured: 32 -> 100 ms a Spanish text on 2 cores); 256-unit blocks stay
-        # single-threaded and sum to the same logits.
-        logits = np.broadcast_to(self.bias, (len(vectors), len(self.bias))).astype(np.float32)
-        for start in range(0, len(self.hidden_bias), HIDDEN_BLOCK):
-            block = slice(start, start + HIDDEN_BLOCK)
-            hidden = np.maximum(
-                vectors @ self.hidden_weights[:, block] + self.hidden_bias[block], np.float32(0)
-            )
-            logits = logits + hidden @ self.weights[block]
-        return np.asarray(logits, dtype=np.float32)
+        hidden = np.maximum(vectors @ self.hidden_weights + self.hidden_bias, np.float32(0))
+        return np.asarray(hidden @ self.weights + self.bias, dtype=np.float32)
 
     def scores(self, windows: Sequence[Sequence[str]]) -> NDArray[np.float32]:
         """Calibrated scores per word window (labels the head was not fitted for score 0)."""
