@@ -1038,7 +1038,9 @@ class ModerationSettings(BaseModel):
             "CPU threads the local model's encoders use (onnxruntime's intra-op threads for the contextual "
             "encoder, the multilingual encoder's threads). None: the runtime's default, every core of the "
             "machine, right for one process per machine; set it when several share one (replicas, batch "
-            "workers: `seawall moderate --engine ray` sets it per worker, see --threads-per-worker)."
+            "workers: `seawall moderate --engine ray` sets it per worker, see --threads-per-worker). Loading "
+            "an encoder also puts numpy's BLAS on one thread for the whole process: its threads fought the "
+            "encoders' pools."
         ),
     )
     multilingual: Literal["auto", "on", "off"] = Field(
