@@ -7,7 +7,6 @@ training builds its classifiers without loading and keeps every BLAS thread.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 
 def one_blas_thread() -> None:
@@ -24,11 +23,10 @@ def release_freed_memory() -> None:
     elsewhere). Building the encoders' sessions frees tens of megabytes of temporaries that glibc
     would otherwise keep for the life of the process (measured: 322 -> 261 MB resident after
     loading the shipped model)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
+    # The process's own symbols include the C library's; only glibc has malloc_trim.
     try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
-        return  # not glibc: its allocator returns memory its own way
-    trim(0)
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):  # Windows has no handle for the process's own symbols
+        return
+    if trim is not None:
+        trim(0)
