@@ -300,3 +300,38 @@ def test_an_in_memory_store_has_no_buffer_unless_one_is_named(tmp_path: Path) ->
     assert named.audit_buffer_file() == tmp_path / "b.jsonl"
     sqlite = StoreSettings(url=f"sqlite:///{tmp_path / 'seawall.db'}").audit_buffer_file()
     assert sqlite is not None and sqlite.name.startswith("audit-buffer-")
+
+
+def test_records_appended_while_the_buffer_is_written_through_are_stored_once(tmp_path: Path) -> None:
+    """Another appender (its own file, as another process's) appends while the buffer is written
+    through and emptied again and again: a record never goes to ``.rejected`` (once, a new
+    generation's header line appended between the writer's start and its first read was taken for
+    a record without a request_id), and each record reaches the store once."""
+    path = tmp_path / "audit-buffer.jsonl"
+    buffer = AuditBuffer(path)
+    store = open_store(StoreSettings(url=f"sqlite:///{tmp_path / 'seawall.db'}"))
+    count = 300
+
+    def appender() -> None:
+        other = AuditBuffer(path)
+        try:
+            for number in range(count):
+                record = {"request_id": f"req-{number}", "tenant": "acme", "outcome": "ok", "time": None}
+                other.append([record], sync=False)
+        finally:
+            other.close()
+
+    thread = threading.Thread(target=appender)
+    thread.start()
+    try:
+        while thread.is_alive():
+            buffer.write_through(store.write_audit, tidy=True)
+        thread.join()
+        buffer.write_through(store.write_audit, tidy=True)
+        assert not buffer.rejected_path.exists()
+        stored = [str(record["request_id"]) for _, record in store.audit_chain()]
+        assert sorted(stored) == sorted(f"req-{number}" for number in range(count))
+    finally:
+        buffer.release()
+        buffer.close()
+        store.close()

@@ -212,16 +212,13 @@ def test_hit_is_atomic_across_threads(store: Store) -> None:
 # ----------------------------------------------------------------------------- admission
 
 
-def test_admit_reads_the_standing_and_counts_the_hits_it_picks(store: Store) -> None:
+def test_admit_reads_the_standing_and_counts_the_hits_it_names(store: Store) -> None:
     now = T0 + timedelta(seconds=15)
-    seen: list[UserState | None] = []
-
-    def hits(state: UserState | None) -> list[Hit]:
-        seen.append(state)
-        return [] if state is not None and state.status == "blocked" else [Hit("user:acme:u1", 2, 60)]
+    # No standing in force: the user's limit; blocked (not in the table): nothing.
+    hits = HitsByStatus(now, (Hit("user:acme:u1", 2, 60),), {})
 
     first = store.admit("acme", "u1", hits, now)
-    assert first.state is None and seen == [None]
+    assert first.state is None
     assert [(r.allowed, r.count) for r in first.results] == [(True, 1)]
     # A block written since (by any replica, the review desk or `seawall users`) is what the next
     # admission reads: no cache stands between them.
@@ -240,28 +237,29 @@ def test_admit_reads_the_standing_and_counts_the_hits_it_picks(store: Store) -> 
 def test_admit_stops_at_the_first_refused_hit(store: Store) -> None:
     now = T0 + timedelta(seconds=15)
     assert store.hit("full", 1, 60, now).allowed
-    picked = [Hit("first", 5, 60), Hit("full", 1, 60), Hit("after", 5, 60)]
-    admission = store.admit("acme", "u1", lambda state: picked, now)
+    picked = HitsByStatus(now, (Hit("first", 5, 60), Hit("full", 1, 60), Hit("after", 5, 60)), {})
+    admission = store.admit("acme", "u1", picked, now)
     assert [r.allowed for r in admission.results] == [True, False]
     assert admission.results[1].retry_after_s > 0 and admission.results[1].limit == 1
     # The refused hit and the one after it were not counted; the one before it was.
     assert store.hit("first", 5, 60, now).count == 2
     assert store.hit("after", 5, 60, now).count == 1
-    assert store.admit("acme", "u2", lambda state: [], now).results == ()
+    assert store.admit("acme", "u2", HitsByStatus(now, (), {}), now).results == ()
     with pytest.raises(ValueError):
-        store.admit("acme", "u1", lambda state: [Hit("x", 0, 60)], now)
+        store.admit("acme", "u1", HitsByStatus(now, (Hit("x", 0, 60),), {}), now)
 
 
 def test_admit_is_atomic_across_threads(store: Store) -> None:
     allowed: list[bool] = []
     lock = threading.Lock()
     failures: list[BaseException] = []
-    picked = [Hit("admitted", 40, 60)]
+    now = T0 + timedelta(seconds=10)
+    picked = HitsByStatus(now, (Hit("admitted", 40, 60),), {})
 
     def worker() -> None:
         try:
             for _ in range(15):
-                admission = store.admit("acme", "u1", lambda state: picked, T0 + timedelta(seconds=10))
+                admission = store.admit("acme", "u1", picked, now)
                 with lock:
                     allowed.extend(r.allowed for r in admission.results)
         except BaseException as exc:  # surfaced below; a thread's exception is otherwise lost

@@ -325,7 +325,7 @@ def build_prompt(
             fenced["content"] = fencer.content(message.get("content"), _tool_source(message), index)
             conversation.append(fenced)
         elif role in CONVERSATION_ROLES:
-            conversation.append(copy.deepcopy(dict(message)))
+            conversation.append(_copy(message))
         else:
             raise InvalidRequestError(
                 f"unknown role {role!r}; expected one of system, developer, user, assistant, tool",
@@ -363,15 +363,28 @@ def build_prompt(
             result.append({"role": "user", "content": example.user})
             result.append({"role": "assistant", "content": example.assistant})
     result.extend(conversation)
-    log.debug(
-        "request %s: %d client instruction message(s) %s, %d untrusted piece(s) fenced (%s)",
-        request_id or "-",
-        sum(1 for m in messages if isinstance(m, Mapping) and m.get("role") in INSTRUCTION_ROLES),
-        "demoted" if policy.client_system_messages == "demote" else "dropped",
-        fencer.count,
-        policy.untrusted.mode,
-    )
+    if log.isEnabledFor(logging.DEBUG):  # its arguments cost more than the check
+        log.debug(
+            "request %s: %d client instruction message(s) %s, %d untrusted piece(s) fenced (%s)",
+            request_id or "-",
+            sum(1 for m in messages if isinstance(m, Mapping) and m.get("role") in INSTRUCTION_ROLES),
+            "demoted" if policy.client_system_messages == "demote" else "dropped",
+            fencer.count,
+            policy.untrusted.mode,
+        )
     return BuiltPrompt(messages=result, boundary=boundary, fenced=fencer.count, request_id=request_id)
+
+
+#: Values a copy of a message can share with the client's: nothing in them can change.
+_IMMUTABLE = (str, int, float, bool, type(None))
+
+
+def _copy(message: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``message``: a plain copy when every value is immutable (a text message; a
+    deep copy of one cost several times more), else :func:`copy.deepcopy`."""
+    if all(isinstance(value, _IMMUTABLE) for value in message.values()):
+        return dict(message)
+    return copy.deepcopy(dict(message))
 
 
 def build_messages(

@@ -187,6 +187,34 @@ class SSEDecoder:
         self._data.append(value)
 
 
+class _Cookies(httpx.Cookies):
+    """httpx's cookie jar, which reads a reply's cookies only when it sets some: for every reply,
+    set-cookie or not, httpx builds standard-library stand-ins of it and of its request for the jar,
+    which cost more than the rest of the client's work on the reply."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        headers = response.headers
+        if "set-cookie" in headers or "set-cookie2" in headers:  # all the jar reads
+            super().extract_cookies(response)
+
+
+class _Client(httpx.AsyncClient):
+    """httpx's client with a :class:`_Cookies` jar: it still sends back what the upstream set (a
+    load balancer's affinity cookie, say)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._jar = _Cookies(super().cookies)  # the jar httpx's client built from ``cookies=``
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._jar
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:  # httpx's CookieTypes (in a private module)
+        self._jar = _Cookies(cookies)
+
+
 class Upstream:
     """Async client for one OpenAI-compatible model server; one connection pool, closed by :meth:`aclose`."""
 
@@ -218,7 +246,7 @@ class Upstream:
             if settings.http_transport == "lean"
             else None  # httpx's own, built from ``limits`` and ``verify``
         )
-        self._client = httpx.AsyncClient(
+        self._client = _Client(
             base_url=self.base_url + "/", timeout=timeout, limits=limits, verify=tls, transport=transport
         )
         #: Each path's absolute URL, parsed once (joining with ``base_url`` per request cost more).

@@ -217,16 +217,27 @@ class ReviewMetrics:
         ProcessCollector(registry=self.registry)
         if store is not None:
             self.registry.register(_StoreCounts(store))
+        #: The labelled children :meth:`observe_request` used, by metric and label values: a request
+        #: observes about ten, and ``labels()`` validates and locks on every call.
+        self._children: dict[tuple[int, str], Any] = {}
+
+    def _child(self, metric: Counter | Histogram, value: str) -> Any:
+        """``metric.labels(value)``, kept for the next request."""
+        key = (id(metric), value)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(value)
+        return child
 
     def observe_request(self, record: Mapping[str, Any]) -> None:
         """Count one gateway request from its audit record (:meth:`AuditRecord.to_dict`)."""
         outcome = str(record.get("outcome") or "unknown")
-        self.requests.labels(outcome).inc()
+        self._child(self.requests, outcome).inc()
         if outcome in BLOCK_OUTCOMES:
-            self.blocks.labels(outcome).inc()
+            self._child(self.blocks, outcome).inc()
         risk = record.get("risk")
         if risk:
-            self.risk.labels(str(risk)).inc()
+            self._child(self.risk, str(risk)).inc()
         for decision in record.get("decisions") or []:
             if decision.get("step") in GUARD_STEPS:
                 for category in decision.get("categories") or []:
@@ -235,7 +246,7 @@ class ReviewMetrics:
             self.shadow.labels(str(entry.get("step")), str(entry.get("would"))).inc()
         for step, milliseconds in (record.get("latency_ms") or {}).items():
             if isinstance(milliseconds, int | float):
-                self.step_seconds.labels(str(step)).observe(float(milliseconds) / 1000)
+                self._child(self.step_seconds, str(step)).observe(float(milliseconds) / 1000)
         if outcome == "upstream_error":
             error = record.get("error") or {}
             self.upstream_errors.labels(str(error.get("status")), str(error.get("code"))).inc()

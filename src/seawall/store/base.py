@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, get_args
@@ -136,15 +136,12 @@ class Admission:
     results: tuple[RateLimitResult, ...]
 
 
-#: What :meth:`AdmissionStore.admit` asks, given the user's stored state: the hits to count.
-HitsFor = Callable[["UserState | None"], Sequence[Hit]]
-
-
 @dataclass(frozen=True)
 class HitsByStatus:
-    """A :data:`HitsFor` given as a table, so a store can pick from it where the state is kept
-    (Redis, in the script that reads the standing: :mod:`seawall.store.hot_state`) instead of
-    reading the state back first. Called, it picks in Python like any :data:`HitsFor`.
+    """What :meth:`AdmissionStore.admit` counts, by the user's stored state: a table, not code, so
+    a store can pick from it where the state is kept (Redis, in the script that reads the standing:
+    :mod:`seawall.store.hot_state`) instead of reading the state back first. Called with a state,
+    it picks in Python (what the SQL and memory stores do).
 
     ``free``: the hits for a user with no standing in force at ``now`` (none stored, ``ok``, or a
     ``until`` at or before ``now``: :meth:`UserState.in_force_at`); ``in_force``: those for each
@@ -530,12 +527,11 @@ class AdmissionStore(LedgerStore, CounterStore, Protocol):
     """A request's admission in one call: the user's standing read and its rate limits counted
     together (one transaction, one round trip where the store allows), for the gateway's hot path."""
 
-    def admit(self, tenant: str, safety_id: str, hits: HitsFor, now: datetime) -> Admission:
-        """Read the user's stored state, then count the hits ``hits`` picks for that state (none for
+    def admit(self, tenant: str, safety_id: str, hits: HitsByStatus, now: datetime) -> Admission:
+        """Read the user's stored state, then count the hits ``hits`` names for that state (none for
         a blocked user, say), in order, as :meth:`~CounterStore.hit` would at ``now``, stopping at
         the first refused one; atomic like :meth:`~CounterStore.hit`, and the state is the stored one
-        at that moment (no cache): a block written by any replica before the call is seen.
-        ``hits`` runs inside the transaction: it must be quick and must not call the store."""
+        at that moment (no cache): a block written by any replica before the call is seen."""
         ...
 
 
@@ -827,7 +823,6 @@ __all__ = [
     "FlagRow",
     "Hit",
     "HitsByStatus",
-    "HitsFor",
     "KeyScope",
     "KeyStore",
     "LedgerStore",

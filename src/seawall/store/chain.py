@@ -21,12 +21,15 @@ from typing import Any
 
 #: The genesis value: a tenant's first record has no previous hash.
 GENESIS: str | None = None
+#: What ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)`` uses,
+#: built once (every gateway request hashes its record).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def canonical(record: Mapping[str, Any]) -> bytes:
     """The bytes a record's hash covers: its JSON with sorted keys, ``hash`` left out."""
     body = {key: value for key, value in record.items() if key != "hash"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return _CANONICAL.encode(body).encode()
 
 
 def record_hash(record: Mapping[str, Any]) -> str:

@@ -24,7 +24,6 @@ and audit records, review items and everything else never touch Redis.
   the entry's ``until_us`` (microseconds since the epoch). Only when the entry is not cached (or
   was written by an older seawall, without ``until_us``, and has an end) does Python pick: the
   database's state (cached by the same call that counts) or the entry's, then one script counts.
-  A plain :data:`~seawall.store.base.HitsFor` callable: the standing read, then one count call.
   The keys, their expiry and the entry's other fields are the ones earlier versions use, so
   replicas of both versions share counts and standing during an upgrade. Scripts are sent by
   their SHA (``EVALSHA``) and loaded again when Redis answers ``NOSCRIPT`` (a restart, a
@@ -54,7 +53,7 @@ from sqlalchemy import Engine
 
 from seawall.clock import Clock, as_utc
 from seawall.errors import ConfigurationError
-from seawall.store.base import Admission, Hit, HitsByStatus, HitsFor, RateLimitResult, UserState
+from seawall.store.base import Admission, Hit, HitsByStatus, RateLimitResult, UserState
 from seawall.store.sql import SqlStore
 from seawall.store.windows import result, windows
 
@@ -390,13 +389,12 @@ class HotStateSqlStore(SqlStore):
             self._redis_failed("caching a user's standing", exc)
         return state
 
-    def admit(self, tenant: str, safety_id: str, hits: HitsFor, now: datetime) -> Admission:
-        """The standing from Redis's versioned cache and the hits counted in Redis: with a
-        :class:`~seawall.store.base.HitsByStatus` and the standing cached, one script call (one
-        round trip, atomic); otherwise the standing (the database's on a miss, then cached), then
-        one call that counts the hits ``hits`` picks (Redis has no transaction with the database,
-        so a change between the two is seen by the next request). While Redis fails, the
-        database's one transaction (:meth:`SqlStore.admit`)."""
+    def admit(self, tenant: str, safety_id: str, hits: HitsByStatus, now: datetime) -> Admission:
+        """The standing from Redis's versioned cache and the hits counted in Redis: with the
+        standing cached, one script call (one round trip, atomic); otherwise the standing (the
+        database's on a miss, then cached), then one call that counts the hits ``hits`` names for
+        it (Redis has no transaction with the database, so a change between the two is seen by the
+        next request). While Redis fails, the database's one transaction (:meth:`SqlStore.admit`)."""
         if self._redis_usable():
             try:
                 return self._admit_on_redis(tenant, safety_id, hits, now)
@@ -404,13 +402,10 @@ class HotStateSqlStore(SqlStore):
                 self._redis_failed("admitting a request", exc)
         return super().admit(tenant, safety_id, hits, now)
 
-    def _admit_on_redis(self, tenant: str, safety_id: str, hits: HitsFor, now: datetime) -> Admission:
-        if isinstance(hits, HitsByStatus):
-            cached, counted = self.hot.admit(tenant, safety_id, hits, now)
-            if counted is not None:
-                return Admission(cached.state, counted)
-        else:
-            cached = self.hot.read(tenant, safety_id)
+    def _admit_on_redis(self, tenant: str, safety_id: str, hits: HitsByStatus, now: datetime) -> Admission:
+        cached, counted = self.hot.admit(tenant, safety_id, hits, now)
+        if counted is not None:
+            return Admission(cached.state, counted)
         if cached.found:
             return Admission(cached.state, self.hot.count(hits(cached.state), now))
         state = super().get_user(tenant, safety_id)

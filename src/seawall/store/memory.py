@@ -38,7 +38,7 @@ from seawall.store.base import (
     FilteredAnswer,
     FlagRow,
     Hit,
-    HitsFor,
+    HitsByStatus,
     KeyScope,
     OperatorToken,
     OrgSummary,
@@ -204,7 +204,7 @@ class MemoryCounters(MemoryRole):
         self._prune_if_due(now)
         return counted
 
-    def admit(self, tenant: str, safety_id: str, hits: HitsFor, now: datetime) -> Admission:
+    def admit(self, tenant: str, safety_id: str, hits: HitsByStatus, now: datetime) -> Admission:
         results: list[RateLimitResult] = []
         with self.data.lock:
             state = self.data.user_states.get((tenant, safety_id))

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import delete
 
-from seawall.store.base import Admission, Hit, HitsFor, RateLimitResult, UserState
+from seawall.store.base import Admission, Hit, HitsByStatus, RateLimitResult, UserState
 from seawall.store.schema import as_utc, rate_counters, user_states
 from seawall.store.sql.database import DriverCursor, SqlRole
 from seawall.store.windows import PruneClock, result, room, windows
@@ -62,8 +62,8 @@ class SqlCounters(SqlRole):
         self._prune_if_due(now)
         return counted
 
-    def admit(self, tenant: str, safety_id: str, hits: HitsFor, now: datetime) -> Admission:
-        """The user's stored state and the hits ``hits`` picks for it, in one write transaction
+    def admit(self, tenant: str, safety_id: str, hits: HitsByStatus, now: datetime) -> Admission:
+        """The user's stored state and the hits ``hits`` names for it, in one write transaction
         (on SQLite the write lock is taken first, so nothing changes between the read and the
         counts); stops at the first refused hit."""
         results: list[RateLimitResult] = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -138,6 +139,17 @@ def store_errors(engine: Engine, doing: str) -> Iterator[None]:
         raise StoreError(message) from None
 
 
+class _Kept:
+    """A thread's kept SQLite connection (:meth:`SqlDatabase.driver_transaction`); when the thread
+    ends, this goes with its local storage, and the connection with it (closed when collected)."""
+
+    __slots__ = ("__weakref__", "connection", "generation")
+
+    def __init__(self, connection: Any, generation: int) -> None:
+        self.connection = connection
+        self.generation = generation
+
+
 class SqlDatabase:
     """One engine and what every role needs on it; thread-safe, shared by the roles of one store."""
 
@@ -150,6 +162,18 @@ class SqlDatabase:
         self._serial: AbstractContextManager[Any] = (
             threading.RLock() if is_memory(engine.url) else nullcontext()
         )
+        #: A SQLite file's connection per thread for :meth:`driver_transaction`, taken from the pool
+        #: once and detached from it: the pool's check-out and check-in (with its reset) cost more
+        #: than the statements of a request's admission. PostgreSQL keeps the pool (its pre-ping and
+        #: recycling); an in-memory database is the pool's one connection.
+        self._kept: threading.local | None = (
+            None if self.postgres or is_memory(engine.url) else threading.local()
+        )
+        #: Every kept connection, for :meth:`close` (weakly: a thread that ends takes its own along),
+        #: and the generation they belong to (one kept by a thread across :meth:`close` is replaced).
+        self._kept_all: weakref.WeakSet[_Kept] = weakref.WeakSet()
+        self._kept_lock = threading.Lock()
+        self._generation = 0
 
     @contextmanager
     def transaction(self, doing: str, *, write: bool = False) -> Iterator[Connection]:
@@ -163,14 +187,19 @@ class SqlDatabase:
 
     @contextmanager
     def driver_transaction(self, doing: str) -> Iterator[DriverCursor]:
-        """One write transaction on a pooled connection's driver (sqlite3 or psycopg) cursor,
-        committed at the end, for the few statements every gateway request runs: SQLAlchemy's
-        machinery around each statement cost several times what the database took to run them.
-        SQL goes in with ``?`` placeholders (:class:`DriverCursor`). The pool, its pre-ping and
-        SQLite's connection settings are the engine's; SQLite's write lock is taken first
-        (``BEGIN IMMEDIATE``); failures become :class:`StoreError` naming ``doing``."""
+        """One write transaction on a driver (sqlite3 or psycopg) cursor, committed at the end,
+        for the few statements every gateway request runs: SQLAlchemy's machinery around each
+        statement cost several times what the database took to run them. SQL goes in with ``?``
+        placeholders (:class:`DriverCursor`). The connection is a pooled one (PostgreSQL: the
+        pool's pre-ping), or for a SQLite file the one this thread keeps (see ``_kept``), opened
+        with the engine's settings; SQLite's write lock is taken first (``BEGIN IMMEDIATE``);
+        failures become :class:`StoreError` naming ``doing``."""
         dialect = self.engine.dialect
         dbapi = dialect.loaded_dbapi
+        if self._kept is not None:
+            with store_errors(self.engine, doing), self._kept_transaction(dbapi) as kept:
+                yield kept
+            return
         with self._serial, store_errors(self.engine, doing):
             try:  # the pool hands the driver's own errors through (a database that is down)
                 connection = self.engine.raw_connection()
@@ -195,6 +224,52 @@ class SqlDatabase:
             finally:
                 connection.close()  # back to the pool (an invalidated one is discarded)
 
+    @contextmanager
+    def _kept_transaction(self, dbapi: Any) -> Iterator[DriverCursor]:
+        """:meth:`driver_transaction` on this thread's kept SQLite connection; after a driver error
+        the connection is closed and the next transaction opens another."""
+        try:
+            connection = self._kept_connection()
+        except dbapi.Error as exc:
+            raise DBAPIError.instance(None, None, exc, dbapi.Error) from None
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                yield DriverCursor(cursor, False)
+                connection.commit()
+            except BaseException:
+                connection.rollback()
+                raise
+            finally:
+                cursor.close()
+        except dbapi.Error as exc:
+            self._drop_kept(connection)
+            raise DBAPIError.instance(None, None, exc, dbapi.Error) from None
+
+    def _kept_connection(self) -> Any:
+        """This thread's kept driver connection (opened by the pool, so the engine's connection
+        settings apply, then detached from it)."""
+        assert self._kept is not None
+        kept: _Kept | None = getattr(self._kept, "kept", None)
+        if kept is not None and kept.generation == self._generation:
+            return kept.connection
+        pooled = self.engine.raw_connection()
+        kept = _Kept(pooled.dbapi_connection, self._generation)
+        pooled.detach()  # this thread's now: it no longer counts against the pool
+        with self._kept_lock:
+            self._kept_all.add(kept)
+        self._kept.kept = kept
+        return kept.connection
+
+    def _drop_kept(self, connection: Any) -> None:
+        assert self._kept is not None
+        self._kept.kept = None
+        try:
+            connection.close()
+        except Exception:  # already broken: nothing more to release
+            log.debug("closing a kept SQLite connection failed", exc_info=True)
+
     def insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
         """The dialect's INSERT, which has ``on_conflict_do_update`` (an upsert) on both."""
         return postgresql.insert(table) if self.postgres else sqlite.insert(table)
@@ -205,7 +280,15 @@ class SqlDatabase:
             connection.execute(select(literal(1)))
 
     def close(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled and kept connection (the next transaction opens new ones)."""
+        with self._kept_lock:
+            kept, self._kept_all = list(self._kept_all), weakref.WeakSet()
+            self._generation += 1
+        for each in kept:
+            try:
+                each.connection.close()
+            except Exception:  # closing what another thread may be using: it fails there, not here
+                log.debug("closing a kept SQLite connection failed", exc_info=True)
         self.engine.dispose()
 
 
