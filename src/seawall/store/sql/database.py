@@ -139,6 +139,23 @@ def store_errors(engine: Engine, doing: str) -> Iterator[None]:
         raise StoreError(message) from None
 
 
+@contextmanager
+def _committed(connection: Any, postgres: bool) -> Iterator[DriverCursor]:
+    """A driver cursor on ``connection`` in one transaction (SQLite's write lock taken first,
+    ``BEGIN IMMEDIATE``), committed when the block ends and rolled back when it raises."""
+    cursor = connection.cursor()
+    try:
+        if not postgres:
+            cursor.execute("BEGIN IMMEDIATE")
+        yield DriverCursor(cursor, postgres)
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+    finally:
+        cursor.close()
+
+
 class _Kept:
     """A thread's kept SQLite connection (:meth:`SqlDatabase.driver_transaction`); when the thread
     ends, this goes with its local storage, and the connection with it (closed when collected)."""
@@ -206,17 +223,8 @@ class SqlDatabase:
             except dbapi.Error as exc:
                 raise DBAPIError.instance(None, None, exc, dbapi.Error) from None
             try:
-                cursor = connection.cursor()
-                try:
-                    if not self.postgres:
-                        cursor.execute("BEGIN IMMEDIATE")
-                    yield DriverCursor(cursor, self.postgres)
-                    connection.commit()
-                except BaseException:
-                    connection.rollback()
-                    raise
-                finally:
-                    cursor.close()
+                with _committed(connection, self.postgres) as cursor:
+                    yield cursor
             except dbapi.Error as exc:
                 if dialect.is_disconnect(exc, connection.dbapi_connection, None):
                     connection.invalidate(exc)  # as SQLAlchemy does: never back into the pool
@@ -233,16 +241,8 @@ class SqlDatabase:
         except dbapi.Error as exc:
             raise DBAPIError.instance(None, None, exc, dbapi.Error) from None
         try:
-            cursor = connection.cursor()
-            try:
-                cursor.execute("BEGIN IMMEDIATE")
-                yield DriverCursor(cursor, False)
-                connection.commit()
-            except BaseException:
-                connection.rollback()
-                raise
-            finally:
-                cursor.close()
+            with _committed(connection, postgres=False) as cursor:
+                yield cursor
         except dbapi.Error as exc:
             self._drop_kept(connection)
             raise DBAPIError.instance(None, None, exc, dbapi.Error) from None
