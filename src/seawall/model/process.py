@@ -12,7 +12,8 @@ import ctypes
 def one_blas_thread() -> None:
     """Runs numpy's BLAS on one thread from now on. Beside encoders with their own thread pools the
     heads' products are small, and OpenBLAS's threads fighting those pools cost more than they give
-    (2 cores, ``bench/moderation_api.py``: 50 concurrent clients 188 -> 404 texts/s)."""
+    (2 cores, ``bench/moderation_api.py --contextual on``, alternated runs: 50 concurrent clients
+    276 and 260 -> 354 and 401 texts/s)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")
