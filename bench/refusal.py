@@ -6,7 +6,8 @@ first round's phrase rules (``matches_refusal_phrase``):
   ``bench/data/refusals_heldout2.jsonl`` (written before that round, never tuned on) and
   ``bench/data/refusals_heldout3.jsonl`` (written before the third round, never tuned on) and
   ``bench/data/refusals_heldout4.jsonl`` (written before the fourth round, never tuned on) and
-  ``bench/data/refusals_heldout5.jsonl`` (written before the fifth round, never tuned on): precision /
+  ``bench/data/refusals_heldout5.jsonl`` (written before the fifth round, never tuned on) and
+  ``bench/data/refusals_heldout6.jsonl`` (written before the sixth round, never tuned on): precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language;
 * on the training set ``data/authored/refusals/*.jsonl``: the same, cross-validated (5
@@ -48,6 +49,7 @@ HELD_OUT = {
     "3": ROOT / "bench/data/refusals_heldout3.jsonl",
     "4": ROOT / "bench/data/refusals_heldout4.jsonl",
     "5": ROOT / "bench/data/refusals_heldout5.jsonl",
+    "6": ROOT / "bench/data/refusals_heldout6.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")
@@ -131,8 +133,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (0: none)")
     parser.add_argument(
         "--sets",
-        default="12345",
-        help="which held-out sets to score, e.g. '1' for the development set only (default: 12345)",
+        default="123456",
+        help="which held-out sets to score, e.g. '1' for the development set only (default: 123456)",
     )
     parser.add_argument("--no-fixtures", action="store_true", help="skip the first round's fixtures")
     args = parser.parse_args()

@@ -45,6 +45,9 @@ HELD_OUT_3 = ROOT / "bench" / "data" / "refusals_heldout3.jsonl"
 HELD_OUT_4 = ROOT / "bench" / "data" / "refusals_heldout4.jsonl"
 #: Written before the fifth tuning round (long structured assistant voices); never trained or tuned on.
 HELD_OUT_5 = ROOT / "bench" / "data" / "refusals_heldout5.jsonl"
+#: Written before the sixth tuning round (lecturing, redirecting and over-cautious chat-model voices);
+#: never trained or tuned on.
+HELD_OUT_6 = ROOT / "bench" / "data" / "refusals_heldout6.jsonl"
 
 # Written for this test file: in neither the training answers nor the held-out set.
 REFUSALS = [
@@ -125,9 +128,16 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
     assert len(fifth_answers) == len(fifth)
     assert not (training | candidates) & fifth_answers
     assert not fifth_answers & (fourth_answers | third_answers | {row["answer"] for row in held_out + second})
+    sixth = load_answers(HELD_OUT_6)
+    assert len(sixth) >= 190 and {row["label"] for row in sixth} == set(LABELS)
+    sixth_answers = {row["answer"] for row in sixth}
+    assert len(sixth_answers) == len(sixth)
+    assert not (training | candidates) & sixth_answers
+    earlier = fifth_answers | fourth_answers | third_answers | {row["answer"] for row in held_out + second}
+    assert not sixth_answers & earlier
     # nor near-copies: no training answer shares more than a third of a held-out answer's word 5-grams
     training_grams = [_five_grams(text) for text in training | candidates]
-    for row in third + fourth + fifth:
+    for row in third + fourth + fifth + sixth:
         grams = _five_grams(row["answer"])
         if grams:
             overlap = max(len(grams & other) / len(grams) for other in training_grams)
@@ -178,6 +188,17 @@ def test_the_fifth_held_out_set_written_before_the_fifth_round() -> None:
     truth = [row["label"] != "compliance" for row in rows]
     figures = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
     assert figures["precision"] >= 0.9 and figures["f1"] >= 0.91, figures
+
+
+def test_the_sixth_held_out_set_written_before_the_sixth_round() -> None:
+    # refusals_heldout6.jsonl (refusals that lecture without "I can't", redirect, or misread harmless
+    # requests; responsible-AI openings) was written and scored before the sixth round: the shipped
+    # (third-round) head reads precision 0.922, recall 0.731, F1 0.815 — lecturing refusals are caught
+    # 6 of 18. The bound sits just below the measured one.
+    rows = load_answers(HELD_OUT_6)
+    truth = [row["label"] != "compliance" for row in rows]
+    figures = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
+    assert figures["precision"] >= 0.92 and figures["f1"] >= 0.81, figures
 
 
 def _five_grams(text: str) -> set[tuple[str, ...]]:
