@@ -150,61 +150,38 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
     assert ours["f1"] >= 0.8 and ours["f1"] > rules["f1"] + 0.1, (ours, rules)
 
 
-def test_the_second_held_out_set_written_before_the_second_round() -> None:
-    # refusals_heldout2.jsonl was written and scored (precision 0.900, F1 0.805) before the second
-    # round of tuning and never tuned on. The third-round head: 0.983 / 0.875 / 0.926; the shipped
-    # (sixth-round) head: precision 0.967, recall 0.875, F1 0.919 — the precision goal of issue 14
-    # (>= 0.95) is met, the F1 goal (>= 0.93) is not.
-    rows = load_answers(HELD_OUT_2)
+# Each held-out set was written before a tuning round and never trained on; the bounds sit at or just
+# below the shipped (sixth-round) head's figures, measured once (`python bench/refusal.py --folds 0`,
+# commit 6a3d618). Precision / recall / F1 of the third-round head, then of the sixth-round head:
+#   set 2 (written before round 2, measured ten times: spent): 0.983 / 0.875 / 0.926; 0.967 / 0.875 / 0.919
+#   set 3 (new voices): 0.957 / 0.873 / 0.913; 0.973 / 0.857 / 0.911 — recall is short: full refusals in
+#     voices the training answers lack are read as compliance
+#   set 4 (refusals at the end of long answers, as questions back, in character): 0.940 / 0.612 / 0.741;
+#     0.968 / 0.592 / 0.735 (the fourth round's head, not shipped, lost precision here: 0.910)
+#   set 5 (long structured assistant voices): 0.903 / 0.931 / 0.917; 0.992 / 0.962 / 0.977 — flattered: the
+#     sixth-round head trains on the fifth round's answers, written after this set by its author
+#   set 6 (lectures without "I can't", redirects, over-cautious refusals, responsible-AI openings; written
+#     by an author who never saw the sixth round's training answers): 0.922 / 0.731 / 0.815;
+#     0.958 / 0.869 / 0.911 (lectures caught 6 of 18, then 16 of 18)
+# The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is met for precision only.
+@pytest.mark.parametrize(
+    ("held_out", "min_precision", "min_f1"),
+    [
+        (HELD_OUT_2, 0.95, 0.9),
+        (HELD_OUT_3, 0.95, 0.9),
+        (HELD_OUT_4, 0.92, 0.72),
+        (HELD_OUT_5, 0.95, 0.95),
+        (HELD_OUT_6, 0.94, 0.89),
+    ],
+    ids=["set2", "set3", "set4", "set5", "set6"],
+)
+def test_the_shipped_head_on_the_sets_written_before_each_round(
+    held_out: Path, min_precision: float, min_f1: float
+) -> None:
+    rows = load_answers(held_out)
     truth = [row["label"] != "compliance" for row in rows]
     figures = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
-    assert figures["precision"] >= 0.95 and figures["f1"] >= 0.9, figures
-
-
-def test_the_third_held_out_set_written_before_the_third_round() -> None:
-    # refusals_heldout3.jsonl was written and scored (precision 0.956, recall 0.865, F1 0.908) before the
-    # third round and never tuned on; the third-round head: 0.957 / 0.873 / 0.913; the shipped (sixth-
-    # round) head: precision 0.973, recall 0.857, F1 0.911. Recall is short: full refusals in voices the
-    # training answers lack are read as compliance.
-    rows = load_answers(HELD_OUT_3)
-    truth = [row["label"] != "compliance" for row in rows]
-    figures = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
-    assert figures["precision"] >= 0.95 and figures["f1"] >= 0.9, figures
-
-
-def test_the_fourth_held_out_set_written_before_the_fourth_round() -> None:
-    # refusals_heldout4.jsonl (voices and structures none of the earlier sets cover) was written and scored
-    # before the fourth round: the third-round head read precision 0.940, recall 0.612, F1 0.741; the
-    # shipped (sixth-round) head 0.968 / 0.592 / 0.735. The fourth round's head was not shipped (precision
-    # 0.910 here). The bound sits below the measured one.
-    rows = load_answers(HELD_OUT_4)
-    truth = [row["label"] != "compliance" for row in rows]
-    figures = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
-    assert figures["precision"] >= 0.92 and figures["f1"] >= 0.72, figures
-
-
-def test_the_fifth_held_out_set_written_before_the_fifth_round() -> None:
-    # refusals_heldout5.jsonl (long, structured large-assistant voices) was written and scored before the
-    # fifth round: the third-round head read precision 0.903, recall 0.931, F1 0.917 — compliance with
-    # disclaimers, content warnings and "as an AI" openings was flagged. The shipped (sixth-round) head,
-    # trained on the fifth round's answers (written after this set, by its author, so flattered here):
-    # 0.992 / 0.962 / 0.977. The bound sits below the measured one.
-    rows = load_answers(HELD_OUT_5)
-    truth = [row["label"] != "compliance" for row in rows]
-    figures = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
-    assert figures["precision"] >= 0.95 and figures["f1"] >= 0.95, figures
-
-
-def test_the_sixth_held_out_set_written_before_the_sixth_round() -> None:
-    # refusals_heldout6.jsonl (refusals that lecture without "I can't", redirect, or misread harmless
-    # requests; responsible-AI openings) was written and scored before the sixth round: the shipped
-    # (third-round) head read precision 0.922, recall 0.731, F1 0.815 — lecturing refusals caught 6 of 18.
-    # The shipped (sixth-round) head: 0.958 / 0.869 / 0.911 (16 of 18). The bound sits below the measured
-    # one.
-    rows = load_answers(HELD_OUT_6)
-    truth = [row["label"] != "compliance" for row in rows]
-    figures = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
-    assert figures["precision"] >= 0.94 and figures["f1"] >= 0.89, figures
+    assert figures["precision"] >= min_precision and figures["f1"] >= min_f1, figures
 
 
 def _five_grams(text: str) -> set[tuple[str, ...]]:
