@@ -445,6 +445,10 @@ def decline_position(text: str) -> tuple[float, float, float, float]:
     return 1.0, before / total, after / total, float(np.log1p(after) / 6.0)
 
 
+def _undeclined(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE.split(fold(text)) if s.strip() and not _decline_hit(s)]
+
+
 def delivered_outside_declines(text: str, values: Sequence[str]) -> bool:
     """True if one of ``values`` is stated in a sentence of ``text`` that does not itself decline.
 
@@ -453,11 +457,7 @@ def delivered_outside_declines(text: str, values: Sequence[str]) -> bool:
     whatever the classifier called the whole answer: full against partial is its weakest distinction.
     """
     wanted = [fold(value).casefold() for value in values if value.strip()]
-    for sentence in _SENTENCE.split(fold(text)):
-        folded = sentence.casefold()
-        if any(value in folded for value in wanted) and not _decline_hit(sentence):
-            return True
-    return False
+    return any(value in sentence.casefold() for sentence in _undeclined(text) for value in wanted)
 
 
 # ----------------------------------------------------------------- windows and features
