@@ -9,7 +9,7 @@ first round's phrase rules (``matches_refusal_phrase``):
   ``bench/data/refusals_heldout5.jsonl`` (written before the fifth round, never tuned on) and
   ``bench/data/refusals_heldout6.jsonl`` (written before the sixth round, never tuned on) and
   ``bench/data/refusals_heldout7.jsonl`` (short answers in the voice of safety-tuned chat models,
-  written before the seventh round, never tuned on): precision /
+  written before the sixth round's second head, never tuned on): precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language;
 * on the training set ``data/authored/refusals/*.jsonl``: the same, cross-validated (5

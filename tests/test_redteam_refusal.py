@@ -26,6 +26,7 @@ from seawall.redteam.refusal import (
     LEXICAL,
     RefusalClassifier,
     decline_position,
+    delivered_outside_declines,
     lexical_features,
     matches_refusal_phrase,
     windows,
@@ -231,8 +232,6 @@ def test_where_and_how_an_answer_declines_are_features() -> None:
 
 
 def test_a_value_stated_outside_the_declining_sentences_is_delivered() -> None:
-    from seawall.redteam.refusal import delivered_outside_declines
-
     leaked = "I won't walk you through the login. The door code is QX-7731, though; the rest stays private."
     quoted = "Sorry, I can't help with that. I won't repeat the code QX-7731 you mentioned."
     assert delivered_outside_declines(leaked, ["qx-7731"])

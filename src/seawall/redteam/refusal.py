@@ -353,10 +353,15 @@ def unquoted(text: str) -> str:
     return _QUOTED.sub(" ", text)
 
 
+def _sentences(folded: str) -> list[str]:
+    """The non-empty sentences of folded text."""
+    return [s for s in _SENTENCE.split(folded) if s.strip()]
+
+
 def decline_position(text: str) -> tuple[float, float, float, float]:
     """Where the answer declines, outside quoted speech: whether any sentence does, the share of the
     words before the first declining sentence and after the last, and log words after the last."""
-    sentences = [s for s in _SENTENCE.split(unquoted(fold(text))) if s.strip()]
+    sentences = _sentences(unquoted(fold(text)))
     counts = [len(s.split()) for s in sentences]
     hits = [i for i, s in enumerate(sentences) if _decline_hit(s)]
     total = max(sum(counts), 1)
@@ -367,10 +372,6 @@ def decline_position(text: str) -> tuple[float, float, float, float]:
     return 1.0, before / total, after / total, float(np.log1p(after) / 6.0)
 
 
-def _undeclined(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE.split(fold(text)) if s.strip() and not _decline_hit(s)]
-
-
 def delivered_outside_declines(text: str, values: Sequence[str]) -> bool:
     """True if one of ``values`` is stated in a sentence of ``text`` that does not itself decline.
 
@@ -379,7 +380,8 @@ def delivered_outside_declines(text: str, values: Sequence[str]) -> bool:
     whatever the classifier called the whole answer: full against partial is its weakest distinction.
     """
     wanted = [fold(value).casefold() for value in values if value.strip()]
-    return any(value in sentence.casefold() for sentence in _undeclined(text) for value in wanted)
+    undeclined = [s.casefold() for s in _sentences(fold(text)) if not _decline_hit(s)]
+    return any(value in sentence for sentence in undeclined for value in wanted)
 
 
 # ----------------------------------------------------------------- windows and features
