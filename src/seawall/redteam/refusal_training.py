@@ -2,15 +2,16 @@
 
 ``seawall redteam train-refusal`` (or :func:`train_refusal`) reads labelled answers (every
 ``*.jsonl`` in ``data/authored/refusals/`` of a source checkout), embeds them with the contextual
-encoder, fits a multinomial logistic head with scikit-learn (the ``train`` extra) at a fixed seed,
-picks the refusal threshold from out-of-fold probabilities, and writes ``refusal_head.npz``.
+encoder, fits the head (:class:`~seawall.redteam.refusal.RefusalHead`: one-hidden-layer networks
+fitted with scikit-learn, the ``train`` extra, at fixed seeds), picks the refusal threshold from
+out-of-fold probabilities, and writes ``refusal_head.npz``.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,18 @@ from seawall.redteam.refusal import (
     FEATURE_VERSION,
     LABELS,
     LEXICAL,
+    RefusalHead,
     features,
 )
 
 Progress = Callable[[str], None]
-#: Regularisation of the head (inverse strength, scikit-learn's ``C``).
-DEFAULT_C = 0.02
+#: The head: this many networks (seeds ``seed`` .. ``seed + NETWORKS - 1``), each with this many
+#: hidden units and this L2 penalty (scikit-learn's ``alpha``). Chosen on out-of-fold figures of the
+#: hand-written training answers in the sixth round (a linear head, the earlier recipe, scored 0.871
+#: F1 there against 0.898; 32-128 units and alpha 0.3-3 were within 0.006 of each other).
+NETWORKS = 5
+HIDDEN_UNITS = 64
+DEFAULT_ALPHA = 1.0
 #: The threshold is the one that maximises F1 (refusal vs compliance) on out-of-fold predictions
 #: among those whose precision is at least this. Above the goal of 0.95 on purpose: on answers written
 #: apart from the training set (``bench/data/refusals_heldout.jsonl``, the development set of the
@@ -94,42 +101,43 @@ def embed(texts: Sequence[str], encoder: Any, progress: Progress | None = None) 
     return np.concatenate(blocks) if blocks else np.zeros((0, 4 * 384 + len(LEXICAL)), dtype=np.float32)
 
 
-@dataclass
-class Head:
-    coef: NDArray[np.float32]
-    intercept: NDArray[np.float32]
-    mean: NDArray[np.float32]
-    scale: NDArray[np.float32]
-
-    def probabilities(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
-        logits = ((x - self.mean) / self.scale) @ self.coef.T + self.intercept
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return np.asarray(exp / exp.sum(axis=1, keepdims=True), dtype=np.float32)
-
-
 def fit_head(
     x: NDArray[np.float32],
     y: NDArray[np.int64],
-    c: float = DEFAULT_C,
+    alpha: float = DEFAULT_ALPHA,
     seed: int = 0,
     lexical_weight: float | None = None,
-) -> Head:
-    """A standardised multinomial logistic regression over the features (classes balanced)."""
-    from sklearn.linear_model import LogisticRegression
+) -> RefusalHead:
+    """Standardise the features and fit :data:`NETWORKS` one-hidden-layer networks on them."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
 
     mean = x.mean(axis=0)
     scale = np.maximum(x.std(axis=0), 1e-3)
     scale[-len(LEXICAL) :] /= LEXICAL_WEIGHT if lexical_weight is None else lexical_weight
-    model = LogisticRegression(C=c, max_iter=3000, class_weight="balanced", random_state=seed)
-    model.fit((x - mean) / scale, y)
-    if list(model.classes_) != list(range(len(LABELS))):
-        raise DataError("the training answers must hold every label")
-    return Head(
-        model.coef_.astype(np.float32),
-        model.intercept_.astype(np.float32),
+    z = (x - mean) / scale
+    networks = []
+    for k in range(NETWORKS):
+        network = MLPClassifier((HIDDEN_UNITS,), alpha=alpha, max_iter=300, random_state=seed + k)
+        with warnings.catch_warnings():  # a fold's small subset can stop at max_iter: still usable
+            warnings.simplefilter("ignore", category=ConvergenceWarning)
+            network.fit(z, y)
+        if list(network.classes_) != list(range(len(LABELS))):
+            raise DataError("the training answers must hold every label")
+        networks.append(network)
+    return head_from_networks(mean, scale, networks)
+
+
+def head_from_networks(mean: NDArray[Any], scale: NDArray[Any], networks: Sequence[Any]) -> RefusalHead:
+    """The numpy head of fitted scikit-learn ``MLPClassifier`` networks (one ReLU hidden layer, softmax
+    output) over features standardised by ``mean`` and ``scale``."""
+    return RefusalHead(
         mean.astype(np.float32),
         scale.astype(np.float32),
+        np.stack([n.coefs_[0] for n in networks]).astype(np.float32),
+        np.stack([n.intercepts_[0] for n in networks]).astype(np.float32),
+        np.stack([n.coefs_[1] for n in networks]).astype(np.float32),
+        np.stack([n.intercepts_[1] for n in networks]).astype(np.float32),
     )
 
 
@@ -137,7 +145,7 @@ def out_of_fold(
     x: NDArray[np.float32],
     y: NDArray[np.int64],
     groups: Sequence[str],
-    c: float = DEFAULT_C,
+    alpha: float = DEFAULT_ALPHA,
     folds: int = 5,
     seed: int = 0,
 ) -> NDArray[np.float32]:
@@ -147,7 +155,7 @@ def out_of_fold(
     out = np.zeros((len(y), len(LABELS)), dtype=np.float32)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train, test in splitter.split(x, y, groups):
-        out[test] = fit_head(x[train], y[train], c, seed).probabilities(x[test])
+        out[test] = fit_head(x[train], y[train], alpha, seed).probabilities(x[test])
     return out
 
 
@@ -178,7 +186,7 @@ def train_refusal(
     answers: Path,
     out: Path = ARTEFACT,
     *,
-    c: float = DEFAULT_C,
+    alpha: float = DEFAULT_ALPHA,
     seed: int = 0,
     encoder: Any = None,
     progress: Progress | None = None,
@@ -196,21 +204,18 @@ def train_refusal(
     folds = min(5, min(int((y == k).sum()) for k in range(len(LABELS))))
     if folds < 2:
         raise DataError("each label needs at least two answers to pick a threshold")
-    oof = out_of_fold(x, y, groups, c, folds, seed)
+    oof = out_of_fold(x, y, groups, alpha, folds, seed)
     threshold = choose_threshold(oof, y)
-    head = fit_head(x, y, c, seed)
+    head = fit_head(x, y, alpha, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("wb") as handle:
-        np.savez_compressed(
-            handle,
-            feature_version=np.array(FEATURE_VERSION),
-            labels=np.array(LABELS),
-            coef=head.coef,
-            intercept=head.intercept,
-            mean=head.mean,
-            scale=head.scale,
-            threshold=np.array(threshold),
-        )
+        arrays: dict[str, Any] = {
+            "feature_version": np.array(FEATURE_VERSION),
+            "labels": np.array(LABELS),
+            "threshold": np.array(threshold),
+            **head.arrays(),
+        }
+        np.savez_compressed(handle, **arrays)
     predicted = [bool(p[1] + p[2] >= threshold) for p in oof]
     figures = binary_figures([int(k) != 0 for k in y], predicted)
     three_way = float(np.mean(oof.argmax(axis=1) == y))
