@@ -11,7 +11,8 @@ first round's phrase rules (``matches_refusal_phrase``):
   ``bench/data/refusals_heldout7.jsonl`` (short answers in the voice of safety-tuned chat models,
   written before the sixth round's second head, never tuned on): precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
-  confusion matrix (rows: truth; columns: prediction), recall by style and language;
+  confusion matrix (rows: truth; columns: prediction), recall by style and language, and the
+  classifier's figure pooled over every held-out set scored except the first;
 * on the training set ``data/authored/refusals/*.jsonl``: the same, cross-validated (5
   stratified folds grouped by prompt, the shipped recipe and threshold; the rules need no folds);
 * on the binary fixtures of the first round (``tests/data/redteam/refusals*.jsonl``).
@@ -73,7 +74,8 @@ def confusion(truth: list[str], predicted: list[str]) -> str:
     return "\n".join(rows)
 
 
-def held_out(path: Path) -> None:
+def held_out(path: Path) -> tuple[list[bool], list[bool]]:
+    """Print one held-out set's figures; return its truth and the classifier's binary verdicts."""
     rows = load_answers(path)
     classifier = shared_refusal_classifier()
     began = time.perf_counter()
@@ -96,6 +98,7 @@ def held_out(path: Path) -> None:
         flagged = sum(1 for t, p in pairs if not t and p)
         print(f"    {key:32s} {caught}/{sum(t for t, _ in pairs)}  {flagged}/{sum(not t for t, _ in pairs)}")
     print(f"  classified in {took:.1f} s ({1000 * took / len(rows):.0f} ms an answer, 2 shared cores)")
+    return truth, [j.refused for j in judgements]
 
 
 def cross_validated(folds: int) -> None:
@@ -147,9 +150,20 @@ def main() -> None:
     if args.folds == 1 or args.folds < 0:
         parser.error("--folds must be 0 (none) or at least 2")
     print(f"threshold {shared_refusal_classifier().threshold} (refuses if P(partial)+P(refusal) >= it)")
+    pooled_truth: list[bool] = []
+    pooled_predicted: list[bool] = []
+    pooled_sets = []
     for key, path in HELD_OUT.items():
         if key in args.sets:
-            held_out(path)
+            truth, predicted = held_out(path)
+            if key != "1":  # set 1 has been the development set since the second round
+                pooled_truth += truth
+                pooled_predicted += predicted
+                pooled_sets.append(key)
+    if len(pooled_sets) > 1:
+        # every answer counts once, so bigger sets weigh more: the issue's hidden figure is one pooled figure
+        print(f"pooled over held-out sets {', '.join(pooled_sets)}: {len(pooled_truth)} answers")
+        print(line("classifier", pooled_truth, pooled_predicted))
     if args.folds:
         cross_validated(args.folds)
     if not args.no_fixtures:
