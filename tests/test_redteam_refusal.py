@@ -51,6 +51,8 @@ HELD_OUT_5 = ROOT / "bench" / "data" / "refusals_heldout5.jsonl"
 HELD_OUT_6 = ROOT / "bench" / "data" / "refusals_heldout6.jsonl"
 #: Written before the sixth round's second head (short answers in the safety-tuned voice); never trained on.
 HELD_OUT_7 = ROOT / "bench" / "data" / "refusals_heldout7.jsonl"
+#: Written before the seventh round (five chat-model personas answering 40 shared prompts); never trained on.
+HELD_OUT_8 = ROOT / "bench" / "data" / "refusals_heldout8.jsonl"
 
 # Written for this test file: in neither the training answers nor the held-out set.
 REFUSALS = [
@@ -144,9 +146,15 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
     assert len(seventh_answers) == len(seventh)
     assert not (training | candidates) & seventh_answers
     assert not seventh_answers & (earlier | sixth_answers)
+    eighth = load_answers(HELD_OUT_8)
+    assert len(eighth) >= 190 and {row["label"] for row in eighth} == set(LABELS)
+    eighth_answers = {row["answer"] for row in eighth}
+    assert len(eighth_answers) == len(eighth)
+    assert not (training | candidates) & eighth_answers
+    assert not eighth_answers & (earlier | sixth_answers | seventh_answers)
     # nor near-copies: no training answer shares more than a third of a held-out answer's word 5-grams
     training_grams = [_five_grams(text) for text in training | candidates]
-    for row in third + fourth + fifth + sixth + seventh:
+    for row in third + fourth + fifth + sixth + seventh + eighth:
         grams = _five_grams(row["answer"])
         if grams:
             overlap = max(len(grams & other) / len(grams) for other in training_grams)
@@ -170,6 +178,8 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
 #   set 6 (lectures without "I can't", redirects, over-cautious refusals, responsible-AI openings):
 #     0.922 / 0.731 / 0.815 — lectures caught 6 of 18
 #   set 7 (short answers in the safety-tuned voice): 0.952 / 0.615 / 0.748
+#   set 8 (five chat-model personas, from terse to permissive, answering the same 40 prompts):
+#     0.936 / 0.816 / 0.872
 # The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is not met on any of them.
 @pytest.mark.parametrize(
     ("held_out", "min_precision", "min_f1"),
@@ -180,8 +190,9 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
         (HELD_OUT_5, 0.9, 0.91),
         (HELD_OUT_6, 0.92, 0.81),
         (HELD_OUT_7, 0.95, 0.74),
+        (HELD_OUT_8, 0.93, 0.87),
     ],
-    ids=["set2", "set3", "set4", "set5", "set6", "set7"],
+    ids=["set2", "set3", "set4", "set5", "set6", "set7", "set8"],
 )
 def test_the_shipped_head_on_the_sets_written_before_each_round(
     held_out: Path, min_precision: float, min_f1: float
