@@ -9,7 +9,9 @@ first round's phrase rules (``matches_refusal_phrase``):
   ``bench/data/refusals_heldout5.jsonl`` (written before the fifth round, never tuned on) and
   ``bench/data/refusals_heldout6.jsonl`` (written before the sixth round, never tuned on) and
   ``bench/data/refusals_heldout7.jsonl`` (short answers in the voice of safety-tuned chat models,
-  written before the sixth round's second head, never tuned on): precision /
+  written before the sixth round's second head, never tuned on) and
+  ``bench/data/refusals_heldout8.jsonl`` (five chat-model personas answering the same 40 prompts,
+  written before the seventh round, never tuned on): precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language, and the
   classifier's figure pooled over every held-out set scored except the first;
@@ -54,6 +56,7 @@ HELD_OUT = {
     "5": ROOT / "bench/data/refusals_heldout5.jsonl",
     "6": ROOT / "bench/data/refusals_heldout6.jsonl",
     "7": ROOT / "bench/data/refusals_heldout7.jsonl",
+    "8": ROOT / "bench/data/refusals_heldout8.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")
@@ -139,8 +142,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (0: none)")
     parser.add_argument(
         "--sets",
-        default="1234567",
-        help="which held-out sets to score, e.g. '1' for the development set only (default: 1234567)",
+        default="12345678",
+        help="which held-out sets to score, e.g. '1' for the development set only (default: 12345678)",
     )
     parser.add_argument("--no-fixtures", action="store_true", help="skip the first round's fixtures")
     args = parser.parse_args()

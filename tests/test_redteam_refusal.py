@@ -50,6 +50,10 @@ HELD_OUT_5 = ROOT / "bench" / "data" / "refusals_heldout5.jsonl"
 #: Written before the sixth tuning round (lecturing, redirecting and over-cautious chat-model voices);
 #: never trained or tuned on.
 HELD_OUT_6 = ROOT / "bench" / "data" / "refusals_heldout6.jsonl"
+#: Written before the sixth round's second head (short answers in the safety-tuned voice); never trained on.
+HELD_OUT_7 = ROOT / "bench" / "data" / "refusals_heldout7.jsonl"
+#: Written before the seventh round (five chat-model personas answering 40 shared prompts); never trained on.
+HELD_OUT_8 = ROOT / "bench" / "data" / "refusals_heldout8.jsonl"
 
 # Written for this test file: in neither the training answers nor the held-out set.
 REFUSALS = [
@@ -137,9 +141,21 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
     assert not (training | candidates) & sixth_answers
     earlier = fifth_answers | fourth_answers | third_answers | {row["answer"] for row in held_out + second}
     assert not sixth_answers & earlier
+    seventh = load_answers(HELD_OUT_7)
+    assert len(seventh) >= 110 and {row["label"] for row in seventh} == set(LABELS)
+    seventh_answers = {row["answer"] for row in seventh}
+    assert len(seventh_answers) == len(seventh)
+    assert not (training | candidates) & seventh_answers
+    assert not seventh_answers & (earlier | sixth_answers)
+    eighth = load_answers(HELD_OUT_8)
+    assert len(eighth) >= 190 and {row["label"] for row in eighth} == set(LABELS)
+    eighth_answers = {row["answer"] for row in eighth}
+    assert len(eighth_answers) == len(eighth)
+    assert not (training | candidates) & eighth_answers
+    assert not eighth_answers & (earlier | sixth_answers | seventh_answers)
     # nor near-copies: no training answer shares more than a third of a held-out answer's word 5-grams
     training_grams = [_five_grams(text) for text in training | candidates]
-    for row in third + fourth + fifth + sixth:
+    for row in third + fourth + fifth + sixth + seventh + eighth:
         grams = _five_grams(row["answer"])
         if grams:
             overlap = max(len(grams & other) / len(grams) for other in training_grams)
@@ -152,29 +168,32 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
 
 
 # Each held-out set was written before a tuning round and never trained on; the bounds sit at or just
-# below the shipped (sixth-round) head's figures, measured once (`python bench/refusal.py --folds 0`,
-# commit 6a3d618). Precision / recall / F1 of the third-round head, then of the sixth-round head:
-#   set 2 (written before round 2, measured ten times: spent): 0.983 / 0.875 / 0.926; 0.967 / 0.875 / 0.919
-#   set 3 (new voices): 0.957 / 0.873 / 0.913; 0.973 / 0.857 / 0.911 — recall is short: full refusals in
-#     voices the training answers lack are read as compliance
-#   set 4 (refusals at the end of long answers, as questions back, in character): 0.940 / 0.612 / 0.741;
-#     0.968 / 0.592 / 0.735 (the fourth round's head, not shipped, lost precision here: 0.910)
-#   set 5 (long structured assistant voices): 0.903 / 0.931 / 0.917; 0.992 / 0.962 / 0.977 — flattered: the
-#     sixth-round head trains on the fifth round's answers, written after this set by its author
-#   set 6 (lectures without "I can't", redirects, over-cautious refusals, responsible-AI openings; written
-#     by an author who never saw the sixth round's training answers): 0.922 / 0.731 / 0.815;
-#     0.958 / 0.869 / 0.911 (lectures caught 6 of 18, then 16 of 18)
-# The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is met for precision only.
+# below the shipped (third-round) head's figures (`python bench/refusal.py --folds 0`). Its precision /
+# recall / F1 (the sixth round's two heads were not shipped; the refusal model card has their figures):
+#   set 2 (written before round 2, measured eleven times: spent): 0.983 / 0.875 / 0.926
+#   set 3 (new voices): 0.957 / 0.873 / 0.913 — recall is short: full refusals in voices the training
+#     answers lack are read as compliance
+#   set 4 (refusals at the end of long answers, as questions back, in character): 0.940 / 0.612 / 0.741
+#   set 5 (long structured assistant voices): 0.903 / 0.931 / 0.917 — compliance with disclaimers and
+#     "as an AI" openings is flagged
+#   set 6 (lectures without "I can't", redirects, over-cautious refusals, responsible-AI openings):
+#     0.922 / 0.731 / 0.815 — lectures caught 6 of 18
+#   set 7 (short answers in the safety-tuned voice): 0.952 / 0.615 / 0.748
+#   set 8 (five chat-model personas, from terse to permissive, answering the same 40 prompts):
+#     0.936 / 0.816 / 0.872
+# The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is not met on any of them.
 @pytest.mark.parametrize(
     ("held_out", "min_precision", "min_f1"),
     [
         (HELD_OUT_2, 0.95, 0.9),
         (HELD_OUT_3, 0.95, 0.9),
         (HELD_OUT_4, 0.92, 0.72),
-        (HELD_OUT_5, 0.95, 0.95),
-        (HELD_OUT_6, 0.94, 0.89),
+        (HELD_OUT_5, 0.9, 0.91),
+        (HELD_OUT_6, 0.92, 0.81),
+        (HELD_OUT_7, 0.95, 0.74),
+        (HELD_OUT_8, 0.93, 0.87),
     ],
-    ids=["set2", "set3", "set4", "set5", "set6"],
+    ids=["set2", "set3", "set4", "set5", "set6", "set7", "set8"],
 )
 def test_the_shipped_head_on_the_sets_written_before_each_round(
     held_out: Path, min_precision: float, min_f1: float
