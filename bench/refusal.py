@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from seawall.redteam.refusal import LABELS, matches_refusal_phrase, shared_refusal_classifier  # noqa: E402
 from seawall.redteam.refusal_training import (  # noqa: E402
-    DEFAULT_ALPHA,
+    DEFAULT_C,
     binary_figures,
     embed,
     load_answers,
@@ -110,7 +110,7 @@ def cross_validated(folds: int) -> None:
     x = embed([r["answer"] for r in rows], classifier.encoder)
     y = np.array([LABELS.index(r["label"]) for r in rows], dtype=np.int64)  # type: ignore[arg-type]
     groups = [r.get("prompt") or r["answer"] for r in rows]
-    oof = out_of_fold(x, y, groups, DEFAULT_ALPHA, folds, seed=0)
+    oof = out_of_fold(x, y, groups, DEFAULT_C, folds, seed=0)
     score = oof[:, 1] + oof[:, 2]
     predicted_labels = []
     for p, s in zip(oof, score, strict=True):
