@@ -6,10 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from seawall.errors import ModelArtefactError
 from seawall.settings import ModerationSettings
 
 #: Benchmark figures kept next to the artefacts (written by bench/loso.py and bench/multilingual.py).
 EVALUATION_FILE = "evaluation.json"
+#: The ``evaluation.json`` key of paragraphs written by hand (figures from benchmarks the training report
+#: does not hold, caveats), keyed by the heading of the card section they close. The card is always
+#: rewritten whole, so a paragraph edited into ``MODEL_CARD.md`` would be lost at the next rewrite.
+CARD_NOTES = "card_notes"
 
 #: Every source the training mix can draw on: (folder, origin, licence).
 SOURCE_LICENCES: dict[str, tuple[str, str, str]] = {
@@ -165,7 +170,7 @@ def _evaluation_sections(evaluation: dict[str, Any] | None) -> list[str]:
                     f"{figures['any_auprc']} | {figures['false_positive_rate']} "
                     f"| {figures['mean_label_auprc']} |"
                 )
-        lines.append("")
+        lines += ["", *_loso_means(loso), ""]
     languages = evaluation.get("multilingual")
     if languages:
         lines += [
@@ -187,6 +192,34 @@ def _evaluation_sections(evaluation: dict[str, Any] | None) -> list[str]:
         lines.append("")
     lines += _multilingual_stage_sections(evaluation)
     return lines
+
+
+def _loso_means(loso: list[dict[str, Any]]) -> list[str]:
+    """One line: each mode's any-category and per-label AUPRC averaged over the folds that measured it."""
+    parts = []
+    for mode in dict.fromkeys(mode for fold in loso for mode in fold["modes"]):
+        measured = [fold["modes"][mode] for fold in loso if mode in fold["modes"]]
+        any_auprc = sum(f["any_auprc"] for f in measured) / len(measured)
+        per_label = sum(f["mean_label_auprc"] for f in measured) / len(measured)
+        parts.append(f"`{mode}` {any_auprc:.4f}; {per_label:.4f}")
+    return [f"Means over the {len(loso)} folds (any-category AUPRC; per-label AUPRC): {'. '.join(parts)}."]
+
+
+def _with_notes(lines: list[str], notes: dict[str, list[str]]) -> list[str]:
+    """``lines`` with each section's hand-written paragraphs (:data:`CARD_NOTES`) at its end."""
+    out = list(lines)
+    for heading, paragraphs in notes.items():
+        try:
+            start = out.index(f"## {heading}")
+        except ValueError:
+            raise ModelArtefactError(
+                f"{EVALUATION_FILE}: {CARD_NOTES} names a section the card does not have: {heading!r}"
+            ) from None
+        end = next((i for i in range(start + 1, len(out)) if out[i].startswith("## ")), len(out))
+        while end > start + 1 and out[end - 1] == "":
+            end -= 1
+        out[end:end] = [line for paragraph in paragraphs for line in ("", *paragraph.splitlines())]
+    return out
 
 
 def _language_weaknesses(evaluation: dict[str, Any] | None) -> list[str]:
@@ -487,4 +520,5 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         "  in `bench/data`) come from `python bench/quality.py`, not from training.",
         "",
     ]
+    lines = _with_notes(lines, (evaluation or {}).get(CARD_NOTES, {}))
     path.write_text("\n".join(lines), encoding="utf-8")
