@@ -13,9 +13,15 @@ from seawall.model.classifier import default_model_dir
 from seawall.training.model_card import CARD_NOTES, EVALUATION_FILE, refresh_model_card
 
 
-def _copy(tmp_path: Path) -> Path:
+def _copy(tmp_path: Path, notes: dict[str, list[str]] | None = None) -> Path:
+    """A copy of the shipped artefacts, with ``notes`` as evaluation.json's card notes when given."""
     folder = tmp_path / "artefacts"
     shutil.copytree(default_model_dir(), folder)
+    if notes is not None:
+        path = folder / EVALUATION_FILE
+        evaluation = json.loads(path.read_text(encoding="utf-8"))
+        evaluation[CARD_NOTES] = notes
+        path.write_text(json.dumps(evaluation), encoding="utf-8")
     return folder
 
 
@@ -29,11 +35,7 @@ def test_the_shipped_card_is_what_the_generator_writes(tmp_path: Path) -> None:
 
 
 def test_hand_written_notes_close_their_section_and_survive_a_rewrite(tmp_path: Path) -> None:
-    folder = _copy(tmp_path)
-    path = folder / EVALUATION_FILE
-    evaluation = json.loads(path.read_text(encoding="utf-8"))
-    evaluation[CARD_NOTES] = {"Thresholds": ["A note on the thresholds,\nover two lines."]}
-    path.write_text(json.dumps(evaluation), encoding="utf-8")
+    folder = _copy(tmp_path, {"Thresholds": ["A note on the thresholds,\nover two lines."]})
     refresh_model_card(folder)
     card = (folder / "MODEL_CARD.md").read_text(encoding="utf-8")
     section = card.split("## Thresholds\n", 1)[1].split("\n## ", 1)[0]
@@ -43,11 +45,7 @@ def test_hand_written_notes_close_their_section_and_survive_a_rewrite(tmp_path: 
 
 
 def test_a_note_for_a_section_the_card_lacks_is_a_clear_error(tmp_path: Path) -> None:
-    folder = _copy(tmp_path)
-    path = folder / EVALUATION_FILE
-    evaluation = json.loads(path.read_text(encoding="utf-8"))
-    evaluation[CARD_NOTES] = {"No such section": ["text"]}
-    path.write_text(json.dumps(evaluation), encoding="utf-8")
+    folder = _copy(tmp_path, {"No such section": ["text"]})
     with pytest.raises(ModelArtefactError, match="No such section"):
         refresh_model_card(folder)
 
