@@ -37,13 +37,13 @@ def main() -> None:
     args = parser.parse_args()
     if not args.other_stage.is_file():
         parser.error(f"--other-stage: no such file {args.other_stage}")
-    shipped = TextClassifier.load(default_model_dir(), multilingual="on")
+    shipped = TextClassifier.load(default_model_dir(), contextual=False, multilingual="on")
     with tempfile.TemporaryDirectory() as folder:
         other_dir = Path(folder)
         for path in default_model_dir().iterdir():
             shutil.copy(path, other_dir / path.name)
         shutil.copy(args.other_stage, other_dir / "multilingual.npz")
-        other = TextClassifier.load(other_dir, multilingual="on")
+        other = TextClassifier.load(other_dir, contextual=False, multilingual="on")
     sources = {name: TRAINING_SOURCES[name] for name in REALISTIC_SOURCES}
     rows = load_sources(args.data, sources, lambda name, count: print(f"loaded {name}: {count} rows"))
     texts = [row.text for row in rows]

@@ -54,6 +54,18 @@ HELD_OUT_6 = ROOT / "bench" / "data" / "refusals_heldout6.jsonl"
 HELD_OUT_7 = ROOT / "bench" / "data" / "refusals_heldout7.jsonl"
 #: Written before the seventh round (five chat-model personas answering 40 shared prompts); never trained on.
 HELD_OUT_8 = ROOT / "bench" / "data" / "refusals_heldout8.jsonl"
+#: Every held-out set in the order written: (file, least rows, whether its answers are checked for
+#: duplicates and near-copies of training answers, whether it is checked against the candidates too).
+HELD_OUT_SETS = (
+    (HELD_OUT, 300, False, False),
+    (HELD_OUT_2, 200, False, False),
+    (HELD_OUT_3, 190, True, False),
+    (HELD_OUT_4, 190, True, True),
+    (HELD_OUT_5, 190, True, True),
+    (HELD_OUT_6, 190, True, True),
+    (HELD_OUT_7, 110, True, True),
+    (HELD_OUT_8, 190, True, True),
+)
 
 # Written for this test file: in neither the training answers nor the held-out set.
 REFUSALS = [
@@ -107,59 +119,29 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
     answers = default_answers()
     assert answers is not None
     training = {row["answer"] for row in load_answers(answers)}
-    held_out = load_answers(HELD_OUT)
-    assert len(held_out) >= 300 and not training & {row["answer"] for row in held_out}
-    assert {row["label"] for row in held_out} == set(LABELS)
-    second = load_answers(HELD_OUT_2)
-    assert len(second) >= 200 and {row["label"] for row in second} == set(LABELS)
-    assert not training & {row["answer"] for row in second}
-    assert not {row["answer"] for row in held_out} & {row["answer"] for row in second}
-    third = load_answers(HELD_OUT_3)
-    assert len(third) >= 190 and {row["label"] for row in third} == set(LABELS)
-    third_answers = {row["answer"] for row in third}
-    assert len(third_answers) == len(third)
-    assert not training & third_answers
-    assert not third_answers & ({row["answer"] for row in held_out} | {row["answer"] for row in second})
-    fourth = load_answers(HELD_OUT_4)
-    assert len(fourth) >= 190 and {row["label"] for row in fourth} == set(LABELS)
-    fourth_answers = {row["answer"] for row in fourth}
-    assert len(fourth_answers) == len(fourth)
-    # data/authored/refusals/candidates/ is checked too: a later round may train on it
+    # data/authored/refusals/candidates/ is checked too (from set 4, written after it): a later round may
+    # train on it
     candidates = {row["answer"] for row in load_answers(answers / "candidates")}
-    assert not (training | candidates) & fourth_answers
-    assert not fourth_answers & (third_answers | {row["answer"] for row in held_out + second})
-    fifth = load_answers(HELD_OUT_5)
-    assert len(fifth) >= 190 and {row["label"] for row in fifth} == set(LABELS)
-    fifth_answers = {row["answer"] for row in fifth}
-    assert len(fifth_answers) == len(fifth)
-    assert not (training | candidates) & fifth_answers
-    assert not fifth_answers & (fourth_answers | third_answers | {row["answer"] for row in held_out + second})
-    sixth = load_answers(HELD_OUT_6)
-    assert len(sixth) >= 190 and {row["label"] for row in sixth} == set(LABELS)
-    sixth_answers = {row["answer"] for row in sixth}
-    assert len(sixth_answers) == len(sixth)
-    assert not (training | candidates) & sixth_answers
-    earlier = fifth_answers | fourth_answers | third_answers | {row["answer"] for row in held_out + second}
-    assert not sixth_answers & earlier
-    seventh = load_answers(HELD_OUT_7)
-    assert len(seventh) >= 110 and {row["label"] for row in seventh} == set(LABELS)
-    seventh_answers = {row["answer"] for row in seventh}
-    assert len(seventh_answers) == len(seventh)
-    assert not (training | candidates) & seventh_answers
-    assert not seventh_answers & (earlier | sixth_answers)
-    eighth = load_answers(HELD_OUT_8)
-    assert len(eighth) >= 190 and {row["label"] for row in eighth} == set(LABELS)
-    eighth_answers = {row["answer"] for row in eighth}
-    assert len(eighth_answers) == len(eighth)
-    assert not (training | candidates) & eighth_answers
-    assert not eighth_answers & (earlier | sixth_answers | seventh_answers)
+    earlier: set[str] = set()
+    near_copies_checked: list[dict[str, Any]] = []
+    for path, least, distinct, against_candidates in HELD_OUT_SETS:
+        rows = load_answers(path)
+        answers_here = {row["answer"] for row in rows}
+        assert len(rows) >= least and {row["label"] for row in rows} == set(LABELS), path.name
+        if distinct:
+            assert len(answers_here) == len(rows), path.name
+            near_copies_checked += rows
+        assert not (training | (candidates if against_candidates else set())) & answers_here, path.name
+        assert not answers_here & earlier, path.name
+        earlier |= answers_here
     # nor near-copies: no training answer shares more than a third of a held-out answer's word 5-grams
     training_grams = [_five_grams(text) for text in training | candidates]
-    for row in third + fourth + fifth + sixth + seventh + eighth:
+    for row in near_copies_checked:
         grams = _five_grams(row["answer"])
         if grams:
             overlap = max(len(grams & other) / len(grams) for other in training_grams)
             assert overlap <= 1 / 3, (overlap, row["answer"])
+    held_out = load_answers(HELD_OUT)
     sample = held_out[::4]  # every fourth answer: all labels, styles and languages, in seconds
     truth = [row["label"] != "compliance" for row in sample]
     ours = binary_figures(truth, [is_refusal(row["answer"]) for row in sample])
