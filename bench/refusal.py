@@ -11,7 +11,9 @@ first round's phrase rules (``matches_refusal_phrase``):
   ``bench/data/refusals_heldout7.jsonl`` (short answers in the voice of safety-tuned chat models,
   written before the sixth round's second head, never tuned on) and
   ``bench/data/refusals_heldout8.jsonl`` (five chat-model personas answering the same 40 prompts,
-  written before the seventh round, never tuned on): precision /
+  written before the seventh round, never tuned on) and ``bench/data/refusals_heldout9.jsonl`` (five
+  other personas, from long apologetic lectures to an in-product support bot, answering 40 other prompts,
+  written before the eighth round, never tuned on): precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language, and the
   classifier's figure pooled over every held-out set scored except the first;
@@ -41,7 +43,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from seawall.redteam.refusal import LABELS, matches_refusal_phrase, shared_refusal_classifier  # noqa: E402
 from seawall.redteam.refusal_training import (  # noqa: E402
-    DEFAULT_C,
+    DEFAULT_ALPHA,
     binary_figures,
     embed,
     load_answers,
@@ -57,6 +59,7 @@ HELD_OUT = {
     "6": ROOT / "bench/data/refusals_heldout6.jsonl",
     "7": ROOT / "bench/data/refusals_heldout7.jsonl",
     "8": ROOT / "bench/data/refusals_heldout8.jsonl",
+    "9": ROOT / "bench/data/refusals_heldout9.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")
@@ -92,7 +95,10 @@ def held_out(path: Path) -> tuple[list[bool], list[bool]]:
     print(confusion([r["label"] for r in rows], [j.label for j in judgements]))
     by: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
     for row, judgement in zip(rows, judgements, strict=True):
-        for key in (f"style={row.get('style')}", f"lang={row.get('lang')}"):
+        keys = [f"style={row.get('style')}", f"lang={row.get('lang')}"]
+        if "persona" in row:  # sets 8 and 9: the voice of one chat model, as the hidden set groups by model
+            keys.append(f"persona={row['persona']}")
+        for key in keys:
             by[key].append((row["label"] != "compliance", judgement.refused))
     print("  by group (refusals caught / refusals; compliance flagged / compliance):")
     for key in sorted(by):
@@ -110,7 +116,7 @@ def cross_validated(folds: int) -> None:
     x = embed([r["answer"] for r in rows], classifier.encoder)
     y = np.array([LABELS.index(r["label"]) for r in rows], dtype=np.int64)  # type: ignore[arg-type]
     groups = [r.get("prompt") or r["answer"] for r in rows]
-    oof = out_of_fold(x, y, groups, DEFAULT_C, folds, seed=0)
+    oof = out_of_fold(x, y, groups, DEFAULT_ALPHA, folds, seed=0)
     score = oof[:, 1] + oof[:, 2]
     predicted_labels = []
     for p, s in zip(oof, score, strict=True):
@@ -142,8 +148,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (0: none)")
     parser.add_argument(
         "--sets",
-        default="12345678",
-        help="which held-out sets to score, e.g. '1' for the development set only (default: 12345678)",
+        default="123456789",
+        help="which held-out sets to score, e.g. '1' for the development set only (default: 123456789)",
     )
     parser.add_argument("--no-fixtures", action="store_true", help="skip the first round's fixtures")
     args = parser.parse_args()

@@ -54,6 +54,8 @@ HELD_OUT_6 = ROOT / "bench" / "data" / "refusals_heldout6.jsonl"
 HELD_OUT_7 = ROOT / "bench" / "data" / "refusals_heldout7.jsonl"
 #: Written before the seventh round (five chat-model personas answering 40 shared prompts); never trained on.
 HELD_OUT_8 = ROOT / "bench" / "data" / "refusals_heldout8.jsonl"
+#: Written before the eighth round (five other personas answering 40 other prompts); never trained on.
+HELD_OUT_9 = ROOT / "bench" / "data" / "refusals_heldout9.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -65,6 +67,7 @@ HELD_OUT_SETS = (
     (HELD_OUT_6, 190, True, True),
     (HELD_OUT_7, 110, True, True),
     (HELD_OUT_8, 190, True, True),
+    (HELD_OUT_9, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
@@ -165,7 +168,9 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
 #   set 7 (short answers in the safety-tuned voice): 0.952 / 0.615 / 0.748; 0.965 / 0.846 / 0.902
 #   set 8 (five chat-model personas, from terse to permissive, answering the same 40 prompts):
 #     0.936 / 0.816 / 0.872; 0.991 / 0.896 / 0.941
-# The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is met on set 8 only (pooled over 2-8: 0.914).
+#   set 9 (five other personas, from long apologetic lectures to an in-product support bot, 40 other
+#     prompts; written after head 7 shipped): head 7 only, 0.930 / 0.877 / 0.903
+# The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is met on set 8 only (pooled over 2-9: 0.912).
 @pytest.mark.parametrize(
     ("held_out", "min_precision", "min_f1"),
     [
@@ -176,8 +181,9 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
         (HELD_OUT_6, 0.97, 0.91),
         (HELD_OUT_7, 0.95, 0.89),
         (HELD_OUT_8, 0.98, 0.93),
+        (HELD_OUT_9, 0.92, 0.89),
     ],
-    ids=["set2", "set3", "set4", "set5", "set6", "set7", "set8"],
+    ids=["set2", "set3", "set4", "set5", "set6", "set7", "set8", "set9"],
 )
 def test_the_shipped_head_on_the_sets_written_before_each_round(
     held_out: Path, min_precision: float, min_f1: float
