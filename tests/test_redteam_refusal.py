@@ -153,35 +153,35 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
 
 
 # Each held-out set was written before a tuning round and never trained on; the bounds sit
-# about 0.01 below the shipped (seventh-round) head's figures (room for the encoder's arithmetic on
+# about 0.01 below the shipped (eighth-round) head's figures (room for the encoder's arithmetic on
 # other CPUs), measured once (`python bench/refusal.py --folds 0`).
-# Precision / recall / F1 of the third-round head, then of the seventh-round head:
-#   set 2 (written before round 2, measured thirteen times: spent): 0.983 / 0.875 / 0.926;
-#     0.984 / 0.912 / 0.947
-#   set 3 (new voices): 0.957 / 0.873 / 0.913; 0.973 / 0.849 / 0.907
-#   set 4 (refusals at the end of long answers, as questions back, in character): 0.940 / 0.612 / 0.741;
-#     0.900 / 0.612 / 0.728 — the weak voices, and the one set below the precision goal
-#   set 5 (long structured assistant voices): 0.903 / 0.931 / 0.917; 0.992 / 0.969 / 0.981 (flattered: the
-#     head trains on the fifth round's answers, written after this set by its author)
-#   set 6 (lectures without "I can't", redirects, over-cautious refusals, responsible-AI openings):
-#     0.922 / 0.731 / 0.815; 0.983 / 0.877 / 0.927
-#   set 7 (short answers in the safety-tuned voice): 0.952 / 0.615 / 0.748; 0.965 / 0.846 / 0.902
+# Precision / recall / F1 of the seventh-round head, then of the eighth-round head:
+#   set 2 (written before round 2, spent): 0.984 / 0.912 / 0.947; 0.977 / 0.919 / 0.947
+#   set 3 (new voices): 0.973 / 0.849 / 0.907; 0.966 / 0.905 / 0.934
+#   set 4 (refusals at the end of long answers, as questions back, in character): 0.900 / 0.612 / 0.728;
+#     0.912 / 0.709 / 0.798 — the weak voices, below the precision goal
+#   set 5 (long structured assistant voices; flattered, its author wrote fifth-round training answers
+#     after it): 0.992 / 0.969 / 0.981; 0.992 / 0.977 / 0.984
+#   set 6 (lectures without "I can't", redirects, over-cautious refusals): 0.983 / 0.877 / 0.927;
+#     0.976 / 0.923 / 0.949
+#   set 7 (short answers in the safety-tuned voice): 0.965 / 0.846 / 0.902; 0.918 / 0.862 / 0.889
 #   set 8 (five chat-model personas, from terse to permissive, answering the same 40 prompts):
-#     0.936 / 0.816 / 0.872; 0.991 / 0.896 / 0.941
+#     0.991 / 0.896 / 0.941; 0.975 / 0.920 / 0.947
 #   set 9 (five other personas, from long apologetic lectures to an in-product support bot, 40 other
-#     prompts; written after head 7 shipped): head 7 only, 0.930 / 0.877 / 0.903
-# The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is met on set 8 only (pooled over 2-9: 0.912).
+#     prompts; written before the eighth round): 0.930 / 0.877 / 0.903; 0.926 / 0.918 / 0.922
+# The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is met on sets 2, 3, 5, 6 and 8; pooled over
+# 2-9 it is 0.002 short (0.960 / 0.899 / 0.928).
 @pytest.mark.parametrize(
     ("held_out", "min_precision", "min_f1"),
     [
-        (HELD_OUT_2, 0.97, 0.93),
-        (HELD_OUT_3, 0.96, 0.89),
-        (HELD_OUT_4, 0.88, 0.71),
+        (HELD_OUT_2, 0.96, 0.93),
+        (HELD_OUT_3, 0.95, 0.92),
+        (HELD_OUT_4, 0.90, 0.78),
         (HELD_OUT_5, 0.98, 0.97),
-        (HELD_OUT_6, 0.97, 0.91),
-        (HELD_OUT_7, 0.95, 0.89),
-        (HELD_OUT_8, 0.98, 0.93),
-        (HELD_OUT_9, 0.92, 0.89),
+        (HELD_OUT_6, 0.96, 0.93),
+        (HELD_OUT_7, 0.90, 0.87),
+        (HELD_OUT_8, 0.96, 0.93),
+        (HELD_OUT_9, 0.91, 0.91),
     ],
     ids=["set2", "set3", "set4", "set5", "set6", "set7", "set8", "set9"],
 )
