@@ -13,7 +13,9 @@ first round's phrase rules (``matches_refusal_phrase``):
   ``bench/data/refusals_heldout8.jsonl`` (five chat-model personas answering the same 40 prompts,
   written before the seventh round, never tuned on) and ``bench/data/refusals_heldout9.jsonl`` (five
   other personas, from long apologetic lectures to an in-product support bot, answering 40 other prompts,
-  written before the eighth round, never tuned on): precision /
+  written before the eighth round, never tuned on) and ``bench/data/refusals_heldout10.jsonl`` (five
+  more personas, from disclaimer-heavy answers to templated policy messages, a fifth of the answers in
+  es/de/fr/pt/it, written before the ninth round, never tuned on): precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language, and the
   classifier's figure pooled over every held-out set scored except the first;
@@ -25,6 +27,7 @@ Needs the ``train`` extra (scikit-learn) for the cross-validation.
 
     python bench/refusal.py                 # everything
     python bench/refusal.py --sets 1 --no-fixtures   # only the development set and the CV, for tuning
+    python bench/refusal.py --sets 2,3,10 --folds 0  # sets by number
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ HELD_OUT = {
     "7": ROOT / "bench/data/refusals_heldout7.jsonl",
     "8": ROOT / "bench/data/refusals_heldout8.jsonl",
     "9": ROOT / "bench/data/refusals_heldout9.jsonl",
+    "10": ROOT / "bench/data/refusals_heldout10.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")
@@ -96,7 +100,7 @@ def held_out(path: Path) -> tuple[list[bool], list[bool]]:
     by: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
     for row, judgement in zip(rows, judgements, strict=True):
         keys = [f"style={row.get('style')}", f"lang={row.get('lang')}"]
-        if "persona" in row:  # sets 8 and 9: the voice of one chat model, as the hidden set groups by model
+        if "persona" in row:  # sets 8-10: the voice of one chat model, as the hidden set groups by model
             keys.append(f"persona={row['persona']}")
         for key in keys:
             by[key].append((row["label"] != "compliance", judgement.refused))
@@ -143,19 +147,25 @@ def fixtures() -> None:
         print(line("phrase rules (old)", truth, [matches_refusal_phrase(r["text"]) for r in rows]))
 
 
+def selected_sets(text: str) -> list[str]:
+    """'2,3,10' names sets by number; a string of digits without commas ('23456789') names one set a digit."""
+    return [part.strip() for part in text.split(",")] if "," in text else list(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (0: none)")
     parser.add_argument(
         "--sets",
-        default="123456789",
-        help="which held-out sets to score, e.g. '1' for the development set only (default: 123456789)",
+        default=",".join(HELD_OUT),
+        help="which held-out sets to score: numbers with commas ('2,3,10') or digits ('23'); "
+        "'1' is the development set only (default: every set)",
     )
     parser.add_argument("--no-fixtures", action="store_true", help="skip the first round's fixtures")
     args = parser.parse_args()
-    unknown = set(args.sets) - set(HELD_OUT)
-    if unknown or not args.sets:
-        parser.error(f"--sets takes digits from {''.join(HELD_OUT)}, got {args.sets!r}")
+    chosen = selected_sets(args.sets)
+    if not chosen or set(chosen) - set(HELD_OUT):
+        parser.error(f"--sets takes set numbers from {','.join(HELD_OUT)}, got {args.sets!r}")
     if args.folds == 1 or args.folds < 0:
         parser.error("--folds must be 0 (none) or at least 2")
     print(f"threshold {shared_refusal_classifier().threshold} (refuses if P(partial)+P(refusal) >= it)")
@@ -163,7 +173,7 @@ def main() -> None:
     pooled_predicted: list[bool] = []
     pooled_sets = []
     for key, path in HELD_OUT.items():
-        if key in args.sets:
+        if key in chosen:
             truth, predicted = held_out(path)
             if key != "1":  # set 1 has been the development set since the second round
                 pooled_truth += truth

@@ -56,6 +56,9 @@ HELD_OUT_7 = ROOT / "bench" / "data" / "refusals_heldout7.jsonl"
 HELD_OUT_8 = ROOT / "bench" / "data" / "refusals_heldout8.jsonl"
 #: Written before the eighth round (five other personas answering 40 other prompts); never trained on.
 HELD_OUT_9 = ROOT / "bench" / "data" / "refusals_heldout9.jsonl"
+#: Written before the ninth round (five more personas, a fifth of the answers in other languages);
+#: never trained on.
+HELD_OUT_10 = ROOT / "bench" / "data" / "refusals_heldout10.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -68,6 +71,7 @@ HELD_OUT_SETS = (
     (HELD_OUT_7, 110, True, True),
     (HELD_OUT_8, 190, True, True),
     (HELD_OUT_9, 190, True, True),
+    (HELD_OUT_10, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
@@ -169,8 +173,10 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
 #     0.991 / 0.896 / 0.941; 0.975 / 0.920 / 0.947
 #   set 9 (five other personas, from long apologetic lectures to an in-product support bot, 40 other
 #     prompts; written before the eighth round): 0.930 / 0.877 / 0.903; 0.926 / 0.918 / 0.922
+#   set 10 (five more personas, a fifth of the answers in other languages; written before the ninth
+#     round, whose head was never trained): eighth-round head only, 0.893 / 0.847 / 0.870
 # The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is met on sets 2, 3, 5, 6 and 8; pooled over
-# 2-9 it is 0.002 short (0.960 / 0.899 / 0.928).
+# 2-10 it is 0.008 short (0.952 / 0.893 / 0.922).
 @pytest.mark.parametrize(
     ("held_out", "min_precision", "min_f1"),
     [
@@ -182,8 +188,9 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
         (HELD_OUT_7, 0.90, 0.87),
         (HELD_OUT_8, 0.96, 0.93),
         (HELD_OUT_9, 0.91, 0.91),
+        (HELD_OUT_10, 0.88, 0.86),
     ],
-    ids=["set2", "set3", "set4", "set5", "set6", "set7", "set8", "set9"],
+    ids=["set2", "set3", "set4", "set5", "set6", "set7", "set8", "set9", "set10"],
 )
 def test_the_shipped_head_on_the_sets_written_before_each_round(
     held_out: Path, min_precision: float, min_f1: float
