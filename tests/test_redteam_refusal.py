@@ -442,9 +442,35 @@ def test_training_is_reproducible_and_writes_a_loadable_head(tmp_path: Path) -> 
     assert 0.2 <= head.threshold <= 0.9
     judged = head.classify([REFUSALS[0], COMPLIANCE[0]])
     assert judged[0].score > judged[1].score
+    # a threshold given by hand is kept, and the out-of-fold figures are reported at it
+    kept = train_refusal(data, tmp_path / "k.npz", seed=3, threshold=0.37, encoder=encoder)
+    assert kept["threshold"] == 0.37 and first["threshold"] != 0.37
+    assert RefusalClassifier.load(tmp_path / "k.npz", encoder=encoder).threshold == pytest.approx(0.37)
+    # a lower threshold can only catch more of the refusing answers out of fold, a higher one fewer
+    lower = first["threshold"] > 0.37
+    assert kept["recall"] >= first["recall"] if lower else kept["recall"] <= first["recall"]
+    from seawall.errors import ConfigurationError, DataError
+
+    with pytest.raises(ConfigurationError, match="between 0 and 1"):
+        train_refusal(data, tmp_path / "z.npz", threshold=1.5, encoder=encoder)
+    assert not (tmp_path / "z.npz").exists()
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"answer": "hi", "label": "maybe"}))
-    from seawall.errors import DataError
 
     with pytest.raises(DataError, match="label 'maybe'"):
         train_refusal(bad, tmp_path / "c.npz", encoder=encoder)
+
+
+def test_train_refusal_command_refuses_a_threshold_outside_zero_and_one(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from seawall.redteam.cli import app as redteam_cli
+
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"answer": "No.", "label": "refusal"}))
+    out = tmp_path / "head.npz"
+    result = CliRunner().invoke(
+        redteam_cli, ["train-refusal", "--answers", str(answers), "-o", str(out), "--threshold", "0"]
+    )
+    assert result.exit_code != 0 and "between 0 and 1" in result.output, result.output
+    assert not out.exists()

@@ -369,6 +369,14 @@ def train_refusal_command(
         Path | None, typer.Option("--output", "-o", help="Where to write the head; default: the shipped one.")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the folds and the solver.")] = 0,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            help="Keep this refusal threshold (between 0 and 1) instead of the out-of-fold choice, whose "
+            "precision floor moves with the share of hard look-alikes in the answers.",
+        ),
+    ] = None,
 ) -> None:
     """Retrain the three-way refusal classifier (needs the 'train' extra: scikit-learn)."""
     try:
@@ -380,7 +388,13 @@ def train_refusal_command(
     if source is None:
         raise fail("no answers: pass --answers FILE (the authored set lives in a source checkout)")
     try:
-        train_refusal(source, output or ARTEFACT, seed=seed, progress=lambda line: console.print(line))
+        train_refusal(
+            source,
+            output or ARTEFACT,
+            seed=seed,
+            threshold=threshold,
+            progress=lambda line: console.print(line),
+        )
     except ImportError as exc:
         raise fail(f"training needs the 'train' extra (pip install 'seawall[train]'): {exc}") from exc
     except SeawallError as exc:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from seawall.errors import DataError
+from seawall.errors import ConfigurationError, DataError
 from seawall.redteam.refusal import (
     ARTEFACT,
     FEATURE_VERSION,
@@ -188,12 +188,20 @@ def train_refusal(
     *,
     alpha: float = DEFAULT_ALPHA,
     seed: int = 0,
+    threshold: float | None = None,
     encoder: Any = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Fit the head on ``answers`` and write it to ``out``; returns the out-of-fold figures."""
+    """Fit the head on ``answers`` and write it to ``out``; returns the out-of-fold figures.
+
+    ``threshold`` keeps that refusal threshold instead of the out-of-fold choice (:func:`choose_threshold`),
+    whose precision floor moves the threshold when the answers hold a larger share of hard look-alikes;
+    the out-of-fold figures are reported at whichever threshold is written.
+    """
     from seawall.redteam.refusal import _default_encoder
 
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ConfigurationError(f"the refusal threshold must lie strictly between 0 and 1, got {threshold}")
     rows = load_answers(answers)
     encoder = encoder or _default_encoder()
     if progress:
@@ -205,7 +213,8 @@ def train_refusal(
     if folds < 2:
         raise DataError("each label needs at least two answers to pick a threshold")
     oof = out_of_fold(x, y, groups, alpha, folds, seed)
-    threshold = choose_threshold(oof, y)
+    if threshold is None:
+        threshold = choose_threshold(oof, y)
     head = fit_head(x, y, alpha, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("wb") as handle:
