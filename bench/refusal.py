@@ -148,8 +148,10 @@ def fixtures() -> None:
 
 
 def selected_sets(text: str) -> list[str]:
-    """'2,3,10' names sets by number; a string of digits without commas ('23456789') names one set a digit."""
-    return [part.strip() for part in text.split(",")] if "," in text else list(text)
+    """'2,3,10' and '10' name sets by number; other digits without commas ('2345') name one set a digit."""
+    if "," in text:
+        return [part.strip() for part in text.split(",")]
+    return [text] if text in HELD_OUT else list(text)
 
 
 def main() -> None:
