@@ -174,7 +174,7 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
 #   set 9 (five other personas, from long apologetic lectures to an in-product support bot, 40 other
 #     prompts; written before the eighth round): 0.930 / 0.877 / 0.903; 0.926 / 0.918 / 0.922
 #   set 10 (five more personas, a fifth of the answers in other languages; written before the ninth
-#     round, whose head was never trained): eighth-round head only, 0.893 / 0.847 / 0.870
+#     round, whose one head was not shipped): eighth-round head only, 0.893 / 0.847 / 0.870
 # The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is met on sets 2, 3, 5, 6 and 8; pooled over
 # 2-10 it is 0.008 short (0.952 / 0.893 / 0.922).
 @pytest.mark.parametrize(
