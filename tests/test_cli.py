@@ -494,3 +494,22 @@ def test_help_lists_the_commands() -> None:
     assert completed.returncode == 0
     for command in ("serve", "moderate", "eval", "train", "config"):
         assert command in completed.stdout
+
+
+def test_train_refuses_a_fine_tune_without_the_contextual_stage(tmp_path: Path) -> None:
+    # Refused before any data is read: the data folder does not even exist.
+    result = run(
+        "train",
+        "--data",
+        str(tmp_path / "none"),
+        "--out",
+        str(tmp_path / "out"),
+        "--finetune-rows",
+        "5",
+        "--no-contextual",
+    )
+    assert result.returncode == 2
+    assert "--finetune-rows" in result.stderr and "--contextual" in result.stderr
+    assert not (tmp_path / "out").exists()
+    negative = run("train", "--data", str(tmp_path), "--finetune-rows", "-1")
+    assert negative.returncode == 2 and "Invalid value for '--finetune-rows'" in negative.stderr

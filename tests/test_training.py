@@ -186,3 +186,46 @@ def test_small_training_run_writes_working_artefacts(tmp_path: Path) -> None:
     assert scores[0, harassment] > scores[2, harassment]
     assert scores[1, injection] > scores[2, injection]
     assert report["dev"]["summary"]["any_auprc"] > 0.6
+
+
+@needs_data
+@pytest.mark.training
+def test_a_fine_tuned_encoder_ships_with_its_head_and_a_stock_retrain_drops_it(tmp_path: Path) -> None:
+    from seawall.model.context import CONTEXT_ENCODER_FILE, onnx_model_path
+
+    out = tmp_path / "model"
+    config = TrainConfig(
+        data_dir=DATA,
+        authored_dir=default_authored_dir(),
+        out_dir=out,
+        limit_per_source=60,
+        sources=("jigsaw", "davidson", "hatecheck"),
+        semantic=False,
+        screen_score=None,
+        context_rows_per_source=30,
+        embedding_cache=tmp_path / "cache",
+        encoder_store=tmp_path / "encoders",
+        finetune_rows_per_source=6,
+        multilingual=False,
+    )
+    messages: list[str] = []
+    report = train(config, progress=messages.append)
+    encoder = report["contextual"]["encoder"]
+    assert encoder["fine_tuned"] is True and encoder["rows"] > 50 and encoder["export_min_cosine"] > 0.99
+    assert any(message.startswith("fine-tuning the encoder: epoch 1/1") for message in messages)
+    shipped = out / CONTEXT_ENCODER_FILE
+    assert shipped.is_file() and list((tmp_path / "encoders").glob("*.onnx"))
+    # Its vectors are cached apart from the stock encoder's.
+    assert list((tmp_path / "cache").glob("encoder-*/shard_*.npy"))
+    assert not list((tmp_path / "cache").glob("shard_*.npy"))
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "fine-tuned by `seawall train --finetune-rows`" in card and str(encoder["rows"]) in card
+    model = TextClassifier.load(out, multilingual="off")
+    assert model.context is not None and model.context.encoder.model_file == shipped  # type: ignore[attr-defined]
+
+    config.finetune_rows_per_source = 0
+    train(config, progress=messages.append)
+    assert not shipped.exists(), "a head fitted on the stock encoder must not ship beside a fine-tuned one"
+    assert "The encoder is the stock export, frozen" in (out / "MODEL_CARD.md").read_text()
+    stock = TextClassifier.load(out, multilingual="off")
+    assert stock.context is not None and stock.context.encoder.model_file == onnx_model_path()  # type: ignore[attr-defined]

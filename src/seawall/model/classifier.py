@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 
 from seawall.categories import PARENT
 from seawall.errors import ModelArtefactError
-from seawall.model.context import ContextEncoder, SentenceEncoder, latin_share
+from seawall.model.context import CONTEXT_ENCODER_FILE, ContextEncoder, SentenceEncoder, latin_share
 from seawall.model.embeddings import TOKENIZER_FILE, VECTORS_FILE, StaticEncoder
 from seawall.model.features import FeatureConfig, Featurizer, sparse_dot
 from seawall.model.gloss import Glossary, shared_glossary
@@ -79,7 +79,8 @@ class ModelMeta:
 
 @dataclass(frozen=True)
 class ContextStage:
-    """The contextual stage's trained parts (the encoder itself ships in a package)."""
+    """The contextual stage's trained parts and its encoder (the stock export from a package, or a
+    fine-tuned one among the artefacts)."""
 
     encoder: SentenceEncoder
     #: (hidden, n_labels) output weights and (n_labels,) bias of the head; over MiniLM's 384
@@ -197,8 +198,13 @@ class TextClassifier:
             if contextual and (directory / CONTEXT_FILE).exists():
                 parts = np.load(directory / CONTEXT_FILE)
                 band = raw.get("contextual", {}).get("band", [0.2, 0.8])
+                fine_tuned = directory / CONTEXT_ENCODER_FILE
                 context = ContextStage(
-                    ContextEncoder(directory / TOKENIZER_FILE, threads=threads),
+                    ContextEncoder(
+                        directory / TOKENIZER_FILE,
+                        fine_tuned if fine_tuned.exists() else None,
+                        threads=threads,
+                    ),
                     parts["weights"].astype(np.float32),
                     parts["bias"].astype(np.float32),
                     parts["blend"].astype(np.float32),

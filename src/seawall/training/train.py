@@ -40,12 +40,18 @@ from seawall.model.classifier import (
     default_model_dir,
     dense_features,
 )
+from seawall.model.context import CONTEXT_ENCODER_FILE
 from seawall.model.embeddings import TOKENIZER_FILE, VECTORS_FILE, StaticEncoder, token_idf
 from seawall.model.features import FeatureConfig, Featurizer, SparseRows, split_words
 from seawall.model.gloss import shared_glossary
 from seawall.model.multilingual import MULTILINGUAL_FILE
 from seawall.model.normalize import normalize
-from seawall.training.contextual import CONTEXT_HIDDEN, CONTEXT_ROWS_PER_SOURCE, fit_context_stage
+from seawall.training.contextual import (
+    CONTEXT_HIDDEN,
+    CONTEXT_ROWS_PER_SOURCE,
+    fine_tuned_encoder,
+    fit_context_stage,
+)
 from seawall.training.datasets import (
     ANNOTATED_LABELS,
     HELD_OUT_SOURCES,
@@ -55,6 +61,7 @@ from seawall.training.datasets import (
     load_sources,
 )
 from seawall.training.distill import distil
+from seawall.training.finetune import FinetuneConfig
 from seawall.training.model_card import write_model_card
 
 Progress = Callable[[str], None]
@@ -91,6 +98,13 @@ class TrainConfig:
     context_hidden: int = CONTEXT_HIDDEN
     #: Where MiniLM vectors of training texts are cached between runs.
     embedding_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "seawall" / "embeddings")
+    #: Fine-tune the contextual stage's encoder on at most this many training rows a source before
+    #: its head is fitted (torch, the ``train`` extra); 0: keep the stock all-MiniLM-L6-v2 frozen.
+    finetune_rows_per_source: int = 0
+    #: The fine-tuning recipe (epochs, batch size, learning rates, seed).
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    #: Where fine-tuned encoders are kept between runs (by a digest of their rows and recipe).
+    encoder_store: Path = field(default_factory=lambda: Path.home() / ".cache" / "seawall" / "encoders")
     #: Sources held out of training and dev and scored at the end (leave-one-source-out).
     exclude_sources: tuple[str, ...] = ()
     #: Write the artefacts and model card (off for evaluation-only folds).
@@ -370,13 +384,31 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
     calibration = {"fast": fast_thresholds}
     context = None
     context_fit = None
+    encoder_file: Path | None = None
     if config.contextual:
         from seawall.model.context import ContextEncoder
         from seawall.training.embedding_cache import EmbeddingCache
 
         tokenizer_file = default_model_dir() / TOKENIZER_FILE
-        runtime_encoder = ContextEncoder(tokenizer_file)
-        cache = EmbeddingCache(config.embedding_cache, runtime_encoder)
+        encoder_facts: dict[str, Any] = {}
+        cache_dir = config.embedding_cache
+        if config.finetune_rows_per_source:
+            encoder_file, encoder_facts = fine_tuned_encoder(
+                train_rows,
+                y_train,
+                ignored,
+                raw.featurizer,
+                config.finetune_rows_per_source,
+                config.finetune,
+                config.encoder_store,
+                tokenizer_file,
+                progress,
+            )
+            # Vectors of a fine-tuned encoder are its own: they are cached apart from the stock ones.
+            cache_dir = config.embedding_cache / f"encoder-{encoder_file.stem}"
+            progress(f"encoder fine-tuned {elapsed()}")
+        runtime_encoder = ContextEncoder(tokenizer_file, encoder_file)
+        cache = EmbeddingCache(cache_dir, runtime_encoder)
         context_fit = fit_context_stage(
             train_rows,
             dev_rows,
@@ -439,6 +471,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             "band": list(context_fit.band),
             "bands": context_fit.bands,
             "rows": context_fit.rows,
+            "encoder": {"fine_tuned": encoder_file is not None, **encoder_facts},
         }
     if left_out:
         report["left_out"] = {"sources": list(config.exclude_sources), **quality(left_out)}
@@ -460,6 +493,11 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             np.savez_compressed(config.out_dir / CONTEXT_FILE, **present)  # type: ignore[arg-type]
         else:
             (config.out_dir / CONTEXT_FILE).unlink(missing_ok=True)
+        # The head was fitted on this encoder's vectors: ship it with them, or drop a stale one.
+        if encoder_file is not None:
+            shutil.copyfile(encoder_file, config.out_dir / CONTEXT_ENCODER_FILE)
+        else:
+            (config.out_dir / CONTEXT_ENCODER_FILE).unlink(missing_ok=True)
         write_model_card(config.out_dir / "MODEL_CARD.md", report, thresholds, meta.version)
         if config.multilingual:
             from seawall.training.multilingual import train_stage

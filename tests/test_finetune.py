@@ -1,0 +1,178 @@
+"""Fine-tuning the contextual encoder (torch, the train extra) and reading it back at run time.
+
+The encoder written out in ``seawall.training.finetune`` must be all-MiniLM-L6-v2: with the starting
+weights its vectors match the stock int8 export the runtime reads. Its own int8 export must give the
+trained model's vectors through the runtime's ``ContextEncoder``, and a fine-tune must move the
+vectors toward the labels it was trained on.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seawall.errors import ConfigurationError
+from seawall.model.classifier import TextClassifier, default_model_dir
+from seawall.model.context import CONTEXT_ENCODER_FILE, ContextEncoder, onnx_model_path
+from seawall.model.embeddings import TOKENIZER_FILE
+from seawall.training.finetune import (
+    FinetuneConfig,
+    build_encoder,
+    export_int8,
+    finetune_encoder,
+    finetuned_encoder_file,
+    torch_vectors,
+)
+
+TOKENIZER = default_model_dir() / TOKENIZER_FILE
+TEXTS = [
+    "I will find you and hurt you tonight",
+    "what a lovely day at the beach with the kids",
+    "those people are vermin and should be wiped out",
+    "How do I bake sourdough bread at home?",
+    "ok",
+    "The committee meets on Tuesday to review the budget for the new library wing.",
+]
+
+# A small two-label task: threats and insults against plain requests. Eight rows a class, so a few
+# epochs move the encoder measurably on 2 CPU cores in seconds.
+THREATS = [
+    "I am going to break your legs",
+    "you will regret this, I know where you live",
+    "watch your back, I'll hurt you",
+    "I'll burn your house down tonight",
+    "keep talking and I will beat you senseless",
+    "I'm coming for you and your family",
+    "say that again and you're dead",
+    "I will make you suffer for this",
+]
+PLAIN = [
+    "can you recommend a good pasta recipe",
+    "the train to Leeds leaves at nine",
+    "please summarise this report for me",
+    "what is the capital of Portugal",
+    "my cat likes to sleep in the sun",
+    "how many litres are in a gallon",
+    "the museum opens at ten on Sundays",
+    "remind me to call the dentist tomorrow",
+]
+
+
+def separation(vectors: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cosine within the positive class minus mean cosine across the classes."""
+    positive, negative = vectors[labels], vectors[~labels]
+    within = float((positive @ positive.T).mean())
+    across = float((positive @ negative.T).mean())
+    return within - across
+
+
+def test_the_torch_encoder_is_all_minilm_l6_v2() -> None:
+    ours = torch_vectors(build_encoder(), TOKENIZER, TEXTS)
+    stock = ContextEncoder(TOKENIZER).encode(TEXTS)
+    cosines = (ours * stock).sum(axis=1)
+    assert cosines.min() > 0.995, cosines
+
+
+def test_the_int8_export_reads_back_through_the_runtime_encoder(tmp_path: Path) -> None:
+    encoder = build_encoder()
+    out = tmp_path / "encoder.onnx"
+    cosine = export_int8(encoder, out, TOKENIZER, TEXTS)
+    assert cosine > 0.99
+    # int8 weights: a quarter of float32's 90 MB, the size of the stock export.
+    assert out.stat().st_size < 30_000_000
+    assert not list(tmp_path.glob("*.partial"))
+    read_back = ContextEncoder(TOKENIZER, out)
+    assert read_back.model_file == out
+    vectors = read_back.encode(TEXTS)
+    expected = torch_vectors(encoder, TOKENIZER, TEXTS)
+    assert (vectors * expected).sum(axis=1).min() > 0.99
+    # Batching and padding do not change a text's vector (lengths differ a lot above).
+    one_by_one = np.vstack([read_back.encode([text]) for text in TEXTS])
+    assert np.allclose(one_by_one, vectors, atol=1e-4)
+
+
+def test_fine_tuning_moves_the_vectors_toward_the_labels(tmp_path: Path) -> None:
+    texts = THREATS + PLAIN
+    labels = np.array([True] * len(THREATS) + [False] * len(PLAIN))
+    targets = labels[:, None]
+    judged = np.ones_like(targets)
+    before = separation(torch_vectors(build_encoder(), TOKENIZER, texts), labels)
+    messages: list[str] = []
+    config = FinetuneConfig(epochs=4, batch_size=8, encoder_learning_rate=1e-4, head_learning_rate=1e-2)
+    tuned = finetune_encoder(texts, targets, judged, TOKENIZER, config, messages.append)
+    after = separation(torch_vectors(tuned, TOKENIZER, texts), labels)
+    assert after > before + 0.05, (before, after)
+    assert any("rows/s" in message and "epoch 4/4" in message for message in messages)
+    # The export carries the fine-tuned weights, not the starting ones.
+    out = tmp_path / "tuned.onnx"
+    export_int8(tuned, out, TOKENIZER, texts)
+    exported = ContextEncoder(TOKENIZER, out).encode(texts)
+    assert separation(exported, labels) > before + 0.05
+
+
+def test_a_label_that_is_not_judged_teaches_nothing() -> None:
+    texts = THREATS + PLAIN
+    labels = np.array([True] * len(THREATS) + [False] * len(PLAIN))
+    config = FinetuneConfig(epochs=2, batch_size=8, encoder_learning_rate=1e-4)
+    start = torch_vectors(build_encoder(), TOKENIZER, texts)
+    # Every target unjudged: the loss is zero everywhere, so the weights stay where they started.
+    tuned = finetune_encoder(texts, labels[:, None], np.zeros((len(texts), 1), dtype=bool), TOKENIZER, config)
+    assert np.allclose(torch_vectors(tuned, TOKENIZER, texts), start, atol=1e-5)
+
+
+def test_a_stored_fine_tune_is_reused_for_the_same_rows_only(tmp_path: Path) -> None:
+    texts = THREATS[:4] + PLAIN[:4]
+    targets = np.array([[True]] * 4 + [[False]] * 4)
+    judged = np.ones_like(targets)
+    config = FinetuneConfig(epochs=1, batch_size=4)
+    first, facts = finetuned_encoder_file(texts, targets, judged, TOKENIZER, tmp_path, config, print)
+    assert first.is_file() and facts["rows"] == 8 and facts["epochs"] == 1
+    assert facts["export_min_cosine"] > 0.99 and len(facts["sha256"]) == 64
+    written = first.stat().st_mtime_ns
+    messages: list[str] = []
+    again, facts_again = finetuned_encoder_file(
+        texts, targets, judged, TOKENIZER, tmp_path, config, messages.append
+    )
+    assert again == first and facts_again == facts and first.stat().st_mtime_ns == written
+    assert any("reusing" in message for message in messages)
+    relabelled, _ = finetuned_encoder_file(texts, ~targets, judged, TOKENIZER, tmp_path, config, print)
+    assert relabelled != first
+    other_recipe, _ = finetuned_encoder_file(
+        texts, targets, judged, TOKENIZER, tmp_path, FinetuneConfig(epochs=1, batch_size=4, seed=1), print
+    )
+    assert other_recipe not in (first, relabelled)
+
+
+def test_bad_fine_tuning_input_is_refused_before_any_training() -> None:
+    with pytest.raises(ConfigurationError, match="epoch"):
+        FinetuneConfig(epochs=0)
+    with pytest.raises(ConfigurationError, match="learning rates"):
+        FinetuneConfig(encoder_learning_rate=0)
+    with pytest.raises(ConfigurationError, match="at least one training row"):
+        finetune_encoder([], np.zeros((0, 1), dtype=bool), np.zeros((0, 1), dtype=bool), TOKENIZER)
+    with pytest.raises(ValueError, match="same rows"):
+        finetune_encoder(["a", "b"], np.zeros((1, 1), dtype=bool), np.zeros((1, 1), dtype=bool), TOKENIZER)
+
+
+def test_the_runtime_reads_a_fine_tuned_encoder_from_the_artefacts(tmp_path: Path) -> None:
+    artefacts = tmp_path / "model"
+    shutil.copytree(default_model_dir(), artefacts)
+    (artefacts / CONTEXT_ENCODER_FILE).unlink(missing_ok=True)
+    stock = TextClassifier.load(artefacts, multilingual="off")
+    assert stock.context is not None
+    assert stock.context.encoder.model_file == onnx_model_path()  # type: ignore[attr-defined]
+
+    texts = THREATS + PLAIN
+    labels = np.array([True] * len(THREATS) + [False] * len(PLAIN))
+    config = FinetuneConfig(epochs=3, batch_size=8, encoder_learning_rate=1e-4)
+    tuned = finetune_encoder(texts, labels[:, None], np.ones((len(texts), 1), dtype=bool), TOKENIZER, config)
+    export_int8(tuned, artefacts / CONTEXT_ENCODER_FILE, TOKENIZER, texts)
+    reloaded = TextClassifier.load(artefacts, multilingual="off")
+    assert reloaded.context is not None
+    assert reloaded.context.encoder.model_file == artefacts / CONTEXT_ENCODER_FILE  # type: ignore[attr-defined]
+    # Same head, another encoder: the contextual path's scores move; the fast path's do not.
+    assert not np.allclose(reloaded.score(texts, "on"), stock.score(texts, "on"), atol=1e-3)
+    assert np.allclose(reloaded.score(texts, "off"), stock.score(texts, "off"))
