@@ -115,6 +115,8 @@ def main() -> None:
         help="keep the figures in the shipped model's evaluation.json and card",
     )
     args = parser.parse_args()
+    if args.finetune_rows < 0:
+        parser.error("--finetune-rows must be 0 (the stock encoder) or more")
     if not args.data.is_dir():
         raise SystemExit(f"training data not found at {args.data} (pass --data)")
     results: list[dict[str, Any]] = []

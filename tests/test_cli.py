@@ -513,3 +513,5 @@ def test_train_refuses_a_fine_tune_without_the_contextual_stage(tmp_path: Path) 
     assert not (tmp_path / "out").exists()
     negative = run("train", "--data", str(tmp_path), "--finetune-rows", "-1")
     assert negative.returncode == 2 and "Invalid value for '--finetune-rows'" in negative.stderr
+    epochs_alone = run("train", "--data", str(tmp_path / "none"), "--finetune-epochs", "3")
+    assert epochs_alone.returncode == 2 and "--finetune-rows" in epochs_alone.stderr

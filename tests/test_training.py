@@ -191,6 +191,7 @@ def test_small_training_run_writes_working_artefacts(tmp_path: Path) -> None:
 @needs_data
 @pytest.mark.training
 def test_a_fine_tuned_encoder_ships_with_its_head_and_a_stock_retrain_drops_it(tmp_path: Path) -> None:
+    from seawall.model.classifier import file_sha256
     from seawall.model.context import CONTEXT_ENCODER_FILE, onnx_model_path
 
     out = tmp_path / "model"
@@ -215,8 +216,10 @@ def test_a_fine_tuned_encoder_ships_with_its_head_and_a_stock_retrain_drops_it(t
     assert any(message.startswith("fine-tuning the encoder: epoch 1/1") for message in messages)
     shipped = out / CONTEXT_ENCODER_FILE
     assert shipped.is_file() and list((tmp_path / "encoders").glob("*.onnx"))
-    # Its vectors are cached apart from the stock encoder's.
-    assert list((tmp_path / "cache").glob("encoder-*/shard_*.npy"))
+    # model.json names the encoder by its sha256; its vectors are cached apart, under that sha.
+    sha = file_sha256(shipped)
+    assert json.loads((out / "model.json").read_text())["contextual"]["encoder"]["sha256"] == sha
+    assert list((tmp_path / "cache" / f"encoder-{sha[:24]}").glob("shard_*.npy"))
     assert not list((tmp_path / "cache").glob("shard_*.npy"))
     card = (out / "MODEL_CARD.md").read_text()
     assert "fine-tuned by `seawall train --finetune-rows`" in card and str(encoder["rows"]) in card
@@ -226,6 +229,7 @@ def test_a_fine_tuned_encoder_ships_with_its_head_and_a_stock_retrain_drops_it(t
     config.finetune_rows_per_source = 0
     train(config, progress=messages.append)
     assert not shipped.exists(), "a head fitted on the stock encoder must not ship beside a fine-tuned one"
-    assert "The encoder is the stock export, frozen" in (out / "MODEL_CARD.md").read_text()
+    assert "The encoder is the stock export" in (out / "MODEL_CARD.md").read_text()
+    assert "encoder" not in json.loads((out / "model.json").read_text())["contextual"]
     stock = TextClassifier.load(out, multilingual="off")
     assert stock.context is not None and stock.context.encoder.model_file == onnx_model_path()  # type: ignore[attr-defined]

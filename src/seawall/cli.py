@@ -459,6 +459,8 @@ def train_command(
 
     if finetune_rows and not contextual:
         raise fail("--finetune-rows fine-tunes the contextual stage's encoder: it needs --contextual")
+    if finetune_epochs != 1 and not finetune_rows:
+        raise fail("--finetune-epochs applies to a fine-tune: give --finetune-rows too")
 
     config = TrainConfig(
         data_dir=data,

@@ -23,6 +23,7 @@ the worst category of a text is a fair ranking, and 0.5 is every category's defa
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import threading
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ from numpy.typing import NDArray
 
 from seawall.categories import PARENT
 from seawall.errors import ModelArtefactError
-from seawall.model.context import CONTEXT_ENCODER_FILE, ContextEncoder, SentenceEncoder, latin_share
+from seawall.model.context import ContextEncoder, SentenceEncoder, latin_share
 from seawall.model.embeddings import TOKENIZER_FILE, VECTORS_FILE, StaticEncoder
 from seawall.model.features import FeatureConfig, Featurizer, sparse_dot
 from seawall.model.gloss import Glossary, shared_glossary
@@ -75,6 +76,34 @@ class ModelMeta:
     #: Per path ("fast", "blended"), each label's raw-probability threshold, mapped to 0.5.
     #: Empty: scores are reported as raw probabilities.
     calibration: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+
+
+def file_sha256(path: Path) -> str:
+    """A file's sha256, read in blocks (artefacts run to tens of megabytes)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fine_tuned_encoder(directory: Path, contextual: dict[str, Any]) -> Path | None:
+    """The fine-tuned encoder that model.json names for the contextual head, checked against the
+    sha256 recorded with it (None: the head was fitted on the stock encoder)."""
+    named = contextual.get("encoder")
+    if not named:
+        return None
+    path = directory / str(named["file"])
+    if not path.is_file():
+        raise ModelArtefactError(
+            f"model artefacts in {directory} name a fine-tuned encoder, {named['file']}, that is missing"
+        )
+    if file_sha256(path) != named["sha256"]:
+        raise ModelArtefactError(
+            f"{path} is not the encoder the contextual head was fitted on (sha256 differs); retrain, "
+            "or restore the artefacts together"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -198,11 +227,10 @@ class TextClassifier:
             if contextual and (directory / CONTEXT_FILE).exists():
                 parts = np.load(directory / CONTEXT_FILE)
                 band = raw.get("contextual", {}).get("band", [0.2, 0.8])
-                fine_tuned = directory / CONTEXT_ENCODER_FILE
                 context = ContextStage(
                     ContextEncoder(
                         directory / TOKENIZER_FILE,
-                        fine_tuned if fine_tuned.exists() else None,
+                        fine_tuned_encoder(directory, raw.get("contextual", {})),
                         threads=threads,
                     ),
                     parts["weights"].astype(np.float32),

