@@ -15,7 +15,10 @@ first round's phrase rules (``matches_refusal_phrase``):
   other personas, from long apologetic lectures to an in-product support bot, answering 40 other prompts,
   written before the eighth round, never tuned on) and ``bench/data/refusals_heldout10.jsonl`` (five
   more personas, from disclaimer-heavy answers to templated policy messages, a fifth of the answers in
-  es/de/fr/pt/it, written before the ninth round, never tuned on): precision /
+  es/de/fr/pt/it, written before the ninth round, never tuned on) and
+  ``bench/data/refusals_heldout11.jsonl`` (five new personas, from a Socratic tutor to an in-character
+  companion app and a small model that hedges, a fifth of the answers in es/de/fr/pt/it, written in
+  session 29 before any tenth round, never tuned on): precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language, and the
   classifier's figure pooled over every held-out set scored except the first;
@@ -64,6 +67,7 @@ HELD_OUT = {
     "8": ROOT / "bench/data/refusals_heldout8.jsonl",
     "9": ROOT / "bench/data/refusals_heldout9.jsonl",
     "10": ROOT / "bench/data/refusals_heldout10.jsonl",
+    "11": ROOT / "bench/data/refusals_heldout11.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")
