@@ -65,6 +65,17 @@ def separation(vectors: np.ndarray, labels: np.ndarray) -> float:
     return within - across
 
 
+def small_task() -> tuple[list[str], np.ndarray, np.ndarray, FinetuneConfig]:
+    """Eight rows, one label, one quick epoch: enough to write a stored fine-tune."""
+    targets = np.array([[True]] * 4 + [[False]] * 4)
+    return (
+        THREATS[:4] + PLAIN[:4],
+        targets,
+        np.ones_like(targets),
+        FinetuneConfig(epochs=1, batch_size=4, device="cpu"),
+    )
+
+
 def test_the_torch_encoder_is_all_minilm_l6_v2() -> None:
     ours = torch_vectors(build_encoder(), TOKENIZER, TEXTS)
     stock = ContextEncoder(TOKENIZER).encode(TEXTS)
@@ -126,10 +137,7 @@ def test_a_label_that_is_not_judged_teaches_nothing() -> None:
 
 
 def test_a_stored_fine_tune_is_reused_for_the_same_rows_only(tmp_path: Path) -> None:
-    texts = THREATS[:4] + PLAIN[:4]
-    targets = np.array([[True]] * 4 + [[False]] * 4)
-    judged = np.ones_like(targets)
-    config = FinetuneConfig(epochs=1, batch_size=4, device="cpu")
+    texts, targets, judged, config = small_task()
     first, facts = finetuned_encoder_file(texts, targets, judged, TOKENIZER, tmp_path, config, print)
     assert first.is_file() and facts["rows"] == 8 and facts["epochs"] == 1
     assert facts["export_min_cosine"] > 0.99 and len(facts["sha256"]) == 64
@@ -156,10 +164,7 @@ def test_a_stored_fine_tune_is_reused_for_the_same_rows_only(tmp_path: Path) -> 
 
 
 def test_a_damaged_stored_fine_tune_is_redone_not_reused(tmp_path: Path) -> None:
-    texts = THREATS[:4] + PLAIN[:4]
-    targets = np.array([[True]] * 4 + [[False]] * 4)
-    judged = np.ones_like(targets)
-    config = FinetuneConfig(epochs=1, batch_size=4, device="cpu")
+    texts, targets, judged, config = small_task()
     first, facts = finetuned_encoder_file(texts, targets, judged, TOKENIZER, tmp_path, config, print)
     first.write_bytes(first.read_bytes()[:1000])  # truncated, as by a full disk
     messages: list[str] = []
