@@ -55,11 +55,17 @@ EXPORT_CHECK_ROWS = 256
 class FinetuneConfig:
     """How the encoder is fine-tuned (the defaults are the recipe measured on 2 CPU cores)."""
 
+    #: Passes over the fine-tuning rows (one measured; more costs time on a CPU).
     epochs: int = 1
+    #: Rows a step.
     batch_size: int = 32
+    #: AdamW's step size for the encoder (small: it starts from a good model).
     encoder_learning_rate: float = 3e-5
+    #: AdamW's step size for the throw-away linear head (starts from random weights).
     head_learning_rate: float = 1e-3
+    #: AdamW's weight decay on the encoder's weight matrices (not on biases and norms).
     weight_decay: float = 0.01
+    #: Seeds the head's initial weights, dropout and the order of the batches.
     seed: int = 0
     #: torch device ("cpu", "cuda"); None: a GPU when torch sees one, else the CPU.
     device: str | None = None

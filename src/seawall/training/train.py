@@ -101,7 +101,7 @@ class TrainConfig:
     #: Fine-tune the contextual stage's encoder on at most this many training rows a source before
     #: its head is fitted (torch, the ``train`` extra); 0: keep the stock all-MiniLM-L6-v2 frozen.
     finetune_rows_per_source: int = 0
-    #: The fine-tuning recipe (epochs, batch size, learning rates, seed).
+    #: The fine-tuning recipe (epochs, batch size, learning rates, weight decay, seed, device).
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     #: Where fine-tuned encoders are kept between runs (by a digest of their rows and recipe).
     encoder_store: Path = field(default_factory=lambda: Path.home() / ".cache" / "seawall" / "encoders")
@@ -412,8 +412,8 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
                 tokenizer_file,
                 progress,
             )
-            # Vectors of a fine-tuned encoder are its own: they are cached apart from the stock ones.
-            # Keyed by the file itself: a rerun that trains different weights never reads these.
+            # Cached apart from the stock vectors, under the file's own hash: a rerun that trains
+            # different weights never reads these.
             cache_dir = config.embedding_cache / f"encoder-{encoder_facts['sha256'][:24]}"
             progress(f"encoder fine-tuned {elapsed()}")
         runtime_encoder = ContextEncoder(tokenizer_file, encoder_file)
