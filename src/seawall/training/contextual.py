@@ -67,7 +67,7 @@ def context_sample(rows: Sequence[Example], per_source: int = CONTEXT_ROWS_PER_S
     return sorted(chosen)
 
 
-def fine_tuned_encoder(
+def finetune_on_training_rows(
     train_rows: Sequence[Example],
     targets: NDArray[np.bool_],
     ignored: NDArray[np.bool_],

@@ -49,7 +49,7 @@ from seawall.model.normalize import normalize
 from seawall.training.contextual import (
     CONTEXT_HIDDEN,
     CONTEXT_ROWS_PER_SOURCE,
-    fine_tuned_encoder,
+    finetune_on_training_rows,
     fit_context_stage,
 )
 from seawall.training.datasets import (
@@ -401,7 +401,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         encoder_facts: dict[str, Any] = {}
         cache_dir = config.embedding_cache
         if config.finetune_rows_per_source:
-            encoder_file, encoder_facts = fine_tuned_encoder(
+            encoder_file, encoder_facts = finetune_on_training_rows(
                 train_rows,
                 y_train,
                 ignored,
