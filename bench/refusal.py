@@ -18,7 +18,9 @@ first round's phrase rules (``matches_refusal_phrase``):
   es/de/fr/pt/it, written before the ninth round, never tuned on) and
   ``bench/data/refusals_heldout11.jsonl`` (five new personas, from a Socratic tutor to an in-character
   companion app and a small model that hedges, a fifth of the answers in es/de/fr/pt/it, written in
-  session 29 before any tenth round, never tuned on): precision /
+  session 29 before any tenth round, never tuned on) and ``bench/data/refusals_heldout12.jsonl`` (five
+  more deployments, from a voice assistant to a child-safe mode and a drafting tool, a fifth of the
+  answers in es/de/fr/pt/it, written blind in session 30, never tuned on): precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language, and the
   classifier's figure pooled over every held-out set scored except the first;
@@ -68,6 +70,7 @@ HELD_OUT = {
     "9": ROOT / "bench/data/refusals_heldout9.jsonl",
     "10": ROOT / "bench/data/refusals_heldout10.jsonl",
     "11": ROOT / "bench/data/refusals_heldout11.jsonl",
+    "12": ROOT / "bench/data/refusals_heldout12.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")

@@ -62,6 +62,9 @@ HELD_OUT_10 = ROOT / "bench" / "data" / "refusals_heldout10.jsonl"
 #: Written in session 29 before any tenth round (five new personas: tutor, support bot, code
 #: assistant, companion app, small hedging model; a fifth of the answers in other languages).
 HELD_OUT_11 = ROOT / "bench" / "data" / "refusals_heldout11.jsonl"
+#: Written blind in session 30 (voice assistant, research copilot, health coach, child-safe mode,
+#: drafting tool; a fifth of the answers in other languages).
+HELD_OUT_12 = ROOT / "bench" / "data" / "refusals_heldout12.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -76,6 +79,7 @@ HELD_OUT_SETS = (
     (HELD_OUT_9, 190, True, True),
     (HELD_OUT_10, 190, True, True),
     (HELD_OUT_11, 190, True, True),
+    (HELD_OUT_12, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
@@ -181,8 +185,10 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
 #     round, whose one head was not shipped): eighth-round head only, 0.893 / 0.847 / 0.870
 #   set 11 (tutor, support bot, code assistant, companion app, small hedging model; written in session
 #     29, measured once): eighth-round head only, 0.895 / 0.810 / 0.850
+#   set 12 (voice assistant, research copilot, health coach, child-safe mode, drafting tool; written
+#     blind in session 30, measured once): eighth-round head only, 0.941 / 0.882 / 0.911
 # The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is met on sets 2, 3, 5, 6 and 8; pooled over
-# 2-10 it is 0.008 short (0.952 / 0.893 / 0.922).
+# 2-12 it is 0.016 short (0.946 / 0.884 / 0.914).
 @pytest.mark.parametrize(
     ("held_out", "min_precision", "min_f1"),
     [
@@ -196,8 +202,9 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
         (HELD_OUT_9, 0.91, 0.91),
         (HELD_OUT_10, 0.88, 0.86),
         (HELD_OUT_11, 0.88, 0.84),
+        (HELD_OUT_12, 0.93, 0.90),
     ],
-    ids=["set2", "set3", "set4", "set5", "set6", "set7", "set8", "set9", "set10", "set11"],
+    ids=["set2", "set3", "set4", "set5", "set6", "set7", "set8", "set9", "set10", "set11", "set12"],
 )
 def test_the_shipped_head_on_the_sets_written_before_each_round(
     held_out: Path, min_precision: float, min_f1: float
