@@ -87,20 +87,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fine_tuned_encoder(directory: Path, contextual: dict[str, Any]) -> Path | None:
-    """The fine-tuned encoder that model.json names for the contextual head, checked against the
-    sha256 recorded with it (None: the head was fitted on the stock encoder)."""
-    named = contextual.get("encoder")
+def fine_tuned_encoder(directory: Path, named: dict[str, Any] | None, head: str) -> Path | None:
+    """The fine-tuned encoder that an artefact names (``{"file": name in directory, "sha256": ...}``),
+    checked against the sha256 recorded with it (None: ``head`` was fitted on the stock encoder)."""
     if not named:
         return None
     path = directory / str(named["file"])
     if not path.is_file():
         raise ModelArtefactError(
-            f"model artefacts in {directory} name a fine-tuned encoder, {named['file']}, that is missing"
+            f"the {head} in {directory} names a fine-tuned encoder, {named['file']}, that is missing; "
+            "reinstall seawall, or retrain"
         )
     if file_sha256(path) != named["sha256"]:
         raise ModelArtefactError(
-            f"{path} is not the encoder the contextual head was fitted on (sha256 differs); retrain, "
+            f"{path} is not the encoder the {head} was fitted on (sha256 differs); retrain, "
             "or restore the artefacts together"
         )
     return path
@@ -230,7 +230,9 @@ class TextClassifier:
                 context = ContextStage(
                     ContextEncoder(
                         directory / TOKENIZER_FILE,
-                        fine_tuned_encoder(directory, raw.get("contextual", {})),
+                        fine_tuned_encoder(
+                            directory, raw.get("contextual", {}).get("encoder"), "contextual head"
+                        ),
                         threads=threads,
                     ),
                     parts["weights"].astype(np.float32),

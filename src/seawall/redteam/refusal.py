@@ -46,6 +46,9 @@ RefusalLabel = Literal["refusal", "partial", "compliance"]
 #: The head's classes, in the order of its rows.
 LABELS: tuple[RefusalLabel, ...] = ("compliance", "partial", "refusal")
 ARTEFACT = Path(__file__).parent / "data" / "refusal_head.npz"
+#: A fine-tuned encoder's file name, beside the head that names it (``seawall redteam train-refusal
+#: --finetune-epochs``); a head that names none reads the stock encoder.
+ENCODER_FILE = "refusal_encoder.onnx"
 #: The feature layout the artefact was trained with; a mismatch is an artefact error.
 FEATURE_VERSION = 4
 #: Target size of a window, in words; whole sentences are packed up to it.
@@ -650,7 +653,7 @@ class RefusalClassifier:
     @classmethod
     def load(cls, path: Path | None = None, encoder: SentenceEncoder | None = None) -> RefusalClassifier:
         """The head in ``path`` (default: the shipped artefact), over ``encoder`` (default: the
-        moderation model's contextual encoder)."""
+        fine-tuned encoder the head names, checked by its sha256, else the stock MiniLM export)."""
         path = path or ARTEFACT
         try:
             with np.load(path, allow_pickle=False) as parts:
@@ -658,6 +661,11 @@ class RefusalClassifier:
                 labels = tuple(str(label) for label in parts["labels"])
                 arrays = {name: parts[name].astype(np.float32) for name in _HEAD_ARRAYS}
                 threshold = float(parts["threshold"])
+                named = (
+                    {"file": str(parts["encoder_file"]), "sha256": str(parts["encoder_sha256"])}
+                    if "encoder_file" in parts.files
+                    else None
+                )
         except FileNotFoundError as exc:
             raise ModelArtefactError(
                 f"the refusal classifier's weights are missing: {path} does not exist. Reinstall seawall, "
@@ -692,7 +700,11 @@ class RefusalClassifier:
                 f"{path} has weights of the wrong shape ({', '.join(wrong) or 'no networks'}) for "
                 f"{width} features and {len(LABELS)} labels. Rebuild with 'seawall redteam train-refusal'."
             )
-        return cls(head, threshold, encoder or _default_encoder())
+        if encoder is None:
+            from seawall.model.classifier import fine_tuned_encoder
+
+            encoder = _default_encoder(fine_tuned_encoder(path.parent, named, "refusal head"))
+        return cls(head, threshold, encoder)
 
     def probabilities(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """(n, 3) probabilities in :data:`LABELS` order."""
@@ -727,12 +739,13 @@ def _complies_outright(text: str) -> bool:
     return not any(_decline_hit(part) for part in windows(text))
 
 
-def _default_encoder() -> SentenceEncoder:
+def _default_encoder(model_file: Path | None = None) -> SentenceEncoder:
+    """MiniLM with the moderation model's tokenizer: the stock export, or ``model_file``."""
     from seawall.model.classifier import default_model_dir
     from seawall.model.context import ContextEncoder
     from seawall.model.embeddings import TOKENIZER_FILE
 
-    return ContextEncoder(default_model_dir() / TOKENIZER_FILE)
+    return ContextEncoder(default_model_dir() / TOKENIZER_FILE, model_file)
 
 
 _lock = threading.Lock()

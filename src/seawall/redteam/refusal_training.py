@@ -10,6 +10,7 @@ out-of-fold probabilities, and writes ``refusal_head.npz``.
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,14 +20,19 @@ import numpy as np
 from numpy.typing import NDArray
 
 from seawall.errors import ConfigurationError, DataError
+from seawall.model.classifier import file_sha256
 from seawall.redteam.refusal import (
     ARTEFACT,
+    ENCODER_FILE,
     FEATURE_VERSION,
     LABELS,
     LEXICAL,
     RefusalHead,
+    _default_encoder,
     features,
 )
+from seawall.redteam.refusal_finetune import refusal_encoder_file
+from seawall.training.finetune import FinetuneConfig, default_store
 
 Progress = Callable[[str], None]
 #: The head: this many networks (seeds ``seed`` .. ``seed + NETWORKS - 1``), each with this many
@@ -190,6 +196,8 @@ def train_refusal(
     seed: int = 0,
     threshold: float | None = None,
     encoder: Any = None,
+    finetune: FinetuneConfig | None = None,
+    encoder_store: Path | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Fit the head on ``answers`` and write it to ``out``; returns the out-of-fold figures.
@@ -197,23 +205,55 @@ def train_refusal(
     ``threshold`` keeps that refusal threshold instead of the out-of-fold choice (:func:`choose_threshold`),
     whose precision floor moves the threshold when the answers hold a larger share of hard look-alikes;
     the out-of-fold figures are reported at whichever threshold is written.
-    """
-    from seawall.redteam.refusal import _default_encoder
 
+    ``finetune`` first fine-tunes the encoder on the answers (:mod:`seawall.redteam.refusal_finetune`),
+    writes it beside ``out`` as :data:`~seawall.redteam.refusal.ENCODER_FILE` and names it, with its
+    sha256, in the head. The out-of-fold figures then need one fine-tune a fold (all kept in
+    ``encoder_store``, default :func:`~seawall.training.finetune.default_store`), so with a ``threshold``
+    given they are skipped and reported as None. Without ``finetune`` a stale fine-tuned encoder beside
+    ``out`` is removed.
+    """
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise ConfigurationError(f"the refusal threshold must lie strictly between 0 and 1, got {threshold}")
+    if finetune is not None:
+        if encoder is not None:
+            raise ConfigurationError("a fine-tuned refusal encoder replaces the encoder passed in: pass one")
+        from seawall.training.finetune import check_ready
+
+        check_ready(encoder_store or default_store())
     rows = load_answers(answers)
-    encoder = encoder or _default_encoder()
     if progress:
         progress(f"loaded {len(rows)} answers from {answers}")
-    x = embed([r["answer"] for r in rows], encoder, progress)
+    texts = [r["answer"] for r in rows]
     y = np.array([LABELS.index(r["label"]) for r in rows], dtype=np.int64)  # type: ignore[arg-type]
     groups = [r.get("prompt") or r["answer"] for r in rows]
     folds = min(5, min(int((y == k).sum()) for k in range(len(LABELS))))
     if folds < 2:
         raise DataError("each label needs at least two answers to pick a threshold")
-    oof = out_of_fold(x, y, groups, alpha, folds, seed)
+    named: dict[str, str] = {}
+    oof: NDArray[np.float32] | None
+    if finetune is None:
+        encoder = encoder or _default_encoder()
+        x = embed(texts, encoder, progress)
+        oof = out_of_fold(x, y, groups, alpha, folds, seed)
+    else:
+        oof = None
+        store = encoder_store or default_store()
+        if threshold is None:
+            oof = _finetuned_out_of_fold(texts, y, groups, folds, alpha, seed, finetune, store, progress)
+        encoder_file, _ = refusal_encoder_file(
+            texts, y, _tokenizer_file(), store, finetune, progress or (lambda line: None)
+        )
+        shipped = out.parent / ENCODER_FILE
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = shipped.with_name(shipped.name + ".partial")
+        shutil.copyfile(encoder_file, partial)
+        partial.replace(shipped)
+        named = {"encoder_file": ENCODER_FILE, "encoder_sha256": file_sha256(shipped)}
+        encoder = _default_encoder(shipped)
+        x = embed(texts, encoder, progress)
     if threshold is None:
+        assert oof is not None
         threshold = choose_threshold(oof, y)
     head = fit_head(x, y, alpha, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -222,16 +262,65 @@ def train_refusal(
             "feature_version": np.array(FEATURE_VERSION),
             "labels": np.array(LABELS),
             "threshold": np.array(threshold),
+            **{key: np.array(value) for key, value in named.items()},
             **head.arrays(),
         }
         np.savez_compressed(handle, **arrays)
+    if finetune is None and (out.parent / ENCODER_FILE).exists():
+        (out.parent / ENCODER_FILE).unlink()  # the new head reads the stock encoder
+    result: dict[str, Any] = {"rows": len(rows), "threshold": threshold, "fine_tuned": finetune is not None}
+    if oof is None:
+        result |= {"three_way_accuracy": None, "precision": None, "recall": None, "f1": None}
+        if progress:
+            progress(f"wrote {out} (threshold {threshold}; out-of-fold figures skipped: a fine-tune a fold)")
+        return result
     predicted = [bool(p[1] + p[2] >= threshold) for p in oof]
     figures = binary_figures([int(k) != 0 for k in y], predicted)
     three_way = float(np.mean(oof.argmax(axis=1) == y))
-    result = {"rows": len(rows), "threshold": threshold, "three_way_accuracy": three_way, **figures}
+    result |= {"three_way_accuracy": three_way, **figures}
     if progress:
         progress(
             f"wrote {out}: out-of-fold precision {figures['precision']:.3f}, recall {figures['recall']:.3f}, "
             f"F1 {figures['f1']:.3f}, three-way accuracy {three_way:.3f} (threshold {threshold})"
         )
     return result
+
+
+def _finetuned_out_of_fold(
+    texts: Sequence[str],
+    y: NDArray[np.int64],
+    groups: Sequence[str],
+    folds: int,
+    alpha: float,
+    seed: int,
+    config: FinetuneConfig,
+    store: Path,
+    progress: Progress | None,
+) -> NDArray[np.float32]:
+    """As :func:`out_of_fold`, but each fold's head reads an encoder fine-tuned on that fold's training
+    answers only (the same folds)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    out = np.zeros((len(y), len(LABELS)), dtype=np.float32)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for number, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y, groups), start=1):
+        if progress:
+            progress(f"out-of-fold fold {number}/{folds}: fine-tuning on {len(train)} answers")
+        encoder_file, _ = refusal_encoder_file(
+            [texts[i] for i in train],
+            y[train],
+            _tokenizer_file(),
+            store,
+            config,
+            progress or (lambda line: None),
+        )
+        x = embed(texts, _default_encoder(encoder_file))
+        out[test] = fit_head(x[train], y[train], alpha, seed).probabilities(x[test])
+    return out
+
+
+def _tokenizer_file() -> Path:
+    from seawall.model.classifier import default_model_dir
+    from seawall.model.embeddings import TOKENIZER_FILE
+
+    return default_model_dir() / TOKENIZER_FILE

@@ -12,7 +12,10 @@ head is refitted over the exported encoder's vectors, as for the stock encoder.
 
 Fine-tunes are kept in a store folder under a digest of everything that decides them (rows,
 labels, recipe, tokenizer, starting weights, torch version, device), so a rerun over the same rows
-reuses the file. Measured on 2 CPU cores: about 24 rows a second; a GPU is used when torch sees one
+reuses the file. The store, the optimiser and the export serve the refusal classifier's fine-tune too
+(``seawall.redteam.refusal_finetune``, which trains on whole answers instead of rows).
+
+Measured on 2 CPU cores: about 24 rows a second; a GPU is used when torch sees one
 (``FinetuneConfig.device``).
 """
 
@@ -83,6 +86,11 @@ class FinetuneConfig:
         return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def default_store() -> Path:
+    """Where fine-tuned encoders are kept between runs, each under a digest of its rows and recipe."""
+    return Path.home() / ".cache" / "seawall" / "encoders"
+
+
 def check_ready(store: Path) -> None:
     """Fails fast, before any data is loaded, when fine-tuning could not run or keep its result:
     torch, safetensors, onnx or the starting weights missing, or the store not writable."""
@@ -101,6 +109,21 @@ def check_ready(store: Path) -> None:
         raise ConfigurationError(
             f"fine-tuned encoders are kept in {store}, which is not writable: {exc}"
         ) from exc
+
+
+def adamw(encoder: torch.nn.Module, head: torch.nn.Module, config: FinetuneConfig) -> Any:
+    """AdamW over the encoder (weight decay on its weight matrices only, not on biases and norms) and
+    a throw-away head (its own, larger step size)."""
+    torch = require_torch()
+    decayed = [p for name, p in encoder.named_parameters() if p.dim() > 1 and "norm" not in name]
+    kept = [p for name, p in encoder.named_parameters() if not (p.dim() > 1 and "norm" not in name)]
+    return torch.optim.AdamW(
+        [
+            {"params": decayed, "lr": config.encoder_learning_rate, "weight_decay": config.weight_decay},
+            {"params": kept, "lr": config.encoder_learning_rate, "weight_decay": 0.0},
+            {"params": head.parameters(), "lr": config.head_learning_rate, "weight_decay": 0.0},
+        ]
+    )
 
 
 def finetune_encoder(
@@ -123,15 +146,7 @@ def finetune_encoder(
     device = config.torch_device()
     encoder = build_encoder().to(device)
     head = torch.nn.Linear(DIMS, targets.shape[1]).to(device)
-    decayed = [p for name, p in encoder.named_parameters() if p.dim() > 1 and "norm" not in name]
-    kept = [p for name, p in encoder.named_parameters() if not (p.dim() > 1 and "norm" not in name)]
-    optimiser = torch.optim.AdamW(
-        [
-            {"params": decayed, "lr": config.encoder_learning_rate, "weight_decay": config.weight_decay},
-            {"params": kept, "lr": config.encoder_learning_rate, "weight_decay": 0.0},
-            {"params": head.parameters(), "lr": config.head_learning_rate, "weight_decay": 0.0},
-        ]
-    )
+    optimiser = adamw(encoder, head, config)
     batches = TokenBatches(tokenizer_file, texts)
     y = torch.tensor(targets, dtype=torch.float32)
     counted = torch.tensor(judged, dtype=torch.float32)
@@ -186,18 +201,47 @@ def finetuned_encoder_file(
     """The int8 ONNX encoder fine-tuned on these rows with this recipe, and what is known of it
     (rows, recipe, device, seconds, export cosine, the file's sha256); reused from ``store`` when the
     same fine-tune was kept there before and its file is intact."""
+    return stored_finetune(
+        str(RECIPE_VERSION),
+        texts,
+        [
+            np.ascontiguousarray(targets, dtype=bool).tobytes(),
+            np.ascontiguousarray(judged, dtype=bool).tobytes(),
+        ],
+        lambda: finetune_encoder(texts, targets, judged, tokenizer_file, config, progress),
+        tokenizer_file,
+        store,
+        config,
+        progress,
+    )
+
+
+def stored_finetune(
+    recipe: str,
+    texts: Sequence[str],
+    labels: Sequence[bytes],
+    train: Callable[[], torch.nn.Module],
+    tokenizer_file: Path,
+    store: Path,
+    config: FinetuneConfig,
+    progress: Callable[[str], None],
+) -> tuple[Path, dict[str, Any]]:
+    """The int8 ONNX export of ``train()``'s encoder, kept in ``store`` under a digest of ``recipe``
+    (names the training code and its version), the texts, their ``labels`` (bytes), the settings, the
+    tokenizer, the starting weights, torch and the device; a later call with the same digest reuses an
+    intact stored file without training."""
     torch = require_torch()
     check_ready(store)
     device = str(config.torch_device())
     digest = hashlib.sha256(
-        f"{RECIPE_VERSION}|{sorted(asdict(config).items())}|{device}|{torch.__version__}|{MAX_TOKENS}".encode()
+        f"{recipe}|{sorted(asdict(config).items())}|{device}|{torch.__version__}|{MAX_TOKENS}".encode()
     )
     digest.update(file_sha256(tokenizer_file).encode())
     digest.update(file_sha256(starting_weights()).encode())
     for text in texts:
         digest.update(text.encode("utf-8") + b"\0")
-    digest.update(np.ascontiguousarray(targets, dtype=bool).tobytes())
-    digest.update(np.ascontiguousarray(judged, dtype=bool).tobytes())
+    for part in labels:
+        digest.update(part)
     name = digest.hexdigest()[:24]
     encoder_file = store / f"{name}.onnx"
     facts_file = store / f"{name}.json"
@@ -206,7 +250,7 @@ def finetuned_encoder_file(
         progress(f"reusing the encoder fine-tuned on these {len(texts)} rows before ({encoder_file})")
         return encoder_file, facts
     started = time.time()
-    encoder = finetune_encoder(texts, targets, judged, tokenizer_file, config, progress)
+    encoder = train()
     step = max(1, len(texts) // EXPORT_CHECK_ROWS)
     cosine = export_int8(encoder, encoder_file, tokenizer_file, list(texts[::step]))
     facts = {

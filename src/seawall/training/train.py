@@ -61,7 +61,7 @@ from seawall.training.datasets import (
     load_sources,
 )
 from seawall.training.distill import distil
-from seawall.training.finetune import FinetuneConfig, check_ready
+from seawall.training.finetune import FinetuneConfig, check_ready, default_store
 from seawall.training.model_card import write_model_card
 
 Progress = Callable[[str], None]
@@ -104,7 +104,7 @@ class TrainConfig:
     #: The fine-tuning recipe (epochs, batch size, learning rates, weight decay, seed, device).
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     #: Where fine-tuned encoders are kept between runs (by a digest of their rows and recipe).
-    encoder_store: Path = field(default_factory=lambda: Path.home() / ".cache" / "seawall" / "encoders")
+    encoder_store: Path = field(default_factory=default_store)
     #: Sources held out of training and dev and scored at the end (leave-one-source-out).
     exclude_sources: tuple[str, ...] = ()
     #: Write the artefacts and model card (off for evaluation-only folds).
