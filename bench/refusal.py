@@ -33,6 +33,11 @@ Needs the ``train`` extra (scikit-learn) for the cross-validation.
     python bench/refusal.py                 # everything
     python bench/refusal.py --sets 1 --no-fixtures   # only the development set and the CV, for tuning
     python bench/refusal.py --sets 2,3,10 --folds 0  # sets by number
+    python bench/refusal.py --head DIR/refusal_head.npz --folds 0   # a head trained elsewhere
+
+A head over a fine-tuned encoder (``train-refusal --finetune-epochs``) is scored with ``--folds 0``:
+the encoder saw every training answer, so cross-validating the head alone would leak;
+``train-refusal`` reports its out-of-fold figures with one fine-tune a fold.
 """
 
 from __future__ import annotations
@@ -49,7 +54,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from seawall.redteam.refusal import LABELS, matches_refusal_phrase, shared_refusal_classifier  # noqa: E402
+from seawall.model.context import onnx_model_path  # noqa: E402
+from seawall.redteam.refusal import (  # noqa: E402
+    LABELS,
+    RefusalClassifier,
+    matches_refusal_phrase,
+    shared_refusal_classifier,
+)
 from seawall.redteam.refusal_training import (  # noqa: E402
     DEFAULT_ALPHA,
     binary_figures,
@@ -91,10 +102,9 @@ def confusion(truth: list[str], predicted: list[str]) -> str:
     return "\n".join(rows)
 
 
-def held_out(path: Path) -> tuple[list[bool], list[bool]]:
+def held_out(path: Path, classifier: RefusalClassifier) -> tuple[list[bool], list[bool]]:
     """Print one held-out set's figures; return its truth and the classifier's binary verdicts."""
     rows = load_answers(path)
-    classifier = shared_refusal_classifier()
     began = time.perf_counter()
     judgements = classifier.classify([r["answer"] for r in rows])
     took = time.perf_counter() - began
@@ -121,9 +131,8 @@ def held_out(path: Path) -> tuple[list[bool], list[bool]]:
     return truth, [j.refused for j in judgements]
 
 
-def cross_validated(folds: int) -> None:
+def cross_validated(folds: int, classifier: RefusalClassifier) -> None:
     rows = load_answers(TRAINING)
-    classifier = shared_refusal_classifier()
     x = embed([r["answer"] for r in rows], classifier.encoder)
     y = np.array([LABELS.index(r["label"]) for r in rows], dtype=np.int64)  # type: ignore[arg-type]
     groups = [r.get("prompt") or r["answer"] for r in rows]
@@ -142,8 +151,7 @@ def cross_validated(folds: int) -> None:
     print(confusion([r["label"] for r in rows], predicted_labels))
 
 
-def fixtures() -> None:
-    classifier = shared_refusal_classifier()
+def fixtures(classifier: RefusalClassifier) -> None:
     for name in FIXTURES:
         path = ROOT / "tests/data/redteam" / name
         rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
@@ -171,19 +179,34 @@ def main() -> None:
         "'1' is the development set only (default: every set)",
     )
     parser.add_argument("--no-fixtures", action="store_true", help="skip the first round's fixtures")
+    parser.add_argument(
+        "--head",
+        type=Path,
+        default=None,
+        help="score this refusal_head.npz (and the encoder it names) instead of the shipped one",
+    )
     args = parser.parse_args()
     chosen = selected_sets(args.sets)
     if not chosen or set(chosen) - set(HELD_OUT):
         parser.error(f"--sets takes set numbers from {','.join(HELD_OUT)}, got {args.sets!r}")
     if args.folds == 1 or args.folds < 0:
         parser.error("--folds must be 0 (none) or at least 2")
-    print(f"threshold {shared_refusal_classifier().threshold} (refuses if P(partial)+P(refusal) >= it)")
+    classifier = RefusalClassifier.load(args.head) if args.head else shared_refusal_classifier()
+    encoder_file = classifier.encoder.model_file  # type: ignore[attr-defined]
+    if args.folds and encoder_file != onnx_model_path():
+        # The encoder was fine-tuned on every training answer: the folds' heads would read vectors
+        # shaped by the answers they are scored on.
+        parser.error(
+            "--folds over a fine-tuned encoder would leak; pass --folds 0 (train-refusal reports them)"
+        )
+    print(f"head {args.head or 'shipped'}, encoder {encoder_file}")
+    print(f"threshold {classifier.threshold} (refuses if P(partial)+P(refusal) >= it)")
     pooled_truth: list[bool] = []
     pooled_predicted: list[bool] = []
     pooled_sets = []
     for key, path in HELD_OUT.items():
         if key in chosen:
-            truth, predicted = held_out(path)
+            truth, predicted = held_out(path, classifier)
             if key != "1":  # set 1 has been the development set since the second round
                 pooled_truth += truth
                 pooled_predicted += predicted
@@ -193,9 +216,9 @@ def main() -> None:
         print(f"pooled over held-out sets {', '.join(pooled_sets)}: {len(pooled_truth)} answers")
         print(line("classifier", pooled_truth, pooled_predicted))
     if args.folds:
-        cross_validated(args.folds)
+        cross_validated(args.folds, classifier)
     if not args.no_fixtures:
-        fixtures()
+        fixtures(classifier)
 
 
 if __name__ == "__main__":
