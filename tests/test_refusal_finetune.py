@@ -78,7 +78,8 @@ def test_fine_tuning_moves_answers_apart_by_stance() -> None:
     lines: list[str] = []
     tuned = finetune_refusal_encoder(texts, labels, _tokenizer_file(), config, lines.append)
     after = stance_gap(answer_vectors(tuned, texts), len(DECLINES))
-    assert after > before + 0.1, (before, after)
+    # measured 0.178 -> 0.956 with 1 and with 2 threads
+    assert after > before + 0.4, (before, after)
     assert any("fine-tuning the refusal encoder: epoch 4/4" in line for line in lines)
     with pytest.raises(ValueError, match="same rows"):
         finetune_refusal_encoder(texts, labels[:3], _tokenizer_file(), config)

@@ -10,8 +10,9 @@ exported as int8 ONNX (as for the moderation model's encoder) and kept in the fi
 digest of answers, labels and recipe; the shipped MLP head is then fitted over the exported encoder's
 features.
 
-Measured out of fold on the hand-written training answers (2 of 5 grouped folds, 2 CPU cores,
-2 epochs; ``REFUSAL_MODEL_CARD.md``): AUPRC of "refuses" 0.945 with the stock encoder, 0.983 with this one.
+Measured out of fold on the training answers (2 of the 5 grouped folds, 609 hand-written answers
+scored, 2 epochs on 2 CPU cores; ``REFUSAL_MODEL_CARD.md``): AUPRC of "refuses" 0.958 with the stock
+encoder, 0.983 with this one; F1 at the threshold rule 0.850 against 0.921.
 """
 
 from __future__ import annotations
