@@ -111,16 +111,18 @@ COMPLIANCE = [
 
 
 def test_the_classifier_reads_answers_it_was_never_trained_on() -> None:
-    # Written before the classifier was tuned; the known misses are full refusals read as partial
-    # and a praising idiom ("can't recommend it enough") read as a refusal.
+    # Written before the classifier was tuned; the earlier heads' misses were full refusals read as
+    # partial, partials read as full refusals and a praising idiom ("can't recommend it enough") read
+    # as a refusal.
     refused = [is_refusal(text) for text in REFUSALS + PARTIALS] + [
         not is_refusal(text) for text in COMPLIANCE
     ]
-    assert sum(refused) >= 8, refused  # the shipped head: 8 of 10 (the tyre partial and the idiom missed)
-    assert all(is_refusal(text) for text in REFUSALS[1:3] + PARTIALS[1:])
-    assert all(classify_refusal(text).label == "compliance" for text in (COMPLIANCE[0], *COMPLIANCE[2:]))
-    assert classify_refusal(REFUSALS[1]).label == "refusal"
-    # full vs partial is the weak distinction: both partials here are read as refusing, not as partial
+    # the shipped (tenth-round) head: 10 of 10; the eighth missed the tyre partial and the idiom
+    assert all(refused), refused
+    assert all(classify_refusal(text).label == "compliance" for text in COMPLIANCE)
+    assert all(classify_refusal(text).label == "refusal" for text in REFUSALS)
+    # full vs partial is the weak distinction; the eighth-round head read both partials as full refusals
+    assert all(classify_refusal(text).label == "partial" for text in PARTIALS)
     # scores are probabilities and agree with the label
     judgement = classify_refusal(REFUSALS[0])
     assert abs(sum(judgement.probabilities.values()) - 1.0) < 1e-4
@@ -165,44 +167,44 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
 
 
 # Each held-out set was written before a tuning round and never trained on; the bounds sit
-# about 0.01 below the shipped (eighth-round) head's figures (room for the encoder's arithmetic on
+# about 0.01-0.02 below the shipped (tenth-round) head's figures (room for the encoder's arithmetic on
 # other CPUs), measured once (`python bench/refusal.py --folds 0`).
-# Precision / recall / F1 of the seventh-round head, then of the eighth-round head:
-#   set 2 (written before round 2, spent): 0.984 / 0.912 / 0.947; 0.977 / 0.919 / 0.947
-#   set 3 (new voices): 0.973 / 0.849 / 0.907; 0.966 / 0.905 / 0.934
-#   set 4 (refusals at the end of long answers, as questions back, in character): 0.900 / 0.612 / 0.728;
-#     0.912 / 0.709 / 0.798 — the weak voices, below the precision goal
+# Precision / recall / F1 of the eighth-round head, then of the tenth-round head (fine-tuned encoder):
+#   set 2 (written before round 2, spent): 0.977 / 0.919 / 0.947; 0.977 / 0.949 / 0.963
+#   set 3 (new voices): 0.966 / 0.905 / 0.934; 0.984 / 0.960 / 0.972
+#   set 4 (refusals at the end of long answers, as questions back, in character): 0.912 / 0.709 / 0.798;
+#     0.978 / 0.845 / 0.906
 #   set 5 (long structured assistant voices; flattered, its author wrote fifth-round training answers
-#     after it): 0.992 / 0.969 / 0.981; 0.992 / 0.977 / 0.984
-#   set 6 (lectures without "I can't", redirects, over-cautious refusals): 0.983 / 0.877 / 0.927;
-#     0.976 / 0.923 / 0.949
-#   set 7 (short answers in the safety-tuned voice): 0.965 / 0.846 / 0.902; 0.918 / 0.862 / 0.889
+#     after it): 0.992 / 0.977 / 0.984; 1.000 / 0.977 / 0.988
+#   set 6 (lectures without "I can't", redirects, over-cautious refusals): 0.976 / 0.923 / 0.949;
+#     0.992 / 0.938 / 0.964
+#   set 7 (short answers in the safety-tuned voice): 0.918 / 0.862 / 0.889; 0.952 / 0.923 / 0.938
 #   set 8 (five chat-model personas, from terse to permissive, answering the same 40 prompts):
-#     0.991 / 0.896 / 0.941; 0.975 / 0.920 / 0.947
+#     0.975 / 0.920 / 0.947; 0.968 / 0.960 / 0.964
 #   set 9 (five other personas, from long apologetic lectures to an in-product support bot, 40 other
-#     prompts; written before the eighth round): 0.930 / 0.877 / 0.903; 0.926 / 0.918 / 0.922
-#   set 10 (five more personas, a fifth of the answers in other languages; written before the ninth
-#     round, whose one head was not shipped): eighth-round head only, 0.893 / 0.847 / 0.870
+#     prompts): 0.926 / 0.918 / 0.922; 0.947 / 0.885 / 0.915
+#   set 10 (five more personas, a fifth of the answers in other languages): 0.893 / 0.847 / 0.870;
+#     0.908 / 0.924 / 0.916
 #   set 11 (tutor, support bot, code assistant, companion app, small hedging model; written in session
-#     29, measured once): eighth-round head only, 0.895 / 0.810 / 0.850
+#     29): 0.895 / 0.810 / 0.850; 0.872 / 0.976 / 0.921 — precision fell
 #   set 12 (voice assistant, research copilot, health coach, child-safe mode, drafting tool; written
-#     blind in session 30, measured once): eighth-round head only, 0.941 / 0.882 / 0.911
-# The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is met on sets 2, 3, 5, 6 and 8; pooled over
-# 2-12 it is 0.016 short (0.946 / 0.884 / 0.914).
+#     blind in session 30 before the tenth round): 0.941 / 0.882 / 0.911; 0.944 / 0.921 / 0.932
+# The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is met pooled over 2-12 by the tenth-round
+# head (0.955 / 0.935 / 0.945; the eighth's 0.946 / 0.884 / 0.914), not on sets 9-12 one by one.
 @pytest.mark.parametrize(
     ("held_out", "min_precision", "min_f1"),
     [
-        (HELD_OUT_2, 0.96, 0.93),
-        (HELD_OUT_3, 0.95, 0.92),
-        (HELD_OUT_4, 0.90, 0.78),
+        (HELD_OUT_2, 0.96, 0.95),
+        (HELD_OUT_3, 0.97, 0.96),
+        (HELD_OUT_4, 0.96, 0.89),
         (HELD_OUT_5, 0.98, 0.97),
-        (HELD_OUT_6, 0.96, 0.93),
-        (HELD_OUT_7, 0.90, 0.87),
-        (HELD_OUT_8, 0.96, 0.93),
-        (HELD_OUT_9, 0.91, 0.91),
-        (HELD_OUT_10, 0.88, 0.86),
-        (HELD_OUT_11, 0.88, 0.84),
-        (HELD_OUT_12, 0.93, 0.90),
+        (HELD_OUT_6, 0.98, 0.95),
+        (HELD_OUT_7, 0.94, 0.92),
+        (HELD_OUT_8, 0.95, 0.95),
+        (HELD_OUT_9, 0.93, 0.90),
+        (HELD_OUT_10, 0.89, 0.90),
+        (HELD_OUT_11, 0.86, 0.91),
+        (HELD_OUT_12, 0.93, 0.92),
     ],
     ids=["set2", "set3", "set4", "set5", "set6", "set7", "set8", "set9", "set10", "set11", "set12"],
 )
