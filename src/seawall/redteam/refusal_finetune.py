@@ -17,7 +17,6 @@ encoder, 0.983 with this one; F1 at the threshold rule 0.850 against 0.921.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,8 +28,8 @@ from numpy.typing import NDArray
 from seawall.errors import ConfigurationError
 from seawall.model.context import DIMS
 from seawall.redteam.refusal import LABELS, windows
-from seawall.training.finetune import FinetuneConfig, adamw, stored_finetune
-from seawall.training.minilm_torch import TokenBatches, build_encoder, mean_pool, require_torch
+from seawall.training.finetune import FinetuneConfig, fresh_start, stored_finetune
+from seawall.training.minilm_torch import TokenBatches, mean_pool, require_torch
 
 if TYPE_CHECKING:
     import torch
@@ -81,12 +80,7 @@ def finetune_refusal_encoder(
         raise ValueError("answers and labels must describe the same rows")
     if not answers:
         raise ConfigurationError("fine-tuning needs at least one training answer")
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    device = config.torch_device()
-    encoder = build_encoder().to(device)
-    head = torch.nn.Linear(4 * DIMS, len(LABELS)).to(device)
-    optimiser = adamw(encoder, head, config)
+    encoder, head, optimiser, device, rng = fresh_start(config, 4 * DIMS, len(LABELS))
     batches = AnswerWindows(tokenizer_file, answers)
     y = torch.tensor(labels, dtype=torch.int64)
     steps = config.epochs * -(-len(answers) // config.batch_size)

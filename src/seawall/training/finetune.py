@@ -111,19 +111,29 @@ def check_ready(store: Path) -> None:
         ) from exc
 
 
-def adamw(encoder: torch.nn.Module, head: torch.nn.Module, config: FinetuneConfig) -> Any:
-    """AdamW over the encoder (weight decay on its weight matrices only, not on biases and norms) and
-    a throw-away head (its own, larger step size)."""
+def fresh_start(
+    config: FinetuneConfig, head_inputs: int, head_outputs: int
+) -> tuple[torch.nn.Module, torch.nn.Module, Any, Any, random.Random]:
+    """A fine-tune's starting point, seeded by ``config.seed``: the encoder with its starting weights
+    and a throw-away linear head, both on the device; AdamW over them (weight decay on the encoder's
+    weight matrices only, not on biases and norms; the head with its own, larger step size); the
+    device; and the random generator that orders the batches."""
     torch = require_torch()
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    device = config.torch_device()
+    encoder = build_encoder().to(device)
+    head = torch.nn.Linear(head_inputs, head_outputs).to(device)
     decayed = [p for name, p in encoder.named_parameters() if p.dim() > 1 and "norm" not in name]
     kept = [p for name, p in encoder.named_parameters() if not (p.dim() > 1 and "norm" not in name)]
-    return torch.optim.AdamW(
+    optimiser = torch.optim.AdamW(
         [
             {"params": decayed, "lr": config.encoder_learning_rate, "weight_decay": config.weight_decay},
             {"params": kept, "lr": config.encoder_learning_rate, "weight_decay": 0.0},
             {"params": head.parameters(), "lr": config.head_learning_rate, "weight_decay": 0.0},
         ]
     )
+    return encoder, head, optimiser, device, rng
 
 
 def finetune_encoder(
@@ -141,12 +151,7 @@ def finetune_encoder(
         raise ValueError("texts, targets and judged must describe the same rows")
     if not texts:
         raise ConfigurationError("fine-tuning needs at least one training row")
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    device = config.torch_device()
-    encoder = build_encoder().to(device)
-    head = torch.nn.Linear(DIMS, targets.shape[1]).to(device)
-    optimiser = adamw(encoder, head, config)
+    encoder, head, optimiser, device, rng = fresh_start(config, DIMS, targets.shape[1])
     batches = TokenBatches(tokenizer_file, texts)
     y = torch.tensor(targets, dtype=torch.float32)
     counted = torch.tensor(judged, dtype=torch.float32)
