@@ -19,7 +19,7 @@ from seawall.model.classifier import file_sha256
 from seawall.model.context import onnx_model_path
 from seawall.redteam.refusal import ENCODER_FILE, LABELS, RefusalClassifier
 from seawall.redteam.refusal_finetune import AnswerWindows, finetune_refusal_encoder
-from seawall.redteam.refusal_training import _tokenizer_file, default_answers, load_answers, train_refusal
+from seawall.redteam.refusal_training import default_answers, encoder_tokenizer, load_answers, train_refusal
 from seawall.training.finetune import FinetuneConfig
 from seawall.training.minilm_torch import build_encoder, require_torch
 
@@ -47,7 +47,7 @@ ANSWERS = [
 
 def answer_vectors(encoder: object, answers: list[str]) -> np.ndarray:
     torch = require_torch()
-    windows = AnswerWindows(_tokenizer_file(), answers)
+    windows = AnswerWindows(encoder_tokenizer(), answers)
     with torch.no_grad():
         return windows.vectors(encoder, list(range(len(answers))), "cpu").numpy()  # type: ignore[arg-type]
 
@@ -76,15 +76,15 @@ def test_fine_tuning_moves_answers_apart_by_stance() -> None:
     before = stance_gap(answer_vectors(build_encoder(), texts), len(DECLINES))
     config = FinetuneConfig(epochs=4, batch_size=4, encoder_learning_rate=1e-4, device="cpu")
     lines: list[str] = []
-    tuned = finetune_refusal_encoder(texts, labels, _tokenizer_file(), config, lines.append)
+    tuned = finetune_refusal_encoder(texts, labels, encoder_tokenizer(), config, lines.append)
     after = stance_gap(answer_vectors(tuned, texts), len(DECLINES))
     # measured 0.178 -> 0.956 with 1 and with 2 threads
     assert after > before + 0.4, (before, after)
     assert any("fine-tuning the refusal encoder: epoch 4/4" in line for line in lines)
     with pytest.raises(ValueError, match="same rows"):
-        finetune_refusal_encoder(texts, labels[:3], _tokenizer_file(), config)
+        finetune_refusal_encoder(texts, labels[:3], encoder_tokenizer(), config)
     with pytest.raises(ConfigurationError, match="at least one"):
-        finetune_refusal_encoder([], labels[:0], _tokenizer_file(), config)
+        finetune_refusal_encoder([], labels[:0], encoder_tokenizer(), config)
 
 
 def test_a_fine_tuned_head_names_its_encoder_and_reads_only_that_one(tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_a_fine_tuned_head_names_its_encoder_and_reads_only_that_one(tmp_path: P
     from seawall.model.context import ContextEncoder
 
     tuned_vectors = classifier.encoder.encode(texts)
-    stock_vectors = ContextEncoder(_tokenizer_file()).encode(texts)
+    stock_vectors = ContextEncoder(encoder_tokenizer()).encode(texts)
     assert float((tuned_vectors * stock_vectors).sum(axis=1).min()) < 0.999
     judged = classifier.classify(texts)
     assert all(abs(sum(j.probabilities.values()) - 1.0) < 1e-4 for j in judged)
@@ -153,7 +153,7 @@ def test_without_a_threshold_each_fold_fine_tunes_on_its_own_answers(tmp_path: P
 def test_fine_tuning_refuses_what_it_cannot_honour(tmp_path: Path) -> None:
     data = small_answers(tmp_path, 80)
     encoder = RefusalClassifier.load().encoder
-    with pytest.raises(ConfigurationError, match="replaces the encoder"):
+    with pytest.raises(ConfigurationError, match="not both"):
         train_refusal(data, tmp_path / "h.npz", threshold=0.5, encoder=encoder, finetune=QUICK)
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the store's folder should be")

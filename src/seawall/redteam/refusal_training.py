@@ -217,7 +217,7 @@ def train_refusal(
         raise ConfigurationError(f"the refusal threshold must lie strictly between 0 and 1, got {threshold}")
     if finetune is not None:
         if encoder is not None:
-            raise ConfigurationError("a fine-tuned refusal encoder replaces the encoder passed in: pass one")
+            raise ConfigurationError("pass an encoder or fine-tune one, not both: the fine-tune replaces it")
         from seawall.training.finetune import check_ready
 
         check_ready(encoder_store or default_store())
@@ -242,7 +242,7 @@ def train_refusal(
         if threshold is None:
             oof = _finetuned_out_of_fold(texts, y, groups, folds, alpha, seed, finetune, store, progress)
         encoder_file, _ = refusal_encoder_file(
-            texts, y, _tokenizer_file(), store, finetune, progress or (lambda line: None)
+            texts, y, encoder_tokenizer(), store, finetune, progress or (lambda line: None)
         )
         shipped = out.parent / ENCODER_FILE
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -257,7 +257,8 @@ def train_refusal(
         threshold = choose_threshold(oof, y)
     head = fit_head(x, y, alpha, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("wb") as handle:
+    written = out.with_name(out.name + ".partial")  # renamed into place: never half a head
+    with written.open("wb") as handle:
         arrays: dict[str, Any] = {
             "feature_version": np.array(FEATURE_VERSION),
             "labels": np.array(LABELS),
@@ -266,6 +267,7 @@ def train_refusal(
             **head.arrays(),
         }
         np.savez_compressed(handle, **arrays)
+    written.replace(out)
     if finetune is None and (out.parent / ENCODER_FILE).exists():
         (out.parent / ENCODER_FILE).unlink()  # the new head reads the stock encoder
     result: dict[str, Any] = {"rows": len(rows), "threshold": threshold, "fine_tuned": finetune is not None}
@@ -309,7 +311,7 @@ def _finetuned_out_of_fold(
         encoder_file, _ = refusal_encoder_file(
             [texts[i] for i in train],
             y[train],
-            _tokenizer_file(),
+            encoder_tokenizer(),
             store,
             config,
             progress or (lambda line: None),
@@ -319,7 +321,8 @@ def _finetuned_out_of_fold(
     return out
 
 
-def _tokenizer_file() -> Path:
+def encoder_tokenizer() -> Path:
+    """The tokenizer file every MiniLM here reads (the moderation model's)."""
     from seawall.model.classifier import default_model_dir
     from seawall.model.embeddings import TOKENIZER_FILE
 
