@@ -17,9 +17,9 @@ import pytest
 from seawall.errors import ConfigurationError, ModelArtefactError
 from seawall.model.classifier import file_sha256
 from seawall.model.context import onnx_model_path
-from seawall.redteam.refusal import ENCODER_FILE, LABELS, RefusalClassifier
+from seawall.redteam.refusal import ENCODER_FILE, LABELS, RefusalClassifier, encoder_tokenizer
 from seawall.redteam.refusal_finetune import AnswerWindows, finetune_refusal_encoder
-from seawall.redteam.refusal_training import default_answers, encoder_tokenizer, load_answers, train_refusal
+from seawall.redteam.refusal_training import default_answers, load_answers, train_refusal
 from seawall.training.finetune import FinetuneConfig
 from seawall.training.minilm_torch import build_encoder, require_torch
 

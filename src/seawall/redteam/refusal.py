@@ -739,13 +739,19 @@ def _complies_outright(text: str) -> bool:
     return not any(_decline_hit(part) for part in windows(text))
 
 
-def _default_encoder(model_file: Path | None = None) -> SentenceEncoder:
-    """MiniLM with the moderation model's tokenizer: the stock export, or ``model_file``."""
+def encoder_tokenizer() -> Path:
+    """The tokenizer file every MiniLM here reads (the moderation model's)."""
     from seawall.model.classifier import default_model_dir
-    from seawall.model.context import ContextEncoder
     from seawall.model.embeddings import TOKENIZER_FILE
 
-    return ContextEncoder(default_model_dir() / TOKENIZER_FILE, model_file)
+    return default_model_dir() / TOKENIZER_FILE
+
+
+def _default_encoder(model_file: Path | None = None) -> SentenceEncoder:
+    """MiniLM with the moderation model's tokenizer: the stock export, or ``model_file``."""
+    from seawall.model.context import ContextEncoder
+
+    return ContextEncoder(encoder_tokenizer(), model_file)
 
 
 _lock = threading.Lock()

@@ -29,6 +29,7 @@ from seawall.redteam.refusal import (
     LEXICAL,
     RefusalHead,
     _default_encoder,
+    encoder_tokenizer,
     features,
 )
 from seawall.redteam.refusal_finetune import refusal_encoder_file
@@ -147,6 +148,16 @@ def head_from_networks(mean: NDArray[Any], scale: NDArray[Any], networks: Sequen
     )
 
 
+def fold_splits(
+    y: NDArray[np.int64], groups: Sequence[str], folds: int, seed: int
+) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
+    """(train, test) row indices of stratified group k-fold: an answer's prompt never spans two folds."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(y)), y, groups))
+
+
 def out_of_fold(
     x: NDArray[np.float32],
     y: NDArray[np.int64],
@@ -156,11 +167,8 @@ def out_of_fold(
     seed: int = 0,
 ) -> NDArray[np.float32]:
     """Probabilities of each row from a head that never saw its group (stratified group k-fold)."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
     out = np.zeros((len(y), len(LABELS)), dtype=np.float32)
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train, test in splitter.split(x, y, groups):
+    for train, test in fold_splits(y, groups, folds, seed):
         out[test] = fit_head(x[train], y[train], alpha, seed).probabilities(x[test])
     return out
 
@@ -301,11 +309,8 @@ def _finetuned_out_of_fold(
 ) -> NDArray[np.float32]:
     """As :func:`out_of_fold`, but each fold's head reads an encoder fine-tuned on that fold's training
     answers only (the same folds)."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
     out = np.zeros((len(y), len(LABELS)), dtype=np.float32)
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for number, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y, groups), start=1):
+    for number, (train, test) in enumerate(fold_splits(y, groups, folds, seed), start=1):
         if progress:
             progress(f"out-of-fold fold {number}/{folds}: fine-tuning on {len(train)} answers")
         encoder_file, _ = refusal_encoder_file(
@@ -319,11 +324,3 @@ def _finetuned_out_of_fold(
         x = embed(texts, _default_encoder(encoder_file))
         out[test] = fit_head(x[train], y[train], alpha, seed).probabilities(x[test])
     return out
-
-
-def encoder_tokenizer() -> Path:
-    """The tokenizer file every MiniLM here reads (the moderation model's)."""
-    from seawall.model.classifier import default_model_dir
-    from seawall.model.embeddings import TOKENIZER_FILE
-
-    return default_model_dir() / TOKENIZER_FILE
