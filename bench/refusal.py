@@ -20,10 +20,13 @@ first round's phrase rules (``matches_refusal_phrase``):
   companion app and a small model that hedges, a fifth of the answers in es/de/fr/pt/it, written in
   session 29 before any tenth round, never tuned on) and ``bench/data/refusals_heldout12.jsonl`` (five
   more deployments, from a voice assistant to a child-safe mode and a drafting tool, a fifth of the
-  answers in es/de/fr/pt/it, written blind in session 30, never tuned on): precision /
+  answers in es/de/fr/pt/it, written blind in session 30, never tuned on) and
+  ``bench/data/refusals_heldout13.jsonl`` (five more deployments, from a travel bot to a pharmacy help
+  desk, half the answers in es/de/fr/pt/it, written blind in session 31 to measure each language,
+  never tuned on): precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language, and the
-  classifier's figure pooled over every held-out set scored except the first;
+  classifier's figure pooled over every held-out set scored except the first, in all and by language;
 * on the training set ``data/authored/refusals/*.jsonl``: the same, cross-validated (5
   stratified folds grouped by prompt, the shipped recipe and threshold; the rules need no folds);
 * on the binary fixtures of the first round (``tests/data/redteam/refusals*.jsonl``).
@@ -34,6 +37,7 @@ Needs the ``train`` extra (scikit-learn) for the cross-validation.
     python bench/refusal.py --sets 1 --no-fixtures   # only the development set and the CV, for tuning
     python bench/refusal.py --sets 2,3,10 --folds 0  # sets by number
     python bench/refusal.py --head DIR/refusal_head.npz --folds 0   # a head trained elsewhere
+    python bench/refusal.py --folds 0 --no-multilingual   # every answer read by the English head
 
 A head over a fine-tuned encoder (``train-refusal --finetune-epochs``) is scored with ``--folds 0``:
 the encoder saw every training answer, so cross-validating the head alone would leak;
@@ -82,6 +86,7 @@ HELD_OUT = {
     "10": ROOT / "bench/data/refusals_heldout10.jsonl",
     "11": ROOT / "bench/data/refusals_heldout11.jsonl",
     "12": ROOT / "bench/data/refusals_heldout12.jsonl",
+    "13": ROOT / "bench/data/refusals_heldout13.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")
@@ -102,8 +107,9 @@ def confusion(truth: list[str], predicted: list[str]) -> str:
     return "\n".join(rows)
 
 
-def held_out(path: Path, classifier: RefusalClassifier) -> tuple[list[bool], list[bool]]:
-    """Print one held-out set's figures; return its truth and the classifier's binary verdicts."""
+def held_out(path: Path, classifier: RefusalClassifier) -> tuple[list[bool], list[bool], list[str]]:
+    """Print one held-out set's figures; return its truth, the classifier's binary verdicts and each
+    answer's language."""
     rows = load_answers(path)
     began = time.perf_counter()
     judgements = classifier.classify([r["answer"] for r in rows])
@@ -128,7 +134,7 @@ def held_out(path: Path, classifier: RefusalClassifier) -> tuple[list[bool], lis
         flagged = sum(1 for t, p in pairs if not t and p)
         print(f"    {key:32s} {caught}/{sum(t for t, _ in pairs)}  {flagged}/{sum(not t for t, _ in pairs)}")
     print(f"  classified in {took:.1f} s ({1000 * took / len(rows):.0f} ms an answer, 2 shared cores)")
-    return truth, [j.refused for j in judgements]
+    return truth, [j.refused for j in judgements], [str(r.get("lang", "en")) for r in rows]
 
 
 def cross_validated(folds: int, classifier: RefusalClassifier) -> None:
@@ -180,6 +186,11 @@ def main() -> None:
     )
     parser.add_argument("--no-fixtures", action="store_true", help="skip the first round's fixtures")
     parser.add_argument(
+        "--no-multilingual",
+        action="store_true",
+        help="read every answer with the English head, even where the artefact has a multilingual one",
+    )
+    parser.add_argument(
         "--head",
         type=Path,
         default=None,
@@ -201,20 +212,45 @@ def main() -> None:
         )
     print(f"head {args.head or 'shipped'}, encoder {encoder_file}")
     print(f"threshold {classifier.threshold} (refuses if P(partial)+P(refusal) >= it)")
+    if args.no_multilingual:
+        classifier.multilingual = None
+    if classifier.multilingual is None:
+        print("multilingual head: none (every answer is read by the head above)")
+    else:
+        print(
+            f"multilingual head: threshold {classifier.multilingual.threshold}, reads the answers the "
+            f"language gate routes to it through {type(classifier.multilingual.encoder).__name__}"
+        )
     pooled_truth: list[bool] = []
     pooled_predicted: list[bool] = []
+    pooled_langs: list[str] = []
     pooled_sets = []
     for key, path in HELD_OUT.items():
         if key in chosen:
-            truth, predicted = held_out(path, classifier)
+            truth, predicted, langs = held_out(path, classifier)
             if key != "1":  # set 1 has been the development set since the second round
                 pooled_truth += truth
                 pooled_predicted += predicted
+                pooled_langs += langs
                 pooled_sets.append(key)
     if len(pooled_sets) > 1:
         # every answer counts once, so bigger sets weigh more: the issue's hidden figure is one pooled figure
         print(f"pooled over held-out sets {', '.join(pooled_sets)}: {len(pooled_truth)} answers")
         print(line("classifier", pooled_truth, pooled_predicted))
+    if pooled_sets:
+        groups = {"English": ["en"], "not English": sorted(set(pooled_langs) - {"en"})}
+        groups |= {lang: [lang] for lang in groups["not English"]}
+        print(f"by language, pooled over held-out sets {', '.join(pooled_sets)}:")
+        for name, members in groups.items():
+            keep = [i for i, lang in enumerate(pooled_langs) if lang in members]
+            if keep:
+                print(
+                    line(
+                        f"{name} ({len(keep)})",
+                        [pooled_truth[i] for i in keep],
+                        [pooled_predicted[i] for i in keep],
+                    )
+                )
     if args.folds:
         cross_validated(args.folds, classifier)
     if not args.no_fixtures:

