@@ -69,7 +69,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         row
         for label in LABELS
         for english in (True, False)
-        for row in [r for r in rows if r["label"] == label and (r.get("lang", "en") == "en") == english][:24]
+        for row in [r for r in rows if r["label"] == label and (r.get("lang", "en") == "en") == english][:12]
     ]
     folder = tmp_path_factory.mktemp("multilingual")
     data = folder / "answers.jsonl"
@@ -116,7 +116,7 @@ def test_the_language_gate_routes_whole_answers() -> None:
 
 def test_training_fits_the_multilingual_head_on_the_answers_routed_to_it(trained: dict[str, Any]) -> None:
     routed = sum(answer_language(row["answer"]) is not None for row in trained["subset"])
-    assert 50 <= routed <= 72
+    assert 25 <= routed <= 36
     second = trained["result"]["multilingual"]
     assert second["rows"] == routed and 0.2 <= second["threshold"] <= 0.9
     assert second["f1"] > 0.6 and any("multilingual head: out-of-fold" in line for line in trained["lines"])
@@ -179,15 +179,18 @@ def test_without_the_option_or_without_routed_answers_no_multilingual_head_is_wr
     from seawall.redteam.refusal_training import train_refusal
 
     english_encoder = trained["classifier"].encoder
-    plain = train_refusal(trained["data"], tmp_path / "p.npz", encoder=english_encoder)
+    few = tmp_path / "few.jsonl"
+    few.write_text("\n".join(json.dumps(row) for row in trained["subset"][::3]))
+    plain = train_refusal(few, tmp_path / "p.npz", encoder=english_encoder)
     assert plain["multilingual"] is None
     with np.load(tmp_path / "p.npz") as parts:
         assert not any(name.startswith(MULTILINGUAL_PREFIX) for name in parts.files)
-    # English answers only: its threshold cannot be chosen, and it says so
+    # English answers only: its threshold cannot be chosen, and it says so before any embedding
     only_english = tmp_path / "english.jsonl"
     only_english.write_text(
         "\n".join(json.dumps(row) for row in trained["subset"] if answer_language(row["answer"]) is None)
     )
+    lines: list[str] = []
     with pytest.raises(DataError, match="no training answer reads as"):
         train_refusal(
             only_english,
@@ -195,5 +198,6 @@ def test_without_the_option_or_without_routed_answers_no_multilingual_head_is_wr
             encoder=english_encoder,
             multilingual=True,
             multilingual_encoder=trained["e5"],
+            progress=lines.append,
         )
-    assert not (tmp_path / "e.npz").exists()
+    assert not (tmp_path / "e.npz").exists() and not any("embedded" in line for line in lines)

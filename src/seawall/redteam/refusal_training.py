@@ -126,6 +126,7 @@ def fit_head(
     """Standardise the features and fit :data:`NETWORKS` one-hidden-layer networks on them."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
+    from threadpoolctl import threadpool_limits
 
     mean = x.mean(axis=0)
     scale = np.maximum(x.std(axis=0), 1e-3)
@@ -134,7 +135,10 @@ def fit_head(
     networks = []
     for k in range(NETWORKS):
         network = MLPClassifier((HIDDEN_UNITS,), alpha=alpha, max_iter=300, random_state=seed + k)
-        with warnings.catch_warnings():  # a fold's small subset can stop at max_iter: still usable
+        # The networks' products are small (batches of 200 by 64 units): BLAS threads cost more than they
+        # give (2 shared cores, the 2,775 training answers: 80 s a head on every thread, 15-20 s on one).
+        with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+            # a fold's small subset can stop at max_iter: still usable
             warnings.simplefilter("ignore", category=ConvergenceWarning)
             network.fit(z, y)
         if list(network.classes_) != list(range(len(LABELS))):
@@ -259,6 +263,12 @@ def train_refusal(
     folds = min(5, min(int((y == k).sum()) for k in range(len(LABELS))))
     if folds < 2:
         raise DataError("each label needs at least two answers to pick a threshold")
+    routed = np.array([answer_language(text) is not None for text in texts])
+    if multilingual and not routed.any():  # said before minutes of embedding, not after
+        raise DataError(
+            "no training answer reads as Spanish, German, French, Portuguese or Italian, so the multilingual "
+            "head's threshold cannot be chosen: add such answers or train without --multilingual"
+        )
     named: dict[str, str] = {}
     oof: NDArray[np.float32] | None
     if finetune is None:
@@ -288,7 +298,9 @@ def train_refusal(
     second: dict[str, Any] = {}
     second_arrays: dict[str, Any] = {}
     if multilingual:
-        second = _multilingual_head(texts, y, groups, folds, alpha, seed, multilingual_encoder, progress)
+        second = _multilingual_head(
+            texts, y, groups, routed, folds, alpha, seed, multilingual_encoder, progress
+        )
         second_arrays = second.pop("arrays")
     out.parent.mkdir(parents=True, exist_ok=True)
     written = out.with_name(out.name + ".partial")  # renamed into place: never half a head
@@ -332,6 +344,7 @@ def _multilingual_head(
     texts: Sequence[str],
     y: NDArray[np.int64],
     groups: Sequence[str],
+    routed: NDArray[np.bool_],
     folds: int,
     alpha: float,
     seed: int,
@@ -341,13 +354,7 @@ def _multilingual_head(
     """The multilingual head's arrays (prefixed) and its out-of-fold figures on the answers routed to it.
 
     It learns from every answer (declining reads alike across languages; out of fold, English answers
-    helped it), but its threshold is chosen on the routed ones, the only ones it will read."""
-    routed = np.array([answer_language(text) is not None for text in texts])
-    if not routed.any():
-        raise DataError(
-            "no training answer reads as Spanish, German, French, Portuguese or Italian, so the multilingual "
-            "head's threshold cannot be chosen: add such answers or train without --multilingual"
-        )
+    helped it), but its threshold is chosen on the ``routed`` ones, the only ones it will read."""
     if progress:
         progress(
             f"multilingual head: embedding {len(texts)} answers with multilingual-e5 ({routed.sum()} routed)"
