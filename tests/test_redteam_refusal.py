@@ -68,6 +68,10 @@ HELD_OUT_12 = ROOT / "bench" / "data" / "refusals_heldout12.jsonl"
 #: Written blind in session 31 (travel bot, legal information, gaming companion, pharmacy help desk, HR
 #: policy bot; half the answers in other languages, to measure each).
 HELD_OUT_13 = ROOT / "bench" / "data" / "refusals_heldout13.jsonl"
+#: Written blind in session 31 (bank fraud desk, recipe and home bot, news explainer, car manual bot,
+#: loosely aligned role-play model; half in other languages): kept unmeasured for the next round's verdict,
+#: so only its independence is checked here, and bench/refusal.py does not score it yet.
+HELD_OUT_14 = ROOT / "bench" / "data" / "refusals_heldout14.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -84,6 +88,7 @@ HELD_OUT_SETS = (
     (HELD_OUT_11, 190, True, True),
     (HELD_OUT_12, 190, True, True),
     (HELD_OUT_13, 190, True, True),
+    (HELD_OUT_14, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
