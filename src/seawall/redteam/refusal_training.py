@@ -263,7 +263,8 @@ def train_refusal(
     folds = min(5, min(int((y == k).sum()) for k in range(len(LABELS))))
     if folds < 2:
         raise DataError("each label needs at least two answers to pick a threshold")
-    routed = np.array([answer_language(text) is not None for text in texts])
+    # which answers the multilingual head will read: only worked out when it is asked for
+    routed = np.array([multilingual and answer_language(text) is not None for text in texts], dtype=bool)
     if multilingual and not routed.any():  # said before minutes of embedding, not after
         raise DataError(
             "no training answer reads as Spanish, German, French, Portuguese or Italian, so the multilingual "
