@@ -7,11 +7,15 @@ Exit codes of ``run`` and ``replay``: 0 the gate passed, 1 findings over the gat
 from __future__ import annotations
 
 import asyncio
+import tempfile
+import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -23,7 +27,14 @@ from seawall.redteam.catalogue import FAMILIES
 from seawall.redteam.config import OpenAITargetConfig, RedTeamConfig, load_config
 from seawall.redteam.conversation import conversation_strategies
 from seawall.redteam.gate import apply_suppressions, evaluate, load_suppressions, parse_rules, read_baseline
-from seawall.redteam.report import Report, coverage_outcome, guard_line, percent, write_reports
+from seawall.redteam.report import (
+    Report,
+    check_report_dir,
+    coverage_outcome,
+    guard_line,
+    percent,
+    write_reports,
+)
 from seawall.redteam.scan import ascan
 from seawall.redteam.strategies import available_strategies
 from seawall.redteam.suite import all_probes, build_suite, freeze, load_suite
@@ -49,12 +60,17 @@ def _config(
     config: Path | None, target: str | None, model: str | None, kind: str, seed: int | None, offline: bool
 ) -> RedTeamConfig:
     loaded = load_config(config)
+    if kind not in ("openai", "seawall"):
+        raise fail(f"--target-type {kind!r}: choose openai or seawall (other targets go in the config)")
     if target is not None:
         if not model:
             raise fail("--target needs --model")
-        loaded.target = OpenAITargetConfig(
-            type="seawall" if kind == "seawall" else "openai", base_url=target, model=model
-        )
+        try:
+            loaded.target = OpenAITargetConfig(
+                type="seawall" if kind == "seawall" else "openai", base_url=target, model=model
+            )
+        except ValidationError as exc:
+            raise fail(f"--target {target}: {exc.errors()[0]['msg']}") from exc
     if seed is not None:
         loaded.suite.seed = seed
     if offline:
@@ -130,6 +146,11 @@ def _execute(
     parse_rules(rules, has_baseline=previous is not None, families=FAMILIES)
     suppression_file = suppressions or cfg.gate.suppressions
     accepted = load_suppressions(suppression_file) if suppression_file is not None else []
+    directory = out or cfg.report.dir
+    chosen_formats = list(formats or cfg.report.formats)
+    check_report_dir(directory, chosen_formats)
+    finished: list[CaseResult] = []
+    started = datetime.now(UTC)
     with Progress(
         TextColumn("[bold]scanning"),
         BarColumn(),
@@ -137,16 +158,31 @@ def _execute(
         TextColumn("{task.description}"),
         TimeElapsedColumn(),
         console=console,
-        disable=quiet,
+        disable=quiet or not console.is_terminal,
     ) as bar:
         task = bar.add_task("", total=len(suite.cases))
-        counts = {"vulnerable": 0}
+        lines = _ProgressLines(quiet=quiet or console.is_terminal)
 
         def progress(result: CaseResult, done: int, total: int) -> None:
-            counts["vulnerable"] += result.verdict.value == "vulnerable"
-            bar.update(task, completed=done, description=f"{counts['vulnerable']} vulnerable")
+            finished.append(result)
+            vulnerable = sum(r.verdict.value == "vulnerable" for r in finished)
+            bar.update(task, completed=done, description=f"{vulnerable} vulnerable")
+            lines.update(done, total, vulnerable)
 
-        report = asyncio.run(ascan(cfg.target, suite, config=cfg, progress=progress))
+        try:
+            report = asyncio.run(ascan(cfg.target, suite, config=cfg, progress=progress))
+        except KeyboardInterrupt:
+            report = _interrupted(cfg, suite, finished, started)
+            interrupted = True
+        else:
+            interrupted = False
+    if interrupted:
+        written = _write(report, directory, chosen_formats)
+        console.print(
+            f"[yellow]interrupted[/yellow] after {len(finished)} of {len(suite.cases)} cases: the finished "
+            f"ones are in {', '.join(str(path) for path in written.values())}; no gate was applied"
+        )
+        return 130
     if accepted:
         apply_suppressions(report, accepted)
     gate = evaluate(
@@ -156,10 +192,11 @@ def _execute(
         max_error_rate=cfg.gate.max_error_rate,
         alpha=cfg.gate.alpha,
     )
-    written = write_reports(report, out or cfg.report.dir, formats or cfg.report.formats)
+    written = _write(report, directory, chosen_formats)
     if not quiet:
-        console.print(_summary_table(report))
-        console.print(coverage_table(report))
+        wide = console if console.is_terminal else Console(stderr=True, width=200)
+        wide.print(_summary_table(report))
+        wide.print(coverage_table(report))
         for name, stats in report.summary.by_family.items():
             console.print(f"{name}: {guard_line(stats)}", highlight=False)
         console.print(f"overall: {guard_line(report.summary.overall)}", highlight=False)
@@ -171,6 +208,52 @@ def _execute(
         console.print(("[red]gate:[/red] " if gate.exit_code else "gate: ") + reason)
     console.print(f"exit {gate.exit_code} ({['passed', 'findings over the gate', 'error'][gate.exit_code]})")
     return gate.exit_code
+
+
+class _ProgressLines:
+    """Progress as plain lines where no terminal shows a bar (CI logs, pipes): one at every tenth of
+    the cases and at least every 30 seconds."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.quiet = quiet
+        self.last_tenth = 0
+        self.last_time = time.monotonic()
+
+    def update(self, done: int, total: int, vulnerable: int) -> None:
+        tenth = done * 10 // max(total, 1)
+        if self.quiet or (tenth == self.last_tenth and time.monotonic() - self.last_time < 30):
+            return
+        self.last_tenth, self.last_time = tenth, time.monotonic()
+        console.print(f"scanned {done}/{total} cases, {vulnerable} vulnerable", highlight=False)
+
+
+def _interrupted(cfg: RedTeamConfig, suite: Suite, finished: list[CaseResult], started: datetime) -> Report:
+    """A report of the cases that finished before Ctrl-C, in suite order."""
+    assert cfg.target is not None
+    order = {case.id: index for index, case in enumerate(suite.cases)}
+    target = cfg.target.model_dump(include={"type", "base_url", "url", "model", "callable"})
+    note = f"interrupted after {len(finished)} of {len(suite.cases)} cases"
+    return Report.build(
+        sorted(finished, key=lambda result: order.get(result.case.id, len(order))),
+        suite=suite,
+        target=target,
+        started=started,
+        duration_s=(datetime.now(UTC) - started).total_seconds(),
+        settings={"offline": cfg.offline, "interrupted": True, "notes": [note]},
+    )
+
+
+def _write(report: Report, directory: Path, formats: list[str]) -> dict[str, Path]:
+    """The reports, or, when ``directory`` fails after the scan (a full disk), the results saved in a
+    fresh temporary folder and an error naming it: a finished scan is never lost."""
+    try:
+        return write_reports(report, directory, formats)
+    except OSError as exc:
+        rescue = Path(tempfile.mkdtemp(prefix="seawall-redteam-"))
+        write_reports(report, rescue, ["json", "jsonl"])
+        raise fail(
+            f"cannot write reports to {directory} ({exc.strerror or exc}); the results were saved in {rescue}"
+        ) from exc
 
 
 @app.command()
@@ -272,7 +355,10 @@ def freeze_command(
         suite = build_suite(cfg.suite, cfg.app)
     except SeawallError as exc:
         raise fail(exc.message) from exc
-    freeze(suite, output)
+    try:
+        freeze(suite, output)
+    except OSError as exc:
+        raise fail(f"cannot write the suite to {output}: {exc.strerror or exc}") from exc
     console.print(
         f"{len(suite.cases)} cases (seed {suite.seed}, fingerprint {suite.fingerprint}) -> {output}"
     )
@@ -352,7 +438,10 @@ def compare_command(
         table.add_row(name, *(cell(s) for s in stats))
     out.print(table)
     if output is not None:
-        write_trend_html(data, output)
+        try:
+            write_trend_html(data, output)
+        except OSError as exc:
+            raise fail(f"cannot write {output}: {exc.strerror or exc}") from exc
         out.print(f"html: {output}")
 
 

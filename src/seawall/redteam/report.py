@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import importlib.metadata
 import json
+import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from datetime import datetime
@@ -19,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from seawall import __version__
+from seawall.errors import ConfigurationError
 from seawall.redteam.cases import SEVERITY_ORDER, CaseResult, Suite, Verdict
 from seawall.redteam.coverage import CoverageRow, coverage
 from seawall.redteam.stats import GroupStats, group_stats, grouped
@@ -523,6 +525,22 @@ WRITERS = {
     "sarif": ("report.sarif", write_sarif),
     "html": ("report.html", write_html),
 }
+
+
+def check_report_dir(directory: Path, formats: Iterable[str]) -> None:
+    """Before a scan: the formats are known and ``directory`` (created if missing) takes files, so a
+    typo or a read-only path is reported before the traffic, not after it."""
+    unknown = [name for name in formats if name not in WRITERS]
+    if unknown:
+        raise ConfigurationError(
+            f"unknown report format {', '.join(map(repr, unknown))}: choose from {', '.join(WRITERS)}"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".seawall-write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write reports to {directory}: {exc.strerror or exc}") from exc
 
 
 def write_reports(report: Report, directory: Path, formats: Iterable[str]) -> dict[str, Path]:
