@@ -75,13 +75,18 @@ def test_list_of_strings_gives_one_result_each_in_order(client: openai.OpenAI, m
     assert_far_above(threat_score(first), threat_score(lovely))
 
 
-def test_model_defaults_to_the_default_backend(server: RunningServer) -> None:
+def test_an_omitted_or_null_model_is_openai_default_on_the_default_backend(server: RunningServer) -> None:
     with server.http() as http:
-        response = http.post("/v1/moderations", json={"input": "hello there"})
-    assert response.status_code == 200
-    body = response.json()
-    assert body["model"] == server.settings.moderation.backend
-    assert_result_shape(body["results"][0])
+        named = http.post("/v1/moderations", json={"input": THREAT, "model": "omni-moderation-latest"})
+        omitted = http.post("/v1/moderations", json={"input": THREAT})
+        null = http.post("/v1/moderations", json={"input": THREAT, "model": None})
+    for response in (omitted, null):
+        assert response.status_code == 200
+        body = response.json()
+        assert body["model"] == "omni-moderation-latest"  # as OpenAI answers a request that names none
+        assert_result_shape(body["results"][0])
+        scores = body["results"][0]["category_scores"]
+        assert scores == pytest.approx(named.json()["results"][0]["category_scores"], abs=1e-5)
 
 
 def test_ids_are_unique(client: openai.OpenAI) -> None:

@@ -107,8 +107,10 @@ def serve(
             chat += "; review desk at /ui/"
             if _needs_first_account(settings):
                 chat += " (first account: seawall accounts create alice --role admin)"
+    elif settings.gateway.enabled is False:
+        chat = "; chat gateway off (gateway.enabled: false)"
     else:
-        chat = "; chat gateway off (set gateway.upstream.base_url, or install seawall[local-llm])"
+        chat = "; chat gateway off (set gateway.upstream.base_url, or install 'seawall\\[local-llm]')"
 
     def announce(bound: int) -> None:
         console.print(

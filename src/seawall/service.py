@@ -21,6 +21,8 @@ from seawall.passages import focus_segments
 from seawall.results import ModerationResult
 from seawall.settings import Settings
 
+#: The model OpenAI's moderation endpoint uses when a request names none.
+DEFAULT_OPENAI_MODEL = "omni-moderation-latest"
 #: OpenAI's model names; each is served by the configured default backend.
 OPENAI_MODEL_NAMES = frozenset(
     {

@@ -44,7 +44,7 @@ from seawall.gateway.upstream import Upstream
 from seawall.review.gateway_hook import ReviewHook
 from seawall.review.routes import add_review_routes
 from seawall.review.service import ReviewService
-from seawall.service import ModerationService
+from seawall.service import DEFAULT_OPENAI_MODEL, ModerationService
 from seawall.settings import Settings, load_settings
 from seawall.store import open_store
 from seawall.store.base import AuditAPI
@@ -174,7 +174,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         model = body.get("model")
         if model is not None and not isinstance(model, str):
             raise InvalidRequestError("'model' must be a string.", param="model")
-        moderation = await service.moderate(body["input"], model)
+        # An omitted model is OpenAI's default, served (as every OpenAI name is) by the default backend.
+        moderation = await service.moderate(body["input"], model or DEFAULT_OPENAI_MODEL)
         return moderation.model, moderation.results
 
     @app.post("/v1/moderations")
