@@ -46,7 +46,8 @@ def test_malformed_json(http: httpx.Client) -> None:
 def test_non_utf8_body(http: httpx.Client) -> None:
     body = b'{"input": "caf\xe9 \xff\xfe"}'
     response = http.post("/v1/moderations", content=body, headers={"content-type": "application/json"})
-    assert_openai_error(response, 400)
+    error = assert_openai_error(response, 400)
+    assert "not valid UTF-8 (byte 0xe9 at offset 14)" in error["message"]
 
 
 def test_lone_surrogate_escape_is_rejected_cleanly(http: httpx.Client) -> None:
@@ -377,6 +378,13 @@ def test_broken_image_bytes(http: httpx.Client) -> None:
     parts = [text_part("look"), image_part(data_url(b"this is not an image at all"))]
     error = assert_openai_error(http.post("/v1/moderations", json={"input": parts}), 400, "invalid_image")
     assert error["type"] == "invalid_request_error"
+    assert error["param"] == "input[1].image_url.url"  # the part that failed, as OpenAI names it
+
+
+def test_bad_base64_names_its_image_part(http: httpx.Client) -> None:
+    parts = [image_part(data_url(png_bytes())), text_part("look"), image_part("data:image/png;base64,@@@")]
+    error = assert_openai_error(http.post("/v1/moderations", json={"input": parts}), 400, "invalid_image")
+    assert error["param"] == "input[2].image_url.url"
 
 
 def test_sdk_surfaces_image_errors(client: openai.OpenAI) -> None:

@@ -56,8 +56,15 @@ async def read_json(request: Request, max_bytes: int, *, empty_ok: bool = False)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        # orjson rejects invalid UTF-8 as well as malformed JSON.
-        raise InvalidRequestError(f"request body is not valid JSON (UTF-8): {exc}") from exc
+        # orjson rejects invalid UTF-8 as well as malformed JSON, and words the first misleadingly.
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise InvalidRequestError(
+                f"request body is not valid UTF-8 (byte 0x{raw[bad.start]:02x} at offset {bad.start}); "
+                "send JSON encoded as UTF-8."
+            ) from exc
+        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidRequestError("request body must be a JSON object.")
     return body

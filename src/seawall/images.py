@@ -52,7 +52,7 @@ from collections.abc import Sequence
 import httpx
 from PIL import GifImagePlugin, Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
-from seawall.errors import ImageError, PayloadTooLargeError
+from seawall.errors import ImageError, PayloadTooLargeError, SeawallError
 from seawall.inputs import ImagePart, check_image_count, parse_image_url
 from seawall.netguard import (
     IPAddress,
@@ -119,22 +119,37 @@ class ImageLoader:
         """One image's checked bytes (a request's images go through :meth:`load_all` together)."""
         return (await self.load_all([part.url]))[0]
 
-    async def load_all(self, urls: Sequence[str]) -> list[bytes]:
+    async def load_all(self, urls: Sequence[str], params: Sequence[str] | None = None) -> list[bytes]:
         """Checked bytes for each image URL of one request, in order, under the request's limits.
 
         At most ``fetch_concurrency`` images load at once; the first failure
-        cancels the others and is raised.
+        cancels the others and is raised, naming its image's ``params`` entry (where the request
+        carried it) unless it names another.
         """
         check_image_count(len(urls), self.settings.max_per_request)
         budget = _ByteBudget(self.settings.max_total_bytes)
         slots = asyncio.Semaphore(self.settings.fetch_concurrency)
+        where = list(params) if params is not None else [None] * len(urls)
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._load_one(url, budget, slots)) for url in urls]
+                tasks = [
+                    group.create_task(self._load_named(url, param, budget, slots))
+                    for url, param in zip(urls, where, strict=True)
+                ]
         except BaseExceptionGroup as failed:
             # The group cancelled the other loads; the first failure is the answer.
             raise failed.exceptions[0] from None
         return [task.result() for task in tasks]
+
+    async def _load_named(
+        self, url: str, param: str | None, budget: _ByteBudget, slots: asyncio.Semaphore
+    ) -> bytes:
+        try:
+            return await self._load_one(url, budget, slots)
+        except SeawallError as exc:
+            if exc.param is None:
+                exc.param = param
+            raise
 
     async def _load_one(self, url: str, budget: _ByteBudget, slots: asyncio.Semaphore) -> bytes:
         async with slots:

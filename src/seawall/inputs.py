@@ -32,6 +32,8 @@ class ImagePart:
     """An image to judge: its URL as sent (``https://`` or ``data:``); bytes are fetched later."""
 
     url: str
+    #: Where the request carried it (``input[2].image_url.url``): the ``param`` of an error about it.
+    param: str = "input"
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ def _check_text(text: str, max_chars: int, param: str) -> None:
 
 def _parse_parts(parts: Sequence[dict[str, Any]], max_chars: int) -> ModerationInput:
     texts: list[str] = []
-    urls: list[str] = []
+    images: list[ImagePart] = []
     for index, part in enumerate(parts):
         param = f"input[{index}]"
         kind = part.get("type")
@@ -165,9 +167,9 @@ def _parse_parts(parts: Sequence[dict[str, Any]], max_chars: int) -> ModerationI
                 raise InvalidRequestError(f"{url_param} must be an https:// or data: URL.", param=url_param)
             if not url.startswith("data:"):
                 parse_image_url(url, url_param)
-            urls.append(url)
+            images.append(ImagePart(url=url, param=url_param))
         else:
             raise InvalidRequestError(
                 f"{param}.type must be 'text' or 'image_url'; got {kind!r}.", param=f"{param}.type"
             )
-    return ModerationInput(texts=tuple(texts), images=tuple(ImagePart(url=url) for url in urls))
+    return ModerationInput(texts=tuple(texts), images=tuple(images))

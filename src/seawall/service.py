@@ -175,7 +175,9 @@ class ModerationService:
         loaded = []
         for item in inputs:
             if item.images:
-                data = await self._images.load_all([part.url for part in item.images])
+                data = await self._images.load_all(
+                    [part.url for part in item.images], [part.param for part in item.images]
+                )
                 item = replace(item, image_bytes=tuple(data))
             loaded.append(item)
         return loaded

@@ -175,7 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if model is not None and not isinstance(model, str):
             raise InvalidRequestError("'model' must be a string.", param="model")
         # An omitted model is OpenAI's default, served (as every OpenAI name is) by the default backend.
-        moderation = await service.moderate(body["input"], model or DEFAULT_OPENAI_MODEL)
+        moderation = await service.moderate(body["input"], DEFAULT_OPENAI_MODEL if model is None else model)
         return moderation.model, moderation.results
 
     @app.post("/v1/moderations")
