@@ -50,6 +50,30 @@ def test_non_utf8_body(http: httpx.Client) -> None:
     assert "not valid UTF-8 (byte 0xe9 at offset 14)" in error["message"]
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"content-type": "text/plain;charset=UTF-8"},
+        {"content-type": "application/x-www-form-urlencoded"},
+        {"content-type": "multipart/form-data; boundary=x"},
+        {"origin": "https://elsewhere.example"},  # a browser posting a typeless body
+    ],
+)
+def test_bodies_a_web_page_could_post_from_another_site_are_refused(
+    http: httpx.Client, headers: dict[str, str]
+) -> None:
+    """A page on any site can make its visitor's browser post these to a loopback seawall without
+    asking first (CORS simple requests); a JSON API never needs them."""
+    body = json.dumps({"input": "hello"}).encode()
+    for route in ("/v1/moderations", "/v1/seawall/moderations"):
+        response = http.post(route, content=body, headers=headers)
+        error = assert_openai_error(response, 415, "unsupported_media_type")
+        assert "application/json" in error["message"]
+    # the same body declared as JSON, or sent by a program that declares nothing, is read
+    assert http.post("/v1/moderations", content=body, headers={"content-type": "application/json"}).is_success
+    assert http.post("/v1/moderations", content=body).is_success
+
+
 def test_lone_surrogate_escape_is_rejected_cleanly(http: httpx.Client) -> None:
     response = http.post(
         "/v1/moderations", content=b'{"input": "\\ud800"}', headers={"content-type": "application/json"}

@@ -15,6 +15,7 @@ from seawall.errors import (
     PayloadTooLargeError,
     RateLimitError,
     SeawallError,
+    UnsupportedMediaTypeError,
     UpstreamError,
 )
 
@@ -31,9 +32,23 @@ def error_response(exc: SeawallError) -> Response:
     return response
 
 
+#: The body types a web page may post to another site without the browser asking it first (CORS
+#: "simple" requests): never JSON, so refusing them keeps pages from using a visitor's loopback seawall.
+BROWSER_SIMPLE_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
+
+
 async def read_json(request: Request, max_bytes: int, *, empty_ok: bool = False) -> dict[str, Any]:
     """The request's JSON object, read no further than ``max_bytes`` (413 past it); 400 for a
-    body that is not a JSON object, or an empty one unless ``empty_ok`` (then ``{}``)."""
+    body that is not a JSON object, or an empty one unless ``empty_ok`` (then ``{}``).
+
+    415 for a body declared as one of :data:`BROWSER_SIMPLE_TYPES`, or declared as nothing by a
+    browser (it sends ``Origin``): either could be a page on another site posting on its visitor's
+    behalf. Programs that send no content type at all are still read."""
+    declared_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if declared_type in BROWSER_SIMPLE_TYPES or (not declared_type and "origin" in request.headers):
+        raise UnsupportedMediaTypeError(
+            f"send the body as JSON with 'Content-Type: application/json' (got {declared_type or 'none'!r})."
+        )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {max_bytes}.")

@@ -49,6 +49,13 @@ class PayloadTooLargeError(InvalidRequestError):
     default_code = "payload_too_large"
 
 
+class UnsupportedMediaTypeError(InvalidRequestError):
+    """The body is not declared as JSON where a browser could have sent it from another site."""
+
+    status_code = 415
+    default_code = "unsupported_media_type"
+
+
 class ModelNotFoundError(InvalidRequestError):
     """The request names a model (backend) that seawall does not serve."""
 
