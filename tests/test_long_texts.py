@@ -6,6 +6,7 @@ pairs of neighbouring sentences); each category scores the highest of the whole 
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
 
@@ -15,6 +16,7 @@ import pytest
 from conftest import THREAT, RunningServer, running_server
 from seawall.categories import CATEGORIES
 from seawall.passages import focus_segments, sentences
+from seawall.service import ModerationService
 from seawall.settings import load_settings
 
 HATE = "All of those immigrants should be lined up and shot like dogs."
@@ -109,3 +111,27 @@ def test_every_sentence_is_a_passage_and_the_cut_is_linear() -> None:
     assert all(len(segment) <= 200 for segment in segments)
     # Sentences and pairs of neighbours: at most about three times the text's characters.
     assert sum(len(segment) for segment in segments) <= 3.2 * len(text)
+
+
+async def test_a_short_text_does_not_queue_behind_a_long_one() -> None:
+    """Long texts and their passages are scored in a lane of their own: a short request sent while
+    an 80,000-character text is being scored is answered before it. (Judged whole here: its passages
+    would go to the backend in several calls, and a short request could slip in between them.)"""
+    service = ModerationService(load_settings(moderation={"passages_over_chars": 0}))
+    long = " ".join(harmless_sentences(2600))[:80_000]
+    finished: list[str] = []
+
+    async def moderate(name: str, text: str) -> None:
+        await service.moderate([text])
+        finished.append(name)
+
+    try:
+        await service.moderate(["warm up"])
+        long_task = asyncio.create_task(moderate("long", long))
+        await asyncio.sleep(0.3)
+        assert not long_task.done(), "the long text finished before the short one was sent"
+        await moderate("short", "have a lovely day")
+        await long_task
+    finally:
+        await service.aclose()
+    assert finished == ["short", "long"]

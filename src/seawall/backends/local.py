@@ -25,6 +25,10 @@ from seawall.settings import Settings
 
 #: Image categories the local image model judges; the rest of IMAGE_CATEGORIES are not assessed.
 LOCAL_IMAGE_CATEGORIES = frozenset({"sexual"})
+#: Texts longer than this many characters, and the passages the service cuts from such texts, are
+#: scored in a lane of their own: a 200,000-character text takes seconds, and a short request
+#: queued behind it in one lane waited for all of them.
+BULK_CHARS = 5000
 
 
 class LocalBackend:
@@ -48,6 +52,13 @@ class LocalBackend:
         self._images: NSFWImageModel | None = None
         self._images_lock = threading.Lock()
         self._batcher: MicroBatcher[tuple[str, str], np.ndarray] = MicroBatcher(
+            self._score_texts,
+            window_s=moderation.batch_window_ms / 1000,
+            max_items=moderation.batch_max_items,
+        )
+        # Long texts and their passages: a second worker thread, so short texts never queue behind
+        # them (the encoders take turns batch by batch under their own locks).
+        self._bulk: MicroBatcher[tuple[str, str], np.ndarray] = MicroBatcher(
             self._score_texts,
             window_s=moderation.batch_window_ms / 1000,
             max_items=moderation.batch_max_items,
@@ -85,10 +96,14 @@ class LocalBackend:
 
     async def moderate(self, inputs: Sequence[ModerationInput]) -> list[ModerationResult]:
         text_positions = [i for i, item in enumerate(inputs) if item.texts]
-        text_scores = await self._batcher.submit(
-            [(inputs[i].text, self._mode(inputs[i])) for i in text_positions]
+        bulk = [i for i in text_positions if inputs[i].passage or len(inputs[i].text) > BULK_CHARS]
+        in_bulk = frozenset(bulk)
+        quick = [i for i in text_positions if i not in in_bulk]
+        quick_scores, bulk_scores = await asyncio.gather(
+            self._batcher.submit([(inputs[i].text, self._mode(inputs[i])) for i in quick]),
+            self._bulk.submit([(inputs[i].text, self._mode(inputs[i])) for i in bulk]),
         )
-        scores_by_position = dict(zip(text_positions, text_scores, strict=True))
+        scores_by_position = dict(zip([*quick, *bulk], [*quick_scores, *bulk_scores], strict=True))
         image_scores = await self._score_images(inputs)
         return [
             self._result(item, scores_by_position.get(i), image_scores.get(i))
@@ -149,6 +164,7 @@ class LocalBackend:
 
     async def aclose(self) -> None:
         await self._batcher.aclose()
+        await self._bulk.aclose()
 
 
 def create(settings: Settings) -> LocalBackend:
