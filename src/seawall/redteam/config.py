@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from seawall.errors import ConfigurationError
 from seawall.redteam.cases import TreeSearch
 from seawall.redteam.strategies import DEFAULT_STRATEGIES
+from seawall.validation_errors import validation_problems
 
 #: Multi-turn strategies a default suite applies (seawall.redteam.conversation); all offline.
 DEFAULT_CONVERSATIONS: tuple[str, ...] = ("crescendo", "priming", "iterative")
@@ -242,7 +243,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RedTeamConf
     try:
         config = RedTeamConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigurationError(f"invalid red-team config{f' {path}' if path else ''}: {exc}") from exc
+        where = str(path) if path is not None else "red-team config"
+        problems = validation_problems(exc, RedTeamConfig, keep_branch_labels=False)
+        raise ConfigurationError(
+            "\n".join(f"{where}: {field}: {what}" for field, what in problems), param=problems[0][0]
+        ) from exc
     config.suite.files = [f if f.is_absolute() else base / f for f in config.suite.files]
     for holder, name in ((config.gate, "baseline"), (config.gate, "suppressions")):
         value = getattr(holder, name)
