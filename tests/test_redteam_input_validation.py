@@ -5,11 +5,15 @@ the moderation backend, the user's probe files; expired suppressions are reporte
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from seawall.errors import ConfigurationError
-from seawall.redteam.config import load_config
+from seawall.redteam.config import AppConfig, SuiteConfig, load_config
+from seawall.redteam.suite import build_suite
+
+APP = AppConfig(purpose="bike shop customer support")
 
 
 def _config_error(tmp_path: Path, text: str) -> ConfigurationError:
@@ -63,3 +67,74 @@ def test_overrides_without_a_file_are_checked_the_same_way() -> None:
     assert caught.value.message == (
         "red-team config: run.concurrency: Input should be greater than or equal to 1 (got 0)"
     )
+
+
+# --- the suite's selection: a typo is an error, never an empty (or unfiltered) suite ---------------
+
+
+def _suite_error(**options: Any) -> str:
+    app = options.pop("app", APP)
+    with pytest.raises(ConfigurationError) as caught:
+        build_suite(SuiteConfig(**options), app)
+    return caught.value.message
+
+
+def test_a_probe_id_or_prefix_that_matches_nothing_is_refused() -> None:
+    assert _suite_error(probes=["nosuch.probe"]) == (
+        "suite.probes: 'nosuch.probe' matches no probe id, id prefix or family; "
+        "'seawall redteam list probes' lists them"
+    )
+    message = _suite_error(probes=["leak.", "injection.ignore_previus", "nosuch*"], strategies=[])
+    assert (
+        "'injection.ignore_previus' (did you mean 'injection.ignore_previous'?), 'nosuch*' match no"
+        in message
+    )
+    assert "'leak.'" not in message
+
+
+def test_an_unknown_family_is_refused_with_the_closest_known_one() -> None:
+    assert _suite_error(families=["jailbreak", "jailbrek"]) == (
+        "suite.families: unknown family 'jailbrek' (did you mean 'jailbreak'?); "
+        "'seawall redteam list families' lists them"
+    )
+
+
+def test_an_exclusion_that_matches_nothing_is_refused() -> None:
+    message = _suite_error(probes=["leak."], exclude=["leak.repaet_above"], strategies=[])
+    assert message.startswith(
+        "suite.exclude: 'leak.repaet_above' (did you mean 'leak.repeat_above'?) matches no"
+    )
+    # an exclusion that names a probe (or a family) is fine, even outside the selection
+    suite = build_suite(
+        SuiteConfig(probes=["leak."], exclude=["leak.repeat_above", "jailbreak"], strategies=[]), APP
+    )
+    assert suite.cases and not any(c.probe == "leak.repeat_above" for c in suite.cases)
+
+
+def test_filters_that_select_nothing_together_are_refused() -> None:
+    assert _suite_error(families=["jailbreak"], probes=["injection.ignore_previous"]) == (
+        "the suite selects no probe: no probe passes suite.families ['jailbreak'] and suite.probes "
+        "['injection.ignore_previous'] together; widen the selection ('seawall redteam list probes' "
+        "lists the probes and their families)"
+    )
+    assert "leak.repeat_above" in _suite_error(probes=["leak.repeat_above"], exclude=["leak."])
+    assert (
+        _suite_error(probes=[])
+        == "the suite selects no probe: suite.probes is empty (leave it out to take all)"
+    )
+    assert "'custom' holds the prompts of suite.files, which is empty" in _suite_error(families=["custom"])
+
+
+def test_a_suite_whose_probes_are_all_skipped_says_why() -> None:
+    assert _suite_error(families=["off_topic"], strategies=[], app=AppConfig()) == (
+        "the suite has no cases: every selected probe was skipped "
+        "(offtopic.tasks: needs app.purpose (the app's declared purpose))"
+    )
+    assert build_suite(SuiteConfig(families=["off_topic"], strategies=[]), APP).cases
+
+
+def test_a_capped_suite_is_never_empty() -> None:
+    suite = build_suite(SuiteConfig(probes=["leak."], max_cases=1), APP)
+    assert len(suite.cases) == 1
+    with pytest.raises(ConfigurationError, match="max_cases"):
+        load_config(None, suite={"max_cases": 0})
