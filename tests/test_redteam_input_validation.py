@@ -138,3 +138,31 @@ def test_a_capped_suite_is_never_empty() -> None:
     assert len(suite.cases) == 1
     with pytest.raises(ConfigurationError, match="max_cases"):
         load_config(None, suite={"max_cases": 0})
+
+
+# --- strategies -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("strategies", "wanted"),
+    [
+        (["base64", "base64"], "suite.strategies: 'base64' is listed twice (entries 0 and 1)"),
+        (
+            ["rot13", "leetspeak+roleplay", ["leetspeak", "roleplay"]],
+            "suite.strategies: 'leetspeak+roleplay' is listed twice (entries 1 and 2)",
+        ),
+        (["crescendo", "crescendo"], "'crescendo' is listed twice"),
+        (["base64+"], "entry 0 ('base64+') has an empty strategy name"),
+        ([[]], "entry 0 is an empty chain"),
+    ],
+)
+def test_duplicate_or_empty_strategy_entries_are_refused(strategies: list[Any], wanted: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_config(None, suite={"strategies": strategies})
+    assert wanted in caught.value.message and "\n" not in caught.value.message
+
+
+def test_a_chain_may_repeat_a_strategy_and_distinct_chains_give_distinct_ids() -> None:
+    options = SuiteConfig(probes=["leak."], strategies=["base64", "base64+base64"], per_strategy=2)
+    ids = [case.id for case in build_suite(options, APP).cases]
+    assert len(ids) == len(set(ids)) and any(i.endswith("+base64+base64") for i in ids)

@@ -137,6 +137,26 @@ class SuiteConfig(_Strict):
     plugins: bool = Field(True, description="Include probes from seawall.redteam.probes entry points.")
     max_cases: int | None = Field(None, ge=1, description="Cap on the number of cases (a seeded sample).")
 
+    @field_validator("strategies")
+    @classmethod
+    def _distinct_chains(cls, value: list[str | list[str]]) -> list[str | list[str]]:
+        """Each entry names strategies, and no entry repeats another: the same chain twice would
+        give every one of its cases twice, under the same id."""
+        seen: dict[tuple[str, ...], int] = {}
+        for index, entry in enumerate(value):
+            names = tuple(entry.split("+") if isinstance(entry, str) else entry)
+            if not names:
+                raise ValueError(f"entry {index} is an empty chain; name its strategies or remove it")
+            if not all(name.strip() for name in names):
+                raise ValueError(f"entry {index} ({entry!r}) has an empty strategy name")
+            if names in seen:
+                raise ValueError(
+                    f"{'+'.join(names)!r} is listed twice (entries {seen[names]} and {index}); "
+                    "list each strategy or chain once"
+                )
+            seen[names] = index
+        return value
+
 
 class RunConfig(_Strict):
     concurrency: int = Field(8, ge=1, description="Cases in flight at once.")
