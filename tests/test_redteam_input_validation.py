@@ -11,6 +11,7 @@ import pytest
 
 from seawall.errors import ConfigurationError
 from seawall.redteam.config import AppConfig, SuiteConfig, load_config
+from seawall.redteam.strategies import resolve_chain
 from seawall.redteam.suite import build_suite
 
 APP = AppConfig(purpose="bike shop customer support")
@@ -166,3 +167,14 @@ def test_a_chain_may_repeat_a_strategy_and_distinct_chains_give_distinct_ids() -
     options = SuiteConfig(probes=["leak."], strategies=["base64", "base64+base64"], per_strategy=2)
     ids = [case.id for case in build_suite(options, APP).cases]
     assert len(ids) == len(set(ids)) and any(i.endswith("+base64+base64") for i in ids)
+
+
+def test_the_unknown_strategy_error_lists_the_multi_turn_strategies_too() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        build_suite(SuiteConfig(probes=["leak."], strategies=["crecendo"]), APP)
+    message = caught.value.message
+    assert message.startswith("unknown strategy 'crecendo' (did you mean 'crescendo'?); known: base64, hex,")
+    assert "multi-turn (each on its own): crescendo, iterative, priming, tree" in message
+    assert "'seawall redteam list strategies'" in message
+    with pytest.raises(ConfigurationError, match=r"multi-turn strategy 'tree' cannot be chained"):
+        resolve_chain("base64+tree")
