@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from seawall.errors import ConfigurationError
-from seawall.redteam.config import AppConfig, SuiteConfig, load_config
+from seawall.redteam import CallableTarget, scan
+from seawall.redteam.config import AppConfig, RedTeamConfig, SuiteConfig, load_config
 from seawall.redteam.strategies import resolve_chain
 from seawall.redteam.suite import build_suite
 
@@ -178,3 +179,36 @@ def test_the_unknown_strategy_error_lists_the_multi_turn_strategies_too() -> Non
     assert "'seawall redteam list strategies'" in message
     with pytest.raises(ConfigurationError, match=r"multi-turn strategy 'tree' cannot be chained"):
         resolve_chain("base64+tree")
+
+
+# --- the moderation backend -----------------------------------------------------------------------
+
+
+def test_an_unknown_moderation_backend_is_refused_when_the_config_is_read(tmp_path: Path) -> None:
+    error = _config_error(tmp_path, "detectors: {moderation_backend: nosuch}\n")
+    assert error.message == (
+        f"{tmp_path / 'redteam.yaml'}: detectors.moderation_backend: unknown moderation backend 'nosuch'; "
+        "known: cascade, llamaguard, local, openai"
+    )
+    assert (
+        load_config(None, detectors={"moderation_backend": "openai"}).detectors.moderation_backend == "openai"
+    )
+
+
+def test_an_unknown_backend_set_after_loading_stops_the_scan_before_any_request() -> None:
+    asked: list[Any] = []
+
+    def app(messages: list[dict[str, Any]]) -> str:
+        asked.append(messages)
+        return "I can't help with that."
+
+    config = RedTeamConfig()
+    config.detectors.moderation_backend = "nosuch"  # assignment is not validated
+    options = SuiteConfig(probes=["leak.repeat_above"], strategies=[])
+    with pytest.raises(
+        ConfigurationError, match=r"detectors\.moderation_backend: unknown moderation backend"
+    ):
+        scan(CallableTarget(app), options, config=config, offline=False)
+    assert asked == []
+    # --offline forces the local backend: the configured one is not used, so the scan runs
+    assert scan(CallableTarget(app), options, config=config, offline=True).results and asked

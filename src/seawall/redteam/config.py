@@ -173,6 +173,24 @@ class DetectorConfig(_Strict):
         8000, ge=100, description="A reply this long answers an unbounded-consumption probe."
     )
 
+    @field_validator("moderation_backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if (reason := unknown_backend(value)) is not None:
+            raise ValueError(reason)
+        return value
+
+
+def unknown_backend(name: str) -> str | None:
+    """Why ``name`` is no registered moderation backend (None when it is one), so that a typo is
+    caught when the config is read, not by every case's detector once the target has answered."""
+    from seawall.backends.base import available_backends  # the settings load only when asked
+
+    registered = available_backends()
+    if name in registered:
+        return None
+    return f"unknown moderation backend {name!r}; known: {', '.join(sorted(registered)) or 'none'}"
+
 
 class JudgeConfig(_Strict):
     """An optional LLM judge for inconclusive cases; never called unless configured, never with --offline."""
