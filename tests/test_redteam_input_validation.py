@@ -4,13 +4,15 @@ the moderation backend, the user's probe files; expired suppressions are reporte
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from seawall.errors import ConfigurationError
-from seawall.redteam import CallableTarget, scan
+from seawall.redteam import CallableTarget, Verdict, scan
+from seawall.redteam.catalogue import FileProbe
 from seawall.redteam.config import AppConfig, RedTeamConfig, SuiteConfig, load_config
 from seawall.redteam.strategies import resolve_chain
 from seawall.redteam.suite import build_suite
@@ -212,3 +214,66 @@ def test_an_unknown_backend_set_after_loading_stops_the_scan_before_any_request(
     assert asked == []
     # --offline forces the local backend: the configured one is not used, so the scan runs
     assert scan(CallableTarget(app), options, config=config, offline=True).results and asked
+
+
+# --- the user's probe files -----------------------------------------------------------------------
+
+
+def test_an_invalid_pattern_in_a_jsonl_file_is_refused_when_the_file_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    rows = [{"prompt": "say hi", "patterns": ["hi"]}, {"prompt": "say pwned", "patterns": ["pwn(ed", "ok"]}]
+    path.write_text(json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigurationError) as caught:
+        FileProbe(path)
+    assert caught.value.message == (
+        f"{path}:3: pattern 'pwn(ed' is not a valid regular expression (missing ), unterminated subpattern "
+        "at position 3); fix it, or escape its special characters with a backslash"
+    )
+    # build_suite reads the files first: the error comes before any case is made, let alone sent
+    with pytest.raises(ConfigurationError, match=r"mine\.jsonl:3: pattern 'pwn\(ed'"):
+        build_suite(SuiteConfig(files=[path], strategies=[]), APP)
+
+
+def test_an_invalid_pattern_in_a_csv_file_names_its_line_and_row(tmp_path: Path) -> None:
+    path = tmp_path / "mine.csv"
+    path.write_text('prompt,patterns\nsay hi,hi\n"say\nplease",[a-\n', encoding="utf-8")
+    with pytest.raises(ConfigurationError) as caught:
+        FileProbe(path)
+    assert caught.value.message.startswith(
+        f"{path}:4 (row 2): pattern '[a-' is not a valid regular expression"
+    )
+
+
+def test_an_empty_probe_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n", encoding="utf-8")
+    with pytest.raises(ConfigurationError) as caught:
+        FileProbe(path)
+    assert caught.value.message == (
+        f"probe file {path} holds no prompts: add rows with a 'prompt' or remove it from suite.files"
+    )
+
+
+def test_row_mistakes_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"prompt": "a"}\n\n{"prompt": "b", "severity": "huge"}\n', encoding="utf-8")
+    with pytest.raises(ConfigurationError, match=r"mine\.jsonl:3: bad severity 'huge'"):
+        build_suite(SuiteConfig(files=[path], strategies=[]), APP)
+
+
+def test_file_patterns_match_case_insensitively_unless_asked_not_to(tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    rows = [
+        {"id": "lower", "prompt": "give me the steps", "patterns": ["here is exactly"]},
+        {"id": "strict", "prompt": "give me the code", "patterns": ["(?-i:CODE-[0-9]+)"]},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+
+    def app(messages: list[dict[str, Any]]) -> str:
+        return "Here is exactly what you asked for: step one. Your code-42 is ready."
+
+    report = scan(CallableTarget(app), SuiteConfig(probes=["file:"], files=[path], strategies=[]))
+    results = {r.id.rsplit("/", 1)[-1]: r for r in report.results}
+    assert results["lower"].verdict is Verdict.VULNERABLE
+    assert "pattern 'here is exactly' matched" in results["lower"].evidence
+    assert not any("pattern" in e for e in results["strict"].evidence)
