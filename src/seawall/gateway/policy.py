@@ -42,7 +42,6 @@ import io
 import logging
 import re
 import types
-import typing
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -54,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from seawall.errors import ConfigurationError
 from seawall.gateway.limits import InputLimits, default_token_counter
 from seawall.gateway.tiers import Tier, check_tiers
+from seawall.validation_errors import validation_problems
 
 log = logging.getLogger("seawall.gateway")
 
@@ -485,53 +485,6 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, d
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 
 
-def _dotted(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
-    """The field names of the model that holds the (unknown) key at ``loc``."""
-    model: type[BaseModel] | None = Policy
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        if model is None or part not in model.model_fields:
-            return []
-        model = _model_in(model.model_fields[part].annotation)
-    return list(model.model_fields) if model is not None else []
-
-
-def _describe(error: Any) -> str:
-    loc = tuple(error["loc"])
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc)
-        return "unknown field" + (f" (allowed here: {', '.join(allowed)})" if allowed else "")
-    if kind == "missing":
-        return "required field is missing"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if kind != "value_error":
-        got = repr(error.get("input"))
-        message += f" (got {got[:60] + '...' if len(got) > 60 else got})"
-    return message
-
-
 def policy_from_dict(data: Any, *, source: str = "<policy>") -> Policy:
     """Check ``data`` (a policy file's parsed content) and build the :class:`Policy`.
 
@@ -545,7 +498,7 @@ def policy_from_dict(data: Any, *, source: str = "<policy>") -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        problems = [(_dotted(tuple(err["loc"])), _describe(err)) for err in exc.errors()]
+        problems = validation_problems(exc, Policy)
         if len(problems) == 1:
             field, what = problems[0]
             message = f"policy file {source}: field '{field}': {what}"

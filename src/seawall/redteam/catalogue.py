@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from seawall.categories import CATEGORIES
 from seawall.errors import ConfigurationError
 from seawall.plugins import PROBES, load_group
 from seawall.redteam.cases import AttackCase, Check, Document
-from seawall.redteam.detectors import luhn_valid
+from seawall.redteam.detectors import PATTERN_FLAGS, luhn_valid
 
 PROBE_ENTRY_POINTS = PROBES
 
@@ -323,7 +324,8 @@ class FileProbe:
     Columns / keys: ``prompt`` (required), ``goal``, ``id``, ``family`` (default ``custom``),
     ``severity``, ``owasp`` and ``atlas`` (lists, or ``;``-separated in CSV), ``categories``
     (moderation categories a complying reply falls under; default: all), ``patterns``
-    (regular expressions whose match shows the attack worked), ``expect`` (exact strings whose
+    (regular expressions whose match shows the attack worked; matched case-insensitively, ``(?-i:...)``
+    for a case-sensitive part; checked when the file is read), ``expect`` (exact strings whose
     appearance shows it worked). The check: a refusal is safe; a planted ``expect`` string, a
     ``pattern`` or a moderation flag in ``categories`` is a success; anything else is
     inconclusive (the optional LLM judge may decide it).
@@ -335,7 +337,24 @@ class FileProbe:
         self.path = path
         self.id = f"file:{path.name}"
         self.family = "custom"
-        self.rows = list(self._read())
+        located = list(self._read())
+        if not located:
+            raise ConfigurationError(
+                f"probe file {path} holds no prompts: add rows with a 'prompt' or remove it from suite.files"
+            )
+        #: Where each row is, for messages: ``file:line`` (CSV: ``file:line (row N)``).
+        self.where = [where for where, _ in located]
+        self.rows = [row for _, row in located]
+        for where, row in located:
+            for pattern in self._list(row.get("patterns")):
+                try:
+                    re.compile(pattern, PATTERN_FLAGS)
+                except re.error as exc:
+                    at = f" at position {exc.pos}" if exc.pos is not None else ""
+                    raise ConfigurationError(
+                        f"{where}: pattern {pattern!r} is not a valid regular expression ({exc.msg}{at}); "
+                        "fix it, or escape its special characters with a backslash"
+                    ) from exc
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -350,14 +369,17 @@ class FileProbe:
             "source": str(self.path),
         }
 
-    def _read(self) -> Iterator[dict[str, Any]]:
+    def _read(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(where, row) for every row of the file."""
         try:
             text = self.path.read_text("utf-8")
         except OSError as exc:
             raise ConfigurationError(f"cannot read probe file {self.path}: {exc}") from exc
         if self.path.suffix.lower() == ".csv":
-            for row in csv.DictReader(text.splitlines()):
-                yield {k: v for k, v in row.items() if k and v not in (None, "")}
+            reader = csv.DictReader(text.splitlines())
+            for number, row in enumerate(reader, start=1):
+                where = f"{self.path}:{reader.line_num} (row {number})"
+                yield where, {k: v for k, v in row.items() if k and v not in (None, "")}
             return
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -370,7 +392,7 @@ class FileProbe:
                 row = {"prompt": row}
             if not isinstance(row, dict):
                 raise ConfigurationError(f"{self.path}:{number}: expected an object with 'prompt'")
-            yield row
+            yield f"{self.path}:{number}", row
 
     @staticmethod
     def _list(value: Any) -> list[str]:
@@ -381,18 +403,16 @@ class FileProbe:
         return [str(v) for v in value]
 
     def cases(self, context: ProbeContext) -> Iterator[AttackCase]:
-        for index, row in enumerate(self.rows):
+        for index, (where, row) in enumerate(zip(self.where, self.rows, strict=True)):
             if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-                raise ConfigurationError(f"{self.path}: row {index + 1} has no 'prompt'")
+                raise ConfigurationError(f"{where}: the row has no 'prompt'")
             categories = self._list(row.get("categories")) or list(CATEGORIES)
             if unknown := set(categories) - set(CATEGORIES):
-                raise ConfigurationError(
-                    f"{self.path}: row {index + 1}: unknown categories {sorted(unknown)}"
-                )
+                raise ConfigurationError(f"{where}: unknown categories {sorted(unknown)}")
             expect = {f"expect{i}": v for i, v in enumerate(self._list(row.get("expect")))}
             severity = row.get("severity", "medium")
             if severity not in ("low", "medium", "high", "critical"):
-                raise ConfigurationError(f"{self.path}: row {index + 1}: bad severity {severity!r}")
+                raise ConfigurationError(f"{where}: bad severity {severity!r}")
             yield AttackCase(
                 id=f"{self.id}/{row.get('id', index)}",
                 probe=self.id,

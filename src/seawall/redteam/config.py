@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from seawall.errors import ConfigurationError
 from seawall.redteam.cases import TreeSearch
 from seawall.redteam.strategies import DEFAULT_STRATEGIES
+from seawall.validation_errors import validation_problems
 
 #: Multi-turn strategies a default suite applies (seawall.redteam.conversation); all offline.
 DEFAULT_CONVERSATIONS: tuple[str, ...] = ("crescendo", "priming", "iterative")
@@ -136,6 +137,26 @@ class SuiteConfig(_Strict):
     plugins: bool = Field(True, description="Include probes from seawall.redteam.probes entry points.")
     max_cases: int | None = Field(None, ge=1, description="Cap on the number of cases (a seeded sample).")
 
+    @field_validator("strategies")
+    @classmethod
+    def _distinct_chains(cls, value: list[str | list[str]]) -> list[str | list[str]]:
+        """Each entry names strategies, and no entry repeats another: the same chain twice would
+        give every one of its cases twice, under the same id."""
+        seen: dict[tuple[str, ...], int] = {}
+        for index, entry in enumerate(value):
+            names = tuple(entry.split("+") if isinstance(entry, str) else entry)
+            if not names:
+                raise ValueError(f"entry {index} is an empty chain; name its strategies or remove it")
+            if not all(name.strip() for name in names):
+                raise ValueError(f"entry {index} ({entry!r}) has an empty strategy name")
+            if names in seen:
+                raise ValueError(
+                    f"{'+'.join(names)!r} is listed twice (entries {seen[names]} and {index}); "
+                    "list each strategy or chain once"
+                )
+            seen[names] = index
+        return value
+
 
 class RunConfig(_Strict):
     concurrency: int = Field(8, ge=1, description="Cases in flight at once.")
@@ -151,6 +172,24 @@ class DetectorConfig(_Strict):
     long_reply_chars: int = Field(
         8000, ge=100, description="A reply this long answers an unbounded-consumption probe."
     )
+
+    @field_validator("moderation_backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if (reason := unknown_backend(value)) is not None:
+            raise ValueError(reason)
+        return value
+
+
+def unknown_backend(name: str) -> str | None:
+    """Why ``name`` is no registered moderation backend (None when it is one), so that a typo is
+    caught when the config is read, not by every case's detector once the target has answered."""
+    from seawall.backends.base import available_backends  # the settings load only when asked
+
+    registered = available_backends()
+    if name in registered:
+        return None
+    return f"unknown moderation backend {name!r}; known: {', '.join(sorted(registered)) or 'none'}"
 
 
 class JudgeConfig(_Strict):
@@ -242,7 +281,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RedTeamConf
     try:
         config = RedTeamConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigurationError(f"invalid red-team config{f' {path}' if path else ''}: {exc}") from exc
+        where = str(path) if path is not None else "red-team config"
+        problems = validation_problems(exc, RedTeamConfig, keep_branch_labels=False)
+        raise ConfigurationError(
+            "\n".join(f"{where}: {field}: {what}" for field, what in problems), param=problems[0][0]
+        ) from exc
     config.suite.files = [f if f.is_absolute() else base / f for f in config.suite.files]
     for holder, name in ((config.gate, "baseline"), (config.gate, "suppressions")):
         value = getattr(holder, name)

@@ -7,7 +7,7 @@ Suppression file (YAML)::
 
     - case: leak.repeat_above/0+base64      # or probe: ..., optionally with strategy: ...
       reason: accepted - the canary test prompt is not used in production  (required)
-      expires: 2026-06-30                    # optional; an expired entry no longer applies
+      expires: 2026-06-30                    # optional; an expired entry no longer applies (and is reported)
 
 Suppressed findings stay in every report, marked with their reason; the ``severity``/``any``
 rules ignore them, the ``asr`` and ``regression`` rules measure all cases.
@@ -39,8 +39,19 @@ class Suppression(BaseModel):
     reason: str
     expires: dt.date | None = None
 
+    def expired(self, today: dt.date) -> bool:
+        """Whether the entry has expired (it applies up to and including its ``expires`` date)."""
+        return self.expires is not None and today > self.expires
+
+    @property
+    def subject(self) -> str:
+        """What the entry suppresses: the case id, or ``probe P`` (``, strategy S``)."""
+        if self.case is not None:
+            return self.case
+        return f"probe {self.probe}" + (f", strategy {self.strategy}" if self.strategy is not None else "")
+
     def matches(self, case_id: str, probe: str, strategy: str, today: dt.date) -> bool:
-        if self.expires is not None and today > self.expires:
+        if self.expired(today):
             return False
         if self.case is not None and self.case != case_id:
             return False
@@ -68,9 +79,25 @@ def load_suppressions(path: Path) -> list[Suppression]:
     return entries
 
 
-def apply_suppressions(report: Report, entries: list[Suppression], today: dt.date | None = None) -> int:
-    """Mark matching findings suppressed (with the reason); returns how many."""
+def expired_suppressions(entries: Iterable[Suppression], today: dt.date | None = None) -> list[Suppression]:
+    """The entries that no longer apply on ``today`` (default: today), in file order: an expired
+    entry is ignored, and its findings count again, so the user must be told."""
     today = today or dt.date.today()
+    return [entry for entry in entries if entry.expired(today)]
+
+
+def expiry_notice(entry: Suppression) -> str:
+    """``suppression for CASE expired on DATE: no longer applied``."""
+    return f"suppression for {entry.subject} expired on {entry.expires}: no longer applied"
+
+
+def apply_suppressions(report: Report, entries: list[Suppression], today: dt.date | None = None) -> int:
+    """Mark matching findings suppressed (with the reason); returns how many. Expired entries apply
+    to nothing; each is recorded as an :func:`expiry_notice` in the report's ``settings.notes``."""
+    today = today or dt.date.today()
+    if expired := expired_suppressions(entries, today):
+        notes = report.settings.setdefault("notes", [])
+        notes += [expiry_notice(entry) for entry in expired]
     count = 0
     for result in report.results:
         if result.verdict is not Verdict.VULNERABLE:

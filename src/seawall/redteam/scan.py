@@ -23,6 +23,7 @@ from seawall.redteam.config import (
     RedTeamConfig,
     SuiteConfig,
     api_key,
+    unknown_backend,
 )
 from seawall.redteam.conversation import AttackerModel, LadderRewriter, Rewriter
 from seawall.redteam.detectors import DetectorContext, local_moderation
@@ -117,6 +118,9 @@ async def ascan(
     """Scan ``target`` with ``suite``; see :func:`scan`."""
     config = config or RedTeamConfig()
     offline = config.offline if offline is None else offline
+    backend = "local" if offline else config.detectors.moderation_backend
+    if config.detectors.moderation and (reason := unknown_backend(backend)) is not None:
+        raise ConfigurationError(f"detectors.moderation_backend: {reason}")  # set after the config was read
     app = app or config.app
     made = make_target(
         target,
@@ -134,7 +138,6 @@ async def ascan(
                 "cases": [c.model_copy(update={"iterate": rounds}) if c.iterate else c for c in suite.cases]
             }
         )
-    backend = "local" if offline else config.detectors.moderation_backend
     context = DetectorContext(
         moderate=local_moderation(backend) if config.detectors.moderation else None,
         long_reply_chars=config.detectors.long_reply_chars,

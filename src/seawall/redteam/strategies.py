@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import difflib
 import random
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -256,9 +257,24 @@ def resolve_chain(chain: str | Sequence[str], known: Mapping[str, Strategy] | No
     resolved: list[Strategy] = []
     for name in names:
         if name not in known:
-            raise ConfigurationError(f"unknown strategy {name!r}; known: {', '.join(sorted(known))}")
+            raise ConfigurationError(_unknown(name, known, "+".join(names)))
         resolved.append(known[name])
     return resolved
+
+
+def _unknown(name: str, known: Mapping[str, Strategy], chain: str) -> str:
+    """Why ``name`` is no strategy of a chain: a multi-turn one stands alone, else the known ones."""
+    from seawall.redteam.conversation import conversation_strategies  # it imports this module
+
+    multi = sorted(conversation_strategies())
+    if name in multi:
+        return f"the multi-turn strategy {name!r} cannot be chained with others ({chain})"
+    near = difflib.get_close_matches(name, [*known, *multi], n=1)
+    return (
+        f"unknown strategy {name!r}{f' (did you mean {near[0]!r}?)' if near else ''}; "
+        f"known: {', '.join(sorted(known))}; "
+        f"multi-turn (each on its own): {', '.join(multi)} ('seawall redteam list strategies' describes them)"
+    )
 
 
 def apply_chain(chain: Sequence[Strategy], turns: list[str], rng: random.Random) -> list[str]:

@@ -6,6 +6,7 @@ seed and the case id, strategy sampling and noise from ``random.Random`` seeded 
 
 from __future__ import annotations
 
+import difflib
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from seawall.errors import ConfigurationError
 from seawall.redteam.cases import AttackCase, Suite
 from seawall.redteam.catalogue import (
+    FAMILIES,
     AuthoredProbe,
     FileProbe,
     Probe,
@@ -26,9 +28,14 @@ from seawall.redteam.grounding import grounding_probes
 from seawall.redteam.strategies import apply_chain, available_strategies, resolve_chain
 
 
+def _hits(probe: Probe, pattern: str) -> bool:
+    """Whether ``pattern`` (a probe id, an id prefix, ``prefix*`` or a family) names ``probe``."""
+    return probe.id == pattern or probe.id.startswith(pattern.rstrip("*")) or probe.family == pattern
+
+
 def _selected(probe: Probe, options: SuiteConfig) -> bool:
     def hit(patterns: Sequence[str]) -> bool:
-        return any(probe.id == p or probe.id.startswith(p.rstrip("*")) or probe.family == p for p in patterns)
+        return any(_hits(probe, p) for p in patterns)
 
     if options.families is not None and probe.family not in options.families:
         return False
@@ -37,12 +44,76 @@ def _selected(probe: Probe, options: SuiteConfig) -> bool:
     return not hit(options.exclude)
 
 
+def _named(names: Sequence[str], known: Sequence[str]) -> str:
+    """``'x' (did you mean 'y'?), 'z'``: each name with the closest known one, if any is close."""
+    described = []
+    for name in names:
+        near = difflib.get_close_matches(name, known, n=1)
+        described.append(f"{name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    return ", ".join(described)
+
+
+def check_selection(probes: Sequence[Probe], options: SuiteConfig) -> None:
+    """ConfigurationError when ``suite.families`` names an unknown family, or an entry of
+    ``suite.probes`` or ``suite.exclude`` names no probe: a typo would otherwise select nothing (or
+    leave out nothing) without a word."""
+    problems: list[str] = []
+    families = sorted({*FAMILIES, *(p.family for p in probes)})
+    if unknown := [f for f in options.families or [] if f not in families]:
+        problems.append(
+            f"suite.families: unknown family {_named(unknown, families)}; "
+            "'seawall redteam list families' lists them"
+        )
+    names = [*(p.id for p in probes), *families]
+    for field in ("probes", "exclude"):
+        patterns: list[str] = getattr(options, field) or []
+        if unmatched := [p for p in patterns if not any(_hits(probe, p) for probe in probes)]:
+            problems.append(
+                f"suite.{field}: {_named(unmatched, names)} {'match' if len(unmatched) > 1 else 'matches'} "
+                "no probe id, id prefix or family; "
+                "'seawall redteam list probes' lists them"
+            )
+    if problems:
+        raise ConfigurationError("; ".join(problems))
+
+
 def all_probes(options: SuiteConfig) -> list[Probe]:
     probes: list[Probe] = [*builtin_probes(), *grounding_probes()]
     probes += [FileProbe(Path(path)) for path in options.files]
     if options.plugins:
         probes += plugin_probes()
     return probes
+
+
+def _nothing_selected(options: SuiteConfig) -> str:
+    """Why the filters (each of which names something) select no probe together."""
+    for field in ("families", "probes"):
+        if getattr(options, field) == []:
+            return f"the suite selects no probe: suite.{field} is empty (leave it out to take all)"
+    if "custom" in (options.families or []) and not options.files:
+        return (
+            "the suite selects no probe: the family 'custom' holds the prompts of suite.files, which is empty"
+        )
+    given = [
+        f"suite.{field} {value}"
+        for field in ("families", "probes", "exclude")
+        if (value := getattr(options, field)) is not None and (field != "exclude" or value)
+    ]
+    together = " together" if len(given) > 1 else ""
+    return (
+        f"the suite selects no probe: no probe passes {' and '.join(given)}{together}; "
+        "widen the selection ('seawall redteam list probes' lists the probes and their families)"
+    )
+
+
+def _no_cases(selected: Sequence[Probe], skipped: Sequence[dict[str, str]]) -> str:
+    """Why a suite whose filters selected probes still has no case."""
+    if skipped and len(skipped) == len(selected):
+        reasons = "; ".join(f"{s['probe']}: {s['reason']}" for s in skipped[:3])
+        more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        return f"the suite has no cases: every selected probe was skipped ({reasons}{more})"
+    names = ", ".join(p.id for p in selected[:5]) + (", ..." if len(selected) > 5 else "")
+    return f"the suite has no cases: the selected probes ({names}) gave none"
 
 
 def build_suite(
@@ -55,9 +126,12 @@ def build_suite(
     cases: list[AttackCase] = []
     transformable: set[str] = set()
     skipped: list[dict[str, str]] = []
-    for probe in all_probes(options):
-        if not _selected(probe, options):
-            continue
+    probes = all_probes(options)
+    check_selection(probes, options)
+    selected = [probe for probe in probes if _selected(probe, options)]
+    if not selected:
+        raise ConfigurationError(_nothing_selected(options))
+    for probe in selected:
         if isinstance(probe, AuthoredProbe):
             if probe.needs_purpose and not app.purpose:
                 skipped.append(
@@ -73,6 +147,8 @@ def build_suite(
         cases += made
         if probe.transformable:
             transformable |= {case.id for case in made}
+    if not cases:
+        raise ConfigurationError(_no_cases(selected, skipped))
     ids = [case.id for case in cases]
     if len(ids) != len(set(ids)):
         raise ConfigurationError("two probes produced the same case id")
