@@ -153,3 +153,20 @@ def test_ctrl_c_keeps_the_finished_cases_and_progress_shows_without_a_terminal(
     assert 3 <= len(report["results"]) < total
     assert report["settings"]["interrupted"] is True
     assert len((out / "cases.jsonl").read_text().splitlines()) == len(report["results"])
+
+
+def test_an_expired_suppression_is_announced_before_the_scan(
+    bot: tuple[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    url, _ = bot
+    config = tmp_path / "redteam.yaml"
+    config.write_text(CONFIG)
+    suppressions = tmp_path / "suppressions.yaml"
+    suppressions.write_text(
+        "- probe: leak.repeat_above\n  reason: accepted last year\n  expires: 2025-01-31\n"
+    )
+    code, output = _run(config, url, "-o", str(tmp_path / "out"), "--suppressions", str(suppressions))
+    assert code == 0, output
+    assert "suppression for probe leak.repeat_above expired on 2025-01-31: no longer applied" in output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert any("expired on 2025-01-31" in note for note in report["settings"]["notes"])

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -26,7 +27,15 @@ from seawall.redteam.cases import CaseResult, Suite
 from seawall.redteam.catalogue import FAMILIES
 from seawall.redteam.config import OpenAITargetConfig, RedTeamConfig, load_config
 from seawall.redteam.conversation import conversation_strategies
-from seawall.redteam.gate import apply_suppressions, evaluate, load_suppressions, parse_rules, read_baseline
+from seawall.redteam.gate import (
+    apply_suppressions,
+    evaluate,
+    expired_suppressions,
+    expiry_notice,
+    load_suppressions,
+    parse_rules,
+    read_baseline,
+)
 from seawall.redteam.report import (
     Report,
     check_report_dir,
@@ -146,6 +155,8 @@ def _execute(
     parse_rules(rules, has_baseline=previous is not None, families=FAMILIES)
     suppression_file = suppressions or cfg.gate.suppressions
     accepted = load_suppressions(suppression_file) if suppression_file is not None else []
+    for entry in expired_suppressions(accepted):
+        console.print(f"[yellow]note:[/yellow] {escape(expiry_notice(entry))}", highlight=False, soft_wrap=True)
     directory = out or cfg.report.dir
     chosen_formats = list(formats or cfg.report.formats)
     check_report_dir(directory, chosen_formats)
@@ -180,7 +191,8 @@ def _execute(
         written = _write(report, directory, chosen_formats)
         console.print(
             f"[yellow]interrupted[/yellow] after {len(finished)} of {len(suite.cases)} cases: the finished "
-            f"ones are in {', '.join(str(path) for path in written.values())}; no gate was applied"
+            f"ones are in {', '.join(str(path) for path in written.values())}; no gate was applied",
+            soft_wrap=True,
         )
         return 130
     if accepted:
@@ -224,7 +236,7 @@ class _ProgressLines:
         if self.quiet or (tenth == self.last_tenth and time.monotonic() - self.last_time < 30):
             return
         self.last_tenth, self.last_time = tenth, time.monotonic()
-        console.print(f"scanned {done}/{total} cases, {vulnerable} vulnerable", highlight=False)
+        console.print(f"scanned {done}/{total} cases, {vulnerable} vulnerable", highlight=False, soft_wrap=True)
 
 
 def _interrupted(cfg: RedTeamConfig, suite: Suite, finished: list[CaseResult], started: datetime) -> Report:
