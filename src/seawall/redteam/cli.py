@@ -156,7 +156,9 @@ def _execute(
     suppression_file = suppressions or cfg.gate.suppressions
     accepted = load_suppressions(suppression_file) if suppression_file is not None else []
     for entry in expired_suppressions(accepted):
-        console.print(f"[yellow]note:[/yellow] {escape(expiry_notice(entry))}", highlight=False, soft_wrap=True)
+        console.print(
+            f"[yellow]note:[/yellow] {escape(expiry_notice(entry))}", highlight=False, soft_wrap=True
+        )
     directory = out or cfg.report.dir
     chosen_formats = list(formats or cfg.report.formats)
     check_report_dir(directory, chosen_formats)
@@ -236,7 +238,9 @@ class _ProgressLines:
         if self.quiet or (tenth == self.last_tenth and time.monotonic() - self.last_time < 30):
             return
         self.last_tenth, self.last_time = tenth, time.monotonic()
-        console.print(f"scanned {done}/{total} cases, {vulnerable} vulnerable", highlight=False, soft_wrap=True)
+        console.print(
+            f"scanned {done}/{total} cases, {vulnerable} vulnerable", highlight=False, soft_wrap=True
+        )
 
 
 def _interrupted(cfg: RedTeamConfig, suite: Suite, finished: list[CaseResult], started: datetime) -> Report:
