@@ -170,3 +170,22 @@ def test_an_expired_suppression_is_announced_before_the_scan(
     assert "suppression for probe leak.repeat_above expired on 2025-01-31: no longer applied" in output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert any("expired on 2025-01-31" in note for note in report["settings"]["notes"])
+
+
+def test_paths_are_read_as_a_user_means_them(bot: tuple[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """report.dir in a config file is relative to the file (as its other paths are); --baseline takes
+    the folder of an earlier run; replaying a report.json says to replay its cases.jsonl."""
+    url, _ = bot
+    (tmp_path / "project").mkdir()
+    config = tmp_path / "project" / "redteam.yaml"
+    config.write_text(CONFIG + "report:\n  dir: reports/first\n  formats: [json, jsonl]\n")
+    code, output = _run(config, url)
+    assert code == 0, output
+    first = tmp_path / "project" / "reports" / "first"
+    assert (first / "report.json").is_file()
+    code, output = _run(config, url, "-o", str(tmp_path / "second"), "--baseline", str(first))
+    assert code == 0, output
+    replayed = CliRunner().invoke(
+        redteam_cli, ["replay", str(first / "report.json"), "--target", url, "--model", "bot"]
+    )
+    assert replayed.exit_code == 2 and "replay the cases.jsonl beside it" in replayed.output

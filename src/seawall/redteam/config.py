@@ -238,7 +238,10 @@ REPORT_FORMATS: tuple[ReportFormat, ...] = ("json", "jsonl", "junit", "sarif", "
 
 
 class ReportConfig(_Strict):
-    dir: Path = Field(Path("redteam-report"), description="Where reports are written.")
+    dir: Path = Field(
+        Path("redteam-report"),
+        description="Where reports are written; relative to the config file when set there, else to the cwd.",
+    )
     formats: list[ReportFormat] = Field(default_factory=lambda: list(REPORT_FORMATS))
 
 
@@ -291,6 +294,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RedTeamConf
         value = getattr(holder, name)
         if value is not None and not value.is_absolute():
             setattr(holder, name, base / value)
+    if "dir" in config.report.model_fields_set and not config.report.dir.is_absolute():
+        config.report.dir = base / config.report.dir  # the default (no dir given) stays in the cwd
     return config
 
 

@@ -256,7 +256,10 @@ def parse_rules(
 
 
 def read_baseline(path: Path) -> Report:
-    """A baseline report, read and checked before a scan starts."""
+    """A baseline report (a report.json, or the folder holding one), read and checked before a scan
+    starts."""
+    if path.is_dir() and (path / "report.json").is_file():
+        path = path / "report.json"
     if not path.is_file():
         raise ConfigurationError(f"--baseline {path}: no such file (give a report.json of an earlier run)")
     try:

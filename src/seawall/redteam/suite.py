@@ -225,6 +225,10 @@ def load_suite(path: Path) -> Suite:
         raise ConfigurationError(f"cannot read suite {path}: {exc}") from exc
     import json
 
+    if path.suffix != ".jsonl" and '"seawall.redteam.report/' in text[:200]:
+        raise ConfigurationError(
+            f"{path} is a scan's report.json: replay the cases.jsonl beside it, or a suite from freeze"
+        )
     try:
         if path.suffix == ".jsonl":
             cases = [
