@@ -803,6 +803,7 @@ def test_images_in_user_messages_are_judged_and_bad_ones_refused(gw: Setup) -> N
                 model=MODEL, messages=[{"role": "user", "content": [content[0], broken]}]
             )
     assert refused.value.code == "invalid_image"
+    assert refused.value.param is None  # not a position in a moderation input the client never sent
     assert len(gw.chat_requests()) == 1  # the unjudgeable image never went upstream
     [record] = [r for r in gw.audit() if r["request_id"] == raw.headers[REQUEST_ID_HEADER]]
     [decision] = [d for d in record["decisions"] if d["step"] == "input_moderation"]

@@ -78,6 +78,7 @@ def test_mistakes_are_refused_before_any_request(
 
     code, output = _run(config, "ftp://127.0.0.1/v1", "-o", str(tmp_path / "out"))
     assert code == 2 and "--target ftp://127.0.0.1/v1" in output and "Traceback" not in output
+    assert "base_url must start with" in output and "Value error" not in output
 
     code, output = _run(config, url, "--target-type", "bogus", "-o", str(tmp_path / "out"))
     assert code == 2 and "choose openai or seawall" in output
@@ -116,6 +117,11 @@ def test_a_folder_that_fails_after_the_scan_gets_the_results_saved_elsewhere(
     saved = load_report(rescued / "report.json")
     assert saved.results and [r.id for r in saved.results] == [r.id for r in report.results]
     assert (rescued / "cases.jsonl").is_file()
+    # when the temporary folder fails too, a clean error with the caller's exit code, no traceback
+    monkeypatch.setattr(tempfile, "tempdir", str(a_file / "tmp"))
+    with pytest.raises(typer.Exit) as again:
+        _write(report, a_file / "sub", ["json"], exit_code=130)
+    assert again.value.exit_code == 130
 
 
 def test_ctrl_c_keeps_the_finished_cases_and_progress_shows_without_a_terminal(

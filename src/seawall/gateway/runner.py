@@ -240,7 +240,13 @@ class Guards:
 
     async def judge_images(self, parts: list[dict[str, Any]]) -> GuardVerdict:
         """The request's image parts as one moderation item (fetched with the SSRF-safe loader)."""
-        moderation = await self.in_time(self.service.moderate(parts))
+        try:
+            moderation = await self.in_time(self.service.moderate(parts))
+        except SeawallError as exc:
+            # Its param names a position in the parts gathered here, not in the client's request.
+            if exc.param is not None and exc.param.startswith("input"):
+                exc.param = None
+            raise
         [result] = moderation.results
         categories = sorted(name for name, hit in result.categories.items() if hit)
         return GuardVerdict(

@@ -49,6 +49,7 @@ from seawall.redteam.strategies import available_strategies
 from seawall.redteam.suite import all_probes, build_suite, freeze, load_suite
 from seawall.redteam.transcript import conversation_lines
 from seawall.redteam.trends import cell, load_runs, trend, write_trend_html
+from seawall.validation_errors import validation_problems
 
 app = typer.Typer(
     name="redteam",
@@ -79,7 +80,8 @@ def _config(
                 type="seawall" if kind == "seawall" else "openai", base_url=target, model=model
             )
         except ValidationError as exc:
-            raise fail(f"--target {target}: {exc.errors()[0]['msg']}") from exc
+            [(_, what), *_] = validation_problems(exc, OpenAITargetConfig)
+            raise fail(f"--target {target}: {what}") from exc
     if seed is not None:
         loaded.suite.seed = seed
     if offline:
@@ -175,10 +177,12 @@ def _execute(
     ) as bar:
         task = bar.add_task("", total=len(suite.cases))
         lines = _ProgressLines(quiet=quiet or console.is_terminal)
+        vulnerable = 0
 
         def progress(result: CaseResult, done: int, total: int) -> None:
+            nonlocal vulnerable
             finished.append(result)
-            vulnerable = sum(r.verdict.value == "vulnerable" for r in finished)
+            vulnerable += result.verdict.value == "vulnerable"
             bar.update(task, completed=done, description=f"{vulnerable} vulnerable")
             lines.update(done, total, vulnerable)
 
@@ -189,16 +193,16 @@ def _execute(
             interrupted = True
         else:
             interrupted = False
+    if accepted:
+        apply_suppressions(report, accepted)  # a partial report too: accepted findings stay accepted
     if interrupted:
-        written = _write(report, directory, chosen_formats)
+        written = _write(report, directory, chosen_formats, exit_code=130)
         console.print(
             f"[yellow]interrupted[/yellow] after {len(finished)} of {len(suite.cases)} cases: the finished "
             f"ones are in {', '.join(str(path) for path in written.values())}; no gate was applied",
             soft_wrap=True,
         )
         return 130
-    if accepted:
-        apply_suppressions(report, accepted)
     gate = evaluate(
         report,
         rules,
@@ -259,17 +263,21 @@ def _interrupted(cfg: RedTeamConfig, suite: Suite, finished: list[CaseResult], s
     )
 
 
-def _write(report: Report, directory: Path, formats: list[str]) -> dict[str, Path]:
+def _write(report: Report, directory: Path, formats: list[str], *, exit_code: int = 2) -> dict[str, Path]:
     """The reports, or, when ``directory`` fails after the scan (a full disk), the results saved in a
-    fresh temporary folder and an error naming it: a finished scan is never lost."""
+    fresh temporary folder and an error naming it (exit ``exit_code``): a finished scan is not lost
+    unless that fails too."""
     try:
         return write_reports(report, directory, formats)
     except OSError as exc:
-        rescue = Path(tempfile.mkdtemp(prefix="seawall-redteam-"))
-        write_reports(report, rescue, ["json", "jsonl"])
-        raise fail(
-            f"cannot write reports to {directory} ({exc.strerror or exc}); the results were saved in {rescue}"
-        ) from exc
+        failure = f"cannot write reports to {directory} ({exc.strerror or exc})"
+        try:
+            rescue = Path(tempfile.mkdtemp(prefix="seawall-redteam-"))
+            write_reports(report, rescue, ["json", "jsonl"])
+        except OSError as again:
+            reason = again.strerror or again
+            raise fail(f"{failure}, nor to a temporary folder ({reason})", exit_code) from exc
+        raise fail(f"{failure}; the results were saved in {rescue}", exit_code) from exc
 
 
 @app.command()
