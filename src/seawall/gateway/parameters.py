@@ -39,7 +39,8 @@ field                                          accepted
 
 ``model``, ``messages``, ``max_tokens`` and ``max_completion_tokens`` are checked by
 :func:`seawall.gateway.limits.check_request`, which runs first. Fields not named here pass
-unchecked: model servers take their own (vLLM's ``top_k``, for one).
+unchecked: model servers take their own (vLLM's ``top_k``, for one), except
+:data:`PROMPT_OVERRIDES`, which would let a client rebuild the prompt around the gateway.
 """
 
 from __future__ import annotations
@@ -225,13 +226,41 @@ FIELDS: dict[str, FieldCheck] = {
 }
 
 
+#: Model servers' own fields that change how the prompt is built from the messages (vLLM, SGLang,
+#: llama.cpp): a client could swap the chat template and lose the gateway's system prompt, continue
+#: an assistant turn it wrote itself, or hand the template documents the gateway never fenced.
+#: Refused with ``unknown_parameter``, as OpenAI refuses fields it does not know.
+PROMPT_OVERRIDES = frozenset(
+    {
+        "chat_template",
+        "chat_template_kwargs",
+        "continue_final_message",
+        "add_generation_prompt",
+        "add_special_tokens",
+        "documents",
+        "echo",
+        "prompt",
+        "mm_processor_kwargs",
+    }
+)
+
+
 def check_parameters(body: Mapping[str, Any]) -> None:
     """Raise 400 ``invalid_request_error`` naming the first standard field of ``body`` (a parsed
-    chat completions request) whose value has the wrong type or is out of range."""
+    chat completions request) whose value has the wrong type or is out of range, or the first of
+    :data:`PROMPT_OVERRIDES` it sends."""
+    if overrides := sorted(PROMPT_OVERRIDES & set(body)):
+        name = overrides[0]
+        raise InvalidRequestError(
+            f"Unrecognized request argument supplied: {name} (it changes how the prompt is built from "
+            "the messages, which the gateway's guards depend on).",
+            param=name,
+            code="unknown_parameter",
+        )
     for name, check in FIELDS.items():
         value = body.get(name)
         if value is not None:
             check(value, name)
 
 
-__all__ = ["FIELDS", "check_parameters"]
+__all__ = ["FIELDS", "PROMPT_OVERRIDES", "check_parameters"]

@@ -492,8 +492,13 @@ class UpstreamCall:
         return None
 
 
+#: Message fields in which OpenAI-compatible servers return a model's reasoning beside its answer.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
 class OutputModeration:
-    """Replace every flagged choice's content with the refusal text (finish_reason content_filter)."""
+    """Replace every flagged choice's content with the refusal text (finish_reason content_filter);
+    its tool calls, reasoning and log probabilities go with it."""
 
     name = "output_moderation"
     guard = True
@@ -508,8 +513,12 @@ class OutputModeration:
             message = choice.get("message") if isinstance(choice, dict) else None
             if not isinstance(message, dict):
                 continue
-            # Tool-call arguments are output too: an app may show or execute them.
-            text = "\n".join(filter(None, [text_of(message.get("content")), tool_arguments(message)]))
+            # Tool-call arguments are output too: an app may show or execute them; so is the reasoning
+            # some servers return beside the answer (vLLM, llama.cpp, DeepSeek: reasoning_content).
+            reasoning = [message.get(key) for key in REASONING_FIELDS if isinstance(message.get(key), str)]
+            text = "\n".join(
+                filter(None, [text_of(message.get("content")), tool_arguments(message), *reasoning])
+            )
             if not text:
                 continue
             verdict = await self.guards.guard(self.name, audit, self.guards.judge(text))
@@ -521,7 +530,10 @@ class OutputModeration:
             audit.decide(self.name, "filter", verdict.categories, verdict.scores, choice=choice.get("index"))
             audit.outcome = "filtered_output"
             message["content"] = self.refusal_text
-            message.pop("tool_calls", None)
+            for key in ("tool_calls", *REASONING_FIELDS):
+                message.pop(key, None)
+            if choice.get("logprobs") is not None:
+                choice["logprobs"] = None  # its tokens spell out the answer just withheld
             choice["finish_reason"] = "content_filter"
         return None
 
