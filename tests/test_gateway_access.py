@@ -399,6 +399,25 @@ def test_anonymous_clients_get_a_session_back_and_keep_it(tmp_path: Path) -> Non
         assert len({r.body["safety_identifier"] for r in sent}) == 1  # one session, one identifier
 
 
+def test_a_refused_anonymous_client_gets_its_session_back_and_is_escalated(tmp_path: Path) -> None:
+    """The session minted for a first request that is refused comes back with the 400, so a client
+    that keeps cookies is counted as one abuser, not a fresh stranger each time."""
+    with stand_in(make_reply(Behaviour())) as upstream:
+        risk = {"enabled": True, "warn_at": 1, "throttle_at": None, "block_at": 2, "review_at": None}
+        settings = _settings(tmp_path, upstream.url, risk=risk)
+        with running_server(settings) as server, server.http() as http:
+            threat = {"model": MODEL, "messages": question(THREAT)}
+            first = http.post("/v1/chat/completions", json=threat)
+            assert first.status_code == 400
+            session = first.headers[SESSION_HEADER]
+            assert first.cookies[SESSION_COOKIE] == session
+            second = http.post("/v1/chat/completions", json=threat)  # the cookie goes back
+            assert second.status_code == 400 and SESSION_HEADER not in second.headers
+            blocked = http.post("/v1/chat/completions", json={"model": MODEL, "messages": question()})
+            assert blocked.status_code == 403 and blocked.json()["error"]["code"] == "user_blocked"
+        assert [r for r in upstream.requests if r.path == "/v1/chat/completions"] == []
+
+
 def test_categories_set_to_flag_pass_but_count_as_high_risk(tmp_path: Path) -> None:
     from seawall.categories import CATEGORIES
 

@@ -22,6 +22,9 @@ class SeawallError(Exception):
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
+        #: A session id the gateway minted for the anonymous caller of the failed request: handed
+        #: back with the error, so that caller's next refusals count against the same session.
+        self.new_session: str | None = None
 
     def to_body(self) -> dict[str, Any]:
         """The OpenAI-style error body."""

@@ -398,6 +398,7 @@ class RequestScope:
         try:
             if isinstance(exc, SeawallError):
                 self.ctx.audit.failed(exc)
+                exc.new_session = self.ctx.new_session
             if exc is None or isinstance(exc, SeawallError):
                 await self.settle()
         finally:

@@ -284,6 +284,8 @@ def _add_gateway_routes(app: FastAPI, settings: Settings) -> None:
             if exc.status_code >= 500:
                 log.warning("POST %s %s failed: %s", route, request_id, exc.message)
             response = error_response(exc)
+            if exc.new_session is not None:  # a refused anonymous caller keeps one session
+                _hand_back_session(response, exc.new_session, secure=request.url.scheme == "https")
         return finish(response, request_id)
 
     @app.post("/v1/chat/completions")
