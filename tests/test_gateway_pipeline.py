@@ -392,6 +392,7 @@ def test_too_many_messages_is_413(gw: Setup) -> None:
         ("tool_choice", "sometimes", "tool_choice", "invalid_value"),
         ("response_format", {"type": "yaml"}, "response_format.type", "invalid_value"),
         ("stream_options", {"include_usage": "yes"}, "stream_options.include_usage", "invalid_type"),
+        ("stream_options", {"include_usage": True}, "stream_options", "invalid_value"),  # without stream
         ("max_completion_tokens", 0, "max_completion_tokens", "invalid_max_tokens"),
     ],
 )

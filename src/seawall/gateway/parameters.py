@@ -18,7 +18,8 @@ field                                          accepted
 ``seed``                                       integer
 ``stream``, ``logprobs``, ``store``,           boolean
 ``parallel_tool_calls``
-``stream_options``                             object; ``include_usage`` a boolean
+``stream_options``                             object; ``include_usage`` a boolean; only
+                                               with ``stream: true``
 ``stop``                                       string, or an array of 1 to 4 strings
 ``logit_bias``                                 object of integers from -100 to 100
 ``metadata``                                   object of strings
@@ -261,6 +262,12 @@ def check_parameters(body: Mapping[str, Any]) -> None:
         value = body.get(name)
         if value is not None:
             check(value, name)
+    if body.get("stream_options") is not None and not body.get("stream"):
+        raise InvalidRequestError(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+            code="invalid_value",
+        )
 
 
 __all__ = ["FIELDS", "PROMPT_OVERRIDES", "check_parameters"]
