@@ -334,6 +334,8 @@ def test_held_answer_edited_by_its_claimer_reaches_the_poller_and_the_webhook(e:
             i["id"] for i in bob.get("/v1/seawall/reviews?claimable=true").json()["data"]
         ]
         assert_openai_error(ann.post(f"/v1/seawall/reviews/{review_id}/edit", json={}), 400)
+        too_long = ann.post(f"/v1/seawall/reviews/{review_id}/edit", json={"text": "x" * 20_001})
+        assert_openai_error(too_long, 413)
         edited = ann.post(
             f"/v1/seawall/reviews/{review_id}/edit", json={"text": "Please ask your pharmacist for the dose."}
         )
@@ -513,14 +515,21 @@ def test_feedback_is_stored_rate_limited_per_source_notified_and_triaged(e: Env)
             f"/v1/seawall/reports/{report_id}", json={"status": "investigating", "note": "checking"}
         )
         assert moved.json()["status"] == "investigating"
-        ann.post(f"/v1/seawall/reports/{report_id}", json={"status": "resolved", "note": "fixed the prompt"})
-        detail = ann.get(f"/v1/seawall/reports/{report_id}").json()
+        # closing (or reopening) is for admins, on the API as on the desk
+        closing = ann.post(f"/v1/seawall/reports/{report_id}", json={"status": "resolved"})
+        assert_openai_error(closing, 403, "admin_required")
+        huge = ann.post(f"/v1/seawall/reports/{report_id}", json={"note": "x" * 20_001})
+        assert_openai_error(huge, 413)
+    with e.http(ADMIN) as admin:
+        closed = {"status": "resolved", "note": "fixed the prompt"}
+        assert admin.post(f"/v1/seawall/reports/{report_id}", json=closed).status_code == 200
+        detail = admin.get(f"/v1/seawall/reports/{report_id}").json()
     assert detail["status"] == "resolved"
     assert [n["text"] for n in detail["notes"]] == ["checking", "fixed the prompt"]
     assert [(ev["action"], ev["actor"]) for ev in detail["events"]] == [
         ("reported", "user"),
         ("triaged", "ann"),
-        ("triaged", "ann"),
+        ("triaged", "root"),
     ]
 
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+#: Message fields in which OpenAI-compatible servers (vLLM, llama.cpp, DeepSeek) return a model's
+#: reasoning beside its answer: output the gateway moderates, and a reviewer must see.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
 
 def text_of(content: Any, *, image: str | None = None) -> str:
     """The text of a message's content: the string, or its text parts joined by newlines.
@@ -54,4 +58,4 @@ def image_parts(content: Any) -> list[dict[str, Any]]:
     ]
 
 
-__all__ = ["image_parts", "last_user_text", "text_of"]
+__all__ = ["REASONING_FIELDS", "image_parts", "last_user_text", "text_of"]

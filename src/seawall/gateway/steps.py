@@ -31,7 +31,7 @@ from seawall.gateway.identity import (
 )
 from seawall.gateway.knowledge import KnowledgeBase
 from seawall.gateway.limits import cap_output_tokens, check_request
-from seawall.gateway.messages import image_parts, last_user_text, text_of
+from seawall.gateway.messages import REASONING_FIELDS, image_parts, last_user_text, text_of
 from seawall.gateway.parameters import check_parameters
 from seawall.gateway.policy import Policy
 from seawall.gateway.prompt import build_prompt
@@ -490,10 +490,6 @@ class UpstreamCall:
             ctx.audit.upstream["model"] = model
         ctx.audit.outcome = "ok"
         return None
-
-
-#: Message fields in which OpenAI-compatible servers return a model's reasoning beside its answer.
-REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 class OutputModeration:

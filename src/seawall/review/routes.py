@@ -243,6 +243,13 @@ class StaffAuth:
     async def require(self, request: Request, role: Role = "reviewer") -> str:
         """The reviewer's or admin's name; 401 without a known token or session, 403 when an
         admin is needed."""
+        name, has = await self.require_member(request)
+        if role == "admin" and has != "admin":
+            raise PermissionDeniedError("This route is for admins only.", code="admin_required")
+        return name
+
+    async def require_member(self, request: Request) -> tuple[str, Role]:
+        """(name, role) of the request's reviewer or admin; 401 without a known token or session."""
         who = await self.identify(request)
         if who is None:
             raise AuthenticationError(
@@ -250,10 +257,7 @@ class StaffAuth:
                 "signed-in web UI session (changes also need its X-CSRF-Token header).",
                 code="invalid_reviewer_token",
             )
-        name, has = who
-        if role == "admin" and has != "admin":
-            raise PermissionDeniedError("This route is for admins only.", code="admin_required")
-        return name
+        return who
 
 
 def add_review_routes(
@@ -457,10 +461,17 @@ def add_review_routes(
     @app.post("/v1/seawall/reports/{report_id}")
     @_guarded
     async def triage(report_id: str, request: Request) -> Response:
-        name = await staff.require(request)
+        name, role = await staff.require_member(request)
         body = await read_json(request, MAX_BODY_BYTES, empty_ok=True)
         report = await asyncio.to_thread(
-            review().triage, report_id, name, status=_string(body, "status"), note=_string(body, "note")
+            functools.partial(
+                review().triage,
+                report_id,
+                name,
+                status=_string(body, "status"),
+                note=_string(body, "note"),
+                admin=role == "admin",
+            )
         )
         return json_response(review().report_view(report))
 

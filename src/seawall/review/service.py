@@ -44,8 +44,9 @@ from seawall.errors import (
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
 )
-from seawall.messages import last_user_text, text_of
+from seawall.messages import REASONING_FIELDS, last_user_text, text_of
 from seawall.ratelimit import enforce
 from seawall.review.domains import DomainDetector
 from seawall.review.metrics import ReviewMetrics
@@ -56,6 +57,7 @@ from seawall.review.settings import DOMAINS, ReviewSettings
 from seawall.store.base import (
     REPORT_CATEGORIES,
     REPORT_STATUSES,
+    AuditSearch,
     CounterStore,
     Report,
     ReportCategory,
@@ -175,8 +177,15 @@ def parse_review_request(extension: Any, settings: ReviewSettings) -> ReviewRequ
     return ReviewRequest(domain, tuple(sources), notes, webhook)
 
 
-class ReviewServiceStore(ReviewStore, CounterStore, Protocol):
-    """The roles the review service needs: review items and reports, and counters for report limits."""
+#: Report statuses that close it: only an admin sets them or moves a report out of them.
+CLOSED_REPORT: frozenset[str] = frozenset({"resolved", "dismissed"})
+#: The longest reviewer's text (an edited answer) or triage note, as the desk's forms allow.
+MAX_NOTE_CHARS = 20_000
+
+
+class ReviewServiceStore(ReviewStore, CounterStore, AuditSearch, Protocol):
+    """The roles the review service needs: review items and reports, counters for report limits, and
+    audit records to check whose conversation a report names."""
 
 
 class ReviewService:
@@ -424,6 +433,11 @@ class ReviewService:
             raise InvalidRequestError("a rejection needs a 'reason'", param="reason")
         if decision != "edit" and text is not None:
             raise InvalidRequestError("'text' goes with the edit decision only", param="text")
+        for name, value in (("text", text), ("reason", reason)):
+            if value is not None and len(value) > MAX_NOTE_CHARS:
+                raise PayloadTooLargeError(
+                    f"'{name}' is {len(value)} characters; the limit is {MAX_NOTE_CHARS}", param=name
+                )
         decided = self.store.decide_review(
             review_id,
             reviewer,
@@ -471,7 +485,7 @@ class ReviewService:
             "sources": [dict(source) for source in item.sources],
             "notes": item.notes,
             "draft": item.draft,
-            "draft_text": _draft_text(item.draft),
+            "draft_text": draft_text(item.draft),
             "claimed_by": None if item.claimable(now) else item.claimed_by,
             "claim_expires_at": None if item.claimable(now) else _iso(item.claim_expires_at),
             "claimable": item.claimable(now),
@@ -544,18 +558,28 @@ class ReviewService:
         return report
 
     def _resolve(self, response_id: str, tenant: str) -> tuple[str | None, str | None]:
-        """The gateway request (and held answer) a response id names, when the store knows it."""
+        """The gateway request (and held answer) a response id names, when the store knows it and it
+        is ``tenant``'s: a report never links another tenant's conversation."""
         if response_id.startswith("rev_"):
             item = self.store.get_review(response_id)
             if item is not None and item.tenant == tenant:
                 return item.request_id, item.id
+            return None, None
+        request_id = None
         if response_id.startswith("swreq-"):
-            return response_id, None
-        if response_id.startswith("chatcmpl-pending-"):
-            return response_id.removeprefix("chatcmpl-pending-"), None
-        if response_id.startswith("chatcmpl-swreq-"):
-            return response_id.removeprefix("chatcmpl-"), None
-        return None, None
+            request_id = response_id
+        elif response_id.startswith("chatcmpl-pending-"):
+            request_id = response_id.removeprefix("chatcmpl-pending-")
+        elif response_id.startswith("chatcmpl-swreq-"):
+            request_id = response_id.removeprefix("chatcmpl-")
+        if request_id is None:
+            return None, None
+        # Its audit record may not be written yet (a report right after the answer): linked then, and
+        # the desk checks the tenant again when it shows the record.
+        record = self.store.get_audit(request_id)
+        if record is not None and record.get("tenant") != tenant:
+            return None, None
+        return request_id, None
 
     def get_report(self, report_id: str) -> Report:
         found = self.store.get_report(report_id)
@@ -576,12 +600,26 @@ class ReviewService:
             tenant=tenant, status=status, category=category, limit=limit, offset=offset
         )
 
-    def triage(self, report_id: str, actor: str, *, status: str | None, note: str | None) -> Report:
-        """Move a report to ``status`` and/or add a ``note``."""
+    def triage(
+        self, report_id: str, actor: str, *, status: str | None, note: str | None, admin: bool = True
+    ) -> Report:
+        """Move a report to ``status`` and/or add a ``note``. Only an ``admin`` closes a report
+        (:data:`CLOSED_REPORT`) or reopens a closed one; the note is at most :data:`MAX_NOTE_CHARS`."""
         if status is not None and status not in REPORT_STATUSES:
             raise InvalidRequestError(f"'status' must be one of {', '.join(REPORT_STATUSES)}", param="status")
         if status is None and not (note and note.strip()):
             raise InvalidRequestError("give a 'status', a 'note' or both", param="status")
+        if note is not None and len(note) > MAX_NOTE_CHARS:
+            raise PayloadTooLargeError(
+                f"the note is {len(note)} characters; the limit is {MAX_NOTE_CHARS}", param="note"
+            )
+        if status is not None and not admin:
+            current = self.get_report(report_id).status
+            if status != current and (status in CLOSED_REPORT or current in CLOSED_REPORT):
+                raise PermissionDeniedError(
+                    "Only administrators close reports (resolved, dismissed) or reopen them.",
+                    code="admin_required",
+                )
         updated = self.store.triage_report(
             report_id,
             actor,
@@ -645,22 +683,36 @@ def final_completion(item: ReviewItem) -> dict[str, Any] | None:
         return None
     choices = item.draft.get("choices") or [{"index": 0, "message": {"role": "assistant"}}]
     first = dict(choices[0])
+    # The reviewer's text replaces the whole draft: its tool calls, reasoning and log probabilities
+    # (which spell out the draft's tokens) go with it.
     message = {
         key: value
         for key, value in (first.get("message") or {}).items()
-        if key not in ("tool_calls", "refusal")
+        if key not in ("tool_calls", "refusal", *REASONING_FIELDS)
     }
+    first.pop("logprobs", None)
     first.update(
         index=0, message={**message, "role": "assistant", "content": item.edited_text}, finish_reason="stop"
     )
     return {**item.draft, "choices": [first]}
 
 
-def _draft_text(draft: Mapping[str, Any]) -> str:
-    for choice in draft.get("choices") or []:
-        if isinstance(choice, dict):
-            return text_of((choice.get("message") or {}).get("content"))
-    return ""
+def draft_text(draft: Mapping[str, Any]) -> str:
+    """Everything approving ``draft`` releases, as its reviewer reads it: every choice's text, its
+    tool calls (name and arguments) and any reasoning beside it; choices are numbered when there
+    are several."""
+    choices = [choice for choice in draft.get("choices") or [] if isinstance(choice, dict)]
+    shown = []
+    for number, choice in enumerate(choices):
+        message = choice.get("message") or {}
+        lines = [text_of(message.get("content"))]
+        for call in message.get("tool_calls") or []:
+            function = (call or {}).get("function") or {}
+            lines.append(f"[tool call] {function.get('name')}({function.get('arguments') or ''})")
+        lines += [f"[{key}] {message[key]}" for key in REASONING_FIELDS if isinstance(message.get(key), str)]
+        body = "\n".join(line for line in lines if line)
+        shown.append(f"[choice {number + 1} of {len(choices)}] {body}" if len(choices) > 1 else body)
+    return "\n\n".join(shown)
 
 
 def _digest(tenant: str, user: str) -> str:
@@ -668,11 +720,14 @@ def _digest(tenant: str, user: str) -> str:
 
 
 __all__ = [
+    "CLOSED_REPORT",
+    "MAX_NOTE_CHARS",
     "PENDING_OBJECT",
     "POLL_PATH",
     "HoldDecision",
     "ReviewRequest",
     "ReviewService",
+    "draft_text",
     "final_completion",
     "parse_review_request",
 ]

@@ -29,6 +29,7 @@ decided already) shows the item again with the reason, status 409.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -41,14 +42,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from seawall.errors import ConflictError, InvalidRequestError, NotFoundError
 from seawall.messages import last_user_text, text_of
-from seawall.review.service import ReviewService
+from seawall.review.service import CLOSED_REPORT, MAX_NOTE_CHARS, ReviewService, draft_text
 from seawall.review.settings import DOMAINS
 from seawall.store.base import (
     REPORT_CATEGORIES,
     REPORT_STATUSES,
     REVIEW_STATUSES,
     Report,
-    ReportStatus,
     ReviewItem,
     Store,
 )
@@ -60,9 +60,9 @@ if TYPE_CHECKING:
     from seawall.ui.settings import Role
 
 #: Longest edited answer, rejection reason or triage note accepted from a form.
-MAX_TEXT = 20_000
+MAX_TEXT = MAX_NOTE_CHARS
 #: Report statuses only admins may move a report to (closing it) or away from (reopening it).
-CLOSED: frozenset[ReportStatus] = frozenset({"resolved", "dismissed"})
+CLOSED = CLOSED_REPORT
 #: Items per queue page.
 QUEUE_LIMIT = 200
 #: Most items read (every filter applied by the store) to sort by risk (the queue says when it was cut).
@@ -74,14 +74,6 @@ REASON_KINDS = ("domain", "declared", "flagged", "uncertain")
 REVIEW_ACTIONS = ("claim", "release", "approve", "edit", "reject", "break")
 #: The reporter's other reports shown on a report's page (newest first).
 HISTORY_LIMIT = 20
-
-
-def service_draft_text(item: ReviewItem) -> str:
-    """The text of a held answer's draft (its first choice)."""
-    for choice in item.draft.get("choices") or []:
-        if isinstance(choice, dict):
-            return text_of((choice.get("message") or {}).get("content"))
-    return ""
 
 
 def _conversation(record: dict[str, Any] | None) -> list[dict[str, str]]:
@@ -569,6 +561,8 @@ class Desk:
             if report.request_id is not None
             else None
         )
+        if record is not None and record.get("tenant") != report.tenant:
+            record = None  # another tenant's conversation is never shown with this report
         item = (
             await run_in_threadpool(service.store.get_review, report.review_id) if report.review_id else None
         )
@@ -614,7 +608,7 @@ class Desk:
     ) -> tuple[str | None, str | None]:
         """The answer the user reported, or None and the plain reason it cannot be shown."""
         if item is not None:  # a held answer: the store keeps its draft (and any edit) for review
-            return item.edited_text or service_draft_text(item), None
+            return item.edited_text or draft_text(item.draft), None
         if record is None:
             if report.request_id is None:
                 return None, (
@@ -653,7 +647,16 @@ class Desk:
             return await self._report_page(
                 request, session, report, status_code=400, error="Choose a new status or write a note."
             )
-        await run_in_threadpool(self.service.triage, report.id, session.subject, status=status, note=note)
+        await run_in_threadpool(
+            functools.partial(
+                self.service.triage,
+                report.id,
+                session.subject,
+                status=status,
+                note=note,
+                admin=session.is_admin,
+            )
+        )
         base = request.scope.get("root_path", "")
         return RedirectResponse(f"{base}/reports/{report.id}?done=updated", status_code=303)
 
