@@ -356,6 +356,9 @@ def test_config_as_yaml_is_a_commented_settings_file_that_loads_back(
     assert completed.returncode == 0, completed.stderr
     assert max(len(line) for line in completed.stdout.splitlines()) <= 80
     assert "sk-not-shown" not in completed.stdout and "'**********'" in completed.stdout
+    assert (
+        "  url: sqlite:///" in completed.stdout
+    )  # the store's place shows: a password-less URL hides nothing
     comments = " ".join(completed.stdout.replace("#", " ").split())
     assert [name for name, text, _ in schema_settings() if " ".join(text.split()) not in comments] == []
     assert "#   # SMTP server host. (required)" in completed.stdout  # the template of a None section
@@ -515,3 +518,14 @@ def test_train_refuses_a_fine_tune_without_the_contextual_stage(tmp_path: Path) 
     assert negative.returncode == 2 and "Invalid value for '--finetune-rows'" in negative.stderr
     epochs_alone = run("train", "--data", str(tmp_path / "none"), "--finetune-epochs", "3")
     assert epochs_alone.returncode == 2 and "--finetune-rows" in epochs_alone.stderr
+
+
+def test_config_shows_a_store_url_with_only_its_password_masked() -> None:
+    url = "postgresql+psycopg://seawall:hunter2@db.internal:5432/seawall"
+    completed = run("config", env=clean_env(SEAWALL_STORE__URL=url, COLUMNS="200"))
+    assert completed.returncode == 0, completed.stderr
+    assert (
+        config_lines(completed.stdout)["store.url"]
+        == "postgresql+psycopg://seawall:**********@db.internal:5432/seawall"
+    )
+    assert "hunter2" not in completed.stdout

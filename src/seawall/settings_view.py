@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import textwrap
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, SecretStr
@@ -45,10 +46,27 @@ def value_at(settings: Settings, name: str) -> Any:
     return walk(settings, name.replace("[]", ".[]").split("."))
 
 
+#: Schemes of the database and cache URLs kept as secrets for their password alone: shown with only
+#: the password masked, so the store's location reads (and a YAML view of a password-less one loads
+#: back). Other secret URLs (webhooks carry tokens in their paths) stay masked whole.
+STORE_URL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "redis", "rediss", "unix")
+
+
 def _shown(value: Any, default: Any) -> Any:
-    """``value`` with a secret revealed when it is the default (which the code shows anyway)."""
-    if isinstance(value, SecretStr) and value.get_secret_value() == default:
+    """``value`` with a secret revealed when it is the default (which the code shows anyway), and a
+    store URL shown with its password masked."""
+    if not isinstance(value, SecretStr):
+        return value
+    secret = value.get_secret_value()
+    if secret == default:
         return default
+    scheme = secret.split(":", 1)[0].split("+", 1)[0].lower()
+    if "://" in secret and scheme in STORE_URL_SCHEMES:
+        parts = urlsplit(secret)
+        if parts.password is None:
+            return secret
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:**********@{host}"))
     return value
 
 
