@@ -351,6 +351,19 @@ def test_a_bad_line_names_its_number_and_keeps_the_finished_blocks(
     assert_same_rows(list(read_output(out)), reference[:expected_rows])
 
 
+def test_parquet_output_keeps_the_fields_later_records_add(tmp_path: Path) -> None:
+    source = tmp_path / "mixed-keys.jsonl"
+    source.write_text('{"input": "a", "id": 1}\n{"text": "b", "id": 2}\n"c"\n', encoding="utf-8")
+    moderate_files(source, tmp_path / "out", engine="single", output_format="parquet")
+    rows = list(read_output(tmp_path / "out"))
+    assert [(row.get("input"), row.get("text"), row.get("id")) for row in rows] == [
+        ("a", None, 1),
+        (None, "b", 2),
+        ("c", None, None),  # a bare string line is written as its input
+    ]
+    assert all(len(row["results"]) == 1 for row in rows)
+
+
 def test_parquet_output_of_fields_without_one_type_is_refused(corpus: Path, tmp_path: Path) -> None:
     source = first_lines(corpus, 20, tmp_path / "mixed.jsonl")  # 'input' is a string and a list
     with pytest.raises(DataError, match=r"lines 1-20: the records' fields do not fit one Parquet type"):

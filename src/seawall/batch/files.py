@@ -209,7 +209,10 @@ def rows_table(rows: list[dict[str, Any]]) -> Any:
     pa, _ = arrow()
 
     results = pa.array([row["results"] for row in rows], type=pa.list_(result_arrow_type()))
-    fields = [{key: value for key, value in row.items() if key != "results"} for row in rows]
+    # Every column any record has, in order of first appearance: Arrow takes a table's columns from
+    # its first row, which would drop the fields later records add (a "text" after an "input").
+    columns = list(dict.fromkeys(key for row in rows for key in row if key != "results"))
+    fields = [{key: row.get(key) for key in columns} for row in rows]
     try:
         table = pa.Table.from_pylist(fields) if any(fields) else pa.table({})
     except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
