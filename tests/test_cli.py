@@ -529,3 +529,27 @@ def test_config_shows_a_store_url_with_only_its_password_masked() -> None:
         == "postgresql+psycopg://seawall:**********@db.internal:5432/seawall"
     )
     assert "hunter2" not in completed.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("SEAWALL_STORE__URL", "garbage", "store.url: store.url must be a database URL"),
+        ("SEAWALL_SERVER__PORT", "abc", "server.port: Input should be a valid integer"),
+        ("SEAWALL_MODERATION__THRESHOLDS", "notjson", "invalid SEAWALL_* environment variable"),
+    ],
+)
+def test_bad_settings_are_one_clear_line_not_a_traceback(variable: str, value: str, said: str) -> None:
+    completed = run("keys", "list", env=clean_env(**{variable: value}))
+    assert completed.returncode == 2, completed.stderr
+    assert said in completed.stderr and "Traceback" not in completed.stderr
+    assert "errors.pydantic.dev" not in completed.stderr
+
+
+@pytest.mark.parametrize("hours", ["nan", "inf", "-5", "0", "1e12"])
+def test_a_block_or_window_of_no_sensible_length_is_refused(hours: str, tmp_path: Path) -> None:
+    env = clean_env(SEAWALL_DATA_DIR=str(tmp_path))
+    blocked = run("users", "block", "u1", "--raw", "--reason", "spam", "--hours", hours, env=env)
+    assert blocked.returncode == 2 and "--hours" in blocked.stderr and "Traceback" not in blocked.stderr
+    summary = run("org", "--hours", hours, env=env)
+    assert summary.returncode == 2 and "Traceback" not in summary.stderr

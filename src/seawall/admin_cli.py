@@ -33,6 +33,8 @@ users_app = typer.Typer(
 TenantOption = Annotated[str | None, typer.Option(help="Tenant (app); default: gateway.tenant.")]
 ByOption = Annotated[str | None, typer.Option("--by", help="Who does this (audited); default: your login.")]
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+#: The longest block or window in hours (ten years): NaN, infinity and absurd spans are refused.
+MAX_HOURS = 87_600.0
 
 
 def _print_rows(headers: list[str], rows: list[list[str]]) -> None:
@@ -162,7 +164,9 @@ def _print_state(state: UserState | None, safety_id: str) -> None:
 @users_app.command("list")
 def list_users(
     status: Annotated[str | None, typer.Option(help="Only users in this state (warned, blocked…).")] = None,
-    hours: Annotated[float, typer.Option(help="Count risk events of the last N hours.")] = 24,
+    hours: Annotated[
+        float, typer.Option(min=0.001, max=MAX_HOURS, help="Count risk events of the last N hours.")
+    ] = 24,
     limit: Annotated[int, typer.Option(help="Most users shown.")] = 50,
     tenant: TenantOption = None,
     config: ConfigOption = None,
@@ -228,7 +232,10 @@ def clear_user(
 def block_user(
     who: WhoArgument,
     reason: Annotated[str, typer.Option(help="Why (shown to the user in the 403).")],
-    hours: Annotated[float | None, typer.Option(help="Block for N hours; without it, until cleared.")] = None,
+    hours: Annotated[
+        float | None,
+        typer.Option(min=0.001, max=MAX_HOURS, help="Block for N hours; without it, until cleared."),
+    ] = None,
     raw: RawOption = False,
     by: ByOption = None,
     tenant: TenantOption = None,
@@ -244,7 +251,7 @@ def block_user(
 
 
 def org(
-    hours: Annotated[float, typer.Option(help="The window, in hours.")] = 24,
+    hours: Annotated[float, typer.Option(min=0.001, max=MAX_HOURS, help="The window, in hours.")] = 24,
     tenant: TenantOption = None,
     config: ConfigOption = None,
 ) -> None:

@@ -32,12 +32,13 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import to_jsonable_python
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from seawall.categories import CATEGORIES
 from seawall.errors import ConfigurationError
 from seawall.review.settings import ReviewSettings
 from seawall.ui.settings import UISettings
+from seawall.validation_errors import validation_problems
 
 #: Where an instance keeps its files unless ``data_dir`` (``--data-dir``, ``SEAWALL_DATA_DIR``) says.
 DEFAULT_DATA_DIR: Final = Path("~/.local/share/seawall")
@@ -109,6 +110,10 @@ class CascadeSettings(BaseModel):
         if self.uncertain_low > self.uncertain_high:
             raise ValueError("cascade.uncertain_low must not be above cascade.uncertain_high")
         return self
+
+
+#: A SQLAlchemy-style URL: a scheme (a dialect, optionally +driver), then ``://``.
+_DATABASE_URL = re.compile(r"[A-Za-z][A-Za-z0-9]*(\+[A-Za-z0-9_]+)?://")
 
 
 class StoreSettings(BaseModel):
@@ -185,6 +190,18 @@ class StoreSettings(BaseModel):
     cache_timeout_s: float = Field(
         0.25, gt=0, description="Longest wait for one Redis call; longer counts as Redis failing (seconds)."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _database_url(cls, value: SecretStr) -> SecretStr:
+        # Said here, once, rather than as a SQLAlchemy traceback from whichever command opens it.
+        if not _DATABASE_URL.match(value.get_secret_value()):
+            raise ValueError(
+                "store.url must be a database URL: sqlite:///PATH, "
+                "postgresql+psycopg://USER:PASSWORD@HOST/DB or memory://"
+            )
+        return value
+
     cache_retry_s: float = Field(
         5.0,
         gt=0,
@@ -1210,7 +1227,13 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         merged = _deep_merge(merged, overrides)
         return Settings(**merged)
     except ValidationError as exc:
-        raise ConfigurationError(f"invalid settings: {exc}") from exc
+        where = f"settings ({path}, SEAWALL_* variables)" if path else "settings (SEAWALL_* variables)"
+        problems = validation_problems(exc, Settings)
+        raise ConfigurationError(
+            "\n".join(f"invalid {where}: {field}: {what}" for field, what in problems), param=problems[0][0]
+        ) from exc
+    except SettingsError as exc:  # an environment variable that should hold JSON does not
+        raise ConfigurationError(f"invalid SEAWALL_* environment variable: {exc}") from exc
 
 
 # ----------------------------------------------------------------- documentation
