@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -553,3 +554,36 @@ def test_a_block_or_window_of_no_sensible_length_is_refused(hours: str, tmp_path
     assert blocked.returncode == 2 and "--hours" in blocked.stderr and "Traceback" not in blocked.stderr
     summary = run("org", "--hours", hours, env=env)
     assert summary.returncode == 2 and "Traceback" not in summary.stderr
+
+
+def test_moderate_checks_its_output_first_and_keeps_finished_rows_on_ctrl_c(tmp_path: Path) -> None:
+    source = tmp_path / "many.jsonl"
+    source.write_text(
+        "".join(
+            json.dumps({"input": f"note {i} on the weather and a walk", "id": i}) + "\n"
+            for i in range(40_000)
+        ),
+        encoding="utf-8",
+    )
+    unwritable = run("moderate", "-f", str(source), "-o", str(tmp_path / "no" / "such" / "out.jsonl"))
+    assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr
+    assert "moderating" not in unwritable.stderr  # refused before any scoring began
+
+    out = tmp_path / "out.jsonl"
+    process = subprocess.Popen(
+        [SEAWALL, "moderate", "-f", str(source), "-o", str(out), "--batch-size", "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size == 0):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert 0 < len(rows) < 40_000
+    assert f"the first {len(rows)} of 40000 results are in {out}" in " ".join(stderr.split())
+    assert [row["id"] for row in rows] == list(range(len(rows)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -265,34 +266,52 @@ def moderate(
     except SeawallError as exc:
         raise fail(exc.message) from exc
 
-    async def run() -> list[dict[str, Any]]:
+    # The output is opened before any scoring (a bad path costs nothing) and each chunk's rows are
+    # written as it finishes, so an interruption keeps what was done.
+    try:
+        out = output.open("w", encoding="utf-8") if output else sys.stdout
+    except OSError as exc:
+        raise fail(f"cannot write {output}: {exc.strerror or exc}") from exc
+    done = {"rows": 0, "flagged": 0}
+
+    async def run() -> None:
         service = ModerationService(settings)
         try:
             with progress_bar("moderating", disable=len(items) < 2 * batch_size) as progress:
                 task = progress.add_task("moderate", total=len(items))
-                results = await moderate_items(
-                    service, items, model, chunk=batch_size, progress=lambda n: progress.advance(task, n)
-                )
+                for start in range(0, len(items), batch_size):
+                    results = await moderate_items(
+                        service, items[start : start + batch_size], model, chunk=batch_size
+                    )
+                    for record, found in zip(records[start : start + batch_size], results, strict=True):
+                        row = output_row(record, found)
+                        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                        done["flagged"] += any(r["flagged"] for r in row["results"])
+                    out.flush()
+                    done["rows"] += len(results)
+                    progress.advance(task, len(results))
         finally:
             await service.aclose()
-        return [output_row(record, found) for record, found in zip(records, results, strict=True)]
 
     try:
-        rows = asyncio.run(run())
+        asyncio.run(run())
     except SeawallError as exc:
-        raise fail(exc.message) from exc
-    try:
-        out = output.open("w", encoding="utf-8") if output else sys.stdout
+        raise fail(f"{exc.message} ({_kept(done['rows'], len(items), output)})") from exc
     except OSError as exc:
-        raise fail(f"cannot write {output}: {exc.strerror}") from exc
-    try:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        raise fail(f"cannot write {output or 'stdout'}: {exc.strerror or exc}") from exc
+    except KeyboardInterrupt:
+        raise fail(f"interrupted: {_kept(done['rows'], len(items), output)}", 130) from None
     finally:
         if output:
-            out.close()
-    flagged = sum(any(r["flagged"] for r in row["results"]) for row in rows)
-    console.print(f"{len(rows)} input(s), {flagged} flagged")
+            with contextlib.suppress(OSError):  # a full disk fails the close too; said above
+                out.close()
+    console.print(f"{done['rows']} input(s), {done['flagged']} flagged")
+
+
+def _kept(done: int, total: int, output: Path | None) -> str:
+    """What an ended run kept, for its message."""
+    where = f"in {output}" if output else "above"
+    return f"the first {done} of {total} results are {where}" if done else "no results were written"
 
 
 def _moderate_on_ray(
