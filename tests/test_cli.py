@@ -587,3 +587,18 @@ def test_moderate_checks_its_output_first_and_keeps_finished_rows_on_ctrl_c(tmp_
     assert 0 < len(rows) < 40_000
     assert f"the first {len(rows)} of 40000 results are in {out}" in " ".join(stderr.split())
     assert [row["id"] for row in rows] == list(range(len(rows)))
+
+
+def test_db_and_audit_results_go_to_stdout_and_conflicting_sources_are_refused(tmp_path: Path) -> None:
+    env = clean_env(SEAWALL_DATA_DIR=str(tmp_path))
+    assert run("db", "upgrade", env=env).returncode == 0
+    current = run("db", "current", env=env)
+    assert current.returncode == 0 and "up to date" in current.stdout  # `seawall db current > f` keeps it
+    verified = run("audit", "verify", "store", env=env)
+    assert verified.returncode == 0 and "intact (0 records" in verified.stdout
+    trail = tmp_path / "audit.jsonl"
+    trail.write_text("", encoding="utf-8")
+    both = run("audit", "verify", "store", "--file", str(trail), env=env)
+    assert both.returncode == 2 and "not both" in both.stderr
+    one_tenant = run("audit", "verify", "--file", str(trail), "--tenant", "acme", env=env)
+    assert one_tenant.returncode == 2 and "--tenant" in one_tenant.stderr

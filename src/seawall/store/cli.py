@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 
 from seawall.cli_support import ConfigOption, console, fail
@@ -17,6 +18,8 @@ from seawall.store.migrate import current_revision, head_revision, upgrade
 from seawall.store.sql import create_folder, make_engine, normalise_url
 
 app = typer.Typer(help="The store's database schema (Alembic migrations).", no_args_is_help=True)
+#: Results go to stdout (``seawall db current > f`` keeps them); errors to stderr (``console``).
+out = Console(soft_wrap=True)
 audit_app = typer.Typer(help="The audit trail (hash-chained per tenant).", no_args_is_help=True)
 
 
@@ -49,9 +52,9 @@ def upgrade_command(config: ConfigOption = None) -> None:
         raise fail(exc.message) from exc
     where = escape(url.render_as_string(hide_password=True))
     if before == after:
-        console.print(f"{where}: already at revision {after} (up to date)", soft_wrap=True)
+        out.print(f"{where}: already at revision {after} (up to date)")
     else:
-        console.print(f"{where}: upgraded from {before or 'none'} to {after}", soft_wrap=True)
+        out.print(f"{where}: upgraded from {before or 'none'} to {after}")
 
 
 @app.command("current")
@@ -76,12 +79,9 @@ def current_command(config: ConfigOption = None) -> None:
     head = head_revision()
     where = escape(url.render_as_string(hide_password=True))
     if current == head:
-        console.print(f"{where}: revision {current} (up to date)", soft_wrap=True)
+        out.print(f"{where}: revision {current} (up to date)")
         return
-    console.print(
-        f"{where}: revision {current or 'none'}, this seawall needs {head}: run `seawall db upgrade`",
-        soft_wrap=True,
-    )
+    out.print(f"{where}: revision {current or 'none'}, this seawall needs {head}: run `seawall db upgrade`")
     raise typer.Exit(1)
 
 
@@ -90,7 +90,8 @@ def verify_command(
     source: Annotated[
         str | None,
         typer.Argument(
-            help="'store' for the configured store; else an audit file (JSONL). Default: gateway.audit_file"
+            help="'store' for the configured store; else an audit file (JSONL). Default: gateway.audit_file "
+            "when it is set, else the store"
         ),
     ] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f", help="An audit file (JSONL) to check.")] = None,
@@ -105,10 +106,14 @@ def verify_command(
     and why) and exit 1, or say it is intact and exit 0."""
     try:
         settings = load_settings(config)
+        if source == "store" and file is not None:
+            raise fail("give 'store' or --file, not both")
         if file is None and source not in (None, "store"):
             file = Path(source)
         if file is None and source is None:
             file = settings.gateway.audit_file
+        if file is not None and tenant is not None:
+            raise fail("--tenant checks one tenant's chain in the store; an audit file is checked whole")
         if file is not None:
             path = file.expanduser()
             where = str(path)
@@ -133,9 +138,9 @@ def verify_command(
 
 def _report(where: str, result: Verified) -> None:
     if result.broken is None:
-        console.print(f"{where}: intact ({result.records} records, {result.tenants} tenants)", soft_wrap=True)
+        out.print(f"{where}: intact ({result.records} records, {result.tenants} tenants)")
         return
-    console.print(f"{where}: broken at {escape(str(result.broken))}", soft_wrap=True)
+    out.print(f"{where}: broken at {escape(str(result.broken))}")
     raise typer.Exit(1)
 
 
