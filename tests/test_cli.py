@@ -576,6 +576,8 @@ def test_moderate_checks_its_output_first_and_keeps_finished_rows_on_ctrl_c(tmp_
         stderr=subprocess.PIPE,
         text=True,
         env=clean_env(),
+        # A suite started in the background runs with SIGINT ignored, and children inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or out.stat().st_size == 0):

@@ -136,6 +136,8 @@ def test_ctrl_c_keeps_the_finished_cases_and_progress_shows_without_a_terminal(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A suite started in the background runs with SIGINT ignored, and children inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stderr is not None
     progress: list[str] = []
