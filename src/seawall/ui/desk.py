@@ -59,10 +59,6 @@ if TYPE_CHECKING:
     from seawall.ui.accounts import Session
     from seawall.ui.settings import Role
 
-#: Longest edited answer, rejection reason or triage note accepted from a form.
-MAX_TEXT = MAX_NOTE_CHARS
-#: Report statuses only admins may move a report to (closing it) or away from (reopening it).
-CLOSED = CLOSED_REPORT
 #: Items per queue page.
 QUEUE_LIMIT = 200
 #: Most items read (every filter applied by the store) to sort by risk (the queue says when it was cut).
@@ -371,7 +367,7 @@ class Desk:
         action = form_field(form, "bulk_action", required=True, limit=20)
         if action not in ("reject", "release"):
             raise Denied("bulk_action must be reject or release", 400)
-        reason = form_field(form, "reason", required=True, limit=MAX_TEXT)
+        reason = form_field(form, "reason", required=True, limit=MAX_NOTE_CHARS)
         ids = [str(value)[:100] for value in form.getlist("review_id") if str(value).strip()]
         if not ids:
             raise Denied("Tick at least one held answer.", 400)
@@ -466,8 +462,10 @@ class Desk:
         review_id = request.path_params["review_id"][:100]
         form = await request.form()
         service = self.service
-        text = form_field(form, "text", required=True, limit=MAX_TEXT) if action == "edit" else None
-        reason = form_field(form, "reason", required=True, limit=MAX_TEXT) if action == "reject" else None
+        text = form_field(form, "text", required=True, limit=MAX_NOTE_CHARS) if action == "edit" else None
+        reason = (
+            form_field(form, "reason", required=True, limit=MAX_NOTE_CHARS) if action == "reject" else None
+        )
         if action == "break" and not session.is_admin:
             raise Denied("Only administrators break someone else's claim.")
         try:
@@ -578,10 +576,10 @@ class Desk:
             ][:HISTORY_LIMIT]
         if session.is_admin:
             choices = list(REPORT_STATUSES)
-        elif report.status in CLOSED:
+        elif report.status in CLOSED_REPORT:
             choices = [report.status]
         else:
-            choices = [s for s in REPORT_STATUSES if s not in CLOSED]
+            choices = [s for s in REPORT_STATUSES if s not in CLOSED_REPORT]
         return self.ui.render(
             request,
             "report_detail.html",
@@ -636,12 +634,13 @@ class Desk:
         report = await self._report(request.path_params["report_id"])
         form = await request.form()
         status = form_field(form, "status", limit=20) or None
-        note = form_field(form, "note", limit=MAX_TEXT) or None
+        note = form_field(form, "note", limit=MAX_NOTE_CHARS) or None
         if status == report.status:
             status = None  # only a note
         if status is not None and status not in REPORT_STATUSES:
             raise Denied(f"status must be one of {', '.join(REPORT_STATUSES)}", 400)
-        if status is not None and not session.is_admin and (status in CLOSED or report.status in CLOSED):
+        closing = status in CLOSED_REPORT or report.status in CLOSED_REPORT
+        if status is not None and not session.is_admin and closing:
             raise Denied("Only administrators close reports (resolved, dismissed) or reopen them.")
         if status is None and note is None:
             return await self._report_page(
@@ -662,7 +661,6 @@ class Desk:
 
 
 __all__ = [
-    "CLOSED",
     "Desk",
     "Pages",
     "age",
