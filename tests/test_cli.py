@@ -29,7 +29,7 @@ from conftest import (
     wait_for,
 )
 from seawall.categories import CATEGORIES, EXTRA_LABELS
-from seawall.settings import Settings, describe_settings, load_settings
+from seawall.settings import Settings, describe_settings, load_settings, unknown_environment_setting
 
 
 def seawall_executable() -> str:
@@ -367,6 +367,31 @@ def test_config_as_yaml_is_a_commented_settings_file_that_loads_back(
     printed = tmp_path / "printed.yaml"
     printed.write_text(completed.stdout.replace("'**********'", "sk-not-shown"), encoding="utf-8")
     assert load_settings(printed) == load_settings(config)
+
+
+def test_a_misspelt_environment_setting_is_refused_with_the_name_it_meant() -> None:
+    completed = run("config", env=clean_env(SEAWALL_MODERATION__CONTEXTAUL="off", SEAWALL_PORT="9000"))
+    assert completed.returncode == 2, completed.stdout
+    assert (
+        "SEAWALL_MODERATION__CONTEXTAUL is not a setting (did you mean SEAWALL_MODERATION__CONTEXTUAL?)"
+        in (completed.stderr)
+    )
+    assert "SEAWALL_PORT is not a setting (did you mean SEAWALL_SERVER__PORT?)" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+    # Lower case is read as pydantic-settings reads it; the test suite's own switches are not settings.
+    completed = run("config", env=clean_env(seawall_moderation__contextual="off", SEAWALL_TEST_ANYTHING="1"))
+    assert completed.returncode == 0, completed.stderr
+    assert config_lines(completed.stdout)["moderation.contextual"] == "off"
+
+
+def test_environment_names_below_a_mapping_belong_to_it() -> None:
+    assert unknown_environment_setting("SEAWALL_PLUGINS__KEYWORD__WORDS") is None  # a plugin's own keys
+    assert unknown_environment_setting("SEAWALL_MODERATION__THRESHOLDS__HARASSMENT") is None
+    assert unknown_environment_setting("SEAWALL_GATEWAY") is None  # a whole section, as JSON
+    assert unknown_environment_setting("OTHER_TOOL__PORT") is None
+    problem = unknown_environment_setting("SEAWALL_GATEWAY__NOPE")
+    assert problem is not None and problem.startswith("SEAWALL_GATEWAY__NOPE is not a setting")
 
 
 def test_config_with_an_invalid_file(tmp_path: Path) -> None:

@@ -9,12 +9,14 @@ below. Every field is documented here; ``seawall config`` prints the result.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import ipaddress
 import json
 import os
 import re
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from types import UnionType
 from typing import Any, Final, Literal, Union, get_args, get_origin
@@ -1220,6 +1222,10 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     The environment beats the file; ``overrides`` beat both.
     """
     path = config_file or os.environ.get("SEAWALL_CONFIG")
+    misspelt = [problem for name in os.environ if (problem := unknown_environment_setting(name))]
+    if misspelt:
+        # pydantic-settings reads only the names it knows: a misspelt one would be dropped silently.
+        raise ConfigurationError("\n".join(misspelt), param=misspelt[0].split()[0])
     file_values = _read_yaml(Path(path)) if path else {}
     try:
         from_env_and_defaults = Settings()
@@ -1234,6 +1240,45 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         ) from exc
     except SettingsError as exc:  # an environment variable that should hold JSON does not
         raise ConfigurationError(f"invalid SEAWALL_* environment variable: {exc}") from exc
+
+
+#: SEAWALL_* variables that are not settings: the settings file's name, and the switches of
+#: seawall's own test suite, CI and benchmarks.
+ENVIRONMENT_NOT_SETTINGS: Final = ("SEAWALL_CONFIG", "SEAWALL_AUDIT_REQUIRED", "SEAWALL_FUZZ_EXAMPLES")
+ENVIRONMENT_TEST_PREFIX: Final = "SEAWALL_TEST_"
+
+
+@lru_cache(maxsize=1)
+def _environment_names() -> list[str]:
+    """Every setting's environment variable, down to the first list or mapping."""
+    names = set()
+    for doc in setting_docs():
+        path = doc.name.split(".[]")[0].split(".*")[0]
+        names.add("SEAWALL_" + path.upper().replace(".", "__"))
+    return sorted(names)
+
+
+def unknown_environment_setting(variable: str) -> str | None:
+    """Why the environment variable ``variable`` names no setting, or None when it does (or is not
+    seawall's). Names are matched as pydantic-settings does: case-insensitively, ``__`` between a
+    section and its field; below a value, a list or a mapping anything goes (a plugin's own keys)."""
+    name = variable.upper()
+    if not name.startswith("SEAWALL_") or name in ENVIRONMENT_NOT_SETTINGS:
+        return None
+    if name.startswith(ENVIRONMENT_TEST_PREFIX):
+        return None
+    parts = name.removeprefix("SEAWALL_").lower().split("__")
+    model: type[BaseModel] = Settings
+    for part in parts:
+        if part not in model.model_fields:
+            close = difflib.get_close_matches(name, _environment_names(), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            return f"{variable} is not a setting{hint}; `seawall config` lists every setting"
+        shape, section = _shape(model.model_fields[part].annotation)
+        if section is None or shape not in ("section", "optional"):
+            return None
+        model = section
+    return None
 
 
 # ----------------------------------------------------------------- documentation
@@ -1359,4 +1404,5 @@ __all__ = [
     "format_setting",
     "load_settings",
     "setting_docs",
+    "unknown_environment_setting",
 ]
