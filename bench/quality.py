@@ -11,10 +11,15 @@ Prints, for the shipped artefacts (or --model-dir):
    per register;
 3. the held-out sources (whole public sets never trained on) and the grouped dev split of the
    training mix, when ``../shared/data`` (or --data) is present;
-4. what obfuscation normalisation is worth: recall on obfuscated harmful texts with and
+4. the target probe set (``bench/data/target_probe.jsonl``, authored for evaluation only): who a
+   violent statement aims at (threat vs self-harm intent vs hyperbole), self-harm method requests,
+   and non-violent vs violent wrongdoing; per-label AUPRC, the mean over the six labels those
+   questions turn on, and the share of rows flagged in a category the guide says they are not;
+5. what obfuscation normalisation is worth: recall on obfuscated harmful texts with and
    without it.
 
 Usage: python bench/quality.py [--data ../shared/data] [--model-dir DIR] [--contextual on|auto|off]
+       [--probe-only]
 """
 
 from __future__ import annotations
@@ -37,6 +42,16 @@ from seawall.settings import ModerationSettings
 HERE = Path(__file__).parent
 FUNCTIONAL = HERE / "data" / "functional_tests.jsonl"
 WEB_REGISTER = HERE / "data" / "web_register_eval.jsonl"
+TARGET_PROBE = HERE / "data" / "target_probe.jsonl"
+#: The labels the target probe's three questions turn on; their mean AUPRC is its headline.
+PROBE_LABELS = (
+    "harassment/threatening",
+    "violence",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "illicit/violent",
+)
 CATEGORY_COLUMNS = [ALL_LABELS.index(name) for name in CATEGORIES]
 
 HOMOGLYPHS = {"a": "а", "e": "е", "o": "о", "p": "р", "c": "с", "i": "і", "x": "х", "y": "у"}
@@ -116,6 +131,31 @@ def web_register_set(classifier: TextClassifier, mode: str) -> None:
     print(f"  benign texts flagged, by register: {shares}")
 
 
+def target_probe_set(classifier: TextClassifier, mode: str) -> None:
+    rows = read_rows(TARGET_PROBE)
+    labeled = read_labeled_jsonl(TARGET_PROBE)
+    scores = classifier.score(labeled.texts, mode)
+    report = evaluate_scores(labeled.labels, scores, classifier.meta.thresholds)
+    print_report(f"target probe set ({len(rows)} texts, {TARGET_PROBE.relative_to(HERE.parent)})", report)
+    probe_auprc = [report["labels"][name]["auprc"] for name in PROBE_LABELS if name in report["labels"]]
+    print(f"  mean AUPRC over {', '.join(PROBE_LABELS)}: {np.mean(probe_auprc):.4f}")
+    flagged = scores >= np.array([classifier.meta.thresholds.get(name, 0.5) for name in ALL_LABELS])
+    column = {name: i for i, name in enumerate(ALL_LABELS)}
+
+    def flagged_share(question: str, truth: str, flag: str) -> str:
+        """Of the question's rows labelled ``truth``, the share flagged ``flag``: a wrong category
+        when the label set lacks ``flag``, recall when it holds it."""
+        picked = [i for i, row in enumerate(rows) if row["question"] == question and truth in row["labels"]]
+        picked = [i for i in picked if (flag in rows[i]["labels"]) == (flag == truth)]
+        share = float(np.mean([flagged[i, column[flag]] for i in picked])) if picked else 0.0
+        return f"{question}: {truth} rows flagged {flag}: {share:.0%} of {len(picked)}"
+
+    print("  " + flagged_share("direction", "harassment/threatening", "self-harm"))
+    print("  " + flagged_share("direction", "self-harm/intent", "violence"))
+    print("  " + flagged_share("wrongdoing", "illicit", "illicit/violent"))
+    print("  " + flagged_share("selfharm_method", "self-harm/intent", "self-harm/intent"))
+
+
 def normalisation_ablation(classifier: TextClassifier, texts: list[str], mode: str) -> None:
     without = classifier.with_features(dataclasses.replace(classifier.meta.features, normalize=False))
     rng = random.Random(5)
@@ -174,10 +214,14 @@ def main() -> None:
         default=ModerationSettings.model_fields["contextual"].default,
         help="where the contextual stage runs (default: moderation.contextual's default, what users get)",
     )
+    parser.add_argument("--probe-only", action="store_true", help="score the target probe set alone")
     args = parser.parse_args()
     classifier = TextClassifier.load(args.model_dir)
     mode = args.contextual
     print(f"model version {classifier.meta.version}, labels {len(classifier.labels)}, contextual {mode}")
+    target_probe_set(classifier, mode)
+    if args.probe_only:
+        return
     functional_suite(classifier, mode)
     web_register_set(classifier, mode)
     rows = read_rows(FUNCTIONAL)
