@@ -171,8 +171,11 @@ def test_moderate_with_a_config_file(tmp_path: Path) -> None:
         (b'{"id": 1}\n', 1),
         (b'{"input": 5}\n', 1),
         (b'"fine"\n"caf\xe9"\n', 2),
+        # Over the service's limits: named by line before anything is scored, not as "input[N]" of a batch.
+        (b'"fine"\n\n"' + b"a" * 200_001 + b'"\n', 3),
+        (b'"fine"\n{"input": [{"type": "video"}]}\n', 2),
     ],
-    ids=["bad-json", "number", "no-text", "input-not-text", "not-utf8"],
+    ids=["bad-json", "number", "no-text", "input-not-text", "not-utf8", "too-long", "bad-part"],
 )
 def test_bad_jsonl_line_names_file_and_line(tmp_path: Path, content: bytes, line: int) -> None:
     source = tmp_path / "bad.jsonl"

@@ -18,8 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from seawall.cli_support import ConfigOption, console, fail
-from seawall.errors import SeawallError
-from seawall.settings import Settings, load_settings
+from seawall.errors import DataError, SeawallError
+from seawall.settings import ModerationSettings, Settings, load_settings
 
 app = typer.Typer(help="seawall: a self-hosted safety layer for LLM applications.", no_args_is_help=True)
 
@@ -135,9 +135,12 @@ def _utf8_lines(stream: BinaryIO, source: str) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
-def _read_jsonl_records(stream: BinaryIO, source: str) -> tuple[list[Any], list[Any]]:
+def _read_jsonl_records(
+    stream: BinaryIO, source: str, limits: ModerationSettings
+) -> tuple[list[Any], list[Any]]:
     """Records of a JSONL file (each a string or an object with 'input' or 'text') and their inputs;
-    the first bad line stops the command with its number, before anything is moderated."""
+    the first bad line (a malformed record, or an input over ``limits``) stops the command with
+    its number, before anything is moderated."""
     from seawall.batch.files import jsonl_records
     from seawall.batch.rows import record_input
 
@@ -145,11 +148,24 @@ def _read_jsonl_records(stream: BinaryIO, source: str) -> tuple[list[Any], list[
     items: list[Any] = []
     try:
         for number, record in jsonl_records(stream, source):
-            items.append(record_input(record, f"{source}:{number}"))
+            item = record_input(record, f"{source}:{number}")
+            _check_input(item, limits, f"{source}:{number}")
+            items.append(item)
             records.append(record)
     except SeawallError as exc:
         raise fail(exc.message) from exc
     return records, items
+
+
+def _check_input(item: Any, limits: ModerationSettings, where: str) -> None:
+    """The service's own checks of one input, up front: a line too long for it fails with its number
+    here, not as "input[N]" of whichever batch it landed in, after the lines before it were scored."""
+    from seawall.inputs import parse_input
+
+    try:
+        parse_input(item, max_items=limits.max_items, max_chars=limits.max_chars)
+    except SeawallError as exc:
+        raise DataError(f"{where}: {exc.message}") from exc
 
 
 def progress_bar(label: str, *, disable: bool = False) -> Progress:
@@ -245,13 +261,24 @@ def moderate(
 
     if (text is None) == (file is None):
         raise fail("give either TEXT or --file")
+    try:
+        settings = load_settings(config)
+    except SeawallError as exc:
+        raise fail(exc.message) from exc
+    limits = settings.moderation
     if text == "-":
-        records: list[Any] = [line for _, line in _utf8_lines(sys.stdin.buffer, "<stdin>")]
+        records: list[Any] = []
+        try:
+            for number, line in _utf8_lines(sys.stdin.buffer, "<stdin>"):
+                _check_input(line, limits, f"<stdin>:{number}")
+                records.append(line)
+        except SeawallError as exc:
+            raise fail(exc.message) from exc
         items = list(records)
     elif text is not None:
         records, items = [text], [text]
     elif str(file) == "-":
-        records, items = _read_jsonl_records(sys.stdin.buffer, "<stdin>")
+        records, items = _read_jsonl_records(sys.stdin.buffer, "<stdin>", limits)
     else:
         assert file is not None
         if not file.is_file():
@@ -259,12 +286,7 @@ def moderate(
         if file.suffix.lower() == ".parquet":
             raise fail(f"{file}: Parquet input is read by the batch engine: add --engine ray")
         with file.open("rb") as stream:
-            records, items = _read_jsonl_records(stream, str(file))
-
-    try:
-        settings = load_settings(config)
-    except SeawallError as exc:
-        raise fail(exc.message) from exc
+            records, items = _read_jsonl_records(stream, str(file), limits)
 
     # The output is opened before any scoring (a bad path costs nothing) and each chunk's rows are
     # written as it finishes, so an interruption keeps what was done.
