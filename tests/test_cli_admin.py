@@ -147,3 +147,25 @@ def test_a_feedback_key_is_good_only_for_feedback(config: Path) -> None:
         store.close()
     wrong = runner.invoke(app, ["keys", "create", "widget", "--scope", "feedbak", "--config", str(config)])
     assert wrong.exit_code == 2 and "--scope must be one of all, feedback" in wrong.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["support\tbot"], "holds a control character"),
+        (["two\nlines"], "holds a control character"),
+        (["   "], "must not be blank"),
+        (["x" * 201], "the limit is 200"),
+        (["bot", "--tenant", "acme\tprod"], "the tenant 'acme\\tprod' holds a control character"),
+    ],
+    ids=["tab", "newline", "blank", "too-long", "tenant-tab"],
+)
+def test_a_key_name_that_would_break_the_listing_is_refused(
+    config: Path, args: list[str], message: str
+) -> None:
+    refused = runner.invoke(app, ["keys", "create", *args, "--config", str(config)])
+    assert refused.exit_code == 2, refused.output
+    assert message in " ".join(refused.output.split())
+    listed = runner.invoke(app, ["keys", "list", "--config", str(config)])
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.strip().splitlines()[1:] == []  # nothing was stored

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import getpass
 import re
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -35,6 +36,22 @@ ByOption = Annotated[str | None, typer.Option("--by", help="Who does this (audit
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 #: The longest block or window in hours (ten years): NaN, infinity and absurd spans are refused.
 MAX_HOURS = 87_600.0
+
+
+#: The longest key name or tenant a key is made with.
+MAX_LABEL_CHARS = 200
+
+
+def _label(value: str, what: str) -> str:
+    """A key's name or tenant as given, refused when blank, too long or holding control characters:
+    a tab or a line break would split the tab-separated lines that `keys list` prints for scripts."""
+    if not value.strip():
+        raise fail(f"the {what} must not be blank")
+    if len(value) > MAX_LABEL_CHARS:
+        raise fail(f"the {what} is {len(value)} characters; the limit is {MAX_LABEL_CHARS}")
+    if any(unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") for char in value):
+        raise fail(f"the {what} {value!r} holds a control character (a tab, a line break, ...)")
+    return value
 
 
 def _print_rows(headers: list[str], rows: list[list[str]]) -> None:
@@ -73,6 +90,9 @@ def create_key(
     """Make a key. It is printed once, on stdout; only its hash is stored."""
     if scope not in KEY_SCOPES:
         raise fail(f"--scope must be one of {', '.join(KEY_SCOPES)}, not {scope!r}")
+    name = _label(name, "key name")
+    if tenant is not None:
+        tenant = _label(tenant, "tenant")
     with configured_store(config) as (settings, store):
         key = generate_api_key()
         stored = store.create_key(
