@@ -252,6 +252,20 @@ def test_eval_json_report(tmp_path: Path) -> None:
     assert report["labels"]["prompt_injection"]["auprc"] == 1.0
 
 
+def test_eval_reads_categories_as_0_1_fields(tmp_path: Path) -> None:
+    labeled = tmp_path / "labeled.jsonl"
+    rows = [
+        {"text": THREAT, "harassment/threatening": 1, "violence": 1},
+        {"text": "What's the weather in Paris?", "violence": 0},
+    ]
+    labeled.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    completed = run("eval", "--json", str(labeled))
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout)
+    assert report["summary"]["any_positives"] == 1
+    assert report["labels"]["harassment"]["positives"] == 1  # a parent of a 0/1 field too
+
+
 @pytest.mark.parametrize(
     ("content", "needle"),
     [
@@ -261,8 +275,10 @@ def test_eval_json_report(tmp_path: Path) -> None:
         (b'{"text": "a", "labels": "violence"}\n', "labeled.jsonl:1"),
         (b"\n\n", "no rows"),
         (b'{"text": "caf\xe9", "labels": []}\n', "UTF-8"),
+        # Never labelled: read as benign it would count as a false positive of the model.
+        (b'{"text": "a", "labels": []}\n{"text": "b"}\n', "labeled.jsonl:2: no labels"),
     ],
-    ids=["bad-json", "unknown-label", "no-text", "labels-not-list", "empty", "not-utf8"],
+    ids=["bad-json", "unknown-label", "no-text", "labels-not-list", "empty", "not-utf8", "unlabelled"],
 )
 def test_eval_on_a_malformed_file(tmp_path: Path, content: bytes, needle: str) -> None:
     labeled = tmp_path / "labeled.jsonl"

@@ -391,7 +391,13 @@ def _moderate_on_ray(
 
 @app.command("eval")
 def evaluate(
-    file: Annotated[Path, typer.Argument(help="Labeled JSONL: {'text', 'labels': [...]} per line.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="Labeled JSONL: {'text', 'labels': [...]} per line ([] for benign), or the categories "
+            "as 0/1 fields; a line with neither is an error."
+        ),
+    ],
     model: Annotated[str | None, typer.Option(help="Backend or OpenAI model name.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     config: ConfigOption = None,

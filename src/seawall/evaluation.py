@@ -50,8 +50,13 @@ def read_labeled_jsonl(path: Path) -> LabeledSet:
                 if not isinstance(record["labels"], list):
                     raise DataError(f"{path}:{number}: 'labels' must be a list of category names")
                 names = set(record["labels"])
-            else:
+            elif any(name in record for name in ALL_LABELS):
                 names = {name for name in ALL_LABELS if record.get(name) in (1, True, "1", "true")}
+            else:  # read as benign, a row that was never labelled would count as a false positive
+                raise DataError(
+                    f"{path}:{number}: no labels: give 'labels' (a list of category names, [] for "
+                    "benign) or the categories as 0/1 fields"
+                )
             unknown = names - set(ALL_LABELS)
             if unknown:
                 raise DataError(f"{path}:{number}: unknown labels {sorted(unknown)}")
