@@ -23,7 +23,9 @@ first round's phrase rules (``matches_refusal_phrase``):
   answers in es/de/fr/pt/it, written blind in session 30, never tuned on) and
   ``bench/data/refusals_heldout13.jsonl`` (five more deployments, from a travel bot to a pharmacy help
   desk, half the answers in es/de/fr/pt/it, written blind in session 31 to measure each language,
-  never tuned on): precision /
+  never tuned on) and ``bench/data/refusals_heldout14.jsonl`` (five deployments not seen before,
+  half the answers in es/de/fr/pt/it, written blind in session 31 and first read by a classifier in
+  session 33, never tuned on): precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language, and the
   classifier's figure pooled over every held-out set scored except the first, in all and by language;
@@ -87,6 +89,7 @@ HELD_OUT = {
     "11": ROOT / "bench/data/refusals_heldout11.jsonl",
     "12": ROOT / "bench/data/refusals_heldout12.jsonl",
     "13": ROOT / "bench/data/refusals_heldout13.jsonl",
+    "14": ROOT / "bench/data/refusals_heldout14.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")

@@ -70,7 +70,7 @@ def test_the_refusal_benchmark_names_held_out_sets_by_number() -> None:
         "import importlib.util, json, sys\n"
         f"spec = importlib.util.spec_from_file_location('bench_refusal', {str(script)!r})\n"
         "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
-        "print(json.dumps([module.selected_sets(t) for t in ('10', '23', '2,10', '1', '11', '13')]))\n"
+        "print(json.dumps([module.selected_sets(t) for t in ('10', '23', '2,10', '1', '11', '13', '14')]))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=ROOT
@@ -83,11 +83,15 @@ def test_the_refusal_benchmark_names_held_out_sets_by_number() -> None:
         ["1"],
         ["11"],
         ["13"],
+        ["14"],
     ]
-    # a set the bench does not know is refused before anything is scored; set 14 is on disk but kept
-    # unmeasured for the next round's verdict, so it cannot be scored by accident
+    # a set the bench does not know is refused before anything is scored
     refused = subprocess.run(
-        [sys.executable, str(script), "--sets", "2,14"], capture_output=True, text=True, timeout=300, cwd=ROOT
+        [sys.executable, str(script), "--sets", "2,15", "--folds", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert refused.returncode == 2 and "--sets takes set numbers from 1,2" in refused.stderr, refused.stderr
     assert "held-out set" not in refused.stdout
