@@ -39,7 +39,7 @@ LONG = "How should I taper off prednisone after a two-week course? Explain every
 CUT = "Tapering depends on the dose. Typically you reduce the daily dose by"
 QUESTIONS = {
     # (tenant, user, domain declared by the app, question)
-    "health": ("acme", "ann", "health", "Which painkiller is gentlest on the stomach?"),
+    "health": ("acme", "ann", "health", "Is it normal for a sprained ankle to swell for a week?"),
     "law": ("acme", "ann", "law", "How long does my landlord have to return my deposit?"),
     "finance": ("globex", "bob", "finance", "Should I move my pension into an index fund?"),
     "law2": ("globex", "bob", "law", "What notice period does an employment contract usually need?"),
