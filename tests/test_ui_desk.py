@@ -318,7 +318,7 @@ def test_a_report_page_shows_the_answer_decisions_scores_and_the_reporters_histo
     seed(server.store, [record, audit_record(at=datetime.now(UTC), request_id=bare)])
     reporter = f"pat-{datetime.now(UTC).timestamp()}"
     earlier = service.report("default", response_id="not-ours-1", category="other", reporter=reporter)
-    service.triage(earlier.id, "rob", status="dismissed", note="spam")
+    service.triage(earlier.id, "rob", status="dismissed", note="spam", admin=True)
     kept_report = service.report(
         "default",
         response_id=f"chatcmpl-{kept}",

@@ -14,17 +14,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from seawall.cli_support import ConfigOption, configured_store, console, fail
+from seawall.cli_support import ConfigOption, configured_store, console, fail, out
 from seawall.clock import utc_now
 from seawall.gateway.identity import generate_api_key, hash_api_key, load_or_create_secret, safety_identifier
 from seawall.gateway.risk import LADDER, RiskLedger
 from seawall.settings import Settings
 from seawall.store.base import KEY_SCOPES, UserState
-
-out = Console()
 
 keys_app = typer.Typer(help="App API keys: create, list, revoke (stored hashed).", no_args_is_help=True)
 users_app = typer.Typer(

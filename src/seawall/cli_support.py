@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 #: Diagnostics go to stderr, so stdout stays for results.
 console = Console(stderr=True)
+#: Results (tables, keys, verdicts) go to stdout, where `> file` and pipes keep them.
+out = Console()
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML settings file (else $SEAWALL_CONFIG).")

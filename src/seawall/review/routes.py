@@ -464,14 +464,12 @@ def add_review_routes(
         name, role = await staff.require_member(request)
         body = await read_json(request, MAX_BODY_BYTES, empty_ok=True)
         report = await asyncio.to_thread(
-            functools.partial(
-                review().triage,
-                report_id,
-                name,
-                status=_string(body, "status"),
-                note=_string(body, "note"),
-                admin=role == "admin",
-            )
+            review().triage,
+            report_id,
+            name,
+            status=_string(body, "status"),
+            note=_string(body, "note"),
+            admin=role == "admin",
         )
         return json_response(review().report_view(report))
 

@@ -601,7 +601,7 @@ class ReviewService:
         )
 
     def triage(
-        self, report_id: str, actor: str, *, status: str | None, note: str | None, admin: bool = True
+        self, report_id: str, actor: str, *, status: str | None, note: str | None, admin: bool
     ) -> Report:
         """Move a report to ``status`` and/or add a ``note``. Only an ``admin`` closes a report
         (:data:`CLOSED_REPORT`) or reopens a closed one; the note is at most :data:`MAX_NOTE_CHARS`."""

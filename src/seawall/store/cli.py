@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-from seawall.cli_support import ConfigOption, console, fail
+from seawall.cli_support import ConfigOption, console, fail, out
 from seawall.errors import SeawallError
 from seawall.settings import load_settings
 from seawall.store.chain import Verified, read_jsonl, verify
@@ -18,8 +17,6 @@ from seawall.store.migrate import current_revision, head_revision, upgrade
 from seawall.store.sql import create_folder, make_engine, normalise_url
 
 app = typer.Typer(help="The store's database schema (Alembic migrations).", no_args_is_help=True)
-#: Results go to stdout (``seawall db current > f`` keeps them); errors to stderr (``console``).
-out = Console(soft_wrap=True)
 audit_app = typer.Typer(help="The audit trail (hash-chained per tenant).", no_args_is_help=True)
 
 
@@ -52,9 +49,9 @@ def upgrade_command(config: ConfigOption = None) -> None:
         raise fail(exc.message) from exc
     where = escape(url.render_as_string(hide_password=True))
     if before == after:
-        out.print(f"{where}: already at revision {after} (up to date)")
+        out.print(f"{where}: already at revision {after} (up to date)", soft_wrap=True)
     else:
-        out.print(f"{where}: upgraded from {before or 'none'} to {after}")
+        out.print(f"{where}: upgraded from {before or 'none'} to {after}", soft_wrap=True)
 
 
 @app.command("current")
@@ -79,9 +76,12 @@ def current_command(config: ConfigOption = None) -> None:
     head = head_revision()
     where = escape(url.render_as_string(hide_password=True))
     if current == head:
-        out.print(f"{where}: revision {current} (up to date)")
+        out.print(f"{where}: revision {current} (up to date)", soft_wrap=True)
         return
-    out.print(f"{where}: revision {current or 'none'}, this seawall needs {head}: run `seawall db upgrade`")
+    out.print(
+        f"{where}: revision {current or 'none'}, this seawall needs {head}: run `seawall db upgrade`",
+        soft_wrap=True,
+    )
     raise typer.Exit(1)
 
 
@@ -138,9 +138,9 @@ def verify_command(
 
 def _report(where: str, result: Verified) -> None:
     if result.broken is None:
-        out.print(f"{where}: intact ({result.records} records, {result.tenants} tenants)")
+        out.print(f"{where}: intact ({result.records} records, {result.tenants} tenants)", soft_wrap=True)
         return
-    out.print(f"{where}: broken at {escape(str(result.broken))}")
+    out.print(f"{where}: broken at {escape(str(result.broken))}", soft_wrap=True)
     raise typer.Exit(1)
 
 

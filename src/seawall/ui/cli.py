@@ -14,14 +14,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from seawall.cli_support import ConfigOption, configured_store, console, fail
+from seawall.cli_support import ConfigOption, configured_store, console, fail, out
 from seawall.ui.accounts import AccountStore
 from seawall.ui.settings import ROLES, UISettings
-
-out = Console()
 
 accounts_app = typer.Typer(
     help="Web UI accounts (sign-in at /ui/): create, list, disable, enable, set-role, set-password.",

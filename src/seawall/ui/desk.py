@@ -29,7 +29,6 @@ decided already) shows the item again with the reason, status 409.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -647,14 +646,7 @@ class Desk:
                 request, session, report, status_code=400, error="Choose a new status or write a note."
             )
         await run_in_threadpool(
-            functools.partial(
-                self.service.triage,
-                report.id,
-                session.subject,
-                status=status,
-                note=note,
-                admin=session.is_admin,
-            )
+            self.service.triage, report.id, session.subject, status=status, note=note, admin=session.is_admin
         )
         base = request.scope.get("root_path", "")
         return RedirectResponse(f"{base}/reports/{report.id}?done=updated", status_code=303)
