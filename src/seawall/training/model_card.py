@@ -522,7 +522,7 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         f"* Weak on the dev split (AUPRC < 0.5): {', '.join(weak) or 'none'}.",
         *[f"* {note}" for note in report.get("notes", [])],
         "* Little public data exists for graphic violence, threats, explicit sexual text and first-person",
-        "  self-harm; the authored examples (about 8,300 rows, half of them benign look-alikes) are a few",
+        "  self-harm; the authored examples (about 9,000 rows, half of them benign look-alikes) are a few",
         "  hundred per category, written by the project in the registers of web text and chat.",
         "* `sexual/minors` is learned only from request-style prompts; the minors rule adds sexual content",
         "  that names a minor, so what the model does not read as `sexual` it still misses.",
