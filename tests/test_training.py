@@ -207,7 +207,7 @@ def test_a_fine_tuned_encoder_ships_with_its_head_and_a_stock_retrain_drops_it(t
         embedding_cache=tmp_path / "cache",
         encoder_store=tmp_path / "encoders",
         finetune_rows_per_source=6,
-        multilingual=False,
+        multilingual="none",
     )
     messages: list[str] = []
     report = train(config, progress=messages.append)
@@ -233,3 +233,48 @@ def test_a_fine_tuned_encoder_ships_with_its_head_and_a_stock_retrain_drops_it(t
     assert "encoder" not in json.loads((out / "model.json").read_text())["contextual"]
     stock = TextClassifier.load(out, multilingual="off")
     assert stock.context is not None and stock.context.encoder.model_file == onnx_model_path()  # type: ignore[attr-defined]
+
+
+@needs_data
+@pytest.mark.training
+def test_keeping_the_multilingual_stage_copies_the_shipped_one_and_its_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from seawall.errors import ModelArtefactError
+    from seawall.model.classifier import default_model_dir
+    from seawall.model.multilingual import MULTILINGUAL_FILE
+    from seawall.training import train as train_module
+
+    shipped = default_model_dir() / MULTILINGUAL_FILE
+    out = tmp_path / "model"
+    config = TrainConfig(
+        data_dir=DATA,
+        authored_dir=default_authored_dir(),
+        out_dir=out,
+        limit_per_source=60,
+        sources=("jigsaw", "davidson"),
+        semantic=False,
+        screen_score=None,
+        contextual=False,
+        multilingual="keep",
+    )
+    messages: list[str] = []
+    train(config, progress=messages.append)
+    kept = out / MULTILINGUAL_FILE
+    assert kept.read_bytes() == shipped.read_bytes()
+    assert any(message.startswith("kept the multilingual stage") for message in messages)
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["multilingual_stage"]["fitted_labels"]
+    assert "## Multilingual stage" in (out / "MODEL_CARD.md").read_text()
+
+    # A stage already in the output folder is the one kept, not overwritten by the shipped one.
+    kept.write_bytes(b"not the shipped stage")
+    monkeypatch.setattr(train_module, "default_model_dir", lambda: tmp_path / "nowhere")
+    with pytest.raises(ModelArtefactError, match="not a readable multilingual stage"):
+        train_module.keep_multilingual_stage(out)
+    assert kept.read_bytes() == b"not the shipped stage"
+
+    kept.unlink()
+    with pytest.raises(ModelArtefactError, match="no multilingual stage to keep"):
+        train_module.keep_multilingual_stage(out)
+    assert not kept.exists()

