@@ -15,7 +15,12 @@ Prints, for the shipped artefacts (or --model-dir):
    violent statement aims at (threat vs self-harm intent vs hyperbole), self-harm method requests,
    and non-violent vs violent wrongdoing; per-label AUPRC, the mean over the six labels those
    questions turn on, and the share of rows flagged in a category the guide says they are not;
-5. what obfuscation normalisation is worth: recall on obfuscated harmful texts with and
+5. the how-to probe set (``bench/data/howto_probe.jsonl``, authored for evaluation only): benign
+   how-to and which-is questions that sound like method requests (medication choice, sport
+   technique, machines and software, pests, cooking, "how do I X without Y") beside real method
+   requests in the same frames; the share of benign questions flagged, recall on the requests,
+   any-category AUPRC, and the benign questions flagged with their top category;
+6. what obfuscation normalisation is worth: recall on obfuscated harmful texts with and
    without it.
 
 Usage: python bench/quality.py [--data ../shared/data] [--model-dir DIR] [--contextual on|auto|off]
@@ -43,6 +48,7 @@ HERE = Path(__file__).parent
 FUNCTIONAL = HERE / "data" / "functional_tests.jsonl"
 WEB_REGISTER = HERE / "data" / "web_register_eval.jsonl"
 TARGET_PROBE = HERE / "data" / "target_probe.jsonl"
+HOWTO_PROBE = HERE / "data" / "howto_probe.jsonl"
 #: The labels the target probe's three questions turn on; their mean AUPRC is its headline.
 PROBE_LABELS = (
     "harassment/threatening",
@@ -156,6 +162,27 @@ def target_probe_set(classifier: TextClassifier, mode: str) -> None:
     print("  " + flagged_share("selfharm_method", "self-harm/intent", "self-harm/intent"))
 
 
+def howto_probe_set(classifier: TextClassifier, mode: str) -> None:
+    rows = read_rows(HOWTO_PROBE)
+    labeled = read_labeled_jsonl(HOWTO_PROBE)
+    scores = classifier.score(labeled.texts, mode)
+    summary = evaluate_scores(labeled.labels, scores, classifier.meta.thresholds)["summary"]
+    flagged = flags(classifier, scores)
+    harmful = np.array([bool(row["labels"]) for row in rows])
+    print(f"\n== how-to probe set ({len(rows)} texts, {HOWTO_PROBE.relative_to(HERE.parent)}) ==")
+    print(
+        f"  any-category AUPRC {summary['any_auprc']}; benign questions flagged "
+        f"{flagged[~harmful].mean():.1%} of {int((~harmful).sum())}; method requests flagged (recall) "
+        f"{flagged[harmful].mean():.1%} of {int(harmful.sum())}"
+    )
+    thresholds = np.array([classifier.meta.thresholds.get(name, 0.5) for name in ALL_LABELS])
+    for i in np.flatnonzero(flagged & ~harmful):
+        # the category whose score is furthest past its threshold: what the question was mistaken for
+        margin = scores[i, CATEGORY_COLUMNS] / thresholds[CATEGORY_COLUMNS]
+        top = CATEGORY_COLUMNS[int(np.argmax(margin))]
+        print(f"    benign flagged {ALL_LABELS[top]} {scores[i, top]:.2f}: {rows[i]['text'][:90]}")
+
+
 def normalisation_ablation(classifier: TextClassifier, texts: list[str], mode: str) -> None:
     without = classifier.with_features(dataclasses.replace(classifier.meta.features, normalize=False))
     rng = random.Random(5)
@@ -214,12 +241,15 @@ def main() -> None:
         default=ModerationSettings.model_fields["contextual"].default,
         help="where the contextual stage runs (default: moderation.contextual's default, what users get)",
     )
-    parser.add_argument("--probe-only", action="store_true", help="score the target probe set alone")
+    parser.add_argument(
+        "--probe-only", action="store_true", help="score the target and how-to probe sets alone"
+    )
     args = parser.parse_args()
     classifier = TextClassifier.load(args.model_dir)
     mode = args.contextual
     print(f"model version {classifier.meta.version}, labels {len(classifier.labels)}, contextual {mode}")
     target_probe_set(classifier, mode)
+    howto_probe_set(classifier, mode)
     if args.probe_only:
         return
     functional_suite(classifier, mode)

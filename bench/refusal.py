@@ -25,7 +25,9 @@ first round's phrase rules (``matches_refusal_phrase``):
   desk, half the answers in es/de/fr/pt/it, written blind in session 31 to measure each language,
   never tuned on) and ``bench/data/refusals_heldout14.jsonl`` (five deployments not seen before,
   half the answers in es/de/fr/pt/it, written blind in session 31 and first read by a classifier in
-  session 33, never tuned on): precision /
+  session 33, never tuned on) and ``bench/data/refusals_heldout15.jsonl`` (five more deployments,
+  from a university library desk to a children's homework helper, half in es/de/fr/pt/it, written
+  blind in session 34): precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language, and the
   classifier's figure pooled over every held-out set scored except the first, in all and by language;
@@ -90,6 +92,7 @@ HELD_OUT = {
     "12": ROOT / "bench/data/refusals_heldout12.jsonl",
     "13": ROOT / "bench/data/refusals_heldout13.jsonl",
     "14": ROOT / "bench/data/refusals_heldout14.jsonl",
+    "15": ROOT / "bench/data/refusals_heldout15.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")

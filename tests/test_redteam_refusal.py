@@ -69,9 +69,11 @@ HELD_OUT_12 = ROOT / "bench" / "data" / "refusals_heldout12.jsonl"
 #: policy bot; half the answers in other languages, to measure each).
 HELD_OUT_13 = ROOT / "bench" / "data" / "refusals_heldout13.jsonl"
 #: Written blind in session 31 (bank fraud desk, recipe and home bot, news explainer, car manual bot,
-#: loosely aligned role-play model; half in other languages): kept unmeasured for the next round's verdict,
-#: so only its independence is checked here, and bench/refusal.py does not score it yet.
+#: loosely aligned role-play model; half in other languages); first measured in session 33.
 HELD_OUT_14 = ROOT / "bench" / "data" / "refusals_heldout14.jsonl"
+#: Written blind in session 34 (university library desk, car-rental support, children's homework helper,
+#: security vendor support, a general chat model; half in other languages) for the twelfth round's verdict.
+HELD_OUT_15 = ROOT / "bench" / "data" / "refusals_heldout15.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -89,6 +91,7 @@ HELD_OUT_SETS = (
     (HELD_OUT_12, 190, True, True),
     (HELD_OUT_13, 190, True, True),
     (HELD_OUT_14, 190, True, True),
+    (HELD_OUT_15, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.

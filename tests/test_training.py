@@ -64,9 +64,9 @@ def test_authored_training_data_shares_no_text_with_the_evaluation_sets() -> Non
     bench = Path(__file__).resolve().parents[1] / "bench" / "data"
     evaluation: set[tuple[str, ...]] = set()
     suites = [bench / "functional_tests.jsonl", bench / "web_register_eval.jsonl"]
-    suites += [bench / "request_probes.jsonl", bench / "target_probe.jsonl"]
+    suites += [bench / "request_probes.jsonl", bench / "target_probe.jsonl", bench / "howto_probe.jsonl"]
     suites += sorted((bench / "multilingual").glob("functional_*.jsonl"))
-    assert len(suites) == 10, "the six translated functional suites are evaluation sets too"
+    assert len(suites) == 11, "the six translated functional suites are evaluation sets too"
     whole: set[tuple[str, ...]] = set()  # short texts have no six-word shingle: compare them whole
     for path in suites:
         for line in path.read_text(encoding="utf-8").splitlines():
