@@ -166,6 +166,8 @@ def test_small_training_run_writes_working_artefacts(tmp_path: Path) -> None:
         assert (tmp_path / name).is_file()
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["labels"] == list(ALL_LABELS)
+    # the UTC date and minute of training, so two models trained the same day differ
+    assert len(meta["version"].split(".")) == 4 and meta["version"].replace(".", "").isdigit()
     assert set(meta["thresholds"].values()) == {0.5}  # calibrated: every label flags at 0.5
     for path in ("fast", "blended"):
         assert all(0.2 <= value <= 1.0 for value in meta["calibration"][path].values())

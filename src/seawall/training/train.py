@@ -376,7 +376,8 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         labels=ALL_LABELS,
         thresholds={label: 0.5 for label in ALL_LABELS},
         features=config.features,
-        version=time.strftime("%Y.%m.%d"),
+        # UTC date and time: two models trained the same day must not share a version.
+        version=time.strftime("%Y.%m.%d.%H%M", time.gmtime()),
         info={},
     )
     dense_block = dense_weights if encoder else None
