@@ -27,7 +27,9 @@ first round's phrase rules (``matches_refusal_phrase``):
   half the answers in es/de/fr/pt/it, written blind in session 31 and first read by a classifier in
   session 33, never tuned on) and ``bench/data/refusals_heldout15.jsonl`` (five more deployments,
   from a university library desk to a children's homework helper, half in es/de/fr/pt/it, written
-  blind in session 34): precision /
+  blind in session 34) and ``bench/data/refusals_heldout16.jsonl`` (five more, from a telecom billing
+  bot to an open-weights chat model, many very short answers, half in es/de/fr/pt/it, written blind in
+  session 34): precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language, and the
   classifier's figure pooled over every held-out set scored except the first, in all and by language;
@@ -93,6 +95,7 @@ HELD_OUT = {
     "13": ROOT / "bench/data/refusals_heldout13.jsonl",
     "14": ROOT / "bench/data/refusals_heldout14.jsonl",
     "15": ROOT / "bench/data/refusals_heldout15.jsonl",
+    "16": ROOT / "bench/data/refusals_heldout16.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")

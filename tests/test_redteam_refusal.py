@@ -74,6 +74,9 @@ HELD_OUT_14 = ROOT / "bench" / "data" / "refusals_heldout14.jsonl"
 #: Written blind in session 34 (university library desk, car-rental support, children's homework helper,
 #: security vendor support, a general chat model; half in other languages) for the twelfth round's verdict.
 HELD_OUT_15 = ROOT / "bench" / "data" / "refusals_heldout15.jsonl"
+#: Written blind in session 34 (telecom billing bot, real-estate listings, fitness coach, airline
+#: disruption desk, an open-weights chat model; half in other languages) for the thirteenth round.
+HELD_OUT_16 = ROOT / "bench" / "data" / "refusals_heldout16.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -92,6 +95,7 @@ HELD_OUT_SETS = (
     (HELD_OUT_13, 190, True, True),
     (HELD_OUT_14, 190, True, True),
     (HELD_OUT_15, 190, True, True),
+    (HELD_OUT_16, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
