@@ -47,9 +47,10 @@ test: $(VENV)/.dev tests/oidc/node_modules
 audit: $(VENV)/.dev
 	$(BIN)/python .ci/audit_deps.py
 
-## Retrain the embedded model from ../shared/data and the authored data.
+## Retrain the embedded model's English stages from ../shared/data and the authored data, keeping the
+## shipped multilingual stage, as the shipped model was built (`seawall train --multilingual train` refits it).
 train: $(VENV)/.dev
-	$(BIN)/seawall train --data ../shared/data
+	$(BIN)/seawall train --data ../shared/data --multilingual keep
 
 ## Benchmarks: moderation speed and quality, gateway overhead, routing quality, red-team speed,
 ## batch moderation (single process and Ray).
