@@ -6,8 +6,10 @@ skipped with that reason. A user's machine never has it; CI does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -190,6 +192,19 @@ def test_small_training_run_writes_working_artefacts(tmp_path: Path) -> None:
     assert report["dev"]["summary"]["any_auprc"] > 0.6
 
 
+def tiny_config(out: Path, **changes: Any) -> TrainConfig:
+    """A training run of seconds: 60 rows a source, no semantic block, no screening."""
+    config = TrainConfig(
+        data_dir=DATA,
+        authored_dir=default_authored_dir(),
+        out_dir=out,
+        limit_per_source=60,
+        semantic=False,
+        screen_score=None,
+    )
+    return dataclasses.replace(config, **changes)
+
+
 @needs_data
 @pytest.mark.training
 def test_a_fine_tuned_encoder_ships_with_its_head_and_a_stock_retrain_drops_it(tmp_path: Path) -> None:
@@ -197,14 +212,9 @@ def test_a_fine_tuned_encoder_ships_with_its_head_and_a_stock_retrain_drops_it(t
     from seawall.model.context import CONTEXT_ENCODER_FILE, onnx_model_path
 
     out = tmp_path / "model"
-    config = TrainConfig(
-        data_dir=DATA,
-        authored_dir=default_authored_dir(),
-        out_dir=out,
-        limit_per_source=60,
+    config = tiny_config(
+        out,
         sources=("jigsaw", "davidson", "hatecheck"),
-        semantic=False,
-        screen_score=None,
         context_rows_per_source=30,
         embedding_cache=tmp_path / "cache",
         encoder_store=tmp_path / "encoders",
@@ -249,17 +259,7 @@ def test_keeping_the_multilingual_stage_copies_the_shipped_one_and_its_figures(
 
     shipped = default_model_dir() / MULTILINGUAL_FILE
     out = tmp_path / "model"
-    config = TrainConfig(
-        data_dir=DATA,
-        authored_dir=default_authored_dir(),
-        out_dir=out,
-        limit_per_source=60,
-        sources=("jigsaw", "davidson"),
-        semantic=False,
-        screen_score=None,
-        contextual=False,
-        multilingual="keep",
-    )
+    config = tiny_config(out, sources=("jigsaw", "davidson"), contextual=False, multilingual="keep")
     messages: list[str] = []
     train(config, progress=messages.append)
     kept = out / MULTILINGUAL_FILE
