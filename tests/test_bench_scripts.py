@@ -70,7 +70,8 @@ def test_the_refusal_benchmark_names_held_out_sets_by_number() -> None:
         "import importlib.util, json, sys\n"
         f"spec = importlib.util.spec_from_file_location('bench_refusal', {str(script)!r})\n"
         "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
-        "print(json.dumps([module.selected_sets(t) for t in ('10', '23', '2,10', '1', '11', '13', '14')]))\n"
+        "names = ('10', '23', '2,10', '1', '11', '13', '14', '16')\n"
+        "print(json.dumps([module.selected_sets(t) for t in names]))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=ROOT
@@ -84,10 +85,11 @@ def test_the_refusal_benchmark_names_held_out_sets_by_number() -> None:
         ["11"],
         ["13"],
         ["14"],
+        ["16"],
     ]
     # a set the bench does not know is refused before anything is scored
     refused = subprocess.run(
-        [sys.executable, str(script), "--sets", "2,15", "--folds", "0"],
+        [sys.executable, str(script), "--sets", "2,17", "--folds", "0"],
         capture_output=True,
         text=True,
         timeout=300,
