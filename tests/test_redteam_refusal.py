@@ -77,6 +77,10 @@ HELD_OUT_15 = ROOT / "bench" / "data" / "refusals_heldout15.jsonl"
 #: Written blind in session 34 (telecom billing bot, real-estate listings, fitness coach, airline
 #: disruption desk, an open-weights chat model; half in other languages) for the thirteenth round.
 HELD_OUT_16 = ROOT / "bench" / "data" / "refusals_heldout16.jsonl"
+#: Written blind in session 35 (insurance claims assistant, grocery-delivery bot, museum guide, a
+#: frontier lab's assistant, a messaging app's AI; half in other languages) for the fourteenth round:
+#: no classifier has read it, so it is checked here for form and overlap only, not scored.
+HELD_OUT_17 = ROOT / "bench" / "data" / "refusals_heldout17.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -96,6 +100,7 @@ HELD_OUT_SETS = (
     (HELD_OUT_14, 190, True, True),
     (HELD_OUT_15, 190, True, True),
     (HELD_OUT_16, 190, True, True),
+    (HELD_OUT_17, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
