@@ -563,6 +563,11 @@ def test_train_refuses_a_fine_tune_without_the_contextual_stage(tmp_path: Path) 
     assert negative.returncode == 2 and "Invalid value for '--finetune-rows'" in negative.stderr
     epochs_alone = run("train", "--data", str(tmp_path / "none"), "--finetune-epochs", "3")
     assert epochs_alone.returncode == 2 and "--finetune-rows" in epochs_alone.stderr
+    seeds_alone = run(
+        "train", "--data", str(tmp_path / "none"), "--context-head-seed", "1", "--no-contextual"
+    )
+    assert seeds_alone.returncode == 2 and "--context-head-seed" in seeds_alone.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_config_shows_a_store_url_with_only_its_password_masked() -> None:

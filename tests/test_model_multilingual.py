@@ -273,29 +273,3 @@ def test_a_labels_threshold_keeps_its_dev_false_alarms_within_the_budget() -> No
     # Where the negatives already sit low, the recipe's own threshold stands.
     quiet = np.concatenate([positives, rng.uniform(0.0, 0.1, 200).astype(np.float32)])
     assert budgeted_threshold(labels, quiet) == calibrated_threshold(labels, quiet)
-
-
-def test_the_averaged_head_scores_as_the_mean_of_its_heads_logits() -> None:
-    """The seeds' heads are folded into one wider layer: its logits are exactly their mean."""
-    from seawall.training.contextual import fit_hidden_head
-    from seawall.training.multilingual import HEAD_SEEDS, HIDDEN, fit_averaged_heads
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(400, 12)).astype(np.float32)
-    y = np.zeros((400, len(ALL_LABELS)), dtype=bool)
-    y[:, 0] = x[:, 0] + 0.3 * rng.normal(size=400) > 0.5
-    y[:, 1] = x[:, 1] - x[:, 2] > 0.8
-    weight = np.ones(400)
-    ignored = np.zeros_like(y)
-    fitted = [0, 1]
-
-    def logits(head: tuple[np.ndarray, ...], rows: np.ndarray) -> np.ndarray:
-        hidden = np.maximum(rows @ head[0] + head[1], 0)
-        return np.asarray(hidden @ head[2] + head[3])
-
-    joined = fit_averaged_heads(x, y, weight, ignored, fitted, lambda message: None)
-    assert joined[0].shape == (12, HIDDEN * len(HEAD_SEEDS))
-    singles = [fit_hidden_head(x, y, weight, ignored, fitted, HIDDEN, seed) for seed in HEAD_SEEDS]
-    assert not np.allclose(logits(singles[0], x), logits(singles[1], x)), "the seeds give different heads"
-    mean = np.mean([logits(head, x) for head in singles], axis=0)
-    np.testing.assert_allclose(logits(joined, x), mean, rtol=1e-4, atol=1e-4)

@@ -16,6 +16,7 @@ import pytest
 
 from seawall.categories import ALL_LABELS
 from seawall.model.classifier import TextClassifier
+from seawall.training.contextual import CONTEXT_HIDDEN
 from seawall.training.datasets import HELD_OUT_SOURCES, TRAINING_SOURCES, Example, authored, load_sources
 from seawall.training.multilingual import STAGE_ONLY_FOLDER
 from seawall.training.train import (
@@ -159,6 +160,7 @@ def test_small_training_run_writes_working_artefacts(tmp_path: Path) -> None:
         limit_per_source=300,
         semantic=False,
         context_rows_per_source=60,
+        context_head_seeds=(0, 1),
         embedding_cache=tmp_path / "cache",
     )
     messages: list[str] = []
@@ -174,9 +176,15 @@ def test_small_training_run_writes_working_artefacts(tmp_path: Path) -> None:
     for path in ("fast", "blended"):
         assert all(0.2 <= value <= 1.0 for value in meta["calibration"][path].values())
     assert set(report["held_out"]) == {"off", "auto", "on"}
+    # the contextual head is the mean of one head per seed, folded into one wider layer
+    seeds = [0, 1]
+    assert report["contextual"]["head"] == {"hidden_units": CONTEXT_HIDDEN, "seeds": seeds}
+    with np.load(tmp_path / "context.npz") as context:
+        assert context["hidden_weights"].shape[1] == CONTEXT_HIDDEN * len(seeds)
     assert list((tmp_path / "cache").glob("shard_*.npy")), "MiniLM vectors are cached for the next run"
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert "licence" in card and "Held-out sources" in card
+    assert f"mean, in logit space, of {len(seeds)} heads" in card
     model = TextClassifier.load(tmp_path)
     harassment = ALL_LABELS.index("harassment")
     injection = ALL_LABELS.index("prompt_injection")
@@ -280,3 +288,47 @@ def test_keeping_the_multilingual_stage_copies_the_shipped_one_and_its_figures(
     with pytest.raises(ModelArtefactError, match="no multilingual stage to keep"):
         train_module.keep_multilingual_stage(out)
     assert not kept.exists()
+
+
+def test_the_averaged_head_scores_as_the_mean_of_its_heads_logits() -> None:
+    """The seeds' heads are folded into one wider layer: its logits are exactly their mean."""
+    from seawall.training.contextual import (
+        CONTEXT_HIDDEN,
+        fit_averaged_heads,
+        fit_hidden_head,
+    )
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 12)).astype(np.float32)
+    y = np.zeros((400, len(ALL_LABELS)), dtype=bool)
+    y[:, 0] = x[:, 0] + 0.3 * rng.normal(size=400) > 0.5
+    y[:, 1] = x[:, 1] - x[:, 2] > 0.8
+    weight = np.ones(400)
+    ignored = np.zeros_like(y)
+    fitted = [0, 1]
+
+    def logits(head: tuple[np.ndarray, ...], rows: np.ndarray) -> np.ndarray:
+        hidden = np.maximum(rows @ head[0] + head[1], 0)
+        return np.asarray(hidden @ head[2] + head[3])
+
+    seeds = (0, 1, 2)
+    messages: list[str] = []
+    joined = fit_averaged_heads(x, y, weight, ignored, fitted, CONTEXT_HIDDEN, seeds, messages.append)
+    assert joined[0].shape == (12, CONTEXT_HIDDEN * len(seeds))
+    assert len(messages) == len(seeds), "each head's fit is reported"
+    singles = [fit_hidden_head(x, y, weight, ignored, fitted, CONTEXT_HIDDEN, seed) for seed in seeds]
+    assert not np.allclose(logits(singles[0], x), logits(singles[1], x)), "the seeds give different heads"
+    mean = np.mean([logits(head, x) for head in singles], axis=0)
+    np.testing.assert_allclose(logits(joined, x), mean, rtol=1e-4, atol=1e-4)
+
+
+def test_a_contextual_head_without_seeds_is_a_configuration_error_before_any_data_is_read(
+    tmp_path: Path,
+) -> None:
+    from seawall.errors import ConfigurationError
+
+    config = TrainConfig(
+        data_dir=tmp_path / "no-data", authored_dir=None, out_dir=tmp_path / "out", context_head_seeds=()
+    )
+    with pytest.raises(ConfigurationError, match="at least one seed"):
+        train(config)

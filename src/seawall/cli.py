@@ -500,6 +500,13 @@ def train_command(
         ),
     ] = 0,
     finetune_epochs: Annotated[int, typer.Option(min=1, help="Passes over the fine-tuning rows.")] = 1,
+    context_head_seed: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="Fit one contextual head per seed (repeatable) and ship their mean "
+            "(default: one head, seed 0, as the shipped model)."
+        ),
+    ] = None,
     multilingual: Annotated[
         Literal["train", "keep", "none"],
         typer.Option(
@@ -518,6 +525,8 @@ def train_command(
         raise fail("--finetune-rows fine-tunes the contextual stage's encoder: it needs --contextual")
     if finetune_epochs != 1 and not finetune_rows:
         raise fail("--finetune-epochs applies to a fine-tune: give --finetune-rows too")
+    if context_head_seed and not contextual:
+        raise fail("--context-head-seed seeds the contextual stage's head: it needs --contextual")
 
     config = TrainConfig(
         data_dir=data,
@@ -532,6 +541,8 @@ def train_command(
         finetune=FinetuneConfig(epochs=finetune_epochs),
         multilingual=multilingual,
     )
+    if context_head_seed:
+        config.context_head_seeds = tuple(dict.fromkeys(context_head_seed))
     if embedding_cache is not None:
         config.embedding_cache = embedding_cache
     try:

@@ -379,6 +379,20 @@ def refresh_model_card(directory: Path) -> None:
     write_model_card(directory / "MODEL_CARD.md", meta["info"]["report"], meta["thresholds"], meta["version"])
 
 
+def context_head_lines(head: dict[str, Any]) -> list[str]:
+    """The card's words for the contextual head: one seed's, or the mean of several seeds' heads."""
+    seeds = head.get("seeds", [0])
+    units = head.get("hidden_units", 256)
+    if len(seeds) < 2:
+        return [f"   head (one hidden ReLU layer of {units} units shared by every label); per label the two"]
+    return [
+        f"   head (the mean, in logit space, of {len(seeds)} heads fitted with seeds"
+        f" {', '.join(str(seed) for seed in seeds)},",
+        f"   each one hidden ReLU layer of {units} units shared by every label, folded into one layer of",
+        f"   {units * len(seeds)} units: one head's figures move with its seed); per label the two",
+    ]
+
+
 def encoder_lines(encoder: dict[str, Any]) -> list[str]:
     """What the card says about the contextual stage's encoder: stock and frozen, or fine-tuned."""
     if not encoder.get("fine_tuned"):
@@ -417,7 +431,7 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         "   sentence embedding distilled from all-MiniLM-L6-v2 (IDF-weighted token vectors).",
         "2. **Contextual stage** — all-MiniLM-L6-v2 itself (Apache-2.0, run as an int8 ONNX export),",
         "   mean-pooled over at most 128 tokens, with a trained",
-        "   head (one hidden ReLU layer of 256 units shared by every label); per label the two",
+        *context_head_lines(report.get("contextual", {}).get("head", {})),
         "   stages' logits are blended",
         "   (`a·fast + b·context + c`, fitted on the dev split).",
         *encoder_lines(report.get("contextual", {}).get("encoder", {})),

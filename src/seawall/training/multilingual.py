@@ -8,7 +8,7 @@ Each row is embedded as the fast stage's first window (the words the stage reads
 time), with the vectors cached on disk (e5 runs at about 20–30 texts/s on 2 cores).
 
 The head is one hidden ReLU layer shared by every label (the contextual stage's
-``fit_hidden_head``); each label's threshold is tuned on a grouped dev split (the recipe's
+``fit_averaged_heads``); each label's threshold is tuned on a grouped dev split (the recipe's
 F-beta optimum, raised to keep the label's dev false alarms within ``FALSE_ALARM_BUDGET``) and
 mapped to 0.5 at run time. ``holdout`` leaves whole sources out and scores them (the honest figure
 for real, non-authored text in these languages).
@@ -37,7 +37,7 @@ from seawall.metrics import average_precision
 from seawall.model.classifier import anchor, sigmoid
 from seawall.model.features import FeatureConfig, Featurizer
 from seawall.model.multilingual import LANGUAGES, MULTILINGUAL_FILE, E5Encoder, detect_language
-from seawall.training.contextual import context_sample, context_text, fit_hidden_head
+from seawall.training.contextual import context_sample, context_text, fit_averaged_heads
 from seawall.training.datasets import TRAINING_SOURCES, Example, authored, load_sources
 from seawall.training.embedding_cache import EmbeddingCache
 from seawall.training.model_card import record_evaluation
@@ -224,29 +224,6 @@ def budgeted_threshold(labels: NDArray[np.bool_], scores: NDArray[np.float32]) -
     return round(min(threshold, 0.99), 4)
 
 
-def fit_averaged_heads(
-    x: NDArray[np.float32],
-    y: NDArray[np.bool_],
-    sample_weight: NDArray[np.float64],
-    ignored: NDArray[np.bool_],
-    labels_fitted: Sequence[int],
-    progress: Progress,
-) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
-    """One head per seed in ``HEAD_SEEDS``, joined into a single wider head whose logits are their mean:
-    the hidden layers side by side, each output layer scaled by 1/len(HEAD_SEEDS)."""
-    heads = []
-    for seed in HEAD_SEEDS:
-        heads.append(fit_hidden_head(x, y, sample_weight, ignored, labels_fitted, HIDDEN, seed))
-        progress(f"multilingual head {len(heads)}/{len(HEAD_SEEDS)} fitted")
-    count = np.float32(len(heads))
-    return (
-        np.concatenate([head[0] for head in heads], axis=1),
-        np.concatenate([head[1] for head in heads]),
-        (np.concatenate([head[2] for head in heads], axis=0) / count).astype(np.float32),
-        (np.sum([head[3] for head in heads], axis=0) / count).astype(np.float32),
-    )
-
-
 def fit_stage(
     rows: Sequence[Example],
     languages: Sequence[str],
@@ -269,7 +246,14 @@ def fit_stage(
     mean = vectors[train].mean(axis=0)
     scale = vectors[train].std(axis=0) + np.float32(1e-6)
     hidden_weights, hidden_bias, weights, bias = fit_averaged_heads(
-        (vectors[train] - mean) / scale, truth[train], weight, unknown[train], fitted_labels, progress
+        (vectors[train] - mean) / scale,
+        truth[train],
+        weight,
+        unknown[train],
+        fitted_labels,
+        HIDDEN,
+        HEAD_SEEDS,
+        lambda message: progress(f"multilingual {message}"),
     )
     hidden_weights = np.asarray(hidden_weights / scale[:, None], dtype=np.float32)
     hidden_bias = np.asarray(hidden_bias - mean @ hidden_weights, dtype=np.float32)

@@ -47,6 +47,7 @@ from seawall.model.gloss import shared_glossary
 from seawall.model.multilingual import MULTILINGUAL_FILE
 from seawall.model.normalize import normalize
 from seawall.training.contextual import (
+    CONTEXT_HEAD_SEEDS,
     CONTEXT_HIDDEN,
     CONTEXT_ROWS_PER_SOURCE,
     finetune_on_training_rows,
@@ -96,6 +97,8 @@ class TrainConfig:
     context_rows_per_source: int = CONTEXT_ROWS_PER_SOURCE
     #: Units of the contextual head's hidden ReLU layer (0: one linear head per label).
     context_hidden: int = CONTEXT_HIDDEN
+    #: Seeds of the hidden heads averaged into the contextual head (ignored by a linear head).
+    context_head_seeds: tuple[int, ...] = CONTEXT_HEAD_SEEDS
     #: Where MiniLM vectors of training texts are cached between runs.
     embedding_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "seawall" / "embeddings")
     #: Fine-tune the contextual stage's encoder on at most this many training rows a source before
@@ -299,6 +302,8 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
     def elapsed() -> str:
         return f"({time.time() - started:.0f}s)"
 
+    if config.contextual and config.context_hidden and not config.context_head_seeds:
+        raise ConfigurationError("context_head_seeds: the contextual head needs at least one seed")
     if config.finetune_rows_per_source:
         if config.finetune_rows_per_source < 0 or not config.contextual:
             raise ConfigurationError(
@@ -436,6 +441,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             config.workers,
             config.context_rows_per_source,
             config.context_hidden,
+            config.context_head_seeds,
         )
         calibration["blended"] = context_fit.thresholds
         # Evaluation reads vectors through the cache: the held-out and left-out texts are
@@ -483,6 +489,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             "band": list(context_fit.band),
             "bands": context_fit.bands,
             "rows": context_fit.rows,
+            "head": {"hidden_units": config.context_hidden, "seeds": list(config.context_head_seeds)},
             "encoder": {"fine_tuned": encoder_file is not None, **encoder_facts},
         }
     if left_out:
