@@ -154,6 +154,18 @@ def test_moderate_plain_lines_from_stdin() -> None:
         assert_row(row)
 
 
+@pytest.mark.parametrize(
+    ("content", "line"),
+    [(b"fine\ncaf\xe9\n", 2), (b"fine\n\n" + b"a" * 200_001 + b"\n", 3)],
+    ids=["not-utf8", "over-the-limit"],
+)
+def test_a_bad_plain_line_on_stdin_stops_before_anything_is_scored(content: bytes, line: int) -> None:
+    completed = run("moderate", "-", stdin=content)
+    assert completed.returncode == 2, completed.stderr
+    assert f"<stdin>:{line}:" in completed.stderr
+    assert completed.stdout == ""
+
+
 def test_moderate_with_a_config_file(tmp_path: Path) -> None:
     config = tmp_path / "seawall.yaml"
     config.write_text("moderation:\n  thresholds: {violence: 0.0}\n", encoding="utf-8")

@@ -157,6 +157,19 @@ def _read_jsonl_records(
     return records, items
 
 
+def _read_text_lines(stream: BinaryIO, source: str, limits: ModerationSettings) -> list[str]:
+    """Each non-blank line of plain text is one input; the first bad line (not UTF-8, or over
+    ``limits``) stops the command with its number, before anything is moderated."""
+    lines: list[str] = []
+    try:
+        for number, line in _utf8_lines(stream, source):
+            _check_input(line, limits, f"{source}:{number}")
+            lines.append(line)
+    except SeawallError as exc:
+        raise fail(exc.message) from exc
+    return lines
+
+
 def _check_input(item: Any, limits: ModerationSettings, where: str) -> None:
     """The service's own checks of one input, up front: a line too long for it fails with its number
     here, not as "input[N]" of whichever batch it landed in, after the lines before it were scored."""
@@ -266,14 +279,9 @@ def moderate(
     except SeawallError as exc:
         raise fail(exc.message) from exc
     limits = settings.moderation
+    records: list[Any]
     if text == "-":
-        records: list[Any] = []
-        try:
-            for number, line in _utf8_lines(sys.stdin.buffer, "<stdin>"):
-                _check_input(line, limits, f"<stdin>:{number}")
-                records.append(line)
-        except SeawallError as exc:
-            raise fail(exc.message) from exc
+        records = _read_text_lines(sys.stdin.buffer, "<stdin>", limits)
         items = list(records)
     elif text is not None:
         records, items = [text], [text]
