@@ -97,3 +97,36 @@ def test_the_refusal_benchmark_names_held_out_sets_by_number() -> None:
     )
     assert refused.returncode == 2 and "--sets takes set numbers from 1,2" in refused.stderr, refused.stderr
     assert "held-out set" not in refused.stdout
+
+
+def test_comparing_a_model_with_itself_finds_no_difference_and_a_bad_folder_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The paired comparison end to end on the functional suite: the shipped model against a copy of
+    itself differs by exactly 0 with a zero-width interval on every figure."""
+    import shutil
+
+    from seawall.model.classifier import default_model_dir
+
+    copy = tmp_path / "copy"
+    shutil.copytree(default_model_dir(), copy)
+    out = tmp_path / "figures.json"
+    script = str(ROOT / "bench" / "compare_models.py")
+    arguments = ["--candidate", str(copy), "--sets", "functional", "--resamples", "100", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, script, *arguments],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())["functional"]
+    assert set(figures) == {"any-category AUPRC", "mean per-category AUPRC", "false-positive rate", "recall"}
+    for row in figures.values():
+        assert row["base"] == row["candidate"] and row["difference"] == row["low"] == row["high"] == 0
+    assert 0.9 < figures["any-category AUPRC"]["base"] <= 1
+    refused = subprocess.run(
+        [sys.executable, script, "--candidate", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert refused.returncode == 2 and "no model.json" in refused.stderr

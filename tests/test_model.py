@@ -9,7 +9,7 @@ import pytest
 
 from seawall.categories import ALL_LABELS, PARENT
 from seawall.errors import ModelArtefactError
-from seawall.metrics import average_precision, best_f1_threshold, f1_at
+from seawall.metrics import average_precision, best_f1_threshold, f1_at, paired_difference
 from seawall.model.classifier import TextClassifier, default_model_dir
 from seawall.model.features import FeatureConfig, Featurizer, sparse_dot
 
@@ -114,3 +114,27 @@ def test_metrics_on_a_worked_example() -> None:
     assert f1_at(labels, scores, 0.75) == pytest.approx((0.5, 0.5, 0.5))
     assert best_f1_threshold(labels, scores) == pytest.approx(0.7)
     assert np.isnan(average_precision(np.zeros(3, dtype=bool), np.zeros(3)))
+
+
+def test_paired_difference_cancels_the_shared_spread_and_sees_a_real_gain() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.random(400) < 0.3
+    noise = rng.normal(size=400)
+    base = labels + noise  # a weak ranker
+    better = labels * 2.0 + noise  # the same noise, a stronger signal: better on every resample
+
+    def statistic(candidate: np.ndarray):  # type: ignore[no-untyped-def]
+        return lambda at: (
+            average_precision(labels[at], base[at]),
+            average_precision(labels[at], candidate[at]),
+        )
+
+    same, low, high = paired_difference(statistic(base.copy()), 400, resamples=300)
+    assert (same, low, high) == (0.0, 0.0, 0.0), "a model against itself differs by exactly 0"
+    gain, low, high = paired_difference(statistic(better), 400, resamples=300)
+    assert gain > 0.1 and 0 < low < gain < high
+    # the same seed draws the same resamples; another seed draws others
+    assert paired_difference(statistic(better), 400, resamples=300) == (gain, low, high)
+    assert paired_difference(statistic(better), 400, resamples=300, seed=1)[1:] != (low, high)
+    with pytest.raises(ValueError, match="resamples"):
+        paired_difference(statistic(better), 400, resamples=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -64,3 +66,32 @@ def best_f1_threshold(
     if f[best] <= 0:
         return max(0.5, floor)  # no threshold above the floor catches anything: a neutral default
     return float(sorted_scores[best])
+
+
+def paired_difference(
+    statistic: Callable[[NDArray[np.int64]], tuple[float, float]],
+    rows: int,
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """(difference on all rows, low, high): ``statistic(indices)`` returns (base, candidate) on the
+    rows at ``indices``; the interval is the percentile interval of candidate − base over bootstrap
+    resamples of the rows, the same resample for both models (paired), so the spread that both
+    models share (which texts happen to be in the set) cancels. Resamples where the statistic is
+    undefined (NaN: no positives drawn) are left out."""
+    if rows < 1 or resamples < 1 or not 0 < level < 1:
+        raise ValueError("paired_difference needs rows >= 1, resamples >= 1 and 0 < level < 1")
+    base, candidate = statistic(np.arange(rows))
+    rng = np.random.default_rng(seed)
+    differences = []
+    for _ in range(resamples):
+        drawn_base, drawn_candidate = statistic(rng.integers(0, rows, rows))
+        if not (np.isnan(drawn_base) or np.isnan(drawn_candidate)):
+            differences.append(drawn_candidate - drawn_base)
+    if not differences:
+        return candidate - base, float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(differences, [tail, 100 - tail])
+    return candidate - base, float(low), float(high)
