@@ -16,7 +16,7 @@ import pytest
 
 from seawall.categories import ALL_LABELS
 from seawall.model.classifier import TextClassifier
-from seawall.training.contextual import CONTEXT_HIDDEN
+from seawall.training.contextual import CONTEXT_HIDDEN, CONTEXT_ONLY_FOLDER
 from seawall.training.datasets import HELD_OUT_SOURCES, TRAINING_SOURCES, Example, authored, load_sources
 from seawall.training.multilingual import STAGE_ONLY_FOLDER
 from seawall.training.train import (
@@ -51,7 +51,8 @@ def test_authored_data_is_valid_and_free_of_minors_sexual_content() -> None:
     assert len(rows) > 1500
     stage_only = authored(folder / STAGE_ONLY_FOLDER)
     assert len(stage_only) > 500, "the multilingual stage's own rows are part of the repository"
-    assert not any("sexual/minors" in row.labels for row in rows + stage_only)
+    context_only = authored(folder / CONTEXT_ONLY_FOLDER)  # empty until a file is moved there
+    assert not any("sexual/minors" in row.labels for row in rows + stage_only + context_only)
     benign = sum(1 for row in rows if not row.labels)
     assert 0.3 < benign / len(rows) < 0.6
 
@@ -79,7 +80,8 @@ def test_authored_training_data_shares_no_text_with_the_evaluation_sets() -> Non
     folder = default_authored_dir()
     assert folder is not None
     close = []
-    for row in authored(folder) + authored(folder / STAGE_ONLY_FOLDER):
+    trained = authored(folder) + authored(folder / STAGE_ONLY_FOLDER) + authored(folder / CONTEXT_ONLY_FOLDER)
+    for row in trained:
         own = shingles(row.text)
         near = bool(own) and len(own & evaluation) / len(own) >= 0.3
         if near or tuple(re.findall(r"\w+", row.text.lower())) in whole:
@@ -288,6 +290,51 @@ def test_keeping_the_multilingual_stage_copies_the_shipped_one_and_its_figures(
     with pytest.raises(ModelArtefactError, match="no multilingual stage to keep"):
         train_module.keep_multilingual_stage(out)
     assert not kept.exists()
+
+
+@needs_data
+@pytest.mark.training
+def test_rows_in_the_contextual_stage_folder_teach_the_contextual_head_and_not_the_fast_stage(
+    tmp_path: Path,
+) -> None:
+    own = tmp_path / "authored"
+    (own / CONTEXT_ONLY_FOLDER).mkdir(parents=True)
+    (own / "plain.jsonl").write_text(
+        json.dumps({"text": "you are a worthless idiot and everyone hates you", "labels": ["harassment"]})
+        + "\n"
+    )
+    frames = [
+        ("how do I kill the background process that keeps my laptop fan spinning", []),
+        ("how do I kill my flatmate without anyone finding out", ["violence", "illicit", "illicit/violent"]),
+        ("what is the best way to choke a carburettor on a cold morning", []),
+    ]
+    (own / CONTEXT_ONLY_FOLDER / "frames.jsonl").write_text(
+        "".join(json.dumps({"text": text, "labels": labels}) + "\n" for text, labels in frames)
+    )
+    config = tiny_config(
+        tmp_path / "model",
+        authored_dir=own,
+        sources=("jigsaw",),
+        multilingual="none",
+        context_rows_per_source=40,
+        embedding_cache=tmp_path / "cache",
+    )
+    report = train(config, progress=lambda message: None)
+    assert report["contextual"]["context_only_rows"] == {"authored/frames": 3}
+    assert "authored/plain" in report["sources"] and "authored/frames" not in report["sources"]
+    plain_only = tmp_path / "plain_only"
+    plain_only.mkdir()
+    (plain_only / "plain.jsonl").write_bytes((own / "plain.jsonl").read_bytes())
+    without = train(
+        dataclasses.replace(config, authored_dir=plain_only, write=False), progress=lambda message: None
+    )
+    assert without["contextual"]["context_only_rows"] == {}
+    # the head learned from the folder's three rows besides the same training sample; the dev split is
+    # the same (the folder never reaches it)
+    assert report["contextual"]["rows"]["train"] == without["contextual"]["rows"]["train"] + 3
+    assert report["contextual"]["rows"]["dev"] == without["contextual"]["rows"]["dev"]
+    card = (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    assert "The contextual head alone also learns 3 authored rows" in card and "`frames.jsonl` (3)" in card
 
 
 def test_the_averaged_head_scores_as_the_mean_of_its_heads_logits() -> None:

@@ -44,6 +44,11 @@ if TYPE_CHECKING:
 CONTEXT_ROWS_PER_SOURCE = 8000
 #: Hidden units of the contextual head (0: a linear head per label).
 CONTEXT_HIDDEN = 256
+#: A subfolder of ``data/authored`` whose rows only the contextual head learns from (never the fast
+#: stage or the dev split): texts whose label turns on their frame, such as a benign how-to question
+#: beside a method request in the same words. The fast stage, a bag of n-grams, can only learn them as
+#: word weights, and those move the scores of every other text that shares the words.
+CONTEXT_ONLY_FOLDER = "contextual_stage"
 #: Seeds of the hidden heads fitted and averaged into the contextual head (``fit_averaged_heads``).
 #: The shipped head is seed 0 alone. Measured in session 35 on the shipped data (same fast stage):
 #: seed 1 alone read 0.8316 any-category AUPRC on the held-out sources against seed 0's 0.8364, and

@@ -490,6 +490,18 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         folder, origin, licence = SOURCE_LICENCES[name]
         lines.append(f"| {name} | `{folder}` | {origin} | {licence} |")
     lines.append("| authored | `data/authored/` | written for seawall | Apache-2.0 |")
+    context_only = report.get("contextual", {}).get("context_only_rows") or {}
+    if context_only:
+        files = ", ".join(
+            f"`{source.removeprefix('authored/')}.jsonl` ({count})" for source, count in context_only.items()
+        )
+        lines += [
+            "",
+            f"The contextual head alone also learns {sum(context_only.values())} authored rows in",
+            f"`data/authored/contextual_stage/` ({files}): questions whose label turns on their frame",
+            "(a benign how-to beside a method request in the same words), which the fast stage's n-grams",
+            "could only learn as word weights that move every text sharing the words.",
+        ]
     screened = report.get("screened_negatives") or {}
     if screened:
         lines += [

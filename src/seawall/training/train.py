@@ -49,6 +49,7 @@ from seawall.model.normalize import normalize
 from seawall.training.contextual import (
     CONTEXT_HEAD_SEEDS,
     CONTEXT_HIDDEN,
+    CONTEXT_ONLY_FOLDER,
     CONTEXT_ROWS_PER_SOURCE,
     finetune_on_training_rows,
     fit_context_stage,
@@ -206,6 +207,15 @@ def load_training_rows(config: TrainConfig, progress: Progress) -> list[Example]
     return merge_duplicates(rows)
 
 
+def context_only_rows(config: TrainConfig) -> list[Example]:
+    """The rows of ``data/authored/contextual_stage/`` (only the contextual head learns them), when the
+    contextual stage is trained and the folder exists; empty otherwise."""
+    if not config.contextual or config.authored_dir is None:
+        return []
+    folder = config.authored_dir / CONTEXT_ONLY_FOLDER
+    return merge_duplicates(authored(folder)) if folder.is_dir() else []
+
+
 def calibrated_threshold(labels: NDArray[np.bool_], scores: NDArray[np.float32]) -> float:
     """The dev split's best F-beta (beta 0.7: precision-leaning) threshold, never below 0.2.
 
@@ -313,6 +323,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         # Before any data is read: a missing extra or an unwritable store fails in seconds, not hours.
         check_ready(config.encoder_store)
     rows = load_training_rows(config, progress)
+    context_only = context_only_rows(config)
     left_out = [row for row in rows if row.source in config.exclude_sources]
     if config.exclude_sources:
         missing = set(config.exclude_sources) - {row.source for row in left_out}
@@ -426,11 +437,18 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             progress(f"encoder fine-tuned {elapsed()}")
         runtime_encoder = ContextEncoder(tokenizer_file, encoder_file)
         cache = EmbeddingCache(cache_dir, runtime_encoder)
+        context_rows, context_weight, context_ignored = train_rows, base_weight, ignored
+        if context_only:
+            context_rows = [*train_rows, *context_only]
+            # Each authored file is a source of its own: the other rows keep their weights.
+            context_weight = source_balanced_weights(context_rows, config.source_cap)
+            context_ignored = np.vstack([ignored, unknown_matrix(context_only)])
+            progress(f"the contextual head also learns {len(context_only)} rows of {CONTEXT_ONLY_FOLDER}/")
         context_fit = fit_context_stage(
-            train_rows,
+            context_rows,
             dev_rows,
-            base_weight,
-            ignored,
+            context_weight,
+            context_ignored,
             raw,
             np.array([fast_thresholds[label] for label in ALL_LABELS], dtype=np.float32),
             cache,
@@ -490,6 +508,10 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             "bands": context_fit.bands,
             "rows": context_fit.rows,
             "head": {"hidden_units": config.context_hidden, "seeds": list(config.context_head_seeds)},
+            "context_only_rows": {
+                source: sum(row.source == source for row in context_only)
+                for source in sorted({row.source for row in context_only})
+            },
             "encoder": {"fine_tuned": encoder_file is not None, **encoder_facts},
         }
     if left_out:
