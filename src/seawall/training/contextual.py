@@ -102,6 +102,10 @@ def finetune_on_training_rows(
     )
 
 
+#: A hidden head: (hidden weights, hidden bias, output weights, output bias).
+HiddenHead = tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]
+
+
 @dataclass
 class ContextFit:
     """What training the contextual stage produced."""
@@ -251,7 +255,7 @@ def fit_hidden_head(
     labels_fitted: Sequence[int],
     hidden: int,
     seed: int = 0,
-) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+) -> HiddenHead:
     """One hidden ReLU layer shared by all labels: (hidden weights, hidden bias, output weights,
     output bias). The network learns every label at once, so a row any of whose labels it must
     not learn from (a source's unjudged label, a screened negative) is left out whole. ``seed``
@@ -292,7 +296,7 @@ def fit_averaged_heads(
     hidden: int,
     seeds: Sequence[int],
     progress: Callable[[str], None],
-) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+) -> HiddenHead:
     """One hidden head per seed, joined into a single wider head whose logits are their mean: the
     hidden layers side by side, each output layer scaled by 1/len(seeds). A head's figures move
     with its seed (initial weights, early-stopping split); the mean is steadier. ``seeds`` must not
