@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from quality import FUNCTIONAL, HOWTO_PROBE, WEB_REGISTER
-from seawall.categories import ALL_LABELS, CATEGORIES
+from quality import CATEGORY_COLUMNS, FUNCTIONAL, HOWTO_PROBE, WEB_REGISTER
+from seawall.categories import ALL_LABELS
 from seawall.evaluation import read_labeled_jsonl
 from seawall.metrics import average_precision, paired_difference
 from seawall.model.classifier import CONTEXTUAL_MODES, TextClassifier
@@ -40,7 +40,6 @@ from seawall.settings import ModerationSettings
 
 HERE = Path(__file__).parent
 SETS = ("held_out", "web_register", "functional", "howto")
-CATEGORY_COLUMNS = [ALL_LABELS.index(name) for name in CATEGORIES]
 #: A category counts towards the mean per-category AUPRC with at least this many positives in the set.
 MIN_POSITIVES = 5
 

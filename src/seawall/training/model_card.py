@@ -8,6 +8,7 @@ from typing import Any
 
 from seawall.errors import ModelArtefactError
 from seawall.settings import ModerationSettings
+from seawall.training.contextual import CONTEXT_ONLY_FOLDER
 
 #: Benchmark figures kept next to the artefacts (written by bench/loso.py and bench/multilingual.py).
 EVALUATION_FILE = "evaluation.json"
@@ -498,7 +499,7 @@ def write_model_card(path: Path, report: dict[str, Any], thresholds: dict[str, f
         lines += [
             "",
             f"The contextual head alone also learns {sum(context_only.values())} authored rows in",
-            f"`data/authored/contextual_stage/` ({files}): questions whose label turns on their frame",
+            f"`data/authored/{CONTEXT_ONLY_FOLDER}/` ({files}): questions whose label turns on their frame",
             "(a benign how-to beside a method request in the same words), which the fast stage's n-grams",
             "could only learn as word weights that move every text sharing the words.",
         ]

@@ -17,6 +17,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -508,10 +509,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             "bands": context_fit.bands,
             "rows": context_fit.rows,
             "head": {"hidden_units": config.context_hidden, "seeds": list(config.context_head_seeds)},
-            "context_only_rows": {
-                source: sum(row.source == source for row in context_only)
-                for source in sorted({row.source for row in context_only})
-            },
+            "context_only_rows": dict(sorted(Counter(row.source for row in context_only).items())),
             "encoder": {"fine_tuned": encoder_file is not None, **encoder_facts},
         }
     if left_out:
