@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,6 +86,18 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def copy_artefact(source: Path, target: Path) -> Path:
+    """``source`` copied to ``target`` through a ``.partial`` file renamed into place, so a reader never
+    sees half a file; ``target`` already being ``source`` leaves it as it is. Returns ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and target.samefile(source):
+        return target
+    partial = target.with_name(target.name + ".partial")
+    shutil.copyfile(source, partial)
+    partial.replace(target)
+    return target
 
 
 def fine_tuned_encoder(directory: Path, named: dict[str, Any] | None, head: str) -> Path | None:

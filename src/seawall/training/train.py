@@ -38,6 +38,7 @@ from seawall.model.classifier import (
     ContextStage,
     ModelMeta,
     TextClassifier,
+    copy_artefact,
     default_model_dir,
     dense_features,
 )
@@ -522,9 +523,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
         # The head was fitted on this encoder's vectors: the encoder goes in first (atomically), then
         # the head; model.json names the encoder by its sha256, so a head never loads beside another.
         if encoder_file is not None:
-            partial = config.out_dir / (CONTEXT_ENCODER_FILE + ".partial")
-            shutil.copyfile(encoder_file, partial)
-            partial.replace(config.out_dir / CONTEXT_ENCODER_FILE)
+            copy_artefact(encoder_file, config.out_dir / CONTEXT_ENCODER_FILE)
         else:
             (config.out_dir / CONTEXT_ENCODER_FILE).unlink(missing_ok=True)
         if context_fit is not None:
@@ -575,9 +574,7 @@ def keep_multilingual_stage(out_dir: Path) -> Path:
                 f"no multilingual stage to keep: neither {stage} nor {shipped} exists; "
                 "train it (multilingual 'train') or go without it ('none')"
             )
-        partial = stage.with_name(stage.name + ".partial")
-        shutil.copyfile(shipped, partial)
-        partial.replace(stage)
+        copy_artefact(shipped, stage)
     try:
         with np.load(stage) as arrays:
             report = json.loads(str(arrays["report"]))
