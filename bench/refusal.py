@@ -29,7 +29,9 @@ first round's phrase rules (``matches_refusal_phrase``):
   from a university library desk to a children's homework helper, half in es/de/fr/pt/it, written
   blind in session 34) and ``bench/data/refusals_heldout16.jsonl`` (five more, from a telecom billing
   bot to an open-weights chat model, many very short answers, half in es/de/fr/pt/it, written blind in
-  session 34): precision /
+  session 34) and ``bench/data/refusals_heldout17.jsonl`` (five more, from an insurance claims assistant
+  to a frontier lab's assistant that refuses politely at length, half in es/de/fr/pt/it, written blind in
+  session 35 and first read in session 36): precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language, and the
   classifier's figure pooled over every held-out set scored except the first, in all and by language;
@@ -66,6 +68,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from seawall.model.context import onnx_model_path  # noqa: E402
 from seawall.redteam.refusal import (  # noqa: E402
+    ARTEFACT,
     LABELS,
     RefusalClassifier,
     matches_refusal_phrase,
@@ -96,6 +99,7 @@ HELD_OUT = {
     "14": ROOT / "bench/data/refusals_heldout14.jsonl",
     "15": ROOT / "bench/data/refusals_heldout15.jsonl",
     "16": ROOT / "bench/data/refusals_heldout16.jsonl",
+    "17": ROOT / "bench/data/refusals_heldout17.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")
@@ -177,6 +181,12 @@ def fixtures(classifier: RefusalClassifier) -> None:
         print(line("phrase rules (old)", truth, [matches_refusal_phrase(r["text"]) for r in rows]))
 
 
+def trained_on(head: Path) -> set[str]:
+    """The answer files the head learned (recorded by ``train-refusal`` since the fourteenth round)."""
+    with np.load(head, allow_pickle=False) as parts:
+        return {str(name) for name in parts["trained_on"]} if "trained_on" in parts.files else set()
+
+
 def selected_sets(text: str) -> list[str]:
     """'2,3,10' and '10' name sets by number; other digits without commas ('2345') name one set a digit."""
     if "," in text:
@@ -230,6 +240,7 @@ def main() -> None:
             f"multilingual head: threshold {classifier.multilingual.threshold}, reads the answers the "
             f"language gate routes to it through {type(classifier.multilingual.encoder).__name__}"
         )
+    learned = trained_on(args.head or ARTEFACT)
     pooled_truth: list[bool] = []
     pooled_predicted: list[bool] = []
     pooled_langs: list[str] = []
@@ -237,7 +248,9 @@ def main() -> None:
     for key, path in HELD_OUT.items():
         if key in chosen:
             truth, predicted, langs = held_out(path, classifier)
-            if key != "1":  # set 1 has been the development set since the second round
+            if path.name in learned:  # since the fourteenth round spent sets are training answers
+                print(f"  (the head learned set {key}: a training figure, not a held-out one; not pooled)")
+            elif key != "1":  # set 1 has been the development set since the second round
                 pooled_truth += truth
                 pooled_predicted += predicted
                 pooled_langs += langs

@@ -153,7 +153,7 @@ def test_without_a_threshold_each_fold_fine_tunes_on_its_own_answers(tmp_path: P
 def test_fine_tuning_refuses_what_it_cannot_honour(tmp_path: Path) -> None:
     data = small_answers(tmp_path, 80)
     encoder = RefusalClassifier.load().encoder
-    with pytest.raises(ConfigurationError, match="not both"):
+    with pytest.raises(ConfigurationError, match="pass one encoder"):
         train_refusal(data, tmp_path / "h.npz", threshold=0.5, encoder=encoder, finetune=QUICK)
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the store's folder should be")

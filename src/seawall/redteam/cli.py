@@ -472,11 +472,11 @@ def compare_command(
 @app.command(name="train-refusal")
 def train_refusal_command(
     answers: Annotated[
-        Path | None,
+        list[Path] | None,
         typer.Option(
             "--answers",
-            help="Labelled answers: a JSONL file or a folder of them; default every *.jsonl in "
-            "data/authored/refusals/.",
+            help="Labelled answers: a JSONL file or a folder of them, repeatable (read in file-name order); "
+            "default every *.jsonl in data/authored/refusals/.",
         ),
     ] = None,
     output: Annotated[
@@ -500,6 +500,15 @@ def train_refusal_command(
             "2 CPU cores, and without --threshold five more fine-tunes for the out-of-fold threshold.",
         ),
     ] = 0,
+    reuse_encoder: Annotated[
+        Path | None,
+        typer.Option(
+            "--encoder",
+            help="Reuse the refusal_encoder.onnx an earlier --finetune-epochs run wrote: only the head and "
+            "its out-of-fold threshold are refitted over it (minutes, not hours), and the file ships beside "
+            "the head. Out-of-fold figures on the answers that encoder was tuned on are optimistic.",
+        ),
+    ] = None,
     multilingual: Annotated[
         bool,
         typer.Option(
@@ -519,7 +528,10 @@ def train_refusal_command(
         raise fail(f"training needs the 'train' extra (pip install 'seawall[train]'): {exc}") from exc
     if finetune_epochs < 0:
         raise fail("--finetune-epochs must be 0 (the stock encoder) or more")
-    source = answers or default_answers()
+    if finetune_epochs and reuse_encoder is not None:
+        raise fail("--encoder reuses a fine-tuned encoder and --finetune-epochs makes a new one: pass one")
+    authored = default_answers()
+    source = answers or ([authored] if authored else None)
     if source is None:
         raise fail("no answers: pass --answers FILE (the authored set lives in a source checkout)")
     try:
@@ -531,6 +543,7 @@ def train_refusal_command(
             seed=seed,
             threshold=threshold,
             finetune=replace(DEFAULT_CONFIG, epochs=finetune_epochs) if finetune_epochs else None,
+            reuse_encoder=reuse_encoder,
             multilingual=multilingual,
             progress=lambda line: console.print(line),
         )

