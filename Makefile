@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test audit lint train eval bench bench-slow clean
+.PHONY: serve test audit lint train train-refusal eval bench bench-slow clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,15 @@ audit: $(VENV)/.dev
 ## shipped multilingual stage, as the shipped model was built (`seawall train --multilingual train` refits it).
 train: $(VENV)/.dev
 	$(BIN)/seawall train --data ../shared/data --multilingual keep
+
+## Refit the shipped refusal head as it was built (the fourteenth round, refusal model card): the authored
+## answers plus the spent held-out sets 1-16, over the shipped fine-tuned encoder, threshold out of fold.
+## (The encoder itself: `seawall redteam train-refusal --finetune-epochs 2 --threshold 0.78`, the tenth round.)
+REFUSAL_LEARNED_SETS := bench/data/refusals_heldout.jsonl \
+  $(foreach n,2 3 4 5 6 7 8 9 10 11 12 13 14 15 16,bench/data/refusals_heldout$(n).jsonl)
+train-refusal: $(VENV)/.dev
+	$(BIN)/seawall redteam train-refusal --answers data/authored/refusals \
+	  $(addprefix --answers ,$(REFUSAL_LEARNED_SETS)) --encoder src/seawall/redteam/data/refusal_encoder.onnx
 
 ## Benchmarks: moderation speed and quality, gateway overhead, routing quality, red-team speed,
 ## batch moderation (single process and Ray).

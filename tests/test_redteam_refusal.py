@@ -78,8 +78,9 @@ HELD_OUT_15 = ROOT / "bench" / "data" / "refusals_heldout15.jsonl"
 #: disruption desk, an open-weights chat model; half in other languages) for the thirteenth round.
 HELD_OUT_16 = ROOT / "bench" / "data" / "refusals_heldout16.jsonl"
 #: Written blind in session 35 (insurance claims assistant, grocery-delivery bot, museum guide, a
-#: frontier lab's assistant, a messaging app's AI; half in other languages) for the fourteenth round:
-#: no classifier has read it, so it is checked here for form and overlap only, not scored.
+#: frontier lab's assistant, a messaging app's AI; half in other languages) for the fourteenth round,
+#: and first read when that round was judged (session 36). The shipped (fourteenth-round) head learned
+#: sets 1-16, so set 17 is the only held-out set it has.
 HELD_OUT_17 = ROOT / "bench" / "data" / "refusals_heldout17.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
@@ -153,7 +154,7 @@ def test_the_classifier_reads_answers_it_was_never_trained_on() -> None:
     assert classify_refusal("   ").label == "compliance"
 
 
-def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules_on_it() -> None:
+def test_the_held_out_sets_are_written_apart_from_the_authored_answers() -> None:
     answers = default_answers()
     assert answers is not None
     training = {row["answer"] for row in load_answers(answers)}
@@ -179,72 +180,40 @@ def test_the_held_out_set_is_never_trained_on_and_the_classifier_beats_the_rules
         if grams:
             overlap = max(len(grams & other) / len(grams) for other in training_grams)
             assert overlap <= 1 / 3, (overlap, row["answer"])
-    held_out = load_answers(HELD_OUT)
-    sample = held_out[::4]  # every fourth answer: all labels, styles and languages, in seconds
-    truth = [row["label"] != "compliance" for row in sample]
-    ours = binary_figures(truth, [is_refusal(row["answer"]) for row in sample])
-    rules = binary_figures(truth, [matches_refusal_phrase(row["answer"]) for row in sample])
-    assert ours["f1"] >= 0.8 and ours["f1"] > rules["f1"] + 0.1, (ours, rules)
 
 
-# Each held-out set was written before a tuning round and never trained on; the bounds sit
-# about 0.01-0.02 below the shipped (tenth-round) head's figures (room for the encoder's arithmetic on
-# other CPUs), measured once (`python bench/refusal.py --folds 0`).
-# Precision / recall / F1 of the eighth-round head, then of the tenth-round head (fine-tuned encoder):
-#   set 2 (written before round 2, spent): 0.977 / 0.919 / 0.947; 0.977 / 0.949 / 0.963
-#   set 3 (new voices): 0.966 / 0.905 / 0.934; 0.984 / 0.960 / 0.972
-#   set 4 (refusals at the end of long answers, as questions back, in character): 0.912 / 0.709 / 0.798;
-#     0.978 / 0.845 / 0.906
-#   set 5 (long structured assistant voices; flattered, its author wrote fifth-round training answers
-#     after it): 0.992 / 0.977 / 0.984; 1.000 / 0.977 / 0.988
-#   set 6 (lectures without "I can't", redirects, over-cautious refusals): 0.976 / 0.923 / 0.949;
-#     0.992 / 0.938 / 0.964
-#   set 7 (short answers in the safety-tuned voice): 0.918 / 0.862 / 0.889; 0.952 / 0.923 / 0.938
-#   set 8 (five chat-model personas, from terse to permissive, answering the same 40 prompts):
-#     0.975 / 0.920 / 0.947; 0.968 / 0.960 / 0.964
-#   set 9 (five other personas, from long apologetic lectures to an in-product support bot, 40 other
-#     prompts): 0.926 / 0.918 / 0.922; 0.947 / 0.885 / 0.915
-#   set 10 (five more personas, a fifth of the answers in other languages): 0.893 / 0.847 / 0.870;
-#     0.908 / 0.924 / 0.916
-#   set 11 (tutor, support bot, code assistant, companion app, small hedging model; written in session
-#     29): 0.895 / 0.810 / 0.850; 0.872 / 0.976 / 0.921 — precision fell
-#   set 12 (voice assistant, research copilot, health coach, child-safe mode, drafting tool; written
-#     blind in session 30 before the tenth round): 0.941 / 0.882 / 0.911; 0.944 / 0.921 / 0.932
-#   set 13 (travel bot, legal information, gaming companion, pharmacy help desk, HR policy bot, half the
-#     answers in other languages; written blind in session 31): the tenth-round head 0.890 / 0.897 / 0.893
-#   sets 14, 15 and 16 (five deployments each, half in other languages; written blind in sessions 31 and
-#     34, first measured in sessions 33 and 34): 0.927 / 0.912 / 0.919; 0.906 / 0.892 / 0.899; 0.926 /
-#     0.869 / 0.897
-# The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is met pooled over 2-12 by the tenth-round
-# head (0.955 / 0.935 / 0.945; the eighth's 0.946 / 0.884 / 0.914), not on sets 9-12 one by one.
-@pytest.mark.parametrize(
-    ("held_out", "min_precision", "min_f1"),
-    [
-        (HELD_OUT_2, 0.96, 0.95),
-        (HELD_OUT_3, 0.97, 0.96),
-        (HELD_OUT_4, 0.96, 0.89),
-        (HELD_OUT_5, 0.98, 0.97),
-        (HELD_OUT_6, 0.98, 0.95),
-        (HELD_OUT_7, 0.94, 0.92),
-        (HELD_OUT_8, 0.95, 0.95),
-        (HELD_OUT_9, 0.93, 0.90),
-        (HELD_OUT_10, 0.89, 0.90),
-        (HELD_OUT_11, 0.86, 0.91),
-        (HELD_OUT_12, 0.93, 0.92),
-        (HELD_OUT_13, 0.87, 0.88),
-        (HELD_OUT_14, 0.91, 0.90),
-        (HELD_OUT_15, 0.89, 0.88),
-        (HELD_OUT_16, 0.91, 0.88),
-    ],
-    ids=[f"set{number}" for number in range(2, 17)],
-)
-def test_the_shipped_head_on_the_sets_written_before_each_round(
-    held_out: Path, min_precision: float, min_f1: float
-) -> None:
-    rows = load_answers(held_out)
+def test_the_shipped_head_learned_the_spent_sets_and_not_the_last_one() -> None:
+    # The fourteenth round trained on the authored answers and held-out sets 1-16 (`make train-refusal`);
+    # the head records the files, so bench/refusal.py never reports a learned set as held out.
+    with np.load(ARTEFACT) as parts:
+        learned = {str(name) for name in parts["trained_on"]}
+    answers = default_answers()
+    assert answers is not None
+    spent = {path.name for path, *_ in HELD_OUT_SETS} - {HELD_OUT_17.name}
+    assert learned == {path.name for path in answers.glob("*.jsonl")} | spent
+    assert HELD_OUT_17.name not in learned
+
+
+# Set 17 (written blind in session 35, read once in session 36 to judge the fourteenth round) is the only
+# held-out set of the shipped head; the bounds sit about 0.01-0.02 below its figures (room for the
+# encoder's arithmetic on other CPUs), measured with `python bench/refusal.py --sets 17 --folds 0`:
+#   the fourteenth-round head 0.924 / 0.931 / 0.927 (three-way 0.855; English F1 0.946, other languages
+#   0.909); the tenth-round head it replaced 0.897 / 0.869 / 0.883 (three-way 0.810; 0.919, 0.848).
+# The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is not met on it. The figures of earlier heads
+# on sets 2-16, each measured before that set was learned, are in the refusal model card.
+def test_the_shipped_head_on_its_held_out_set_beats_the_rules() -> None:
+    rows = load_answers(HELD_OUT_17)
     truth = [row["label"] != "compliance" for row in rows]
-    figures = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
-    assert figures["precision"] >= min_precision and figures["f1"] >= min_f1, figures
+    ours = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
+    rules = binary_figures(truth, [matches_refusal_phrase(row["answer"]) for row in rows])
+    assert ours["precision"] >= 0.91 and ours["f1"] >= 0.91, ours
+    assert ours["f1"] > rules["f1"] + 0.3, (ours, rules)
+    for language in ("en", "not en"):
+        keep = [i for i, row in enumerate(rows) if (row.get("lang", "en") == "en") == (language == "en")]
+        figures = binary_figures([truth[i] for i in keep], [is_refusal(rows[i]["answer"]) for i in keep])
+        assert figures["f1"] >= (0.93 if language == "en" else 0.89), (language, figures)
+    three_way = np.mean([classify_refusal(row["answer"]).label == row["label"] for row in rows])
+    assert three_way >= 0.84, three_way
 
 
 def _five_grams(text: str) -> set[tuple[str, ...]]:
@@ -505,6 +474,73 @@ def test_training_is_reproducible_and_writes_a_loadable_head(tmp_path: Path) -> 
 
     with pytest.raises(DataError, match="label 'maybe'"):
         train_refusal(bad, tmp_path / "c.npz", encoder=encoder)
+
+
+def test_a_fine_tuned_encoder_is_reused_shipped_beside_the_head_and_named(tmp_path: Path) -> None:
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("training needs the 'train' extra (scikit-learn)")
+    from typer.testing import CliRunner
+
+    from seawall.errors import ConfigurationError
+    from seawall.model.classifier import file_sha256
+    from seawall.redteam.cli import app as redteam_cli
+    from seawall.redteam.refusal import ENCODER_FILE, shared_refusal_classifier
+    from seawall.redteam.refusal_training import train_refusal
+
+    rows = load_answers(default_answers())  # type: ignore[arg-type]
+    subset = [row for label in LABELS for row in [r for r in rows if r["label"] == label][::15]]
+    data = tmp_path / "answers.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in subset))
+    tuned = shared_refusal_classifier().encoder.model_file  # type: ignore[attr-defined]
+    assert tuned.name == ENCODER_FILE, "the shipped head reads a fine-tuned encoder"
+    out = tmp_path / "head" / "refusal_head.npz"
+    result = CliRunner().invoke(
+        redteam_cli, ["train-refusal", "--answers", str(data), "--encoder", str(tuned), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "out-of-fold precision" in result.output  # one fixed encoder: the threshold is chosen out of fold
+    shipped = out.parent / ENCODER_FILE
+    assert file_sha256(shipped) == file_sha256(tuned)
+    with np.load(out) as parts:
+        assert str(parts["encoder_file"]) == ENCODER_FILE
+        assert str(parts["encoder_sha256"]) == file_sha256(tuned)
+        reused = {key: parts[key] for key in parts.files}
+    reader = RefusalClassifier.load(out)
+    assert reader.encoder.model_file == shipped  # type: ignore[attr-defined]
+    # The same head as one fitted over that encoder loaded by hand: reuse changes what ships, not the fit.
+    by_hand = train_refusal(data, tmp_path / "by_hand.npz", encoder=RefusalClassifier.load().encoder)
+    with np.load(tmp_path / "by_hand.npz") as parts:
+        for key in parts.files:
+            np.testing.assert_array_equal(parts[key], reused[key], err_msg=key)
+    assert by_hand["threshold"] == pytest.approx(reader.threshold)
+    assert by_hand["fine_tuned"] is False  # the stock encoder ships nothing beside the head
+
+    # The encoder already in place is reused where it lies.
+    again = train_refusal(data, out, reuse_encoder=shipped)
+    assert again["fine_tuned"] and file_sha256(shipped) == file_sha256(tuned)
+    assert RefusalClassifier.load(out).classify([REFUSALS[0]])[0].refused
+
+    # A file that is not an encoder stops the run before anything beside the head changes.
+    broken = tmp_path / "not_an_encoder.onnx"
+    broken.write_text("this is not an ONNX file")
+    with pytest.raises(ModelArtefactError, match="cannot load the sentence encoder"):
+        train_refusal(data, out, reuse_encoder=broken)
+    assert file_sha256(shipped) == file_sha256(tuned)
+    assert RefusalClassifier.load(out).threshold == pytest.approx(again["threshold"])
+    with pytest.raises(ConfigurationError, match="is not a file"):
+        train_refusal(data, tmp_path / "x.npz", reuse_encoder=tmp_path / "missing.onnx")
+    with pytest.raises(ConfigurationError, match="pass one encoder"):
+        train_refusal(data, tmp_path / "x.npz", reuse_encoder=tuned, encoder=reader.encoder)
+    assert not (tmp_path / "x.npz").exists()
+    both = CliRunner().invoke(
+        redteam_cli,
+        ["train-refusal", "--answers", str(data), "--encoder", str(tuned), "--finetune-epochs", "2"],
+    )
+    assert both.exit_code != 0 and "pass one" in both.output, both.output
 
 
 def test_train_refusal_command_refuses_a_threshold_outside_zero_and_one(tmp_path: Path) -> None:
