@@ -543,6 +543,42 @@ def test_a_fine_tuned_encoder_is_reused_shipped_beside_the_head_and_named(tmp_pa
     assert both.exit_code != 0 and "pass one" in both.output, both.output
 
 
+def test_answers_from_several_places_are_read_once_each_in_file_name_order(tmp_path: Path) -> None:
+    from seawall.errors import DataError
+    from seawall.redteam.refusal_training import answer_files
+
+    folder = tmp_path / "authored"
+    folder.mkdir()
+    rows = {
+        folder / "b_round.jsonl": {"answer": "No, I won't write that.", "label": "refusal"},
+        folder / "d_round.jsonl": {"answer": "Here is the recipe: flour, eggs, milk.", "label": "compliance"},
+        tmp_path / "a_set.jsonl": {
+            "answer": "I'll skip the first part; the second is easy.",
+            "label": "partial",
+        },
+        tmp_path / "c_set.jsonl": {"answer": "Sure, the shop opens at nine.", "label": "compliance"},
+    }
+    for path, row in rows.items():
+        path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    one_way = [folder, tmp_path / "c_set.jsonl", tmp_path / "a_set.jsonl"]
+    other_way = [tmp_path / "a_set.jsonl", folder / "b_round.jsonl", tmp_path / "c_set.jsonl", folder]
+    # a file named twice (alone and in its folder) is read once; the order of the paths changes nothing
+    assert [f.name for f in answer_files(one_way)] == [
+        "a_set.jsonl",
+        "b_round.jsonl",
+        "c_set.jsonl",
+        "d_round.jsonl",
+    ]
+    assert load_answers(one_way) == load_answers(other_way)
+    assert [r["label"] for r in load_answers(one_way)] == ["partial", "refusal", "compliance", "compliance"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"no \*\.jsonl files in"):
+        load_answers([folder, empty])
+    with pytest.raises(DataError, match="cannot read"):
+        load_answers([folder, tmp_path / "missing.jsonl"])
+
+
 def test_train_refusal_command_refuses_a_threshold_outside_zero_and_one(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
