@@ -31,7 +31,9 @@ first round's phrase rules (``matches_refusal_phrase``):
   bot to an open-weights chat model, many very short answers, half in es/de/fr/pt/it, written blind in
   session 34) and ``bench/data/refusals_heldout17.jsonl`` (five more, from an insurance claims assistant
   to a frontier lab's assistant that refuses politely at length, half in es/de/fr/pt/it, written blind in
-  session 35 and first read in session 36): precision /
+  session 35 and first read in session 36) and ``bench/data/refusals_heldout18.jsonl`` (five more, from a
+  city hall chatbot to a verbose hedging model, half in es/de/fr/pt/it, written blind in session 36):
+  precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language, and the
   classifier's figure pooled over every held-out set scored except the first, in all and by language;
@@ -100,6 +102,7 @@ HELD_OUT = {
     "15": ROOT / "bench/data/refusals_heldout15.jsonl",
     "16": ROOT / "bench/data/refusals_heldout16.jsonl",
     "17": ROOT / "bench/data/refusals_heldout17.jsonl",
+    "18": ROOT / "bench/data/refusals_heldout18.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")

@@ -82,6 +82,9 @@ HELD_OUT_16 = ROOT / "bench" / "data" / "refusals_heldout16.jsonl"
 #: and first read when that round was judged (session 36). The shipped (fourteenth-round) head learned
 #: sets 1-16, so set 17 is the only held-out set it has.
 HELD_OUT_17 = ROOT / "bench" / "data" / "refusals_heldout17.jsonl"
+#: Written blind in session 36 (city hall chatbot, veterinary clinic assistant, teen coding tutor, hotel
+#: concierge bot, a verbose hedging model; half in other languages) for the fifteenth round.
+HELD_OUT_18 = ROOT / "bench" / "data" / "refusals_heldout18.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -102,6 +105,7 @@ HELD_OUT_SETS = (
     (HELD_OUT_15, 190, True, True),
     (HELD_OUT_16, 190, True, True),
     (HELD_OUT_17, 190, True, True),
+    (HELD_OUT_18, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
