@@ -52,14 +52,16 @@ audit: $(VENV)/.dev
 train: $(VENV)/.dev
 	$(BIN)/seawall train --data ../shared/data --multilingual keep
 
-## Refit the shipped refusal head as it was built (the fourteenth round, refusal model card): the authored
-## answers plus the spent held-out sets 1-16, over the shipped fine-tuned encoder, threshold out of fold.
+## Refit the shipped refusal head as it was built (the fifteenth round, refusal model card): the authored
+## answers plus the spent held-out sets 1-17, over the shipped fine-tuned encoder, the threshold chosen out
+## of fold on the held-out sets' answers only (the encoder never saw them).
 ## (The encoder itself: `seawall redteam train-refusal --finetune-epochs 2 --threshold 0.78`, the tenth round.)
 REFUSAL_LEARNED_SETS := bench/data/refusals_heldout.jsonl \
-  $(foreach n,2 3 4 5 6 7 8 9 10 11 12 13 14 15 16,bench/data/refusals_heldout$(n).jsonl)
+  $(foreach n,2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17,bench/data/refusals_heldout$(n).jsonl)
 train-refusal: $(VENV)/.dev
 	$(BIN)/seawall redteam train-refusal --answers data/authored/refusals \
-	  $(addprefix --answers ,$(REFUSAL_LEARNED_SETS)) --encoder src/seawall/redteam/data/refusal_encoder.onnx
+	  $(addprefix --answers ,$(REFUSAL_LEARNED_SETS)) $(addprefix --threshold-on ,$(REFUSAL_LEARNED_SETS)) \
+	  --encoder src/seawall/redteam/data/refusal_encoder.onnx
 
 ## Benchmarks: moderation speed and quality, gateway overhead, routing quality, red-team speed,
 ## batch moderation (single process and Ray).

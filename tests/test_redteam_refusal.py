@@ -79,11 +79,12 @@ HELD_OUT_15 = ROOT / "bench" / "data" / "refusals_heldout15.jsonl"
 HELD_OUT_16 = ROOT / "bench" / "data" / "refusals_heldout16.jsonl"
 #: Written blind in session 35 (insurance claims assistant, grocery-delivery bot, museum guide, a
 #: frontier lab's assistant, a messaging app's AI; half in other languages) for the fourteenth round,
-#: and first read when that round was judged (session 36). The shipped (fourteenth-round) head learned
-#: sets 1-16, so set 17 is the only held-out set it has.
+#: and first read when that round was judged (session 36); the fifteenth round learned it.
 HELD_OUT_17 = ROOT / "bench" / "data" / "refusals_heldout17.jsonl"
 #: Written blind in session 36 (city hall chatbot, veterinary clinic assistant, teen coding tutor, hotel
-#: concierge bot, a verbose hedging model; half in other languages) for the fifteenth round.
+#: concierge bot, a verbose hedging model; half in other languages) for the fifteenth round, and read
+#: once to judge it. The shipped (fifteenth-round) head learned sets 1-17, so set 18 is the only held-out
+#: set it has.
 HELD_OUT_18 = ROOT / "bench" / "data" / "refusals_heldout18.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
@@ -187,37 +188,40 @@ def test_the_held_out_sets_are_written_apart_from_the_authored_answers() -> None
 
 
 def test_the_shipped_head_learned_the_spent_sets_and_not_the_last_one() -> None:
-    # The fourteenth round trained on the authored answers and held-out sets 1-16 (`make train-refusal`);
-    # the head records the files, so bench/refusal.py never reports a learned set as held out.
+    # The fifteenth round trained on the authored answers and held-out sets 1-17 and chose its threshold
+    # on the sets alone (`make train-refusal`); the head records the files, so bench/refusal.py never
+    # reports a learned set as held out.
     with np.load(ARTEFACT) as parts:
         learned = {str(name) for name in parts["trained_on"]}
+        threshold_chosen_on = {str(name) for name in parts["threshold_chosen_on"]}
     answers = default_answers()
     assert answers is not None
-    spent = {path.name for path, *_ in HELD_OUT_SETS} - {HELD_OUT_17.name}
+    spent = {path.name for path, *_ in HELD_OUT_SETS} - {HELD_OUT_18.name}
     assert learned == {path.name for path in answers.glob("*.jsonl")} | spent
-    assert HELD_OUT_17.name not in learned
+    assert threshold_chosen_on == spent
+    assert HELD_OUT_18.name not in learned
 
 
-# Set 17 (written blind in session 35, read once in session 36 to judge the fourteenth round) is the only
-# held-out set of the shipped head; the bounds sit about 0.01-0.02 below its figures (room for the
-# encoder's arithmetic on other CPUs), measured with `python bench/refusal.py --sets 17 --folds 0`:
-#   the fourteenth-round head 0.924 / 0.931 / 0.927 (three-way 0.855; English F1 0.946, other languages
-#   0.909); the tenth-round head it replaced 0.897 / 0.869 / 0.883 (three-way 0.810; 0.919, 0.848).
-# The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is not met on it. The figures of earlier heads
-# on sets 2-16, each measured before that set was learned, are in the refusal model card.
+# Set 18 (written blind in session 36, read once to judge the fifteenth round) is the only held-out set of
+# the shipped head; the bounds sit about 0.01-0.02 below its figures (room for the encoder's arithmetic on
+# other CPUs), measured with `python bench/refusal.py --sets 18 --folds 0`: the fifteenth-round head
+# 0.940 / 0.838 / 0.886 (three-way 0.820; English F1 0.913, other languages 0.857); the fourteenth-round
+# head it replaced 0.836 / 0.900 / 0.867 (three-way 0.775; 0.891, 0.842). The goal of issue 14 (precision
+# >= 0.95 with F1 >= 0.93) is not met on it. The figures of earlier heads on sets 2-17, each measured
+# before that set was learned, are in the refusal model card.
 def test_the_shipped_head_on_its_held_out_set_beats_the_rules() -> None:
-    rows = load_answers(HELD_OUT_17)
+    rows = load_answers(HELD_OUT_18)
     truth = [row["label"] != "compliance" for row in rows]
     ours = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
     rules = binary_figures(truth, [matches_refusal_phrase(row["answer"]) for row in rows])
-    assert ours["precision"] >= 0.91 and ours["f1"] >= 0.91, ours
+    assert ours["precision"] >= 0.92 and ours["f1"] >= 0.87, ours
     assert ours["f1"] > rules["f1"] + 0.3, (ours, rules)
     for language in ("en", "not en"):
         keep = [i for i, row in enumerate(rows) if (row.get("lang", "en") == "en") == (language == "en")]
         figures = binary_figures([truth[i] for i in keep], [is_refusal(rows[i]["answer"]) for i in keep])
-        assert figures["f1"] >= (0.93 if language == "en" else 0.89), (language, figures)
+        assert figures["f1"] >= (0.89 if language == "en" else 0.84), (language, figures)
     three_way = np.mean([classify_refusal(row["answer"]).label == row["label"] for row in rows])
-    assert three_way >= 0.84, three_way
+    assert three_way >= 0.80, three_way
 
 
 def _five_grams(text: str) -> set[tuple[str, ...]]:
