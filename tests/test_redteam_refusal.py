@@ -572,7 +572,8 @@ def test_the_threshold_can_be_chosen_on_some_of_the_answers_only(tmp_path: Path)
     authored.write_text(
         "\n".join(json.dumps(r) for label in LABELS for r in [x for x in rows if x["label"] == label][::25])
     )
-    unseen = tmp_path / "unseen.jsonl"
+    (tmp_path / "sets").mkdir()
+    unseen = tmp_path / "sets" / "unseen.jsonl"
     unseen.write_text("\n".join(json.dumps(r) for r in load_answers(HELD_OUT_17)[::3]))
     encoder = RefusalClassifier.load().encoder
     out = tmp_path / "head.npz"
@@ -588,6 +589,11 @@ def test_the_threshold_can_be_chosen_on_some_of_the_answers_only(tmp_path: Path)
     with np.load(out) as parts:
         assert [str(name) for name in parts["threshold_chosen_on"]] == ["unseen.jsonl"]
         assert float(parts["threshold"]) == result["threshold"]
+    # a folder names its files, as for the answers
+    by_folder = train_refusal(
+        [authored, unseen], tmp_path / "f.npz", threshold_on=[unseen.parent], encoder=encoder
+    )
+    assert by_folder == result
 
     with pytest.raises(ConfigurationError, match="not being learned"):
         train_refusal([authored], tmp_path / "x.npz", threshold_on=[unseen], encoder=encoder)

@@ -243,10 +243,10 @@ def train_refusal(
     ``threshold`` keeps that refusal threshold instead of the out-of-fold choice (:func:`choose_threshold`),
     whose precision floor moves the threshold when the answers hold a larger share of hard look-alikes;
     the out-of-fold figures are reported at whichever threshold is written. ``threshold_on`` (answer
-    files among ``answers``) chooses it on those files' out-of-fold rows only, for instance the answers an
-    encoder reused with ``reuse_encoder`` never saw (its own training answers read out of fold as if
-    memorised, and pull the threshold down); the figures are then reported on those rows, and the head
-    names the files (``threshold_chosen_on``).
+    files, or folders of them, among ``answers``) chooses it on those files' out-of-fold rows only, for
+    instance the answers an encoder reused with ``reuse_encoder`` never saw (its own training answers read
+    out of fold as if memorised, and pull the threshold down); the figures are then reported on those
+    rows, and the head names the files (``threshold_chosen_on``).
 
     ``finetune`` first fine-tunes the encoder on the answers (:mod:`seawall.redteam.refusal_finetune`),
     writes it beside ``out`` as :data:`~seawall.redteam.refusal.ENCODER_FILE` and names it, with its
@@ -343,7 +343,11 @@ def train_refusal(
             "labels": np.array(LABELS),
             "threshold": np.array(threshold),
             "trained_on": np.array(learned),
-            **({"threshold_chosen_on": np.array([f.name for f in threshold_on])} if threshold_on else {}),
+            **(
+                {"threshold_chosen_on": np.array([f.name for f in answer_files(threshold_on)])}
+                if threshold_on
+                else {}
+            ),
             **{key: np.array(value) for key, value in named.items()},
             **head.arrays(),
             **second_arrays,
@@ -379,11 +383,11 @@ def train_refusal(
 
 
 def _threshold_rows(row_files: Sequence[Path], threshold_on: Sequence[Path]) -> NDArray[np.bool_]:
-    """Which rows choose the threshold: every row, or the rows of the ``threshold_on`` files, each of which
-    must be among the answers and hold refusing and compliant answers between them."""
+    """Which rows choose the threshold: every row, or the rows of the ``threshold_on`` files (or folders'
+    files), each of which must be among the answers."""
     if not threshold_on:
         return np.ones(len(row_files), dtype=bool)
-    wanted = {file.resolve() for file in threshold_on}
+    wanted = set(answer_files(threshold_on))
     stray = sorted(str(file) for file in wanted - set(row_files))
     if stray:
         raise ConfigurationError(
