@@ -380,6 +380,13 @@ def test_bad_requests_are_400s_in_openais_error_shape(gw: Setup) -> None:
         assert_openai_error(
             http.post("/v1/responses", json={"model": MODEL, "input": 5}), 400, "invalid_type"
         )
+        # An empty previous_response_id names no response: a 400, not the 500 the fuzzer found
+        # (with "store": false it reached the continuation without a caller).
+        for store in (False, True):
+            blank = {"model": MODEL, "input": "0", "previous_response_id": "", "store": store}
+            empty_previous = http.post("/v1/responses", json=blank)
+            assert_openai_error(empty_previous, 400, "invalid_value")
+            assert empty_previous.json()["error"]["param"] == "previous_response_id"
         # A content part whose type is a list was a 500 (unhashable); it is a part the gateway
         # cannot read, like any other unknown part.
         odd_part = {"role": "user", "content": [{"type": [], "text": "hi"}]}

@@ -142,10 +142,11 @@ class ResponsesAPI:
         try:
             request = parse_request(body)
             keep = request.store and self.settings.store and self.store is not None
-            caller = await self._caller(headers) if keep or request.previous_response_id else None
+            continues = request.previous_response_id is not None
+            caller = await self._caller(headers) if keep or continues else None
             conversation: list[dict[str, Any]] = []
-            if request.previous_response_id is not None:
-                assert caller is not None
+            if continues:
+                assert caller is not None and request.previous_response_id is not None
                 previous = await self._continued(request.previous_response_id, caller)
                 conversation = await self._conversation(previous)
             first = len(conversation)

@@ -143,6 +143,8 @@ def parse_request(body: Mapping[str, Any]) -> ResponsesRequest:
     previous = body.get("previous_response_id")
     if previous is not None and not isinstance(previous, str):
         raise _invalid("'previous_response_id' must be a string.", "previous_response_id", "invalid_type")
+    if previous is not None and not previous.strip():  # names no response; omit it to start afresh
+        raise _invalid("'previous_response_id' must name a response: it is empty.", "previous_response_id")
     if not items and previous is None:
         raise _invalid("'input' is required: a string or a non-empty array of input items.", "input")
     for name in ("store", "stream", "parallel_tool_calls"):
