@@ -290,7 +290,8 @@ def train_refusal(
     tagged = load_answers_by_file(answers)
     rows = [row for _, row in tagged]
     learned = [file.name for file in answer_files(answers)]
-    choosing = _threshold_rows([file for file, _ in tagged], threshold_on)
+    chosen_files = answer_files(threshold_on) if threshold_on else []
+    choosing = _threshold_rows([file for file, _ in tagged], chosen_files)
     if len({row["label"] == "compliance" for row, chosen in zip(rows, choosing, strict=True) if chosen}) < 2:
         raise DataError("the answers that choose the threshold need refusing and compliant ones between them")
     if progress:
@@ -345,11 +346,7 @@ def train_refusal(
             "labels": np.array(LABELS),
             "threshold": np.array(threshold),
             "trained_on": np.array(learned),
-            **(
-                {"threshold_chosen_on": np.array([f.name for f in answer_files(threshold_on)])}
-                if threshold_on
-                else {}
-            ),
+            **({"threshold_chosen_on": np.array([f.name for f in chosen_files])} if chosen_files else {}),
             **{key: np.array(value) for key, value in named.items()},
             **head.arrays(),
             **second_arrays,
@@ -384,12 +381,12 @@ def train_refusal(
     return result
 
 
-def _threshold_rows(row_files: Sequence[Path], threshold_on: Sequence[Path]) -> NDArray[np.bool_]:
-    """Which rows choose the threshold: every row, or the rows of the ``threshold_on`` files (or folders'
-    files), each of which must be among the answers."""
-    if not threshold_on:
+def _threshold_rows(row_files: Sequence[Path], chosen_files: Sequence[Path]) -> NDArray[np.bool_]:
+    """Which rows choose the threshold: every row, or the rows of ``chosen_files`` (:func:`answer_files`
+    of the files or folders named for it), each of which must be among the answers."""
+    if not chosen_files:
         return np.ones(len(row_files), dtype=bool)
-    wanted = set(answer_files(threshold_on))
+    wanted = set(chosen_files)
     stray = sorted(str(file) for file in wanted - set(row_files))
     if stray:
         raise ConfigurationError(
