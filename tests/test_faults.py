@@ -138,6 +138,15 @@ class Fault:
     streamed_chars: int = 0
     closed: asyncio.Event | None = None
     upstream_closed: list[bool] = field(default_factory=list)
+    # Bumped by ``arm``: a stream counts and reports its close only while its arming is current, so a
+    # stream left over from an earlier test, closed late, cannot pass for this test's stream.
+    armed: int = 0
+
+    def arm(self, name: str) -> None:
+        self.name = name
+        self.armed += 1
+        self.streamed_chars = 0
+        self.upstream_closed.clear()
 
 
 def make_reply(fault: Fault) -> Any:
@@ -150,7 +159,7 @@ def make_reply(fault: Fault) -> Any:
             return Response(b"internal meltdown on gpu-7 at 10.0.0.5", status_code=500)
         if not stream:
             return _plain(name)
-        return StreamingResponse(_events(name, fault), media_type="text/event-stream")
+        return StreamingResponse(_events(name, fault, fault.armed), media_type="text/event-stream")
 
     return reply
 
@@ -173,14 +182,18 @@ def _plain(name: str) -> Response:
     return StreamingResponse(parts(), media_type="application/json")
 
 
-async def _events(name: str, fault: Fault) -> AsyncIterator[bytes]:
+async def _events(name: str, fault: Fault, armed: int) -> AsyncIterator[bytes]:
+    def count(chars: int) -> None:
+        if armed == fault.armed:
+            fault.streamed_chars += chars
+
     try:
         if name == "timeout_after_headers":
             await asyncio.sleep(STALL_S)
         yield _chunk({"role": "assistant", "content": ""})
         for start in range(0, len(SENT), PIECE):
             yield _chunk({"content": SENT[start : start + PIECE]})
-            fault.streamed_chars += PIECE
+            count(PIECE)
             await asyncio.sleep(0)
         if name == "malformed_json":
             yield b'data: {"id": "chatcmpl-upstream", "choices": [{"delta": {"content": "and th\n\n'
@@ -191,12 +204,13 @@ async def _events(name: str, fault: Fault) -> AsyncIterator[bytes]:
         elif name == "endless":  # for the slow client: clean text until the gateway hangs up
             while True:
                 yield _chunk({"content": "and on. "})
-                fault.streamed_chars += 8
+                count(8)
                 await asyncio.sleep(0)
         yield _chunk({}, "stop")
         yield b"data: [DONE]\n\n"
     finally:
-        fault.upstream_closed.append(True)
+        if armed == fault.armed:
+            fault.upstream_closed.append(True)
 
 
 # ----------------------------------------------------------------- the gateway under test
@@ -295,7 +309,7 @@ def _events_of(response: httpx.Response) -> list[str]:
 @pytest.mark.parametrize("case", MATRIX, ids=lambda case: case.id)
 def test_upstream_fault(case: Case, request: pytest.FixtureRequest) -> None:
     gw: Setup = request.getfixturevalue("refused" if case.fault == "connection_refused" else "setup")
-    gw.fault.name = case.fault
+    gw.fault.arm(case.fault)
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about Paris."}]}
     began = time.monotonic()
     with (
@@ -343,7 +357,7 @@ def test_upstream_fault_on_the_responses_api(case: Case, setup: Setup) -> None:
     """The same faults under ``POST /v1/responses``: an HTTP error before the stream, or a stream
     that ends with ``response.failed`` and an ``error`` event naming the code, with only text the
     guard cleared before it."""
-    setup.fault.name = case.fault
+    setup.fault.arm(case.fault)
     body = {"model": MODEL, "input": "Tell me about Paris.", "stream": True}
     with setup.server.http() as http, http.stream("POST", "/v1/responses", json=body) as response:
         request_id = response.headers[REQUEST_ID_HEADER]
@@ -377,8 +391,7 @@ STREAMED = {
 
 @pytest.mark.parametrize("api", list(STREAMED))
 def test_a_client_that_hangs_up_mid_stream_stops_the_upstream_and_is_audited(setup: Setup, api: str) -> None:
-    setup.fault.name = "endless"
-    setup.fault.upstream_closed.clear()
+    setup.fault.arm("endless")
     path, request = STREAMED[api]
     body = {"model": MODEL, "stream": True, **request}
     with setup.server.http() as http, http.stream("POST", path, json=body) as response:
@@ -398,9 +411,7 @@ def test_a_slow_client_that_never_reads_is_cut_off_and_audited(setup: Setup, api
     """A client that sends a stream request and never reads: once the socket's buffers are full
     and nothing moves for ``client_send_timeout_s``, the gateway closes the upstream, audits the
     request, and stops sending."""
-    setup.fault.name = "endless"
-    setup.fault.streamed_chars = 0
-    setup.fault.upstream_closed.clear()
+    setup.fault.arm("endless")
     path, request = STREAMED[api]
     body = json.dumps({"model": MODEL, "stream": True, **request}).encode()
     port = int(setup.server.root.rsplit(":", 1)[1])
