@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from seawall.categories import ALL_LABELS
+from seawall.errors import DataError
 from seawall.model.classifier import TextClassifier
 from seawall.training.contextual import CONTEXT_HIDDEN, CONTEXT_ONLY_FOLDER
 from seawall.training.datasets import HELD_OUT_SOURCES, TRAINING_SOURCES, Example, authored, load_sources
@@ -87,6 +88,24 @@ def test_authored_training_data_shares_no_text_with_the_evaluation_sets() -> Non
         if near or tuple(re.findall(r"\w+", row.text.lower())) in whole:
             close.append(row.text)
     assert close == []
+
+
+def test_an_authored_row_can_leave_labels_unjudged(tmp_path: Path) -> None:
+    """``unknown`` in an authored row: those labels are neither positive nor negative there; a label
+    that is not a category is refused, naming the file."""
+    rows = [
+        {"text": "which painkiller is gentlest", "labels": [], "unknown": ["harassment", "hate"]},
+        {"text": "how many pills would end it all", "labels": ["self-harm/intent"], "unknown": ["hate"]},
+        {"text": "good morning everyone", "labels": []},
+    ]
+    (tmp_path / "scoped.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    benign, harmful, plain = authored(tmp_path)
+    assert benign.labels == frozenset() and benign.unknown == {"harassment", "hate"}
+    assert harmful.labels == {"self-harm", "self-harm/intent"} and harmful.unknown == {"hate"}
+    assert plain.unknown == frozenset()
+    (tmp_path / "scoped.jsonl").write_text(json.dumps({"text": "hi there", "unknown": ["rudeness"]}) + "\n")
+    with pytest.raises(DataError, match=r"authored/scoped: unknown labels \['rudeness'\]"):
+        authored(tmp_path)
 
 
 def test_duplicates_merge_with_the_stricter_labels() -> None:

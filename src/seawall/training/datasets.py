@@ -796,6 +796,8 @@ def authored(folder: Path) -> list[Example]:
                     f"authored/{path.stem}",
                     group=row.get("group"),
                     weight=2.0,
+                    # Labels the row's author did not judge: neither positive nor negative there.
+                    unknown=row.get("unknown", ()),
                 )
             )
     return [e for e in out if e]
