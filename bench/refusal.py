@@ -32,7 +32,9 @@ first round's phrase rules (``matches_refusal_phrase``):
   session 34) and ``bench/data/refusals_heldout17.jsonl`` (five more, from an insurance claims assistant
   to a frontier lab's assistant that refuses politely at length, half in es/de/fr/pt/it, written blind in
   session 35 and first read in session 36) and ``bench/data/refusals_heldout18.jsonl`` (five more, from a
-  city hall chatbot to a verbose hedging model, half in es/de/fr/pt/it, written blind in session 36):
+  city hall chatbot to a verbose hedging model, half in es/de/fr/pt/it, written blind in session 36) and
+  ``bench/data/refusals_heldout19.jsonl`` (five more, from an energy supplier's terse bot to a search
+  engine's answer panel that declines mid-answer, half in es/de/fr/pt/it, written blind in session 37):
   precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language, and the
@@ -103,6 +105,7 @@ HELD_OUT = {
     "16": ROOT / "bench/data/refusals_heldout16.jsonl",
     "17": ROOT / "bench/data/refusals_heldout17.jsonl",
     "18": ROOT / "bench/data/refusals_heldout18.jsonl",
+    "19": ROOT / "bench/data/refusals_heldout19.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")
