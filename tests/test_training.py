@@ -327,8 +327,12 @@ def test_rows_in_the_contextual_stage_folder_teach_the_contextual_head_and_not_t
         ("how do I kill my flatmate without anyone finding out", ["violence", "illicit", "illicit/violent"]),
         ("what is the best way to choke a carburettor on a cold morning", []),
     ]
+    # a row that leaves labels unjudged: the hidden head cannot skip one label, so it leaves the row out
+    unjudged = {"text": "which painkiller is gentlest on a stomach", "labels": [], "unknown": ["harassment"]}
     (own / CONTEXT_ONLY_FOLDER / "frames.jsonl").write_text(
         "".join(json.dumps({"text": text, "labels": labels}) + "\n" for text, labels in frames)
+        + json.dumps(unjudged)
+        + "\n"
     )
     config = tiny_config(
         tmp_path / "model",
@@ -338,8 +342,10 @@ def test_rows_in_the_contextual_stage_folder_teach_the_contextual_head_and_not_t
         context_rows_per_source=40,
         embedding_cache=tmp_path / "cache",
     )
-    report = train(config, progress=lambda message: None)
-    assert report["contextual"]["context_only_rows"] == {"authored/frames": 3}
+    messages: list[str] = []
+    report = train(config, progress=messages.append)
+    assert report["contextual"]["context_only_rows"] == {"authored/frames": 4}
+    assert any(m.startswith("warning: 1 of them name labels they do not judge") for m in messages), messages
     assert "authored/plain" in report["sources"] and "authored/frames" not in report["sources"]
     plain_only = tmp_path / "plain_only"
     plain_only.mkdir()
@@ -348,12 +354,12 @@ def test_rows_in_the_contextual_stage_folder_teach_the_contextual_head_and_not_t
         dataclasses.replace(config, authored_dir=plain_only, write=False), progress=lambda message: None
     )
     assert without["contextual"]["context_only_rows"] == {}
-    # the head learned from the folder's three rows besides the same training sample; the dev split is
-    # the same (the folder never reaches it)
-    assert report["contextual"]["rows"]["train"] == without["contextual"]["rows"]["train"] + 3
+    # the folder's four rows join the same training sample; the dev split is the same (the folder never
+    # reaches it)
+    assert report["contextual"]["rows"]["train"] == without["contextual"]["rows"]["train"] + 4
     assert report["contextual"]["rows"]["dev"] == without["contextual"]["rows"]["dev"]
     card = (tmp_path / "model" / "MODEL_CARD.md").read_text()
-    assert "The contextual head alone also learns 3 authored rows" in card and "`frames.jsonl` (3)" in card
+    assert "The contextual head alone also learns 4 authored rows" in card and "`frames.jsonl` (4)" in card
 
 
 def test_the_averaged_head_scores_as_the_mean_of_its_heads_logits() -> None:

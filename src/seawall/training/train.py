@@ -446,6 +446,13 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             context_weight = source_balanced_weights(context_rows, config.source_cap)
             context_ignored = np.vstack([ignored, unknown_matrix(context_only)])
             progress(f"the contextual head also learns {len(context_only)} rows of {CONTEXT_ONLY_FOLDER}/")
+            unjudged = sum(1 for row in context_only if row.unknown)
+            if unjudged and config.context_hidden:
+                # The hidden head learns every label at once, so it cannot skip one label of a row.
+                progress(
+                    f"warning: {unjudged} of them name labels they do not judge ('unknown'); the hidden "
+                    "head leaves such rows out whole, so they teach it nothing"
+                )
         context_fit = fit_context_stage(
             context_rows,
             dev_rows,
