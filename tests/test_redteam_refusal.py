@@ -83,9 +83,13 @@ HELD_OUT_16 = ROOT / "bench" / "data" / "refusals_heldout16.jsonl"
 HELD_OUT_17 = ROOT / "bench" / "data" / "refusals_heldout17.jsonl"
 #: Written blind in session 36 (city hall chatbot, veterinary clinic assistant, teen coding tutor, hotel
 #: concierge bot, a verbose hedging model; half in other languages) for the fifteenth round, and read
-#: once to judge it. The shipped (fifteenth-round) head learned sets 1-17, so set 18 is the only held-out
-#: set it has.
+#: once to judge it.
 HELD_OUT_18 = ROOT / "bench" / "data" / "refusals_heldout18.jsonl"
+#: Written blind in session 37 (energy supplier bot, garden-centre assistant, tax-filing assistant,
+#: escape-room game master, a search engine's answer panel; half in other languages) for the sixteenth
+#: round, which was not shipped. The shipped (fifteenth-round) head learned sets 1-17, so sets 18 and 19
+#: are the held-out sets it has.
+HELD_OUT_19 = ROOT / "bench" / "data" / "refusals_heldout19.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -107,6 +111,7 @@ HELD_OUT_SETS = (
     (HELD_OUT_16, 190, True, True),
     (HELD_OUT_17, 190, True, True),
     (HELD_OUT_18, 190, True, True),
+    (HELD_OUT_19, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
@@ -196,32 +201,42 @@ def test_the_shipped_head_learned_the_spent_sets_and_not_the_last_one() -> None:
         threshold_chosen_on = {str(name) for name in parts["threshold_chosen_on"]}
     answers = default_answers()
     assert answers is not None
-    spent = {path.name for path, *_ in HELD_OUT_SETS} - {HELD_OUT_18.name}
+    held_out = {HELD_OUT_18.name, HELD_OUT_19.name}
+    spent = {path.name for path, *_ in HELD_OUT_SETS} - held_out
     assert learned == {path.name for path in answers.glob("*.jsonl")} | spent
     assert threshold_chosen_on == spent
-    assert HELD_OUT_18.name not in learned
+    assert not held_out & learned
 
 
-# Set 18 (written blind in session 36, read once to judge the fifteenth round) is the only held-out set of
-# the shipped head; the bounds sit about 0.01-0.02 below its figures (room for the encoder's arithmetic on
-# other CPUs), measured with `python bench/refusal.py --sets 18 --folds 0`: the fifteenth-round head
-# 0.940 / 0.838 / 0.886 (three-way 0.820; English F1 0.913, other languages 0.857); the fourteenth-round
-# head it replaced 0.836 / 0.900 / 0.867 (three-way 0.775; 0.891, 0.842). The goal of issue 14 (precision
-# >= 0.95 with F1 >= 0.93) is not met on it. The figures of earlier heads on sets 2-17, each measured
-# before that set was learned, are in the refusal model card.
-def test_the_shipped_head_on_its_held_out_set_beats_the_rules() -> None:
-    rows = load_answers(HELD_OUT_18)
+# Sets 18 and 19 (written blind in sessions 36 and 37) are the held-out sets of the shipped (fifteenth-
+# round) head; the bounds sit about 0.01-0.02 below its figures (room for the encoder's arithmetic on other
+# CPUs), measured with `python bench/refusal.py --sets 18 --folds 0` (and `--sets 19`): set 18 0.940 /
+# 0.838 / 0.886 (three-way 0.820; English F1 0.913, other languages 0.857), set 19 1.000 / 0.815 / 0.898
+# (three-way 0.860; 0.968, 0.818). The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is not met on
+# either. The figures of earlier heads on sets 2-17, and of the sixteenth-round heads that were not
+# shipped, are in the refusal model card.
+HELD_OUT_FLOORS = {
+    # set: (precision, F1, English F1, other languages' F1, three-way accuracy)
+    HELD_OUT_18: (0.92, 0.87, 0.89, 0.84, 0.80),
+    HELD_OUT_19: (0.97, 0.88, 0.95, 0.80, 0.84),
+}
+
+
+@pytest.mark.parametrize("held_out", list(HELD_OUT_FLOORS), ids=lambda path: path.stem)
+def test_the_shipped_head_on_its_held_out_sets_beats_the_rules(held_out: Path) -> None:
+    least_precision, least_f1, least_english, least_other, least_three_way = HELD_OUT_FLOORS[held_out]
+    rows = load_answers(held_out)
     truth = [row["label"] != "compliance" for row in rows]
     ours = binary_figures(truth, [is_refusal(row["answer"]) for row in rows])
     rules = binary_figures(truth, [matches_refusal_phrase(row["answer"]) for row in rows])
-    assert ours["precision"] >= 0.92 and ours["f1"] >= 0.87, ours
+    assert ours["precision"] >= least_precision and ours["f1"] >= least_f1, ours
     assert ours["f1"] > rules["f1"] + 0.3, (ours, rules)
     for language in ("en", "not en"):
         keep = [i for i, row in enumerate(rows) if (row.get("lang", "en") == "en") == (language == "en")]
         figures = binary_figures([truth[i] for i in keep], [is_refusal(rows[i]["answer"]) for i in keep])
-        assert figures["f1"] >= (0.89 if language == "en" else 0.84), (language, figures)
+        assert figures["f1"] >= (least_english if language == "en" else least_other), (language, figures)
     three_way = np.mean([classify_refusal(row["answer"]).label == row["label"] for row in rows])
-    assert three_way >= 0.80, three_way
+    assert three_way >= least_three_way, three_way
 
 
 def _five_grams(text: str) -> set[tuple[str, ...]]:
