@@ -147,6 +147,7 @@ def fit_context_stage(
     rows_per_source: int = CONTEXT_ROWS_PER_SOURCE,
     hidden: int = CONTEXT_HIDDEN,
     head_seeds: Sequence[int] = CONTEXT_HEAD_SEEDS,
+    masked: bool = False,
 ) -> ContextFit:
     """Head per label on the train sample's vectors; blend and thresholds on the dev sample."""
     from sklearn.linear_model import LogisticRegression
@@ -168,8 +169,21 @@ def fit_context_stage(
     hidden_weights: NDArray[np.float32] | None = None
     hidden_bias: NDArray[np.float32] | None = None
     if hidden:
+        partial_rows = int(ignored[train_at].any(axis=1).sum())
+        progress(
+            f"{partial_rows} of {len(train_at)} rows leave a label unjudged: "
+            + ("they count for the labels they judge" if masked else "the hidden head leaves them out whole")
+        )
         hidden_weights, hidden_bias, weights, bias = fit_averaged_heads(
-            x_train, y_train, sample_weight, ignored[train_at], labels_fitted, hidden, head_seeds, progress
+            x_train,
+            y_train,
+            sample_weight,
+            ignored[train_at],
+            labels_fitted,
+            hidden,
+            head_seeds,
+            progress,
+            fit_masked_hidden_head if masked else fit_hidden_head,
         )
     else:
         weights = np.zeros((x_train.shape[1], n_labels), dtype=np.float32)
@@ -287,6 +301,93 @@ def fit_hidden_head(
     )
 
 
+#: The masked head's recipe, as close to ``fit_hidden_head``'s MLPClassifier as a masked loss allows.
+MASKED_HEAD_L2 = 1e-3
+MASKED_HEAD_STEP = 1e-3
+MASKED_HEAD_BATCH = 512
+MASKED_HEAD_EPOCHS = 40
+MASKED_HEAD_PATIENCE = 4
+MASKED_HEAD_VALIDATION = 0.1
+
+
+def fit_masked_hidden_head(
+    x: NDArray[np.float32],
+    y: NDArray[np.bool_],
+    sample_weight: NDArray[np.float64],
+    ignored: NDArray[np.bool_],
+    labels_fitted: Sequence[int],
+    hidden: int,
+    seed: int = 0,
+) -> HiddenHead:
+    """One hidden ReLU layer shared by all labels, like ``fit_hidden_head``, but each row counts for
+    every label it judges: the loss of an ignored (row, label) pair is masked out instead of the
+    row being left out whole. Weighted binary cross-entropy over the fitted labels, L2 on the
+    weights, Adam; early stopping on the masked loss of a held-back tenth of the rows, keeping the
+    best epoch's weights. Needs torch (the ``train`` extra)."""
+    import torch
+
+    generator = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    fitted = np.array(sorted(labels_fitted), dtype=np.int64)
+    mask = ~ignored[:, fitted]
+    useful = mask.any(axis=1)  # a row that judges none of the fitted labels has nothing to teach
+    rows = np.flatnonzero(useful)
+    generator.shuffle(rows)
+    n_validation = max(1, int(len(rows) * MASKED_HEAD_VALIDATION))
+    validation, train = rows[:n_validation], rows[n_validation:]
+
+    def tensors(at: NDArray[np.int64]) -> tuple[Any, Any, Any, Any]:
+        """Vectors, targets, per-(row, label) weights (0 where ignored) and per-row weights."""
+        return (
+            torch.from_numpy(np.ascontiguousarray(x[at], dtype=np.float32)),
+            torch.from_numpy(y[at][:, fitted].astype(np.float32)),
+            torch.from_numpy((sample_weight[at, None] * mask[at]).astype(np.float32)),
+            torch.from_numpy(sample_weight[at].astype(np.float32)),
+        )
+
+    x_train, y_train, w_train, r_train = tensors(train)
+    x_valid, y_valid, w_valid, r_valid = tensors(validation)
+    first, last = torch.nn.Linear(x.shape[1], hidden), torch.nn.Linear(hidden, len(fitted))
+    network = torch.nn.Sequential(first, torch.nn.ReLU(), last)
+    optimiser = torch.optim.Adam(network.parameters(), lr=MASKED_HEAD_STEP)
+    bce = torch.nn.BCEWithLogitsLoss(reduction="none")
+    # MLPClassifier's loss: the weighted mean over rows of the summed label losses, plus
+    # alpha / 2 * squared weights / rows.
+    l2 = MASKED_HEAD_L2 / (2 * len(train))
+
+    def loss(xb: Any, yb: Any, wb: Any, rb: Any) -> Any:
+        return (bce(network(xb), yb) * wb).sum() / rb.sum().clamp_min(1e-12)
+
+    best = (float("inf"), [p.detach().clone() for p in network.parameters()])
+    stale = 0
+    for _epoch in range(MASKED_HEAD_EPOCHS):
+        network.train()
+        order = torch.from_numpy(generator.permutation(len(train)))
+        for start in range(0, len(train), MASKED_HEAD_BATCH):
+            batch = order[start : start + MASKED_HEAD_BATCH]
+            penalty = l2 * ((first.weight**2).sum() + (last.weight**2).sum())
+            value = loss(x_train[batch], y_train[batch], w_train[batch], r_train[batch]) + penalty
+            optimiser.zero_grad()
+            value.backward()
+            optimiser.step()
+        network.eval()
+        with torch.no_grad():
+            validation_loss = float(loss(x_valid, y_valid, w_valid, r_valid))
+        if validation_loss < best[0] - 1e-4:
+            best = (validation_loss, [p.detach().clone() for p in network.parameters()])
+            stale = 0
+        else:
+            stale += 1
+            if stale >= MASKED_HEAD_PATIENCE:
+                break
+    hidden_w, hidden_b, out_w, out_b = (p.numpy() for p in best[1])
+    weights = np.zeros((hidden, y.shape[1]), dtype=np.float32)
+    bias = np.full(y.shape[1], -8.0, dtype=np.float32)
+    weights[:, fitted] = out_w.T
+    bias[fitted] = out_b
+    return hidden_w.T.astype(np.float32), hidden_b.astype(np.float32), weights, bias
+
+
 def fit_averaged_heads(
     x: NDArray[np.float32],
     y: NDArray[np.bool_],
@@ -296,14 +397,16 @@ def fit_averaged_heads(
     hidden: int,
     seeds: Sequence[int],
     progress: Callable[[str], None],
+    fit_one: Callable[..., HiddenHead] | None = None,
 ) -> HiddenHead:
     """One hidden head per seed, joined into a single wider head whose logits are their mean: the
     hidden layers side by side, each output layer scaled by 1/len(seeds). A head's figures move
     with its seed (initial weights, early-stopping split); the mean is steadier. ``seeds`` must not
     be empty."""
     heads = []
+    fit_one = fit_one or fit_hidden_head
     for seed in seeds:
-        heads.append(fit_hidden_head(x, y, sample_weight, ignored, labels_fitted, hidden, seed))
+        heads.append(fit_one(x, y, sample_weight, ignored, labels_fitted, hidden, seed))
         progress(f"head {len(heads)}/{len(seeds)} fitted (seed {seed})")
     count = np.float32(len(heads))
     return (

@@ -102,6 +102,10 @@ class TrainConfig:
     context_hidden: int = CONTEXT_HIDDEN
     #: Seeds of the hidden heads averaged into the contextual head (ignored by a linear head).
     context_head_seeds: tuple[int, ...] = CONTEXT_HEAD_SEEDS
+    #: Fit the hidden head with a per-label masked loss (torch, the ``train`` extra), so a row with a
+    #: label it does not judge still teaches the labels it does; off: scikit-learn's MLP, which
+    #: leaves such a row out whole (the shipped recipe; session 37's rule I measures the change).
+    context_masked_head: bool = False
     #: Where MiniLM vectors of training texts are cached between runs.
     embedding_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "seawall" / "embeddings")
     #: Fine-tune the contextual stage's encoder on at most this many training rows a source before
@@ -447,7 +451,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             context_ignored = np.vstack([ignored, unknown_matrix(context_only)])
             progress(f"the contextual head also learns {len(context_only)} rows of {CONTEXT_ONLY_FOLDER}/")
             unjudged = sum(1 for row in context_only if row.unknown)
-            if unjudged and config.context_hidden:
+            if unjudged and config.context_hidden and not config.context_masked_head:
                 # The hidden head learns every label at once, so it cannot skip one label of a row.
                 progress(
                     f"warning: {unjudged} of them name labels they do not judge ('unknown'); the hidden "
@@ -469,6 +473,7 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             config.context_rows_per_source,
             config.context_hidden,
             config.context_head_seeds,
+            config.context_masked_head,
         )
         calibration["blended"] = context_fit.thresholds
         # Evaluation reads vectors through the cache: the held-out and left-out texts are
@@ -516,7 +521,11 @@ def train(config: TrainConfig, progress: Progress = print) -> dict[str, Any]:
             "band": list(context_fit.band),
             "bands": context_fit.bands,
             "rows": context_fit.rows,
-            "head": {"hidden_units": config.context_hidden, "seeds": list(config.context_head_seeds)},
+            "head": {
+                "hidden_units": config.context_hidden,
+                "seeds": list(config.context_head_seeds),
+                **({"masked_loss": True} if config.context_masked_head else {}),
+            },
             "context_only_rows": dict(sorted(Counter(row.source for row in context_only).items())),
             "encoder": {"fine_tuned": encoder_file is not None, **encoder_facts},
         }
