@@ -397,14 +397,13 @@ def fit_averaged_heads(
     hidden: int,
     seeds: Sequence[int],
     progress: Callable[[str], None],
-    fit_one: Callable[..., HiddenHead] | None = None,
+    fit_one: Callable[..., HiddenHead] = fit_hidden_head,
 ) -> HiddenHead:
     """One hidden head per seed, joined into a single wider head whose logits are their mean: the
     hidden layers side by side, each output layer scaled by 1/len(seeds). A head's figures move
     with its seed (initial weights, early-stopping split); the mean is steadier. ``seeds`` must not
     be empty."""
     heads = []
-    fit_one = fit_one or fit_hidden_head
     for seed in seeds:
         heads.append(fit_one(x, y, sample_weight, ignored, labels_fitted, hidden, seed))
         progress(f"head {len(heads)}/{len(seeds)} fitted (seed {seed})")
