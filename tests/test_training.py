@@ -108,6 +108,24 @@ def test_an_authored_row_can_leave_labels_unjudged(tmp_path: Path) -> None:
         authored(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"text": "hi", "unknown": "harassment"}, r"scoped.jsonl:2: 'unknown' must be a list of label names"),
+        ({"text": "hi", "labels": "hate"}, r"scoped.jsonl:2: 'labels' must be a list of label names"),
+        ({"labels": ["hate"]}, r"scoped.jsonl:2: a row must be an object with a 'text' string"),
+        (["hi"], r"scoped.jsonl:2: a row must be an object with a 'text' string"),
+    ],
+)
+def test_a_malformed_authored_row_is_refused_naming_its_line(
+    tmp_path: Path, row: object, message: str
+) -> None:
+    """A label list given as a bare string would otherwise be read letter by letter."""
+    (tmp_path / "scoped.jsonl").write_text(json.dumps({"text": "fine row"}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=message):
+        authored(tmp_path)
+
+
 def test_duplicates_merge_with_the_stricter_labels() -> None:
     rows = [
         Example("You are an idiot", frozenset(), "a", "a:1"),

@@ -789,18 +789,29 @@ def authored(folder: Path) -> list[Example]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{number}: invalid JSON: {exc}") from exc
+            where = f"{path}:{number}"
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise DataError(f"{where}: a row must be an object with a 'text' string")
             out.append(
                 _ex(
                     row["text"],
-                    row.get("labels", []),
+                    _label_list(row, "labels", where),
                     f"authored/{path.stem}",
                     group=row.get("group"),
                     weight=2.0,
                     # Labels the row's author did not judge: neither positive nor negative there.
-                    unknown=row.get("unknown", ()),
+                    unknown=_label_list(row, "unknown", where),
                 )
             )
     return [e for e in out if e]
+
+
+def _label_list(row: dict[str, Any], key: str, where: str) -> list[str]:
+    """``row[key]`` as a list of label names (absent: empty); anything else is the author's mistake."""
+    value = row.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(label, str) for label in value):
+        raise DataError(f"{where}: {key!r} must be a list of label names, not {value!r}")
+    return value
 
 
 #: Sources used for training, by name.
