@@ -34,7 +34,9 @@ first round's phrase rules (``matches_refusal_phrase``):
   session 35 and first read in session 36) and ``bench/data/refusals_heldout18.jsonl`` (five more, from a
   city hall chatbot to a verbose hedging model, half in es/de/fr/pt/it, written blind in session 36) and
   ``bench/data/refusals_heldout19.jsonl`` (five more, from an energy supplier's terse bot to a search
-  engine's answer panel that declines mid-answer, half in es/de/fr/pt/it, written blind in session 37):
+  engine's answer panel that declines mid-answer, half in es/de/fr/pt/it, written blind in session 37)
+  and ``bench/data/refusals_heldout20.jsonl`` (five more, from a public-transport journey bot to an
+  email client's assistant that declines mid-answer, half in es/de/fr/pt/it, written blind in session 38):
   precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language, and the
@@ -106,6 +108,7 @@ HELD_OUT = {
     "17": ROOT / "bench/data/refusals_heldout17.jsonl",
     "18": ROOT / "bench/data/refusals_heldout18.jsonl",
     "19": ROOT / "bench/data/refusals_heldout19.jsonl",
+    "20": ROOT / "bench/data/refusals_heldout20.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")
