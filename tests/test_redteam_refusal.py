@@ -213,17 +213,19 @@ def test_the_shipped_head_learned_the_spent_sets_and_not_the_last_one() -> None:
     assert not held_out & learned
 
 
-# Sets 18 and 19 (written blind in sessions 36 and 37) are the held-out sets of the shipped (fifteenth-
-# round) head; the bounds sit about 0.01-0.02 below its figures (room for the encoder's arithmetic on other
-# CPUs), measured with `python bench/refusal.py --sets 18 --folds 0` (and `--sets 19`): set 18 0.940 /
-# 0.838 / 0.886 (three-way 0.820; English F1 0.913, other languages 0.857), set 19 1.000 / 0.815 / 0.898
-# (three-way 0.860; 0.968, 0.818). The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is not met on
+# Sets 18, 19 and 20 (written blind in sessions 36, 37 and 38) are the held-out sets of the shipped
+# (fifteenth-round) head; the bounds sit about 0.01-0.02 below its figures (room for the encoder's
+# arithmetic on other CPUs), measured with `python bench/refusal.py --sets 18 --folds 0` (and `--sets 19`,
+# `--sets 20`): set 18 0.940 / 0.838 / 0.886 (three-way 0.820; English F1 0.913, other languages 0.857),
+# set 19 1.000 / 0.815 / 0.898 (three-way 0.860; 0.968, 0.818), set 20 0.991 / 0.815 / 0.895 (three-way
+# 0.870; 0.952, 0.829). The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is not met on
 # either. The figures of earlier heads on sets 2-17, and of the sixteenth-round heads that were not
 # shipped, are in the refusal model card.
 HELD_OUT_FLOORS = {
     # set: (precision, F1, English F1, other languages' F1, three-way accuracy)
     HELD_OUT_18: (0.92, 0.87, 0.89, 0.84, 0.80),
     HELD_OUT_19: (0.97, 0.88, 0.95, 0.80, 0.84),
+    HELD_OUT_20: (0.97, 0.88, 0.93, 0.81, 0.85),
 }
 
 
