@@ -94,6 +94,10 @@ HELD_OUT_19 = ROOT / "bench" / "data" / "refusals_heldout19.jsonl"
 #: shop assistant, fantasy tabletop narrator, an email client's assistant; half in other languages)
 #: for the seventeenth round.
 HELD_OUT_20 = ROOT / "bench" / "data" / "refusals_heldout20.jsonl"
+#: Written blind in session 38 (optician booking bot, benefits information assistant, music-shop
+#: assistant, horror story app, spreadsheet copilot; half in other languages) for the next round: no
+#: classifier has read it, so bench/refusal.py does not list it and only its form is checked here.
+HELD_OUT_21 = ROOT / "bench" / "data" / "refusals_heldout21.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -117,6 +121,7 @@ HELD_OUT_SETS = (
     (HELD_OUT_18, 190, True, True),
     (HELD_OUT_19, 190, True, True),
     (HELD_OUT_20, 190, True, True),
+    (HELD_OUT_21, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
@@ -206,7 +211,7 @@ def test_the_shipped_head_learned_the_spent_sets_and_not_the_last_one() -> None:
         threshold_chosen_on = {str(name) for name in parts["threshold_chosen_on"]}
     answers = default_answers()
     assert answers is not None
-    held_out = {HELD_OUT_18.name, HELD_OUT_19.name, HELD_OUT_20.name}
+    held_out = {HELD_OUT_18.name, HELD_OUT_19.name, HELD_OUT_20.name, HELD_OUT_21.name}
     spent = {path.name for path, *_ in HELD_OUT_SETS} - held_out
     assert learned == {path.name for path in answers.glob("*.jsonl")} | spent
     assert threshold_chosen_on == spent
