@@ -9,7 +9,13 @@ import pytest
 
 from seawall.categories import ALL_LABELS, PARENT
 from seawall.errors import ModelArtefactError
-from seawall.metrics import average_precision, best_f1_threshold, f1_at, paired_difference
+from seawall.metrics import (
+    average_precision,
+    best_f1_threshold,
+    f1_at,
+    paired_difference,
+    rate_matched_threshold,
+)
 from seawall.model.classifier import TextClassifier, default_model_dir
 from seawall.model.features import FeatureConfig, Featurizer, sparse_dot
 
@@ -114,6 +120,20 @@ def test_metrics_on_a_worked_example() -> None:
     assert f1_at(labels, scores, 0.75) == pytest.approx((0.5, 0.5, 0.5))
     assert best_f1_threshold(labels, scores) == pytest.approx(0.7)
     assert np.isnan(average_precision(np.zeros(3, dtype=bool), np.zeros(3)))
+
+
+def test_a_rate_matched_threshold_lets_through_at_most_that_share_of_negatives() -> None:
+    negatives = np.array([0.1, 0.3, 0.3, 0.6, 0.8, 0.9], dtype=np.float32)
+    # two of six may reach it: just above 0.6, so 0.8 and 0.9 do and 0.6 does not
+    threshold = rate_matched_threshold(negatives, 2 / 6)
+    assert 0.6 < threshold < 0.6001 and (negatives >= threshold).sum() == 2
+    # four of six allowed, but the fourth highest ties with the fifth: both stay below
+    assert (negatives >= rate_matched_threshold(negatives, 4 / 6)).sum() == 3
+    # in float32, the threshold never rounds back onto the score it must stay above
+    assert np.float32(rate_matched_threshold(negatives, 2 / 6)) > np.float32(0.6)
+    assert rate_matched_threshold(negatives, 0.0) > 0.9
+    assert rate_matched_threshold(negatives, 1.0) == pytest.approx(0.1)
+    assert rate_matched_threshold(np.array([], dtype=np.float32), 0.1) == 0.5
 
 
 def test_paired_difference_cancels_the_shared_spread_and_sees_a_real_gain() -> None:

@@ -36,6 +36,11 @@ def test_shipped_model_has_a_contextual_stage_and_calibration(classifier: TextCl
     assert set(classifier.meta.thresholds.values()) == {0.5}
     low, high = classifier.context.band
     assert 0.0 < low < 0.5 < high < 1.0
+    # The blended path shares one threshold across the categories (rule K2, session 38): the worst
+    # category ranks a text, so every category's score must sit on the blend's one scale.
+    blended = classifier.meta.calibration["blended"]
+    assert len({blended[name] for name in CATEGORIES}) == 1
+    assert 0.2 < blended["harassment"] < 0.6
 
 
 def test_anchor_puts_each_threshold_at_one_half_and_keeps_the_order() -> None:

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from seawall.categories import ALL_LABELS
+from seawall.categories import ALL_LABELS, CATEGORIES
 from seawall.errors import DataError
 from seawall.model.classifier import TextClassifier
-from seawall.training.contextual import CONTEXT_HIDDEN, CONTEXT_ONLY_FOLDER
+from seawall.training.contextual import CONTEXT_HIDDEN, CONTEXT_ONLY_FOLDER, shared_category_threshold
 from seawall.training.datasets import HELD_OUT_SOURCES, TRAINING_SOURCES, Example, authored, load_sources
 from seawall.training.multilingual import STAGE_ONLY_FOLDER
 from seawall.training.train import (
@@ -459,3 +459,21 @@ def test_a_contextual_head_without_seeds_is_a_configuration_error_before_any_dat
     )
     with pytest.raises(ConfigurationError, match="at least one seed"):
         train(config)
+
+
+def test_the_blended_path_shares_one_threshold_that_keeps_the_per_label_flag_rate() -> None:
+    """The per-label thresholds flag some harmless dev rows; the one shared threshold flags as many
+    (never more), whichever categories those rows' worst scores fall in."""
+    rng = np.random.default_rng(5)
+    probabilities = rng.random((400, len(CATEGORIES))) ** 3
+    any_positive = rng.random(400) < 0.3
+    probabilities[any_positive, 0] = 0.5 + probabilities[any_positive, 0] / 2
+    per_label = {name: 0.3 + 0.4 * (i % 3) / 2 for i, name in enumerate(CATEGORIES)}
+    shared = shared_category_threshold(probabilities, any_positive, per_label)
+    harmless = probabilities[~any_positive]
+    limits = np.array([per_label[name] for name in CATEGORIES])
+    per_label_flags = int((harmless >= limits).any(axis=1).sum())
+    shared_flags = int((harmless.max(axis=1) >= shared).sum())
+    assert per_label_flags > 0 and shared_flags == per_label_flags
+    # the lowest such threshold: a hair lower lets one more harmless row through
+    assert int((harmless.max(axis=1) >= np.nextafter(shared, 0)).sum()) == per_label_flags + 1

@@ -68,6 +68,23 @@ def best_f1_threshold(
     return float(sorted_scores[best])
 
 
+def rate_matched_threshold(negative_scores: NDArray[np.floating], rate: float) -> float:
+    """The lowest threshold at which at most ``rate`` of ``negative_scores`` reach it (scores >= it).
+
+    With no negatives every threshold keeps the rate, so the answer is 0.5, a neutral default.
+    """
+    # In the scores' own precision: a float32 score must not round back onto the threshold.
+    ordered = np.sort(np.asarray(negative_scores))
+    if not len(ordered):
+        return 0.5
+    allowed = int(np.floor(max(0.0, rate) * len(ordered) + 1e-9))
+    if allowed >= len(ordered):
+        return float(ordered[0])
+    # Just above the highest score that must stay below it (ties there stay below too).
+    highest_below = ordered[len(ordered) - allowed - 1]
+    return float(np.nextafter(highest_below, np.array(np.inf, dtype=ordered.dtype)))
+
+
 def paired_difference(
     statistic: Callable[[NDArray[np.int64]], tuple[float, float]],
     rows: int,
