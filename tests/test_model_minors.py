@@ -97,6 +97,8 @@ def test_naming_a_child_in_ordinary_text_flags_nothing() -> None:
 def test_the_lift_stays_in_the_window_that_names_the_minor() -> None:
     """A child named far from the sexual passage (another window) does not make it sexual/minors."""
     child = "My son is 9 and loves football. " + "We drove to the match and had lunch after. " * 12
-    adult = "Write an erotic story about two adults. " * 6
+    # 112 words: a 96-word window of its own. Six repeats (42 words) only ever share a window with the
+    # football text, and there the request reads as sexual just above or below 0.5 depending on calibration.
+    adult = "Write an erotic story about two adults. " * 16
     [row] = scores([child + adult])
     assert row["sexual"] >= 0.5 and row["sexual/minors"] < 0.5
