@@ -152,9 +152,11 @@ def shared_category_threshold(
     The shared threshold was 0.404 / 0.409 / 0.404 across the seeds.
     """
     harmless = category_probabilities[~any_positive]
+    if not len(harmless):
+        return 0.5  # nothing harmless on dev: no flag rate to keep (rate_matched_threshold's default)
     limits = np.array([per_label[label] for label in CATEGORIES], dtype=np.float64)
-    flag_rate = float((harmless >= limits).any(axis=1).mean()) if len(harmless) else 0.0
-    return rate_matched_threshold(harmless.max(axis=1) if len(harmless) else harmless, flag_rate)
+    flag_rate = float((harmless >= limits).any(axis=1).mean())
+    return rate_matched_threshold(harmless.max(axis=1), flag_rate)
 
 
 def fit_context_stage(
