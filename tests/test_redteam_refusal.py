@@ -98,6 +98,10 @@ HELD_OUT_20 = ROOT / "bench" / "data" / "refusals_heldout20.jsonl"
 #: assistant, horror story app, spreadsheet copilot; half in other languages) for the next round: no
 #: classifier has read it, so bench/refusal.py does not list it and only its form is checked here.
 HELD_OUT_21 = ROOT / "bench" / "data" / "refusals_heldout21.jsonl"
+#: Written blind in session 39 (bike-share support bot, mortgage broker's assistant, independent
+#: bookshop assistant, noir radio-drama narrator, a video-call app's meeting-notes assistant; half in
+#: other languages) for the round after set 21: unread, like set 21 when it was committed.
+HELD_OUT_22 = ROOT / "bench" / "data" / "refusals_heldout22.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -122,6 +126,7 @@ HELD_OUT_SETS = (
     (HELD_OUT_19, 190, True, True),
     (HELD_OUT_20, 190, True, True),
     (HELD_OUT_21, 190, True, True),
+    (HELD_OUT_22, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
@@ -211,7 +216,7 @@ def test_the_shipped_head_learned_the_spent_sets_and_not_the_last_one() -> None:
         threshold_chosen_on = {str(name) for name in parts["threshold_chosen_on"]}
     answers = default_answers()
     assert answers is not None
-    held_out = {HELD_OUT_18.name, HELD_OUT_19.name, HELD_OUT_20.name, HELD_OUT_21.name}
+    held_out = {HELD_OUT_18.name, HELD_OUT_19.name, HELD_OUT_20.name, HELD_OUT_21.name, HELD_OUT_22.name}
     spent = {path.name for path, *_ in HELD_OUT_SETS} - held_out
     assert learned == {path.name for path in answers.glob("*.jsonl")} | spent
     assert threshold_chosen_on == spent
