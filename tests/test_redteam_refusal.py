@@ -102,6 +102,9 @@ HELD_OUT_21 = ROOT / "bench" / "data" / "refusals_heldout21.jsonl"
 #: bookshop assistant, noir radio-drama narrator, a video-call app's meeting-notes assistant; half in
 #: other languages) for the round after set 21: unread, like set 21 when it was committed.
 HELD_OUT_22 = ROOT / "bench" / "data" / "refusals_heldout22.jsonl"
+#: Written blind in session 39 (parcel-locker bot, university admissions assistant, campsite booking
+#: assistant, space-station text adventure, a browser's assistant; half in other languages).
+HELD_OUT_23 = ROOT / "bench" / "data" / "refusals_heldout23.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -127,6 +130,7 @@ HELD_OUT_SETS = (
     (HELD_OUT_20, 190, True, True),
     (HELD_OUT_21, 190, True, True),
     (HELD_OUT_22, 190, True, True),
+    (HELD_OUT_23, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
@@ -216,7 +220,7 @@ def test_the_shipped_head_learned_the_spent_sets_and_not_the_last_one() -> None:
         threshold_chosen_on = {str(name) for name in parts["threshold_chosen_on"]}
     answers = default_answers()
     assert answers is not None
-    held_out = {HELD_OUT_18.name, HELD_OUT_19.name, HELD_OUT_20.name, HELD_OUT_21.name, HELD_OUT_22.name}
+    held_out = {HELD_OUT_18.name, HELD_OUT_19.name, HELD_OUT_20.name, HELD_OUT_21.name, HELD_OUT_22.name, HELD_OUT_23.name}
     spent = {path.name for path, *_ in HELD_OUT_SETS} - held_out
     assert learned == {path.name for path in answers.glob("*.jsonl")} | spent
     assert threshold_chosen_on == spent
