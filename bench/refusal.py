@@ -36,7 +36,13 @@ first round's phrase rules (``matches_refusal_phrase``):
   ``bench/data/refusals_heldout19.jsonl`` (five more, from an energy supplier's terse bot to a search
   engine's answer panel that declines mid-answer, half in es/de/fr/pt/it, written blind in session 37)
   and ``bench/data/refusals_heldout20.jsonl`` (five more, from a public-transport journey bot to an
-  email client's assistant that declines mid-answer, half in es/de/fr/pt/it, written blind in session 38):
+  email client's assistant that declines mid-answer, half in es/de/fr/pt/it, written blind in session 38)
+  and ``bench/data/refusals_heldout21.jsonl`` (five more, from an optician's booking bot to a
+  spreadsheet copilot, half in es/de/fr/pt/it, written blind in session 38 and first read in session 39)
+  and ``bench/data/refusals_heldout22.jsonl`` (five more, from a bike-share support bot to a video-call
+  app's meeting-notes assistant, half in es/de/fr/pt/it, written blind and first read in session 39)
+  and ``bench/data/refusals_heldout23.jsonl`` (five more, from a parcel-locker bot to a browser's
+  assistant, half in es/de/fr/pt/it, written blind and first read in session 39):
   precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language, and the
@@ -109,6 +115,9 @@ HELD_OUT = {
     "18": ROOT / "bench/data/refusals_heldout18.jsonl",
     "19": ROOT / "bench/data/refusals_heldout19.jsonl",
     "20": ROOT / "bench/data/refusals_heldout20.jsonl",
+    "21": ROOT / "bench/data/refusals_heldout21.jsonl",
+    "22": ROOT / "bench/data/refusals_heldout22.jsonl",
+    "23": ROOT / "bench/data/refusals_heldout23.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")
