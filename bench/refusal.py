@@ -42,7 +42,9 @@ first round's phrase rules (``matches_refusal_phrase``):
   and ``bench/data/refusals_heldout22.jsonl`` (five more, from a bike-share support bot to a video-call
   app's meeting-notes assistant, half in es/de/fr/pt/it, written blind and first read in session 39)
   and ``bench/data/refusals_heldout23.jsonl`` (five more, from a parcel-locker bot to a browser's
-  assistant, half in es/de/fr/pt/it, written blind and first read in session 39):
+  assistant, half in es/de/fr/pt/it, written blind and first read in session 39) and
+  ``bench/data/refusals_heldout24.jsonl`` (five more, from a council waste-collection bot to a notes
+  app's assistant, half in es/de/fr/pt/it, written blind and first read in session 39):
   precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language, and the
@@ -118,6 +120,7 @@ HELD_OUT = {
     "21": ROOT / "bench/data/refusals_heldout21.jsonl",
     "22": ROOT / "bench/data/refusals_heldout22.jsonl",
     "23": ROOT / "bench/data/refusals_heldout23.jsonl",
+    "24": ROOT / "bench/data/refusals_heldout24.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")

@@ -105,6 +105,9 @@ HELD_OUT_22 = ROOT / "bench" / "data" / "refusals_heldout22.jsonl"
 #: Written blind in session 39 (parcel-locker bot, university admissions assistant, campsite booking
 #: assistant, space-station text adventure, a browser's assistant; half in other languages).
 HELD_OUT_23 = ROOT / "bench" / "data" / "refusals_heldout23.jsonl"
+#: Written blind in session 39 (council waste-collection bot, recruitment agency assistant, bakery-café
+#: assistant, pirate-adventure narrator, a notes app's assistant; half in other languages).
+HELD_OUT_24 = ROOT / "bench" / "data" / "refusals_heldout24.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -131,6 +134,7 @@ HELD_OUT_SETS = (
     (HELD_OUT_21, 190, True, True),
     (HELD_OUT_22, 190, True, True),
     (HELD_OUT_23, 190, True, True),
+    (HELD_OUT_24, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
@@ -220,7 +224,14 @@ def test_the_shipped_head_learned_the_spent_sets_and_not_the_last_one() -> None:
         threshold_chosen_on = {str(name) for name in parts["threshold_chosen_on"]}
     answers = default_answers()
     assert answers is not None
-    held_out = {HELD_OUT_18.name, HELD_OUT_19.name, HELD_OUT_20.name, HELD_OUT_21.name, HELD_OUT_22.name, HELD_OUT_23.name}
+    held_out = {
+        HELD_OUT_18.name,
+        HELD_OUT_19.name,
+        HELD_OUT_20.name,
+        HELD_OUT_21.name,
+        HELD_OUT_22.name,
+        HELD_OUT_23.name,
+    }
     spent = {path.name for path, *_ in HELD_OUT_SETS} - held_out
     assert learned == {path.name for path in answers.glob("*.jsonl")} | spent
     assert threshold_chosen_on == spent
@@ -633,12 +644,76 @@ def test_the_threshold_can_be_chosen_on_some_of_the_answers_only(tmp_path: Path)
 
     with pytest.raises(ConfigurationError, match="not being learned"):
         train_refusal([authored], tmp_path / "x.npz", threshold_on=[unseen], encoder=encoder)
-    with pytest.raises(ConfigurationError, match="pass one of the two"):
+    with pytest.raises(ConfigurationError, match="set one way"):
         train_refusal([authored, unseen], tmp_path / "x.npz", threshold=0.5, threshold_on=[unseen])
     only_compliance = tmp_path / "only_compliance.jsonl"
     only_compliance.write_text(json.dumps({"answer": "Sure, the shop opens at nine.", "label": "compliance"}))
     with pytest.raises(DataError, match="refusing and compliant"):
         train_refusal([authored, only_compliance], tmp_path / "x.npz", threshold_on=[only_compliance])
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_the_threshold_can_be_chosen_on_answers_the_head_never_learns(tmp_path: Path) -> None:
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("training needs the 'train' extra (scikit-learn)")
+    from typer.testing import CliRunner
+
+    from seawall.errors import ConfigurationError
+    from seawall.redteam.cli import app as redteam_cli
+    from seawall.redteam.refusal_training import choose_threshold, train_refusal
+
+    rows = load_answers(default_answers())  # type: ignore[arg-type]
+    authored = tmp_path / "authored.jsonl"
+    authored.write_text(
+        "\n".join(json.dumps(r) for label in LABELS for r in [x for x in rows if x["label"] == label][::25])
+    )
+    (tmp_path / "spent").mkdir()
+    unseen = tmp_path / "spent" / "unseen.jsonl"
+    unseen.write_text("\n".join(json.dumps(r) for r in load_answers(HELD_OUT_17)[::3]))
+    encoder = RefusalClassifier.load().encoder
+    out = tmp_path / "head.npz"
+    result = train_refusal([authored], out, threshold_from=[unseen.parent], encoder=encoder)
+
+    # the shipped rule, on what the written head makes of answers it did not learn
+    held = load_answers(unseen)
+    written = RefusalClassifier.load(out, encoder=encoder)
+    probabilities = written.probabilities([row["answer"] for row in held])
+    truth = np.array([LABELS.index(row["label"]) for row in held])
+    assert result["threshold"] == choose_threshold(probabilities, truth) == pytest.approx(written.threshold)
+    assert result["rows"] == len(load_answers(authored)) and result["threshold_rows"] == len(held)
+    refused = [bool(p[1] + p[2] >= result["threshold"]) for p in probabilities]
+    figures = binary_figures([row["label"] != "compliance" for row in held], refused)
+    assert result["f1"] == pytest.approx(figures["f1"]) and result["precision"] == pytest.approx(
+        figures["precision"]
+    )
+    with np.load(out) as parts:
+        assert [str(name) for name in parts["threshold_chosen_on"]] == ["unseen.jsonl"]
+        assert [str(name) for name in parts["trained_on"]] == ["authored.jsonl"]
+
+    # answers being learned cannot choose it, and it is chosen one way only
+    with pytest.raises(ConfigurationError, match=r"being learned: .*unseen\.jsonl"):
+        train_refusal([authored, unseen], tmp_path / "x.npz", threshold_from=[unseen], encoder=encoder)
+    with pytest.raises(ConfigurationError, match="set one way"):
+        train_refusal([authored], tmp_path / "x.npz", threshold=0.5, threshold_from=[unseen])
+    with pytest.raises(ConfigurationError, match="set one way"):
+        train_refusal([authored, unseen], tmp_path / "x.npz", threshold_on=[unseen], threshold_from=[unseen])
+    cli = CliRunner().invoke(
+        redteam_cli,
+        [
+            "train-refusal",
+            "--answers",
+            str(unseen),
+            "--threshold-from",
+            str(unseen),
+            "-o",
+            str(tmp_path / "x.npz"),
+        ],
+    )
+    assert cli.exit_code != 0 and "being learned" in cli.output, cli.output
     assert not (tmp_path / "x.npz").exists()
 
 
