@@ -500,6 +500,15 @@ def train_refusal_command(
             "tuned on read out of fold as if memorised.",
         ),
     ] = None,
+    threshold_from: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--threshold-from",
+            help="Choose the threshold on these answer files instead (repeatable; none among --answers): "
+            "answers the head never learns, such as spent held-out sets, for a head whose encoder was "
+            "fine-tuned on every learned answer; skips the out-of-fold fine-tunes.",
+        ),
+    ] = None,
     finetune_epochs: Annotated[
         int,
         typer.Option(
@@ -552,6 +561,7 @@ def train_refusal_command(
             seed=seed,
             threshold=threshold,
             threshold_on=threshold_on or (),
+            threshold_from=threshold_from or (),
             finetune=replace(DEFAULT_CONFIG, epochs=finetune_epochs) if finetune_epochs else None,
             reuse_encoder=reuse_encoder,
             multilingual=multilingual,

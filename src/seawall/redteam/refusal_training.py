@@ -230,6 +230,7 @@ def train_refusal(
     seed: int = 0,
     threshold: float | None = None,
     threshold_on: Sequence[Path] = (),
+    threshold_from: Sequence[Path] = (),
     encoder: Any = None,
     finetune: FinetuneConfig | None = None,
     reuse_encoder: Path | None = None,
@@ -248,7 +249,11 @@ def train_refusal(
     files, or folders of them, among ``answers``) chooses it on those files' out-of-fold rows only, for
     instance the answers an encoder reused with ``reuse_encoder`` never saw (its own training answers read
     out of fold as if memorised, and pull the threshold down); the figures are then reported on those
-    rows, and the head names the files (``threshold_chosen_on``).
+    rows, and the head names the files (``threshold_chosen_on``). ``threshold_from`` (answer files, or
+    folders, *not* among ``answers``) chooses it by the same rule on the fitted head's probabilities for
+    answers it never learned, such as spent held-out sets, when the encoder was fine-tuned on every
+    learned answer; no out-of-fold figures are computed then (nor the fine-tune a fold they need), the
+    figures are reported on those answers, and the head names their files (``threshold_chosen_on``).
 
     ``finetune`` first fine-tunes the encoder on the answers (:mod:`seawall.redteam.refusal_finetune`),
     writes it beside ``out`` as :data:`~seawall.redteam.refusal.ENCODER_FILE` and names it, with its
@@ -268,8 +273,11 @@ def train_refusal(
     """
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise ConfigurationError(f"the refusal threshold must lie strictly between 0 and 1, got {threshold}")
-    if threshold is not None and threshold_on:
-        raise ConfigurationError("a threshold given by hand is chosen on no answers: pass one of the two")
+    if sum((threshold is not None, bool(threshold_on), bool(threshold_from))) > 1:
+        raise ConfigurationError(
+            "the threshold is set one way: by hand, out of fold on some of the answers, or on answers not "
+            "learned; pass one of these"
+        )
     if sum(option is not None for option in (encoder, finetune, reuse_encoder)) > 1:
         raise ConfigurationError(
             "pass one encoder: a loaded one, a fine-tune, or a fine-tuned file to reuse, not several"
@@ -292,7 +300,11 @@ def train_refusal(
     learned = [file.name for file in answer_files(answers)]
     chosen_files = answer_files(threshold_on) if threshold_on else []
     choosing = _threshold_rows([file for file, _ in tagged], chosen_files)
-    if len({row["label"] == "compliance" for row, chosen in zip(rows, choosing, strict=True) if chosen}) < 2:
+    unlearned = _unlearned_answers(threshold_from, [file for file, _ in tagged]) if threshold_from else []
+    if threshold_from:
+        chosen_files = answer_files(threshold_from)
+    choosers = unlearned or [row for row, chosen in zip(rows, choosing, strict=True) if chosen]
+    if len({row["label"] == "compliance" for row in choosers}) < 2:
         raise DataError("the answers that choose the threshold need refusing and compliant ones between them")
     if progress:
         progress(f"loaded {len(rows)} answers from {len(learned)} files")
@@ -314,20 +326,28 @@ def train_refusal(
     encoder_file = reuse_encoder
     if finetune is not None:
         store = encoder_store or default_store()
-        if threshold is None:
+        if threshold is None and not unlearned:
             oof = _finetuned_out_of_fold(texts, y, groups, folds, alpha, seed, finetune, store, progress)
         encoder_file, _ = refusal_encoder_file(
             texts, y, encoder_tokenizer(), store, finetune, progress or (lambda line: None)
         )
     if encoder_file is not None:
         encoder = _default_encoder(encoder_file)
-    x = embed(texts, encoder or _default_encoder(), progress)
-    if finetune is None:  # one fixed encoder: only the head needs refitting a fold
+    encoder = encoder or _default_encoder()
+    x = embed(texts, encoder, progress)
+    if finetune is None and not unlearned:  # one fixed encoder: only the head needs refitting a fold
         oof = out_of_fold(x, y, groups, alpha, folds, seed)
-    if threshold is None:
-        assert oof is not None
-        threshold = choose_threshold(oof[choosing], y[choosing])
     head = fit_head(x, y, alpha, seed)
+    # the probabilities and labels the threshold is chosen on and the figures are reported on
+    scored: tuple[NDArray[np.float32], NDArray[np.int64]] | None = None
+    if unlearned:
+        held_out = embed([row["answer"] for row in unlearned], encoder, progress)
+        scored = (head.probabilities(held_out), np.array([LABELS.index(row["label"]) for row in unlearned]))  # type: ignore[arg-type]
+    elif oof is not None:
+        scored = (oof[choosing], y[choosing])
+    if threshold is None:
+        assert scored is not None
+        threshold = choose_threshold(*scored)
     second: dict[str, Any] = {}
     second_arrays: dict[str, Any] = {}
     if multilingual:
@@ -357,24 +377,31 @@ def train_refusal(
         (out.parent / ENCODER_FILE).unlink()  # the new head reads the stock encoder
     result: dict[str, Any] = {
         "rows": len(rows),
-        "threshold_rows": int(choosing.sum()),
+        "threshold_rows": len(unlearned) or int(choosing.sum()),
         "threshold": threshold,
         "fine_tuned": bool(named),
         "multilingual": second or None,
     }
-    if oof is None:
+    if scored is None:
         result |= {"three_way_accuracy": None, "precision": None, "recall": None, "f1": None}
         if progress:
             progress(f"wrote {out} (threshold {threshold}; out-of-fold figures skipped: a fine-tune a fold)")
         return result
-    predicted = [bool(p[1] + p[2] >= threshold) for p in oof[choosing]]
-    figures = binary_figures([int(k) != 0 for k in y[choosing]], predicted)
-    three_way = float(np.mean(oof[choosing].argmax(axis=1) == y[choosing]))
+    probabilities, truth = scored
+    figures = binary_figures(
+        [int(k) != 0 for k in truth], [bool(p[1] + p[2] >= threshold) for p in probabilities]
+    )
+    three_way = float(np.mean(probabilities.argmax(axis=1) == truth))
     result |= {"three_way_accuracy": three_way, **figures}
     if progress:
-        on = f" on the {int(choosing.sum())} answers that chose the threshold" if threshold_on else ""
+        on = f" on the {len(truth)} answers that chose the threshold" if threshold_on else ""
+        measured = (
+            f"on the {len(truth)} unlearned answers that chose the threshold,"
+            if unlearned
+            else f"out-of-fold{on}"
+        )
         progress(
-            f"wrote {out}: out-of-fold{on} precision {figures['precision']:.3f}, recall "
+            f"wrote {out}: {measured} precision {figures['precision']:.3f}, recall "
             f"{figures['recall']:.3f}, F1 {figures['f1']:.3f}, three-way accuracy {three_way:.3f} "
             f"(threshold {threshold})"
         )
@@ -393,6 +420,16 @@ def _threshold_rows(row_files: Sequence[Path], chosen_files: Sequence[Path]) -> 
             f"the threshold would be chosen on answers that are not being learned: {', '.join(stray)}"
         )
     return np.array([file in wanted for file in row_files], dtype=bool)
+
+
+def _unlearned_answers(threshold_from: Sequence[Path], learned_files: Sequence[Path]) -> list[dict[str, str]]:
+    """The answers of ``threshold_from``, none of whose files may be among the ``learned_files``."""
+    learning = sorted(str(file) for file in set(answer_files(threshold_from)) & set(learned_files))
+    if learning:
+        raise ConfigurationError(
+            f"the threshold would be chosen on answers that are being learned: {', '.join(learning)}"
+        )
+    return load_answers(threshold_from)
 
 
 def _multilingual_head(
