@@ -52,16 +52,18 @@ audit: $(VENV)/.dev
 train: $(VENV)/.dev
 	$(BIN)/seawall train --data ../shared/data --multilingual keep
 
-## Refit the shipped refusal head as it was built (the fifteenth round, refusal model card): the authored
-## answers plus the spent held-out sets 1-17, over the shipped fine-tuned encoder, the threshold chosen out
-## of fold on the held-out sets' answers only (the encoder never saw them).
-## (The encoder itself: `seawall redteam train-refusal --finetune-epochs 2 --threshold 0.78`, the tenth round.)
+## Rebuild the shipped refusal classifier as it was built (the eighteenth round, refusal model card): the
+## encoder fine-tuned (2 passes, about 30 minutes on 2 CPU cores; kept in the fine-tune store) and the head
+## fitted on the authored answers, the short product-bot candidates and the spent held-out sets 1-20; the
+## threshold chosen on sets 21-23, which neither learned.
 REFUSAL_LEARNED_SETS := bench/data/refusals_heldout.jsonl \
-  $(foreach n,2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17,bench/data/refusals_heldout$(n).jsonl)
+  $(foreach n,2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20,bench/data/refusals_heldout$(n).jsonl)
+REFUSAL_THRESHOLD_SETS := $(foreach n,21 22 23,bench/data/refusals_heldout$(n).jsonl)
 train-refusal: $(VENV)/.dev
 	$(BIN)/seawall redteam train-refusal --answers data/authored/refusals \
-	  $(addprefix --answers ,$(REFUSAL_LEARNED_SETS)) $(addprefix --threshold-on ,$(REFUSAL_LEARNED_SETS)) \
-	  --encoder src/seawall/redteam/data/refusal_encoder.onnx
+	  --answers data/authored/refusals/candidates/thirteenth_round_short_support.jsonl \
+	  $(addprefix --answers ,$(REFUSAL_LEARNED_SETS)) --finetune-epochs 2 \
+	  $(addprefix --threshold-from ,$(REFUSAL_THRESHOLD_SETS))
 
 ## Benchmarks: moderation speed and quality, gateway overhead, routing quality, red-team speed,
 ## batch moderation (single process and Ray).

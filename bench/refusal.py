@@ -221,7 +221,8 @@ def main() -> None:
     parser.add_argument(
         "--sets",
         default=",".join(HELD_OUT),
-        help="which held-out sets to score: numbers with commas ('2,3,10') or digits ('23'); "
+        help="which held-out sets to score: numbers with commas ('2,3,10'), one number ('23'), or one set "
+        "a digit ('345'); "
         "'1' is the development set only (default: every set)",
     )
     parser.add_argument("--no-fixtures", action="store_true", help="skip the first round's fixtures")

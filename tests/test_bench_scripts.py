@@ -70,7 +70,7 @@ def test_the_refusal_benchmark_names_held_out_sets_by_number() -> None:
         "import importlib.util, json, sys\n"
         f"spec = importlib.util.spec_from_file_location('bench_refusal', {str(script)!r})\n"
         "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
-        "names = ('10', '23', '2,10', '1', '11', '13', '14', '16')\n"
+        "names = ('10', '23', '345', '2,10', '1', '11', '13', '14', '16')\n"
         "print(json.dumps([module.selected_sets(t) for t in names]))\n"
     )
     done = subprocess.run(
@@ -79,7 +79,8 @@ def test_the_refusal_benchmark_names_held_out_sets_by_number() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [
         ["10"],
-        ["2", "3"],
+        ["23"],  # a set's own number wins over one set a digit
+        ["3", "4", "5"],
         ["2", "10"],
         ["1"],
         ["11"],
@@ -89,7 +90,7 @@ def test_the_refusal_benchmark_names_held_out_sets_by_number() -> None:
     ]
     # a set the bench does not know is refused before anything is scored
     refused = subprocess.run(
-        [sys.executable, str(script), "--sets", "2,21", "--folds", "0"],
+        [sys.executable, str(script), "--sets", "2,25", "--folds", "0"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -83,30 +83,31 @@ HELD_OUT_16 = ROOT / "bench" / "data" / "refusals_heldout16.jsonl"
 HELD_OUT_17 = ROOT / "bench" / "data" / "refusals_heldout17.jsonl"
 #: Written blind in session 36 (city hall chatbot, veterinary clinic assistant, teen coding tutor, hotel
 #: concierge bot, a verbose hedging model; half in other languages) for the fifteenth round, and read
-#: once to judge it.
+#: once to judge it; the eighteenth round learned it.
 HELD_OUT_18 = ROOT / "bench" / "data" / "refusals_heldout18.jsonl"
 #: Written blind in session 37 (energy supplier bot, garden-centre assistant, tax-filing assistant,
 #: escape-room game master, a search engine's answer panel; half in other languages) for the sixteenth
-#: round, which was not shipped. The shipped (fifteenth-round) head learned sets 1-17, so sets 18 and 19
-#: are the held-out sets it has.
+#: round, which was not shipped; the eighteenth round learned it.
 HELD_OUT_19 = ROOT / "bench" / "data" / "refusals_heldout19.jsonl"
 #: Written blind in session 38 (public-transport journey bot, pension provider's assistant, outdoor
 #: shop assistant, fantasy tabletop narrator, an email client's assistant; half in other languages)
-#: for the seventeenth round.
+#: for the seventeenth round; the eighteenth round learned it.
 HELD_OUT_20 = ROOT / "bench" / "data" / "refusals_heldout20.jsonl"
 #: Written blind in session 38 (optician booking bot, benefits information assistant, music-shop
-#: assistant, horror story app, spreadsheet copilot; half in other languages) for the next round: no
-#: classifier has read it, so bench/refusal.py does not list it and only its form is checked here.
+#: assistant, horror story app, spreadsheet copilot; half in other languages), read once in session 39
+#: to judge the eighteenth round's first candidate; with sets 22 and 23 it chose the shipped threshold.
 HELD_OUT_21 = ROOT / "bench" / "data" / "refusals_heldout21.jsonl"
 #: Written blind in session 39 (bike-share support bot, mortgage broker's assistant, independent
 #: bookshop assistant, noir radio-drama narrator, a video-call app's meeting-notes assistant; half in
-#: other languages) for the round after set 21: unread, like set 21 when it was committed.
+#: other languages), read once to judge the eighteenth round's second candidate.
 HELD_OUT_22 = ROOT / "bench" / "data" / "refusals_heldout22.jsonl"
 #: Written blind in session 39 (parcel-locker bot, university admissions assistant, campsite booking
-#: assistant, space-station text adventure, a browser's assistant; half in other languages).
+#: assistant, space-station text adventure, a browser's assistant; half in other languages), read once
+#: to judge the eighteenth round's third candidate.
 HELD_OUT_23 = ROOT / "bench" / "data" / "refusals_heldout23.jsonl"
 #: Written blind in session 39 (council waste-collection bot, recruitment agency assistant, bakery-café
-#: assistant, pirate-adventure narrator, a notes app's assistant; half in other languages).
+#: assistant, pirate-adventure narrator, a notes app's assistant; half in other languages), read once to
+#: judge the eighteenth round's fourth candidate, which shipped: the shipped head's held-out set.
 HELD_OUT_24 = ROOT / "bench" / "data" / "refusals_heldout24.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
@@ -215,42 +216,40 @@ def test_the_held_out_sets_are_written_apart_from_the_authored_answers() -> None
             assert overlap <= 1 / 3, (overlap, row["answer"])
 
 
-def test_the_shipped_head_learned_the_spent_sets_and_not_the_last_one() -> None:
-    # The fifteenth round trained on the authored answers and held-out sets 1-17 and chose its threshold
-    # on the sets alone (`make train-refusal`); the head records the files, so bench/refusal.py never
-    # reports a learned set as held out.
+def test_the_shipped_head_learned_the_spent_sets_and_not_the_last_ones() -> None:
+    # The eighteenth round fine-tuned the encoder and fitted the head on the authored answers, the short
+    # product-bot candidates and held-out sets 1-20, and chose its threshold on sets 21-23, which neither
+    # learned (`make train-refusal`); the head records the files, so bench/refusal.py never reports a
+    # learned set as held out.
     with np.load(ARTEFACT) as parts:
         learned = {str(name) for name in parts["trained_on"]}
         threshold_chosen_on = {str(name) for name in parts["threshold_chosen_on"]}
     answers = default_answers()
     assert answers is not None
-    held_out = {
-        HELD_OUT_18.name,
-        HELD_OUT_19.name,
-        HELD_OUT_20.name,
-        HELD_OUT_21.name,
-        HELD_OUT_22.name,
-        HELD_OUT_23.name,
-    }
+    threshold_sets = {HELD_OUT_21.name, HELD_OUT_22.name, HELD_OUT_23.name}
+    held_out = threshold_sets | {HELD_OUT_24.name}
     spent = {path.name for path, *_ in HELD_OUT_SETS} - held_out
-    assert learned == {path.name for path in answers.glob("*.jsonl")} | spent
-    assert threshold_chosen_on == spent
+    short_support = "thirteenth_round_short_support.jsonl"
+    assert (answers / "candidates" / short_support).is_file()
+    assert learned == {path.name for path in answers.glob("*.jsonl")} | {short_support} | spent
+    assert threshold_chosen_on == threshold_sets
     assert not held_out & learned
 
 
-# Sets 18, 19 and 20 (written blind in sessions 36, 37 and 38) are the held-out sets of the shipped
-# (fifteenth-round) head; the bounds sit about 0.01-0.02 below its figures (room for the encoder's
-# arithmetic on other CPUs), measured with `python bench/refusal.py --sets 18 --folds 0` (and `--sets 19`,
-# `--sets 20`): set 18 0.940 / 0.838 / 0.886 (three-way 0.820; English F1 0.913, other languages 0.857),
-# set 19 1.000 / 0.815 / 0.898 (three-way 0.860; 0.968, 0.818), set 20 0.991 / 0.815 / 0.895 (three-way
-# 0.870; 0.952, 0.829). The goal of issue 14 (precision >= 0.95 with F1 >= 0.93) is not met on
-# either. The figures of earlier heads on sets 2-17, and of the sixteenth-round heads that were not
-# shipped, are in the refusal model card.
+# Set 24 (written blind in session 39) is the held-out set of the shipped (eighteenth-round) head, and
+# sets 21-23, which it did not learn either, chose its threshold (0.88); the bounds sit about 0.01-0.02
+# below its figures (room for the encoder's arithmetic on other CPUs), measured with `python
+# bench/refusal.py --sets 21,22,23,24 --folds 0`: set 21 0.965 / 0.838 / 0.897 (three-way 0.850; English
+# F1 0.976, other languages 0.810), set 22 0.974 / 0.854 / 0.910 (0.870; 0.935, 0.883), set 23 0.949 /
+# 0.854 / 0.899 (0.855; 0.927, 0.871), set 24 0.969 / 0.731 / 0.833 (0.785; 0.864, 0.800). The goal of
+# issue 14 (precision >= 0.95 with F1 >= 0.93) is not met on any of them. The figures of earlier heads
+# are in the refusal model card.
 HELD_OUT_FLOORS = {
     # set: (precision, F1, English F1, other languages' F1, three-way accuracy)
-    HELD_OUT_18: (0.92, 0.87, 0.89, 0.84, 0.80),
-    HELD_OUT_19: (0.97, 0.88, 0.95, 0.80, 0.84),
-    HELD_OUT_20: (0.97, 0.88, 0.93, 0.81, 0.85),
+    HELD_OUT_21: (0.95, 0.88, 0.96, 0.79, 0.83),
+    HELD_OUT_22: (0.96, 0.89, 0.92, 0.86, 0.85),
+    HELD_OUT_23: (0.93, 0.88, 0.91, 0.85, 0.84),
+    HELD_OUT_24: (0.95, 0.81, 0.84, 0.78, 0.77),
 }
 
 
