@@ -270,6 +270,28 @@ def test_the_shipped_head_on_its_held_out_sets_beats_the_rules(held_out: Path) -
     assert three_way >= least_three_way, three_way
 
 
+def _needs_training_extra() -> None:
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("training needs the 'train' extra (scikit-learn)")
+
+
+def _small_pool(tmp_path: Path) -> tuple[Path, Path]:
+    """A twenty-fifth of the authored answers a label, and a third of spent set 17 in a folder of its own."""
+    rows = load_answers(default_answers())  # type: ignore[arg-type]
+    authored = tmp_path / "authored.jsonl"
+    authored.write_text(
+        "\n".join(json.dumps(r) for label in LABELS for r in [x for x in rows if x["label"] == label][::25])
+    )
+    (tmp_path / "sets").mkdir()
+    unseen = tmp_path / "sets" / "unseen.jsonl"
+    unseen.write_text("\n".join(json.dumps(r) for r in load_answers(HELD_OUT_17)[::3]))
+    return authored, unseen
+
+
 def _five_grams(text: str) -> set[tuple[str, ...]]:
     words = re.findall(r"\w+", text.lower())
     return {tuple(words[i : i + 5]) for i in range(len(words) - 4)}
@@ -462,12 +484,9 @@ def test_artefact_errors_are_clear(tmp_path: Path) -> None:
 
 
 def test_the_numpy_head_computes_what_scikit_learn_fitted() -> None:
-    try:
-        from sklearn.neural_network import MLPClassifier
-    except ImportError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("training needs the 'train' extra (scikit-learn)")
+    _needs_training_extra()
+    from sklearn.neural_network import MLPClassifier
+
     from seawall.redteam.refusal_training import head_from_networks
 
     rng = np.random.default_rng(0)
@@ -485,12 +504,7 @@ def test_the_numpy_head_computes_what_scikit_learn_fitted() -> None:
 
 
 def test_training_is_reproducible_and_writes_a_loadable_head(tmp_path: Path) -> None:
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("training needs the 'train' extra (scikit-learn)")
+    _needs_training_extra()
     from seawall.redteam.refusal import shared_refusal_classifier
     from seawall.redteam.refusal_training import train_refusal
 
@@ -531,12 +545,7 @@ def test_training_is_reproducible_and_writes_a_loadable_head(tmp_path: Path) -> 
 
 
 def test_a_fine_tuned_encoder_is_reused_shipped_beside_the_head_and_named(tmp_path: Path) -> None:
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("training needs the 'train' extra (scikit-learn)")
+    _needs_training_extra()
     from typer.testing import CliRunner
 
     from seawall.errors import ConfigurationError
@@ -598,12 +607,7 @@ def test_a_fine_tuned_encoder_is_reused_shipped_beside_the_head_and_named(tmp_pa
 
 
 def test_the_threshold_can_be_chosen_on_some_of_the_answers_only(tmp_path: Path) -> None:
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("training needs the 'train' extra (scikit-learn)")
+    _needs_training_extra()
     from seawall.errors import ConfigurationError, DataError
     from seawall.redteam.refusal_training import (
         choose_threshold,
@@ -613,14 +617,7 @@ def test_the_threshold_can_be_chosen_on_some_of_the_answers_only(tmp_path: Path)
         train_refusal,
     )
 
-    rows = load_answers(default_answers())  # type: ignore[arg-type]
-    authored = tmp_path / "authored.jsonl"
-    authored.write_text(
-        "\n".join(json.dumps(r) for label in LABELS for r in [x for x in rows if x["label"] == label][::25])
-    )
-    (tmp_path / "sets").mkdir()
-    unseen = tmp_path / "sets" / "unseen.jsonl"
-    unseen.write_text("\n".join(json.dumps(r) for r in load_answers(HELD_OUT_17)[::3]))
+    authored, unseen = _small_pool(tmp_path)
     encoder = RefusalClassifier.load().encoder
     out = tmp_path / "head.npz"
     result = train_refusal([authored, unseen], out, threshold_on=[unseen], encoder=encoder)
@@ -653,26 +650,14 @@ def test_the_threshold_can_be_chosen_on_some_of_the_answers_only(tmp_path: Path)
 
 
 def test_the_threshold_can_be_chosen_on_answers_the_head_never_learns(tmp_path: Path) -> None:
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("training needs the 'train' extra (scikit-learn)")
+    _needs_training_extra()
     from typer.testing import CliRunner
 
     from seawall.errors import ConfigurationError
     from seawall.redteam.cli import app as redteam_cli
     from seawall.redteam.refusal_training import choose_threshold, train_refusal
 
-    rows = load_answers(default_answers())  # type: ignore[arg-type]
-    authored = tmp_path / "authored.jsonl"
-    authored.write_text(
-        "\n".join(json.dumps(r) for label in LABELS for r in [x for x in rows if x["label"] == label][::25])
-    )
-    (tmp_path / "spent").mkdir()
-    unseen = tmp_path / "spent" / "unseen.jsonl"
-    unseen.write_text("\n".join(json.dumps(r) for r in load_answers(HELD_OUT_17)[::3]))
+    authored, unseen = _small_pool(tmp_path)
     encoder = RefusalClassifier.load().encoder
     out = tmp_path / "head.npz"
     result = train_refusal([authored], out, threshold_from=[unseen.parent], encoder=encoder)
