@@ -109,6 +109,10 @@ HELD_OUT_23 = ROOT / "bench" / "data" / "refusals_heldout23.jsonl"
 #: assistant, pirate-adventure narrator, a notes app's assistant; half in other languages), read once to
 #: judge the eighteenth round's fourth candidate, which shipped: the shipped head's held-out set.
 HELD_OUT_24 = ROOT / "bench" / "data" / "refusals_heldout24.jsonl"
+#: Written blind in session 39 (gym chain's class-booking bot, legal-aid charity assistant, garden-furniture
+#: shop assistant, fantasy tavern keeper, a code-review assistant; half in other languages) for the next
+#: round: no classifier has read it, so bench/refusal.py does not list it and only its form is checked here.
+HELD_OUT_25 = ROOT / "bench" / "data" / "refusals_heldout25.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -136,6 +140,7 @@ HELD_OUT_SETS = (
     (HELD_OUT_22, 190, True, True),
     (HELD_OUT_23, 190, True, True),
     (HELD_OUT_24, 190, True, True),
+    (HELD_OUT_25, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
@@ -227,7 +232,7 @@ def test_the_shipped_head_learned_the_spent_sets_and_not_the_last_ones() -> None
     answers = default_answers()
     assert answers is not None
     threshold_sets = {HELD_OUT_21.name, HELD_OUT_22.name, HELD_OUT_23.name}
-    held_out = threshold_sets | {HELD_OUT_24.name}
+    held_out = threshold_sets | {HELD_OUT_24.name, HELD_OUT_25.name}
     spent = {path.name for path, *_ in HELD_OUT_SETS} - held_out
     short_support = "thirteenth_round_short_support.jsonl"
     assert (answers / "candidates" / short_support).is_file()
