@@ -298,11 +298,10 @@ def train_refusal(
     tagged = load_answers_by_file(answers)
     rows = [row for _, row in tagged]
     learned = [file.name for file in answer_files(answers)]
-    chosen_files = answer_files(threshold_on) if threshold_on else []
-    choosing = _threshold_rows([file for file, _ in tagged], chosen_files)
-    unlearned = _unlearned_answers(threshold_from, [file for file, _ in tagged]) if threshold_from else []
-    if threshold_from:
-        chosen_files = answer_files(threshold_from)
+    row_files = [file for file, _ in tagged]
+    chosen_files = answer_files(threshold_on or threshold_from) if threshold_on or threshold_from else []
+    choosing = _threshold_rows(row_files, [] if threshold_from else chosen_files)
+    unlearned = _unlearned_answers(chosen_files, row_files) if threshold_from else []
     choosers = unlearned or [row for row, chosen in zip(rows, choosing, strict=True) if chosen]
     if len({row["label"] == "compliance" for row in choosers}) < 2:
         raise DataError("the answers that choose the threshold need refusing and compliant ones between them")
@@ -422,14 +421,14 @@ def _threshold_rows(row_files: Sequence[Path], chosen_files: Sequence[Path]) -> 
     return np.array([file in wanted for file in row_files], dtype=bool)
 
 
-def _unlearned_answers(threshold_from: Sequence[Path], learned_files: Sequence[Path]) -> list[dict[str, str]]:
-    """The answers of ``threshold_from``, none of whose files may be among the ``learned_files``."""
-    learning = sorted(str(file) for file in set(answer_files(threshold_from)) & set(learned_files))
+def _unlearned_answers(files: Sequence[Path], learned_files: Sequence[Path]) -> list[dict[str, str]]:
+    """The answers of ``files`` (:func:`answer_files`), none of which may be among the ``learned_files``."""
+    learning = sorted(str(file) for file in set(files) & set(learned_files))
     if learning:
         raise ConfigurationError(
             f"the threshold would be chosen on answers that are being learned: {', '.join(learning)}"
         )
-    return load_answers(threshold_from)
+    return load_answers(files)
 
 
 def _multilingual_head(
