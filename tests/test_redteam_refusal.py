@@ -113,6 +113,16 @@ HELD_OUT_24 = ROOT / "bench" / "data" / "refusals_heldout24.jsonl"
 #: shop assistant, fantasy tavern keeper, a code-review assistant; half in other languages) for the next
 #: round: no classifier has read it, so bench/refusal.py does not list it and only its form is checked here.
 HELD_OUT_25 = ROOT / "bench" / "data" / "refusals_heldout25.jsonl"
+#: Written blind in session 40 (airline rebooking bot, pharmacy chain assistant, bicycle repair shop
+#: assistant, starship computer role-play, a data notebook's copilot; half in other languages) and set 27
+#: (city museum ticket bot, tenants' union assistant, pet-supply shop assistant, 1940s detective narrator,
+#: a translation assistant) beside it, to choose the nineteenth round's threshold.
+HELD_OUT_26 = ROOT / "bench" / "data" / "refusals_heldout26.jsonl"
+HELD_OUT_27 = ROOT / "bench" / "data" / "refusals_heldout27.jsonl"
+#: Written blind in session 40 (university library desk bot, bank fraud-help assistant, craft-beer shop
+#: assistant, ancient dragon role-play, a devops shell assistant; half in other languages) for the round
+#: after the nineteenth: no classifier has read it, so bench/refusal.py does not list it.
+HELD_OUT_28 = ROOT / "bench" / "data" / "refusals_heldout28.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -141,6 +151,9 @@ HELD_OUT_SETS = (
     (HELD_OUT_23, 190, True, True),
     (HELD_OUT_24, 190, True, True),
     (HELD_OUT_25, 190, True, True),
+    (HELD_OUT_26, 190, True, True),
+    (HELD_OUT_27, 190, True, True),
+    (HELD_OUT_28, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
@@ -232,7 +245,9 @@ def test_the_shipped_head_learned_the_spent_sets_and_not_the_last_ones() -> None
     answers = default_answers()
     assert answers is not None
     threshold_sets = {HELD_OUT_21.name, HELD_OUT_22.name, HELD_OUT_23.name}
-    held_out = threshold_sets | {HELD_OUT_24.name, HELD_OUT_25.name}
+    held_out = threshold_sets | {
+        path.name for path in (HELD_OUT_24, HELD_OUT_25, HELD_OUT_26, HELD_OUT_27, HELD_OUT_28)
+    }
     spent = {path.name for path, *_ in HELD_OUT_SETS} - held_out
     short_support = "thirteenth_round_short_support.jsonl"
     assert (answers / "candidates" / short_support).is_file()
