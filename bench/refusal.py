@@ -121,6 +121,9 @@ HELD_OUT = {
     "22": ROOT / "bench/data/refusals_heldout22.jsonl",
     "23": ROOT / "bench/data/refusals_heldout23.jsonl",
     "24": ROOT / "bench/data/refusals_heldout24.jsonl",
+    "25": ROOT / "bench/data/refusals_heldout25.jsonl",
+    "26": ROOT / "bench/data/refusals_heldout26.jsonl",
+    "27": ROOT / "bench/data/refusals_heldout27.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")

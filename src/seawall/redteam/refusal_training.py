@@ -210,12 +210,18 @@ def binary_figures(refused: Sequence[bool], predicted: Sequence[bool]) -> dict[s
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
+#: The thresholds :func:`choose_threshold` tries. Up to 0.98: a whole-pool fine-tuned encoder reads
+#: look-alike compliance with near-certain scores, and reached precision 0.96 on unlearned answers
+#: only from 0.97 (nineteenth round), where a grid stopping at 0.90 fell back to 0.5.
+THRESHOLD_GRID = np.round(np.arange(0.2, 0.99, 0.02), 2)
+
+
 def choose_threshold(probabilities: NDArray[np.float32], y: NDArray[np.int64]) -> float:
     """The refusal threshold with the best F1 among those reaching :data:`MIN_PRECISION` (0.5 if none)."""
     score = probabilities[:, 1] + probabilities[:, 2]
     truth = [int(label) != 0 for label in y]
     best, best_f1 = 0.5, -1.0
-    for threshold in np.arange(0.2, 0.91, 0.02):
+    for threshold in THRESHOLD_GRID:
         figures = binary_figures(truth, [bool(s >= threshold) for s in score])
         if figures["precision"] >= MIN_PRECISION and figures["f1"] > best_f1:
             best, best_f1 = float(threshold), figures["f1"]
@@ -344,6 +350,7 @@ def train_refusal(
         scored = (head.probabilities(held_out), np.array([LABELS.index(row["label"]) for row in unlearned]))  # type: ignore[arg-type]
     elif oof is not None:
         scored = (oof[choosing], y[choosing])
+    chose = threshold is None
     if threshold is None:
         assert scored is not None
         threshold = choose_threshold(*scored)
@@ -404,6 +411,11 @@ def train_refusal(
             f"{figures['recall']:.3f}, F1 {figures['f1']:.3f}, three-way accuracy {three_way:.3f} "
             f"(threshold {threshold})"
         )
+        if chose and figures["precision"] < MIN_PRECISION:
+            progress(
+                f"warning: no threshold up to {THRESHOLD_GRID[-1]} reached precision {MIN_PRECISION} on "
+                f"those answers, so the neutral {threshold} was kept; expect more compliance read as refusal"
+            )
     return result
 
 
