@@ -123,6 +123,12 @@ HELD_OUT_27 = ROOT / "bench" / "data" / "refusals_heldout27.jsonl"
 #: assistant, ancient dragon role-play, a devops shell assistant; half in other languages) for the round
 #: after the nineteenth: no classifier has read it, so bench/refusal.py does not list it.
 HELD_OUT_28 = ROOT / "bench" / "data" / "refusals_heldout28.jsonl"
+#: Written blind in session 40 (dental practice booking bot, energy supplier billing assistant, board-game
+#: café assistant, Victorian ghost narrator, an email client's drafting assistant; half in other languages)
+#: and set 30 (rail ticket bot, university wellbeing assistant, plant nursery assistant, wizard mentor
+#: role-play, an office suite's formula assistant) beside it, to choose a twentieth-round threshold.
+HELD_OUT_29 = ROOT / "bench" / "data" / "refusals_heldout29.jsonl"
+HELD_OUT_30 = ROOT / "bench" / "data" / "refusals_heldout30.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -154,6 +160,8 @@ HELD_OUT_SETS = (
     (HELD_OUT_26, 190, True, True),
     (HELD_OUT_27, 190, True, True),
     (HELD_OUT_28, 190, True, True),
+    (HELD_OUT_29, 190, True, True),
+    (HELD_OUT_30, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
@@ -246,7 +254,16 @@ def test_the_shipped_head_learned_the_spent_sets_and_not_the_last_ones() -> None
     assert answers is not None
     threshold_sets = {HELD_OUT_21.name, HELD_OUT_22.name, HELD_OUT_23.name}
     held_out = threshold_sets | {
-        path.name for path in (HELD_OUT_24, HELD_OUT_25, HELD_OUT_26, HELD_OUT_27, HELD_OUT_28)
+        path.name
+        for path in (
+            HELD_OUT_24,
+            HELD_OUT_25,
+            HELD_OUT_26,
+            HELD_OUT_27,
+            HELD_OUT_28,
+            HELD_OUT_29,
+            HELD_OUT_30,
+        )
     }
     spent = {path.name for path, *_ in HELD_OUT_SETS} - held_out
     short_support = "thirteenth_round_short_support.jsonl"
