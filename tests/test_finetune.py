@@ -19,7 +19,8 @@ from seawall.errors import ConfigurationError, ModelArtefactError
 from seawall.model.classifier import TextClassifier, default_model_dir, file_sha256
 from seawall.model.context import CONTEXT_ENCODER_FILE, ContextEncoder, onnx_model_path
 from seawall.model.embeddings import TOKENIZER_FILE
-from seawall.training.encoder_export import export_int8
+from seawall.training import encoder_export
+from seawall.training.encoder_export import export_encoder
 from seawall.training.finetune import FinetuneConfig, finetune_encoder, finetuned_encoder_file
 from seawall.training.minilm_torch import build_encoder, torch_vectors
 
@@ -86,8 +87,8 @@ def test_the_torch_encoder_is_all_minilm_l6_v2() -> None:
 def test_the_int8_export_reads_back_through_the_runtime_encoder(tmp_path: Path) -> None:
     encoder = build_encoder()
     out = tmp_path / "encoder.onnx"
-    cosine = export_int8(encoder, out, TOKENIZER, TEXTS)
-    assert cosine > 0.99
+    check = export_encoder(encoder, out, TOKENIZER, TEXTS)
+    assert check.weights == "int8" and check.cosine > 0.99
     # int8 weights: a quarter of float32's 90 MB, the size of the stock export.
     assert out.stat().st_size < 30_000_000
     assert not list(tmp_path.glob("*.partial"))
@@ -99,6 +100,30 @@ def test_the_int8_export_reads_back_through_the_runtime_encoder(tmp_path: Path) 
     # Batching and padding do not change a text's vector (lengths differ a lot above).
     one_by_one = np.vstack([read_back.encode([text]) for text in TEXTS])
     assert np.allclose(one_by_one, vectors, atol=1e-4)
+
+
+def test_an_export_whose_int8_weights_drift_is_written_in_float16(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoder = build_encoder()
+    int8 = export_encoder(encoder, tmp_path / "int8.onnx", TOKENIZER, TEXTS)
+    # a floor the int8 export misses (the stock weights' int8 cosine sits near 0.998)
+    monkeypatch.setattr(encoder_export, "MIN_EXPORT_COSINE", (int8.cosine + 1.0) / 2)
+    out = tmp_path / "encoder.onnx"
+    check = export_encoder(encoder, out, TOKENIZER, TEXTS)
+    assert check.weights == "float16" and check.cosine > (int8.cosine + 1.0) / 2, (int8, check)
+    # float16: half of float32's 90 MB, twice the int8 file, and read by the runtime as it is
+    assert 30_000_000 < out.stat().st_size < 60_000_000
+    vectors = ContextEncoder(TOKENIZER, out).encode(TEXTS)
+    assert ((vectors * torch_vectors(encoder, TOKENIZER, TEXTS)).sum(axis=1).min()) == pytest.approx(
+        check.cosine, abs=1e-5
+    )
+    # a floor no storage reaches: nothing is written, and the error names what was tried
+    monkeypatch.setattr(encoder_export, "MIN_EXPORT_COSINE", 1.01)
+    refused = tmp_path / "refused.onnx"
+    with pytest.raises(ModelArtefactError, match=r"int8 0\.\d+, float16 [01]\.\d+; at least 1\.01"):
+        export_encoder(encoder, refused, TOKENIZER, TEXTS)
+    assert not refused.exists() and not list(tmp_path.glob("*.partial"))
 
 
 def test_fine_tuning_moves_the_vectors_toward_the_labels(tmp_path: Path) -> None:
@@ -118,7 +143,7 @@ def test_fine_tuning_moves_the_vectors_toward_the_labels(tmp_path: Path) -> None
     assert any("rows/s" in message and "epoch 4/4" in message for message in messages)
     # The export carries the fine-tuned weights, not the starting ones.
     out = tmp_path / "tuned.onnx"
-    export_int8(tuned, out, TOKENIZER, texts)
+    export_encoder(tuned, out, TOKENIZER, texts)
     exported = ContextEncoder(TOKENIZER, out).encode(texts)
     assert separation(exported, labels) > before + 0.4
 
@@ -221,7 +246,7 @@ def test_the_runtime_reads_the_fine_tuned_encoder_that_model_json_names(tmp_path
     config = FinetuneConfig(epochs=3, batch_size=8, encoder_learning_rate=1e-4, device="cpu")
     tuned = finetune_encoder(texts, labels[:, None], np.ones((len(texts), 1), dtype=bool), TOKENIZER, config)
     encoder_file = artefacts / CONTEXT_ENCODER_FILE
-    export_int8(tuned, encoder_file, TOKENIZER, texts)
+    export_encoder(tuned, encoder_file, TOKENIZER, texts)
     # A file model.json does not name is not read: the head was fitted on the stock encoder.
     stray = TextClassifier.load(artefacts, multilingual="off")
     assert stray.context is not None and stray.context.encoder.model_file == onnx_model_path()  # type: ignore[attr-defined]

@@ -55,3 +55,22 @@ def test_the_leave_one_source_out_means_are_computed_from_the_folds() -> None:
     evaluation = json.loads((default_model_dir() / EVALUATION_FILE).read_text(encoding="utf-8"))
     on = [fold["modes"]["on"]["any_auprc"] for fold in evaluation["loso"]]
     assert f"`on` {sum(on) / len(on):.4f};" in card
+
+
+def test_the_card_says_how_a_fine_tuned_encoder_was_stored() -> None:
+    from seawall.training.model_card import encoder_lines
+
+    facts = {
+        "fine_tuned": True,
+        "rows": 4000,
+        "epochs": 1,
+        "batch_size": 32,
+        "encoder_learning_rate": 2e-5,
+        "seed": 0,
+        "export_min_cosine": 0.9981,
+    }
+    # a store written before the float16 fallback names no storage: it was int8
+    assert "(int8 weights, dequantised when loaded;" in "\n".join(encoder_lines(facts))
+    drifted = "\n".join(encoder_lines(facts | {"export_weights": "float16", "export_min_cosine": 0.99999}))
+    assert "(float16 weights, cast to float when loaded;" in drifted and "int8" not in drifted
+    assert "within cosine 0.99999" in drifted

@@ -6,9 +6,9 @@ answer is read as the classifier reads it: cut into sentence windows
 the first, last, mean and maximum of them; a throw-away linear layer over that gives the three labels,
 trained with cross-entropy, so the encoder learns what separates a decline from an answer in context (an
 in-character decline, a partial that gives only safe facts) rather than the topic. The result is
-exported as int8 ONNX (as for the moderation model's encoder) and kept in the fine-tune store under a
-digest of answers, labels and recipe; the shipped MLP head is then fitted over the exported encoder's
-features.
+exported as int8 ONNX (float16 where int8 drifts; as for the moderation model's encoder) and kept in
+the fine-tune store under a digest of answers, labels and recipe; the shipped MLP head is then fitted
+over the exported encoder's features.
 
 Measured out of fold on the training answers (2 of the 5 grouped folds, 609 hand-written answers
 scored, 2 epochs on 2 CPU cores; ``REFUSAL_MODEL_CARD.md``): AUPRC of "refuses" 0.958 with the stock
@@ -116,7 +116,8 @@ def refusal_encoder_file(
     config: FinetuneConfig = DEFAULT_CONFIG,
     progress: Callable[[str], None] = print,
 ) -> tuple[Path, dict[str, Any]]:
-    """The int8 ONNX encoder fine-tuned on these answers (from ``store`` when done before) and its facts."""
+    """The ONNX encoder (int8; float16 where int8 drifts) fine-tuned on these answers (from ``store``
+    when done before) and its facts."""
     label_bytes = np.ascontiguousarray(labels, dtype=np.int64).tobytes()
     return stored_finetune(
         RECIPE,

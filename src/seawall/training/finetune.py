@@ -1,7 +1,8 @@
 """Fine-tuning the contextual stage's encoder (all-MiniLM-L6-v2) on the training rows, with torch.
 
 Only ``seawall train --finetune-rows N`` uses this module (the ``train`` extra); the runtime reads
-the result as an int8 ONNX file (``context_encoder.onnx`` beside the other artefacts) with
+the result as an ONNX file with int8 weights (float16 if int8 drifts; ``context_encoder.onnx``
+beside the other artefacts) with
 onnxruntime, exactly as it reads the stock encoder, so serving never needs torch.
 
 Training: mean-pooled vectors → a linear head over every label, binary cross-entropy where the
@@ -36,7 +37,7 @@ from numpy.typing import NDArray
 from seawall.errors import ConfigurationError
 from seawall.model.classifier import file_sha256
 from seawall.model.context import DIMS, MAX_TOKENS
-from seawall.training.encoder_export import export_int8
+from seawall.training.encoder_export import export_encoder
 from seawall.training.minilm_torch import (
     TokenBatches,
     build_encoder,
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 
 #: Bumped when the recipe's code changes, so a stored fine-tune is not reused across it.
 RECIPE_VERSION = 1
-#: Rows (spread over the whole sample) whose vectors check the int8 export against the trained model.
+#: Rows (spread over the whole sample) whose vectors check the export against the trained model.
 EXPORT_CHECK_ROWS = 256
 
 
@@ -203,9 +204,9 @@ def finetuned_encoder_file(
     config: FinetuneConfig = FinetuneConfig(),
     progress: Callable[[str], None] = print,
 ) -> tuple[Path, dict[str, Any]]:
-    """The int8 ONNX encoder fine-tuned on these rows with this recipe, and what is known of it
-    (rows, recipe, device, seconds, export cosine, the file's sha256); reused from ``store`` when the
-    same fine-tune was kept there before and its file is intact."""
+    """The ONNX encoder (int8; float16 where int8 drifts) fine-tuned on these rows with this recipe,
+    and what is known of it (rows, recipe, device, seconds, export storage and cosine, the file's
+    sha256); reused from ``store`` when the same fine-tune was kept there before and its file is intact."""
     return stored_finetune(
         str(RECIPE_VERSION),
         texts,
@@ -231,10 +232,10 @@ def stored_finetune(
     config: FinetuneConfig,
     progress: Callable[[str], None],
 ) -> tuple[Path, dict[str, Any]]:
-    """The int8 ONNX export of ``train()``'s encoder, kept in ``store`` under a digest of ``recipe``
-    (names the training code and its version), the texts, their ``labels`` (bytes), the settings, the
-    tokenizer, the starting weights, torch and the device; a later call with the same digest reuses an
-    intact stored file without training."""
+    """The ONNX export (int8; float16 where int8 drifts) of ``train()``'s encoder, kept in ``store``
+    under a digest of ``recipe`` (names the training code and its version), the texts, their
+    ``labels`` (bytes), the settings, the tokenizer, the starting weights, torch and the device; a later
+    call with the same digest reuses an intact stored file without training."""
     torch = require_torch()
     check_ready(store)
     device = str(config.torch_device())
@@ -257,18 +258,22 @@ def stored_finetune(
     started = time.time()
     encoder = train()
     step = max(1, len(texts) // EXPORT_CHECK_ROWS)
-    cosine = export_int8(encoder, encoder_file, tokenizer_file, list(texts[::step]))
+    check = export_encoder(encoder, encoder_file, tokenizer_file, list(texts[::step]))
     facts = {
         "rows": len(texts),
         **asdict(config),
         "device": device,
         "torch": torch.__version__,
         "seconds": round(time.time() - started),
-        "export_min_cosine": round(cosine, 5),
+        "export_weights": check.weights,
+        "export_min_cosine": round(check.cosine, 5),
         "sha256": file_sha256(encoder_file),
     }
     partial = facts_file.with_name(facts_file.name + ".partial")
     partial.write_text(json.dumps(facts, indent=1) + "\n", encoding="utf-8")
     partial.replace(facts_file)
-    progress(f"fine-tuned encoder written to {encoder_file} (int8 export within cosine {cosine:.4f})")
+    progress(
+        f"fine-tuned encoder written to {encoder_file} ({check.weights} export within cosine "
+        f"{check.cosine:.4f})"
+    )
     return encoder_file, facts

