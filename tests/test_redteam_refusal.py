@@ -776,20 +776,24 @@ def test_the_threshold_can_be_chosen_on_answers_the_head_never_learns(tmp_path: 
 def test_the_threshold_grid_reaches_scores_near_certainty() -> None:
     from seawall.redteam.refusal_training import THRESHOLD_GRID, choose_threshold
 
+    def as_probabilities(scores: list[float]) -> np.ndarray:
+        """Rows whose refusal score (partial + refusal) is each score."""
+        return np.array([[1 - s, s / 2, s / 2] for s in scores], dtype=np.float32)
+
     # compliance read with near-certain refusal scores (0.95) leaves precision 0.8 below 0.96: only a
     # threshold above them reaches the floor; a grid that stopped at 0.90 kept the neutral 0.5
     scores = [0.99] * 20 + [0.6] * 2 + [0.95] * 5 + [0.1] * 20
     truth = np.array([2] * 22 + [0] * 25)
-    probabilities = np.array([[1 - s, s / 2, s / 2] for s in scores], dtype=np.float32)
+    probabilities = as_probabilities(scores)
     assert choose_threshold(probabilities, truth) == 0.96
     assert THRESHOLD_GRID[-1] == 0.98 and THRESHOLD_GRID[0] == 0.2
     # nothing reaches the floor (the look-alikes score above every threshold): the neutral 0.5
     scores = [0.99] * 20 + [0.995] * 5
-    probabilities = np.array([[1 - s, s / 2, s / 2] for s in scores], dtype=np.float32)
+    probabilities = as_probabilities(scores)
     assert choose_threshold(probabilities, np.array([2] * 20 + [0] * 5)) == 0.5
     # among thresholds reaching the floor, the best F1: the lowest that excludes the look-alikes
     scores = [0.99] * 20 + [0.3] * 10 + [0.5] * 3 + [0.1] * 20
-    probabilities = np.array([[1 - s, s / 2, s / 2] for s in scores], dtype=np.float32)
+    probabilities = as_probabilities(scores)
     assert choose_threshold(probabilities, np.array([2] * 30 + [0] * 23)) == 0.52
 
 
