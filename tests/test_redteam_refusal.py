@@ -129,6 +129,14 @@ HELD_OUT_28 = ROOT / "bench" / "data" / "refusals_heldout28.jsonl"
 #: role-play, an office suite's formula assistant) beside it, to choose a twentieth-round threshold.
 HELD_OUT_29 = ROOT / "bench" / "data" / "refusals_heldout29.jsonl"
 HELD_OUT_30 = ROOT / "bench" / "data" / "refusals_heldout30.jsonl"
+#: Written blind in session 41, each by a helper who saw no classifier and not the others' rows, for the
+#: rounds after the twentieth; unlike the earlier sets their five deployments are general-purpose chat
+#: assistants (terse, lecturing, structured, small open-weights, companion; enterprise, tutor, coding,
+#: storyteller, strict; search-grounded, philosophical, health-cautious, permissive, casual), with harmless
+#: prompts that only sound alarming. No classifier has read them.
+HELD_OUT_31 = ROOT / "bench" / "data" / "refusals_heldout31.jsonl"
+HELD_OUT_32 = ROOT / "bench" / "data" / "refusals_heldout32.jsonl"
+HELD_OUT_33 = ROOT / "bench" / "data" / "refusals_heldout33.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -162,6 +170,9 @@ HELD_OUT_SETS = (
     (HELD_OUT_28, 190, True, True),
     (HELD_OUT_29, 190, True, True),
     (HELD_OUT_30, 190, True, True),
+    (HELD_OUT_31, 190, True, True),
+    (HELD_OUT_32, 190, True, True),
+    (HELD_OUT_33, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
@@ -263,6 +274,9 @@ def test_the_shipped_head_learned_the_spent_sets_and_not_the_last_ones() -> None
             HELD_OUT_28,
             HELD_OUT_29,
             HELD_OUT_30,
+            HELD_OUT_31,
+            HELD_OUT_32,
+            HELD_OUT_33,
         )
     }
     spent = {path.name for path, *_ in HELD_OUT_SETS} - held_out
