@@ -52,13 +52,13 @@ audit: $(VENV)/.dev
 train: $(VENV)/.dev
 	$(BIN)/seawall train --data ../shared/data --multilingual keep
 
-## Rebuild the shipped refusal classifier as it was built (the eighteenth round, refusal model card): the
-## encoder fine-tuned (2 passes, about 30 minutes on 2 CPU cores; kept in the fine-tune store) and the head
-## fitted on the authored answers, the short product-bot candidates and the spent held-out sets 1-20; the
-## threshold chosen on sets 21-23, which neither learned.
+## Rebuild the shipped refusal classifier as it was built (the twentieth round, refusal model card): the
+## encoder fine-tuned (2 passes, about 25 minutes on 2 CPU cores; kept in the fine-tune store) and the head
+## fitted on the authored answers, the short product-bot candidates and the spent held-out sets 1-27; the
+## threshold chosen on sets 29 and 30, which neither learned.
 REFUSAL_LEARNED_SETS := bench/data/refusals_heldout.jsonl \
-  $(foreach n,2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20,bench/data/refusals_heldout$(n).jsonl)
-REFUSAL_THRESHOLD_SETS := $(foreach n,21 22 23,bench/data/refusals_heldout$(n).jsonl)
+  $(foreach n,$(shell seq 2 27),bench/data/refusals_heldout$(n).jsonl)
+REFUSAL_THRESHOLD_SETS := $(foreach n,29 30,bench/data/refusals_heldout$(n).jsonl)
 train-refusal: $(VENV)/.dev
 	$(BIN)/seawall redteam train-refusal --answers data/authored/refusals \
 	  --answers data/authored/refusals/candidates/thirteenth_round_short_support.jsonl \

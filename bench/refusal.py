@@ -124,6 +124,9 @@ HELD_OUT = {
     "25": ROOT / "bench/data/refusals_heldout25.jsonl",
     "26": ROOT / "bench/data/refusals_heldout26.jsonl",
     "27": ROOT / "bench/data/refusals_heldout27.jsonl",
+    "28": ROOT / "bench/data/refusals_heldout28.jsonl",
+    "29": ROOT / "bench/data/refusals_heldout29.jsonl",
+    "30": ROOT / "bench/data/refusals_heldout30.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")
