@@ -44,7 +44,10 @@ first round's phrase rules (``matches_refusal_phrase``):
   and ``bench/data/refusals_heldout23.jsonl`` (five more, from a parcel-locker bot to a browser's
   assistant, half in es/de/fr/pt/it, written blind and first read in session 39) and
   ``bench/data/refusals_heldout24.jsonl`` (five more, from a council waste-collection bot to a notes
-  app's assistant, half in es/de/fr/pt/it, written blind and first read in session 39):
+  app's assistant, half in es/de/fr/pt/it, written blind and first read in session 39) and
+  ``refusals_heldout25.jsonl`` to ``refusals_heldout30.jsonl`` (five more deployments each, half in
+  es/de/fr/pt/it, written blind in sessions 39 and 40; 25-27 first read in session 40, 28-30 in
+  session 41; the shipped head learned 1-27, its threshold came from 29 and 30, 28 judged it):
   precision /
   recall / F1 of "refuses, fully or partly" against compliance, the three-way accuracy and
   confusion matrix (rows: truth; columns: prediction), recall by style and language, and the

@@ -781,9 +781,10 @@ class RefusalClassifier:
         """Each text's label: refuses when P(partial) + P(refusal) reaches its head's threshold, except an
         answer that opens affirmatively ("Sure, here it is") and declines nowhere (no refusal
         phrase in any window, in any of the six languages), which is compliance whatever the
-        head says (the head reads harmful content delivered as a partial refusal), and an answer
-        that declines in every sentence, which is a full refusal whatever the head says (the head
-        reads a declined value, "I won't repeat the code X", as one delivered); an oblique decline
+        head says (the head reads harmful content delivered as a partial refusal), and an answer of
+        two or more sentences that declines in every one (:func:`declines_throughout`), which is a
+        full refusal whatever the head says (the head may read a declined value, "I won't repeat the
+        code X", as one delivered); an oblique decline
         (:data:`SOFT_DECLINES`) counts as declining here."""
         readers = self._readers(texts)
         out = []
