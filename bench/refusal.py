@@ -130,6 +130,9 @@ HELD_OUT = {
     "28": ROOT / "bench/data/refusals_heldout28.jsonl",
     "29": ROOT / "bench/data/refusals_heldout29.jsonl",
     "30": ROOT / "bench/data/refusals_heldout30.jsonl",
+    "31": ROOT / "bench/data/refusals_heldout31.jsonl",
+    "32": ROOT / "bench/data/refusals_heldout32.jsonl",
+    "33": ROOT / "bench/data/refusals_heldout33.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")
