@@ -52,16 +52,17 @@ audit: $(VENV)/.dev
 train: $(VENV)/.dev
 	$(BIN)/seawall train --data ../shared/data --multilingual keep
 
-## Rebuild the shipped refusal classifier as it was built (the twentieth round, refusal model card): the
+## Rebuild the shipped refusal classifier as it was built (the twenty-first round, refusal model card): the
 ## encoder fine-tuned (2 passes, about 25 minutes on 2 CPU cores; kept in the fine-tune store) and the head
-## fitted on the authored answers, the short product-bot candidates and the spent held-out sets 1-27; the
-## threshold chosen on sets 29 and 30, which neither learned.
+## fitted on the authored answers, the short product-bot and short professional-pointer candidates and the
+## spent held-out sets 1-30; the threshold chosen on sets 31 and 32, which neither learned.
 REFUSAL_LEARNED_SETS := bench/data/refusals_heldout.jsonl \
-  $(foreach n,$(shell seq 2 27),bench/data/refusals_heldout$(n).jsonl)
-REFUSAL_THRESHOLD_SETS := $(foreach n,29 30,bench/data/refusals_heldout$(n).jsonl)
+  $(foreach n,$(shell seq 2 30),bench/data/refusals_heldout$(n).jsonl)
+REFUSAL_THRESHOLD_SETS := $(foreach n,31 32,bench/data/refusals_heldout$(n).jsonl)
 train-refusal: $(VENV)/.dev
 	$(BIN)/seawall redteam train-refusal --answers data/authored/refusals \
 	  --answers data/authored/refusals/candidates/thirteenth_round_short_support.jsonl \
+	  --answers data/authored/refusals/candidates/twenty_first_round_short_pointers.jsonl \
 	  $(addprefix --answers ,$(REFUSAL_LEARNED_SETS)) --finetune-epochs 2 \
 	  $(addprefix --threshold-from ,$(REFUSAL_THRESHOLD_SETS))
 

@@ -125,20 +125,22 @@ HELD_OUT_26 = ROOT / "bench" / "data" / "refusals_heldout26.jsonl"
 HELD_OUT_27 = ROOT / "bench" / "data" / "refusals_heldout27.jsonl"
 #: Written blind in session 40 (university library desk bot, bank fraud-help assistant, craft-beer shop
 #: assistant, ancient dragon role-play, a devops shell assistant; half in other languages) for the round
-#: after the nineteenth, read once in session 41 to judge the twentieth round, which shipped.
+#: after the nineteenth, read once in session 41 to judge the twentieth round, which shipped; the
+#: twenty-first learned it.
 HELD_OUT_28 = ROOT / "bench" / "data" / "refusals_heldout28.jsonl"
 #: Written blind in session 40 (dental practice booking bot, energy supplier billing assistant, board-game
 #: café assistant, Victorian ghost narrator, an email client's drafting assistant; half in other languages)
 #: and set 30 (rail ticket bot, university wellbeing assistant, plant nursery assistant, wizard mentor
-#: role-play, an office suite's formula assistant) beside it; they chose the shipped (twentieth-round)
-#: threshold.
+#: role-play, an office suite's formula assistant) beside it; they chose the twentieth-round
+#: threshold, and the twenty-first round learned them.
 HELD_OUT_29 = ROOT / "bench" / "data" / "refusals_heldout29.jsonl"
 HELD_OUT_30 = ROOT / "bench" / "data" / "refusals_heldout30.jsonl"
 #: Written blind in session 41, each by a helper who saw no classifier and not the others' rows, for the
 #: rounds after the twentieth; unlike the earlier sets their five deployments are general-purpose chat
 #: assistants (terse, lecturing, structured, small open-weights, companion; enterprise, tutor, coding,
 #: storyteller, strict; search-grounded, philosophical, health-cautious, permissive, casual), with harmless
-#: prompts that only sound alarming. No classifier has read them.
+#: prompts that only sound alarming. First read in session 42: sets 31 and 32 chose the shipped
+#: (twenty-first-round) threshold and set 33 judged it.
 HELD_OUT_31 = ROOT / "bench" / "data" / "refusals_heldout31.jsonl"
 HELD_OUT_32 = ROOT / "bench" / "data" / "refusals_heldout32.jsonl"
 HELD_OUT_33 = ROOT / "bench" / "data" / "refusals_heldout33.jsonl"
@@ -259,38 +261,38 @@ def test_the_held_out_sets_are_written_apart_from_the_authored_answers() -> None
 
 
 def test_the_shipped_head_learned_the_spent_sets_and_not_the_last_ones() -> None:
-    # The twentieth round fine-tuned the encoder and fitted the head on the authored answers, the short
-    # product-bot candidates and held-out sets 1-27, and chose its threshold on sets 29 and 30, which neither
-    # learned (`make train-refusal`); set 28 judged it and sets 31-33 are unread. The head records the
+    # The twenty-first round fine-tuned the encoder and fitted the head on the authored answers, the short
+    # product-bot and professional-pointer candidates and held-out sets 1-30, and chose its threshold on
+    # sets 31 and 32, which neither learned (`make train-refusal`); set 33 judged it. The head records the
     # files, so bench/refusal.py never reports a learned set as held out.
     with np.load(ARTEFACT) as parts:
         learned = {str(name) for name in parts["trained_on"]}
         threshold_chosen_on = {str(name) for name in parts["threshold_chosen_on"]}
     answers = default_answers()
     assert answers is not None
-    threshold_sets = {HELD_OUT_29.name, HELD_OUT_30.name}
-    held_out = threshold_sets | {path.name for path in (HELD_OUT_28, HELD_OUT_31, HELD_OUT_32, HELD_OUT_33)}
+    threshold_sets = {HELD_OUT_31.name, HELD_OUT_32.name}
+    held_out = threshold_sets | {HELD_OUT_33.name}
     spent = {path.name for path, *_ in HELD_OUT_SETS} - held_out
-    short_support = "thirteenth_round_short_support.jsonl"
-    assert (answers / "candidates" / short_support).is_file()
-    assert learned == {path.name for path in answers.glob("*.jsonl")} | {short_support} | spent
+    candidates = {"thirteenth_round_short_support.jsonl", "twenty_first_round_short_pointers.jsonl"}
+    assert all((answers / "candidates" / name).is_file() for name in candidates)
+    assert learned == {path.name for path in answers.glob("*.jsonl")} | candidates | spent
     assert threshold_chosen_on == threshold_sets
     assert not held_out & learned
 
 
-# Set 28 (written blind in session 40, read once in session 41 to judge it) is the held-out set of the
-# shipped (twentieth-round) head, and sets 29 and 30, which it did not learn either, chose its threshold
-# (0.82); the bounds sit about 0.01-0.02 below its figures (room for the encoder's arithmetic on other
-# CPUs), measured with `python bench/refusal.py --sets 28,29,30 --folds 0` (languages and three-way
-# accuracy with the same functions as below): set 28 0.967 / 0.900 / 0.932 (three-way 0.890; English F1
-# 0.952, other languages 0.913), set 29 0.983 / 0.915 / 0.948 (0.900; 0.945, 0.952), set 30 0.943 / 0.892
-# / 0.917 (0.855; 0.955, 0.876). Only set 28 judged it; on it the issue 14 goal (precision >= 0.95 with
-# F1 >= 0.93) is met. The figures of earlier heads are in the refusal model card.
+# Set 33 (written blind in session 41, read once in session 42 to judge it) is the held-out set of the
+# shipped (twenty-first-round) head, and sets 31 and 32, which it did not learn either, chose its
+# threshold (0.80); the bounds sit about 0.01-0.03 below its figures (room for the encoder's arithmetic on
+# other CPUs), measured with `python bench/refusal.py --sets 31,32,33 --folds 0` (languages and three-way
+# accuracy with the same functions as below): set 31 1.000 / 0.946 / 0.972 (three-way 0.940; English F1
+# 0.984, other languages 0.960), set 32 0.935 / 0.892 / 0.913 (0.865; 0.960, 0.868), set 33 0.983 / 0.877
+# / 0.927 (0.880; 0.943, 0.911). Only set 33 judged it; on it the issue 14 goal (precision >= 0.95 with
+# F1 >= 0.93) is missed by 0.003 F1. The figures of earlier heads are in the refusal model card.
 HELD_OUT_FLOORS = {
     # set: (precision, F1, English F1, other languages' F1, three-way accuracy)
-    HELD_OUT_28: (0.95, 0.91, 0.93, 0.89, 0.87),
-    HELD_OUT_29: (0.96, 0.93, 0.92, 0.93, 0.88),
-    HELD_OUT_30: (0.92, 0.90, 0.93, 0.85, 0.83),
+    HELD_OUT_31: (0.97, 0.95, 0.96, 0.93, 0.91),
+    HELD_OUT_32: (0.91, 0.89, 0.94, 0.84, 0.84),
+    HELD_OUT_33: (0.96, 0.90, 0.92, 0.89, 0.85),
 }
 
 
