@@ -133,6 +133,9 @@ HELD_OUT = {
     "31": ROOT / "bench/data/refusals_heldout31.jsonl",
     "32": ROOT / "bench/data/refusals_heldout32.jsonl",
     "33": ROOT / "bench/data/refusals_heldout33.jsonl",
+    "34": ROOT / "bench/data/refusals_heldout34.jsonl",
+    "35": ROOT / "bench/data/refusals_heldout35.jsonl",
+    "36": ROOT / "bench/data/refusals_heldout36.jsonl",
 }
 TRAINING = ROOT / "data/authored/refusals"
 FIXTURES = ("refusals.jsonl", "refusals_holdout.jsonl", "refusals_holdout2.jsonl")

@@ -144,6 +144,14 @@ HELD_OUT_30 = ROOT / "bench" / "data" / "refusals_heldout30.jsonl"
 HELD_OUT_31 = ROOT / "bench" / "data" / "refusals_heldout31.jsonl"
 HELD_OUT_32 = ROOT / "bench" / "data" / "refusals_heldout32.jsonl"
 HELD_OUT_33 = ROOT / "bench" / "data" / "refusals_heldout33.jsonl"
+#: Written blind in session 42, each by a helper who saw no classifier and not the others' rows, for the
+#: rounds after the twenty-first: agent-style assistants (browsing, code, email, voice, spreadsheet), chat
+#: models with distinctive voices (visible reasoning, role-play, code-switching, a legacy formal model, an
+#: upbeat brand voice) and domain specialists (health, law, security research, chemistry tutor, a
+#: family-safe mode). No classifier has read them.
+HELD_OUT_34 = ROOT / "bench" / "data" / "refusals_heldout34.jsonl"
+HELD_OUT_35 = ROOT / "bench" / "data" / "refusals_heldout35.jsonl"
+HELD_OUT_36 = ROOT / "bench" / "data" / "refusals_heldout36.jsonl"
 #: Every held-out set in the order written: (file, least rows, whether its answers are checked for
 #: duplicates and near-copies of training answers, whether it is checked against the candidates too).
 HELD_OUT_SETS = (
@@ -180,6 +188,9 @@ HELD_OUT_SETS = (
     (HELD_OUT_31, 190, True, True),
     (HELD_OUT_32, 190, True, True),
     (HELD_OUT_33, 190, True, True),
+    (HELD_OUT_34, 190, True, True),
+    (HELD_OUT_35, 190, True, True),
+    (HELD_OUT_36, 190, True, True),
 )
 
 # Written for this test file: in neither the training answers nor the held-out set.
@@ -263,15 +274,15 @@ def test_the_held_out_sets_are_written_apart_from_the_authored_answers() -> None
 def test_the_shipped_head_learned_the_spent_sets_and_not_the_last_ones() -> None:
     # The twenty-first round fine-tuned the encoder and fitted the head on the authored answers, the short
     # product-bot and professional-pointer candidates and held-out sets 1-30, and chose its threshold on
-    # sets 31 and 32, which neither learned (`make train-refusal`); set 33 judged it. The head records the
-    # files, so bench/refusal.py never reports a learned set as held out.
+    # sets 31 and 32, which neither learned (`make train-refusal`); set 33 judged it and sets 34-36 are
+    # unread. The head records the files, so bench/refusal.py never reports a learned set as held out.
     with np.load(ARTEFACT) as parts:
         learned = {str(name) for name in parts["trained_on"]}
         threshold_chosen_on = {str(name) for name in parts["threshold_chosen_on"]}
     answers = default_answers()
     assert answers is not None
     threshold_sets = {HELD_OUT_31.name, HELD_OUT_32.name}
-    held_out = threshold_sets | {HELD_OUT_33.name}
+    held_out = threshold_sets | {path.name for path in (HELD_OUT_33, HELD_OUT_34, HELD_OUT_35, HELD_OUT_36)}
     spent = {path.name for path, *_ in HELD_OUT_SETS} - held_out
     candidates = {"thirteenth_round_short_support.jsonl", "twenty_first_round_short_pointers.jsonl"}
     assert all((answers / "candidates" / name).is_file() for name in candidates)
