@@ -445,9 +445,11 @@ def _sentences(folded: str) -> list[str]:
     return [s for s in _SENTENCE.split(folded) if s.strip()]
 
 
-def _sentence_declines(text: str) -> list[tuple[int, bool]]:
-    """Each sentence of ``text`` outside quoted speech: its word count and whether it declines."""
-    return [(len(s.split()), _decline_hit(s)) for s in _sentences(unquoted(fold(text)))]
+@lru_cache(maxsize=1024)
+def _sentence_declines(text: str) -> tuple[tuple[int, bool], ...]:
+    """Each sentence of ``text`` outside quoted speech: its word count and whether it declines.
+    Cached because classifying reads each answer twice, for the features and for the override."""
+    return tuple((len(s.split()), _decline_hit(s)) for s in _sentences(unquoted(fold(text))))
 
 
 def decline_position(text: str) -> tuple[float, float, float, float]:
